@@ -1,0 +1,514 @@
+"""The `keyshift` command line. Every error is one clear line and a non-zero exit.
+
+Exit codes: 0 success; 1 an operation failed or a rotation did not end healthy;
+2 a refused estate file or bad option; 3 the audit chain does not verify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import getpass
+import json
+import os
+import socket
+import sys
+import tempfile
+import textwrap
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from keyshift import __version__, logs
+from keyshift.domain.context import utcnow
+from keyshift.domain.durations import format_duration, parse_duration
+from keyshift.domain.states import RotationState, StepStatus
+from keyshift.engine.runner import StepEvent
+from keyshift.errors import AuditChainBroken, EstateInvalid, KeyshiftError
+from keyshift.service import estate as estate_service
+from keyshift.service import keys as keys_service
+from keyshift.service import rotations
+from keyshift.store import audit
+from keyshift.store.store import Store
+
+app = typer.Typer(
+    name="keyshift",
+    help="Rotate non-human credentials without outages, with evidence an auditor accepts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+audit_app = typer.Typer(
+    help="Verify and export the tamper-evident audit trail.", no_args_is_help=True
+)
+keys_app = typer.Typer(help="Manage the keys that protect secrets at rest.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
+
+# Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+HEALTHY = {RotationState.COMPLETED, RotationState.GRACE}
+
+
+def _actor() -> str:
+    explicit = os.environ.get("KEYSHIFT_ACTOR")
+    if explicit:
+        return explicit
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def _errors(func: F) -> F:
+    """Turn keyshift errors into one line on stderr and an exit code, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except EstateInvalid as exc:
+            for problem in exc.problems:
+                err.print(f"error: {problem}", markup=False)
+            raise typer.Exit(2) from None
+        except AuditChainBroken as exc:
+            err.print(f"audit chain BROKEN at {exc}", markup=False)
+            raise typer.Exit(3) from None
+        except KeyshiftError as exc:
+            err.print(f"error: {exc}", markup=False)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def _store(env: dict[str, str] | None = None) -> Iterator[Store]:
+    store = Store.open(env if env is not None else dict(os.environ))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+
+
+def _clock(value: datetime) -> str:
+    return value.strftime("%H:%M:%S.%f")[:-3]
+
+
+def _ms(value: timedelta | float | None) -> str:
+    if value is None:
+        return "-"
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    return (
+        f"{seconds * 1000:.0f} ms"
+        if seconds < 10
+        else format_duration(timedelta(seconds=round(seconds)))
+    )
+
+
+def _progress(event: StepEvent) -> None:
+    if event.status == StepStatus.RUNNING:
+        return
+    mark = {"succeeded": "[green]✓[/]", "failed": "[red]✗[/]"}.get(event.status.value, "·")
+    line = f"  {mark} {event.step:<34} {_ms(event.duration_s):>8}"
+    out.print(line + (f"  [red]{event.error}[/]" if event.error else ""))
+
+
+def _print_changes(changes: list[estate_service.Change], *, applied: bool) -> None:
+    if not changes:
+        out.print("No changes. The store matches the estate file.")
+        return
+    colours = {"+": "green", "~": "yellow", "-": "red"}
+    for c in changes:
+        out.print(
+            f"[{colours[c.op]}]{c.op} {c.kind:<11} {c.name}[/]"
+            + (f"  ({c.detail})" if c.detail else ""),
+            markup=True,
+        )
+    counts = {op: sum(1 for c in changes if c.op == op) for op in "+~-"}
+    verb = "Applied" if applied else "Plan"
+    out.print(f"{verb}: {counts['+']} to add, {counts['~']} to change, {counts['-']} to remove.")
+
+
+@app.callback(invoke_without_command=True)
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+    log_level: Annotated[str | None, typer.Option(help="Log level (default WARNING).")] = None,
+) -> None:
+    logs.configure(log_level)
+    if version:
+        out.print(f"keyshift {__version__}")
+        raise typer.Exit(0)
+
+
+@app.command()
+@_errors
+def plan(file: Annotated[Path, typer.Option("-f", "--file", help="Estate YAML file.")]) -> None:
+    """Show what `apply` would change. Changes nothing."""
+    estate = estate_service.load_estate(file)
+    with _store() as store:
+        _print_changes(estate_service.plan_estate(store, estate), applied=False)
+
+
+@app.command()
+@_errors
+def apply(file: Annotated[Path, typer.Option("-f", "--file", help="Estate YAML file.")]) -> None:
+    """Validate the estate file and store it. A refused file changes nothing (exit 2)."""
+    estate = estate_service.load_estate(file)
+    with _store() as store:
+        _print_changes(estate_service.apply_estate(store, estate, actor=_actor()), applied=True)
+
+
+def _status_table(store: Store) -> Table:
+    table = Table(title="Credentials", title_justify="left")
+    for col in (
+        "credential",
+        "lifecycle",
+        "version",
+        "fingerprint",
+        "expires",
+        "days left",
+        "last rotation",
+        "owner",
+    ):
+        table.add_column(col, no_wrap=col != "owner")
+    colours = {
+        "Active": "green",
+        "Expiring Soon": "yellow",
+        "Expired": "red",
+        "Needs Attention": "red",
+        "Rotating": "cyan",
+        "Grace Period": "cyan",
+    }
+    for row in rotations.status_rows(store, now=utcnow()):
+        colour = colours.get(row.lifecycle.value, "white")
+        table.add_row(
+            row.credential,
+            f"[{colour}]{row.lifecycle.value}[/]",
+            row.version_id[:8] if row.version_id else "-",
+            row.fingerprint or "-",
+            _when(row.expires_at),
+            str(row.days_left) if row.days_left is not None else "-",
+            row.last_rotation or "-",
+            row.owner or "-",
+        )
+    return table
+
+
+@app.command()
+@_errors
+def status() -> None:
+    """One row per credential: lifecycle, current version fingerprint, expiry."""
+    with _store() as store:
+        out.print(_status_table(store))
+
+
+def _print_rotation_end(rotation_id: str, state: RotationState, store: Store) -> None:
+    timeline = rotations.rotation_timeline(store, rotation_id)
+    colour = "green" if state in HEALTHY else "red"
+    out.print(f"rotation {rotation_id} [{colour}]{state.value}[/]")
+    if state == RotationState.GRACE:
+        out.print(
+            f"  old version stays valid until {_when(timeline.grace_until)}; "
+            "`keyshift worker` or `keyshift resume` revokes it then"
+        )
+    if timeline.rotation.error:
+        out.print(f"  error: {timeline.rotation.error}", markup=False)
+    if timeline.attention:
+        out.print(f"  needs attention: {timeline.attention}", markup=False)
+
+
+@app.command()
+@_errors
+def rotate(
+    name: Annotated[str, typer.Argument(help="Credential name.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Preflight only.")] = False,
+    grace: Annotated[str | None, typer.Option(help="Override the grace period, e.g. 0s.")] = None,
+) -> None:
+    """Rotate a credential now (or preflight it with --dry-run)."""
+    grace_td = None
+    if grace is not None:
+        try:
+            grace_td = parse_duration(grace)
+        except ValueError as exc:
+            err.print(f"error: --grace: {exc}", markup=False)
+            raise typer.Exit(2) from None
+    with _store() as store:
+        if dry_run:
+            plan_hash, results = asyncio.run(rotations.dry_run(store, name, actor=_actor()))
+            table = Table(
+                title=f"Preflight of {name} (plan {plan_hash[:12]})", title_justify="left"
+            )
+            for col in ("step", "readiness", "reason"):
+                table.add_column(col)
+            for step, result in results:
+                table.add_row(step, result.readiness.value, result.reason)
+            out.print(table)
+            if any(r.readiness.value != "ready" for _s, r in results):
+                raise typer.Exit(1)
+            return
+        out.print(f"Rotating {name}")
+        rotation_id, state = asyncio.run(
+            rotations.rotate(store, name, actor=_actor(), grace=grace_td, on_event=_progress)
+        )
+        _print_rotation_end(rotation_id, state, store)
+        if state not in HEALTHY:
+            raise typer.Exit(1)
+
+
+@app.command()
+@_errors
+def resume() -> None:
+    """Continue every unfinished rotation from its journal (after a crash or a grace period)."""
+    with _store() as store:
+        results = asyncio.run(rotations.resume(store, actor=_actor(), on_event=_progress))
+        if not results:
+            out.print("No unfinished rotations.")
+        unhealthy = False
+        for rotation_id, credential, state in results:
+            if state is None:
+                out.print(f"rotation {rotation_id} ({credential}) is held by a live worker")
+                continue
+            out.print(f"{credential}:", end=" ")
+            _print_rotation_end(rotation_id, state, store)
+            unhealthy |= state not in HEALTHY
+        if unhealthy:
+            raise typer.Exit(1)
+
+
+@app.command()
+@_errors
+def history(name: Annotated[str, typer.Argument(help="Credential name.")]) -> None:
+    """Every rotation of a credential, oldest first."""
+    with _store() as store:
+        table = Table(title=f"Rotations of {name}", title_justify="left")
+        for col in (
+            "rotation",
+            "state",
+            "requested by",
+            "requested",
+            "finished",
+            "new version",
+            "error",
+        ):
+            table.add_column(col)
+        for r in rotations.history_rows(store, name):
+            table.add_row(
+                r.id,
+                r.state,
+                r.requested_by,
+                _when(r.requested_at),
+                _when(r.finished_at),
+                (r.new_version_id or "-")[:8],
+                r.error or "",
+            )
+        out.print(table)
+
+
+def _timeline_table(store: Store, rotation_id: str) -> Table:
+    t = rotations.rotation_timeline(store, rotation_id)
+    table = Table(
+        title=f"Rotation {t.rotation.id} of {t.credential}: {t.rotation.state} "
+        f"(plan {t.plan_hash[:12]})",
+        title_justify="left",
+    )
+    for col in ("#", "step", "try", "outcome", "started", "duration", "error"):
+        table.add_column(col)
+    for s in t.steps:
+        table.add_row(
+            str(s.seq),
+            s.name,
+            str(s.attempt),
+            s.status,
+            _clock(s.started_at),
+            _ms(s.duration),
+            s.error or "",
+        )
+    return table
+
+
+@app.command()
+@_errors
+def show(
+    rotation_id: Annotated[str, typer.Argument(help="Rotation id (or a unique prefix).")],
+) -> None:
+    """The step timeline of one rotation, with durations."""
+    with _store() as store:
+        out.print(_timeline_table(store, rotation_id))
+
+
+@audit_app.command("verify")
+@_errors
+def audit_verify() -> None:
+    """Recompute the hash chain; name the first broken entry (exit 3) if any."""
+    with _store() as store, store.transaction() as s:
+        count = audit.verify(s)
+    out.print(f"audit chain OK: {count} entries verified")
+
+
+@audit_app.command("export")
+@_errors
+def audit_export(
+    format: Annotated[str, typer.Option("--format", help="Only jsonl.")] = "jsonl",
+) -> None:
+    """Write every audit entry as JSON Lines to stdout (for a SIEM)."""
+    if format != "jsonl":
+        err.print("error: --format: must be jsonl")
+        raise typer.Exit(2)
+    with _store() as store, store.transaction() as s:
+        for entry in audit.export(s):
+            sys.stdout.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+@keys_app.command("rotate-master")
+@_errors
+def keys_rotate_master() -> None:
+    """Re-wrap every data key under a new master key; no value is lost."""
+    with _store() as store:
+        result = keys_service.rotate_master_key(store, actor=_actor())
+    out.print(
+        f"master key rotated: {result.old_key_id} -> {result.new_key_id}, "
+        f"{result.rewrapped} data keys re-wrapped"
+    )
+    if result.from_env:
+        out.print(
+            "The store now needs KEYSHIFT_MASTER_KEY set to the value of "
+            "KEYSHIFT_NEW_MASTER_KEY; keep the old key in KEYSHIFT_OLD_MASTER_KEYS "
+            "until every process has restarted."
+        )
+
+
+@app.command()
+@_errors
+def worker(
+    interval: Annotated[str, typer.Option(help="Time between scans.")] = "60s",
+    once: Annotated[bool, typer.Option("--once", help="Run one scan and exit.")] = False,
+) -> None:
+    """Resume unfinished rotations, revoke after grace periods, start due auto-rotations."""
+    try:
+        every = parse_duration(interval)
+    except ValueError as exc:
+        err.print(f"error: --interval: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    with _store() as store:
+        try:
+            asyncio.run(
+                rotations.worker_loop(
+                    store,
+                    actor=f"worker:{socket.gethostname()}",
+                    interval=every,
+                    once=once,
+                    on_event=_progress,
+                )
+            )
+        except KeyboardInterrupt:
+            out.print("worker stopped")
+
+
+DEMO_CONSUMER = textwrap.dedent(
+    """
+    import json, os, sys
+    env = dict(l.split("=", 1) for l in open(sys.argv[1]).read().split() if "=" in l)
+    cfg = json.load(open(sys.argv[2]))
+    assert env["API_KEY"] == cfg["Demo"]["ApiKey"], "consumers disagree"
+    print("reloaded with version", os.environ["KEYSHIFT_VERSION_ID"][:8])
+    """
+)
+
+
+@app.command()
+@_errors
+def demo(
+    directory: Annotated[Path | None, typer.Option("--dir", help="Where to build it.")] = None,
+) -> None:
+    """Build a throw-away estate, rotate it twice, and show status, timeline and audit."""
+    root = Path(directory or tempfile.mkdtemp(prefix="keyshift-demo-")).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    consumer = root / "consumer.py"
+    consumer.write_text(DEMO_CONSUMER, encoding="utf-8")
+    json_file, env_file = root / "appsettings.json", root / "app.env"
+    json_file.write_text('{\n  "Logging": {"Level": "Information"}\n}\n', encoding="utf-8")
+    env_file.write_text("# demo service settings\nPORT=8080\n", encoding="utf-8")
+    estate_file = root / "estate.yaml"
+    estate_file.write_text(
+        textwrap.dedent(
+            f"""\
+            credentials:
+              - name: demo-api-key
+                owner: team-demo
+                environment: dev
+                policy: {{ grace_period: 1h, max_lifetime: 90d }}
+                provider: {{ type: random, length: 40 }}
+                actions:
+                  - type: file
+                    order: 10
+                    on_failure: abort
+                    agent_id: null
+                    config: {{ path: {json_file}, key: "Demo:ApiKey", file_format: json }}
+                  - type: file
+                    order: 20
+                    on_failure: abort
+                    config: {{ path: {env_file}, key: API_KEY, file_format: env }}
+                  - type: command
+                    order: 30
+                    on_failure: abort
+                    config:
+                      argv: [{sys.executable}, {consumer}, {env_file}, {json_file}]
+                      timeout: 10s
+            """
+        ),
+        encoding="utf-8",
+    )
+    env = {**os.environ, "KEYSHIFT_HOME": str(root / "home")}
+    env.pop("KEYSHIFT_DATABASE_URL", None)
+    env.pop("KEYSHIFT_MASTER_KEY", None)
+    out.print(f"[bold]keyshift demo[/] in {root}\n")
+    estate = estate_service.load_estate(estate_file)
+    with _store(env) as store:
+        out.print(f"$ keyshift apply -f {estate_file}")
+        _print_changes(estate_service.apply_estate(store, estate, actor="demo"), applied=True)
+        out.print("\n$ keyshift rotate demo-api-key            # first issuance")
+        asyncio.run(rotations.rotate(store, "demo-api-key", actor="demo", on_event=_progress))
+        out.print("\n$ keyshift rotate demo-api-key --grace 0s # rotate, revoke the old at once")
+        rotation_id, state = asyncio.run(
+            rotations.rotate(
+                store, "demo-api-key", actor="demo", grace=timedelta(0), on_event=_progress
+            )
+        )
+        _print_rotation_end(rotation_id, state, store)
+        out.print("\n$ keyshift status")
+        out.print(_status_table(store))
+        out.print(f"\n$ keyshift show {rotation_id}")
+        out.print(_timeline_table(store, rotation_id))
+        with store.transaction() as s:
+            count = audit.verify(s)
+        out.print(f"\n$ keyshift audit verify\naudit chain OK: {count} entries verified")
+    out.print(
+        f"\nConsumers written: {json_file}, {env_file} "
+        f"(values are never printed; compare fingerprints instead)."
+    )
+    out.print(f"Explore further with KEYSHIFT_HOME={root / 'home'} keyshift history demo-api-key")
+    if state != RotationState.COMPLETED:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""The estate file: integrations, policies and credentials with their ordered actions.
+
+These pydantic models are the source of truth for the file's shape; the docs'
+estate reference is generated from them. Provider and action `config` blocks
+are validated against the config model of the registered type by
+`keyshift.service.estate`, which reports every problem with its field path.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from keyshift.domain.durations import Duration
+from keyshift.domain.states import OnFailure
+from keyshift.errors import ConfigError
+
+Name = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,127}$"),
+]
+"""Names of credentials, policies and integrations: lowercase letters, digits, `.`, `_`, `-`."""
+
+DEFAULT_POLICY_NAME = "default"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Policy(_Model):
+    """When to rotate and how long the old version stays valid."""
+
+    name: Name = DEFAULT_POLICY_NAME
+    rotate_before_expiry: Duration = timedelta(days=30)
+    """Start a rotation this long before the current version expires."""
+    grace_period: Duration = timedelta(days=30)
+    """How long old and new versions are both valid before the old one is revoked."""
+    max_lifetime: Duration | None = None
+    """A version may live at most this long; keyshift sets its expiry from it."""
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Policy:
+        if self.max_lifetime is not None:
+            if self.max_lifetime <= timedelta(0):
+                raise ValueError("max_lifetime must be longer than 0s")
+            if self.rotate_before_expiry >= self.max_lifetime:
+                raise ValueError("rotate_before_expiry must be shorter than max_lifetime")
+        return self
+
+
+class ProviderSpec(_Model):
+    """The issuer of a credential's versions: `type` picks the provider, the rest is its config."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str
+    integration: Name | None = None
+
+    def config(self) -> dict[str, Any]:
+        """The provider's own settings: every key but `type` and `integration`."""
+        return self.model_dump(exclude={"type", "integration"}, exclude_none=True)
+
+
+class ActionSpec(_Model):
+    """One delivery step, in the shape other rotation tools already use."""
+
+    type: str
+    order: int = Field(ge=0)
+    on_failure: OnFailure = OnFailure.ABORT
+    agent_id: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The action's identity inside its credential: `order:type`."""
+        return f"{self.order}:{self.type}"
+
+
+class CredentialSpec(_Model):
+    """A logical secret a team owns, its issuer, its policy and its consumers."""
+
+    name: Name
+    owner: str | None = None
+    environment: str | None = None
+    description: str | None = None
+    policy: Name | Policy | None = None
+    auto_rotate: bool = False
+    provider: ProviderSpec
+    actions: list[ActionSpec] = Field(default_factory=list)
+
+    @field_validator("actions")
+    @classmethod
+    def _unique_order(cls, actions: list[ActionSpec]) -> list[ActionSpec]:
+        seen: dict[int, str] = {}
+        for action in actions:
+            if action.order in seen:
+                raise ValueError(
+                    f"two actions have order {action.order} ({seen[action.order]} and "
+                    f"{action.type}); give each a distinct order"
+                )
+            seen[action.order] = action.type
+        return actions
+
+
+class IntegrationSpec(_Model):
+    """A connection keyshift uses to reach an issuer (Entra tenant, database admin...)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: Name
+    type: str
+
+
+class Estate(_Model):
+    """The whole estate file."""
+
+    integrations: list[IntegrationSpec] = Field(default_factory=list)
+    policies: list[Policy] = Field(default_factory=list)
+    credentials: list[CredentialSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> Estate:
+        problems: list[str] = []
+        declared: dict[str, list[str]] = {
+            "integrations": [i.name for i in self.integrations],
+            "policies": [p.name for p in self.policies],
+            "credentials": [c.name for c in self.credentials],
+        }
+        for field, names in declared.items():
+            seen: set[str] = set()
+            for i, name in enumerate(names):
+                if name in seen:
+                    problems.append(f"{field}[{i}].name: '{name}' is declared twice")
+                seen.add(name)
+        policy_names = {p.name for p in self.policies} | {DEFAULT_POLICY_NAME}
+        integration_names = {i.name for i in self.integrations}
+        for i, cred in enumerate(self.credentials):
+            if isinstance(cred.policy, str) and cred.policy not in policy_names:
+                problems.append(f"credentials[{i}].policy: no policy named '{cred.policy}'")
+            ref = cred.provider.integration
+            if ref is not None and ref not in integration_names:
+                problems.append(
+                    f"credentials[{i}].provider.integration: no integration named '{ref}'"
+                )
+        if problems:
+            # Raised as one ValueError whose lines already carry their paths;
+            # `estate_errors` splits them back into ConfigErrors.
+            raise ValueError(_PATHED + "\n".join(problems))
+        return self
+
+    def policy_for(self, cred: CredentialSpec) -> Policy:
+        """The effective policy of a credential: inline, named, or the default."""
+        if isinstance(cred.policy, Policy):
+            return cred.policy
+        wanted = cred.policy or DEFAULT_POLICY_NAME
+        for policy in self.policies:
+            if policy.name == wanted:
+                return policy
+        return Policy()
+
+
+_PATHED = "\x00pathed\x00"
+
+
+def format_loc(loc: tuple[int | str, ...], prefix: str = "") -> str:
+    """Render a pydantic location as `credentials[2].actions[0].config.file_format`."""
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-after", "function-before", "function-wrap")):
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not a known field"
+    if kind in ("literal_error", "enum"):
+        expected = str(ctx.get("expected", ""))
+        choices = re.findall(r"'([^']*)'", expected)
+        return "must be one of " + ", ".join(choices) if choices else error["msg"]
+    if kind == "string_pattern_mismatch":
+        return "must use lowercase letters, digits, '.', '_' or '-' (max 128)"
+    msg = str(error["msg"])
+    for lead in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(lead)
+    return msg[:1].lower() + msg[1:]
+
+
+def config_errors(exc: ValidationError, prefix: str = "") -> list[ConfigError]:
+    """One ConfigError per pydantic error, each with its full field path."""
+    out: list[ConfigError] = []
+    for error in exc.errors(include_url=False):
+        msg = str(error.get("msg", ""))
+        if _PATHED in msg:
+            for line in msg.split(_PATHED, 1)[1].splitlines():
+                path, _, text = line.partition(": ")
+                out.append(ConfigError(prefix + path if not prefix else f"{prefix}.{path}", text))
+            continue
+        out.append(ConfigError(format_loc(tuple(error["loc"]), prefix), _message(error)))
+    return out

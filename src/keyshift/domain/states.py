@@ -1,0 +1,92 @@
+"""The words of the rotation state machine and the credential lifecycle (design.md)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RotationState(StrEnum):
+    """Where a rotation stands. The order of the happy path is `HAPPY_PATH`."""
+
+    REQUESTED = "requested"
+    VALIDATED = "validated"
+    AWAITING_APPROVAL = "awaiting_approval"
+    APPROVED = "approved"
+    PREFLIGHTED = "preflighted"
+    CREATING = "creating"
+    PUBLISHING = "publishing"
+    RELOADING = "reloading"
+    VERIFYING = "verifying"
+    NOTIFYING = "notifying"
+    GRACE = "grace"
+    AWAITING_REVOKE_APPROVAL = "awaiting_revoke_approval"
+    REVOKING = "revoking"
+    COMPLETED = "completed"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+    NEEDS_ATTENTION = "needs_attention"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset(
+    {
+        RotationState.COMPLETED,
+        RotationState.ROLLED_BACK,
+        RotationState.FAILED,
+        RotationState.NEEDS_ATTENTION,
+    }
+)
+
+
+class Phase(StrEnum):
+    """The cutover phase an action belongs to. Phases run in this order."""
+
+    PUBLISH = "publishing"
+    RELOAD = "reloading"
+    VERIFY = "verifying"
+    NOTIFY = "notifying"
+
+
+PHASE_ORDER: tuple[Phase, ...] = (Phase.PUBLISH, Phase.RELOAD, Phase.VERIFY, Phase.NOTIFY)
+
+
+class OnFailure(StrEnum):
+    """What a failed action does to the run: stop and roll back, or finish as needs_attention."""
+
+    ABORT = "abort"
+    CONTINUE = "continue"
+
+
+class StepStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    ROLLED_BACK = "rolled_back"
+
+
+class VersionStatus(StrEnum):
+    """A version's standing at keyshift. `pending` = created, not yet cut over."""
+
+    PENDING = "pending"
+    CURRENT = "current"
+    PREVIOUS = "previous"
+    DISABLED = "disabled"
+    REVOKED = "revoked"
+
+
+class Lifecycle(StrEnum):
+    """The lifecycle state shown to operators for a credential."""
+
+    ACTIVE = "Active"
+    EXPIRING_SOON = "Expiring Soon"
+    ROTATING = "Rotating"
+    GRACE_PERIOD = "Grace Period"
+    EXPIRED = "Expired"
+    CLEANED_UP = "Cleaned Up"
+    NEVER_ROTATED = "Never Rotated"
+    NEEDS_ATTENTION = "Needs Attention"

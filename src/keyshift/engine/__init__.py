@@ -1,0 +1,8 @@
+"""The engine: the rotation state machine runner, its plans, leases and fault points."""
+
+from __future__ import annotations
+
+from keyshift.engine.plan import Plan, PlannedAction, build_plan
+from keyshift.engine.runner import Engine, StepEvent
+
+__all__ = ["Engine", "Plan", "PlannedAction", "StepEvent", "build_plan"]

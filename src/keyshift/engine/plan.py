@@ -1,0 +1,113 @@
+"""The plan of one rotation: what it will call and in which order, fixed when requested.
+
+A rotation runs the plan stored with it, not the estate as it is later, so a
+resumed run does what was requested and the plan hash in the audit trail
+(and, later, in approvals) names exactly what ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any
+
+from keyshift.domain.estate import CredentialSpec, Policy
+from keyshift.domain.states import PHASE_ORDER, OnFailure, Phase
+from keyshift.engine.plugins import target_phase
+from keyshift.store.audit import canonical
+
+
+@dataclass(frozen=True)
+class PlannedAction:
+    key: str
+    type: str
+    order: int
+    on_failure: OnFailure
+    agent_id: str | None
+    phase: Phase
+    config: dict[str, Any]
+
+    @property
+    def step(self) -> str:
+        """The journal name of this action's step, e.g. `publishing:10:file`."""
+        return f"{self.phase.value}:{self.key}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    credential: str
+    provider_type: str
+    provider_config: dict[str, Any]
+    policy: dict[str, Any]
+    grace_period_s: float
+    actions: tuple[PlannedAction, ...]
+
+    @property
+    def grace_period(self) -> timedelta:
+        return timedelta(seconds=self.grace_period_s)
+
+    def in_phase(self, phase: Phase) -> list[PlannedAction]:
+        return [a for a in self.actions if a.phase == phase]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["actions"] = [
+            {**asdict(a), "phase": a.phase.value, "on_failure": a.on_failure.value}
+            for a in self.actions
+        ]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        actions = tuple(
+            PlannedAction(
+                key=a["key"],
+                type=a["type"],
+                order=a["order"],
+                on_failure=OnFailure(a["on_failure"]),
+                agent_id=a["agent_id"],
+                phase=Phase(a["phase"]),
+                config=a["config"],
+            )
+            for a in data["actions"]
+        )
+        return cls(
+            credential=data["credential"],
+            provider_type=data["provider_type"],
+            provider_config=data["provider_config"],
+            policy=data["policy"],
+            grace_period_s=data["grace_period_s"],
+            actions=actions,
+        )
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(canonical(self.to_json()).encode()).hexdigest()
+
+
+def build_plan(spec: CredentialSpec, policy: Policy, grace: timedelta | None = None) -> Plan:
+    """Order the actions by phase (publish, reload, verify, notify), then by `order`."""
+    rank = {phase: i for i, phase in enumerate(PHASE_ORDER)}
+    planned = [
+        PlannedAction(
+            key=a.key,
+            type=a.type,
+            order=a.order,
+            on_failure=a.on_failure,
+            agent_id=a.agent_id,
+            phase=target_phase(a.type),
+            config=dict(a.config),
+        )
+        for a in spec.actions
+    ]
+    planned.sort(key=lambda a: (rank[a.phase], a.order))
+    effective_grace = policy.grace_period if grace is None else grace
+    return Plan(
+        credential=spec.name,
+        provider_type=spec.provider.type,
+        provider_config=spec.provider.config(),
+        policy=policy.model_dump(mode="json"),
+        grace_period_s=effective_grace.total_seconds(),
+        actions=tuple(planned),
+    )

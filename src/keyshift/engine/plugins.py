@@ -1,0 +1,60 @@
+"""Turning `type` + `config` from the estate into provider and target instances.
+
+One place validates plugin config against the registered class's `Config`
+model, so `apply` and the engine refuse the same things with the same paths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from keyshift.domain.context import PluginContext
+from keyshift.domain.estate import config_errors
+from keyshift.domain.states import Phase
+from keyshift.errors import ConfigError, EstateInvalid
+from keyshift.providers import PROVIDERS, Provider
+from keyshift.targets import TARGETS, Target
+
+
+def _lookup(registry: dict[Any, Any], kind: str, what: str, path: str) -> Any:
+    for key, cls in registry.items():
+        if key == kind:
+            return cls
+    known = ", ".join(sorted(str(k) for k in registry))
+    raise EstateInvalid([ConfigError(path, f"unknown {what} type '{kind}'; known: {known}")])
+
+
+def validate_config(cls: Any, config: dict[str, Any], path: str) -> BaseModel:
+    """Validate `config` against `cls.Config`; raise EstateInvalid with every bad field."""
+    try:
+        model: BaseModel = cls.Config.model_validate(config)
+    except ValidationError as exc:
+        raise EstateInvalid(config_errors(exc, path)) from None
+    return model
+
+
+def provider_class(kind: str, path: str = "provider.type") -> Any:
+    return _lookup(PROVIDERS, kind, "provider", path)
+
+
+def target_class(kind: str, path: str = "type") -> Any:
+    return _lookup(TARGETS, kind, "action", path)
+
+
+def target_phase(kind: str) -> Phase:
+    phase: Phase = target_class(kind).phase
+    return phase
+
+
+def build_provider(kind: str, config: dict[str, Any], context: PluginContext) -> Provider:
+    cls = provider_class(kind)
+    provider: Provider = cls(validate_config(cls, config, "provider"), context)
+    return provider
+
+
+def build_target(kind: str, config: dict[str, Any], context: PluginContext) -> Target:
+    cls = target_class(kind)
+    target: Target = cls(validate_config(cls, config, "config"), context)
+    return target

@@ -1,0 +1,873 @@
+"""The rotation engine: runs the state machine of design.md, one journaled step at a time.
+
+Durability rules, applied at every step:
+
+- The step's row is written (`running`) and committed before its side effect.
+- The side effect's result is stored before the step is closed; the step is
+  closed and the rotation advanced to its next state in one transaction,
+  together with the step's audit entry.
+- On restart the engine rolls forward: a step left `running` is marked
+  interrupted and run again. Every step is idempotent, so running it again
+  never issues a second version (the version stored for this rotation is
+  reused) and never publishes a different value.
+
+A rotation is owned by one worker at a time through a lease on its row;
+a lease whose holder died (same host, process gone) or expired is taken over.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TypeVar
+
+import structlog
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from keyshift import __version__
+from keyshift.domain.context import PluginContext
+from keyshift.domain.estate import CredentialSpec, Policy
+from keyshift.domain.states import (
+    OnFailure,
+    Phase,
+    RotationState,
+    StepStatus,
+    VersionStatus,
+)
+from keyshift.engine.faults import crash_point
+from keyshift.engine.plan import Plan, PlannedAction, build_plan
+from keyshift.engine.plugins import build_provider, build_target
+from keyshift.errors import (
+    KeyshiftError,
+    LeaseHeld,
+    NotFound,
+    PermanentError,
+    PluginError,
+    TransientError,
+    scrub,
+)
+from keyshift.providers.base import (
+    CreateRequest,
+    IssuedVersion,
+    Provider,
+    RevokeRequest,
+    VerifyRequest,
+)
+from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
+from keyshift.store.store import Store
+from keyshift.targets.base import (
+    Delivery,
+    PreflightRequest,
+    PreflightResult,
+    PublishRequest,
+    Readiness,
+    RollbackRequest,
+    StepResult,
+    Target,
+)
+
+log = structlog.get_logger("keyshift.engine")
+
+T = TypeVar("T")
+
+RETAIN_DISABLED = timedelta(days=7)
+"""How long a rolled-back new version is kept (disabled) for analysis before it expires."""
+
+TRANSIENT_ATTEMPTS = 3
+"""Tries of one step on TransientError before it counts as failed."""
+
+STATE_AFTER_PHASE: dict[Phase, RotationState] = {
+    Phase.PUBLISH: RotationState.RELOADING,
+    Phase.RELOAD: RotationState.VERIFYING,
+    Phase.VERIFY: RotationState.NOTIFYING,
+    Phase.NOTIFY: RotationState.GRACE,
+}
+PHASE_OF_STATE: dict[RotationState, Phase] = {
+    RotationState.PUBLISHING: Phase.PUBLISH,
+    RotationState.RELOADING: Phase.RELOAD,
+    RotationState.VERIFYING: Phase.VERIFY,
+    RotationState.NOTIFYING: Phase.NOTIFY,
+}
+VERIFY_PROVIDER_STEP = "verifying:provider"
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """Progress report for a terminal or API: a step started or ended."""
+
+    rotation_id: str
+    step: str
+    status: StepStatus
+    duration_s: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Run:
+    """What one `run` call holds in memory: the loaded plan and its plugin instances."""
+
+    rotation_id: str
+    credential_id: str
+    credential: str
+    plan: Plan
+    provider: Provider
+    targets: dict[str, Target] = field(default_factory=dict)
+    secrets: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Open:
+    """A journaled step that has begun and not yet ended."""
+
+    id: int
+    name: str
+    started: float
+
+
+class Engine:
+    """Requests and runs rotations against one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        actor: str,
+        context: PluginContext | None = None,
+        lease_ttl: timedelta = timedelta(seconds=120),
+        on_event: Callable[[StepEvent], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.actor = actor
+        self.context = context or PluginContext()
+        self.lease_ttl = lease_ttl
+        self.on_event = on_event or (lambda _event: None)
+        self.owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+    # Requesting ----------------------------------------------------------------------
+
+    def request(
+        self,
+        credential: str,
+        *,
+        requested_by: str,
+        reason: str = "manual",
+        grace: timedelta | None = None,
+    ) -> str:
+        """Record a new rotation of `credential` in state `requested` and return its id.
+
+        Refused while another rotation of the same credential is unfinished: the
+        credential row is claimed with a conditional update, so two requests
+        cannot both succeed.
+        """
+        rotation_id = str(uuid.uuid4())
+        now = self.context.now()
+        with self.store.transaction() as s:
+            cred = _credential(s, credential)
+            spec = CredentialSpec.model_validate(cred.spec["credential"])
+            policy = Policy.model_validate(cred.spec["policy"])
+            plan = build_plan(spec, policy, grace)
+            claimed = s.execute(
+                update(CredentialRow)
+                .where(CredentialRow.id == cred.id, CredentialRow.active_rotation_id.is_(None))
+                .values(active_rotation_id=rotation_id)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                raise KeyshiftError(
+                    f"credential {credential} already has rotation {cred.active_rotation_id} "
+                    "in progress; `keyshift resume` continues it"
+                )
+            current = _current_version(s, cred.id)
+            s.add(
+                RotationRow(
+                    id=rotation_id,
+                    credential_id=cred.id,
+                    state=RotationState.REQUESTED.value,
+                    requested_by=requested_by,
+                    requested_at=now,
+                    reason=reason,
+                    plan=plan.to_json(),
+                    plan_hash=plan.hash,
+                    keyshift_version=__version__,
+                    old_version_id=current.id if current else None,
+                    updated_at=now,
+                )
+            )
+            self.store.audit(
+                s,
+                actor=requested_by,
+                action="rotation.requested",
+                subject=f"rotation:{rotation_id}",
+                details={
+                    "credential": credential,
+                    "requested_by": requested_by,
+                    "reason": reason,
+                    "inputs": {"grace_period_s": plan.grace_period_s},
+                    "plan_hash": plan.hash,
+                    "keyshift_version": __version__,
+                    "old_version_id": current.id if current else None,
+                    "old_fingerprint": current.fingerprint if current else None,
+                },
+            )
+        log.info("rotation requested", rotation_id=rotation_id, credential=credential)
+        return rotation_id
+
+    # Running -------------------------------------------------------------------------
+
+    async def run(self, rotation_id: str) -> RotationState:
+        """Advance the rotation as far as it can go now.
+
+        Returns the state it stopped in: a final state, or `grace` while the grace
+        period lasts (a later `run`, e.g. from the worker, revokes after it).
+        """
+        run = self._claim(rotation_id)
+        bound = log.bind(rotation_id=rotation_id, credential=run.credential)
+        try:
+            while True:
+                rot = self._load(rotation_id)
+                state = RotationState(rot.state)
+                if state.is_final:
+                    return state
+                if state == RotationState.GRACE and not self._grace_over(rot):
+                    return state
+                bound.debug("advancing", state=state.value)
+                await self._advance(run, rot, state)
+        finally:
+            await self._close(run)
+            self._release(rotation_id)
+
+    async def preflight(self, plan: Plan) -> list[tuple[str, PreflightResult]]:
+        """Each action's readiness, changing nothing (dry run and the `preflighted` step)."""
+        results: list[tuple[str, PreflightResult]] = []
+        for action in plan.actions:
+            try:
+                target = build_target(action.type, action.config, self.context)
+                result = await target.preflight(PreflightRequest(credential=plan.credential))
+            except KeyshiftError as exc:
+                result = PreflightResult(Readiness.BLOCKED, str(exc))
+            results.append((action.step, result))
+        return results
+
+    async def _advance(self, run: _Run, rot: RotationRow, state: RotationState) -> None:
+        match state:
+            case RotationState.REQUESTED:
+                await self._step(run, "validated", self._validate, RotationState.VALIDATED)
+            case RotationState.VALIDATED:
+                await self._step(run, "preflighted", self._preflight, RotationState.PREFLIGHTED)
+            case RotationState.PREFLIGHTED:
+                self._transition(run, RotationState.CREATING)
+            case RotationState.CREATING:
+                await self._step(run, "creating", self._create, RotationState.PUBLISHING)
+            case (
+                RotationState.PUBLISHING
+                | RotationState.RELOADING
+                | RotationState.VERIFYING
+                | RotationState.NOTIFYING
+            ):
+                await self._run_phase(run, rot, PHASE_OF_STATE[state])
+            case RotationState.GRACE:
+                self._transition(run, RotationState.REVOKING)
+            case RotationState.REVOKING:
+                await self._step(run, "revoking", self._revoke, None, finishes=True)
+            case RotationState.ROLLING_BACK:
+                await self._roll_back(run, rot)
+            case _:
+                raise KeyshiftError(f"rotation {rot.id} is in state {state}, which needs a human")
+
+    # Steps ---------------------------------------------------------------------------
+
+    async def _step(
+        self,
+        run: _Run,
+        name: str,
+        body: Callable[[_Run], Awaitable[StepResult]],
+        next_state: RotationState | None,
+        *,
+        finishes: bool = False,
+    ) -> None:
+        """Journal `name`, run `body`, then close the step and advance in one transaction.
+
+        A failure of a provider step (validate, preflight, create, revoke) ends the run
+        `failed` before anything was published, or `needs_attention` at revocation.
+        """
+        opened, result, error = await self._attempt(run, name, lambda: body(run))
+        if error is not None:
+            final = RotationState.NEEDS_ATTENTION if name == "revoking" else RotationState.FAILED
+            self._end(run, opened, None, error, next_state=final)
+            return
+        if finishes:
+            next_state = self._finished_state(run)
+        self._end(run, opened, result, None, next_state=next_state)
+
+    async def _attempt(
+        self, run: _Run, name: str, call: Callable[[], Awaitable[StepResult]]
+    ) -> tuple[_Open, StepResult | None, str | None]:
+        """Journal the step as running, then run it (retrying transient errors).
+
+        Returns the open step with either its result or its scrubbed error; the
+        caller closes it. The crash point sits between the side effect and the close.
+        """
+        opened = self._begin(run, name)
+        try:
+            result = await self._retrying(call)
+        except (PluginError, KeyshiftError) as exc:
+            return opened, None, scrub(str(exc), run.secrets)
+        crash_point(name)
+        return opened, result, None
+
+    async def _run_phase(self, run: _Run, rot: RotationRow, phase: Phase) -> None:
+        done = self._succeeded_steps(run.rotation_id)
+        for action in run.plan.in_phase(phase):
+            if action.step in done:
+                continue  # finished before a restart: publishing again is not needed
+            failed = await self._run_action(run, action)
+            if failed and action.on_failure == OnFailure.ABORT:
+                return
+        if phase == Phase.VERIFY and VERIFY_PROVIDER_STEP not in done:
+            await self._step(run, VERIFY_PROVIDER_STEP, self._verify, None)
+            if RotationState(self._load(run.rotation_id).state) != RotationState.VERIFYING:
+                return
+        next_state = STATE_AFTER_PHASE[phase]
+        if phase == Phase.VERIFY:
+            self._cut_over(run)
+        if next_state == RotationState.GRACE:
+            self._enter_grace(run)
+        else:
+            self._transition(run, next_state)
+
+    async def _run_action(self, run: _Run, action: PlannedAction) -> bool:
+        """Run one action's step. Returns True when it failed."""
+
+        async def publish() -> StepResult:
+            new, previous = self._deliveries(run)
+            target = self._target(run, action)
+            return await target.publish(PublishRequest(delivery=new, previous=previous))
+
+        opened, result, error = await self._attempt(run, action.step, publish)
+        if error is None:
+            self._end(run, opened, result, None)
+            return False
+        why = f"{action.step}: {error}"
+        if action.on_failure == OnFailure.ABORT:
+            self._end(
+                run, opened, None, error, next_state=RotationState.ROLLING_BACK, rotation_error=why
+            )
+        else:
+            self._end(run, opened, None, error, attention=why)
+        return True
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+            try:
+                return await call()
+            except TransientError as exc:
+                if attempt == TRANSIENT_ATTEMPTS:
+                    raise
+                delay = exc.retry_after if exc.retry_after is not None else 2.0 ** (attempt - 1)
+                log.warning(
+                    "transient failure, retrying", attempt=attempt, delay_s=delay, error=str(exc)
+                )
+                await self.context.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # Step bodies ---------------------------------------------------------------------
+
+    async def _validate(self, run: _Run) -> StepResult:
+        with self.store.transaction() as s:
+            cred = s.get(CredentialRow, run.credential_id)
+            if cred is None or cred.removed_at is not None:
+                raise PermanentError(f"credential {run.credential} is no longer in the estate")
+        return StepResult({"plan_hash": run.plan.hash, "actions": len(run.plan.actions)})
+
+    async def _preflight(self, run: _Run) -> StepResult:
+        results = await self.preflight(run.plan)
+        blocked = [f"{step}: {r.reason}" for step, r in results if r.readiness == Readiness.BLOCKED]
+        if blocked:
+            raise PermanentError("preflight blocked: " + "; ".join(blocked))
+        return StepResult({step: r.readiness.value for step, r in results})
+
+    async def _create(self, run: _Run) -> StepResult:
+        # Look before creating: a version stored for this rotation before a crash is
+        # the one this rotation issued; creating again would mint a second one.
+        with self.store.transaction() as s:
+            existing = s.execute(
+                select(VersionRow).where(VersionRow.rotation_id == run.rotation_id)
+            ).scalar_one_or_none()
+            if existing is not None:
+                self._set_new_version(s, run, existing.id)
+                return StepResult(
+                    {"version_id": existing.id, "fingerprint": existing.fingerprint, "reused": True}
+                )
+            current = _current_version(s, run.credential_id)
+            current_issued = self._issued(current) if current else None
+        issued = await self._issue(run, current_issued)
+        try:
+            with self.store.transaction() as s:
+                serial = (
+                    s.execute(
+                        select(func.max(VersionRow.serial)).where(
+                            VersionRow.credential_id == run.credential_id
+                        )
+                    ).scalar_one_or_none()
+                    or 0
+                ) + 1
+                row = VersionRow(
+                    id=str(uuid.uuid4()),
+                    credential_id=run.credential_id,
+                    rotation_id=run.rotation_id,
+                    serial=serial,
+                    provider_ref=issued.provider_ref,
+                    attributes=dict(issued.attributes),
+                    status=VersionStatus.PENDING.value,
+                    fingerprint=self.store.fingerprint(issued.value),
+                    created_at=self.context.now(),
+                    expires_at=issued.expires_at,
+                    revoked_at=None,
+                )
+                self.store.seal_into(row, issued.value)
+                s.add(row)
+                s.flush()
+                self._set_new_version(s, run, row.id)
+                detail = {
+                    "version_id": row.id,
+                    "fingerprint": row.fingerprint,
+                    "provider_ref": row.provider_ref,
+                    "serial": serial,
+                }
+        except Exception as exc:
+            # The issuer holds a version keyshift could not store: revoke it so no
+            # unknown credential stays valid, and name it if that fails too.
+            try:
+                await run.provider.revoke(RevokeRequest(run.credential, run.rotation_id, issued))
+            except Exception as cleanup:
+                raise PermanentError(
+                    f"storing the new version failed ({exc.__class__.__name__}) and revoking it "
+                    f"failed too ({cleanup.__class__.__name__}): orphaned version "
+                    f"{issued.provider_ref} at the issuer"
+                ) from exc
+            raise PermanentError(
+                f"storing the new version failed ({exc.__class__.__name__}); the issued "
+                f"version {issued.provider_ref} was revoked"
+            ) from exc
+        return StepResult(detail)
+
+    async def _issue(self, run: _Run, current: IssuedVersion | None) -> IssuedVersion:
+        policy = Policy.model_validate(run.plan.policy)
+        issued = await run.provider.create(
+            CreateRequest(
+                credential=run.credential,
+                rotation_id=run.rotation_id,
+                marker=f"keyshift:{run.rotation_id}",
+                policy=policy,
+                current=current,
+            )
+        )
+        run.secrets.append(issued.value.reveal())
+        return issued
+
+    async def _verify(self, run: _Run) -> StepResult:
+        new, _previous = self._deliveries(run)
+        with self.store.transaction() as s:
+            row = _version(s, new.version_id)
+            issued = self._issued(row)
+        result = await run.provider.verify(VerifyRequest(run.credential, issued))
+        if not result.ok:
+            raise PermanentError(f"the new version does not authenticate: {result.detail}")
+        return StepResult({"version_id": new.version_id, "detail": result.detail})
+
+    async def _revoke(self, run: _Run) -> StepResult:
+        with self.store.transaction() as s:
+            rot = _rotation(s, run.rotation_id)
+            if rot.old_version_id is None:
+                return StepResult({"revoked": None, "reason": "no previous version"})
+            old = _version(s, rot.old_version_id)
+            if old.status == VersionStatus.REVOKED.value:
+                # Revoked before a restart; the issuer call succeeded then.
+                return StepResult(
+                    {"version_id": old.id, "fingerprint": old.fingerprint, "already_revoked": True}
+                )
+            issued = self._issued(old)
+        result = await run.provider.revoke(RevokeRequest(run.credential, run.rotation_id, issued))
+        with self.store.transaction() as s:
+            old = _version(s, issued_id := rot.old_version_id)
+            old.status = VersionStatus.REVOKED.value
+            old.revoked_at = self.context.now()
+            # Revoked on purpose: the value is no longer kept.
+            old.ciphertext = old.wrapped_key = old.master_key_id = None
+        return StepResult(
+            {
+                "version_id": issued_id,
+                "fingerprint": old.fingerprint,
+                "provider_ref": old.provider_ref,
+                "already_gone": result.already_gone,
+                **dict(result.detail),
+            }
+        )
+
+    async def _roll_back(self, run: _Run, rot: RotationRow) -> None:
+        """Undo the actions that ran, newest first, restoring the previous value.
+
+        A publish that failed may have been applied in part, so it is undone too; a
+        reload, verify or notify that failed did not switch its consumer.
+        """
+        journal = self._journal(run.rotation_id)
+        succeeded = [s.name for s in journal if s.status == StepStatus.SUCCEEDED.value]
+        failed_publish = [
+            s.name
+            for s in journal
+            if s.status == StepStatus.FAILED.value and s.name.startswith(Phase.PUBLISH.value)
+        ]
+        by_step = {a.step: a for a in run.plan.actions}
+        to_undo = [n for n in dict.fromkeys(succeeded + failed_publish) if n in by_step]
+        order = {a.step: i for i, a in enumerate(run.plan.actions)}
+        to_undo.sort(key=lambda n: order[n], reverse=True)
+        not_restored: list[str] = []
+        for name in to_undo:
+            undo = f"rollback:{name}"
+            if undo in succeeded:
+                continue
+            action = by_step[name]
+
+            async def undo_action(action: PlannedAction = action) -> StepResult:
+                new, previous = self._deliveries(run)
+                target = self._target(run, action)
+                return await target.rollback(RollbackRequest(failed=new, previous=previous))
+
+            opened, result, error = await self._attempt(run, undo, undo_action)
+            if error is not None:
+                not_restored.append(f"{name} ({error})")
+            self._end(run, opened, result, error)
+        self._finish_rollback(run, not_restored)
+
+    # Journal and state ---------------------------------------------------------------
+
+    def _begin(self, run: _Run, name: str) -> _Open:
+        now = self.context.now()
+        with self.store.transaction() as s:
+            rot = _rotation(s, run.rotation_id)
+            self._check_lease(rot)
+            rot.lease_expires_at = now + self.lease_ttl
+            attempts = (
+                s.execute(
+                    select(StepRow).where(
+                        StepRow.rotation_id == run.rotation_id, StepRow.name == name
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            for earlier in attempts:
+                if earlier.status == StepStatus.RUNNING.value:
+                    # The worker that ran this attempt stopped mid-step; its side
+                    # effect may or may not have happened, so the step runs again.
+                    earlier.status = StepStatus.FAILED.value
+                    earlier.error = "interrupted: the worker stopped during this step"
+                    earlier.ended_at = now
+            seq = s.execute(
+                select(func.count())
+                .select_from(StepRow)
+                .where(StepRow.rotation_id == run.rotation_id)
+            ).scalar_one()
+            step = StepRow(
+                rotation_id=run.rotation_id,
+                seq=seq + 1,
+                name=name,
+                status=StepStatus.RUNNING.value,
+                attempt=len(attempts) + 1,
+                started_at=now,
+                ended_at=None,
+                detail={},
+                error=None,
+            )
+            s.add(step)
+            s.flush()
+            step_id = step.id
+        self.on_event(StepEvent(run.rotation_id, name, StepStatus.RUNNING))
+        return _Open(step_id, name, time.monotonic())
+
+    def _end(
+        self,
+        run: _Run,
+        opened: _Open,
+        result: StepResult | None,
+        error: str | None,
+        *,
+        next_state: RotationState | None = None,
+        attention: str | None = None,
+        rotation_error: str | None = None,
+    ) -> None:
+        """Close a step (succeeded when `error` is None), audit it, and maybe advance."""
+        now = self.context.now()
+        duration = time.monotonic() - opened.started
+        name = opened.name
+        status = StepStatus.SUCCEEDED if error is None else StepStatus.FAILED
+        detail = dict(result.detail) if result is not None else {}
+        with self.store.transaction() as s:
+            step = s.get(StepRow, opened.id)
+            if step is None:
+                raise NotFound(f"journal step {opened.id} of rotation {run.rotation_id}")
+            step.status = status.value
+            step.ended_at = now
+            step.detail = detail
+            step.error = error
+            rot = _rotation(s, run.rotation_id)
+            if attention:
+                rot.attention = "; ".join(filter(None, [rot.attention, attention]))
+            if rotation_error:
+                rot.error = rotation_error
+            elif error and next_state in (RotationState.FAILED, RotationState.NEEDS_ATTENTION):
+                rot.error = f"{name}: {error}"
+            self.store.audit(
+                s,
+                actor=self.actor,
+                action="rotation.step",
+                subject=f"rotation:{run.rotation_id}",
+                details={
+                    "credential": run.credential,
+                    "step": name,
+                    "attempt": step.attempt,
+                    "outcome": status.value,
+                    "started_at": step.started_at.isoformat(),
+                    "ended_at": now.isoformat(),
+                    "detail": step.detail,
+                    "error": error,
+                },
+            )
+            if next_state is not None:
+                self._set_state(s, run, rot, next_state)
+        self.on_event(StepEvent(run.rotation_id, name, status, duration, error))
+
+    def _transition(self, run: _Run, state: RotationState) -> None:
+        with self.store.transaction() as s:
+            self._set_state(s, run, _rotation(s, run.rotation_id), state)
+
+    def _set_state(self, s: Session, run: _Run, rot: RotationRow, state: RotationState) -> None:
+        now = self.context.now()
+        rot.state = state.value
+        rot.updated_at = now
+        if state.is_final:
+            rot.finished_at = now
+            s.execute(
+                update(CredentialRow)
+                .where(
+                    CredentialRow.id == rot.credential_id,
+                    CredentialRow.active_rotation_id == rot.id,
+                )
+                .values(active_rotation_id=None)
+            )
+            self.store.audit(
+                s,
+                actor=self.actor,
+                action="rotation.finished",
+                subject=f"rotation:{rot.id}",
+                details={
+                    "credential": run.credential,
+                    "state": state.value,
+                    "plan_hash": rot.plan_hash,
+                    "keyshift_version": __version__,
+                    "old_version_id": rot.old_version_id,
+                    "new_version_id": rot.new_version_id,
+                    "error": rot.error,
+                    "attention": rot.attention,
+                },
+            )
+            log.info("rotation finished", rotation_id=rot.id, state=state.value)
+
+    def _finished_state(self, run: _Run) -> RotationState:
+        rot = self._load(run.rotation_id)
+        return RotationState.NEEDS_ATTENTION if rot.attention else RotationState.COMPLETED
+
+    def _set_new_version(self, s: Session, run: _Run, version_id: str) -> None:
+        _rotation(s, run.rotation_id).new_version_id = version_id
+
+    def _cut_over(self, run: _Run) -> None:
+        """The new version becomes current and the old one previous (still valid)."""
+        with self.store.transaction() as s:
+            rot = _rotation(s, run.rotation_id)
+            if rot.new_version_id is None:
+                raise NotFound(f"rotation {rot.id} reached cutover without a new version")
+            _version(s, rot.new_version_id).status = VersionStatus.CURRENT.value
+            if rot.old_version_id is not None:
+                old = _version(s, rot.old_version_id)
+                if old.status == VersionStatus.CURRENT.value:
+                    old.status = VersionStatus.PREVIOUS.value
+
+    def _enter_grace(self, run: _Run) -> None:
+        with self.store.transaction() as s:
+            rot = _rotation(s, run.rotation_id)
+            if rot.old_version_id is None:
+                # First issuance: nothing to overlap with and nothing to revoke.
+                self._set_state(
+                    s,
+                    run,
+                    rot,
+                    RotationState.NEEDS_ATTENTION if rot.attention else RotationState.COMPLETED,
+                )
+                return
+            rot.grace_until = self.context.now() + run.plan.grace_period
+            self._set_state(s, run, rot, RotationState.GRACE)
+
+    def _grace_over(self, rot: RotationRow) -> bool:
+        return rot.grace_until is None or self.context.now() >= rot.grace_until
+
+    def _finish_rollback(self, run: _Run, not_restored: list[str]) -> None:
+        now = self.context.now()
+        with self.store.transaction() as s:
+            rot = _rotation(s, run.rotation_id)
+            if rot.new_version_id is not None:
+                # Kept, not destroyed: disabled with an expiry, for analysis.
+                new = _version(s, rot.new_version_id)
+                new.status = VersionStatus.DISABLED.value
+                new.expires_at = now + RETAIN_DISABLED
+            if rot.old_version_id is not None:
+                _version(s, rot.old_version_id).status = VersionStatus.CURRENT.value
+            if not_restored:
+                rot.error = (
+                    f"{rot.error}; rollback incomplete, not restored: {', '.join(not_restored)}; "
+                    f"new version {rot.new_version_id} kept disabled"
+                )
+            self._set_state(
+                s,
+                run,
+                rot,
+                RotationState.FAILED if not_restored else RotationState.ROLLED_BACK,
+            )
+
+    # Leases ----------------------------------------------------------------------------
+
+    def _claim(self, rotation_id: str) -> _Run:
+        now = self.context.now()
+        with self.store.transaction() as s:
+            rot = s.execute(
+                select(RotationRow).where(RotationRow.id == rotation_id).with_for_update()
+            ).scalar_one_or_none()
+            if rot is None:
+                raise NotFound(f"no rotation {rotation_id}")
+            if (
+                rot.lease_owner
+                and rot.lease_owner != self.owner
+                and rot.lease_expires_at is not None
+                and rot.lease_expires_at > now
+                and _holder_alive(rot.lease_owner)
+            ):
+                raise LeaseHeld(f"rotation {rotation_id} is being run by {rot.lease_owner}")
+            rot.lease_owner = self.owner
+            rot.lease_expires_at = now + self.lease_ttl
+            cred = s.get(CredentialRow, rot.credential_id)
+            if cred is None:
+                raise NotFound(f"credential of rotation {rotation_id}")
+            plan = Plan.from_json(rot.plan)
+        provider = build_provider(plan.provider_type, plan.provider_config, self.context)
+        return _Run(rotation_id, cred.id, cred.name, plan, provider)
+
+    def _check_lease(self, rot: RotationRow) -> None:
+        if rot.lease_owner != self.owner:
+            raise LeaseHeld(f"rotation {rot.id} was taken over by {rot.lease_owner}")
+
+    def _release(self, rotation_id: str) -> None:
+        with self.store.transaction() as s:
+            rot = s.get(RotationRow, rotation_id)
+            if rot is not None and rot.lease_owner == self.owner:
+                rot.lease_owner = None
+                rot.lease_expires_at = None
+
+    # Helpers ---------------------------------------------------------------------------
+
+    def _load(self, rotation_id: str) -> RotationRow:
+        with self.store.transaction() as s:
+            return _rotation(s, rotation_id)
+
+    def _journal(self, rotation_id: str) -> list[StepRow]:
+        with self.store.transaction() as s:
+            return list(
+                s.execute(
+                    select(StepRow).where(StepRow.rotation_id == rotation_id).order_by(StepRow.seq)
+                ).scalars()
+            )
+
+    def _succeeded_steps(self, rotation_id: str) -> set[str]:
+        return {
+            s.name for s in self._journal(rotation_id) if s.status == StepStatus.SUCCEEDED.value
+        }
+
+    def _target(self, run: _Run, action: PlannedAction) -> Target:
+        if action.step not in run.targets:
+            run.targets[action.step] = build_target(action.type, action.config, self.context)
+        return run.targets[action.step]
+
+    def _issued(self, row: VersionRow) -> IssuedVersion:
+        value = self.store.reveal(row)
+        return IssuedVersion(row.provider_ref, value, dict(row.attributes), row.expires_at)
+
+    def _deliveries(self, run: _Run) -> tuple[Delivery, Delivery | None]:
+        with self.store.transaction() as s:
+            rot = _rotation(s, run.rotation_id)
+            if rot.new_version_id is None:
+                raise PermanentError(f"rotation {rot.id} has no new version to deliver")
+            new = self._delivery(run, _version(s, rot.new_version_id))
+            previous = (
+                self._delivery(run, _version(s, rot.old_version_id))
+                if rot.old_version_id is not None
+                else None
+            )
+        return new, previous
+
+    def _delivery(self, run: _Run, row: VersionRow) -> Delivery:
+        value = self.store.reveal(row)
+        run.secrets.append(value.reveal())
+        return Delivery(
+            run.credential, run.rotation_id, row.id, row.fingerprint, value, dict(row.attributes)
+        )
+
+    async def _close(self, run: _Run) -> None:
+        await run.provider.aclose()
+
+
+def _holder_alive(owner: str) -> bool:
+    """A lease holder on this host is alive while its process exists; elsewhere, until expiry."""
+    host, _, rest = owner.partition("/")
+    pid_text = rest.partition("/")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _credential(s: Session, name: str) -> CredentialRow:
+    cred = s.execute(select(CredentialRow).where(CredentialRow.name == name)).scalar_one_or_none()
+    if cred is None or cred.removed_at is not None:
+        raise NotFound(f"no credential named {name} in the estate")
+    return cred
+
+
+def _rotation(s: Session, rotation_id: str) -> RotationRow:
+    rot = s.get(RotationRow, rotation_id)
+    if rot is None:
+        raise NotFound(f"no rotation {rotation_id}")
+    return rot
+
+
+def _version(s: Session, version_id: str) -> VersionRow:
+    row = s.get(VersionRow, version_id)
+    if row is None:
+        raise NotFound(f"no version {version_id}")
+    return row
+
+
+def _current_version(s: Session, credential_id: str) -> VersionRow | None:
+    return s.execute(
+        select(VersionRow).where(
+            VersionRow.credential_id == credential_id,
+            VersionRow.status == VersionStatus.CURRENT.value,
+        )
+    ).scalar_one_or_none()

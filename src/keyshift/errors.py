@@ -1,0 +1,108 @@
+"""The errors keyshift raises. Every one derives from `KeyshiftError`.
+
+    KeyshiftError
+    ├── ConfigError            bad estate file or setting; carries the field path
+    │   └── EstateInvalid      a whole estate file refused; carries one ConfigError per problem
+    ├── NotFound               a credential, rotation or version that does not exist
+    ├── StoreError             the store cannot be opened, migrated or read
+    │   ├── DecryptionError    a ciphertext does not open under its key and associated data
+    │   └── AuditChainBroken   `audit verify` found an edited, deleted or reordered entry
+    ├── LeaseHeld              another live worker owns the rotation
+    ├── PolicyViolation        a governance rule refuses the rotation
+    ├── ApprovalRequired       the rotation waits for a human decision
+    └── PluginError            raised by providers, targets and checks
+        ├── TransientError     worth retrying; `retry_after` says when
+        └── PermanentError     retrying will not help
+
+Messages carry identifiers (credential names, version ids, fingerprints), never secret
+values; `scrub` removes known values from any message that crosses a boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class KeyshiftError(Exception):
+    """Root of every error keyshift raises on purpose."""
+
+
+class ConfigError(KeyshiftError):
+    """A configuration value is wrong. `path` names the field, e.g. `credentials[2].policy`."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class EstateInvalid(KeyshiftError):
+    """An estate file was refused. `problems` holds one ConfigError per bad field."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class NotFound(KeyshiftError):
+    """The named object does not exist in the store."""
+
+
+class StoreError(KeyshiftError):
+    """The store cannot be opened, migrated or read."""
+
+
+class DecryptionError(StoreError):
+    """A ciphertext did not authenticate: wrong key, or moved to another row."""
+
+
+class AuditChainBroken(StoreError):
+    """The audit chain does not verify. `seq` is the first entry that breaks it."""
+
+    def __init__(self, seq: int, reason: str) -> None:
+        self.seq = seq
+        self.reason = reason
+        super().__init__(f"audit entry {seq}: {reason}")
+
+
+class LeaseHeld(KeyshiftError):
+    """Another live worker holds the rotation's lease."""
+
+
+class PolicyViolation(KeyshiftError):
+    """A policy refuses the rotation; the message says which rule and why."""
+
+
+class ApprovalRequired(KeyshiftError):
+    """The rotation needs an approval before it may continue."""
+
+
+class PluginError(KeyshiftError):
+    """Raised by a provider, target or check."""
+
+
+class TransientError(PluginError):
+    """A failure worth retrying, e.g. a timeout, a 429 or a 503."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class PermanentError(PluginError):
+    """A failure that retrying will not fix, e.g. a 403 or a bad configuration."""
+
+
+REDACTED = "[REDACTED]"
+
+
+def scrub(message: str, secrets: Iterable[str]) -> str:
+    """Return `message` with every known secret value replaced by `[REDACTED]`.
+
+    The second line of defence: errors are built from ids, but a library error
+    text (a driver echoing a statement, say) may quote a value.
+    """
+    for value in secrets:
+        if value and len(value) >= 4:
+            message = message.replace(value, REDACTED)
+    return message

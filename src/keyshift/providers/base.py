@@ -1,0 +1,127 @@
+"""The provider contract: the system that issues and revokes a credential's versions.
+
+Each method takes one frozen request dataclass and returns one result, so
+fields can be added without breaking providers. Providers never log or raise
+with secret values; they raise `TransientError` / `PermanentError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+from keyshift.domain.context import PluginContext
+from keyshift.domain.estate import Policy
+from keyshift.domain.secret import Secret
+
+
+class Capability(StrEnum):
+    """What an issuer can do; the engine picks its strategy from these, not from types."""
+
+    DUAL_ACTIVE = "dual_active"
+    """Old and new versions are valid at once (Entra secrets, Redis ACL, IAM keys, random)."""
+    IN_PLACE = "in_place"
+    """The new version replaces the old one at once (a single Postgres role's password)."""
+
+
+@dataclass(frozen=True)
+class IssuedVersion:
+    """A version as the provider knows it. `provider_ref` is the issuer's id (e.g. Entra keyId)."""
+
+    provider_ref: str
+    value: Secret
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    """Non-secret facts consumers may need (a username) and the audit may show."""
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    credential: str
+    rotation_id: str
+    marker: str
+    """Idempotency marker naming this rotation; the issuer-side version carries it."""
+    policy: Policy
+    current: IssuedVersion | None
+    """The version in use now, if any (alternating strategies pick the other user)."""
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    credential: str
+    version: IssuedVersion
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RevokeRequest:
+    credential: str
+    rotation_id: str
+    version: IssuedVersion
+    """The old version to revoke (its value may be needed to remove it, e.g. Redis `<pw`)."""
+
+
+@dataclass(frozen=True)
+class RevokeResult:
+    already_gone: bool = False
+    detail: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    provider_ref: str
+    marker: str | None
+    created_at: datetime | None
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ListRequest:
+    credential: str
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """Issues and revokes versions of one credential."""
+
+    kind: ClassVar[str]
+    Config: ClassVar[type[BaseModel]]
+    capabilities: ClassVar[frozenset[Capability]]
+
+    async def create(self, request: CreateRequest) -> IssuedVersion:
+        """Issue a new version while the current one stays valid.
+
+        Idempotent: if a version carrying `request.marker` exists at the issuer,
+        return it instead of issuing a second one.
+        """
+        ...
+
+    async def verify(self, request: VerifyRequest) -> VerifyResult:
+        """Authenticate with the version exactly as a consumer would. Changes nothing."""
+        ...
+
+    async def revoke(self, request: RevokeRequest) -> RevokeResult:
+        """Disable or delete the version at the issuer. Succeeds if it is already gone."""
+        ...
+
+    async def list_versions(self, request: ListRequest) -> list[VersionInfo]:
+        """The versions the issuer holds for this credential, newest last."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections. Safe to call twice."""
+        ...
+
+
+class ProviderFactory(Protocol):
+    def __call__(self, config: BaseModel, context: PluginContext) -> Provider: ...

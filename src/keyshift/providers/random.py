@@ -1,0 +1,105 @@
+"""`random`: a generated secret for which keyshift itself is the system of record.
+
+Used for API keys, shared secrets and signing keys that no external issuer
+mints. Versions live only in keyshift's encrypted store: the previous version
+stays there (and valid for consumers that still hold it) until revocation
+erases it.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import string
+import uuid
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from keyshift.domain.context import PluginContext
+from keyshift.domain.secret import Secret
+from keyshift.providers.base import (
+    Capability,
+    CreateRequest,
+    IssuedVersion,
+    ListRequest,
+    RevokeRequest,
+    RevokeResult,
+    VerifyRequest,
+    VerifyResult,
+    VersionInfo,
+)
+
+DEFAULT_ALPHABET = string.ascii_letters + string.digits
+
+
+class RandomConfig(BaseModel):
+    """`format: alphabet` draws `length` characters from `alphabet`; `base64` / `hex` encode
+    `length` random bytes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["alphabet", "base64", "hex"] = "alphabet"
+    length: int = Field(default=40, ge=16, le=4096)
+    alphabet: str = DEFAULT_ALPHABET
+
+    @model_validator(mode="after")
+    def _strong_enough(self) -> RandomConfig:
+        if len(set(self.alphabet)) < 10:
+            raise ValueError("alphabet must hold at least 10 distinct characters")
+        return self
+
+
+class RandomProvider:
+    """Generates values with `secrets`; revocation is keyshift erasing its copy."""
+
+    kind: ClassVar[str] = "random"
+    Config: ClassVar[type[BaseModel]] = RandomConfig
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.DUAL_ACTIVE})
+
+    def __init__(self, config: RandomConfig, context: PluginContext) -> None:
+        self.config = config
+        self.context = context
+
+    def _generate(self) -> str:
+        cfg = self.config
+        if cfg.format == "base64":
+            return base64.urlsafe_b64encode(secrets.token_bytes(cfg.length)).decode().rstrip("=")
+        if cfg.format == "hex":
+            return secrets.token_hex(cfg.length)
+        alphabet = "".join(dict.fromkeys(cfg.alphabet))
+        return "".join(secrets.choice(alphabet) for _ in range(cfg.length))
+
+    async def create(self, request: CreateRequest) -> IssuedVersion:
+        """Generate a new value. Nothing leaves the process until the engine stores it, so
+        a crash before storing loses nothing and a second call simply draws again; the
+        engine looks for a stored version of this rotation before calling."""
+        expires = (
+            self.context.now() + request.policy.max_lifetime
+            if request.policy.max_lifetime is not None
+            else None
+        )
+        return IssuedVersion(
+            provider_ref=f"random:{uuid.uuid4()}",
+            value=Secret(self._generate()),
+            attributes={"format": self.config.format},
+            expires_at=expires,
+        )
+
+    async def verify(self, request: VerifyRequest) -> VerifyResult:
+        """keyshift is the issuer: a version is valid when it holds a well-formed value."""
+        value = request.version.value.reveal()
+        if self.config.format == "alphabet" and len(value) != self.config.length:
+            return VerifyResult(ok=False, detail="value length does not match the config")
+        return VerifyResult(ok=bool(value), detail="issued by keyshift")
+
+    async def revoke(self, request: RevokeRequest) -> RevokeResult:
+        """Nothing to call: the engine erases the stored value. Succeeds when already gone."""
+        return RevokeResult(detail={"issuer": "keyshift"})
+
+    async def list_versions(self, request: ListRequest) -> list[VersionInfo]:
+        """keyshift's store is the only record of this issuer, so there is nothing else to list."""
+        return []
+
+    async def aclose(self) -> None:
+        return None

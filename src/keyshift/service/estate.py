@@ -1,0 +1,217 @@
+"""Use cases on the estate file: load and validate it, show what `apply` would change, apply it.
+
+Validation collects every problem before refusing, each with its field path;
+a refused file changes nothing. `apply` writes the whole estate in one
+transaction: a credential removed from the file loses its rotation schedule in
+that same transaction, while its versions, rotations and audit history stay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from keyshift.domain.context import utcnow
+from keyshift.domain.estate import Estate, config_errors
+from keyshift.engine.plugins import provider_class, target_class, validate_config
+from keyshift.errors import ConfigError, EstateInvalid
+from keyshift.store.audit import canonical
+from keyshift.store.models import CredentialRow, EstateRevision, IntegrationRow
+from keyshift.store.store import Store
+
+
+@dataclass(frozen=True)
+class Change:
+    """One line of a plan: `+` added, `~` changed, `-` removed."""
+
+    op: str
+    kind: str
+    name: str
+    detail: str = ""
+
+
+def load_estate(path: Path) -> Estate:
+    """Read and validate an estate file; raise EstateInvalid listing every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise EstateInvalid([ConfigError(str(path), f"cannot read: {exc.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise EstateInvalid([ConfigError(where, f"{problem} (YAML syntax)")]) from None
+    return parse_estate(data if data is not None else {})
+
+
+def parse_estate(data: Any) -> Estate:
+    """Validate estate data (as parsed from YAML or JSON) including every plugin config."""
+    if not isinstance(data, dict):
+        raise EstateInvalid([ConfigError("(top level)", "must be a mapping with credentials")])
+    try:
+        estate = Estate.model_validate(data)
+    except ValidationError as exc:
+        raise EstateInvalid(config_errors(exc)) from None
+    problems: list[ConfigError] = []
+    for i, cred in enumerate(estate.credentials):
+        base = f"credentials[{i}]"
+        try:
+            cls = provider_class(cred.provider.type, f"{base}.provider.type")
+            validate_config(cls, cred.provider.config(), f"{base}.provider")
+        except EstateInvalid as exc:
+            problems.extend(exc.problems)
+        for j, action in enumerate(cred.actions):
+            path = f"{base}.actions[{j}]"
+            try:
+                cls = target_class(action.type, f"{path}.type")
+                validate_config(cls, action.config, f"{path}.config")
+            except EstateInvalid as exc:
+                problems.extend(exc.problems)
+    if problems:
+        raise EstateInvalid(problems)
+    return estate
+
+
+def _credential_specs(estate: Estate) -> dict[str, dict[str, Any]]:
+    """What is stored per credential: the declaration and its effective policy."""
+    return {
+        c.name: {
+            "credential": c.model_dump(mode="json"),
+            "policy": estate.policy_for(c).model_dump(mode="json"),
+        }
+        for c in estate.credentials
+    }
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(canonical(obj).encode()).hexdigest()
+
+
+def _action_changes(name: str, old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
+    def by_key(spec: dict[str, Any]) -> dict[str, Any]:
+        return {f"{a['order']}:{a['type']}": a for a in spec["credential"]["actions"]}
+
+    before, after = by_key(old), by_key(new)
+    out = [Change("+", "action", f"{name} {k}") for k in after if k not in before]
+    out += [Change("-", "action", f"{name} {k}") for k in before if k not in after]
+    out += [
+        Change("~", "action", f"{name} {k}", _fields_changed(before[k], after[k]))
+        for k in after
+        if k in before and before[k] != after[k]
+    ]
+    return out
+
+
+def _fields_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "changed: " + ", ".join(keys)
+
+
+def plan_estate(store: Store, estate: Estate) -> list[Change]:
+    """What `apply` would change, in order: credentials, their actions, integrations."""
+    specs = _credential_specs(estate)
+    with store.transaction() as s:
+        stored = {
+            c.name: c
+            for c in s.execute(
+                select(CredentialRow).where(CredentialRow.removed_at.is_(None))
+            ).scalars()
+        }
+        integrations = {i.name: i for i in s.execute(select(IntegrationRow)).scalars()}
+    changes: list[Change] = []
+    for name, spec in specs.items():
+        row = stored.get(name)
+        if row is None:
+            n = len(spec["credential"]["actions"])
+            changes.append(Change("+", "credential", name, f"{n} action(s)"))
+        elif row.digest != _digest(spec):
+            old_cred = {k: v for k, v in row.spec["credential"].items() if k != "actions"}
+            new_cred = {k: v for k, v in spec["credential"].items() if k != "actions"}
+            fields = [
+                k
+                for k in sorted(set(old_cred) | set(new_cred))
+                if old_cred.get(k) != new_cred.get(k)
+            ]
+            if row.spec["policy"] != spec["policy"]:
+                fields.append("effective policy")
+            if fields:
+                changes.append(Change("~", "credential", name, "changed: " + ", ".join(fields)))
+            changes.extend(_action_changes(name, row.spec, spec))
+    for name in stored:
+        if name not in specs:
+            changes.append(Change("-", "credential", name, "schedule removed; history kept"))
+    declared = {i.name: i.model_dump(mode="json") for i in estate.integrations}
+    for name, config in declared.items():
+        if name not in integrations:
+            changes.append(Change("+", "integration", name, config["type"]))
+        elif integrations[name].config != config:
+            changes.append(Change("~", "integration", name))
+    for name in integrations:
+        if name not in declared:
+            changes.append(Change("-", "integration", name))
+    return changes
+
+
+def apply_estate(store: Store, estate: Estate, *, actor: str) -> list[Change]:
+    """Store the estate in one transaction and return what changed."""
+    changes = plan_estate(store, estate)
+    specs = _credential_specs(estate)
+    now = utcnow()
+    with store.transaction() as s:
+        rows = {c.name: c for c in s.execute(select(CredentialRow)).scalars()}
+        for cred in estate.credentials:
+            spec = specs[cred.name]
+            row = rows.get(cred.name)
+            if row is None:
+                row = CredentialRow(id=str(uuid.uuid4()), name=cred.name, created_at=now)
+                s.add(row)
+            row.owner = cred.owner
+            row.environment = cred.environment
+            row.provider_type = cred.provider.type
+            row.spec = spec
+            row.digest = _digest(spec)
+            row.auto_rotate = cred.auto_rotate
+            row.scheduled = True
+            row.removed_at = None
+            row.updated_at = now
+        for name, row in rows.items():
+            if name not in specs and row.removed_at is None:
+                row.scheduled = False
+                row.auto_rotate = False
+                row.removed_at = now
+                row.updated_at = now
+        declared = {i.name: i.model_dump(mode="json") for i in estate.integrations}
+        for existing in s.execute(select(IntegrationRow)).scalars():
+            if existing.name not in declared:
+                s.delete(existing)
+        for name, config in declared.items():
+            integration = s.get(IntegrationRow, name)
+            if integration is None:
+                s.add(IntegrationRow(name=name, type=config["type"], config=config, updated_at=now))
+            elif integration.config != config:
+                integration.type = config["type"]
+                integration.config = config
+                integration.updated_at = now
+        document = estate.model_dump(mode="json")
+        digest = _digest(document)
+        s.add(EstateRevision(applied_at=now, applied_by=actor, digest=digest, document=document))
+        store.audit(
+            s,
+            actor=actor,
+            action="estate.applied",
+            subject="estate",
+            details={
+                "digest": digest,
+                "changes": [f"{c.op} {c.kind} {c.name} {c.detail}".strip() for c in changes],
+            },
+        )
+    return changes

@@ -1,0 +1,376 @@
+"""Use cases on rotations: start, dry-run, resume, schedule, and the views an operator reads.
+
+The views (`status_rows`, `history_rows`, `rotation_timeline`) return plain
+dataclasses with ids, fingerprints and times, never values; the CLI and API
+render them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import select
+
+from keyshift.domain.context import PluginContext
+from keyshift.domain.estate import CredentialSpec, Policy
+from keyshift.domain.states import (
+    FINAL_STATES,
+    Lifecycle,
+    RotationState,
+    VersionStatus,
+)
+from keyshift.engine.plan import build_plan
+from keyshift.engine.runner import Engine, StepEvent
+from keyshift.errors import LeaseHeld, NotFound
+from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
+from keyshift.store.store import Store
+from keyshift.targets.base import PreflightResult
+
+log = structlog.get_logger("keyshift.service")
+
+EXPIRY_WARNINGS = (timedelta(days=30), timedelta(days=7))
+"""The lifecycle shows Expiring Soon inside the first threshold; the second is the urgent one."""
+
+_FINAL = {s.value for s in FINAL_STATES}
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    credential: str
+    lifecycle: Lifecycle
+    version_id: str | None
+    fingerprint: str | None
+    expires_at: datetime | None
+    days_left: int | None
+    last_rotation: str | None
+    owner: str | None
+
+
+@dataclass(frozen=True)
+class RotationSummary:
+    id: str
+    state: str
+    requested_by: str
+    requested_at: datetime
+    finished_at: datetime | None
+    new_version_id: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class StepLine:
+    seq: int
+    name: str
+    attempt: int
+    status: str
+    started_at: datetime
+    ended_at: datetime | None
+    error: str | None
+
+    @property
+    def duration(self) -> timedelta | None:
+        return self.ended_at - self.started_at if self.ended_at else None
+
+
+@dataclass(frozen=True)
+class Timeline:
+    rotation: RotationSummary
+    credential: str
+    plan_hash: str
+    grace_until: datetime | None
+    attention: str | None
+    steps: list[StepLine]
+
+
+def lifecycle(
+    *,
+    now: datetime,
+    current: VersionRow | None,
+    active_state: str | None,
+    last_state: str | None,
+    rotate_before: timedelta,
+) -> Lifecycle:
+    """The operator-facing lifecycle of one credential (design.md)."""
+    if active_state == RotationState.GRACE.value:
+        return Lifecycle.GRACE_PERIOD
+    if active_state is not None:
+        return Lifecycle.ROTATING
+    if last_state in (RotationState.FAILED.value, RotationState.NEEDS_ATTENTION.value):
+        return Lifecycle.NEEDS_ATTENTION
+    if current is None:
+        return Lifecycle.NEVER_ROTATED
+    if current.expires_at is not None:
+        if current.expires_at <= now:
+            return Lifecycle.EXPIRED
+        if current.expires_at - now <= max(rotate_before, EXPIRY_WARNINGS[0]):
+            return Lifecycle.EXPIRING_SOON
+    return Lifecycle.ACTIVE
+
+
+def status_rows(store: Store, *, now: datetime) -> list[StatusRow]:
+    rows: list[StatusRow] = []
+    with store.transaction() as s:
+        creds = (
+            s.execute(
+                select(CredentialRow)
+                .where(CredentialRow.removed_at.is_(None))
+                .order_by(CredentialRow.name)
+            )
+            .scalars()
+            .all()
+        )
+        for cred in creds:
+            current = s.execute(
+                select(VersionRow).where(
+                    VersionRow.credential_id == cred.id,
+                    VersionRow.status == VersionStatus.CURRENT.value,
+                )
+            ).scalar_one_or_none()
+            last = s.execute(
+                select(RotationRow)
+                .where(RotationRow.credential_id == cred.id)
+                .order_by(RotationRow.requested_at.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            active = (
+                s.get(RotationRow, cred.active_rotation_id) if cred.active_rotation_id else None
+            )
+            policy = Policy.model_validate(cred.spec["policy"])
+            expires = current.expires_at if current else None
+            rows.append(
+                StatusRow(
+                    credential=cred.name,
+                    lifecycle=lifecycle(
+                        now=now,
+                        current=current,
+                        active_state=active.state if active else None,
+                        last_state=last.state if last else None,
+                        rotate_before=policy.rotate_before_expiry,
+                    ),
+                    version_id=current.id if current else None,
+                    fingerprint=current.fingerprint if current else None,
+                    expires_at=expires,
+                    days_left=(expires - now).days if expires else None,
+                    last_rotation=last.state if last else None,
+                    owner=cred.owner,
+                )
+            )
+    return rows
+
+
+def _summary(rot: RotationRow) -> RotationSummary:
+    return RotationSummary(
+        rot.id,
+        rot.state,
+        rot.requested_by,
+        rot.requested_at,
+        rot.finished_at,
+        rot.new_version_id,
+        rot.error,
+    )
+
+
+def history_rows(store: Store, credential: str) -> list[RotationSummary]:
+    with store.transaction() as s:
+        cred = s.execute(
+            select(CredentialRow).where(CredentialRow.name == credential)
+        ).scalar_one_or_none()
+        if cred is None:
+            raise NotFound(f"no credential named {credential}")
+        rots = (
+            s.execute(
+                select(RotationRow)
+                .where(RotationRow.credential_id == cred.id)
+                .order_by(RotationRow.requested_at)
+            )
+            .scalars()
+            .all()
+        )
+        return [_summary(r) for r in rots]
+
+
+def rotation_timeline(store: Store, rotation_id: str) -> Timeline:
+    with store.transaction() as s:
+        rot = s.get(RotationRow, rotation_id)
+        if rot is None:
+            matches = (
+                s.execute(select(RotationRow).where(RotationRow.id.startswith(rotation_id)))
+                .scalars()
+                .all()
+            )
+            if len(matches) != 1:
+                raise NotFound(f"no rotation {rotation_id}")
+            rot = matches[0]
+        cred = s.get(CredentialRow, rot.credential_id)
+        steps = (
+            s.execute(select(StepRow).where(StepRow.rotation_id == rot.id).order_by(StepRow.seq))
+            .scalars()
+            .all()
+        )
+        return Timeline(
+            rotation=_summary(rot),
+            credential=cred.name if cred else "?",
+            plan_hash=rot.plan_hash,
+            grace_until=rot.grace_until,
+            attention=rot.attention,
+            steps=[
+                StepLine(
+                    st.seq, st.name, st.attempt, st.status, st.started_at, st.ended_at, st.error
+                )
+                for st in steps
+            ],
+        )
+
+
+async def rotate(
+    store: Store,
+    credential: str,
+    *,
+    actor: str,
+    grace: timedelta | None = None,
+    context: PluginContext | None = None,
+    on_event: Callable[[StepEvent], None] | None = None,
+) -> tuple[str, RotationState]:
+    """Request a rotation and run it as far as it goes now (to `grace` or to the end)."""
+    engine = Engine(store, actor=actor, context=context, on_event=on_event)
+    rotation_id = engine.request(credential, requested_by=actor, grace=grace)
+    return rotation_id, await engine.run(rotation_id)
+
+
+async def dry_run(
+    store: Store, credential: str, *, actor: str, context: PluginContext | None = None
+) -> tuple[str, list[tuple[str, PreflightResult]]]:
+    """Every step's readiness for a rotation of `credential`, changing nothing but the audit."""
+    engine = Engine(store, actor=actor, context=context)
+    with store.transaction() as s:
+        cred = s.execute(
+            select(CredentialRow).where(
+                CredentialRow.name == credential, CredentialRow.removed_at.is_(None)
+            )
+        ).scalar_one_or_none()
+        if cred is None:
+            raise NotFound(f"no credential named {credential} in the estate")
+        plan = build_plan(
+            CredentialSpec.model_validate(cred.spec["credential"]),
+            Policy.model_validate(cred.spec["policy"]),
+        )
+    results = await engine.preflight(plan)
+    with store.transaction() as s:
+        store.audit(
+            s,
+            actor=actor,
+            action="rotation.dry_run",
+            subject=f"credential:{credential}",
+            details={
+                "plan_hash": plan.hash,
+                "steps": {step: r.readiness.value for step, r in results},
+            },
+        )
+    return plan.hash, results
+
+
+def unfinished(store: Store) -> list[tuple[str, str, str, datetime | None]]:
+    """(rotation id, credential, state, grace_until) of every rotation not in a final state."""
+    with store.transaction() as s:
+        rows = s.execute(
+            select(RotationRow, CredentialRow.name)
+            .join(CredentialRow, CredentialRow.id == RotationRow.credential_id)
+            .where(RotationRow.state.not_in(_FINAL))
+            .order_by(RotationRow.requested_at)
+        ).all()
+        return [(r.id, name, r.state, r.grace_until) for r, name in rows]
+
+
+async def resume(
+    store: Store,
+    *,
+    actor: str,
+    context: PluginContext | None = None,
+    on_event: Callable[[StepEvent], None] | None = None,
+) -> list[tuple[str, str, RotationState | None]]:
+    """Continue every unfinished rotation from its journal.
+
+    Returns (rotation id, credential, state reached); the state is None when a
+    live worker holds the rotation's lease.
+    """
+    engine = Engine(store, actor=actor, context=context, on_event=on_event)
+    out: list[tuple[str, str, RotationState | None]] = []
+    for rotation_id, credential, _state, _grace in unfinished(store):
+        try:
+            out.append((rotation_id, credential, await engine.run(rotation_id)))
+        except LeaseHeld:
+            out.append((rotation_id, credential, None))
+    return out
+
+
+def due_for_rotation(store: Store, *, now: datetime) -> list[str]:
+    """Credentials with `auto_rotate: true`, no rotation under way, and either no version
+    yet or a current version within `rotate_before_expiry` of its expiry."""
+    due: list[str] = []
+    with store.transaction() as s:
+        creds = (
+            s.execute(
+                select(CredentialRow).where(
+                    CredentialRow.removed_at.is_(None),
+                    CredentialRow.scheduled.is_(True),
+                    CredentialRow.auto_rotate.is_(True),
+                    CredentialRow.active_rotation_id.is_(None),
+                )
+            )
+            .scalars()
+            .all()
+        )
+        for cred in creds:
+            current = s.execute(
+                select(VersionRow).where(
+                    VersionRow.credential_id == cred.id,
+                    VersionRow.status == VersionStatus.CURRENT.value,
+                )
+            ).scalar_one_or_none()
+            policy = Policy.model_validate(cred.spec["policy"])
+            if current is None or (
+                current.expires_at is not None
+                and current.expires_at - policy.rotate_before_expiry <= now
+            ):
+                due.append(cred.name)
+    return due
+
+
+async def worker_pass(
+    store: Store,
+    *,
+    actor: str,
+    context: PluginContext | None = None,
+    on_event: Callable[[StepEvent], None] | None = None,
+) -> dict[str, int]:
+    """One scan: resume unfinished rotations, then start the ones that are due."""
+    ctx = context or PluginContext()
+    resumed = await resume(store, actor=actor, context=ctx, on_event=on_event)
+    started = 0
+    for credential in due_for_rotation(store, now=ctx.now()):
+        try:
+            await rotate(store, credential, actor=actor, context=ctx, on_event=on_event)
+            started += 1
+        except Exception as exc:  # one credential's failure must not stop the scan
+            log.error("scheduled rotation failed to start", credential=credential, error=str(exc))
+    return {"resumed": len(resumed), "started": started}
+
+
+async def worker_loop(
+    store: Store,
+    *,
+    actor: str,
+    interval: timedelta,
+    once: bool = False,
+    on_event: Callable[[StepEvent], None] | None = None,
+) -> None:
+    while True:
+        counts = await worker_pass(store, actor=actor, on_event=on_event)
+        log.info("worker scan", **counts)
+        if once:
+            return
+        await asyncio.sleep(interval.total_seconds())

@@ -1,0 +1,128 @@
+"""The audit chain: append-only entries, each hashing the one before it.
+
+`hash = sha256(canonical JSON of seq, ts, actor, action, subject, details, prev_hash)`.
+An edited row no longer matches its hash; a deleted or reordered row breaks
+the `prev_hash` link or the sequence; a truncated tail no longer matches the
+`audit_head` anchor kept in `meta`, which is written in the same transaction.
+Entries are appended inside the caller's transaction, so a state change and
+its evidence commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from keyshift.errors import AuditChainBroken
+from keyshift.store.models import AuditEntry, Meta
+
+GENESIS = "0" * 64
+HEAD_KEY = "audit_head"
+
+
+def canonical(obj: Any) -> str:
+    """Canonical JSON: sorted keys, no spaces, UTF-8 kept; the input of every hash."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+HASHED = ("seq", "ts", "actor", "action", "subject", "details", "prev_hash")
+
+
+def entry_hash(fields: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of the `HASHED` fields of one entry."""
+    return hashlib.sha256(canonical({k: fields[k] for k in HASHED}).encode()).hexdigest()
+
+
+def _head(session: Session, *, lock: bool) -> tuple[int, str]:
+    stmt = select(Meta).where(Meta.key == HEAD_KEY)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = session.execute(stmt).scalar_one_or_none()
+    if row is None:
+        return 0, GENESIS
+    seq, _, digest = row.value.partition(":")
+    return int(seq), digest
+
+
+def append(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    subject: str,
+    details: Mapping[str, Any],
+    at: datetime,
+) -> AuditEntry:
+    """Add one entry at the end of the chain, in the caller's transaction."""
+    # The head row is locked (PostgreSQL) or the transaction is already
+    # BEGIN IMMEDIATE (SQLite), so two writers cannot take the same seq.
+    last_seq, last_hash = _head(session, lock=True)
+    seq = last_seq + 1
+    ts = at.isoformat(timespec="microseconds")
+    text = canonical(dict(details))
+    fields: dict[str, Any] = {
+        "seq": seq,
+        "ts": ts,
+        "actor": actor,
+        "action": action,
+        "subject": subject,
+        "details": text,
+        "prev_hash": last_hash,
+    }
+    digest = entry_hash(fields)
+    entry = AuditEntry(**fields, hash=digest)
+    session.add(entry)
+    head = session.get(Meta, HEAD_KEY)
+    if head is None:
+        session.add(Meta(key=HEAD_KEY, value=f"{seq}:{digest}"))
+    else:
+        head.value = f"{seq}:{digest}"
+    session.flush()
+    return entry
+
+
+def verify(session: Session) -> int:
+    """Recompute the chain. Returns the number of entries; raises on the first broken one."""
+    expected_prev = GENESIS
+    expected_seq = 1
+    count = 0
+    for entry in session.execute(select(AuditEntry).order_by(AuditEntry.seq)).scalars():
+        if entry.seq != expected_seq:
+            raise AuditChainBroken(expected_seq, f"missing; the next entry found is {entry.seq}")
+        if entry.prev_hash != expected_prev:
+            raise AuditChainBroken(entry.seq, "does not link to the entry before it")
+        digest = entry_hash({k: getattr(entry, k) for k in HASHED})
+        if digest != entry.hash:
+            raise AuditChainBroken(entry.seq, "content does not match its hash (edited)")
+        expected_prev = entry.hash
+        expected_seq += 1
+        count += 1
+    head_seq, head_hash = _head(session, lock=False)
+    if (head_seq, head_hash) != (count, expected_prev if count else GENESIS):
+        raise AuditChainBroken(
+            count + 1 if head_seq > count else head_seq,
+            f"the chain ends at entry {count} but its anchor records entry {head_seq} "
+            "(entries removed from the end, or the anchor edited)",
+        )
+    return count
+
+
+def export(session: Session) -> Iterator[dict[str, Any]]:
+    """Every entry as a plain dict, in order, for JSON Lines export to a SIEM."""
+    for entry in session.execute(select(AuditEntry).order_by(AuditEntry.seq)).scalars():
+        yield {
+            "seq": entry.seq,
+            "ts": entry.ts,
+            "actor": entry.actor,
+            "action": entry.action,
+            "subject": entry.subject,
+            "details": json.loads(entry.details),
+            "prev_hash": entry.prev_hash,
+            "hash": entry.hash,
+        }

@@ -1,0 +1,91 @@
+"""Opening the store: the database URL, SQLite pragmas, Alembic migrations, sessions.
+
+Embedded default: SQLite in WAL mode under `KEYSHIFT_HOME`. Teams point
+`KEYSHIFT_DATABASE_URL` at PostgreSQL; the same models and migrations serve both.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from keyshift.errors import StoreError
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def keyshift_home(env: Mapping[str, str]) -> Path:
+    """`KEYSHIFT_HOME`, default `~/.keyshift`; created 0700 on first use."""
+    home = Path(env.get("KEYSHIFT_HOME") or Path.home() / ".keyshift").expanduser()
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return home
+
+
+def database_url(env: Mapping[str, str], home: Path) -> str:
+    """`KEYSHIFT_DATABASE_URL`, or the embedded SQLite file in the home directory."""
+    url = env.get("KEYSHIFT_DATABASE_URL")
+    if not url:
+        return f"sqlite:///{home / 'keyshift.db'}"
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        # psycopg 3 is the driver keyshift ships with.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # The pysqlite driver's own transaction handling is switched off so that
+    # `_sqlite_begin` can open every transaction with BEGIN IMMEDIATE: writers
+    # then queue on the busy timeout instead of failing on a stale snapshot.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def open_engine(url: str) -> Engine:
+    """Create the SQLAlchemy engine; on SQLite switch on WAL and serialised writers."""
+    try:
+        engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
+    except (SQLAlchemyError, ImportError) as exc:
+        raise StoreError(f"cannot open the store at {make_url(url)!r}: {exc}") from exc
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision. Safe to run on every start."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot migrate the store: {exc.__class__.__name__}: {exc}") from exc
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def env_snapshot() -> dict[str, str]:
+    return dict(os.environ)

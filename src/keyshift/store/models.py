@@ -1,0 +1,185 @@
+"""SQLAlchemy 2 tables. The same models run on SQLite (embedded) and PostgreSQL.
+
+Times are stored as timezone-aware UTC. Secret values live only in
+`versions.ciphertext`, sealed by `keyshift.store.crypto`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that always comes back timezone-aware UTC, on SQLite too."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; use UTC-aware values")
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class EstateRevision(Base):
+    """Every applied estate document, newest last: what was declared, when and by whom."""
+
+    __tablename__ = "estate_revisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    applied_at: Mapped[datetime]
+    applied_by: Mapped[str] = mapped_column(String(200))
+    digest: Mapped[str] = mapped_column(String(64))
+    document: Mapped[dict[str, Any]]
+
+
+class IntegrationRow(Base):
+    __tablename__ = "integrations"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    type: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime]
+
+
+class CredentialRow(Base):
+    """A declared credential. `removed_at` set = dropped from the estate; history stays."""
+
+    __tablename__ = "credentials"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    owner: Mapped[str | None] = mapped_column(String(200))
+    environment: Mapped[str | None] = mapped_column(String(64))
+    provider_type: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any]]
+    """The credential as declared, with its effective policy inlined."""
+    digest: Mapped[str] = mapped_column(String(64))
+    auto_rotate: Mapped[bool] = mapped_column(Boolean, default=False)
+    scheduled: Mapped[bool] = mapped_column(Boolean, default=True)
+    """Whether the worker may start rotations of it; cleared when removed from the estate."""
+    active_rotation_id: Mapped[str | None] = mapped_column(String(36))
+    """The one unfinished rotation, claimed by a conditional update so two cannot start."""
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    removed_at: Mapped[datetime | None]
+
+
+class VersionRow(Base):
+    """One concrete value of a credential. Shown by id and fingerprint, never by value."""
+
+    __tablename__ = "versions"
+    __table_args__ = (
+        UniqueConstraint("credential_id", "serial"),
+        Index("ix_versions_rotation", "rotation_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    credential_id: Mapped[str] = mapped_column(ForeignKey("credentials.id"))
+    rotation_id: Mapped[str | None] = mapped_column(String(36))
+    serial: Mapped[int] = mapped_column(Integer)
+    provider_ref: Mapped[str] = mapped_column(String(200))
+    attributes: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    master_key_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class RotationRow(Base):
+    """One run of the state machine for one credential, with the plan it runs."""
+
+    __tablename__ = "rotations"
+    __table_args__ = (Index("ix_rotations_state", "state"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    credential_id: Mapped[str] = mapped_column(ForeignKey("credentials.id"))
+    state: Mapped[str] = mapped_column(String(32))
+    requested_by: Mapped[str] = mapped_column(String(200))
+    requested_at: Mapped[datetime]
+    reason: Mapped[str] = mapped_column(String(200))
+    plan: Mapped[dict[str, Any]]
+    plan_hash: Mapped[str] = mapped_column(String(64))
+    keyshift_version: Mapped[str] = mapped_column(String(64))
+    old_version_id: Mapped[str | None] = mapped_column(String(36))
+    new_version_id: Mapped[str | None] = mapped_column(String(36))
+    grace_until: Mapped[datetime | None]
+    attention: Mapped[str | None] = mapped_column(Text)
+    """Why the run cannot finish as a healthy `completed` (a `continue` action failed)."""
+    error: Mapped[str | None] = mapped_column(Text)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class StepRow(Base):
+    """The journal: one row per attempt of one step, written before and after it runs."""
+
+    __tablename__ = "steps"
+    __table_args__ = (Index("ix_steps_rotation", "rotation_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rotation_id: Mapped[str] = mapped_column(ForeignKey("rotations.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    detail: Mapped[dict[str, Any]]
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditEntry(Base):
+    """Append-only, hash-chained evidence. `hash` covers every other column and `prev_hash`."""
+
+    __tablename__ = "audit_entries"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    ts: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(100))
+    subject: Mapped[str] = mapped_column(String(200))
+    details: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class Meta(Base):
+    """Small named values; `audit_head` anchors the chain's last entry so truncation shows."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,100 @@
+"""`Store`: the database, the keyring and the fingerprinter behind one handle.
+
+Everything above the store layer reaches secret values only through
+`seal` / `reveal`, so a value is encrypted the moment it is stored and
+decrypted only where it is delivered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from keyshift.domain.context import utcnow
+from keyshift.domain.secret import Secret
+from keyshift.errors import NotFound
+from keyshift.store import audit
+from keyshift.store.crypto import (
+    Fingerprinter,
+    Keyring,
+    Sealed,
+    load_fingerprinter,
+    load_keyring,
+)
+from keyshift.store.db import database_url, keyshift_home, migrate, open_engine, session_factory
+from keyshift.store.models import AuditEntry, VersionRow
+
+
+class Store:
+    """The opened store. Use `transaction()` for every unit of work."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        keyring: Keyring,
+        fingerprinter: Fingerprinter,
+        home: Path,
+        env: Mapping[str, str],
+    ) -> None:
+        self.engine = engine
+        self.keyring = keyring
+        self.fingerprinter = fingerprinter
+        self.home = home
+        self.env = env
+        self._sessions: sessionmaker[Session] = session_factory(engine)
+
+    @classmethod
+    def open(cls, env: Mapping[str, str]) -> Store:
+        """Open (and migrate) the store named by the environment; create keys on first run."""
+        home = keyshift_home(env)
+        engine = open_engine(database_url(env, home))
+        migrate(engine)
+        return cls(engine, load_keyring(home, env), load_fingerprinter(home, env), home, env)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One committed unit of work; rolled back on any exception."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # Secret values -----------------------------------------------------------------
+
+    def fingerprint(self, value: Secret) -> str:
+        return self.fingerprinter.fingerprint(value)
+
+    def seal_into(self, row: VersionRow, value: Secret) -> None:
+        """Encrypt `value` into the row, bound to its credential and version ids."""
+        sealed = self.keyring.seal(value, row.credential_id, row.id)
+        row.ciphertext = sealed.ciphertext
+        row.wrapped_key = sealed.wrapped_key
+        row.master_key_id = sealed.master_key_id
+
+    def reveal(self, row: VersionRow) -> Secret:
+        """Decrypt a version's value. Raises DecryptionError if the row was tampered with."""
+        if row.ciphertext is None or row.wrapped_key is None or row.master_key_id is None:
+            raise NotFound(f"version {row.id} holds no value (revoked {row.revoked_at})")
+        sealed = Sealed(row.ciphertext, row.wrapped_key, row.master_key_id)
+        return self.keyring.open(sealed, row.credential_id, row.id)
+
+    # Audit --------------------------------------------------------------------------
+
+    def audit(
+        self,
+        session: Session,
+        *,
+        actor: str,
+        action: str,
+        subject: str,
+        details: Mapping[str, Any],
+    ) -> AuditEntry:
+        return audit.append(
+            session, actor=actor, action=action, subject=subject, details=details, at=utcnow()
+        )

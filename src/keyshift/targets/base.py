@@ -1,0 +1,94 @@
+"""The target contract: one delivery step to a consumer (write, reload, verify, notify).
+
+Each method takes one frozen request dataclass and returns one result. Targets
+receive the value inside a `Secret` and never log, return or raise with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+from keyshift.domain.context import PluginContext
+from keyshift.domain.secret import Secret
+from keyshift.domain.states import Phase
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One version as handed to a consumer: ids and fingerprint for the record, value to use."""
+
+    credential: str
+    rotation_id: str
+    version_id: str
+    fingerprint: str
+    value: Secret
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    delivery: Delivery
+    previous: Delivery | None
+    """The version consumers had before, if any (for targets that record or compare)."""
+
+
+@dataclass(frozen=True)
+class RollbackRequest:
+    failed: Delivery
+    """The new version whose publication is being undone."""
+    previous: Delivery | None
+    """The value to restore; None when the credential had no version before."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Non-secret facts for the step record and audit (paths, status codes, changed keys)."""
+
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Readiness(StrEnum):
+    READY = "ready"
+    MANUAL_REVIEW = "manual review required"
+    BLOCKED = "blocked"
+
+
+@dataclass(frozen=True)
+class PreflightRequest:
+    credential: str
+
+
+@dataclass(frozen=True)
+class PreflightResult:
+    readiness: Readiness
+    reason: str = ""
+
+
+@runtime_checkable
+class Target(Protocol):
+    """Delivers a version to one consumer, or reloads / verifies / notifies it."""
+
+    kind: ClassVar[str]
+    phase: ClassVar[Phase]
+    Config: ClassVar[type[BaseModel]]
+
+    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+        """Check that publish could succeed with this identity. Changes nothing."""
+        ...
+
+    async def publish(self, request: PublishRequest) -> StepResult:
+        """Deliver the version. Idempotent: publishing the same version twice leaves one state."""
+        ...
+
+    async def rollback(self, request: RollbackRequest) -> StepResult:
+        """Undo `publish`: restore `previous` (or remove what publish added). Idempotent."""
+        ...
+
+
+class TargetFactory(Protocol):
+    def __call__(self, config: BaseModel, context: PluginContext) -> Target: ...

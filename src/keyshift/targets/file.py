@@ -1,0 +1,616 @@
+"""`file`: write the value at one key of a JSON, YAML, env or ini file on this host.
+
+Keys use ASP.NET's `:` for nesting (`Entra:ClientSecret`): nested objects in JSON
+and YAML, `Section:key` in ini, `Entra__ClientSecret` in env files. Everything
+else in the file stays as it was, in its order. The file is replaced atomically
+(temp file in the same directory, fsync, rename, fsync of the directory) and keeps
+its mode and owner; a new file is created with mode 0600.
+
+Known limits: YAML and ini comments are not kept (PyYAML and configparser drop
+them); env-file comments, blank lines and order are. Files are POSIX files.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import errno
+import io
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Final, Literal, Protocol
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from keyshift.domain.context import PluginContext
+from keyshift.domain.states import Phase
+from keyshift.errors import PermanentError, TransientError
+from keyshift.targets.base import (
+    PreflightRequest,
+    PreflightResult,
+    PublishRequest,
+    Readiness,
+    RollbackRequest,
+    StepResult,
+)
+
+FileFormat = Literal["json", "yaml", "env", "ini"]
+
+KEY_SEPARATOR: Final = ":"
+"""Separates nesting levels in `key`, as in ASP.NET configuration keys."""
+ENV_SEPARATOR: Final = "__"
+"""What `:` becomes in an env file (ASP.NET's environment variable convention)."""
+NEW_FILE_MODE: Final = 0o600
+"""Mode of a file this target creates: readable by its owner only."""
+
+_BOM: Final = "\ufeff"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+_ENV_ASSIGNMENT = re.compile(
+    r"(?P<lead>[ \t]*(?:export[ \t]+)?)(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*)[ \t]*(?P<eq>=)?"
+)
+# An unquoted env value that holds any of these is written in double quotes.
+_ENV_NEEDS_QUOTES = frozenset(" \t\r\n#\"'$\\`")
+_ENV_ESCAPES: Final = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"}
+# errnos after which the same write may succeed later (full disk, busy device).
+_TRANSIENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETXTBSY, errno.EIO}
+)
+
+
+class FileConfig(BaseModel):
+    """Where the value goes: a file, the key inside it and the file's format."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    path: str = Field(alias="target_path", min_length=1)
+    """The file to write. A symlink is followed; the file it points to is replaced."""
+    key: str = Field(alias="secret_key", min_length=1)
+    """Where the value goes; `:` nests (`Entra:ClientSecret`). In ini files `Section:key`."""
+    file_format: FileFormat
+    create: bool = True
+    """Create the file (mode 0600) when it does not exist; otherwise a missing file fails."""
+
+    @model_validator(mode="after")
+    def _key_fits_format(self) -> FileConfig:
+        parts = self.key.split(KEY_SEPARATOR)
+        if any(not part for part in parts):
+            raise ValueError(f"key '{self.key}' has an empty part between ':' separators")
+        if any(ch in self.key for ch in "\r\n"):
+            raise ValueError("key must not contain a line break")
+        if self.file_format == "ini":
+            if len(parts) != 2:
+                raise ValueError(
+                    f"key '{self.key}' must be 'Section:key' for an ini file "
+                    "(exactly one ':' between the section and the key)"
+                )
+            section, option = parts
+            if any(ch in section for ch in "[]") or "=" in option or option != option.strip():
+                raise ValueError(f"key '{self.key}' is not a valid ini section and key")
+        elif self.file_format == "env" and not _ENV_NAME.fullmatch(env_name(self.key)):
+            raise ValueError(
+                f"key '{self.key}' does not make a valid env variable name "
+                "(letters, digits, '_', '.', '-'; ':' becomes '__')"
+            )
+        return self
+
+
+def env_name(key: str) -> str:
+    """The env-file name of a key: `Entra:ClientSecret` -> `Entra__ClientSecret`."""
+    return key.replace(KEY_SEPARATOR, ENV_SEPARATOR)
+
+
+class FileTarget:
+    """Writes the value at one key of a file; rollback restores the previous value or removes it."""
+
+    kind: ClassVar[str] = "file"
+    phase: ClassVar[Phase] = Phase.PUBLISH
+    Config: ClassVar[type[BaseModel]] = FileConfig
+
+    def __init__(self, config: FileConfig, context: PluginContext) -> None:
+        self.config = config
+        self.context = context
+        self._path = Path(config.path)
+        self._codec = _CODECS[config.file_format]
+        self._parts = tuple(config.key.split(KEY_SEPARATOR))
+
+    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+        """Ready when publish could write: file writable and parseable, owner keepable.
+
+        Changes nothing.
+        """
+        try:
+            self._check_writable()
+            if self._path.exists():
+                self._load()
+        except (PermanentError, TransientError) as exc:
+            return PreflightResult(Readiness.BLOCKED, str(exc))
+        return PreflightResult(Readiness.READY)
+
+    async def publish(self, request: PublishRequest) -> StepResult:
+        """Write the value at the key. Idempotent: an unchanged value is not rewritten."""
+        delivery = request.delivery
+        changed = self._apply(delivery.value.reveal())
+        return StepResult(
+            {
+                "path": self.config.path,
+                "key": self.config.key,
+                "fingerprint": delivery.fingerprint,
+                "changed": changed,
+            }
+        )
+
+    async def rollback(self, request: RollbackRequest) -> StepResult:
+        """Write `previous` back at the key, or remove the key when there was none.
+
+        Idempotent: a key already holding `previous`, or already absent, is left alone.
+        Removing a nested key also removes the parents it leaves empty.
+        """
+        previous = request.previous
+        changed = self._apply(previous.value.reveal() if previous is not None else None)
+        return StepResult(
+            {
+                "path": self.config.path,
+                "key": self.config.key,
+                "fingerprint": previous.fingerprint if previous is not None else None,
+                "removed": previous is None,
+                "changed": changed,
+            }
+        )
+
+    def _apply(self, value: str | None) -> bool:
+        """Set (or, for None, remove) the key; return whether the file changed."""
+        self._check_writable()
+        path = self._real_path()
+        if not path.exists():
+            if value is None:
+                return False  # nothing to remove from a file that is not there
+            document, bom = self._codec.load("", self._describe()), False
+        else:
+            document, bom = self._load()
+        if value is None:
+            if not self._codec.remove(document, self._parts):
+                return False
+        else:
+            if self._codec.get(document, self._parts) == value:
+                return False
+            self._codec.set(document, self._parts, value, self._describe())
+        # Keep a byte order mark if the file had one (Visual Studio writes appsettings.json so).
+        text = (_BOM if bom else "") + self._codec.dump(document)
+        _atomic_write(path, text.encode("utf-8"), self.config.path)
+        return True
+
+    def _describe(self) -> str:
+        return f"{self.config.path} ({self.config.file_format}, key {self.config.key})"
+
+    def _real_path(self) -> Path:
+        # Follow a symlink so the link survives and the file it points to is replaced.
+        return Path(os.path.realpath(self._path))
+
+    def _load(self) -> tuple[Any, bool]:
+        """The parsed file and whether it started with a byte order mark."""
+        try:
+            raw = self._real_path().read_bytes()
+        except OSError as exc:
+            raise _os_error(f"cannot read {self.config.path}", exc) from exc
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is None:
+            # Raised outside the handler so no library error (which quotes bytes) rides along.
+            raise PermanentError(
+                f"{self.config.path} does not parse as {self.config.file_format}: not UTF-8"
+            )
+        document = self._codec.load(text.removeprefix(_BOM), self._describe())
+        return document, text.startswith(_BOM)
+
+    def _check_writable(self) -> None:
+        """Raise PermanentError unless publish could replace (or create) the file."""
+        name = self.config.path
+        path = self._real_path()
+        directory = path.parent
+        if path.exists():
+            if not path.is_file():
+                raise PermanentError(f"{name} is not a regular file")
+            if not os.access(path, os.W_OK):
+                raise PermanentError(f"{name} is not writable by this process")
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise PermanentError(
+                    f"directory {directory} is not writable, so {name} cannot be replaced"
+                )
+            _check_owner_keepable(path, name)
+            return
+        if not self.config.create:
+            raise PermanentError(f"{name} does not exist and create is false")
+        if not directory.is_dir():
+            raise PermanentError(f"directory {directory} of {name} does not exist")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermanentError(
+                f"directory {directory} is not writable, so {name} cannot be created"
+            )
+
+
+def _check_owner_keepable(path: Path, name: str) -> None:
+    """A replaced file must keep its owner; refuse up front when this process cannot set it."""
+    st = path.stat()
+    if os.geteuid() == 0:
+        return
+    if st.st_uid != os.geteuid():
+        raise PermanentError(
+            f"{name} is owned by uid {st.st_uid}; this process (uid {os.geteuid()}) "
+            "could not keep that owner when replacing it"
+        )
+    if st.st_gid != os.getegid() and st.st_gid not in os.getgroups():
+        raise PermanentError(
+            f"{name} belongs to gid {st.st_gid}, a group this process is not in, "
+            "so replacing it could not keep the group"
+        )
+
+
+def _os_error(message: str, exc: OSError) -> PermanentError | TransientError:
+    text = f"{message}: {exc.strerror or type(exc).__name__}"
+    if exc.errno in _TRANSIENT_ERRNOS:
+        return TransientError(text)
+    return PermanentError(text)
+
+
+def _atomic_write(path: Path, data: bytes, name: str) -> None:
+    """Replace `path` with `data` so readers see the old or the new file, never a partial one.
+
+    The temp file is created 0600 and only then given the target's mode and owner, so it
+    is never more readable than the file it replaces. It is removed on any failure.
+    """
+    directory = path.parent
+    try:
+        current = path.stat()
+    except FileNotFoundError:
+        current = None
+    mode = (current.st_mode & 0o7777) if current is not None else NEW_FILE_MODE
+    temp = directory / f".{path.name}.keyshift-{secrets.token_hex(6)}.tmp"
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(temp, flags, 0o600)
+    except OSError as exc:
+        raise _os_error(f"cannot create a temp file next to {name}", exc) from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if current is not None:
+                _keep_owner(handle.fileno(), current, name)
+            # chmod after chown: chown may clear set-id bits that the mode restores.
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        if isinstance(exc, OSError):
+            raise _os_error(f"cannot write {name}", exc) from exc
+        raise
+    _fsync_directory(directory)
+
+
+def _keep_owner(fd: int, current: os.stat_result, name: str) -> None:
+    st = os.fstat(fd)
+    if (st.st_uid, st.st_gid) == (current.st_uid, current.st_gid):
+        return
+    try:
+        os.fchown(fd, current.st_uid, current.st_gid)
+    except PermissionError as exc:
+        raise PermanentError(
+            f"cannot keep owner {current.st_uid}:{current.st_gid} of {name} ({exc.strerror})"
+        ) from exc
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable. Some filesystems cannot fsync a directory; that is not fatal."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise _os_error(f"cannot sync directory {directory}", exc) from exc
+    finally:
+        os.close(fd)
+
+
+# --- formats -------------------------------------------------------------------------------
+
+_MISSING: Final = object()
+
+
+class _Codec(Protocol):
+    def load(self, text: str, where: str) -> Any: ...
+    def get(self, document: Any, parts: tuple[str, ...]) -> Any: ...
+    def set(self, document: Any, parts: tuple[str, ...], value: str, where: str) -> None: ...
+    def remove(self, document: Any, parts: tuple[str, ...]) -> bool: ...
+    def dump(self, document: Any) -> str: ...
+
+
+def _parse_error(where: str, fmt: str, line: int | None = None) -> PermanentError:
+    # Never quote the content: the file may hold this or other secrets. Callers raise this
+    # outside their `except` block so the parser's error (which quotes lines) is not chained.
+    at = f" at line {line}" if line is not None else ""
+    return PermanentError(f"{where} does not parse as {fmt}{at}")
+
+
+class _TreeCodec:
+    """JSON and YAML: a mapping of mappings; `:` parts walk (and create) nested objects."""
+
+    def get(self, document: Any, parts: tuple[str, ...]) -> Any:
+        node = document
+        for part in parts:
+            if not isinstance(node, dict) or part not in node:
+                return _MISSING
+            node = node[part]
+        return node
+
+    def set(self, document: Any, parts: tuple[str, ...], value: str, where: str) -> None:
+        node = document
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                walked = KEY_SEPARATOR.join(parts[: depth + 1])
+                raise PermanentError(f"{where}: '{walked}' holds a non-object value")
+            node = child
+        node[parts[-1]] = value
+
+    def remove(self, document: Any, parts: tuple[str, ...]) -> bool:
+        trail: list[dict[str, Any]] = []
+        node = document
+        for part in parts[:-1]:
+            trail.append(node)
+            node = node.get(part)
+            if not isinstance(node, dict):
+                return False
+        if parts[-1] not in node:
+            return False
+        del node[parts[-1]]
+        # Prune the parents the removal left empty, innermost first.
+        for parent, part in zip(reversed(trail), reversed(parts[:-1]), strict=True):
+            if parent[part]:
+                break
+            del parent[part]
+        return True
+
+    @staticmethod
+    def _mapping(document: Any, where: str, fmt: str) -> dict[str, Any]:
+        if document is None:
+            return {}
+        if not isinstance(document, dict):
+            raise PermanentError(f"{where}: the top level of the {fmt} file is not an object")
+        return document
+
+
+class _JsonCodec(_TreeCodec):
+    def load(self, text: str, where: str) -> Any:
+        if not text.strip():
+            return {}
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            line: int | None = exc.lineno
+        else:
+            return self._mapping(document, where, "json")
+        raise _parse_error(where, "json", line)
+
+    def dump(self, document: Any) -> str:
+        return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+class _YamlCodec(_TreeCodec):
+    def load(self, text: str, where: str) -> Any:
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else None
+        else:
+            return self._mapping(document, where, "yaml")
+        raise _parse_error(where, "yaml", line)
+
+    def dump(self, document: Any) -> str:
+        return yaml.safe_dump(
+            document, sort_keys=False, default_flow_style=False, allow_unicode=True
+        )
+
+
+class _CaseKeepingParser(configparser.ConfigParser):
+    """configparser that keeps key case (the default lowercases) and never interpolates `%`."""
+
+    def __init__(self) -> None:
+        super().__init__(interpolation=None, strict=True)
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
+class _IniCodec:
+    def load(self, text: str, where: str) -> Any:
+        parser = _CaseKeepingParser()
+        try:
+            parser.read_string(text)
+        except configparser.Error as exc:
+            line = getattr(exc, "lineno", None)
+        else:
+            return parser
+        raise _parse_error(where, "ini", line)
+
+    def get(self, document: Any, parts: tuple[str, ...]) -> Any:
+        section, option = parts
+        if not document.has_option(section, option):
+            return _MISSING
+        return document.get(section, option)
+
+    def set(self, document: Any, parts: tuple[str, ...], value: str, where: str) -> None:
+        if any(ch in value for ch in "\r\n") or value != value.strip():
+            # configparser would fold the lines or strip the spaces: the file would not
+            # hand the consumer the value it was given.
+            raise PermanentError(
+                f"{where}: the value has line breaks or surrounding spaces, which ini cannot hold"
+            )
+        section, option = parts
+        if section != document.default_section and not document.has_section(section):
+            document.add_section(section)
+        document.set(section, option, value)
+
+    def remove(self, document: Any, parts: tuple[str, ...]) -> bool:
+        section, option = parts
+        if not document.has_option(section, option):
+            return False
+        removed: bool = document.remove_option(section, option)
+        if section != document.default_section and not document.options(section):
+            document.remove_section(section)
+        return removed
+
+    def dump(self, document: Any) -> str:
+        out = io.StringIO()
+        document.write(out)
+        return out.getvalue()
+
+
+@dataclass
+class _EnvEntry:
+    """One logical line of an env file: an assignment (maybe spanning lines) or anything else."""
+
+    text: str
+    name: str | None = None
+    assigned: bool = False
+    lead: str = ""
+    value: str = ""
+    suffix: str = ""
+    newline: str = ""
+
+
+class _EnvCodec:
+    """KEY=value files. Only the lines assigning our key are touched; all others stay as written."""
+
+    def load(self, text: str, where: str) -> Any:
+        entries: list[_EnvEntry] = []
+        position, line = 0, 1
+        while position < len(text):
+            end = _line_end(text, position)
+            body = text[position:end].rstrip("\r\n")
+            stripped = body.strip()
+            match = _ENV_ASSIGNMENT.match(body)
+            if not stripped or stripped.startswith("#"):
+                entry = _EnvEntry(text[position:end])
+            elif match is None or (match["eq"] is None and body[match.end() :].strip()):
+                raise _parse_error(where, "env", line)
+            elif match["eq"] is None:
+                # A bare NAME line passes the variable through from the environment.
+                entry = _EnvEntry(text[position:end], name=match["name"], lead=match["lead"])
+                entry.newline = text[position + len(body) : end]
+            else:
+                value_start = position + match.end()
+                value_end = _env_value_end(text, value_start, where, line)
+                end = _line_end(text, value_end)  # a quoted value may span lines
+                tail = text[value_end:end]
+                suffix = tail.rstrip("\r\n")
+                entry = _EnvEntry(
+                    text[position:end],
+                    name=match["name"],
+                    assigned=True,
+                    lead=match["lead"],
+                    value=text[value_start:value_end],
+                    suffix=suffix,
+                    newline=tail[len(suffix) :],
+                )
+            entries.append(entry)
+            line += text.count("\n", position, end)
+            position = end
+        return entries
+
+    def get(self, document: Any, parts: tuple[str, ...]) -> Any:
+        name = env_name(KEY_SEPARATOR.join(parts))
+        found = [entry for entry in document if entry.name == name]
+        # Readers (dotenv, compose, a shell) honour the last assignment.
+        if not found or not found[-1].assigned:
+            return _MISSING
+        return _decode_env_value(found[-1].value)
+
+    def set(self, document: Any, parts: tuple[str, ...], value: str, where: str) -> None:
+        name = env_name(KEY_SEPARATOR.join(parts))
+        written = _encode_env_value(value)
+        found = False
+        # Every line naming the variable gets the value, so whichever a reader honours is right.
+        for entry in document:
+            if entry.name == name:
+                found = True
+                entry.text = f"{entry.lead}{name}={written}{entry.suffix}{entry.newline or chr(10)}"
+        if not found:
+            if document and not document[-1].text.endswith("\n"):
+                document[-1].text += "\n"
+            document.append(_EnvEntry(f"{name}={written}\n", name=name, assigned=True))
+
+    def remove(self, document: Any, parts: tuple[str, ...]) -> bool:
+        name = env_name(KEY_SEPARATOR.join(parts))
+        kept = [entry for entry in document if entry.name != name]
+        if len(kept) == len(document):
+            return False
+        document[:] = kept
+        return True
+
+    def dump(self, document: Any) -> str:
+        return "".join(entry.text for entry in document)
+
+
+def _line_end(text: str, position: int) -> int:
+    """Index just past the line break of the line holding `position` (or the end of text)."""
+    newline = text.find("\n", position)
+    return len(text) if newline < 0 else newline + 1
+
+
+def _env_value_end(text: str, start: int, where: str, line: int) -> int:
+    """Where the value that starts at `start` (just after `NAME=`) ends."""
+    position = start
+    while position < len(text) and text[position] in " \t":
+        position += 1
+    quote = text[position : position + 1]
+    if quote in ("'", '"'):
+        position += 1
+        while position < len(text):
+            char = text[position]
+            if quote == '"' and char == "\\":
+                position += 2
+                continue
+            if char == quote:
+                return position + 1
+            position += 1
+        raise _parse_error(where, "env", line)  # a quote that never closes
+    end = _line_end(text, start)
+    first_line = text[start:end].rstrip("\r\n")
+    comment = re.search(r"[ \t]+#", first_line)
+    return start + (comment.start() if comment else len(first_line))
+
+
+def _encode_env_value(value: str) -> str:
+    """Write a value so dotenv readers read it back: double-quoted when it has to be."""
+    if not any(char in _ENV_NEEDS_QUOTES for char in value):
+        return value
+    return '"' + "".join(_ENV_ESCAPES.get(char, char) for char in value) + '"'
+
+
+def _decode_env_value(written: str) -> str:
+    """Read a value back the way `_encode_env_value` writes it (enough to see "unchanged")."""
+    written = written.strip(" \t")
+    if len(written) >= 2 and written[0] == written[-1] == "'":
+        return written[1:-1]
+    if len(written) >= 2 and written[0] == written[-1] == '"':
+        decoded = {"\\\\": "\\", '\\"': '"', "\\n": "\n", "\\r": "\r"}
+        return re.sub(r'\\[\\"nr]', lambda m: decoded[m.group(0)], written[1:-1])
+    return written
+
+
+_CODECS: Final[dict[str, _Codec]] = {
+    "json": _JsonCodec(),
+    "yaml": _YamlCodec(),
+    "ini": _IniCodec(),
+    "env": _EnvCodec(),
+}

@@ -1,0 +1,291 @@
+"""`webhook`: POST a signed JSON event when a version is published or rolled back.
+
+The event names the credential, rotation and versions by id and fingerprint; the
+value is in it only with `include_value: true`. With a signing secret, each request
+carries `X-Keyshift-Signature: sha256=<hex>`, the HMAC-SHA256 of
+`"{X-Keyshift-Timestamp}.{body}"`, so receivers can check origin and freshness
+(GitHub and Stripe sign the same way). `X-Keyshift-Delivery` stays the same across
+retries and repeated publishes of one event, so receivers can drop duplicates.
+
+Connection errors, timeouts, 429 and 5xx are retried with exponential backoff and
+jitter; other answers outside 2xx fail at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, ClassVar, Final
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from keyshift.domain.context import PluginContext
+from keyshift.domain.durations import Duration
+from keyshift.domain.secret import Secret
+from keyshift.domain.states import Phase
+from keyshift.errors import ConfigError, PermanentError, TransientError, scrub
+from keyshift.sources import check_source, read_source
+from keyshift.targets.base import (
+    Delivery,
+    PreflightRequest,
+    PreflightResult,
+    PublishRequest,
+    Readiness,
+    RollbackRequest,
+    StepResult,
+)
+
+EVENT_PUBLISHED: Final = "rotation.published"
+EVENT_ROLLED_BACK: Final = "rotation.rolled_back"
+SIGNATURE_HEADER: Final = "X-Keyshift-Signature"
+TIMESTAMP_HEADER: Final = "X-Keyshift-Timestamp"
+EVENT_HEADER: Final = "X-Keyshift-Event"
+DELIVERY_HEADER: Final = "X-Keyshift-Delivery"
+MAX_WAIT: Final = 300.0
+"""Longest single wait between attempts; a longer Retry-After is left to the engine."""
+
+_OWN_HEADERS = frozenset(
+    {"content-type", SIGNATURE_HEADER.lower(), TIMESTAMP_HEADER.lower(), EVENT_HEADER.lower()}
+    | {DELIVERY_HEADER.lower()}
+)
+_LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+class WebhookConfig(BaseModel):
+    """Where to POST events and how to sign and retry them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    """http:// or https:// URL. Kept out of errors and step details (it may carry a token)."""
+    signing_secret_from: str | None = None
+    """`env:NAME` or `file:/path` naming the HMAC key; no signature header without it."""
+    include_value: bool = False
+    """Put the value in the event. Only over https (or to this host)."""
+    timeout: Duration = timedelta(seconds=10)
+    retries: int = Field(default=4, ge=0, le=10)
+    """Retries after the first attempt, for connection errors, timeouts, 429 and 5xx."""
+    backoff: Duration = timedelta(seconds=1)
+    """Wait before the first retry; doubles for each further one (plus jitter)."""
+    headers: dict[str, str] = {}
+    """Extra, non-secret request headers."""
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"url is not a valid URL: {exc}") from None
+        if not parsed.host:
+            raise ValueError("url has no host")
+        if parsed.userinfo:
+            raise ValueError("url must not carry credentials; use signing_secret_from")
+        return url
+
+    @field_validator("signing_secret_from")
+    @classmethod
+    def _secret_source(cls, ref: str | None) -> str | None:
+        if ref is not None:
+            try:
+                check_source("signing_secret_from", ref)
+            except ConfigError as exc:
+                raise ValueError(exc.message) from None
+        return ref
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, timeout: timedelta) -> timedelta:
+        if timeout <= timedelta(0):
+            raise ValueError("timeout must be longer than 0s")
+        return timeout
+
+    @field_validator("headers")
+    @classmethod
+    def _headers_not_ours(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name in headers:
+            if name.lower() in _OWN_HEADERS:
+                raise ValueError(f"header {name} is set by keyshift")
+        return headers
+
+    @model_validator(mode="after")
+    def _value_only_encrypted(self) -> WebhookConfig:
+        url = httpx.URL(self.url)
+        if self.include_value and url.scheme != "https" and not _is_loopback(url.host):
+            raise ValueError("include_value needs an https:// url (or one on this host)")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebhookTarget:
+    """Notifies a receiver that a version was published or rolled back."""
+
+    kind: ClassVar[str] = "webhook"
+    phase: ClassVar[Phase] = Phase.NOTIFY
+    Config: ClassVar[type[BaseModel]] = WebhookConfig
+
+    def __init__(self, config: WebhookConfig, context: PluginContext) -> None:
+        self.config = config
+        self.context = context
+        self._host = httpx.URL(config.url).host
+
+    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+        """Ready when the signing secret (if any) resolves. Sends nothing."""
+        try:
+            self._signing_key()
+        except PermanentError as exc:
+            return PreflightResult(Readiness.BLOCKED, str(exc))
+        return PreflightResult(Readiness.READY)
+
+    async def publish(self, request: PublishRequest) -> StepResult:
+        """POST `rotation.published`. Repeating it sends the event again with the same
+        `X-Keyshift-Delivery`, which receivers use to drop the duplicate."""
+        delivery, previous = request.delivery, request.previous
+        event: dict[str, Any] = {
+            "event": EVENT_PUBLISHED,
+            "credential": delivery.credential,
+            "rotation_id": delivery.rotation_id,
+            "version_id": delivery.version_id,
+            "fingerprint": delivery.fingerprint,
+            "previous_version_id": previous.version_id if previous else None,
+            "previous_fingerprint": previous.fingerprint if previous else None,
+            "attributes": dict(delivery.attributes),
+            "sent_at": self.context.now().isoformat(),
+        }
+        return await self._send(event, delivery, [delivery, previous])
+
+    async def rollback(self, request: RollbackRequest) -> StepResult:
+        """POST `rotation.rolled_back`: `version_id` is the restored version (None if there
+        was none), `rolled_back_version_id` the one undone. Repeatable like publish."""
+        failed, previous = request.failed, request.previous
+        event: dict[str, Any] = {
+            "event": EVENT_ROLLED_BACK,
+            "credential": failed.credential,
+            "rotation_id": failed.rotation_id,
+            "version_id": previous.version_id if previous else None,
+            "fingerprint": previous.fingerprint if previous else None,
+            "rolled_back_version_id": failed.version_id,
+            "rolled_back_fingerprint": failed.fingerprint,
+            "attributes": dict(previous.attributes) if previous else {},
+            "sent_at": self.context.now().isoformat(),
+        }
+        return await self._send(event, previous, [failed, previous])
+
+    def _signing_key(self) -> Secret | None:
+        ref = self.config.signing_secret_from
+        if ref is None:
+            return None
+        try:
+            return read_source("signing_secret_from", ref, self.context.env)
+        except ConfigError as exc:
+            raise PermanentError(f"webhook signing secret: {exc}") from None
+
+    async def _send(
+        self, event: dict[str, Any], carried: Delivery | None, known: list[Delivery | None]
+    ) -> StepResult:
+        """POST the event with retries. `carried` is the version whose value may ride along."""
+        if self.config.include_value:
+            event["value"] = carried.value.reveal() if carried is not None else None
+        body = json.dumps(event, separators=(",", ":")).encode("utf-8")
+        key = self._signing_key()
+        secrets = [d.value.reveal() for d in known if d is not None]
+        if key is not None:
+            secrets.append(key.reveal())
+        timeout = self.config.timeout.total_seconds()
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+            attempt = 0
+            while True:
+                attempt += 1
+                outcome = await self._attempt(client, event, body, key, secrets)
+                if outcome.failure is None:
+                    detail = {"status": outcome.status, "attempts": attempt, "host": self._host}
+                    return StepResult(detail)
+                if attempt > self.config.retries:
+                    raise TransientError(
+                        f"webhook to {self._host} failed after {attempt} attempts: "
+                        f"{outcome.failure}",
+                        retry_after=outcome.retry_after,
+                    )
+                wait = self._wait(attempt - 1, outcome.retry_after)
+                if wait > MAX_WAIT:
+                    # Sleeping this long inside one step would hold the rotation's lease idle.
+                    raise TransientError(
+                        f"webhook to {self._host}: {outcome.failure}; "
+                        f"asked to retry after {wait:.0f}s",
+                        retry_after=wait,
+                    )
+                await self.context.sleep(wait)
+
+    async def _attempt(
+        self,
+        client: httpx.AsyncClient,
+        event: dict[str, Any],
+        body: bytes,
+        key: Secret | None,
+        secrets: list[str],
+    ) -> _Outcome:
+        """One POST. Raises PermanentError for answers that retrying will not change."""
+        timestamp = str(int(self.context.now().timestamp()))
+        headers = {
+            **self.config.headers,
+            "Content-Type": "application/json",
+            EVENT_HEADER: event["event"],
+            DELIVERY_HEADER: f"{event['rotation_id']}.{event['event']}",
+            TIMESTAMP_HEADER: timestamp,
+        }
+        if key is not None:
+            signed = timestamp.encode("utf-8") + b"." + body
+            digest = hmac.new(key.reveal().encode("utf-8"), signed, hashlib.sha256).hexdigest()
+            headers[SIGNATURE_HEADER] = f"sha256={digest}"
+        try:
+            response = await client.post(self.config.url, content=body, headers=headers)
+        except httpx.TransportError as exc:
+            # Only the class name: library texts may quote the URL, which can carry a token.
+            return _Outcome(None, scrub(type(exc).__name__, secrets))
+        status = response.status_code
+        if 200 <= status < 300:
+            return _Outcome(status)
+        if status == 429 or status >= 500:
+            return _Outcome(status, f"HTTP {status}", _retry_after(response))
+        raise PermanentError(f"webhook to {self._host} answered HTTP {status}; not retried")
+
+    def _wait(self, retry: int, retry_after: float | None) -> float:
+        """Exponential backoff with up to 25% jitter, or the server's Retry-After if longer."""
+        base = self.config.backoff.total_seconds() * 2.0**retry
+        jittered = base * (1 + random.uniform(0, 0.25))  # noqa: S311 - jitter, not cryptography
+        return max(jittered, retry_after or 0.0)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """One attempt: the status (None without an answer) and, if it failed, why."""
+
+    status: int | None
+    failure: str | None = None
+    retry_after: float | None = None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """A numeric Retry-After in seconds; HTTP-date forms are ignored."""
+    value = response.headers.get("Retry-After", "").strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None

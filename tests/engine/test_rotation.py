@@ -1,0 +1,275 @@
+"""The rotation state machine end to end on the real store (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from keyshift.domain.context import PluginContext
+from keyshift.domain.states import RotationState, StepStatus, VersionStatus
+from keyshift.engine.runner import RETAIN_DISABLED, Engine
+from keyshift.errors import KeyshiftError
+from keyshift.service import rotations
+from keyshift.service.estate import apply_estate, load_estate
+from keyshift.store.store import Store
+from tests.helpers import (
+    env_value,
+    json_value,
+    rotations_of,
+    steps,
+    value_of,
+    versions,
+    write_estate,
+)
+
+
+@dataclass
+class FakeClock:
+    """An injectable clock: `advance` moves time; `sleep` records instead of waiting."""
+
+    at: datetime = field(default_factory=lambda: datetime(2026, 11, 24, 9, 0, tzinfo=UTC))
+    slept: list[float] = field(default_factory=list)
+
+    def now(self) -> datetime:
+        return self.at
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+    def advance(self, delta: timedelta) -> None:
+        self.at += delta
+
+    def context(self) -> PluginContext:
+        return PluginContext(now=self.now, sleep=self.sleep)
+
+
+def _apply(store: Store, estate: Path) -> None:
+    apply_estate(store, load_estate(estate), actor="test")
+
+
+def _rotate(
+    store: Store, clock: FakeClock, grace: timedelta | None = None, name: str = "api-key"
+) -> tuple[str, RotationState]:
+    return asyncio.run(
+        rotations.rotate(store, name, actor="test", grace=grace, context=clock.context())
+    )
+
+
+def test_first_rotation_issues_one_version_and_delivers_it_to_every_consumer(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    _apply(store, write_estate(tmp_path))
+    rotation_id, state = _rotate(store, clock)
+    assert state == RotationState.COMPLETED
+    [version] = versions(store, "api-key")
+    assert version.status == VersionStatus.CURRENT.value
+    assert version.rotation_id == rotation_id
+    assert version.expires_at == clock.at + timedelta(days=90)
+    value = value_of(store, version)
+    assert json_value(tmp_path / "app.json") == value
+    assert env_value(tmp_path / "app.env") == value
+    assert (tmp_path / "reload.log").read_text().split() == ["publish", version.id]
+
+
+def test_old_version_stays_valid_through_grace_and_is_revoked_after_it(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    _apply(store, write_estate(tmp_path))
+    _rotate(store, clock)
+    rotation_id, state = _rotate(store, clock)
+    assert state == RotationState.GRACE
+    old, new = versions(store, "api-key")
+    assert (old.status, new.status) == (VersionStatus.PREVIOUS.value, VersionStatus.CURRENT.value)
+    assert old.ciphertext is not None, "the old value is kept while it is still valid"
+
+    clock.advance(timedelta(minutes=59))
+    assert asyncio.run(rotations.resume(store, actor="test", context=clock.context())) == [
+        (rotation_id, "api-key", RotationState.GRACE)
+    ]
+    clock.advance(timedelta(minutes=1))
+    [(_, _, final)] = asyncio.run(rotations.resume(store, actor="test", context=clock.context()))
+    assert final == RotationState.COMPLETED
+    old, new = versions(store, "api-key")
+    assert old.status == VersionStatus.REVOKED.value
+    assert old.revoked_at == clock.at
+    assert old.ciphertext is None, "a revoked value is erased on purpose"
+    assert json_value(tmp_path / "app.json") == value_of(store, new)
+
+
+def test_grace_zero_revokes_in_the_same_run(store: Store, tmp_path: Path) -> None:
+    clock = FakeClock()
+    _apply(store, write_estate(tmp_path))
+    _rotate(store, clock)
+    rotation_id, state = _rotate(store, clock, grace=timedelta(0))
+    assert state == RotationState.COMPLETED
+    assert [s.name for s in steps(store, rotation_id)] == [
+        "validated",
+        "preflighted",
+        "creating",
+        "publishing:10:file",
+        "publishing:20:file",
+        "reloading:30:command",
+        "verifying:provider",
+        "revoking",
+    ]
+    assert [v.status for v in versions(store, "api-key")] == ["revoked", "current"]
+
+
+def _failing_reload(tmp_path: Path, on_failure: str) -> list[dict[str, object]]:
+    fail = tmp_path / "fail.py"
+    fail.write_text("import sys; sys.exit(3)\n")
+    return [
+        {
+            "type": "file",
+            "order": 10,
+            "on_failure": "abort",
+            "config": {"path": str(tmp_path / "app.json"), "key": "Api:Key", "file_format": "json"},
+        },
+        {
+            "type": "file",
+            "order": 20,
+            "on_failure": "abort",
+            "config": {"path": str(tmp_path / "app.env"), "key": "API_KEY", "file_format": "env"},
+        },
+        {
+            "type": "command",
+            "order": 30,
+            "on_failure": on_failure,
+            "config": {"argv": [sys.executable, str(fail)], "rollback": "none"},
+        },
+    ]
+
+
+def test_abort_failure_restores_previous_value_in_reverse_order_and_disables_new_version(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    _apply(store, write_estate(tmp_path))
+    _rotate(store, clock)
+    [first] = versions(store, "api-key")
+    previous = value_of(store, first)
+
+    _apply(store, write_estate(tmp_path, actions=_failing_reload(tmp_path, "abort")))
+    rotation_id, state = _rotate(store, clock)
+
+    assert state == RotationState.ROLLED_BACK
+    journal = steps(store, rotation_id)
+    assert [s.name for s in journal if s.name.startswith("rollback:")] == [
+        "rollback:publishing:20:file",
+        "rollback:publishing:10:file",
+    ]
+    assert all(
+        s.status == StepStatus.SUCCEEDED.value for s in journal if s.name.startswith("rollback:")
+    )
+    assert json_value(tmp_path / "app.json") == previous
+    assert env_value(tmp_path / "app.env") == previous
+    old, new = versions(store, "api-key")
+    assert old.status == VersionStatus.CURRENT.value
+    assert new.status == VersionStatus.DISABLED.value
+    assert new.expires_at == clock.at + RETAIN_DISABLED
+    assert new.ciphertext is not None, "the disabled version is kept for analysis"
+    [rot] = [r for r in rotations_of(store, "api-key") if r.id == rotation_id]
+    assert rot.error is not None
+    assert "reloading:30:command" in rot.error
+
+
+def test_first_issuance_rolled_back_removes_what_it_wrote(store: Store, tmp_path: Path) -> None:
+    (tmp_path / "app.json").write_text('{"Other": 1}\n')
+    _apply(store, write_estate(tmp_path, actions=_failing_reload(tmp_path, "abort")))
+    _rotation_id, state = _rotate(store, FakeClock())
+    assert state == RotationState.ROLLED_BACK
+    assert json_value(tmp_path / "app.json") is None
+    assert "Other" in (tmp_path / "app.json").read_text()
+
+
+def test_continue_failure_finishes_as_needs_attention_not_completed(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    _apply(store, write_estate(tmp_path, actions=_failing_reload(tmp_path, "continue")))
+    _rotate(store, clock)
+    rotation_id, state = _rotate(store, clock, grace=timedelta(0))
+    assert state == RotationState.NEEDS_ATTENTION
+    [rot] = [r for r in rotations_of(store, "api-key") if r.id == rotation_id]
+    assert rot.attention is not None
+    assert "reloading:30:command" in rot.attention
+    _old, new = versions(store, "api-key")
+    assert json_value(tmp_path / "app.json") == value_of(store, new)
+    status = {r.credential: r for r in rotations.status_rows(store, now=clock.at)}
+    assert status["api-key"].lifecycle.value == "Needs Attention"
+
+
+def test_a_second_rotation_of_a_credential_is_refused_while_one_is_unfinished(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    _apply(store, write_estate(tmp_path))
+    _rotate(store, clock)
+    first, state = _rotate(store, clock)
+    assert state == RotationState.GRACE
+    engine = Engine(store, actor="test", context=clock.context())
+    with pytest.raises(KeyshiftError, match=f"already has rotation {first} in progress"):
+        engine.request("api-key", requested_by="test")
+
+
+def test_blocked_preflight_fails_before_anything_is_created(store: Store, tmp_path: Path) -> None:
+    actions = [
+        {
+            "type": "file",
+            "order": 10,
+            "on_failure": "abort",
+            "config": {
+                "path": str(tmp_path / "missing-dir" / "app.json"),
+                "key": "k",
+                "file_format": "json",
+            },
+        }
+    ]
+    _apply(store, write_estate(tmp_path, actions=actions))
+    rotation_id, state = _rotate(store, FakeClock())
+    assert state == RotationState.FAILED
+    assert versions(store, "api-key") == []
+    assert [s.name for s in steps(store, rotation_id)] == ["validated", "preflighted"]
+
+
+def test_status_shows_lifecycle_from_expiry(store: Store, tmp_path: Path) -> None:
+    clock = FakeClock()
+    _apply(store, write_estate(tmp_path, policy={"max_lifetime": "40d", "grace_period": "0s"}))
+    [row] = rotations.status_rows(store, now=clock.at)
+    assert row.lifecycle.value == "Never Rotated"
+    _rotate(store, clock)
+    [row] = rotations.status_rows(store, now=clock.at)
+    assert (row.lifecycle.value, row.days_left) == ("Active", 40)
+    [row] = rotations.status_rows(store, now=clock.at + timedelta(days=15))
+    assert row.lifecycle.value == "Expiring Soon"
+    [row] = rotations.status_rows(store, now=clock.at + timedelta(days=41))
+    assert row.lifecycle.value == "Expired"
+
+
+def test_worker_starts_auto_rotation_when_expiry_is_within_rotate_before_expiry(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    estate = write_estate(
+        tmp_path,
+        policy={"max_lifetime": "40d", "grace_period": "0s", "rotate_before_expiry": "10d"},
+    )
+    text = estate.read_text().replace('"owner"', '"auto_rotate": true, "owner"')
+    estate.write_text(text)
+    _apply(store, estate)
+    ctx = clock.context()
+    assert asyncio.run(rotations.worker_pass(store, actor="w", context=ctx)) == {
+        "resumed": 0,
+        "started": 1,
+    }
+    assert asyncio.run(rotations.worker_pass(store, actor="w", context=ctx))["started"] == 0
+    clock.advance(timedelta(days=30))
+    assert asyncio.run(rotations.worker_pass(store, actor="w", context=ctx))["started"] == 1
+    assert [v.status for v in versions(store, "api-key")] == ["revoked", "current"]

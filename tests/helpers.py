@@ -1,0 +1,126 @@
+"""Small builders shared by the tests: estate files and reads of the store."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
+from keyshift.store.store import Store
+
+RELOAD_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    with open(sys.argv[1], "a") as log:
+        log.write(os.environ["KEYSHIFT_PHASE"] + " " + os.environ["KEYSHIFT_VERSION_ID"] + "\\n")
+    """
+)
+
+
+def write_estate(
+    tmp: Path,
+    *,
+    name: str = "api-key",
+    actions: list[dict[str, Any]] | None = None,
+    policy: dict[str, Any] | None = None,
+) -> Path:
+    """An estate with one `random` credential delivered to a JSON and an env file, then a
+    reload command that logs each run. Returns the estate path."""
+    reload_log = tmp / "reload.log"
+    script = tmp / "reload.py"
+    script.write_text(RELOAD_SCRIPT, encoding="utf-8")
+    if actions is None:
+        actions = [
+            {
+                "type": "file",
+                "order": 10,
+                "on_failure": "abort",
+                "agent_id": None,
+                "config": {"path": str(tmp / "app.json"), "key": "Api:Key", "file_format": "json"},
+            },
+            {
+                "type": "file",
+                "order": 20,
+                "on_failure": "abort",
+                "config": {"path": str(tmp / "app.env"), "key": "API_KEY", "file_format": "env"},
+            },
+            {
+                "type": "command",
+                "order": 30,
+                "on_failure": "abort",
+                "config": {"argv": [sys.executable, str(script), str(reload_log)]},
+            },
+        ]
+    estate = {
+        "credentials": [
+            {
+                "name": name,
+                "owner": "team-test",
+                "policy": policy or {"grace_period": "1h", "max_lifetime": "90d"},
+                "provider": {"type": "random", "length": 32},
+                "actions": actions,
+            }
+        ]
+    }
+    path = tmp / "estate.yaml"
+    # JSON is valid YAML; it keeps the test free of YAML quoting questions.
+    path.write_text(json.dumps(estate, indent=2), encoding="utf-8")
+    return path
+
+
+def json_value(path: Path, dotted: str = "Api:Key") -> str | None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for part in dotted.split(":"):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data if isinstance(data, str) else None
+
+
+def env_value(path: Path, key: str = "API_KEY") -> str | None:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith(f"{key}="):
+            return line.split("=", 1)[1].strip('"')
+    return None
+
+
+def versions(store: Store, credential: str) -> list[VersionRow]:
+    with store.transaction() as s:
+        cred = s.execute(select(CredentialRow).where(CredentialRow.name == credential)).scalar_one()
+        return list(
+            s.execute(
+                select(VersionRow)
+                .where(VersionRow.credential_id == cred.id)
+                .order_by(VersionRow.serial)
+            ).scalars()
+        )
+
+
+def rotations_of(store: Store, credential: str) -> list[RotationRow]:
+    with store.transaction() as s:
+        cred = s.execute(select(CredentialRow).where(CredentialRow.name == credential)).scalar_one()
+        return list(
+            s.execute(
+                select(RotationRow)
+                .where(RotationRow.credential_id == cred.id)
+                .order_by(RotationRow.requested_at)
+            ).scalars()
+        )
+
+
+def steps(store: Store, rotation_id: str) -> list[StepRow]:
+    with store.transaction() as s:
+        return list(
+            s.execute(
+                select(StepRow).where(StepRow.rotation_id == rotation_id).order_by(StepRow.seq)
+            ).scalars()
+        )
+
+
+def value_of(store: Store, version: VersionRow) -> str:
+    return store.reveal(version).reveal()
