@@ -34,6 +34,7 @@ from keyshift.errors import AuditChainBroken, EstateInvalid, KeyshiftError
 from keyshift.service import estate as estate_service
 from keyshift.service import keys as keys_service
 from keyshift.service import rotations
+from keyshift.service.reference import estate_reference
 from keyshift.store import audit
 from keyshift.store.store import Store
 
@@ -417,6 +418,12 @@ def worker(
             )
         except KeyboardInterrupt:
             out.print("worker stopped")
+
+
+@app.command()
+def reference() -> None:
+    """Print the estate-file reference (Markdown), generated from the models."""
+    sys.stdout.write(estate_reference())
 
 
 DEMO_CONSUMER = textwrap.dedent(

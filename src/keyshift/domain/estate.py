@@ -15,8 +15,10 @@ from typing import Annotated, Any
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StringConstraints,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -36,7 +38,7 @@ DEFAULT_POLICY_NAME = "default"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
 
 
 class Policy(_Model):
@@ -63,10 +65,12 @@ class Policy(_Model):
 class ProviderSpec(_Model):
     """The issuer of a credential's versions: `type` picks the provider, the rest is its config."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="allow", frozen=True)
 
     type: str
+    """The provider type (see Provider types below)."""
     integration: Name | None = None
+    """The name of the integration the provider connects through, if it needs one."""
 
     def config(self) -> dict[str, Any]:
         """The provider's own settings: every key but `type` and `integration`."""
@@ -77,10 +81,25 @@ class ActionSpec(_Model):
     """One delivery step, in the shape other rotation tools already use."""
 
     type: str
+    """The action type (see Action types below)."""
     order: int = Field(ge=0)
+    """Position within the action's phase; distinct per credential."""
     on_failure: OnFailure = OnFailure.ABORT
+    """`abort` stops and rolls back; `continue` finishes the run as needs_attention."""
     agent_id: str | None = None
+    """The host agent that performs the action. Agents are not available yet, so this must
+    be null: the action runs where keyshift runs."""
     config: dict[str, Any] = Field(default_factory=dict)
+    """The action type's own settings."""
+
+    @field_validator("agent_id")
+    @classmethod
+    def _no_agents_yet(cls, agent_id: str | None) -> str | None:
+        # Accepting an agent id and then running the action locally would write to
+        # the wrong host; refuse it until the agent exists.
+        if agent_id is not None:
+            raise ValueError("host agents are not available yet; remove agent_id or set null")
+        return agent_id
 
     @property
     def key(self) -> str:
@@ -92,13 +111,26 @@ class CredentialSpec(_Model):
     """A logical secret a team owns, its issuer, its policy and its consumers."""
 
     name: Name
+    """Unique within the estate: lowercase letters, digits, `.`, `_`, `-`."""
     owner: str | None = None
+    """The accountable person or team, shown in status and evidence."""
     environment: str | None = None
+    """Free text such as `prod` or `non-prod`."""
     description: str | None = None
-    policy: Name | Policy | None = None
+    policy: (
+        Annotated[
+            Annotated[Name, Tag("named")] | Annotated[Policy, Tag("inline")],
+            Discriminator(lambda v: "named" if isinstance(v, str) else "inline"),
+        ]
+        | None
+    ) = None
+    """A policy's name, or a policy written inline; none means the default policy."""
     auto_rotate: bool = False
+    """Let `keyshift worker` start rotations when expiry is within `rotate_before_expiry`."""
     provider: ProviderSpec
+    """Who issues and revokes the versions."""
     actions: list[ActionSpec] = Field(default_factory=list)
+    """Delivery steps to consumers, each with a distinct `order`."""
 
     @field_validator("actions")
     @classmethod
@@ -117,7 +149,7 @@ class CredentialSpec(_Model):
 class IntegrationSpec(_Model):
     """A connection keyshift uses to reach an issuer (Entra tenant, database admin...)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="allow", frozen=True)
 
     name: Name
     type: str
@@ -172,6 +204,8 @@ class Estate(_Model):
 
 
 _PATHED = "\x00pathed\x00"
+_UNION_TAGS = frozenset({"named", "inline"})
+"""Branch tags of tagged unions, which pydantic puts in error locations; not field names."""
 
 
 def format_loc(loc: tuple[int | str, ...], prefix: str = "") -> str:
@@ -180,7 +214,9 @@ def format_loc(loc: tuple[int | str, ...], prefix: str = "") -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part.startswith(("function-after", "function-before", "function-wrap")):
+        elif part in _UNION_TAGS or part.startswith(
+            ("function-after", "function-before", "function-wrap")
+        ):
             continue
         else:
             out += f".{part}" if out else part

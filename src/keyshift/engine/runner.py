@@ -23,11 +23,11 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from keyshift import __version__
@@ -117,8 +117,11 @@ class _Run:
     credential: str
     plan: Plan
     provider: Provider
+    seq: int = 0
+    attempts: dict[str, int] = field(default_factory=dict)
     targets: dict[str, Target] = field(default_factory=dict)
     secrets: list[str] = field(default_factory=list)
+    deliveries: tuple[Delivery, Delivery | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,8 @@ class _Open:
 
     id: int
     name: str
+    attempt: int
+    started_at: datetime
     started: float
 
 
@@ -547,48 +552,53 @@ class Engine:
     # Journal and state ---------------------------------------------------------------
 
     def _begin(self, run: _Run, name: str) -> _Open:
+        """Journal the step as running and renew the lease, in one short transaction.
+
+        Attempt numbers and the step sequence come from the journal read when the
+        lease was claimed: while this worker holds the lease nobody else writes it.
+        """
         now = self.context.now()
+        attempt = run.attempts.get(name, 0) + 1
+        run.seq += 1
         with self.store.transaction() as s:
-            rot = _rotation(s, run.rotation_id)
-            self._check_lease(rot)
-            rot.lease_expires_at = now + self.lease_ttl
-            attempts = (
-                s.execute(
-                    select(StepRow).where(
-                        StepRow.rotation_id == run.rotation_id, StepRow.name == name
-                    )
+            renewed = s.execute(
+                update(RotationRow)
+                .where(RotationRow.id == run.rotation_id, RotationRow.lease_owner == self.owner)
+                .values(lease_expires_at=now + self.lease_ttl)
+            )
+            if renewed.rowcount != 1:  # type: ignore[attr-defined]
+                raise LeaseHeld(f"rotation {run.rotation_id} was taken over by another worker")
+            # The worker that ran an earlier attempt stopped mid-step; its side
+            # effect may or may not have happened, so the step runs again.
+            s.execute(
+                update(StepRow)
+                .where(
+                    StepRow.rotation_id == run.rotation_id,
+                    StepRow.name == name,
+                    StepRow.status == StepStatus.RUNNING.value,
                 )
-                .scalars()
-                .all()
+                .values(
+                    status=StepStatus.FAILED.value,
+                    error="interrupted: the worker stopped during this step",
+                    ended_at=now,
+                )
             )
-            for earlier in attempts:
-                if earlier.status == StepStatus.RUNNING.value:
-                    # The worker that ran this attempt stopped mid-step; its side
-                    # effect may or may not have happened, so the step runs again.
-                    earlier.status = StepStatus.FAILED.value
-                    earlier.error = "interrupted: the worker stopped during this step"
-                    earlier.ended_at = now
-            seq = s.execute(
-                select(func.count())
-                .select_from(StepRow)
-                .where(StepRow.rotation_id == run.rotation_id)
+            step_id = s.execute(
+                insert(StepRow)
+                .values(
+                    rotation_id=run.rotation_id,
+                    seq=run.seq,
+                    name=name,
+                    status=StepStatus.RUNNING.value,
+                    attempt=attempt,
+                    started_at=now,
+                    detail={},
+                )
+                .returning(StepRow.id)
             ).scalar_one()
-            step = StepRow(
-                rotation_id=run.rotation_id,
-                seq=seq + 1,
-                name=name,
-                status=StepStatus.RUNNING.value,
-                attempt=len(attempts) + 1,
-                started_at=now,
-                ended_at=None,
-                detail={},
-                error=None,
-            )
-            s.add(step)
-            s.flush()
-            step_id = step.id
+        run.attempts[name] = attempt
         self.on_event(StepEvent(run.rotation_id, name, StepStatus.RUNNING))
-        return _Open(step_id, name, time.monotonic())
+        return _Open(step_id, name, attempt, now, time.monotonic())
 
     def _end(
         self,
@@ -608,20 +618,11 @@ class Engine:
         status = StepStatus.SUCCEEDED if error is None else StepStatus.FAILED
         detail = dict(result.detail) if result is not None else {}
         with self.store.transaction() as s:
-            step = s.get(StepRow, opened.id)
-            if step is None:
-                raise NotFound(f"journal step {opened.id} of rotation {run.rotation_id}")
-            step.status = status.value
-            step.ended_at = now
-            step.detail = detail
-            step.error = error
-            rot = _rotation(s, run.rotation_id)
-            if attention:
-                rot.attention = "; ".join(filter(None, [rot.attention, attention]))
-            if rotation_error:
-                rot.error = rotation_error
-            elif error and next_state in (RotationState.FAILED, RotationState.NEEDS_ATTENTION):
-                rot.error = f"{name}: {error}"
+            s.execute(
+                update(StepRow)
+                .where(StepRow.id == opened.id)
+                .values(status=status.value, ended_at=now, detail=detail, error=error)
+            )
             self.store.audit(
                 s,
                 actor=self.actor,
@@ -630,16 +631,27 @@ class Engine:
                 details={
                     "credential": run.credential,
                     "step": name,
-                    "attempt": step.attempt,
+                    "attempt": opened.attempt,
                     "outcome": status.value,
-                    "started_at": step.started_at.isoformat(),
+                    "started_at": opened.started_at.isoformat(),
                     "ended_at": now.isoformat(),
-                    "detail": step.detail,
+                    "detail": detail,
                     "error": error,
                 },
             )
-            if next_state is not None:
-                self._set_state(s, run, rot, next_state)
+            if attention or rotation_error or next_state is not None:
+                rot = _rotation(s, run.rotation_id)
+                if attention:
+                    rot.attention = "; ".join(filter(None, [rot.attention, attention]))
+                if rotation_error:
+                    rot.error = rotation_error
+                elif error and next_state in (
+                    RotationState.FAILED,
+                    RotationState.NEEDS_ATTENTION,
+                ):
+                    rot.error = f"{name}: {error}"
+                if next_state is not None:
+                    self._set_state(s, run, rot, next_state)
         self.on_event(StepEvent(run.rotation_id, name, status, duration, error))
 
     def _transition(self, run: _Run, state: RotationState) -> None:
@@ -762,8 +774,14 @@ class Engine:
             if cred is None:
                 raise NotFound(f"credential of rotation {rotation_id}")
             plan = Plan.from_json(rot.plan)
+            journal = s.execute(
+                select(StepRow.name, StepRow.attempt).where(StepRow.rotation_id == rotation_id)
+            ).all()
         provider = build_provider(plan.provider_type, plan.provider_config, self.context)
-        return _Run(rotation_id, cred.id, cred.name, plan, provider)
+        run = _Run(rotation_id, cred.id, cred.name, plan, provider, seq=len(journal))
+        for step_name, attempt in journal:
+            run.attempts[step_name] = max(attempt, run.attempts.get(step_name, 0))
+        return run
 
     def _check_lease(self, rot: RotationRow) -> None:
         if rot.lease_owner != self.owner:
@@ -805,6 +823,9 @@ class Engine:
         return IssuedVersion(row.provider_ref, value, dict(row.attributes), row.expires_at)
 
     def _deliveries(self, run: _Run) -> tuple[Delivery, Delivery | None]:
+        """The new and previous versions as consumers receive them (decrypted once a run)."""
+        if run.deliveries is not None:
+            return run.deliveries
         with self.store.transaction() as s:
             rot = _rotation(s, run.rotation_id)
             if rot.new_version_id is None:
@@ -815,6 +836,7 @@ class Engine:
                 if rot.old_version_id is not None
                 else None
             )
+        run.deliveries = (new, previous)
         return new, previous
 
     def _delivery(self, run: _Run, row: VersionRow) -> Delivery:

@@ -37,7 +37,7 @@ class RandomConfig(BaseModel):
     """`format: alphabet` draws `length` characters from `alphabet`; `base64` / `hex` encode
     `length` random bytes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
 
     format: Literal["alphabet", "base64", "hex"] = "alphabet"
     length: int = Field(default=40, ge=16, le=4096)

@@ -57,28 +57,54 @@ def parse_estate(data: Any) -> Estate:
     """Validate estate data (as parsed from YAML or JSON) including every plugin config."""
     if not isinstance(data, dict):
         raise EstateInvalid([ConfigError("(top level)", "must be a mapping with credentials")])
+    problems: list[ConfigError] = []
     try:
         estate = Estate.model_validate(data)
     except ValidationError as exc:
-        raise EstateInvalid(config_errors(exc)) from None
-    problems: list[ConfigError] = []
-    for i, cred in enumerate(estate.credentials):
-        base = f"credentials[{i}]"
-        try:
-            cls = provider_class(cred.provider.type, f"{base}.provider.type")
-            validate_config(cls, cred.provider.config(), f"{base}.provider")
-        except EstateInvalid as exc:
-            problems.extend(exc.problems)
-        for j, action in enumerate(cred.actions):
-            path = f"{base}.actions[{j}]"
-            try:
-                cls = target_class(action.type, f"{path}.type")
-                validate_config(cls, action.config, f"{path}.config")
-            except EstateInvalid as exc:
-                problems.extend(exc.problems)
+        problems.extend(config_errors(exc))
+    # Plugin configs are checked on the raw data too, so a file with a bad
+    # reference and a bad action config reports both in one pass.
+    problems.extend(_plugin_problems(data))
     if problems:
         raise EstateInvalid(problems)
     return estate
+
+
+def _plugin_problems(data: dict[str, Any]) -> list[ConfigError]:
+    """Every provider and action config checked against its registered type's model."""
+    problems: list[ConfigError] = []
+    credentials = data.get("credentials")
+    if not isinstance(credentials, list):
+        return problems
+    for i, cred in enumerate(credentials):
+        if not isinstance(cred, dict):
+            continue
+        base = f"credentials[{i}]"
+        provider = cred.get("provider")
+        if isinstance(provider, dict) and isinstance(provider.get("type"), str):
+            config = {k: v for k, v in provider.items() if k not in ("type", "integration")}
+            problems.extend(_check(provider_class, provider["type"], config, f"{base}.provider"))
+        actions = cred.get("actions")
+        for j, action in enumerate(actions if isinstance(actions, list) else []):
+            if isinstance(action, dict) and isinstance(action.get("type"), str):
+                config = action.get("config") or {}
+                if isinstance(config, dict):
+                    path = f"{base}.actions[{j}]"
+                    problems.extend(
+                        _check(target_class, action["type"], config, f"{path}.config", path)
+                    )
+    return problems
+
+
+def _check(
+    lookup: Any, kind: str, config: dict[str, Any], path: str, type_path: str | None = None
+) -> list[ConfigError]:
+    try:
+        cls = lookup(kind, f"{type_path or path}.type")
+        validate_config(cls, config, path)
+    except EstateInvalid as exc:
+        return exc.problems
+    return []
 
 
 def _credential_specs(estate: Estate) -> dict[str, dict[str, Any]]:

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from keyshift.errors import AuditChainBroken
@@ -40,13 +40,13 @@ def entry_hash(fields: Mapping[str, Any]) -> str:
 
 
 def _head(session: Session, *, lock: bool) -> tuple[int, str]:
-    stmt = select(Meta).where(Meta.key == HEAD_KEY)
+    stmt = select(Meta.value).where(Meta.key == HEAD_KEY)
     if lock:
         stmt = stmt.with_for_update()
-    row = session.execute(stmt).scalar_one_or_none()
-    if row is None:
+    value = session.execute(stmt).scalar_one_or_none()
+    if value is None:
         return 0, GENESIS
-    seq, _, digest = row.value.partition(":")
+    seq, _, digest = value.partition(":")
     return int(seq), digest
 
 
@@ -64,27 +64,23 @@ def append(
     # BEGIN IMMEDIATE (SQLite), so two writers cannot take the same seq.
     last_seq, last_hash = _head(session, lock=True)
     seq = last_seq + 1
-    ts = at.isoformat(timespec="microseconds")
-    text = canonical(dict(details))
     fields: dict[str, Any] = {
         "seq": seq,
-        "ts": ts,
+        "ts": at.isoformat(timespec="microseconds"),
         "actor": actor,
         "action": action,
         "subject": subject,
-        "details": text,
+        "details": canonical(dict(details)),
         "prev_hash": last_hash,
     }
     digest = entry_hash(fields)
-    entry = AuditEntry(**fields, hash=digest)
-    session.add(entry)
-    head = session.get(Meta, HEAD_KEY)
-    if head is None:
-        session.add(Meta(key=HEAD_KEY, value=f"{seq}:{digest}"))
+    session.execute(insert(AuditEntry).values(**fields, hash=digest))
+    head = f"{seq}:{digest}"
+    if last_seq == 0:
+        session.execute(insert(Meta).values(key=HEAD_KEY, value=head))
     else:
-        head.value = f"{seq}:{digest}"
-    session.flush()
-    return entry
+        session.execute(update(Meta).where(Meta.key == HEAD_KEY).values(value=head))
+    return AuditEntry(**fields, hash=digest)
 
 
 def verify(session: Session) -> int:

@@ -53,8 +53,12 @@ class Store:
         """Open (and migrate) the store named by the environment; create keys on first run."""
         home = keyshift_home(env)
         engine = open_engine(database_url(env, home))
-        migrate(engine)
-        return cls(engine, load_keyring(home, env), load_fingerprinter(home, env), home, env)
+        try:
+            migrate(engine)
+            return cls(engine, load_keyring(home, env), load_fingerprinter(home, env), home, env)
+        except BaseException:
+            engine.dispose()  # a refused key must not leave a pooled connection behind
+            raise
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

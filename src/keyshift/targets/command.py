@@ -52,7 +52,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 class CommandConfig(BaseModel):
     """The program to run and how the value reaches it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
 
     argv: list[str] = Field(min_length=1)
     """Program and arguments, run without a shell. Never put a secret here."""

@@ -65,7 +65,13 @@ _TRANSIENT_ERRNOS = frozenset(
 class FileConfig(BaseModel):
     """Where the value goes: a file, the key inside it and the file's format."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        use_attribute_docstrings=True,
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        loc_by_alias=False,
+    )
 
     path: str = Field(alias="target_path", min_length=1)
     """The file to write. A symlink is followed; the file it points to is replaced."""

@@ -29,7 +29,7 @@ from keyshift.domain.context import PluginContext
 from keyshift.domain.durations import Duration
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
-from keyshift.errors import ConfigError, PermanentError, TransientError, scrub
+from keyshift.errors import ConfigError, PermanentError, TransientError
 from keyshift.sources import check_source, read_source
 from keyshift.targets.base import (
     Delivery,
@@ -60,7 +60,7 @@ _LOOPBACK_NAMES = frozenset({"localhost"})
 class WebhookConfig(BaseModel):
     """Where to POST events and how to sign and retry them."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
 
     url: str
     """http:// or https:// URL. Kept out of errors and step details (it may carry a token)."""
@@ -154,8 +154,11 @@ class WebhookTarget:
         return PreflightResult(Readiness.READY)
 
     async def publish(self, request: PublishRequest) -> StepResult:
-        """POST `rotation.published`. Repeating it sends the event again with the same
-        `X-Keyshift-Delivery`, which receivers use to drop the duplicate."""
+        """POST `rotation.published`.
+
+        Idempotent for receivers: a repeat carries the same `X-Keyshift-Delivery`, which
+        they use to drop the duplicate.
+        """
         delivery, previous = request.delivery, request.previous
         event: dict[str, Any] = {
             "event": EVENT_PUBLISHED,
@@ -168,11 +171,14 @@ class WebhookTarget:
             "attributes": dict(delivery.attributes),
             "sent_at": self.context.now().isoformat(),
         }
-        return await self._send(event, delivery, [delivery, previous])
+        return await self._send(event, delivery)
 
     async def rollback(self, request: RollbackRequest) -> StepResult:
-        """POST `rotation.rolled_back`: `version_id` is the restored version (None if there
-        was none), `rolled_back_version_id` the one undone. Repeatable like publish."""
+        """POST `rotation.rolled_back`.
+
+        `version_id` is the restored version (None if there was none) and
+        `rolled_back_version_id` the one undone. Repeatable like publish.
+        """
         failed, previous = request.failed, request.previous
         event: dict[str, Any] = {
             "event": EVENT_ROLLED_BACK,
@@ -185,7 +191,7 @@ class WebhookTarget:
             "attributes": dict(previous.attributes) if previous else {},
             "sent_at": self.context.now().isoformat(),
         }
-        return await self._send(event, previous, [failed, previous])
+        return await self._send(event, previous)
 
     def _signing_key(self) -> Secret | None:
         ref = self.config.signing_secret_from
@@ -196,23 +202,18 @@ class WebhookTarget:
         except ConfigError as exc:
             raise PermanentError(f"webhook signing secret: {exc}") from None
 
-    async def _send(
-        self, event: dict[str, Any], carried: Delivery | None, known: list[Delivery | None]
-    ) -> StepResult:
+    async def _send(self, event: dict[str, Any], carried: Delivery | None) -> StepResult:
         """POST the event with retries. `carried` is the version whose value may ride along."""
         if self.config.include_value:
             event["value"] = carried.value.reveal() if carried is not None else None
         body = json.dumps(event, separators=(",", ":")).encode("utf-8")
         key = self._signing_key()
-        secrets = [d.value.reveal() for d in known if d is not None]
-        if key is not None:
-            secrets.append(key.reveal())
         timeout = self.config.timeout.total_seconds()
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
             attempt = 0
             while True:
                 attempt += 1
-                outcome = await self._attempt(client, event, body, key, secrets)
+                outcome = await self._attempt(client, event, body, key)
                 if outcome.failure is None:
                     detail = {"status": outcome.status, "attempts": attempt, "host": self._host}
                     return StepResult(detail)
@@ -238,7 +239,6 @@ class WebhookTarget:
         event: dict[str, Any],
         body: bytes,
         key: Secret | None,
-        secrets: list[str],
     ) -> _Outcome:
         """One POST. Raises PermanentError for answers that retrying will not change."""
         timestamp = str(int(self.context.now().timestamp()))
@@ -257,7 +257,15 @@ class WebhookTarget:
             response = await client.post(self.config.url, content=body, headers=headers)
         except httpx.TransportError as exc:
             # Only the class name: library texts may quote the URL, which can carry a token.
-            return _Outcome(None, scrub(type(exc).__name__, secrets))
+            return _Outcome(None, type(exc).__name__)
+        except httpx.HTTPError as exc:
+            # A malformed answer (bad encoding, say): the receiver, not the network, is at fault.
+            failure = type(exc).__name__
+        else:
+            return self._judge(response)
+        raise PermanentError(f"webhook to {self._host}: {failure}")
+
+    def _judge(self, response: httpx.Response) -> _Outcome:
         status = response.status_code
         if 200 <= status < 300:
             return _Outcome(status)

@@ -1,0 +1,214 @@
+"""No secret value reaches logs, CLI output, the audit trail or error text (design.md).
+
+The end-to-end test runs the CLI as separate processes, the way an operator does,
+with debug logging on, then looks for every value keyshift ever issued in
+everything those processes wrote and in every free-text column of the journal.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from sqlalchemy import select
+
+from keyshift.domain.secret import Secret
+from keyshift.domain.states import RotationState
+from keyshift.errors import REDACTED
+from keyshift.logs import configure, redact_secrets
+from keyshift.store.models import RotationRow, StepRow, VersionRow
+from keyshift.store.store import Store
+from tests.conftest import run_subprocess
+from tests.helpers import json_value, rotations_of, write_estate
+
+CREDENTIAL = "api-key"
+FRAGMENT = 16
+"""A leak of this many consecutive characters of a value counts as a leak of the value."""
+
+LEAKING_CONSUMER = """\
+import sys
+sys.stderr.write("consumer received " + sys.stdin.read() + "\\n")
+sys.exit(1)
+"""
+
+
+def _file_action(path: Path) -> dict[str, Any]:
+    return {
+        "type": "file",
+        "order": 10,
+        "on_failure": "abort",
+        "config": {"path": str(path), "key": "Api:Key", "file_format": "json"},
+    }
+
+
+def _leaking_command(script: Path) -> dict[str, Any]:
+    return {
+        "type": "command",
+        "order": 20,
+        "on_failure": "abort",
+        "config": {"argv": [sys.executable, str(script)], "value_via": "stdin"},
+    }
+
+
+def _fragments(value: str) -> set[str]:
+    return {value[i : i + FRAGMENT] for i in range(len(value) - FRAGMENT + 1)}
+
+
+def _leaked_into(sources: dict[str, str], values: set[str]) -> list[str]:
+    """Names of the sources that hold any value, or any FRAGMENT-long piece of one."""
+    pieces = set().union(*(_fragments(v) for v in values))
+    return [name for name, text in sources.items() if any(p in text for p in pieces)]
+
+
+def test_no_secret_value_reaches_logs_cli_output_audit_export_or_journal_errors(
+    store: Store, ks_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**ks_env, "KEYSHIFT_LOG_LEVEL": "DEBUG"}
+    target = tmp_path / "app.json"
+    runs: list[tuple[str, subprocess.CompletedProcess[str]]] = []
+    delivered: set[str] = set()
+
+    def run(*args: str, exit_code: int = 0) -> subprocess.CompletedProcess[str]:
+        proc = run_subprocess(list(args), env)
+        runs.append((" ".join(args), proc))
+        assert proc.returncode == exit_code, (args, proc.stdout, proc.stderr)
+        return proc
+
+    def read_target() -> None:
+        value = json_value(target)
+        assert value is not None
+        delivered.add(value)
+
+    run("apply", "-f", str(write_estate(tmp_path, actions=[_file_action(target)])))
+    run("rotate", CREDENTIAL)
+    read_target()
+    run("rotate", CREDENTIAL, "--grace", "0s")
+    read_target()
+    run("status")
+    run("history", CREDENTIAL)
+
+    script = tmp_path / "leaking_consumer.py"
+    script.write_text(LEAKING_CONSUMER, encoding="utf-8")
+    failing = write_estate(tmp_path, actions=[_file_action(target), _leaking_command(script)])
+    run("apply", "-f", str(failing))
+    run("rotate", CREDENTIAL, "--grace", "0s", exit_code=1)
+    read_target()  # the rollback put the previous value back
+    run("status")
+    run("history", CREDENTIAL)
+    rotations = rotations_of(store, CREDENTIAL)
+    for rotation in rotations:
+        run("show", rotation.id)
+    export = run("audit", "export", "--format", "jsonl")
+    run("audit", "verify")
+
+    # The scenario did what it is meant to: three rotations, the last one rolled
+    # back after the consumer echoed the value to its stderr, debug logs emitted.
+    assert [r.state for r in rotations] == [
+        RotationState.COMPLETED.value,
+        RotationState.COMPLETED.value,
+        RotationState.ROLLED_BACK.value,
+    ]
+    assert rotations[-1].error is not None
+    assert REDACTED in rotations[-1].error
+    log_levels = {
+        json.loads(line).get("level")
+        for _, proc in runs
+        for line in proc.stderr.splitlines()
+        if line.startswith("{")
+    }
+    assert "debug" in log_levels
+    assert len(export.stdout.splitlines()) > 20
+
+    with store.transaction() as s:
+        stored = {
+            store.reveal(row).reveal()
+            for row in s.execute(
+                select(VersionRow).where(VersionRow.ciphertext.is_not(None))
+            ).scalars()
+        }
+        journal = s.execute(select(StepRow)).scalars().all()
+        runs_rows = s.execute(select(RotationRow)).scalars().all()
+        columns = {
+            **{f"steps[{st.id}].error": st.error or "" for st in journal},
+            **{f"steps[{st.id}].detail": json.dumps(st.detail) for st in journal},
+            **{f"rotations[{r.id}].error": r.error or "" for r in runs_rows},
+            **{f"rotations[{r.id}].attention": r.attention or "" for r in runs_rows},
+        }
+    values = stored | delivered
+    # v1 (revoked, erased, seen in the file), v2 (current) and v3 (kept disabled).
+    assert len(values) == 3
+    assert all(len(v) >= FRAGMENT for v in values)
+
+    sources = {
+        **{f"stdout of `{cmd}`": proc.stdout for cmd, proc in runs},
+        **{f"stderr of `{cmd}`": proc.stderr for cmd, proc in runs},
+        "audit export": export.stdout,
+        **columns,
+    }
+    assert _leaked_into(sources, values) == []
+
+
+# --- unit level --------------------------------------------------------------------------
+
+VALUE = "correct-horse-battery-staple-9f2c"
+
+
+def test_secret_never_shows_its_value_in_repr_str_or_formatting() -> None:
+    secret = Secret(VALUE)
+    renderings = [
+        repr(secret),
+        str(secret),
+        f"{secret}",
+        f"{secret!r}",
+        f"{secret!s}",
+        f"{secret:>60}",
+        "%s" % secret,  # noqa: UP031
+        "%r" % secret,  # noqa: UP031
+        "{}".format(secret),  # noqa: UP032
+        str([secret]),
+        str({"password": secret}),
+        str(ValueError(f"cannot deliver {secret}")),
+    ]
+
+    for text in renderings:
+        assert VALUE not in text
+        assert "**********" in text
+    assert secret.reveal() == VALUE
+
+
+def test_redact_secrets_replaces_a_secret_log_field_and_keeps_the_others() -> None:
+    event = {"event": "delivering", "value": Secret(VALUE), "version_id": "v-1"}
+
+    redacted = redact_secrets(None, "info", event)
+
+    assert redacted == {"event": "delivering", "value": REDACTED, "version_id": "v-1"}
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "console"])
+def test_configured_logger_writes_a_secret_field_as_redacted(
+    capsys: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    configure("DEBUG", json=as_json)
+
+    structlog.get_logger("keyshift.test").debug(
+        "delivering", value=Secret(VALUE), nested={"inner": Secret(VALUE)}
+    )
+
+    written = capsys.readouterr().err
+    assert "delivering" in written
+    assert REDACTED in written
+    assert VALUE not in written
