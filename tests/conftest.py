@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from keyshift.cli import app
 from keyshift.store.store import Store
@@ -70,9 +70,9 @@ class Cli:
         self.env = env
         self.runner = CliRunner()
 
-    def __call__(self, *args: str) -> object:
+    def __call__(self, *args: str) -> Result:
         # CliRunner replaces os.environ for the call; keys not in env are removed.
-        full = {k: None for k in os.environ if k.startswith("KEYSHIFT_")}
+        full: dict[str, str | None] = {k: None for k in os.environ if k.startswith("KEYSHIFT_")}
         full.update(self.env)
         return self.runner.invoke(app, list(args), env=full, catch_exceptions=False)
 

@@ -89,6 +89,15 @@ def _errors(func: F) -> F:
         except KeyshiftError as exc:
             err.print(f"error: {exc}", markup=False)
             raise typer.Exit(1) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            # A bug or an unexpected library error: one line, no traceback (whose
+            # frames could hold values), and the first line of the message only
+            # (driver errors append statements and parameters below it).
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            err.print(f"error: internal error ({exc.__class__.__name__}): {first}", markup=False)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -127,6 +136,19 @@ def _progress(event: StepEvent) -> None:
     mark = {"succeeded": "[green]✓[/]", "failed": "[red]✗[/]"}.get(event.status.value, "·")
     line = f"  {mark} {event.step:<34} {_ms(event.duration_s):>8}"
     out.print(line + (f"  [red]{event.error}[/]" if event.error else ""))
+
+
+def _progress_with_header(credential: str) -> Callable[[StepEvent], None]:
+    """Progress lines, headed by the rotation id once the rotation exists."""
+    shown: set[str] = set()
+
+    def report(event: StepEvent) -> None:
+        if event.rotation_id not in shown:
+            shown.add(event.rotation_id)
+            out.print(f"Rotating {credential} (rotation {event.rotation_id})")
+        _progress(event)
+
+    return report
 
 
 def _print_changes(changes: list[estate_service.Change], *, applied: bool) -> None:
@@ -262,9 +284,10 @@ def rotate(
             if any(r.readiness.value != "ready" for _s, r in results):
                 raise typer.Exit(1)
             return
-        out.print(f"Rotating {name}")
         rotation_id, state = asyncio.run(
-            rotations.rotate(store, name, actor=_actor(), grace=grace_td, on_event=_progress)
+            rotations.rotate(
+                store, name, actor=_actor(), grace=grace_td, on_event=_progress_with_header(name)
+            )
         )
         _print_rotation_end(rotation_id, state, store)
         if state not in HEALTHY:

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from keyshift.domain.context import PluginContext
 from keyshift.domain.states import RotationState, StepStatus, VersionStatus
 from keyshift.engine.runner import RETAIN_DISABLED, Engine
 from keyshift.errors import KeyshiftError
 from keyshift.service import rotations
 from keyshift.service.estate import apply_estate, load_estate
 from keyshift.store.store import Store
+from keyshift.testing import FakeClock
 from tests.helpers import (
     env_value,
     json_value,
@@ -26,26 +25,6 @@ from tests.helpers import (
     versions,
     write_estate,
 )
-
-
-@dataclass
-class FakeClock:
-    """An injectable clock: `advance` moves time; `sleep` records instead of waiting."""
-
-    at: datetime = field(default_factory=lambda: datetime(2026, 11, 24, 9, 0, tzinfo=UTC))
-    slept: list[float] = field(default_factory=list)
-
-    def now(self) -> datetime:
-        return self.at
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-
-    def advance(self, delta: timedelta) -> None:
-        self.at += delta
-
-    def context(self) -> PluginContext:
-        return PluginContext(now=self.now, sleep=self.sleep)
 
 
 def _apply(store: Store, estate: Path) -> None:
@@ -70,7 +49,7 @@ def test_first_rotation_issues_one_version_and_delivers_it_to_every_consumer(
     [version] = versions(store, "api-key")
     assert version.status == VersionStatus.CURRENT.value
     assert version.rotation_id == rotation_id
-    assert version.expires_at == clock.at + timedelta(days=90)
+    assert version.expires_at == clock.now() + timedelta(days=90)
     value = value_of(store, version)
     assert json_value(tmp_path / "app.json") == value
     assert env_value(tmp_path / "app.env") == value
@@ -98,7 +77,7 @@ def test_old_version_stays_valid_through_grace_and_is_revoked_after_it(
     assert final == RotationState.COMPLETED
     old, new = versions(store, "api-key")
     assert old.status == VersionStatus.REVOKED.value
-    assert old.revoked_at == clock.at
+    assert old.revoked_at == clock.now()
     assert old.ciphertext is None, "a revoked value is erased on purpose"
     assert json_value(tmp_path / "app.json") == value_of(store, new)
 
@@ -173,7 +152,7 @@ def test_abort_failure_restores_previous_value_in_reverse_order_and_disables_new
     old, new = versions(store, "api-key")
     assert old.status == VersionStatus.CURRENT.value
     assert new.status == VersionStatus.DISABLED.value
-    assert new.expires_at == clock.at + RETAIN_DISABLED
+    assert new.expires_at == clock.now() + RETAIN_DISABLED
     assert new.ciphertext is not None, "the disabled version is kept for analysis"
     [rot] = [r for r in rotations_of(store, "api-key") if r.id == rotation_id]
     assert rot.error is not None
@@ -202,7 +181,7 @@ def test_continue_failure_finishes_as_needs_attention_not_completed(
     assert "reloading:30:command" in rot.attention
     _old, new = versions(store, "api-key")
     assert json_value(tmp_path / "app.json") == value_of(store, new)
-    status = {r.credential: r for r in rotations.status_rows(store, now=clock.at)}
+    status = {r.credential: r for r in rotations.status_rows(store, now=clock.now())}
     assert status["api-key"].lifecycle.value == "Needs Attention"
 
 
@@ -242,14 +221,14 @@ def test_blocked_preflight_fails_before_anything_is_created(store: Store, tmp_pa
 def test_status_shows_lifecycle_from_expiry(store: Store, tmp_path: Path) -> None:
     clock = FakeClock()
     _apply(store, write_estate(tmp_path, policy={"max_lifetime": "40d", "grace_period": "0s"}))
-    [row] = rotations.status_rows(store, now=clock.at)
+    [row] = rotations.status_rows(store, now=clock.now())
     assert row.lifecycle.value == "Never Rotated"
     _rotate(store, clock)
-    [row] = rotations.status_rows(store, now=clock.at)
+    [row] = rotations.status_rows(store, now=clock.now())
     assert (row.lifecycle.value, row.days_left) == ("Active", 40)
-    [row] = rotations.status_rows(store, now=clock.at + timedelta(days=15))
+    [row] = rotations.status_rows(store, now=clock.now() + timedelta(days=15))
     assert row.lifecycle.value == "Expiring Soon"
-    [row] = rotations.status_rows(store, now=clock.at + timedelta(days=41))
+    [row] = rotations.status_rows(store, now=clock.now() + timedelta(days=41))
     assert row.lifecycle.value == "Expired"
 
 

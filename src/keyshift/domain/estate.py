@@ -9,6 +9,7 @@ are validated against the config model of the registered type by
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -156,41 +157,12 @@ class IntegrationSpec(_Model):
 
 
 class Estate(_Model):
-    """The whole estate file."""
+    """The whole estate file. Names and references across it are checked by
+    `reference_problems`, which also runs on files whose fields are invalid."""
 
     integrations: list[IntegrationSpec] = Field(default_factory=list)
     policies: list[Policy] = Field(default_factory=list)
     credentials: list[CredentialSpec] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _references(self) -> Estate:
-        problems: list[str] = []
-        declared: dict[str, list[str]] = {
-            "integrations": [i.name for i in self.integrations],
-            "policies": [p.name for p in self.policies],
-            "credentials": [c.name for c in self.credentials],
-        }
-        for field, names in declared.items():
-            seen: set[str] = set()
-            for i, name in enumerate(names):
-                if name in seen:
-                    problems.append(f"{field}[{i}].name: '{name}' is declared twice")
-                seen.add(name)
-        policy_names = {p.name for p in self.policies} | {DEFAULT_POLICY_NAME}
-        integration_names = {i.name for i in self.integrations}
-        for i, cred in enumerate(self.credentials):
-            if isinstance(cred.policy, str) and cred.policy not in policy_names:
-                problems.append(f"credentials[{i}].policy: no policy named '{cred.policy}'")
-            ref = cred.provider.integration
-            if ref is not None and ref not in integration_names:
-                problems.append(
-                    f"credentials[{i}].provider.integration: no integration named '{ref}'"
-                )
-        if problems:
-            # Raised as one ValueError whose lines already carry their paths;
-            # `estate_errors` splits them back into ConfigErrors.
-            raise ValueError(_PATHED + "\n".join(problems))
-        return self
 
     def policy_for(self, cred: CredentialSpec) -> Policy:
         """The effective policy of a credential: inline, named, or the default."""
@@ -203,9 +175,48 @@ class Estate(_Model):
         return Policy()
 
 
-_PATHED = "\x00pathed\x00"
 _UNION_TAGS = frozenset({"named", "inline"})
 """Branch tags of tagged unions, which pydantic puts in error locations; not field names."""
+
+
+def _items(data: Mapping[str, Any], field: str) -> list[tuple[int, Mapping[str, Any]]]:
+    items = data.get(field)
+    if not isinstance(items, list):
+        return []
+    return [(i, item) for i, item in enumerate(items) if isinstance(item, Mapping)]
+
+
+def reference_problems(data: Mapping[str, Any]) -> list[ConfigError]:
+    """Duplicate names and references to undeclared policies or integrations.
+
+    Works on the raw parsed file, so these problems are reported in the same pass as
+    field errors instead of one round later.
+    """
+    problems: list[ConfigError] = []
+    declared: dict[str, set[str]] = {}
+    for field in ("integrations", "policies", "credentials"):
+        seen = declared.setdefault(field, set())
+        for i, item in _items(data, field):
+            name = item.get("name")
+            if not isinstance(name, str):
+                continue
+            if name in seen:
+                problems.append(ConfigError(f"{field}[{i}].name", f"'{name}' is declared twice"))
+            seen.add(name)
+    policies = declared["policies"] | {DEFAULT_POLICY_NAME}
+    for i, cred in _items(data, "credentials"):
+        policy = cred.get("policy")
+        if isinstance(policy, str) and policy not in policies:
+            problems.append(ConfigError(f"credentials[{i}].policy", f"no policy named '{policy}'"))
+        provider = cred.get("provider")
+        ref = provider.get("integration") if isinstance(provider, Mapping) else None
+        if isinstance(ref, str) and ref not in declared["integrations"]:
+            problems.append(
+                ConfigError(
+                    f"credentials[{i}].provider.integration", f"no integration named '{ref}'"
+                )
+            )
+    return problems
 
 
 def format_loc(loc: tuple[int | str, ...], prefix: str = "") -> str:
@@ -246,11 +257,5 @@ def config_errors(exc: ValidationError, prefix: str = "") -> list[ConfigError]:
     """One ConfigError per pydantic error, each with its full field path."""
     out: list[ConfigError] = []
     for error in exc.errors(include_url=False):
-        msg = str(error.get("msg", ""))
-        if _PATHED in msg:
-            for line in msg.split(_PATHED, 1)[1].splitlines():
-                path, _, text = line.partition(": ")
-                out.append(ConfigError(prefix + path if not prefix else f"{prefix}.{path}", text))
-            continue
         out.append(ConfigError(format_loc(tuple(error["loc"]), prefix), _message(error)))
     return out

@@ -17,6 +17,7 @@ a lease whose holder died (same host, process gone) or expired is taken over.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -24,10 +25,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import structlog
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from keyshift import __version__
@@ -96,6 +97,45 @@ PHASE_OF_STATE: dict[RotationState, Phase] = {
 }
 VERIFY_PROVIDER_STEP = "verifying:provider"
 
+_STEP_TABLE = cast(Table, StepRow.__table__)
+_ROTATION_TABLE = cast(Table, RotationRow.__table__)
+_steps = _STEP_TABLE.c
+_rotations = _ROTATION_TABLE.c
+_INSERT_STEP = insert(_STEP_TABLE).returning(_steps.id)
+_MARK_INTERRUPTED = (
+    update(_STEP_TABLE)
+    .where(
+        _steps.rotation_id == bindparam("b_rotation"),
+        _steps.name == bindparam("b_name"),
+        _steps.status == StepStatus.RUNNING.value,
+    )
+    .values(
+        status=StepStatus.FAILED.value,
+        error="interrupted: the worker stopped during this step",
+        ended_at=bindparam("b_now"),
+    )
+)
+_END_STEP = (
+    update(_STEP_TABLE)
+    .where(_steps.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        ended_at=bindparam("b_now"),
+        detail=bindparam("b_detail"),
+        error=bindparam("b_error"),
+    )
+)
+_SET_STATE = (
+    update(_ROTATION_TABLE)
+    .where(_rotations.id == bindparam("b_rotation"))
+    .values(state=bindparam("b_state"), updated_at=bindparam("b_now"))
+)
+_RENEW_LEASE = (
+    update(_ROTATION_TABLE)
+    .where(_rotations.id == bindparam("b_rotation"), _rotations.lease_owner == bindparam("b_owner"))
+    .values(lease_expires_at=bindparam("b_until"))
+)
+
 
 @dataclass(frozen=True)
 class StepEvent:
@@ -117,8 +157,15 @@ class _Run:
     credential: str
     plan: Plan
     provider: Provider
+    lease_until: datetime
+    state: RotationState
+    grace_until: datetime | None
+    attention: str | None
     seq: int = 0
     attempts: dict[str, int] = field(default_factory=dict)
+    interrupted: set[str] = field(default_factory=set)
+    succeeded: set[str] = field(default_factory=set)
+    """Steps whose last attempt was left `running` by a worker that stopped."""
     targets: dict[str, Target] = field(default_factory=dict)
     secrets: list[str] = field(default_factory=list)
     deliveries: tuple[Delivery, Delivery | None] | None = None
@@ -234,14 +281,15 @@ class Engine:
         bound = log.bind(rotation_id=rotation_id, credential=run.credential)
         try:
             while True:
-                rot = self._load(rotation_id)
-                state = RotationState(rot.state)
+                # The run's in-memory state mirrors the row: only this lease holder
+                # writes it, and every write goes through _set_state.
+                state = run.state
                 if state.is_final:
                     return state
-                if state == RotationState.GRACE and not self._grace_over(rot):
+                if state == RotationState.GRACE and not self._grace_over(run):
                     return state
                 bound.debug("advancing", state=state.value)
-                await self._advance(run, rot, state)
+                await self._advance(run, state)
         finally:
             await self._close(run)
             self._release(rotation_id)
@@ -258,7 +306,7 @@ class Engine:
             results.append((action.step, result))
         return results
 
-    async def _advance(self, run: _Run, rot: RotationRow, state: RotationState) -> None:
+    async def _advance(self, run: _Run, state: RotationState) -> None:
         match state:
             case RotationState.REQUESTED:
                 await self._step(run, "validated", self._validate, RotationState.VALIDATED)
@@ -274,15 +322,17 @@ class Engine:
                 | RotationState.VERIFYING
                 | RotationState.NOTIFYING
             ):
-                await self._run_phase(run, rot, PHASE_OF_STATE[state])
+                await self._run_phase(run, PHASE_OF_STATE[state])
             case RotationState.GRACE:
                 self._transition(run, RotationState.REVOKING)
             case RotationState.REVOKING:
                 await self._step(run, "revoking", self._revoke, None, finishes=True)
             case RotationState.ROLLING_BACK:
-                await self._roll_back(run, rot)
+                await self._roll_back(run)
             case _:
-                raise KeyshiftError(f"rotation {rot.id} is in state {state}, which needs a human")
+                raise KeyshiftError(
+                    f"rotation {run.rotation_id} is in state {state}, which needs a human"
+                )
 
     # Steps ---------------------------------------------------------------------------
 
@@ -318,15 +368,18 @@ class Engine:
         caller closes it. The crash point sits between the side effect and the close.
         """
         opened = self._begin(run, name)
+        heartbeat = asyncio.create_task(self._heartbeat(run))
         try:
             result = await self._retrying(call)
         except (PluginError, KeyshiftError) as exc:
             return opened, None, scrub(str(exc), run.secrets)
+        finally:
+            heartbeat.cancel()
         crash_point(name)
         return opened, result, None
 
-    async def _run_phase(self, run: _Run, rot: RotationRow, phase: Phase) -> None:
-        done = self._succeeded_steps(run.rotation_id)
+    async def _run_phase(self, run: _Run, phase: Phase) -> None:
+        done = set(run.succeeded)
         for action in run.plan.in_phase(phase):
             if action.step in done:
                 continue  # finished before a restart: publishing again is not needed
@@ -335,7 +388,7 @@ class Engine:
                 return
         if phase == Phase.VERIFY and VERIFY_PROVIDER_STEP not in done:
             await self._step(run, VERIFY_PROVIDER_STEP, self._verify, None)
-            if RotationState(self._load(run.rotation_id).state) != RotationState.VERIFYING:
+            if run.state != RotationState.VERIFYING:
                 return
         next_state = STATE_AFTER_PHASE[phase]
         if phase == Phase.VERIFY:
@@ -514,7 +567,7 @@ class Engine:
             }
         )
 
-    async def _roll_back(self, run: _Run, rot: RotationRow) -> None:
+    async def _roll_back(self, run: _Run) -> None:
         """Undo the actions that ran, newest first, restoring the previous value.
 
         A publish that failed may have been applied in part, so it is undone too; a
@@ -552,53 +605,65 @@ class Engine:
     # Journal and state ---------------------------------------------------------------
 
     def _begin(self, run: _Run, name: str) -> _Open:
-        """Journal the step as running and renew the lease, in one short transaction.
+        """Journal the step as running (and renew the lease when due) in one transaction.
 
         Attempt numbers and the step sequence come from the journal read when the
         lease was claimed: while this worker holds the lease nobody else writes it.
+        The journal statements run on the session's connection as plain Core
+        statements, built once: they are on the path of every step.
         """
         now = self.context.now()
         attempt = run.attempts.get(name, 0) + 1
         run.seq += 1
         with self.store.transaction() as s:
-            renewed = s.execute(
-                update(RotationRow)
-                .where(RotationRow.id == run.rotation_id, RotationRow.lease_owner == self.owner)
-                .values(lease_expires_at=now + self.lease_ttl)
-            )
-            if renewed.rowcount != 1:  # type: ignore[attr-defined]
-                raise LeaseHeld(f"rotation {run.rotation_id} was taken over by another worker")
-            # The worker that ran an earlier attempt stopped mid-step; its side
-            # effect may or may not have happened, so the step runs again.
-            s.execute(
-                update(StepRow)
-                .where(
-                    StepRow.rotation_id == run.rotation_id,
-                    StepRow.name == name,
-                    StepRow.status == StepStatus.RUNNING.value,
+            conn = s.connection()
+            self._renew_lease(conn, run, now)
+            if name in run.interrupted:
+                # The worker that ran an earlier attempt stopped mid-step; its side
+                # effect may or may not have happened, so the step runs again.
+                conn.execute(
+                    _MARK_INTERRUPTED,
+                    {"b_rotation": run.rotation_id, "b_name": name, "b_now": now},
                 )
-                .values(
-                    status=StepStatus.FAILED.value,
-                    error="interrupted: the worker stopped during this step",
-                    ended_at=now,
-                )
-            )
-            step_id = s.execute(
-                insert(StepRow)
-                .values(
-                    rotation_id=run.rotation_id,
-                    seq=run.seq,
-                    name=name,
-                    status=StepStatus.RUNNING.value,
-                    attempt=attempt,
-                    started_at=now,
-                    detail={},
-                )
-                .returning(StepRow.id)
+                run.interrupted.discard(name)
+            step_id = conn.execute(
+                _INSERT_STEP,
+                {
+                    "rotation_id": run.rotation_id,
+                    "seq": run.seq,
+                    "name": name,
+                    "status": StepStatus.RUNNING.value,
+                    "attempt": attempt,
+                    "started_at": now,
+                    "detail": {},
+                },
             ).scalar_one()
         run.attempts[name] = attempt
         self.on_event(StepEvent(run.rotation_id, name, StepStatus.RUNNING))
         return _Open(step_id, name, attempt, now, time.monotonic())
+
+    def _renew_lease(
+        self, conn: Connection, run: _Run, now: datetime, *, force: bool = False
+    ) -> None:
+        """Extend the lease once half of it is used. While more than half remains nobody
+        can have taken it over (takeover needs expiry), so skipping the write is safe."""
+        if not force and run.lease_until - now > self.lease_ttl / 2:
+            return
+        until = now + self.lease_ttl
+        renewed = conn.execute(
+            _RENEW_LEASE,
+            {"b_rotation": run.rotation_id, "b_owner": self.owner, "b_until": until},
+        )
+        if renewed.rowcount != 1:
+            raise LeaseHeld(f"rotation {run.rotation_id} was taken over by another worker")
+        run.lease_until = until
+
+    async def _heartbeat(self, run: _Run) -> None:
+        """Keep the lease while a long step runs."""
+        while True:
+            await asyncio.sleep(self.lease_ttl.total_seconds() / 3)
+            with self.store.transaction() as s:
+                self._renew_lease(s.connection(), run, self.context.now(), force=True)
 
     def _end(
         self,
@@ -618,10 +683,15 @@ class Engine:
         status = StepStatus.SUCCEEDED if error is None else StepStatus.FAILED
         detail = dict(result.detail) if result is not None else {}
         with self.store.transaction() as s:
-            s.execute(
-                update(StepRow)
-                .where(StepRow.id == opened.id)
-                .values(status=status.value, ended_at=now, detail=detail, error=error)
+            s.connection().execute(
+                _END_STEP,
+                {
+                    "b_id": opened.id,
+                    "b_status": status.value,
+                    "b_now": now,
+                    "b_detail": detail,
+                    "b_error": error,
+                },
             )
             self.store.audit(
                 s,
@@ -639,27 +709,45 @@ class Engine:
                     "error": error,
                 },
             )
-            if attention or rotation_error or next_state is not None:
+            final_error = error is not None and next_state in (
+                RotationState.FAILED,
+                RotationState.NEEDS_ATTENTION,
+            )
+            if attention or rotation_error or final_error:
                 rot = _rotation(s, run.rotation_id)
                 if attention:
-                    rot.attention = "; ".join(filter(None, [rot.attention, attention]))
+                    rot.attention = run.attention = "; ".join(
+                        filter(None, [rot.attention, attention])
+                    )
                 if rotation_error:
                     rot.error = rotation_error
-                elif error and next_state in (
-                    RotationState.FAILED,
-                    RotationState.NEEDS_ATTENTION,
-                ):
+                elif final_error:
                     rot.error = f"{name}: {error}"
                 if next_state is not None:
-                    self._set_state(s, run, rot, next_state)
+                    self._set_state(s, run, next_state, rot)
+            elif next_state is not None:
+                self._set_state(s, run, next_state)
+        if error is None:
+            run.succeeded.add(name)
         self.on_event(StepEvent(run.rotation_id, name, status, duration, error))
 
     def _transition(self, run: _Run, state: RotationState) -> None:
         with self.store.transaction() as s:
-            self._set_state(s, run, _rotation(s, run.rotation_id), state)
+            self._set_state(s, run, state)
 
-    def _set_state(self, s: Session, run: _Run, rot: RotationRow, state: RotationState) -> None:
+    def _set_state(
+        self, s: Session, run: _Run, state: RotationState, rot: RotationRow | None = None
+    ) -> None:
+        """Move the rotation to `state`; a final state also frees the credential and is
+        audited. Intermediate states take one prebuilt statement (every step has one)."""
         now = self.context.now()
+        run.state = state
+        if rot is None and not state.is_final:
+            s.connection().execute(
+                _SET_STATE, {"b_rotation": run.rotation_id, "b_state": state.value, "b_now": now}
+            )
+            return
+        rot = rot or _rotation(s, run.rotation_id)
         rot.state = state.value
         rot.updated_at = now
         if state.is_final:
@@ -691,8 +779,7 @@ class Engine:
             log.info("rotation finished", rotation_id=rot.id, state=state.value)
 
     def _finished_state(self, run: _Run) -> RotationState:
-        rot = self._load(run.rotation_id)
-        return RotationState.NEEDS_ATTENTION if rot.attention else RotationState.COMPLETED
+        return RotationState.NEEDS_ATTENTION if run.attention else RotationState.COMPLETED
 
     def _set_new_version(self, s: Session, run: _Run, version_id: str) -> None:
         _rotation(s, run.rotation_id).new_version_id = version_id
@@ -714,18 +801,13 @@ class Engine:
             rot = _rotation(s, run.rotation_id)
             if rot.old_version_id is None:
                 # First issuance: nothing to overlap with and nothing to revoke.
-                self._set_state(
-                    s,
-                    run,
-                    rot,
-                    RotationState.NEEDS_ATTENTION if rot.attention else RotationState.COMPLETED,
-                )
+                self._set_state(s, run, self._finished_state(run), rot)
                 return
-            rot.grace_until = self.context.now() + run.plan.grace_period
-            self._set_state(s, run, rot, RotationState.GRACE)
+            rot.grace_until = run.grace_until = self.context.now() + run.plan.grace_period
+            self._set_state(s, run, RotationState.GRACE, rot)
 
-    def _grace_over(self, rot: RotationRow) -> bool:
-        return rot.grace_until is None or self.context.now() >= rot.grace_until
+    def _grace_over(self, run: _Run) -> bool:
+        return run.grace_until is None or self.context.now() >= run.grace_until
 
     def _finish_rollback(self, run: _Run, not_restored: list[str]) -> None:
         now = self.context.now()
@@ -744,10 +826,7 @@ class Engine:
                     f"new version {rot.new_version_id} kept disabled"
                 )
             self._set_state(
-                s,
-                run,
-                rot,
-                RotationState.FAILED if not_restored else RotationState.ROLLED_BACK,
+                s, run, RotationState.FAILED if not_restored else RotationState.ROLLED_BACK, rot
             )
 
     # Leases ----------------------------------------------------------------------------
@@ -775,12 +854,29 @@ class Engine:
                 raise NotFound(f"credential of rotation {rotation_id}")
             plan = Plan.from_json(rot.plan)
             journal = s.execute(
-                select(StepRow.name, StepRow.attempt).where(StepRow.rotation_id == rotation_id)
+                select(StepRow.name, StepRow.attempt, StepRow.status).where(
+                    StepRow.rotation_id == rotation_id
+                )
             ).all()
         provider = build_provider(plan.provider_type, plan.provider_config, self.context)
-        run = _Run(rotation_id, cred.id, cred.name, plan, provider, seq=len(journal))
-        for step_name, attempt in journal:
+        run = _Run(
+            rotation_id,
+            cred.id,
+            cred.name,
+            plan,
+            provider,
+            lease_until=now + self.lease_ttl,
+            state=RotationState(rot.state),
+            grace_until=rot.grace_until,
+            attention=rot.attention,
+            seq=len(journal),
+        )
+        for step_name, attempt, step_status in journal:
             run.attempts[step_name] = max(attempt, run.attempts.get(step_name, 0))
+            if step_status == StepStatus.RUNNING.value:
+                run.interrupted.add(step_name)
+            elif step_status == StepStatus.SUCCEEDED.value:
+                run.succeeded.add(step_name)
         return run
 
     def _check_lease(self, rot: RotationRow) -> None:
@@ -796,10 +892,6 @@ class Engine:
 
     # Helpers ---------------------------------------------------------------------------
 
-    def _load(self, rotation_id: str) -> RotationRow:
-        with self.store.transaction() as s:
-            return _rotation(s, rotation_id)
-
     def _journal(self, rotation_id: str) -> list[StepRow]:
         with self.store.transaction() as s:
             return list(
@@ -807,11 +899,6 @@ class Engine:
                     select(StepRow).where(StepRow.rotation_id == rotation_id).order_by(StepRow.seq)
                 ).scalars()
             )
-
-    def _succeeded_steps(self, rotation_id: str) -> set[str]:
-        return {
-            s.name for s in self._journal(rotation_id) if s.status == StepStatus.SUCCEEDED.value
-        }
 
     def _target(self, run: _Run, action: PlannedAction) -> Target:
         if action.step not in run.targets:

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from keyshift.domain.context import utcnow
-from keyshift.domain.estate import Estate, config_errors
+from keyshift.domain.estate import Estate, config_errors, reference_problems
 from keyshift.engine.plugins import provider_class, target_class, validate_config
 from keyshift.errors import ConfigError, EstateInvalid
 from keyshift.store.audit import canonical
@@ -50,7 +50,12 @@ def load_estate(path: Path) -> Estate:
         where = f"line {mark.line + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise EstateInvalid([ConfigError(where, f"{problem} (YAML syntax)")]) from None
-    return parse_estate(data if data is not None else {})
+    if data is None:
+        # An empty file would unschedule every credential; make that explicit.
+        raise EstateInvalid(
+            [ConfigError(str(path), "is empty; to remove every credential write `credentials: []`")]
+        )
+    return parse_estate(data)
 
 
 def parse_estate(data: Any) -> Estate:
@@ -62,8 +67,9 @@ def parse_estate(data: Any) -> Estate:
         estate = Estate.model_validate(data)
     except ValidationError as exc:
         problems.extend(config_errors(exc))
-    # Plugin configs are checked on the raw data too, so a file with a bad
-    # reference and a bad action config reports both in one pass.
+    # References and plugin configs are checked on the raw data, so every kind of
+    # problem in a file is reported in one pass.
+    problems.extend(reference_problems(data))
     problems.extend(_plugin_problems(data))
     if problems:
         raise EstateInvalid(problems)
@@ -190,6 +196,8 @@ def plan_estate(store: Store, estate: Estate) -> list[Change]:
 def apply_estate(store: Store, estate: Estate, *, actor: str) -> list[Change]:
     """Store the estate in one transaction and return what changed."""
     changes = plan_estate(store, estate)
+    if not changes:
+        return changes  # nothing to store: no revision, no audit entry, no timestamps touched
     specs = _credential_specs(estate)
     now = utcnow()
     with store.transaction() as s:

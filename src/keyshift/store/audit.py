@@ -14,9 +14,9 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from keyshift.errors import AuditChainBroken
@@ -39,11 +39,18 @@ def entry_hash(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical({k: fields[k] for k in HASHED}).encode()).hexdigest()
 
 
+_AUDIT = cast(Table, AuditEntry.__table__)
+_META = cast(Table, Meta.__table__)
+# Built once: appending is on the path of every rotation step.
+_HEAD = select(_META.c.value).where(_META.c.key == HEAD_KEY)
+_HEAD_FOR_UPDATE = _HEAD.with_for_update()
+_INSERT_ENTRY = insert(_AUDIT)
+_INSERT_HEAD = insert(_META).values(key=HEAD_KEY, value=bindparam("b_value"))
+_UPDATE_HEAD = update(_META).where(_META.c.key == HEAD_KEY).values(value=bindparam("b_value"))
+
+
 def _head(session: Session, *, lock: bool) -> tuple[int, str]:
-    stmt = select(Meta.value).where(Meta.key == HEAD_KEY)
-    if lock:
-        stmt = stmt.with_for_update()
-    value = session.execute(stmt).scalar_one_or_none()
+    value = session.connection().execute(_HEAD_FOR_UPDATE if lock else _HEAD).scalar_one_or_none()
     if value is None:
         return 0, GENESIS
     seq, _, digest = value.partition(":")
@@ -74,12 +81,9 @@ def append(
         "prev_hash": last_hash,
     }
     digest = entry_hash(fields)
-    session.execute(insert(AuditEntry).values(**fields, hash=digest))
-    head = f"{seq}:{digest}"
-    if last_seq == 0:
-        session.execute(insert(Meta).values(key=HEAD_KEY, value=head))
-    else:
-        session.execute(update(Meta).where(Meta.key == HEAD_KEY).values(value=head))
+    conn = session.connection()
+    conn.execute(_INSERT_ENTRY, {**fields, "hash": digest})
+    conn.execute(_INSERT_HEAD if last_seq == 0 else _UPDATE_HEAD, {"b_value": f"{seq}:{digest}"})
     return AuditEntry(**fields, hash=digest)
 
 

@@ -42,6 +42,14 @@ def database_url(env: Mapping[str, str], home: Path) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def _first_line(exc: BaseException) -> str:
+    """The driver's own message, first line only: SQLAlchemy appends statements,
+    parameters and a documentation link below it."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return f"{cause.__class__.__name__}: {lines[0] if lines else ''}"
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # The pysqlite driver's own transaction handling is switched off so that
     # `_sqlite_begin` can open every transaction with BEGIN IMMEDIATE: writers
@@ -64,7 +72,7 @@ def open_engine(url: str) -> Engine:
     try:
         engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
     except (SQLAlchemyError, ImportError) as exc:
-        raise StoreError(f"cannot open the store at {make_url(url)!r}: {exc}") from exc
+        raise StoreError(f"cannot open the store at {make_url(url)!r}: {_first_line(exc)}") from exc
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
@@ -80,7 +88,7 @@ def migrate(engine: Engine) -> None:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot migrate the store: {exc.__class__.__name__}: {exc}") from exc
+        raise StoreError(f"cannot migrate the store: {_first_line(exc)}") from exc
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
