@@ -28,70 +28,86 @@ ACTIONS = 10
 SLEEP_S = 0.05
 
 
+def _estate(names: list[str], sleep: str) -> dict[str, object]:
+    return {
+        "credentials": [
+            {
+                "name": name,
+                "provider": {"type": "random"},
+                "actions": [
+                    {
+                        "type": "command",
+                        "order": i,
+                        "on_failure": "abort",
+                        "config": {"argv": [sleep, str(SLEEP_S)], "rollback": "none"},
+                    }
+                    for i in range(ACTIONS)
+                ],
+            }
+            for name in names
+        ]
+    }
+
+
+def _rotate(store: Store, name: str) -> tuple[float, float]:
+    """(wall seconds, sum of the commands' own run times) of one rotation."""
+    started = time.perf_counter()
+    rotation_id, state = asyncio.run(
+        rotations.rotate(store, name, actor="bench", grace=timedelta(0))
+    )
+    wall = time.perf_counter() - started
+    if state.value != "completed":
+        raise SystemExit(f"rotation {rotation_id} ended {state.value}")
+    with store.transaction() as s:
+        rows = s.query(StepRow).filter(StepRow.rotation_id == rotation_id).all()
+        step_ms = sum(r.detail["duration_ms"] for r in rows if "duration_ms" in r.detail)
+    return wall, step_ms / 1000
+
+
+def _line(label: str, wall: float, step_sum: float) -> str:
+    return (
+        f"{label}: wall {wall * 1000:7.1f} ms  sum(step latency) {step_sum * 1000:7.1f} ms  "
+        f"ratio {wall / step_sum:.3f}  overhead {(wall - step_sum) * 1000:5.1f} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--postgres", help="run against this PostgreSQL URL instead of SQLite")
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
     logs.configure("WARNING")
     sleep = shutil.which("sleep") or "/bin/sleep"
+    home = Path(tempfile.mkdtemp(prefix="keyshift-bench-"))
+    env = {"KEYSHIFT_HOME": str(home)}
+    if args.postgres:
+        env["KEYSHIFT_DATABASE_URL"] = args.postgres
+    store = Store.open(env)
+    names = [f"bench-{i}" for i in range(args.runs + 1)]
+    apply_estate(store, parse_estate(_estate(names, sleep)), actor="bench")
+    # The first rotation of a process also pays for compiling SQL statements and
+    # importing plugins (what a one-off `keyshift rotate` pays); a worker pays it once.
+    print(_line("cold (first rotation in this process)", *_rotate(store, names[0])))
     results = []
-    for run in range(args.runs):
-        home = Path(tempfile.mkdtemp(prefix="keyshift-bench-"))
-        env = {"KEYSHIFT_HOME": str(home)}
-        if args.postgres:
-            env["KEYSHIFT_DATABASE_URL"] = args.postgres
-        store = Store.open(env)
-        name = f"bench-{run}"
-        estate = {
-            "credentials": [
-                {
-                    "name": name,
-                    "provider": {"type": "random"},
-                    "actions": [
-                        {
-                            "type": "command",
-                            "order": i,
-                            "on_failure": "abort",
-                            "config": {"argv": [sleep, str(SLEEP_S)], "rollback": "none"},
-                        }
-                        for i in range(ACTIONS)
-                    ],
-                }
-            ]
-        }
-        apply_estate(store, parse_estate(estate), actor="bench")
-        started = time.perf_counter()
-        rotation_id, state = asyncio.run(
-            rotations.rotate(store, name, actor="bench", grace=timedelta(0))
-        )
-        wall = time.perf_counter() - started
-        assert state.value == "completed", state
-        with store.transaction() as s:
-            rows = s.query(StepRow).filter(StepRow.rotation_id == rotation_id).all()
-            step_sum = sum(r.detail["duration_ms"] for r in rows if "duration_ms" in r.detail)
-        step_sum_s = step_sum / 1000
-        store.close()
-        shutil.rmtree(home, ignore_errors=True)
-        results.append((wall, step_sum_s))
-        print(
-            f"run {run + 1}: wall {wall * 1000:7.1f} ms  sum(step latency) "
-            f"{step_sum_s * 1000:7.1f} ms  ratio {wall / step_sum_s:.3f}  "
-            f"overhead {(wall - step_sum_s) * 1000:5.1f} ms"
-        )
-    wall, step_sum_s = sorted(results)[len(results) // 2]
-    ratio = wall / step_sum_s
-    budget = 1.05 * step_sum_s + 0.020
+    for i, name in enumerate(names[1:], start=1):
+        wall, step_sum = _rotate(store, name)
+        results.append((wall, step_sum))
+        print(_line(f"run {i}", wall, step_sum))
+    store.close()
+    shutil.rmtree(home, ignore_errors=True)
+    wall, step_sum = sorted(results, key=lambda r: r[0] - r[1])[len(results) // 2]
+    ratio = wall / step_sum
+    budget = 1.05 * step_sum + 0.020
     print(
-        f"overhead ratio = {ratio:.3f} (median run; wall {wall * 1000:.1f} ms, "
-        f"sum {step_sum_s * 1000:.1f} ms)"
+        f"overhead ratio = {ratio:.3f} (median warm run; wall {wall * 1000:.1f} ms, "
+        f"sum {step_sum * 1000:.1f} ms; target <= 1.05 x sum + 20 ms = {budget * 1000:.1f} ms)"
     )
     print(
         json.dumps(
             {
                 "ratio": round(ratio, 4),
                 "wall_ms": round(wall * 1000, 1),
-                "sum_ms": round(step_sum_s * 1000, 1),
+                "sum_ms": round(step_sum * 1000, 1),
                 "within_target": wall <= budget,
             }
         )
