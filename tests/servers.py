@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,32 +43,28 @@ def _as_postgres(argv: list[str]) -> list[str]:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Start PostgreSQL and yield a DSN (`postgresql://postgres@127.0.0.1:PORT/postgres`)."""
+def postgres_server(superuser_password: str | None = None) -> Iterator[str]:
+    """Start PostgreSQL and yield a DSN (`postgresql://postgres@127.0.0.1:PORT/postgres`).
+
+    Without a password every login is trusted (fast, for store tests). With one, TCP
+    logins need SCRAM-SHA-256 passwords, as on a real server, so tests can prove that
+    a wrong or revoked password is refused; the DSN then carries the superuser password.
+    """
     root = Path(tempfile.mkdtemp(prefix="keyshift-pg-"))
     data = root / "data"
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
     port = free_port()
     log = root / "server.log"
-    subprocess.run(
-        _as_postgres(
-            [
-                _pg_bin("initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
+    auth = ["-A", "trust"]
+    if superuser_password is not None:
+        pwfile = root / "pwfile"
+        pwfile.write_text(superuser_password + "\n")
+        if os.geteuid() == 0:
+            shutil.chown(pwfile, "postgres", "postgres")
+        auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+    initdb = [_pg_bin("initdb"), "-D", str(data), "-U", "postgres", *auth, "--no-sync"]
+    subprocess.run(_as_postgres([*initdb, "-E", "UTF8"]), check=True, capture_output=True)
     options = (
         f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root} "
         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
@@ -92,11 +89,79 @@ def postgres_server() -> Iterator[str]:
         capture_output=True,
     )
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        userinfo = "postgres" if superuser_password is None else f"postgres:{superuser_password}"
+        yield f"postgresql://{userinfo}@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run(
             _as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
             check=False,
             capture_output=True,
         )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _redis_answers(port: int) -> bool:
+    """True when a Redis server on 127.0.0.1:port answers PING (RESP, no client library)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextmanager
+def redis_server(*, aclfile: bool = False) -> Iterator[str]:
+    """Start redis-server without persistence and yield its URL (`redis://127.0.0.1:PORT/0`).
+
+    The default user stays as Redis starts it (`nopass`, all permissions), so tests set up
+    their own admin and application users. With `aclfile`, users are kept in
+    `users.acl` in the server's directory (`CONFIG GET dir`), which `ACL SAVE` writes.
+    """
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(binary).exists():
+        raise RuntimeError("redis-server not found (apt-get install -y redis-server)")
+    root = Path(tempfile.mkdtemp(prefix="keyshift-redis-"))
+    port = free_port()
+    extra: list[str] = []
+    if aclfile:
+        (root / "users.acl").write_text("", encoding="utf-8")
+        extra = ["--aclfile", str(root / "users.acl")]
+    log = (root / "server.log").open("wb")
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(root),
+            "--daemonize",
+            "no",
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _redis_answers(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = (root / "server.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"redis-server did not start on port {port}:\n{tail}")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
         shutil.rmtree(root, ignore_errors=True)

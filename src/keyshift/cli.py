@@ -201,6 +201,7 @@ def _status_table(store: Store) -> Table:
     for col in (
         "credential",
         "lifecycle",
+        "overlap",
         "version",
         "fingerprint",
         "expires",
@@ -222,6 +223,7 @@ def _status_table(store: Store) -> Table:
         table.add_row(
             row.credential,
             f"[{colour}]{row.lifecycle.value}[/]",
+            row.overlap if row.overlap == "dual" else f"[yellow]{row.overlap}[/]",
             row.version_id[:8] if row.version_id else "-",
             row.fingerprint or "-",
             _when(row.expires_at),

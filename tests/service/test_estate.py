@@ -224,7 +224,10 @@ MALFORMED = [
           - name: billing-api-key
             provider: {type: hashicorp_vault}
         """,
-        ("credentials[0].provider.type", "unknown provider type 'hashicorp_vault'; known: random"),
+        (
+            "credentials[0].provider.type",
+            "unknown provider type 'hashicorp_vault'; known: postgres, random",
+        ),
         id="unknown-provider-type-lists-known-ones",
     ),
     case(
@@ -392,7 +395,7 @@ MALFORMED = [
         """,
         (
             "credentials[0].actions[0].config.signing_secret_from",
-            "must be env:NAME or file:/path (secret values are never inline)",
+            "must be env:NAME, file:/path or credential:NAME (secret values are never inline)",
         ),
         id="webhook-signing-secret-given-inline",
     ),
@@ -404,13 +407,43 @@ MALFORMED = [
     case(
         """\
         integrations:
-          - {name: contoso-entra, type: entra}
+          - {name: db-admin, type: postgres, dsn: "postgresql://admin@db:5432/app",
+             password_from: "env:DB_ADMIN_PASSWORD"}
         credentials:
-          - name: billing-api-key
-            provider: {type: random, integration: fabrikam-entra}
+          - name: app-db
+            provider: {type: postgres, integration: other-db, strategy: single_user, user: app}
         """,
-        ("credentials[0].provider.integration", "no integration named 'fabrikam-entra'"),
+        ("credentials[0].provider.integration", "no integration named 'other-db'"),
         id="provider-names-an-undeclared-integration",
+    ),
+    case(
+        """\
+        integrations:
+          - {name: contoso-entra, type: entra}
+        """,
+        ("integrations[0].type", "unknown integration type 'entra'; known: postgres"),
+        id="integration-type-not-available-yet",
+    ),
+    case(
+        """\
+        integrations:
+          - {name: db-admin, type: postgres, dsn: "postgresql://admin:hunter2@db:5432/app",
+             password_from: "env:DB_ADMIN_PASSWORD"}
+        """,
+        ("integrations[0].dsn", "must not contain a password; use password_from"),
+        id="admin-dsn-with-an-inline-password",
+    ),
+    case(
+        """\
+        integrations:
+          - {name: db-admin, type: postgres, dsn: "postgresql://admin@db:5432/app",
+             password_from: "env:DB_ADMIN_PASSWORD"}
+        credentials:
+          - name: app-db
+            provider: {type: postgres, integration: db-admin, users: [app_a]}
+        """,
+        ("credentials[0].provider", "alternating_users needs users: [two distinct roles]"),
+        id="alternating-users-with-one-user",
     ),
     case(
         """\
@@ -481,11 +514,11 @@ MALFORMED = [
             policy: prod-defualt
             provider: {type: random}
           - name: billing-api-key
-            provider: {type: random, integration: contoso-entra}
+            provider: {type: postgres, integration: contoso-db, strategy: single_user, user: app}
         """,
         ("credentials[1].name", "'billing-api-key' is declared twice"),
         ("credentials[0].policy", "no policy named 'prod-defualt'"),
-        ("credentials[1].provider.integration", "no integration named 'contoso-entra'"),
+        ("credentials[1].provider.integration", "no integration named 'contoso-db'"),
         id="several-reference-problems-one-line-each",
     ),
     case(

@@ -1,7 +1,8 @@
-"""What every plugin receives from the engine: a clock, a sleep and the environment.
+"""What every plugin receives from the engine: a clock, a sleep, the environment, the
+integrations it connects through, and a way to read secrets that configuration names.
 
 Injecting these keeps plugins testable without wall time (a test passes a fake
-clock and a sleep that records instead of waiting).
+clock and a sleep that records instead of waiting) and without a store.
 """
 
 from __future__ import annotations
@@ -11,6 +12,15 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from keyshift.domain.secret import Secret
+from keyshift.errors import ConfigError
+
+M = TypeVar("M")
+
+SecretResolver = Callable[[str, str], Secret]
+"""(field path, reference such as `env:NAME`, `file:/path`, `credential:NAME`) -> value."""
 
 
 def utcnow() -> datetime:
@@ -19,8 +29,31 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class PluginContext:
-    """Clock, sleep and environment shared by providers, targets and checks."""
+    """Clock, sleep, environment, integrations and secret references for plugins."""
 
     now: Callable[[], datetime] = utcnow
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    integrations: Mapping[str, Any] = field(default_factory=dict)
+    """Validated integration configs by name (the ones the plan uses)."""
+    resolve_secret: SecretResolver | None = None
+    """Reads `env:`, `file:` and `credential:` references; set by the engine."""
+
+    def secret(self, path: str, ref: str) -> Secret:
+        """The value a configuration reference names. `path` is the field, for errors."""
+        if self.resolve_secret is None:
+            # Without the engine's resolver only env: and file: can be read.
+            from keyshift.sources import read_source  # noqa: PLC0415 (sources imports domain)
+
+            return read_source(path, ref, self.env)
+        return self.resolve_secret(path, ref)
+
+    def integration(self, name: str, model: type[M]) -> M:
+        """The integration `name`, which must be of the given config model."""
+        found = self.integrations.get(name)
+        if not isinstance(found, model):
+            kind = "missing" if found is None else f"a {type(found).__name__}"
+            raise ConfigError(
+                "provider.integration", f"integration '{name}' is {kind}, not {model.__name__}"
+            )
+        return found

@@ -74,8 +74,8 @@ class ProviderSpec(_Model):
     """The name of the integration the provider connects through, if it needs one."""
 
     def config(self) -> dict[str, Any]:
-        """The provider's own settings: every key but `type` and `integration`."""
-        return self.model_dump(exclude={"type", "integration"}, exclude_none=True)
+        """The provider's own settings: every key but `type` (`integration` included if set)."""
+        return self.model_dump(exclude={"type"}, exclude_none=True)
 
 
 class ActionSpec(_Model):

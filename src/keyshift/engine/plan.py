@@ -42,6 +42,8 @@ class Plan:
     policy: dict[str, Any]
     grace_period_s: float
     actions: tuple[PlannedAction, ...]
+    integrations: dict[str, dict[str, Any]]
+    """The integrations the provider connects through, as declared when requested."""
 
     @property
     def grace_period(self) -> timedelta:
@@ -79,6 +81,7 @@ class Plan:
             policy=data["policy"],
             grace_period_s=data["grace_period_s"],
             actions=actions,
+            integrations=data.get("integrations", {}),
         )
 
     @property
@@ -86,7 +89,12 @@ class Plan:
         return hashlib.sha256(canonical(self.to_json()).encode()).hexdigest()
 
 
-def build_plan(spec: CredentialSpec, policy: Policy, grace: timedelta | None = None) -> Plan:
+def build_plan(
+    spec: CredentialSpec,
+    policy: Policy,
+    grace: timedelta | None = None,
+    integrations: dict[str, dict[str, Any]] | None = None,
+) -> Plan:
     """Order the actions by phase (publish, reload, verify, notify), then by `order`."""
     rank = {phase: i for i, phase in enumerate(PHASE_ORDER)}
     planned = [
@@ -110,4 +118,5 @@ def build_plan(spec: CredentialSpec, policy: Policy, grace: timedelta | None = N
         policy=policy.model_dump(mode="json"),
         grace_period_s=effective_grace.total_seconds(),
         actions=tuple(planned),
+        integrations=dict(integrations or {}),
     )

@@ -14,7 +14,7 @@ from keyshift.domain.context import PluginContext
 from keyshift.domain.estate import config_errors
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, EstateInvalid
-from keyshift.providers import PROVIDERS, Provider
+from keyshift.providers import INTEGRATIONS, PROVIDERS, Provider
 from keyshift.targets import TARGETS, Target
 
 
@@ -33,6 +33,27 @@ def validate_config(cls: Any, config: dict[str, Any], path: str) -> BaseModel:
     except ValidationError as exc:
         raise EstateInvalid(config_errors(exc, path)) from None
     return model
+
+
+class _ConfigOnly:
+    """An integration type seen as a plugin class: it has a `Config` and nothing else."""
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self.Config = model
+
+
+def integration_class(kind: str, path: str = "type") -> Any:
+    return _ConfigOnly(_lookup(INTEGRATIONS, kind, "integration", path))
+
+
+def build_integrations(declared: dict[str, dict[str, Any]]) -> dict[str, BaseModel]:
+    """Validated integration configs by name, from their stored form (with `type`)."""
+    out: dict[str, BaseModel] = {}
+    for name, raw in declared.items():
+        cls = integration_class(raw["type"], f"integrations.{name}.type")
+        config = {k: v for k, v in raw.items() if k not in ("name", "type")}
+        out[name] = validate_config(cls, config, f"integrations.{name}")
+    return out
 
 
 def provider_class(kind: str, path: str = "provider.type") -> Any:

@@ -23,7 +23,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TypeVar, cast
 
@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from keyshift import __version__
 from keyshift.domain.context import PluginContext
 from keyshift.domain.estate import CredentialSpec, Policy
+from keyshift.domain.secret import Secret
 from keyshift.domain.states import (
     OnFailure,
     Phase,
@@ -43,8 +44,9 @@ from keyshift.domain.states import (
 )
 from keyshift.engine.faults import crash_point
 from keyshift.engine.plan import Plan, PlannedAction, build_plan
-from keyshift.engine.plugins import build_provider, build_target
+from keyshift.engine.plugins import build_integrations, build_provider, build_target
 from keyshift.errors import (
+    ConfigError,
     KeyshiftError,
     LeaseHeld,
     NotFound,
@@ -54,12 +56,14 @@ from keyshift.errors import (
     scrub,
 )
 from keyshift.providers.base import (
+    Capability,
     CreateRequest,
     IssuedVersion,
     Provider,
     RevokeRequest,
     VerifyRequest,
 )
+from keyshift.sources import read_source
 from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
 from keyshift.store.store import Store
 from keyshift.targets.base import (
@@ -157,6 +161,7 @@ class _Run:
     credential: str
     plan: Plan
     provider: Provider
+    context: PluginContext
     lease_until: datetime
     state: RotationState
     grace_until: datetime | None
@@ -223,7 +228,7 @@ class Engine:
             cred = _credential(s, credential)
             spec = CredentialSpec.model_validate(cred.spec["credential"])
             policy = Policy.model_validate(cred.spec["policy"])
-            plan = build_plan(spec, policy, grace)
+            plan = build_plan(spec, policy, grace, cred.spec.get("integrations", {}))
             claimed = s.execute(
                 update(CredentialRow)
                 .where(CredentialRow.id == cred.id, CredentialRow.active_rotation_id.is_(None))
@@ -294,12 +299,38 @@ class Engine:
             await self._close(run)
             self._release(rotation_id)
 
+    def plugin_context(self, plan: Plan, secrets: list[str] | None = None) -> PluginContext:
+        """The context plugins of this plan get: the plan's integrations, and a resolver
+        for `env:`, `file:` and `credential:` references (values read are remembered in
+        `secrets`, so error messages can be scrubbed of them)."""
+
+        def resolve(path: str, ref: str) -> Secret:
+            value = read_source(path, ref, self.context.env, credential=self._current_value)
+            if secrets is not None:
+                secrets.append(value.reveal())
+            return value
+
+        return replace(
+            self.context,
+            integrations=build_integrations(plan.integrations),
+            resolve_secret=resolve,
+        )
+
+    def _current_value(self, credential: str) -> Secret:
+        """The current version's value of another keyshift credential (`credential:NAME`)."""
+        with self.store.transaction() as s:
+            cred = _credential(s, credential)
+            current = _current_version(s, cred.id)
+            if current is None:
+                raise ConfigError(f"credential:{credential}", "has no current version yet")
+            return self.store.reveal(current)
+
     async def preflight(self, plan: Plan) -> list[tuple[str, PreflightResult]]:
         """Each action's readiness, changing nothing (dry run and the `preflighted` step)."""
         results: list[tuple[str, PreflightResult]] = []
         for action in plan.actions:
             try:
-                target = build_target(action.type, action.config, self.context)
+                target = build_target(action.type, action.config, self.plugin_context(plan))
                 result = await target.preflight(PreflightRequest(credential=plan.credential))
             except KeyshiftError as exc:
                 result = PreflightResult(Readiness.BLOCKED, str(exc))
@@ -464,6 +495,9 @@ class Engine:
             current = _current_version(s, run.credential_id)
             current_issued = self._issued(current) if current else None
         issued = await self._issue(run, current_issued)
+        # A crash here leaves a version at the issuer that keyshift has not stored;
+        # the provider's create is idempotent for this rotation's marker.
+        crash_point("creating:issuer")
         try:
             with self.store.transaction() as s:
                 serial = (
@@ -551,6 +585,8 @@ class Engine:
                 )
             issued = self._issued(old)
         result = await run.provider.revoke(RevokeRequest(run.credential, run.rotation_id, issued))
+        crash_point("revoking:issuer")
+        proof = await self._revocation_proof(run, issued)
         with self.store.transaction() as s:
             old = _version(s, issued_id := rot.old_version_id)
             old.status = VersionStatus.REVOKED.value
@@ -563,9 +599,26 @@ class Engine:
                 "fingerprint": old.fingerprint,
                 "provider_ref": old.provider_ref,
                 "already_gone": result.already_gone,
+                "revocation_proof": proof,
                 **dict(result.detail),
             }
         )
+
+    async def _revocation_proof(self, run: _Run, old: IssuedVersion) -> str:
+        """Try the revoked version once, as a consumer would; it must be refused.
+
+        Only issuers whose `verify` really logs in can prove this; for the others
+        (keyshift itself is the issuer of `random`) the proof is not applicable.
+        """
+        if Capability.AUTHENTICATES not in run.provider.capabilities:
+            return "not applicable"
+        attempt = await run.provider.verify(VerifyRequest(run.credential, old))
+        if attempt.ok:
+            raise PermanentError(
+                f"version {old.provider_ref} still authenticates after revocation "
+                f"({attempt.detail}); the old credential is NOT revoked"
+            )
+        return f"refused: {attempt.detail}"
 
     async def _roll_back(self, run: _Run) -> None:
         """Undo the actions that ran, newest first, restoring the previous value.
@@ -858,18 +911,22 @@ class Engine:
                     StepRow.rotation_id == rotation_id
                 )
             ).all()
-        provider = build_provider(plan.provider_type, plan.provider_config, self.context)
+        secrets: list[str] = []
+        context = self.plugin_context(plan, secrets)
+        provider = build_provider(plan.provider_type, plan.provider_config, context)
         run = _Run(
             rotation_id,
             cred.id,
             cred.name,
             plan,
             provider,
+            context,
             lease_until=now + self.lease_ttl,
             state=RotationState(rot.state),
             grace_until=rot.grace_until,
             attention=rot.attention,
             seq=len(journal),
+            secrets=secrets,
         )
         for step_name, attempt, step_status in journal:
             run.attempts[step_name] = max(attempt, run.attempts.get(step_name, 0))
@@ -902,7 +959,7 @@ class Engine:
 
     def _target(self, run: _Run, action: PlannedAction) -> Target:
         if action.step not in run.targets:
-            run.targets[action.step] = build_target(action.type, action.config, self.context)
+            run.targets[action.step] = build_target(action.type, action.config, run.context)
         return run.targets[action.step]
 
     def _issued(self, row: VersionRow) -> IssuedVersion:

@@ -1,9 +1,16 @@
-"""Providers: the systems that issue and revoke versions. `PROVIDERS` maps a config `type`."""
+"""Providers: the systems that issue and revoke versions.
+
+`PROVIDERS` maps a credential's `provider.type` to its class; `INTEGRATIONS` maps an
+integration's `type` to the config model of that connection. A provider that
+connects through an integration names its type in `integration_type`.
+"""
 
 from __future__ import annotations
 
 from enum import StrEnum
 from typing import Any
+
+from pydantic import BaseModel
 
 from keyshift.providers.base import (
     Capability,
@@ -17,24 +24,39 @@ from keyshift.providers.base import (
     VerifyResult,
     VersionInfo,
 )
+from keyshift.providers.postgres import PostgresIntegration, PostgresProvider
 from keyshift.providers.random import RandomProvider
 
 
 class ProviderKind(StrEnum):
+    POSTGRES = "postgres"
     RANDOM = "random"
+
+
+class IntegrationKind(StrEnum):
+    POSTGRES = "postgres"
 
 
 # Values are the classes; each has `kind`, `Config`, `capabilities` and takes (config, context).
 PROVIDERS: dict[ProviderKind, Any] = {
+    ProviderKind.POSTGRES: PostgresProvider,
     ProviderKind.RANDOM: RandomProvider,
 }
 
+INTEGRATIONS: dict[IntegrationKind, type[BaseModel]] = {
+    IntegrationKind.POSTGRES: PostgresIntegration,
+}
+
 __all__ = [
+    "INTEGRATIONS",
     "PROVIDERS",
     "Capability",
     "CreateRequest",
+    "IntegrationKind",
     "IssuedVersion",
     "ListRequest",
+    "PostgresIntegration",
+    "PostgresProvider",
     "Provider",
     "ProviderKind",
     "RandomProvider",

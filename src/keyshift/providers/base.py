@@ -27,6 +27,8 @@ class Capability(StrEnum):
     """Old and new versions are valid at once (Entra secrets, Redis ACL, IAM keys, random)."""
     IN_PLACE = "in_place"
     """The new version replaces the old one at once (a single Postgres role's password)."""
+    AUTHENTICATES = "authenticates"
+    """`verify` really logs in at the issuer, so a revoked version can be proven refused."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,11 @@ class Provider(Protocol):
 
     kind: ClassVar[str]
     Config: ClassVar[type[BaseModel]]
-    capabilities: ClassVar[frozenset[Capability]]
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """What this issuer can do with this configuration."""
+        ...
 
     async def create(self, request: CreateRequest) -> IssuedVersion:
         """Issue a new version while the current one stays valid.

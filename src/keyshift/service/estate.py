@@ -20,7 +20,12 @@ from sqlalchemy import select
 
 from keyshift.domain.context import utcnow
 from keyshift.domain.estate import Estate, config_errors, reference_problems
-from keyshift.engine.plugins import provider_class, target_class, validate_config
+from keyshift.engine.plugins import (
+    integration_class,
+    provider_class,
+    target_class,
+    validate_config,
+)
 from keyshift.errors import ConfigError, EstateInvalid
 from keyshift.store.audit import canonical
 from keyshift.store.models import CredentialRow, EstateRevision, IntegrationRow
@@ -79,6 +84,14 @@ def parse_estate(data: Any) -> Estate:
 def _plugin_problems(data: dict[str, Any]) -> list[ConfigError]:
     """Every provider and action config checked against its registered type's model."""
     problems: list[ConfigError] = []
+    integrations: dict[str, str] = {}
+    raw_integrations = data.get("integrations")
+    for i, item in enumerate(raw_integrations if isinstance(raw_integrations, list) else []):
+        if isinstance(item, dict) and isinstance(item.get("type"), str):
+            config = {k: v for k, v in item.items() if k not in ("name", "type")}
+            problems.extend(_check(integration_class, item["type"], config, f"integrations[{i}]"))
+            if isinstance(item.get("name"), str):
+                integrations[item["name"]] = item["type"]
     credentials = data.get("credentials")
     if not isinstance(credentials, list):
         return problems
@@ -88,8 +101,9 @@ def _plugin_problems(data: dict[str, Any]) -> list[ConfigError]:
         base = f"credentials[{i}]"
         provider = cred.get("provider")
         if isinstance(provider, dict) and isinstance(provider.get("type"), str):
-            config = {k: v for k, v in provider.items() if k not in ("type", "integration")}
+            config = {k: v for k, v in provider.items() if k != "type"}
             problems.extend(_check(provider_class, provider["type"], config, f"{base}.provider"))
+            problems.extend(_integration_type_problems(provider, integrations, base))
         actions = cred.get("actions")
         for j, action in enumerate(actions if isinstance(actions, list) else []):
             if isinstance(action, dict) and isinstance(action.get("type"), str):
@@ -100,6 +114,27 @@ def _plugin_problems(data: dict[str, Any]) -> list[ConfigError]:
                         _check(target_class, action["type"], config, f"{path}.config", path)
                     )
     return problems
+
+
+def _integration_type_problems(
+    provider: dict[str, Any], integrations: dict[str, str], base: str
+) -> list[ConfigError]:
+    """A provider must connect through an integration of the type it declares."""
+    try:
+        cls = provider_class(provider["type"])
+    except EstateInvalid:
+        return []  # the unknown type is reported by _check
+    wanted: str | None = getattr(cls, "integration_type", None)
+    name = provider.get("integration")
+    path = f"{base}.provider.integration"
+    if wanted is None:
+        return []
+    if not isinstance(name, str):
+        return [] if "integration" not in provider else [ConfigError(path, "must be a name")]
+    have = integrations.get(name)
+    if have is not None and have != wanted:
+        return [ConfigError(path, f"integration '{name}' is of type {have}, not {wanted}")]
+    return []
 
 
 def _check(
@@ -114,11 +149,18 @@ def _check(
 
 
 def _credential_specs(estate: Estate) -> dict[str, dict[str, Any]]:
-    """What is stored per credential: the declaration and its effective policy."""
+    """What is stored per credential: the declaration, its effective policy and the
+    integrations it connects through (so a changed connection shows as a change)."""
+    declared = {i.name: i.model_dump(mode="json") for i in estate.integrations}
     return {
         c.name: {
             "credential": c.model_dump(mode="json"),
             "policy": estate.policy_for(c).model_dump(mode="json"),
+            "integrations": (
+                {c.provider.integration: declared[c.provider.integration]}
+                if c.provider.integration
+                else {}
+            ),
         }
         for c in estate.credentials
     }

@@ -14,7 +14,7 @@ from pydantic_core import PydanticUndefined
 
 from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import ActionSpec, CredentialSpec, IntegrationSpec, Policy, ProviderSpec
-from keyshift.providers import PROVIDERS
+from keyshift.providers import INTEGRATIONS, PROVIDERS
 from keyshift.targets import TARGETS
 
 
@@ -130,6 +130,9 @@ def estate_reference() -> str:
     ]
     for provider, cls in sorted(PROVIDERS.items()):
         out += [f"### `{provider}`", "", _doc(cls.Config), "", *_table(cls.Config), ""]
+    out += ["## Integration types", ""]
+    for integration, model in sorted(INTEGRATIONS.items()):
+        out += [f"### `{integration}`", "", _doc(model), "", *_table(model), ""]
     out += ["## Action types", ""]
     for kind, cls in sorted(TARGETS.items()):
         out += [

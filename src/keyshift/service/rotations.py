@@ -24,8 +24,10 @@ from keyshift.domain.states import (
     VersionStatus,
 )
 from keyshift.engine.plan import build_plan
+from keyshift.engine.plugins import build_provider
 from keyshift.engine.runner import Engine, StepEvent
 from keyshift.errors import LeaseHeld, NotFound
+from keyshift.providers.base import Capability
 from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
 from keyshift.store.store import Store
 from keyshift.targets.base import PreflightResult
@@ -48,6 +50,9 @@ class StatusRow:
     days_left: int | None
     last_rotation: str | None
     owner: str | None
+    overlap: str
+    """`dual` when old and new versions are valid together; `in place` when the new one
+    replaces the old at once (a cutover window until every consumer reloads)."""
 
 
 @dataclass(frozen=True)
@@ -157,9 +162,16 @@ def status_rows(store: Store, *, now: datetime) -> list[StatusRow]:
                     days_left=(expires - now).days if expires else None,
                     last_rotation=last.state if last else None,
                     owner=cred.owner,
+                    overlap=_overlap(cred),
                 )
             )
     return rows
+
+
+def _overlap(cred: CredentialRow) -> str:
+    spec = CredentialSpec.model_validate(cred.spec["credential"])
+    provider = build_provider(spec.provider.type, spec.provider.config(), PluginContext())
+    return "in place" if Capability.IN_PLACE in provider.capabilities else "dual"
 
 
 def _summary(rot: RotationRow) -> RotationSummary:
@@ -257,6 +269,7 @@ async def dry_run(
         plan = build_plan(
             CredentialSpec.model_validate(cred.spec["credential"]),
             Policy.model_validate(cred.spec["policy"]),
+            integrations=cred.spec.get("integrations", {}),
         )
     results = await engine.preflight(plan)
     with store.transaction() as s:

@@ -31,6 +31,7 @@ from keyshift.domain.context import PluginContext
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError, TransientError
 from keyshift.targets.base import (
+    Delivery,
     PreflightRequest,
     PreflightResult,
     PublishRequest,
@@ -62,8 +63,13 @@ _TRANSIENT_ERRNOS = frozenset(
 )
 
 
+VALUE_FIELDS = frozenset({"value", "password"})
+"""Field names that mean the secret value itself; any other field is a version attribute
+(`username`, `host`, `port`, `database` for database credentials)."""
+
+
 class FileConfig(BaseModel):
-    """Where the value goes: a file, the key inside it and the file's format."""
+    """Where the value goes: a file, the key (or keys) inside it and the file's format."""
 
     model_config = ConfigDict(
         use_attribute_docstrings=True,
@@ -75,34 +81,62 @@ class FileConfig(BaseModel):
 
     path: str = Field(alias="target_path", min_length=1)
     """The file to write. A symlink is followed; the file it points to is replaced."""
-    key: str = Field(alias="secret_key", min_length=1)
+    key: str | None = Field(default=None, alias="secret_key", min_length=1)
     """Where the value goes; `:` nests (`Entra:ClientSecret`). In ini files `Section:key`."""
+    keys: dict[str, str] | None = None
+    """Instead of `key`: several keys, each mapped to `value` (or `password`) or to a version
+    attribute such as `username`, e.g. `{DB_USER: username, DB_PASSWORD: password}`."""
     file_format: FileFormat
     create: bool = True
     """Create the file (mode 0600) when it does not exist; otherwise a missing file fails."""
 
     @model_validator(mode="after")
-    def _key_fits_format(self) -> FileConfig:
-        parts = self.key.split(KEY_SEPARATOR)
-        if any(not part for part in parts):
-            raise ValueError(f"key '{self.key}' has an empty part between ':' separators")
-        if any(ch in self.key for ch in "\r\n"):
-            raise ValueError("key must not contain a line break")
-        if self.file_format == "ini":
-            if len(parts) != 2:
-                raise ValueError(
-                    f"key '{self.key}' must be 'Section:key' for an ini file "
-                    "(exactly one ':' between the section and the key)"
-                )
-            section, option = parts
-            if any(ch in section for ch in "[]") or "=" in option or option != option.strip():
-                raise ValueError(f"key '{self.key}' is not a valid ini section and key")
-        elif self.file_format == "env" and not _ENV_NAME.fullmatch(env_name(self.key)):
-            raise ValueError(
-                f"key '{self.key}' does not make a valid env variable name "
-                "(letters, digits, '_', '.', '-'; ':' becomes '__')"
-            )
+    def _keys_fit_format(self) -> FileConfig:
+        if (self.key is None) == (self.keys is None):
+            raise ValueError("give either key or keys (not both)")
+        if self.keys is not None and not self.keys:
+            raise ValueError("keys must map at least one key to a field")
+        for key in self.entries():
+            _check_key(key, self.file_format)
         return self
+
+    def entries(self) -> dict[str, str]:
+        """Every file key and the field of the version written there."""
+        return {self.key: "value"} if self.key is not None else dict(self.keys or {})
+
+
+def _check_key(key: str, file_format: str) -> None:
+    parts = key.split(KEY_SEPARATOR)
+    if any(not part for part in parts):
+        raise ValueError(f"key '{key}' has an empty part between ':' separators")
+    if any(ch in key for ch in "\r\n"):
+        raise ValueError("key must not contain a line break")
+    if file_format == "ini":
+        if len(parts) != 2:
+            raise ValueError(
+                f"key '{key}' must be 'Section:key' for an ini file "
+                "(exactly one ':' between the section and the key)"
+            )
+        section, option = parts
+        if any(ch in section for ch in "[]") or "=" in option or option != option.strip():
+            raise ValueError(f"key '{key}' is not a valid ini section and key")
+    elif file_format == "env" and not _ENV_NAME.fullmatch(env_name(key)):
+        raise ValueError(
+            f"key '{key}' does not make a valid env variable name "
+            "(letters, digits, '_', '.', '-'; ':' becomes '__')"
+        )
+
+
+def _field_value(delivery: Delivery, field: str) -> str:
+    """The text a key receives: the secret value, or a (non-secret) version attribute."""
+    if field in VALUE_FIELDS:
+        return delivery.value.reveal()
+    if field not in delivery.attributes:
+        known = ", ".join(sorted({"value", *delivery.attributes}))
+        raise PermanentError(
+            f"version {delivery.version_id} has no field '{field}' (it has: {known})"
+        )
+    return str(delivery.attributes[field])
 
 
 def env_name(key: str) -> str:
@@ -122,7 +156,10 @@ class FileTarget:
         self.context = context
         self._path = Path(config.path)
         self._codec = _CODECS[config.file_format]
-        self._parts = tuple(config.key.split(KEY_SEPARATOR))
+        self._entries = {
+            tuple(key.split(KEY_SEPARATOR)): field for key, field in config.entries().items()
+        }
+        self._keys = ", ".join(config.entries())
 
     async def preflight(self, request: PreflightRequest) -> PreflightResult:
         """Ready when publish could write: file writable and parseable, owner keepable.
@@ -140,11 +177,13 @@ class FileTarget:
     async def publish(self, request: PublishRequest) -> StepResult:
         """Write the value at the key. Idempotent: an unchanged value is not rewritten."""
         delivery = request.delivery
-        changed = self._apply(delivery.value.reveal())
+        changed = self._apply(
+            {parts: _field_value(delivery, field) for parts, field in self._entries.items()}
+        )
         return StepResult(
             {
                 "path": self.config.path,
-                "key": self.config.key,
+                "key": self._keys,
                 "fingerprint": delivery.fingerprint,
                 "changed": changed,
             }
@@ -157,41 +196,49 @@ class FileTarget:
         Removing a nested key also removes the parents it leaves empty.
         """
         previous = request.previous
-        changed = self._apply(previous.value.reveal() if previous is not None else None)
+        changed = self._apply(
+            {
+                parts: _field_value(previous, field) if previous is not None else None
+                for parts, field in self._entries.items()
+            }
+        )
         return StepResult(
             {
                 "path": self.config.path,
-                "key": self.config.key,
+                "key": self._keys,
                 "fingerprint": previous.fingerprint if previous is not None else None,
                 "removed": previous is None,
                 "changed": changed,
             }
         )
 
-    def _apply(self, value: str | None) -> bool:
-        """Set (or, for None, remove) the key; return whether the file changed."""
+    def _apply(self, values: dict[tuple[str, ...], str | None]) -> bool:
+        """Set (or, for None, remove) every key in one atomic write; return whether the
+        file changed."""
         self._check_writable()
         path = self._real_path()
         if not path.exists():
-            if value is None:
+            if all(v is None for v in values.values()):
                 return False  # nothing to remove from a file that is not there
             document, bom = self._codec.load("", self._describe()), False
         else:
             document, bom = self._load()
-        if value is None:
-            if not self._codec.remove(document, self._parts):
-                return False
-        else:
-            if self._codec.get(document, self._parts) == value:
-                return False
-            self._codec.set(document, self._parts, value, self._describe())
+        changed = False
+        for parts, value in values.items():
+            if value is None:
+                changed |= self._codec.remove(document, parts)
+            elif self._codec.get(document, parts) != value:
+                self._codec.set(document, parts, value, self._describe())
+                changed = True
+        if not changed:
+            return False
         # Keep a byte order mark if the file had one (Visual Studio writes appsettings.json so).
         text = (_BOM if bom else "") + self._codec.dump(document)
         _atomic_write(path, text.encode("utf-8"), self.config.path)
         return True
 
     def _describe(self) -> str:
-        return f"{self.config.path} ({self.config.file_format}, key {self.config.key})"
+        return f"{self.config.path} ({self.config.file_format}, key {self._keys})"
 
     def _real_path(self) -> Path:
         # Follow a symlink so the link survives and the file it points to is replaced.

@@ -30,7 +30,7 @@ from keyshift.domain.durations import Duration
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError
-from keyshift.sources import check_source, read_source
+from keyshift.sources import SecretRef
 from keyshift.targets.base import (
     Delivery,
     PreflightRequest,
@@ -64,7 +64,7 @@ class WebhookConfig(BaseModel):
 
     url: str
     """http:// or https:// URL. Kept out of errors and step details (it may carry a token)."""
-    signing_secret_from: str | None = None
+    signing_secret_from: SecretRef | None = None
     """`env:NAME` or `file:/path` naming the HMAC key; no signature header without it."""
     include_value: bool = False
     """Put the value in the event. Only over https (or to this host)."""
@@ -90,16 +90,6 @@ class WebhookConfig(BaseModel):
         if parsed.userinfo:
             raise ValueError("url must not carry credentials; use signing_secret_from")
         return url
-
-    @field_validator("signing_secret_from")
-    @classmethod
-    def _secret_source(cls, ref: str | None) -> str | None:
-        if ref is not None:
-            try:
-                check_source("signing_secret_from", ref)
-            except ConfigError as exc:
-                raise ValueError(exc.message) from None
-        return ref
 
     @field_validator("timeout")
     @classmethod
@@ -198,7 +188,7 @@ class WebhookTarget:
         if ref is None:
             return None
         try:
-            return read_source("signing_secret_from", ref, self.context.env)
+            return self.context.secret("signing_secret_from", ref)
         except ConfigError as exc:
             raise PermanentError(f"webhook signing secret: {exc}") from None
 

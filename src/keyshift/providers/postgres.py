@@ -1,0 +1,328 @@
+"""`postgres`: login passwords of PostgreSQL roles, set through an admin connection.
+
+Two strategies, as the serious tools offer them:
+
+- `alternating_users`: two login roles (`app_a`, `app_b`) that are members of one
+  group role holding the grants. A rotation sets a fresh password on the role not
+  in use; consumers switch to that user; revocation disables the old role's login
+  (`NOLOGIN`, `PASSWORD NULL`), never dropping it. Old and new are valid together,
+  so the cutover has no window.
+- `single_user`: `ALTER ROLE ... PASSWORD` on one role. A role has one password,
+  so the old one stops working the moment the new one is set: consumers that have
+  not reloaded yet fail to open *new* connections until they do (open sessions
+  stay up). That cutover window lasts from `creating` until the last consumer
+  reloads; `keyshift status` marks such credentials `in place`.
+
+Passwords are sent as SCRAM-SHA-256 verifiers computed here, so the plain password
+never reaches the server's statement log. Identifiers and literals are quoted with
+psycopg's `sql` module. The role carries the rotation marker as its comment, so
+the issuer itself records which rotation set its password.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import string
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+from psycopg import sql
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from keyshift.domain.context import PluginContext
+from keyshift.domain.secret import Secret
+from keyshift.errors import PermanentError, TransientError
+from keyshift.providers.base import (
+    Capability,
+    CreateRequest,
+    IssuedVersion,
+    ListRequest,
+    RevokeRequest,
+    RevokeResult,
+    VerifyRequest,
+    VerifyResult,
+    VersionInfo,
+)
+from keyshift.providers.connection import AdminConnection
+
+SCRAM_ITERATIONS = 4096
+"""PostgreSQL's default `scram_iterations`."""
+
+DEFAULT_ALPHABET = string.ascii_letters + string.digits
+
+
+class PostgresIntegration(AdminConnection):
+    """A PostgreSQL admin connection. The admin role needs `CREATEROLE` (or to be the
+    roles' owner) to alter the rotated roles."""
+
+    schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
+
+
+class PostgresConfig(BaseModel):
+    """Which roles to rotate, and how."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
+
+    integration: str
+    """The `postgres` integration (admin connection) to use."""
+    strategy: Literal["alternating_users", "single_user"] = "alternating_users"
+    """`alternating_users` (no cutover window) or `single_user` (one role, in place)."""
+    users: list[str] | None = None
+    """alternating_users: the two login roles that take turns."""
+    group_role: str | None = None
+    """alternating_users: the role holding the grants; both users must be members."""
+    user: str | None = None
+    """single_user: the role whose password is replaced."""
+    password_length: int = Field(default=32, ge=16, le=128)
+    """Length of generated passwords."""
+    password_alphabet: str = DEFAULT_ALPHABET
+    """Characters generated passwords are drawn from."""
+
+    @model_validator(mode="after")
+    def _strategy_fields(self) -> PostgresConfig:
+        if self.strategy == "alternating_users":
+            if not self.users or len(self.users) != 2 or self.users[0] == self.users[1]:
+                raise ValueError("alternating_users needs users: [two distinct roles]")
+            if not self.group_role:
+                raise ValueError("alternating_users needs group_role (the role with the grants)")
+            if self.user:
+                raise ValueError("user belongs to single_user; alternating_users takes users")
+        else:
+            if not self.user:
+                raise ValueError("single_user needs user (the role whose password changes)")
+            if self.users or self.group_role:
+                raise ValueError("users and group_role belong to alternating_users")
+        if len(set(self.password_alphabet)) < 10:
+            raise ValueError("password_alphabet must hold at least 10 distinct characters")
+        return self
+
+
+def scram_verifier(
+    password: str, *, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS
+) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802/7677)."""
+    salt = salt or secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = base64.b64encode
+    return (
+        f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
+        f"${b64(stored_key).decode()}:{b64(server_key).decode()}"
+    )
+
+
+def _endpoint(dsn: str) -> dict[str, str]:
+    """Host, port and database of the DSN: what a consumer connects to."""
+    parts = urlsplit(dsn)
+    return {
+        "host": parts.hostname or "",
+        "port": str(parts.port or 5432),
+        "database": unquote(parts.path.lstrip("/")) or "postgres",
+    }
+
+
+def _classify(exc: psycopg.Error, doing: str) -> PermanentError | TransientError:
+    """Map a driver error to keyshift's: permissions and missing roles are permanent."""
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return PermanentError(f"{doing}: the admin role lacks the privilege ({first})")
+    if sqlstate == "28P01" or "password authentication failed" in first:
+        return PermanentError(f"{doing}: authentication failed ({first})")
+    if isinstance(exc, psycopg.OperationalError):
+        return TransientError(f"{doing}: cannot reach the server ({first})")
+    return PermanentError(f"{doing}: {first}")
+
+
+class PostgresProvider:
+    """Sets, verifies and disables PostgreSQL role passwords."""
+
+    kind: ClassVar[str] = "postgres"
+    Config: ClassVar[type[BaseModel]] = PostgresConfig
+    integration_type: ClassVar[str] = "postgres"
+
+    def __init__(self, config: PostgresConfig, context: PluginContext) -> None:
+        self.config = config
+        self.context = context
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        overlap = (
+            Capability.DUAL_ACTIVE
+            if self.config.strategy == "alternating_users"
+            else Capability.IN_PLACE
+        )
+        return frozenset({overlap, Capability.AUTHENTICATES})
+
+    @property
+    def _integration(self) -> PostgresIntegration:
+        return self.context.integration(self.config.integration, PostgresIntegration)
+
+    @asynccontextmanager
+    async def _admin(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        integration = self._integration
+        password = self.context.secret("password_from", integration.password_from)
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                integration.dsn,
+                password=password.reveal(),
+                connect_timeout=max(1, int(integration.connect_timeout.total_seconds())),
+                autocommit=True,
+            )
+        except psycopg.Error as exc:
+            raise _classify(exc, f"admin connection to {self._where()}") from None
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    def _where(self) -> str:
+        ep = _endpoint(self._integration.dsn)
+        return f"{ep['host']}:{ep['port']}/{ep['database']}"
+
+    def _generate(self) -> str:
+        alphabet = "".join(dict.fromkeys(self.config.password_alphabet))
+        return "".join(secrets.choice(alphabet) for _ in range(self.config.password_length))
+
+    async def _check_role(self, conn: psycopg.AsyncConnection[Any], role: str) -> None:
+        cur = await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+        if await cur.fetchone() is None:
+            raise PermanentError(f"role {role} does not exist on {self._where()}")
+        group = self.config.group_role
+        if group is not None:
+            cur = await conn.execute(
+                "SELECT pg_has_role(%s, %s, 'MEMBER') FROM pg_roles WHERE rolname = %s",
+                (role, group, group),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise PermanentError(f"group role {group} does not exist on {self._where()}")
+            if not row[0]:
+                raise PermanentError(f"role {role} is not a member of group role {group}")
+
+    def _pick_user(self, current: IssuedVersion | None) -> str:
+        if self.config.strategy == "single_user":
+            assert self.config.user is not None  # noqa: S101 (guaranteed by the config model)
+            return self.config.user
+        users = self.config.users or []
+        in_use = current.attributes.get("username") if current else None
+        # The role not in use takes the new password; the first rotation takes the first.
+        return users[1] if in_use == users[0] else users[0]
+
+    async def create(self, request: CreateRequest) -> IssuedVersion:
+        """Set a fresh password on the role that is not in use (or the single role).
+
+        Idempotent in versions: after a crash the engine calls again for the same
+        rotation and the same role simply gets another fresh password; no second
+        role is ever switched. The role's comment records the rotation marker.
+        """
+        user = self._pick_user(request.current)
+        password = Secret(self._generate())
+        lifetime = request.policy.max_lifetime
+        expires = self.context.now() + lifetime if lifetime is not None else None
+        valid_until = expires.isoformat() if expires is not None else "infinity"
+        async with self._admin() as conn:
+            await self._check_role(conn, user)
+            try:
+                await conn.execute(
+                    sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {} VALID UNTIL {}").format(
+                        sql.Identifier(user),
+                        sql.Literal(scram_verifier(password.reveal())),
+                        sql.Literal(valid_until),
+                    )
+                )
+                await conn.execute(
+                    sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                        sql.Identifier(user), sql.Literal(request.marker)
+                    )
+                )
+            except psycopg.Error as exc:
+                raise _classify(exc, f"setting the password of role {user}") from None
+        return IssuedVersion(
+            provider_ref=f"{user}:{request.marker}",
+            value=password,
+            attributes={"username": user, **_endpoint(self._integration.dsn)},
+            expires_at=expires,
+        )
+
+    async def verify(self, request: VerifyRequest) -> VerifyResult:
+        """Log in as a consumer would and run `SELECT 1`."""
+        attrs = request.version.attributes
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                host=attrs.get("host"),
+                port=attrs.get("port"),
+                dbname=attrs.get("database"),
+                user=attrs.get("username"),
+                password=request.version.value.reveal(),
+                connect_timeout=max(1, int(self._integration.connect_timeout.total_seconds())),
+            )
+        except psycopg.Error as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            return VerifyResult(ok=False, detail=f"login as {attrs.get('username')}: {first}")
+        try:
+            cur = await conn.execute("SELECT 1")
+            ok = (await cur.fetchone()) == (1,)
+        finally:
+            await conn.close()
+        return VerifyResult(ok=ok, detail=f"logged in as {attrs.get('username')}; SELECT 1")
+
+    async def revoke(self, request: RevokeRequest) -> RevokeResult:
+        """alternating_users: disable the old role's login (`NOLOGIN`, `PASSWORD NULL`);
+        never drop it. Succeeds if it is already disabled. single_user: the old password
+        was replaced at creation, so there is nothing left to revoke."""
+        user = request.version.attributes.get("username", "")
+        if self.config.strategy == "single_user":
+            return RevokeResult(already_gone=True, detail={"role": user, "strategy": "in place"})
+        if user not in (self.config.users or []):
+            raise PermanentError(f"version {request.version.provider_ref} names no rotated role")
+        async with self._admin() as conn:
+            cur = await conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (user,))
+            row = await cur.fetchone()
+            if row is None:
+                return RevokeResult(already_gone=True, detail={"role": user, "missing": "yes"})
+            if not row[0]:
+                # NOLOGIN and PASSWORD NULL are set by one statement: already revoked.
+                return RevokeResult(already_gone=True, detail={"role": user})
+            try:
+                await conn.execute(
+                    sql.SQL("ALTER ROLE {} WITH NOLOGIN PASSWORD NULL").format(sql.Identifier(user))
+                )
+            except psycopg.Error as exc:
+                raise _classify(exc, f"disabling the login of role {user}") from None
+        return RevokeResult(detail={"role": user, "login": "disabled"})
+
+    async def list_versions(self, request: ListRequest) -> list[VersionInfo]:
+        """The rotated roles, with the marker of the rotation that last set each password."""
+        roles = self.config.users or [self.config.user or ""]
+        async with self._admin() as conn:
+            cur = await conn.execute(
+                "SELECT rolname, shobj_description(oid, 'pg_authid'), "
+                "NULLIF(rolvaliduntil, 'infinity') "
+                "FROM pg_roles WHERE rolname = ANY(%s) ORDER BY rolname",
+                (roles,),
+            )
+            rows = await cur.fetchall()
+        out: list[VersionInfo] = []
+        for name, comment, valid_until in rows:
+            marker = (
+                comment if isinstance(comment, str) and comment.startswith("keyshift:") else None
+            )
+            expires = valid_until if isinstance(valid_until, datetime) else None
+            out.append(
+                VersionInfo(provider_ref=name, marker=marker, created_at=None, expires_at=expires)
+            )
+        return out
+
+    async def aclose(self) -> None:
+        """Connections are opened per call; nothing stays open."""
+        return

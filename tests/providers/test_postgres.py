@@ -1,0 +1,486 @@
+"""The `postgres` provider against a real PostgreSQL 15 server with SCRAM password logins.
+
+Store tests trust every login; these use a server that checks passwords, so a
+revoked or replaced password is really refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from keyshift.domain.context import PluginContext
+from keyshift.domain.estate import Policy
+from keyshift.engine.faults import ENV as CRASH_AT
+from keyshift.errors import PermanentError, TransientError
+from keyshift.providers.base import CreateRequest
+from keyshift.providers.postgres import (
+    PostgresConfig,
+    PostgresIntegration,
+    PostgresProvider,
+    scram_verifier,
+)
+from keyshift.store.store import Store
+from keyshift.testing import assert_provider_contract
+from tests.conftest import Cli, run_subprocess
+from tests.helpers import env_value, rotations_of, steps, versions
+from tests.servers import postgres_server
+
+SUPERUSER_PASSWORD = "su-" + uuid.uuid4().hex
+ADMIN_PASSWORD = "ADMIN-" + uuid.uuid4().hex
+
+
+@pytest.fixture
+def backend() -> str:
+    """keyshift's own store: SQLite is enough here; the store suite covers PostgreSQL."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="module")
+def scram_server() -> Iterator[str]:
+    with postgres_server(SUPERUSER_PASSWORD) as dsn:
+        yield dsn
+
+
+@dataclass
+class Database:
+    """One test's database and roles on the shared server."""
+
+    host: str
+    port: int
+    name: str
+    admin: str
+    group: str
+    users: tuple[str, str]
+    single: str
+    superuser_dsn: str
+
+    @property
+    def admin_dsn(self) -> str:
+        return f"postgresql://{self.admin}@{self.host}:{self.port}/{self.name}"
+
+    def connect(self, user: str, password: str) -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            host=self.host,
+            port=self.port,
+            dbname=self.name,
+            user=user,
+            password=password,
+            connect_timeout=5,
+        )
+
+    def can_login(self, user: str, password: str) -> bool:
+        try:
+            with self.connect(user, password) as conn:
+                return conn.execute("SELECT count(*) FROM items").fetchone() == (1,)
+        except psycopg.OperationalError:
+            return False
+
+    def role(self, name: str) -> tuple[bool, str | None]:
+        with psycopg.connect(self.superuser_dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT rolcanlogin, shobj_description(oid, 'pg_authid') FROM pg_roles "
+                "WHERE rolname = %s",
+                (name,),
+            ).fetchone()
+        assert row is not None
+        return bool(row[0]), row[1]
+
+
+@pytest.fixture
+def db(scram_server: str) -> Database:
+    """A database with an admin (CREATEROLE), a group role holding a grant, two
+    alternating login roles and one single role; all names unique to the test."""
+    tag = uuid.uuid4().hex[:8]
+    parts = urlsplit(scram_server)
+    d = Database(
+        host=parts.hostname or "",
+        port=parts.port or 5432,
+        name=f"app_{tag}",
+        admin=f"ks_admin_{tag}",
+        group=f"app_{tag}",
+        users=(f"app_{tag}_a", f"app_{tag}_b"),
+        single=f"single_{tag}",
+        superuser_dsn=scram_server,
+    )
+    with psycopg.connect(scram_server, autocommit=True) as conn:
+        ident = sql.Identifier
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(ident(d.name)))
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN CREATEROLE PASSWORD {}").format(
+                ident(d.admin), sql.Literal(ADMIN_PASSWORD)
+            )
+        )
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(ident(d.group)))
+        for user in d.users:
+            conn.execute(
+                sql.SQL("CREATE ROLE {} NOLOGIN IN ROLE {}").format(ident(user), ident(d.group))
+            )
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'initial-password' IN ROLE {}").format(
+                ident(d.single), ident(d.group)
+            )
+        )
+    db_dsn = scram_server.rsplit("/", 1)[0] + f"/{d.name}"
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int)")
+        conn.execute("INSERT INTO items VALUES (1)")
+        conn.execute(sql.SQL("GRANT SELECT ON items TO {}").format(sql.Identifier(d.group)))
+    return d
+
+
+def _estate(
+    tmp: Path,
+    d: Database,
+    provider: dict[str, Any],
+    *,
+    dsn: str | None = None,
+    extra_actions: list[dict[str, Any]] | None = None,
+) -> Path:
+    estate = {
+        "integrations": [
+            {
+                "name": "app-db-admin",
+                "type": "postgres",
+                "dsn": dsn or d.admin_dsn,
+                "password_from": "env:PG_ADMIN_PW",
+                "connect_timeout": "3s",
+            }
+        ],
+        "credentials": [
+            {
+                "name": "app-db",
+                "owner": "team-app",
+                "policy": {"grace_period": "1h", "max_lifetime": "90d"},
+                "provider": {"type": "postgres", "integration": "app-db-admin", **provider},
+                "actions": [
+                    {
+                        "type": "file",
+                        "order": 10,
+                        "on_failure": "abort",
+                        "config": {
+                            "path": str(tmp / "db.env"),
+                            "file_format": "env",
+                            "keys": {"DB_USER": "username", "DB_PASSWORD": "password"},
+                        },
+                    },
+                    *(extra_actions or []),
+                ],
+            }
+        ],
+    }
+    path = tmp / "estate.yaml"
+    path.write_text(json.dumps(estate), encoding="utf-8")
+    return path
+
+
+def _alternating(d: Database) -> dict[str, Any]:
+    return {"strategy": "alternating_users", "users": list(d.users), "group_role": d.group}
+
+
+@pytest.fixture
+def env(ks_env: dict[str, str]) -> dict[str, str]:
+    ks_env["PG_ADMIN_PW"] = ADMIN_PASSWORD
+    return ks_env
+
+
+@pytest.fixture
+def pgcli(env: dict[str, str]) -> Cli:
+    return Cli(env)
+
+
+def _consumer(tmp: Path) -> tuple[str, str]:
+    user, password = env_value(tmp / "db.env", "DB_USER"), env_value(tmp / "db.env", "DB_PASSWORD")
+    assert user
+    assert password
+    return user, password
+
+
+def test_alternating_users_switch_roles_and_disable_the_old_login(
+    db: Database, pgcli: Cli, store: Store, tmp_path: Path
+) -> None:
+    assert pgcli("apply", "-f", str(_estate(tmp_path, db, _alternating(db)))).exit_code == 0
+    first = pgcli("rotate", "app-db")
+    assert first.exit_code == 0, first.output
+    user_a, password_a = _consumer(tmp_path)
+    assert user_a == db.users[0]
+    assert db.can_login(user_a, password_a)
+    assert db.role(user_a)[1] is not None
+    assert db.role(user_a)[1].startswith("keyshift:")
+
+    second = pgcli("rotate", "app-db", "--grace", "0s")
+    assert second.exit_code == 0, second.output
+    user_b, password_b = _consumer(tmp_path)
+    assert user_b == db.users[1]
+    assert db.can_login(user_b, password_b)
+    assert not db.can_login(user_a, password_a), "the old role's login is disabled"
+    assert db.role(user_a)[0] is False, "NOLOGIN, and the role still exists"
+    _, rotation = rotations_of(store, "app-db")
+    [revoking] = [s for s in steps(store, rotation.id) if s.name == "revoking"]
+    assert revoking.detail["revocation_proof"].startswith("refused")
+    assert [v.status for v in versions(store, "app-db")] == ["revoked", "current"]
+
+
+def test_single_user_replaces_the_password_in_place(
+    db: Database, pgcli: Cli, store: Store, tmp_path: Path
+) -> None:
+    provider = {"strategy": "single_user", "user": db.single}
+    assert pgcli("apply", "-f", str(_estate(tmp_path, db, provider))).exit_code == 0
+    assert pgcli("rotate", "app-db").exit_code == 0
+    assert not db.can_login(db.single, "initial-password"), "one password per role"
+    user, first_password = _consumer(tmp_path)
+    assert db.can_login(user, first_password)
+    assert pgcli("rotate", "app-db", "--grace", "0s").exit_code == 0
+    _, second_password = _consumer(tmp_path)
+    assert db.can_login(user, second_password)
+    assert not db.can_login(user, first_password)
+    status = pgcli("status").output
+    assert "in place" in status
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("unreachable admin server", "cannot reach the server"),
+        ("wrong admin password", "authentication failed"),
+        ("admin without CREATEROLE", "lacks the privilege"),
+        ("unknown role", "does not exist"),
+    ],
+)
+def test_admin_problems_fail_with_one_clear_error_and_publish_nothing(
+    case: str,
+    expected: str,
+    db: Database,
+    pgcli: Cli,
+    env: dict[str, str],
+    store: Store,
+    tmp_path: Path,
+) -> None:
+    provider = _alternating(db)
+    dsn = None
+    if case == "unreachable admin server":
+        dsn = f"postgresql://{db.admin}@127.0.0.1:1/{db.name}"
+    elif case == "wrong admin password":
+        env["PG_ADMIN_PW"] = "not-the-password"
+    elif case == "admin without CREATEROLE":
+        with psycopg.connect(db.superuser_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} NOCREATEROLE").format(sql.Identifier(db.admin)))
+    else:
+        provider = {**provider, "users": ["no_such_role", db.users[1]]}
+    assert pgcli("apply", "-f", str(_estate(tmp_path, db, provider, dsn=dsn))).exit_code == 0
+    result = pgcli("rotate", "app-db")
+    assert result.exit_code == 1
+    assert "failed" in result.output
+    [rotation] = rotations_of(store, "app-db")
+    assert rotation.state == "failed"
+    assert rotation.error is not None
+    assert rotation.error.startswith("creating: "), rotation.error
+    assert expected in rotation.error
+    assert ADMIN_PASSWORD not in result.output + rotation.error
+    assert not (tmp_path / "db.env").exists(), "nothing was published"
+    assert versions(store, "app-db") == []
+
+
+CRASH_POINTS = ["creating:issuer", "creating", "publishing:10:file", "revoking:issuer", "revoking"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("boundary", CRASH_POINTS, ids=lambda b: f"killed after {b}")
+def test_crash_then_resume_sets_one_password_and_disables_the_old_role_once(
+    boundary: str, db: Database, pgcli: Cli, env: dict[str, str], store: Store, tmp_path: Path
+) -> None:
+    assert pgcli("apply", "-f", str(_estate(tmp_path, db, _alternating(db)))).exit_code == 0
+    assert pgcli("rotate", "app-db").exit_code == 0
+    user_a, password_a = _consumer(tmp_path)
+
+    crashed = run_subprocess(["rotate", "app-db", "--grace", "0s"], {**env, CRASH_AT: boundary})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    resumed = run_subprocess(["resume"], env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+
+    _, rotation = rotations_of(store, "app-db")
+    assert rotation.state == "completed"
+    assert len(versions(store, "app-db")) == 2, "exactly one new version"
+    user_b, password_b = _consumer(tmp_path)
+    assert user_b == db.users[1]
+    assert db.can_login(user_b, password_b), "the consumer connects with what was published"
+    assert not db.can_login(user_a, password_a)
+    journal = steps(store, rotation.id)
+    revokes = [s for s in journal if s.name == "revoking" and s.status == "succeeded"]
+    assert len(revokes) == 1
+    # The issuer disabled the role once: a revoke re-run after the crash finds it disabled,
+    # and after a crash past the store write the issuer is not called again at all.
+    detail = revokes[0].detail
+    if boundary == "revoking":
+        assert detail["already_revoked"] is True
+    else:
+        assert detail["already_gone"] is (boundary == "revoking:issuer")
+
+
+CONSUMER = textwrap.dedent(
+    """
+    import json, os, sys, time
+    import psycopg
+    env_file, host, port, db, stop, out = sys.argv[1:7]
+    def settings():
+        values = {}
+        for line in open(env_file):
+            if "=" in line and not line.startswith("#"):
+                k, v = line.rstrip("\\n").split("=", 1)
+                values[k] = v.strip('"')
+        return values["DB_USER"], values["DB_PASSWORD"]
+    def connect():
+        user, password = settings()
+        return psycopg.connect(host=host, port=port, dbname=db, user=user, password=password,
+                               connect_timeout=5)
+    pooled = connect()
+    ok = failures = pooled_failures = 0
+    errors = []
+    while not os.path.exists(stop):
+        try:
+            with connect() as conn:
+                conn.execute("SELECT count(*) FROM items").fetchone()
+            ok += 1
+        except psycopg.OperationalError as exc:
+            failures += 1
+            errors.append(str(exc).splitlines()[0])
+        try:
+            pooled.execute("SELECT 1").fetchone()
+        except psycopg.Error:
+            pooled_failures += 1
+        time.sleep(0.02)
+    json.dump({"ok": ok, "failures": failures, "pooled_failures": pooled_failures,
+               "errors": errors[:5]}, open(out, "w"))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_live_consumer_never_fails_during_an_alternating_rotation(
+    db: Database, pgcli: Cli, env: dict[str, str], store: Store, tmp_path: Path
+) -> None:
+    """Zero downtime: new connections every 20 ms plus one long-lived connection, through a
+    whole rotation with a short grace; the old password is refused afterwards."""
+    assert pgcli("apply", "-f", str(_estate(tmp_path, db, _alternating(db)))).exit_code == 0
+    assert pgcli("rotate", "app-db").exit_code == 0
+    old_user, old_password = _consumer(tmp_path)
+    script, stop, out = tmp_path / "consumer.py", tmp_path / "stop", tmp_path / "result.json"
+    script.write_text(CONSUMER)
+    consumer = subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            str(tmp_path / "db.env"),
+            db.host,
+            str(db.port),
+            db.name,
+            str(stop),
+            str(out),
+        ]
+    )
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        rotated = run_subprocess(["rotate", "app-db", "--grace", "2s"], env)
+        assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+        time.sleep(2.2)
+        resumed = run_subprocess(["resume"], env)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        duration = time.monotonic() - started
+        time.sleep(0.5)
+    finally:
+        stop.touch()
+        consumer.wait(timeout=30)
+    result = json.loads(out.read_text())
+    print(
+        f"\nconsumer: {result['ok']} connections, {result['failures']} failures, "
+        f"pooled failures {result['pooled_failures']}; rotation incl. grace {duration:.1f}s"
+    )
+    assert result["ok"] > 50
+    assert result["failures"] == 0, result["errors"]
+    assert result["pooled_failures"] == 0
+    assert not db.can_login(old_user, old_password)
+    assert rotations_of(store, "app-db")[-1].state == "completed"
+
+
+def _provider(d: Database, **config: Any) -> PostgresProvider:
+    context = PluginContext(
+        integrations={
+            "admin": PostgresIntegration(dsn=d.admin_dsn, password_from="env:PG_ADMIN_PW")
+        },
+        env={"PG_ADMIN_PW": ADMIN_PASSWORD},
+    )
+    return PostgresProvider(PostgresConfig(integration="admin", **config), context)
+
+
+def test_provider_meets_the_provider_contract(db: Database) -> None:
+    asyncio.run(
+        assert_provider_contract(
+            _provider(db, strategy="alternating_users", users=list(db.users), group_role=db.group)
+        )
+    )
+
+
+def test_passwords_reach_the_server_only_as_scram_verifiers(db: Database) -> None:
+    provider = _provider(db, strategy="single_user", user=db.single)
+    issued = asyncio.run(
+        provider.create(
+            CreateRequest(
+                credential="c", rotation_id="r", marker="keyshift:r", policy=Policy(), current=None
+            )
+        )
+    )
+    with psycopg.connect(db.superuser_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (db.single,)
+        ).fetchone()
+    assert row is not None
+    assert row[0].startswith("SCRAM-SHA-256$4096:")
+    assert issued.value.reveal() not in row[0]
+    assert db.can_login(db.single, issued.value.reveal())
+
+
+def test_scram_verifier_matches_the_rfc_7677_shape() -> None:
+    verifier = scram_verifier("pencil", salt=b"0123456789abcdef")
+    head, keys = verifier.split("$", 1)[1].split("$")
+    assert head.startswith("4096:")
+    assert len(keys.split(":")) == 2
+    assert scram_verifier("pencil", salt=b"0123456789abcdef") == verifier
+
+
+def test_unreachable_server_is_transient_and_names_no_secret(db: Database) -> None:
+    context = PluginContext(
+        integrations={
+            "admin": PostgresIntegration(
+                dsn=f"postgresql://{db.admin}@127.0.0.1:1/{db.name}",
+                password_from="env:PW",
+                connect_timeout="1s",
+            )
+        },
+        env={"PW": ADMIN_PASSWORD},
+    )
+    provider = PostgresProvider(
+        PostgresConfig(integration="admin", strategy="single_user", user=db.single), context
+    )
+    request = CreateRequest(
+        credential="c", rotation_id="r", marker="keyshift:r", policy=Policy(), current=None
+    )
+    with pytest.raises(TransientError) as caught:
+        asyncio.run(provider.create(request))
+    assert ADMIN_PASSWORD not in str(caught.value)
+    assert not isinstance(caught.value, PermanentError)
