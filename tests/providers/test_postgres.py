@@ -35,6 +35,7 @@ from keyshift.providers.postgres import (
     PostgresProvider,
     scram_verifier,
 )
+from keyshift.service import rotations
 from keyshift.store.store import Store
 from keyshift.testing import assert_provider_contract
 from tests.conftest import Cli, run_subprocess
@@ -151,6 +152,7 @@ def _estate(
     *,
     dsn: str | None = None,
     extra_actions: list[dict[str, Any]] | None = None,
+    policy: dict[str, Any] | None = None,
 ) -> Path:
     estate = {
         "integrations": [
@@ -166,7 +168,7 @@ def _estate(
             {
                 "name": "app-db",
                 "owner": "team-app",
-                "policy": {"grace_period": "1h", "max_lifetime": "90d"},
+                "policy": policy or {"grace_period": "1h", "max_lifetime": "90d"},
                 "provider": {"type": "postgres", "integration": "app-db-admin", **provider},
                 "actions": [
                     {
@@ -484,3 +486,74 @@ def test_unreachable_server_is_transient_and_names_no_secret(db: Database) -> No
         asyncio.run(provider.create(request))
     assert ADMIN_PASSWORD not in str(caught.value)
     assert not isinstance(caught.value, PermanentError)
+
+
+def _drain_policy(grace: str, on_timeout: str) -> dict[str, Any]:
+    return {
+        "grace_period": grace,
+        "max_lifetime": "90d",
+        "residual_use": {"check_every": "200ms", "quiet_for": "1s", "on_timeout": on_timeout},
+    }
+
+
+def _resume_until(store: Store, env: dict[str, str], done: Any, timeout: float) -> str:
+    """Run the worker's resume pass every 250 ms until `done(state)` or the timeout."""
+    deadline = time.monotonic() + timeout
+    context = PluginContext(env=env)
+    while True:
+        asyncio.run(rotations.resume(store, actor="worker", context=context))
+        state = rotations_of(store, "app-db")[-1].state
+        if done(state) or time.monotonic() > deadline:
+            return state
+        time.sleep(0.25)
+
+
+def test_revocation_waits_until_the_old_role_has_no_sessions_for_quiet_for(
+    db: Database, pgcli: Cli, env: dict[str, str], store: Store, tmp_path: Path
+) -> None:
+    estate = _estate(tmp_path, db, _alternating(db), policy=_drain_policy("60s", "fail"))
+    assert pgcli("apply", "-f", str(estate)).exit_code == 0
+    assert pgcli("rotate", "app-db").exit_code == 0
+    old_user, old_password = _consumer(tmp_path)
+    session = db.connect(old_user, old_password)  # a batch job still on the old role
+    try:
+        assert pgcli("rotate", "app-db").exit_code == 0
+        state = _resume_until(store, env, lambda s: s != "grace", timeout=2.5)
+        assert state == "grace", "revocation waits while a session uses the old role"
+        evidence = rotations_of(store, "app-db")[-1].residual
+        assert evidence is not None
+        assert evidence["checks"] >= 3
+        assert evidence["last_sessions"] == 1
+    finally:
+        session.close()
+    closed = time.monotonic()
+    state = _resume_until(store, env, lambda s: s != "grace", timeout=15)
+    waited = time.monotonic() - closed
+    assert state == "completed"
+    assert waited >= 1.0, "revoked only after quiet_for without sessions"
+    assert not db.can_login(old_user, old_password)
+    rotation = rotations_of(store, "app-db")[-1]
+    [revoking] = [s for s in steps(store, rotation.id) if s.name == "revoking"]
+    evidence = revoking.detail["residual_use"]
+    assert evidence["max_sessions"] == 1
+    assert evidence["last_sessions"] == 0
+    assert evidence["outcome"].startswith("unused since")
+
+
+def test_on_timeout_fail_ends_needs_attention_and_keeps_the_old_role(
+    db: Database, pgcli: Cli, env: dict[str, str], store: Store, tmp_path: Path
+) -> None:
+    estate = _estate(tmp_path, db, _alternating(db), policy=_drain_policy("1s", "fail"))
+    assert pgcli("apply", "-f", str(estate)).exit_code == 0
+    assert pgcli("rotate", "app-db").exit_code == 0
+    old_user, old_password = _consumer(tmp_path)
+    with db.connect(old_user, old_password):
+        assert pgcli("rotate", "app-db").exit_code == 0
+        state = _resume_until(store, env, lambda s: s != "grace", timeout=10)
+    assert state == "needs_attention"
+    rotation = rotations_of(store, "app-db")[-1]
+    assert rotation.error is not None
+    assert "still in use" in rotation.error
+    assert db.can_login(old_user, old_password), "not revoked"
+    assert [v.status for v in versions(store, "app-db")] == ["previous", "current"]
+    assert "revoking" not in {s.name for s in steps(store, rotation.id)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -42,6 +42,19 @@ class _Model(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
 
 
+class ResidualUse(_Model):
+    """Before revoking, wait until the old version has been unused for `quiet_for`,
+    checking every `check_every`, at most until the grace period ends."""
+
+    check_every: Duration = timedelta(seconds=30)
+    """How often to look for sessions that still use the old version."""
+    quiet_for: Duration = timedelta(minutes=2)
+    """The old version must have been unused this long before it is revoked."""
+    on_timeout: Literal["wait", "revoke", "fail"] = "fail"
+    """At the end of the grace period with the old version still in use: keep waiting,
+    revoke anyway, or stop as needs_attention without revoking."""
+
+
 class Policy(_Model):
     """When to rotate and how long the old version stays valid."""
 
@@ -52,6 +65,9 @@ class Policy(_Model):
     """How long old and new versions are both valid before the old one is revoked."""
     max_lifetime: Duration | None = None
     """A version may live at most this long; keyshift sets its expiry from it."""
+    residual_use: ResidualUse | None = None
+    """Gate revocation on evidence that the old version is no longer used (providers
+    that can see sessions: postgres alternating_users)."""
 
     @model_validator(mode="after")
     def _coherent(self) -> Policy:

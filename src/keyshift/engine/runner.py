@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import structlog
 from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
@@ -61,6 +61,8 @@ from keyshift.providers.base import (
     IssuedVersion,
     Provider,
     RevokeRequest,
+    UsageReport,
+    UsageRequest,
     VerifyRequest,
 )
 from keyshift.sources import read_source
@@ -166,6 +168,7 @@ class _Run:
     state: RotationState
     grace_until: datetime | None
     attention: str | None
+    residual: dict[str, Any]
     seq: int = 0
     attempts: dict[str, int] = field(default_factory=dict)
     interrupted: set[str] = field(default_factory=set)
@@ -291,8 +294,10 @@ class Engine:
                 state = run.state
                 if state.is_final:
                     return state
-                if state == RotationState.GRACE and not self._grace_over(run):
-                    return state
+                if state == RotationState.GRACE:
+                    if not await self._grace_gate(run):
+                        return state
+                    continue  # the gate moved the run on (revoking, or needs_attention)
                 bound.debug("advancing", state=state.value)
                 await self._advance(run, state)
         finally:
@@ -354,8 +359,6 @@ class Engine:
                 | RotationState.NOTIFYING
             ):
                 await self._run_phase(run, PHASE_OF_STATE[state])
-            case RotationState.GRACE:
-                self._transition(run, RotationState.REVOKING)
             case RotationState.REVOKING:
                 await self._step(run, "revoking", self._revoke, None, finishes=True)
             case RotationState.ROLLING_BACK:
@@ -600,6 +603,7 @@ class Engine:
                 "provider_ref": old.provider_ref,
                 "already_gone": result.already_gone,
                 "revocation_proof": proof,
+                "residual_use": run.residual or "not checked",
                 **dict(result.detail),
             }
         )
@@ -859,6 +863,96 @@ class Engine:
             rot.grace_until = run.grace_until = self.context.now() + run.plan.grace_period
             self._set_state(s, run, RotationState.GRACE, rot)
 
+    async def _grace_gate(self, run: _Run) -> bool:
+        """Decide whether the grace period may end now; True once the run moved on.
+
+        Without a `residual_use` policy (or a provider that can see sessions) the old
+        version is revoked when the grace period ends. With one, it is revoked as soon
+        as it has been unused for `quiet_for`, checking every `check_every`; if the
+        grace period ends while it is still in use, `on_timeout` decides. The evidence
+        (checks, session counts, times) is kept on the rotation and goes into the
+        revocation's audit entry.
+        """
+        gate = Policy.model_validate(run.plan.policy).residual_use
+        over = self._grace_over(run)
+        if gate is None or Capability.RESIDUAL_USE not in run.provider.capabilities:
+            if over:
+                self._transition(run, RotationState.REVOKING)
+            return over
+        now = self.context.now()
+        evidence = dict(run.residual)
+        last_check = evidence.get("last_check")
+        if last_check and now - datetime.fromisoformat(last_check) < gate.check_every and not over:
+            return False
+        sessions = await self._count_sessions(run, evidence)
+        evidence["checks"] = evidence.get("checks", 0) + 1
+        evidence.setdefault("first_check", now.isoformat())
+        evidence["last_check"] = now.isoformat()
+        evidence["last_sessions"] = sessions
+        evidence["max_sessions"] = max(evidence.get("max_sessions", 0), sessions)
+        if sessions:
+            evidence["last_in_use"] = now.isoformat()
+        quiet_since = datetime.fromisoformat(evidence.get("last_in_use") or evidence["first_check"])
+        if sessions == 0 and now - quiet_since >= gate.quiet_for:
+            evidence["outcome"] = f"unused since {quiet_since.isoformat()}"
+            return self._leave_grace(run, evidence, RotationState.REVOKING)
+        if over and gate.on_timeout == "revoke":
+            evidence["outcome"] = "grace period ended while in use; revoked as the policy says"
+            return self._leave_grace(run, evidence, RotationState.REVOKING)
+        if over and gate.on_timeout == "fail":
+            evidence["outcome"] = "grace period ended while in use; not revoked"
+            return self._leave_grace(
+                run,
+                evidence,
+                RotationState.NEEDS_ATTENTION,
+                error=f"the old version was still in use ({sessions} session(s)) when the grace "
+                "period ended; it was not revoked (residual_use.on_timeout: fail)",
+            )
+        self._save_residual(run, evidence)
+        return False
+
+    async def _count_sessions(self, run: _Run, evidence: dict[str, Any]) -> int:
+        """Sessions still using the old version. A failed check counts as in use: revoking
+        on missing evidence is what the gate exists to prevent."""
+        with self.store.transaction() as s:
+            rot = _rotation(s, run.rotation_id)
+            old = self._issued(_version(s, rot.old_version_id)) if rot.old_version_id else None
+        if old is None:
+            return 0
+        checker = cast(Any, run.provider)
+        try:
+            report: UsageReport = await checker.residual_use(UsageRequest(run.credential, old))
+        except (PluginError, KeyshiftError) as exc:
+            evidence["last_error"] = scrub(str(exc), run.secrets)
+            return max(1, int(evidence.get("last_sessions", 1)))
+        evidence.pop("last_error", None)
+        evidence["last_detail"] = dict(report.detail)
+        return report.sessions
+
+    def _save_residual(self, run: _Run, evidence: dict[str, Any]) -> None:
+        run.residual = evidence
+        with self.store.transaction() as s:
+            _rotation(s, run.rotation_id).residual = evidence
+
+    def _leave_grace(
+        self, run: _Run, evidence: dict[str, Any], state: RotationState, *, error: str | None = None
+    ) -> bool:
+        run.residual = evidence
+        with self.store.transaction() as s:
+            rot = _rotation(s, run.rotation_id)
+            rot.residual = evidence
+            if error:
+                rot.error = error
+            self.store.audit(
+                s,
+                actor=self.actor,
+                action="rotation.residual_use",
+                subject=f"rotation:{run.rotation_id}",
+                details={"credential": run.credential, "evidence": evidence, "next": state.value},
+            )
+            self._set_state(s, run, state, rot)
+        return True
+
     def _grace_over(self, run: _Run) -> bool:
         return run.grace_until is None or self.context.now() >= run.grace_until
 
@@ -925,6 +1019,7 @@ class Engine:
             state=RotationState(rot.state),
             grace_until=rot.grace_until,
             attention=rot.attention,
+            residual=dict(rot.residual or {}),
             seq=len(journal),
             secrets=secrets,
         )

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -29,6 +29,8 @@ class Capability(StrEnum):
     """The new version replaces the old one at once (a single Postgres role's password)."""
     AUTHENTICATES = "authenticates"
     """`verify` really logs in at the issuer, so a revoked version can be proven refused."""
+    RESIDUAL_USE = "residual_use"
+    """`residual_use` counts the issuer's sessions that still use a version."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,26 @@ class VersionInfo:
     marker: str | None
     created_at: datetime | None
     expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class UsageRequest:
+    credential: str
+    version: IssuedVersion
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """`sessions` open with the version right now; `detail` says where (never values).
+
+    Providers with `Capability.RESIDUAL_USE` implement
+    `async def residual_use(request: UsageRequest) -> UsageReport`; the engine asks
+    during the grace period and revokes only after the version was unused for the
+    policy's `quiet_for`.
+    """
+
+    sessions: int
+    detail: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,8 @@ from keyshift.providers.base import (
     ListRequest,
     RevokeRequest,
     RevokeResult,
+    UsageReport,
+    UsageRequest,
     VerifyRequest,
     VerifyResult,
     VersionInfo,
@@ -161,6 +163,9 @@ class PostgresProvider:
             if self.config.strategy == "alternating_users"
             else Capability.IN_PLACE
         )
+        if self.config.strategy == "alternating_users":
+            # Each version is its own role, so sessions per role show who still uses it.
+            return frozenset({overlap, Capability.AUTHENTICATES, Capability.RESIDUAL_USE})
         return frozenset({overlap, Capability.AUTHENTICATES})
 
     @property
@@ -300,6 +305,28 @@ class PostgresProvider:
             except psycopg.Error as exc:
                 raise _classify(exc, f"disabling the login of role {user}") from None
         return RevokeResult(detail={"role": user, "login": "disabled"})
+
+    async def residual_use(self, request: UsageRequest) -> UsageReport:
+        """Client sessions of the version's role, from `pg_stat_activity` (all databases).
+
+        Any role sees every session's `usename`; without `pg_read_all_stats` the other
+        columns (backend type, client address, start) read NULL, so only the count is
+        relied on and the addresses are reported when visible.
+        """
+        user = request.version.attributes.get("username", "")
+        async with self._admin() as conn:
+            cur = await conn.execute(
+                "SELECT count(*), count(DISTINCT client_addr), min(backend_start) "
+                "FROM pg_stat_activity WHERE usename = %s "
+                "AND (backend_type IS NULL OR backend_type = 'client backend')",
+                (user,),
+            )
+            row = await cur.fetchone()
+        sessions, clients, oldest = row if row is not None else (0, 0, None)
+        detail: dict[str, Any] = {"role": user, "clients": int(clients)}
+        if isinstance(oldest, datetime):
+            detail["oldest_session_start"] = oldest.isoformat()
+        return UsageReport(sessions=int(sessions), detail=detail)
 
     async def list_versions(self, request: ListRequest) -> list[VersionInfo]:
         """The rotated roles, with the marker of the rotation that last set each password."""

@@ -134,6 +134,8 @@ class RotationRow(Base):
     old_version_id: Mapped[str | None] = mapped_column(String(36))
     new_version_id: Mapped[str | None] = mapped_column(String(36))
     grace_until: Mapped[datetime | None]
+    residual: Mapped[dict[str, Any] | None]
+    """Residual-use evidence gathered during grace: checks, sessions, times."""
     attention: Mapped[str | None] = mapped_column(Text)
     """Why the run cannot finish as a healthy `completed` (a `continue` action failed)."""
     error: Mapped[str | None] = mapped_column(Text)
