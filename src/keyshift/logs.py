@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -22,6 +22,17 @@ def redact_secrets(
         if isinstance(value, Secret):
             event_dict[key] = REDACTED
     return event_dict
+
+
+class _CurrentStderr:
+    """Writes to whatever `sys.stderr` is at the time of the write, so a logger set up
+    once keeps working when stderr is replaced (test runners, daemonisation)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def configure(level: str | None = None, *, json: bool | None = None) -> None:
@@ -41,6 +52,6 @@ def configure(level: str | None = None, *, json: bool | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=False,
     )

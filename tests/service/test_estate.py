@@ -226,7 +226,7 @@ MALFORMED = [
         """,
         (
             "credentials[0].provider.type",
-            "unknown provider type 'hashicorp_vault'; known: postgres, random",
+            "unknown provider type 'hashicorp_vault'; known: postgres, random, redis",
         ),
         id="unknown-provider-type-lists-known-ones",
     ),
@@ -421,7 +421,7 @@ MALFORMED = [
         integrations:
           - {name: contoso-entra, type: entra}
         """,
-        ("integrations[0].type", "unknown integration type 'entra'; known: postgres"),
+        ("integrations[0].type", "unknown integration type 'entra'; known: postgres, redis"),
         id="integration-type-not-available-yet",
     ),
     case(

@@ -26,25 +26,30 @@ from keyshift.providers.base import (
 )
 from keyshift.providers.postgres import PostgresIntegration, PostgresProvider
 from keyshift.providers.random import RandomProvider
+from keyshift.providers.redis import RedisIntegration, RedisProvider
 
 
 class ProviderKind(StrEnum):
     POSTGRES = "postgres"
     RANDOM = "random"
+    REDIS = "redis"
 
 
 class IntegrationKind(StrEnum):
     POSTGRES = "postgres"
+    REDIS = "redis"
 
 
 # Values are the classes; each has `kind`, `Config`, `capabilities` and takes (config, context).
 PROVIDERS: dict[ProviderKind, Any] = {
     ProviderKind.POSTGRES: PostgresProvider,
     ProviderKind.RANDOM: RandomProvider,
+    ProviderKind.REDIS: RedisProvider,
 }
 
 INTEGRATIONS: dict[IntegrationKind, type[BaseModel]] = {
     IntegrationKind.POSTGRES: PostgresIntegration,
+    IntegrationKind.REDIS: RedisIntegration,
 }
 
 __all__ = [
@@ -60,6 +65,8 @@ __all__ = [
     "Provider",
     "ProviderKind",
     "RandomProvider",
+    "RedisIntegration",
+    "RedisProvider",
     "RevokeRequest",
     "RevokeResult",
     "VerifyRequest",

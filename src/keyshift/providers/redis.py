@@ -1,0 +1,523 @@
+"""`redis`: passwords of Redis 6+ ACL users, set through an admin connection.
+
+Two strategies:
+
+- `dual_password` (default): one ACL user holds several passwords at once. A rotation
+  adds the new one (`ACL SETUSER user on #<sha256>`) and the old one stays valid;
+  revocation removes the old one by its hash (`!<sha256>`). Consumers switch without
+  a window, and the user's permissions are never touched.
+- `alternating_users`: two ACL users with the same permissions take turns. A rotation
+  gives the user not in use exactly one fresh password (`on resetpass #<sha256>`);
+  revocation disables the old user (`off resetpass`), never deleting it.
+
+keyshift never creates ACL users or changes their permissions: the users must exist.
+The admin connection sends only SHA-256 hashes of passwords (`#` adds, `!` removes),
+so no plain password crosses it, reaches `MONITOR` or is echoed in an ACL error.
+
+Idempotency. Redis keeps only password hashes, so a value cannot be read back after
+a crash. Next to each rotated user keyshift keeps the hash `keyshift:marker:<user>`
+(`marker`, `sha256`, `created_at`, `expires_at`) in the admin connection's database,
+written in the same `MULTI` as the `ACL SETUSER` that adds the password. A repeated
+`create` for the same rotation (after a crash lost the value it returned) finds the
+marker, removes that orphaned password by its hash and adds a fresh one in one
+`ACL SETUSER`: the version (`provider_ref`) is the same, its value is new, and exactly
+one password of the rotation remains at the issuer.
+
+Limits an operator should know:
+
+- Removing a password or disabling a user does not drop connections that already
+  authenticated with it; residual use shows in `CLIENT LIST` (`user=`).
+- ACL changes live in memory until saved: `persist_acl` saves them to the ACL file or
+  redis.conf. ACL rules are not replicated: point the integration at every node that
+  consumers authenticate to (one credential per node) until replicas are handled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoPermissionError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT
+
+from keyshift.domain.context import PluginContext
+from keyshift.domain.secret import Secret
+from keyshift.errors import PermanentError, PluginError, TransientError, scrub
+from keyshift.providers.base import (
+    Capability,
+    CreateRequest,
+    IssuedVersion,
+    ListRequest,
+    RevokeRequest,
+    RevokeResult,
+    VerifyRequest,
+    VerifyResult,
+    VersionInfo,
+)
+from keyshift.providers.connection import AdminConnection
+
+DEFAULT_ALPHABET = string.ascii_letters + string.digits
+MARKER_KEY_PREFIX = "keyshift:marker:"
+"""The marker of the rotation that last set a user's password lives at this key + user."""
+
+_PERSIST_HINT = "set persist_acl: none on the integration if its ACL is kept elsewhere"
+
+log = structlog.get_logger("keyshift.providers.redis")
+
+
+class RedisIntegration(AdminConnection):
+    """A Redis admin connection, e.g. `redis://keyshift_admin@cache:6379/0` (`rediss://` for
+    TLS). The admin user needs `+acl|getuser +acl|setuser +multi +exec +hset +hgetall` on
+    `~keyshift:*`, plus `+config|get +info +acl|save +config|rewrite` for `persist_acl`."""
+
+    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss")
+
+    persist_acl: Literal["auto", "acl_save", "config_rewrite", "none"] = "auto"
+    """How ACL changes survive a server restart: `acl_save` (users in an ACL file),
+    `config_rewrite` (users in redis.conf), `none` (a managed service persists them), or
+    `auto`: `acl_save` if `aclfile` is set, else `config_rewrite` if the server runs from
+    a config file, else nothing (with a warning)."""
+
+
+class RedisConfig(BaseModel):
+    """Which ACL users to rotate, and how."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
+
+    integration: str
+    """The `redis` integration (admin connection) to use."""
+    strategy: Literal["dual_password", "alternating_users"] = "dual_password"
+    """`dual_password` (one user, old and new password valid together) or
+    `alternating_users` (two users take turns)."""
+    user: str | None = None
+    """dual_password: the ACL user whose passwords rotate. It must exist."""
+    users: list[str] | None = None
+    """alternating_users: the two ACL users, with the same permissions, that take turns."""
+    password_length: int = Field(default=32, ge=16, le=128)
+    """Length of generated passwords."""
+    password_alphabet: str = DEFAULT_ALPHABET
+    """Characters generated passwords are drawn from (at least 10 distinct)."""
+
+    @field_validator("user")
+    @classmethod
+    def _user_name(cls, user: str | None) -> str | None:
+        if user is not None:
+            _check_username(user)
+        return user
+
+    @field_validator("users")
+    @classmethod
+    def _user_names(cls, users: list[str] | None) -> list[str] | None:
+        for user in users or []:
+            _check_username(user)
+        return users
+
+    @model_validator(mode="after")
+    def _strategy_fields(self) -> RedisConfig:
+        if self.strategy == "dual_password":
+            if not self.user:
+                raise ValueError("dual_password needs user (the ACL user whose passwords rotate)")
+            if self.users:
+                raise ValueError("users belongs to alternating_users; dual_password takes user")
+        else:
+            if not self.users or len(self.users) != 2 or self.users[0] == self.users[1]:
+                raise ValueError("alternating_users needs users: [two distinct ACL users]")
+            if self.user:
+                raise ValueError("user belongs to dual_password; alternating_users takes users")
+        if len(set(self.password_alphabet)) < 10:
+            raise ValueError("password_alphabet must hold at least 10 distinct characters")
+        if any(c.isspace() or not c.isprintable() for c in self.password_alphabet):
+            raise ValueError("password_alphabet must hold printable characters without spaces")
+        return self
+
+
+def _check_username(user: str) -> None:
+    if not user or any(c.isspace() or not c.isprintable() for c in user):
+        raise ValueError(f"{user!r} is not an ACL user name (printable, no spaces)")
+
+
+def password_hash(password: str) -> str:
+    """The SHA-256 hex digest Redis stores for `password` and lists in `ACL GETUSER`."""
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+def _endpoint(dsn: str) -> dict[str, str]:
+    """Host, port and database of the URL: what a consumer connects to."""
+    parts = urlsplit(dsn)
+    return {
+        "host": parts.hostname or "",
+        "port": str(parts.port or 6379),
+        "database": unquote(parts.path.lstrip("/")) or "0",
+    }
+
+
+def _first_line(exc: BaseException, known: Iterable[str]) -> str:
+    return scrub((str(exc).strip().splitlines() or [""])[0], known)
+
+
+def _classify(exc: RedisError, doing: str, where: str, known: Iterable[str]) -> PluginError:
+    """Map a redis-py error to keyshift's: refusals are permanent, an unreachable or
+    loading server is transient. `known` are values scrubbed from the server's text."""
+    first = _first_line(exc, known)
+    # AuthenticationError and BusyLoadingError are ConnectionErrors: test them first.
+    if isinstance(exc, AuthenticationError):
+        return PermanentError(f"{doing}: {where} refused the admin credentials ({first})")
+    if isinstance(exc, BusyLoadingError):
+        return TransientError(f"{doing}: {where} is loading its dataset ({first})")
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return TransientError(f"{doing}: cannot reach {where} ({first})")
+    if isinstance(exc, NoPermissionError):
+        return PermanentError(f"{doing}: the admin user lacks the permission on {where} ({first})")
+    if isinstance(exc, ReadOnlyError):
+        return PermanentError(f"{doing}: {where} is a read-only replica; use the primary")
+    if isinstance(exc, ResponseError) and "unknown command" in first.lower():
+        return PermanentError(f"{doing}: {where} has no ACL support (Redis 6+ needed; {first})")
+    return PermanentError(f"{doing} on {where}: {first}")
+
+
+async def _setuser(conn: aioredis.Redis, user: str, rules: list[str]) -> None:
+    """`ACL SETUSER user rules...` as written. redis-py's `acl_setuser` always sends `on`
+    or `off`, which a password change must not do to a user it does not mean to toggle."""
+    await conn.execute_command("ACL", "SETUSER", user, *rules)  # type: ignore[no-untyped-call]
+
+
+def _as_str(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _AclUser:
+    """What `ACL GETUSER` says about a user: enabled or not, flags, password hashes."""
+
+    def __init__(self, reply: Mapping[str, Any]) -> None:
+        self.flags = [_as_str(f) for f in reply.get("flags", [])]
+        self.passwords = [_as_str(p) for p in reply.get("passwords", [])]
+        self.enabled = "on" in self.flags
+
+
+class RedisProvider:
+    """Adds, verifies and removes passwords of Redis ACL users."""
+
+    kind: ClassVar[str] = "redis"
+    Config: ClassVar[type[BaseModel]] = RedisConfig
+    integration_type: ClassVar[str] = "redis"
+
+    def __init__(self, config: RedisConfig, context: PluginContext) -> None:
+        self.config = config
+        self.context = context
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({Capability.DUAL_ACTIVE, Capability.AUTHENTICATES})
+
+    @property
+    def _integration(self) -> RedisIntegration:
+        return self.context.integration(self.config.integration, RedisIntegration)
+
+    def _where(self) -> str:
+        ep = _endpoint(self._integration.dsn)
+        return f"{ep['host']}:{ep['port']}"
+
+    def _timeout(self) -> float:
+        return max(0.1, self._integration.connect_timeout.total_seconds())
+
+    @asynccontextmanager
+    async def _admin(self) -> AsyncIterator[aioredis.Redis]:
+        integration = self._integration
+        password = self.context.secret("password_from", integration.password_from)
+        # No client-side retries: the engine retries a step that raised TransientError.
+        client = aioredis.Redis.from_url(
+            integration.dsn,
+            password=password.reveal(),
+            socket_connect_timeout=self._timeout(),
+            socket_timeout=self._timeout(),
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=True,
+        )
+        try:
+            with self._errors("admin connection", password):
+                yield client
+        finally:
+            await client.aclose()
+
+    @contextmanager
+    def _errors(self, doing: str, *known: Secret) -> Iterator[None]:
+        """Translate redis-py errors raised inside into TransientError / PermanentError."""
+        try:
+            yield
+        except RedisError as exc:
+            values = [s.reveal() for s in known]
+            admin = unquote(urlsplit(self._integration.dsn).username or "")
+            where = f"{self._where()} (admin user {admin})"
+            raise _classify(exc, doing, where, values) from exc
+
+    def _generate(self) -> Secret:
+        alphabet = "".join(dict.fromkeys(self.config.password_alphabet))
+        return Secret("".join(secrets.choice(alphabet) for _ in range(self.config.password_length)))
+
+    async def _getuser(self, conn: aioredis.Redis, user: str) -> _AclUser | None:
+        with self._errors(f"reading ACL user {user}"):
+            reply = await conn.acl_getuser(user)
+        return _AclUser(reply) if reply else None
+
+    async def _require_user(self, conn: aioredis.Redis, user: str) -> _AclUser:
+        found = await self._getuser(conn, user)
+        if found is None:
+            # keyshift never creates ACL users: their permissions are the operator's.
+            raise PermanentError(f"ACL user {user} does not exist on {self._where()}")
+        return found
+
+    async def _marker(self, conn: aioredis.Redis, user: str) -> dict[str, str]:
+        with self._errors(f"reading the rotation marker of {user}"):
+            reply = await conn.hgetall(MARKER_KEY_PREFIX + user)
+        return {_as_str(k): _as_str(v) for k, v in reply.items()}
+
+    def _pick_user(self, current: IssuedVersion | None) -> str:
+        if self.config.strategy == "dual_password":
+            assert self.config.user is not None  # noqa: S101 (guaranteed by the config model)
+            return self.config.user
+        users = self.config.users or []
+        in_use = current.attributes.get("username") if current else None
+        # The user not in use takes the new password; the first rotation takes the first.
+        return users[1] if in_use == users[0] else users[0]
+
+    async def _persist(self, conn: aioredis.Redis) -> None:
+        """Save the ACL so a restart of the server does not bring back what was changed."""
+        mode = self._integration.persist_acl
+        if mode == "none":
+            return
+        if mode == "auto":
+            try:
+                aclfile = (await conn.config_get("aclfile")).get("aclfile", "")
+                config_file = (await conn.info("server")).get("config_file", "")
+            except NoPermissionError:
+                log.warning(
+                    "redis.acl_not_persisted",
+                    server=self._where(),
+                    reason="the admin user may not run CONFIG GET / INFO",
+                    hint=_PERSIST_HINT,
+                )
+                return
+            except RedisError as exc:
+                raise _classify(exc, "looking up ACL persistence", self._where(), ()) from exc
+            if aclfile:
+                mode = "acl_save"
+            elif config_file:
+                mode = "config_rewrite"
+            else:
+                log.warning(
+                    "redis.acl_not_persisted",
+                    server=self._where(),
+                    reason="the server has neither an aclfile nor a config file",
+                    hint=_PERSIST_HINT,
+                )
+                return
+        with self._errors(f"saving the ACL ({mode})"):
+            if mode == "acl_save":
+                await conn.acl_save()
+            else:
+                await conn.config_rewrite()
+
+    async def create(self, request: CreateRequest) -> IssuedVersion:
+        """Add a fresh password to the user (dual_password) or make it the only password of
+        the user not in use (alternating_users). The old version stays valid.
+
+        Idempotent in versions: a repeat for the same rotation returns the same version
+        (`provider_ref`) with a fresh value, replacing the rotation's earlier password (found
+        through the marker key) in the same `ACL SETUSER`, so the user never holds two
+        passwords of one rotation.
+        """
+        user = self._pick_user(request.current)
+        lifetime = request.policy.max_lifetime
+        now = self.context.now()
+        expires = now + lifetime if lifetime is not None else None
+        async with self._admin() as conn:
+            acl = await self._require_user(conn, user)
+            marker = await self._marker(conn, user)
+            ours = marker.get("marker") == request.marker
+            if self.config.strategy == "dual_password" and "nopass" in acl.flags:
+                # Adding a password ends `nopass`: every consumer of the user would be
+                # refused until it has the new password, which is no overlap at all.
+                raise PermanentError(
+                    f"ACL user {user} on {self._where()} has nopass; adding a password "
+                    "would lock out its consumers (give it a password first)"
+                )
+            password = self._generate()
+            digest = password_hash(password.reveal())
+            rules = ["on"]
+            if self.config.strategy == "alternating_users":
+                # The user is not in use: it ends with only the new password.
+                rules.append("resetpass")
+            elif ours and marker.get("sha256") in acl.passwords:
+                # A create of this rotation ran before and its value is lost: remove
+                # that orphan so exactly one password of this rotation remains.
+                rules.append(f"!{marker['sha256']}")
+            rules.append(f"#{digest}")
+            record: dict[FieldT, EncodableT] = {
+                "marker": request.marker,
+                "sha256": digest,
+                "created_at": now.isoformat(),
+                "expires_at": expires.isoformat() if expires is not None else "",
+            }
+            # Marker and password in one MULTI: the password is never added without the
+            # record that lets a later create find it.
+            with self._errors(f"adding a password to ACL user {user}", password):
+                async with conn.pipeline(transaction=True) as pipe:
+                    pipe.hset(MARKER_KEY_PREFIX + user, mapping=record)
+                    pipe.execute_command("ACL", "SETUSER", user, *rules)
+                    await pipe.execute()
+            await self._persist(conn)
+        log.info("redis.password_added", user=user, server=self._where(), marker=request.marker)
+        return IssuedVersion(
+            provider_ref=f"{user}:{request.marker}",
+            value=password,
+            attributes={"username": user, **_endpoint(self._integration.dsn)},
+            expires_at=expires,
+        )
+
+    def _consumer_url(self, attributes: Mapping[str, str]) -> str:
+        """The integration's URL (scheme and TLS options) at the version's host, port and
+        database, without the admin user."""
+        parts = urlsplit(self._integration.dsn)
+        ep = _endpoint(self._integration.dsn)
+        host = attributes.get("host") or ep["host"]
+        port = attributes.get("port") or ep["port"]
+        database = attributes.get("database") or ep["database"]
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return urlunsplit((parts.scheme, netloc, f"/{database}", parts.query, ""))
+
+    async def verify(self, request: VerifyRequest) -> VerifyResult:
+        """Authenticate as a consumer would (`AUTH user password`, then `PING`) on a new
+        connection. A refused AUTH is `ok=False`; an unreachable server raises
+        TransientError, since it proves nothing about the version."""
+        attrs = request.version.attributes
+        user = attrs.get("username", "")
+        value = request.version.value
+        client = aioredis.Redis.from_url(
+            self._consumer_url(attrs),
+            username=user,
+            password=value.reveal(),
+            socket_connect_timeout=self._timeout(),
+            socket_timeout=self._timeout(),
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            try:
+                pong = await client.ping()
+            except AuthenticationError as exc:
+                detail = _first_line(exc, [value.reveal()])
+                return VerifyResult(ok=False, detail=f"AUTH as {user} refused: {detail}")
+            except NoPermissionError:
+                # AUTH succeeded on connect; the user may simply not be allowed PING.
+                return VerifyResult(ok=True, detail=f"AUTH as {user} ok; PING not permitted")
+            except RedisError as exc:
+                raise _classify(exc, f"AUTH as {user}", self._where(), [value.reveal()]) from exc
+        finally:
+            await client.aclose()
+        return VerifyResult(ok=bool(pong), detail=f"AUTH as {user} ok; PING")
+
+    async def revoke(self, request: RevokeRequest) -> RevokeResult:
+        """dual_password: remove the old password by its hash. alternating_users: disable
+        the old user (`off resetpass`), never deleting it. Succeeds, with
+        `already_gone=True`, if the user no longer holds the version's password (revoked
+        before, or a later rotation set the user's password). Connections that already
+        authenticated with it stay open."""
+        user = request.version.attributes.get("username", "")
+        allowed = self.config.users or [self.config.user or ""]
+        if user not in allowed:
+            raise PermanentError(f"version {request.version.provider_ref} names no rotated user")
+        digest = password_hash(request.version.value.reveal())
+        async with self._admin() as conn:
+            acl = await self._getuser(conn, user)
+            if acl is None:
+                return RevokeResult(already_gone=True, detail={"user": user, "missing": "yes"})
+            if digest not in acl.passwords:
+                # Persist anyway: a revoke that failed after the change but before the
+                # save would otherwise leave the password in the saved ACL.
+                await self._persist(conn)
+                return RevokeResult(already_gone=True, detail={"user": user})
+            if self.config.strategy == "alternating_users":
+                rules, outcome = ["off", "resetpass"], {"user": user, "login": "disabled"}
+            else:
+                if acl.passwords == [digest]:
+                    # The only password left: the new version is gone, and removing
+                    # this one would lock every consumer out.
+                    raise PermanentError(
+                        f"refusing to remove the only password of ACL user {user} on "
+                        f"{self._where()}; the new version is missing"
+                    )
+                rules = [f"!{digest}"]
+                outcome = {
+                    "user": user,
+                    "password": "removed",
+                    "remaining": str(len(acl.passwords) - 1),
+                }
+            with self._errors(f"revoking a password of ACL user {user}"):
+                await _setuser(conn, user, rules)
+            await self._persist(conn)
+        log.info("redis.password_revoked", user=user, server=self._where())
+        return RevokeResult(detail=outcome)
+
+    async def list_versions(self, request: ListRequest) -> list[VersionInfo]:
+        """One entry per password the rotated user(s) hold, oldest first. The password a
+        rotation added carries its marker; others are named `user:password-N`."""
+        users = self.config.users or [self.config.user or ""]
+        out: list[VersionInfo] = []
+        async with self._admin() as conn:
+            for user in users:
+                acl = await self._getuser(conn, user)
+                if acl is None or not acl.enabled:
+                    continue
+                marker = await self._marker(conn, user)
+                for i, digest in enumerate(acl.passwords, start=1):
+                    if digest == marker.get("sha256") and marker.get("marker"):
+                        out.append(
+                            VersionInfo(
+                                provider_ref=f"{user}:{marker['marker']}",
+                                marker=marker["marker"],
+                                created_at=_parse_time(marker.get("created_at")),
+                                expires_at=_parse_time(marker.get("expires_at")),
+                            )
+                        )
+                    else:
+                        out.append(
+                            VersionInfo(
+                                provider_ref=f"{user}:password-{i}",
+                                marker=None,
+                                created_at=None,
+                                expires_at=None,
+                            )
+                        )
+        return out
+
+    async def aclose(self) -> None:
+        """Connections are opened per call; nothing stays open."""
+        return
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
