@@ -245,7 +245,7 @@ def status() -> None:
 def _print_rotation_end(rotation_id: str, state: RotationState, store: Store) -> None:
     timeline = rotations.rotation_timeline(store, rotation_id)
     colour = "green" if state in HEALTHY else "red"
-    out.print(f"rotation {rotation_id} [{colour}]{state.value}[/]")
+    out.print(f"{timeline.credential}: rotation {rotation_id} [{colour}]{state.value}[/]")
     if state == RotationState.GRACE:
         out.print(
             f"  old version stays valid until {_when(timeline.grace_until)}; "
@@ -309,7 +309,6 @@ def resume() -> None:
             if state is None:
                 out.print(f"rotation {rotation_id} ({credential}) is held by a live worker")
                 continue
-            out.print(f"{credential}:", end=" ")
             _print_rotation_end(rotation_id, state, store)
             unhealthy |= state not in HEALTHY
         if unhealthy:

@@ -252,3 +252,92 @@ def test_worker_starts_auto_rotation_when_expiry_is_within_rotate_before_expiry(
     clock.advance(timedelta(days=30))
     assert asyncio.run(rotations.worker_pass(store, actor="w", context=ctx))["started"] == 1
     assert [v.status for v in versions(store, "api-key")] == ["revoked", "current"]
+
+
+def test_rollback_restores_consumers_before_checking_them_again(
+    store: Store, tmp_path: Path
+) -> None:
+    """Verify actions re-check consumers only once the old value is back in place."""
+    clock = FakeClock()
+    fail = tmp_path / "check.py"
+    fail.write_text("import sys; sys.exit(7)\n")
+    reload_script = tmp_path / "noop.py"
+    reload_script.write_text("pass\n")
+    actions = [
+        {
+            "type": "file",
+            "order": 10,
+            "on_failure": "abort",
+            "config": {"path": str(tmp_path / "app.json"), "key": "Api:Key", "file_format": "json"},
+        },
+        {
+            "type": "command",
+            "order": 20,
+            "on_failure": "abort",
+            "config": {"argv": [sys.executable, str(reload_script)]},
+        },
+        {
+            "type": "command_check",
+            "order": 30,
+            "on_failure": "abort",
+            "config": {"argv": [sys.executable, str(fail)]},
+        },
+    ]
+    _apply(store, write_estate(tmp_path, actions=actions))
+    rotation_id, state = _rotate(store, clock)
+    assert state == RotationState.ROLLED_BACK
+    assert [s.name for s in steps(store, rotation_id) if s.name.startswith("rollback:")] == [
+        "rollback:reloading:20:command",
+        "rollback:publishing:10:file",
+        "rollback:verifying:30:command_check",
+    ]
+
+
+def test_residual_use_command_holds_revocation_until_it_reports_unused(
+    store: Store, tmp_path: Path
+) -> None:
+    """With a residual_use command, grace ends once the command has said 'unused' for
+    quiet_for; while it says 'in use' the old version stays valid."""
+    clock = FakeClock()
+    marker = tmp_path / "in-use"
+    marker.write_text("2 clients\n")
+    check = tmp_path / "check.py"
+    check.write_text(
+        "import pathlib, sys\n"
+        f"p = pathlib.Path({str(marker)!r})\n"
+        "if p.exists():\n    print(p.read_text().strip()); sys.exit(1)\n"
+        "print('idle')\n"
+    )
+    policy = {
+        "grace_period": "1h",
+        "residual_use": {
+            "check_every": "1m",
+            "quiet_for": "5m",
+            "on_timeout": "fail",
+            "command": [sys.executable, str(check)],
+        },
+    }
+    _apply(store, write_estate(tmp_path, policy=policy))
+    _rotate(store, clock)
+    rotation_id, state = _rotate(store, clock)
+    assert state == RotationState.GRACE
+
+    def resume() -> RotationState | None:
+        [(_, _, reached)] = asyncio.run(
+            rotations.resume(store, actor="worker", context=clock.context())
+        )
+        return reached
+
+    clock.advance(timedelta(minutes=1))
+    assert resume() == RotationState.GRACE
+    marker.unlink()
+    for _ in range(4):  # unused, but not yet for quiet_for (5m)
+        clock.advance(timedelta(minutes=1))
+        assert resume() == RotationState.GRACE
+    clock.advance(timedelta(minutes=2))
+    assert resume() == RotationState.COMPLETED
+    [revoking] = [s for s in steps(store, rotation_id) if s.name == "revoking"]
+    evidence = revoking.detail["residual_use"]
+    assert evidence["max_sessions"] == 2
+    assert evidence["last_sessions"] == 0
+    assert evidence["last_detail"]["command"]["said"] == "idle"

@@ -287,7 +287,9 @@ def test_admin_problems_fail_with_one_clear_error_and_publish_nothing(
     assert pgcli("apply", "-f", str(_estate(tmp_path, db, provider, dsn=dsn))).exit_code == 0
     result = pgcli("rotate", "app-db")
     assert result.exit_code == 1
+    assert "app-db: rotation" in result.output, "the error names the credential"
     assert "failed" in result.output
+    assert expected in result.output, "and the cause"
     [rotation] = rotations_of(store, "app-db")
     assert rotation.state == "failed"
     assert rotation.error is not None

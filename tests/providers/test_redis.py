@@ -25,6 +25,7 @@ from keyshift.providers.base import (
     IssuedVersion,
     ListRequest,
     RevokeRequest,
+    UsageRequest,
     VerifyRequest,
 )
 from keyshift.providers.redis import (
@@ -182,11 +183,25 @@ def test_alternating_users_keeps_the_provider_contract(redis_url: str, root: red
 
 
 def test_capabilities_are_dual_active_and_authenticating(redis_url: str) -> None:
-    for config in ({"user": "app"}, {"strategy": "alternating_users", "users": ["app_a", "app_b"]}):
-        assert make(redis_url, **config).capabilities == {
-            Capability.DUAL_ACTIVE,
-            Capability.AUTHENTICATES,
-        }
+    assert make(redis_url, user="app").capabilities == {
+        Capability.DUAL_ACTIVE,
+        Capability.AUTHENTICATES,
+    }
+    alternating = make(redis_url, strategy="alternating_users", users=["app_a", "app_b"])
+    assert alternating.capabilities == {
+        Capability.DUAL_ACTIVE,
+        Capability.AUTHENTICATES,
+        Capability.RESIDUAL_USE,
+    }
+
+
+def test_dual_password_does_not_declare_residual_use(redis_url: str) -> None:
+    """Old and new passwords belong to one user: CLIENT LIST cannot tell them apart."""
+    provider = make(redis_url, user="app")
+    assert Capability.RESIDUAL_USE not in provider.capabilities
+    usage = UsageRequest(credential="cache", version=version_of("app", APP_PW, redis_url))
+    with pytest.raises(PermanentError, match="alternating_users"):
+        run(provider.residual_use(usage))
 
 
 # --- dual_password ---------------------------------------------------------------------
@@ -380,6 +395,82 @@ def test_late_revoke_does_not_disable_a_user_a_later_rotation_set(
     assert authenticates(redis_url, "app_a", third.value.reveal())
 
 
+def usage_of(provider: RedisProvider, version: IssuedVersion) -> tuple[int, dict[str, Any]]:
+    report = run(provider.residual_use(UsageRequest(credential="cache", version=version)))
+    return report.sessions, dict(report.detail)
+
+
+def addresses_of(root: redis.Redis, user: str) -> list[str]:
+    return [c["addr"] for c in root.client_list() if c.get("user") == user]
+
+
+def test_residual_use_counts_clients_of_the_old_user_until_they_close(
+    redis_url: str, root: redis.Redis
+) -> None:
+    provider = make(redis_url, strategy="alternating_users", users=["app_a", "app_b"])
+    first = run(provider.create(create_request("keyshift:rot-1")))
+    second = run(provider.create(create_request("keyshift:rot-2", current=first)))
+    assert usage_of(provider, first) == (0, {"user": "app_a", "clients": 0, "addresses": []})
+    with redis.Redis.from_url(
+        redis_url, username="app_a", password=first.value.reveal(), single_connection_client=True
+    ) as held:
+        assert held.ping()
+        sessions, detail = usage_of(provider, first)
+        assert sessions == 1
+        assert detail == {"user": "app_a", "clients": 1, "addresses": addresses_of(root, "app_a")}
+        assert len(detail["addresses"]) == 1
+        assert usage_of(provider, second)[0] == 0, "clients of the new user are not counted"
+    assert usage_of(provider, first) == (0, {"user": "app_a", "clients": 0, "addresses": []})
+
+
+def test_residual_use_names_at_most_five_addresses(redis_url: str, root: redis.Redis) -> None:
+    provider = make(redis_url, strategy="alternating_users", users=["app_a", "app_b"])
+    first = run(provider.create(create_request()))
+    held = [
+        redis.Redis.from_url(
+            redis_url,
+            username="app_a",
+            password=first.value.reveal(),
+            single_connection_client=True,
+        )
+        for _ in range(7)
+    ]
+    try:
+        for client in held:
+            assert client.ping()
+        sessions, detail = usage_of(provider, first)
+        assert sessions == detail["clients"] == 7
+        assert len(detail["addresses"]) == 5
+        assert set(detail["addresses"]) <= set(addresses_of(root, "app_a"))
+    finally:
+        for client in held:
+            client.close()
+
+
+def test_residual_use_does_not_count_the_admin_connection_asking(
+    redis_url: str, root: redis.Redis
+) -> None:
+    """Were the admin user a rotated user, its own CLIENT LIST connection is no consumer."""
+    provider = make(redis_url, strategy="alternating_users", users=["admin", "app_b"])
+    admin = version_of("admin", ADMIN_PW, redis_url)
+    assert usage_of(provider, admin)[0] == 0
+    with redis.Redis.from_url(
+        admin_dsn(redis_url), password=ADMIN_PW, single_connection_client=True
+    ) as other:
+        assert other.ping()
+        others = addresses_of(root, "admin")
+        sessions, detail = usage_of(provider, admin)
+    assert len(others) == 1
+    assert sessions == 1, "another connection of the admin user still counts"
+    assert detail["addresses"] == others
+
+
+def test_residual_use_names_no_user_it_does_not_rotate(redis_url: str, root: redis.Redis) -> None:
+    provider = make(redis_url, strategy="alternating_users", users=["app_a", "app_b"])
+    with pytest.raises(PermanentError, match="names no rotated user"):
+        usage_of(provider, version_of("app", APP_PW, redis_url))
+
+
 # --- errors ----------------------------------------------------------------------------
 
 
@@ -433,6 +524,37 @@ def test_unreachable_server_is_a_transient_error() -> None:
                 VerifyRequest(credential="cache", version=version_of("app", APP_PW, url))
             )
         )
+    alternating = make(
+        url,
+        strategy="alternating_users",
+        users=["app_a", "app_b"],
+        integration={"connect_timeout": "2s"},
+    )
+    with pytest.raises(TransientError, match=r"cannot reach 127\.0\.0\.1") as caught:
+        usage_of(alternating, version_of("app_a", APP_PW, url))
+    assert_no_secret(caught.value)
+
+
+def test_admin_without_client_list_permission_is_a_permanent_error(
+    redis_url: str, root: redis.Redis
+) -> None:
+    weak = f"WEAK-{secrets.token_hex(8)}"
+    rules = ["~*", "+acl|getuser", "+acl|setuser", "+client|id"]
+    root.execute_command("ACL", "SETUSER", "weak", "reset", "on", f">{weak}", *rules)
+    try:
+        provider = make(
+            redis_url,
+            admin_pw=weak,
+            integration={"dsn": admin_dsn(redis_url, "weak")},
+            strategy="alternating_users",
+            users=["app_a", "app_b"],
+        )
+        with pytest.raises(PermanentError, match="lacks the permission") as caught:
+            usage_of(provider, version_of("app_a", APP_PW, redis_url))
+        assert "listing the clients of ACL user app_a" in str(caught.value)
+        assert_no_secret(caught.value, weak)
+    finally:
+        root.execute_command("ACL", "DELUSER", "weak")
 
 
 def test_explicit_persistence_the_server_cannot_do_is_a_permanent_error(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from typing import Any
 import pytest
 import redis
 
+from keyshift.domain.context import PluginContext
+from keyshift.service import rotations
 from keyshift.store.store import Store
 from tests.conftest import Cli, run_subprocess
 from tests.helpers import env_value, rotations_of, steps, versions
@@ -59,7 +62,15 @@ def _authenticates(url: str, user: str, password: str) -> bool:
         return False
 
 
-def _estate(tmp: Path, url: str, user: str, grace: str = "1h") -> Path:
+def _estate(
+    tmp: Path,
+    url: str,
+    user: str,
+    grace: str = "1h",
+    *,
+    provider: dict[str, Any] | None = None,
+    policy: dict[str, Any] | None = None,
+) -> Path:
     estate: dict[str, Any] = {
         "integrations": [
             {
@@ -74,12 +85,11 @@ def _estate(tmp: Path, url: str, user: str, grace: str = "1h") -> Path:
             {
                 "name": "cache",
                 "owner": "team-app",
-                "policy": {"grace_period": grace},
+                "policy": policy or {"grace_period": grace},
                 "provider": {
                     "type": "redis",
                     "integration": "cache-admin",
-                    "strategy": "dual_password",
-                    "user": user,
+                    **(provider or {"strategy": "dual_password", "user": user}),
                 },
                 "actions": [
                     {
@@ -203,3 +213,128 @@ def test_a_live_consumer_never_fails_during_a_dual_password_rotation(
     assert result["pooled_failures"] == 0
     assert not _authenticates(redis_url, app_user, old_password)
     assert rotations_of(store, "cache")[-1].state == "completed"
+
+
+# --- residual use (alternating_users) ---------------------------------------------------
+
+
+@pytest.fixture
+def app_users(redis_url: str) -> tuple[str, str]:
+    """Two disabled users with the application's permissions, unique to the test."""
+    stem = f"app_{uuid.uuid4().hex[:8]}"
+    users = (f"{stem}_a", f"{stem}_b")
+    with redis.Redis.from_url(redis_url) as root:
+        for user in users:
+            root.execute_command("ACL", "SETUSER", user, "off", *APP_RULES)
+    return users
+
+
+def _alternating_estate(
+    tmp: Path, url: str, users: tuple[str, str], grace: str, on_timeout: str
+) -> Path:
+    policy = {
+        "grace_period": grace,
+        "residual_use": {"check_every": "200ms", "quiet_for": "1s", "on_timeout": on_timeout},
+    }
+    provider = {"strategy": "alternating_users", "users": list(users)}
+    return _estate(tmp, url, users[0], provider=provider, policy=policy)
+
+
+def _resume_until(store: Store, env: dict[str, str], done: Any, timeout: float) -> str:
+    """Run the worker's resume pass every 250 ms until `done(state)` or the timeout."""
+    deadline = time.monotonic() + timeout
+    context = PluginContext(env=env)
+    while True:
+        asyncio.run(rotations.resume(store, actor="worker", context=context))
+        state = rotations_of(store, "cache")[-1].state
+        if done(state) or time.monotonic() > deadline:
+            return state
+        time.sleep(0.25)
+
+
+def _hold(url: str, user: str, password: str) -> redis.Redis:
+    """One authenticated connection kept open, as a long-running consumer would."""
+    client = redis.Redis.from_url(
+        url, username=user, password=password, single_connection_client=True
+    )
+    assert client.ping()
+    return client
+
+
+def _acl_flags(url: str, user: str) -> list[str]:
+    with redis.Redis.from_url(url, decode_responses=True) as root:
+        return list(root.acl_getuser(user)["flags"])
+
+
+def test_revocation_waits_until_the_old_user_has_no_clients_for_quiet_for(
+    redis_url: str,
+    app_users: tuple[str, str],
+    env: dict[str, str],
+    store: Store,
+    tmp_path: Path,
+) -> None:
+    cli = Cli(env)
+    estate = _alternating_estate(tmp_path, redis_url, app_users, "60s", "fail")
+    assert cli("apply", "-f", str(estate)).exit_code == 0
+    first = cli("rotate", "cache")
+    assert first.exit_code == 0, first.output
+    old_user, old_password = _published(tmp_path)
+    assert old_user == app_users[0]
+    session = _hold(redis_url, old_user, old_password)  # a worker still on the old user
+    try:
+        second = cli("rotate", "cache")
+        assert second.exit_code == 0, second.output
+        assert _published(tmp_path)[0] == app_users[1]
+        state = _resume_until(store, env, lambda s: s != "grace", timeout=2.5)
+        assert state == "grace", "revocation waits while a client uses the old user"
+        evidence = rotations_of(store, "cache")[-1].residual
+        assert evidence is not None
+        assert evidence["checks"] >= 3
+        assert evidence["last_sessions"] == 1
+        assert evidence["last_detail"]["provider"]["user"] == old_user
+        assert session.ping(), "the old user still works during grace"
+    finally:
+        session.close()
+    closed = time.monotonic()
+    state = _resume_until(store, env, lambda s: s != "grace", timeout=15)
+    waited = time.monotonic() - closed
+    assert state == "completed"
+    assert waited >= 1.0, "revoked only after quiet_for without clients"
+    assert "off" in _acl_flags(redis_url, old_user)
+    assert not _authenticates(redis_url, old_user, old_password)
+    rotation = rotations_of(store, "cache")[-1]
+    [revoking] = [s for s in steps(store, rotation.id) if s.name == "revoking"]
+    assert revoking.detail["revocation_proof"].startswith("refused")
+    evidence = revoking.detail["residual_use"]
+    assert evidence["max_sessions"] == 1
+    assert evidence["last_sessions"] == 0
+    assert evidence["outcome"].startswith("unused since")
+    assert [v.status for v in versions(store, "cache")] == ["revoked", "current"]
+
+
+def test_on_timeout_fail_ends_needs_attention_and_keeps_the_old_user(
+    redis_url: str,
+    app_users: tuple[str, str],
+    env: dict[str, str],
+    store: Store,
+    tmp_path: Path,
+) -> None:
+    cli = Cli(env)
+    estate = _alternating_estate(tmp_path, redis_url, app_users, "1s", "fail")
+    assert cli("apply", "-f", str(estate)).exit_code == 0
+    assert cli("rotate", "cache").exit_code == 0
+    old_user, old_password = _published(tmp_path)
+    session = _hold(redis_url, old_user, old_password)
+    try:
+        assert cli("rotate", "cache").exit_code == 0
+        state = _resume_until(store, env, lambda s: s != "grace", timeout=10)
+    finally:
+        session.close()
+    assert state == "needs_attention"
+    rotation = rotations_of(store, "cache")[-1]
+    assert rotation.error is not None
+    assert "still in use" in rotation.error
+    assert _authenticates(redis_url, old_user, old_password), "not revoked"
+    assert "on" in _acl_flags(redis_url, old_user)
+    assert [v.status for v in versions(store, "cache")] == ["previous", "current"]
+    assert "revoking" not in {s.name for s in steps(store, rotation.id)}

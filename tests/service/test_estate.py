@@ -258,7 +258,8 @@ MALFORMED = [
         """,
         (
             "credentials[0].actions[0].type",
-            "unknown action type 'sftp_upload'; known: command, file, webhook",
+            "unknown action type 'sftp_upload'; "
+            "known: command, command_check, file, http_check, webhook",
         ),
         id="unknown-action-type-lists-known-ones",
     ),
@@ -415,6 +416,19 @@ MALFORMED = [
         """,
         ("credentials[0].provider.integration", "no integration named 'other-db'"),
         id="provider-names-an-undeclared-integration",
+    ),
+    case(
+        """\
+        integrations:
+          - {name: db-admin, type: postgres, dsn: "postgresql://admin@db:5432/app",
+             password_from: "env:DB_ADMIN_PASSWORD"}
+        credentials:
+          - name: app-db
+            policy: {residual_use: {quiet_for: 10m}}
+            provider: {type: postgres, integration: db-admin, strategy: single_user, user: app}
+        """,
+        ("credentials[0].policy", "residual_use cannot be observed for provider postgres"),
+        id="residual-use-the-provider-cannot-observe",
     ),
     case(
         """\

@@ -1,4 +1,5 @@
-"""The `command` target runs a program without a shell; the value never reaches its argv."""
+"""The `command` and `command_check` targets run a program without a shell; the value never
+reaches its argv."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from keyshift.domain.context import PluginContext
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError, TransientError
+from keyshift.targets import TARGETS, TargetKind
 from keyshift.targets.base import (
     Delivery,
     PreflightRequest,
@@ -26,7 +28,12 @@ from keyshift.targets.base import (
     RollbackRequest,
     StepResult,
 )
-from keyshift.targets.command import CommandConfig, CommandTarget
+from keyshift.targets.command import (
+    CommandCheckConfig,
+    CommandCheckTarget,
+    CommandConfig,
+    CommandTarget,
+)
 
 # The child writes what it saw (argv, stdin, environment) as JSON to the file in $OUT.
 REPORT = """
@@ -348,3 +355,124 @@ def test_preflight_is_blocked_when_the_program_does_not_resolve(tmp_path: Path) 
     assert missing.readiness is Readiness.BLOCKED
     assert "keyshift-no-such-program-xyz" in missing.reason
     assert plain_file.readiness is Readiness.BLOCKED
+
+
+# --- command_check ----------------------------------------------------------------------------
+
+# Logs in the way the application would: reads the value on stdin and compares it with
+# what the "issuer" (a file here) accepts; exits 1 with a message when it is refused.
+LOGIN_CHECK = """
+import os, sys
+given = sys.stdin.read()
+with open(os.environ["ACCEPTED"]) as f:
+    accepted = f.read()
+with open(os.environ["OUT"], "a") as log:
+    log.write(os.environ["KEYSHIFT_VERSION_ID"] + "\\n")
+if given != accepted:
+    sys.stderr.write("login refused for " + given)
+    sys.exit(1)
+"""
+
+
+def check_target(out: Path, accepted: Path, **config: Any) -> CommandCheckTarget:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    settings = {
+        "argv": [sys.executable, "-c", LOGIN_CHECK],
+        "value_via": "stdin",
+        "env": {"OUT": str(out), "ACCEPTED": str(accepted)},
+        **config,
+    }
+    return CommandCheckTarget(CommandCheckConfig.model_validate(settings), PluginContext(env=env))
+
+
+def test_command_check_runs_in_the_verifying_phase_and_is_registered() -> None:
+    assert (CommandCheckTarget.kind, CommandCheckTarget.phase, CommandCheckTarget.Config) == (
+        "command_check",
+        Phase.VERIFY,
+        CommandCheckConfig,
+    )
+    assert TARGETS[TargetKind.COMMAND_CHECK] is CommandCheckTarget
+
+
+def test_command_check_passes_when_the_program_accepts_the_new_value(tmp_path: Path) -> None:
+    value = new_secret()
+    accepted = tmp_path / "accepted"
+    accepted.write_text(value)
+    out = tmp_path / "runs.log"
+
+    result = asyncio.run(check_target(out, accepted).publish(PublishRequest(delivery(value), None)))
+
+    assert out.read_text() == "v2\n"
+    assert result.detail["exit_code"] == 0
+    assert result.detail["argv0"] == sys.executable
+    assert value not in repr(result.detail)
+
+
+def test_command_check_fails_permanently_without_showing_the_value(tmp_path: Path) -> None:
+    value = new_secret()
+    accepted = tmp_path / "accepted"
+    accepted.write_text("something else")
+    out = tmp_path / "runs.log"
+
+    with pytest.raises(PermanentError) as caught:
+        asyncio.run(check_target(out, accepted).publish(PublishRequest(delivery(value), None)))
+
+    assert "exit code 1: login refused for [REDACTED]" in str(caught.value)
+    assert value not in str(caught.value)
+
+
+def test_command_check_hands_the_value_only_through_env_like_command(tmp_path: Path) -> None:
+    out = tmp_path / "seen.json"
+    value = new_secret()
+    check = CommandCheckTarget(
+        CommandCheckConfig.model_validate(
+            {
+                "argv": [sys.executable, "-c", REPORT],
+                "value_via": "env",
+                "env_name": "APP_TOKEN",
+                "env": {"OUT": str(out)},
+            }
+        ),
+        PluginContext(env={"PATH": os.environ.get("PATH", ""), "KEYSHIFT_MASTER_KEY": "x"}),
+    )
+
+    asyncio.run(check.publish(PublishRequest(delivery(value), None)))
+
+    report = seen(out)
+    assert report["env"]["APP_TOKEN"] == value
+    assert value not in json.dumps(report["argv"])
+    assert "KEYSHIFT_MASTER_KEY" not in report["env"]
+    assert report["env"]["KEYSHIFT_VERSION_ID"] == "v2"
+
+
+def test_command_check_rollback_runs_nothing(tmp_path: Path) -> None:
+    accepted = tmp_path / "accepted"
+    accepted.write_text("x")
+    out = tmp_path / "runs.log"
+    check = check_target(out, accepted)
+
+    result = asyncio.run(
+        check.rollback(RollbackRequest(delivery(new_secret()), delivery(new_secret(), "v1")))
+    )
+
+    assert not out.exists()
+    assert dict(result.detail) == {"skipped": "a check has nothing to undo"}
+
+
+def test_command_check_preflight_is_blocked_when_the_program_does_not_resolve() -> None:
+    check = CommandCheckTarget(
+        CommandCheckConfig.model_validate({"argv": ["keyshift-no-such-check-xyz"]}),
+        PluginContext(env={"PATH": "/usr/bin:/bin"}),
+    )
+
+    result = asyncio.run(check.preflight(PreflightRequest("payments-api")))
+
+    assert result.readiness is Readiness.BLOCKED
+    assert "keyshift-no-such-check-xyz" in result.reason
+
+
+def test_command_check_config_has_no_rollback_setting() -> None:
+    with pytest.raises(ValidationError, match="rollback"):
+        CommandCheckConfig.model_validate({"argv": ["true"], "rollback": "none"})
+    with pytest.raises(ValidationError, match="env_name is required when value_via is 'env'"):
+        CommandCheckConfig.model_validate({"argv": ["true"], "value_via": "env"})

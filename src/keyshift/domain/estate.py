@@ -53,6 +53,14 @@ class ResidualUse(_Model):
     on_timeout: Literal["wait", "revoke", "fail"] = "fail"
     """At the end of the grace period with the old version still in use: keep waiting,
     revoke anyway, or stop as needs_attention without revoking."""
+    command: list[str] | None = Field(default=None, min_length=1)
+    """A program (argv, no shell) that says whether the old version is still in use:
+    exit 0 = unused, exit 1 = in use (the first line of its output may give a count and
+    a detail). Any other ending counts as in use. It gets `KEYSHIFT_CREDENTIAL`,
+    `KEYSHIFT_VERSION_ID`, `KEYSHIFT_PROVIDER_REF`, `KEYSHIFT_FINGERPRINT` and
+    `KEYSHIFT_USERNAME`, never the value."""
+    command_timeout: Duration = timedelta(seconds=30)
+    """The command is killed (and counts as in use) after this long."""
 
 
 class Policy(_Model):
@@ -66,8 +74,8 @@ class Policy(_Model):
     max_lifetime: Duration | None = None
     """A version may live at most this long; keyshift sets its expiry from it."""
     residual_use: ResidualUse | None = None
-    """Gate revocation on evidence that the old version is no longer used (providers
-    that can see sessions: postgres alternating_users)."""
+    """Gate revocation on evidence that the old version is no longer used: sessions seen
+    by the provider (postgres and redis alternating_users) and/or a `command`."""
 
     @model_validator(mode="after")
     def _coherent(self) -> Policy:

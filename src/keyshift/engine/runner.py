@@ -32,8 +32,10 @@ from sqlalchemy import Connection, Table, bindparam, func, insert, select, updat
 from sqlalchemy.orm import Session
 
 from keyshift import __version__
+from keyshift.checks.command import UsageCommand, command_usage
 from keyshift.domain.context import PluginContext
-from keyshift.domain.estate import CredentialSpec, Policy
+from keyshift.domain.durations import format_duration
+from keyshift.domain.estate import CredentialSpec, Policy, ResidualUse
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import (
     OnFailure,
@@ -625,22 +627,30 @@ class Engine:
         return f"refused: {attempt.detail}"
 
     async def _roll_back(self, run: _Run) -> None:
-        """Undo the actions that ran, newest first, restoring the previous value.
+        """Restore the previous value where it was replaced, then check and tell.
 
-        A publish that failed may have been applied in part, so it is undone too; a
-        reload, verify or notify that failed did not switch its consumer.
+        First the publish and reload actions that ran are undone, newest first (a
+        publish that failed may have been applied in part, so it is undone too; a
+        reload that failed did not switch its consumer). Then, with the old value back
+        in place, the verify actions that ran (the failed one included) check the
+        consumers again, and the notify actions that ran announce the rollback.
         """
         journal = self._journal(run.rotation_id)
         succeeded = [s.name for s in journal if s.status == StepStatus.SUCCEEDED.value]
-        failed_publish = [
-            s.name
-            for s in journal
-            if s.status == StepStatus.FAILED.value and s.name.startswith(Phase.PUBLISH.value)
-        ]
+        ran = {s.name for s in journal}
+        failed = {s.name for s in journal if s.status == StepStatus.FAILED.value}
         by_step = {a.step: a for a in run.plan.actions}
-        to_undo = [n for n in dict.fromkeys(succeeded + failed_publish) if n in by_step]
-        order = {a.step: i for i, a in enumerate(run.plan.actions)}
-        to_undo.sort(key=lambda n: order[n], reverse=True)
+        restore = [
+            a.step
+            for a in run.plan.actions
+            if a.phase in (Phase.PUBLISH, Phase.RELOAD)
+            and (a.step in succeeded or (a.phase == Phase.PUBLISH and a.step in failed))
+        ]
+        recheck = [a.step for a in run.plan.actions if a.phase == Phase.VERIFY and a.step in ran]
+        announce = [
+            a.step for a in run.plan.actions if a.phase == Phase.NOTIFY and a.step in succeeded
+        ]
+        to_undo = [*reversed(restore), *recheck, *announce]
         not_restored: list[str] = []
         for name in to_undo:
             undo = f"rollback:{name}"
@@ -875,7 +885,7 @@ class Engine:
         """
         gate = Policy.model_validate(run.plan.policy).residual_use
         over = self._grace_over(run)
-        if gate is None or Capability.RESIDUAL_USE not in run.provider.capabilities:
+        if gate is None or not _can_check(gate, run.provider):
             if over:
                 self._transition(run, RotationState.REVOKING)
             return over
@@ -884,7 +894,7 @@ class Engine:
         last_check = evidence.get("last_check")
         if last_check and now - datetime.fromisoformat(last_check) < gate.check_every and not over:
             return False
-        sessions = await self._count_sessions(run, evidence)
+        sessions = await self._count_sessions(run, gate, evidence)
         evidence["checks"] = evidence.get("checks", 0) + 1
         evidence.setdefault("first_check", now.isoformat())
         evidence["last_check"] = now.isoformat()
@@ -900,34 +910,58 @@ class Engine:
             evidence["outcome"] = "grace period ended while in use; revoked as the policy says"
             return self._leave_grace(run, evidence, RotationState.REVOKING)
         if over and gate.on_timeout == "fail":
-            evidence["outcome"] = "grace period ended while in use; not revoked"
+            evidence["outcome"] = "grace period ended before the old version was quiet"
+            why = (
+                f"still in use ({sessions} session(s))"
+                if sessions
+                else f"last used at {quiet_since.isoformat()}, less than quiet_for "
+                f"({format_duration(gate.quiet_for)}) before"
+            )
             return self._leave_grace(
                 run,
                 evidence,
                 RotationState.NEEDS_ATTENTION,
-                error=f"the old version was still in use ({sessions} session(s)) when the grace "
-                "period ended; it was not revoked (residual_use.on_timeout: fail)",
+                error=f"the old version was {why} when the grace period ended; it was not "
+                "revoked (residual_use.on_timeout: fail)",
             )
         self._save_residual(run, evidence)
         return False
 
-    async def _count_sessions(self, run: _Run, evidence: dict[str, Any]) -> int:
-        """Sessions still using the old version. A failed check counts as in use: revoking
-        on missing evidence is what the gate exists to prevent."""
+    async def _count_sessions(self, run: _Run, gate: ResidualUse, evidence: dict[str, Any]) -> int:
+        """Sessions still using the old version, from the provider and/or the policy's
+        command. A failed check counts as in use: revoking on missing evidence is what
+        the gate exists to prevent."""
         with self.store.transaction() as s:
             rot = _rotation(s, run.rotation_id)
-            old = self._issued(_version(s, rot.old_version_id)) if rot.old_version_id else None
-        if old is None:
+            row = _version(s, rot.old_version_id) if rot.old_version_id else None
+            old = self._issued(row) if row is not None else None
+        if old is None or row is None:
             return 0
-        checker = cast(Any, run.provider)
-        try:
-            report: UsageReport = await checker.residual_use(UsageRequest(run.credential, old))
-        except (PluginError, KeyshiftError) as exc:
-            evidence["last_error"] = scrub(str(exc), run.secrets)
-            return max(1, int(evidence.get("last_sessions", 1)))
+        sessions = 0
+        details: dict[str, Any] = {}
         evidence.pop("last_error", None)
-        evidence["last_detail"] = dict(report.detail)
-        return report.sessions
+        if Capability.RESIDUAL_USE in run.provider.capabilities:
+            checker = cast(Any, run.provider)
+            try:
+                report: UsageReport = await checker.residual_use(UsageRequest(run.credential, old))
+                sessions += report.sessions
+                details["provider"] = dict(report.detail)
+            except (PluginError, KeyshiftError) as exc:
+                evidence["last_error"] = scrub(str(exc), run.secrets)
+                sessions += max(1, int(evidence.get("last_sessions", 1)))
+        if gate.command:
+            report = await command_usage(
+                UsageCommand(gate.command, gate.command_timeout),
+                credential=run.credential,
+                version_id=row.id,
+                fingerprint=row.fingerprint,
+                version=old,
+                env=self.context.env,
+            )
+            sessions += report.sessions
+            details["command"] = dict(report.detail)
+        evidence["last_detail"] = details
+        return sessions
 
     def _save_residual(self, run: _Run, evidence: dict[str, Any]) -> None:
         run.residual = evidence
@@ -1087,6 +1121,11 @@ class Engine:
 
     async def _close(self, run: _Run) -> None:
         await run.provider.aclose()
+
+
+def _can_check(gate: ResidualUse, provider: Provider) -> bool:
+    """Whether residual use of this provider's versions can be observed at all."""
+    return bool(gate.command) or Capability.RESIDUAL_USE in provider.capabilities
 
 
 def _holder_alive(owner: str) -> bool:

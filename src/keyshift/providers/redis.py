@@ -26,7 +26,11 @@ one password of the rotation remains at the issuer.
 Limits an operator should know:
 
 - Removing a password or disabling a user does not drop connections that already
-  authenticated with it; residual use shows in `CLIENT LIST` (`user=`).
+  authenticated with it; residual use shows in `CLIENT LIST` (`user=`). With
+  `alternating_users` each version is its own user, so `residual_use` counts those
+  clients and a `residual_use` policy holds revocation until they are gone. With
+  `dual_password` the old and new passwords belong to one user and `CLIENT LIST` cannot
+  tell which password a client used, so that strategy reports no residual use.
 - ACL changes live in memory until saved: `persist_acl` saves them to the ACL file or
   redis.conf. ACL rules are not replicated: point the integration at every node that
   consumers authenticate to (one credential per node) until replicas are handled.
@@ -70,6 +74,8 @@ from keyshift.providers.base import (
     ListRequest,
     RevokeRequest,
     RevokeResult,
+    UsageReport,
+    UsageRequest,
     VerifyRequest,
     VerifyResult,
     VersionInfo,
@@ -79,6 +85,8 @@ from keyshift.providers.connection import AdminConnection
 DEFAULT_ALPHABET = string.ascii_letters + string.digits
 MARKER_KEY_PREFIX = "keyshift:marker:"
 """The marker of the rotation that last set a user's password lives at this key + user."""
+MAX_ADDRESSES = 5
+"""`residual_use` names at most this many client addresses."""
 
 _PERSIST_HINT = "set persist_acl: none on the integration if its ACL is kept elsewhere"
 
@@ -88,7 +96,9 @@ log = structlog.get_logger("keyshift.providers.redis")
 class RedisIntegration(AdminConnection):
     """A Redis admin connection, e.g. `redis://keyshift_admin@cache:6379/0` (`rediss://` for
     TLS). The admin user needs `+acl|getuser +acl|setuser +multi +exec +hset +hgetall` on
-    `~keyshift:*`, plus `+config|get +info +acl|save +config|rewrite` for `persist_acl`."""
+    `~keyshift:*`, plus `+config|get +info +acl|save +config|rewrite` for `persist_acl`,
+    and `+client|list +client|id` for residual use (`alternating_users` with a
+    `residual_use` policy)."""
 
     schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss")
 
@@ -227,6 +237,13 @@ class RedisProvider:
 
     @property
     def capabilities(self) -> frozenset[Capability]:
+        if self.config.strategy == "alternating_users":
+            # Each version is its own user, so clients per user show who still uses it.
+            # dual_password: old and new are passwords of one user, which CLIENT LIST
+            # cannot tell apart, so residual use is not declared there.
+            return frozenset(
+                {Capability.DUAL_ACTIVE, Capability.AUTHENTICATES, Capability.RESIDUAL_USE}
+            )
         return frozenset({Capability.DUAL_ACTIVE, Capability.AUTHENTICATES})
 
     @property
@@ -476,6 +493,40 @@ class RedisProvider:
             await self._persist(conn)
         log.info("redis.password_revoked", user=user, server=self._where())
         return RevokeResult(detail=outcome)
+
+    async def residual_use(self, request: UsageRequest) -> UsageReport:
+        """Clients connected as the version's user, from `CLIENT LIST` (`user=`), not
+        counting the admin connection asking (`CLIENT ID`). alternating_users only: with
+        dual_password old and new passwords belong to one user, and `CLIENT LIST` does
+        not say which password a client authenticated with, so the capability is not
+        declared there. Detail: the user, the count, and up to five client addresses."""
+        if self.config.strategy != "alternating_users":
+            raise PermanentError(
+                "residual use needs strategy alternating_users: with dual_password the old "
+                "and new passwords belong to one user, which CLIENT LIST cannot tell apart"
+            )
+        user = request.version.attributes.get("username", "")
+        if user not in (self.config.users or []):
+            raise PermanentError(f"version {request.version.provider_ref} names no rotated user")
+        async with self._admin() as conn:
+            with self._errors(f"listing the clients of ACL user {user}"):
+                # One pipeline, one connection: the id is that of the connection listing.
+                async with conn.pipeline(transaction=False) as pipe:
+                    pipe.client_id()
+                    pipe.client_list()
+                    own_id, clients = await pipe.execute()
+        own = str(own_id)
+        addresses = [
+            str(client.get("addr", ""))
+            for client in clients
+            if client.get("user") == user and str(client.get("id")) != own
+        ]
+        detail: dict[str, Any] = {
+            "user": user,
+            "clients": len(addresses),
+            "addresses": addresses[:MAX_ADDRESSES],
+        }
+        return UsageReport(sessions=len(addresses), detail=detail)
 
     async def list_versions(self, request: ListRequest) -> list[VersionInfo]:
         """One entry per password the rotated user(s) hold, oldest first. The password a

@@ -18,15 +18,17 @@ import yaml
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from keyshift.domain.context import utcnow
+from keyshift.domain.context import PluginContext, utcnow
 from keyshift.domain.estate import Estate, config_errors, reference_problems
 from keyshift.engine.plugins import (
+    build_provider,
     integration_class,
     provider_class,
     target_class,
     validate_config,
 )
 from keyshift.errors import ConfigError, EstateInvalid
+from keyshift.providers.base import Capability
 from keyshift.store.audit import canonical
 from keyshift.store.models import CredentialRow, EstateRevision, IntegrationRow
 from keyshift.store.store import Store
@@ -78,7 +80,30 @@ def parse_estate(data: Any) -> Estate:
     problems.extend(_plugin_problems(data))
     if problems:
         raise EstateInvalid(problems)
+    _check_residual_use(estate)
     return estate
+
+
+def _check_residual_use(estate: Estate) -> None:
+    """A residual_use policy needs a way to observe use: a provider that sees sessions per
+    version, or a command. Accepting it otherwise would revoke without the evidence asked."""
+    problems: list[ConfigError] = []
+    for i, cred in enumerate(estate.credentials):
+        gate = estate.policy_for(cred).residual_use
+        if gate is None or gate.command:
+            continue
+        provider = build_provider(cred.provider.type, cred.provider.config(), PluginContext())
+        if Capability.RESIDUAL_USE not in provider.capabilities:
+            problems.append(
+                ConfigError(
+                    f"credentials[{i}].policy",
+                    f"residual_use cannot be observed for provider {cred.provider.type} with "
+                    "this configuration (it cannot tell the old version's sessions from the "
+                    "new one's); add residual_use.command or use alternating_users",
+                )
+            )
+    if problems:
+        raise EstateInvalid(problems)
 
 
 def _plugin_problems(data: dict[str, Any]) -> list[ConfigError]:

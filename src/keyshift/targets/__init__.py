@@ -15,29 +15,36 @@ from keyshift.targets.base import (
     StepResult,
     Target,
 )
-from keyshift.targets.command import CommandTarget
+from keyshift.targets.command import CommandCheckTarget, CommandTarget
 from keyshift.targets.file import FileTarget
+from keyshift.targets.http_check import HttpCheckTarget
 from keyshift.targets.webhook import WebhookTarget
 
 
 class TargetKind(StrEnum):
     COMMAND = "command"
+    COMMAND_CHECK = "command_check"
     FILE = "file"
+    HTTP_CHECK = "http_check"
     WEBHOOK = "webhook"
 
 
 # Values are the classes; each has `kind`, `phase`, `Config` and takes (config, context).
 TARGETS: dict[TargetKind, Any] = {
     TargetKind.COMMAND: CommandTarget,
+    TargetKind.COMMAND_CHECK: CommandCheckTarget,
     TargetKind.FILE: FileTarget,
+    TargetKind.HTTP_CHECK: HttpCheckTarget,
     TargetKind.WEBHOOK: WebhookTarget,
 }
 
 __all__ = [
     "TARGETS",
+    "CommandCheckTarget",
     "CommandTarget",
     "Delivery",
     "FileTarget",
+    "HttpCheckTarget",
     "PreflightRequest",
     "PreflightResult",
     "PublishRequest",

@@ -1,4 +1,9 @@
-"""`command`: run a program to reload a consumer, optionally handing it the value.
+"""`command` and `command_check`: run a program, optionally handing it the value.
+
+`command` reloads a consumer (reloading phase) and runs again on rollback;
+`command_check` tests the cutover (verifying phase), e.g. a script that logs in with
+the new version the way the application does, and has nothing to undo. Both run
+the program the same way.
 
 The program runs without a shell, from an argv list. The value reaches it only on
 stdin or in one named environment variable, never on the command line (any user can
@@ -12,23 +17,20 @@ keyshift's own keys); it gets `INHERITED_ENV` from it, the configured `env`, the
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import re
 import shutil
-import signal
-import time
 from datetime import timedelta
 from pathlib import Path
-from typing import ClassVar, Final, Literal
+from typing import ClassVar, Final, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from keyshift.domain.context import PluginContext
-from keyshift.domain.durations import Duration, format_duration
+from keyshift.domain.durations import Duration
 from keyshift.domain.states import Phase
-from keyshift.errors import PermanentError, TransientError, scrub
+from keyshift.errors import PermanentError
+from keyshift.process import run_program
 from keyshift.targets.base import (
     Delivery,
     PreflightRequest,
@@ -43,14 +45,13 @@ INHERITED_ENV: Final = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ
 """The only variables the program inherits from keyshift's environment."""
 RESERVED_PREFIX: Final = "KEYSHIFT_"
 """Variables keyshift sets for the program; configuration may not set them."""
-STDERR_TAIL: Final = 500
-"""How many trailing characters of stderr an error carries (after scrubbing)."""
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-class CommandConfig(BaseModel):
-    """The program to run and how the value reaches it."""
+class ProgramConfig(BaseModel):
+    """The program to run and how the value reaches it (shared by `command` and
+    `command_check`)."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
 
@@ -65,8 +66,7 @@ class CommandConfig(BaseModel):
     env: dict[str, str] = {}
     """Extra, non-secret environment variables."""
     cwd: str | None = None
-    rollback: Literal["rerun", "none"] = "rerun"
-    """On rollback, run the program again with the previous version, or do nothing."""
+    """Directory the program runs in; keyshift's working directory when unset."""
 
     @field_validator("argv")
     @classmethod
@@ -95,7 +95,7 @@ class CommandConfig(BaseModel):
         return env
 
     @model_validator(mode="after")
-    def _env_name_matches_value_via(self) -> CommandConfig:
+    def _env_name_matches_value_via(self) -> Self:
         if self.value_via == "env":
             if self.env_name is None:
                 raise ValueError("env_name is required when value_via is 'env'")
@@ -110,14 +110,24 @@ class CommandConfig(BaseModel):
         return self
 
 
-class CommandTarget:
-    """Runs a program after the value changed, e.g. `systemctl reload app` or a deploy hook."""
+class CommandConfig(ProgramConfig):
+    """The program to run and how the value reaches it."""
 
-    kind: ClassVar[str] = "command"
-    phase: ClassVar[Phase] = Phase.RELOAD
-    Config: ClassVar[type[BaseModel]] = CommandConfig
+    rollback: Literal["rerun", "none"] = "rerun"
+    """On rollback, run the program again with the previous version, or do nothing."""
 
-    def __init__(self, config: CommandConfig, context: PluginContext) -> None:
+
+class CommandCheckConfig(ProgramConfig):
+    """The check program to run and how the value reaches it. It passes when it exits 0."""
+
+
+_C = TypeVar("_C", bound=ProgramConfig)
+
+
+class _ProgramStep(Generic[_C]):
+    """What `command` and `command_check` share: preflight, publish and running argv."""
+
+    def __init__(self, config: _C, context: PluginContext) -> None:
         self.config = config
         self.context = context
 
@@ -139,19 +149,6 @@ class CommandTarget:
         """Run the program with the new version. Idempotent as far as the program is."""
         delivery = request.delivery
         return await self._run("publish", delivery, delivery, [delivery])
-
-    async def rollback(self, request: RollbackRequest) -> StepResult:
-        """Run the program again with the restored version, so the consumer reloads it.
-
-        With `rollback: none`, or when there is no previous version whose value the
-        program expects, nothing runs. Idempotent as far as the program is.
-        """
-        if self.config.rollback == "none":
-            return StepResult({"argv0": self.config.argv[0], "skipped": "rollback is none"})
-        previous = request.previous
-        if previous is None and self.config.value_via != "none":
-            return StepResult({"argv0": self.config.argv[0], "skipped": "no previous version"})
-        return await self._run("rollback", request.failed, previous, [request.failed, previous])
 
     def _resolve(self) -> str | None:
         """The program argv[0] names, searched on the program's PATH, or None."""
@@ -198,60 +195,62 @@ class CommandTarget:
 
         `known` are the deliveries whose values are scrubbed from the program's stderr.
         """
-        argv0 = self.config.argv[0]
         secrets = [d.value.reveal() for d in known if d is not None]
         stdin_data = (
             version.value.reveal().encode("utf-8")
             if self.config.value_via == "stdin" and version is not None
             else None
         )
-        started = time.monotonic()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *self.config.argv,
-                stdin=asyncio.subprocess.PIPE
-                if stdin_data is not None
-                else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-                env=self._environment(phase, rotation, version),
-                cwd=self.config.cwd,
-                # Its own process group, so a timeout kills the children it started too.
-                start_new_session=True,
-            )
-        except OSError as exc:
+        ran = await run_program(
+            self.config.argv,
+            env=self._environment(phase, rotation, version),
+            cwd=self.config.cwd,
+            limit=self.config.timeout,
+            stdin_data=stdin_data,
+            secrets=secrets,
+        )
+        argv0 = self.config.argv[0]
+        if ran.exit_code != 0:
             raise PermanentError(
-                f"cannot start {argv0}: {exc.strerror or type(exc).__name__}"
-            ) from exc
-        timeout = self.config.timeout.total_seconds()
-        try:
-            _, stderr = await asyncio.wait_for(process.communicate(stdin_data), timeout)
-        except TimeoutError:
-            await _kill(process)
-            raise TransientError(
-                f"{argv0} did not finish within {format_duration(self.config.timeout)} "
-                "and was killed with its process group"
-            ) from None
-        except BaseException:
-            # Cancelled by the engine: do not leave the program running unsupervised.
-            await _kill(process)
-            raise
-        duration_ms = round((time.monotonic() - started) * 1000)
-        exit_code = process.returncode
-        if exit_code != 0:
-            text = scrub(stderr.decode("utf-8", errors="replace"), secrets).strip()
-            tail = text[-STDERR_TAIL:]
-            how = f"exit code {exit_code}"
-            if exit_code is not None and exit_code < 0:
-                how = f"signal {-exit_code}"
-            raise PermanentError(f"{argv0} failed with {how}" + (f": {tail}" if tail else ""))
-        return StepResult({"argv0": argv0, "exit_code": exit_code, "duration_ms": duration_ms})
+                f"{argv0} failed with {ran.how}"
+                + (f": {ran.stderr_tail}" if ran.stderr_tail else "")
+            )
+        return StepResult(
+            {"argv0": argv0, "exit_code": ran.exit_code, "duration_ms": ran.duration_ms}
+        )
 
 
-async def _kill(process: asyncio.subprocess.Process) -> None:
-    """Kill the program's whole process group and reap it."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
-    await process.wait()
+class CommandTarget(_ProgramStep[CommandConfig]):
+    """Runs a program after the value changed, e.g. `systemctl reload app` or a deploy hook."""
+
+    kind: ClassVar[str] = "command"
+    phase: ClassVar[Phase] = Phase.RELOAD
+    Config: ClassVar[type[BaseModel]] = CommandConfig
+
+    async def rollback(self, request: RollbackRequest) -> StepResult:
+        """Run the program again with the restored version, so the consumer reloads it.
+
+        With `rollback: none`, or when there is no previous version whose value the
+        program expects, nothing runs. Idempotent as far as the program is.
+        """
+        if self.config.rollback == "none":
+            return StepResult({"argv0": self.config.argv[0], "skipped": "rollback is none"})
+        previous = request.previous
+        if previous is None and self.config.value_via != "none":
+            return StepResult({"argv0": self.config.argv[0], "skipped": "no previous version"})
+        return await self._run("rollback", request.failed, previous, [request.failed, previous])
+
+
+class CommandCheckTarget(_ProgramStep[CommandCheckConfig]):
+    """Tests the cutover with a program, e.g. a script that logs in with the new version.
+
+    A non-zero exit fails the step; with `on_failure: abort` the rotation rolls back.
+    """
+
+    kind: ClassVar[str] = "command_check"
+    phase: ClassVar[Phase] = Phase.VERIFY
+    Config: ClassVar[type[BaseModel]] = CommandCheckConfig
+
+    async def rollback(self, request: RollbackRequest) -> StepResult:
+        """Runs nothing: a check changed nothing, so there is nothing to undo."""
+        return StepResult({"skipped": "a check has nothing to undo"})
