@@ -8,14 +8,24 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
 from keyshift.domain.durations import format_duration
 from keyshift.errors import PermanentError, TransientError, scrub
 
+INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+"""The only variables a program inherits from keyshift's environment, which may hold
+keyshift's own keys."""
+
 OUTPUT_LIMIT = 500
 """Characters of stdout (head) and stderr (tail) kept for step records."""
+
+
+def inherited_env(source: Mapping[str, str]) -> dict[str, str]:
+    """The part of `source` a program may see: `INHERITED_ENV` only."""
+    return {name: source[name] for name in INHERITED_ENV if name in source}
 
 
 @dataclass(frozen=True)

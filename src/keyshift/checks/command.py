@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from keyshift.errors import PluginError
-from keyshift.process import run_program
+from keyshift.process import inherited_env, run_program
 from keyshift.providers.base import IssuedVersion, UsageReport
-
-INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,7 @@ async def command_usage(
 ) -> UsageReport:
     """Run the operator's program for the old version and read its verdict."""
     source = os.environ if env is None else env
-    program_env = {k: source[k] for k in INHERITED_ENV if k in source}
+    program_env = inherited_env(source)
     program_env.update(
         {
             "KEYSHIFT_CREDENTIAL": credential,

@@ -25,7 +25,6 @@ import base64
 import hashlib
 import hmac
 import secrets
-import string
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -53,11 +52,10 @@ from keyshift.providers.base import (
     VersionInfo,
 )
 from keyshift.providers.connection import AdminConnection
+from keyshift.providers.random import DEFAULT_ALPHABET, Alphabet, draw
 
 SCRAM_ITERATIONS = 4096
 """PostgreSQL's default `scram_iterations`."""
-
-DEFAULT_ALPHABET = string.ascii_letters + string.digits
 
 
 class PostgresIntegration(AdminConnection):
@@ -84,7 +82,7 @@ class PostgresConfig(BaseModel):
     """single_user: the role whose password is replaced."""
     password_length: int = Field(default=32, ge=16, le=128)
     """Length of generated passwords."""
-    password_alphabet: str = DEFAULT_ALPHABET
+    password_alphabet: Alphabet = DEFAULT_ALPHABET
     """Characters generated passwords are drawn from."""
 
     @model_validator(mode="after")
@@ -101,8 +99,6 @@ class PostgresConfig(BaseModel):
                 raise ValueError("single_user needs user (the role whose password changes)")
             if self.users or self.group_role:
                 raise ValueError("users and group_role belong to alternating_users")
-        if len(set(self.password_alphabet)) < 10:
-            raise ValueError("password_alphabet must hold at least 10 distinct characters")
         return self
 
 
@@ -195,8 +191,7 @@ class PostgresProvider:
         return f"{ep['host']}:{ep['port']}/{ep['database']}"
 
     def _generate(self) -> str:
-        alphabet = "".join(dict.fromkeys(self.config.password_alphabet))
-        return "".join(secrets.choice(alphabet) for _ in range(self.config.password_length))
+        return draw(self.config.password_alphabet, self.config.password_length)
 
     async def _check_role(self, conn: psycopg.AsyncConnection[Any], role: str) -> None:
         cur = await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))

@@ -12,9 +12,9 @@ import base64
 import secrets
 import string
 import uuid
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from keyshift.domain.context import PluginContext
 from keyshift.domain.secret import Secret
@@ -33,6 +33,23 @@ from keyshift.providers.base import (
 DEFAULT_ALPHABET = string.ascii_letters + string.digits
 
 
+def _strong_alphabet(alphabet: str) -> str:
+    if len(set(alphabet)) < 10:
+        raise ValueError("must hold at least 10 distinct characters")
+    return alphabet
+
+
+Alphabet = Annotated[str, AfterValidator(_strong_alphabet)]
+"""Characters a generated secret is drawn from; at least 10 distinct ones."""
+
+
+def draw(alphabet: str, length: int) -> str:
+    """`length` characters drawn uniformly with `secrets` from the distinct characters of
+    `alphabet` (repeats in the alphabet would otherwise bias the draw)."""
+    distinct = "".join(dict.fromkeys(alphabet))
+    return "".join(secrets.choice(distinct) for _ in range(length))
+
+
 class RandomConfig(BaseModel):
     """`format: alphabet` draws `length` characters from `alphabet`; `base64` / `hex` encode
     `length` random bytes."""
@@ -41,13 +58,7 @@ class RandomConfig(BaseModel):
 
     format: Literal["alphabet", "base64", "hex"] = "alphabet"
     length: int = Field(default=40, ge=16, le=4096)
-    alphabet: str = DEFAULT_ALPHABET
-
-    @model_validator(mode="after")
-    def _strong_enough(self) -> RandomConfig:
-        if len(set(self.alphabet)) < 10:
-            raise ValueError("alphabet must hold at least 10 distinct characters")
-        return self
+    alphabet: Alphabet = DEFAULT_ALPHABET
 
 
 class RandomProvider:
@@ -67,8 +78,7 @@ class RandomProvider:
             return base64.urlsafe_b64encode(secrets.token_bytes(cfg.length)).decode().rstrip("=")
         if cfg.format == "hex":
             return secrets.token_hex(cfg.length)
-        alphabet = "".join(dict.fromkeys(cfg.alphabet))
-        return "".join(secrets.choice(alphabet) for _ in range(cfg.length))
+        return draw(cfg.alphabet, cfg.length)
 
     async def create(self, request: CreateRequest) -> IssuedVersion:
         """Generate a new value. Nothing leaves the process until the engine stores it, so

@@ -39,8 +39,6 @@ Limits an operator should know:
 from __future__ import annotations
 
 import hashlib
-import secrets
-import string
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
@@ -81,8 +79,8 @@ from keyshift.providers.base import (
     VersionInfo,
 )
 from keyshift.providers.connection import AdminConnection
+from keyshift.providers.random import DEFAULT_ALPHABET, Alphabet, draw
 
-DEFAULT_ALPHABET = string.ascii_letters + string.digits
 MARKER_KEY_PREFIX = "keyshift:marker:"
 """The marker of the rotation that last set a user's password lives at this key + user."""
 MAX_ADDRESSES = 5
@@ -125,7 +123,7 @@ class RedisConfig(BaseModel):
     """alternating_users: the two ACL users, with the same permissions, that take turns."""
     password_length: int = Field(default=32, ge=16, le=128)
     """Length of generated passwords."""
-    password_alphabet: str = DEFAULT_ALPHABET
+    password_alphabet: Alphabet = DEFAULT_ALPHABET
     """Characters generated passwords are drawn from (at least 10 distinct)."""
 
     @field_validator("user")
@@ -154,8 +152,6 @@ class RedisConfig(BaseModel):
                 raise ValueError("alternating_users needs users: [two distinct ACL users]")
             if self.user:
                 raise ValueError("user belongs to dual_password; alternating_users takes users")
-        if len(set(self.password_alphabet)) < 10:
-            raise ValueError("password_alphabet must hold at least 10 distinct characters")
         if any(c.isspace() or not c.isprintable() for c in self.password_alphabet):
             raise ValueError("password_alphabet must hold printable characters without spaces")
         return self
@@ -288,8 +284,7 @@ class RedisProvider:
             raise _classify(exc, doing, where, values) from exc
 
     def _generate(self) -> Secret:
-        alphabet = "".join(dict.fromkeys(self.config.password_alphabet))
-        return Secret("".join(secrets.choice(alphabet) for _ in range(self.config.password_length)))
+        return Secret(draw(self.config.password_alphabet, self.config.password_length))
 
     async def _getuser(self, conn: aioredis.Redis, user: str) -> _AclUser | None:
         with self._errors(f"reading ACL user {user}"):

@@ -30,7 +30,7 @@ from keyshift.domain.context import PluginContext
 from keyshift.domain.durations import Duration
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError
-from keyshift.process import run_program
+from keyshift.process import inherited_env, run_program
 from keyshift.targets.base import (
     Delivery,
     PreflightRequest,
@@ -41,8 +41,6 @@ from keyshift.targets.base import (
     StepResult,
 )
 
-INHERITED_ENV: Final = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR")
-"""The only variables the program inherits from keyshift's environment."""
 RESERVED_PREFIX: Final = "KEYSHIFT_"
 """Variables keyshift sets for the program; configuration may not set them."""
 
@@ -162,10 +160,7 @@ class _ProgramStep(Generic[_C]):
         return shutil.which(program, path=self._base_env().get("PATH", os.defpath))
 
     def _base_env(self) -> dict[str, str]:
-        inherited = {
-            name: self.context.env[name] for name in INHERITED_ENV if name in self.context.env
-        }
-        return {**inherited, **self.config.env}
+        return {**inherited_env(self.context.env), **self.config.env}
 
     def _environment(
         self, phase: str, rotation: Delivery, version: Delivery | None
