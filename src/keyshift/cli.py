@@ -438,6 +438,9 @@ def worker(
                     interval=every,
                     once=once,
                     on_event=_progress,
+                    on_scan=lambda c: out.print(
+                        f"{utcnow():%H:%M:%S} scan: {c['resumed']} resumed, {c['started']} started"
+                    ),
                 )
             )
         except KeyboardInterrupt:

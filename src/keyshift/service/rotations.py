@@ -380,10 +380,13 @@ async def worker_loop(
     interval: timedelta,
     once: bool = False,
     on_event: Callable[[StepEvent], None] | None = None,
+    on_scan: Callable[[dict[str, int]], None] | None = None,
 ) -> None:
     while True:
         counts = await worker_pass(store, actor=actor, on_event=on_event)
         log.info("worker scan", **counts)
+        if on_scan is not None:
+            on_scan(counts)
         if once:
             return
         await asyncio.sleep(interval.total_seconds())
