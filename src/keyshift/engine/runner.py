@@ -1065,10 +1065,6 @@ class Engine:
                 run.succeeded.add(step_name)
         return run
 
-    def _check_lease(self, rot: RotationRow) -> None:
-        if rot.lease_owner != self.owner:
-            raise LeaseHeld(f"rotation {rot.id} was taken over by {rot.lease_owner}")
-
     def _release(self, rotation_id: str) -> None:
         with self.store.transaction() as s:
             rot = s.get(RotationRow, rotation_id)
