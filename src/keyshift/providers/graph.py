@@ -1,0 +1,485 @@
+"""Microsoft Graph v1.0 client for Entra ID application secrets (addPassword/removePassword).
+
+`GraphClient` speaks Graph over httpx with a bearer token from an async token
+source (`azure_identity_token_source` wraps an `azure.identity.aio` credential).
+What holds:
+
+- Throttling and outages (429, 502, 503, 504, connection errors) are retried with
+  exponential backoff and jitter, or exactly the numeric `Retry-After` Graph sends,
+  within `max_retry_time` seconds of the context's clock; past it the call raises
+  `TransientError(retry_after=...)` so the engine can schedule the step again.
+  Sleeping goes through `PluginContext.sleep`, so tests never wait.
+- `addPassword` is not idempotent: it is repeated only when Graph certainly did not
+  run it (429, 503, a refused connection). An ambiguous failure (504, a dropped
+  answer) raises TransientError; the engine's idempotency marker in the password's
+  displayName is how a repeat is detected.
+- Any other answer of 400 or more raises `GraphRequestFailed` (a PermanentError)
+  carrying Graph's error code, message and request id: never a secret, never the
+  token. A 403 `Authorization_RequestDenied` names the permission needed.
+- `secretText` is wrapped in `Secret` as soon as it is parsed.
+- `@odata.nextLink` is followed as is, but only to the configured Graph origin: the
+  bearer token is never sent elsewhere.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote
+
+import httpx
+import structlog
+from azure.core.exceptions import AzureError, ClientAuthenticationError
+
+from keyshift.domain.context import PluginContext
+from keyshift.domain.secret import Secret
+from keyshift.errors import PermanentError, TransientError
+
+if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_BASE_URL: Final = "https://graph.microsoft.com/v1.0"
+GRAPH_SCOPE: Final = "https://graph.microsoft.com/.default"
+NEEDED_PERMISSION: Final = (
+    "the Graph application permission Application.ReadWrite.OwnedBy (with the keyshift "
+    "identity as an owner of the application) or Application.ReadWrite.All"
+)
+RETRYABLE_STATUSES: Final = frozenset({429, 502, 503, 504})
+# Statuses that mean Graph refused the request before running it: safe to repeat a POST.
+NOT_EXECUTED_STATUSES: Final = frozenset({429, 503})
+BACKOFF_BASE: Final = 1.0
+BACKOFF_CAP: Final = 60.0
+_AADSTS = re.compile(r"AADSTS\d+")
+
+TokenSource = Callable[[], Awaitable[str]]
+"""Returns a bearer token for Graph; called before every attempt (the source caches)."""
+
+_random = secrets.SystemRandom()
+
+
+def odata_literal(value: str) -> str:
+    """`value` as an OData string literal for `$filter`: single-quoted, quotes doubled.
+
+    Raises ValueError for control characters or anything else not printable, which no
+    application name or id holds and which could change how the filter is parsed.
+    """
+    if not value.isprintable():
+        raise ValueError("a $filter literal must not contain control or unprintable characters")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def azure_identity_token_source(
+    credential: AsyncTokenCredential, scope: str = GRAPH_SCOPE
+) -> TokenSource:
+    """A token source from an `azure.identity.aio` credential. Entra ID refusing the
+    credential raises `TokenRefused` (with the AADSTS code); an unreachable token
+    endpoint raises TransientError."""
+
+    async def token() -> str:
+        try:
+            access = await credential.get_token(scope)
+        except ClientAuthenticationError as exc:
+            found = _AADSTS.search(str(exc.message or ""))
+            code = found.group(0) if found else "unknown"
+            raise TokenRefused(
+                f"Entra ID refused the client credential ({code}); check the client "
+                "id, tenant and secret",
+                code=code,
+            ) from exc
+        except AzureError as exc:
+            raise TransientError(f"could not get a Graph token: {type(exc).__name__}") from exc
+        return access.token
+
+    return token
+
+
+class TokenRefused(PermanentError):
+    """Entra ID refused the client credential; `code` is the AADSTS code, e.g. AADSTS7000215."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class GraphRequestFailed(PermanentError):
+    """Graph answered with an error that retrying will not fix."""
+
+    def __init__(
+        self, message: str, *, status: int, code: str, graph_message: str, request_id: str | None
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.graph_message = graph_message
+        self.request_id = request_id
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class PasswordCredential:
+    """A client secret of an application as Graph lists it: never its value."""
+
+    key_id: str
+    display_name: str | None
+    hint: str | None
+    start: datetime | None
+    end: datetime | None
+
+    @classmethod
+    def from_graph(cls, data: Mapping[str, Any]) -> PasswordCredential:
+        return cls(
+            key_id=str(data["keyId"]),
+            display_name=data.get("displayName"),
+            hint=data.get("hint"),
+            start=_parse_time(data.get("startDateTime")),
+            end=_parse_time(data.get("endDateTime")),
+        )
+
+
+@dataclass(frozen=True)
+class AddedPassword:
+    """The answer to addPassword: the new secret's id and its value, which Graph shows
+    only this once."""
+
+    key_id: str
+    display_name: str | None
+    hint: str | None
+    start: datetime | None
+    end: datetime | None
+    secret: Secret
+
+
+@dataclass(frozen=True)
+class Application:
+    """An application registration: `id` is the object id, `app_id` the client id."""
+
+    id: str
+    app_id: str
+    display_name: str
+    password_credentials: tuple[PasswordCredential, ...]
+
+    @classmethod
+    def from_graph(cls, data: Mapping[str, Any]) -> Application:
+        return cls(
+            id=str(data["id"]),
+            app_id=str(data.get("appId", "")),
+            display_name=str(data.get("displayName", "")),
+            password_credentials=tuple(
+                PasswordCredential.from_graph(p) for p in data.get("passwordCredentials") or ()
+            ),
+        )
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _graph_time(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("Graph times must be timezone-aware")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The numeric `Retry-After` in seconds; an HTTP date or garbage counts as absent."""
+    raw = response.headers.get("Retry-After", "").strip()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def _error_fields(response: httpx.Response) -> tuple[str, str, str | None]:
+    """(code, message, request id) of a Graph error body; tolerant of other bodies."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return f"HTTP{response.status_code}", response.reason_phrase, None
+    inner = error.get("innerError") if isinstance(error.get("innerError"), dict) else {}
+    request_id = inner.get("request-id") if isinstance(inner, dict) else None
+    return (
+        str(error.get("code") or f"HTTP{response.status_code}"),
+        str(error.get("message") or ""),
+        str(request_id) if request_id else None,
+    )
+
+
+def _encode_query(params: Mapping[str, str | int] | None) -> str:
+    """Query options keep their `$`; values are percent-encoded (spaces as %20)."""
+    if not params:
+        return ""
+    return "?" + "&".join(
+        f"{quote(k, safe='$')}={quote(str(v), safe='')}" for k, v in params.items()
+    )
+
+
+class GraphClient:
+    """An async Microsoft Graph client for application password credentials.
+
+    `base_url` defaults to the global cloud; national clouds and tests pass theirs.
+    `transport` and `verify` are handed to httpx (tests pass an SSLContext that
+    trusts their CA). Close with `aclose()` or use `async with`.
+    """
+
+    def __init__(
+        self,
+        token_source: TokenSource,
+        context: PluginContext,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
+        max_retry_time: float = 120.0,
+        timeout: float = 30.0,
+        page_size: int = 100,
+    ) -> None:
+        if not 1 <= page_size <= 999:
+            raise ValueError("page_size must be between 1 and 999")
+        self._token_source = token_source
+        self._context = context
+        self._base = httpx.URL(base_url.rstrip("/") + "/")
+        self._max_retry_time = max_retry_time
+        self._page_size = page_size
+        self._http = httpx.AsyncClient(
+            transport=transport, verify=verify, timeout=timeout, follow_redirects=False
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> GraphClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # --- generic requests --------------------------------------------------------------
+
+    async def get(self, path: str, params: Mapping[str, str | int] | None = None) -> dict[str, Any]:
+        """GET `path` (relative to the base URL) and return the JSON object."""
+        response = await self._request("GET", self._url(path) + _encode_query(params))
+        return _json_object(response)
+
+    async def post(
+        self, path: str, json: Mapping[str, Any] | None = None, *, idempotent: bool = False
+    ) -> dict[str, Any] | None:
+        """POST `json` to `path`; the JSON object answered, or None for 204.
+
+        Unless `idempotent`, the request is repeated only when Graph did not run it.
+        """
+        response = await self._request("POST", self._url(path), json=json, idempotent=idempotent)
+        if response.status_code == 204 or not response.content:
+            return None
+        return _json_object(response)
+
+    async def paged(
+        self, path: str, params: Mapping[str, str | int] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every item of a collection, following `@odata.nextLink` until it is absent."""
+        url: str | None = self._url(path) + _encode_query(params)
+        while url is not None:
+            body = _json_object(await self._request("GET", url))
+            for item in body.get("value") or ():
+                yield item
+            next_link = body.get("@odata.nextLink")
+            url = self._same_origin(next_link) if next_link else None
+
+    # --- applications ------------------------------------------------------------------
+
+    async def list_applications(self, filter: str | None = None) -> AsyncIterator[Application]:
+        """Applications matching the `$filter` expression (build literals with
+        `odata_literal`), all pages, `page_size` per request."""
+        params: dict[str, str | int] = {"$top": self._page_size}
+        if filter is not None:
+            params["$filter"] = filter
+        async for item in self.paged("applications", params):
+            yield Application.from_graph(item)
+
+    async def get_application(self, app_object_id: str) -> Application:
+        """The application with this object id; GraphRequestFailed (404) if none."""
+        return Application.from_graph(await self.get(f"applications/{_segment(app_object_id)}"))
+
+    async def add_password(
+        self, app_object_id: str, display_name: str, end: datetime
+    ) -> AddedPassword:
+        """Add a client secret valid from now until `end`. Not idempotent: each call
+        that succeeds mints a new secret; look for `display_name` before calling again."""
+        body = {
+            "passwordCredential": {"displayName": display_name, "endDateTime": _graph_time(end)}
+        }
+        answer = await self.post(f"applications/{_segment(app_object_id)}/addPassword", body)
+        if answer is None:
+            raise PermanentError(f"Graph addPassword on {app_object_id} answered no body")
+        secret_text = answer.pop("secretText", None)
+        if not isinstance(secret_text, str) or not secret_text:
+            raise PermanentError(f"Graph addPassword on {app_object_id} answered no secretText")
+        secret = Secret(secret_text)
+        listed = PasswordCredential.from_graph(answer)
+        log.info(
+            "graph.password_added",
+            app_object_id=app_object_id,
+            key_id=listed.key_id,
+            end=listed.end.isoformat() if listed.end else None,
+        )
+        return AddedPassword(
+            key_id=listed.key_id,
+            display_name=listed.display_name,
+            hint=listed.hint,
+            start=listed.start,
+            end=listed.end,
+            secret=secret,
+        )
+
+    async def remove_password(self, app_object_id: str, key_id: str) -> None:
+        """Remove the client secret `key_id`. Graph answers 400 for a keyId it does not
+        hold; that is raised as GraphRequestFailed for the caller to judge."""
+        await self.post(
+            f"applications/{_segment(app_object_id)}/removePassword",
+            {"keyId": key_id},
+            idempotent=True,
+        )
+        log.info("graph.password_removed", app_object_id=app_object_id, key_id=key_id)
+
+    # --- the retry loop ----------------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        return str(self._base.join(path.lstrip("/")))
+
+    def _same_origin(self, link: object) -> str:
+        if not isinstance(link, str):
+            raise PermanentError("Graph answered an @odata.nextLink that is not a string")
+        url = httpx.URL(link)
+        if (url.scheme, url.host, url.port) != (
+            self._base.scheme,
+            self._base.host,
+            self._base.port,
+        ):
+            raise PermanentError(
+                f"Graph answered an @odata.nextLink to another origin ({url.host}); not followed"
+            )
+        return link
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with equal jitter: half fixed, half random."""
+        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** (attempt - 1))
+        return ceiling / 2 + _random.uniform(0, ceiling / 2)
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Mapping[str, Any] | None = None,
+        idempotent: bool = True,
+    ) -> httpx.Response:
+        where = httpx.URL(url).path
+        started = self._context.now()
+        attempt = 0
+        while True:
+            attempt += 1
+            token = await self._token_source()
+            retry_after: float | None = None
+            try:
+                response = await self._http.request(
+                    method, url, json=json, headers={"Authorization": f"Bearer {token}"}
+                )
+            except httpx.TransportError as exc:
+                # A refused connection never reached Graph; anything later may have.
+                repeatable = idempotent or isinstance(exc, httpx.ConnectError)
+                reason = type(exc).__name__
+                if not repeatable:
+                    raise TransientError(
+                        f"Graph {method} {where}: {reason}; not repeated since Graph may "
+                        "have run it"
+                    ) from exc
+            else:
+                status = response.status_code
+                if status < 400:
+                    return response
+                code, message, request_id = _error_fields(response)
+                if status not in RETRYABLE_STATUSES:
+                    if status >= 500:
+                        raise TransientError(f"Graph {method} {where}: {status} {code}")
+                    raise _permanent(
+                        method, where, status, code=code, message=message, request_id=request_id
+                    )
+                reason = f"{status} {code}"
+                retry_after = _retry_after(response)
+                if not idempotent and status not in NOT_EXECUTED_STATUSES:
+                    raise TransientError(
+                        f"Graph {method} {where}: {reason}; not repeated since Graph may "
+                        "have run it",
+                        retry_after=retry_after,
+                    )
+            delay = retry_after if retry_after is not None else self._backoff(attempt)
+            elapsed = (self._context.now() - started).total_seconds()
+            if elapsed + delay > self._max_retry_time:
+                raise TransientError(
+                    f"Graph {method} {where}: {reason} after {attempt} attempts in "
+                    f"{elapsed:.0f}s; giving up for now",
+                    retry_after=delay,
+                )
+            log.warning(
+                "graph.retry",
+                method=method,
+                path=where,
+                reason=reason,
+                attempt=attempt,
+                delay=round(delay, 3),
+            )
+            await self._context.sleep(delay)
+
+
+def _segment(value: str) -> str:
+    """An id as one path segment, so a crafted id cannot reach another route."""
+    if not value:
+        raise ValueError("an object id must not be empty")
+    return quote(value, safe="")
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise PermanentError(
+            f"Graph {response.request.method} {response.request.url.path} answered "
+            f"{response.status_code} without JSON"
+        ) from exc
+    if not isinstance(body, dict):
+        raise PermanentError(
+            f"Graph {response.request.method} {response.request.url.path} answered "
+            "JSON that is not an object"
+        )
+    return body
+
+
+def _permanent(
+    method: str, where: str, status: int, *, code: str, message: str, request_id: str | None
+) -> GraphRequestFailed:
+    text = f"Graph {method} {where}: {status} {code}: {message}"
+    if status == 403 and code == "Authorization_RequestDenied":
+        text += f" keyshift needs {NEEDED_PERMISSION}."
+    if request_id:
+        text += f" (request-id {request_id})"
+    return GraphRequestFailed(
+        text, status=status, code=code, graph_message=message, request_id=request_id
+    )

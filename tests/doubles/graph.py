@@ -1,0 +1,555 @@
+"""A local HTTPS double of Microsoft Graph v1.0 applications and of the Entra ID token
+endpoint, driven through the real azure-identity credential and httpx.
+
+Documented behaviours it follows (Microsoft Learn):
+
+- Token endpoint (https://learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow):
+  `POST /{tenant}/oauth2/v2.0/token` with `client_id`, `client_secret`,
+  `grant_type=client_credentials`, `scope`; answers `token_type`, `expires_in`,
+  `access_token`. A wrong secret is refused with `invalid_client` and
+  `AADSTS7000215` in `error_codes`; the OpenID metadata is served at
+  `GET /{tenant}/v2.0/.well-known/openid-configuration`.
+- application: addPassword (https://learn.microsoft.com/graph/api/application-addpassword)
+  and passwordCredential (https://learn.microsoft.com/graph/api/resources/passwordcredential):
+  the answer holds `keyId` (GUID), `secretText` (16-64 characters, returned only
+  here), `hint` (its first three characters), `displayName`, `startDateTime`
+  (default now), `endDateTime` (default start + 2 years), `customKeyIdentifier`
+  null. Reading the application shows `passwordCredentials` without secret text.
+  The least-privileged application permission is `Application.ReadWrite.OwnedBy`.
+- application: removePassword: `{"keyId": ...}` answers 204 No Content.
+- Paging (https://learn.microsoft.com/graph/paging): `$top` sets the page size;
+  when more results exist the answer carries `@odata.nextLink`, a full URL with an
+  opaque `$skiptoken` and the original query options, to be followed as is.
+- `$filter` (https://learn.microsoft.com/graph/filter-query-parameter): string
+  literals are single-quoted and a quote inside is doubled.
+- Errors (https://learn.microsoft.com/graph/errors): JSON body
+  `{"error": {"code", "message", "innerError": {"request-id", "date"}}}`.
+- Throttling (https://learn.microsoft.com/graph/throttling): 429 Too Many Requests
+  with a `Retry-After` header in seconds; 503 may carry one too.
+
+What it keeps: applications and their password credentials as SHA-256 hashes of
+the secret text; nothing logs a secret text or a token. `requests` records method,
+path and decoded query of every request (never headers or bodies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import string
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+from tests.doubles.tls import TlsFiles
+
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+MAX_TOP = 999
+DEFAULT_TOP = 100
+SECRET_ALPHABET = string.ascii_letters + string.digits + "~._-"
+_FILTER = re.compile(r"^\s*(appId|displayName) eq '((?:[^']|'')*)'\s*$")
+_APP_PATH = re.compile(r"^/v1\.0/applications/([^/]+)(?:/(addPassword|removePassword))?$")
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One request the double received: no headers, no body."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+
+
+@dataclass
+class StoredPassword:
+    key_id: str
+    display_name: str | None
+    hint: str
+    secret_sha256: str
+    start: datetime
+    end: datetime
+
+
+@dataclass
+class StoredApplication:
+    id: str
+    app_id: str
+    display_name: str
+    passwords: list[StoredPassword] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "appId": self.app_id,
+            "displayName": self.display_name,
+            "keyCredentials": [],
+            "passwordCredentials": [
+                {
+                    "customKeyIdentifier": None,
+                    "displayName": p.display_name,
+                    "endDateTime": _iso(p.end),
+                    "hint": p.hint,
+                    "keyId": p.key_id,
+                    "secretText": None,
+                    "startDateTime": _iso(p.start),
+                }
+                for p in self.passwords
+            ],
+        }
+
+
+class GraphError(Exception):
+    """Raised inside a handler to answer with a Graph error body."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(value: object, name: str) -> datetime:
+    if not isinstance(value, str):
+        raise GraphError(400, "Request_BadRequest", f"Invalid value for '{name}'.")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise GraphError(400, "Request_BadRequest", f"Invalid value for '{name}'.") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def parse_filter(expression: str) -> tuple[str, str]:
+    """(property, value) of `appId eq '...'` or `displayName eq '...'`, with doubled
+    quotes undone. Anything else is refused as Graph refuses an unsupported query."""
+    found = _FILTER.match(expression)
+    if not found:
+        raise GraphError(400, "BadRequest", "Invalid filter clause")
+    return found.group(1), found.group(2).replace("''", "'")
+
+
+class GraphDouble:
+    """Entra ID token endpoint and Graph `/v1.0/applications` over TLS on 127.0.0.1.
+
+    Use as a context manager. `authority` is what azure-identity takes, `graph_url`
+    what a Graph client takes. Fault switches: `throttle(n, ...)`, `deny_writes`.
+    """
+
+    def __init__(
+        self,
+        tls: TlsFiles,
+        *,
+        tenant_id: str = "00000000-0000-4000-8000-00000000aaaa",
+        client_id: str = "00000000-0000-4000-8000-00000000cccc",
+        client_secret: str = "double-client-secret-value",  # noqa: S107 (a test double)
+    ) -> None:
+        self.tls = tls
+        self.tenant_id = tenant_id
+        self.client_id = client_id
+        self._client_secret_sha256 = _sha256(client_secret)
+        self.applications: dict[str, StoredApplication] = {}
+        self.requests: list[LoggedRequest] = []
+        self.tokens_issued = 0
+        self.deny_writes = False
+        """When true, addPassword and removePassword answer 403 Authorization_RequestDenied."""
+        self._tokens: set[str] = set()
+        self._skiptokens: dict[str, int] = {}
+        self._throttle: list[tuple[int, int | None]] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def __enter__(self) -> GraphDouble:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        server.daemon_threads = True
+        # The handshake runs on the handler's first read, in its own thread, so one
+        # slow client does not hold up accept().
+        server.socket = self.tls.server_context().wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the Graph double is not running")
+        return int(self._server.server_address[1])
+
+    @property
+    def authority(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def graph_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/v1.0"
+
+    # --- test controls -------------------------------------------------------------------
+
+    def add_application(self, display_name: str, *, app_id: str | None = None) -> StoredApplication:
+        app = StoredApplication(
+            id=str(uuid.uuid4()), app_id=app_id or str(uuid.uuid4()), display_name=display_name
+        )
+        with self._lock:
+            self.applications[app.id] = app
+        return app
+
+    def throttle(self, n: int, retry_after: int | None = 2, status: int = 429) -> None:
+        """Answer the next `n` Graph requests with `status` and, unless None, a
+        `Retry-After: retry_after` header."""
+        with self._lock:
+            self._throttle.extend([(status, retry_after)] * n)
+
+    @contextmanager
+    def writes_denied(self) -> Iterator[None]:
+        self.deny_writes = True
+        try:
+            yield
+        finally:
+            self.deny_writes = False
+
+    def graph_requests(self, method: str | None = None) -> list[LoggedRequest]:
+        with self._lock:
+            return [
+                r
+                for r in self.requests
+                if r.path.startswith("/v1.0/") and (method is None or r.method == method)
+            ]
+
+    # --- the service -------------------------------------------------------------------
+
+    def handle(
+        self, method: str, raw_path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
+        parts = urlsplit(raw_path)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        with self._lock:
+            self.requests.append(LoggedRequest(method, parts.path, query))
+        try:
+            if parts.path.startswith("/v1.0/"):
+                return self._graph(method, parts.path, query, headers, body)
+            return self._login(method, parts.path, body)
+        except GraphError as exc:
+            if parts.path.startswith("/v1.0/"):
+                return _json(exc.status, self._error_body(exc), exc.headers)
+            return _json(exc.status, {"error": exc.code, "error_description": exc.message})
+
+    def _error_body(self, exc: GraphError) -> dict[str, Any]:
+        return {
+            "error": {
+                "code": exc.code,
+                "message": exc.message,
+                "innerError": {"request-id": str(uuid.uuid4()), "date": _iso(datetime.now(UTC))},
+            }
+        }
+
+    def _login(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        base = f"{self.authority}/{self.tenant_id}"
+        if method == "GET" and path == f"/{self.tenant_id}/v2.0/.well-known/openid-configuration":
+            return _json(
+                200,
+                {
+                    "token_endpoint": f"{base}/oauth2/v2.0/token",
+                    "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                    "issuer": f"{base}/v2.0",
+                    "jwks_uri": f"{base}/discovery/v2.0/keys",
+                    "response_types_supported": ["code", "id_token", "token"],
+                    "token_endpoint_auth_methods_supported": ["client_secret_post"],
+                },
+            )
+        if method == "POST" and path == f"/{self.tenant_id}/oauth2/v2.0/token":
+            return self._token(parse_qs(body.decode()))
+        return _json(404, {"error": "not_found", "error_description": "no such endpoint"})
+
+    def _token(self, form: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
+        def one(name: str) -> str:
+            values = form.get(name, [])
+            return values[0] if len(values) == 1 else ""
+
+        client_id, secret = one("client_id"), one("client_secret")
+        if one("grant_type") != "client_credentials":
+            return _aad_error(400, "unsupported_grant_type", 70003, "Unsupported grant type.")
+        if one("scope") != GRAPH_SCOPE:
+            return _aad_error(400, "invalid_scope", 1002012, "The provided scope is invalid.")
+        if not self._client_accepts(client_id, secret):
+            # The real description names the app, never the secret that was sent.
+            return _aad_error(
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the request "
+                f"is the client secret value, not the client secret ID, for a secret added "
+                f"to app '{client_id}'.",
+            )
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._tokens.add(token)
+            self.tokens_issued += 1
+        return _json(
+            200,
+            {
+                "token_type": "Bearer",
+                "expires_in": 3599,
+                "ext_expires_in": 3599,
+                "access_token": token,
+            },
+        )
+
+    def _client_accepts(self, client_id: str, secret: str) -> bool:
+        """The configured client's secret, or a live password of an application with
+        this appId (so a secret minted through addPassword can sign in)."""
+        hashed = _sha256(secret)
+        if client_id == self.client_id and hmac.compare_digest(hashed, self._client_secret_sha256):
+            return True
+        now = datetime.now(UTC)
+        with self._lock:
+            return any(
+                hmac.compare_digest(hashed, p.secret_sha256) and p.start <= now < p.end
+                for app in self.applications.values()
+                if app.app_id == client_id
+                for p in app.passwords
+            )
+
+    def _graph(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, list[str]],
+        headers: dict[str, str],
+        body: bytes,
+    ) -> tuple[int, dict[str, str], bytes]:
+        with self._lock:
+            fault = self._throttle.pop(0) if self._throttle else None
+        if fault is not None:
+            status, retry_after = fault
+            code = "TooManyRequests" if status == 429 else "ServiceUnavailable"
+            extra = {} if retry_after is None else {"Retry-After": str(retry_after)}
+            raise GraphError(status, code, "The request has been throttled", extra)
+
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        with self._lock:
+            valid = scheme.lower() == "bearer" and token in self._tokens
+        if not valid:
+            raise GraphError(401, "InvalidAuthenticationToken", "Access token is empty or invalid.")
+
+        if path == "/v1.0/applications" and method == "GET":
+            return self._list(query)
+        found = _APP_PATH.match(path)
+        if not found:
+            raise GraphError(400, "BadRequest", "Resource not found for the segment.")
+        app_id, action = found.group(1), found.group(2)
+        with self._lock:
+            app = self.applications.get(app_id)
+        if app is None:
+            raise GraphError(
+                404,
+                "Request_ResourceNotFound",
+                f"Resource '{app_id}' does not exist or one of its queried reference-property "
+                "objects are not present.",
+            )
+        if action is None and method == "GET":
+            return _json(200, app.as_json())
+        if method != "POST" or action is None:
+            raise GraphError(405, "Request_BadRequest", "Method not allowed.")
+        if self.deny_writes:
+            raise GraphError(
+                403,
+                "Authorization_RequestDenied",
+                "Insufficient privileges to complete the operation.",
+            )
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError:
+            raise GraphError(400, "BadRequest", "Unable to read JSON request payload.") from None
+        if not isinstance(payload, dict):
+            raise GraphError(400, "BadRequest", "Unable to read JSON request payload.")
+        if action == "addPassword":
+            return self._add_password(app, payload)
+        return self._remove_password(app, payload)
+
+    def _list(self, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
+        top = DEFAULT_TOP
+        if "$top" in query:
+            try:
+                top = int(query["$top"][0])
+            except ValueError:
+                raise GraphError(400, "BadRequest", "Invalid page size specified.") from None
+            if not 1 <= top <= MAX_TOP:
+                raise GraphError(400, "BadRequest", "Invalid page size specified.")
+        with self._lock:
+            apps = sorted(self.applications.values(), key=lambda a: a.id)
+            offset = 0
+            if "$skiptoken" in query:
+                found = self._skiptokens.get(query["$skiptoken"][0])
+                if found is None:
+                    raise GraphError(
+                        400, "Directory_ExpiredPageToken", "The page token is invalid."
+                    )
+                offset = found
+        if "$filter" in query:
+            prop, value = parse_filter(query["$filter"][0])
+            key = "app_id" if prop == "appId" else "display_name"
+            apps = [a for a in apps if getattr(a, key) == value]
+        page = apps[offset : offset + top]
+        answer: dict[str, Any] = {
+            "@odata.context": f"{self.graph_url}/$metadata#applications",
+            "value": [a.as_json() for a in page],
+        }
+        if offset + top < len(apps):
+            skiptoken = secrets.token_urlsafe(24)
+            with self._lock:
+                self._skiptokens[skiptoken] = offset + top
+            options = {k: v[0] for k, v in query.items() if k != "$skiptoken"}
+            options["$top"] = str(top)
+            options["$skiptoken"] = skiptoken
+            encoded = "&".join(f"{k}={quote(v, safe='')}" for k, v in options.items())
+            answer["@odata.nextLink"] = f"{self.graph_url}/applications?{encoded}"
+        return _json(200, answer)
+
+    def _add_password(
+        self, app: StoredApplication, payload: dict[str, Any]
+    ) -> tuple[int, dict[str, str], bytes]:
+        spec = payload.get("passwordCredential") or {}
+        if not isinstance(spec, dict):
+            raise GraphError(400, "BadRequest", "Invalid passwordCredential.")
+        start = (
+            _parse_time(spec["startDateTime"], "startDateTime")
+            if spec.get("startDateTime")
+            else datetime.now(UTC).replace(microsecond=0)
+        )
+        end = (
+            _parse_time(spec["endDateTime"], "endDateTime")
+            if spec.get("endDateTime")
+            else start.replace(year=start.year + 2)
+            if not (start.month == 2 and start.day == 29)
+            else start + timedelta(days=731)
+        )
+        if end <= start:
+            raise GraphError(400, "BadRequest", "Credential end date must be after start date.")
+        display_name = spec.get("displayName")
+        secret_text = "".join(secrets.choice(SECRET_ALPHABET) for _ in range(40))
+        stored = StoredPassword(
+            key_id=str(uuid.uuid4()),
+            display_name=display_name if isinstance(display_name, str) else None,
+            hint=secret_text[:3],
+            secret_sha256=_sha256(secret_text),
+            start=start,
+            end=end,
+        )
+        with self._lock:
+            app.passwords.append(stored)
+        return _json(
+            200,
+            {
+                "@odata.context": f"{self.graph_url}/$metadata#microsoft.graph.passwordCredential",
+                "customKeyIdentifier": None,
+                "displayName": stored.display_name,
+                "endDateTime": _iso(stored.end),
+                "hint": stored.hint,
+                "keyId": stored.key_id,
+                "secretText": secret_text,
+                "startDateTime": _iso(stored.start),
+            },
+        )
+
+    def _remove_password(
+        self, app: StoredApplication, payload: dict[str, Any]
+    ) -> tuple[int, dict[str, str], bytes]:
+        key_id = payload.get("keyId")
+        with self._lock:
+            kept = [p for p in app.passwords if p.key_id != key_id]
+            if len(kept) == len(app.passwords):
+                raise GraphError(
+                    400,
+                    "Request_BadRequest",
+                    f"No password credential found with keyId '{key_id}'.",
+                )
+            app.passwords = kept
+        return 204, {}, b""
+
+
+def _json(
+    status: int, body: object, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    return (
+        status,
+        {"Content-Type": "application/json", **(headers or {})},
+        json.dumps(body).encode(),
+    )
+
+
+def _aad_error(
+    status: int, error: str, code: int, description: str
+) -> tuple[int, dict[str, str], bytes]:
+    now = datetime.now(UTC)
+    trace = str(uuid.uuid4())
+    return _json(
+        status,
+        {
+            "error": error,
+            "error_description": f"AADSTS{code}: {description} Trace ID: {trace} "
+            f"Timestamp: {now:%Y-%m-%d %H:%M:%SZ}",
+            "error_codes": [code],
+            "timestamp": f"{now:%Y-%m-%d %H:%M:%SZ}",
+            "trace_id": trace,
+            "correlation_id": str(uuid.uuid4()),
+        },
+    )
+
+
+def _handler_for(double: GraphDouble) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            status, extra, payload = double.handle(self.command, self.path, headers, body)
+            self.send_response(status)
+            for name, value in extra.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if payload:
+                self.wfile.write(payload)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _serve
+
+        def log_message(self, format: str, *args: Any) -> None:
+            # Quiet: the request log above is what tests assert on.
+            return
+
+    return Handler

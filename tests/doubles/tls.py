@@ -1,0 +1,121 @@
+"""A throwaway certificate authority and a server certificate for 127.0.0.1 and localhost.
+
+Clients that refuse plain http (azure-identity, the Key Vault SDK) talk to local
+doubles over TLS; the test trusts `ca_path` only, never the system store.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a test CA and of a server certificate (with its key) it signed."""
+
+    ca_path: Path
+    cert_path: Path
+    key_path: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        """A TLS server context presenting the server certificate."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert_path, self.key_path)
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        """A TLS client context that trusts the test CA only."""
+        return ssl.create_default_context(cafile=str(self.ca_path))
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def make_pki(directory: Path, *, hosts: tuple[str, ...] = ("localhost",)) -> TlsFiles:
+    """Write a fresh CA and a server certificate for 127.0.0.1, ::1 and `hosts` into
+    `directory`. Valid from an hour ago for a day; keys are P-256."""
+    now = datetime.now(UTC)
+    not_before, not_after = now - timedelta(hours=1), now + timedelta(days=1)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("keyshift test CA"))
+        .issuer_name(_name("keyshift test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = [
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+        *(x509.DNSName(h) for h in hosts),
+    ]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(hosts[0] if hosts else "127.0.0.1"))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    directory.mkdir(parents=True, exist_ok=True)
+    pki = TlsFiles(
+        ca_path=directory / "ca.pem",
+        cert_path=directory / "server.pem",
+        key_path=directory / "server-key.pem",
+    )
+    pki.ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    pki.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pki.key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    pki.key_path.chmod(0o600)
+    return pki
