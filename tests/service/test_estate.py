@@ -226,7 +226,8 @@ MALFORMED = [
         """,
         (
             "credentials[0].provider.type",
-            "unknown provider type 'hashicorp_vault'; known: postgres, random, redis",
+            "unknown provider type 'hashicorp_vault'; "
+            "known: entra_client_secret, postgres, random, redis",
         ),
         id="unknown-provider-type-lists-known-ones",
     ),
@@ -433,10 +434,10 @@ MALFORMED = [
     case(
         """\
         integrations:
-          - {name: contoso-entra, type: entra}
+          - {name: okta-admin, type: okta}
         """,
-        ("integrations[0].type", "unknown integration type 'entra'; known: postgres, redis"),
-        id="integration-type-not-available-yet",
+        ("integrations[0].type", "unknown integration type 'okta'; known: entra, postgres, redis"),
+        id="unknown-integration-type-lists-known-ones",
     ),
     case(
         """\

@@ -24,30 +24,39 @@ from keyshift.providers.base import (
     VerifyResult,
     VersionInfo,
 )
+from keyshift.providers.entra import (
+    EntraIntegration,
+    EntraSecretConfig,
+    EntraSecretProvider,
+)
 from keyshift.providers.postgres import PostgresIntegration, PostgresProvider
 from keyshift.providers.random import RandomProvider
 from keyshift.providers.redis import RedisIntegration, RedisProvider
 
 
 class ProviderKind(StrEnum):
+    ENTRA_CLIENT_SECRET = "entra_client_secret"  # noqa: S105 (a provider type name)
     POSTGRES = "postgres"
     RANDOM = "random"
     REDIS = "redis"
 
 
 class IntegrationKind(StrEnum):
+    ENTRA = "entra"
     POSTGRES = "postgres"
     REDIS = "redis"
 
 
 # Values are the classes; each has `kind`, `Config`, `capabilities` and takes (config, context).
 PROVIDERS: dict[ProviderKind, Any] = {
+    ProviderKind.ENTRA_CLIENT_SECRET: EntraSecretProvider,
     ProviderKind.POSTGRES: PostgresProvider,
     ProviderKind.RANDOM: RandomProvider,
     ProviderKind.REDIS: RedisProvider,
 }
 
 INTEGRATIONS: dict[IntegrationKind, type[BaseModel]] = {
+    IntegrationKind.ENTRA: EntraIntegration,
     IntegrationKind.POSTGRES: PostgresIntegration,
     IntegrationKind.REDIS: RedisIntegration,
 }
@@ -57,6 +66,9 @@ __all__ = [
     "PROVIDERS",
     "Capability",
     "CreateRequest",
+    "EntraIntegration",
+    "EntraSecretConfig",
+    "EntraSecretProvider",
     "IntegrationKind",
     "IssuedVersion",
     "ListRequest",

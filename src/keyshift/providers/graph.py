@@ -319,13 +319,15 @@ class GraphClient:
         return Application.from_graph(await self.get(f"applications/{_segment(app_object_id)}"))
 
     async def add_password(
-        self, app_object_id: str, display_name: str, end: datetime
+        self, app_object_id: str, display_name: str, end: datetime | None
     ) -> AddedPassword:
-        """Add a client secret valid from now until `end`. Not idempotent: each call
-        that succeeds mints a new secret; look for `display_name` before calling again."""
-        body = {
-            "passwordCredential": {"displayName": display_name, "endDateTime": _graph_time(end)}
-        }
+        """Add a client secret valid from now until `end` (None: Graph's default, two years).
+        Not idempotent: each call that succeeds mints a new secret; look for
+        `display_name` before calling again."""
+        credential: dict[str, str] = {"displayName": display_name}
+        if end is not None:
+            credential["endDateTime"] = _graph_time(end)
+        body = {"passwordCredential": credential}
         answer = await self.post(f"applications/{_segment(app_object_id)}/addPassword", body)
         if answer is None:
             raise PermanentError(f"Graph addPassword on {app_object_id} answered no body")

@@ -1,0 +1,301 @@
+"""`entra_client_secret`: client secrets of an Entra ID app registration, through Microsoft Graph.
+
+A rotation adds a password credential to the application (`addPassword`) while the
+old one stays valid, so consumers switch without a window; revocation removes the
+old one (`removePassword`). keyshift signs in to Graph with its own identity (the
+`entra` integration), which needs `Application.ReadWrite.OwnedBy` (as an owner of the
+application) or `Application.ReadWrite.All`.
+
+Idempotency. Graph shows a secret's value only in the answer to `addPassword`, so a
+value lost in a crash cannot be read again. Each secret a rotation adds carries the
+display name `<display_name_prefix> <marker>`: a repeated `create` of the same
+rotation finds the secret of that name, removes it and adds a fresh one, so exactly
+one secret of the rotation remains on the application. The version's `provider_ref`
+is `<appId>:<marker>`, the same across such repeats; the secret's current `keyId`
+is in the version's attributes (`key_id`).
+
+`verify` signs in as the application itself with the version's secret (the client
+credentials grant): the proof a consumer would get. Entra ID may take a short while
+to accept a secret just added; a refusal then makes the step fail and be retried.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+import structlog
+from azure.core.pipeline.transport import AsyncioRequestsTransport
+from azure.identity.aio import ClientSecretCredential
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from keyshift.domain.context import PluginContext
+from keyshift.domain.secret import Secret
+from keyshift.errors import PermanentError
+from keyshift.providers.base import (
+    Capability,
+    CreateRequest,
+    IssuedVersion,
+    ListRequest,
+    RevokeRequest,
+    RevokeResult,
+    VerifyRequest,
+    VerifyResult,
+    VersionInfo,
+)
+from keyshift.providers.graph import (
+    DEFAULT_BASE_URL,
+    Application,
+    GraphClient,
+    GraphRequestFailed,
+    TokenRefused,
+    azure_identity_token_source,
+    odata_literal,
+)
+from keyshift.sources import SecretRef
+
+DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
+_NOT_YET = ("certificate", "managed_identity")
+
+log = structlog.get_logger("keyshift.providers.entra")
+
+
+class EntraAuth(BaseModel):
+    """How keyshift signs in to Entra ID to call Graph."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
+
+    method: str = "client_secret"
+    """`client_secret` (the only method available for now; `certificate` and
+    `managed_identity` are not available yet)."""
+    secret_from: SecretRef
+    """Where keyshift's own client secret is read: `env:NAME`, `file:/path` or
+    `credential:NAME`; never the secret itself."""
+
+    @field_validator("method")
+    @classmethod
+    def _available(cls, method: str) -> str:
+        if method in _NOT_YET:
+            raise ValueError(
+                f"auth method {method} is not available yet (certificate and "
+                "managed_identity are planned); use client_secret"
+            )
+        if method != "client_secret":
+            raise ValueError(f"unknown auth method {method!r}; use client_secret")
+        return method
+
+
+class EntraIntegration(BaseModel):
+    """A Microsoft Entra ID tenant and the identity keyshift calls Microsoft Graph as. It
+    needs the Graph application permission `Application.ReadWrite.OwnedBy` (and to own
+    the rotated applications) or `Application.ReadWrite.All`."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
+
+    tenant_id: str = Field(min_length=1)
+    """The directory (tenant) id, a GUID, or a verified domain of the tenant."""
+    client_id: str = Field(min_length=1)
+    """The application (client) id keyshift signs in as."""
+    auth: EntraAuth
+    """How keyshift authenticates: `{method: client_secret, secret_from: env:NAME}`."""
+    authority: str = DEFAULT_AUTHORITY
+    """The Entra ID login host; national clouds have their own, e.g.
+    `https://login.microsoftonline.us`."""
+    graph_url: str = DEFAULT_BASE_URL
+    """The Microsoft Graph v1.0 endpoint; national clouds have their own."""
+    ca_bundle: str | None = None
+    """Path to a PEM file of CA certificates to trust instead of the system store (a TLS
+    intercepting proxy, or a test double)."""
+
+    @field_validator("authority", "graph_url")
+    @classmethod
+    def _https(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError("must be an https:// URL")
+        return url.rstrip("/")
+
+
+class EntraSecretConfig(BaseModel):
+    """Which application's client secrets to rotate."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
+
+    integration: str
+    """The `entra` integration (tenant and keyshift's identity) to use."""
+    app_id: str = Field(min_length=1)
+    """The application (client) id, `appId`, of the app registration whose secrets rotate."""
+    display_name_prefix: str = Field(default="keyshift", min_length=1)
+    """Start of the display name of each secret keyshift adds; the rotation marker follows."""
+
+
+class EntraSecretProvider:
+    """Adds, verifies and removes client secrets of an Entra ID application."""
+
+    kind: ClassVar[str] = "entra_client_secret"
+    Config: ClassVar[type[BaseModel]] = EntraSecretConfig
+    integration_type: ClassVar[str] = "entra"
+
+    def __init__(self, config: EntraSecretConfig, context: PluginContext) -> None:
+        self.config = config
+        self.context = context
+        self._credential: ClientSecretCredential | None = None
+        self._graph: GraphClient | None = None
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({Capability.DUAL_ACTIVE, Capability.AUTHENTICATES})
+
+    @property
+    def _integration(self) -> EntraIntegration:
+        return self.context.integration(self.config.integration, EntraIntegration)
+
+    # --- connections ---------------------------------------------------------------------
+
+    def _credential_for(self, client_id: str, secret: Secret) -> ClientSecretCredential:
+        integration = self._integration
+        return ClientSecretCredential(
+            integration.tenant_id,
+            client_id,
+            secret.reveal(),
+            authority=integration.authority,
+            # Instance discovery asks the public cloud about the authority; a custom
+            # authority (a proxy, a test double) is taken as configured.
+            disable_instance_discovery=integration.authority != DEFAULT_AUTHORITY,
+            transport=AsyncioRequestsTransport(connection_verify=integration.ca_bundle or True),
+        )
+
+    def _client(self) -> GraphClient:
+        if self._graph is None:
+            integration = self._integration
+            secret = self.context.secret("auth.secret_from", integration.auth.secret_from)
+            self._credential = self._credential_for(integration.client_id, secret)
+            verify: ssl.SSLContext | bool = (
+                ssl.create_default_context(cafile=integration.ca_bundle)
+                if integration.ca_bundle
+                else True
+            )
+            self._graph = GraphClient(
+                azure_identity_token_source(self._credential),
+                self.context,
+                base_url=integration.graph_url,
+                verify=verify,
+            )
+        return self._graph
+
+    async def _application(self, graph: GraphClient) -> Application:
+        app_id = self.config.app_id
+        found = [app async for app in graph.list_applications(f"appId eq {odata_literal(app_id)}")]
+        if not found:
+            raise PermanentError(
+                f"no application with appId {app_id} in tenant {self._integration.tenant_id} "
+                "(or keyshift may not read it)"
+            )
+        return found[0]
+
+    def _display_name(self, marker: str) -> str:
+        return f"{self.config.display_name_prefix} {marker}"
+
+    def _marker_of(self, display_name: str | None) -> str | None:
+        head = self.config.display_name_prefix + " "
+        if display_name and display_name.startswith(head) and len(display_name) > len(head):
+            return display_name[len(head) :]
+        return None
+
+    def _ref(self, marker: str) -> str:
+        return f"{self.config.app_id}:{marker}"
+
+    async def _remove(self, graph: GraphClient, app: Application, key_id: str) -> bool:
+        """Remove `key_id`; False if Graph no longer holds it."""
+        try:
+            await graph.remove_password(app.id, key_id)
+        except GraphRequestFailed as exc:
+            if exc.status in (400, 404) and "keyid" in exc.graph_message.lower():
+                return False
+            raise
+        return True
+
+    # --- the contract --------------------------------------------------------------------
+
+    async def create(self, request: CreateRequest) -> IssuedVersion:
+        """Add a client secret named `<prefix> <marker>`; the old ones stay valid.
+
+        A repeat for the same rotation removes the secret of that name (its value was
+        lost) and adds a fresh one: same version, new value, one secret per rotation.
+        """
+        graph = self._client()
+        app = await self._application(graph)
+        display_name = self._display_name(request.marker)
+        for orphan in app.password_credentials:
+            if orphan.display_name == display_name:
+                await self._remove(graph, app, orphan.key_id)
+                log.info("entra.orphan_removed", app_id=self.config.app_id, key_id=orphan.key_id)
+        lifetime = request.policy.max_lifetime
+        end = self.context.now() + lifetime if lifetime is not None else None
+        # No lifetime in the policy (end None): Graph's default end applies.
+        added = await graph.add_password(app.id, display_name, end)
+        return IssuedVersion(
+            provider_ref=self._ref(request.marker),
+            value=added.secret,
+            attributes={
+                "key_id": added.key_id,
+                "hint": added.hint or "",
+                "app_id": self.config.app_id,
+                "tenant_id": self._integration.tenant_id,
+            },
+            expires_at=added.end or end,
+        )
+
+    async def verify(self, request: VerifyRequest) -> VerifyResult:
+        """Sign in as the application with the version's secret (client credentials). A
+        refusal is `ok=False` with the AADSTS code; an unreachable endpoint raises
+        TransientError."""
+        app_id = request.version.attributes.get("app_id") or self.config.app_id
+        key_id = request.version.attributes.get("key_id", "")
+        async with self._credential_for(app_id, request.version.value) as credential:
+            try:
+                await azure_identity_token_source(credential)()
+            except TokenRefused as exc:
+                return VerifyResult(ok=False, detail=f"sign-in as {app_id} refused ({exc.code})")
+        return VerifyResult(ok=True, detail=f"signed in as {app_id} with secret {key_id}")
+
+    async def revoke(self, request: RevokeRequest) -> RevokeResult:
+        """Remove the version's secret from the application. Succeeds with
+        `already_gone=True` if the application no longer holds it. Tokens already
+        issued with it stay valid until they expire (about an hour)."""
+        graph = self._client()
+        app = await self._application(graph)
+        key_id = request.version.attributes.get("key_id", "")
+        held = {p.key_id for p in app.password_credentials}
+        if not key_id or key_id not in held:
+            return RevokeResult(already_gone=True, detail={"key_id": key_id})
+        if not await self._remove(graph, app, key_id):
+            return RevokeResult(already_gone=True, detail={"key_id": key_id})
+        log.info("entra.password_revoked", app_id=self.config.app_id, key_id=key_id)
+        return RevokeResult(detail={"key_id": key_id, "remaining": str(len(held) - 1)})
+
+    async def list_versions(self, request: ListRequest) -> list[VersionInfo]:
+        """Every client secret of the application. Those keyshift added carry the
+        rotation's marker; others are listed by keyId."""
+        app = await self._application(self._client())
+        out: list[VersionInfo] = []
+        for p in app.password_credentials:
+            marker = self._marker_of(p.display_name)
+            out.append(
+                VersionInfo(
+                    provider_ref=self._ref(marker) if marker else p.key_id,
+                    marker=marker,
+                    created_at=p.start,
+                    expires_at=p.end,
+                )
+            )
+        return out
+
+    async def aclose(self) -> None:
+        graph, credential = self._graph, self._credential
+        self._graph = self._credential = None
+        if graph is not None:
+            await graph.aclose()
+        if credential is not None:
+            await credential.close()

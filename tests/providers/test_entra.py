@@ -1,0 +1,290 @@
+"""Entra ID client secret rotations against the local Graph double, through the real
+azure-identity credential and httpx over TLS with a test CA."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.core.pipeline.transport import AsyncioRequestsTransport
+from azure.identity.aio import ClientSecretCredential
+from pydantic import ValidationError
+from sqlalchemy import update
+
+from keyshift.domain.context import PluginContext, utcnow
+from keyshift.domain.states import RotationState
+from keyshift.providers import INTEGRATIONS, PROVIDERS, IntegrationKind, ProviderKind
+from keyshift.providers.entra import (
+    EntraIntegration,
+    EntraSecretConfig,
+    EntraSecretProvider,
+)
+from keyshift.providers.graph import TokenRefused, azure_identity_token_source
+from keyshift.service import rotations
+from keyshift.store.models import RotationRow
+from keyshift.store.store import Store
+from keyshift.testing import FakeClock, assert_provider_contract
+from tests.conftest import Cli, run_subprocess
+from tests.doubles.graph import GraphDouble, StoredApplication
+from tests.doubles.tls import TlsFiles, make_pki
+from tests.helpers import json_value, rotations_of, versions
+
+ADMIN_SECRET = "double-admin-secret-value"
+ADMIN_ENV = "ENTRA_ADMIN_SECRET"
+NAME = "payments-entra"
+
+
+@pytest.fixture
+def backend() -> str:
+    """keyshift's own store: SQLite is enough here; the store suite covers PostgreSQL."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_pki(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def graph(tls: TlsFiles) -> Iterator[GraphDouble]:
+    with GraphDouble(tls, client_secret=ADMIN_SECRET) as double:
+        yield double
+
+
+@pytest.fixture
+def app(graph: GraphDouble) -> StoredApplication:
+    return graph.add_application("payments-api")
+
+
+@pytest.fixture
+def env(ks_env: dict[str, str]) -> dict[str, str]:
+    ks_env[ADMIN_ENV] = ADMIN_SECRET
+    return ks_env
+
+
+def _integration(graph: GraphDouble, tls: TlsFiles) -> dict[str, Any]:
+    return {
+        "tenant_id": graph.tenant_id,
+        "client_id": graph.client_id,
+        "auth": {"method": "client_secret", "secret_from": f"env:{ADMIN_ENV}"},
+        "authority": graph.authority,
+        "graph_url": graph.graph_url,
+        "ca_bundle": str(tls.ca_path),
+    }
+
+
+def _estate(tmp: Path, graph: GraphDouble, tls: TlsFiles, app: StoredApplication) -> Path:
+    estate = {
+        "integrations": [{"name": "contoso", "type": "entra", **_integration(graph, tls)}],
+        "credentials": [
+            {
+                "name": NAME,
+                "owner": "team-payments",
+                "policy": {"grace_period": "1h"},
+                "provider": {
+                    "type": "entra_client_secret",
+                    "integration": "contoso",
+                    "app_id": app.app_id,
+                },
+                "actions": [
+                    {
+                        "type": "file",
+                        "order": 10,
+                        "on_failure": "abort",
+                        "config": {
+                            "path": str(tmp / "appsettings.json"),
+                            "key": "Entra:ClientSecret",
+                            "file_format": "json",
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp / "estate.yaml"
+    path.write_text(json.dumps(estate), encoding="utf-8")
+    return path
+
+
+def _published(tmp: Path) -> str:
+    value = json_value(tmp / "appsettings.json", "Entra:ClientSecret")
+    assert value
+    return value
+
+
+def _signs_in(graph: GraphDouble, tls: TlsFiles, app_id: str, secret: str) -> bool:
+    async def attempt() -> bool:
+        async with ClientSecretCredential(
+            graph.tenant_id,
+            app_id,
+            secret,
+            authority=graph.authority,
+            disable_instance_discovery=True,
+            transport=AsyncioRequestsTransport(connection_verify=str(tls.ca_path)),
+        ) as credential:
+            try:
+                await azure_identity_token_source(credential)()
+            except TokenRefused:
+                return False
+            return True
+
+    return asyncio.run(attempt())
+
+
+def _key_ids(app: StoredApplication) -> list[str]:
+    return [p.key_id for p in app.passwords]
+
+
+def test_entra_is_registered_as_provider_and_integration() -> None:
+    assert PROVIDERS[ProviderKind.ENTRA_CLIENT_SECRET] is EntraSecretProvider
+    assert INTEGRATIONS[IntegrationKind.ENTRA] is EntraIntegration
+
+
+@pytest.mark.parametrize("method", ["certificate", "managed_identity"])
+def test_auth_methods_other_than_client_secret_are_refused_as_not_available_yet(
+    method: str,
+) -> None:
+    with pytest.raises(ValidationError, match="not available yet"):
+        EntraIntegration.model_validate(
+            {"tenant_id": "t", "client_id": "c", "auth": {"method": method, "secret_from": "env:X"}}
+        )
+
+
+def test_provider_keeps_the_contract_against_the_graph_double(
+    graph: GraphDouble, tls: TlsFiles, app: StoredApplication
+) -> None:
+    context = PluginContext(
+        env={ADMIN_ENV: ADMIN_SECRET},
+        integrations={"contoso": EntraIntegration.model_validate(_integration(graph, tls))},
+    )
+    provider = EntraSecretProvider(
+        EntraSecretConfig(integration="contoso", app_id=app.app_id), context
+    )
+    asyncio.run(assert_provider_contract(provider))
+    assert app.passwords == [], "the contract revokes what it created"
+
+
+def test_rotation_keeps_two_secrets_in_grace_then_one_and_the_new_secret_signs_in(
+    graph: GraphDouble,
+    tls: TlsFiles,
+    app: StoredApplication,
+    env: dict[str, str],
+    store: Store,
+    tmp_path: Path,
+) -> None:
+    cli = Cli(env)
+    assert cli("apply", "-f", str(_estate(tmp_path, graph, tls, app))).exit_code == 0
+    first = cli("rotate", NAME)
+    assert first.exit_code == 0, first.output
+    first_secret = _published(tmp_path)
+    [first_key] = _key_ids(app)
+
+    second = cli("rotate", NAME)
+    assert second.exit_code == 0, second.output
+    in_grace = rotations_of(store, NAME)[-1]
+    assert in_grace.state == RotationState.GRACE.value
+    assert len(app.passwords) == 2, "old and new secret are both valid during grace"
+    second_secret = _published(tmp_path)
+    assert _signs_in(graph, tls, app.app_id, first_secret)
+    assert _signs_in(graph, tls, app.app_id, second_secret)
+
+    with store.transaction() as s:
+        s.execute(
+            update(RotationRow)
+            .where(RotationRow.id == in_grace.id)
+            .values(grace_until=utcnow() - timedelta(seconds=1))
+        )
+    resumed = cli("resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert rotations_of(store, NAME)[-1].state == RotationState.COMPLETED.value
+    [second_key] = _key_ids(app)
+    assert second_key != first_key, "the old keyId was removed"
+    assert _signs_in(graph, tls, app.app_id, second_secret)
+    assert not _signs_in(graph, tls, app.app_id, first_secret)
+    rows = versions(store, NAME)
+    assert [r.status for r in rows] == ["revoked", "current"]
+    assert [r.attributes["key_id"] for r in rows] == [first_key, second_key]
+
+    export = cli("audit", "export", "--format", "jsonl")
+    assert export.exit_code == 0
+    assert first_key in export.output
+    for row in rows:
+        assert row.fingerprint in export.output
+    for secret in (first_secret, second_secret, ADMIN_SECRET):
+        assert secret not in export.output
+
+
+def test_rotation_with_no_grace_leaves_one_secret_which_signs_in(
+    graph: GraphDouble,
+    tls: TlsFiles,
+    app: StoredApplication,
+    env: dict[str, str],
+    store: Store,
+    tmp_path: Path,
+) -> None:
+    cli = Cli(env)
+    assert cli("apply", "-f", str(_estate(tmp_path, graph, tls, app))).exit_code == 0
+    assert cli("rotate", NAME).exit_code == 0
+    [first_key] = _key_ids(app)
+    rotated = cli("rotate", NAME, "--grace", "0s")
+    assert rotated.exit_code == 0, rotated.output
+    [second_key] = _key_ids(app)
+    assert second_key != first_key
+    assert _signs_in(graph, tls, app.app_id, _published(tmp_path))
+    assert [r.state for r in rotations_of(store, NAME)] == ["completed", "completed"]
+
+
+def test_crash_after_add_password_leaves_exactly_one_secret_of_the_rotation_after_resume(
+    graph: GraphDouble,
+    tls: TlsFiles,
+    app: StoredApplication,
+    env: dict[str, str],
+    store: Store,
+    tmp_path: Path,
+) -> None:
+    cli = Cli(env)
+    assert cli("apply", "-f", str(_estate(tmp_path, graph, tls, app))).exit_code == 0
+    assert cli("rotate", NAME).exit_code == 0
+    [first_key] = _key_ids(app)
+
+    crashed = run_subprocess(
+        ["rotate", NAME, "--grace", "0s"], {**env, "KEYSHIFT_TEST_CRASH_AT": "creating:issuer"}
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    [orphan] = [p for p in app.passwords if p.key_id != first_key]
+    assert orphan.display_name
+    assert orphan.display_name.startswith("keyshift ")
+
+    resumed = run_subprocess(["resume"], env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert rotations_of(store, NAME)[-1].state == RotationState.COMPLETED.value
+    [kept] = app.passwords
+    assert kept.display_name == orphan.display_name, "one secret of that rotation"
+    assert kept.key_id not in (first_key, orphan.key_id), "the crashed attempt's was removed"
+    assert _signs_in(graph, tls, app.app_id, _published(tmp_path))
+    assert versions(store, NAME)[-1].attributes["key_id"] == kept.key_id
+
+
+def test_graph_throttling_is_waited_out_on_the_context_clock_and_the_rotation_completes(
+    graph: GraphDouble,
+    tls: TlsFiles,
+    app: StoredApplication,
+    env: dict[str, str],
+    store: Store,
+    tmp_path: Path,
+) -> None:
+    assert Cli(env)("apply", "-f", str(_estate(tmp_path, graph, tls, app))).exit_code == 0
+    graph.throttle(3, retry_after=2)
+    clock = FakeClock()
+    _, state = asyncio.run(rotations.rotate(store, NAME, actor="test", context=clock.context(env)))
+    assert state == RotationState.COMPLETED
+    assert clock.sleeps.count(2.0) >= 3
+    assert sum(clock.sleeps) >= 2
+    assert len(app.passwords) == 1
+    assert _signs_in(graph, tls, app.app_id, _published(tmp_path))
