@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from sqlalchemy import select
 
 from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
 from keyshift.store.store import Store
+from tests.conftest import run_subprocess
 
 RELOAD_SCRIPT = textwrap.dedent(
     """
@@ -124,3 +127,31 @@ def steps(store: Store, rotation_id: str) -> list[StepRow]:
 
 def value_of(store: Store, version: VersionRow) -> str:
     return store.reveal(version).reveal()
+
+
+def rotate_under_load(
+    consumer_argv: list[str], stop: Path, out: Path, credential: str, env: dict[str, str]
+) -> tuple[dict[str, Any], float]:
+    """Run a consumer process (which writes its counts to `out` once `stop` exists) through
+    a whole rotation with a 2 s grace: rotate, wait out the grace, resume. Returns the
+    consumer's counts and the rotation's wall time, grace included."""
+    consumer = subprocess.Popen(consumer_argv)
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        rotated = run_subprocess(["rotate", credential, "--grace", "2s"], env)
+        assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+        time.sleep(2.2)
+        resumed = run_subprocess(["resume"], env)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        duration = time.monotonic() - started
+        time.sleep(0.5)
+    finally:
+        stop.touch()
+        consumer.wait(timeout=30)
+    result: dict[str, Any] = json.loads(out.read_text())
+    print(
+        f"\n{credential} consumer: {result['ok']} connections, {result['failures']} failures, "
+        f"pooled failures {result['pooled_failures']}; rotation incl. grace {duration:.1f}s"
+    )
+    return result, duration

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -39,7 +38,7 @@ from keyshift.service import rotations
 from keyshift.store.store import Store
 from keyshift.testing import assert_provider_contract
 from tests.conftest import Cli, run_subprocess
-from tests.helpers import env_value, rotations_of, steps, versions
+from tests.helpers import env_value, rotate_under_load, rotations_of, steps, versions
 from tests.servers import postgres_server
 
 SUPERUSER_PASSWORD = "su-" + uuid.uuid4().hex
@@ -385,7 +384,7 @@ def test_a_live_consumer_never_fails_during_an_alternating_rotation(
     old_user, old_password = _consumer(tmp_path)
     script, stop, out = tmp_path / "consumer.py", tmp_path / "stop", tmp_path / "result.json"
     script.write_text(CONSUMER)
-    consumer = subprocess.Popen(
+    result, _duration = rotate_under_load(
         [
             sys.executable,
             str(script),
@@ -395,25 +394,11 @@ def test_a_live_consumer_never_fails_during_an_alternating_rotation(
             db.name,
             str(stop),
             str(out),
-        ]
-    )
-    try:
-        time.sleep(0.5)
-        started = time.monotonic()
-        rotated = run_subprocess(["rotate", "app-db", "--grace", "2s"], env)
-        assert rotated.returncode == 0, rotated.stdout + rotated.stderr
-        time.sleep(2.2)
-        resumed = run_subprocess(["resume"], env)
-        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-        duration = time.monotonic() - started
-        time.sleep(0.5)
-    finally:
-        stop.touch()
-        consumer.wait(timeout=30)
-    result = json.loads(out.read_text())
-    print(
-        f"\nconsumer: {result['ok']} connections, {result['failures']} failures, "
-        f"pooled failures {result['pooled_failures']}; rotation incl. grace {duration:.1f}s"
+        ],
+        stop,
+        out,
+        "app-db",
+        env,
     )
     assert result["ok"] > 50
     assert result["failures"] == 0, result["errors"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import textwrap
 import time
@@ -19,8 +18,8 @@ import redis
 from keyshift.domain.context import PluginContext
 from keyshift.service import rotations
 from keyshift.store.store import Store
-from tests.conftest import Cli, run_subprocess
-from tests.helpers import env_value, rotations_of, steps, versions
+from tests.conftest import Cli
+from tests.helpers import env_value, rotate_under_load, rotations_of, steps, versions
 from tests.servers import redis_server
 
 ADMIN_PW = "ADMIN-" + uuid.uuid4().hex
@@ -187,26 +186,12 @@ def test_a_live_consumer_never_fails_during_a_dual_password_rotation(
     _, old_password = _published(tmp_path)
     script, stop, out = tmp_path / "consumer.py", tmp_path / "stop", tmp_path / "result.json"
     script.write_text(CONSUMER)
-    consumer = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "cache.env"), redis_url, str(stop), str(out)]
-    )
-    try:
-        time.sleep(0.5)
-        started = time.monotonic()
-        rotated = run_subprocess(["rotate", "cache", "--grace", "2s"], env)
-        assert rotated.returncode == 0, rotated.stdout + rotated.stderr
-        time.sleep(2.2)
-        resumed = run_subprocess(["resume"], env)
-        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-        duration = time.monotonic() - started
-        time.sleep(0.5)
-    finally:
-        stop.touch()
-        consumer.wait(timeout=30)
-    result = json.loads(out.read_text())
-    print(
-        f"\nredis consumer: {result['ok']} connections, {result['failures']} failures, "
-        f"pooled failures {result['pooled_failures']}; rotation incl. grace {duration:.1f}s"
+    result, _duration = rotate_under_load(
+        [sys.executable, str(script), str(tmp_path / "cache.env"), redis_url, str(stop), str(out)],
+        stop,
+        out,
+        "cache",
+        env,
     )
     assert result["ok"] > 50
     assert result["failures"] == 0, result["errors"]
