@@ -70,8 +70,13 @@ def write_estate(
             }
         ]
     }
+    return save_estate(tmp, estate)
+
+
+def save_estate(tmp: Path, estate: dict[str, Any]) -> Path:
+    """Write an estate as `tmp/estate.yaml`. JSON is valid YAML; it keeps tests free of YAML
+    quoting questions."""
     path = tmp / "estate.yaml"
-    # JSON is valid YAML; it keeps the test free of YAML quoting questions.
     path.write_text(json.dumps(estate, indent=2), encoding="utf-8")
     return path
 

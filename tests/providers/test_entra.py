@@ -4,7 +4,6 @@ azure-identity credential and httpx over TLS with a test CA."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from collections.abc import Iterator
 from datetime import timedelta
@@ -33,7 +32,7 @@ from keyshift.testing import FakeClock, assert_provider_contract
 from tests.conftest import Cli, run_subprocess
 from tests.doubles.graph import GraphDouble, StoredApplication
 from tests.doubles.tls import TlsFiles, make_pki
-from tests.helpers import json_value, rotations_of, versions
+from tests.helpers import json_value, rotations_of, save_estate, versions
 
 ADMIN_SECRET = "double-admin-secret-value"
 ADMIN_ENV = "ENTRA_ADMIN_SECRET"
@@ -107,9 +106,7 @@ def _estate(tmp: Path, graph: GraphDouble, tls: TlsFiles, app: StoredApplication
             }
         ],
     }
-    path = tmp / "estate.yaml"
-    path.write_text(json.dumps(estate), encoding="utf-8")
-    return path
+    return save_estate(tmp, estate)
 
 
 def _published(tmp: Path) -> str:

@@ -7,7 +7,6 @@ revoked or replaced password is really refused.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sys
 import textwrap
@@ -38,7 +37,7 @@ from keyshift.service import rotations
 from keyshift.store.store import Store
 from keyshift.testing import assert_provider_contract
 from tests.conftest import Cli, run_subprocess
-from tests.helpers import env_value, rotate_under_load, rotations_of, steps, versions
+from tests.helpers import env_value, rotate_under_load, rotations_of, save_estate, steps, versions
 from tests.servers import postgres_server
 
 SUPERUSER_PASSWORD = "su-" + uuid.uuid4().hex
@@ -185,9 +184,7 @@ def _estate(
             }
         ],
     }
-    path = tmp / "estate.yaml"
-    path.write_text(json.dumps(estate), encoding="utf-8")
-    return path
+    return save_estate(tmp, estate)
 
 
 def _alternating(d: Database) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import textwrap
 import time
@@ -19,7 +18,7 @@ from keyshift.domain.context import PluginContext
 from keyshift.service import rotations
 from keyshift.store.store import Store
 from tests.conftest import Cli
-from tests.helpers import env_value, rotate_under_load, rotations_of, steps, versions
+from tests.helpers import env_value, rotate_under_load, rotations_of, save_estate, steps, versions
 from tests.servers import redis_server
 
 ADMIN_PW = "ADMIN-" + uuid.uuid4().hex
@@ -105,9 +104,7 @@ def _estate(
             }
         ],
     }
-    path = tmp / "estate.yaml"
-    path.write_text(json.dumps(estate), encoding="utf-8")
-    return path
+    return save_estate(tmp, estate)
 
 
 def _published(tmp: Path) -> tuple[str, str]:
