@@ -9,6 +9,11 @@ Documented behaviours it follows (Microsoft Learn):
   `access_token`. A wrong secret is refused with `invalid_client` and
   `AADSTS7000215` in `error_codes`; the OpenID metadata is served at
   `GET /{tenant}/v2.0/.well-known/openid-configuration`.
+- Access tokens (https://learn.microsoft.com/entra/identity-platform/access-token-claims-reference):
+  JWTs whose `roles` claim lists the application permissions granted to the client
+  and whose `aud` names the resource of the requested `<resource>/.default` scope.
+  Graph refuses a token for another audience (401) and answers 403
+  `Authorization_RequestDenied` when no role allows the request.
 - application: addPassword (https://learn.microsoft.com/graph/api/application-addpassword)
   and passwordCredential (https://learn.microsoft.com/graph/api/resources/passwordcredential):
   the answer holds `keyId` (GUID), `secretText` (16-64 characters, returned only
@@ -34,6 +39,7 @@ path and decoded query of every request (never headers or bodies).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -53,6 +59,16 @@ from urllib.parse import parse_qs, quote, urlsplit
 from tests.doubles.tls import TlsFiles
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+GRAPH_AUDIENCE = "https://graph.microsoft.com"
+READ_ROLES = frozenset(
+    {
+        "Application.Read.All",
+        "Application.ReadWrite.OwnedBy",
+        "Application.ReadWrite.All",
+        "Directory.Read.All",
+    }
+)
+WRITE_ROLES = frozenset({"Application.ReadWrite.OwnedBy", "Application.ReadWrite.All"})
 MAX_TOP = 999
 DEFAULT_TOP = 100
 SECRET_ALPHABET = string.ascii_letters + string.digits + "~._-"
@@ -169,9 +185,14 @@ class GraphDouble:
         self.applications: dict[str, StoredApplication] = {}
         self.requests: list[LoggedRequest] = []
         self.tokens_issued = 0
+        self.roles: set[str] = {"Application.ReadWrite.All"}
+        """Application permissions granted to keyshift's client: they go into the `roles`
+        claim of its tokens, and Graph requests need one that allows them."""
+        self.scopes: set[str] = {GRAPH_SCOPE}
+        """Scopes the token endpoint issues tokens for (`<resource>/.default`)."""
         self.deny_writes = False
         """When true, addPassword and removePassword answer 403 Authorization_RequestDenied."""
-        self._tokens: set[str] = set()
+        self._tokens: dict[str, dict[str, Any]] = {}
         self._skiptokens: dict[str, int] = {}
         self._throttle: list[tuple[int, int | None]] = []
         self._lock = threading.Lock()
@@ -301,7 +322,8 @@ class GraphDouble:
         client_id, secret = one("client_id"), one("client_secret")
         if one("grant_type") != "client_credentials":
             return _aad_error(400, "unsupported_grant_type", 70003, "Unsupported grant type.")
-        if one("scope") != GRAPH_SCOPE:
+        scope = one("scope")
+        if scope not in self.scopes:
             return _aad_error(400, "invalid_scope", 1002012, "The provided scope is invalid.")
         if not self._client_accepts(client_id, secret):
             # The real description names the app, never the secret that was sent.
@@ -313,9 +335,17 @@ class GraphDouble:
                 f"is the client secret value, not the client secret ID, for a secret added "
                 f"to app '{client_id}'.",
             )
-        token = secrets.token_urlsafe(32)
+        claims = {
+            "aud": scope.removesuffix("/.default"),
+            "tid": self.tenant_id,
+            "appid": client_id,
+            "roles": sorted(self.roles) if client_id == self.client_id else [],
+            "exp": int(datetime.now(UTC).timestamp()) + 3599,
+            "uti": secrets.token_urlsafe(12),
+        }
+        token = _unsigned_jwt(claims)
         with self._lock:
-            self._tokens.add(token)
+            self._tokens[token] = claims
             self.tokens_issued += 1
         return _json(
             200,
@@ -326,6 +356,14 @@ class GraphDouble:
                 "access_token": token,
             },
         )
+
+    def token_claims(self, authorization: str) -> dict[str, Any] | None:
+        """The claims of a bearer token this double issued, or None."""
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        with self._lock:
+            return self._tokens.get(token)
 
     def _client_accepts(self, client_id: str, secret: str) -> bool:
         """The configured client's secret, or a live password of an application with
@@ -358,11 +396,16 @@ class GraphDouble:
             extra = {} if retry_after is None else {"Retry-After": str(retry_after)}
             raise GraphError(status, code, "The request has been throttled", extra)
 
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        with self._lock:
-            valid = scheme.lower() == "bearer" and token in self._tokens
-        if not valid:
+        claims = self.token_claims(headers.get("authorization", ""))
+        if claims is None or claims["aud"] != GRAPH_AUDIENCE:
             raise GraphError(401, "InvalidAuthenticationToken", "Access token is empty or invalid.")
+        needed = READ_ROLES if method == "GET" else WRITE_ROLES
+        if not needed & set(claims["roles"]):
+            raise GraphError(
+                403,
+                "Authorization_RequestDenied",
+                "Insufficient privileges to complete the operation.",
+            )
 
         if path == "/v1.0/applications" and method == "GET":
             return self._list(query)
@@ -508,6 +551,18 @@ def _json(
         {"Content-Type": "application/json", **(headers or {})},
         json.dumps(body).encode(),
     )
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unsigned_jwt(claims: dict[str, Any]) -> str:
+    """A JWT-shaped access token: clients may read its claims (e.g. `roles`), and only
+    this double checks it, by lookup, so it carries a random signature."""
+    header = _b64url(json.dumps({"typ": "JWT", "alg": "RS256"}).encode())
+    payload = _b64url(json.dumps(claims).encode())
+    return f"{header}.{payload}.{_b64url(secrets.token_bytes(32))}"
 
 
 def _aad_error(

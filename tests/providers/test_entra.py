@@ -16,11 +16,11 @@ from azure.identity.aio import ClientSecretCredential
 from pydantic import ValidationError
 from sqlalchemy import update
 
+from keyshift.azure import EntraIntegration
 from keyshift.domain.context import PluginContext, utcnow
 from keyshift.domain.states import RotationState
 from keyshift.providers import INTEGRATIONS, PROVIDERS, IntegrationKind, ProviderKind
 from keyshift.providers.entra import (
-    EntraIntegration,
     EntraSecretConfig,
     EntraSecretProvider,
 )

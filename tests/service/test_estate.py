@@ -420,6 +420,20 @@ MALFORMED = [
     ),
     case(
         """\
+        credentials:
+          - name: billing-api-key
+            provider: {type: random}
+            actions:
+              - type: file
+                order: 10
+                config: {path: /etc/b.json, file_format: json, key: k, integration: vault-prod}
+        """,
+        ("credentials[0].actions[0].config.integration", "no integration named 'vault-prod'"),
+        ("credentials[0].actions[0].config.integration", "is not a known field"),
+        id="action-names-an-undeclared-integration",
+    ),
+    case(
+        """\
         integrations:
           - {name: db-admin, type: postgres, dsn: "postgresql://admin@db:5432/app",
              password_from: "env:DB_ADMIN_PASSWORD"}

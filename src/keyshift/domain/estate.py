@@ -170,6 +170,15 @@ class CredentialSpec(_Model):
             seen[action.order] = action.type
         return actions
 
+    def integration_names(self) -> list[str]:
+        """The integrations the provider and the actions connect through, in order."""
+        names = [self.provider.integration] if self.provider.integration else []
+        for action in self.actions:
+            name = action.config.get("integration")
+            if isinstance(name, str) and name not in names:
+                names.append(name)
+        return names
+
 
 class IntegrationSpec(_Model):
     """A connection keyshift uses to reach an issuer (Entra tenant, database admin...)."""
@@ -240,6 +249,16 @@ def reference_problems(data: Mapping[str, Any]) -> list[ConfigError]:
                     f"credentials[{i}].provider.integration", f"no integration named '{ref}'"
                 )
             )
+        for j, action in _items(cred, "actions"):
+            config = action.get("config")
+            ref = config.get("integration") if isinstance(config, Mapping) else None
+            if isinstance(ref, str) and ref not in declared["integrations"]:
+                problems.append(
+                    ConfigError(
+                        f"credentials[{i}].actions[{j}].config.integration",
+                        f"no integration named '{ref}'",
+                    )
+                )
     return problems
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from keyshift.azure import EntraIntegration
 from keyshift.providers.base import (
     Capability,
     CreateRequest,
@@ -24,11 +25,7 @@ from keyshift.providers.base import (
     VerifyResult,
     VersionInfo,
 )
-from keyshift.providers.entra import (
-    EntraIntegration,
-    EntraSecretConfig,
-    EntraSecretProvider,
-)
+from keyshift.providers.entra import EntraSecretConfig, EntraSecretProvider
 from keyshift.providers.postgres import PostgresIntegration, PostgresProvider
 from keyshift.providers.random import RandomProvider
 from keyshift.providers.redis import RedisIntegration, RedisProvider

@@ -21,17 +21,14 @@ to accept a secret just added; a refusal then makes the step fail and be retried
 
 from __future__ import annotations
 
-import ssl
 from typing import ClassVar
-from urllib.parse import urlsplit
 
 import structlog
-from azure.core.pipeline.transport import AsyncioRequestsTransport
 from azure.identity.aio import ClientSecretCredential
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
+from keyshift.azure import EntraIntegration
 from keyshift.domain.context import PluginContext
-from keyshift.domain.secret import Secret
 from keyshift.errors import PermanentError
 from keyshift.providers.base import (
     Capability,
@@ -45,7 +42,6 @@ from keyshift.providers.base import (
     VersionInfo,
 )
 from keyshift.providers.graph import (
-    DEFAULT_BASE_URL,
     Application,
     GraphClient,
     GraphRequestFailed,
@@ -53,68 +49,8 @@ from keyshift.providers.graph import (
     azure_identity_token_source,
     odata_literal,
 )
-from keyshift.sources import SecretRef
-
-DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
-_NOT_YET = ("certificate", "managed_identity")
 
 log = structlog.get_logger("keyshift.providers.entra")
-
-
-class EntraAuth(BaseModel):
-    """How keyshift signs in to Entra ID to call Graph."""
-
-    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
-
-    method: str = "client_secret"
-    """`client_secret` (the only method available for now; `certificate` and
-    `managed_identity` are not available yet)."""
-    secret_from: SecretRef
-    """Where keyshift's own client secret is read: `env:NAME`, `file:/path` or
-    `credential:NAME`; never the secret itself."""
-
-    @field_validator("method")
-    @classmethod
-    def _available(cls, method: str) -> str:
-        if method in _NOT_YET:
-            raise ValueError(
-                f"auth method {method} is not available yet (certificate and "
-                "managed_identity are planned); use client_secret"
-            )
-        if method != "client_secret":
-            raise ValueError(f"unknown auth method {method!r}; use client_secret")
-        return method
-
-
-class EntraIntegration(BaseModel):
-    """A Microsoft Entra ID tenant and the identity keyshift calls Microsoft Graph as. It
-    needs the Graph application permission `Application.ReadWrite.OwnedBy` (and to own
-    the rotated applications) or `Application.ReadWrite.All`."""
-
-    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
-
-    tenant_id: str = Field(min_length=1)
-    """The directory (tenant) id, a GUID, or a verified domain of the tenant."""
-    client_id: str = Field(min_length=1)
-    """The application (client) id keyshift signs in as."""
-    auth: EntraAuth
-    """How keyshift authenticates: `{method: client_secret, secret_from: env:NAME}`."""
-    authority: str = DEFAULT_AUTHORITY
-    """The Entra ID login host; national clouds have their own, e.g.
-    `https://login.microsoftonline.us`."""
-    graph_url: str = DEFAULT_BASE_URL
-    """The Microsoft Graph v1.0 endpoint; national clouds have their own."""
-    ca_bundle: str | None = None
-    """Path to a PEM file of CA certificates to trust instead of the system store (a TLS
-    intercepting proxy, or a test double)."""
-
-    @field_validator("authority", "graph_url")
-    @classmethod
-    def _https(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ValueError("must be an https:// URL")
-        return url.rstrip("/")
 
 
 class EntraSecretConfig(BaseModel):
@@ -153,34 +89,15 @@ class EntraSecretProvider:
 
     # --- connections ---------------------------------------------------------------------
 
-    def _credential_for(self, client_id: str, secret: Secret) -> ClientSecretCredential:
-        integration = self._integration
-        return ClientSecretCredential(
-            integration.tenant_id,
-            client_id,
-            secret.reveal(),
-            authority=integration.authority,
-            # Instance discovery asks the public cloud about the authority; a custom
-            # authority (a proxy, a test double) is taken as configured.
-            disable_instance_discovery=integration.authority != DEFAULT_AUTHORITY,
-            transport=AsyncioRequestsTransport(connection_verify=integration.ca_bundle or True),
-        )
-
     def _client(self) -> GraphClient:
         if self._graph is None:
             integration = self._integration
-            secret = self.context.secret("auth.secret_from", integration.auth.secret_from)
-            self._credential = self._credential_for(integration.client_id, secret)
-            verify: ssl.SSLContext | bool = (
-                ssl.create_default_context(cafile=integration.ca_bundle)
-                if integration.ca_bundle
-                else True
-            )
+            self._credential = integration.credential(self.context)
             self._graph = GraphClient(
                 azure_identity_token_source(self._credential),
                 self.context,
                 base_url=integration.graph_url,
-                verify=verify,
+                verify=integration.ssl_verify(),
             )
         return self._graph
 
@@ -253,7 +170,10 @@ class EntraSecretProvider:
         TransientError."""
         app_id = request.version.attributes.get("app_id") or self.config.app_id
         key_id = request.version.attributes.get("key_id", "")
-        async with self._credential_for(app_id, request.version.value) as credential:
+        as_app = self._integration.credential(
+            self.context, client_id=app_id, secret=request.version.value
+        )
+        async with as_app as credential:
             try:
                 await azure_identity_token_source(credential)()
             except TokenRefused as exc:

@@ -37,6 +37,7 @@ import httpx
 import structlog
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 
+from keyshift.azure import DEFAULT_GRAPH_URL
 from keyshift.domain.context import PluginContext
 from keyshift.domain.secret import Secret
 from keyshift.errors import PermanentError, TransientError
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_BASE_URL: Final = "https://graph.microsoft.com/v1.0"
 GRAPH_SCOPE: Final = "https://graph.microsoft.com/.default"
 NEEDED_PERMISSION: Final = (
     "the Graph application permission Application.ReadWrite.OwnedBy (with the keyshift "
@@ -240,7 +240,7 @@ class GraphClient:
         token_source: TokenSource,
         context: PluginContext,
         *,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str = DEFAULT_GRAPH_URL,
         transport: httpx.AsyncBaseTransport | None = None,
         verify: ssl.SSLContext | bool = True,
         max_retry_time: float = 120.0,

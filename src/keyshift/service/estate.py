@@ -128,7 +128,15 @@ def _plugin_problems(data: dict[str, Any]) -> list[ConfigError]:
         if isinstance(provider, dict) and isinstance(provider.get("type"), str):
             config = {k: v for k, v in provider.items() if k != "type"}
             problems.extend(_check(provider_class, provider["type"], config, f"{base}.provider"))
-            problems.extend(_integration_type_problems(provider, integrations, base))
+            problems.extend(
+                _integration_type_problems(
+                    provider_class,
+                    provider["type"],
+                    provider,
+                    integrations,
+                    f"{base}.provider.integration",
+                )
+            )
         actions = cred.get("actions")
         for j, action in enumerate(actions if isinstance(actions, list) else []):
             if isinstance(action, dict) and isinstance(action.get("type"), str):
@@ -138,24 +146,32 @@ def _plugin_problems(data: dict[str, Any]) -> list[ConfigError]:
                     problems.extend(
                         _check(target_class, action["type"], config, f"{path}.config", path)
                     )
+                    problems.extend(
+                        _integration_type_problems(
+                            target_class,
+                            action["type"],
+                            config,
+                            integrations,
+                            f"{path}.config.integration",
+                        )
+                    )
     return problems
 
 
 def _integration_type_problems(
-    provider: dict[str, Any], integrations: dict[str, str], base: str
+    lookup: Any, kind: str, config: dict[str, Any], integrations: dict[str, str], path: str
 ) -> list[ConfigError]:
-    """A provider must connect through an integration of the type it declares."""
+    """A provider or action must connect through an integration of the type it declares."""
     try:
-        cls = provider_class(provider["type"])
+        cls = lookup(kind)
     except EstateInvalid:
         return []  # the unknown type is reported by _check
     wanted: str | None = getattr(cls, "integration_type", None)
-    name = provider.get("integration")
-    path = f"{base}.provider.integration"
+    name = config.get("integration")
     if wanted is None:
         return []
     if not isinstance(name, str):
-        return [] if "integration" not in provider else [ConfigError(path, "must be a name")]
+        return [] if "integration" not in config else [ConfigError(path, "must be a name")]
     have = integrations.get(name)
     if have is not None and have != wanted:
         return [ConfigError(path, f"integration '{name}' is of type {have}, not {wanted}")]
@@ -181,11 +197,7 @@ def _credential_specs(estate: Estate) -> dict[str, dict[str, Any]]:
         c.name: {
             "credential": c.model_dump(mode="json"),
             "policy": estate.policy_for(c).model_dump(mode="json"),
-            "integrations": (
-                {c.provider.integration: declared[c.provider.integration]}
-                if c.provider.integration
-                else {}
-            ),
+            "integrations": {name: declared[name] for name in c.integration_names()},
         }
         for c in estate.credentials
     }
