@@ -31,6 +31,7 @@ from keyshift.domain.durations import format_duration, parse_duration
 from keyshift.domain.states import RotationState, StepStatus
 from keyshift.engine.runner import StepEvent
 from keyshift.errors import AuditChainBroken, EstateInvalid, KeyshiftError
+from keyshift.service import entra as entra_service
 from keyshift.service import estate as estate_service
 from keyshift.service import keys as keys_service
 from keyshift.service import rotations
@@ -49,8 +50,13 @@ audit_app = typer.Typer(
     help="Verify and export the tamper-evident audit trail.", no_args_is_help=True
 )
 keys_app = typer.Typer(help="Manage the keys that protect secrets at rest.", no_args_is_help=True)
+entra_app = typer.Typer(
+    help="Discover Entra ID app registrations and watch their secrets' expiry.",
+    no_args_is_help=True,
+)
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
+app.add_typer(entra_app, name="entra")
 
 # Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -445,6 +451,154 @@ def worker(
             )
         except KeyboardInterrupt:
             out.print("worker stopped")
+
+
+@entra_app.command("sync")
+@_errors
+def entra_sync(
+    integration: Annotated[
+        list[str] | None,
+        typer.Option("--integration", "-i", help="Sync only this integration (repeatable)."),
+    ] = None,
+) -> None:
+    """Import every app registration with its owners, client secrets and certificates."""
+    with _store() as store:
+        results = asyncio.run(
+            entra_service.sync(
+                store,
+                actor=_actor(),
+                only=integration or None,
+                on_progress=lambda line: err.print(line, markup=False),
+            )
+        )
+    if not results:
+        out.print("No entra integrations in the estate.")
+    table = Table(title="Entra sync", title_justify="left")
+    for col in ("integration", "apps", "credentials", "added", "changed", "removed"):
+        table.add_column(col, justify="left" if col == "integration" else "right")
+    for r in results:
+        table.add_row(
+            r.integration,
+            str(r.apps),
+            str(r.credentials),
+            str(len(r.added)),
+            str(len(r.changed)),
+            str(len(r.removed)),
+        )
+    if results:
+        out.print(table)
+
+
+_STATE_COLOURS = {
+    "Active": "green",
+    "Expiring Soon": "yellow",
+    "Expired": "red",
+    "Needs Attention": "red",
+    "Rotating": "cyan",
+    "Grace Period": "cyan",
+}
+
+
+def _state(value: str) -> str:
+    return f"[{_STATE_COLOURS.get(value, 'white')}]{value}[/]"
+
+
+def _entra_table(title: str, creds: list[entra_service.EntraCredential]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("app", "appId", "kind", "keyId", "name", "expires", "days", "state", "managed by"):
+        table.add_column(col, no_wrap=col in ("appId", "keyId", "expires"))
+    for c in creds:
+        table.add_row(
+            c.app_name,
+            c.app_id,
+            "secret" if c.kind == entra_service.CLIENT_SECRET else "cert",
+            c.key_id,
+            c.display_name or "-",
+            _when(c.end),
+            str(c.days_left) if c.days_left is not None else "-",
+            _state(c.state.value),
+            c.managed_by or "[dim]unmanaged[/]",
+        )
+    return table
+
+
+@entra_app.command("list")
+@_errors
+def entra_list(
+    state: Annotated[
+        str | None, typer.Option(help="Only this state, e.g. 'Expiring Soon'.")
+    ] = None,
+    app_name: Annotated[str | None, typer.Option("--app", help="Only this app (name).")] = None,
+    removed: Annotated[bool, typer.Option("--removed", help="Include cleaned-up ones.")] = False,
+) -> None:
+    """Every discovered client secret and certificate with its lifecycle state."""
+    with _store() as store:
+        alerts = estate_service.current_estate(store).alerts
+        creds = entra_service.inventory(store, now=utcnow(), alerts=alerts, include_removed=removed)
+    if state is not None:
+        creds = [c for c in creds if c.state.value.lower() == state.lower()]
+    if app_name is not None:
+        creds = [c for c in creds if c.app_name == app_name]
+    out.print(_entra_table(f"Entra credentials ({len(creds)})", creds))
+
+
+@entra_app.command("summary")
+@_errors
+def entra_summary(
+    top: Annotated[int, typer.Option(help="How many of the most urgent to list.")] = 10,
+) -> None:
+    """Totals, counts expiring in 7/30/90 days, in grace, and the most urgent credentials."""
+    with _store() as store:
+        alerts = estate_service.current_estate(store).alerts
+        found = entra_service.summary(store, now=utcnow(), alerts=alerts, top=top)
+    table = Table(title="Entra ID credentials", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for label, value in (
+        ("applications", found.apps),
+        ("client secrets", found.client_secrets),
+        ("certificates", found.certificates),
+        ("managed by keyshift", found.managed),
+        ("expired", found.expired),
+        ("expiring within 7 days", found.within[7]),
+        ("expiring within 30 days", found.within[30]),
+        ("expiring within 90 days", found.within[90]),
+        ("rotating", found.rotating),
+        ("in grace period", found.in_grace),
+    ):
+        table.add_row(label, str(value))
+    out.print(table)
+    if found.urgent:
+        out.print(_entra_table("Most urgent", found.urgent))
+
+
+@entra_app.command("report")
+@_errors
+def entra_report() -> None:
+    """Secrets created outside keyshift on managed apps, and lifetimes over the maximum."""
+    with _store() as store:
+        estate = estate_service.current_estate(store)
+        default = next((p for p in estate.policies if p.name == "default"), None)
+        found = entra_service.findings(store, now=utcnow(), default_policy=default)
+    if not found:
+        out.print("No findings: no secrets created outside keyshift, no lifetime over maximum.")
+        return
+    table = Table(title=f"Entra findings ({len(found)})", title_justify="left")
+    for col in ("finding", "app", "appId", "keyId", "name", "managed by", "detail"):
+        table.add_column(col, no_wrap=col in ("finding", "appId", "keyId"))
+    for f in found:
+        c = f.credential
+        table.add_row(
+            f.kind.replace("_", " "),
+            c.app_name,
+            c.app_id,
+            c.key_id,
+            c.display_name or "-",
+            c.managed_by or "-",
+            f.detail,
+        )
+    out.print(table)
+    raise typer.Exit(1)
 
 
 @app.command()

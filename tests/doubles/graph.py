@@ -25,6 +25,13 @@ Documented behaviours it follows (Microsoft Learn):
 - Paging (https://learn.microsoft.com/graph/paging): `$top` sets the page size;
   when more results exist the answer carries `@odata.nextLink`, a full URL with an
   opaque `$skiptoken` and the original query options, to be followed as is.
+- `$expand=owners` (https://learn.microsoft.com/graph/api/application-list-owners,
+  https://learn.microsoft.com/graph/query-parameters): expands each application's owners
+  (users and service principals, at most 20 per object), a nested `$select` choosing
+  their properties; `$select` limits the application's properties.
+- keyCredentials (https://learn.microsoft.com/graph/api/resources/keycredential):
+  `customKeyIdentifier` holds the certificate's thumbprint; the key itself is not
+  returned by a list.
 - `$filter` (https://learn.microsoft.com/graph/filter-query-parameter): string
   literals are single-quoted and a quote inside is doubled.
 - Errors (https://learn.microsoft.com/graph/errors): JSON body
@@ -70,6 +77,9 @@ READ_ROLES = frozenset(
 )
 WRITE_ROLES = frozenset({"Application.ReadWrite.OwnedBy", "Application.ReadWrite.All"})
 MAX_TOP = 999
+MAX_EXPANDED = 20
+"""Graph returns at most 20 objects of an expanded directory relationship."""
+_EXPAND_OWNERS = re.compile(r"^owners(\(\$select=[A-Za-z,]+\))?$")
 DEFAULT_TOP = 100
 SECRET_ALPHABET = string.ascii_letters + string.digits + "~._-"
 _FILTER = re.compile(r"^\s*(appId|displayName) eq '((?:[^']|'')*)'\s*$")
@@ -96,18 +106,63 @@ class StoredPassword:
 
 
 @dataclass
+class StoredCertificate:
+    key_id: str
+    display_name: str | None
+    thumbprint: str
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class StoredOwner:
+    id: str
+    display_name: str
+    user_principal_name: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        kind = "user" if self.user_principal_name else "servicePrincipal"
+        return {
+            "@odata.type": f"#microsoft.graph.{kind}",
+            "id": self.id,
+            "displayName": self.display_name,
+            "userPrincipalName": self.user_principal_name,
+        }
+
+
+@dataclass
 class StoredApplication:
     id: str
     app_id: str
     display_name: str
     passwords: list[StoredPassword] = field(default_factory=list)
+    certificates: list[StoredCertificate] = field(default_factory=list)
+    owners: list[StoredOwner] = field(default_factory=list)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self, *, expand_owners: bool = False) -> dict[str, Any]:
+        body = self._json()
+        if expand_owners:
+            body["owners"] = [o.as_json() for o in self.owners[:MAX_EXPANDED]]
+        return body
+
+    def _json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "appId": self.app_id,
             "displayName": self.display_name,
-            "keyCredentials": [],
+            "keyCredentials": [
+                {
+                    "customKeyIdentifier": c.thumbprint,
+                    "displayName": c.display_name,
+                    "endDateTime": _iso(c.end),
+                    "keyId": c.key_id,
+                    "startDateTime": _iso(c.start),
+                    "type": "AsymmetricX509Cert",
+                    "usage": "Verify",
+                    "key": None,
+                }
+                for c in self.certificates
+            ],
             "passwordCredentials": [
                 {
                     "customKeyIdentifier": None,
@@ -237,15 +292,77 @@ class GraphDouble:
     def graph_url(self) -> str:
         return f"https://127.0.0.1:{self.port}/v1.0"
 
+    def integration(self, secret_env: str) -> dict[str, Any]:
+        """An `entra` integration's settings that reach this double, keyshift's secret read
+        from the environment variable `secret_env`."""
+        return {
+            "tenant_id": self.tenant_id,
+            "client_id": self.client_id,
+            "auth": {"method": "client_secret", "secret_from": f"env:{secret_env}"},
+            "authority": self.authority,
+            "graph_url": self.graph_url,
+            "ca_bundle": str(self.tls.ca_path),
+        }
+
     # --- test controls -------------------------------------------------------------------
 
-    def add_application(self, display_name: str, *, app_id: str | None = None) -> StoredApplication:
+    def add_application(
+        self,
+        display_name: str,
+        *,
+        app_id: str | None = None,
+        owners: list[StoredOwner] | None = None,
+    ) -> StoredApplication:
         app = StoredApplication(
-            id=str(uuid.uuid4()), app_id=app_id or str(uuid.uuid4()), display_name=display_name
+            id=str(uuid.uuid4()),
+            app_id=app_id or str(uuid.uuid4()),
+            display_name=display_name,
+            owners=list(owners or ()),
         )
         with self._lock:
             self.applications[app.id] = app
         return app
+
+    def delete_application(self, object_id: str) -> None:
+        with self._lock:
+            del self.applications[object_id]
+
+    def seed_password(
+        self,
+        app: StoredApplication,
+        display_name: str | None,
+        *,
+        start: datetime,
+        end: datetime,
+        secret_text: str | None = None,
+    ) -> StoredPassword:
+        """A secret added the way a person in the portal would: not through keyshift."""
+        text = secret_text or secrets.token_urlsafe(30)
+        stored = StoredPassword(
+            key_id=str(uuid.uuid4()),
+            display_name=display_name,
+            hint=text[:3],
+            secret_sha256=_sha256(text),
+            start=start,
+            end=end,
+        )
+        with self._lock:
+            app.passwords.append(stored)
+        return stored
+
+    def seed_certificate(
+        self, app: StoredApplication, display_name: str | None, *, start: datetime, end: datetime
+    ) -> StoredCertificate:
+        stored = StoredCertificate(
+            key_id=str(uuid.uuid4()),
+            display_name=display_name,
+            thumbprint=secrets.token_hex(20).upper(),
+            start=start,
+            end=end,
+        )
+        with self._lock:
+            app.certificates.append(stored)
+        return stored
 
     def throttle(self, n: int, retry_after: int | None = 2, status: int = 429) -> None:
         """Answer the next `n` Graph requests with `status` and, unless None, a
@@ -465,10 +582,18 @@ class GraphDouble:
             prop, value = parse_filter(query["$filter"][0])
             key = "app_id" if prop == "appId" else "display_name"
             apps = [a for a in apps if getattr(a, key) == value]
+        expand = query.get("$expand", [""])[0]
+        if expand and not _EXPAND_OWNERS.match(expand):
+            raise GraphError(400, "BadRequest", f"Parsing OData Select and Expand failed: {expand}")
+        selected = [f for f in query.get("$select", [""])[0].split(",") if f]
         page = apps[offset : offset + top]
+        items = [a.as_json(expand_owners=bool(expand)) for a in page]
+        if selected:
+            keep = {*selected, "owners"}
+            items = [{k: v for k, v in item.items() if k in keep} for item in items]
         answer: dict[str, Any] = {
             "@odata.context": f"{self.graph_url}/$metadata#applications",
-            "value": [a.as_json() for a in page],
+            "value": items,
         }
         if offset + top < len(apps):
             skiptoken = secrets.token_urlsafe(24)

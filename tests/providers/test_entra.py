@@ -8,7 +8,6 @@ import signal
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from azure.core.pipeline.transport import AsyncioRequestsTransport
@@ -67,20 +66,9 @@ def env(ks_env: dict[str, str]) -> dict[str, str]:
     return ks_env
 
 
-def _integration(graph: GraphDouble, tls: TlsFiles) -> dict[str, Any]:
-    return {
-        "tenant_id": graph.tenant_id,
-        "client_id": graph.client_id,
-        "auth": {"method": "client_secret", "secret_from": f"env:{ADMIN_ENV}"},
-        "authority": graph.authority,
-        "graph_url": graph.graph_url,
-        "ca_bundle": str(tls.ca_path),
-    }
-
-
 def _estate(tmp: Path, graph: GraphDouble, tls: TlsFiles, app: StoredApplication) -> Path:
     estate = {
-        "integrations": [{"name": "contoso", "type": "entra", **_integration(graph, tls)}],
+        "integrations": [{"name": "contoso", "type": "entra", **graph.integration(ADMIN_ENV)}],
         "credentials": [
             {
                 "name": NAME,
@@ -158,7 +146,7 @@ def test_provider_keeps_the_contract_against_the_graph_double(
 ) -> None:
     context = PluginContext(
         env={ADMIN_ENV: ADMIN_SECRET},
-        integrations={"contoso": EntraIntegration.model_validate(_integration(graph, tls))},
+        integrations={"contoso": EntraIntegration.model_validate(graph.integration(ADMIN_ENV))},
     )
     provider = EntraSecretProvider(
         EntraSecretConfig(integration="contoso", app_id=app.app_id), context

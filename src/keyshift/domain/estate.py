@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -63,6 +64,50 @@ class ResidualUse(_Model):
     """The command is killed (and counts as in use) after this long."""
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class RotationWindow(_Model):
+    """When `keyshift worker` may start automatic rotations, in a time zone. Manual
+    `keyshift rotate` is not limited by it. A window whose `end` is before its `start`
+    runs past midnight into the next day."""
+
+    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1)
+    """Days the window opens on: `mon` ... `sun`."""
+    start: time = time(0, 0)
+    """Local time the window opens, `HH:MM`."""
+    end: time = time(0, 0)
+    """Local time the window closes, `HH:MM` (not included); equal to `start` = all day."""
+    timezone: str = "UTC"
+    """An IANA time zone such as `Europe/Berlin`."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {name!r}; use an IANA name") from None
+        return name
+
+    def contains(self, moment: datetime) -> bool:
+        """Whether `moment` (timezone-aware) is inside the window."""
+        local = moment.astimezone(ZoneInfo(self.timezone))
+        clock = local.time().replace(tzinfo=None)
+        today = WEEKDAYS[local.weekday()]
+        yesterday = WEEKDAYS[(local.weekday() - 1) % 7]
+        if self.start == self.end:
+            return today in self.days
+        if self.start < self.end:
+            return today in self.days and self.start <= clock < self.end
+        # Past midnight: the part after start belongs to today's window, the part
+        # before end to the one that opened yesterday.
+        return (today in self.days and clock >= self.start) or (
+            yesterday in self.days and clock < self.end
+        )
+
+
 class Policy(_Model):
     """When to rotate and how long the old version stays valid."""
 
@@ -76,6 +121,8 @@ class Policy(_Model):
     residual_use: ResidualUse | None = None
     """Gate revocation on evidence that the old version is no longer used: sessions seen
     by the provider (postgres and redis alternating_users) and/or a `command`."""
+    rotation_window: RotationWindow | None = None
+    """When automatic rotations may start; none means at any time."""
 
     @model_validator(mode="after")
     def _coherent(self) -> Policy:
@@ -189,6 +236,37 @@ class IntegrationSpec(_Model):
     type: str
 
 
+DEFAULT_THRESHOLDS = (timedelta(days=30), timedelta(days=7))
+
+
+class Alerts(_Model):
+    """Warnings `keyshift worker` raises once each: a version crossing an expiry threshold,
+    an Entra secret created outside keyshift, a lifetime over the policy's maximum."""
+
+    expiry_thresholds: list[Duration] = Field(
+        default_factory=lambda: list(DEFAULT_THRESHOLDS), min_length=1
+    )
+    """Warn when a version or an Entra secret is this close to its expiry; one alert per
+    threshold per version. The longest also marks it Expiring Soon."""
+    webhooks: list[dict[str, Any]] = Field(default_factory=list)
+    """Where alerts are POSTed: each entry takes the settings of a `webhook` action
+    (`url`, `signing_secret_from`, `headers`, `timeout`, `retries`, `backoff`), without
+    `include_value`."""
+
+    @field_validator("expiry_thresholds")
+    @classmethod
+    def _distinct_positive(cls, thresholds: list[timedelta]) -> list[timedelta]:
+        if any(t <= timedelta(0) for t in thresholds):
+            raise ValueError("thresholds must be longer than 0s")
+        if len(set(thresholds)) != len(thresholds):
+            raise ValueError("thresholds must be distinct")
+        return sorted(thresholds, reverse=True)
+
+    @property
+    def expiring_soon(self) -> timedelta:
+        return self.expiry_thresholds[0]
+
+
 class Estate(_Model):
     """The whole estate file. Names and references across it are checked by
     `reference_problems`, which also runs on files whose fields are invalid."""
@@ -196,6 +274,8 @@ class Estate(_Model):
     integrations: list[IntegrationSpec] = Field(default_factory=list)
     policies: list[Policy] = Field(default_factory=list)
     credentials: list[CredentialSpec] = Field(default_factory=list)
+    alerts: Alerts = Field(default_factory=Alerts)
+    """Expiry warnings and reports, and where they are sent."""
 
     def policy_for(self, cred: CredentialSpec) -> Policy:
         """The effective policy of a credential: inline, named, or the default."""

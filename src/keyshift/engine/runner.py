@@ -310,6 +310,12 @@ class Engine:
         """The context plugins of this plan get: the plan's integrations, and a resolver
         for `env:`, `file:` and `credential:` references (values read are remembered in
         `secrets`, so error messages can be scrubbed of them)."""
+        return self.context_for(plan.integrations, secrets)
+
+    def context_for(
+        self, integrations: dict[str, dict[str, Any]], secrets: list[str] | None = None
+    ) -> PluginContext:
+        """A plugin context with these integrations (in their stored form, with `type`)."""
 
         def resolve(path: str, ref: str) -> Secret:
             value = read_source(path, ref, self.context.env, credential=self._current_value)
@@ -319,7 +325,7 @@ class Engine:
 
         return replace(
             self.context,
-            integrations=build_integrations(plan.integrations),
+            integrations=build_integrations(integrations),
             resolve_secret=resolve,
         )
 

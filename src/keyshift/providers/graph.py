@@ -52,6 +52,7 @@ NEEDED_PERMISSION: Final = (
     "the Graph application permission Application.ReadWrite.OwnedBy (with the keyshift "
     "identity as an owner of the application) or Application.ReadWrite.All"
 )
+APPLICATION_FIELDS: Final = "id,appId,displayName,passwordCredentials,keyCredentials"
 RETRYABLE_STATUSES: Final = frozenset({429, 502, 503, 504})
 # Statuses that mean Graph refused the request before running it: safe to repeat a POST.
 NOT_EXECUTED_STATUSES: Final = frozenset({429, 503})
@@ -144,6 +145,50 @@ class PasswordCredential:
 
 
 @dataclass(frozen=True)
+class KeyCredential:
+    """A certificate of an application: its thumbprint (`customKeyIdentifier`), not its key."""
+
+    key_id: str
+    display_name: str | None
+    thumbprint: str | None
+    usage: str | None
+    start: datetime | None
+    end: datetime | None
+
+    @classmethod
+    def from_graph(cls, data: Mapping[str, Any]) -> KeyCredential:
+        return cls(
+            key_id=str(data["keyId"]),
+            display_name=data.get("displayName"),
+            thumbprint=data.get("customKeyIdentifier"),
+            usage=data.get("usage"),
+            start=_parse_time(data.get("startDateTime")),
+            end=_parse_time(data.get("endDateTime")),
+        )
+
+
+@dataclass(frozen=True)
+class Owner:
+    """An owner of an application (a user or a service principal)."""
+
+    id: str
+    display_name: str | None
+    user_principal_name: str | None
+
+    @classmethod
+    def from_graph(cls, data: Mapping[str, Any]) -> Owner:
+        return cls(
+            id=str(data.get("id", "")),
+            display_name=data.get("displayName"),
+            user_principal_name=data.get("userPrincipalName"),
+        )
+
+    @property
+    def label(self) -> str:
+        return self.user_principal_name or self.display_name or self.id
+
+
+@dataclass(frozen=True)
 class AddedPassword:
     """The answer to addPassword: the new secret's id and its value, which Graph shows
     only this once."""
@@ -164,15 +209,25 @@ class Application:
     app_id: str
     display_name: str
     password_credentials: tuple[PasswordCredential, ...]
+    key_credentials: tuple[KeyCredential, ...] = ()
+    owners: tuple[Owner, ...] | None = None
+    """None unless the listing expanded `owners` (Graph expands at most 20 per object)."""
 
     @classmethod
     def from_graph(cls, data: Mapping[str, Any]) -> Application:
+        owners = data.get("owners")
         return cls(
             id=str(data["id"]),
             app_id=str(data.get("appId", "")),
             display_name=str(data.get("displayName", "")),
             password_credentials=tuple(
                 PasswordCredential.from_graph(p) for p in data.get("passwordCredentials") or ()
+            ),
+            key_credentials=tuple(
+                KeyCredential.from_graph(k) for k in data.get("keyCredentials") or ()
+            ),
+            owners=(
+                tuple(Owner.from_graph(o) for o in owners) if isinstance(owners, list) else None
             ),
         )
 
@@ -305,12 +360,18 @@ class GraphClient:
 
     # --- applications ------------------------------------------------------------------
 
-    async def list_applications(self, filter: str | None = None) -> AsyncIterator[Application]:
+    async def list_applications(
+        self, filter: str | None = None, *, with_owners: bool = False
+    ) -> AsyncIterator[Application]:
         """Applications matching the `$filter` expression (build literals with
-        `odata_literal`), all pages, `page_size` per request."""
+        `odata_literal`), all pages, `page_size` per request; `with_owners` expands
+        each application's owners in the same requests."""
         params: dict[str, str | int] = {"$top": self._page_size}
         if filter is not None:
             params["$filter"] = filter
+        if with_owners:
+            params["$select"] = APPLICATION_FIELDS
+            params["$expand"] = "owners($select=id,displayName,userPrincipalName)"
         async for item in self.paged("applications", params):
             yield Application.from_graph(item)
 

@@ -29,6 +29,7 @@ from keyshift.engine.plugins import (
 )
 from keyshift.errors import ConfigError, EstateInvalid
 from keyshift.providers.base import Capability
+from keyshift.service.entra import forget_integrations
 from keyshift.store.audit import canonical
 from keyshift.store.models import CredentialRow, EstateRevision, IntegrationRow
 from keyshift.store.store import Store
@@ -84,6 +85,15 @@ def parse_estate(data: Any) -> Estate:
     return estate
 
 
+def current_estate(store: Store) -> Estate:
+    """The estate as last applied (an empty one before the first apply)."""
+    with store.transaction() as s:
+        latest = s.execute(
+            select(EstateRevision.document).order_by(EstateRevision.id.desc()).limit(1)
+        ).scalar_one_or_none()
+    return Estate.model_validate(latest) if latest is not None else Estate()
+
+
 def _check_residual_use(estate: Estate) -> None:
     """A residual_use policy needs a way to observe use: a provider that sees sessions per
     version, or a command. Accepting it otherwise would revoke without the evidence asked."""
@@ -117,6 +127,14 @@ def _plugin_problems(data: dict[str, Any]) -> list[ConfigError]:
             problems.extend(_check(integration_class, item["type"], config, f"integrations[{i}]"))
             if isinstance(item.get("name"), str):
                 integrations[item["name"]] = item["type"]
+    alerts = data.get("alerts")
+    hooks = alerts.get("webhooks") if isinstance(alerts, dict) else None
+    for i, hook in enumerate(hooks if isinstance(hooks, list) else []):
+        if isinstance(hook, dict):
+            path = f"alerts.webhooks[{i}]"
+            problems.extend(_check(target_class, "webhook", hook, path))
+            if hook.get("include_value"):
+                problems.append(ConfigError(f"{path}.include_value", "alerts never carry a value"))
     credentials = data.get("credentials")
     if not isinstance(credentials, list):
         return problems
@@ -268,7 +286,9 @@ def plan_estate(store: Store, estate: Estate) -> list[Change]:
             changes.append(Change("~", "integration", name))
     for name in integrations:
         if name not in declared:
-            changes.append(Change("-", "integration", name))
+            changes.append(Change("-", "integration", name, "discovered entries removed"))
+    if current_estate(store).alerts != estate.alerts:
+        changes.append(Change("~", "alerts", "alerts", "thresholds or webhooks changed"))
     return changes
 
 
@@ -306,6 +326,8 @@ def apply_estate(store: Store, estate: Estate, *, actor: str) -> list[Change]:
         for existing in s.execute(select(IntegrationRow)).scalars():
             if existing.name not in declared:
                 s.delete(existing)
+        # Entries discovered through an integration that left the estate go with it.
+        forget_integrations(s, keep=set(declared), now=now)
         for name, config in declared.items():
             integration = s.get(IntegrationRow, name)
             if integration is None:

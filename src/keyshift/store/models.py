@@ -185,3 +185,61 @@ class Meta(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class DiscoveredApp(Base):
+    """An application registration found by `entra sync`. `removed_at` set = deleted in
+    Entra ID (or its integration left the estate); the row stays as history."""
+
+    __tablename__ = "discovered_apps"
+    __table_args__ = (UniqueConstraint("integration", "object_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    integration: Mapped[str] = mapped_column(String(128))
+    object_id: Mapped[str] = mapped_column(String(64))
+    app_id: Mapped[str] = mapped_column(String(64))
+    display_name: Mapped[str] = mapped_column(String(256))
+    owners: Mapped[list[str]] = mapped_column(JSON)
+    first_seen: Mapped[datetime]
+    changed_at: Mapped[datetime]
+    removed_at: Mapped[datetime | None]
+
+
+class DiscoveredCredential(Base):
+    """A client secret or certificate of a discovered application: ids, names and dates,
+    never a value. Unmanaged until a credential in the estate rotates its application."""
+
+    __tablename__ = "discovered_credentials"
+    __table_args__ = (
+        UniqueConstraint("app_row_id", "kind", "key_id"),
+        Index("ix_discovered_credentials_end", "end_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    app_row_id: Mapped[str] = mapped_column(ForeignKey("discovered_apps.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    """`client_secret` or `certificate`."""
+    key_id: Mapped[str] = mapped_column(String(64))
+    display_name: Mapped[str | None] = mapped_column(String(256))
+    hint: Mapped[str | None] = mapped_column(String(16))
+    thumbprint: Mapped[str | None] = mapped_column(String(128))
+    start_at: Mapped[datetime | None]
+    end_at: Mapped[datetime | None]
+    first_seen: Mapped[datetime]
+    removed_at: Mapped[datetime | None]
+
+
+class AlertRow(Base):
+    """An alert that was raised, so each is raised once: an expiry threshold crossed by a
+    version, a secret created outside keyshift, a lifetime over the policy's maximum."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (UniqueConstraint("subject", "kind", "threshold"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))
+    threshold: Mapped[str] = mapped_column(String(32))
+    raised_at: Mapped[datetime]
+    detail: Mapped[dict[str, Any]]
+    delivered: Mapped[bool] = mapped_column(Boolean, default=False)

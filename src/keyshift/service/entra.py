@@ -1,0 +1,527 @@
+"""Entra ID discovery: what `keyshift entra sync` imports, and the views built on it.
+
+A sync reads every application registration of each `entra` integration (owners,
+client secrets and certificates: ids, names and dates, never a value) and brings the
+`discovered_*` tables in line with it in one transaction. Entries that vanished
+from Entra ID, or whose integration left the estate, are marked removed (the rows
+stay as history); a sync that finds nothing new writes nothing.
+
+Discovered credentials are visible but unmanaged until a credential of the estate
+(provider `entra_client_secret`) names their application; the views say which
+credential manages each one and its lifecycle state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from keyshift.azure import EntraIntegration
+from keyshift.domain.context import PluginContext
+from keyshift.domain.estate import Alerts, Policy
+from keyshift.domain.states import FINAL_STATES, Lifecycle, RotationState
+from keyshift.engine.runner import Engine
+from keyshift.errors import NotFound
+from keyshift.providers import ProviderKind
+from keyshift.providers.graph import Application, GraphClient, azure_identity_token_source
+from keyshift.store.models import (
+    CredentialRow,
+    DiscoveredApp,
+    DiscoveredCredential,
+    IntegrationRow,
+    RotationRow,
+    VersionRow,
+)
+from keyshift.store.store import Store
+
+log = structlog.get_logger("keyshift.service.entra")
+
+CLIENT_SECRET = "client_secret"  # noqa: S105 (a kind of credential, not a secret)
+CERTIFICATE = "certificate"
+ENTRA = "entra"
+_FINAL = {s.value for s in FINAL_STATES}
+_GRACE_STATES = {
+    RotationState.GRACE.value,
+    RotationState.AWAITING_REVOKE_APPROVAL.value,
+    RotationState.REVOKING.value,
+}
+
+
+# --- sync ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SyncResult:
+    """What one integration's sync found and changed."""
+
+    integration: str
+    apps: int = 0
+    credentials: int = 0
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    """Entries as `app <appId>` or `<kind> <keyId> of <appId>`: ids, never values."""
+
+    @property
+    def unchanged(self) -> bool:
+        return not (self.added or self.changed or self.removed)
+
+
+def entra_integrations(store: Store) -> dict[str, dict[str, Any]]:
+    """The estate's `entra` integrations, in their stored form."""
+    with store.transaction() as s:
+        rows = s.execute(select(IntegrationRow).where(IntegrationRow.type == ENTRA)).scalars()
+        return {row.name: dict(row.config) for row in rows}
+
+
+async def read_tenant(
+    config: EntraIntegration, context: PluginContext, *, page_size: int = 100
+) -> list[Application]:
+    """Every application of the tenant with owners, secrets and certificates."""
+    async with (
+        config.credential(context) as credential,
+        GraphClient(
+            azure_identity_token_source(credential),
+            context,
+            base_url=config.graph_url,
+            verify=config.ssl_verify(),
+            page_size=page_size,
+        ) as graph,
+    ):
+        return [app async for app in graph.list_applications(with_owners=True)]
+
+
+async def sync(
+    store: Store,
+    *,
+    actor: str,
+    context: PluginContext | None = None,
+    only: Iterable[str] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> list[SyncResult]:
+    """Sync each `entra` integration (or those named in `only`), then mark removed the
+    entries of integrations no longer in the estate."""
+    declared = entra_integrations(store)
+    names = list(declared) if only is None else list(only)
+    for name in names:
+        if name not in declared:
+            raise NotFound(f"no entra integration named '{name}' in the estate")
+    engine = Engine(store, actor=actor, context=context)
+    results: list[SyncResult] = []
+    for name in names:
+        ctx = engine.context_for({name: declared[name]})
+        config = ctx.integration(name, EntraIntegration)
+        if on_progress is not None:
+            on_progress(f"reading tenant {config.tenant_id} through {name}")
+        apps = await read_tenant(config, ctx)
+        now = ctx.now()
+        with store.transaction() as s:
+            result = _apply_tenant(s, name, apps, now)
+            if not result.unchanged:
+                store.audit(
+                    s,
+                    actor=actor,
+                    action="entra.synced",
+                    subject=f"integration:{name}",
+                    details={
+                        "apps": result.apps,
+                        "credentials": result.credentials,
+                        "added": result.added,
+                        "changed": result.changed,
+                        "removed": result.removed,
+                    },
+                )
+        log.info(
+            "entra.synced",
+            integration=name,
+            apps=result.apps,
+            added=len(result.added),
+            changed=len(result.changed),
+            removed=len(result.removed),
+        )
+        results.append(result)
+    with store.transaction() as s:
+        swept = forget_integrations(s, keep=set(declared), now=engine.context.now())
+        if swept:
+            store.audit(
+                s,
+                actor=actor,
+                action="entra.forgotten",
+                subject="integrations",
+                details={"removed": swept},
+            )
+    return results
+
+
+def forget_integrations(s: Session, *, keep: set[str], now: datetime) -> list[str]:
+    """Mark removed every discovered entry of an integration not in `keep`."""
+    removed: list[str] = []
+    apps = s.execute(
+        select(DiscoveredApp).where(
+            DiscoveredApp.removed_at.is_(None), DiscoveredApp.integration.not_in(keep)
+        )
+    ).scalars()
+    for app in apps:
+        removed.append(f"app {app.app_id} ({app.integration})")
+        _remove_app(s, app, now)
+    return removed
+
+
+def _remove_app(s: Session, app: DiscoveredApp, now: datetime) -> None:
+    app.removed_at = now
+    app.changed_at = now
+    for cred in s.execute(
+        select(DiscoveredCredential).where(
+            DiscoveredCredential.app_row_id == app.id, DiscoveredCredential.removed_at.is_(None)
+        )
+    ).scalars():
+        cred.removed_at = now
+
+
+def _seen_credentials(app: Application) -> dict[tuple[str, str], dict[str, Any]]:
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for p in app.password_credentials:
+        seen[(CLIENT_SECRET, p.key_id)] = {
+            "display_name": p.display_name,
+            "hint": p.hint,
+            "thumbprint": None,
+            "start_at": p.start,
+            "end_at": p.end,
+        }
+    for c in app.key_credentials:
+        seen[(CERTIFICATE, c.key_id)] = {
+            "display_name": c.display_name,
+            "hint": None,
+            "thumbprint": c.thumbprint,
+            "start_at": c.start,
+            "end_at": c.end,
+        }
+    return seen
+
+
+def _apply_tenant(
+    s: Session, integration: str, apps: list[Application], now: datetime
+) -> SyncResult:
+    result = SyncResult(integration, apps=len(apps))
+    rows = {
+        row.object_id: row
+        for row in s.execute(
+            select(DiscoveredApp).where(DiscoveredApp.integration == integration)
+        ).scalars()
+    }
+    creds: dict[str, dict[tuple[str, str], DiscoveredCredential]] = {}
+    for found in s.execute(
+        select(DiscoveredCredential)
+        .join(DiscoveredApp, DiscoveredApp.id == DiscoveredCredential.app_row_id)
+        .where(DiscoveredApp.integration == integration)
+    ).scalars():
+        creds.setdefault(found.app_row_id, {})[(found.kind, found.key_id)] = found
+    for app in apps:
+        owners = sorted(o.label for o in app.owners or ())
+        row = rows.pop(app.id, None)
+        if row is None:
+            row = DiscoveredApp(
+                id=str(uuid.uuid4()),
+                integration=integration,
+                object_id=app.id,
+                app_id=app.app_id,
+                display_name=app.display_name,
+                owners=owners,
+                first_seen=now,
+                changed_at=now,
+                removed_at=None,
+            )
+            s.add(row)
+            result.added.append(f"app {app.app_id}")
+        elif (row.app_id, row.display_name, row.owners, row.removed_at) != (
+            app.app_id,
+            app.display_name,
+            owners,
+            None,
+        ):
+            row.app_id, row.display_name, row.owners = app.app_id, app.display_name, owners
+            row.removed_at = None
+            row.changed_at = now
+            result.changed.append(f"app {app.app_id}")
+        known = dict(creds.get(row.id, {}))
+        for (kind, key_id), facts in _seen_credentials(app).items():
+            result.credentials += 1
+            label = f"{kind} {key_id} of {app.app_id}"
+            cred = known.get((kind, key_id))
+            if cred is None:
+                s.add(
+                    DiscoveredCredential(
+                        id=str(uuid.uuid4()),
+                        app_row_id=row.id,
+                        kind=kind,
+                        key_id=key_id,
+                        first_seen=now,
+                        removed_at=None,
+                        **facts,
+                    )
+                )
+                result.added.append(label)
+                continue
+            del known[(kind, key_id)]
+            if cred.removed_at is not None or any(getattr(cred, k) != v for k, v in facts.items()):
+                for k, v in facts.items():
+                    setattr(cred, k, v)
+                cred.removed_at = None
+                result.changed.append(label)
+        for cred in known.values():
+            if cred.removed_at is None:
+                cred.removed_at = now
+                result.removed.append(f"{cred.kind} {cred.key_id} of {app.app_id}")
+    for row in rows.values():
+        if row.removed_at is None:
+            _remove_app(s, row, now)
+            result.removed.append(f"app {row.app_id}")
+    return result
+
+
+# --- the inventory and its lifecycle states -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class EntraCredential:
+    """One discovered client secret or certificate, as operators see it."""
+
+    integration: str
+    app_name: str
+    app_id: str
+    kind: str
+    key_id: str
+    display_name: str | None
+    hint: str | None
+    thumbprint: str | None
+    start: datetime | None
+    end: datetime | None
+    days_left: int | None
+    state: Lifecycle
+    managed_by: str | None
+    """The estate credential that rotates this application's secrets, if any."""
+    by_keyshift: bool
+    """Whether keyshift added this secret (it is one of the credential's versions)."""
+    owners: tuple[str, ...]
+    first_seen: datetime
+    removed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class _Managed:
+    name: str
+    policy: Policy
+    created_at: datetime
+    key_ids: dict[str, str]
+    """keyId -> version id of every version keyshift added."""
+    rotating: set[str]
+    """keyIds being replaced or added by a rotation before its grace period."""
+    in_grace: set[str]
+    """keyIds of old versions whose rotation is in its grace period."""
+
+
+def _managed(s: Session) -> dict[tuple[str, str], _Managed]:
+    """(integration, appId) -> the estate credential rotating that application's secrets."""
+    out: dict[tuple[str, str], _Managed] = {}
+    creds = s.execute(
+        select(CredentialRow).where(
+            CredentialRow.removed_at.is_(None),
+            CredentialRow.provider_type == ProviderKind.ENTRA_CLIENT_SECRET.value,
+        )
+    ).scalars()
+    for cred in creds:
+        provider = cred.spec["credential"]["provider"]
+        versions = s.execute(select(VersionRow).where(VersionRow.credential_id == cred.id))
+        by_id = {v.id: v.attributes.get("key_id", "") for v in versions.scalars()}
+        rotating: set[str] = set()
+        in_grace: set[str] = set()
+        if cred.active_rotation_id:
+            rotation = s.get(RotationRow, cred.active_rotation_id)
+            if rotation is not None and rotation.state not in _FINAL:
+                old = by_id.get(rotation.old_version_id or "", "")
+                new = by_id.get(rotation.new_version_id or "", "")
+                if rotation.state in _GRACE_STATES:
+                    in_grace.add(old)
+                else:
+                    rotating.update({old, new})
+        out[(provider.get("integration", ""), provider.get("app_id", ""))] = _Managed(
+            name=cred.name,
+            policy=Policy.model_validate(cred.spec["policy"]),
+            created_at=cred.created_at,
+            key_ids={key: vid for vid, key in by_id.items() if key},
+            rotating=rotating - {""},
+            in_grace=in_grace - {""},
+        )
+    return out
+
+
+def state_of(
+    *,
+    now: datetime,
+    end: datetime | None,
+    removed: bool,
+    rotating: bool,
+    in_grace: bool,
+    expiring_soon: timedelta,
+) -> Lifecycle:
+    """The lifecycle state of one Entra credential (design.md)."""
+    if removed:
+        return Lifecycle.CLEANED_UP
+    if in_grace:
+        return Lifecycle.GRACE_PERIOD
+    if rotating:
+        return Lifecycle.ROTATING
+    if end is not None:
+        if end <= now:
+            return Lifecycle.EXPIRED
+        if end - now <= expiring_soon:
+            return Lifecycle.EXPIRING_SOON
+    return Lifecycle.ACTIVE
+
+
+def _days_left(now: datetime, end: datetime | None) -> int | None:
+    return None if end is None else int((end - now).total_seconds() // 86400)
+
+
+def inventory(
+    store: Store, *, now: datetime, alerts: Alerts | None = None, include_removed: bool = False
+) -> list[EntraCredential]:
+    """Every discovered Entra credential with its state, soonest expiry first."""
+    soon = (alerts or Alerts()).expiring_soon
+    out: list[EntraCredential] = []
+    with store.transaction() as s:
+        managed = _managed(s)
+        query = select(DiscoveredCredential, DiscoveredApp).join(
+            DiscoveredApp, DiscoveredApp.id == DiscoveredCredential.app_row_id
+        )
+        if not include_removed:
+            query = query.where(DiscoveredCredential.removed_at.is_(None))
+        for cred, app in s.execute(query).all():
+            owner = managed.get((app.integration, app.app_id))
+            out.append(
+                EntraCredential(
+                    integration=app.integration,
+                    app_name=app.display_name,
+                    app_id=app.app_id,
+                    kind=cred.kind,
+                    key_id=cred.key_id,
+                    display_name=cred.display_name,
+                    hint=cred.hint,
+                    thumbprint=cred.thumbprint,
+                    start=cred.start_at,
+                    end=cred.end_at,
+                    days_left=_days_left(now, cred.end_at),
+                    state=state_of(
+                        now=now,
+                        end=cred.end_at,
+                        removed=cred.removed_at is not None,
+                        rotating=owner is not None and cred.key_id in owner.rotating,
+                        in_grace=owner is not None and cred.key_id in owner.in_grace,
+                        expiring_soon=soon,
+                    ),
+                    managed_by=owner.name if owner is not None else None,
+                    by_keyshift=owner is not None and cred.key_id in owner.key_ids,
+                    owners=tuple(app.owners),
+                    first_seen=cred.first_seen,
+                    removed_at=cred.removed_at,
+                )
+            )
+    far = datetime.max.replace(tzinfo=now.tzinfo)
+    out.sort(key=lambda c: (c.end or far, c.app_name, c.key_id))
+    return out
+
+
+@dataclass(frozen=True)
+class Summary:
+    apps: int
+    client_secrets: int
+    certificates: int
+    managed: int
+    expired: int
+    within: dict[int, int]
+    """Days (7, 30, 90) -> credentials expiring within them (not yet expired)."""
+    rotating: int
+    in_grace: int
+    urgent: list[EntraCredential]
+
+
+def summary(store: Store, *, now: datetime, alerts: Alerts | None = None, top: int = 10) -> Summary:
+    """Totals, counts expiring in 7/30/90 days, in grace, and the most urgent credentials."""
+    creds = inventory(store, now=now, alerts=alerts)
+    with store.transaction() as s:
+        apps = len(
+            s.execute(select(DiscoveredApp.id).where(DiscoveredApp.removed_at.is_(None))).all()
+        )
+    live = [c for c in creds if c.end is not None and c.end > now]
+    return Summary(
+        apps=apps,
+        client_secrets=sum(c.kind == CLIENT_SECRET for c in creds),
+        certificates=sum(c.kind == CERTIFICATE for c in creds),
+        managed=sum(c.managed_by is not None for c in creds),
+        expired=sum(c.state == Lifecycle.EXPIRED for c in creds),
+        within={
+            days: sum(c.end is not None and c.end - now <= timedelta(days=days) for c in live)
+            for days in (7, 30, 90)
+        },
+        rotating=sum(c.state == Lifecycle.ROTATING for c in creds),
+        in_grace=sum(c.state == Lifecycle.GRACE_PERIOD for c in creds),
+        urgent=[c for c in creds if c.end is not None][:top],
+    )
+
+
+# --- reports ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A discovered secret that breaks a rule: `outside_keyshift` or `lifetime`."""
+
+    kind: str
+    credential: EntraCredential
+    detail: str
+
+
+def findings(store: Store, *, now: datetime, default_policy: Policy | None = None) -> list[Finding]:
+    """Client secrets added to a managed application without keyshift after the estate
+    adopted it, and secrets whose lifetime exceeds the policy's `max_lifetime` (the
+    managing credential's policy, else `default_policy`)."""
+    out: list[Finding] = []
+    with store.transaction() as s:
+        managed = _managed(s)
+    for cred in inventory(store, now=now):
+        owner = managed.get((cred.integration, cred.app_id))
+        if (
+            owner is not None
+            and cred.kind == CLIENT_SECRET
+            and not cred.by_keyshift
+            and cred.start is not None
+            and cred.start > owner.created_at
+        ):
+            out.append(
+                Finding(
+                    "outside_keyshift",
+                    cred,
+                    f"added on {cred.start:%Y-%m-%d} without keyshift to an application "
+                    f"{owner.name} manages",
+                )
+            )
+        policy = owner.policy if owner is not None else default_policy
+        limit = policy.max_lifetime if policy is not None else None
+        if limit is not None and cred.start is not None and cred.end is not None:
+            lifetime = cred.end - cred.start
+            if lifetime > limit + timedelta(minutes=1):
+                out.append(
+                    Finding(
+                        "lifetime",
+                        cred,
+                        f"lifetime {lifetime.days}d exceeds the policy maximum {limit.days}d",
+                    )
+                )
+    return out
