@@ -8,6 +8,7 @@ turns one into an `azure.identity.aio` credential; the API clients take it from 
 from __future__ import annotations
 
 import ssl
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from azure.core.pipeline.transport import AsyncioRequestsTransport
@@ -15,6 +16,7 @@ from azure.identity.aio import ClientSecretCredential
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keyshift.domain.context import PluginContext
+from keyshift.domain.durations import Duration
 from keyshift.domain.secret import Secret
 from keyshift.sources import SecretRef
 
@@ -70,6 +72,8 @@ class EntraIntegration(BaseModel):
     ca_bundle: str | None = None
     """Path to a PEM file of CA certificates to trust instead of the system store (a TLS
     intercepting proxy, or a test double)."""
+    sync_every: Duration = timedelta(hours=1)
+    """How often `keyshift worker` re-reads the tenant's app registrations (`entra sync`)."""
 
     @field_validator("authority", "graph_url")
     @classmethod

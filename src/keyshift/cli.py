@@ -33,8 +33,9 @@ from keyshift.engine.runner import StepEvent
 from keyshift.errors import AuditChainBroken, EstateInvalid, KeyshiftError
 from keyshift.service import entra as entra_service
 from keyshift.service import estate as estate_service
+from keyshift.service import integrations as integrations_service
 from keyshift.service import keys as keys_service
-from keyshift.service import rotations
+from keyshift.service import rotations, scheduler
 from keyshift.service.reference import estate_reference
 from keyshift.store import audit
 from keyshift.store.store import Store
@@ -56,7 +57,12 @@ entra_app = typer.Typer(
 )
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
+integrations_app = typer.Typer(
+    help="Check the connections keyshift uses to reach issuers and stores.",
+    no_args_is_help=True,
+)
 app.add_typer(entra_app, name="entra")
+app.add_typer(integrations_app, name="integrations")
 
 # Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -438,14 +444,15 @@ def worker(
     with _store() as store:
         try:
             asyncio.run(
-                rotations.worker_loop(
+                scheduler.worker_loop(
                     store,
                     actor=f"worker:{socket.gethostname()}",
                     interval=every,
                     once=once,
                     on_event=_progress,
                     on_scan=lambda c: out.print(
-                        f"{utcnow():%H:%M:%S} scan: {c['resumed']} resumed, {c['started']} started"
+                        f"{utcnow():%H:%M:%S} scan: {c['synced']} synced, {c['resumed']} "
+                        f"resumed, {c['alerts']} alerts, {c['started']} started"
                     ),
                 )
             )
@@ -599,6 +606,55 @@ def entra_report() -> None:
         )
     out.print(table)
     raise typer.Exit(1)
+
+
+@integrations_app.command("test")
+@_errors
+def integrations_test(
+    name: Annotated[str, typer.Argument(help="Integration name.")],
+) -> None:
+    """Sign in, read the granted permissions and read from the API. Changes nothing;
+    exits 1 when a check fails."""
+    with _store() as store:
+        checks = asyncio.run(integrations_service.check_integration(store, name, actor=_actor()))
+    table = Table(title=f"Integration {name}", title_justify="left")
+    for col in ("check", "result", "detail"):
+        table.add_column(col, no_wrap=col != "detail")
+    for check in checks:
+        table.add_row(check.name, "[green]ok[/]" if check.ok else "[red]failed[/]", check.detail)
+    out.print(table)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
+@app.command()
+@_errors
+def alerts(
+    limit: Annotated[int, typer.Option(help="How many of the newest to show.")] = 50,
+) -> None:
+    """The alerts the worker raised: expiry thresholds crossed, secrets added outside
+    keyshift, lifetimes over the maximum."""
+    with _store() as store:
+        rows = scheduler.alert_rows(store, limit=limit)
+    if not rows:
+        out.print("No alerts raised.")
+        return
+    table = Table(title=f"Alerts (newest {len(rows)})", title_justify="left")
+    for col in ("raised", "kind", "threshold", "subject", "what", "expires", "sent"):
+        table.add_column(col, no_wrap=col in ("raised", "kind", "subject"))
+    for row in rows:
+        d = row.detail
+        what = d.get("credential") or f"{d.get('app', '?')} ({d.get('app_id', '?')})"
+        table.add_row(
+            _when(row.raised_at),
+            row.kind.replace("_", " "),
+            row.threshold or "-",
+            row.subject,
+            str(what),
+            str(d.get("expires_at", "-"))[:19],
+            "yes" if row.delivered else "[yellow]pending[/]",
+        )
+    out.print(table)
 
 
 @app.command()

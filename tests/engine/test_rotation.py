@@ -12,7 +12,7 @@ import pytest
 from keyshift.domain.states import RotationState, StepStatus, VersionStatus
 from keyshift.engine.runner import RETAIN_DISABLED, Engine
 from keyshift.errors import KeyshiftError
-from keyshift.service import rotations
+from keyshift.service import rotations, scheduler
 from keyshift.service.estate import apply_estate, load_estate
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock
@@ -244,13 +244,15 @@ def test_worker_starts_auto_rotation_when_expiry_is_within_rotate_before_expiry(
     estate.write_text(text)
     _apply(store, estate)
     ctx = clock.context()
-    assert asyncio.run(rotations.worker_pass(store, actor="w", context=ctx)) == {
+    assert asyncio.run(scheduler.worker_pass(store, actor="w", context=ctx)) == {
+        "synced": 0,
         "resumed": 0,
+        "alerts": 0,
         "started": 1,
     }
-    assert asyncio.run(rotations.worker_pass(store, actor="w", context=ctx))["started"] == 0
+    assert asyncio.run(scheduler.worker_pass(store, actor="w", context=ctx))["started"] == 0
     clock.advance(timedelta(days=30))
-    assert asyncio.run(rotations.worker_pass(store, actor="w", context=ctx))["started"] == 1
+    assert asyncio.run(scheduler.worker_pass(store, actor="w", context=ctx))["started"] == 1
     assert [v.status for v in versions(store, "api-key")] == ["revoked", "current"]
 
 

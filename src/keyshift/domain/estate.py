@@ -66,21 +66,44 @@ class ResidualUse(_Model):
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+
+
+def _parse_hours(hours: str) -> tuple[time, time]:
+    """`09:00-16:00` -> (09:00, 16:00); `24:00` as an end means midnight."""
+    found = _HOURS.match(hours)
+    if not found or (found.group(3) == "24" and found.group(4) != "00"):
+        raise ValueError("hours must look like 09:00-16:00 (24-hour clock)")
+    start = time(int(found.group(1)), int(found.group(2)))
+    end = time(0, 0) if found.group(3) == "24" else time(int(found.group(3)), int(found.group(4)))
+    return start, end
 
 
 class RotationWindow(_Model):
     """When `keyshift worker` may start automatic rotations, in a time zone. Manual
-    `keyshift rotate` is not limited by it. A window whose `end` is before its `start`
-    runs past midnight into the next day."""
+    `keyshift rotate` is not limited by it. Hours whose end is before their start run
+    past midnight into the next day."""
 
     days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1)
     """Days the window opens on: `mon` ... `sun`."""
-    start: time = time(0, 0)
-    """Local time the window opens, `HH:MM`."""
-    end: time = time(0, 0)
-    """Local time the window closes, `HH:MM` (not included); equal to `start` = all day."""
+    hours: str = "00:00-24:00"
+    """Local opening hours, `HH:MM-HH:MM` (the end not included)."""
     timezone: str = "UTC"
     """An IANA time zone such as `Europe/Berlin`."""
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, hours: str) -> str:
+        _parse_hours(hours)
+        return hours
+
+    @property
+    def start(self) -> time:
+        return _parse_hours(self.hours)[0]
+
+    @property
+    def end(self) -> time:
+        return _parse_hours(self.hours)[1]
 
     @field_validator("timezone")
     @classmethod
@@ -97,15 +120,14 @@ class RotationWindow(_Model):
         clock = local.time().replace(tzinfo=None)
         today = WEEKDAYS[local.weekday()]
         yesterday = WEEKDAYS[(local.weekday() - 1) % 7]
-        if self.start == self.end:
+        start, end = _parse_hours(self.hours)
+        if start == end:
             return today in self.days
-        if self.start < self.end:
-            return today in self.days and self.start <= clock < self.end
+        if start < end:
+            return today in self.days and start <= clock < end
         # Past midnight: the part after start belongs to today's window, the part
         # before end to the one that opened yesterday.
-        return (today in self.days and clock >= self.start) or (
-            yesterday in self.days and clock < self.end
-        )
+        return (today in self.days and clock >= start) or (yesterday in self.days and clock < end)
 
 
 class Policy(_Model):
@@ -121,8 +143,9 @@ class Policy(_Model):
     residual_use: ResidualUse | None = None
     """Gate revocation on evidence that the old version is no longer used: sessions seen
     by the provider (postgres and redis alternating_users) and/or a `command`."""
-    rotation_window: RotationWindow | None = None
-    """When automatic rotations may start; none means at any time."""
+    window: RotationWindow | None = None
+    """When automatic rotations may start, e.g. `{days: [mon, tue], hours: "09:00-16:00",
+    timezone: Europe/Berlin}`; none means at any time."""
 
     @model_validator(mode="after")
     def _coherent(self) -> Policy:

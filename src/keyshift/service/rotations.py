@@ -7,7 +7,6 @@ render them.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -246,10 +245,11 @@ async def rotate(
     grace: timedelta | None = None,
     context: PluginContext | None = None,
     on_event: Callable[[StepEvent], None] | None = None,
+    reason: str = "manual",
 ) -> tuple[str, RotationState]:
     """Request a rotation and run it as far as it goes now (to `grace` or to the end)."""
     engine = Engine(store, actor=actor, context=context, on_event=on_event)
-    rotation_id = engine.request(credential, requested_by=actor, grace=grace)
+    rotation_id = engine.request(credential, requested_by=actor, grace=grace, reason=reason)
     return rotation_id, await engine.run(rotation_id)
 
 
@@ -318,75 +318,3 @@ async def resume(
         except LeaseHeld:
             out.append((rotation_id, credential, None))
     return out
-
-
-def due_for_rotation(store: Store, *, now: datetime) -> list[str]:
-    """Credentials with `auto_rotate: true`, no rotation under way, and either no version
-    yet or a current version within `rotate_before_expiry` of its expiry."""
-    due: list[str] = []
-    with store.transaction() as s:
-        creds = (
-            s.execute(
-                select(CredentialRow).where(
-                    CredentialRow.removed_at.is_(None),
-                    CredentialRow.scheduled.is_(True),
-                    CredentialRow.auto_rotate.is_(True),
-                    CredentialRow.active_rotation_id.is_(None),
-                )
-            )
-            .scalars()
-            .all()
-        )
-        for cred in creds:
-            current = s.execute(
-                select(VersionRow).where(
-                    VersionRow.credential_id == cred.id,
-                    VersionRow.status == VersionStatus.CURRENT.value,
-                )
-            ).scalar_one_or_none()
-            policy = Policy.model_validate(cred.spec["policy"])
-            if current is None or (
-                current.expires_at is not None
-                and current.expires_at - policy.rotate_before_expiry <= now
-            ):
-                due.append(cred.name)
-    return due
-
-
-async def worker_pass(
-    store: Store,
-    *,
-    actor: str,
-    context: PluginContext | None = None,
-    on_event: Callable[[StepEvent], None] | None = None,
-) -> dict[str, int]:
-    """One scan: resume unfinished rotations, then start the ones that are due."""
-    ctx = context or PluginContext()
-    resumed = await resume(store, actor=actor, context=ctx, on_event=on_event)
-    started = 0
-    for credential in due_for_rotation(store, now=ctx.now()):
-        try:
-            await rotate(store, credential, actor=actor, context=ctx, on_event=on_event)
-            started += 1
-        except Exception as exc:  # one credential's failure must not stop the scan
-            log.error("scheduled rotation failed to start", credential=credential, error=str(exc))
-    return {"resumed": len(resumed), "started": started}
-
-
-async def worker_loop(
-    store: Store,
-    *,
-    actor: str,
-    interval: timedelta,
-    once: bool = False,
-    on_event: Callable[[StepEvent], None] | None = None,
-    on_scan: Callable[[dict[str, int]], None] | None = None,
-) -> None:
-    while True:
-        counts = await worker_pass(store, actor=actor, on_event=on_event)
-        log.info("worker scan", **counts)
-        if on_scan is not None:
-            on_scan(counts)
-        if once:
-            return
-        await asyncio.sleep(interval.total_seconds())

@@ -163,6 +163,11 @@ class WebhookTarget:
         }
         return await self._send(event, delivery)
 
+    async def send_event(self, event: dict[str, Any], delivery_id: str) -> StepResult:
+        """POST any event (an alert, say) with the same signing and retries. It never
+        carries a value; `delivery_id` is the `X-Keyshift-Delivery` receivers dedupe on."""
+        return await self._send(dict(event), None, delivery_id=delivery_id, with_value=False)
+
     async def rollback(self, request: RollbackRequest) -> StepResult:
         """POST `rotation.rolled_back`.
 
@@ -192,10 +197,18 @@ class WebhookTarget:
         except ConfigError as exc:
             raise PermanentError(f"webhook signing secret: {exc}") from None
 
-    async def _send(self, event: dict[str, Any], carried: Delivery | None) -> StepResult:
+    async def _send(
+        self,
+        event: dict[str, Any],
+        carried: Delivery | None,
+        *,
+        delivery_id: str | None = None,
+        with_value: bool = True,
+    ) -> StepResult:
         """POST the event with retries. `carried` is the version whose value may ride along."""
-        if self.config.include_value:
+        if with_value and self.config.include_value:
             event["value"] = carried.value.reveal() if carried is not None else None
+        delivery_id = delivery_id or f"{event['rotation_id']}.{event['event']}"
         body = json.dumps(event, separators=(",", ":")).encode("utf-8")
         key = self._signing_key()
         timeout = self.config.timeout.total_seconds()
@@ -203,7 +216,7 @@ class WebhookTarget:
             attempt = 0
             while True:
                 attempt += 1
-                outcome = await self._attempt(client, event, body, key)
+                outcome = await self._attempt(client, event, body, key, delivery_id)
                 if outcome.failure is None:
                     detail = {"status": outcome.status, "attempts": attempt, "host": self._host}
                     return StepResult(detail)
@@ -229,6 +242,7 @@ class WebhookTarget:
         event: dict[str, Any],
         body: bytes,
         key: Secret | None,
+        delivery_id: str,
     ) -> _Outcome:
         """One POST. Raises PermanentError for answers that retrying will not change."""
         timestamp = str(int(self.context.now().timestamp()))
@@ -236,7 +250,7 @@ class WebhookTarget:
             **self.config.headers,
             "Content-Type": "application/json",
             EVENT_HEADER: event["event"],
-            DELIVERY_HEADER: f"{event['rotation_id']}.{event['event']}",
+            DELIVERY_HEADER: delivery_id,
             TIMESTAMP_HEADER: timestamp,
         }
         if key is not None:

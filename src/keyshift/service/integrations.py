@@ -1,0 +1,128 @@
+"""`keyshift integrations test NAME`: can keyshift reach the system with this identity,
+and does the identity hold the permissions rotations need? Changes nothing.
+
+For an `entra` integration: a token is acquired (a refusal names the AADSTS code),
+the token's `roles` claim is read to name a missing application permission
+(`Application.ReadWrite.OwnedBy` or `Application.ReadWrite.All` to add and remove
+client secrets), and one page of applications is read from Graph.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from keyshift.azure import EntraIntegration
+from keyshift.domain.context import PluginContext
+from keyshift.engine.runner import Engine
+from keyshift.errors import KeyshiftError, NotFound
+from keyshift.providers.graph import (
+    GRAPH_SCOPE,
+    GraphClient,
+    GraphRequestFailed,
+    TokenRefused,
+    azure_identity_token_source,
+)
+from keyshift.store.models import IntegrationRow
+from keyshift.store.store import Store
+
+WRITE_ROLES = ("Application.ReadWrite.OwnedBy", "Application.ReadWrite.All")
+READ_ROLES = ("Application.Read.All", "Directory.Read.All", *WRITE_ROLES)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def token_roles(token: str) -> list[str] | None:
+    """The `roles` claim of a JWT access token (read, not verified: only to explain what
+    the identity may do), or None if the token is not a readable JWT."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (binascii.Error, ValueError):
+        return None
+    roles = claims.get("roles") if isinstance(claims, dict) else None
+    return [str(r) for r in roles] if isinstance(roles, list) else []
+
+
+async def _entra_checks(config: EntraIntegration, context: PluginContext) -> list[Check]:
+    checks: list[Check] = []
+    async with config.credential(context) as credential:
+        source = azure_identity_token_source(credential, GRAPH_SCOPE)
+        try:
+            token = await source()
+        except TokenRefused as exc:
+            return [Check("token", False, f"Entra ID refused keyshift's sign-in ({exc.code})")]
+        except KeyshiftError as exc:
+            return [Check("token", False, str(exc))]
+        checks.append(Check("token", True, f"signed in to tenant {config.tenant_id}"))
+        roles = token_roles(token)
+        if roles is None:
+            checks.append(Check("permissions", True, "token not readable; skipped"))
+        elif any(r in roles for r in WRITE_ROLES):
+            held = ", ".join(r for r in roles if r in WRITE_ROLES)
+            checks.append(Check("permissions", True, f"granted {held}"))
+        else:
+            checks.append(
+                Check(
+                    "permissions",
+                    False,
+                    "missing Application.ReadWrite.OwnedBy (as an owner of the rotated "
+                    "applications) or Application.ReadWrite.All: needed to add and remove "
+                    f"client secrets (granted: {', '.join(roles) or 'none'})",
+                )
+            )
+        async with GraphClient(
+            source, context, base_url=config.graph_url, verify=config.ssl_verify(), page_size=1
+        ) as graph:
+            try:
+                first = await graph.get("applications", {"$top": 1, "$select": "id,appId"})
+            except GraphRequestFailed as exc:
+                needed = "Application.Read.All (or Application.ReadWrite.OwnedBy / .All)"
+                why = f"missing {needed}" if exc.status == 403 else exc.graph_message
+                checks.append(Check("graph read", False, f"{exc.code}: {why}"))
+            except KeyshiftError as exc:
+                checks.append(Check("graph read", False, str(exc)))
+            else:
+                seen = len(first.get("value") or [])
+                checks.append(Check("graph read", True, f"listed applications ({seen} on page)"))
+    return checks
+
+
+async def check_integration(
+    store: Store, name: str, *, actor: str, context: PluginContext | None = None
+) -> list[Check]:
+    """Run the checks of integration `name` and record their outcome in the audit trail."""
+    with store.transaction() as s:
+        row = s.get(IntegrationRow, name)
+        if row is None:
+            known = ", ".join(s.execute(select(IntegrationRow.name)).scalars()) or "none"
+            raise NotFound(f"no integration named '{name}' in the estate (known: {known})")
+        stored: dict[str, Any] = dict(row.config)
+        kind = row.type
+    engine = Engine(store, actor=actor, context=context)
+    ctx = engine.context_for({name: stored})
+    if kind != "entra":
+        raise NotFound(f"integration '{name}' is of type {kind}; only entra can be tested yet")
+    checks = await _entra_checks(ctx.integration(name, EntraIntegration), ctx)
+    with store.transaction() as s:
+        store.audit(
+            s,
+            actor=actor,
+            action="integration.tested",
+            subject=f"integration:{name}",
+            details={"checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks]},
+        )
+    return checks
