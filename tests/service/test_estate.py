@@ -260,7 +260,7 @@ MALFORMED = [
         (
             "credentials[0].actions[0].type",
             "unknown action type 'sftp_upload'; "
-            "known: command, command_check, file, http_check, webhook",
+            "known: azure_keyvault, command, command_check, file, http_check, webhook",
         ),
         id="unknown-action-type-lists-known-ones",
     ),
