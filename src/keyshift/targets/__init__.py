@@ -19,6 +19,7 @@ from keyshift.targets.base import (
 from keyshift.targets.command import CommandCheckTarget, CommandTarget
 from keyshift.targets.file import FileTarget
 from keyshift.targets.http_check import HttpCheckTarget
+from keyshift.targets.kubernetes import KubernetesRolloutRestartTarget, KubernetesSecretTarget
 from keyshift.targets.webhook import WebhookTarget
 
 
@@ -28,6 +29,8 @@ class TargetKind(StrEnum):
     COMMAND_CHECK = "command_check"
     FILE = "file"
     HTTP_CHECK = "http_check"
+    KUBERNETES_ROLLOUT_RESTART = "kubernetes_rollout_restart"
+    KUBERNETES_SECRET = "kubernetes_secret"  # noqa: S105 (a target type, not a password)
     WEBHOOK = "webhook"
 
 
@@ -38,6 +41,8 @@ TARGETS: dict[TargetKind, Any] = {
     TargetKind.COMMAND_CHECK: CommandCheckTarget,
     TargetKind.FILE: FileTarget,
     TargetKind.HTTP_CHECK: HttpCheckTarget,
+    TargetKind.KUBERNETES_ROLLOUT_RESTART: KubernetesRolloutRestartTarget,
+    TargetKind.KUBERNETES_SECRET: KubernetesSecretTarget,
     TargetKind.WEBHOOK: WebhookTarget,
 }
 
@@ -49,6 +54,8 @@ __all__ = [
     "Delivery",
     "FileTarget",
     "HttpCheckTarget",
+    "KubernetesRolloutRestartTarget",
+    "KubernetesSecretTarget",
     "PreflightRequest",
     "PreflightResult",
     "PublishRequest",
