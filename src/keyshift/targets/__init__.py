@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+from keyshift.targets.aws_secretsmanager import AwsSecretsManagerTarget
 from keyshift.targets.base import (
     Delivery,
     PreflightRequest,
@@ -22,6 +23,7 @@ from keyshift.targets.webhook import WebhookTarget
 
 
 class TargetKind(StrEnum):
+    AWS_SECRETSMANAGER = "aws_secretsmanager"
     COMMAND = "command"
     COMMAND_CHECK = "command_check"
     FILE = "file"
@@ -31,6 +33,7 @@ class TargetKind(StrEnum):
 
 # Values are the classes; each has `kind`, `phase`, `Config` and takes (config, context).
 TARGETS: dict[TargetKind, Any] = {
+    TargetKind.AWS_SECRETSMANAGER: AwsSecretsManagerTarget,
     TargetKind.COMMAND: CommandTarget,
     TargetKind.COMMAND_CHECK: CommandCheckTarget,
     TargetKind.FILE: FileTarget,
@@ -40,6 +43,7 @@ TARGETS: dict[TargetKind, Any] = {
 
 __all__ = [
     "TARGETS",
+    "AwsSecretsManagerTarget",
     "CommandCheckTarget",
     "CommandTarget",
     "Delivery",
