@@ -19,6 +19,7 @@ from keyshift.targets.base import (
 from keyshift.targets.command import CommandCheckTarget, CommandTarget
 from keyshift.targets.file import FileTarget
 from keyshift.targets.http_check import HttpCheckTarget
+from keyshift.targets.spring_refresh import SpringRefreshTarget
 from keyshift.targets.webhook import WebhookTarget
 
 
@@ -28,6 +29,7 @@ class TargetKind(StrEnum):
     COMMAND_CHECK = "command_check"
     FILE = "file"
     HTTP_CHECK = "http_check"
+    SPRING_REFRESH = "spring_refresh"
     WEBHOOK = "webhook"
 
 
@@ -38,6 +40,7 @@ TARGETS: dict[TargetKind, Any] = {
     TargetKind.COMMAND_CHECK: CommandCheckTarget,
     TargetKind.FILE: FileTarget,
     TargetKind.HTTP_CHECK: HttpCheckTarget,
+    TargetKind.SPRING_REFRESH: SpringRefreshTarget,
     TargetKind.WEBHOOK: WebhookTarget,
 }
 
@@ -54,6 +57,7 @@ __all__ = [
     "PublishRequest",
     "Readiness",
     "RollbackRequest",
+    "SpringRefreshTarget",
     "StepResult",
     "Target",
     "TargetKind",
