@@ -260,7 +260,8 @@ MALFORMED = [
         (
             "credentials[0].actions[0].type",
             "unknown action type 'sftp_upload'; "
-            "known: command, command_check, file, http_check, webhook",
+            "known: aws_secretsmanager, command, command_check, file, http_check, "
+            "spring_refresh, webhook",
         ),
         id="unknown-action-type-lists-known-ones",
     ),
