@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+from keyshift.targets.aws_secretsmanager import AwsSecretsManagerTarget
 from keyshift.targets.azure_keyvault import AzureKeyVaultTarget
 from keyshift.targets.base import (
     Delivery,
@@ -20,10 +21,12 @@ from keyshift.targets.command import CommandCheckTarget, CommandTarget
 from keyshift.targets.file import FileTarget
 from keyshift.targets.http_check import HttpCheckTarget
 from keyshift.targets.kubernetes import KubernetesRolloutRestartTarget, KubernetesSecretTarget
+from keyshift.targets.spring_refresh import SpringRefreshTarget
 from keyshift.targets.webhook import WebhookTarget
 
 
 class TargetKind(StrEnum):
+    AWS_SECRETSMANAGER = "aws_secretsmanager"
     AZURE_KEYVAULT = "azure_keyvault"
     COMMAND = "command"
     COMMAND_CHECK = "command_check"
@@ -31,11 +34,13 @@ class TargetKind(StrEnum):
     HTTP_CHECK = "http_check"
     KUBERNETES_ROLLOUT_RESTART = "kubernetes_rollout_restart"
     KUBERNETES_SECRET = "kubernetes_secret"  # noqa: S105 (a target type, not a password)
+    SPRING_REFRESH = "spring_refresh"
     WEBHOOK = "webhook"
 
 
 # Values are the classes; each has `kind`, `phase`, `Config` and takes (config, context).
 TARGETS: dict[TargetKind, Any] = {
+    TargetKind.AWS_SECRETSMANAGER: AwsSecretsManagerTarget,
     TargetKind.AZURE_KEYVAULT: AzureKeyVaultTarget,
     TargetKind.COMMAND: CommandTarget,
     TargetKind.COMMAND_CHECK: CommandCheckTarget,
@@ -43,11 +48,13 @@ TARGETS: dict[TargetKind, Any] = {
     TargetKind.HTTP_CHECK: HttpCheckTarget,
     TargetKind.KUBERNETES_ROLLOUT_RESTART: KubernetesRolloutRestartTarget,
     TargetKind.KUBERNETES_SECRET: KubernetesSecretTarget,
+    TargetKind.SPRING_REFRESH: SpringRefreshTarget,
     TargetKind.WEBHOOK: WebhookTarget,
 }
 
 __all__ = [
     "TARGETS",
+    "AwsSecretsManagerTarget",
     "AzureKeyVaultTarget",
     "CommandCheckTarget",
     "CommandTarget",
@@ -61,6 +68,7 @@ __all__ = [
     "PublishRequest",
     "Readiness",
     "RollbackRequest",
+    "SpringRefreshTarget",
     "StepResult",
     "Target",
     "TargetKind",

@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import ClassVar, Final
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from keyshift.domain.context import PluginContext
 from keyshift.domain.durations import Duration, format_duration
@@ -31,6 +31,7 @@ from keyshift.targets.base import (
     RollbackRequest,
     StepResult,
 )
+from keyshift.targets.web import http_url, positive
 
 MAX_BODY: Final = 1024 * 1024
 """Bytes of the answer searched for `expect_body`; the rest is not read."""
@@ -63,25 +64,12 @@ class HttpCheckConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:
-        # Messages never quote the URL: a refused one may hold a password or a token.
-        if not url.startswith(("http://", "https://")):
-            raise ValueError("url must start with http:// or https://")
-        try:
-            parsed = httpx.URL(url)
-        except httpx.InvalidURL:
-            raise ValueError("url is not a valid URL") from None
-        if not parsed.host:
-            raise ValueError("url has no host")
-        if parsed.userinfo:
-            raise ValueError("url must not carry user:password credentials")
-        return url
+        return http_url(url, credentials_message="url must not carry user:password credentials")
 
     @field_validator("timeout", "interval", "request_timeout")
     @classmethod
-    def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be longer than 0s")
-        return value
+    def _positive(cls, value: timedelta, info: ValidationInfo) -> timedelta:
+        return positive(value, str(info.field_name))
 
 
 @dataclass(frozen=True)

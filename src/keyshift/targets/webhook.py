@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
-import random
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar, Final
 
@@ -40,6 +37,16 @@ from keyshift.targets.base import (
     RollbackRequest,
     StepResult,
 )
+from keyshift.targets.web import (
+    MAX_WAIT,
+    Outcome,
+    backoff_wait,
+    http_url,
+    is_loopback,
+    positive,
+    retry_after,
+    retryable,
+)
 
 EVENT_PUBLISHED: Final = "rotation.published"
 EVENT_ROLLED_BACK: Final = "rotation.rolled_back"
@@ -47,14 +54,11 @@ SIGNATURE_HEADER: Final = "X-Keyshift-Signature"
 TIMESTAMP_HEADER: Final = "X-Keyshift-Timestamp"
 EVENT_HEADER: Final = "X-Keyshift-Event"
 DELIVERY_HEADER: Final = "X-Keyshift-Delivery"
-MAX_WAIT: Final = 300.0
-"""Longest single wait between attempts; a longer Retry-After is left to the engine."""
 
 _OWN_HEADERS = frozenset(
     {"content-type", SIGNATURE_HEADER.lower(), TIMESTAMP_HEADER.lower(), EVENT_HEADER.lower()}
     | {DELIVERY_HEADER.lower()}
 )
-_LOOPBACK_NAMES = frozenset({"localhost"})
 
 
 class WebhookConfig(BaseModel):
@@ -79,24 +83,14 @@ class WebhookConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError("url must start with http:// or https://")
-        try:
-            parsed = httpx.URL(url)
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"url is not a valid URL: {exc}") from None
-        if not parsed.host:
-            raise ValueError("url has no host")
-        if parsed.userinfo:
-            raise ValueError("url must not carry credentials; use signing_secret_from")
-        return url
+        return http_url(
+            url, credentials_message="url must not carry credentials; use signing_secret_from"
+        )
 
     @field_validator("timeout")
     @classmethod
     def _positive_timeout(cls, timeout: timedelta) -> timedelta:
-        if timeout <= timedelta(0):
-            raise ValueError("timeout must be longer than 0s")
-        return timeout
+        return positive(timeout, "timeout")
 
     @field_validator("headers")
     @classmethod
@@ -109,18 +103,9 @@ class WebhookConfig(BaseModel):
     @model_validator(mode="after")
     def _value_only_encrypted(self) -> WebhookConfig:
         url = httpx.URL(self.url)
-        if self.include_value and url.scheme != "https" and not _is_loopback(url.host):
+        if self.include_value and url.scheme != "https" and not is_loopback(url.host):
             raise ValueError("include_value needs an https:// url (or one on this host)")
         return self
-
-
-def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class WebhookTarget:
@@ -226,7 +211,7 @@ class WebhookTarget:
                         f"{outcome.failure}",
                         retry_after=outcome.retry_after,
                     )
-                wait = self._wait(attempt - 1, outcome.retry_after)
+                wait = backoff_wait(self.config.backoff, attempt - 1, outcome.retry_after)
                 if wait > MAX_WAIT:
                     # Sleeping this long inside one step would hold the rotation's lease idle.
                     raise TransientError(
@@ -243,7 +228,7 @@ class WebhookTarget:
         body: bytes,
         key: Secret | None,
         delivery_id: str,
-    ) -> _Outcome:
+    ) -> Outcome:
         """One POST. Raises PermanentError for answers that retrying will not change."""
         timestamp = str(int(self.context.now().timestamp()))
         headers = {
@@ -261,7 +246,7 @@ class WebhookTarget:
             response = await client.post(self.config.url, content=body, headers=headers)
         except httpx.TransportError as exc:
             # Only the class name: library texts may quote the URL, which can carry a token.
-            return _Outcome(None, type(exc).__name__)
+            return Outcome(None, type(exc).__name__)
         except httpx.HTTPError as exc:
             # A malformed answer (bad encoding, say): the receiver, not the network, is at fault.
             failure = type(exc).__name__
@@ -269,35 +254,10 @@ class WebhookTarget:
             return self._judge(response)
         raise PermanentError(f"webhook to {self._host}: {failure}")
 
-    def _judge(self, response: httpx.Response) -> _Outcome:
+    def _judge(self, response: httpx.Response) -> Outcome:
         status = response.status_code
         if 200 <= status < 300:
-            return _Outcome(status)
-        if status == 429 or status >= 500:
-            return _Outcome(status, f"HTTP {status}", _retry_after(response))
+            return Outcome(status)
+        if retryable(status):
+            return Outcome(status, f"HTTP {status}", retry_after(response))
         raise PermanentError(f"webhook to {self._host} answered HTTP {status}; not retried")
-
-    def _wait(self, retry: int, retry_after: float | None) -> float:
-        """Exponential backoff with up to 25% jitter, or the server's Retry-After if longer."""
-        base = self.config.backoff.total_seconds() * 2.0**retry
-        jittered = base * (1 + random.uniform(0, 0.25))  # noqa: S311 - jitter, not cryptography
-        return max(jittered, retry_after or 0.0)
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    """One attempt: the status (None without an answer) and, if it failed, why."""
-
-    status: int | None
-    failure: str | None = None
-    retry_after: float | None = None
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """A numeric Retry-After in seconds; HTTP-date forms are ignored."""
-    value = response.headers.get("Retry-After", "").strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None

@@ -1,0 +1,87 @@
+"""Pieces the HTTP targets share: URL checks, backoff with jitter, `Retry-After`.
+
+URLs in target configs may carry a token in their path or query, so nothing here
+quotes a URL or a library's error text (which may) in a message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Final
+
+import httpx
+
+MAX_WAIT: Final = 300.0
+"""Longest single wait between attempts; a longer Retry-After is left to the engine."""
+_LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+def http_url(url: str, *, credentials_message: str) -> str:
+    """`url` if it is an http:// or https:// URL with a host and no user:password.
+
+    Raises ValueError (for pydantic validators); `credentials_message` is the error
+    for a URL that carries user:password, so it can say where credentials go instead.
+    """
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("url must start with http:// or https://")
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        raise ValueError("url is not a valid URL") from None
+    if not parsed.host:
+        raise ValueError("url has no host")
+    if parsed.userinfo:
+        raise ValueError(credentials_message)
+    return url
+
+
+def positive(value: timedelta, name: str) -> timedelta:
+    """`value` if it is longer than zero; ValueError naming the field otherwise."""
+    if value <= timedelta(0):
+        raise ValueError(f"{name} must be longer than 0s")
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is this machine (localhost or a loopback address)."""
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def backoff_wait(base: timedelta, retry: int, retry_after: float | None) -> float:
+    """Seconds before retry number `retry` (0 for the first): `base * 2**retry` plus up
+    to 25% jitter, or the server's Retry-After if that is longer."""
+    wait = base.total_seconds() * 2.0**retry
+    jittered = wait * (1 + random.uniform(0, 0.25))  # noqa: S311 - jitter, not cryptography
+    return max(jittered, retry_after or 0.0)
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """A numeric Retry-After in seconds; HTTP-date forms are ignored."""
+    value = response.headers.get("Retry-After", "").strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def retryable(status: int) -> bool:
+    """Answers worth trying again: 429 Too Many Requests and every 5xx."""
+    return status == 429 or status >= 500
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One attempt: the status (None without an answer) and, if it failed, why."""
+
+    status: int | None
+    failure: str | None = None
+    retry_after: float | None = None

@@ -1,0 +1,80 @@
+"""moto in server mode: a local AWS endpoint for tests that drive the real boto3 client.
+
+`ThreadedMotoServer` serves every moto service on one port; clients reach it with
+`endpoint_url` and any credentials while IAM checks are off (moto's default).
+`iam_enforced()` turns moto's IAM policy evaluation on for a block, so a client
+signing with a limited IAM user's key gets AccessDenied as from AWS. moto's
+Secrets Manager answers such a denial with an XML body and status 403, where AWS
+answers JSON `AccessDeniedException`; tests of the JSON shape inject it instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import requests
+from moto.server import ThreadedMotoServer
+
+DUMMY_KEY_ID = "AKIAKEYSHIFTTEST0001"
+DUMMY_SECRET_KEY = "moto-dummy-secret-access-key"  # moto accepts any key
+
+
+@dataclass(frozen=True)
+class MotoServer:
+    endpoint: str
+
+    def client(self, service: str, region: str = "eu-west-1", **keys: str) -> Any:
+        """A boto3 client for this server; dummy keys unless others are given."""
+        return boto3.session.Session(
+            aws_access_key_id=keys.get("key_id", DUMMY_KEY_ID),
+            aws_secret_access_key=keys.get("secret_key", DUMMY_SECRET_KEY),
+            region_name=region,
+        ).client(service, endpoint_url=self.endpoint)
+
+    def reset(self) -> None:
+        """Forget every resource (between tests sharing one server)."""
+        requests.post(f"{self.endpoint}/moto-api/reset", timeout=10).raise_for_status()
+
+    @contextmanager
+    def iam_enforced(self) -> Iterator[None]:
+        """Evaluate IAM policies for every request inside the block."""
+        self._set_auth("0")
+        try:
+            yield
+        finally:
+            self._set_auth("inf")
+
+    def limited_user(self, name: str, actions: list[str]) -> tuple[str, str]:
+        """An IAM user allowed only `actions` on every resource; its (key id, secret key)."""
+        iam = self.client("iam", region="us-east-1")
+        iam.create_user(UserName=name)
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}],
+        }
+        iam.put_user_policy(UserName=name, PolicyName="only", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return key["AccessKeyId"], key["SecretAccessKey"]
+
+    def _set_auth(self, count: str) -> None:
+        url = f"{self.endpoint}/moto-api/reset-auth"
+        requests.post(url, data=count.encode(), timeout=10).raise_for_status()
+
+
+@contextmanager
+def moto_server() -> Iterator[MotoServer]:
+    """Start moto on a free port of 127.0.0.1; stopped on exit."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield MotoServer(f"http://{host}:{port}")
+    finally:
+        server.stop()
