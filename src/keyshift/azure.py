@@ -9,45 +9,73 @@ from __future__ import annotations
 
 import ssl
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from azure.core.pipeline.transport import AsyncioRequestsTransport
-from azure.identity.aio import ClientSecretCredential
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from azure.identity.aio import (
+    CertificateCredential,
+    ClientSecretCredential,
+    ManagedIdentityCredential,
+    WorkloadIdentityCredential,
+)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from keyshift.domain.context import PluginContext
 from keyshift.domain.durations import Duration
 from keyshift.domain.secret import Secret
+from keyshift.errors import ConfigError
 from keyshift.sources import SecretRef
+
+if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 DEFAULT_GRAPH_URL = "https://graph.microsoft.com/v1.0"
-_NOT_YET = ("certificate", "managed_identity")
+AuthMethod = Literal["client_secret", "certificate", "workload_identity", "managed_identity"]
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "client_secret": ("secret_from",),
+    "certificate": ("certificate_from",),
+    "workload_identity": (),
+    "managed_identity": (),
+}
+_ALLOWED: dict[str, tuple[str, ...]] = {
+    "client_secret": ("secret_from",),
+    "certificate": ("certificate_from", "certificate_password_from"),
+    "workload_identity": ("token_file",),
+    "managed_identity": (),
+}
+_FIELDS = ("secret_from", "certificate_from", "certificate_password_from", "token_file")
 
 
 class EntraAuth(BaseModel):
-    """How keyshift signs in to Entra ID."""
+    """How keyshift signs in to Entra ID. Secrets are named by reference (`env:NAME`,
+    `file:/path`, `credential:NAME`), never written here."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
 
-    method: str = "client_secret"
-    """`client_secret` (the only method available for now; `certificate` and
-    `managed_identity` are not available yet)."""
-    secret_from: SecretRef
-    """Where keyshift's own client secret is read: `env:NAME`, `file:/path` or
-    `credential:NAME`; never the secret itself."""
+    method: AuthMethod = "client_secret"
+    """`client_secret`, `certificate`, `workload_identity` (a federated token file, as on
+    AKS) or `managed_identity` (the identity of the Azure host keyshift runs on;
+    `client_id` is that identity's client id)."""
+    secret_from: SecretRef | None = None
+    """client_secret: where keyshift's client secret is read."""
+    certificate_from: SecretRef | None = None
+    """certificate: where the PEM (or PKCS12) certificate with its RSA private key is read."""
+    certificate_password_from: SecretRef | None = None
+    """certificate: where the private key's password is read, if it has one."""
+    token_file: str | None = None
+    """workload_identity: the federated token file; default `$AZURE_FEDERATED_TOKEN_FILE`."""
 
-    @field_validator("method")
-    @classmethod
-    def _available(cls, method: str) -> str:
-        if method in _NOT_YET:
-            raise ValueError(
-                f"auth method {method} is not available yet (certificate and "
-                "managed_identity are planned); use client_secret"
-            )
-        if method != "client_secret":
-            raise ValueError(f"unknown auth method {method!r}; use client_secret")
-        return method
+    @model_validator(mode="after")
+    def _fields_of_method(self) -> EntraAuth:
+        for name in _NEEDS[self.method]:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} is required when method is {self.method}")
+        for name in _FIELDS:
+            if getattr(self, name) is not None and name not in _ALLOWED[self.method]:
+                raise ValueError(f"{name} does not apply when method is {self.method}")
+        return self
 
 
 class EntraIntegration(BaseModel):
@@ -63,7 +91,8 @@ class EntraIntegration(BaseModel):
     client_id: str = Field(min_length=1)
     """The application (client) id keyshift signs in as."""
     auth: EntraAuth
-    """How keyshift authenticates: `{method: client_secret, secret_from: env:NAME}`."""
+    """How keyshift authenticates, e.g. `{method: client_secret, secret_from: env:NAME}` or
+    `{method: certificate, certificate_from: file:/etc/keyshift/entra.pem}`."""
     authority: str = DEFAULT_AUTHORITY
     """The Entra ID login host; national clouds have their own, e.g.
     `https://login.microsoftonline.us`."""
@@ -89,20 +118,57 @@ class EntraIntegration(BaseModel):
 
     def credential(
         self, context: PluginContext, *, client_id: str | None = None, secret: Secret | None = None
-    ) -> ClientSecretCredential:
-        """An async azure-identity credential: keyshift's own identity by default, or
-        `client_id` signing in with `secret` (to prove a rotated secret works)."""
-        if secret is None:
-            secret = context.secret("auth.secret_from", self.auth.secret_from)
-        return ClientSecretCredential(
-            self.tenant_id,
-            client_id or self.client_id,
-            secret.reveal(),
-            authority=self.authority,
+    ) -> AsyncTokenCredential:
+        """An async azure-identity credential: keyshift's own identity (by `auth.method`),
+        or `client_id` signing in with `secret` (to prove a rotated secret works)."""
+        common: dict[str, Any] = {
+            "authority": self.authority,
             # Instance discovery asks the public cloud about the authority; a custom
             # authority (a proxy, a test double) is taken as configured.
-            disable_instance_discovery=self.authority != DEFAULT_AUTHORITY,
+            "disable_instance_discovery": self.authority != DEFAULT_AUTHORITY,
             # azure-identity's aio default transport needs aiohttp, which keyshift does
             # not depend on; the requests transport runs in a thread instead.
-            transport=AsyncioRequestsTransport(connection_verify=self.ca_bundle or True),
-        )
+            "transport": AsyncioRequestsTransport(connection_verify=self.ca_bundle or True),
+        }
+        auth = self.auth
+        if secret is not None or auth.method == "client_secret":
+            if secret is None:
+                secret = context.secret("auth.secret_from", _ref(auth.secret_from))
+            return ClientSecretCredential(
+                self.tenant_id, client_id or self.client_id, secret.reveal(), **common
+            )
+        if auth.method == "certificate":
+            pem = context.secret("auth.certificate_from", _ref(auth.certificate_from))
+            password = (
+                context.secret("auth.certificate_password_from", auth.certificate_password_from)
+                if auth.certificate_password_from
+                else None
+            )
+            return CertificateCredential(
+                self.tenant_id,
+                self.client_id,
+                certificate_data=pem.reveal().encode(),
+                password=password.reveal() if password is not None else None,
+                **common,
+            )
+        if auth.method == "workload_identity":
+            token_file = auth.token_file or context.env.get("AZURE_FEDERATED_TOKEN_FILE")
+            if not token_file:
+                raise ConfigError(
+                    "auth.token_file", "is required (or set AZURE_FEDERATED_TOKEN_FILE)"
+                )
+            return WorkloadIdentityCredential(
+                tenant_id=self.tenant_id,
+                client_id=self.client_id,
+                token_file_path=token_file,
+                **common,
+            )
+        # Managed identity: azure-identity finds the host's endpoint in its environment
+        # (IDENTITY_ENDPOINT on App Service and Container Apps, else the VM's IMDS).
+        return ManagedIdentityCredential(client_id=self.client_id, transport=common["transport"])
+
+
+def _ref(ref: str | None) -> str:
+    if ref is None:  # the model validator guarantees it for the method
+        raise ConfigError("auth", "a secret reference is missing")
+    return ref

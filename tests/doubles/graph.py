@@ -14,6 +14,19 @@ Documented behaviours it follows (Microsoft Learn):
   and whose `aud` names the resource of the requested `<resource>/.default` scope.
   Graph refuses a token for another audience (401) and answers 403
   `Authorization_RequestDenied` when no role allows the request.
+- Certificate credentials (https://learn.microsoft.com/entra/identity-platform/certificate-credentials):
+  `client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer` and a
+  `client_assertion` JWT signed with the certificate's key (PS256 with `x5t#S256`, the
+  certificate's SHA-256 thumbprint), `aud` = the token endpoint, `iss` = `sub` = client id.
+  A bad assertion is refused with AADSTS700027.
+- Workload identity federation
+  (https://learn.microsoft.com/entra/workload-id/workload-identity-federation): the
+  assertion is an external token whose `iss` and `sub` match a federated credential
+  and whose `aud` holds `api://AzureADTokenExchange`.
+- Managed identity on App Service
+  (https://learn.microsoft.com/azure/app-service/overview-managed-identity#rest-endpoint-reference):
+  `GET $IDENTITY_ENDPOINT?api-version=2019-08-01&resource=...` with the
+  `X-IDENTITY-HEADER` secret; the answer holds `access_token` and `expires_on`.
 - application: addPassword (https://learn.microsoft.com/graph/api/application-addpassword)
   and passwordCredential (https://learn.microsoft.com/graph/api/resources/passwordcredential):
   the answer holds `keyId` (GUID), `secretText` (16-64 characters, returned only
@@ -47,6 +60,7 @@ path and decoded query of every request (never headers or bodies).
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -63,10 +77,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
 from tests.doubles.tls import TlsFiles
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 GRAPH_AUDIENCE = "https://graph.microsoft.com"
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+FEDERATED_AUDIENCE = "api://AzureADTokenExchange"
 READ_ROLES = frozenset(
     {
         "Application.Read.All",
@@ -244,6 +265,13 @@ class GraphDouble:
         """Application permissions granted to keyshift's client: they go into the `roles`
         claim of its tokens, and Graph requests need one that allows them."""
         self.scopes: set[str] = {GRAPH_SCOPE}
+        self.certificates: dict[str, x509.Certificate] = {}
+        """client id -> the certificate whose key signs its client assertions."""
+        self.federated: dict[str, tuple[str, str]] = {}
+        """client id -> (issuer, subject) of the external tokens it trusts (workload identity)."""
+        self.identity_header: str | None = None
+        """When set, `/msi/token` answers managed identity requests carrying it in
+        `X-IDENTITY-HEADER`, for `client_id`."""
         """Scopes the token endpoint issues tokens for (`<resource>/.default`)."""
         self.deny_writes = False
         """When true, addPassword and removePassword answer 403 Authorization_RequestDenied."""
@@ -398,7 +426,7 @@ class GraphDouble:
         try:
             if parts.path.startswith("/v1.0/"):
                 return self._graph(method, parts.path, query, headers, body)
-            return self._login(method, parts.path, body)
+            return self._login(method, parts.path, body, query, headers)
         except GraphError as exc:
             if parts.path.startswith("/v1.0/"):
                 return _json(exc.status, self._error_body(exc), exc.headers)
@@ -413,7 +441,14 @@ class GraphDouble:
             }
         }
 
-    def _login(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    def _login(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        query: dict[str, list[str]],
+        headers: dict[str, str],
+    ) -> tuple[int, dict[str, str], bytes]:
         base = f"{self.authority}/{self.tenant_id}"
         if method == "GET" and path == f"/{self.tenant_id}/v2.0/.well-known/openid-configuration":
             return _json(
@@ -429,6 +464,8 @@ class GraphDouble:
             )
         if method == "POST" and path == f"/{self.tenant_id}/oauth2/v2.0/token":
             return self._token(parse_qs(body.decode()))
+        if method == "GET" and path == "/msi/token":
+            return self._managed_identity(query, headers)
         return _json(404, {"error": "not_found", "error_description": "no such endpoint"})
 
     def _token(self, form: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
@@ -442,6 +479,16 @@ class GraphDouble:
         scope = one("scope")
         if scope not in self.scopes:
             return _aad_error(400, "invalid_scope", 1002012, "The provided scope is invalid.")
+        if one("client_assertion_type") == JWT_BEARER:
+            if not self._assertion_accepted(client_id, one("client_assertion")):
+                return _aad_error(
+                    401,
+                    "invalid_client",
+                    700027,
+                    "Client assertion failed signature validation or does not match a "
+                    f"credential of app '{client_id}'.",
+                )
+            return self._issue(client_id, scope)
         if not self._client_accepts(client_id, secret):
             # The real description names the app, never the secret that was sent.
             return _aad_error(
@@ -452,6 +499,21 @@ class GraphDouble:
                 f"is the client secret value, not the client secret ID, for a secret added "
                 f"to app '{client_id}'.",
             )
+        return self._issue(client_id, scope)
+
+    def _issue(self, client_id: str, scope: str) -> tuple[int, dict[str, str], bytes]:
+        token, _ = self._mint(client_id, scope)
+        return _json(
+            200,
+            {
+                "token_type": "Bearer",
+                "expires_in": 3599,
+                "ext_expires_in": 3599,
+                "access_token": token,
+            },
+        )
+
+    def _mint(self, client_id: str, scope: str) -> tuple[str, dict[str, Any]]:
         claims = {
             "aud": scope.removesuffix("/.default"),
             "tid": self.tenant_id,
@@ -464,13 +526,75 @@ class GraphDouble:
         with self._lock:
             self._tokens[token] = claims
             self.tokens_issued += 1
+        return token, claims
+
+    def _assertion_accepted(self, client_id: str, assertion: str) -> bool:
+        """A client assertion signed (PS256) by the client's registered certificate, or an
+        external token matching one of its federated credentials."""
+        parts = assertion.split(".")
+        if len(parts) != 3:
+            return False
+        try:
+            header = json.loads(_b64decode(parts[0]))
+            claims = json.loads(_b64decode(parts[1]))
+            signature = _b64decode(parts[2])
+        except ValueError:
+            return False
+        now = datetime.now(UTC).timestamp()
+        if not isinstance(claims, dict) or claims.get("exp", 0) <= now:
+            return False
+        cert = self.certificates.get(client_id)
+        if cert is not None and "x5t#S256" in header:
+            if header["x5t#S256"].rstrip("=") != _b64url(cert.fingerprint(hashes.SHA256())):
+                return False
+            key = cert.public_key()
+            if not isinstance(key, rsa.RSAPublicKey):
+                return False
+            try:
+                key.verify(
+                    signature,
+                    f"{parts[0]}.{parts[1]}".encode(),
+                    padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
+                    hashes.SHA256(),
+                )
+            except InvalidSignature:
+                return False
+            token_url = f"{self.authority}/{self.tenant_id}/oauth2/v2.0/token"
+            return (
+                claims.get("iss") == client_id == claims.get("sub")
+                and claims.get("aud") == token_url
+            )
+        trusted = self.federated.get(client_id)
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        return (
+            trusted is not None
+            and (claims.get("iss"), claims.get("sub")) == trusted
+            and FEDERATED_AUDIENCE in audiences
+        )
+
+    def _managed_identity(
+        self, query: dict[str, list[str]], headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        """App Service's identity endpoint: GET with `api-version`, `resource`, optional
+        `client_id`, and the `X-IDENTITY-HEADER` secret."""
+        if self.identity_header is None or not hmac.compare_digest(
+            headers.get("x-identity-header", ""), self.identity_header
+        ):
+            return _json(401, {"error": "unauthorized", "error_description": "bad header"})
+        resource = query.get("resource", [""])[0]
+        client_id = query.get("client_id", [self.client_id])[0]
+        if f"{resource}/.default" not in self.scopes:
+            return _json(400, {"error": "invalid_resource", "error_description": resource})
+        token, claims = self._mint(client_id, f"{resource}/.default")
         return _json(
             200,
             {
-                "token_type": "Bearer",
-                "expires_in": 3599,
-                "ext_expires_in": 3599,
                 "access_token": token,
+                "expires_on": str(claims["exp"]),
+                "resource": resource,
+                "token_type": "Bearer",
+                "client_id": client_id,
             },
         )
 
@@ -680,6 +804,13 @@ def _json(
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _b64decode(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not base64url") from exc
 
 
 def _unsigned_jwt(claims: dict[str, Any]) -> str:

@@ -131,14 +131,21 @@ def test_entra_is_registered_as_provider_and_integration() -> None:
     assert INTEGRATIONS[IntegrationKind.ENTRA] is EntraIntegration
 
 
-@pytest.mark.parametrize("method", ["certificate", "managed_identity"])
-def test_auth_methods_other_than_client_secret_are_refused_as_not_available_yet(
-    method: str,
-) -> None:
-    with pytest.raises(ValidationError, match="not available yet"):
-        EntraIntegration.model_validate(
-            {"tenant_id": "t", "client_id": "c", "auth": {"method": method, "secret_from": "env:X"}}
-        )
+@pytest.mark.parametrize(
+    ("auth", "message"),
+    [
+        ({"method": "certificate"}, "certificate_from is required when method is certificate"),
+        ({"method": "client_secret"}, "secret_from is required when method is client_secret"),
+        (
+            {"method": "managed_identity", "secret_from": "env:X"},
+            "secret_from does not apply when method is managed_identity",
+        ),
+        ({"method": "password"}, "Input should be 'client_secret'"),
+    ],
+)
+def test_auth_fields_must_fit_the_method(auth: dict[str, str], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        EntraIntegration.model_validate({"tenant_id": "t", "client_id": "c", "auth": auth})
 
 
 def test_provider_keeps_the_contract_against_the_graph_double(

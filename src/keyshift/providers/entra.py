@@ -21,10 +21,9 @@ to accept a secret just added; a refusal then makes the step fail and be retried
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import structlog
-from azure.identity.aio import ClientSecretCredential
 from pydantic import BaseModel, ConfigDict, Field
 
 from keyshift.azure import EntraIntegration
@@ -49,6 +48,9 @@ from keyshift.providers.graph import (
     azure_identity_token_source,
     odata_literal,
 )
+
+if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
 
 log = structlog.get_logger("keyshift.providers.entra")
 
@@ -76,7 +78,7 @@ class EntraSecretProvider:
     def __init__(self, config: EntraSecretConfig, context: PluginContext) -> None:
         self.config = config
         self.context = context
-        self._credential: ClientSecretCredential | None = None
+        self._credential: AsyncTokenCredential | None = None
         self._graph: GraphClient | None = None
 
     @property
@@ -92,9 +94,9 @@ class EntraSecretProvider:
     def _client(self) -> GraphClient:
         if self._graph is None:
             integration = self._integration
-            self._credential = integration.credential(self.context)
+            self._credential = credential = integration.credential(self.context)
             self._graph = GraphClient(
-                azure_identity_token_source(self._credential),
+                azure_identity_token_source(credential),
                 self.context,
                 base_url=integration.graph_url,
                 verify=integration.ssl_verify(),
