@@ -31,6 +31,7 @@ from keyshift.domain.durations import format_duration, parse_duration
 from keyshift.domain.states import RotationState, StepStatus
 from keyshift.engine.runner import StepEvent
 from keyshift.errors import AuditChainBroken, EstateInvalid, KeyshiftError
+from keyshift.service import approvals as approvals_service
 from keyshift.service import entra as entra_service
 from keyshift.service import estate as estate_service
 from keyshift.service import integrations as integrations_service
@@ -61,7 +62,11 @@ integrations_app = typer.Typer(
     help="Check the connections keyshift uses to reach issuers and stores.",
     no_args_is_help=True,
 )
+approvals_app = typer.Typer(
+    help="Supervised mode: the approval requests of rotations.", no_args_is_help=False
+)
 app.add_typer(entra_app, name="entra")
+app.add_typer(approvals_app, name="approvals")
 app.add_typer(integrations_app, name="integrations")
 
 # Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
@@ -70,7 +75,12 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-HEALTHY = {RotationState.COMPLETED, RotationState.GRACE}
+HEALTHY = {
+    RotationState.COMPLETED,
+    RotationState.GRACE,
+    RotationState.AWAITING_APPROVAL,
+    RotationState.AWAITING_REVOKE_APPROVAL,
+}
 
 
 def _actor() -> str:
@@ -263,6 +273,13 @@ def _print_rotation_end(rotation_id: str, state: RotationState, store: Store) ->
             f"  old version stays valid until {_when(timeline.grace_until)}; "
             "`keyshift worker` or `keyshift resume` revokes it then"
         )
+    if state in (RotationState.AWAITING_APPROVAL, RotationState.AWAITING_REVOKE_APPROVAL):
+        for view in approvals_service.requests(store):
+            if view.rotation_id == rotation_id:
+                out.print(
+                    f"  waiting for approval: request {view.id[:8]} needs {view.needed} of "
+                    f"{', '.join(view.approvers)}; `keyshift approve {view.id[:8]}`"
+                )
     if timeline.rotation.error:
         out.print(f"  error: {timeline.rotation.error}", markup=False)
     if timeline.attention:
@@ -625,6 +642,93 @@ def integrations_test(
     out.print(table)
     if not all(c.ok for c in checks):
         raise typer.Exit(1)
+
+
+@approvals_app.callback(invoke_without_command=True)
+@_errors
+def approvals_list(
+    ctx: typer.Context,
+    all_: Annotated[bool, typer.Option("--all", help="Include decided requests.")] = False,
+) -> None:
+    """Approval requests waiting for a decision (all of them with --all)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _store() as store:
+        views = approvals_service.requests(store, pending_only=not all_)
+    if not views:
+        out.print("No approval requests waiting." if not all_ else "No approval requests.")
+        return
+    table = Table(title="Approval requests", title_justify="left")
+    for col in ("id", "credential", "kind", "status", "requested by", "approved", "plan"):
+        table.add_column(col, no_wrap=True)
+    for v in views:
+        table.add_row(
+            v.id[:8],
+            v.credential,
+            v.kind,
+            v.status,
+            v.requested_by,
+            f"{len(v.approvals)}/{v.needed}",
+            v.plan_hash[:12],
+        )
+    out.print(table)
+
+
+@approvals_app.command("show")
+@_errors
+def approvals_show(request_id: Annotated[str, typer.Argument(help="Request id.")]) -> None:
+    """What an approver decides on: credential, app, expiry, steps and rollback plan."""
+    with _store() as store:
+        view = approvals_service.show(store, request_id)
+    out.print(
+        f"Request {view.id} ({view.kind}) for rotation {view.rotation_id}: {view.status}",
+        markup=False,
+    )
+    out.print(
+        f"  approvals {len(view.approvals)}/{view.needed} from {', '.join(view.approvers)}"
+        + (f"; rejected by {', '.join(view.rejections)}" if view.rejections else ""),
+        markup=False,
+    )
+    sys.stdout.flush()
+    out.print(json.dumps(view.summary, indent=2), markup=False)
+
+
+def _decide(request_id: str, *, approve: bool, comment: str) -> None:
+    with _store() as store:
+        rotation_id, state = asyncio.run(
+            approvals_service.decide(
+                store,
+                request_id,
+                approver=_actor(),
+                approve=approve,
+                comment=comment,
+                on_event=_progress,
+            )
+        )
+        _print_rotation_end(rotation_id, state, store)
+    if state not in HEALTHY:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_errors
+def approve(
+    request_id: Annotated[str, typer.Argument(help="Approval request id (or its start).")],
+    comment: Annotated[str, typer.Option(help="Why, for the record.")] = "",
+) -> None:
+    """Approve a rotation (or a revocation); it runs as soon as enough approved."""
+    _decide(request_id, approve=True, comment=comment)
+
+
+@app.command()
+@_errors
+def reject(
+    request_id: Annotated[str, typer.Argument(help="Approval request id (or its start).")],
+    comment: Annotated[str, typer.Option(help="Why, for the record.")] = "",
+) -> None:
+    """Reject a rotation (it fails, nothing changed) or a revocation (the old version
+    stays valid and the rotation needs attention)."""
+    _decide(request_id, approve=False, comment=comment)
 
 
 @app.command()

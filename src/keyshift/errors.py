@@ -106,3 +106,15 @@ def scrub(message: str, secrets: Iterable[str]) -> str:
         if value and len(value) >= 4:
             message = message.replace(value, REDACTED)
     return message
+
+
+class PolicyRefused(KeyshiftError):
+    """Governance refuses this rotation now; `reasons` says why. Nothing was changed."""
+
+    def __init__(self, credential: str, reasons: list[str]) -> None:
+        self.reasons = reasons
+        super().__init__(f"rotation of {credential} refused: " + "; ".join(reasons))
+
+
+class ApprovalRefused(KeyshiftError):
+    """A decision that cannot be taken (own rotation, not an approver, not pending...)."""

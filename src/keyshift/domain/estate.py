@@ -130,6 +130,31 @@ class RotationWindow(_Model):
         return (today in self.days and clock >= start) or (yesterday in self.days and clock < end)
 
 
+class Approval(_Model):
+    """Supervised mode: a rotation waits in `awaiting_approval` until enough approvers
+    accept the exact plan it will run."""
+
+    required: bool = True
+    """Whether rotations under this policy need approval before anything changes."""
+    approvers: list[str] = Field(min_length=1)
+    """Who may approve: `group:NAME` (a group of `governance.groups`) or `user:NAME`."""
+    min_approvals: int = Field(default=1, ge=1, le=10)
+    """How many distinct approvers must accept (N of M)."""
+    expires_after: Duration = timedelta(hours=24)
+    """An approval older than this no longer counts."""
+    before_revoke: bool = False
+    """Also ask for approval before the old version is revoked (critical credentials)."""
+
+    @field_validator("approvers")
+    @classmethod
+    def _prefixed(cls, approvers: list[str]) -> list[str]:
+        for who in approvers:
+            kind, _, name = who.partition(":")
+            if kind not in ("group", "user") or not name:
+                raise ValueError(f"approver {who!r} must be group:NAME or user:NAME")
+        return approvers
+
+
 class Policy(_Model):
     """When to rotate and how long the old version stays valid."""
 
@@ -143,6 +168,13 @@ class Policy(_Model):
     residual_use: ResidualUse | None = None
     """Gate revocation on evidence that the old version is no longer used: sessions seen
     by the provider (postgres and redis alternating_users) and/or a `command`."""
+    min_grace_period: Duration | None = None
+    """The overlap may not be shorter than this, even when a rotation asks for less
+    (`keyshift rotate --grace`)."""
+    environments: list[str] | None = None
+    """Environments credentials under this policy may be in (e.g. `[prod]`); none = any."""
+    approval: Approval | None = None
+    """Approval before a rotation runs (and optionally before revocation)."""
     window: RotationWindow | None = None
     """When automatic rotations may start, e.g. `{days: [mon, tue], hours: "09:00-16:00",
     timezone: Europe/Berlin}`; none means at any time."""
@@ -290,6 +322,27 @@ class Alerts(_Model):
         return self.expiry_thresholds[0]
 
 
+class Allowlist(_Model):
+    """The approved inventory: only credentials listed here by name (shell-style patterns
+    such as `payments-*`) or by the application id they rotate may rotate."""
+
+    credentials: list[str] = Field(default_factory=list)
+    """Credential names or patterns."""
+    app_ids: list[str] = Field(default_factory=list)
+    """Entra application (client) ids."""
+
+
+class Governance(_Model):
+    """Rules every rotation is checked against before anything changes."""
+
+    allowlist: Allowlist | None = None
+    """When set, only credentials in it may rotate."""
+    require_owner: bool = True
+    """A credential must name its accountable owner (person or team) to rotate."""
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+    """Approver groups: group name -> the people in it (their keyshift user names)."""
+
+
 class Estate(_Model):
     """The whole estate file. Names and references across it are checked by
     `reference_problems`, which also runs on files whose fields are invalid."""
@@ -299,6 +352,8 @@ class Estate(_Model):
     credentials: list[CredentialSpec] = Field(default_factory=list)
     alerts: Alerts = Field(default_factory=Alerts)
     """Expiry warnings and reports, and where they are sent."""
+    governance: Governance = Field(default_factory=Governance)
+    """Allowlist, ownership and approver groups."""
 
     def policy_for(self, cred: CredentialSpec) -> Policy:
         """The effective policy of a credential: inline, named, or the default."""

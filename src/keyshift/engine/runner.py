@@ -44,6 +44,7 @@ from keyshift.domain.states import (
     StepStatus,
     VersionStatus,
 )
+from keyshift.engine import approvals
 from keyshift.engine.faults import crash_point
 from keyshift.engine.plan import Plan, PlannedAction, build_plan
 from keyshift.engine.plugins import build_integrations, build_provider, build_target
@@ -54,9 +55,11 @@ from keyshift.errors import (
     NotFound,
     PermanentError,
     PluginError,
+    PolicyRefused,
     TransientError,
     scrub,
 )
+from keyshift.governance import refusals
 from keyshift.providers.base import (
     Capability,
     CreateRequest,
@@ -220,12 +223,15 @@ class Engine:
         requested_by: str,
         reason: str = "manual",
         grace: timedelta | None = None,
+        audit_refusal: bool = True,
     ) -> str:
         """Record a new rotation of `credential` in state `requested` and return its id.
 
-        Refused while another rotation of the same credential is unfinished: the
-        credential row is claimed with a conditional update, so two requests
-        cannot both succeed.
+        Governance is checked first (allowlist, owner, environment, window, overlap):
+        a refusal raises PolicyRefused, is audited (unless `audit_refusal` is off) and
+        changes nothing else. Refused too while another rotation of the same credential
+        is unfinished: the credential row is claimed with a conditional update, so two
+        requests cannot both succeed.
         """
         rotation_id = str(uuid.uuid4())
         now = self.context.now()
@@ -234,6 +240,21 @@ class Engine:
             spec = CredentialSpec.model_validate(cred.spec["credential"])
             policy = Policy.model_validate(cred.spec["policy"])
             plan = build_plan(spec, policy, grace, cred.spec.get("integrations", {}))
+            refused = refusals(
+                spec, policy, approvals.governance(s), now=now, grace=plan.grace_period
+            )
+            if refused and audit_refusal:
+                self.store.audit(
+                    s,
+                    actor=requested_by,
+                    action="rotation.refused",
+                    subject=f"credential:{credential}",
+                    details={"reasons": refused, "reason": reason, "plan_hash": plan.hash},
+                )
+        if refused:
+            raise PolicyRefused(credential, refused)
+        with self.store.transaction() as s:
+            cred = _credential(s, credential)
             claimed = s.execute(
                 update(CredentialRow)
                 .where(CredentialRow.id == cred.id, CredentialRow.active_rotation_id.is_(None))
@@ -300,6 +321,13 @@ class Engine:
                     if not await self._grace_gate(run):
                         return state
                     continue  # the gate moved the run on (revoking, or needs_attention)
+                if state in _AWAITING:
+                    if not self._approval_gate(run, _AWAITING[state]):
+                        return run.state
+                    continue
+                if state == RotationState.REVOKING and self._revoke_needs_approval(run):
+                    self._ask_approval(run, approvals.REVOKE)
+                    return run.state
                 bound.debug("advancing", state=state.value)
                 await self._advance(run, state)
         finally:
@@ -355,6 +383,12 @@ class Engine:
             case RotationState.REQUESTED:
                 await self._step(run, "validated", self._validate, RotationState.VALIDATED)
             case RotationState.VALIDATED:
+                approval = Policy.model_validate(run.plan.policy).approval
+                if approval is not None and approval.required:
+                    self._ask_approval(run, approvals.ROTATION)
+                else:
+                    await self._step(run, "preflighted", self._preflight, RotationState.PREFLIGHTED)
+            case RotationState.APPROVED:
                 await self._step(run, "preflighted", self._preflight, RotationState.PREFLIGHTED)
             case RotationState.PREFLIGHTED:
                 self._transition(run, RotationState.CREATING)
@@ -482,7 +516,126 @@ class Engine:
             cred = s.get(CredentialRow, run.credential_id)
             if cred is None or cred.removed_at is not None:
                 raise PermanentError(f"credential {run.credential} is no longer in the estate")
+            refused = refusals(
+                CredentialSpec.model_validate(cred.spec["credential"]),
+                Policy.model_validate(run.plan.policy),
+                approvals.governance(s),
+                now=self.context.now(),
+                grace=run.plan.grace_period,
+            )
+        if refused:
+            raise PermanentError("refused by policy: " + "; ".join(refused))
         return StepResult({"plan_hash": run.plan.hash, "actions": len(run.plan.actions)})
+
+    # Approvals -----------------------------------------------------------------------
+
+    def _ask_approval(self, run: _Run, kind: str) -> None:
+        """Open (or find) the approval request of this kind and wait for it."""
+        now = self.context.now()
+        with self.store.transaction() as s:
+            rot = _rotation(s, run.rotation_id)
+            request = approvals.open_request(s, rot, run.plan, kind, now)
+            approval = Policy.model_validate(run.plan.policy).approval
+            self.store.audit(
+                s,
+                actor=self.actor,
+                action="approval.requested",
+                subject=f"rotation:{run.rotation_id}",
+                details={
+                    "request_id": request.id,
+                    "kind": kind,
+                    "plan_hash": request.plan_hash,
+                    "approvers": approval.approvers if approval else [],
+                    "min_approvals": approval.min_approvals if approval else 0,
+                },
+            )
+            waiting = (
+                RotationState.AWAITING_APPROVAL
+                if kind == approvals.ROTATION
+                else RotationState.AWAITING_REVOKE_APPROVAL
+            )
+            self._set_state(s, run, waiting, rot)
+
+    def _revoke_needs_approval(self, run: _Run) -> bool:
+        approval = Policy.model_validate(run.plan.policy).approval
+        if approval is None or not approval.before_revoke:
+            return False
+        with self.store.transaction() as s:
+            return not approvals.granted(s, run.rotation_id, approvals.REVOKE)
+
+    def _approval_gate(self, run: _Run, kind: str) -> bool:
+        """Move on when enough approvers accepted this plan; True once the run moved.
+
+        A rotation whose estate changed since it was requested gets its new plan and a
+        new request: approvals of the old plan do not authorise the new one.
+        """
+        now = self.context.now()
+        policy = Policy.model_validate(run.plan.policy)
+        with self.store.transaction() as s:
+            rot = _rotation(s, run.rotation_id)
+            request = approvals.pending_request(s, run.rotation_id, kind)
+            if request is None or policy.approval is None:
+                request = approvals.open_request(s, rot, run.plan, kind, now)
+            if kind == approvals.ROTATION:
+                fresh = approvals.current_plan(s, rot, run.plan)
+                if fresh is not None and fresh.hash != run.plan.hash:
+                    request.status, request.decided_at = "superseded", now
+                    rot.plan, rot.plan_hash = fresh.to_json(), fresh.hash
+                    s.flush()
+                    replacement = approvals.open_request(s, rot, fresh, kind, now)
+                    self.store.audit(
+                        s,
+                        actor=self.actor,
+                        action="approval.superseded",
+                        subject=f"rotation:{run.rotation_id}",
+                        details={
+                            "request_id": request.id,
+                            "old_plan_hash": run.plan.hash,
+                            "new_plan_hash": fresh.hash,
+                            "new_request_id": replacement.id,
+                        },
+                    )
+                    return False  # the next run loads the new plan
+            if policy.approval is None:
+                return False
+            verdict = approvals.evaluate(s, request, policy, now)
+            details = {
+                "request_id": request.id,
+                "kind": kind,
+                "plan_hash": request.plan_hash,
+                "approved_by": verdict.tally.counted,
+                "not_counted": [f"{who}: {why}" for who, why in verdict.tally.ignored],
+            }
+            if verdict.tally.rejected_by is not None:
+                request.status, request.decided_at = "rejected", now
+                why = f"rejected by {verdict.tally.rejected_by}: {verdict.comment or ''}".strip()
+                self.store.audit(
+                    s,
+                    actor=self.actor,
+                    action="approval.closed",
+                    subject=f"rotation:{run.rotation_id}",
+                    details={**details, "outcome": "rejected"},
+                )
+                if kind == approvals.ROTATION:
+                    rot.error = why
+                    self._set_state(s, run, RotationState.FAILED, rot)
+                else:
+                    rot.attention = run.attention = f"revocation {why}; the old version stays valid"
+                    self._set_state(s, run, RotationState.NEEDS_ATTENTION, rot)
+                return True
+            if not verdict.tally.satisfied(policy.approval):
+                return False
+            request.status, request.decided_at = "approved", now
+            self.store.audit(
+                s,
+                actor=self.actor,
+                action="approval.closed",
+                subject=f"rotation:{run.rotation_id}",
+                details={**details, "outcome": "approved"},
+            )
+            after = RotationState.APPROVED if kind == approvals.ROTATION else RotationState.REVOKING
+            self._set_state(s, run, after, rot)
+        return True
 
     async def _preflight(self, run: _Run) -> StepResult:
         results = await self.preflight(run.plan)
@@ -1143,6 +1296,12 @@ def _holder_alive(owner: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+_AWAITING = {
+    RotationState.AWAITING_APPROVAL: approvals.ROTATION,
+    RotationState.AWAITING_REVOKE_APPROVAL: approvals.REVOKE,
+}
 
 
 def _credential(s: Session, name: str) -> CredentialRow:

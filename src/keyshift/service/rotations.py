@@ -246,10 +246,13 @@ async def rotate(
     context: PluginContext | None = None,
     on_event: Callable[[StepEvent], None] | None = None,
     reason: str = "manual",
+    audit_refusal: bool = True,
 ) -> tuple[str, RotationState]:
     """Request a rotation and run it as far as it goes now (to `grace` or to the end)."""
     engine = Engine(store, actor=actor, context=context, on_event=on_event)
-    rotation_id = engine.request(credential, requested_by=actor, grace=grace, reason=reason)
+    rotation_id = engine.request(
+        credential, requested_by=actor, grace=grace, reason=reason, audit_refusal=audit_refusal
+    )
     return rotation_id, await engine.run(rotation_id)
 
 

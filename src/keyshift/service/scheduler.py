@@ -21,6 +21,7 @@ One scan, in order:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,6 +38,7 @@ from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import Estate, Policy
 from keyshift.domain.states import VersionStatus
 from keyshift.engine.runner import Engine, StepEvent
+from keyshift.errors import PolicyRefused
 from keyshift.providers import ProviderKind
 from keyshift.service import entra
 from keyshift.service.estate import current_estate
@@ -234,6 +236,7 @@ def raise_alerts(store: Store, estate: Estate, *, actor: str, now: datetime) -> 
 
 
 _EVENTS = {
+    "refused": "rotation.refused",
     EXPIRY: "credential.expiring",
     "outside_keyshift": "entra.secret_outside_keyshift",
     "lifetime": "entra.lifetime_exceeded",
@@ -371,8 +374,23 @@ async def worker_pass(
                 context=ctx,
                 on_event=on_event,
                 reason="scheduled",
+                audit_refusal=False,
             )
             started += 1
+        except PolicyRefused as exc:
+            # Raised once as an alert (and audited then), not at every scan.
+            _record(
+                store,
+                actor=actor,
+                subject=f"credential:{credential}",
+                kind="refused",
+                threshold=hashlib.sha256("; ".join(exc.reasons).encode()).hexdigest()[:16],
+                detail={
+                    "credential": credential,
+                    "reasons": exc.reasons,
+                    "raised_at": ctx.now().isoformat(),
+                },
+            )
         except Exception as exc:  # one credential's failure must not stop the scan
             log.error("scheduled rotation failed to start", credential=credential, error=str(exc))
     return {"synced": len(synced), "resumed": len(resumed), "alerts": alerts, "started": started}

@@ -243,3 +243,38 @@ class AlertRow(Base):
     raised_at: Mapped[datetime]
     detail: Mapped[dict[str, Any]]
     delivered: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ApprovalRequestRow(Base):
+    """A request for approval: before a rotation runs (`rotation`) or before its old
+    version is revoked (`revoke`). It names the exact plan (hash) it is for."""
+
+    __tablename__ = "approval_requests"
+    __table_args__ = (Index("ix_approval_requests_rotation", "rotation_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    rotation_id: Mapped[str] = mapped_column(ForeignKey("rotations.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    plan_hash: Mapped[str] = mapped_column(String(64))
+    requested_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(16))
+    """`pending`, `approved`, `rejected` or `superseded` (the plan changed)."""
+    summary: Mapped[dict[str, Any]]
+    """What approvers see: credential, app and tenant, expiry, steps, rollback plan."""
+    decided_at: Mapped[datetime | None]
+
+
+class ApprovalDecisionRow(Base):
+    """One approver's decision on one request, for the plan hash they saw."""
+
+    __tablename__ = "approval_decisions"
+    __table_args__ = (UniqueConstraint("request_id", "approver"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("approval_requests.id"))
+    approver: Mapped[str] = mapped_column(String(200))
+    approved: Mapped[bool] = mapped_column(Boolean)
+    comment: Mapped[str] = mapped_column(Text)
+    plan_hash: Mapped[str] = mapped_column(String(64))
+    decided_at: Mapped[datetime]
