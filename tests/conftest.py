@@ -19,10 +19,29 @@ from typer.testing import CliRunner, Result
 
 from keyshift.cli import app
 from keyshift.store.store import Store
+from tests.doubles.graph import GraphDouble
 from tests.doubles.receiver import receiver  # noqa: F401 (a fixture for every test)
+from tests.doubles.tls import TlsFiles, make_pki
 from tests.servers import postgres_server
 
 BACKENDS = ["sqlite", "postgres"]
+ADMIN_SECRET = "double-admin-secret-value"
+"""keyshift's own client secret at the Graph double (`graph`)."""
+ADMIN_ENV = "ENTRA_ADMIN_SECRET"
+"""The environment variable estates name for it (`env:ENTRA_ADMIN_SECRET`)."""
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A test CA and a server certificate for 127.0.0.1 and localhost."""
+    return make_pki(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def graph(tls: TlsFiles) -> Iterator[GraphDouble]:
+    """The Entra ID token endpoint and Graph, over TLS, knowing keyshift's client secret."""
+    with GraphDouble(tls, client_secret=ADMIN_SECRET) as double:
+        yield double
 
 
 @pytest.fixture(scope="session")

@@ -73,7 +73,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -82,7 +81,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tests.doubles.tls import TlsFiles
+from tests.doubles.tls import TlsFiles, TlsServer
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 GRAPH_AUDIENCE = "https://graph.microsoft.com"
@@ -279,38 +278,20 @@ class GraphDouble:
         self._skiptokens: dict[str, int] = {}
         self._throttle: list[tuple[int, int | None]] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = TlsServer(tls, "Graph")
 
     # --- lifecycle ---------------------------------------------------------------------
 
     def __enter__(self) -> GraphDouble:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        server.daemon_threads = True
-        # The handshake runs on the handler's first read, in its own thread, so one
-        # slow client does not hold up accept().
-        server.socket = self.tls.server_context().wrap_socket(
-            server.socket, server_side=True, do_handshake_on_connect=False
-        )
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._http.start(self.handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._http.stop()
 
     @property
     def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the Graph double is not running")
-        return int(self._server.server_address[1])
+        return self._http.port
 
     @property
     def authority(self) -> str:
@@ -838,29 +819,3 @@ def _aad_error(
             "correlation_id": str(uuid.uuid4()),
         },
     )
-
-
-def _handler_for(double: GraphDouble) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            status, extra, payload = double.handle(self.command, self.path, headers, body)
-            self.send_response(status)
-            for name, value in extra.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if payload:
-                self.wfile.write(payload)
-
-        do_GET = do_POST = do_PATCH = do_DELETE = _serve
-
-        def log_message(self, format: str, *args: Any) -> None:
-            # Quiet: the request log above is what tests assert on.
-            return
-
-    return Handler

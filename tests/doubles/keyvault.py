@@ -60,12 +60,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from tests.doubles.graph import GraphDouble
-from tests.doubles.tls import TlsFiles
+from tests.doubles.tls import TlsFiles, TlsServer
 
 VAULT_RESOURCE = "https://vault.azure.net"
 VAULT_SCOPE = f"{VAULT_RESOURCE}/.default"
@@ -162,37 +161,28 @@ class KeyVaultDouble:
         self._pages: dict[str, _Paging] = {}
         self._lock = threading.Lock()
         self._release = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = TlsServer(tls, "Key Vault")
 
     # --- lifecycle ---------------------------------------------------------------------
 
     def __enter__(self) -> KeyVaultDouble:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        server.daemon_threads = True
-        server.socket = self.tls.server_context().wrap_socket(
-            server.socket, server_side=True, do_handshake_on_connect=False
-        )
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._http.start(self._answer)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._release.set()  # let hanging handlers go
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._http.stop()
 
     @property
     def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the Key Vault double is not running")
-        return int(self._server.server_address[1])
+        return self._http.port
+
+    def _answer(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes] | None:
+        status, extra, payload = self.handle(method, path, headers, body)
+        # A hang that was released: drop the connection without an answer.
+        return None if status == 0 else (status, extra, payload)
 
     @property
     def vault_url(self) -> str:
@@ -575,33 +565,3 @@ def _json(status: int, body: object, headers: dict[str, str] | None = None) -> A
         {"Content-Type": "application/json; charset=utf-8", **(headers or {})},
         json.dumps(body).encode(),
     )
-
-
-def _handler_for(double: KeyVaultDouble) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            status, extra, payload = double.handle(self.command, self.path, headers, body)
-            if status == 0:
-                # A hang that was released: drop the connection without an answer.
-                self.close_connection = True
-                return
-            self.send_response(status)
-            for name, value in extra.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if payload:
-                self.wfile.write(payload)
-
-        do_GET = do_PUT = do_PATCH = do_POST = do_DELETE = _serve
-
-        def log_message(self, format: str, *args: Any) -> None:
-            # Quiet: the request log above is what tests assert on.
-            return
-
-    return Handler

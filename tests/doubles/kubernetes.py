@@ -61,14 +61,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-from tests.doubles.tls import TlsFiles
+from tests.doubles.tls import TlsFiles, TlsServer
 
 TOKEN = "double-service-account-token"
 USER = "system:serviceaccount:keyshift:rotator"
@@ -295,37 +294,30 @@ class KubernetesDouble:
         self._version = 100
         self._lock = threading.Lock()
         self._released = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = TlsServer(tls, "Kubernetes")
 
     # --- lifecycle ---------------------------------------------------------------------
 
     def __enter__(self) -> KubernetesDouble:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        server.daemon_threads = True
-        server.socket = self.tls.server_context().wrap_socket(
-            server.socket, server_side=True, do_handshake_on_connect=False
-        )
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._http.start(self._answer)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._released.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._http.stop()
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the Kubernetes double is not running")
-        return f"https://127.0.0.1:{self._server.server_address[1]}"
+        return f"https://127.0.0.1:{self._http.port}"
+
+    def _answer(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes] | None:
+        fault = self.take_fault()
+        if fault is not None and fault.status is None:
+            self.hung(method, path, fault.hang_seconds)
+            return None
+        return self.handle(method, path, headers, body, fault)
 
     def write_kubeconfig(
         self, path: Path, *, token: str | None = None, namespace: str = "default"
@@ -866,34 +858,3 @@ def _json(
         {"Content-Type": "application/json", **(headers or {})},
         json.dumps(body).encode(),
     )
-
-
-def _handler_for(double: KubernetesDouble) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            fault = double.take_fault()
-            if fault is not None and fault.status is None:
-                double.hung(self.command, self.path, fault.hang_seconds)
-                self.close_connection = True
-                return
-            status, extra, payload = double.handle(self.command, self.path, headers, body, fault)
-            self.send_response(status)
-            for name, value in extra.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if payload:
-                self.wfile.write(payload)
-
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
-
-        def log_message(self, format: str, *args: Any) -> None:
-            # Quiet: the request log above is what tests assert on.
-            return
-
-    return Handler

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from cryptography import x509
@@ -119,3 +122,77 @@ def make_pki(directory: Path, *, hosts: tuple[str, ...] = ("localhost",)) -> Tls
     )
     pki.key_path.chmod(0o600)
     return pki
+
+
+Answer = tuple[int, dict[str, str], bytes]
+Handle = Callable[[str, str, dict[str, str], bytes], Answer | None]
+
+
+def _handler(handle: Handle) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            answer = handle(self.command, self.path, headers, body)
+            if answer is None:
+                self.close_connection = True
+                return
+            status, extra, payload = answer
+            self.send_response(status)
+            for name, value in extra.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if payload:
+                self.wfile.write(payload)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+        def log_message(self, format: str, *args: object) -> None:
+            return  # quiet: each double keeps its own request log
+
+    return Handler
+
+
+class TlsServer:
+    """A `ThreadingHTTPServer` over TLS on 127.0.0.1, serving from a daemon thread.
+
+    The TLS handshake runs on the handler's first read, in the handler's own thread,
+    so one slow client does not hold up `accept()`.
+    """
+
+    def __init__(self, tls: TlsFiles, name: str) -> None:
+        self.tls = tls
+        self.name = name
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, handle: Handle) -> None:
+        """Serve every request through `handle(method, path, headers, body)`, which
+        answers (status, headers, body), or None to drop the connection unanswered."""
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(handle))
+        server.daemon_threads = True
+        server.socket = self.tls.server_context().wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError(f"the {self.name} double is not running")
+        return int(self._server.server_address[1])

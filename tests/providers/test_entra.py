@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,13 +27,11 @@ from keyshift.service import rotations
 from keyshift.store.models import RotationRow
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock, assert_provider_contract
-from tests.conftest import Cli, run_subprocess
+from tests.conftest import ADMIN_ENV, ADMIN_SECRET, Cli, run_subprocess
 from tests.doubles.graph import GraphDouble, StoredApplication
-from tests.doubles.tls import TlsFiles, make_pki
+from tests.doubles.tls import TlsFiles
 from tests.helpers import json_value, rotations_of, save_estate, versions
 
-ADMIN_SECRET = "double-admin-secret-value"
-ADMIN_ENV = "ENTRA_ADMIN_SECRET"
 NAME = "payments-entra"
 
 
@@ -42,17 +39,6 @@ NAME = "payments-entra"
 def backend() -> str:
     """keyshift's own store: SQLite is enough here; the store suite covers PostgreSQL."""
     return "sqlite"
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_pki(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def graph(tls: TlsFiles) -> Iterator[GraphDouble]:
-    with GraphDouble(tls, client_secret=ADMIN_SECRET) as double:
-        yield double
 
 
 @pytest.fixture

@@ -20,18 +20,13 @@ from cryptography.x509.oid import NameOID
 
 from tests.conftest import Cli
 from tests.doubles.graph import FEDERATED_AUDIENCE, GraphDouble
-from tests.doubles.tls import TlsFiles, make_pki
+from tests.doubles.tls import TlsFiles
 from tests.helpers import save_estate
 
 
 @pytest.fixture
 def backend() -> str:
     return "sqlite"
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_pki(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from keyshift.providers.graph import (
 )
 from keyshift.testing import FakeClock, capture_logs
 from tests.doubles.graph import GraphDouble
-from tests.doubles.tls import TlsFiles, make_pki
+from tests.doubles.tls import TlsFiles
 
 T = TypeVar("T")
 CLIENT_SECRET = "double-client-secret-value"
@@ -37,11 +37,6 @@ CLIENT_SECRET = "double-client-secret-value"
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_pki(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,24 +16,9 @@ from keyshift.domain.states import Lifecycle
 from keyshift.service import entra, rotations
 from keyshift.store.models import AuditEntry, DiscoveredApp, DiscoveredCredential
 from keyshift.store.store import Store
-from tests.conftest import Cli
+from tests.conftest import ADMIN_ENV, ADMIN_SECRET, Cli
 from tests.doubles.graph import GraphDouble, StoredOwner
-from tests.doubles.tls import TlsFiles, make_pki
 from tests.helpers import save_estate
-
-ADMIN_SECRET = "double-admin-secret-value"
-ADMIN_ENV = "ENTRA_ADMIN_SECRET"
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_pki(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def graph(tls: TlsFiles) -> Iterator[GraphDouble]:
-    with GraphDouble(tls, client_secret=ADMIN_SECRET) as double:
-        yield double
 
 
 @pytest.fixture
@@ -223,6 +207,7 @@ def test_a_managed_app_shows_its_manager_and_reports_secrets_added_outside_keysh
     )
     managed = {
         "name": "payments-entra",
+        "owner": "team-payments",
         "policy": {"grace_period": "1h", "max_lifetime": "90d", "rotate_before_expiry": "30d"},
         "provider": {"type": "entra_client_secret", "integration": "contoso", "app_id": app.app_id},
     }

@@ -9,23 +9,15 @@ from pathlib import Path
 import pytest
 
 from keyshift.service.integrations import token_roles
-from tests.conftest import Cli
+from tests.conftest import ADMIN_ENV, ADMIN_SECRET, Cli
 from tests.doubles.graph import GraphDouble
-from tests.doubles.tls import TlsFiles, make_pki
+from tests.doubles.tls import TlsFiles
 from tests.helpers import save_estate
-
-ADMIN_SECRET = "double-admin-secret-value"
-ADMIN_ENV = "ENTRA_ADMIN_SECRET"
 
 
 @pytest.fixture
 def backend() -> str:
     return "sqlite"
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_pki(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

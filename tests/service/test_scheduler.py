@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,31 +15,17 @@ import pytest
 from keyshift.service import scheduler
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock
-from tests.conftest import Cli
+from tests.conftest import ADMIN_ENV, ADMIN_SECRET, Cli
 from tests.doubles.graph import GraphDouble
 from tests.doubles.receiver import Answer, Receiver
-from tests.doubles.tls import TlsFiles, make_pki
 from tests.helpers import rotations_of, save_estate
 
-ADMIN_SECRET = "double-admin-secret-value"
-ADMIN_ENV = "ENTRA_ADMIN_SECRET"
 HOOK_KEY = "alert-hook-signing-key"
 
 
 @pytest.fixture
 def backend() -> str:
     return "sqlite"
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_pki(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def graph(tls: TlsFiles) -> Iterator[GraphDouble]:
-    with GraphDouble(tls, client_secret=ADMIN_SECRET) as double:
-        yield double
 
 
 @pytest.fixture
@@ -190,6 +175,7 @@ def test_sync_runs_on_its_interval(
 def _managed(name: str, app_id: str, **policy: Any) -> dict[str, Any]:
     return {
         "name": name,
+        "owner": "team-payments",
         "auto_rotate": True,
         "policy": {"grace_period": "1h", "max_lifetime": "180d", **policy},
         "provider": {"type": "entra_client_secret", "integration": "contoso", "app_id": app_id},

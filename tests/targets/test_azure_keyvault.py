@@ -44,14 +44,12 @@ from keyshift.targets.base import (
     StepResult,
 )
 from keyshift.testing import FakeClock, capture_logs
-from tests.conftest import Cli
+from tests.conftest import ADMIN_ENV, ADMIN_SECRET, Cli
 from tests.doubles.graph import GraphDouble
 from tests.doubles.keyvault import VAULT_SCOPE, KeyVaultDouble
-from tests.doubles.tls import TlsFiles, make_pki
+from tests.doubles.tls import TlsFiles
 from tests.helpers import rotations_of, save_estate, value_of, versions
 
-ADMIN_SECRET = "double-admin-secret-value"
-ADMIN_ENV = "ENTRA_ADMIN_SECRET"
 SECRET_NAME = "payments-db-password"
 NAME = "payments-db"
 
@@ -60,11 +58,6 @@ NAME = "payments-db"
 def backend() -> str:
     """keyshift's own store: SQLite is enough here; the store suite covers PostgreSQL."""
     return "sqlite"
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_pki(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
