@@ -166,7 +166,7 @@ def test_lifecycle_states_summary_and_cli_tables(
     app = graph.add_application("payments-api")
     for days in (-3, 5, 25, 60, 200):
         graph.seed_password(
-            app, f"d{days}", start=now - timedelta(days=10), end=now + timedelta(days=days)
+            app, f"due-{days}d", start=now - timedelta(days=10), end=now + timedelta(days=days)
         )
     _apply(cli, _estate(tmp_path, graph))
 
@@ -176,16 +176,16 @@ def test_lifecycle_states_summary_and_cli_tables(
     assert "contoso" in synced.output
     states = {c.display_name: c.state for c in entra.inventory(store, now=now)}
     assert states == {
-        "d-3": Lifecycle.EXPIRED,
-        "d5": Lifecycle.EXPIRING_SOON,
-        "d25": Lifecycle.EXPIRING_SOON,
-        "d60": Lifecycle.ACTIVE,
-        "d200": Lifecycle.ACTIVE,
+        "due--3d": Lifecycle.EXPIRED,
+        "due-5d": Lifecycle.EXPIRING_SOON,
+        "due-25d": Lifecycle.EXPIRING_SOON,
+        "due-60d": Lifecycle.ACTIVE,
+        "due-200d": Lifecycle.ACTIVE,
     }
     found = entra.summary(store, now=now, top=3)
     assert (found.apps, found.client_secrets, found.expired) == (1, 5, 1)
     assert found.within == {7: 1, 30: 2, 90: 3}
-    assert [c.display_name for c in found.urgent] == ["d-3", "d5", "d25"]
+    assert [c.display_name for c in found.urgent] == ["due--3d", "due-5d", "due-25d"]
 
     shown = cli("entra", "summary")
     assert shown.exit_code == 0, shown.output
@@ -193,8 +193,8 @@ def test_lifecycle_states_summary_and_cli_tables(
     assert "Most urgent" in shown.output
     listed = cli("entra", "list", "--state", "expired")
     assert listed.exit_code == 0, listed.output
-    assert "d-3" in listed.output
-    assert "d60" not in listed.output
+    assert "due--3d" in listed.output
+    assert "due-60d" not in listed.output
 
 
 def test_a_managed_app_shows_its_manager_and_reports_secrets_added_outside_keyshift(

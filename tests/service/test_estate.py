@@ -501,10 +501,13 @@ MALFORMED = [
         """\
         policies:
           - name: prod-default
-            approval: {required: true, approvers: [group:platform-oncall]}
+            approval: {required: true, approvers: [platform-oncall]}
         """,
-        ("policies[0].approval", "is not a known field"),
-        id="policy-approval-is-not-implemented-yet",
+        (
+            "policies[0].approval.approvers",
+            "approver 'platform-oncall' must be group:NAME or user:NAME",
+        ),
+        id="policy-approver-without-group-or-user",
     ),
     case(
         """\
