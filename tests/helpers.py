@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
+from keyshift.store.models import AuditEntry, CredentialRow, RotationRow, StepRow, VersionRow
 from keyshift.store.store import Store
 from tests.conftest import run_subprocess
 
@@ -79,6 +79,32 @@ def save_estate(tmp: Path, estate: dict[str, Any]) -> Path:
     path = tmp / "estate.yaml"
     path.write_text(json.dumps(estate, indent=2), encoding="utf-8")
     return path
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The body rows of the rich table in `output`, one list of cell texts per row; a cell
+    wrapped over several lines is joined with spaces. The header row is left out."""
+    rows: list[list[str]] = []
+    for line in output.splitlines():
+        if not line.startswith("│"):
+            if line.startswith(("┡", "├")) and rows:
+                rows.clear()  # what came before the header rule was the header
+            continue
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if rows and not cells[0]:
+            rows[-1] = [f"{a} {b}".strip() for a, b in zip(rows[-1], cells, strict=True)]
+        else:
+            rows.append(cells)
+    return rows
+
+
+def audit_details(store: Store, action: str) -> list[dict[str, Any]]:
+    """The details of every audit entry of `action`, oldest first."""
+    with store.transaction() as s:
+        found = s.execute(
+            select(AuditEntry.details).where(AuditEntry.action == action).order_by(AuditEntry.seq)
+        ).scalars()
+        return [json.loads(d) for d in found]
 
 
 def json_value(path: Path, dotted: str = "Api:Key") -> str | None:

@@ -30,6 +30,7 @@ from keyshift.providers.base import (
 from keyshift.targets.base import (
     Delivery,
     PreflightRequest,
+    PreflightResult,
     PublishRequest,
     Readiness,
     RollbackRequest,
@@ -125,6 +126,15 @@ class VerifyAlwaysFails(FakeProvider):
         return VerifyResult(ok=False, detail="invalid client secret")
 
 
+class PreflightMints(FakeProvider):
+    """Issues a version while it should only check."""
+
+    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+        marker = "keyshift:preflight"
+        self._mint(CreateRequest(request.credential, "preflight", marker, Policy(), None))
+        return await super().preflight(request)
+
+
 class AcloseTwiceFails(FakeProvider):
     """Raises when closed a second time."""
 
@@ -137,6 +147,7 @@ class AcloseTwiceFails(FakeProvider):
 def test_fake_provider_keeps_the_provider_contract() -> None:
     provider = FakeProvider()
     asyncio.run(assert_provider_contract(provider))
+    assert provider.preflight_calls == 1
     assert provider.issued == 1
     assert provider.create_calls == 2
     assert provider.revoke_calls == 2
@@ -152,6 +163,7 @@ def test_fake_provider_keeps_the_provider_contract() -> None:
         pytest.param(LogsTheValue, "secret value was logged", id="logs the value"),
         pytest.param(ShowsValueInRepr, "shows its value", id="repr shows the value"),
         pytest.param(VerifyAlwaysFails, "is not ok", id="verify of a new version fails"),
+        pytest.param(PreflightMints, "preflight changed the issuer", id="preflight mints"),
         pytest.param(AcloseTwiceFails, "aclose called twice", id="aclose twice raises"),
     ],
 )

@@ -24,10 +24,12 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from keyshift import __version__, logs
 from keyshift.domain.context import utcnow
 from keyshift.domain.durations import format_duration, parse_duration
+from keyshift.domain.preflight import Readiness
 from keyshift.domain.states import RotationState, StepStatus
 from keyshift.engine.runner import StepEvent
 from keyshift.errors import AuditChainBroken, EstateInvalid, KeyshiftError
@@ -286,11 +288,44 @@ def _print_rotation_end(rotation_id: str, state: RotationState, store: Store) ->
         out.print(f"  needs attention: {timeline.attention}", markup=False)
 
 
+READINESS_COLOURS = {"ready": "green", "manual review required": "yellow", "blocked": "red"}
+
+
+def _preflight(store: Store, name: str) -> None:
+    """Print one row per step (step, readiness, reason); exit 1 unless every step is ready."""
+    plan_hash, results = asyncio.run(rotations.preflight(store, name, actor=_actor()))
+    table = Table(title=f"Preflight of {name} (plan {plan_hash[:12]})", title_justify="left")
+    for col in ("step", "readiness", "reason"):
+        table.add_column(col, no_wrap=col != "reason")
+    for step, result in results:
+        readiness = result.readiness.value
+        table.add_row(
+            Text(step),
+            Text(readiness, style=READINESS_COLOURS.get(readiness, "")),
+            Text(result.reason or "-"),
+        )
+    out.print(table)
+    if any(r.readiness != Readiness.READY for _step, r in results):
+        raise typer.Exit(1)
+
+
+@app.command("preflight")
+@_errors
+def preflight_command(name: Annotated[str, typer.Argument(help="Credential name.")]) -> None:
+    """Check every step of a rotation of a credential, provider first, changing nothing:
+    one row per step (ready, manual review required, blocked) and why. Exits 0 only when
+    every step is ready; the result is recorded in the audit trail."""
+    with _store() as store:
+        _preflight(store, name)
+
+
 @app.command()
 @_errors
 def rotate(
     name: Annotated[str, typer.Argument(help="Credential name.")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Preflight only.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Preflight only (same as `keyshift preflight`).")
+    ] = False,
     grace: Annotated[str | None, typer.Option(help="Override the grace period, e.g. 0s.")] = None,
 ) -> None:
     """Rotate a credential now (or preflight it with --dry-run)."""
@@ -303,17 +338,7 @@ def rotate(
             raise typer.Exit(2) from None
     with _store() as store:
         if dry_run:
-            plan_hash, results = asyncio.run(rotations.dry_run(store, name, actor=_actor()))
-            table = Table(
-                title=f"Preflight of {name} (plan {plan_hash[:12]})", title_justify="left"
-            )
-            for col in ("step", "readiness", "reason"):
-                table.add_column(col)
-            for step, result in results:
-                table.add_row(step, result.readiness.value, result.reason)
-            out.print(table)
-            if any(r.readiness.value != "ready" for _s, r in results):
-                raise typer.Exit(1)
+            _preflight(store, name)
             return
         rotation_id, state = asyncio.run(
             rotations.rotate(

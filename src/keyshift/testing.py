@@ -37,7 +37,10 @@ from keyshift.providers.base import (
     CreateRequest,
     IssuedVersion,
     ListRequest,
+    PreflightRequest,
+    PreflightResult,
     Provider,
+    Readiness,
     RevokeRequest,
     RevokeResult,
     VerifyRequest,
@@ -46,10 +49,7 @@ from keyshift.providers.base import (
 )
 from keyshift.targets.base import (
     Delivery,
-    PreflightRequest,
-    PreflightResult,
     PublishRequest,
-    Readiness,
     RollbackRequest,
     StepResult,
 )
@@ -79,7 +79,7 @@ _MIN_CONTAINED: Final = 4
 
 _T = TypeVar("_T")
 
-FakeMethod = Literal["create", "verify", "revoke", "list_versions", "aclose"]
+FakeMethod = Literal["preflight", "create", "verify", "revoke", "list_versions", "aclose"]
 """The `FakeProvider` methods `fail_next` can make fail."""
 
 
@@ -160,8 +160,8 @@ class FakeProvider:
     Holds the `Provider` contract exactly: `create` returns the live version carrying
     the request's marker instead of minting a second one; `verify` is ok only for a
     live (not revoked) version whose value matches; `revoke` of a missing or revoked
-    version succeeds with `already_gone=True`. Revoked versions stay in `versions`
-    with `revoked=True` so tests can count them.
+    version succeeds with `already_gone=True`; `preflight` answers `readiness`.
+    Revoked versions stay in `versions` with `revoked=True` so tests can count them.
 
     Counters count calls (`create_calls`, `revoke_calls`, ...) and effects
     (`issued`: versions actually minted). `fail_next` injects a fault.
@@ -177,6 +177,9 @@ class FakeProvider:
         self.config = config or FakeConfig()
         self.context = context or PluginContext()
         self.versions: dict[str, FakeVersion] = {}
+        self.preflight_calls = 0
+        self.readiness = PreflightResult(Readiness.READY, "fake issuer")
+        """What `preflight` answers; tests set another result to block a rotation."""
         self.create_calls = 0
         self.verify_calls = 0
         self.revoke_calls = 0
@@ -233,6 +236,14 @@ class FakeProvider:
         )
         self.versions[version.provider_ref] = version
         return version
+
+    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+        """Answer `readiness` (ready unless a test set it). Changes nothing."""
+        self.preflight_calls += 1
+        fault = self._fault("preflight")
+        if fault:
+            raise fault.exc
+        return self.readiness
 
     async def create(self, request: CreateRequest) -> IssuedVersion:
         """Return the live version carrying `request.marker`, or mint one."""
@@ -578,6 +589,8 @@ async def assert_provider_contract(
     Uses the public methods only, against whatever issuer `provider` is connected
     to, and revokes what it created. It holds when:
 
+    - `preflight` returns a PreflightResult and the issuer lists the same versions
+      before and after it (a preflight changes nothing);
     - `create` returns an IssuedVersion with a non-empty provider_ref and value,
       whose repr does not show the value;
     - `create` with the same marker again is idempotent: it returns the same
@@ -605,6 +618,17 @@ async def assert_provider_contract(
     )
     listing = ListRequest(credential=credential)
     with capture_logs(secrets=run.values):
+        before = await run.call("list_versions", provider.list_versions(listing))
+        checked = await run.call("preflight", provider.preflight(PreflightRequest(credential)))
+        _require(
+            isinstance(checked, PreflightResult) and isinstance(checked.readiness, Readiness),
+            f"preflight returned {type(checked).__name__}, not PreflightResult",
+        )
+        after = await run.call("list_versions", provider.list_versions(listing))
+        _require(
+            after == before,
+            f"preflight changed the issuer's versions from {len(before)} to {len(after)}",
+        )
         first = run.issued("create", await run.call("create", provider.create(request)))
         listed = await run.call("list_versions", provider.list_versions(listing))
         again = "create with the same marker"

@@ -45,7 +45,7 @@ def _estate(
         cred["actions"].append(
             {
                 "type": "file",
-                "order": 40,
+                "order": 25,
                 "config": {"path": str(tmp / "extra.json"), "key": "K", "file_format": "json"},
             }
         )

@@ -18,6 +18,7 @@ from keyshift.azure import EntraIntegration
 from keyshift.domain.context import PluginContext, utcnow
 from keyshift.domain.states import RotationState
 from keyshift.providers import INTEGRATIONS, PROVIDERS, IntegrationKind, ProviderKind
+from keyshift.providers.base import PreflightRequest, PreflightResult, Readiness
 from keyshift.providers.entra import (
     EntraSecretConfig,
     EntraSecretProvider,
@@ -266,3 +267,87 @@ def test_graph_throttling_is_waited_out_on_the_context_clock_and_the_rotation_co
     assert sum(clock.sleeps) >= 2
     assert len(app.passwords) == 1
     assert _signs_in(graph, tls, app.app_id, _published(tmp_path))
+
+
+# --- preflight ------------------------------------------------------------------------------
+
+
+def _preflight(graph: GraphDouble, app_id: str, secret: str = ADMIN_SECRET) -> PreflightResult:
+    context = PluginContext(
+        env={ADMIN_ENV: secret},
+        integrations={"contoso": EntraIntegration.model_validate(graph.integration(ADMIN_ENV))},
+    )
+    provider = EntraSecretProvider(EntraSecretConfig(integration="contoso", app_id=app_id), context)
+
+    async def check() -> PreflightResult:
+        try:
+            return await provider.preflight(PreflightRequest(NAME))
+        finally:
+            await provider.aclose()
+
+    return asyncio.run(check())
+
+
+def test_preflight_is_ready_with_application_readwrite_all_and_writes_nothing(
+    graph: GraphDouble, app: StoredApplication
+) -> None:
+    graph.seed_password(app, "by hand", start=utcnow(), end=utcnow() + timedelta(days=30))
+    before = _key_ids(app)
+
+    result = _preflight(graph, app.app_id)
+
+    assert result.readiness == Readiness.READY, result.reason
+    assert f"signed in to tenant {graph.tenant_id}" in result.reason
+    assert "granted Application.ReadWrite.All" in result.reason
+    assert f"application payments-api ({app.app_id}) holds 1 client secret(s)" in result.reason
+    assert "owner" not in result.reason
+    assert _key_ids(app) == before
+    assert graph.graph_requests("POST") == []
+
+
+def test_preflight_with_owned_by_only_is_ready_and_says_keyshift_must_own_the_app(
+    graph: GraphDouble, app: StoredApplication
+) -> None:
+    graph.roles = {"Application.ReadWrite.OwnedBy"}
+
+    result = _preflight(graph, app.app_id)
+
+    assert result.readiness == Readiness.READY, result.reason
+    assert "granted Application.ReadWrite.OwnedBy" in result.reason
+    assert "keyshift must be an owner of the application" in result.reason
+
+
+def test_preflight_without_a_write_permission_is_blocked_before_reading_graph(
+    graph: GraphDouble, app: StoredApplication
+) -> None:
+    graph.roles = {"Application.Read.All"}
+
+    result = _preflight(graph, app.app_id)
+
+    assert result.readiness == Readiness.BLOCKED
+    assert "lacks the Graph application permission Application.ReadWrite.OwnedBy" in result.reason
+    assert "(granted: Application.Read.All)" in result.reason
+    assert graph.graph_requests() == []
+
+
+def test_preflight_of_an_unknown_app_id_is_blocked_naming_it(
+    graph: GraphDouble, app: StoredApplication
+) -> None:
+    result = _preflight(graph, "00000000-0000-4000-8000-0000000000ff")
+
+    assert result.readiness == Readiness.BLOCKED
+    assert "no application with appId 00000000-0000-4000-8000-0000000000ff" in result.reason
+    assert graph.graph_requests("POST") == []
+
+
+def test_preflight_when_entra_refuses_keyshift_is_blocked_with_the_aadsts_code(
+    graph: GraphDouble, app: StoredApplication
+) -> None:
+    wrong = "not-the-admin-secret"
+
+    result = _preflight(graph, app.app_id, secret=wrong)
+
+    assert result.readiness == Readiness.BLOCKED
+    assert "AADSTS7000215" in result.reason
+    assert wrong not in result.reason
+    assert graph.graph_requests() == []

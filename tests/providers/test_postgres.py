@@ -26,7 +26,7 @@ from keyshift.domain.context import PluginContext
 from keyshift.domain.estate import Policy
 from keyshift.engine.faults import ENV as CRASH_AT
 from keyshift.errors import PermanentError, TransientError
-from keyshift.providers.base import CreateRequest
+from keyshift.providers.base import CreateRequest, PreflightRequest, PreflightResult, Readiness
 from keyshift.providers.postgres import (
     PostgresConfig,
     PostgresIntegration,
@@ -37,7 +37,15 @@ from keyshift.service import rotations
 from keyshift.store.store import Store
 from keyshift.testing import assert_provider_contract
 from tests.conftest import Cli, run_subprocess
-from tests.helpers import env_value, rotate_under_load, rotations_of, save_estate, steps, versions
+from tests.helpers import (
+    env_value,
+    rotate_under_load,
+    rotations_of,
+    save_estate,
+    steps,
+    table_rows,
+    versions,
+)
 from tests.servers import postgres_server
 
 SUPERUSER_PASSWORD = "su-" + uuid.uuid4().hex
@@ -289,7 +297,10 @@ def test_admin_problems_fail_with_one_clear_error_and_publish_nothing(
     [rotation] = rotations_of(store, "app-db")
     assert rotation.state == "failed"
     assert rotation.error is not None
-    assert rotation.error.startswith("creating: "), rotation.error
+    # The provider's preflight finds the problem before anything is created.
+    assert rotation.error.startswith("preflighted: preflight blocked: provider:postgres: "), (
+        rotation.error
+    )
     assert expected in rotation.error
     assert ADMIN_PASSWORD not in result.output + rotation.error
     assert not (tmp_path / "db.env").exists(), "nothing was published"
@@ -420,6 +431,139 @@ def test_provider_meets_the_provider_contract(db: Database) -> None:
             _provider(db, strategy="alternating_users", users=list(db.users), group_role=db.group)
         )
     )
+
+
+# --- preflight ------------------------------------------------------------------------------
+
+
+def _roles_state(d: Database) -> list[tuple[Any, ...]]:
+    """Every attribute, password verifier and comment of the test's roles, as stored."""
+    with psycopg.connect(d.superuser_dsn, autocommit=True) as conn:
+        return conn.execute(
+            "SELECT a.rolname, a.rolcanlogin, a.rolpassword, a.rolvaliduntil, "
+            "a.rolcreaterole, shobj_description(a.oid, 'pg_authid') FROM pg_authid a "
+            "WHERE a.rolname = ANY(%s) ORDER BY a.rolname",
+            ([d.admin, d.group, *d.users, d.single],),
+        ).fetchall()
+
+
+def _preflight(provider: PostgresProvider) -> PreflightResult:
+    return asyncio.run(provider.preflight(PreflightRequest("app-db")))
+
+
+@pytest.mark.parametrize("strategy", ["alternating_users", "single_user"])
+def test_preflight_is_ready_when_the_admin_may_alter_the_roles_and_changes_nothing(
+    db: Database, strategy: str
+) -> None:
+    config: dict[str, Any] = (
+        {"strategy": strategy, "users": list(db.users), "group_role": db.group}
+        if strategy == "alternating_users"
+        else {"strategy": strategy, "user": db.single}
+    )
+    before = _roles_state(db)
+
+    result = _preflight(_provider(db, **config))
+
+    assert result.readiness == Readiness.READY, result.reason
+    assert f"admin {db.admin} (CREATEROLE)" in result.reason
+    for role in config.get("users") or [db.single]:
+        assert role in result.reason
+    assert _roles_state(db) == before
+
+
+def _revoke_createrole(d: Database) -> None:
+    with psycopg.connect(d.superuser_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} NOCREATEROLE").format(sql.Identifier(d.admin)))
+
+
+def _make_superuser(d: Database, role: str) -> None:
+    with psycopg.connect(d.superuser_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} SUPERUSER").format(sql.Identifier(role)))
+
+
+def _drop_from_group(d: Database, role: str) -> None:
+    with psycopg.connect(d.superuser_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(d.group), sql.Identifier(role))
+        )
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("admin without CREATEROLE", "lacks the privilege to alter role {user_a}"),
+        ("rotated role is a superuser", "role {user_b} is a superuser"),
+        ("rotated role missing", "role no_such_role does not exist"),
+        ("rotated role not in the group role", "is not a member of group role {group}"),
+        ("wrong admin password", "authentication failed"),
+        ("unreachable admin server", "cannot reach the server"),
+    ],
+)
+def test_preflight_is_blocked_naming_the_problem_and_changes_nothing(
+    db: Database, case: str, expected: str
+) -> None:
+    users = list(db.users)
+    provider = _provider(db, strategy="alternating_users", users=users, group_role=db.group)
+    if case == "admin without CREATEROLE":
+        _revoke_createrole(db)
+    elif case == "rotated role is a superuser":
+        _make_superuser(db, db.users[1])
+    elif case == "rotated role missing":
+        provider = _provider(
+            db,
+            strategy="alternating_users",
+            users=[db.users[0], "no_such_role"],
+            group_role=db.group,
+        )
+    elif case == "rotated role not in the group role":
+        _drop_from_group(db, db.users[1])
+    elif case == "wrong admin password":
+        provider.context.env["PG_ADMIN_PW"] = "not-the-password"  # type: ignore[index]
+    else:
+        provider.context.integrations["admin"] = PostgresIntegration(  # type: ignore[index]
+            dsn=f"postgresql://{db.admin}@127.0.0.1:1/{db.name}",
+            password_from="env:PG_ADMIN_PW",
+            connect_timeout="1s",
+        )
+    before = _roles_state(db)
+
+    result = _preflight(provider)
+
+    assert result.readiness == Readiness.BLOCKED
+    assert expected.format(user_a=db.users[0], user_b=db.users[1], group=db.group) in result.reason
+    assert ADMIN_PASSWORD not in result.reason
+    assert _roles_state(db) == before
+
+
+def test_preflight_accepts_a_superuser_admin_for_a_superuser_role(db: Database) -> None:
+    _make_superuser(db, db.admin)
+    _make_superuser(db, db.single)
+
+    result = _preflight(_provider(db, strategy="single_user", user=db.single))
+
+    assert result.readiness == Readiness.READY, result.reason
+    assert "(superuser)" in result.reason
+
+
+def test_cli_preflight_of_a_postgres_credential_lists_the_provider_first(
+    db: Database, pgcli: Cli, store: Store, tmp_path: Path
+) -> None:
+    assert pgcli("apply", "-f", str(_estate(tmp_path, db, _alternating(db)))).exit_code == 0
+    _revoke_createrole(db)
+    before = _roles_state(db)
+
+    result = pgcli("preflight", "app-db")
+
+    assert result.exit_code == 1, result.output
+    rows = table_rows(result.output)
+    assert [row[:2] for row in rows] == [
+        ["provider:postgres", "blocked"],
+        ["publishing:10:file", "ready"],
+    ]
+    assert f"lacks the privilege to alter role {db.users[0]}" in rows[0][2]
+    assert _roles_state(db) == before
+    assert versions(store, "app-db") == []
+    assert rotations_of(store, "app-db") == []
 
 
 def test_passwords_reach_the_server_only_as_scram_verifiers(db: Database) -> None:

@@ -12,7 +12,13 @@ import pytest
 from pydantic import ValidationError
 
 from keyshift.domain.estate import Policy
-from keyshift.providers.base import CreateRequest, IssuedVersion, VerifyRequest
+from keyshift.providers.base import (
+    CreateRequest,
+    IssuedVersion,
+    PreflightRequest,
+    Readiness,
+    VerifyRequest,
+)
 from keyshift.providers.random import DEFAULT_ALPHABET, RandomConfig, RandomProvider
 from keyshift.testing import FakeClock, assert_provider_contract
 
@@ -60,6 +66,12 @@ def draw(p: RandomProvider, n: int) -> list[str]:
 )
 def test_random_provider_keeps_the_provider_contract(config: dict[str, Any]) -> None:
     asyncio.run(assert_provider_contract(provider(**config)))
+
+
+def test_preflight_is_ready_since_keyshift_itself_is_the_issuer() -> None:
+    result = asyncio.run(provider().preflight(PreflightRequest("api-key")))
+    assert result.readiness == Readiness.READY
+    assert "keyshift generates the values" in result.reason
 
 
 def test_alphabet_values_have_the_configured_length_and_only_alphabet_characters() -> None:

@@ -24,6 +24,9 @@ from keyshift.providers.base import (
     CreateRequest,
     IssuedVersion,
     ListRequest,
+    PreflightRequest,
+    PreflightResult,
+    Readiness,
     RevokeRequest,
     UsageRequest,
     VerifyRequest,
@@ -510,6 +513,140 @@ def test_admin_without_acl_permission_is_a_permanent_error(
         assert_no_secret(caught.value, weak)
     finally:
         root.execute_command("ACL", "DELUSER", "weak")
+
+
+# --- preflight ------------------------------------------------------------------------------
+
+ROTATION_RULES = ["~keyshift:*", "+acl|getuser", "+acl|setuser", "+multi", "+exec"]
+"""What a rotation needs of its admin (the documented list) but `+hset +hgetall`."""
+
+
+def preflight(provider: RedisProvider) -> PreflightResult:
+    return run(provider.preflight(PreflightRequest("cache")))
+
+
+def server_state(root: redis.Redis) -> tuple[list[str], list[str]]:
+    """Every ACL rule (password hashes included) and every keyshift key on the server."""
+    return sorted(root.acl_list()), sorted(root.keys("keyshift:*"))
+
+
+@pytest.fixture
+def weak_admin(root: redis.Redis) -> Iterator[Any]:
+    """Makes the ACL user `weak` with the given rules; returns its password. Deleted after."""
+    password = f"WEAK-{secrets.token_hex(8)}"
+
+    def with_rules(*rules: str) -> str:
+        root.execute_command("ACL", "SETUSER", "weak", "reset", "on", f">{password}", *rules)
+        return password
+
+    yield with_rules
+    root.execute_command("ACL", "DELUSER", "weak")
+
+
+def weak_provider(redis_url: str, password: str, **config: Any) -> RedisProvider:
+    integration = {"dsn": admin_dsn(redis_url, "weak")}
+    return make(redis_url, admin_pw=password, integration=integration, **config)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"user": "app"}, {"strategy": "alternating_users", "users": ["app_a", "app_b"]}],
+    ids=["dual_password", "alternating_users"],
+)
+def test_preflight_is_ready_when_the_users_exist_and_the_admin_may_change_them(
+    redis_url: str, root: redis.Redis, config: dict[str, Any]
+) -> None:
+    before = server_state(root)
+
+    result = preflight(make(redis_url, **config))
+
+    assert result.readiness == Readiness.READY, result.reason
+    assert "admin admin may change them (ACL DRYRUN)" in result.reason
+    assert server_state(root) == before
+
+
+def test_preflight_blocks_an_admin_the_dry_run_refuses_and_names_the_command(
+    redis_url: str, root: redis.Redis, weak_admin: Any
+) -> None:
+    rules = [r for r in ROTATION_RULES if r != "+acl|setuser"]
+    password = weak_admin(*rules, "+hset", "+hgetall", "+acl|dryrun")
+    before = server_state(root)
+
+    result = preflight(weak_provider(redis_url, password, user="app"))
+
+    assert result.readiness == Readiness.BLOCKED
+    assert "admin user weak" in result.reason
+    assert "may not run ACL SETUSER for ACL user app" in result.reason
+    assert password not in result.reason
+    assert server_state(root) == before
+
+
+def test_preflight_blocks_an_admin_that_may_not_write_the_marker_key(
+    redis_url: str, root: redis.Redis, weak_admin: Any
+) -> None:
+    password = weak_admin(*ROTATION_RULES, "+hgetall", "+acl|dryrun")
+
+    result = preflight(weak_provider(redis_url, password, user="app"))
+
+    assert result.readiness == Readiness.BLOCKED
+    assert f"may not run HSET {MARKER_KEY_PREFIX}app" in result.reason
+
+
+def test_preflight_without_acl_dryrun_is_ready_and_says_writes_are_unproven(
+    redis_url: str, root: redis.Redis, weak_admin: Any
+) -> None:
+    password = weak_admin(*ROTATION_RULES, "+hset", "+hgetall")
+
+    result = preflight(weak_provider(redis_url, password, user="app"))
+
+    assert result.readiness == Readiness.READY, result.reason
+    assert "may not run ACL DRYRUN" in result.reason
+    assert "proven at the first rotation" in result.reason
+
+
+def test_preflight_blocks_an_admin_that_may_not_read_the_users(
+    redis_url: str, root: redis.Redis, weak_admin: Any
+) -> None:
+    password = weak_admin("~*", "+ping")
+
+    result = preflight(weak_provider(redis_url, password, user="app"))
+
+    assert result.readiness == Readiness.BLOCKED
+    assert "reading ACL user app" in result.reason
+    assert "lacks the permission" in result.reason
+    assert password not in result.reason
+
+
+def test_preflight_blocks_a_missing_user_and_a_nopass_user(
+    redis_url: str, root: redis.Redis
+) -> None:
+    missing = preflight(make(redis_url, strategy="alternating_users", users=["app_a", "ghost"]))
+    root.execute_command("ACL", "SETUSER", "app", "nopass")
+    before = server_state(root)
+    nopass = preflight(make(redis_url, user="app"))
+
+    assert missing.readiness == Readiness.BLOCKED
+    assert "ACL user ghost does not exist" in missing.reason
+    assert nopass.readiness == Readiness.BLOCKED
+    assert "ACL user app" in nopass.reason
+    assert "has nopass" in nopass.reason
+    assert server_state(root) == before
+
+
+def test_preflight_blocks_a_wrong_admin_password_and_an_unreachable_server(
+    redis_url: str, root: redis.Redis
+) -> None:
+    wrong = f"WRONG-{secrets.token_hex(8)}"
+    refused = preflight(make(redis_url, admin_pw=wrong, user="app"))
+    gone_url = f"redis://127.0.0.1:{free_port()}/0"
+    gone = preflight(make(gone_url, user="app", integration={"connect_timeout": "2s"}))
+
+    assert refused.readiness == Readiness.BLOCKED
+    assert "refused the admin credentials" in refused.reason
+    assert wrong not in refused.reason
+    assert ADMIN_PW not in refused.reason
+    assert gone.readiness == Readiness.BLOCKED
+    assert "cannot reach 127.0.0.1" in gone.reason
 
 
 def test_unreachable_server_is_a_transient_error() -> None:

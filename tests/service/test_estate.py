@@ -6,6 +6,7 @@ Every test here runs on SQLite and on a real PostgreSQL (the `cli` and `store` f
 from __future__ import annotations
 
 import re
+import sys
 import textwrap
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +26,7 @@ from keyshift.store.models import (
     VersionRow,
 )
 from keyshift.store.store import Store
+from tests.helpers import env_value, rotations_of, steps
 
 REFUSED = 2
 
@@ -297,6 +299,89 @@ MALFORMED = [
         """,
         ("credentials[0].actions", "two actions have order 10 (file and command)"),
         id="two-actions-with-the-same-order",
+    ),
+    case(
+        """\
+        credentials:
+          - name: billing-api-key
+            provider: {type: random}
+            actions:
+              - {type: file, order: 10, consumer: web, config: {path: /a, key: K, file_format: env}}
+              - {type: command, order: 10, consumer: web, config: {argv: [systemctl, reload, web]}}
+        """,
+        ("credentials[0].actions", "two actions of consumer web have order 10 (file and command)"),
+        id="two-actions-of-one-named-consumer-with-the-same-order",
+    ),
+    case(
+        """\
+        credentials:
+          - name: billing-api-key
+            provider: {type: random}
+            actions:
+              - {type: file, order: 20, config: {path: /srv/a.env, key: K, file_format: env}}
+              - {type: command, order: 10, config: {argv: [systemctl, reload, billing]}}
+        """,
+        (
+            "credentials[0].actions[1].order",
+            "command (reload) at order 10 comes before file (publish) at order 20; "
+            "publish first, then reload, then notify",
+        ),
+        id="reload-ordered-before-the-publish-of-its-consumer",
+    ),
+    case(
+        """\
+        credentials:
+          - name: billing-api-key
+            provider: {type: random}
+            actions:
+              - {type: file, order: 10, config: {path: /srv/a.env, key: K, file_format: env}}
+              - {type: command, order: 30, config: {argv: [systemctl, reload, billing]}}
+              - {type: webhook, order: 20, config: {url: "https://hooks.internal/rotations"}}
+        """,
+        (
+            "credentials[0].actions[2].order",
+            "webhook (notify) at order 20 comes before command (reload) at order 30; "
+            "publish first, then reload, then notify",
+        ),
+        id="notify-ordered-before-a-reload-of-its-consumer",
+    ),
+    case(
+        """\
+        credentials:
+          - name: billing-api-key
+            provider: {type: random}
+            actions:
+              - {type: file, order: 10, consumer: web, config: {path: /w, key: K, file_format: env}}
+              - {type: file, order: 30, consumer: api, config: {path: /a, key: K, file_format: env}}
+              - {type: command, order: 20, consumer: api, config: {argv: [systemctl, reload, api]}}
+              - {type: command, order: 20, consumer: web, config: {argv: [systemctl, reload, web]}}
+        """,
+        (
+            "credentials[0].actions[2].order",
+            "command (reload) at order 20 comes before file (publish) at order 30 of consumer "
+            "api; publish first, then reload, then notify (verify checks in between): give it "
+            "an order above 30",
+        ),
+        id="reload-before-publish-is-refused-per-consumer-only",
+    ),
+    case(
+        """\
+        credentials:
+          - name: billing-api-key
+            provider: {type: random}
+            actions:
+              - {type: file, order: 20, config: {path: /srv/a.env, key: K, file_format: env}}
+              - {type: command, order: 10, config: {argv: [systemctl, reload, billing]}}
+              - {type: command, order: 5, config: {argv: [systemctl, reload, worker]}}
+              - {type: webhook, order: 1, consumer: Billing Web, config: {url: "https://h.internal"}}
+        """,
+        ("credentials[0].actions[1].order", "comes before file (publish) at order 20"),
+        ("credentials[0].actions[2].order", "comes before file (publish) at order 20"),
+        (
+            "credentials[0].actions[3].consumer",
+            "must use lowercase letters, digits, '.', '_' or '-'",
+        ),
+        id="every-misordered-action-and-a-bad-consumer-name-one-line-each",
     ),
     case(
         """\
@@ -789,3 +874,97 @@ def test_file_action_with_legacy_target_path_and_secret_key_is_accepted_and_deli
     written = target.read_text(encoding="utf-8").splitlines()
     assert len(written) == 1
     assert re.fullmatch(r"Legacy__ApiKey=[A-Za-z0-9]{32}", written[0])
+
+
+# --- consumers and the order of actions -----------------------------------------------------
+
+
+def test_actions_of_different_consumers_may_share_an_order_and_run_as_distinct_steps(
+    cli: Any, store: Store, tmp_path: Path
+) -> None:
+    web, api = tmp_path / "web.env", tmp_path / "api.env"
+    document = {
+        "credentials": [
+            credential(
+                "shared-key",
+                [
+                    file_action(10, web, consumer="web"),
+                    file_action(10, api, consumer="api"),
+                    {
+                        "type": "command",
+                        "order": 20,
+                        "consumer": "api",
+                        "config": {"argv": [sys.executable, "-c", "pass"]},
+                    },
+                ],
+            )
+        ]
+    }
+    path = write_yaml(tmp_path / "estate.yaml", document)
+
+    planned = cli("plan", "-f", str(path))
+    applied = cli("apply", "-f", str(path))
+    rotated = cli("rotate", "shared-key")
+
+    assert planned.exit_code == 0, planned.output
+    assert applied.exit_code == 0, applied.output
+    assert rotated.exit_code == 0, rotated.output
+    [rotation] = rotations_of(store, "shared-key")
+    names = [step.name for step in steps(store, rotation.id)]
+    assert "publishing:10:file@web" in names
+    assert "publishing:10:file@api" in names
+    assert "reloading:20:command@api" in names
+    assert env_value(web) is not None
+    assert env_value(web) == env_value(api)
+    stored = credential_row(store, "shared-key").spec["credential"]["actions"]
+    assert [a.get("consumer") for a in stored] == ["web", "api", "api"]
+    document["credentials"][0]["actions"][1]["config"]["key"] = "API_KEY_2"
+    write_yaml(path, document)
+    assert plan_lines(cli("plan", "-f", str(path)).output) == [
+        "~ action shared-key 10:file@api (changed: config)"
+    ]
+
+
+def test_a_reload_of_one_consumer_may_come_before_the_publish_of_another(
+    cli: Any, tmp_path: Path
+) -> None:
+    document = {
+        "credentials": [
+            credential(
+                "shared-key",
+                [
+                    # api's reload comes before web's publish: only its own publish counts.
+                    file_action(30, tmp_path / "web.env", consumer="web"),
+                    file_action(10, tmp_path / "api.env", consumer="api"),
+                    {
+                        "type": "command",
+                        "order": 20,
+                        "consumer": "api",
+                        "config": {"argv": ["systemctl", "reload", "api"]},
+                    },
+                ],
+            )
+        ]
+    }
+
+    result = cli("apply", "-f", str(write_yaml(tmp_path / "estate.yaml", document)))
+
+    assert result.exit_code == 0, result.output
+    assert plan_lines(result.output) == ["+ credential shared-key (3 action(s))"]
+
+
+def test_actions_without_a_consumer_are_stored_as_before_so_an_upgrade_changes_nothing(
+    cli: Any, store: Store, tmp_path: Path
+) -> None:
+    path = write_yaml(tmp_path / "estate.yaml", valid_estate(tmp_path))
+    assert cli("apply", "-f", str(path)).exit_code == 0
+
+    stored = credential_row(store, "billing-api-key").spec["credential"]["actions"]
+
+    assert [sorted(a) for a in stored] == [
+        ["agent_id", "config", "on_failure", "order", "type"],
+        ["agent_id", "config", "on_failure", "order", "type"],
+    ]
+    with store.transaction() as s:
+        document = s.scalars(select(EstateRevision.document)).one()
+    assert all("consumer" not in a for c in document["credentials"] for a in c["actions"])

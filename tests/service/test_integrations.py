@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from keyshift.service.integrations import token_roles
+from keyshift.providers.graph import token_roles
 from tests.conftest import ADMIN_ENV, ADMIN_SECRET, Cli
 from tests.doubles.graph import GraphDouble
 from tests.doubles.tls import TlsFiles

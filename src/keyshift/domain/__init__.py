@@ -13,6 +13,7 @@ from keyshift.domain.estate import (
     ProviderSpec,
     config_errors,
 )
+from keyshift.domain.preflight import PreflightRequest, PreflightResult, Readiness
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import (
     FINAL_STATES,
@@ -38,7 +39,10 @@ __all__ = [
     "Phase",
     "PluginContext",
     "Policy",
+    "PreflightRequest",
+    "PreflightResult",
     "ProviderSpec",
+    "Readiness",
     "RotationState",
     "Secret",
     "StepStatus",

@@ -19,10 +19,12 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     Tag,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -204,18 +206,30 @@ class ProviderSpec(_Model):
         return self.model_dump(exclude={"type"}, exclude_none=True)
 
 
+def action_key(order: int, type: str, consumer: str | None = None) -> str:
+    """An action's identity inside its credential: `order:type`, or `order:type@consumer`
+    for an action that names its consumer. Journal step names are built from it, so an
+    action without a consumer keeps the key it always had."""
+    return f"{order}:{type}" + (f"@{consumer}" if consumer is not None else "")
+
+
 class ActionSpec(_Model):
     """One delivery step, in the shape other rotation tools already use."""
 
     type: str
     """The action type (see Action types below)."""
     order: int = Field(ge=0)
-    """Position within the action's phase; distinct per credential."""
+    """Position among the actions of its consumer, distinct per consumer. Publish actions
+    come first, then reload, verify and notify actions: an action ordered before one of an
+    earlier phase for the same consumer is refused."""
     on_failure: OnFailure = OnFailure.ABORT
     """`abort` stops and rolls back; `continue` finishes the run as needs_attention."""
     agent_id: str | None = None
     """The host agent that performs the action. Agents are not available yet, so this must
     be null: the action runs where keyshift runs."""
+    consumer: Name | None = None
+    """The consumer this action delivers to, reloads, checks or notifies, e.g. `billing-web`.
+    Actions without one belong to the credential's one default consumer."""
     config: dict[str, Any] = Field(default_factory=dict)
     """The action type's own settings."""
 
@@ -228,10 +242,19 @@ class ActionSpec(_Model):
             raise ValueError("host agents are not available yet; remove agent_id or set null")
         return agent_id
 
+    @model_serializer(mode="wrap")
+    def _without_default_consumer(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Stored estates and their digests predate `consumer`: an action without one
+        # serialises exactly as before, so applying an unchanged file changes nothing.
+        data: dict[str, Any] = handler(self)
+        if data.get("consumer") is None:
+            data.pop("consumer", None)
+        return data
+
     @property
     def key(self) -> str:
-        """The action's identity inside its credential: `order:type`."""
-        return f"{self.order}:{self.type}"
+        """The action's identity inside its credential: `order:type[@consumer]`."""
+        return action_key(self.order, self.type, self.consumer)
 
 
 class CredentialSpec(_Model):
@@ -257,19 +280,22 @@ class CredentialSpec(_Model):
     provider: ProviderSpec
     """Who issues and revokes the versions."""
     actions: list[ActionSpec] = Field(default_factory=list)
-    """Delivery steps to consumers, each with a distinct `order`."""
+    """Delivery steps to consumers; the actions of one consumer each have a distinct
+    `order`."""
 
     @field_validator("actions")
     @classmethod
     def _unique_order(cls, actions: list[ActionSpec]) -> list[ActionSpec]:
-        seen: dict[int, str] = {}
+        seen: dict[tuple[str | None, int], str] = {}
         for action in actions:
-            if action.order in seen:
+            slot = (action.consumer, action.order)
+            if slot in seen:
+                whose = f" of consumer {action.consumer}" if action.consumer else ""
                 raise ValueError(
-                    f"two actions have order {action.order} ({seen[action.order]} and "
+                    f"two actions{whose} have order {action.order} ({seen[slot]} and "
                     f"{action.type}); give each a distinct order"
                 )
-            seen[action.order] = action.type
+            seen[slot] = action.type
         return actions
 
     def integration_names(self) -> list[str]:

@@ -366,17 +366,68 @@ class Engine:
                 raise ConfigError(f"credential:{credential}", "has no current version yet")
             return self.store.reveal(current)
 
-    async def preflight(self, plan: Plan) -> list[tuple[str, PreflightResult]]:
-        """Each action's readiness, changing nothing (dry run and the `preflighted` step)."""
+    async def preflight(
+        self,
+        plan: Plan,
+        *,
+        provider: Provider | None = None,
+        context: PluginContext | None = None,
+        secrets: list[str] | None = None,
+    ) -> list[tuple[str, PreflightResult]]:
+        """The provider's readiness (step `provider:<type>`), then each action's in plan
+        order, changing nothing (dry run and the `preflighted` step).
+
+        A run passes its own provider and context; otherwise they are built from the plan
+        and the provider is closed afterwards. An error raised while building or checking
+        a plugin makes its step blocked with the error's message. Every reason is scrubbed
+        of the values read for the check (collected in `secrets`).
+        """
+        known = secrets if secrets is not None else []
+        request = PreflightRequest(credential=plan.credential)
         results: list[tuple[str, PreflightResult]] = []
+        try:
+            ctx = context or self.plugin_context(plan, known)
+        except KeyshiftError as exc:
+            # The plan's integrations do not validate: nothing can be checked.
+            blocked = PreflightResult(Readiness.BLOCKED, scrub(str(exc), known))
+            steps = [f"provider:{plan.provider_type}", *(a.step for a in plan.actions)]
+            return [(step, blocked) for step in steps]
+        results.append(
+            (f"provider:{plan.provider_type}", await self._provider_preflight(plan, ctx, provider))
+        )
         for action in plan.actions:
             try:
-                target = build_target(action.type, action.config, self.plugin_context(plan))
-                result = await target.preflight(PreflightRequest(credential=plan.credential))
+                target = build_target(action.type, action.config, ctx)
+                result = await target.preflight(request)
+            except TransientError as exc:
+                result = PreflightResult(Readiness.BLOCKED, str(exc), transient=True)
             except KeyshiftError as exc:
                 result = PreflightResult(Readiness.BLOCKED, str(exc))
             results.append((action.step, result))
-        return results
+        return [(step, replace(r, reason=scrub(r.reason, known))) for step, r in results]
+
+    async def _provider_preflight(
+        self, plan: Plan, context: PluginContext, provider: Provider | None
+    ) -> PreflightResult:
+        built: Provider | None = None
+        try:
+            if provider is None:
+                provider = built = build_provider(plan.provider_type, plan.provider_config, context)
+            return await provider.preflight(PreflightRequest(credential=plan.credential))
+        except TransientError as exc:
+            return PreflightResult(Readiness.BLOCKED, str(exc), transient=True)
+        except KeyshiftError as exc:
+            return PreflightResult(Readiness.BLOCKED, str(exc))
+        finally:
+            if built is not None:
+                try:
+                    await built.aclose()
+                except KeyshiftError as exc:
+                    log.warning(
+                        "provider close failed after preflight",
+                        provider=plan.provider_type,
+                        error_type=type(exc).__name__,
+                    )
 
     async def _advance(self, run: _Run, state: RotationState) -> None:
         match state:
@@ -638,10 +689,15 @@ class Engine:
         return True
 
     async def _preflight(self, run: _Run) -> StepResult:
-        results = await self.preflight(run.plan)
-        blocked = [f"{step}: {r.reason}" for step, r in results if r.readiness == Readiness.BLOCKED]
+        results = await self.preflight(
+            run.plan, provider=run.provider, context=run.context, secrets=run.secrets
+        )
+        blocked = [(step, r) for step, r in results if r.readiness == Readiness.BLOCKED]
+        why = "preflight blocked: " + "; ".join(f"{step}: {r.reason}" for step, r in blocked)
+        if blocked and all(r.transient for _, r in blocked):
+            raise TransientError(why)  # e.g. the issuer is unreachable for now: retried
         if blocked:
-            raise PermanentError("preflight blocked: " + "; ".join(blocked))
+            raise PermanentError(why)
         return StepResult({step: r.readiness.value for step, r in results})
 
     async def _create(self, run: _Run) -> StepResult:

@@ -17,7 +17,27 @@ from pydantic import BaseModel
 
 from keyshift.domain.context import PluginContext
 from keyshift.domain.estate import Policy
+from keyshift.domain.preflight import PreflightRequest, PreflightResult, Readiness
 from keyshift.domain.secret import Secret
+
+__all__ = [
+    "Capability",
+    "CreateRequest",
+    "IssuedVersion",
+    "ListRequest",
+    "PreflightRequest",
+    "PreflightResult",
+    "Provider",
+    "ProviderFactory",
+    "Readiness",
+    "RevokeRequest",
+    "RevokeResult",
+    "UsageReport",
+    "UsageRequest",
+    "VerifyRequest",
+    "VerifyResult",
+    "VersionInfo",
+]
 
 
 class Capability(StrEnum):
@@ -124,6 +144,13 @@ class Provider(Protocol):
     @property
     def capabilities(self) -> frozenset[Capability]:
         """What this issuer can do with this configuration."""
+        ...
+
+    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+        """Check that a rotation could create and revoke versions with this identity:
+        the issuer answers, the rotated accounts exist and keyshift may change them.
+        Changes nothing. Problems are reported in the result; raising is allowed too
+        (the engine reports the error as blocked)."""
         ...
 
     async def create(self, request: CreateRequest) -> IssuedVersion:

@@ -28,12 +28,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from keyshift.azure import EntraIntegration
 from keyshift.domain.context import PluginContext
-from keyshift.errors import PermanentError
+from keyshift.errors import KeyshiftError, PermanentError
 from keyshift.providers.base import (
     Capability,
     CreateRequest,
     IssuedVersion,
     ListRequest,
+    PreflightRequest,
+    PreflightResult,
+    Readiness,
     RevokeRequest,
     RevokeResult,
     VerifyRequest,
@@ -41,12 +44,15 @@ from keyshift.providers.base import (
     VersionInfo,
 )
 from keyshift.providers.graph import (
+    NEEDED_PERMISSION,
+    WRITE_ROLES,
     Application,
     GraphClient,
     GraphRequestFailed,
     TokenRefused,
     azure_identity_token_source,
     odata_literal,
+    token_roles,
 )
 
 if TYPE_CHECKING:
@@ -221,3 +227,46 @@ class EntraSecretProvider:
             await graph.aclose()
         if credential is not None:
             await credential.close()
+
+    # --- preflight -----------------------------------------------------------------------
+
+    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+        """Sign in to Graph, read the token's `roles` claim and find the application by its
+        appId. Changes nothing.
+
+        Blocked when Entra ID refuses keyshift's sign-in (the AADSTS code is named), the
+        token holds neither Application.ReadWrite.OwnedBy nor Application.ReadWrite.All,
+        or no application has the appId (or keyshift may not read it). Manual review
+        when the token's claims cannot be read, so the permission stays unproven.
+        """
+        tenant = self._integration.tenant_id
+        try:
+            graph = self._client()
+            roles = token_roles(await graph.token())
+            if roles is not None and not any(r in WRITE_ROLES for r in roles):
+                granted = ", ".join(roles) or "none"
+                return PreflightResult(
+                    Readiness.BLOCKED,
+                    f"keyshift's identity in tenant {tenant} lacks {NEEDED_PERMISSION}, "
+                    f"needed to add and remove client secrets (granted: {granted})",
+                )
+            app = await self._application(graph)
+        except KeyshiftError as exc:
+            return PreflightResult(Readiness.BLOCKED, str(exc))
+        found = (
+            f"application {app.display_name} ({app.app_id}) holds "
+            f"{len(app.password_credentials)} client secret(s)"
+        )
+        if roles is None:
+            return PreflightResult(
+                Readiness.MANUAL_REVIEW,
+                f"{found}; the token's roles claim is not readable, so the permission to add "
+                "and remove client secrets is unproven",
+            )
+        held = [r for r in roles if r in WRITE_ROLES]
+        owned_only = held == ["Application.ReadWrite.OwnedBy"]
+        return PreflightResult(
+            Readiness.READY,
+            f"signed in to tenant {tenant}; granted {', '.join(held)}; {found}"
+            + ("; keyshift must be an owner of the application" if owned_only else ""),
+        )

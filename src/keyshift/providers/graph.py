@@ -23,6 +23,9 @@ What holds:
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 import secrets
 import ssl
@@ -52,6 +55,8 @@ NEEDED_PERMISSION: Final = (
     "the Graph application permission Application.ReadWrite.OwnedBy (with the keyshift "
     "identity as an owner of the application) or Application.ReadWrite.All"
 )
+WRITE_ROLES: Final = ("Application.ReadWrite.OwnedBy", "Application.ReadWrite.All")
+"""Application permissions that allow adding and removing client secrets."""
 APPLICATION_FIELDS: Final = "id,appId,displayName,passwordCredentials,keyCredentials"
 RETRYABLE_STATUSES: Final = frozenset({429, 502, 503, 504})
 # Statuses that mean Graph refused the request before running it: safe to repeat a POST.
@@ -75,6 +80,21 @@ def odata_literal(value: str) -> str:
     if not value.isprintable():
         raise ValueError("a $filter literal must not contain control or unprintable characters")
     return "'" + value.replace("'", "''") + "'"
+
+
+def token_roles(token: str) -> list[str] | None:
+    """The `roles` claim of a JWT access token (read, not verified: only to explain what
+    the identity may do), or None if the token is not a readable JWT."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (binascii.Error, ValueError):
+        return None
+    roles = claims.get("roles") if isinstance(claims, dict) else None
+    return [str(r) for r in roles] if isinstance(roles, list) else []
 
 
 def azure_identity_token_source(
@@ -326,6 +346,11 @@ class GraphClient:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    async def token(self) -> str:
+        """A bearer token from the token source, as the next request would send it (to
+        read its claims, e.g. `token_roles`; never to log)."""
+        return await self._token_source()
 
     # --- generic requests --------------------------------------------------------------
 

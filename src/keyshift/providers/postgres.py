@@ -37,12 +37,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from keyshift.domain.context import PluginContext
 from keyshift.domain.secret import Secret
-from keyshift.errors import PermanentError, TransientError
+from keyshift.errors import KeyshiftError, PermanentError, TransientError
 from keyshift.providers.base import (
     Capability,
     CreateRequest,
     IssuedVersion,
     ListRequest,
+    PreflightRequest,
+    PreflightResult,
+    Readiness,
     RevokeRequest,
     RevokeResult,
     UsageReport,
@@ -56,6 +59,8 @@ from keyshift.providers.random import DEFAULT_ALPHABET, Alphabet, draw
 
 SCRAM_ITERATIONS = 4096
 """PostgreSQL's default `scram_iterations`."""
+ADMIN_OPTION_SINCE = 160000
+"""From PostgreSQL 16 a CREATEROLE role alters only roles it holds ADMIN OPTION on."""
 
 
 class PostgresIntegration(AdminConnection):
@@ -217,6 +222,73 @@ class PostgresProvider:
         in_use = current.attributes.get("username") if current else None
         # The role not in use takes the new password; the first rotation takes the first.
         return users[1] if in_use == users[0] else users[0]
+
+    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+        """Log in as the admin and check each rotated role: it exists, belongs to the group
+        role (alternating_users), and the admin may alter it. Changes nothing.
+
+        The admin may alter a role when it is a superuser, or when it has CREATEROLE and
+        the role is neither a superuser nor a replication role; from PostgreSQL 16 it
+        also needs ADMIN OPTION on the role (which the role's creator holds).
+        """
+        roles = self.config.users or [self.config.user or ""]
+        try:
+            async with self._admin() as conn:
+                try:
+                    problem, admin = await self._alter_problem(conn, roles)
+                except psycopg.Error as exc:
+                    raise _classify(exc, f"preflight on {self._where()}") from None
+        except KeyshiftError as exc:
+            return PreflightResult(Readiness.BLOCKED, str(exc))
+        if problem is not None:
+            return PreflightResult(Readiness.BLOCKED, problem)
+        return PreflightResult(
+            Readiness.READY, f"{admin} may alter role(s) {', '.join(roles)} on {self._where()}"
+        )
+
+    async def _alter_problem(
+        self, conn: psycopg.AsyncConnection[Any], roles: list[str]
+    ) -> tuple[str | None, str]:
+        """(why the admin may not alter one of `roles`, or None; the admin and its right)."""
+        cur = await conn.execute(
+            "SELECT rolname, rolsuper, rolcreaterole, current_setting('server_version_num')::int "
+            "FROM pg_roles WHERE rolname = current_user"
+        )
+        row = await cur.fetchone()
+        if row is None:
+            raise PermanentError(f"the admin role is not listed in pg_roles on {self._where()}")
+        admin, is_super, createrole, version = row
+        who = f"admin {admin} ({'superuser' if is_super else 'CREATEROLE'})"
+        for role in roles:
+            await self._check_role(conn, role)
+            if is_super:
+                continue
+            cur = await conn.execute(
+                "SELECT rolsuper, rolreplication, "
+                "pg_has_role(%s, oid, 'MEMBER WITH ADMIN OPTION') "
+                "FROM pg_roles WHERE rolname = %s",
+                (admin, role),
+            )
+            found = await cur.fetchone()
+            if found is None:
+                return f"role {role} does not exist on {self._where()}", who
+            role_super, replication, admin_option = found
+            if role_super or replication:
+                kind = "superuser" if role_super else "replication role"
+                return f"role {role} is a {kind}; only a superuser admin may alter it", who
+            if not createrole:
+                return (
+                    f"admin role {admin} on {self._where()} lacks the privilege to alter role "
+                    f"{role}: it has neither SUPERUSER nor CREATEROLE",
+                    who,
+                )
+            if version >= ADMIN_OPTION_SINCE and not admin_option:
+                return (
+                    f"admin role {admin} lacks ADMIN OPTION on role {role} (PostgreSQL 16+: "
+                    f"GRANT {role} TO {admin} WITH ADMIN OPTION)",
+                    who,
+                )
+        return None, who
 
     async def create(self, request: CreateRequest) -> IssuedVersion:
         """Set a fresh password on the role that is not in use (or the single role).

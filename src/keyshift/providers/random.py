@@ -23,6 +23,9 @@ from keyshift.providers.base import (
     CreateRequest,
     IssuedVersion,
     ListRequest,
+    PreflightRequest,
+    PreflightResult,
+    Readiness,
     RevokeRequest,
     RevokeResult,
     VerifyRequest,
@@ -79,6 +82,10 @@ class RandomProvider:
         if cfg.format == "hex":
             return secrets.token_hex(cfg.length)
         return draw(cfg.alphabet, cfg.length)
+
+    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+        """Always ready: keyshift itself issues the values, so there is nothing to reach."""
+        return PreflightResult(Readiness.READY, "keyshift generates the values; nothing to reach")
 
     async def create(self, request: CreateRequest) -> IssuedVersion:
         """Generate a new value. Nothing leaves the process until the engine stores it, so

@@ -64,12 +64,15 @@ from redis.typing import EncodableT, FieldT
 
 from keyshift.domain.context import PluginContext
 from keyshift.domain.secret import Secret
-from keyshift.errors import PermanentError, PluginError, TransientError, scrub
+from keyshift.errors import KeyshiftError, PermanentError, PluginError, TransientError, scrub
 from keyshift.providers.base import (
     Capability,
     CreateRequest,
     IssuedVersion,
     ListRequest,
+    PreflightRequest,
+    PreflightResult,
+    Readiness,
     RevokeRequest,
     RevokeResult,
     UsageReport,
@@ -96,7 +99,8 @@ class RedisIntegration(AdminConnection):
     TLS). The admin user needs `+acl|getuser +acl|setuser +multi +exec +hset +hgetall` on
     `~keyshift:*`, plus `+config|get +info +acl|save +config|rewrite` for `persist_acl`,
     and `+client|list +client|id` for residual use (`alternating_users` with a
-    `residual_use` policy)."""
+    `residual_use` policy). With `+acl|dryrun` (Redis 7+) a preflight proves these
+    permissions without changing anything."""
 
     schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss")
 
@@ -348,6 +352,86 @@ class RedisProvider:
                 await conn.acl_save()
             else:
                 await conn.config_rewrite()
+
+    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+        """Log in as the admin, read each rotated user (`ACL GETUSER`) and ask Redis whether
+        the admin may run what a rotation runs (`ACL DRYRUN`, Redis 7+). Changes nothing.
+
+        Blocked when the admin cannot log in or read the users, a user does not exist, a
+        dual_password user has `nopass` (adding a password would lock its consumers out),
+        or the dry run refuses a command. When the admin may not run `ACL DRYRUN` (or the
+        server predates it), the write permissions are proven at the first rotation and
+        the reason says so.
+        """
+        users = self.config.users or [self.config.user or ""]
+        admin = unquote(urlsplit(self._integration.dsn).username or "")
+        try:
+            async with self._admin() as conn:
+                for user in users:
+                    acl = await self._require_user(conn, user)
+                    if self.config.strategy == "dual_password" and "nopass" in acl.flags:
+                        return PreflightResult(
+                            Readiness.BLOCKED,
+                            f"ACL user {user} on {self._where()} has nopass; adding a password "
+                            "would lock out its consumers (give it a password first)",
+                        )
+                refused, proven = await self._dry_run(conn, admin, users)
+        except KeyshiftError as exc:
+            return PreflightResult(Readiness.BLOCKED, str(exc))
+        if refused is not None:
+            return PreflightResult(Readiness.BLOCKED, refused)
+        found = f"ACL user(s) {', '.join(users)} exist on {self._where()}"
+        if not proven:
+            return PreflightResult(
+                Readiness.READY,
+                f"{found}; admin {admin} may not run ACL DRYRUN, so its permission to change "
+                "them is proven at the first rotation",
+            )
+        return PreflightResult(
+            Readiness.READY, f"{found}; admin {admin} may change them (ACL DRYRUN)"
+        )
+
+    def _rotation_commands(self, user: str) -> list[tuple[str, ...]]:
+        """The commands a rotation of `user` runs as the admin, for `ACL DRYRUN`."""
+        key = MARKER_KEY_PREFIX + user
+        commands: list[tuple[str, ...]] = [
+            ("ACL", "SETUSER", user, "on"),
+            ("HGETALL", key),
+            ("HSET", key, "marker", "preflight"),
+            ("MULTI",),
+            ("EXEC",),
+        ]
+        mode = self._integration.persist_acl
+        if mode == "acl_save":
+            commands.append(("ACL", "SAVE"))
+        elif mode == "config_rewrite":
+            commands.append(("CONFIG", "REWRITE"))
+        return commands
+
+    async def _dry_run(
+        self, conn: aioredis.Redis, admin: str, users: list[str]
+    ) -> tuple[str | None, bool]:
+        """(the first command `ACL DRYRUN` refuses the admin, or None; whether the dry run
+        could be asked at all)."""
+        for user in users:
+            for command in self._rotation_commands(user):
+                try:
+                    reply = await conn.execute_command("ACL", "DRYRUN", admin, *command)  # type: ignore[no-untyped-call]
+                except NoPermissionError:
+                    return None, False
+                except ResponseError as exc:
+                    if "unknown" in str(exc).lower():
+                        return None, False  # Redis 6 has no ACL DRYRUN
+                    raise _classify(exc, "ACL DRYRUN", self._where(), ()) from exc
+                except RedisError as exc:
+                    raise _classify(exc, "ACL DRYRUN", self._where(), ()) from exc
+                if reply is not True and _as_str(reply) != "OK":
+                    return (
+                        f"admin user {admin} on {self._where()} may not run "
+                        f"{' '.join(command[:2])} for ACL user {user}: {_as_str(reply)}",
+                        True,
+                    )
+        return None, True
 
     async def create(self, request: CreateRequest) -> IssuedVersion:
         """Add a fresh password to the user (dual_password) or make it the only password of

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from keyshift.domain.context import PluginContext, utcnow
-from keyshift.domain.estate import Estate, config_errors, reference_problems
+from keyshift.domain.estate import Estate, action_key, config_errors, reference_problems
+from keyshift.domain.states import PHASE_ORDER, Phase
 from keyshift.engine.plugins import (
     build_provider,
     integration_class,
@@ -79,6 +80,7 @@ def parse_estate(data: Any) -> Estate:
     # problem in a file is reported in one pass.
     problems.extend(reference_problems(data))
     problems.extend(_plugin_problems(data))
+    problems.extend(_action_order_problems(data))
     if problems:
         raise EstateInvalid(problems)
     _check_residual_use(estate)
@@ -176,6 +178,64 @@ def _plugin_problems(data: dict[str, Any]) -> list[ConfigError]:
     return problems
 
 
+PHASE_WORDS: dict[Phase, str] = {
+    Phase.PUBLISH: "publish",
+    Phase.RELOAD: "reload",
+    Phase.VERIFY: "verify",
+    Phase.NOTIFY: "notify",
+}
+
+
+def _action_order_problems(data: dict[str, Any]) -> list[ConfigError]:
+    """Per consumer, no action may be ordered before an action of an earlier phase.
+
+    The engine runs every publish action, then every reload, verify and notify action
+    (by `order` within each phase), so a reload ordered before the publish of its own
+    consumer would not run when its `order` says. Refusing it keeps the file's order
+    the order that runs. Works on the raw data, so it is reported with every other
+    problem; actions of unknown types are left to the type check.
+    """
+    problems: list[ConfigError] = []
+    credentials = data.get("credentials")
+    rank = {phase: i for i, phase in enumerate(PHASE_ORDER)}
+    for i, cred in enumerate(credentials if isinstance(credentials, list) else []):
+        actions = cred.get("actions") if isinstance(cred, dict) else None
+        placed: list[tuple[int, str | None, int, Phase, str]] = []
+        for j, action in enumerate(actions if isinstance(actions, list) else []):
+            if not isinstance(action, dict):
+                continue
+            kind, order, consumer = action.get("type"), action.get("order"), action.get("consumer")
+            if not isinstance(kind, str) or type(order) is not int:
+                continue
+            try:
+                phase: Phase = target_class(kind).phase
+            except EstateInvalid:
+                continue
+            placed.append((j, consumer if isinstance(consumer, str) else None, order, phase, kind))
+        for j, consumer, order, phase, kind in placed:
+            earlier = [
+                (other_order, other_phase, other_kind)
+                for _k, other_consumer, other_order, other_phase, other_kind in placed
+                if other_consumer == consumer
+                and rank[other_phase] < rank[phase]
+                and other_order > order
+            ]
+            if not earlier:
+                continue
+            last_order, last_phase, last_kind = max(earlier)
+            whose = f" of consumer {consumer}" if consumer else ""
+            problems.append(
+                ConfigError(
+                    f"credentials[{i}].actions[{j}].order",
+                    f"{kind} ({PHASE_WORDS[phase]}) at order {order} comes before "
+                    f"{last_kind} ({PHASE_WORDS[last_phase]}) at order {last_order}{whose}; "
+                    "publish first, then reload, then notify (verify checks in between): "
+                    f"give it an order above {last_order}",
+                )
+            )
+    return problems
+
+
 def _integration_type_problems(
     lookup: Any, kind: str, config: dict[str, Any], integrations: dict[str, str], path: str
 ) -> list[ConfigError]:
@@ -227,7 +287,10 @@ def _digest(obj: Any) -> str:
 
 def _action_changes(name: str, old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
     def by_key(spec: dict[str, Any]) -> dict[str, Any]:
-        return {f"{a['order']}:{a['type']}": a for a in spec["credential"]["actions"]}
+        return {
+            action_key(a["order"], a["type"], a.get("consumer")): a
+            for a in spec["credential"]["actions"]
+        }
 
     before, after = by_key(old), by_key(new)
     out = [Change("+", "action", f"{name} {k}") for k in after if k not in before]

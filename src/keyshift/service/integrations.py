@@ -9,9 +9,6 @@ client secrets), and one page of applications is read from Graph.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,16 +20,15 @@ from keyshift.engine.runner import Engine
 from keyshift.errors import KeyshiftError, NotFound
 from keyshift.providers.graph import (
     GRAPH_SCOPE,
+    WRITE_ROLES,
     GraphClient,
     GraphRequestFailed,
     TokenRefused,
     azure_identity_token_source,
+    token_roles,
 )
 from keyshift.store.models import IntegrationRow
 from keyshift.store.store import Store
-
-WRITE_ROLES = ("Application.ReadWrite.OwnedBy", "Application.ReadWrite.All")
-READ_ROLES = ("Application.Read.All", "Directory.Read.All", *WRITE_ROLES)
 
 
 @dataclass(frozen=True)
@@ -40,21 +36,6 @@ class Check:
     name: str
     ok: bool
     detail: str
-
-
-def token_roles(token: str) -> list[str] | None:
-    """The `roles` claim of a JWT access token (read, not verified: only to explain what
-    the identity may do), or None if the token is not a readable JWT."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    payload = parts[1] + "=" * (-len(parts[1]) % 4)
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (binascii.Error, ValueError):
-        return None
-    roles = claims.get("roles") if isinstance(claims, dict) else None
-    return [str(r) for r in roles] if isinstance(roles, list) else []
 
 
 async def _entra_checks(config: EntraIntegration, context: PluginContext) -> list[Check]:

@@ -1,4 +1,4 @@
-"""Use cases on rotations: start, dry-run, resume, schedule, and the views an operator reads.
+"""Use cases on rotations: start, preflight, resume, schedule, and the views an operator reads.
 
 The views (`status_rows`, `history_rows`, `rotation_timeline`) return plain
 dataclasses with ids, fingerprints and times, never values; the CLI and API
@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from keyshift.domain.context import PluginContext
 from keyshift.domain.estate import CredentialSpec, Policy
+from keyshift.domain.preflight import PreflightResult, Readiness
 from keyshift.domain.states import (
     FINAL_STATES,
     Lifecycle,
@@ -29,7 +30,6 @@ from keyshift.errors import LeaseHeld, NotFound
 from keyshift.providers.base import Capability
 from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
 from keyshift.store.store import Store
-from keyshift.targets.base import PreflightResult
 
 log = structlog.get_logger("keyshift.service")
 
@@ -256,10 +256,12 @@ async def rotate(
     return rotation_id, await engine.run(rotation_id)
 
 
-async def dry_run(
+async def preflight(
     store: Store, credential: str, *, actor: str, context: PluginContext | None = None
 ) -> tuple[str, list[tuple[str, PreflightResult]]]:
-    """Every step's readiness for a rotation of `credential`, changing nothing but the audit."""
+    """The readiness of every step of a rotation of `credential`, provider first, checked
+    without changing anything; the plan hash and each step's readiness and reason are
+    recorded in the audit trail (`rotation.preflight`)."""
     engine = Engine(store, actor=actor, context=context)
     with store.transaction() as s:
         cred = s.execute(
@@ -279,14 +281,23 @@ async def dry_run(
         store.audit(
             s,
             actor=actor,
-            action="rotation.dry_run",
+            action="rotation.preflight",
             subject=f"credential:{credential}",
             details={
+                "credential": credential,
                 "plan_hash": plan.hash,
-                "steps": {step: r.readiness.value for step, r in results},
+                "ready": all(r.readiness == Readiness.READY for _step, r in results),
+                "steps": [
+                    {"step": step, "readiness": r.readiness.value, "reason": r.reason}
+                    for step, r in results
+                ],
             },
         )
     return plan.hash, results
+
+
+dry_run = preflight
+"""`keyshift rotate NAME --dry-run` is the same check as `keyshift preflight NAME`."""
 
 
 def unfinished(store: Store) -> list[tuple[str, str, str, datetime | None]]:

@@ -8,14 +8,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
 from keyshift.domain.context import PluginContext
+from keyshift.domain.preflight import PreflightRequest, PreflightResult, Readiness
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
+
+__all__ = [
+    "Delivery",
+    "PreflightRequest",
+    "PreflightResult",
+    "PublishRequest",
+    "Readiness",
+    "RollbackRequest",
+    "StepResult",
+    "Target",
+    "TargetFactory",
+]
 
 
 @dataclass(frozen=True)
@@ -50,23 +62,6 @@ class StepResult:
     """Non-secret facts for the step record and audit (paths, status codes, changed keys)."""
 
     detail: Mapping[str, Any] = field(default_factory=dict)
-
-
-class Readiness(StrEnum):
-    READY = "ready"
-    MANUAL_REVIEW = "manual review required"
-    BLOCKED = "blocked"
-
-
-@dataclass(frozen=True)
-class PreflightRequest:
-    credential: str
-
-
-@dataclass(frozen=True)
-class PreflightResult:
-    readiness: Readiness
-    reason: str = ""
 
 
 @runtime_checkable
