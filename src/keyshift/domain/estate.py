@@ -216,6 +216,9 @@ class ActionSpec(_Model):
     agent_id: str | None = None
     """The host agent that performs the action. Agents are not available yet, so this must
     be null: the action runs where keyshift runs."""
+    consumer: str | None = None
+    """The consumer this action serves (a service, job or pipeline, e.g. `payments-api`),
+    shown by `keyshift impact` and in approval requests."""
     config: dict[str, Any] = Field(default_factory=dict)
     """The action type's own settings."""
 
