@@ -1,7 +1,8 @@
 """The `keyshift` command line. Every error is one clear line and a non-zero exit.
 
 Exit codes: 0 success; 1 an operation failed or a rotation did not end healthy;
-2 a refused estate file or bad option; 3 the audit chain does not verify.
+2 a refused estate file or bad option; 3 the audit chain (or an evidence bundle) does not
+verify.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from keyshift.errors import AuditChainBroken, EstateInvalid, KeyshiftError
 from keyshift.service import approvals as approvals_service
 from keyshift.service import entra as entra_service
 from keyshift.service import estate as estate_service
+from keyshift.service import evidence as evidence_service
+from keyshift.service import impact as impact_service
 from keyshift.service import integrations as integrations_service
 from keyshift.service import keys as keys_service
 from keyshift.service import rotations, scheduler
@@ -877,6 +880,92 @@ def demo(
     out.print(f"Explore further with KEYSHIFT_HOME={root / 'home'} keyshift history demo-api-key")
     if state != RotationState.COMPLETED:
         raise typer.Exit(1)
+
+
+# Blast radius and evidence (issue 7) --------------------------------------------------
+
+
+@app.command()
+@_errors
+def impact(
+    name: Annotated[str, typer.Argument(help="Credential name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+) -> None:
+    """Every issuer and consumer a rotation of NAME touches, in run order, and where."""
+    with _store() as store:
+        rows = impact_service.impact(store, name)
+    if as_json:
+        sys.stdout.write(json.dumps(impact_service.to_json(rows), indent=2) + "\n")
+        return
+    table = Table(title=f"Blast radius of rotating {name}", title_justify="left")
+    for col in ("#", "phase", "order", "type", "on_failure", "consumer", "runs on", "where"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(
+            str(row.position),
+            row.phase,
+            "" if row.order is None else str(row.order),
+            row.type,
+            row.on_failure or "",
+            row.consumer or "",
+            row.runs_on,
+            row.where_text,
+        )
+    out.print(table)
+
+
+@app.command()
+@_errors
+def evidence(
+    rotation_id: Annotated[
+        str,
+        typer.Argument(
+            help="Rotation id (or a unique prefix); or `verify` to check a bundle file."
+        ),
+    ],
+    file: Annotated[
+        Path | None, typer.Argument(help="With `verify`: the bundle file to check.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the bundle here, not stdout.")
+    ] = None,
+) -> None:
+    """Export one rotation's evidence bundle as JSON; `evidence verify FILE` checks one.
+
+    A bundle verifies when its audit entries recompute, its statements agree with
+    them, each entry is unchanged in the store and the store's chain verifies;
+    otherwise the first mismatch is named and the exit code is 3.
+    """
+    if rotation_id == "verify":
+        if file is None or output is not None:
+            err.print("error: usage: keyshift evidence verify FILE")
+            raise typer.Exit(2)
+        bundle = evidence_service.load(file.read_text(encoding="utf-8"))
+        with _store() as store:
+            result = evidence_service.verify(store, bundle)
+        if not result.ok:
+            err.print(f"evidence does NOT verify: {result.problem}", markup=False)
+            raise typer.Exit(3)
+        out.print(
+            f"evidence OK: {result.entries} audit entries of rotation "
+            f"{bundle['rotation']['id']} match the store; chain of "
+            f"{result.chain_entries} entries verified"
+        )
+        return
+    if file is not None:
+        err.print("error: unexpected argument; did you mean `keyshift evidence verify FILE`?")
+        raise typer.Exit(2)
+    with _store() as store:
+        bundle = evidence_service.export(store, rotation_id, actor=_actor(), now=utcnow())
+    text = evidence_service.dumps(bundle)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.write_text(text, encoding="utf-8")
+    out.print(
+        f"evidence of rotation {bundle['rotation']['id']} written to {output} "
+        f"({len(bundle['audit']['entries'])} audit entries)"
+    )
 
 
 def main() -> None:

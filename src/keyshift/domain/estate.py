@@ -229,7 +229,8 @@ class ActionSpec(_Model):
     be null: the action runs where keyshift runs."""
     consumer: Name | None = None
     """The consumer this action delivers to, reloads, checks or notifies, e.g. `billing-web`.
-    Actions without one belong to the credential's one default consumer."""
+    Actions without one belong to the credential's one default consumer. Shown by
+    `keyshift impact` and in approval requests."""
     config: dict[str, Any] = Field(default_factory=dict)
     """The action type's own settings."""
 

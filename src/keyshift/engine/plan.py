@@ -27,6 +27,8 @@ class PlannedAction:
     agent_id: str | None
     phase: Phase
     config: dict[str, Any]
+    consumer: str | None = None
+    """The consumer the action serves, when the estate names one."""
 
     @property
     def step(self) -> str:
@@ -54,10 +56,7 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["actions"] = [
-            {**asdict(a), "phase": a.phase.value, "on_failure": a.on_failure.value}
-            for a in self.actions
-        ]
+        data["actions"] = [_action_json(a) for a in self.actions]
         return data
 
     @classmethod
@@ -71,6 +70,7 @@ class Plan:
                 agent_id=a["agent_id"],
                 phase=Phase(a["phase"]),
                 config=a["config"],
+                consumer=a.get("consumer"),
             )
             for a in data["actions"]
         )
@@ -106,6 +106,7 @@ def build_plan(
             agent_id=a.agent_id,
             phase=target_phase(a.type),
             config=dict(a.config),
+            consumer=a.consumer,
         )
         for a in spec.actions
     ]
@@ -120,3 +121,12 @@ def build_plan(
         actions=tuple(planned),
         integrations=dict(integrations or {}),
     )
+
+
+def _action_json(action: PlannedAction) -> dict[str, Any]:
+    data = {**asdict(action), "phase": action.phase.value, "on_failure": action.on_failure.value}
+    # Left out when unset, so plans without consumers keep the hash they had before the
+    # field existed (a stored plan's hash is bound to its approvals).
+    if data["consumer"] is None:
+        del data["consumer"]
+    return data

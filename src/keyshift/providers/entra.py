@@ -21,6 +21,7 @@ to accept a secret just added; a refusal then makes the step fail and be retried
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 import structlog
@@ -80,6 +81,24 @@ class EntraSecretProvider:
     kind: ClassVar[str] = "entra_client_secret"
     Config: ClassVar[type[BaseModel]] = EntraSecretConfig
     integration_type: ClassVar[str] = "entra"
+
+    @classmethod
+    def describe(
+        cls, config: EntraSecretConfig, integrations: Mapping[str, BaseModel]
+    ) -> dict[str, str]:
+        """What it changes: the client secrets of one application in one tenant."""
+        integration = integrations.get(config.integration)
+        tenant = (
+            integration.tenant_id
+            if isinstance(integration, EntraIntegration)
+            else "(integration not declared)"
+        )
+        return {
+            "integration": config.integration,
+            "tenant": tenant,
+            "app_id": config.app_id,
+            "changes": "client secrets (passwordCredentials) of the application",
+        }
 
     def __init__(self, config: EntraSecretConfig, context: PluginContext) -> None:
         self.config = config

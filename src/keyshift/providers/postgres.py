@@ -25,7 +25,7 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, ClassVar, Literal
@@ -152,6 +152,28 @@ class PostgresProvider:
     kind: ClassVar[str] = "postgres"
     Config: ClassVar[type[BaseModel]] = PostgresConfig
     integration_type: ClassVar[str] = "postgres"
+
+    @classmethod
+    def describe(
+        cls, config: PostgresConfig, integrations: Mapping[str, BaseModel]
+    ) -> dict[str, str]:
+        """What it changes: the passwords of these roles on this server."""
+        integration = integrations.get(config.integration)
+        if isinstance(integration, PostgresIntegration):
+            end = _endpoint(integration.dsn)
+            server = f"{end['host']}:{end['port']}/{end['database']}"
+        else:
+            server = "(integration not declared)"
+        roles = config.users if config.strategy == "alternating_users" else [config.user]
+        where = {
+            "integration": config.integration,
+            "server": server,
+            "strategy": config.strategy,
+            "roles": ", ".join(r for r in roles or [] if r),
+        }
+        if config.group_role:
+            where["group_role"] = config.group_role
+        return where
 
     def __init__(self, config: PostgresConfig, context: PluginContext) -> None:
         self.config = config

@@ -12,6 +12,7 @@ import base64
 import secrets
 import string
 import uuid
+from collections.abc import Mapping
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -69,6 +70,15 @@ class RandomProvider:
 
     kind: ClassVar[str] = "random"
     Config: ClassVar[type[BaseModel]] = RandomConfig
+
+    @classmethod
+    def describe(
+        cls, config: RandomConfig, integrations: Mapping[str, BaseModel]
+    ) -> dict[str, str]:
+        """Nothing outside keyshift: the value is generated here, consumers take it from the
+        actions."""
+        return {"issuer": "keyshift (generated locally)", "format": config.format}
+
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.DUAL_ACTIVE})
 
     def __init__(self, config: RandomConfig, context: PluginContext) -> None:

@@ -231,6 +231,23 @@ class RedisProvider:
     Config: ClassVar[type[BaseModel]] = RedisConfig
     integration_type: ClassVar[str] = "redis"
 
+    @classmethod
+    def describe(cls, config: RedisConfig, integrations: Mapping[str, BaseModel]) -> dict[str, str]:
+        """What it changes: the passwords of these ACL users on this server."""
+        integration = integrations.get(config.integration)
+        if isinstance(integration, RedisIntegration):
+            end = _endpoint(integration.dsn)
+            server = f"{end['host']}:{end['port']}/{end['database']}"
+        else:
+            server = "(integration not declared)"
+        users = config.users if config.strategy == "alternating_users" else [config.user]
+        return {
+            "integration": config.integration,
+            "server": server,
+            "strategy": config.strategy,
+            "users": ", ".join(u for u in users or [] if u),
+        }
+
     def __init__(self, config: RedisConfig, context: PluginContext) -> None:
         self.config = config
         self.context = context

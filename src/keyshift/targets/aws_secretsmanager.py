@@ -37,6 +37,7 @@ import botocore.exceptions
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from keyshift.domain.context import PluginContext
+from keyshift.domain.location import url_origin
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError, scrub
@@ -133,6 +134,14 @@ class AwsSecretsManagerTarget:
     kind: ClassVar[str] = "aws_secretsmanager"
     phase: ClassVar[Phase] = Phase.PUBLISH
     Config: ClassVar[type[BaseModel]] = AwsSecretsManagerConfig
+
+    @classmethod
+    def describe(cls, config: AwsSecretsManagerConfig) -> dict[str, str]:
+        """Where it writes: region and secret id (and a non-default endpoint's host)."""
+        where = {"region": config.region, "secret_id": config.secret_id}
+        if config.endpoint_url:
+            where["endpoint"] = url_origin(config.endpoint_url)
+        return where
 
     def __init__(self, config: AwsSecretsManagerConfig, context: PluginContext) -> None:
         self.config = config

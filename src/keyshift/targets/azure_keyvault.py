@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from keyshift.azure import EntraIntegration
 from keyshift.domain.context import PluginContext
 from keyshift.domain.durations import Duration
+from keyshift.domain.location import url_origin
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError
 from keyshift.targets.base import (
@@ -168,6 +169,15 @@ class AzureKeyVaultTarget:
     phase: ClassVar[Phase] = Phase.PUBLISH
     Config: ClassVar[type[BaseModel]] = AzureKeyVaultConfig
     integration_type: ClassVar[str] = "entra"
+
+    @classmethod
+    def describe(cls, config: AzureKeyVaultConfig) -> dict[str, str]:
+        """Where it writes: the vault and the secret's name, and the identity it uses."""
+        return {
+            "vault": url_origin(config.vault_url),
+            "secret": config.secret_name,
+            "integration": config.integration,
+        }
 
     def __init__(self, config: AzureKeyVaultConfig, context: PluginContext) -> None:
         self.config = config

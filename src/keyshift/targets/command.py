@@ -222,6 +222,11 @@ class CommandTarget(_ProgramStep[CommandConfig]):
     phase: ClassVar[Phase] = Phase.RELOAD
     Config: ClassVar[type[BaseModel]] = CommandConfig
 
+    @classmethod
+    def describe(cls, config: CommandConfig) -> dict[str, str]:
+        """The program it runs (argv[0] only: later arguments may carry tokens)."""
+        return {"program": config.argv[0]}
+
     async def rollback(self, request: RollbackRequest) -> StepResult:
         """Run the program again with the restored version, so the consumer reloads it.
 
@@ -245,6 +250,11 @@ class CommandCheckTarget(_ProgramStep[CommandCheckConfig]):
     kind: ClassVar[str] = "command_check"
     phase: ClassVar[Phase] = Phase.VERIFY
     Config: ClassVar[type[BaseModel]] = CommandCheckConfig
+
+    @classmethod
+    def describe(cls, config: CommandCheckConfig) -> dict[str, str]:
+        """The program it runs (argv[0] only: later arguments may carry tokens)."""
+        return {"program": config.argv[0]}
 
     async def rollback(self, request: RollbackRequest) -> StepResult:
         """Runs nothing: a check changed nothing, so there is nothing to undo."""

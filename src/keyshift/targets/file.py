@@ -151,6 +151,15 @@ class FileTarget:
     phase: ClassVar[Phase] = Phase.PUBLISH
     Config: ClassVar[type[BaseModel]] = FileConfig
 
+    @classmethod
+    def describe(cls, config: FileConfig) -> dict[str, str]:
+        """Where it writes: the file, its format and the keys set in it (on this host)."""
+        return {
+            "path": config.path,
+            "format": config.file_format,
+            "keys": ", ".join(config.entries()),
+        }
+
     def __init__(self, config: FileConfig, context: PluginContext) -> None:
         self.config = config
         self.context = context

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from keyshift.domain.context import PluginContext
 from keyshift.domain.durations import Duration, format_duration
+from keyshift.domain.location import url_origin
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError
 from keyshift.targets.base import (
@@ -86,6 +87,11 @@ class HttpCheckTarget:
     kind: ClassVar[str] = "http_check"
     phase: ClassVar[Phase] = Phase.VERIFY
     Config: ClassVar[type[BaseModel]] = HttpCheckConfig
+
+    @classmethod
+    def describe(cls, config: HttpCheckConfig) -> dict[str, str]:
+        """The server it checks: scheme, host and port (a path or query may hold a token)."""
+        return {"url": url_origin(config.url)}
 
     def __init__(self, config: HttpCheckConfig, context: PluginContext) -> None:
         self.config = config

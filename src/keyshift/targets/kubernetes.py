@@ -127,6 +127,16 @@ class KubernetesConnection(BaseModel):
         return self
 
 
+def _cluster(config: KubernetesConnection) -> dict[str, str]:
+    """Which cluster a config reaches: its kubeconfig and context, or in-cluster."""
+    if config.kubeconfig is None:
+        return {"cluster": "in-cluster service account"}
+    return {
+        "kubeconfig": str(config.kubeconfig),
+        "context": config.context or "(current context)",
+    }
+
+
 def _dns_subdomain(name: str) -> str:
     if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
         raise ValueError("must be a DNS subdomain name (lower case, digits, '-', '.')")
@@ -364,6 +374,16 @@ class KubernetesSecretTarget:
     kind: ClassVar[str] = "kubernetes_secret"
     phase: ClassVar[Phase] = Phase.PUBLISH
     Config: ClassVar[type[BaseModel]] = KubernetesSecretConfig
+
+    @classmethod
+    def describe(cls, config: KubernetesSecretConfig) -> dict[str, str]:
+        """Where it writes: cluster, namespace, Secret and key. Never a value."""
+        return {
+            **_cluster(config),
+            "namespace": config.namespace,
+            "secret": config.secret,
+            "key": config.key,
+        }
 
     def __init__(self, config: KubernetesSecretConfig, context: PluginContext) -> None:
         self.config = config
@@ -650,6 +670,15 @@ class KubernetesRolloutRestartTarget:
     kind: ClassVar[str] = "kubernetes_rollout_restart"
     phase: ClassVar[Phase] = Phase.RELOAD
     Config: ClassVar[type[BaseModel]] = KubernetesRolloutRestartConfig
+
+    @classmethod
+    def describe(cls, config: KubernetesRolloutRestartConfig) -> dict[str, str]:
+        """What it restarts: cluster, namespace and workload."""
+        return {
+            **_cluster(config),
+            "namespace": config.namespace,
+            "workload": f"{config.kind}/{config.name}",
+        }
 
     def __init__(self, config: KubernetesRolloutRestartConfig, context: PluginContext) -> None:
         self.config = config

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, mod
 
 from keyshift.domain.context import PluginContext
 from keyshift.domain.durations import Duration, format_duration
+from keyshift.domain.location import url_origin
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError
 from keyshift.sources import SecretRef
@@ -104,6 +105,11 @@ class SpringRefreshTarget:
     kind: ClassVar[str] = "spring_refresh"
     phase: ClassVar[Phase] = Phase.RELOAD
     Config: ClassVar[type[BaseModel]] = SpringRefreshConfig
+
+    @classmethod
+    def describe(cls, config: SpringRefreshConfig) -> dict[str, str]:
+        """The Spring application it refreshes: scheme, host and port."""
+        return {"url": url_origin(config.url)}
 
     def __init__(self, config: SpringRefreshConfig, context: PluginContext) -> None:
         self.config = config

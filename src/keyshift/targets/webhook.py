@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from keyshift.domain.context import PluginContext
 from keyshift.domain.durations import Duration
+from keyshift.domain.location import url_origin
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError
@@ -114,6 +115,11 @@ class WebhookTarget:
     kind: ClassVar[str] = "webhook"
     phase: ClassVar[Phase] = Phase.NOTIFY
     Config: ClassVar[type[BaseModel]] = WebhookConfig
+
+    @classmethod
+    def describe(cls, config: WebhookConfig) -> dict[str, str]:
+        """The receiver: scheme, host and port (webhook paths often embed a token)."""
+        return {"url": url_origin(config.url)}
 
     def __init__(self, config: WebhookConfig, context: PluginContext) -> None:
         self.config = config

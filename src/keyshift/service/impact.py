@@ -1,0 +1,125 @@
+"""Blast radius: everything a rotation of one credential touches, in the order it runs.
+
+`impact(store, name)` reads the credential as the estate declares it now;
+`impact_of_plan(plan)` reads a stored plan (the one a rotation runs, or the one an
+approval request is bound to). Each row names the issuer or consumer, the phase and
+WHERE it acts, from the plugin's own `describe()`: hosts, paths, vault and
+secret names, namespaces, regions. Never a value, a token or a URL's path or query.
+Rows are plain dataclasses; `to_json` gives them to approval requests and evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from keyshift.domain.estate import CredentialSpec, Policy
+from keyshift.domain.location import this_host
+from keyshift.engine.plan import Plan, build_plan
+from keyshift.engine.plugins import (
+    build_integrations,
+    provider_class,
+    target_class,
+    validate_config,
+)
+from keyshift.errors import NotFound
+from keyshift.store.models import CredentialRow
+from keyshift.store.store import Store
+
+ISSUER_PHASE = "creating, revoking"
+"""The provider row's phase: it issues the new version first and revokes the old one last."""
+
+
+@dataclass(frozen=True)
+class ImpactRow:
+    """One issuer or consumer that a rotation touches. `position` is the run order."""
+
+    position: int
+    phase: str
+    type: str
+    order: int | None
+    """The action's `order` within its phase; None for the provider."""
+    on_failure: str | None
+    """`abort` or `continue`; None for the provider (its failure always stops the run)."""
+    consumer: str | None
+    runs_on: str
+    """Where the step executes: the host agent named by `agent_id`, or keyshift's host."""
+    where: dict[str, str] = field(default_factory=dict)
+    """What the step changes or calls, as its plugin describes it."""
+
+    @property
+    def where_text(self) -> str:
+        return "; ".join(f"{k}: {v}" for k, v in self.where.items())
+
+
+def impact(store: Store, name: str) -> list[ImpactRow]:
+    """The blast radius of rotating `name` as the estate declares it now."""
+    with store.transaction() as s:
+        cred = s.execute(
+            select(CredentialRow).where(
+                CredentialRow.name == name, CredentialRow.removed_at.is_(None)
+            )
+        ).scalar_one_or_none()
+        if cred is None:
+            raise NotFound(f"no credential named {name} in the estate")
+        plan = build_plan(
+            CredentialSpec.model_validate(cred.spec["credential"]),
+            Policy.model_validate(cred.spec["policy"]),
+            integrations=cred.spec.get("integrations", {}),
+        )
+    return impact_of_plan(plan)
+
+
+def impact_of_plan(plan: Plan, *, local_host: str | None = None) -> list[ImpactRow]:
+    """The rows of `plan`: its provider, then each action in run order.
+
+    `local_host` names where actions without an agent run; this host by default.
+    Evidence passes a fixed label, so the rows recompute the same on any machine.
+    """
+    host = local_host if local_host is not None else this_host()
+    integrations = build_integrations(plan.integrations)
+    provider = provider_class(plan.provider_type)
+    provider_config = validate_config(provider, plan.provider_config, "provider")
+    rows = [
+        ImpactRow(
+            position=1,
+            phase=ISSUER_PHASE,
+            type=plan.provider_type,
+            order=None,
+            on_failure=None,
+            consumer=None,
+            runs_on=host,
+            where=_described(provider, provider_config, integrations),
+        )
+    ]
+    for position, action in enumerate(plan.actions, start=2):
+        target = target_class(action.type)
+        config = validate_config(target, action.config, f"actions[{action.key}].config")
+        rows.append(
+            ImpactRow(
+                position=position,
+                phase=action.phase.value,
+                type=action.type,
+                order=action.order,
+                on_failure=action.on_failure.value,
+                consumer=action.consumer,
+                runs_on=f"agent {action.agent_id}" if action.agent_id else host,
+                where=_described(target, config),
+            )
+        )
+    return rows
+
+
+def _described(cls: Any, *args: Any) -> dict[str, str]:
+    describe = getattr(cls, "describe", None)
+    if describe is None:
+        # A plugin that cannot say where it acts is shown as such, not silently omitted.
+        return {"where": "not described by this plugin"}
+    return {str(k): str(v) for k, v in describe(*args).items()}
+
+
+def to_json(rows: list[ImpactRow]) -> list[dict[str, Any]]:
+    """The rows as plain JSON values (for approval requests, the API and evidence)."""
+    return [asdict(row) for row in rows]
