@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -289,9 +290,69 @@ def test_rollback_restores_consumers_before_checking_them_again(
     rotation_id, state = _rotate(store, clock)
     assert state == RotationState.ROLLED_BACK
     assert [s.name for s in steps(store, rotation_id) if s.name.startswith("rollback:")] == [
-        "rollback:reloading:20:command",
         "rollback:publishing:10:file",
+        "rollback:reloading:20:command",
         "rollback:verifying:30:command_check",
+    ]
+
+
+READ_FILE_SCRIPT = """
+import hashlib, json, os, sys
+value = json.load(open(sys.argv[1]))["Api"]["Key"]
+seen = hashlib.sha256(value.encode()).hexdigest()
+with open(sys.argv[2], "a") as log:
+    log.write(os.environ["KEYSHIFT_PHASE"] + " " + seen + "\\n")
+"""
+"""A reload that logs (as a digest) the value the JSON file holds when it runs."""
+
+
+def test_a_reload_runs_again_on_rollback_once_the_stores_hold_the_old_value(
+    store: Store, tmp_path: Path
+) -> None:
+    """A reload reads the stores: on rollback it must run after they are restored, or the
+    consumer loads the new (now disabled) value once more."""
+    clock = FakeClock()
+    app, seen = tmp_path / "app.json", tmp_path / "seen.log"
+    reload_script = tmp_path / "read_key.py"  # write_estate writes its own reload.py
+    reload_script.write_text(READ_FILE_SCRIPT)
+    check = tmp_path / "check.py"
+    check.write_text("import sys; sys.exit(7)\n")
+    actions = [
+        {
+            "type": "file",
+            "order": 10,
+            "on_failure": "abort",
+            "config": {"path": str(app), "key": "Api:Key", "file_format": "json"},
+        },
+        {
+            "type": "command",
+            "order": 20,
+            "on_failure": "abort",
+            "config": {"argv": [sys.executable, str(reload_script), str(app), str(seen)]},
+        },
+        {
+            "type": "command_check",
+            "order": 30,
+            "on_failure": "abort",
+            "config": {"argv": [sys.executable, str(check)]},
+        },
+    ]
+    _apply(store, write_estate(tmp_path, actions=actions[:2]))
+    _rotate(store, clock)
+    _apply(store, write_estate(tmp_path, actions=actions))
+
+    _, state = _rotate(store, clock)
+
+    assert state == RotationState.ROLLED_BACK, rotations_of(store, "api-key")[-1].error
+    old, new = (value_of(store, v) for v in versions(store, "api-key"))
+    assert json_value(app) == old
+
+    def digest(value: str) -> str:
+        return hashlib.sha256(value.encode()).hexdigest()
+
+    assert seen.read_text().split("\n")[1:3] == [
+        f"publish {digest(new)}",
+        f"rollback {digest(old)}",
     ]
 
 

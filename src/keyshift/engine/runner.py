@@ -842,13 +842,16 @@ class Engine:
         return f"refused: {attempt.detail}"
 
     async def _roll_back(self, run: _Run) -> None:
-        """Restore the previous value where it was replaced, then check and tell.
+        """Restore the previous value where it was replaced, then reload, check and tell.
 
-        First the publish and reload actions that ran are undone, newest first (a
-        publish that failed may have been applied in part, so it is undone too; a
-        reload that failed did not switch its consumer). Then, with the old value back
-        in place, the verify actions that ran (the failed one included) check the
-        consumers again, and the notify actions that ran announce the rollback.
+        First the publish actions that ran are undone, newest first (a publish that
+        failed may have been applied in part, so it is undone too). Only then, with the
+        old value back in the stores, do the reload actions that ran reload their
+        consumers again, in their order as in a cutover: a reload reads the stores, so
+        one run before the restore would load the new value once more (a reload that
+        failed did not switch its consumer). Then the verify actions that ran (the
+        failed one included) check the consumers again, and the notify actions that
+        ran announce the rollback.
         """
         journal = self._journal(run.rotation_id)
         succeeded = [s.name for s in journal if s.status == StepStatus.SUCCEEDED.value]
@@ -858,14 +861,16 @@ class Engine:
         restore = [
             a.step
             for a in run.plan.actions
-            if a.phase in (Phase.PUBLISH, Phase.RELOAD)
-            and (a.step in succeeded or (a.phase == Phase.PUBLISH and a.step in failed))
+            if a.phase == Phase.PUBLISH and (a.step in succeeded or a.step in failed)
+        ]
+        reload = [
+            a.step for a in run.plan.actions if a.phase == Phase.RELOAD and a.step in succeeded
         ]
         recheck = [a.step for a in run.plan.actions if a.phase == Phase.VERIFY and a.step in ran]
         announce = [
             a.step for a in run.plan.actions if a.phase == Phase.NOTIFY and a.step in succeeded
         ]
-        to_undo = [*reversed(restore), *recheck, *announce]
+        to_undo = [*reversed(restore), *reload, *recheck, *announce]
         not_restored: list[str] = []
         for name in to_undo:
             undo = f"rollback:{name}"
