@@ -31,6 +31,7 @@ from keyshift import __version__, logs
 from keyshift.domain.context import utcnow
 from keyshift.domain.durations import format_duration, parse_duration
 from keyshift.domain.preflight import Readiness
+from keyshift.domain.rbac import ROLE_DESCRIPTIONS, ROLE_PERMISSIONS, Role
 from keyshift.domain.states import RotationState, StepStatus
 from keyshift.engine.runner import StepEvent
 from keyshift.errors import AuditChainBroken, EstateInvalid, KeyshiftError
@@ -38,10 +39,10 @@ from keyshift.service import approvals as approvals_service
 from keyshift.service import entra as entra_service
 from keyshift.service import estate as estate_service
 from keyshift.service import evidence as evidence_service
+from keyshift.service import identities, rotations, scheduler
 from keyshift.service import impact as impact_service
 from keyshift.service import integrations as integrations_service
 from keyshift.service import keys as keys_service
-from keyshift.service import rotations, scheduler
 from keyshift.service.reference import estate_reference
 from keyshift.store import audit
 from keyshift.store.store import Store
@@ -966,6 +967,178 @@ def evidence(
         f"evidence of rotation {bundle['rotation']['id']} written to {output} "
         f"({len(bundle['audit']['entries'])} audit entries)"
     )
+
+
+# Identities, API tokens and the server ---------------------------------------------
+
+users_app = typer.Typer(
+    help="Users and service accounts that may call the API.", no_args_is_help=True
+)
+tokens_app = typer.Typer(help="API tokens (stored hashed, shown once).", no_args_is_help=True)
+roles_app = typer.Typer(help="The built-in roles and their permissions.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(roles_app, name="roles")
+
+
+def _lifetime(expires_in: str) -> timedelta | None:
+    if expires_in == "never":
+        return None
+    try:
+        return parse_duration(expires_in)
+    except ValueError as exc:
+        err.print(f"error: --expires-in: {exc}", markup=False)
+        raise typer.Exit(2) from None
+
+
+def _print_token_once(issued: identities.IssuedToken) -> None:
+    expires = _when(issued.info.expires_at) if issued.info.expires_at else "never"
+    err.print(
+        f"API token {issued.info.prefix} for {issued.info.principal} (expires {expires}). "
+        "It is shown once; store it now:",
+        markup=False,
+    )
+    # The token alone on stdout, so `TOKEN=$(keyshift tokens create ...)` captures it.
+    sys.stdout.write(issued.token.reveal() + "\n")
+
+
+@app.command()
+@_errors
+def init(
+    name: Annotated[str, typer.Option(help="Name of the first admin user.")] = "admin",
+    expires_in: Annotated[
+        str, typer.Option("--expires-in", help="Token lifetime, e.g. 90d, or never.")
+    ] = "90d",
+) -> None:
+    """Create the first admin and print its API token once. Refused once an admin exists."""
+    lifetime = _lifetime(expires_in)
+    with _store() as store:
+        issued = identities.init_admin(store, name=name, actor=_actor(), lifetime=lifetime)
+    _print_token_once(issued)
+
+
+@users_app.command("add")
+@_errors
+def users_add(
+    name: Annotated[str, typer.Argument(help="User or service account name.")],
+    role: Annotated[list[str], typer.Option("--role", "-r", help="A built-in role (repeatable).")],
+    service_account: Annotated[
+        bool, typer.Option("--service-account", help="A service account, not a person.")
+    ] = False,
+) -> None:
+    """Add a user (or service account) holding the given roles."""
+    kind = "service_account" if service_account else "user"
+    with _store() as store:
+        added = identities.add_principal(store, name=name, kind=kind, roles=role, actor=_actor())
+    out.print(f"added {added.kind} {added.name} with roles {', '.join(added.roles)}")
+
+
+@users_app.command("list")
+@_errors
+def users_list() -> None:
+    """Every user and service account with its roles."""
+    with _store() as store:
+        found = identities.list_principals(store)
+    table = Table(title=f"Users and service accounts ({len(found)})", title_justify="left")
+    for col in ("name", "kind", "roles", "created", "created by", "disabled"):
+        table.add_column(col)
+    for p in found:
+        table.add_row(
+            p.name,
+            p.kind.replace("_", " "),
+            ", ".join(p.roles),
+            _when(p.created_at),
+            p.created_by,
+            _when(p.disabled_at) if p.disabled_at else "",
+        )
+    out.print(table)
+
+
+@users_app.command("disable")
+@_errors
+def users_disable(name: Annotated[str, typer.Argument(help="User or service account.")]) -> None:
+    """Disable a user or service account; its tokens stop working at once."""
+    with _store() as store:
+        identities.disable_principal(store, name, actor=_actor())
+    out.print(f"disabled {name}")
+
+
+@tokens_app.command("create")
+@_errors
+def tokens_create(
+    principal: Annotated[str, typer.Argument(help="User or service account.")],
+    name: Annotated[str, typer.Option(help="What the token is for.")] = "api token",
+    expires_in: Annotated[
+        str, typer.Option("--expires-in", help="Lifetime, e.g. 90d, or never.")
+    ] = "90d",
+) -> None:
+    """Create an API token and print it once (only its hash is stored)."""
+    lifetime = _lifetime(expires_in)
+    with _store() as store:
+        issued = identities.create_token(
+            store, principal, name=name, lifetime=lifetime, actor=_actor()
+        )
+    _print_token_once(issued)
+
+
+@tokens_app.command("list")
+@_errors
+def tokens_list(
+    principal: Annotated[str | None, typer.Option(help="Only this principal's tokens.")] = None,
+) -> None:
+    """Every API token by id, with its state and dates (never the token)."""
+    with _store() as store:
+        found = identities.list_tokens(store, principal=principal)
+    table = Table(title=f"API tokens ({len(found)})", title_justify="left")
+    for col in ("id", "principal", "name", "state", "created", "expires", "last used"):
+        table.add_column(col, no_wrap=col in ("id", "state"))
+    for t in found:
+        table.add_row(
+            t.prefix,
+            t.principal,
+            t.name,
+            t.state,
+            _when(t.created_at),
+            _when(t.expires_at) if t.expires_at else "never",
+            _when(t.last_used_at),
+        )
+    out.print(table)
+
+
+@tokens_app.command("revoke")
+@_errors
+def tokens_revoke(token_id: Annotated[str, typer.Argument(help="Token id or ks_<id>.")]) -> None:
+    """Revoke an API token; it stops working at once."""
+    with _store() as store:
+        revoked = identities.revoke_token(store, token_id, actor=_actor())
+    out.print(f"revoked {revoked.prefix} of {revoked.principal}")
+
+
+@roles_app.command("list")
+def roles_list() -> None:
+    """The built-in roles and the permissions each grants."""
+    table = Table(title="Roles", title_justify="left")
+    for col in ("role", "permissions", "for"):
+        table.add_column(col)
+    for role in Role:
+        granted = sorted(p.value for p in ROLE_PERMISSIONS[role])
+        table.add_row(role.value, ", ".join(granted), ROLE_DESCRIPTIONS[role])
+    out.print(table)
+
+
+@app.command()
+@_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+) -> None:
+    """Serve the REST API (OpenAPI at /openapi.json) over the store. Every /v1 route needs
+    a bearer token; create the first with `keyshift init`."""
+    import uvicorn  # noqa: PLC0415 (only the server needs it)
+
+    from keyshift.api import create_app  # noqa: PLC0415 (FastAPI loads only for serve)
+
+    uvicorn.run(create_app(env=dict(os.environ)), host=host, port=port, log_config=None)
 
 
 def main() -> None:

@@ -8,6 +8,10 @@
     │   ├── DecryptionError    a ciphertext does not open under its key and associated data
     │   └── AuditChainBroken   `audit verify` found an edited, deleted or reordered entry
     ├── LeaseHeld              another live worker owns the rotation
+    ├── Conflict               the request contradicts the current state (a name taken...)
+    │   └── RotationInProgress the credential already has an unfinished rotation
+    ├── Unauthenticated        no API token, or a bad, expired or revoked one
+    ├── PermissionDenied       the caller's roles lack the permission asked for
     ├── PolicyViolation        a governance rule refuses the rotation
     ├── ApprovalRequired       the rotation waits for a human decision
     └── PluginError            raised by providers, targets and checks
@@ -67,6 +71,29 @@ class AuditChainBroken(StoreError):
 
 class LeaseHeld(KeyshiftError):
     """Another live worker holds the rotation's lease."""
+
+
+class Conflict(KeyshiftError):
+    """The request contradicts the current state: a name is taken, an admin already
+    exists, the last admin would be disabled."""
+
+
+class RotationInProgress(Conflict):
+    """The credential already has an unfinished rotation; resume that one instead."""
+
+
+class Unauthenticated(KeyshiftError):
+    """No API token, or one that is unknown, expired, revoked or of a disabled principal.
+    The message never quotes the token."""
+
+
+class PermissionDenied(KeyshiftError):
+    """The authenticated principal lacks the permission the operation requires."""
+
+    def __init__(self, principal: str, permission: str) -> None:
+        self.principal = principal
+        self.permission = permission
+        super().__init__(f"{principal} lacks the permission {permission}")
 
 
 class PolicyViolation(KeyshiftError):

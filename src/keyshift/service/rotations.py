@@ -26,7 +26,7 @@ from keyshift.domain.states import (
 from keyshift.engine.plan import build_plan
 from keyshift.engine.plugins import build_provider
 from keyshift.engine.runner import Engine, StepEvent
-from keyshift.errors import LeaseHeld, NotFound
+from keyshift.errors import Conflict, LeaseHeld, NotFound, RotationInProgress
 from keyshift.providers.base import Capability
 from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
 from keyshift.store.store import Store
@@ -332,3 +332,131 @@ async def resume(
         except LeaseHeld:
             out.append((rotation_id, credential, None))
     return out
+
+
+# Used by the API, which starts a rotation and runs it in the background ---------------
+
+
+@dataclass(frozen=True)
+class VersionLine:
+    """One version of a credential, by id and fingerprint."""
+
+    id: str
+    serial: int
+    status: str
+    fingerprint: str
+    rotation_id: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CredentialDetail:
+    status: StatusRow
+    provider: str
+    environment: str | None
+    active_rotation_id: str | None
+    versions: list[VersionLine]
+
+
+def credential_detail(store: Store, credential: str, *, now: datetime) -> CredentialDetail:
+    """One credential's status row with every version (ids and fingerprints, no values)."""
+    row = next((r for r in status_rows(store, now=now) if r.credential == credential), None)
+    if row is None:
+        raise NotFound(f"no credential named {credential} in the estate")
+    with store.transaction() as s:
+        cred = s.execute(
+            select(CredentialRow).where(
+                CredentialRow.name == credential, CredentialRow.removed_at.is_(None)
+            )
+        ).scalar_one()
+        versions = s.execute(
+            select(VersionRow)
+            .where(VersionRow.credential_id == cred.id)
+            .order_by(VersionRow.serial)
+        ).scalars()
+        return CredentialDetail(
+            status=row,
+            provider=cred.provider_type,
+            environment=cred.environment,
+            active_rotation_id=cred.active_rotation_id,
+            versions=[
+                VersionLine(
+                    v.id,
+                    v.serial,
+                    v.status,
+                    v.fingerprint,
+                    v.rotation_id,
+                    v.created_at,
+                    v.expires_at,
+                    v.revoked_at,
+                )
+                for v in versions
+            ],
+        )
+
+
+def provider_type(store: Store, credential: str) -> str:
+    """The provider `type` of a credential in the estate (e.g. to require entra:rotate)."""
+    with store.transaction() as s:
+        found = s.execute(
+            select(CredentialRow.provider_type).where(
+                CredentialRow.name == credential, CredentialRow.removed_at.is_(None)
+            )
+        ).scalar_one_or_none()
+    if found is None:
+        raise NotFound(f"no credential named {credential} in the estate")
+    return found
+
+
+def request(
+    store: Store,
+    credential: str,
+    *,
+    actor: str,
+    grace: timedelta | None = None,
+    reason: str = "manual",
+) -> str:
+    """Record a rotation in state `requested` without running it; return its id.
+    RotationInProgress names the unfinished rotation when there is one."""
+    with store.transaction() as s:
+        active = s.execute(
+            select(CredentialRow.active_rotation_id).where(CredentialRow.name == credential)
+        ).scalar_one_or_none()
+    if active is not None:
+        raise RotationInProgress(
+            f"credential {credential} already has rotation {active} in progress; resume it"
+        )
+    return Engine(store, actor=actor).request(
+        credential, requested_by=actor, grace=grace, reason=reason
+    )
+
+
+def resumable(store: Store, rotation_id: str, *, now: datetime) -> tuple[str, str]:
+    """(full rotation id, credential) of an unfinished rotation that no live worker holds.
+    NotFound for an unknown id, Conflict for a finished one, LeaseHeld while leased."""
+    timeline = rotation_timeline(store, rotation_id)
+    full_id = timeline.rotation.id
+    with store.transaction() as s:
+        rot = s.get(RotationRow, full_id)
+        if rot is None:
+            raise NotFound(f"no rotation {rotation_id}")
+        if rot.state in _FINAL:
+            raise Conflict(f"rotation {full_id} is finished ({rot.state}); nothing to resume")
+        if rot.lease_owner and rot.lease_expires_at and rot.lease_expires_at > now:
+            raise LeaseHeld(f"rotation {full_id} is held by a live worker ({rot.lease_owner})")
+    return full_id, timeline.credential
+
+
+async def run(
+    store: Store,
+    rotation_id: str,
+    *,
+    actor: str,
+    context: PluginContext | None = None,
+    on_event: Callable[[StepEvent], None] | None = None,
+) -> RotationState:
+    """Advance one requested or unfinished rotation as far as it goes now."""
+    engine = Engine(store, actor=actor, context=context, on_event=on_event)
+    return await engine.run(rotation_id)

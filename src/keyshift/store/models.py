@@ -278,3 +278,37 @@ class ApprovalDecisionRow(Base):
     comment: Mapped[str] = mapped_column(Text)
     plan_hash: Mapped[str] = mapped_column(String(64))
     decided_at: Mapped[datetime]
+
+
+class PrincipalRow(Base):
+    """Who may call the API: a user or a service account, holding built-in roles.
+    `disabled_at` set = its tokens stop working at once; the row stays for the audit trail."""
+
+    __tablename__ = "principals"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    """`user` or `service_account`."""
+    roles: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(200))
+    disabled_at: Mapped[datetime | None]
+
+
+class ApiTokenRow(Base):
+    """An API token of a principal. Only the SHA-256 of the token is stored; the token is
+    shown once, when it is created. `id` is the public part the token starts with."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (Index("ix_api_tokens_principal", "principal_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    principal_id: Mapped[str] = mapped_column(ForeignKey("principals.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]

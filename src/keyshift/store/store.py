@@ -12,12 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from keyshift.domain.context import utcnow
 from keyshift.domain.secret import Secret
-from keyshift.errors import NotFound
+from keyshift.errors import NotFound, StoreError
 from keyshift.store import audit
 from keyshift.store.crypto import (
     Fingerprinter,
@@ -68,6 +69,14 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def ping(self) -> None:
+        """Run one trivial query; raises StoreError when the database cannot be reached."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"the store cannot be reached: {exc.__class__.__name__}") from exc
 
     # Secret values -----------------------------------------------------------------
 

@@ -1,0 +1,84 @@
+"""`create_app`: the FastAPI application behind `keyshift serve`.
+
+Public routes: `/healthz` (the process is up), `/readyz` (the store answers),
+`/openapi.json` and `/docs`. Every `/v1` route requires a bearer token whose roles
+grant that route's one permission.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from keyshift import __version__
+from keyshift.api import problems
+from keyshift.api.routes import router
+from keyshift.api.runner import BackgroundRotations
+from keyshift.domain.context import PluginContext
+from keyshift.errors import StoreError
+from keyshift.store.store import Store
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+"""Routes that answer without a token. Every other route requires one permission."""
+
+DRAIN_SECONDS = 30.0
+"""How long shutdown waits for rotations running in the background (the journal and
+lease let `keyshift resume` or a worker continue any that did not finish)."""
+
+
+def create_app(
+    store: Store | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    context: PluginContext | None = None,
+) -> FastAPI:
+    """The API over `store`, or over the store `env` names (opened at startup, closed at
+    shutdown). `context` is handed to the rotations the API runs (tests inject a clock)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        opened = None
+        if store is None:
+            opened = await run_in_threadpool(Store.open, dict(env or {}))
+            app.state.store = opened
+            app.state.rotations = BackgroundRotations(opened, context)
+        try:
+            yield
+        finally:
+            await app.state.rotations.drain(DRAIN_SECONDS)
+            if opened is not None:
+                opened.close()
+
+    app = FastAPI(
+        title="keyshift",
+        version=__version__,
+        summary="Rotate non-human credentials without outages, with evidence an auditor accepts.",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    if store is not None:
+        app.state.store = store
+        app.state.rotations = BackgroundRotations(store, context)
+    problems.install(app)
+    app.include_router(router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "store unreachable"}})
+    def readyz() -> JSONResponse:
+        """The store answers a query."""
+        current: Store = app.state.store
+        try:
+            current.ping()
+        except StoreError as exc:
+            return problems.from_error(exc)
+        return JSONResponse({"status": "ready"})
+
+    return app

@@ -1,0 +1,143 @@
+"""Errors as problem JSON (RFC 9457): `type`, `title`, `status`, `detail`, and a stable `code`.
+
+Clients branch on `code`; `detail` is for people and may change. Messages carry ids,
+never values; a validation error names the field, never the value sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from keyshift.errors import (
+    ApprovalRequired,
+    ConfigError,
+    Conflict,
+    DecryptionError,
+    EstateInvalid,
+    KeyshiftError,
+    LeaseHeld,
+    NotFound,
+    PermissionDenied,
+    PluginError,
+    PolicyViolation,
+    RotationInProgress,
+    StoreError,
+    Unauthenticated,
+)
+
+MEDIA_TYPE = "application/problem+json"
+
+# Most specific first: the first class an error is an instance of decides.
+ERROR_CODES: list[tuple[type[KeyshiftError], int, str, str]] = [
+    (EstateInvalid, 422, "estate-invalid", "The estate document was refused"),
+    (ConfigError, 422, "invalid-request", "A field of the request is invalid"),
+    (NotFound, 404, "not-found", "Not found"),
+    (Unauthenticated, 401, "unauthenticated", "A valid API token is required"),
+    (PermissionDenied, 403, "forbidden", "The token's roles lack the permission"),
+    (LeaseHeld, 409, "lease-held", "Another worker is running this rotation"),
+    (RotationInProgress, 409, "rotation-in-progress", "A rotation is already in progress"),
+    (Conflict, 409, "conflict", "The request conflicts with the current state"),
+    (PolicyViolation, 409, "policy-violation", "A policy refuses the rotation"),
+    (ApprovalRequired, 409, "approval-required", "The rotation waits for an approval"),
+    (DecryptionError, 500, "store-integrity", "A stored value did not decrypt"),
+    (StoreError, 503, "store-unavailable", "The store cannot be reached"),
+    (PluginError, 502, "upstream-failed", "A system keyshift talks to failed"),
+    (KeyshiftError, 409, "refused", "The operation was refused"),
+]
+"""Every keyshift error class mapped to its HTTP status and stable code."""
+
+STATUS_CODES = {
+    400: "bad-request",
+    404: "not-found",
+    405: "method-not-allowed",
+    406: "not-acceptable",
+    415: "unsupported-media-type",
+}
+
+
+def problem(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """A problem+json response."""
+    body = {
+        "type": f"urn:keyshift:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def from_error(exc: KeyshiftError) -> JSONResponse:
+    status, code, title = next((s, c, t) for cls, s, c, t in ERROR_CODES if isinstance(exc, cls))
+    extra: dict[str, Any] = {}
+    headers: dict[str, str] | None = None
+    if isinstance(exc, EstateInvalid):
+        extra["problems"] = [{"path": p.path, "message": p.message} for p in exc.problems]
+        detail = f"{len(exc.problems)} problem(s) in the estate document"
+    else:
+        detail = str(exc)
+    if isinstance(exc, ConfigError):
+        extra["problems"] = [{"path": exc.path, "message": exc.message}]
+    if isinstance(exc, PermissionDenied):
+        extra["permission"] = exc.permission
+    if isinstance(exc, Unauthenticated):
+        headers = {"WWW-Authenticate": 'Bearer realm="keyshift"'}
+    return problem(status, code, title, detail, headers=headers, **extra)
+
+
+def _location(loc: tuple[Any, ...] | list[Any]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into problem JSON."""
+
+    async def keyshift_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, KeyshiftError)  # noqa: S101 (registered for this class only)
+        return from_error(exc)
+
+    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)  # noqa: S101 (registered for it only)
+        problems = [
+            {"path": _location(e.get("loc", ())), "message": str(e.get("msg", "invalid"))}
+            for e in exc.errors()
+        ]
+        return problem(
+            422,
+            "invalid-request",
+            "A field of the request is invalid",
+            f"{len(problems)} problem(s) in the request",
+            problems=problems,
+        )
+
+    async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)  # noqa: S101 (registered for it only)
+        code = STATUS_CODES.get(exc.status_code, "http-error")
+        return problem(
+            exc.status_code,
+            code,
+            str(exc.detail),
+            str(exc.detail),
+            headers=dict(exc.headers) if exc.headers else None,
+        )
+
+    app.add_exception_handler(KeyshiftError, keyshift_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)

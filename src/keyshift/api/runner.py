@@ -1,0 +1,64 @@
+"""Rotations started through the API run in the background, one worker thread each.
+
+Each runs in its own thread with its own event loop, so a slow step (a reload command,
+a grace check) never stalls the API's request handling. The rotation is journaled and
+leased like any other: if the process stops, `keyshift resume` or a worker continues it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from keyshift.domain.context import PluginContext
+from keyshift.domain.states import RotationState
+from keyshift.errors import KeyshiftError, LeaseHeld
+from keyshift.service import rotations
+from keyshift.store.store import Store
+
+log = structlog.get_logger("keyshift.api")
+
+
+class BackgroundRotations:
+    """Runs rotations in the background and remembers which are still running."""
+
+    def __init__(self, store: Store, context: PluginContext | None = None) -> None:
+        self.store = store
+        self.context = context
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def running(self) -> list[str]:
+        return sorted(self._tasks)
+
+    def start(self, rotation_id: str, *, actor: str) -> None:
+        """Run the rotation as far as it goes now; returns at once. Call from the event loop."""
+        if rotation_id in self._tasks:
+            return  # already running in this process; a second run would wait on its lease
+        task = asyncio.get_running_loop().create_task(self._run(rotation_id, actor))
+        self._tasks[rotation_id] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(rotation_id, None))
+
+    async def _run(self, rotation_id: str, actor: str) -> None:
+        def in_thread() -> RotationState:
+            return asyncio.run(
+                rotations.run(self.store, rotation_id, actor=actor, context=self.context)
+            )
+
+        try:
+            state = await asyncio.to_thread(in_thread)
+            log.info("rotation ran", rotation_id=rotation_id, state=state.value)
+        except LeaseHeld:
+            log.info("rotation held by another worker", rotation_id=rotation_id)
+        except KeyshiftError as exc:
+            log.warning("rotation stopped", rotation_id=rotation_id, error=str(exc))
+        except Exception as exc:
+            # The journal keeps the rotation resumable; the class alone is logged because a
+            # library message could quote a value.
+            log.error("rotation crashed", rotation_id=rotation_id, error=type(exc).__name__)
+
+    async def drain(self, seconds: float) -> None:
+        """Wait up to `seconds` for running rotations (at shutdown)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=seconds)

@@ -1,0 +1,84 @@
+"""Permissions and the built-in roles that grant them (RBAC for the API and its tokens).
+
+Every API route requires exactly one `Permission`. A principal (a user or a service
+account) holds one or more built-in roles; its permissions are the union of theirs.
+Roles are fixed in code so that what a role may do is reviewed with the code, not
+edited in a database.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+
+class Permission(StrEnum):
+    """What a route lets its caller do."""
+
+    CREDENTIALS_READ = "credentials:read"
+    """Read the estate, credentials (status, versions by id and fingerprint), rotations,
+    alerts, and plan an estate file."""
+    CREDENTIALS_WRITE = "credentials:write"
+    """Apply an estate file; test integrations (which signs in with keyshift's identity)."""
+    ROTATIONS_RUN = "rotations:run"
+    """Start, dry-run and resume rotations."""
+    APPROVALS_DECIDE = "approvals:decide"
+    """Approve or reject rotations waiting for a human decision."""
+    AUDIT_READ = "audit:read"
+    """Verify and export the audit chain."""
+    ENTRA_READ = "entra:read"
+    """Read the discovered Entra ID inventory, summary and findings."""
+    ENTRA_WRITE = "entra:write"
+    """Sync the Entra ID inventory from Graph."""
+    ENTRA_ROTATE = "entra:rotate"
+    """Rotate (start or resume) a credential whose provider is Entra ID; needed in
+    addition to `rotations:run`."""
+    ADMIN = "admin"
+    """Manage users, service accounts and API tokens."""
+
+
+class Role(StrEnum):
+    """The built-in roles."""
+
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    APPROVER = "approver"
+    AUDITOR = "auditor"
+    VIEWER = "viewer"
+
+
+_READ: Final = frozenset({Permission.CREDENTIALS_READ, Permission.ENTRA_READ})
+
+ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
+    Role.ADMIN: frozenset(Permission),
+    Role.OPERATOR: _READ
+    | {
+        Permission.CREDENTIALS_WRITE,
+        Permission.ROTATIONS_RUN,
+        Permission.AUDIT_READ,
+        Permission.ENTRA_WRITE,
+        Permission.ENTRA_ROTATE,
+    },
+    Role.APPROVER: _READ | {Permission.APPROVALS_DECIDE, Permission.AUDIT_READ},
+    Role.AUDITOR: _READ | {Permission.AUDIT_READ},
+    Role.VIEWER: _READ,
+}
+"""What each built-in role grants."""
+
+ROLE_DESCRIPTIONS: Final[dict[Role, str]] = {
+    Role.ADMIN: "everything, including users, service accounts and API tokens",
+    Role.OPERATOR: "runs the estate: apply, rotate, resume, sync Entra ID, read the audit trail",
+    Role.APPROVER: "decides on rotations waiting for approval; reads credentials and audit",
+    Role.AUDITOR: "reads credentials, rotations and the audit trail; changes nothing",
+    Role.VIEWER: "reads credentials, rotations, alerts and the Entra ID inventory",
+}
+
+
+def permissions_of(roles: list[str] | tuple[str, ...] | frozenset[str]) -> frozenset[Permission]:
+    """The union of the permissions of these roles; unknown role names grant nothing."""
+    known = {role.value: role for role in Role}
+    granted: set[Permission] = set()
+    for name in roles:
+        if name in known:
+            granted |= ROLE_PERMISSIONS[known[name]]
+    return frozenset(granted)
