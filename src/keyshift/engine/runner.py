@@ -86,6 +86,9 @@ from keyshift.targets.base import (
 
 log = structlog.get_logger("keyshift.engine")
 
+MAX_IN_STEP_WAIT = 300.0
+"""The longest wait between attempts of one step; a longer Retry-After fails the attempt."""
+
 T = TypeVar("T")
 
 RETAIN_DISABLED = timedelta(days=7)
@@ -554,6 +557,11 @@ class Engine:
                 if attempt == TRANSIENT_ATTEMPTS:
                     raise
                 delay = exc.retry_after if exc.retry_after is not None else 2.0 ** (attempt - 1)
+                if delay > MAX_IN_STEP_WAIT:
+                    # Sleeping this long inside a step would hold the run (and the stores
+                    # already switched) for hours; leave the step failed-for-now instead,
+                    # so its on_failure decides and an operator sees it at once.
+                    raise
                 log.warning(
                     "transient failure, retrying", attempt=attempt, delay_s=delay, error=str(exc)
                 )
@@ -1105,6 +1113,23 @@ class Engine:
         """
         gate = Policy.model_validate(run.plan.policy).residual_use
         over = self._grace_over(run)
+        if over:
+            missed = self._consumers_left_behind(run)
+            if missed:
+                # An `on_failure: continue` publish or reload failed: that consumer still
+                # holds the old value, and revoking it would cut the consumer off.
+                evidence = {
+                    **run.residual,
+                    "outcome": "not revoked: consumers still on the old version",
+                    "left_behind": missed,
+                }
+                return self._leave_grace(
+                    run,
+                    evidence,
+                    RotationState.NEEDS_ATTENTION,
+                    error=f"the old version was not revoked: {', '.join(missed)} did not "
+                    "take the new version; fix them, then rotate again or revoke by hand",
+                )
         if gate is None or not _can_check(gate, run.provider):
             if over:
                 self._transition(run, RotationState.REVOKING)
@@ -1206,6 +1231,21 @@ class Engine:
             )
             self._set_state(s, run, state, rot)
         return True
+
+    def _consumers_left_behind(self, run: _Run) -> list[str]:
+        """Publish and reload steps whose last attempt failed (under `on_failure:
+        continue`): the consumers they serve never switched to the new version."""
+        steps = {a.step for a in run.plan.actions if a.phase in (Phase.PUBLISH, Phase.RELOAD)}
+        if not steps:
+            return []
+        with self.store.transaction() as s:
+            rows = s.execute(
+                select(StepRow.name, StepRow.status)
+                .where(StepRow.rotation_id == run.rotation_id, StepRow.name.in_(steps))
+                .order_by(StepRow.seq)
+            ).all()
+        last = {name: status for name, status in rows}  # noqa: C416 (rows are Row tuples)
+        return sorted(name for name, status in last.items() if status == StepStatus.FAILED.value)
 
     def _grace_over(self, run: _Run) -> bool:
         return run.grace_until is None or self.context.now() >= run.grace_until
