@@ -48,20 +48,12 @@ LONG_RETRY_AFTER: Final = 3600
 BACKOFF: Final = [2.0**attempt for attempt in range(TRANSIENT_ATTEMPTS - 1)]
 """The engine's waits between tries of a step that failed transiently without Retry-After."""
 ABORT_CASES: Final = [
-    ("kv-primary", "hang"),
-    ("kv-primary", "500"),
-    ("kv-secondary", "429"),
-    ("kv-secondary", "403"),
-    ("k8s-secret", "500"),
-    ("k8s-secret", "403"),
-    ("aws", "hang"),
-    ("aws", "429"),
+    (store, fault)
+    for store in ("kv-primary", "kv-secondary", "k8s-secret", "aws")
+    for fault in ("hang", "500", "403", "429")
 ]
-"""(failing store, fault): each API-backed store meets two faults and each fault two
-stores. Faults of one kind take one engine path (a transient error tried three times, or
-a permanent one at once), and each target's unit tests map every status; what changes
-with the store is how much there is to roll back. The whole product would take twice as
-long and reach no path these cases leave out."""
+"""(failing store, fault): every API-backed store meets every fault: a hang, a server
+error, a refusal and throttling."""
 CONTINUE_CASES: Final = [("kv-secondary", "hang"), ("aws", "500")]
 """Failing stores inside the chain: stores before and after them switch."""
 
