@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from keyshift import __version__, logs
+from keyshift.client import Client
 from keyshift.domain.context import utcnow
 from keyshift.domain.durations import format_duration, parse_duration
 from keyshift.domain.preflight import Readiness
@@ -132,11 +133,47 @@ def _errors(func: F) -> F:
 
 @contextmanager
 def _store(env: dict[str, str] | None = None) -> Iterator[Store]:
+    if env is None and os.environ.get(SERVER_ENV):
+        _refuse_embedded()
     store = Store.open(env if env is not None else dict(os.environ))
     try:
         yield store
     finally:
         store.close()
+
+
+# Server mode (issue 7): `--server URL` / KEYSHIFT_SERVER, with KEYSHIFT_TOKEN ----------
+
+SERVER_ENV = "KEYSHIFT_SERVER"
+TOKEN_ENV = "KEYSHIFT_TOKEN"  # noqa: S105 (the variable's name, not a token)
+SERVER_COMMANDS = ("status", "history", "approvals")
+"""The commands that can talk to a server; every other command runs embedded."""
+
+ServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        envvar=SERVER_ENV,
+        show_envvar=True,
+        help="Ask this keyshift server (e.g. https://keyshift.example:8080) instead of the "
+        f"local store, with the API token in {TOKEN_ENV}.",
+    ),
+]
+
+
+def _client(server: str) -> Client:
+    """A client of `server` with the token from KEYSHIFT_TOKEN (never a flag, so it stays
+    out of shell history and process listings)."""
+    return Client(server, os.environ.get(TOKEN_ENV) or None)
+
+
+def _refuse_embedded() -> NoReturn:
+    """With KEYSHIFT_SERVER set, a command that cannot use the server would silently act
+    on a local store instead; refuse rather than change the wrong estate."""
+    raise KeyshiftError(
+        f"{SERVER_ENV} is set, but this command runs only on the local store; unset "
+        f"{SERVER_ENV} to run it here (server mode: {', '.join(SERVER_COMMANDS)})"
+    )
 
 
 def _when(value: datetime | None) -> str:
@@ -224,7 +261,7 @@ def apply(file: Annotated[Path, typer.Option("-f", "--file", help="Estate YAML f
         _print_changes(estate_service.apply_estate(store, estate, actor=_actor()), applied=True)
 
 
-def _status_table(store: Store) -> Table:
+def _status_table(status_rows: list[rotations.StatusRow]) -> Table:
     table = Table(title="Credentials", title_justify="left")
     for col in (
         "credential",
@@ -246,7 +283,7 @@ def _status_table(store: Store) -> Table:
         "Rotating": "cyan",
         "Grace Period": "cyan",
     }
-    for row in rotations.status_rows(store, now=utcnow()):
+    for row in status_rows:
         colour = colours.get(row.lifecycle.value, "white")
         table.add_row(
             row.credential,
@@ -264,10 +301,14 @@ def _status_table(store: Store) -> Table:
 
 @app.command()
 @_errors
-def status() -> None:
+def status(server: ServerOption = None) -> None:
     """One row per credential: lifecycle, current version fingerprint, expiry."""
+    if server:
+        with _client(server) as client:
+            out.print(_status_table(client.status_rows()))
+        return
     with _store() as store:
-        out.print(_status_table(store))
+        out.print(_status_table(rotations.status_rows(store, now=utcnow())))
 
 
 def _print_rotation_end(rotation_id: str, state: RotationState, store: Store) -> None:
@@ -375,31 +416,39 @@ def resume() -> None:
 
 @app.command()
 @_errors
-def history(name: Annotated[str, typer.Argument(help="Credential name.")]) -> None:
+def history(
+    name: Annotated[str, typer.Argument(help="Credential name.")],
+    server: ServerOption = None,
+) -> None:
     """Every rotation of a credential, oldest first."""
-    with _store() as store:
-        table = Table(title=f"Rotations of {name}", title_justify="left")
-        for col in (
-            "rotation",
-            "state",
-            "requested by",
-            "requested",
-            "finished",
-            "new version",
-            "error",
-        ):
-            table.add_column(col)
-        for r in rotations.history_rows(store, name):
-            table.add_row(
-                r.id,
-                r.state,
-                r.requested_by,
-                _when(r.requested_at),
-                _when(r.finished_at),
-                (r.new_version_id or "-")[:8],
-                r.error or "",
-            )
-        out.print(table)
+    if server:
+        with _client(server) as client:
+            found = client.history_rows(name)
+    else:
+        with _store() as store:
+            found = rotations.history_rows(store, name)
+    table = Table(title=f"Rotations of {name}", title_justify="left")
+    for col in (
+        "rotation",
+        "state",
+        "requested by",
+        "requested",
+        "finished",
+        "new version",
+        "error",
+    ):
+        table.add_column(col)
+    for r in found:
+        table.add_row(
+            r.id,
+            r.state,
+            r.requested_by,
+            _when(r.requested_at),
+            _when(r.finished_at),
+            (r.new_version_id or "-")[:8],
+            r.error or "",
+        )
+    out.print(table)
 
 
 def _timeline_table(store: Store, rotation_id: str) -> Table:
@@ -678,12 +727,17 @@ def integrations_test(
 def approvals_list(
     ctx: typer.Context,
     all_: Annotated[bool, typer.Option("--all", help="Include decided requests.")] = False,
+    server: ServerOption = None,
 ) -> None:
     """Approval requests waiting for a decision (all of them with --all)."""
     if ctx.invoked_subcommand is not None:
         return
-    with _store() as store:
-        views = approvals_service.requests(store, pending_only=not all_)
+    if server:
+        with _client(server) as client:
+            views = client.approval_requests(pending_only=not all_)
+    else:
+        with _store() as store:
+            views = approvals_service.requests(store, pending_only=not all_)
     if not views:
         out.print("No approval requests waiting." if not all_ else "No approval requests.")
         return
@@ -868,7 +922,7 @@ def demo(
         )
         _print_rotation_end(rotation_id, state, store)
         out.print("\n$ keyshift status")
-        out.print(_status_table(store))
+        out.print(_status_table(rotations.status_rows(store, now=utcnow())))
         out.print(f"\n$ keyshift show {rotation_id}")
         out.print(_timeline_table(store, rotation_id))
         with store.transaction() as s:

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyshift.errors import (
+    ApprovalRefused,
     ApprovalRequired,
     ConfigError,
     Conflict,
@@ -43,6 +44,7 @@ ERROR_CODES: list[tuple[type[KeyshiftError], int, str, str]] = [
     (RotationInProgress, 409, "rotation-in-progress", "A rotation is already in progress"),
     (Conflict, 409, "conflict", "The request conflicts with the current state"),
     (PolicyViolation, 409, "policy-violation", "A policy refuses the rotation"),
+    (ApprovalRefused, 409, "approval-refused", "The decision may not be taken"),
     (ApprovalRequired, 409, "approval-required", "The rotation waits for an approval"),
     (DecryptionError, 500, "store-integrity", "A stored value did not decrypt"),
     (StoreError, 503, "store-unavailable", "The store cannot be reached"),

@@ -23,9 +23,12 @@ from keyshift.domain.context import utcnow
 from keyshift.domain.durations import parse_duration
 from keyshift.domain.rbac import ROLE_DESCRIPTIONS, ROLE_PERMISSIONS, Permission, Role
 from keyshift.errors import AuditChainBroken, ConfigError, RotationInProgress
+from keyshift.service import approvals as approvals_service
 from keyshift.service import entra as entra_service
 from keyshift.service import estate as estate_service
+from keyshift.service import evidence as evidence_service
 from keyshift.service import identities, rotations, scheduler
+from keyshift.service import impact as impact_service
 from keyshift.service import integrations as integrations_service
 from keyshift.service.identities import Identity
 from keyshift.store import audit
@@ -315,6 +318,157 @@ async def resume_rotation(
     location = f"/v1/rotations/{full_id}"
     response.headers["Location"] = location
     return RotationStarted(full_id, credential, "resuming", location)
+
+
+# Approvals, blast radius, evidence ----------------------------------------------------
+
+RequestId = Annotated[str, Path(min_length=1, max_length=36)]
+
+
+@router.get("/approvals", tags=["approvals"])
+def list_approvals(
+    store: StoreDep,
+    who: Annotated[Identity, caller(Permission.CREDENTIALS_READ)],
+    all_: Annotated[bool, Query(alias="all")] = False,
+) -> list[approvals_service.ApprovalView]:
+    """Approval requests waiting for a decision, oldest first (`all=true`: decided ones too)."""
+    return approvals_service.requests(store, pending_only=not all_)
+
+
+@router.get("/approvals/{request_id}", tags=["approvals"])
+def get_approval(
+    store: StoreDep,
+    who: Annotated[Identity, caller(Permission.CREDENTIALS_READ)],
+    request_id: RequestId,
+) -> approvals_service.ApprovalView:
+    """One approval request (by id or a unique prefix of 6+ characters): what the approver
+    decides on, in `summary` (credential, expiry, every step, the rollback plan)."""
+    return approvals_service.show(store, request_id)
+
+
+class DecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    comment: str = Field(default="", max_length=1000)
+    """Why, for the record (audited with the decision)."""
+
+
+@dataclass(frozen=True)
+class DecisionOut:
+    request_id: str
+    rotation_id: str
+    decision: Literal["approved", "rejected"]
+    location: str
+    """The rotation, which runs on in the background; poll it for its state."""
+
+
+async def _decide(  # noqa: PLR0917 (the two decision routes pass everything through)
+    request: Request,
+    response: Response,
+    store: Any,
+    who: Identity,
+    request_id: str,
+    body: DecisionIn | None,
+    *,
+    approve: bool,
+) -> DecisionOut:
+    comment = body.comment if body is not None else ""
+    runner = _background(request)
+    now = runner.context.now() if runner.context is not None else utcnow()
+    # The decision is stored (or refused, 409 `approval-refused`) before the response;
+    # the rotation then moves on in the background when the policy's rule is met.
+
+    def record() -> tuple[str, str]:
+        rotation_id = approvals_service.record(
+            store, request_id, approver=_actor(who), approve=approve, comment=comment, now=now
+        )
+        return approvals_service.show(store, request_id).id, rotation_id
+
+    full_id, rotation_id = await run_in_threadpool(record)
+    runner.start(rotation_id, actor=_actor(who))
+    location = f"/v1/rotations/{rotation_id}"
+    response.headers["Location"] = location
+    return DecisionOut(full_id, rotation_id, "approved" if approve else "rejected", location)
+
+
+@router.post("/approvals/{request_id}/approve", status_code=202, tags=["approvals"])
+async def approve(  # noqa: PLR0917 (FastAPI passes parameters by name)
+    request: Request,
+    response: Response,
+    store: StoreDep,
+    who: Annotated[Identity, caller(Permission.APPROVALS_DECIDE)],
+    request_id: RequestId,
+    body: DecisionIn | None = None,
+) -> DecisionOut:
+    """Approve as the calling principal; the rotation (or revocation) runs on in the
+    background once enough approvers agreed. The requester can never approve their own
+    rotation, nor anyone outside the policy's approvers (409 `approval-refused`)."""
+    return await _decide(request, response, store, who, request_id, body, approve=True)
+
+
+@router.post("/approvals/{request_id}/reject", status_code=202, tags=["approvals"])
+async def reject(  # noqa: PLR0917 (FastAPI passes parameters by name)
+    request: Request,
+    response: Response,
+    store: StoreDep,
+    who: Annotated[Identity, caller(Permission.APPROVALS_DECIDE)],
+    request_id: RequestId,
+    body: DecisionIn | None = None,
+) -> DecisionOut:
+    """Reject as the calling principal: a rotation fails with nothing changed; a
+    revocation is not done (the old version stays valid, the rotation needs attention)."""
+    return await _decide(request, response, store, who, request_id, body, approve=False)
+
+
+@router.get("/credentials/{name}/impact", tags=["credentials"])
+def credential_impact(
+    store: StoreDep, who: Annotated[Identity, caller(Permission.CREDENTIALS_READ)], name: PathName
+) -> list[impact_service.ImpactRow]:
+    """The blast radius of rotating the credential: the issuer and every action in run
+    order, with where each acts (host, agent, vault, namespace, path)."""
+    return impact_service.impact(store, name)
+
+
+@router.get("/rotations/{rotation_id}/evidence", tags=["audit"])
+def rotation_evidence(
+    store: StoreDep,
+    who: Annotated[Identity, caller(Permission.AUDIT_READ)],
+    rotation_id: RotationId,
+) -> dict[str, Any]:
+    """The rotation's evidence bundle (`keyshift-evidence/1`): request, approvals, plan and
+    hash, executor version, steps, versions by id and fingerprint, residual use, blast
+    radius and the audit entries that attest them. The same document as `keyshift evidence`."""
+    return evidence_service.export(store, rotation_id, actor=_actor(who), now=utcnow())
+
+
+class EvidenceVerification(BaseModel):
+    ok: bool
+    entries: int
+    """Audit entries of the rotation that were checked."""
+    chain_entries: int
+    """Entries of the store's whole chain that verified (0 when the check stopped before)."""
+    problem: str | None
+    """The first mismatch, when the bundle does not verify."""
+
+
+@router.post("/evidence/verify", tags=["audit"])
+def verify_evidence(
+    store: StoreDep,
+    who: Annotated[Identity, caller(Permission.AUDIT_READ)],
+    bundle: Annotated[
+        dict[str, Any],
+        Body(description="An evidence bundle, as exported.", examples=[{"format": "x"}]),
+    ],
+) -> EvidenceVerification:
+    """Check a bundle against itself and the store's audit chain; name the first mismatch.
+    A bundle that does not verify is still a 200 answer with `ok: false`."""
+    result = evidence_service.verify(store, bundle)
+    return EvidenceVerification(
+        ok=result.ok,
+        entries=result.entries,
+        chain_entries=result.chain_entries,
+        problem=result.problem,
+    )
 
 
 # Audit ----------------------------------------------------------------------------------

@@ -27,18 +27,31 @@ class BackgroundRotations:
         self.store = store
         self.context = context
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._again: dict[str, str] = {}
+        """Rotations to run once more when their current run ends, with who asked."""
 
     @property
     def running(self) -> list[str]:
         return sorted(self._tasks)
 
     def start(self, rotation_id: str, *, actor: str) -> None:
-        """Run the rotation as far as it goes now; returns at once. Call from the event loop."""
+        """Run the rotation as far as it goes now; returns at once. Call from the event loop.
+
+        If it is running here already, it runs once more when that run ends: a run that
+        read the approvals before a new decision was stored would otherwise stop at
+        `awaiting_approval` with the rule met and nothing left to move it on."""
         if rotation_id in self._tasks:
-            return  # already running in this process; a second run would wait on its lease
-        task = asyncio.get_running_loop().create_task(self._run(rotation_id, actor))
+            # A second run now would only wait on the first one's lease.
+            self._again[rotation_id] = actor
+            return
+        task = asyncio.get_running_loop().create_task(self._run_until_settled(rotation_id, actor))
         self._tasks[rotation_id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(rotation_id, None))
+
+    async def _run_until_settled(self, rotation_id: str, actor: str) -> None:
+        await self._run(rotation_id, actor)
+        while rotation_id in self._again:
+            await self._run(rotation_id, self._again.pop(rotation_id))
 
     async def _run(self, rotation_id: str, actor: str) -> None:
         def in_thread() -> RotationState:

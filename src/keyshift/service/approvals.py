@@ -100,20 +100,19 @@ def show(store: Store, request_id: str) -> ApprovalView:
         return _view(s, _find(s, request_id))
 
 
-async def decide(
+def record(
     store: Store,
     request_id: str,
     *,
     approver: str,
     approve: bool,
     comment: str = "",
-    context: PluginContext | None = None,
-    on_event: Callable[[StepEvent], None] | None = None,
-) -> tuple[str, RotationState]:
-    """Record a decision, then run the rotation (it moves on when the rule is met).
-    Returns the rotation id and the state it stopped in."""
-    engine = Engine(store, actor=approver, context=context, on_event=on_event)
-    now = engine.context.now()
+    now: datetime,
+) -> str:
+    """Record one decision on a pending request (audited either way); returns the
+    rotation id. Raises ApprovalRefused, with the reason, when the decision may not be
+    taken; nothing but the refusal's audit entry is written then. Running the rotation
+    afterwards is the caller's part (`decide` runs it now; the API in the background)."""
     refusal: str | None = None
     with store.transaction() as s:
         row = _find(s, request_id)
@@ -167,7 +166,31 @@ async def decide(
                     "comment": comment,
                 },
             )
-        rotation_id = row.rotation_id
+        rotation_id: str = row.rotation_id
     if refusal is not None:
         raise ApprovalRefused(refusal)
+    return rotation_id
+
+
+async def decide(
+    store: Store,
+    request_id: str,
+    *,
+    approver: str,
+    approve: bool,
+    comment: str = "",
+    context: PluginContext | None = None,
+    on_event: Callable[[StepEvent], None] | None = None,
+) -> tuple[str, RotationState]:
+    """Record a decision, then run the rotation (it moves on when the rule is met).
+    Returns the rotation id and the state it stopped in."""
+    engine = Engine(store, actor=approver, context=context, on_event=on_event)
+    rotation_id = record(
+        store,
+        request_id,
+        approver=approver,
+        approve=approve,
+        comment=comment,
+        now=engine.context.now(),
+    )
     return rotation_id, await engine.run(rotation_id)

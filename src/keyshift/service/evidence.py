@@ -140,7 +140,7 @@ def verify(store: Store, bundle: dict[str, Any]) -> Verification:
             _check_head(s, bundle["audit"]["head"])
     except _Mismatch as exc:
         return Verification(len(entries), 0, str(exc))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         return Verification(len(entries), 0, f"the bundle is malformed ({exc!r})")
     return Verification(len(entries), count)
 
