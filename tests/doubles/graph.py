@@ -54,7 +54,8 @@ Documented behaviours it follows (Microsoft Learn):
 
 What it keeps: applications and their password credentials as SHA-256 hashes of
 the secret text; nothing logs a secret text or a token. `requests` records method,
-path and decoded query of every request (never headers or bodies).
+path and decoded query of every request (never headers or bodies); `removed_key_ids`
+the keyId of every successful removePassword, in order (ids are not secrets).
 """
 
 from __future__ import annotations
@@ -260,6 +261,8 @@ class GraphDouble:
         self.applications: dict[str, StoredApplication] = {}
         self.requests: list[LoggedRequest] = []
         self.tokens_issued = 0
+        self.removed_key_ids: list[str] = []
+        """keyIds removed by removePassword, in order: counts removals per keyId."""
         self.roles: set[str] = {"Application.ReadWrite.All"}
         """Application permissions granted to keyshift's client: they go into the `roles`
         claim of its tokens, and Graph requests need one that allows them."""
@@ -770,6 +773,7 @@ class GraphDouble:
                     f"No password credential found with keyId '{key_id}'.",
                 )
             app.passwords = kept
+            self.removed_key_ids.append(str(key_id))
         return 204, {}, b""
 
 

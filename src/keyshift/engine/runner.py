@@ -61,6 +61,8 @@ from keyshift.errors import (
 )
 from keyshift.governance import refusals
 from keyshift.providers.base import (
+    AdoptedVersion,
+    AdoptRequest,
     Capability,
     CreateRequest,
     IssuedVersion,
@@ -110,6 +112,12 @@ PHASE_OF_STATE: dict[RotationState, Phase] = {
     RotationState.NOTIFYING: Phase.NOTIFY,
 }
 VERIFY_PROVIDER_STEP = "verifying:provider"
+
+ADOPTED_FINGERPRINT = "none: adopted, value never held"
+"""The fingerprint of an adopted version: versions at the issuer that keyshift did not
+create (`Capability.ADOPTS_EXISTING`), recorded without a value as a rotation's old
+version so that its revocation retires them. Nothing can be fingerprinted, re-published,
+signed in with or revealed for such a version; see `_adopted`."""
 
 _STEP_TABLE = cast(Table, StepRow.__table__)
 _ROTATION_TABLE = cast(Table, RotationRow.__table__)
@@ -185,6 +193,8 @@ class _Run:
     targets: dict[str, Target] = field(default_factory=dict)
     secrets: list[str] = field(default_factory=list)
     deliveries: tuple[Delivery, Delivery | None] | None = None
+    adopted_old: str | None = None
+    """The old version's id when it is adopted (no value): rollback cannot restore it."""
 
 
 @dataclass(frozen=True)
@@ -367,6 +377,11 @@ class Engine:
             current = _current_version(s, cred.id)
             if current is None:
                 raise ConfigError(f"credential:{credential}", "has no current version yet")
+            if _adopted(current):
+                raise ConfigError(
+                    f"credential:{credential}",
+                    "has only adopted secrets, whose value keyshift never held",
+                )
             return self.store.reveal(current)
 
     async def preflight(
@@ -721,7 +736,10 @@ class Engine:
                     {"version_id": existing.id, "fingerprint": existing.fingerprint, "reused": True}
                 )
             current = _current_version(s, run.credential_id)
-            current_issued = self._issued(current) if current else None
+            # An adopted current version has no value to hand to the provider.
+            current_issued = self._issued(current) if current and not _adopted(current) else None
+            first = current is None and _rotation(s, run.rotation_id).old_version_id is None
+        adopted = await self._adopt(run) if first else {}
         issued = await self._issue(run, current_issued)
         # A crash here leaves a version at the issuer that keyshift has not stored;
         # the provider's create is idempotent for this rotation's marker.
@@ -758,6 +776,7 @@ class Engine:
                     "fingerprint": row.fingerprint,
                     "provider_ref": row.provider_ref,
                     "serial": serial,
+                    **adopted,
                 }
         except Exception as exc:
             # The issuer holds a version keyshift could not store: revoke it so no
@@ -775,6 +794,67 @@ class Engine:
                 f"version {issued.provider_ref} was revoked"
             ) from exc
         return StepResult(detail)
+
+    async def _adopt(self, run: _Run) -> dict[str, Any]:
+        """On a credential's first rotation, record the issuer's versions that keyshift did
+        not create (if the provider adopts them) as the rotation's old version, so the
+        grace period, residual-use and approval gates and the revocation treat them as
+        they treat any old version. Returns facts for the create step's detail.
+
+        The row and `old_version_id` are written in one transaction before the new version
+        is issued: a create step run again after a crash finds `old_version_id` set and
+        adopts nothing a second time (nor the new secret, which carries the marker).
+        """
+        if Capability.ADOPTS_EXISTING not in run.provider.capabilities:
+            return {}
+        finder = cast(Any, run.provider)
+        found: AdoptedVersion | None = await finder.adopt_existing(AdoptRequest(run.credential))
+        if found is None:
+            return {"adopted": "nothing to adopt"}
+        with self.store.transaction() as s:
+            rot = _rotation(s, run.rotation_id)
+            serial = (
+                s.execute(
+                    select(func.max(VersionRow.serial)).where(
+                        VersionRow.credential_id == run.credential_id
+                    )
+                ).scalar_one_or_none()
+                or 0
+            ) + 1
+            row = VersionRow(
+                id=str(uuid.uuid4()),
+                credential_id=run.credential_id,
+                rotation_id=None,  # not issued by a rotation; `_create` looks rows up by it
+                serial=serial,
+                provider_ref=found.provider_ref,
+                attributes=dict(found.attributes),
+                # Current until the cutover makes it previous, as an issued version would be.
+                status=VersionStatus.CURRENT.value,
+                fingerprint=ADOPTED_FINGERPRINT,
+                ciphertext=None,
+                wrapped_key=None,
+                master_key_id=None,
+                created_at=self.context.now(),
+                expires_at=found.expires_at,
+                revoked_at=None,
+            )
+            s.add(row)
+            s.flush()
+            rot.old_version_id = row.id
+            facts = {
+                "adopted_version_id": row.id,
+                "adopted_provider_ref": row.provider_ref,
+                **{f"adopted_{k}": v for k, v in found.attributes.items()},
+            }
+            self.store.audit(
+                s,
+                actor=self.actor,
+                action="version.adopted",
+                subject=f"rotation:{run.rotation_id}",
+                details={"credential": run.credential, **facts},
+            )
+        log.info("versions adopted", rotation_id=run.rotation_id, version_id=row.id)
+        return facts
 
     async def _issue(self, run: _Run, current: IssuedVersion | None) -> IssuedVersion:
         policy = Policy.model_validate(run.plan.policy)
@@ -811,10 +891,26 @@ class Engine:
                 return StepResult(
                     {"version_id": old.id, "fingerprint": old.fingerprint, "already_revoked": True}
                 )
-            issued = self._issued(old)
+            adopted = _adopted(old)
+            if adopted and Capability.ADOPTS_EXISTING not in run.provider.capabilities:
+                # The estate stopped retiring adopted versions (e.g. `adopt_existing: keep`)
+                # after this one was adopted: what was made by hand stays valid.
+                return StepResult(
+                    {
+                        "version_id": old.id,
+                        "revoked": None,
+                        "reason": "adopted version kept: the provider no longer retires them",
+                    }
+                )
+            issued = self._old_issued(old)
         result = await run.provider.revoke(RevokeRequest(run.credential, run.rotation_id, issued))
         crash_point("revoking:issuer")
-        proof = await self._revocation_proof(run, issued)
+        proof = (
+            "not possible by sign-in: keyshift never held the adopted version's value; "
+            "the issuer's answer is the evidence"
+            if adopted
+            else await self._revocation_proof(run, issued)
+        )
         with self.store.transaction() as s:
             old = _version(s, issued_id := rot.old_version_id)
             old.status = VersionStatus.REVOKED.value
@@ -889,7 +985,16 @@ class Engine:
             async def undo_action(action: PlannedAction = action) -> StepResult:
                 new, previous = self._deliveries(run)
                 target = self._target(run, action)
-                return await target.rollback(RollbackRequest(failed=new, previous=previous))
+                result = await target.rollback(RollbackRequest(failed=new, previous=previous))
+                if run.adopted_old is None:
+                    return result
+                # The value consumers had before was adopted, never known to keyshift:
+                # the target rolled back as on a first rotation, with no previous value.
+                note = (
+                    f"adopted version {run.adopted_old}: its value was never known to "
+                    "keyshift, so no previous value was restored"
+                )
+                return StepResult({**dict(result.detail), "previous": note})
 
             opened, result, error = await self._attempt(run, undo, undo_action)
             if error is not None:
@@ -1179,7 +1284,7 @@ class Engine:
         with self.store.transaction() as s:
             rot = _rotation(s, run.rotation_id)
             row = _version(s, rot.old_version_id) if rot.old_version_id else None
-            old = self._issued(row) if row is not None else None
+            old = self._old_issued(row) if row is not None else None
         if old is None or row is None:
             return 0
         sessions = 0
@@ -1351,6 +1456,14 @@ class Engine:
         value = self.store.reveal(row)
         return IssuedVersion(row.provider_ref, value, dict(row.attributes), row.expires_at)
 
+    def _old_issued(self, row: VersionRow) -> IssuedVersion:
+        """The old version for revocation and residual-use checks. An adopted one has no
+        value: it goes with an empty one and its identifiers (the providers that adopt
+        remove by identifier, and the usage command never receives a value)."""
+        if _adopted(row):
+            return IssuedVersion(row.provider_ref, Secret(""), dict(row.attributes), row.expires_at)
+        return self._issued(row)
+
     def _deliveries(self, run: _Run) -> tuple[Delivery, Delivery | None]:
         """The new and previous versions as consumers receive them (decrypted once a run)."""
         if run.deliveries is not None:
@@ -1360,11 +1473,11 @@ class Engine:
             if rot.new_version_id is None:
                 raise PermanentError(f"rotation {rot.id} has no new version to deliver")
             new = self._delivery(run, _version(s, rot.new_version_id))
-            previous = (
-                self._delivery(run, _version(s, rot.old_version_id))
-                if rot.old_version_id is not None
-                else None
-            )
+            old = _version(s, rot.old_version_id) if rot.old_version_id is not None else None
+            if old is not None and _adopted(old):
+                # Consumers get no previous value, as on a first rotation.
+                run.adopted_old, old = old.id, None
+            previous = self._delivery(run, old) if old is not None else None
         run.deliveries = (new, previous)
         return new, previous
 
@@ -1377,6 +1490,11 @@ class Engine:
 
     async def _close(self, run: _Run) -> None:
         await run.provider.aclose()
+
+
+def _adopted(row: VersionRow) -> bool:
+    """Whether the version was adopted from the issuer, so keyshift never held its value."""
+    return row.fingerprint == ADOPTED_FINGERPRINT
 
 
 def _can_check(gate: ResidualUse, provider: Provider) -> bool:

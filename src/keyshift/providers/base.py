@@ -21,6 +21,8 @@ from keyshift.domain.preflight import PreflightRequest, PreflightResult, Readine
 from keyshift.domain.secret import Secret
 
 __all__ = [
+    "AdoptRequest",
+    "AdoptedVersion",
     "Capability",
     "CreateRequest",
     "IssuedVersion",
@@ -51,6 +53,9 @@ class Capability(StrEnum):
     """`verify` really logs in at the issuer, so a revoked version can be proven refused."""
     RESIDUAL_USE = "residual_use"
     """`residual_use` counts the issuer's sessions that still use a version."""
+    ADOPTS_EXISTING = "adopts_existing"
+    """`adopt_existing` finds the versions the issuer holds that keyshift did not create,
+    so the first rotation retires them as its old version."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,30 @@ class UsageReport:
 
     sessions: int
     detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AdoptRequest:
+    credential: str
+
+
+@dataclass(frozen=True)
+class AdoptedVersion:
+    """Versions at the issuer that keyshift did not create (made by hand before keyshift
+    managed the credential), taken over as one old version whose value keyshift never held.
+
+    Providers with `Capability.ADOPTS_EXISTING` implement
+    `async def adopt_existing(request: AdoptRequest) -> AdoptedVersion | None` (None when
+    there is nothing to adopt). The engine asks once, on the first rotation, and stores
+    the answer as a version without a value; `revoke` then receives it with these
+    `attributes` and an empty value, so it must remove it by identifiers alone.
+    """
+
+    provider_ref: str
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    """Identifiers of what was adopted (e.g. keyIds), for `revoke` and the audit."""
+    expires_at: datetime | None = None
+    """The latest expiry among the adopted versions."""
 
 
 @dataclass(frozen=True)

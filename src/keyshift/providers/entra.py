@@ -14,6 +14,12 @@ one secret of the rotation remains on the application. The version's `provider_r
 is `<appId>:<marker>`, the same across such repeats; the secret's current `keyId`
 is in the version's attributes (`key_id`).
 
+Adoption. An application keyshift starts to manage may already hold client secrets
+made by hand. With `adopt_existing: retire` the first rotation takes them over as its
+old version (keyIds only: their values were never known to keyshift) and removes them
+with `removePassword` when the grace period ends, as it would remove a previous
+keyshift secret. With `keep` (the default) they stay valid until someone removes them.
+
 `verify` signs in as the application itself with the version's secret (the client
 credentials grant): the proof a consumer would get. Entra ID may take a short while
 to accept a secret just added; a refusal then makes the step fail and be retried.
@@ -22,7 +28,7 @@ to accept a secret just added; a refusal then makes the step fail and be retried
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,6 +37,8 @@ from keyshift.azure import EntraIntegration
 from keyshift.domain.context import PluginContext
 from keyshift.errors import KeyshiftError, PermanentError
 from keyshift.providers.base import (
+    AdoptedVersion,
+    AdoptRequest,
     Capability,
     CreateRequest,
     IssuedVersion,
@@ -73,6 +81,12 @@ class EntraSecretConfig(BaseModel):
     """The application (client) id, `appId`, of the app registration whose secrets rotate."""
     display_name_prefix: str = Field(default="keyshift", min_length=1)
     """Start of the display name of each secret keyshift adds; the rotation marker follows."""
+    adopt_existing: Literal["keep", "retire"] = "keep"
+    """What the first rotation does with client secrets the application already holds that
+    keyshift did not add (display name not `<display_name_prefix> <marker>`): `keep` leaves
+    them valid; `retire` treats them as the old version, so they are removed (by keyId)
+    when the grace period ends, after the residual-use and approval gates like any old
+    version. Secrets added by hand later are not touched; `keyshift entra report` lists them."""
 
 
 class EntraSecretProvider:
@@ -108,7 +122,10 @@ class EntraSecretProvider:
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        return frozenset({Capability.DUAL_ACTIVE, Capability.AUTHENTICATES})
+        held = {Capability.DUAL_ACTIVE, Capability.AUTHENTICATES}
+        if self.config.adopt_existing == "retire":
+            held.add(Capability.ADOPTS_EXISTING)
+        return frozenset(held)
 
     @property
     def _integration(self) -> EntraIntegration:
@@ -207,12 +224,37 @@ class EntraSecretProvider:
                 return VerifyResult(ok=False, detail=f"sign-in as {app_id} refused ({exc.code})")
         return VerifyResult(ok=True, detail=f"signed in as {app_id} with secret {key_id}")
 
+    async def adopt_existing(self, request: AdoptRequest) -> AdoptedVersion | None:
+        """The client secrets of the application that keyshift did not add, as one
+        version identified by their keyIds (`key_ids`, comma-separated); None if there
+        are none. Changes nothing."""
+        app = await self._application(self._client())
+        found = [p for p in app.password_credentials if self._marker_of(p.display_name) is None]
+        if not found:
+            return None
+        ends = [p.end for p in found if p.end is not None]
+        return AdoptedVersion(
+            provider_ref=f"{self.config.app_id}:adopted",
+            attributes={
+                "key_ids": ",".join(sorted(p.key_id for p in found)),
+                "app_id": self.config.app_id,
+                "tenant_id": self._integration.tenant_id,
+            },
+            expires_at=max(ends) if ends else None,
+        )
+
     async def revoke(self, request: RevokeRequest) -> RevokeResult:
         """Remove the version's secret from the application. Succeeds with
         `already_gone=True` if the application no longer holds it. Tokens already
-        issued with it stay valid until they expire (about an hour)."""
+        issued with it stay valid until they expire (about an hour).
+
+        An adopted version (`key_ids` in its attributes) is removed keyId by keyId;
+        keyIds already gone are skipped, so a repeat removes none twice."""
         graph = self._client()
         app = await self._application(graph)
+        adopted = [k for k in request.version.attributes.get("key_ids", "").split(",") if k]
+        if adopted:
+            return await self._retire(graph, app, adopted)
         key_id = request.version.attributes.get("key_id", "")
         held = {p.key_id for p in app.password_credentials}
         if not key_id or key_id not in held:
@@ -221,6 +263,34 @@ class EntraSecretProvider:
             return RevokeResult(already_gone=True, detail={"key_id": key_id})
         log.info("entra.password_revoked", app_id=self.config.app_id, key_id=key_id)
         return RevokeResult(detail={"key_id": key_id, "remaining": str(len(held) - 1)})
+
+    async def _retire(
+        self, graph: GraphClient, app: Application, key_ids: list[str]
+    ) -> RevokeResult:
+        """Remove the adopted secrets, then read the application again to prove them gone:
+        keyshift never held their values, so it cannot try a sign-in with them."""
+        held = {p.key_id for p in app.password_credentials}
+        removed: list[str] = []
+        for key_id in key_ids:
+            if key_id in held and await self._remove(graph, app, key_id):
+                removed.append(key_id)
+                log.info("entra.adopted_password_removed", app_id=self.config.app_id, key_id=key_id)
+        after = {p.key_id for p in (await self._application(graph)).password_credentials}
+        still = [k for k in key_ids if k in after]
+        if still:
+            raise PermanentError(
+                f"application {self.config.app_id} still lists the adopted client secret(s) "
+                f"{', '.join(still)} after removePassword"
+            )
+        return RevokeResult(
+            already_gone=not removed,
+            detail={
+                "key_ids": ",".join(key_ids),
+                "removed_key_ids": ",".join(removed),
+                "gone_before_key_ids": ",".join(k for k in key_ids if k not in removed),
+                "remaining": str(len(after)),
+            },
+        )
 
     async def list_versions(self, request: ListRequest) -> list[VersionInfo]:
         """Every client secret of the application. Those keyshift added carry the

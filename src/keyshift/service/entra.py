@@ -338,19 +338,24 @@ def _managed(s: Session) -> dict[tuple[str, str], _Managed]:
     ).scalars()
     for cred in creds:
         provider = cred.spec["credential"]["provider"]
-        versions = s.execute(select(VersionRow).where(VersionRow.credential_id == cred.id))
-        by_id = {v.id: v.attributes.get("key_id", "") for v in versions.scalars()}
+        versions = list(
+            s.execute(select(VersionRow).where(VersionRow.credential_id == cred.id)).scalars()
+        )
+        by_id = {v.id: v.attributes.get("key_id", "") for v in versions}
+        # An adopted version (secrets made by hand, retired by the first rotation) holds
+        # several keyIds in `key_ids` and no `key_id`: it is in play, not by keyshift.
+        in_play = {v.id: _key_ids_of(v.attributes) for v in versions}
         rotating: set[str] = set()
         in_grace: set[str] = set()
         if cred.active_rotation_id:
             rotation = s.get(RotationRow, cred.active_rotation_id)
             if rotation is not None and rotation.state not in _FINAL:
-                old = by_id.get(rotation.old_version_id or "", "")
-                new = by_id.get(rotation.new_version_id or "", "")
+                old = in_play.get(rotation.old_version_id or "", set())
+                new = in_play.get(rotation.new_version_id or "", set())
                 if rotation.state in _GRACE_STATES:
-                    in_grace.add(old)
+                    in_grace.update(old)
                 else:
-                    rotating.update({old, new})
+                    rotating.update(old | new)
         out[(provider.get("integration", ""), provider.get("app_id", ""))] = _Managed(
             name=cred.name,
             policy=Policy.model_validate(cred.spec["policy"]),
@@ -360,6 +365,13 @@ def _managed(s: Session) -> dict[tuple[str, str], _Managed]:
             in_grace=in_grace - {""},
         )
     return out
+
+
+def _key_ids_of(attributes: dict[str, Any]) -> set[str]:
+    """The Entra keyIds a version stands for: its own, or those it adopted."""
+    found = {str(attributes.get("key_id") or "")}
+    found.update(str(attributes.get("key_ids") or "").split(","))
+    return found - {""}
 
 
 def state_of(
