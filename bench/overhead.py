@@ -33,6 +33,7 @@ def _estate(names: list[str], sleep: str) -> dict[str, object]:
         "credentials": [
             {
                 "name": name,
+                "owner": "team-bench",
                 "provider": {"type": "random"},
                 "actions": [
                     {

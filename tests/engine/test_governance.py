@@ -274,3 +274,11 @@ def test_revocation_of_a_critical_credential_waits_for_a_second_approval(
     request = _pending(store)
     assert request.kind == "revoke"
     assert _decide(store, clock, request.id, "carol") == RotationState.COMPLETED
+
+
+def test_a_governance_change_alone_is_applied(store: Store, tmp_path: Path) -> None:
+    _apply(store, _estate(tmp_path))
+    _apply(store, _estate(tmp_path, governance={"allowlist": {"credentials": ["other-*"]}}))
+
+    with pytest.raises(PolicyRefused, match="not in the approved inventory"):
+        _rotate(store, FakeClock(START))

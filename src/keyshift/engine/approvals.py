@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from keyshift.domain.durations import format_duration
-from keyshift.domain.estate import CredentialSpec, Estate, Governance, Policy
+from keyshift.domain.estate import CredentialSpec, Governance, Policy
 from keyshift.domain.states import Phase
 from keyshift.engine.plan import Plan, build_plan
 from keyshift.governance import Decision, Tally, tally
@@ -26,10 +26,13 @@ from keyshift.store.models import (
     ApprovalRequestRow,
     CredentialRow,
     EstateRevision,
+    Meta,
     RotationRow,
     VersionRow,
 )
 
+GOVERNANCE_KEY = "estate.governance"
+"""Meta row holding the governance section of the estate last applied (read per request)."""
 ROTATION = "rotation"
 REVOKE = "revoke"
 PENDING = "pending"
@@ -37,12 +40,18 @@ PENDING = "pending"
 
 def governance(s: Session) -> Governance:
     """The governance section of the estate as last applied."""
+    stored = s.get(Meta, GOVERNANCE_KEY)
+    if stored is not None:
+        return Governance.model_validate_json(stored.value)
+    # Stores applied before the governance key existed: read the last estate document.
     document = s.execute(
         select(EstateRevision.document).order_by(EstateRevision.id.desc()).limit(1)
     ).scalar_one_or_none()
     if not document:
         return Governance()
-    return Estate.model_validate(document).governance
+    # Only the governance section: validating the whole estate on every request
+    # would cost a rotation more than its journal does.
+    return Governance.model_validate(document.get("governance") or {})
 
 
 def current_plan(s: Session, rotation: RotationRow, plan: Plan) -> Plan | None:

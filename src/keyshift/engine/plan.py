@@ -7,9 +7,11 @@ resumed run does what was requested and the plan hash in the audit trail
 
 from __future__ import annotations
 
+import copy
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 from typing import Any
 
 from keyshift.domain.estate import CredentialSpec, Policy
@@ -55,9 +57,16 @@ class Plan:
         return [a for a in self.actions if a.phase == phase]
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["actions"] = [_action_json(a) for a in self.actions]
-        return data
+        """A JSON-ready copy (fields by hand: `asdict` deep-copies every action twice)."""
+        return {
+            "credential": self.credential,
+            "provider_type": self.provider_type,
+            "provider_config": copy.deepcopy(self.provider_config),
+            "policy": copy.deepcopy(self.policy),
+            "grace_period_s": self.grace_period_s,
+            "actions": [_action_json(a) for a in self.actions],
+            "integrations": copy.deepcopy(self.integrations),
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
@@ -84,8 +93,9 @@ class Plan:
             integrations=data.get("integrations", {}),
         )
 
-    @property
+    @cached_property
     def hash(self) -> str:
+        """sha256 of the canonical JSON form; computed once (a plan does not change)."""
         return hashlib.sha256(canonical(self.to_json()).encode()).hexdigest()
 
 
@@ -124,7 +134,16 @@ def build_plan(
 
 
 def _action_json(action: PlannedAction) -> dict[str, Any]:
-    data = {**asdict(action), "phase": action.phase.value, "on_failure": action.on_failure.value}
+    data = {
+        "key": action.key,
+        "type": action.type,
+        "order": action.order,
+        "on_failure": action.on_failure.value,
+        "agent_id": action.agent_id,
+        "phase": action.phase.value,
+        "config": copy.deepcopy(action.config),
+        "consumer": action.consumer,
+    }
     # Left out when unset, so plans without consumers keep the hash they had before the
     # field existed (a stored plan's hash is bound to its approvals).
     if data["consumer"] is None:

@@ -256,62 +256,80 @@ class Engine:
             refused = refusals(
                 spec, policy, approvals.governance(s), now=now, grace=plan.grace_period
             )
-            if refused and audit_refusal:
-                self.store.audit(
-                    s,
-                    actor=requested_by,
-                    action="rotation.refused",
-                    subject=f"credential:{credential}",
-                    details={"reasons": refused, "reason": reason, "plan_hash": plan.hash},
+            if refused:
+                if audit_refusal:
+                    self.store.audit(
+                        s,
+                        actor=requested_by,
+                        action="rotation.refused",
+                        subject=f"credential:{credential}",
+                        details={"reasons": refused, "reason": reason, "plan_hash": plan.hash},
+                    )
+            else:
+                self._record_request(
+                    s, cred, plan, rotation_id=rotation_id, by=requested_by, reason=reason, now=now
                 )
         if refused:
+            # Raised once the refusal's audit entry is committed; nothing else changed.
             raise PolicyRefused(credential, refused)
-        with self.store.transaction() as s:
-            cred = _credential(s, credential)
-            claimed = s.execute(
-                update(CredentialRow)
-                .where(CredentialRow.id == cred.id, CredentialRow.active_rotation_id.is_(None))
-                .values(active_rotation_id=rotation_id)
-            )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                raise KeyshiftError(
-                    f"credential {credential} already has rotation {cred.active_rotation_id} "
-                    "in progress; `keyshift resume` continues it"
-                )
-            current = _current_version(s, cred.id)
-            s.add(
-                RotationRow(
-                    id=rotation_id,
-                    credential_id=cred.id,
-                    state=RotationState.REQUESTED.value,
-                    requested_by=requested_by,
-                    requested_at=now,
-                    reason=reason,
-                    plan=plan.to_json(),
-                    plan_hash=plan.hash,
-                    keyshift_version=__version__,
-                    old_version_id=current.id if current else None,
-                    updated_at=now,
-                )
-            )
-            self.store.audit(
-                s,
-                actor=requested_by,
-                action="rotation.requested",
-                subject=f"rotation:{rotation_id}",
-                details={
-                    "credential": credential,
-                    "requested_by": requested_by,
-                    "reason": reason,
-                    "inputs": {"grace_period_s": plan.grace_period_s},
-                    "plan_hash": plan.hash,
-                    "keyshift_version": __version__,
-                    "old_version_id": current.id if current else None,
-                    "old_fingerprint": current.fingerprint if current else None,
-                },
-            )
         log.info("rotation requested", rotation_id=rotation_id, credential=credential)
         return rotation_id
+
+    def _record_request(
+        self,
+        s: Session,
+        cred: CredentialRow,
+        plan: Plan,
+        *,
+        rotation_id: str,
+        by: str,
+        reason: str,
+        now: datetime,
+    ) -> None:
+        """Claim the credential for this rotation and record the request."""
+        credential, requested_by = cred.name, by
+        claimed = s.execute(
+            update(CredentialRow)
+            .where(CredentialRow.id == cred.id, CredentialRow.active_rotation_id.is_(None))
+            .values(active_rotation_id=rotation_id)
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            raise KeyshiftError(
+                f"credential {credential} already has rotation {cred.active_rotation_id} "
+                "in progress; `keyshift resume` continues it"
+            )
+        current = _current_version(s, cred.id)
+        s.add(
+            RotationRow(
+                id=rotation_id,
+                credential_id=cred.id,
+                state=RotationState.REQUESTED.value,
+                requested_by=requested_by,
+                requested_at=now,
+                reason=reason,
+                plan=plan.to_json(),
+                plan_hash=plan.hash,
+                keyshift_version=__version__,
+                old_version_id=current.id if current else None,
+                updated_at=now,
+            )
+        )
+        self.store.audit(
+            s,
+            actor=requested_by,
+            action="rotation.requested",
+            subject=f"rotation:{rotation_id}",
+            details={
+                "credential": credential,
+                "requested_by": requested_by,
+                "reason": reason,
+                "inputs": {"grace_period_s": plan.grace_period_s},
+                "plan_hash": plan.hash,
+                "keyshift_version": __version__,
+                "old_version_id": current.id if current else None,
+                "old_fingerprint": current.fingerprint if current else None,
+            },
+        )
 
     # Running -------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from keyshift.domain.context import PluginContext, utcnow
 from keyshift.domain.estate import Estate, action_key, config_errors, reference_problems
 from keyshift.domain.states import PHASE_ORDER, Phase
+from keyshift.engine.approvals import GOVERNANCE_KEY
 from keyshift.engine.plugins import (
     build_provider,
     integration_class,
@@ -32,7 +33,7 @@ from keyshift.errors import ConfigError, EstateInvalid
 from keyshift.providers.base import Capability
 from keyshift.service.entra import forget_integrations
 from keyshift.store.audit import canonical
-from keyshift.store.models import CredentialRow, EstateRevision, IntegrationRow
+from keyshift.store.models import CredentialRow, EstateRevision, IntegrationRow, Meta
 from keyshift.store.store import Store
 
 
@@ -350,8 +351,13 @@ def plan_estate(store: Store, estate: Estate) -> list[Change]:
     for name in integrations:
         if name not in declared:
             changes.append(Change("-", "integration", name, "discovered entries removed"))
-    if current_estate(store).alerts != estate.alerts:
+    applied = current_estate(store)
+    if applied.alerts != estate.alerts:
         changes.append(Change("~", "alerts", "alerts", "thresholds or webhooks changed"))
+    if applied.governance != estate.governance:
+        changes.append(
+            Change("~", "governance", "governance", "allowlist, owner rule or groups changed")
+        )
     return changes
 
 
@@ -401,6 +407,7 @@ def apply_estate(store: Store, estate: Estate, *, actor: str) -> list[Change]:
                 integration.updated_at = now
         document = estate.model_dump(mode="json")
         digest = _digest(document)
+        s.merge(Meta(key=GOVERNANCE_KEY, value=canonical(document["governance"])))
         s.add(EstateRevision(applied_at=now, applied_by=actor, digest=digest, document=document))
         store.audit(
             s,
