@@ -764,14 +764,7 @@ class Engine:
         crash_point("creating:issuer")
         try:
             with self.store.transaction() as s:
-                serial = (
-                    s.execute(
-                        select(func.max(VersionRow.serial)).where(
-                            VersionRow.credential_id == run.credential_id
-                        )
-                    ).scalar_one_or_none()
-                    or 0
-                ) + 1
+                serial = _next_serial(s, run.credential_id)
                 row = VersionRow(
                     id=str(uuid.uuid4()),
                     credential_id=run.credential_id,
@@ -831,14 +824,7 @@ class Engine:
             return {"adopted": "nothing to adopt"}
         with self.store.transaction() as s:
             rot = _rotation(s, run.rotation_id)
-            serial = (
-                s.execute(
-                    select(func.max(VersionRow.serial)).where(
-                        VersionRow.credential_id == run.credential_id
-                    )
-                ).scalar_one_or_none()
-                or 0
-            ) + 1
+            serial = _next_serial(s, run.credential_id)
             row = VersionRow(
                 id=str(uuid.uuid4()),
                 credential_id=run.credential_id,
@@ -1560,6 +1546,14 @@ def _version(s: Session, version_id: str) -> VersionRow:
     if row is None:
         raise NotFound(f"no version {version_id}")
     return row
+
+
+def _next_serial(s: Session, credential_id: str) -> int:
+    """The serial the credential's next version gets: one above its highest."""
+    highest = s.execute(
+        select(func.max(VersionRow.serial)).where(VersionRow.credential_id == credential_id)
+    ).scalar_one_or_none()
+    return (highest or 0) + 1
 
 
 def _current_version(s: Session, credential_id: str) -> VersionRow | None:
