@@ -9,11 +9,14 @@
     │   └── AuditChainBroken   `audit verify` found an edited, deleted or reordered entry
     ├── LeaseHeld              another live worker owns the rotation
     ├── Conflict               the request contradicts the current state (a name taken...)
-    │   └── RotationInProgress the credential already has an unfinished rotation
+    │   ├── RotationInProgress the credential already has an unfinished rotation
+    │   └── RollbackRefused    a rotation that cannot be rolled back by hand (now)
     ├── Unauthenticated        no API token, or a bad, expired or revoked one
     ├── PermissionDenied       the caller's roles lack the permission asked for
     ├── PolicyViolation        a governance rule refuses the rotation
+    ├── PolicyRefused          governance refuses a rotation now; carries the reasons
     ├── ApprovalRequired       the rotation waits for a human decision
+    ├── ApprovalRefused        a decision that may not be taken (own rotation...)
     └── PluginError            raised by providers, targets and checks
         ├── TransientError     worth retrying; `retry_after` says when
         └── PermanentError     retrying will not help
@@ -80,6 +83,11 @@ class Conflict(KeyshiftError):
 
 class RotationInProgress(Conflict):
     """The credential already has an unfinished rotation; resume that one instead."""
+
+
+class RollbackRefused(Conflict):
+    """A rotation that may not be rolled back by hand: finished, its old version revoked,
+    or not in a state where its new version is published. Nothing was changed."""
 
 
 class Unauthenticated(KeyshiftError):

@@ -17,6 +17,7 @@ from keyshift.domain.preflight import PreflightRequest, PreflightResult, Readine
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import (
     FINAL_STATES,
+    MANUAL_ROLLBACK_FROM,
     PHASE_ORDER,
     Lifecycle,
     OnFailure,
@@ -28,6 +29,7 @@ from keyshift.domain.states import (
 
 __all__ = [
     "FINAL_STATES",
+    "MANUAL_ROLLBACK_FROM",
     "PHASE_ORDER",
     "ActionSpec",
     "CredentialSpec",

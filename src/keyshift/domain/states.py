@@ -42,6 +42,20 @@ FINAL_STATES = frozenset(
 )
 
 
+MANUAL_ROLLBACK_FROM = frozenset(
+    {
+        RotationState.GRACE,
+        RotationState.AWAITING_REVOKE_APPROVAL,
+        RotationState.NEEDS_ATTENTION,
+    }
+)
+"""The states an operator may roll a rotation back from (`keyshift rollback`): the new
+version is published and the old one may still be valid. The rollback moves the rotation
+to `rolling_back`, which ends `rolled_back` (or `failed` when a consumer could not be
+restored), as an `on_failure: abort` failure does. A `needs_attention` rotation whose old
+version was revoked is refused all the same: there is nothing left to go back to."""
+
+
 class Phase(StrEnum):
     """The cutover phase an action belongs to. Phases run in this order."""
 

@@ -36,6 +36,7 @@ GOVERNANCE_KEY = "estate.governance"
 ROTATION = "rotation"
 REVOKE = "revoke"
 PENDING = "pending"
+WITHDRAWN = "withdrawn"
 
 
 def governance(s: Session) -> Governance:
@@ -141,6 +142,21 @@ def pending_request(s: Session, rotation_id: str, kind: str) -> ApprovalRequestR
             ApprovalRequestRow.status == PENDING,
         )
     ).scalar_one_or_none()
+
+
+def withdraw(s: Session, rotation_id: str, now: datetime) -> list[str]:
+    """Close the rotation's pending requests as `withdrawn` (it was rolled back, so there
+    is nothing left to decide); returns their ids."""
+    pending = s.execute(
+        select(ApprovalRequestRow).where(
+            ApprovalRequestRow.rotation_id == rotation_id, ApprovalRequestRow.status == PENDING
+        )
+    ).scalars()
+    closed: list[str] = []
+    for request in pending:
+        request.status, request.decided_at = WITHDRAWN, now
+        closed.append(request.id)
+    return closed
 
 
 def granted(s: Session, rotation_id: str, kind: str) -> bool:

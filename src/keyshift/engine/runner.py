@@ -38,6 +38,7 @@ from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import CredentialSpec, Policy, ResidualUse
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import (
+    MANUAL_ROLLBACK_FROM,
     OnFailure,
     Phase,
     RotationState,
@@ -56,6 +57,7 @@ from keyshift.errors import (
     PermanentError,
     PluginError,
     PolicyRefused,
+    RollbackRefused,
     TransientError,
     scrub,
 )
@@ -1006,6 +1008,110 @@ class Engine:
             self._end(run, opened, result, error)
         self._finish_rollback(run, not_restored)
 
+    # Rolling back by hand ------------------------------------------------------------
+
+    async def roll_back(self, rotation_id: str, *, reason: str) -> RotationState:
+        """Roll back, at the operator's (`self.actor`) decision, a rotation whose new
+        version is published while the old one is still valid: in `grace`,
+        `awaiting_revoke_approval`, or ended `needs_attention` without revoking it.
+
+        The rotation is claimed with its lease first (LeaseHeld while another live worker
+        runs it), so of two rollbacks at once one runs and the other is refused, now or
+        when it finds the rotation rolled back. Then it is the rollback of an abort
+        failure (`_roll_back`): the previous value goes back to the consumers that got
+        the new one, newest first, their reloads and checks run again, the new version
+        is kept disabled with an expiry and the old one is current again. Returns
+        `rolled_back`, or `failed` naming what could not be restored.
+
+        Refused with RollbackRefused, changing nothing, in any other state, when the old
+        version is revoked or its value was never held, when a later rotation replaced
+        the new version, or when the issuer no longer accepts the old version.
+        """
+        run = self._claim(rotation_id)
+        try:
+            await self._check_rollback(run)
+            self._begin_rollback(run, reason=reason)
+            await self._roll_back(run)
+            return run.state
+        finally:
+            await self._close(run)
+            self._release(rotation_id)
+
+    async def _check_rollback(self, run: _Run) -> None:
+        """Raise RollbackRefused unless the claimed rotation may be rolled back now."""
+        with self.store.transaction() as s:
+            rot = _rotation(s, run.rotation_id)
+            old = _version(s, rot.old_version_id) if rot.old_version_id else None
+            new = _version(s, rot.new_version_id) if rot.new_version_id else None
+            why = _rollback_refusal(rot, old, new, run.provider)
+            issued = self._old_issued(old) if why is None and old is not None else None
+        if issued is not None:
+            run.secrets.append(issued.value.reveal())
+        if (
+            why is None
+            and issued is not None
+            and Capability.AUTHENTICATES in (run.provider.capabilities)
+        ):
+            # Re-publishing a value the issuer refuses would cut every consumer off.
+            answer = await run.provider.verify(VerifyRequest(run.credential, issued))
+            if not answer.ok:
+                why = (
+                    f"the old version {rot.old_version_id} no longer authenticates at the "
+                    f"issuer ({answer.detail}); rolling back would cut the consumers off"
+                )
+        if why is not None:
+            raise RollbackRefused(
+                scrub(f"rotation {run.rotation_id} of {run.credential}: {why}", run.secrets)
+            )
+
+    def _begin_rollback(self, run: _Run, *, reason: str) -> None:
+        """Record who rolls back and why, and move the rotation to `rolling_back`, in one
+        transaction; from there a worker that stops is resumed like any rollback."""
+        now = self.context.now()
+        with self.store.transaction() as s:
+            rot = _rotation(s, run.rotation_id)
+            before = rot.state
+            if RotationState(before).is_final:
+                # A finished rotation freed its credential: claim it again, so that no
+                # new rotation starts while the old value goes back to the consumers.
+                claimed = s.execute(
+                    update(CredentialRow)
+                    .where(
+                        CredentialRow.id == rot.credential_id,
+                        CredentialRow.active_rotation_id.is_(None),
+                    )
+                    .values(active_rotation_id=rot.id)
+                )
+                if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                    cred = s.get(CredentialRow, rot.credential_id)
+                    active = cred.active_rotation_id if cred else None
+                    raise RollbackRefused(
+                        f"rotation {rot.id} of {run.credential}: the credential has rotation "
+                        f"{active} in progress; let it finish (or roll it back) first"
+                    )
+            withdrawn = approvals.withdraw(s, rot.id, now)
+            self.store.audit(
+                s,
+                actor=self.actor,
+                action="rotation.rollback",
+                subject=f"rotation:{rot.id}",
+                details={
+                    "rotation_id": rot.id,
+                    "credential": run.credential,
+                    "by": self.actor,
+                    "reason": reason,
+                    "from_state": before,
+                    "old_version_id": rot.old_version_id,
+                    "new_version_id": rot.new_version_id,
+                    "withdrawn_requests": withdrawn,
+                },
+            )
+            rot.error = "; ".join(
+                filter(None, [rot.error, f"rolled back by {self.actor}: {reason}"])
+            )
+            rot.finished_at = None
+            self._set_state(s, run, RotationState.ROLLING_BACK, rot)
+
     # Journal and state ---------------------------------------------------------------
 
     def _begin(self, run: _Run, name: str) -> _Open:
@@ -1499,6 +1605,46 @@ class Engine:
 def _adopted(row: VersionRow) -> bool:
     """Whether the version was adopted from the issuer, so keyshift never held its value."""
     return row.fingerprint == ADOPTED_FINGERPRINT
+
+
+def _rollback_refusal(
+    rot: RotationRow, old: VersionRow | None, new: VersionRow | None, provider: Provider
+) -> str | None:
+    """Why this rotation may not be rolled back by hand now, or None when it may."""
+    state = RotationState(rot.state)
+    if state == RotationState.ROLLED_BACK:
+        return "it is already rolled back"
+    if state == RotationState.FAILED:
+        return f"it failed ({rot.error}); there is no published version to roll back"
+    if state == RotationState.COMPLETED or (
+        old is not None and old.status == VersionStatus.REVOKED.value
+    ):
+        return (
+            f"its old version {rot.old_version_id} is revoked, so there is nothing to go "
+            f"back to; start a new rotation (`keyshift rotate`) to replace version "
+            f"{rot.new_version_id}"
+        )
+    if state not in MANUAL_ROLLBACK_FROM:
+        allowed = ", ".join(sorted(s.value for s in MANUAL_ROLLBACK_FROM))
+        return (
+            f"it is {state.value}; only a rotation in {allowed} can be rolled back "
+            "(`keyshift resume` continues an unfinished one)"
+        )
+    if old is None:
+        return "it issued the credential's first version; there is no previous one"
+    if _adopted(old):
+        return (
+            f"its old version {old.id} was adopted from the issuer and keyshift never held "
+            "its value, so it cannot be published again"
+        )
+    if new is None or new.status != VersionStatus.CURRENT.value:
+        return f"its new version {rot.new_version_id} is no longer current (rotated since)"
+    if Capability.IN_PLACE in provider.capabilities:
+        return (
+            "its issuer replaced the old value in place, so the old version stopped "
+            "working at the cutover; start a new rotation instead"
+        )
+    return None
 
 
 def _can_check(gate: ResidualUse, provider: Provider) -> bool:

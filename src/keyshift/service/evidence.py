@@ -3,9 +3,9 @@
 `export(store, rotation_id)` gathers the request (who, when, why), the approvals,
 the plan and its hash, the executing keyshift version, every step with its times
 and outcome, the old and new versions by id and fingerprint (never by value), the
-residual-use evidence, the final state, the blast radius, and the audit-chain
-proof: every audit entry of the rotation with its hash inputs, plus the chain
-head when the bundle was made.
+residual-use evidence, the final state, who rolled it back by hand and why (if
+anyone did), the blast radius, and the audit-chain proof: every audit entry of the
+rotation with its hash inputs, plus the chain head when the bundle was made.
 
 `verify(store, bundle)` checks that the bundle still holds, and names the first
 thing that does not:
@@ -13,7 +13,7 @@ thing that does not:
 1. each included entry's hash recomputes from its content and `prev_hash`;
 2. the bundle's statements agree with the entries that attest them (the plan
    hashes to `plan_hash`, the request, each journaled step, the versions, the
-   final state, the blast radius recomputed from the plan);
+   final state, the rollback decision, the blast radius recomputed from the plan);
 3. each entry is the store's entry at that `seq`, unchanged;
 4. the store's whole chain verifies (`keyshift audit verify`), and still holds
    the head the bundle recorded.
@@ -110,6 +110,7 @@ def export(store: Store, rotation_id: str, *, actor: str, now: datetime) -> dict
             "steps": [_step_json(st) for st in steps],
             "versions": versions,
             "residual_use": rot.residual,
+            "rollback": _rollback(entries, rot.id),
             "impact": impact_service.to_json(
                 impact_service.impact_of_plan(plan, local_host=LOCAL_HOST)
             ),
@@ -187,6 +188,25 @@ def _names(details: Any, rotation_id: str) -> bool:
     if isinstance(details, list):
         return any(_names(v, rotation_id) for v in details)
     return False
+
+
+def _rollback(entries: list[dict[str, Any]], rotation_id: str) -> dict[str, Any] | None:
+    """Who rolled the rotation back by hand, when, why and from which state (None when
+    nobody did), as its `rotation.rollback` entry attests."""
+    decided = [
+        e
+        for e in entries
+        if e["action"] == "rotation.rollback" and e["subject"] == f"rotation:{rotation_id}"
+    ]
+    if not decided:
+        return None
+    said = decided[-1]["details"]
+    return {
+        "by": said.get("by"),
+        "at": decided[-1]["ts"],
+        "reason": said.get("reason"),
+        "from_state": said.get("from_state"),
+    }
 
 
 def _entry_json(entry: AuditEntry) -> dict[str, Any]:
@@ -299,6 +319,8 @@ def _check_statements(bundle: dict[str, Any], entries: list[dict[str, Any]]) -> 
         raise _Mismatch("approvals: differ from the approval entries of the audit trail")
     _check_steps(bundle, mine)
     _check_outcome(bundle, mine)
+    if bundle.get("rollback") != _rollback(entries, rotation_id):
+        raise _Mismatch("rollback: differs from the rotation.rollback entry of the audit trail")
     recomputed = impact_service.to_json(
         impact_service.impact_of_plan(Plan.from_json(bundle["plan"]), local_host=LOCAL_HOST)
     )

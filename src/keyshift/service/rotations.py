@@ -1,4 +1,5 @@
-"""Use cases on rotations: start, preflight, resume, schedule, and the views an operator reads.
+"""Use cases on rotations: start, preflight, resume, roll back, schedule, and the views an
+operator reads.
 
 The views (`status_rows`, `history_rows`, `rotation_timeline`) return plain
 dataclasses with ids, fingerprints and times, never values; the CLI and API
@@ -13,6 +14,7 @@ from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from keyshift.domain.context import PluginContext
 from keyshift.domain.estate import CredentialSpec, Policy
@@ -26,7 +28,7 @@ from keyshift.domain.states import (
 from keyshift.engine.plan import build_plan
 from keyshift.engine.plugins import build_provider
 from keyshift.engine.runner import Engine, StepEvent
-from keyshift.errors import Conflict, LeaseHeld, NotFound, RotationInProgress
+from keyshift.errors import ConfigError, Conflict, LeaseHeld, NotFound, RotationInProgress
 from keyshift.providers.base import Capability
 from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
 from keyshift.store.store import Store
@@ -204,18 +206,41 @@ def history_rows(store: Store, credential: str) -> list[RotationSummary]:
         return [_summary(r) for r in rots]
 
 
+def _find_rotation(s: Session, rotation_id: str) -> RotationRow:
+    """The rotation with this id, or the only one whose id starts with it."""
+    rot = s.get(RotationRow, rotation_id)
+    if rot is not None:
+        return rot
+    matches = (
+        s.execute(select(RotationRow).where(RotationRow.id.startswith(rotation_id))).scalars().all()
+    )
+    if len(matches) != 1:
+        raise NotFound(f"no rotation {rotation_id}")
+    return matches[0]
+
+
+@dataclass(frozen=True)
+class RotationRef:
+    """A rotation's full id, and the name and provider type of its credential."""
+
+    id: str
+    credential: str
+    provider_type: str
+
+
+def rotation_ref(store: Store, rotation_id: str) -> RotationRef:
+    """Resolve a rotation id (or a unique prefix); NotFound when there is none."""
+    with store.transaction() as s:
+        rot = _find_rotation(s, rotation_id)
+        cred = s.get(CredentialRow, rot.credential_id)
+        if cred is None:
+            raise NotFound(f"credential of rotation {rot.id}")
+        return RotationRef(rot.id, cred.name, cred.provider_type)
+
+
 def rotation_timeline(store: Store, rotation_id: str) -> Timeline:
     with store.transaction() as s:
-        rot = s.get(RotationRow, rotation_id)
-        if rot is None:
-            matches = (
-                s.execute(select(RotationRow).where(RotationRow.id.startswith(rotation_id)))
-                .scalars()
-                .all()
-            )
-            if len(matches) != 1:
-                raise NotFound(f"no rotation {rotation_id}")
-            rot = matches[0]
+        rot = _find_rotation(s, rotation_id)
         cred = s.get(CredentialRow, rot.credential_id)
         steps = (
             s.execute(select(StepRow).where(StepRow.rotation_id == rot.id).order_by(StepRow.seq))
@@ -460,3 +485,26 @@ async def run(
     """Advance one requested or unfinished rotation as far as it goes now."""
     engine = Engine(store, actor=actor, context=context, on_event=on_event)
     return await engine.run(rotation_id)
+
+
+async def roll_back(
+    store: Store,
+    rotation_id: str,
+    *,
+    actor: str,
+    reason: str,
+    context: PluginContext | None = None,
+    on_event: Callable[[StepEvent], None] | None = None,
+) -> tuple[str, RotationState]:
+    """Roll back a rotation (by id or a unique prefix) whose new version an operator
+    judged bad: the old version goes back to the consumers that were switched, the new
+    one is kept disabled (`Engine.roll_back`). `actor` and `reason` are audited
+    (`rotation.rollback`). Returns the full id and the state reached (`rolled_back`, or
+    `failed` when a consumer could not be restored). Refused, changing nothing:
+    ConfigError without a reason, NotFound, LeaseHeld, RollbackRefused."""
+    why = reason.strip()
+    if not why:
+        raise ConfigError("reason", "is required: say why the rotation is rolled back")
+    ref = rotation_ref(store, rotation_id)
+    engine = Engine(store, actor=actor, context=context, on_event=on_event)
+    return ref.id, await engine.roll_back(ref.id, reason=why)

@@ -259,7 +259,8 @@ class ApprovalRequestRow(Base):
     requested_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime]
     status: Mapped[str] = mapped_column(String(16))
-    """`pending`, `approved`, `rejected` or `superseded` (the plan changed)."""
+    """`pending`, `approved`, `rejected`, `superseded` (the plan changed) or `withdrawn`
+    (the rotation was rolled back by hand before a decision)."""
     summary: Mapped[dict[str, Any]]
     """What approvers see: credential, app and tenant, expiry, steps, rollback plan."""
     decided_at: Mapped[datetime | None]
