@@ -416,6 +416,29 @@ def resume() -> None:
 
 @app.command()
 @_errors
+def rollback(
+    rotation_id: Annotated[str, typer.Argument(help="Rotation id (or a unique prefix).")],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why the new version is rolled back (audited).")
+    ],
+) -> None:
+    """Roll back a rotation whose new version is bad, while the old one is still valid (in
+    grace, awaiting revoke approval, or ended needs_attention): the old value goes back to
+    the consumers that were switched and they reload; the new version is kept disabled.
+    Exits 1 when refused (nothing changed) or when a consumer could not be restored."""
+    with _store() as store:
+        full_id, state = asyncio.run(
+            rotations.roll_back(
+                store, rotation_id, actor=_actor(), reason=reason, on_event=_progress
+            )
+        )
+        _print_rotation_end(full_id, state, store)
+    if state != RotationState.ROLLED_BACK:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_errors
 def history(
     name: Annotated[str, typer.Argument(help="Credential name.")],
     server: ServerOption = None,

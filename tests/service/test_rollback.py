@@ -29,6 +29,7 @@ from keyshift.store import audit
 from keyshift.store.models import AuditEntry, CredentialRow, RotationRow
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock
+from tests.conftest import Cli
 from tests.helpers import (
     audit_details,
     env_value,
@@ -338,3 +339,30 @@ def test_two_rollbacks_at_once_roll_back_once(store: Store, tmp_path: Path) -> N
     assert len(audit_details(store, "rotation.rollback")) == 1
     undone = [st.name for st in steps(store, rotation_id) if st.name.startswith("rollback:")]
     assert len(undone) == len(set(undone)) == 3, "each consumer restored once"
+
+
+def test_the_rollback_command_rolls_back_and_refuses_a_second_time(
+    cli: Cli, store: Store, tmp_path: Path
+) -> None:
+    for args in (
+        ("apply", "-f", str(write_estate(tmp_path))),
+        ("rotate", CREDENTIAL),
+        ("rotate", CREDENTIAL, "--grace", "1h"),
+    ):
+        assert cli(*args).exit_code == 0
+    rotation_id = rotations_of(store, CREDENTIAL)[-1].id
+
+    missing = cli("rollback", rotation_id[:8])
+    done = cli("rollback", rotation_id[:8], "--reason", REASON)
+    again = cli("rollback", rotation_id, "--reason", REASON)
+
+    assert missing.exit_code == 2, "--reason is required"
+    assert done.exit_code == 0, done.output
+    assert f"rotation {rotation_id} rolled_back" in done.output
+    assert f"rolled back by test-operator: {REASON}" in done.output
+    assert again.exit_code == 1
+    assert "already rolled back" in again.output
+    [decision] = audit_details(store, "rotation.rollback")
+    assert decision["by"] == "test-operator"
+    roles = cli("roles", "list").output
+    assert "rotator" in roles

@@ -25,7 +25,9 @@ from keyshift.errors import (
     NotFound,
     PermissionDenied,
     PluginError,
+    PolicyRefused,
     PolicyViolation,
+    RollbackRefused,
     RotationInProgress,
     StoreError,
     Unauthenticated,
@@ -42,8 +44,10 @@ ERROR_CODES: list[tuple[type[KeyshiftError], int, str, str]] = [
     (PermissionDenied, 403, "forbidden", "The token's roles lack the permission"),
     (LeaseHeld, 409, "lease-held", "Another worker is running this rotation"),
     (RotationInProgress, 409, "rotation-in-progress", "A rotation is already in progress"),
+    (RollbackRefused, 409, "rollback-refused", "The rotation cannot be rolled back"),
     (Conflict, 409, "conflict", "The request conflicts with the current state"),
     (PolicyViolation, 409, "policy-violation", "A policy refuses the rotation"),
+    (PolicyRefused, 409, "policy-refused", "Governance refuses the rotation now"),
     (ApprovalRefused, 409, "approval-refused", "The decision may not be taken"),
     (ApprovalRequired, 409, "approval-required", "The rotation waits for an approval"),
     (DecryptionError, 500, "store-integrity", "A stored value did not decrypt"),
@@ -96,9 +100,72 @@ def from_error(exc: KeyshiftError) -> JSONResponse:
         extra["problems"] = [{"path": exc.path, "message": exc.message}]
     if isinstance(exc, PermissionDenied):
         extra["permission"] = exc.permission
+    if isinstance(exc, PolicyRefused):
+        extra["reasons"] = list(exc.reasons)
     if isinstance(exc, Unauthenticated):
         headers = {"WWW-Authenticate": 'Bearer realm="keyshift"'}
     return problem(status, code, title, detail, headers=headers, **extra)
+
+
+EXTENSIONS: dict[str, tuple[frozenset[str], dict[str, Any]]] = {
+    "permission": (
+        frozenset({"forbidden"}),
+        {"type": "string", "description": "The permission the caller's roles lack."},
+    ),
+    "reasons": (
+        frozenset({"policy-refused"}),
+        {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Every governance rule that refuses the rotation, with why.",
+        },
+    ),
+    "problems": (
+        frozenset({"estate-invalid", "invalid-request"}),
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"path": {"type": "string"}, "message": {"type": "string"}},
+            },
+            "description": "One entry per bad field: its path and what is wrong.",
+        },
+    ),
+}
+"""Extension members of the problem body: the codes that add each, and its schema."""
+
+
+def responses(*codes: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a route that may answer with these problem codes: one
+    entry per status, listing its codes, with the problem+json schema."""
+    by_status: dict[int, list[tuple[str, str]]] = {}
+    known = {code: (status, title) for _cls, status, code, title in ERROR_CODES}
+    for code in codes:
+        status, title = known[code]
+        by_status.setdefault(status, []).append((code, title))
+    out: dict[int | str, dict[str, Any]] = {}
+    for status, entries in sorted(by_status.items()):
+        schema = {
+            "type": "object",
+            "required": ["type", "title", "status", "detail", "code"],
+            "properties": {
+                "type": {"type": "string", "examples": [f"urn:keyshift:problem:{entries[0][0]}"]},
+                "title": {"type": "string"},
+                "status": {"type": "integer", "enum": [status]},
+                "detail": {"type": "string"},
+                "code": {"type": "string", "enum": [code for code, _ in entries]},
+                **{
+                    member: member_schema
+                    for member, (adders, member_schema) in EXTENSIONS.items()
+                    if adders & {code for code, _ in entries}
+                },
+            },
+        }
+        out[status] = {
+            "description": "; ".join(f"`{code}`: {title}" for code, title in entries),
+            "content": {MEDIA_TYPE: {"schema": schema}},
+        }
+    return out
 
 
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:

@@ -6,6 +6,7 @@ value the API ever returns is a new API token, once, to the admin who created it
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from keyshift.api import problems
 from keyshift.api.auth import StoreDep, caller
 from keyshift.api.runner import BackgroundRotations
 from keyshift.domain.context import utcnow
@@ -33,7 +35,7 @@ from keyshift.service import integrations as integrations_service
 from keyshift.service.identities import Identity
 from keyshift.store import audit
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=problems.responses("unauthenticated", "forbidden"))
 
 Name = Annotated[str, Field(min_length=1, max_length=128)]
 PathName = Annotated[str, Path(min_length=1, max_length=128)]
@@ -151,12 +153,22 @@ class RotationStarted:
     location: str
 
 
-def _require_entra_rotate(store: Any, who: Identity, credential: str) -> None:
-    if rotations.provider_type(store, credential).startswith("entra"):
+def _require_entra_rotate_for(who: Identity, provider_type: str) -> None:
+    """Acting on a rotation of an Entra ID credential also needs `entra:rotate`."""
+    if provider_type.startswith("entra"):
         who.require(Permission.ENTRA_ROTATE)
 
 
-@router.post("/credentials/{name}/rotations", status_code=202, tags=["rotations"])
+def _require_entra_rotate(store: Any, who: Identity, credential: str) -> None:
+    _require_entra_rotate_for(who, rotations.provider_type(store, credential))
+
+
+@router.post(
+    "/credentials/{name}/rotations",
+    status_code=202,
+    tags=["rotations"],
+    responses=problems.responses("not-found", "rotation-in-progress", "policy-refused"),
+)
 async def start_rotation(  # noqa: PLR0917 (FastAPI passes parameters by name)
     request: Request,
     response: Response,
@@ -166,7 +178,9 @@ async def start_rotation(  # noqa: PLR0917 (FastAPI passes parameters by name)
     body: RotationStart | None = None,
 ) -> RotationStarted:
     """Request a rotation and run it in the background; poll `location` for its steps.
-    An Entra ID credential also needs `entra:rotate`."""
+    An Entra ID credential also needs `entra:rotate`. Refused by governance (allowlist,
+    owner, environment, window, overlap, lifetime): 409 `policy-refused` with `reasons`,
+    audited, nothing else changed."""
     body = body or RotationStart()
     grace = _duration("grace", body.grace) if body.grace is not None else None
     await run_in_threadpool(_require_entra_rotate, store, who, name)
@@ -269,7 +283,10 @@ def get_rotation(
     rotation_id: RotationId,
 ) -> RotationOut:
     """One rotation (by id or a unique prefix) with its step timeline."""
-    t = rotations.rotation_timeline(store, rotation_id)
+    return _rotation_out(rotations.rotation_timeline(store, rotation_id))
+
+
+def _rotation_out(t: rotations.Timeline) -> RotationOut:
     return RotationOut(
         id=t.rotation.id,
         credential=t.credential,
@@ -298,7 +315,12 @@ def get_rotation(
     )
 
 
-@router.post("/rotations/{rotation_id}/resume", status_code=202, tags=["rotations"])
+@router.post(
+    "/rotations/{rotation_id}/resume",
+    status_code=202,
+    tags=["rotations"],
+    responses=problems.responses("not-found", "conflict", "lease-held", "rotation-in-progress"),
+)
 async def resume_rotation(
     request: Request,
     response: Response,
@@ -318,6 +340,51 @@ async def resume_rotation(
     location = f"/v1/rotations/{full_id}"
     response.headers["Location"] = location
     return RotationStarted(full_id, credential, "resuming", location)
+
+
+class RollbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=500, examples=["the new key is refused"])
+    """Why the new version is rolled back, for the record (audited with the caller)."""
+
+
+@router.post(
+    "/rotations/{rotation_id}/rollback",
+    tags=["rotations"],
+    responses=problems.responses(
+        "invalid-request", "not-found", "rollback-refused", "lease-held", "upstream-failed"
+    ),
+)
+async def roll_back_rotation(
+    request: Request,
+    store: StoreDep,
+    who: Annotated[Identity, caller(Permission.ROTATIONS_RUN)],
+    rotation_id: RotationId,
+    body: RollbackIn,
+) -> RotationOut:
+    """Roll back a rotation whose new version is bad, while the old one is still valid
+    (in `grace`, `awaiting_revoke_approval`, or ended `needs_attention` without revoking
+    it): the previous version goes back to the consumers that were switched, newest
+    first, their reloads run again, and the new version is kept disabled for analysis.
+    Answers when done, with the rotation (`rolled_back`, or `failed` naming what could
+    not be restored). An Entra ID credential also needs `entra:rotate`. Refused with
+    nothing changed: 409 `rollback-refused` (completed: its old version is revoked, so a
+    new rotation is the way forward; already rolled back; failed; any other state) or
+    `lease-held` while a worker runs it."""
+    ref = await run_in_threadpool(rotations.rotation_ref, store, rotation_id)
+    _require_entra_rotate_for(who, ref.provider_type)
+    context = _background(request).context
+
+    def in_thread() -> None:
+        asyncio.run(
+            rotations.roll_back(
+                store, ref.id, actor=_actor(who), reason=body.reason, context=context
+            )
+        )
+
+    await asyncio.to_thread(in_thread)
+    return _rotation_out(await run_in_threadpool(rotations.rotation_timeline, store, ref.id))
 
 
 # Approvals, blast radius, evidence ----------------------------------------------------
@@ -379,6 +446,11 @@ async def _decide(  # noqa: PLR0917 (the two decision routes pass everything thr
     # the rotation then moves on in the background when the policy's rule is met.
 
     def record() -> tuple[str, str]:
+        if approve:
+            pending = approvals_service.show(store, request_id)
+            _require_entra_rotate_for(
+                who, rotations.rotation_ref(store, pending.rotation_id).provider_type
+            )
         rotation_id = approvals_service.record(
             store, request_id, approver=_actor(who), approve=approve, comment=comment, now=now
         )
@@ -391,7 +463,12 @@ async def _decide(  # noqa: PLR0917 (the two decision routes pass everything thr
     return DecisionOut(full_id, rotation_id, "approved" if approve else "rejected", location)
 
 
-@router.post("/approvals/{request_id}/approve", status_code=202, tags=["approvals"])
+@router.post(
+    "/approvals/{request_id}/approve",
+    status_code=202,
+    tags=["approvals"],
+    responses=problems.responses("not-found", "approval-refused"),
+)
 async def approve(  # noqa: PLR0917 (FastAPI passes parameters by name)
     request: Request,
     response: Response,
@@ -402,7 +479,9 @@ async def approve(  # noqa: PLR0917 (FastAPI passes parameters by name)
 ) -> DecisionOut:
     """Approve as the calling principal; the rotation (or revocation) runs on in the
     background once enough approvers agreed. The requester can never approve their own
-    rotation, nor anyone outside the policy's approvers (409 `approval-refused`)."""
+    rotation, nor anyone outside the policy's approvers (409 `approval-refused`).
+    Approving a rotation of an Entra ID credential authorises changing the app, so it
+    also needs `entra:rotate`."""
     return await _decide(request, response, store, who, request_id, body, approve=True)
 
 

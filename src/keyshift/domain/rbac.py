@@ -1,9 +1,11 @@
 """Permissions and the built-in roles that grant them (RBAC for the API and its tokens).
 
-Every API route requires exactly one `Permission`. A principal (a user or a service
-account) holds one or more built-in roles; its permissions are the union of theirs.
-Roles are fixed in code so that what a role may do is reviewed with the code, not
-edited in a database.
+Every API route requires exactly one `Permission`; routes that act on a rotation of an
+Entra ID credential also require `entra:rotate`, so that a role can rotate database and
+Redis passwords without any power over Entra apps (`rotator`). A principal (a user or a
+service account) holds one or more built-in roles; its permissions are the union of
+theirs. Roles are fixed in code so that what a role may do is reviewed with the code,
+not edited in a database.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class Permission(StrEnum):
     CREDENTIALS_WRITE = "credentials:write"
     """Apply an estate file; test integrations (which signs in with keyshift's identity)."""
     ROTATIONS_RUN = "rotations:run"
-    """Start, dry-run and resume rotations."""
+    """Start, dry-run, resume and roll back rotations."""
     APPROVALS_DECIDE = "approvals:decide"
     """Approve or reject rotations waiting for a human decision."""
     AUDIT_READ = "audit:read"
@@ -31,8 +33,10 @@ class Permission(StrEnum):
     ENTRA_WRITE = "entra:write"
     """Sync the Entra ID inventory from Graph."""
     ENTRA_ROTATE = "entra:rotate"
-    """Rotate (start or resume) a credential whose provider is Entra ID; needed in
-    addition to `rotations:run`."""
+    """Change an Entra ID app's credentials through a rotation: needed in addition to
+    `rotations:run` to start, resume or roll back a rotation of a credential whose
+    provider is Entra ID, and in addition to `approvals:decide` to approve one (an
+    approval authorises the change). Grants nothing on its own."""
     ADMIN = "admin"
     """Manage users, service accounts and API tokens."""
 
@@ -42,6 +46,7 @@ class Role(StrEnum):
 
     ADMIN = "admin"
     OPERATOR = "operator"
+    ROTATOR = "rotator"
     APPROVER = "approver"
     AUDITOR = "auditor"
     VIEWER = "viewer"
@@ -59,7 +64,9 @@ ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
         Permission.ENTRA_WRITE,
         Permission.ENTRA_ROTATE,
     },
-    Role.APPROVER: _READ | {Permission.APPROVALS_DECIDE, Permission.AUDIT_READ},
+    Role.ROTATOR: frozenset({Permission.CREDENTIALS_READ, Permission.ROTATIONS_RUN}),
+    Role.APPROVER: _READ
+    | {Permission.APPROVALS_DECIDE, Permission.AUDIT_READ, Permission.ENTRA_ROTATE},
     Role.AUDITOR: _READ | {Permission.AUDIT_READ},
     Role.VIEWER: _READ,
 }
@@ -68,7 +75,12 @@ ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
 ROLE_DESCRIPTIONS: Final[dict[Role, str]] = {
     Role.ADMIN: "everything, including users, service accounts and API tokens",
     Role.OPERATOR: "runs the estate: apply, rotate, resume, sync Entra ID, read the audit trail",
-    Role.APPROVER: "decides on rotations waiting for approval; reads credentials and audit",
+    Role.ROTATOR: "rotates credentials not issued by Entra ID (database, Redis, random): "
+    "start, dry-run, resume, roll back; reads credentials; no Entra ID rotation, no apply "
+    "(for CI pipelines and service accounts)",
+    Role.APPROVER: "decides on rotations waiting for approval, Entra ID ones included "
+    "(entra:rotate, since approving one authorises changing the app; it cannot start "
+    "rotations); reads credentials and audit",
     Role.AUDITOR: "reads credentials, rotations and the audit trail; changes nothing",
     Role.VIEWER: "reads credentials, rotations, alerts and the Entra ID inventory",
 }
