@@ -110,3 +110,35 @@ def test_resume_after_kill_during_rollback_restores_the_previous_value(
     previous = value_of(store, first)
     assert json_value(tmp_path / "app.json") == previous
     assert env_value(tmp_path / "app.env") == previous
+
+
+@pytest.mark.slow
+def test_a_rollback_by_hand_killed_midway_is_finished_by_resume(
+    cli: Cli, store: Store, ks_env: dict[str, str], tmp_path: Path
+) -> None:
+    assert cli("apply", "-f", str(write_estate(tmp_path))).exit_code == 0  # type: ignore[attr-defined]
+    assert cli("rotate", "api-key").exit_code == 0  # type: ignore[attr-defined]
+    assert cli("rotate", "api-key", "--grace", "1h").exit_code == 0  # type: ignore[attr-defined]
+    _, rotation = rotations_of(store, "api-key")
+    boundary = "rollback:publishing:10:file"
+
+    crashed = run_subprocess(
+        ["rollback", rotation.id, "--reason", "bad key"], {**ks_env, CRASH_AT: boundary}
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert rotations_of(store, "api-key")[-1].state == "rolling_back"
+    resumed = run_subprocess(["resume"], ks_env)
+    assert "rolled_back" in resumed.stdout, resumed.stdout + resumed.stderr
+
+    _, rotation = rotations_of(store, "api-key")
+    assert rotation.state == "rolled_back"
+    old, new = versions(store, "api-key")
+    assert (old.status, new.status) == ("current", "disabled")
+    assert json_value(tmp_path / "app.json") == value_of(store, old)
+    assert env_value(tmp_path / "app.env") == value_of(store, old)
+    undone = [s.name for s in steps(store, rotation.id) if s.status == "succeeded"]
+    assert [n for n in undone if n.startswith("rollback:")] == [
+        "rollback:publishing:20:file",
+        boundary,
+        "rollback:reloading:30:command",
+    ], "each consumer restored once; only the interrupted step ran twice"

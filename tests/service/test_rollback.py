@@ -21,6 +21,8 @@ from sqlalchemy import func, select
 from keyshift.domain.states import RotationState
 from keyshift.engine.runner import RETAIN_DISABLED
 from keyshift.errors import ConfigError, KeyshiftError, LeaseHeld, NotFound, RollbackRefused
+from keyshift.providers.base import Capability, VerifyRequest, VerifyResult
+from keyshift.providers.random import RandomProvider
 from keyshift.service import approvals as approvals_service
 from keyshift.service import evidence as evidence_service
 from keyshift.service import rotations
@@ -88,9 +90,9 @@ def _snapshot(store: Store, tmp_path: Path) -> dict[str, Any]:
         "versions": [(v.id, v.status, v.expires_at) for v in versions(store, CREDENTIAL)],
         "audit": entries,
         "active": active,
-        "json": json_value(tmp_path / "app.json"),
-        "env": env_value(tmp_path / "app.env"),
-        "reloads": (tmp_path / "reload.log").read_text(encoding="utf-8"),
+        "files": {
+            p.name: p.read_text(encoding="utf-8") for p in sorted(tmp_path.iterdir()) if p.is_file()
+        },
     }
 
 
@@ -157,10 +159,9 @@ def test_a_rollback_in_grace_puts_the_old_value_back_and_disables_the_new_versio
     assert again == RotationState.GRACE
 
 
-def test_a_rotation_that_ended_needing_attention_with_the_old_version_valid_rolls_back(
-    store: Store, tmp_path: Path
-) -> None:
-    clock = FakeClock()
+def _needing_attention(store: Store, tmp_path: Path, clock: FakeClock) -> str:
+    """A rotation that ended needs_attention with its old version still valid: a reload
+    (`on_failure: continue`) never took the new version, so the old one was kept."""
     app = tmp_path / "app.json"
     actions: list[dict[str, Any]] = [
         {
@@ -182,7 +183,16 @@ def test_a_rotation_that_ended_needing_attention_with_the_old_version_valid_roll
     assert state == RotationState.GRACE
     clock.advance(timedelta(hours=2))
     [(_, _, after)] = asyncio.run(rotations.resume(store, actor="worker", context=clock.context()))
-    assert after == RotationState.NEEDS_ATTENTION  # the reload never took the new version
+    assert after == RotationState.NEEDS_ATTENTION
+    return rotation_id
+
+
+def test_a_rotation_that_ended_needing_attention_with_the_old_version_valid_rolls_back(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    app = tmp_path / "app.json"
+    rotation_id = _needing_attention(store, tmp_path, clock)
     old, _new = versions(store, CREDENTIAL)
     assert old.status == "previous"
 
@@ -195,6 +205,20 @@ def test_a_rotation_that_ended_needing_attention_with_the_old_version_valid_roll
     assert audit_details(store, "rotation.rollback")[0]["from_state"] == "needs_attention"
     with store.transaction() as s:
         audit.verify(s)
+
+
+def test_a_rotation_needing_attention_is_not_rolled_back_under_a_newer_one(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    rotation_id = _needing_attention(store, tmp_path, clock)
+    newer = rotations.request(store, CREDENTIAL, actor="bob")
+    before = _snapshot(store, tmp_path)
+
+    with pytest.raises(RollbackRefused, match=f"has rotation {newer} in progress"):
+        _roll_back(store, clock, rotation_id)
+
+    assert _snapshot(store, tmp_path) == before
 
 
 def test_a_rollback_waiting_for_revoke_approval_withdraws_the_request(
@@ -264,22 +288,12 @@ def test_a_failed_rotation_is_refused(store: Store, tmp_path: Path) -> None:
     (tmp_path / "reload.log").write_text("", encoding="utf-8")
     rotation_id, state = _rotate(store, clock)
     assert state == RotationState.FAILED  # preflight: app.json does not parse
-    before = _snapshot_without_files(store)
+    before = _snapshot(store, tmp_path)
 
     with pytest.raises(RollbackRefused, match="failed"):
         _roll_back(store, clock, rotation_id)
 
-    assert _snapshot_without_files(store) == before
-
-
-def _snapshot_without_files(store: Store) -> tuple[Any, ...]:
-    with store.transaction() as s:
-        entries = s.execute(select(func.count()).select_from(AuditEntry)).scalar_one()
-    return (
-        [(r.id, r.state, r.error) for r in rotations_of(store, CREDENTIAL)],
-        [(v.id, v.status) for v in versions(store, CREDENTIAL)],
-        entries,
-    )
+    assert _snapshot(store, tmp_path) == before
 
 
 def test_an_unknown_rotation_and_a_missing_reason_are_refused(store: Store, tmp_path: Path) -> None:
@@ -366,3 +380,50 @@ def test_the_rollback_command_rolls_back_and_refuses_a_second_time(
     assert decision["by"] == "test-operator"
     roles = cli("roles", "list").output
     assert "rotator" in roles
+
+
+def test_the_first_version_has_nothing_to_go_back_to(store: Store, tmp_path: Path) -> None:
+    clock = FakeClock()
+    apply_estate(store, load_estate(write_estate(tmp_path)), actor="test")
+    first_id, _ = _rotate(store, clock)
+
+    with pytest.raises(RollbackRefused, match="first version"):
+        _roll_back(store, clock, first_id)
+
+
+@pytest.mark.parametrize(
+    ("capability", "verify_ok", "refusal"),
+    [
+        (Capability.IN_PLACE, True, "replaced the old value in place"),
+        (Capability.AUTHENTICATES, False, "no longer authenticates"),
+    ],
+    ids=["issuer-replaces-in-place", "issuer-refuses-the-old-version"],
+)
+def test_an_old_version_that_cannot_work_again_is_not_put_back(
+    store: Store,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capability: Capability,
+    verify_ok: bool,
+    refusal: str,
+) -> None:
+    clock = FakeClock()
+    rotation_id = _in_grace(store, tmp_path, clock)
+    verified: list[str] = []
+
+    async def verify(_self: RandomProvider, request: VerifyRequest) -> VerifyResult:
+        verified.append(request.version.provider_ref)
+        return VerifyResult(verify_ok, "refused by the issuer")
+
+    monkeypatch.setattr(
+        RandomProvider, "capabilities", frozenset({Capability.DUAL_ACTIVE, capability})
+    )
+    monkeypatch.setattr(RandomProvider, "verify", verify)
+    before = _snapshot(store, tmp_path)
+
+    with pytest.raises(RollbackRefused, match=refusal):
+        _roll_back(store, clock, rotation_id)
+
+    assert _snapshot(store, tmp_path) == before
+    old, _new = versions(store, CREDENTIAL)
+    assert verified == ([old.provider_ref] if capability == Capability.AUTHENTICATES else [])

@@ -1047,11 +1047,8 @@ class Engine:
             issued = self._old_issued(old) if why is None and old is not None else None
         if issued is not None:
             run.secrets.append(issued.value.reveal())
-        if (
-            why is None
-            and issued is not None
-            and Capability.AUTHENTICATES in (run.provider.capabilities)
-        ):
+        checkable = Capability.AUTHENTICATES in run.provider.capabilities
+        if why is None and issued is not None and checkable:
             # Re-publishing a value the issuer refuses would cut every consumer off.
             answer = await run.provider.verify(VerifyRequest(run.credential, issued))
             if not answer.ok:
@@ -1616,6 +1613,9 @@ def _rollback_refusal(
         return "it is already rolled back"
     if state == RotationState.FAILED:
         return f"it failed ({rot.error}); there is no published version to roll back"
+    first = "it issued the credential's first version; there is no previous one to go back to"
+    if state == RotationState.COMPLETED and old is None:
+        return first
     if state == RotationState.COMPLETED or (
         old is not None and old.status == VersionStatus.REVOKED.value
     ):
@@ -1631,7 +1631,7 @@ def _rollback_refusal(
             "(`keyshift resume` continues an unfinished one)"
         )
     if old is None:
-        return "it issued the credential's first version; there is no previous one"
+        return first
     if _adopted(old):
         return (
             f"its old version {old.id} was adopted from the issuer and keyshift never held "
