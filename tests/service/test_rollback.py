@@ -374,6 +374,8 @@ def test_the_rollback_command_rolls_back_and_refuses_a_second_time(
     assert done.exit_code == 0, done.output
     assert f"rotation {rotation_id} rolled_back" in done.output
     assert f"rolled back by test-operator: {REASON}" in done.output
+    for version in versions(store, CREDENTIAL):
+        assert value_of(store, version) not in done.output + again.output
     assert again.exit_code == 1
     assert "already rolled back" in again.output
     [decision] = audit_details(store, "rotation.rollback")
