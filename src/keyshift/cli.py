@@ -570,7 +570,8 @@ def worker(
                     on_event=_progress,
                     on_scan=lambda c: out.print(
                         f"{utcnow():%H:%M:%S} scan: {c['synced']} synced, {c['resumed']} "
-                        f"resumed, {c['alerts']} alerts, {c['started']} started"
+                        f"resumed, {c['retired']} retired, {c['alerts']} alerts, "
+                        f"{c['started']} started"
                     ),
                 )
             )

@@ -70,6 +70,7 @@ from keyshift.providers.base import (
     IssuedVersion,
     Provider,
     RevokeRequest,
+    RevokeResult,
     UsageReport,
     UsageRequest,
     VerifyRequest,
@@ -1108,6 +1109,102 @@ class Engine:
             )
             rot.finished_at = None
             self._set_state(s, run, RotationState.ROLLING_BACK, rot)
+
+    # Retiring a rolled-back version --------------------------------------------------
+
+    async def retire_disabled(self, rotation_id: str) -> dict[str, Any] | None:
+        """Revoke at the issuer the new version that a rolled-back rotation kept disabled,
+        once its retention (`RETAIN_DISABLED`) is over. Returns the audited facts, or None
+        when there is nothing to retire (yet).
+
+        A rollback only stops keyshift from using the new version; the issuer still
+        accepts it (an Entra secret, a Redis password). Left alone it would be a valid
+        credential nobody owns. Only a rotation that ended `rolled_back` qualifies: after
+        an incomplete rollback (`failed`) a consumer may still hold the new value.
+
+        The credential is claimed for the duration, so no rotation starts meanwhile. An
+        issuer that signs in (`AUTHENTICATES`) is asked first whether it still accepts the
+        version: a later rotation may have given the same user a new password, and
+        revoking by user would then cut that rotation's consumers off. Refused by the
+        issuer means already gone: the row is marked revoked without an issuer call.
+        """
+        now = self.context.now()
+        with self.store.transaction() as s:
+            rot = _rotation(s, rotation_id)
+            if rot.state != RotationState.ROLLED_BACK.value or rot.new_version_id is None:
+                return None
+            row = _version(s, rot.new_version_id)
+            if (
+                row.status != VersionStatus.DISABLED.value
+                or row.expires_at is None
+                or row.expires_at > now
+            ):
+                return None
+            claimed = s.execute(
+                update(CredentialRow)
+                .where(
+                    CredentialRow.id == rot.credential_id,
+                    CredentialRow.active_rotation_id.is_(None),
+                )
+                .values(active_rotation_id=rot.id)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return None  # a rotation of the credential is running; try at the next scan
+        try:
+            return await self._retire(rotation_id)
+        finally:
+            with self.store.transaction() as s:
+                s.execute(
+                    update(CredentialRow)
+                    .where(CredentialRow.active_rotation_id == rotation_id)
+                    .values(active_rotation_id=None)
+                )
+
+    async def _retire(self, rotation_id: str) -> dict[str, Any]:
+        run = self._claim(rotation_id)
+        try:
+            with self.store.transaction() as s:
+                row = _version(s, _rotation(s, rotation_id).new_version_id or "")
+                issued = self._issued(row)
+            run.secrets.append(issued.value.reveal())
+            accepted = True
+            if Capability.AUTHENTICATES in run.provider.capabilities:
+                accepted = (await run.provider.verify(VerifyRequest(run.credential, issued))).ok
+            result = (
+                await run.provider.revoke(RevokeRequest(run.credential, rotation_id, issued))
+                if accepted
+                else RevokeResult(already_gone=True, detail={"issuer": "refuses it already"})
+            )
+            with self.store.transaction() as s:
+                row = _version(s, row.id)
+                row.status = VersionStatus.REVOKED.value
+                row.revoked_at = self.context.now()
+                # Revoked on purpose: the value is no longer kept.
+                row.ciphertext = row.wrapped_key = row.master_key_id = None
+                facts: dict[str, Any] = {
+                    "credential": run.credential,
+                    "version_id": row.id,
+                    "fingerprint": row.fingerprint,
+                    "provider_ref": row.provider_ref,
+                    "reason": "kept disabled after a rollback; its retention is over",
+                    "already_gone": result.already_gone,
+                    **dict(result.detail),
+                }
+                self.store.audit(
+                    s,
+                    actor=self.actor,
+                    action="version.retired",
+                    subject=f"rotation:{rotation_id}",
+                    details=facts,
+                )
+            return facts
+        except (PluginError, KeyshiftError) as exc:
+            raise KeyshiftError(
+                scrub(f"retiring version of rotation {rotation_id}: {exc}", run.secrets)
+            ) from None
+        finally:
+            await self._close(run)
+            self._release(rotation_id)
 
     # Journal and state ---------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy import select
@@ -28,7 +29,14 @@ from keyshift.domain.states import (
 from keyshift.engine.plan import build_plan
 from keyshift.engine.plugins import build_provider
 from keyshift.engine.runner import Engine, StepEvent
-from keyshift.errors import ConfigError, Conflict, LeaseHeld, NotFound, RotationInProgress
+from keyshift.errors import (
+    ConfigError,
+    Conflict,
+    KeyshiftError,
+    LeaseHeld,
+    NotFound,
+    RotationInProgress,
+)
 from keyshift.providers.base import Capability
 from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
 from keyshift.store.store import Store
@@ -357,6 +365,44 @@ async def resume(
         except LeaseHeld:
             out.append((rotation_id, credential, None))
     return out
+
+
+async def retire_disabled(
+    store: Store, *, actor: str, context: PluginContext | None = None
+) -> list[dict[str, Any]]:
+    """Revoke at their issuers the new versions that rolled-back rotations kept disabled
+    and whose retention is over (`Engine.retire_disabled`). Returns the audited facts of
+    each one retired. One that cannot be retired now (its credential is rotating, its
+    issuer is unreachable) is logged and tried again at the next scan."""
+    engine = Engine(store, actor=actor, context=context)
+    now = engine.context.now()
+    with store.transaction() as s:
+        due = (
+            s.execute(
+                select(RotationRow.id)
+                .join(VersionRow, VersionRow.id == RotationRow.new_version_id)
+                .where(
+                    RotationRow.state == RotationState.ROLLED_BACK.value,
+                    VersionRow.status == VersionStatus.DISABLED.value,
+                    VersionRow.expires_at <= now,
+                )
+                .order_by(VersionRow.expires_at)
+            )
+            .scalars()
+            .all()
+        )
+    retired: list[dict[str, Any]] = []
+    for rotation_id in due:
+        try:
+            facts = await engine.retire_disabled(rotation_id)
+        except (KeyshiftError, LeaseHeld) as exc:
+            log.warning(
+                "retiring a rolled-back version failed", rotation=rotation_id, error=str(exc)
+            )
+            continue
+        if facts is not None:
+            retired.append(facts)
+    return retired
 
 
 # Used by the API, which starts a rotation and runs it in the background ---------------

@@ -5,7 +5,9 @@ One scan, in order:
 
 1. `entra` integrations whose `sync_every` has passed are synced (one failing tenant
    does not stop the others or the scan).
-2. Unfinished rotations are resumed (and old versions revoked after their grace).
+2. Unfinished rotations are resumed (and old versions revoked after their grace). The
+   new version a rolled-back rotation kept disabled is revoked at its issuer once its
+   retention is over, so no credential stays valid that nobody uses.
 3. Alerts are raised once each and sent to the estate's alert webhooks: a version or
    Entra secret crossing an expiry threshold (30 and 7 days by default; one alert per
    threshold per version, the nearest threshold only when several were crossed since
@@ -42,7 +44,7 @@ from keyshift.errors import PolicyRefused
 from keyshift.providers import ProviderKind
 from keyshift.service import entra
 from keyshift.service.estate import current_estate
-from keyshift.service.rotations import resume, rotate
+from keyshift.service.rotations import resume, retire_disabled, rotate
 from keyshift.store.models import (
     AlertRow,
     CredentialRow,
@@ -361,6 +363,7 @@ async def worker_pass(
     ctx = Engine(store, actor=actor, context=context).context_for({})
     synced = await sync_due(store, actor=actor, context=ctx)
     resumed = await resume(store, actor=actor, context=ctx, on_event=on_event)
+    retired = await retire_disabled(store, actor=actor, context=ctx)
     estate = current_estate(store)
     alerts = raise_alerts(store, estate, actor=actor, now=ctx.now())
     await deliver_alerts(store, estate, context=ctx)
@@ -393,7 +396,13 @@ async def worker_pass(
             )
         except Exception as exc:  # one credential's failure must not stop the scan
             log.error("scheduled rotation failed to start", credential=credential, error=str(exc))
-    return {"synced": len(synced), "resumed": len(resumed), "alerts": alerts, "started": started}
+    return {
+        "synced": len(synced),
+        "resumed": len(resumed),
+        "retired": len(retired),
+        "alerts": alerts,
+        "started": started,
+    }
 
 
 async def worker_loop(
