@@ -583,6 +583,22 @@ MALFORMED = [
     ),
     case(
         """\
+        credentials:
+          - name: billing-api-key
+            provider: {type: random}
+            actions:
+              - type: kubernetes_rollout_restart
+                order: 20
+                config: {namespace: billing, deployment: billing-api, kind: Deployment}
+        """,
+        (
+            "credentials[0].actions[0].config",
+            "give either deployment or kind and name, not both",
+        ),
+        id="rollout-restart-with-deployment-shorthand-and-kind",
+    ),
+    case(
+        """\
         integrations:
           - {name: okta-admin, type: okta}
         """,

@@ -795,6 +795,45 @@ def test_restart_config_knows_three_kinds_and_defaults_to_waiting_five_minutes()
         KubernetesRolloutRestartConfig.model_validate({"namespace": NS, "kind": "Pod", "name": "x"})
 
 
+@pytest.mark.parametrize(
+    ("field", "kind"),
+    [("deployment", "Deployment"), ("statefulset", "StatefulSet"), ("daemonset", "DaemonSet")],
+)
+def test_restart_config_takes_a_workload_kind_as_shorthand_for_kind_and_name(
+    field: str, kind: str
+) -> None:
+    config = KubernetesRolloutRestartConfig.model_validate(
+        {"namespace": NS, field: "payments-api", "wait": False}
+    )
+
+    assert (config.kind, config.name, config.wait) == (kind, "payments-api", False)
+    assert KubernetesRolloutRestartTarget.describe(config)["workload"] == f"{kind}/payments-api"
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (
+            {"deployment": "api", "kind": "Deployment", "name": "api"},
+            "give either deployment or kind and name, not both",
+        ),
+        ({"deployment": "api", "name": "web"}, "give either deployment or kind and name"),
+        (
+            {"deployment": "api", "statefulset": "db"},
+            "give one workload: deployment and statefulset are both set",
+        ),
+        ({"daemonset": ["a"]}, "daemonset must be the workload's name"),
+        ({"deployment": "Payments_API"}, "deployment must be a DNS subdomain name"),
+    ],
+    ids=["both forms", "shorthand and name", "two shorthands", "not a name", "invalid name"],
+)
+def test_restart_config_refuses_mixed_or_doubled_shorthands_naming_the_field(
+    given: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        KubernetesRolloutRestartConfig.model_validate({"namespace": NS, **given})
+
+
 # --- kubernetes_rollout_restart -------------------------------------------------------------
 
 

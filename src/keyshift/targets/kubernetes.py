@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar, Final, Literal, TypeVar
+from typing import Any, ClassVar, Final, Literal, TypeVar, get_args
 
 import urllib3
 from kubernetes import client as k8s
@@ -86,6 +86,11 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 WorkloadKind = Literal["Deployment", "StatefulSet", "DaemonSet"]
+WORKLOAD_SHORTHANDS: Final[dict[str, WorkloadKind]] = {
+    kind.lower(): kind for kind in get_args(WorkloadKind)
+}
+"""`deployment: NAME` and the like: a workload kind, lower case, as shorthand for `kind` and
+`name`."""
 _PLURAL: Final[dict[str, str]] = {
     "Deployment": "deployments",
     "StatefulSet": "statefulsets",
@@ -204,7 +209,8 @@ class KubernetesSecretConfig(KubernetesConnection):
 
 
 class KubernetesRolloutRestartConfig(KubernetesConnection):
-    """The workload to restart and how long to wait for its rollout."""
+    """The workload to restart and how long to wait for its rollout. `deployment: NAME`,
+    `statefulset: NAME` or `daemonset: NAME` is shorthand for `kind` and `name`."""
 
     kind: WorkloadKind
     """Kind of the workload."""
@@ -216,6 +222,32 @@ class KubernetesRolloutRestartConfig(KubernetesConnection):
     """How long to wait for the rollout before the step fails."""
     interval: Duration = timedelta(seconds=2)
     """Wait between two reads of the rollout's status."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        """`deployment: NAME` becomes `kind: Deployment, name: NAME`, so the rest of the
+        target sees one form."""
+        if not isinstance(data, Mapping):
+            return data
+        given = [field for field in WORKLOAD_SHORTHANDS if field in data]
+        if not given:
+            return data
+        if len(given) > 1:
+            raise ValueError(f"give one workload: {' and '.join(given)} are both set")
+        [field] = given
+        if "kind" in data or "name" in data:
+            raise ValueError(f"give either {field} or kind and name, not both")
+        name = data[field]
+        if not isinstance(name, str):
+            raise ValueError(f"{field} must be the workload's name")
+        try:
+            _dns_subdomain(name)
+        except ValueError as exc:
+            # Said here, so the error names the field written rather than `name`.
+            raise ValueError(f"{field} {exc}") from None
+        rest = {k: v for k, v in data.items() if k != field}
+        return {**rest, "kind": WORKLOAD_SHORTHANDS[field], "name": name}
 
     @field_validator("name")
     @classmethod
