@@ -70,7 +70,11 @@ def load_estate(path: Path) -> Estate:
 
 
 def parse_estate(data: Any) -> Estate:
-    """Validate estate data (as parsed from YAML or JSON) including every plugin config."""
+    """Validate estate data (as parsed from YAML or JSON) including every plugin config.
+
+    A provider or action that needs an integration and names none gets the estate's only
+    integration of that type, in the returned estate (the caller's data is not changed).
+    """
     if not isinstance(data, dict):
         raise EstateInvalid([ConfigError("(top level)", "must be a mapping with credentials")])
     data, unresolved = _with_implicit_integrations(data)
