@@ -37,6 +37,8 @@ from keyshift.service import rotations
 from keyshift.store.store import Store
 from keyshift.testing import assert_provider_contract
 from tests.conftest import Cli, run_subprocess
+from tests.doubles.kubernetes import KubernetesDouble
+from tests.doubles.tls import make_pki
 from tests.helpers import (
     env_value,
     rotate_under_load,
@@ -240,6 +242,41 @@ def test_alternating_users_switch_roles_and_disable_the_old_login(
     [revoking] = [s for s in steps(store, rotation.id) if s.name == "revoking"]
     assert revoking.detail["revocation_proof"].startswith("refused")
     assert [v.status for v in versions(store, "app-db")] == ["revoked", "current"]
+
+
+def test_a_kubernetes_secret_with_keys_gets_each_new_role_with_its_password(
+    db: Database, pgcli: Cli, tmp_path: Path
+) -> None:
+    """The Secret's user and password change together, so the pods never read a new
+    password beside the old role."""
+    with KubernetesDouble(make_pki(tmp_path / "pki")) as kube:
+        kube.add_secret("payments", "payments-db", {"DB_HOST": "db.internal"})
+        secret = {
+            "type": "kubernetes_secret",
+            "order": 20,
+            "on_failure": "abort",
+            "config": {
+                "kubeconfig": str(kube.write_kubeconfig(tmp_path / "kubeconfig")),
+                "namespace": "payments",
+                "secret": "payments-db",
+                "keys": {"DB_USER": "username", "DB_PASSWORD": "password"},
+            },
+        }
+        estate = _estate(tmp_path, db, _alternating(db), extra_actions=[secret])
+        assert pgcli("apply", "-f", str(estate)).exit_code == 0
+
+        seen = []
+        for grace in ("1h", "0s"):
+            rotated = pgcli("rotate", "app-db", "--grace", grace)
+            assert rotated.exit_code == 0, rotated.output
+            data = kube.secret_data("payments", "payments-db") or {}
+            seen.append((data["DB_USER"], data["DB_PASSWORD"]))
+            assert (data["DB_USER"], data["DB_PASSWORD"]) == _consumer(tmp_path)
+            assert data["DB_HOST"] == "db.internal"
+            assert db.can_login(data["DB_USER"], data["DB_PASSWORD"])
+
+    assert [user for user, _ in seen] == list(db.users)
+    assert kube.writes == [("PATCH", "/api/v1/namespaces/payments/secrets/payments-db")] * 2
 
 
 def test_single_user_replaces_the_password_in_place(

@@ -532,6 +532,74 @@ MALFORMED = [
     case(
         """\
         integrations:
+          - {name: entra-a, type: entra, tenant_id: t-a, client_id: c-a,
+             auth: {method: client_secret, secret_from: "env:ENTRA_A"}}
+          - {name: entra-b, type: entra, tenant_id: t-b, client_id: c-b,
+             auth: {method: client_secret, secret_from: "env:ENTRA_B"}}
+        credentials:
+          - name: billing-api-key
+            provider: {type: random}
+            actions:
+              - type: azure_keyvault
+                order: 10
+                config: {vault_url: "https://kv.vault.azure.net", secret_name: billing}
+        """,
+        (
+            "credentials[0].actions[0].config.integration",
+            "required: the estate has 2 entra integrations (entra-a, entra-b); name one",
+        ),
+        id="action-without-integration-when-two-of-its-type-are-declared",
+    ),
+    case(
+        """\
+        integrations:
+          - {name: db-admin, type: postgres, dsn: "postgresql://admin@db:5432/app",
+             password_from: "env:DB_ADMIN_PASSWORD"}
+        credentials:
+          - name: billing-api-key
+            provider: {type: random}
+            actions:
+              - type: azure_keyvault
+                order: 10
+                config: {vault_url: "https://kv.vault.azure.net", secret_name: billing}
+        """,
+        (
+            "credentials[0].actions[0].config.integration",
+            "required: the estate has no entra integration; declare one under integrations",
+        ),
+        id="action-without-integration-when-none-of-its-type-is-declared",
+    ),
+    case(
+        """\
+        credentials:
+          - name: app-db
+            provider: {type: postgres, strategy: single_user, user: app}
+        """,
+        (
+            "credentials[0].provider.integration",
+            "required: the estate has no postgres integration; declare one under integrations",
+        ),
+        id="provider-without-integration-when-none-of-its-type-is-declared",
+    ),
+    case(
+        """\
+        credentials:
+          - name: billing-api-key
+            provider: {type: random}
+            actions:
+              - type: kubernetes_rollout_restart
+                order: 20
+                config: {namespace: billing, deployment: billing-api, kind: Deployment}
+        """,
+        (
+            "credentials[0].actions[0].config",
+            "give either deployment or kind and name, not both",
+        ),
+        id="rollout-restart-with-deployment-shorthand-and-kind",
+    ),
+    case(
+        """\
+        integrations:
           - {name: okta-admin, type: okta}
         """,
         ("integrations[0].type", "unknown integration type 'okta'; known: entra, postgres, redis"),
@@ -968,3 +1036,98 @@ def test_actions_without_a_consumer_are_stored_as_before_so_an_upgrade_changes_n
     with store.transaction() as s:
         document = s.scalars(select(EstateRevision.document)).one()
     assert all("consumer" not in a for c in document["credentials"] for a in c["actions"])
+
+
+# --- integrations left out ------------------------------------------------------------------
+
+
+def estate_with_implicit_integrations(*, explicit: bool = False) -> dict[str, Any]:
+    """One entra and one postgres integration; a Key Vault action and a postgres provider
+    that name theirs only when `explicit`."""
+    vault = {"vault_url": "https://kv-billing.vault.azure.net", "secret_name": "billing-db"}
+    provider = {"type": "postgres", "strategy": "single_user", "user": "billing_app"}
+    if explicit:
+        vault["integration"] = "contoso-entra"
+        provider["integration"] = "billing-db-admin"
+    return {
+        "integrations": [
+            {
+                "name": "contoso-entra",
+                "type": "entra",
+                "tenant_id": "t-1",
+                "client_id": "c-1",
+                "auth": {"method": "client_secret", "secret_from": "env:ENTRA_SECRET"},
+            },
+            {
+                "name": "billing-db-admin",
+                "type": "postgres",
+                "dsn": "postgresql://admin@db:5432/billing",
+                "password_from": "env:DB_ADMIN_PASSWORD",
+            },
+        ],
+        "credentials": [
+            {
+                "name": "billing-db",
+                "owner": "team-billing",
+                "provider": provider,
+                "actions": [{"type": "azure_keyvault", "order": 10, "config": vault}],
+            }
+        ],
+    }
+
+
+def test_a_provider_and_an_action_without_integration_use_the_estates_only_one_of_their_type(
+    cli: Any, store: Store, tmp_path: Path
+) -> None:
+    path = write_yaml(tmp_path / "estate.yaml", estate_with_implicit_integrations())
+
+    applied = cli("apply", "-f", str(path))
+
+    assert applied.exit_code == 0, applied.output
+    spec = credential_row(store, "billing-db").spec
+    assert spec["credential"]["provider"]["integration"] == "billing-db-admin"
+    assert spec["credential"]["actions"][0]["config"]["integration"] == "contoso-entra"
+    # The rotation's plan carries the integrations it connects through, resolved ones too.
+    assert sorted(spec["integrations"]) == ["billing-db-admin", "contoso-entra"]
+
+
+def test_a_left_out_integration_is_stored_like_a_named_one_so_reapplying_changes_nothing(
+    cli: Any, store: Store, tmp_path: Path
+) -> None:
+    path = write_yaml(tmp_path / "estate.yaml", estate_with_implicit_integrations())
+    assert cli("apply", "-f", str(path)).exit_code == 0
+    before = store_state(store)
+
+    again = cli("apply", "-f", str(path))
+    write_yaml(path, estate_with_implicit_integrations(explicit=True))
+    explicit = cli("plan", "-f", str(path))
+
+    assert again.exit_code == 0, again.output
+    assert "No changes" in again.output
+    assert explicit.exit_code == 0, explicit.output
+    assert "No changes" in explicit.output, "naming the only integration is the same estate"
+    assert store_state(store) == before
+
+
+def test_a_second_integration_of_the_type_makes_a_left_out_one_an_error_naming_both(
+    cli: Any, store: Store, tmp_path: Path
+) -> None:
+    document = estate_with_implicit_integrations()
+    path = write_yaml(tmp_path / "estate.yaml", document)
+    assert cli("apply", "-f", str(path)).exit_code == 0
+    before = store_state(store)
+    second = dict(document["integrations"][0], name="fabrikam-entra", tenant_id="t-2")
+    document["integrations"].append(second)
+    write_yaml(path, document)
+
+    result = cli("plan", "-f", str(path))
+
+    assert result.exit_code == REFUSED, result.output
+    assert error_lines(result.output) == [
+        (
+            "credentials[0].actions[0].config.integration",
+            "required: the estate has 2 entra integrations (contoso-entra, fabrikam-entra); "
+            "name one",
+        )
+    ]
+    assert store_state(store) == before

@@ -211,6 +211,24 @@ def test_impact_cli_prints_the_table_and_json_without_tokens_or_secret_values(
             assert secret not in output
 
 
+def test_impact_names_the_integration_a_provider_and_an_action_left_out(
+    cli: Cli, store: Store, tmp_path: Path
+) -> None:
+    estate = _estate(tmp_path)
+    [credential] = estate["credentials"]
+    del credential["provider"]["integration"]
+    [vault] = [a for a in credential["actions"] if a["type"] == "azure_keyvault"]
+    del vault["config"]["integration"]
+    cli.env["KS_ENTRA_ADMIN"] = ADMIN_SECRET
+    applied = cli("apply", "-f", str(save_estate(tmp_path, estate)))
+    assert applied.exit_code == 0, applied.output
+
+    rows = {r.type: r.where for r in impact_service.impact(store, NAME)}
+
+    assert rows["entra_client_secret"]["integration"] == "contoso"
+    assert rows["azure_keyvault"]["integration"] == "contoso"
+
+
 def test_impact_of_an_unknown_credential_fails_with_one_line(applied: Cli) -> None:
     result = applied("impact", "nope")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,9 +67,18 @@ def cli(ks_env: dict[str, str]) -> Cli:
     return Cli({**ks_env, ADMIN_ENV: ADMIN_SECRET})
 
 
-def _estate(tmp: Path, graph: GraphDouble, vault: KeyVaultDouble, app: StoredApplication) -> Path:
-    """An Entra app secret published to Key Vault (order 10) and to a JSON file (order 20)."""
-    estate = {
+def _estate(
+    tmp: Path,
+    graph: GraphDouble,
+    vault: KeyVaultDouble,
+    app: StoredApplication,
+    *,
+    name_integrations: bool = True,
+) -> Path:
+    """An Entra app secret published to Key Vault (order 10) and to a JSON file (order 20).
+    Without `name_integrations`, the provider and the Key Vault action leave out the
+    estate's one entra integration."""
+    estate: dict[str, Any] = {
         "integrations": [{"name": "contoso", "type": "entra", **graph.integration(ADMIN_ENV)}],
         "credentials": [
             {
@@ -105,6 +115,10 @@ def _estate(tmp: Path, graph: GraphDouble, vault: KeyVaultDouble, app: StoredApp
             }
         ],
     }
+    if not name_integrations:
+        [credential] = estate["credentials"]
+        del credential["provider"]["integration"]
+        del credential["actions"][0]["config"]["integration"]
     return save_estate(tmp, estate)
 
 
@@ -155,6 +169,25 @@ def test_a_revoked_key_vault_permission_blocks_that_step_exits_1_and_touches_not
     assert entry["credential"] == NAME
     assert entry["ready"] is False
     assert ADMIN_SECRET not in result.output + str(entry)
+
+
+def test_a_provider_and_key_vault_action_that_leave_out_the_integration_sign_in_through_it(
+    cli: Cli,
+    graph: GraphDouble,
+    vault: KeyVaultDouble,
+    app: StoredApplication,
+    tmp_path: Path,
+) -> None:
+    estate = _estate(tmp_path, graph, vault, app, name_integrations=False)
+    assert cli("apply", "-f", str(estate)).exit_code == 0
+
+    result = cli("preflight", NAME)
+
+    assert result.exit_code == 0, result.output
+    rows = table_rows(result.output)
+    assert [row[:2] for row in rows] == [[step, "ready"] for step in STEPS]
+    # The vault was read with a token issued to the integration's identity.
+    assert {r.method for r in vault.logged(authorized=True)} == {"GET"}
 
 
 def test_an_all_ready_preflight_exits_0_and_records_every_row(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -66,13 +67,19 @@ def new_value() -> str:
     return "S3CRET-" + secrets.token_hex(12)
 
 
-def delivery(value: str, version_id: str = "v2", rotation_id: str = "rot-2") -> Delivery:
+def delivery(
+    value: str,
+    version_id: str = "v2",
+    rotation_id: str = "rot-2",
+    attributes: dict[str, str] | None = None,
+) -> Delivery:
     return Delivery(
         credential="payments-api",
         rotation_id=rotation_id,
         version_id=version_id,
         fingerprint=f"fp-{version_id}",
         value=Secret(value),
+        attributes=attributes or {},
     )
 
 
@@ -458,6 +465,203 @@ def test_a_missing_kubeconfig_blocks_preflight(tmp_path: Path) -> None:
     assert "Kubernetes client config" in result.reason
 
 
+# --- kubernetes_secret: several keys ----------------------------------------------------------
+
+USER_KEYS = {"DB_USER": "username", "DB_PASSWORD": "password"}
+
+
+def user_version(
+    value: str, user: str, version_id: str = "v2", rotation_id: str = "rot-2"
+) -> Delivery:
+    """A version of an alternating_users credential: the password and the role it belongs to."""
+    return delivery(value, version_id, rotation_id, attributes={"username": user})
+
+
+def keys_target(kubeconfig: Path, **config: Any) -> tuple[KubernetesSecretTarget, RecordingSleep]:
+    return secret_target(kubeconfig, key=None, keys=USER_KEYS, **config)
+
+
+def test_keys_are_all_set_in_one_patch_and_the_secrets_other_keys_stay(
+    api: KubernetesDouble, kubeconfig: Path
+) -> None:
+    old, value = new_value(), new_value()
+    api.add_secret(
+        NS, "app-secrets", {"DB_USER": "app_a", "DB_PASSWORD": old, "DB_HOST": "db.internal"}
+    )
+    t, _ = keys_target(kubeconfig)
+
+    result = asyncio.run(
+        t.publish(PublishRequest(user_version(value, "app_b"), user_version(old, "app_a", "v1")))
+    )
+    again = asyncio.run(t.publish(PublishRequest(user_version(value, "app_b"), None)))
+
+    assert api.secret_data(NS, "app-secrets") == {
+        "DB_USER": "app_b",
+        "DB_PASSWORD": value,
+        "DB_HOST": "db.internal",
+    }
+    assert api.writes == [("PATCH", SECRET_PATH)], "one patch; the repeat wrote nothing"
+    assert (result.detail["change"], again.detail["change"]) == ("updated", "unchanged")
+    assert result.detail["keys"] == "DB_USER, DB_PASSWORD"
+    assert "key" not in result.detail
+
+
+def test_keys_survive_a_conflicting_write_and_keep_what_the_other_writer_set(
+    api: KubernetesDouble, kubeconfig: Path
+) -> None:
+    api.add_secret(NS, "app-secrets", {"DB_USER": "app_a", "DB_PASSWORD": "old"})
+    api.before_next_write(NS, "app-secrets", {"DB_HOST": "db-2.internal"})
+    t, sleep = keys_target(kubeconfig)
+    value = new_value()
+
+    result = asyncio.run(t.publish(PublishRequest(user_version(value, "app_b"), None)))
+
+    assert api.secret_data(NS, "app-secrets") == {
+        "DB_USER": "app_b",
+        "DB_PASSWORD": value,
+        "DB_HOST": "db-2.internal",
+    }
+    assert result.detail["conflicts"] == 1
+    assert [r.method for r in api.logged(prefix=SECRET_PATH)] == ["GET", "PATCH", "GET", "PATCH"]
+    assert writes(api) == ["PATCH"], "the stale patch was refused, only the re-read one applied"
+    assert sleep.calls == [0.2]
+
+
+def test_a_created_secret_holds_every_key(api: KubernetesDouble, kubeconfig: Path) -> None:
+    t, _ = keys_target(kubeconfig, create=True)
+    value = new_value()
+
+    result = asyncio.run(t.publish(PublishRequest(user_version(value, "app_b"), None)))
+
+    assert api.secret_data(NS, "app-secrets") == {"DB_USER": "app_b", "DB_PASSWORD": value}
+    assert result.detail["change"] == "created"
+    assert writes(api) == ["POST"]
+
+
+def test_rollback_restores_every_key_to_the_previous_version(
+    api: KubernetesDouble, kubeconfig: Path
+) -> None:
+    old, value = new_value(), new_value()
+    api.add_secret(NS, "app-secrets", {"DB_USER": "app_a", "DB_PASSWORD": old, "DB_HOST": "db"})
+    t, _ = keys_target(kubeconfig)
+    failed, previous = user_version(value, "app_b"), user_version(old, "app_a", "v1", "rot-1")
+    asyncio.run(t.publish(PublishRequest(failed, previous)))
+
+    result = asyncio.run(t.rollback(RollbackRequest(failed, previous)))
+    again = asyncio.run(t.rollback(RollbackRequest(failed, previous)))
+
+    assert api.secret_data(NS, "app-secrets") == {
+        "DB_USER": "app_a",
+        "DB_PASSWORD": old,
+        "DB_HOST": "db",
+    }
+    assert (result.detail["change"], again.detail["change"]) == ("updated", "unchanged")
+    assert writes(api) == ["PATCH", "PATCH"]
+
+
+def test_rollback_without_a_previous_version_removes_the_keys_publish_wrote(
+    api: KubernetesDouble, kubeconfig: Path
+) -> None:
+    api.add_secret(NS, "app-secrets", {"DB_HOST": "db.internal"})
+    t, _ = keys_target(kubeconfig)
+    failed = user_version(new_value(), "app_b")
+    asyncio.run(t.publish(PublishRequest(failed, None)))
+
+    result = asyncio.run(t.rollback(RollbackRequest(failed, None)))
+    again = asyncio.run(t.rollback(RollbackRequest(failed, None)))
+
+    assert api.secret_data(NS, "app-secrets") == {"DB_HOST": "db.internal"}
+    assert (result.detail["change"], again.detail["change"]) == ("removed", "unchanged")
+    assert writes(api) == ["PATCH", "PATCH"]
+
+
+def test_rollback_without_a_previous_version_leaves_keys_holding_someone_elses_value(
+    api: KubernetesDouble, kubeconfig: Path
+) -> None:
+    api.add_secret(NS, "app-secrets", {"DB_HOST": "db.internal"})
+    t, _ = keys_target(kubeconfig)
+    failed = user_version(new_value(), "app_b")
+    asyncio.run(t.publish(PublishRequest(failed, None)))
+    api.change_secret(NS, "app-secrets", {"DB_USER": "set-by-hand"})
+
+    result = asyncio.run(t.rollback(RollbackRequest(failed, None)))
+
+    assert api.secret_data(NS, "app-secrets") == {
+        "DB_HOST": "db.internal",
+        "DB_USER": "set-by-hand",
+    }
+    assert result.detail["change"] == "removed"
+
+
+def test_rollback_deletes_a_secret_this_rotation_created_holding_only_its_keys(
+    api: KubernetesDouble, kubeconfig: Path
+) -> None:
+    t, _ = keys_target(kubeconfig, create=True)
+    failed = user_version(new_value(), "app_b")
+    asyncio.run(t.publish(PublishRequest(failed, None)))
+
+    result = asyncio.run(t.rollback(RollbackRequest(failed, None)))
+
+    assert api.secret(NS, "app-secrets") is None
+    assert result.detail["change"] == "deleted"
+    assert writes(api) == ["POST", "DELETE"]
+
+
+def test_a_key_mapped_to_a_field_the_version_lacks_fails_naming_it_and_writes_nothing(
+    api: KubernetesDouble, kubeconfig: Path
+) -> None:
+    api.add_secret(NS, "app-secrets", {"DB_USER": "app_a", "DB_PASSWORD": "old"})
+    t, _ = keys_target(kubeconfig)
+
+    with pytest.raises(PermanentError) as failure:
+        asyncio.run(t.publish(PublishRequest(delivery(new_value()), None)))
+
+    assert str(failure.value) == "version v2 has no field 'username' (it has: value)"
+    assert api.writes == []
+    assert api.secret_data(NS, "app-secrets") == {"DB_USER": "app_a", "DB_PASSWORD": "old"}
+
+
+def test_keys_are_named_by_describe_and_preflight_never_their_values(
+    api: KubernetesDouble, kubeconfig: Path
+) -> None:
+    api.add_secret(NS, "app-secrets", {"DB_USER": "app_a", "DB_PASSWORD": "old-password"})
+    t, _ = keys_target(kubeconfig)
+
+    described = KubernetesSecretTarget.describe(t.config)
+    ready = asyncio.run(t.preflight(PreflightRequest("payments-api")))
+
+    assert described["keys"] == "DB_USER, DB_PASSWORD"
+    assert "key" not in described
+    assert ready.readiness == Readiness.READY
+    assert "keys DB_USER, DB_PASSWORD" in ready.reason
+    assert "old-password" not in ready.reason + str(described)
+
+
+def test_one_key_is_still_described_as_key_so_stored_evidence_recomputes_the_same(
+    kubeconfig: Path,
+) -> None:
+    t, _ = secret_target(kubeconfig)
+    assert KubernetesSecretTarget.describe(t.config)["key"] == "client-secret"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"keys": USER_KEYS}, "give either key or keys (not both)"),
+        ({"key": None}, "give either key or keys (not both)"),
+        ({"key": None, "keys": {}}, "keys must map at least one key to a field"),
+        ({"key": None, "keys": {"DB USER": "username"}}, "key 'DB USER' must consist"),
+    ],
+    ids=["both", "neither", "empty keys", "bad key name"],
+)
+def test_secret_config_takes_exactly_one_of_key_and_keys(
+    change: dict[str, Any], message: str
+) -> None:
+    settings = {"namespace": NS, "secret": "s", "key": "k", **change}
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        KubernetesSecretConfig.model_validate(settings)
+
+
 # --- error mapping --------------------------------------------------------------------------
 
 
@@ -589,6 +793,45 @@ def test_restart_config_knows_three_kinds_and_defaults_to_waiting_five_minutes()
     assert (config.wait, config.timeout, config.kubeconfig) == (True, timedelta(minutes=5), None)
     with pytest.raises(ValidationError, match="Deployment"):
         KubernetesRolloutRestartConfig.model_validate({"namespace": NS, "kind": "Pod", "name": "x"})
+
+
+@pytest.mark.parametrize(
+    ("field", "kind"),
+    [("deployment", "Deployment"), ("statefulset", "StatefulSet"), ("daemonset", "DaemonSet")],
+)
+def test_restart_config_takes_a_workload_kind_as_shorthand_for_kind_and_name(
+    field: str, kind: str
+) -> None:
+    config = KubernetesRolloutRestartConfig.model_validate(
+        {"namespace": NS, field: "payments-api", "wait": False}
+    )
+
+    assert (config.kind, config.name, config.wait) == (kind, "payments-api", False)
+    assert KubernetesRolloutRestartTarget.describe(config)["workload"] == f"{kind}/payments-api"
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (
+            {"deployment": "api", "kind": "Deployment", "name": "api"},
+            "give either deployment or kind and name, not both",
+        ),
+        ({"deployment": "api", "name": "web"}, "give either deployment or kind and name"),
+        (
+            {"deployment": "api", "statefulset": "db"},
+            "give one workload: deployment and statefulset are both set",
+        ),
+        ({"daemonset": ["a"]}, "daemonset must be the workload's name"),
+        ({"deployment": "Payments_API"}, "deployment must be a DNS subdomain name"),
+    ],
+    ids=["both forms", "shorthand and name", "two shorthands", "not a name", "invalid name"],
+)
+def test_restart_config_refuses_mixed_or_doubled_shorthands_naming_the_field(
+    given: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        KubernetesRolloutRestartConfig.model_validate({"namespace": NS, **given})
 
 
 # --- kubernetes_rollout_restart -------------------------------------------------------------

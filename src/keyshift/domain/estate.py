@@ -199,7 +199,9 @@ class ProviderSpec(_Model):
     type: str
     """The provider type (see Provider types below)."""
     integration: Name | None = None
-    """The name of the integration the provider connects through, if it needs one."""
+    """The name of the integration the provider connects through, if it needs one. Left
+    out, it is the estate's only integration of the type the provider needs (an error names
+    the candidates when there are none or several)."""
 
     def config(self) -> dict[str, Any]:
         """The provider's own settings: every key but `type` (`integration` included if set)."""

@@ -76,7 +76,8 @@ class EntraSecretConfig(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
 
     integration: str
-    """The `entra` integration (tenant and keyshift's identity) to use."""
+    """The `entra` integration (tenant and keyshift's identity) to use; may be left out when
+    the estate declares exactly one."""
     app_id: str = Field(min_length=1)
     """The application (client) id, `appId`, of the app registration whose secrets rotate."""
     display_name_prefix: str = Field(default="keyshift", min_length=1)

@@ -76,7 +76,8 @@ class PostgresConfig(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
 
     integration: str
-    """The `postgres` integration (admin connection) to use."""
+    """The `postgres` integration (admin connection) to use; may be left out when the estate
+    declares exactly one."""
     strategy: Literal["alternating_users", "single_user"] = "alternating_users"
     """`alternating_users` (no cutover window) or `single_user` (one role, in place)."""
     users: list[str] | None = None

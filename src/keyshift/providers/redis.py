@@ -117,7 +117,8 @@ class RedisConfig(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
 
     integration: str
-    """The `redis` integration (admin connection) to use."""
+    """The `redis` integration (admin connection) to use; may be left out when the estate
+    declares exactly one."""
     strategy: Literal["dual_password", "alternating_users"] = "dual_password"
     """`dual_password` (one user, old and new password valid together) or
     `alternating_users` (two users take turns)."""

@@ -8,6 +8,7 @@ that same transaction, while its versions, rotations and audit history stay.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import uuid
 from dataclasses import dataclass
@@ -69,10 +70,15 @@ def load_estate(path: Path) -> Estate:
 
 
 def parse_estate(data: Any) -> Estate:
-    """Validate estate data (as parsed from YAML or JSON) including every plugin config."""
+    """Validate estate data (as parsed from YAML or JSON) including every plugin config.
+
+    A provider or action that needs an integration and names none gets the estate's only
+    integration of that type, in the returned estate (the caller's data is not changed).
+    """
     if not isinstance(data, dict):
         raise EstateInvalid([ConfigError("(top level)", "must be a mapping with credentials")])
-    problems: list[ConfigError] = []
+    data, unresolved = _with_implicit_integrations(data)
+    problems: list[ConfigError] = list(unresolved)
     try:
         estate = Estate.model_validate(data)
     except ValidationError as exc:
@@ -82,6 +88,10 @@ def parse_estate(data: Any) -> Estate:
     problems.extend(reference_problems(data))
     problems.extend(_plugin_problems(data))
     problems.extend(_action_order_problems(data))
+    # An integration that could not be chosen is explained above; the config model's
+    # plain "is required" for the same field would only repeat it.
+    explained = {p.path for p in unresolved}
+    problems = [p for p in problems if not (p.path in explained and p.message == "is required")]
     if problems:
         raise EstateInvalid(problems)
     _check_residual_use(estate)
@@ -117,6 +127,79 @@ def _check_residual_use(estate: Estate) -> None:
             )
     if problems:
         raise EstateInvalid(problems)
+
+
+def _with_implicit_integrations(data: dict[str, Any]) -> tuple[dict[str, Any], list[ConfigError]]:
+    """A copy of `data` in which every provider and action that needs an integration and
+    names none names the estate's only integration of the type it needs, and a problem for
+    each one where there is no such integration or several.
+
+    Resolved here, before anything else reads the file, the stored estate holds the name
+    as if it had been written: the engine's plan, `keyshift impact` and preflight all see
+    it, and a file that names its only integration is the same estate as one that does not.
+    """
+    data = copy.deepcopy(data)
+    by_type: dict[str, list[str]] = {}
+    for _i, item in _mappings(data, "integrations"):
+        if isinstance(item.get("name"), str) and isinstance(item.get("type"), str):
+            by_type.setdefault(item["type"], []).append(item["name"])
+    problems: list[ConfigError] = []
+    for i, cred in _mappings(data, "credentials"):
+        base = f"credentials[{i}]"
+        provider = cred.get("provider")
+        if isinstance(provider, dict):
+            problem = _fill_integration(
+                provider_class, provider, provider, by_type, f"{base}.provider"
+            )
+            problems += [problem] if problem else []
+        for j, action in _mappings(cred, "actions"):
+            config = action.get("config")
+            if isinstance(config, dict):
+                path = f"{base}.actions[{j}].config"
+                problem = _fill_integration(target_class, action, config, by_type, path)
+                problems += [problem] if problem else []
+    return data, problems
+
+
+def _mappings(data: dict[str, Any], field: str) -> list[tuple[int, dict[str, Any]]]:
+    items = data.get(field)
+    if not isinstance(items, list):
+        return []
+    return [(i, item) for i, item in enumerate(items) if isinstance(item, dict)]
+
+
+def _fill_integration(
+    lookup: Any,
+    declared: dict[str, Any],
+    config: dict[str, Any],
+    by_type: dict[str, list[str]],
+    path: str,
+) -> ConfigError | None:
+    """Set `config["integration"]` when the plugin of `declared["type"]` must connect
+    through an integration and `config` names none; a problem when no single one fits."""
+    if config.get("integration") is not None or not isinstance(declared.get("type"), str):
+        return None
+    try:
+        cls = lookup(declared["type"])
+    except EstateInvalid:
+        return None  # the unknown type is reported by _check
+    wanted: str | None = getattr(cls, "integration_type", None)
+    field = cls.Config.model_fields.get("integration")
+    if wanted is None or field is None or not field.is_required():
+        # A plugin that may work without an integration is not handed one it did not ask for.
+        return None
+    candidates = sorted(by_type.get(wanted, []))
+    if len(candidates) == 1:
+        config["integration"] = candidates[0]
+        return None
+    if candidates:
+        why = f"the estate has {len(candidates)} {wanted} integrations ({', '.join(candidates)})"
+        return ConfigError(f"{path}.integration", f"required: {why}; name one")
+    return ConfigError(
+        f"{path}.integration",
+        f"required: the estate has no {wanted} integration; declare one under integrations "
+        "and name it here",
+    )
 
 
 def _plugin_problems(data: dict[str, Any]) -> list[ConfigError]:

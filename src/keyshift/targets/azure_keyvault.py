@@ -83,8 +83,9 @@ class AzureKeyVaultConfig(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
 
     integration: str = Field(min_length=1)
-    """The `entra` integration keyshift signs in through. Its identity needs the secrets
-    `get` and `set` permissions on the vault."""
+    """The `entra` integration keyshift signs in through; may be left out when the estate
+    declares exactly one. Its identity needs the secrets `get` and `set` permissions on the
+    vault."""
     vault_url: str
     """The vault's https:// URL, e.g. `https://payments-kv.vault.azure.net`."""
     secret_name: str

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Final, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -16,8 +16,10 @@ from keyshift.domain.context import PluginContext
 from keyshift.domain.preflight import PreflightRequest, PreflightResult, Readiness
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
+from keyshift.errors import PermanentError
 
 __all__ = [
+    "VALUE_FIELDS",
     "Delivery",
     "PreflightRequest",
     "PreflightResult",
@@ -27,6 +29,8 @@ __all__ = [
     "StepResult",
     "Target",
     "TargetFactory",
+    "field_value",
+    "key_entries",
 ]
 
 
@@ -87,3 +91,38 @@ class Target(Protocol):
 
 class TargetFactory(Protocol):
     def __call__(self, config: BaseModel, context: PluginContext) -> Target: ...
+
+
+VALUE_FIELDS: Final = frozenset({"value", "password"})
+"""Field names that mean the secret value itself; any other field is a version attribute
+(`username`, `host`, `port`, `database` for database credentials)."""
+
+
+def key_entries(key: str | None, keys: Mapping[str, str] | None) -> dict[str, str]:
+    """The keys a target writes, each with the field of the version it receives: `key` gets
+    the value; `keys` maps each key to a field (see `field_value`).
+
+    Raises ValueError (for a config model's validator) unless exactly one of `key` and
+    `keys` is given and `keys` maps at least one key.
+    """
+    if (key is None) == (keys is None):
+        raise ValueError("give either key or keys (not both)")
+    if key is not None:
+        return {key: "value"}
+    if not keys:
+        raise ValueError("keys must map at least one key to a field")
+    return dict(keys)
+
+
+def field_value(delivery: Delivery, field: str) -> str:
+    """The text a key receives: the secret value, or a (non-secret) version attribute such
+    as the `username` of an alternating_users version. A version without the field is a
+    permanent error naming the fields it has."""
+    if field in VALUE_FIELDS:
+        return delivery.value.reveal()
+    if field not in delivery.attributes:
+        known = ", ".join(sorted({"value", *delivery.attributes}))
+        raise PermanentError(
+            f"version {delivery.version_id} has no field '{field}' (it has: {known})"
+        )
+    return str(delivery.attributes[field])

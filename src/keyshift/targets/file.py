@@ -31,13 +31,14 @@ from keyshift.domain.context import PluginContext
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError, TransientError
 from keyshift.targets.base import (
-    Delivery,
     PreflightRequest,
     PreflightResult,
     PublishRequest,
     Readiness,
     RollbackRequest,
     StepResult,
+    field_value,
+    key_entries,
 )
 
 FileFormat = Literal["json", "yaml", "env", "ini"]
@@ -61,11 +62,6 @@ _ENV_ESCAPES: Final = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"}
 _TRANSIENT_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETXTBSY, errno.EIO}
 )
-
-
-VALUE_FIELDS = frozenset({"value", "password"})
-"""Field names that mean the secret value itself; any other field is a version attribute
-(`username`, `host`, `port`, `database` for database credentials)."""
 
 
 class FileConfig(BaseModel):
@@ -92,17 +88,13 @@ class FileConfig(BaseModel):
 
     @model_validator(mode="after")
     def _keys_fit_format(self) -> FileConfig:
-        if (self.key is None) == (self.keys is None):
-            raise ValueError("give either key or keys (not both)")
-        if self.keys is not None and not self.keys:
-            raise ValueError("keys must map at least one key to a field")
         for key in self.entries():
             _check_key(key, self.file_format)
         return self
 
     def entries(self) -> dict[str, str]:
         """Every file key and the field of the version written there."""
-        return {self.key: "value"} if self.key is not None else dict(self.keys or {})
+        return key_entries(self.key, self.keys)
 
 
 def _check_key(key: str, file_format: str) -> None:
@@ -125,18 +117,6 @@ def _check_key(key: str, file_format: str) -> None:
             f"key '{key}' does not make a valid env variable name "
             "(letters, digits, '_', '.', '-'; ':' becomes '__')"
         )
-
-
-def _field_value(delivery: Delivery, field: str) -> str:
-    """The text a key receives: the secret value, or a (non-secret) version attribute."""
-    if field in VALUE_FIELDS:
-        return delivery.value.reveal()
-    if field not in delivery.attributes:
-        known = ", ".join(sorted({"value", *delivery.attributes}))
-        raise PermanentError(
-            f"version {delivery.version_id} has no field '{field}' (it has: {known})"
-        )
-    return str(delivery.attributes[field])
 
 
 def env_name(key: str) -> str:
@@ -187,7 +167,7 @@ class FileTarget:
         """Write the value at the key. Idempotent: an unchanged value is not rewritten."""
         delivery = request.delivery
         changed = self._apply(
-            {parts: _field_value(delivery, field) for parts, field in self._entries.items()}
+            {parts: field_value(delivery, field) for parts, field in self._entries.items()}
         )
         return StepResult(
             {
@@ -207,7 +187,7 @@ class FileTarget:
         previous = request.previous
         changed = self._apply(
             {
-                parts: _field_value(previous, field) if previous is not None else None
+                parts: field_value(previous, field) if previous is not None else None
                 for parts, field in self._entries.items()
             }
         )

@@ -1,5 +1,5 @@
-"""`kubernetes_secret` and `kubernetes_rollout_restart`: deliver a value into one key of a
-Kubernetes Secret, then restart the workload that reads it.
+"""`kubernetes_secret` and `kubernetes_rollout_restart`: deliver a value into a key (or
+several keys) of a Kubernetes Secret, then restart the workload that reads it.
 
 Both talk to the API server through the official `kubernetes` client, with one
 `ApiClient` per target built from `kubeconfig` (or the pod's service account when it
@@ -7,10 +7,12 @@ is null), never from the process-wide default configuration. The client is
 synchronous, so each call runs in a worker thread.
 
 `kubernetes_secret` reads the Secret and writes a JSON merge patch that carries the
-`resourceVersion` it read: only `data[key]` and keyshift's annotations change, every
-other key stays as it is, and a write that raced another writer is refused by the API
-server (409 Conflict), re-read and tried again rather than applied blindly. The
-annotations name the rotation, version and fingerprint, never the value.
+`resourceVersion` it read: only its own keys of `data` and keyshift's annotations change,
+every other key stays as it is, and a write that raced another writer is refused by the
+API server (409 Conflict), re-read and tried again rather than applied blindly. With
+`keys`, every key (the password and, say, the username it belongs to) changes in that one
+patch, so a consumer never reads a new password beside an old user. The annotations name
+the rotation, version and fingerprint, never the value.
 
 `kubernetes_rollout_restart` restarts a Deployment, StatefulSet or DaemonSet the way
 `kubectl rollout restart` does (a pod-template annotation
@@ -34,7 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar, Final, Literal, TypeVar
+from typing import Any, ClassVar, Final, Literal, TypeVar, get_args
 
 import urllib3
 from kubernetes import client as k8s
@@ -45,10 +47,10 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from keyshift.domain.context import PluginContext
 from keyshift.domain.durations import Duration, format_duration
-from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError, PluginError, TransientError, scrub
 from keyshift.targets.base import (
+    VALUE_FIELDS,
     Delivery,
     PreflightRequest,
     PreflightResult,
@@ -56,6 +58,8 @@ from keyshift.targets.base import (
     Readiness,
     RollbackRequest,
     StepResult,
+    field_value,
+    key_entries,
 )
 
 T = TypeVar("T")
@@ -82,6 +86,11 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 WorkloadKind = Literal["Deployment", "StatefulSet", "DaemonSet"]
+WORKLOAD_SHORTHANDS: Final[dict[str, WorkloadKind]] = {
+    kind.lower(): kind for kind in get_args(WorkloadKind)
+}
+"""`deployment: NAME` and the like: a workload kind, lower case, as shorthand for `kind` and
+`name`."""
 _PLURAL: Final[dict[str, str]] = {
     "Deployment": "deployments",
     "StatefulSet": "statefulsets",
@@ -143,13 +152,21 @@ def _dns_subdomain(name: str) -> str:
     return name
 
 
+def _valid_data_key(key: str) -> bool:
+    return len(key) <= 253 and bool(_SECRET_KEY.match(key)) and key not in {".", ".."}
+
+
 class KubernetesSecretConfig(KubernetesConnection):
-    """The Secret and the key inside it that holds the value."""
+    """The Secret and the key (or keys) inside it that receive the version."""
 
     secret: str
     """Name of the Secret."""
-    key: str
+    key: str | None = None
     """Key in the Secret's `data` that holds the value; other keys are kept."""
+    keys: dict[str, str] | None = None
+    """Instead of `key`: several keys of the Secret's `data`, each mapped to `value` (or
+    `password`) or to a version attribute such as `username`, e.g. `{DB_USER: username,
+    DB_PASSWORD: password}`. All of them change in one write; other keys are kept."""
     create: bool = False
     """Create the Secret (type Opaque) when it is missing; otherwise it must exist."""
 
@@ -160,14 +177,40 @@ class KubernetesSecretConfig(KubernetesConnection):
 
     @field_validator("key")
     @classmethod
-    def _data_key(cls, key: str) -> str:
-        if len(key) > 253 or not _SECRET_KEY.match(key) or key in {".", ".."}:
+    def _data_key(cls, key: str | None) -> str | None:
+        if key is not None and not _valid_data_key(key):
             raise ValueError("key must consist of letters, digits, '-', '_' or '.'")
         return key
 
+    @field_validator("keys")
+    @classmethod
+    def _data_keys(cls, keys: dict[str, str] | None) -> dict[str, str] | None:
+        for key in keys or {}:
+            if not _valid_data_key(key):
+                raise ValueError(f"key '{key}' must consist of letters, digits, '-', '_' or '.'")
+        return keys
+
+    @model_validator(mode="after")
+    def _key_or_keys(self) -> KubernetesSecretConfig:
+        key_entries(self.key, self.keys)
+        return self
+
+    def entries(self) -> dict[str, str]:
+        """Every data key and the field of the version written there."""
+        return key_entries(self.key, self.keys)
+
+    def named_keys(self) -> dict[str, str]:
+        """The keys written, for descriptions and step records: `{"key": K}` for one `key`
+        (the shape recorded before `keys` existed, so stored evidence recomputes the same),
+        else `{"keys": "A, B"}`."""
+        if self.key is not None:
+            return {"key": self.key}
+        return {"keys": ", ".join(self.entries())}
+
 
 class KubernetesRolloutRestartConfig(KubernetesConnection):
-    """The workload to restart and how long to wait for its rollout."""
+    """The workload to restart and how long to wait for its rollout. `deployment: NAME`,
+    `statefulset: NAME` or `daemonset: NAME` is shorthand for `kind` and `name`."""
 
     kind: WorkloadKind
     """Kind of the workload."""
@@ -179,6 +222,32 @@ class KubernetesRolloutRestartConfig(KubernetesConnection):
     """How long to wait for the rollout before the step fails."""
     interval: Duration = timedelta(seconds=2)
     """Wait between two reads of the rollout's status."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        """`deployment: NAME` becomes `kind: Deployment, name: NAME`, so the rest of the
+        target sees one form."""
+        if not isinstance(data, Mapping):
+            return data
+        given = [field for field in WORKLOAD_SHORTHANDS if field in data]
+        if not given:
+            return data
+        if len(given) > 1:
+            raise ValueError(f"give one workload: {' and '.join(given)} are both set")
+        [field] = given
+        if "kind" in data or "name" in data:
+            raise ValueError(f"give either {field} or kind and name, not both")
+        name = data[field]
+        if not isinstance(name, str):
+            raise ValueError(f"{field} must be the workload's name")
+        try:
+            _dns_subdomain(name)
+        except ValueError as exc:
+            # Said here, so the error names the field written rather than `name`.
+            raise ValueError(f"{field} {exc}") from None
+        rest = {k: v for k, v in data.items() if k != field}
+        return {**rest, "kind": WORKLOAD_SHORTHANDS[field], "name": name}
 
     @field_validator("name")
     @classmethod
@@ -343,12 +412,12 @@ async def _blocked_by_access(
 # --- kubernetes_secret ---------------------------------------------------------------------
 
 
-def _encode(value: Secret) -> str:
-    return base64.b64encode(value.reveal().encode("utf-8")).decode("ascii")
+def _encode(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
-def _holds(data: Mapping[str, str], key: str, value: Secret) -> bool:
-    """Whether `data[key]` decodes to `value` (compared in constant time)."""
+def _holds(data: Mapping[str, str], key: str, text: str) -> bool:
+    """Whether `data[key]` decodes to `text` (compared in constant time)."""
     current = data.get(key)
     if current is None:
         return False
@@ -356,7 +425,7 @@ def _holds(data: Mapping[str, str], key: str, value: Secret) -> bool:
         decoded = base64.b64decode(current, validate=True)
     except (binascii.Error, ValueError):
         return False
-    return hmac.compare_digest(decoded, value.reveal().encode("utf-8"))
+    return hmac.compare_digest(decoded, text.encode("utf-8"))
 
 
 def _identity(delivery: Delivery | None) -> dict[str, str | None]:
@@ -369,7 +438,7 @@ def _identity(delivery: Delivery | None) -> dict[str, str | None]:
 
 
 class KubernetesSecretTarget:
-    """Writes the value into one key of a Kubernetes Secret, keeping every other key."""
+    """Writes the version into its key(s) of a Kubernetes Secret, keeping every other key."""
 
     kind: ClassVar[str] = "kubernetes_secret"
     phase: ClassVar[Phase] = Phase.PUBLISH
@@ -377,12 +446,12 @@ class KubernetesSecretTarget:
 
     @classmethod
     def describe(cls, config: KubernetesSecretConfig) -> dict[str, str]:
-        """Where it writes: cluster, namespace, Secret and key. Never a value."""
+        """Where it writes: cluster, namespace, Secret and key(s). Never a value."""
         return {
             **_cluster(config),
             "namespace": config.namespace,
             "secret": config.secret,
-            "key": config.key,
+            **config.named_keys(),
         }
 
     def __init__(self, config: KubernetesSecretConfig, context: PluginContext) -> None:
@@ -391,6 +460,12 @@ class KubernetesSecretTarget:
         self._known: list[str] = []
         self.api = _Api(config, lambda: self._known)
         self._what = f"Secret {config.namespace}/{config.secret}"
+        self._entries = config.entries()
+        # Keys that carry the secret value: a rollback removes nothing unless they still
+        # hold the failed version's value (with no such key, every key must still hold it).
+        self._proof = [k for k, f in self._entries.items() if f in VALUE_FIELDS] or list(
+            self._entries
+        )
 
     async def preflight(self, request: PreflightRequest) -> PreflightResult:
         """Ready when this identity may read and patch the Secret (and create and delete
@@ -416,21 +491,23 @@ class KubernetesSecretTarget:
             )
         if found is not None and found.immutable:
             return PreflightResult(Readiness.BLOCKED, f"{self._what} is immutable")
-        return PreflightResult(Readiness.READY)
+        [(word, names)] = self.config.named_keys().items()
+        return PreflightResult(Readiness.READY, f"may get and patch {self._what}; {word} {names}")
 
     async def publish(self, request: PublishRequest) -> StepResult:
-        """Set `data[key]` to the value and annotate the version.
+        """Set every key to its field of the version in one write and annotate the version.
 
-        Idempotent: when the key already holds the value nothing is written.
+        Idempotent: when every key already holds its field nothing is written.
         """
         delivery = request.delivery
         self._remember(delivery, request.previous)
         return await self._converge(delivery, created_by=delivery.rotation_id)
 
     async def rollback(self, request: RollbackRequest) -> StepResult:
-        """Put the previous value back in the key. Without a previous version, remove the
-        key if it still holds the failed value (or delete the Secret if this rotation
-        created it and it holds only that key). Idempotent."""
+        """Put the previous version back in every key. Without a previous version, remove
+        the keys that still hold the failed version's fields, provided its value is still
+        there (or delete the Secret if this rotation created it and it holds only those
+        keys). Idempotent."""
         self._remember(request.failed, request.previous)
         if request.previous is not None:
             return await self._converge(request.previous, created_by=None)
@@ -440,7 +517,7 @@ class KubernetesSecretTarget:
         """Values to scrub from any error text this target raises."""
         for d in deliveries:
             if d is not None:
-                self._known += [d.value.reveal(), _encode(d.value)]
+                self._known += [d.value.reveal(), _encode(d.value.reveal())]
 
     async def _get(self) -> k8s.V1Secret | None:
         api = k8s.CoreV1Api(await self.api.client())
@@ -450,7 +527,7 @@ class KubernetesSecretTarget:
         return found
 
     async def _converge(self, wanted: Delivery, *, created_by: str | None) -> StepResult:
-        """Make `data[key]` hold `wanted`'s value, re-reading after each conflict."""
+        """Make every key hold its field of `wanted`, re-reading after each conflict."""
         conflicts = 0
         while True:
             try:
@@ -467,16 +544,17 @@ class KubernetesSecretTarget:
     async def _converge_once(
         self, wanted: Delivery, created_by: str | None, conflicts: int
     ) -> StepResult:
+        values = self._values(wanted)
         secret = await self._get()
         if secret is None:
             if not self.config.create:
                 raise PermanentError(
                     f"{self._what} does not exist; create it first or set create: true"
                 )
-            version = await self._create(wanted, created_by)
+            version = await self._create(wanted, values, created_by)
             return self._result("created", version, conflicts)
         data = secret.data or {}
-        if _holds(data, self.config.key, wanted.value):
+        if all(_holds(data, key, text) for key, text in values.items()):
             return self._result("unchanged", secret.metadata.resource_version, conflicts)
         if secret.immutable:
             raise PermanentError(f"{self._what} is immutable; its data cannot change")
@@ -485,7 +563,7 @@ class KubernetesSecretTarget:
                 "resourceVersion": secret.metadata.resource_version,
                 "annotations": _identity(wanted),
             },
-            "data": {self.config.key: _encode(wanted.value)},
+            "data": {key: _encode(text) for key, text in values.items()},
         }
         version = await self._patch(patch)
         return self._result("updated", version, conflicts)
@@ -505,26 +583,31 @@ class KubernetesSecretTarget:
                 await self.context.sleep(CONFLICT_BACKOFF * 2.0 ** (conflicts - 1))
 
     async def _remove_once(self, failed: Delivery, conflicts: int) -> StepResult:
+        values = self._values(failed)
         secret = await self._get()
         if secret is None:
             return self._result("absent", None, conflicts)
         data = secret.data or {}
-        if not _holds(data, self.config.key, failed.value):
+        held = {key for key, text in values.items() if _holds(data, key, text)}
+        if not all(key in held for key in self._proof):
             # Not the value this rotation wrote (never written, or someone else's since):
             # removing it would destroy what keyshift did not put there.
             return self._result("unchanged", secret.metadata.resource_version, conflicts)
         annotations = secret.metadata.annotations or {}
         version = secret.metadata.resource_version
-        if annotations.get(CREATED_ANNOTATION) == failed.rotation_id and set(data) == {
-            self.config.key
-        }:
+        if annotations.get(CREATED_ANNOTATION) == failed.rotation_id and set(data) == held:
             await self._delete(version)
             return self._result("deleted", None, conflicts)
+        # A key someone has set to another value since is theirs now and stays.
         patch = {
             "metadata": {"resourceVersion": version, "annotations": _identity(None)},
-            "data": {self.config.key: None},
+            "data": dict.fromkeys(sorted(held)),
         }
         return self._result("removed", await self._patch(patch), conflicts)
+
+    def _values(self, delivery: Delivery) -> dict[str, str]:
+        """Each key's text for `delivery`; PermanentError if the version lacks a field."""
+        return {key: field_value(delivery, field) for key, field in self._entries.items()}
 
     async def _patch(self, patch: dict[str, Any]) -> str:
         api = k8s.CoreV1Api(await self.api.client())
@@ -538,7 +621,9 @@ class KubernetesSecretTarget:
         )
         return str(written.metadata.resource_version)
 
-    async def _create(self, wanted: Delivery, created_by: str | None) -> str:
+    async def _create(
+        self, wanted: Delivery, values: dict[str, str], created_by: str | None
+    ) -> str:
         annotations = {k: v for k, v in _identity(wanted).items() if v is not None}
         if created_by is not None:
             annotations[CREATED_ANNOTATION] = created_by
@@ -547,7 +632,7 @@ class KubernetesSecretTarget:
             kind="Secret",
             type="Opaque",
             metadata=k8s.V1ObjectMeta(name=self.config.secret, annotations=annotations),
-            data={self.config.key: _encode(wanted.value)},
+            data={key: _encode(text) for key, text in values.items()},
         )
         api = k8s.CoreV1Api(await self.api.client())
         # A 409 AlreadyExists (created by someone since the read) is a conflict like any
@@ -575,7 +660,7 @@ class KubernetesSecretTarget:
             {
                 "namespace": self.config.namespace,
                 "secret": self.config.secret,
-                "key": self.config.key,
+                **self.config.named_keys(),
                 "change": change,
                 "resource_version": resource_version,
                 "conflicts": conflicts,
