@@ -47,8 +47,19 @@ class Change:
     detail: str = ""
 
 
+def _not_a_mapping() -> EstateInvalid:
+    return EstateInvalid([ConfigError("(top level)", "must be a mapping with credentials")])
+
+
 def load_estate(path: Path) -> Estate:
     """Read and validate an estate file; raise EstateInvalid listing every problem."""
+    return parse_estate(read_document(path))
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """The estate file's document as parsed from YAML, not yet validated (the CLI sends it
+    to a server as is); EstateInvalid when it cannot be read, is not YAML, is empty or is
+    not a mapping."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -65,13 +76,15 @@ def load_estate(path: Path) -> Estate:
         raise EstateInvalid(
             [ConfigError(str(path), "is empty; to remove every credential write `credentials: []`")]
         )
-    return parse_estate(data)
+    if not isinstance(data, dict):
+        raise _not_a_mapping()
+    return data
 
 
 def parse_estate(data: Any) -> Estate:
     """Validate estate data (as parsed from YAML or JSON) including every plugin config."""
     if not isinstance(data, dict):
-        raise EstateInvalid([ConfigError("(top level)", "must be a mapping with credentials")])
+        raise _not_a_mapping()
     problems: list[ConfigError] = []
     try:
         estate = Estate.model_validate(data)
