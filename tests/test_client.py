@@ -4,6 +4,7 @@ a problem from the server is the usual one `error:` line and exit code."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -16,12 +17,12 @@ import uvicorn
 
 from keyshift.api import create_app
 from keyshift.client import Client, ServerRefused, ServerUnreachable
-from keyshift.service import identities
+from keyshift.service import approvals, identities
 from keyshift.store.store import Store
-from tests.conftest import Cli
+from tests.conftest import Cli, run_subprocess
 from tests.engine.test_governance import TWO_OF_THREE
 from tests.engine.test_governance import _estate as governed_estate
-from tests.helpers import rotations_of, write_estate
+from tests.helpers import rotations_of, steps, versions, write_estate
 from tests.servers import free_port
 
 # The client does not depend on the store's backend; SQLite keeps these fast.
@@ -31,15 +32,33 @@ pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 @dataclass(frozen=True)
 class Server:
     url: str
-    token: str
-    """A viewer's API token (the three commands need `credentials:read` only)."""
+    tokens: dict[str, str]
+    """An API token per principal: vera (viewer), otto (operator), alice and bob
+    (approvers, in the governed estate's group), ada (admin)."""
+
+    @property
+    def token(self) -> str:
+        """The viewer's token (reading commands need `credentials:read` only)."""
+        return self.tokens["vera"]
+
+
+PRINCIPALS = {
+    "vera": "viewer",
+    "otto": "operator",
+    "alice": "approver",
+    "bob": "approver",
+    "ada": "admin",
+}
 
 
 @pytest.fixture
 def server(store: Store) -> Iterator[Server]:
-    """`create_app` over the test's store, served by uvicorn on a free port, then stopped."""
-    identities.add_principal(store, name="vera", kind="user", roles=["viewer"], actor="test")
-    token = identities.create_token(store, "vera", name="cli", actor="test").token.reveal()
+    """`create_app` over the test's store, served by uvicorn on a free port, then stopped
+    (after the rotations it runs in the background have ended)."""
+    tokens = {}
+    for name, role in PRINCIPALS.items():
+        identities.add_principal(store, name=name, kind="user", roles=[role], actor="test")
+        tokens[name] = identities.create_token(store, name, name="cli", actor="test").token.reveal()
     port = free_port()
     config = uvicorn.Config(
         create_app(store), host="127.0.0.1", port=port, log_config=None, lifespan="on"
@@ -53,10 +72,10 @@ def server(store: Store) -> Iterator[Server]:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
     try:
-        yield Server(f"http://127.0.0.1:{port}", token)
+        yield Server(f"http://127.0.0.1:{port}", tokens)
     finally:
         running.should_exit = True
-        thread.join(timeout=20)
+        thread.join(timeout=40)
 
 
 def _remote(ks_env: dict[str, str], server: Server | None = None, token: str | None = None) -> Cli:
@@ -84,30 +103,59 @@ def _estate_with_a_pending_approval(cli: Cli, tmp_path: Path) -> None:
         assert result.exit_code == 0, result.output
 
 
+def _as(ks_env: dict[str, str], server: Server, principal: str) -> Cli:
+    """The CLI in server mode (KEYSHIFT_SERVER) with `principal`'s token."""
+    return _remote(ks_env, server, server.tokens[principal])
+
+
+SAME_AS_EMBEDDED = [
+    ("vera", ("status",)),
+    ("vera", ("history", "api-key")),
+    ("vera", ("approvals",)),
+    ("vera", ("approvals", "--all")),
+    ("vera", ("approvals", "show", "{request}")),
+    ("vera", ("show", "{rotation}")),
+    ("vera", ("impact", "api-key")),
+    ("vera", ("impact", "api-key", "--json")),
+    ("vera", ("alerts",)),
+    ("vera", ("entra", "list")),
+    ("vera", ("entra", "summary")),
+    ("vera", ("entra", "report")),
+    ("otto", ("preflight", "api-key")),
+    ("otto", ("rotate", "api-key", "--dry-run")),
+    ("otto", ("audit", "verify")),
+    ("otto", ("audit", "export")),
+    ("ada", ("users", "list")),
+    ("ada", ("tokens", "list")),
+    ("ada", ("roles", "list")),
+]
+
+
 @pytest.mark.parametrize(
-    "args",
-    [("status",), ("history", "api-key"), ("approvals",), ("approvals", "--all")],
-    ids=["status", "history", "approvals", "approvals-all"],
+    ("principal", "args"), SAME_AS_EMBEDDED, ids=[" ".join(a) for _, a in SAME_AS_EMBEDDED]
 )
-def test_server_mode_prints_the_same_table_as_embedded_mode(
+def test_server_mode_prints_the_same_as_embedded_mode(
     cli: Cli,
     ks_env: dict[str, str],
     server: Server,
     store: Store,
     tmp_path: Path,
+    principal: str,
     args: tuple[str, ...],
 ) -> None:
     _estate_with_a_pending_approval(cli, tmp_path)
+    rotation = rotations_of(store, "api-key")[0].id
+    request = approvals.requests(store)[0].id
+    args = tuple(a.format(rotation=rotation, request=request) for a in args)
+
+    # The server first: it marks its token used, which `tokens list` then shows in both.
+    remote = _remote(ks_env, token=server.tokens[principal])(*args, "--server", server.url)
     embedded = cli(*args)
-    assert embedded.exit_code == 0, embedded.output
 
-    remote = _remote(ks_env, token=server.token)(*args, "--server", server.url)
-
+    assert (remote.exit_code, remote.output) == (embedded.exit_code, embedded.output)
     assert remote.exit_code == 0, remote.output
-    assert remote.output == embedded.output
-    assert "api-key" in remote.output
     assert not (tmp_path / "client-home").exists(), "the client opened a store of its own"
-    assert server.token not in remote.output
+    assert all(token not in remote.output for token in server.tokens.values())
     if args[0] == "history":
         assert all(r.id in remote.output for r in rotations_of(store, "api-key"))
 
@@ -150,23 +198,63 @@ def test_a_missing_or_bad_token_is_one_line_naming_keyshift_token(
     assert result.output == f"{expected} (set KEYSHIFT_TOKEN to an API token for this server)\n"
 
 
-def test_an_unreachable_server_is_one_line_and_exit_1(ks_env: dict[str, str], store: Store) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [("status",), ("rotate", "api-key"), ("show", "abc123"), ("audit", "verify"), ("resume",)],
+    ids=" ".join,
+)
+def test_an_unreachable_server_is_one_line_and_exit_1(
+    ks_env: dict[str, str], store: Store, args: tuple[str, ...]
+) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
-    result = _remote(ks_env, token="ks_x")("status", "--server", url)
+    result = _remote(ks_env, token="ks_x")(*args, "--server", url)
     assert result.exit_code == 1
     assert result.output == f"error: cannot reach the keyshift server at {url} (ConnectError)\n"
 
 
-def test_with_keyshift_server_set_an_embedded_only_command_changes_nothing(
+def test_a_role_lacking_the_permission_is_one_line_and_changes_nothing(
     cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
 ) -> None:
     assert cli("apply", "-f", str(write_estate(tmp_path))).exit_code == 0
 
-    result = _remote(ks_env, server, server.token)("rotate", "api-key")
+    result = _as(ks_env, server, "vera")("rotate", "api-key")
+
+    assert (result.exit_code, result.output) == (
+        1,
+        "error: vera lacks the permission rotations:run\n",
+    )
+    assert rotations_of(store, "api-key") == []
+
+
+EMBEDDED_ONLY = [
+    ("worker", "--once"),
+    ("keys", "rotate-master"),
+    ("init",),
+    ("demo", "--dir", "{tmp}/demo"),
+]
+
+
+@pytest.mark.parametrize("args", EMBEDDED_ONLY, ids=[a[0] for a in EMBEDDED_ONLY])
+def test_with_keyshift_server_set_an_embedded_only_command_refuses(
+    ks_env: dict[str, str], server: Server, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    args = tuple(a.format(tmp=tmp_path) for a in args)
+
+    result = _as(ks_env, server, "ada")(*args)
 
     assert result.exit_code == 1
     assert result.output.startswith("error: KEYSHIFT_SERVER is set, but this command runs only")
-    assert rotations_of(store, "api-key") == []
+    assert not (tmp_path / "client-home").exists()
+    assert not (tmp_path / "demo").exists()
+
+
+def test_with_keyshift_server_set_serve_refuses_instead_of_serving_a_local_store(
+    ks_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**ks_env, "KEYSHIFT_SERVER": "http://127.0.0.1:9"}
+    result = run_subprocess(["serve", "--port", str(free_port())], env, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: KEYSHIFT_SERVER is set, but this command runs only")
 
 
 def test_the_client_reads_problems_and_refuses_answers_that_are_not_the_api(store: Store) -> None:
@@ -194,3 +282,123 @@ def test_the_client_reads_problems_and_refuses_answers_that_are_not_the_api(stor
             client.history_rows("x" * 200)
     assert (refused.value.status, refused.value.code) == (422, "invalid-request")
     assert str(refused.value) == "1 problem(s); name: too long"
+
+
+# --- rotations at the server ------------------------------------------------------------
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+STEP_LINE = re.compile(r"^  (✓|✗|·) (\S+)\s+\S+ (?:ms|s|m|h)\b(.*)$")
+
+
+def _shape(output: str) -> list[str]:
+    """The output with ids as ID and each step line as its mark and step (durations and
+    times differ between two runs)."""
+    lines = []
+    for line in UUID.sub("ID", output).splitlines():
+        step = STEP_LINE.match(line)
+        lines.append(f"{step.group(1)} {step.group(2)}{step.group(3)}" if step else line)
+    return lines
+
+
+def _printed_steps(output: str) -> list[str]:
+    return [m.group(2) for line in output.splitlines() if (m := STEP_LINE.match(line))]
+
+
+def test_rotate_at_the_server_follows_the_run_step_by_step_like_an_embedded_run(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    assert cli("apply", "-f", str(write_estate(tmp_path))).exit_code == 0
+    assert cli("rotate", "api-key").exit_code == 0  # the first version; now one to replace
+
+    remote = _as(ks_env, server, "otto")("rotate", "api-key", "--grace", "0s")
+    embedded = cli("rotate", "api-key", "--grace", "0s")
+
+    assert remote.exit_code == embedded.exit_code == 0, remote.output
+    _, at_server, here = rotations_of(store, "api-key")
+    assert (at_server.state, at_server.requested_by) == ("completed", "otto")
+    assert remote.output.splitlines()[0] == f"Rotating api-key (rotation {at_server.id})"
+    assert remote.output.splitlines()[-1] == f"api-key: rotation {at_server.id} completed"
+    # Every step the server ran is printed once, in order, as it ended.
+    assert _printed_steps(remote.output) == [s.name for s in steps(store, at_server.id)]
+    assert "revoking" in _printed_steps(remote.output)
+    assert _printed_steps(remote.output) == [s.name for s in steps(store, here.id)]
+    assert _shape(remote.output) == _shape(embedded.output)
+
+
+def test_rotate_no_wait_prints_the_rotation_id_and_returns(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    assert cli("apply", "-f", str(write_estate(tmp_path))).exit_code == 0
+
+    result = _as(ks_env, server, "otto")("rotate", "api-key", "--no-wait")
+
+    assert result.exit_code == 0, result.output
+    (rotation,) = rotations_of(store, "api-key")
+    assert result.output == (
+        f"Rotating api-key (rotation {rotation.id})\n"
+        f"  it runs at the server; `keyshift show {rotation.id}` shows its steps\n"
+    )
+    # Following it afterwards shows where it rests (the policy's 1h grace period).
+    followed = _as(ks_env, server, "vera")("show", rotation.id)
+    assert followed.exit_code == 0, followed.output
+    assert rotation.id in followed.output
+
+
+def test_no_wait_without_a_server_is_a_bad_option(cli: Cli, tmp_path: Path) -> None:
+    assert cli("apply", "-f", str(write_estate(tmp_path))).exit_code == 0
+    result = cli("rotate", "api-key", "--no-wait")
+    assert result.exit_code == 2
+    assert result.output.startswith("error: --no-wait: only with --server")
+
+
+def _pending_request(store: Store) -> approvals.ApprovalView:
+    (pending,) = approvals.requests(store)
+    return pending
+
+
+def test_approve_and_reject_at_the_server_round_trip(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    assert cli("apply", "-f", str(write_estate(tmp_path))).exit_code == 0
+    policy = governed_estate(tmp_path, policy=TWO_OF_THREE)
+    assert _as(ks_env, server, "otto")("apply", "-f", str(policy)).exit_code == 0
+
+    requested = _as(ks_env, server, "otto")("rotate", "api-key", "--grace", "0s")
+
+    assert requested.exit_code == 0, requested.output
+    request = _pending_request(store)
+    assert f"waiting for approval: request {request.id[:8]} needs 2" in requested.output
+    assert versions(store, "api-key") == [], "nothing is created before approval"
+
+    refused = _as(ks_env, server, "otto")("approve", request.id[:8])
+    assert refused.exit_code == 1
+    assert refused.output.startswith("error: otto ")
+    assert len(refused.output.splitlines()) == 1
+
+    one = _as(ks_env, server, "alice")("approve", request.id[:8], "--comment", "looks right")
+    assert one.exit_code == 0, one.output
+    assert _printed_steps(one.output) == []
+    assert "waiting for approval" in one.output
+    assert _pending_request(store).approvals == ["alice"]
+
+    (rotation,) = rotations_of(store, "api-key")
+    before = len(steps(store, rotation.id))
+    two = _as(ks_env, server, "bob")("approve", request.id)
+    assert two.exit_code == 0, two.output
+    assert two.output.splitlines()[-1] == f"api-key: rotation {rotation.id} completed"
+    # Printed: each step that ran after the decision, once, in order.
+    ran = [s.name for s in steps(store, rotation.id)[before:]]
+    assert "creating" in ran
+    assert _printed_steps(two.output) == ran
+    assert len(versions(store, "api-key")) == 1
+
+    # A second rotation, rejected: it fails with nothing changed, exit 1 as embedded.
+    again = _as(ks_env, server, "otto")("rotate", "api-key")
+    assert again.exit_code == 0, again.output
+    second = _pending_request(store)
+    rejected = _as(ks_env, server, "alice")("reject", second.id[:8], "--comment", "not now")
+    assert rejected.exit_code == 1, rejected.output
+    last = rotations_of(store, "api-key")[-1]
+    assert last.state == "failed"
+    assert f"api-key: rotation {last.id} failed" in rejected.output
+    assert len(versions(store, "api-key")) == 1
