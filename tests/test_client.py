@@ -4,26 +4,45 @@ a problem from the server is the usual one `error:` line and exit code."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy import select, text
 
 from keyshift.api import create_app
 from keyshift.client import Client, ServerRefused, ServerUnreachable
 from keyshift.service import approvals, identities
+from keyshift.store.models import AuditEntry, VersionRow
 from keyshift.store.store import Store
-from tests.conftest import Cli, run_subprocess
+from tests.conftest import ADMIN_ENV, ADMIN_SECRET, Cli, run_subprocess
+from tests.doubles.graph import GraphDouble
 from tests.engine.test_governance import TWO_OF_THREE
 from tests.engine.test_governance import _estate as governed_estate
-from tests.helpers import rotations_of, steps, versions, write_estate
+from tests.helpers import (
+    json_value,
+    rotations_of,
+    save_estate,
+    steps,
+    table_rows,
+    versions,
+    write_estate,
+)
 from tests.servers import free_port
+from tests.test_no_secret_leaks import (
+    LEAKING_CONSUMER,
+    _file_action,
+    _leaked_into,
+    _leaking_command,
+)
 
 # The client does not depend on the store's backend; SQLite keeps these fast.
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -402,3 +421,261 @@ def test_approve_and_reject_at_the_server_round_trip(
     assert last.state == "failed"
     assert f"api-key: rotation {last.id} failed" in rejected.output
     assert len(versions(store, "api-key")) == 1
+
+
+def test_resume_at_the_server_prints_what_an_embedded_resume_prints(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    assert cli("apply", "-f", str(write_estate(tmp_path))).exit_code == 0
+    nothing = _as(ks_env, server, "otto")("resume")
+    assert (nothing.exit_code, nothing.output) == (0, "No unfinished rotations.\n")
+    assert cli("rotate", "api-key").exit_code == 0
+    assert _as(ks_env, server, "otto")("rotate", "api-key").exit_code == 0  # into its 1h grace
+
+    remote = _as(ks_env, server, "otto")("resume")
+    embedded = cli("resume")
+
+    assert remote.exit_code == embedded.exit_code == 0, remote.output
+    rotation = rotations_of(store, "api-key")[-1]
+    assert rotation.state == "grace"
+    assert f"api-key: rotation {rotation.id} grace" in remote.output
+    assert "old version stays valid until" in remote.output
+    assert _shape(remote.output) == _shape(embedded.output)
+
+
+def test_a_refused_estate_file_at_the_server_is_exit_2_with_the_same_lines(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    estate = json.loads(write_estate(tmp_path).read_text())
+    estate["credentials"][0]["provider"] = {"type": "nope"}
+    estate["credentials"][0]["policy"]["grace_period"] = "soon"
+    bad = save_estate(tmp_path, estate)
+
+    for command in ("plan", "apply"):
+        remote = _as(ks_env, server, "otto")(command, "-f", str(bad))
+        embedded = cli(command, "-f", str(bad))
+        assert (remote.exit_code, remote.output) == (2, embedded.output)
+        assert embedded.exit_code == 2
+        assert len(remote.output.splitlines()) >= 2, remote.output  # one line per problem
+    assert "api-key" not in cli("status").output
+
+
+def test_plan_and_apply_at_the_server_store_the_estate(
+    cli: Cli, ks_env: dict[str, str], server: Server, tmp_path: Path
+) -> None:
+    estate = write_estate(tmp_path)
+    embedded = cli("plan", "-f", str(estate))
+
+    planned = _as(ks_env, server, "vera")("plan", "-f", str(estate))
+    refused = _as(ks_env, server, "vera")("apply", "-f", str(estate))
+    applied = _as(ks_env, server, "otto")("apply", "-f", str(estate))
+
+    assert (planned.exit_code, planned.output) == (0, embedded.output)
+    assert "credential" in planned.output
+    assert (refused.exit_code, refused.output) == (
+        1,
+        "error: vera lacks the permission credentials:write\n",
+    )
+    assert applied.exit_code == 0, applied.output
+    assert applied.output == embedded.output.replace("Plan:", "Applied:")
+    assert cli("plan", "-f", str(estate)).output.startswith("No changes.")
+
+
+def _tamper_with_a_step_entry(store: Store, rotation_id: str) -> int:
+    with store.transaction() as s:
+        entry = (
+            s.execute(
+                select(AuditEntry)
+                .where(AuditEntry.action == "rotation.step")
+                .where(AuditEntry.subject == f"rotation:{rotation_id}")
+                .order_by(AuditEntry.seq)
+            )
+            .scalars()
+            .first()
+        )
+        assert entry is not None
+        seq, details = entry.seq, json.loads(entry.details)
+    details["outcome"] = "failed"
+    with store.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE audit_entries SET details = :d WHERE seq = :s"),
+            {"d": json.dumps(details, sort_keys=True, separators=(",", ":")), "s": seq},
+        )
+    return seq
+
+
+def test_evidence_and_audit_at_the_server_verify_and_fail_with_exit_3_like_embedded(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    assert cli("apply", "-f", str(write_estate(tmp_path))).exit_code == 0
+    assert _as(ks_env, server, "otto")("rotate", "api-key", "--grace", "0s").exit_code == 0
+    (rotation,) = rotations_of(store, "api-key")
+    bundle_file = tmp_path / "evidence.json"
+
+    exported = _as(ks_env, server, "otto")("evidence", rotation.id[:8], "-o", str(bundle_file))
+    assert exported.exit_code == 0, exported.output
+    assert exported.output.startswith(f"evidence of rotation {rotation.id} written to")
+    bundle = json.loads(bundle_file.read_text())
+    local = json.loads(cli("evidence", rotation.id).stdout)
+    assert bundle["exported_by"] == "otto"
+    strip = ("exported_at", "exported_by")
+    assert {k: v for k, v in bundle.items() if k not in strip} == {
+        k: v for k, v in local.items() if k not in strip
+    }
+
+    verified = _as(ks_env, server, "otto")("evidence", "verify", str(bundle_file))
+    assert verified.exit_code == 0, verified.output
+    assert verified.output == cli("evidence", "verify", str(bundle_file)).output
+
+    seq = _tamper_with_a_step_entry(store, rotation.id)
+
+    for args in (("evidence", "verify", str(bundle_file)), ("audit", "verify")):
+        remote = _as(ks_env, server, "otto")(*args)
+        embedded = cli(*args)
+        assert (remote.exit_code, remote.output) == (3, embedded.output), args
+        assert embedded.exit_code == 3
+        assert f"audit entry {seq}" in remote.output
+
+
+def test_users_and_tokens_at_the_server_round_trip(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    admin = _as(ks_env, server, "ada")
+
+    added = admin("users", "add", "sam", "--role", "viewer", "--service-account")
+    created = admin("tokens", "create", "sam", "--name", "ci", "--expires-in", "7d")
+
+    assert added.output == "added service_account sam with roles viewer\n"
+    assert created.exit_code == 0, created.output
+    token = created.stdout.strip()
+    assert token.startswith("ks_")
+    assert token not in created.stderr
+    prefix = token[: token.index("_", 3)]
+    assert f"API token {prefix} for sam" in created.stderr
+    assert _remote(ks_env, server, token)("status").exit_code == 0
+    assert "sam" in admin("users", "list").output
+    assert prefix in admin("tokens", "list", "--principal", "sam").output
+    assert admin("tokens", "list").output == cli("tokens", "list").output
+
+    revoked = admin("tokens", "revoke", prefix)
+    assert revoked.output == f"revoked {prefix} of sam\n"
+    refused = _remote(ks_env, server, token)("status")
+    assert refused.exit_code == 1
+    assert f"API token {prefix} was revoked" in refused.output
+    assert admin("users", "disable", "sam").output == "disabled sam\n"
+    assert "sam" in [p.name for p in identities.list_principals(store) if p.disabled_at]
+
+    not_admin = _as(ks_env, server, "otto")("users", "list")
+    assert (not_admin.exit_code, not_admin.output) == (
+        1,
+        "error: otto lacks the permission admin\n",
+    )
+
+
+# --- Entra ID and integrations at the server -------------------------------------------
+
+
+def test_entra_and_integration_commands_at_the_server_print_what_embedded_prints(
+    cli: Cli,
+    ks_env: dict[str, str],
+    server: Server,
+    graph: GraphDouble,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The server runs in this process and reads keyshift's Entra secret from its env.
+    monkeypatch.setenv(ADMIN_ENV, ADMIN_SECRET)
+    ks_env[ADMIN_ENV] = ADMIN_SECRET
+    now = datetime.now(UTC).replace(microsecond=0)
+    app = graph.add_application("payments-api")
+    for days in (-3, 5, 60):
+        graph.seed_password(
+            app, f"due-{days}d", start=now - timedelta(days=10), end=now + timedelta(days=days)
+        )
+    estate = {
+        "integrations": [{"name": "contoso", "type": "entra", **graph.integration(ADMIN_ENV)}]
+    }
+    assert cli("apply", "-f", str(save_estate(tmp_path, estate))).exit_code == 0
+
+    refused = _as(ks_env, server, "vera")("entra", "sync")
+    synced = _as(ks_env, server, "otto")("entra", "sync", "--integration", "contoso")
+
+    assert (refused.exit_code, refused.output) == (
+        1,
+        "error: vera lacks the permission entra:write\n",
+    )
+    assert synced.exit_code == 0, synced.output
+    assert table_rows(synced.output) == [["contoso", "1", "3", "4", "0", "0"]]
+    for principal, args in [
+        ("vera", ("entra", "list")),
+        ("vera", ("entra", "list", "--state", "expired")),
+        ("vera", ("entra", "summary", "--top", "2")),
+        ("vera", ("entra", "report")),
+        ("otto", ("integrations", "test", "contoso")),
+    ]:
+        remote = _as(ks_env, server, principal)(*args)
+        embedded = cli(*args)
+        assert (remote.exit_code, remote.output) == (embedded.exit_code, embedded.output), args
+        assert remote.exit_code == 0, remote.output
+    assert "due-5d" in _as(ks_env, server, "vera")("entra", "list").output
+
+
+# --- no secret value in any output ------------------------------------------------------
+
+
+def test_no_secret_value_or_token_reaches_the_output_of_server_mode(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    target = tmp_path / "app.json"
+    outputs: dict[str, str] = {}
+    delivered: set[str] = set()
+
+    def run(principal: str, *args: str, exit_code: int = 0) -> None:
+        result = _as(ks_env, server, principal)(*args)
+        outputs[f"{principal}: {' '.join(args)}"] = result.output
+        assert result.exit_code == exit_code, (args, result.output)
+
+    def read_target() -> None:
+        value = json_value(target)
+        assert value is not None
+        delivered.add(value)
+
+    run("otto", "apply", "-f", str(write_estate(tmp_path, actions=[_file_action(target)])))
+    run("otto", "rotate", "api-key")
+    read_target()
+    run("otto", "rotate", "api-key", "--grace", "0s")
+    read_target()
+    script = tmp_path / "leaking_consumer.py"
+    script.write_text(LEAKING_CONSUMER, encoding="utf-8")
+    failing = write_estate(tmp_path, actions=[_file_action(target), _leaking_command(script)])
+    run("otto", "apply", "-f", str(failing))
+    run("otto", "rotate", "api-key", "--grace", "0s", exit_code=1)  # rolled back, as embedded
+    read_target()
+    for rotation in rotations_of(store, "api-key"):
+        run("vera", "show", rotation.id)
+        run("otto", "evidence", rotation.id)
+    for args in [("status",), ("history", "api-key"), ("impact", "api-key", "--json")]:
+        run("vera", *args)
+    run("otto", "audit", "export")
+    run("otto", "audit", "verify")
+    run("ada", "tokens", "list")
+
+    assert [r.state for r in rotations_of(store, "api-key")] == [
+        "completed",
+        "completed",
+        "rolled_back",
+    ]
+    assert "rolled_back" in outputs["otto: rotate api-key --grace 0s"]
+    with store.transaction() as s:
+        stored = {
+            store.reveal(row).reveal()
+            for row in s.execute(
+                select(VersionRow).where(VersionRow.ciphertext.is_not(None))
+            ).scalars()
+        }
+    values = stored | delivered
+    assert len(values) == 3
+    assert _leaked_into(outputs, values) == []
+    # A token's `ks_<id>` prefix is public (`tokens list` shows it); the rest is the secret.
+    token_secrets = {token.split("_", 2)[2] for token in server.tokens.values()}
+    assert _leaked_into(outputs, token_secrets) == []
