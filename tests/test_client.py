@@ -301,6 +301,7 @@ def test_the_client_reads_problems_and_refuses_answers_that_are_not_the_api(stor
             client.history_rows("x" * 200)
     assert (refused.value.status, refused.value.code) == (422, "invalid-request")
     assert str(refused.value) == "1 problem(s); name: too long"
+    assert refused.value.problems == [("name", "too long")]
 
 
 # --- rotations at the server ------------------------------------------------------------
@@ -679,3 +680,18 @@ def test_no_secret_value_or_token_reaches_the_output_of_server_mode(
     # A token's `ks_<id>` prefix is public (`tokens list` shows it); the rest is the secret.
     token_secrets = {token.split("_", 2)[2] for token in server.tokens.values()}
     assert _leaked_into(outputs, token_secrets) == []
+
+
+def test_approvals_show_takes_the_server_on_the_group_too(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    _estate_with_a_pending_approval(cli, tmp_path)
+    request = approvals.requests(store)[0].id
+    embedded = cli("approvals", "show", request[:8])
+
+    remote = _remote(ks_env, token=server.token)(
+        "approvals", "--server", server.url, "show", request[:8]
+    )
+
+    assert (remote.exit_code, remote.output) == (0, embedded.output)
+    assert not (tmp_path / "client-home").exists(), "the client opened a store of its own"

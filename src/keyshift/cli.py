@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from keyshift import __version__, logs
-from keyshift.client import Client, ServerRefused
+from keyshift.client import WAITING_STATES, Client, ServerRefused
 from keyshift.domain.context import utcnow
 from keyshift.domain.durations import format_duration, parse_duration
 from keyshift.domain.preflight import PreflightResult, Readiness
@@ -81,12 +81,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-HEALTHY = {
-    RotationState.COMPLETED,
-    RotationState.GRACE,
-    RotationState.AWAITING_APPROVAL,
-    RotationState.AWAITING_REVOKE_APPROVAL,
-}
+HEALTHY = {RotationState.COMPLETED, *WAITING_STATES}
+"""The states a rotation command exits 0 in (in both modes)."""
 
 
 def _actor() -> str:
@@ -976,9 +972,13 @@ def approvals_list(
 @approvals_app.command("show")
 @_errors
 def approvals_show(
-    request_id: Annotated[str, typer.Argument(help="Request id.")], server: ServerOption = None
+    ctx: typer.Context,
+    request_id: Annotated[str, typer.Argument(help="Request id.")],
+    server: ServerOption = None,
 ) -> None:
     """What an approver decides on: credential, app, expiry, steps and rollback plan."""
+    # `keyshift approvals --server URL show ID` names the server on the group.
+    server = server or (ctx.parent.params.get("server") if ctx.parent else None)
     if server:
         with _client(server) as client:
             view = client.approval(request_id)

@@ -1,8 +1,9 @@
 """`Client`: the keyshift REST API over HTTP, for the CLI's `--server URL` mode.
 
-Answers come back as the service layer's own view types (`StatusRow`,
-`RotationSummary`, `ApprovalView`), so the CLI renders the same tables whether it
-runs embedded or talks to a server. A problem-JSON answer becomes a `ServerRefused`
+Answers come back as the service layer's own view types (`StatusRow`, `Timeline`,
+`ApprovalView`, `ImpactRow`...), validated with pydantic, so the CLI renders the same
+tables whether it runs embedded or talks to a server. Rotations the server runs in the
+background are followed by polling (`follow`) until they rest. A problem-JSON answer becomes a `ServerRefused`
 carrying the server's stable `code` and its `detail`; a server that cannot be reached
 becomes `ServerUnreachable`. Both are `KeyshiftError`s, so the CLI prints one line.
 
