@@ -695,3 +695,19 @@ def test_approvals_show_takes_the_server_on_the_group_too(
 
     assert (remote.exit_code, remote.output) == (0, embedded.output)
     assert not (tmp_path / "client-home").exists(), "the client opened a store of its own"
+
+
+@pytest.mark.parametrize("case", ["unknown credential", "refused by policy"])
+def test_a_refused_rotation_at_the_server_is_the_same_line_and_exit_code_as_embedded(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path, case: str
+) -> None:
+    name = "nope" if case == "unknown credential" else "api-key"
+    assert cli("apply", "-f", str(governed_estate(tmp_path, owner=None))).exit_code == 0
+
+    remote = _as(ks_env, server, "otto")("rotate", name)
+    embedded = cli("rotate", name)
+
+    assert (remote.exit_code, remote.output) == (1, embedded.output)
+    assert embedded.exit_code == 1
+    assert len(remote.output.splitlines()) == 1, remote.output
+    assert rotations_of(store, "api-key") == []

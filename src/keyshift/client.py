@@ -3,9 +3,11 @@
 Answers come back as the service layer's own view types (`StatusRow`, `Timeline`,
 `ApprovalView`, `ImpactRow`...), validated with pydantic, so the CLI renders the same
 tables whether it runs embedded or talks to a server. Rotations the server runs in the
-background are followed by polling (`follow`) until they rest. A problem-JSON answer becomes a `ServerRefused`
-carrying the server's stable `code` and its `detail`; a server that cannot be reached
-becomes `ServerUnreachable`. Both are `KeyshiftError`s, so the CLI prints one line.
+background are followed by polling (`follow`) until they rest.
+
+A problem-JSON answer becomes a `ServerRefused` carrying the server's stable `code`, its
+`detail` and any field `problems`; a server that cannot be reached becomes
+`ServerUnreachable`. Both are `KeyshiftError`s, so the CLI prints one line.
 
 The API token travels only in the `Authorization` header; it is never part of a
 message, and responses never carry a secret value.
