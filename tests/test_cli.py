@@ -106,7 +106,7 @@ def _leaf_commands() -> dict[str, Any]:
 
 
 def test_server_commands_are_exactly_the_commands_with_a_server_option() -> None:
-    """The refusal under KEYSHIFT_SERVER lists them; the README does too."""
+    """The refusal under KEYSHIFT_SERVER lists them, so the list must be the real one."""
     commands = _leaf_commands()
     with_server = {n for n, c in commands.items() if any(p.name == "server" for p in c.params)}
     assert set(SERVER_COMMANDS) == with_server

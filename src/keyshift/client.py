@@ -305,14 +305,13 @@ class Client:
     def audit_entries(self) -> Iterator[dict[str, Any]]:
         """`GET /v1/audit/export`: every audit entry, read as the server streams them."""
         path = "/v1/audit/export"
-        adapter = TypeAdapter(dict[str, Any])
         with self._unreachable(), self._http.stream("GET", path) as response:
             if not response.is_success:
                 response.read()
                 raise _refusal(self.server, path, response)
             for line in response.iter_lines():
                 if line.strip():
-                    yield self._validate(path, _json(self.server, path, line), adapter)
+                    yield self._validate(path, _json(self.server, path, line), dict[str, Any])
 
     # Integrations, Entra ID, alerts -----------------------------------------------------
 
@@ -383,10 +382,9 @@ class Client:
     def _post(self, path: str, shape: type[T], body: Any = None) -> T:
         return self._validate(path, self._request("POST", path, body=body), shape)
 
-    def _validate(self, path: str, body: Any, shape: type[T] | TypeAdapter[T]) -> T:
-        adapter = shape if isinstance(shape, TypeAdapter) else TypeAdapter(shape)
+    def _validate(self, path: str, body: Any, shape: type[T]) -> T:
         try:
-            return adapter.validate_python(body)
+            return _adapter(shape).validate_python(body)
         except ValidationError as exc:
             raise ServerUnreachable(
                 f"{self.server}{path} answered with an unexpected document "
@@ -419,6 +417,18 @@ class Client:
             raise ServerUnreachable(
                 f"cannot reach the keyshift server at {self.server} ({type(exc).__name__})"
             ) from None
+
+
+_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
+
+
+def _adapter(shape: type[T]) -> TypeAdapter[T]:
+    """One validator per answer shape (building one costs more than using it; `follow`
+    validates two answers per poll)."""
+    adapter = _ADAPTERS.get(shape)
+    if adapter is None:
+        adapter = _ADAPTERS[shape] = TypeAdapter(shape)
+    return adapter
 
 
 def _seg(value: str) -> str:
