@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 
+from keyshift.cli import SERVER_COMMANDS, app
 from keyshift.store.models import AuditEntry, EstateRevision
 from keyshift.store.store import Store
 from tests.conftest import Cli, run_subprocess
@@ -83,3 +86,32 @@ def test_a_rotation_that_rolls_back_exits_1_and_says_why(cli: Cli, tmp_path: Pat
     assert result.exit_code == 1
     assert "rolled_back" in result.output
     assert "reloading:30:command" in result.output
+
+
+def _leaf_commands() -> dict[str, Any]:
+    """Every command the CLI has, by its full name ("audit verify")."""
+    found: dict[str, Any] = {}
+
+    def walk(prefix: str, command: Any) -> None:
+        if getattr(command, "commands", None):
+            if prefix and any(p.name == "server" for p in command.params):
+                found[prefix] = command  # a group that lists things itself (`approvals`)
+            for name, sub in command.commands.items():
+                walk(f"{prefix} {name}".strip(), sub)
+        else:
+            found[prefix] = command
+
+    walk("", typer.main.get_command(app))
+    return found
+
+
+def test_server_commands_are_exactly_the_commands_with_a_server_option() -> None:
+    """The refusal under KEYSHIFT_SERVER lists them, so the list must be the real one."""
+    commands = _leaf_commands()
+    with_server = {n for n, c in commands.items() if any(p.name == "server" for p in c.params)}
+    assert set(SERVER_COMMANDS) == with_server
+    assert list(SERVER_COMMANDS) == sorted(SERVER_COMMANDS)
+    # Every other command refuses while KEYSHIFT_SERVER is set (tests/test_client.py),
+    # except `reference`, which reads no store.
+    embedded_only = {"worker", "keys rotate-master", "init", "demo", "serve", "reference"}
+    assert set(commands) - with_server == embedded_only

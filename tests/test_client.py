@@ -4,25 +4,45 @@ a problem from the server is the usual one `error:` line and exit code."""
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy import select, text
 
 from keyshift.api import create_app
 from keyshift.client import Client, ServerRefused, ServerUnreachable
-from keyshift.service import identities
+from keyshift.service import approvals, identities
+from keyshift.store.models import AuditEntry, VersionRow
 from keyshift.store.store import Store
-from tests.conftest import Cli
+from tests.conftest import ADMIN_ENV, ADMIN_SECRET, Cli, run_subprocess
+from tests.doubles.graph import GraphDouble
 from tests.engine.test_governance import TWO_OF_THREE
 from tests.engine.test_governance import _estate as governed_estate
-from tests.helpers import rotations_of, write_estate
+from tests.helpers import (
+    json_value,
+    rotations_of,
+    save_estate,
+    steps,
+    table_rows,
+    versions,
+    write_estate,
+)
 from tests.servers import free_port
+from tests.test_no_secret_leaks import (
+    LEAKING_CONSUMER,
+    _file_action,
+    _leaked_into,
+    _leaking_command,
+)
 
 # The client does not depend on the store's backend; SQLite keeps these fast.
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -31,15 +51,33 @@ pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 @dataclass(frozen=True)
 class Server:
     url: str
-    token: str
-    """A viewer's API token (the three commands need `credentials:read` only)."""
+    tokens: dict[str, str]
+    """An API token per principal: vera (viewer), otto (operator), alice and bob
+    (approvers, in the governed estate's group), ada (admin)."""
+
+    @property
+    def token(self) -> str:
+        """The viewer's token (reading commands need `credentials:read` only)."""
+        return self.tokens["vera"]
+
+
+PRINCIPALS = {
+    "vera": "viewer",
+    "otto": "operator",
+    "alice": "approver",
+    "bob": "approver",
+    "ada": "admin",
+}
 
 
 @pytest.fixture
 def server(store: Store) -> Iterator[Server]:
-    """`create_app` over the test's store, served by uvicorn on a free port, then stopped."""
-    identities.add_principal(store, name="vera", kind="user", roles=["viewer"], actor="test")
-    token = identities.create_token(store, "vera", name="cli", actor="test").token.reveal()
+    """`create_app` over the test's store, served by uvicorn on a free port, then stopped
+    (after the rotations it runs in the background have ended)."""
+    tokens = {}
+    for name, role in PRINCIPALS.items():
+        identities.add_principal(store, name=name, kind="user", roles=[role], actor="test")
+        tokens[name] = identities.create_token(store, name, name="cli", actor="test").token.reveal()
     port = free_port()
     config = uvicorn.Config(
         create_app(store), host="127.0.0.1", port=port, log_config=None, lifespan="on"
@@ -53,10 +91,10 @@ def server(store: Store) -> Iterator[Server]:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
     try:
-        yield Server(f"http://127.0.0.1:{port}", token)
+        yield Server(f"http://127.0.0.1:{port}", tokens)
     finally:
         running.should_exit = True
-        thread.join(timeout=20)
+        thread.join(timeout=40)
 
 
 def _remote(ks_env: dict[str, str], server: Server | None = None, token: str | None = None) -> Cli:
@@ -84,30 +122,59 @@ def _estate_with_a_pending_approval(cli: Cli, tmp_path: Path) -> None:
         assert result.exit_code == 0, result.output
 
 
+def _as(ks_env: dict[str, str], server: Server, principal: str) -> Cli:
+    """The CLI in server mode (KEYSHIFT_SERVER) with `principal`'s token."""
+    return _remote(ks_env, server, server.tokens[principal])
+
+
+SAME_AS_EMBEDDED = [
+    ("vera", ("status",)),
+    ("vera", ("history", "api-key")),
+    ("vera", ("approvals",)),
+    ("vera", ("approvals", "--all")),
+    ("vera", ("approvals", "show", "{request}")),
+    ("vera", ("show", "{rotation}")),
+    ("vera", ("impact", "api-key")),
+    ("vera", ("impact", "api-key", "--json")),
+    ("vera", ("alerts",)),
+    ("vera", ("entra", "list")),
+    ("vera", ("entra", "summary")),
+    ("vera", ("entra", "report")),
+    ("otto", ("preflight", "api-key")),
+    ("otto", ("rotate", "api-key", "--dry-run")),
+    ("otto", ("audit", "verify")),
+    ("otto", ("audit", "export")),
+    ("ada", ("users", "list")),
+    ("ada", ("tokens", "list")),
+    ("ada", ("roles", "list")),
+]
+
+
 @pytest.mark.parametrize(
-    "args",
-    [("status",), ("history", "api-key"), ("approvals",), ("approvals", "--all")],
-    ids=["status", "history", "approvals", "approvals-all"],
+    ("principal", "args"), SAME_AS_EMBEDDED, ids=[" ".join(a) for _, a in SAME_AS_EMBEDDED]
 )
-def test_server_mode_prints_the_same_table_as_embedded_mode(
+def test_server_mode_prints_the_same_as_embedded_mode(
     cli: Cli,
     ks_env: dict[str, str],
     server: Server,
     store: Store,
     tmp_path: Path,
+    principal: str,
     args: tuple[str, ...],
 ) -> None:
     _estate_with_a_pending_approval(cli, tmp_path)
+    rotation = rotations_of(store, "api-key")[0].id
+    request = approvals.requests(store)[0].id
+    args = tuple(a.format(rotation=rotation, request=request) for a in args)
+
+    # The server first: it marks its token used, which `tokens list` then shows in both.
+    remote = _remote(ks_env, token=server.tokens[principal])(*args, "--server", server.url)
     embedded = cli(*args)
-    assert embedded.exit_code == 0, embedded.output
 
-    remote = _remote(ks_env, token=server.token)(*args, "--server", server.url)
-
+    assert (remote.exit_code, remote.output) == (embedded.exit_code, embedded.output)
     assert remote.exit_code == 0, remote.output
-    assert remote.output == embedded.output
-    assert "api-key" in remote.output
     assert not (tmp_path / "client-home").exists(), "the client opened a store of its own"
-    assert server.token not in remote.output
+    assert all(token not in remote.output for token in server.tokens.values())
     if args[0] == "history":
         assert all(r.id in remote.output for r in rotations_of(store, "api-key"))
 
@@ -150,23 +217,63 @@ def test_a_missing_or_bad_token_is_one_line_naming_keyshift_token(
     assert result.output == f"{expected} (set KEYSHIFT_TOKEN to an API token for this server)\n"
 
 
-def test_an_unreachable_server_is_one_line_and_exit_1(ks_env: dict[str, str], store: Store) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [("status",), ("rotate", "api-key"), ("show", "abc123"), ("audit", "verify"), ("resume",)],
+    ids=" ".join,
+)
+def test_an_unreachable_server_is_one_line_and_exit_1(
+    ks_env: dict[str, str], store: Store, args: tuple[str, ...]
+) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
-    result = _remote(ks_env, token="ks_x")("status", "--server", url)
+    result = _remote(ks_env, token="ks_x")(*args, "--server", url)
     assert result.exit_code == 1
     assert result.output == f"error: cannot reach the keyshift server at {url} (ConnectError)\n"
 
 
-def test_with_keyshift_server_set_an_embedded_only_command_changes_nothing(
+def test_a_role_lacking_the_permission_is_one_line_and_changes_nothing(
     cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
 ) -> None:
     assert cli("apply", "-f", str(write_estate(tmp_path))).exit_code == 0
 
-    result = _remote(ks_env, server, server.token)("rotate", "api-key")
+    result = _as(ks_env, server, "vera")("rotate", "api-key")
+
+    assert (result.exit_code, result.output) == (
+        1,
+        "error: vera lacks the permission rotations:run\n",
+    )
+    assert rotations_of(store, "api-key") == []
+
+
+EMBEDDED_ONLY = [
+    ("worker", "--once"),
+    ("keys", "rotate-master"),
+    ("init",),
+    ("demo", "--dir", "{tmp}/demo"),
+]
+
+
+@pytest.mark.parametrize("args", EMBEDDED_ONLY, ids=[a[0] for a in EMBEDDED_ONLY])
+def test_with_keyshift_server_set_an_embedded_only_command_refuses(
+    ks_env: dict[str, str], server: Server, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    args = tuple(a.format(tmp=tmp_path) for a in args)
+
+    result = _as(ks_env, server, "ada")(*args)
 
     assert result.exit_code == 1
     assert result.output.startswith("error: KEYSHIFT_SERVER is set, but this command runs only")
-    assert rotations_of(store, "api-key") == []
+    assert not (tmp_path / "client-home").exists()
+    assert not (tmp_path / "demo").exists()
+
+
+def test_with_keyshift_server_set_serve_refuses_instead_of_serving_a_local_store(
+    ks_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**ks_env, "KEYSHIFT_SERVER": "http://127.0.0.1:9"}
+    result = run_subprocess(["serve", "--port", str(free_port())], env, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: KEYSHIFT_SERVER is set, but this command runs only")
 
 
 def test_the_client_reads_problems_and_refuses_answers_that_are_not_the_api(store: Store) -> None:
@@ -194,3 +301,413 @@ def test_the_client_reads_problems_and_refuses_answers_that_are_not_the_api(stor
             client.history_rows("x" * 200)
     assert (refused.value.status, refused.value.code) == (422, "invalid-request")
     assert str(refused.value) == "1 problem(s); name: too long"
+    assert refused.value.problems == [("name", "too long")]
+
+
+# --- rotations at the server ------------------------------------------------------------
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+STEP_LINE = re.compile(r"^  (✓|✗|·) (\S+)\s+\S+ (?:ms|s|m|h)\b(.*)$")
+
+
+def _shape(output: str) -> list[str]:
+    """The output with ids as ID and each step line as its mark and step (durations and
+    times differ between two runs)."""
+    lines = []
+    for line in UUID.sub("ID", output).splitlines():
+        step = STEP_LINE.match(line)
+        lines.append(f"{step.group(1)} {step.group(2)}{step.group(3)}" if step else line)
+    return lines
+
+
+def _printed_steps(output: str) -> list[str]:
+    return [m.group(2) for line in output.splitlines() if (m := STEP_LINE.match(line))]
+
+
+def test_rotate_at_the_server_follows_the_run_step_by_step_like_an_embedded_run(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    assert cli("apply", "-f", str(write_estate(tmp_path))).exit_code == 0
+    assert cli("rotate", "api-key").exit_code == 0  # the first version; now one to replace
+
+    remote = _as(ks_env, server, "otto")("rotate", "api-key", "--grace", "0s")
+    embedded = cli("rotate", "api-key", "--grace", "0s")
+
+    assert remote.exit_code == embedded.exit_code == 0, remote.output
+    _, at_server, here = rotations_of(store, "api-key")
+    assert (at_server.state, at_server.requested_by) == ("completed", "otto")
+    assert remote.output.splitlines()[0] == f"Rotating api-key (rotation {at_server.id})"
+    assert remote.output.splitlines()[-1] == f"api-key: rotation {at_server.id} completed"
+    # Every step the server ran is printed once, in order, as it ended.
+    assert _printed_steps(remote.output) == [s.name for s in steps(store, at_server.id)]
+    assert "revoking" in _printed_steps(remote.output)
+    assert _printed_steps(remote.output) == [s.name for s in steps(store, here.id)]
+    assert _shape(remote.output) == _shape(embedded.output)
+
+
+def test_rotate_no_wait_prints_the_rotation_id_and_returns(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    assert cli("apply", "-f", str(write_estate(tmp_path))).exit_code == 0
+
+    result = _as(ks_env, server, "otto")("rotate", "api-key", "--no-wait")
+
+    assert result.exit_code == 0, result.output
+    (rotation,) = rotations_of(store, "api-key")
+    assert result.output == (
+        f"Rotating api-key (rotation {rotation.id})\n"
+        f"  it runs at the server; `keyshift show {rotation.id}` shows its steps\n"
+    )
+    # Following it afterwards shows where it rests (the policy's 1h grace period).
+    followed = _as(ks_env, server, "vera")("show", rotation.id)
+    assert followed.exit_code == 0, followed.output
+    assert rotation.id in followed.output
+
+
+def test_no_wait_without_a_server_is_a_bad_option(cli: Cli, tmp_path: Path) -> None:
+    assert cli("apply", "-f", str(write_estate(tmp_path))).exit_code == 0
+    result = cli("rotate", "api-key", "--no-wait")
+    assert result.exit_code == 2
+    assert result.output.startswith("error: --no-wait: only with --server")
+
+
+def _pending_request(store: Store) -> approvals.ApprovalView:
+    (pending,) = approvals.requests(store)
+    return pending
+
+
+def test_approve_and_reject_at_the_server_round_trip(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    assert cli("apply", "-f", str(write_estate(tmp_path))).exit_code == 0
+    policy = governed_estate(tmp_path, policy=TWO_OF_THREE)
+    assert _as(ks_env, server, "otto")("apply", "-f", str(policy)).exit_code == 0
+
+    requested = _as(ks_env, server, "otto")("rotate", "api-key", "--grace", "0s")
+
+    assert requested.exit_code == 0, requested.output
+    request = _pending_request(store)
+    assert f"waiting for approval: request {request.id[:8]} needs 2" in requested.output
+    assert versions(store, "api-key") == [], "nothing is created before approval"
+
+    refused = _as(ks_env, server, "otto")("approve", request.id[:8])
+    assert refused.exit_code == 1
+    assert refused.output.startswith("error: otto ")
+    assert len(refused.output.splitlines()) == 1
+
+    one = _as(ks_env, server, "alice")("approve", request.id[:8], "--comment", "looks right")
+    assert one.exit_code == 0, one.output
+    assert _printed_steps(one.output) == []
+    assert "waiting for approval" in one.output
+    assert _pending_request(store).approvals == ["alice"]
+
+    (rotation,) = rotations_of(store, "api-key")
+    before = len(steps(store, rotation.id))
+    two = _as(ks_env, server, "bob")("approve", request.id)
+    assert two.exit_code == 0, two.output
+    assert two.output.splitlines()[-1] == f"api-key: rotation {rotation.id} completed"
+    # Printed: each step that ran after the decision, once, in order.
+    ran = [s.name for s in steps(store, rotation.id)[before:]]
+    assert "creating" in ran
+    assert _printed_steps(two.output) == ran
+    assert len(versions(store, "api-key")) == 1
+
+    # A second rotation, rejected: it fails with nothing changed, exit 1 as embedded.
+    again = _as(ks_env, server, "otto")("rotate", "api-key")
+    assert again.exit_code == 0, again.output
+    second = _pending_request(store)
+    rejected = _as(ks_env, server, "alice")("reject", second.id[:8], "--comment", "not now")
+    assert rejected.exit_code == 1, rejected.output
+    last = rotations_of(store, "api-key")[-1]
+    assert last.state == "failed"
+    assert f"api-key: rotation {last.id} failed" in rejected.output
+    assert len(versions(store, "api-key")) == 1
+
+
+def test_resume_at_the_server_prints_what_an_embedded_resume_prints(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    assert cli("apply", "-f", str(write_estate(tmp_path))).exit_code == 0
+    nothing = _as(ks_env, server, "otto")("resume")
+    assert (nothing.exit_code, nothing.output) == (0, "No unfinished rotations.\n")
+    assert cli("rotate", "api-key").exit_code == 0
+    assert _as(ks_env, server, "otto")("rotate", "api-key").exit_code == 0  # into its 1h grace
+
+    remote = _as(ks_env, server, "otto")("resume")
+    embedded = cli("resume")
+
+    assert remote.exit_code == embedded.exit_code == 0, remote.output
+    rotation = rotations_of(store, "api-key")[-1]
+    assert rotation.state == "grace"
+    assert f"api-key: rotation {rotation.id} grace" in remote.output
+    assert "old version stays valid until" in remote.output
+    assert _shape(remote.output) == _shape(embedded.output)
+
+
+def test_a_refused_estate_file_at_the_server_is_exit_2_with_the_same_lines(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    estate = json.loads(write_estate(tmp_path).read_text())
+    estate["credentials"][0]["provider"] = {"type": "nope"}
+    estate["credentials"][0]["policy"]["grace_period"] = "soon"
+    bad = save_estate(tmp_path, estate)
+
+    for command in ("plan", "apply"):
+        remote = _as(ks_env, server, "otto")(command, "-f", str(bad))
+        embedded = cli(command, "-f", str(bad))
+        assert (remote.exit_code, remote.output) == (2, embedded.output)
+        assert embedded.exit_code == 2
+        assert len(remote.output.splitlines()) >= 2, remote.output  # one line per problem
+    assert "api-key" not in cli("status").output
+
+
+def test_plan_and_apply_at_the_server_store_the_estate(
+    cli: Cli, ks_env: dict[str, str], server: Server, tmp_path: Path
+) -> None:
+    estate = write_estate(tmp_path)
+    embedded = cli("plan", "-f", str(estate))
+
+    planned = _as(ks_env, server, "vera")("plan", "-f", str(estate))
+    refused = _as(ks_env, server, "vera")("apply", "-f", str(estate))
+    applied = _as(ks_env, server, "otto")("apply", "-f", str(estate))
+
+    assert (planned.exit_code, planned.output) == (0, embedded.output)
+    assert "credential" in planned.output
+    assert (refused.exit_code, refused.output) == (
+        1,
+        "error: vera lacks the permission credentials:write\n",
+    )
+    assert applied.exit_code == 0, applied.output
+    assert applied.output == embedded.output.replace("Plan:", "Applied:")
+    assert cli("plan", "-f", str(estate)).output.startswith("No changes.")
+
+
+def _tamper_with_a_step_entry(store: Store, rotation_id: str) -> int:
+    with store.transaction() as s:
+        entry = (
+            s.execute(
+                select(AuditEntry)
+                .where(AuditEntry.action == "rotation.step")
+                .where(AuditEntry.subject == f"rotation:{rotation_id}")
+                .order_by(AuditEntry.seq)
+            )
+            .scalars()
+            .first()
+        )
+        assert entry is not None
+        seq, details = entry.seq, json.loads(entry.details)
+    details["outcome"] = "failed"
+    with store.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE audit_entries SET details = :d WHERE seq = :s"),
+            {"d": json.dumps(details, sort_keys=True, separators=(",", ":")), "s": seq},
+        )
+    return seq
+
+
+def test_evidence_and_audit_at_the_server_verify_and_fail_with_exit_3_like_embedded(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    assert cli("apply", "-f", str(write_estate(tmp_path))).exit_code == 0
+    assert _as(ks_env, server, "otto")("rotate", "api-key", "--grace", "0s").exit_code == 0
+    (rotation,) = rotations_of(store, "api-key")
+    bundle_file = tmp_path / "evidence.json"
+
+    exported = _as(ks_env, server, "otto")("evidence", rotation.id[:8], "-o", str(bundle_file))
+    assert exported.exit_code == 0, exported.output
+    assert exported.output.startswith(f"evidence of rotation {rotation.id} written to")
+    bundle = json.loads(bundle_file.read_text())
+    local = json.loads(cli("evidence", rotation.id).stdout)
+    assert bundle["exported_by"] == "otto"
+    strip = ("exported_at", "exported_by")
+    assert {k: v for k, v in bundle.items() if k not in strip} == {
+        k: v for k, v in local.items() if k not in strip
+    }
+
+    verified = _as(ks_env, server, "otto")("evidence", "verify", str(bundle_file))
+    assert verified.exit_code == 0, verified.output
+    assert verified.output == cli("evidence", "verify", str(bundle_file)).output
+
+    seq = _tamper_with_a_step_entry(store, rotation.id)
+
+    for args in (("evidence", "verify", str(bundle_file)), ("audit", "verify")):
+        remote = _as(ks_env, server, "otto")(*args)
+        embedded = cli(*args)
+        assert (remote.exit_code, remote.output) == (3, embedded.output), args
+        assert embedded.exit_code == 3
+        assert f"audit entry {seq}" in remote.output
+
+
+def test_users_and_tokens_at_the_server_round_trip(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    admin = _as(ks_env, server, "ada")
+
+    added = admin("users", "add", "sam", "--role", "viewer", "--service-account")
+    created = admin("tokens", "create", "sam", "--name", "ci", "--expires-in", "7d")
+
+    assert added.output == "added service_account sam with roles viewer\n"
+    assert created.exit_code == 0, created.output
+    token = created.stdout.strip()
+    assert token.startswith("ks_")
+    assert token not in created.stderr
+    prefix = token[: token.index("_", 3)]
+    assert f"API token {prefix} for sam" in created.stderr
+    assert _remote(ks_env, server, token)("status").exit_code == 0
+    assert "sam" in admin("users", "list").output
+    assert prefix in admin("tokens", "list", "--principal", "sam").output
+    assert admin("tokens", "list").output == cli("tokens", "list").output
+
+    revoked = admin("tokens", "revoke", prefix)
+    assert revoked.output == f"revoked {prefix} of sam\n"
+    refused = _remote(ks_env, server, token)("status")
+    assert refused.exit_code == 1
+    assert f"API token {prefix} was revoked" in refused.output
+    assert admin("users", "disable", "sam").output == "disabled sam\n"
+    assert "sam" in [p.name for p in identities.list_principals(store) if p.disabled_at]
+
+    not_admin = _as(ks_env, server, "otto")("users", "list")
+    assert (not_admin.exit_code, not_admin.output) == (
+        1,
+        "error: otto lacks the permission admin\n",
+    )
+
+
+# --- Entra ID and integrations at the server -------------------------------------------
+
+
+def test_entra_and_integration_commands_at_the_server_print_what_embedded_prints(
+    cli: Cli,
+    ks_env: dict[str, str],
+    server: Server,
+    graph: GraphDouble,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The server runs in this process and reads keyshift's Entra secret from its env.
+    monkeypatch.setenv(ADMIN_ENV, ADMIN_SECRET)
+    ks_env[ADMIN_ENV] = ADMIN_SECRET
+    now = datetime.now(UTC).replace(microsecond=0)
+    app = graph.add_application("payments-api")
+    for days in (-3, 5, 60):
+        graph.seed_password(
+            app, f"due-{days}d", start=now - timedelta(days=10), end=now + timedelta(days=days)
+        )
+    estate = {
+        "integrations": [{"name": "contoso", "type": "entra", **graph.integration(ADMIN_ENV)}]
+    }
+    assert cli("apply", "-f", str(save_estate(tmp_path, estate))).exit_code == 0
+
+    refused = _as(ks_env, server, "vera")("entra", "sync")
+    synced = _as(ks_env, server, "otto")("entra", "sync", "--integration", "contoso")
+
+    assert (refused.exit_code, refused.output) == (
+        1,
+        "error: vera lacks the permission entra:write\n",
+    )
+    assert synced.exit_code == 0, synced.output
+    assert table_rows(synced.output) == [["contoso", "1", "3", "4", "0", "0"]]
+    for principal, args in [
+        ("vera", ("entra", "list")),
+        ("vera", ("entra", "list", "--state", "expired")),
+        ("vera", ("entra", "summary", "--top", "2")),
+        ("vera", ("entra", "report")),
+        ("otto", ("integrations", "test", "contoso")),
+    ]:
+        remote = _as(ks_env, server, principal)(*args)
+        embedded = cli(*args)
+        assert (remote.exit_code, remote.output) == (embedded.exit_code, embedded.output), args
+        assert remote.exit_code == 0, remote.output
+    assert "due-5d" in _as(ks_env, server, "vera")("entra", "list").output
+
+
+# --- no secret value in any output ------------------------------------------------------
+
+
+def test_no_secret_value_or_token_reaches_the_output_of_server_mode(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    target = tmp_path / "app.json"
+    outputs: dict[str, str] = {}
+    delivered: set[str] = set()
+
+    def run(principal: str, *args: str, exit_code: int = 0) -> None:
+        result = _as(ks_env, server, principal)(*args)
+        outputs[f"{principal}: {' '.join(args)}"] = result.output
+        assert result.exit_code == exit_code, (args, result.output)
+
+    def read_target() -> None:
+        value = json_value(target)
+        assert value is not None
+        delivered.add(value)
+
+    run("otto", "apply", "-f", str(write_estate(tmp_path, actions=[_file_action(target)])))
+    run("otto", "rotate", "api-key")
+    read_target()
+    run("otto", "rotate", "api-key", "--grace", "0s")
+    read_target()
+    script = tmp_path / "leaking_consumer.py"
+    script.write_text(LEAKING_CONSUMER, encoding="utf-8")
+    failing = write_estate(tmp_path, actions=[_file_action(target), _leaking_command(script)])
+    run("otto", "apply", "-f", str(failing))
+    run("otto", "rotate", "api-key", "--grace", "0s", exit_code=1)  # rolled back, as embedded
+    read_target()
+    for rotation in rotations_of(store, "api-key"):
+        run("vera", "show", rotation.id)
+        run("otto", "evidence", rotation.id)
+    for args in [("status",), ("history", "api-key"), ("impact", "api-key", "--json")]:
+        run("vera", *args)
+    run("otto", "audit", "export")
+    run("otto", "audit", "verify")
+    run("ada", "tokens", "list")
+
+    assert [r.state for r in rotations_of(store, "api-key")] == [
+        "completed",
+        "completed",
+        "rolled_back",
+    ]
+    assert "rolled_back" in outputs["otto: rotate api-key --grace 0s"]
+    with store.transaction() as s:
+        stored = {
+            store.reveal(row).reveal()
+            for row in s.execute(
+                select(VersionRow).where(VersionRow.ciphertext.is_not(None))
+            ).scalars()
+        }
+    values = stored | delivered
+    assert len(values) == 3
+    assert _leaked_into(outputs, values) == []
+    # A token's `ks_<id>` prefix is public (`tokens list` shows it); the rest is the secret.
+    token_secrets = {token.split("_", 2)[2] for token in server.tokens.values()}
+    assert _leaked_into(outputs, token_secrets) == []
+
+
+def test_approvals_show_takes_the_server_on_the_group_too(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    _estate_with_a_pending_approval(cli, tmp_path)
+    request = approvals.requests(store)[0].id
+    embedded = cli("approvals", "show", request[:8])
+
+    remote = _remote(ks_env, token=server.token)(
+        "approvals", "--server", server.url, "show", request[:8]
+    )
+
+    assert (remote.exit_code, remote.output) == (0, embedded.output)
+    assert not (tmp_path / "client-home").exists(), "the client opened a store of its own"
+
+
+@pytest.mark.parametrize("case", ["unknown credential", "refused by policy"])
+def test_a_refused_rotation_at_the_server_is_the_same_line_and_exit_code_as_embedded(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path, case: str
+) -> None:
+    name = "nope" if case == "unknown credential" else "api-key"
+    assert cli("apply", "-f", str(governed_estate(tmp_path, owner=None))).exit_code == 0
+
+    remote = _as(ks_env, server, "otto")("rotate", name)
+    embedded = cli("rotate", name)
+
+    assert (remote.exit_code, remote.output) == (1, embedded.output)
+    assert embedded.exit_code == 1
+    assert len(remote.output.splitlines()) == 1, remote.output
+    assert rotations_of(store, "api-key") == []

@@ -28,11 +28,10 @@ from rich.table import Table
 from rich.text import Text
 
 from keyshift import __version__, logs
-from keyshift.client import Client
+from keyshift.client import WAITING_STATES, Client, ServerRefused
 from keyshift.domain.context import utcnow
 from keyshift.domain.durations import format_duration, parse_duration
-from keyshift.domain.preflight import Readiness
-from keyshift.domain.rbac import ROLE_DESCRIPTIONS, ROLE_PERMISSIONS, Role
+from keyshift.domain.preflight import PreflightResult, Readiness
 from keyshift.domain.states import RotationState, StepStatus
 from keyshift.engine.runner import StepEvent
 from keyshift.errors import AuditChainBroken, EstateInvalid, KeyshiftError
@@ -82,12 +81,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-HEALTHY = {
-    RotationState.COMPLETED,
-    RotationState.GRACE,
-    RotationState.AWAITING_APPROVAL,
-    RotationState.AWAITING_REVOKE_APPROVAL,
-}
+HEALTHY = {RotationState.COMPLETED, *WAITING_STATES}
+"""The states a rotation command exits 0 in (in both modes)."""
 
 
 def _actor() -> str:
@@ -115,6 +110,15 @@ def _errors(func: F) -> F:
         except AuditChainBroken as exc:
             err.print(f"audit chain BROKEN at {exc}", markup=False)
             raise typer.Exit(3) from None
+        except ServerRefused as exc:
+            # The server's refusal exits as the same error would locally: a refused estate
+            # file 2 with one line per problem, everything else 1.
+            if exc.code == ESTATE_INVALID and exc.problems:
+                for path, message in exc.problems:
+                    err.print(f"error: {path}: {message}", markup=False)
+                raise typer.Exit(2) from None
+            err.print(f"error: {exc}", markup=False)
+            raise typer.Exit(1) from None
         except KeyshiftError as exc:
             err.print(f"error: {exc}", markup=False)
             raise typer.Exit(1) from None
@@ -146,8 +150,42 @@ def _store(env: dict[str, str] | None = None) -> Iterator[Store]:
 
 SERVER_ENV = "KEYSHIFT_SERVER"
 TOKEN_ENV = "KEYSHIFT_TOKEN"  # noqa: S105 (the variable's name, not a token)
-SERVER_COMMANDS = ("status", "history", "approvals")
-"""The commands that can talk to a server; every other command runs embedded."""
+SERVER_COMMANDS = (
+    "alerts",
+    "apply",
+    "approvals",
+    "approvals show",
+    "approve",
+    "audit export",
+    "audit verify",
+    "entra list",
+    "entra report",
+    "entra summary",
+    "entra sync",
+    "evidence",
+    "history",
+    "impact",
+    "integrations test",
+    "plan",
+    "preflight",
+    "reject",
+    "resume",
+    "roles list",
+    "rotate",
+    "show",
+    "status",
+    "tokens create",
+    "tokens list",
+    "tokens revoke",
+    "users add",
+    "users disable",
+    "users list",
+)
+"""The commands that can talk to a server (each has `--server`); the others run embedded
+only, and refuse while KEYSHIFT_SERVER is set."""
+
+ESTATE_INVALID = "estate-invalid"
+"""The problem code of a refused estate document."""
 
 ServerOption = Annotated[
     str | None,
@@ -174,6 +212,49 @@ def _refuse_embedded() -> NoReturn:
         f"{SERVER_ENV} is set, but this command runs only on the local store; unset "
         f"{SERVER_ENV} to run it here (server mode: {', '.join(SERVER_COMMANDS)})"
     )
+
+
+def _embedded_only() -> None:
+    """For commands that open no store of the test's choosing (`serve`, `demo`)."""
+    if os.environ.get(SERVER_ENV):
+        _refuse_embedded()
+
+
+def _ended(timeline: rotations.Timeline) -> set[int]:
+    """The steps of the rotation that have ended (by `seq`)."""
+    return {s.seq for s in timeline.steps if s.status != StepStatus.RUNNING}
+
+
+def _follow(client: Client, rotation_id: str, *, shown: set[int]) -> rotations.Timeline:
+    """Print each step of a rotation at the server as it ends, as an embedded run prints
+    it, until the rotation rests; return its last timeline. Steps in `shown` are not
+    printed (they ended before)."""
+    last: rotations.Timeline | None = None
+    try:
+        for last in client.follow(rotation_id):
+            for step in last.steps:
+                if step.seq in shown or step.status == StepStatus.RUNNING:
+                    continue
+                shown.add(step.seq)
+                seconds = step.duration.total_seconds() if step.duration is not None else None
+                status = StepStatus(step.status)
+                _progress(StepEvent(last.rotation.id, step.name, status, seconds, step.error))
+    except KeyboardInterrupt:
+        err.print(
+            f"stopped following rotation {rotation_id}; it goes on at the server "
+            f"(`keyshift show {rotation_id}`)",
+            markup=False,
+        )
+        raise typer.Exit(130) from None
+    if last is None:  # follow yields at least once; this keeps the type exact
+        raise KeyshiftError(f"rotation {rotation_id}: no answer from the server")
+    return last
+
+
+def _exit_unless_healthy(*states: RotationState | str) -> None:
+    """Exit 1 when a rotation did not end healthy (as `rotate` does in both modes)."""
+    if any(RotationState(state) not in HEALTHY for state in states):
+        raise typer.Exit(1)
 
 
 def _when(value: datetime | None) -> str:
@@ -243,22 +324,38 @@ def _main(
         raise typer.Exit(0)
 
 
+EstateFile = Annotated[Path, typer.Option("-f", "--file", help="Estate YAML file.")]
+
+
+def _plan_or_apply(file: Path, server: str | None, *, apply: bool) -> None:
+    if server:
+        # The server validates the document; its refusal lists the same problems.
+        document = estate_service.read_document(file)
+        with _client(server) as client:
+            changes = client.plan_estate(document, apply=apply)
+    else:
+        estate = estate_service.load_estate(file)
+        with _store() as store:
+            changes = (
+                estate_service.apply_estate(store, estate, actor=_actor())
+                if apply
+                else estate_service.plan_estate(store, estate)
+            )
+    _print_changes(changes, applied=apply)
+
+
 @app.command()
 @_errors
-def plan(file: Annotated[Path, typer.Option("-f", "--file", help="Estate YAML file.")]) -> None:
+def plan(file: EstateFile, server: ServerOption = None) -> None:
     """Show what `apply` would change. Changes nothing."""
-    estate = estate_service.load_estate(file)
-    with _store() as store:
-        _print_changes(estate_service.plan_estate(store, estate), applied=False)
+    _plan_or_apply(file, server, apply=False)
 
 
 @app.command()
 @_errors
-def apply(file: Annotated[Path, typer.Option("-f", "--file", help="Estate YAML file.")]) -> None:
+def apply(file: EstateFile, server: ServerOption = None) -> None:
     """Validate the estate file and store it. A refused file changes nothing (exit 2)."""
-    estate = estate_service.load_estate(file)
-    with _store() as store:
-        _print_changes(estate_service.apply_estate(store, estate, actor=_actor()), applied=True)
+    _plan_or_apply(file, server, apply=True)
 
 
 def _status_table(status_rows: list[rotations.StatusRow]) -> Table:
@@ -311,8 +408,12 @@ def status(server: ServerOption = None) -> None:
         out.print(_status_table(rotations.status_rows(store, now=utcnow())))
 
 
-def _print_rotation_end(rotation_id: str, state: RotationState, store: Store) -> None:
-    timeline = rotations.rotation_timeline(store, rotation_id)
+def _print_rotation_end(
+    timeline: rotations.Timeline, pending: Callable[[], list[approvals_service.ApprovalView]]
+) -> None:
+    """The end of a run: the state reached and what comes next (`pending` lists the
+    approval requests waiting, asked only when the rotation waits for one)."""
+    rotation_id, state = timeline.rotation.id, RotationState(timeline.rotation.state)
     colour = "green" if state in HEALTHY else "red"
     out.print(f"{timeline.credential}: rotation {rotation_id} [{colour}]{state.value}[/]")
     if state == RotationState.GRACE:
@@ -321,7 +422,7 @@ def _print_rotation_end(rotation_id: str, state: RotationState, store: Store) ->
             "`keyshift worker` or `keyshift resume` revokes it then"
         )
     if state in (RotationState.AWAITING_APPROVAL, RotationState.AWAITING_REVOKE_APPROVAL):
-        for view in approvals_service.requests(store):
+        for view in pending():
             if view.rotation_id == rotation_id:
                 out.print(
                     f"  waiting for approval: request {view.id[:8]} needs {view.needed} of "
@@ -333,12 +434,28 @@ def _print_rotation_end(rotation_id: str, state: RotationState, store: Store) ->
         out.print(f"  needs attention: {timeline.attention}", markup=False)
 
 
+def _print_stored_rotation_end(store: Store, rotation_id: str) -> None:
+    _print_rotation_end(
+        rotations.rotation_timeline(store, rotation_id), lambda: approvals_service.requests(store)
+    )
+
+
 READINESS_COLOURS = {"ready": "green", "manual review required": "yellow", "blocked": "red"}
 
 
-def _preflight(store: Store, name: str) -> None:
+def _preflight(name: str, server: str | None) -> None:
+    """Preflight at the server (its dry-run route) or on the local store, and print it."""
+    if server:
+        with _client(server) as client:
+            plan_hash, results = client.dry_run(name)
+    else:
+        with _store() as store:
+            plan_hash, results = asyncio.run(rotations.preflight(store, name, actor=_actor()))
+    _print_preflight(name, plan_hash, results)
+
+
+def _print_preflight(name: str, plan_hash: str, results: list[tuple[str, PreflightResult]]) -> None:
     """Print one row per step (step, readiness, reason); exit 1 unless every step is ready."""
-    plan_hash, results = asyncio.run(rotations.preflight(store, name, actor=_actor()))
     table = Table(title=f"Preflight of {name} (plan {plan_hash[:12]})", title_justify="left")
     for col in ("step", "readiness", "reason"):
         table.add_column(col, no_wrap=col != "reason")
@@ -356,12 +473,13 @@ def _preflight(store: Store, name: str) -> None:
 
 @app.command("preflight")
 @_errors
-def preflight_command(name: Annotated[str, typer.Argument(help="Credential name.")]) -> None:
+def preflight_command(
+    name: Annotated[str, typer.Argument(help="Credential name.")], server: ServerOption = None
+) -> None:
     """Check every step of a rotation of a credential, provider first, changing nothing:
     one row per step (ready, manual review required, blocked) and why. Exits 0 only when
     every step is ready; the result is recorded in the audit trail."""
-    with _store() as store:
-        _preflight(store, name)
+    _preflight(name, server)
 
 
 @app.command()
@@ -372,8 +490,15 @@ def rotate(
         bool, typer.Option("--dry-run", help="Preflight only (same as `keyshift preflight`).")
     ] = False,
     grace: Annotated[str | None, typer.Option(help="Override the grace period, e.g. 0s.")] = None,
+    no_wait: Annotated[
+        bool,
+        typer.Option("--no-wait", help="With --server: print the rotation id and return."),
+    ] = False,
+    server: ServerOption = None,
 ) -> None:
-    """Rotate a credential now (or preflight it with --dry-run)."""
+    """Rotate a credential now (or preflight it with --dry-run). With --server the server
+    runs it and the command follows it, step by step, until it rests; the exit code is the
+    same as an embedded run's."""
     grace_td = None
     if grace is not None:
         try:
@@ -381,37 +506,82 @@ def rotate(
         except ValueError as exc:
             err.print(f"error: --grace: {exc}", markup=False)
             raise typer.Exit(2) from None
+    if no_wait and not server:
+        err.print("error: --no-wait: only with --server (an embedded rotation runs here)")
+        raise typer.Exit(2)
+    if dry_run:
+        _preflight(name, server)
+        return
+    if server:
+        with _client(server) as client:
+            started = client.start_rotation(name, grace=grace, reason="manual")
+            out.print(f"Rotating {name} (rotation {started.rotation_id})")
+            if no_wait:
+                out.print(
+                    f"  it runs at the server; `keyshift show {started.rotation_id}` "
+                    "shows its steps"
+                )
+                return
+            timeline = _follow(client, started.rotation_id, shown=set())
+            _print_rotation_end(timeline, client.approval_requests)
+        _exit_unless_healthy(timeline.rotation.state)
+        return
     with _store() as store:
-        if dry_run:
-            _preflight(store, name)
-            return
         rotation_id, state = asyncio.run(
             rotations.rotate(
                 store, name, actor=_actor(), grace=grace_td, on_event=_progress_with_header(name)
             )
         )
-        _print_rotation_end(rotation_id, state, store)
-        if state not in HEALTHY:
-            raise typer.Exit(1)
+        _print_stored_rotation_end(store, rotation_id)
+        _exit_unless_healthy(state)
 
 
 @app.command()
 @_errors
-def resume() -> None:
+def resume(server: ServerOption = None) -> None:
     """Continue every unfinished rotation from its journal (after a crash or a grace period)."""
+    if server:
+        _resume_at(server)
+        return
     with _store() as store:
         results = asyncio.run(rotations.resume(store, actor=_actor(), on_event=_progress))
         if not results:
             out.print("No unfinished rotations.")
-        unhealthy = False
+        states: list[RotationState] = []
         for rotation_id, credential, state in results:
             if state is None:
                 out.print(f"rotation {rotation_id} ({credential}) is held by a live worker")
                 continue
-            _print_rotation_end(rotation_id, state, store)
-            unhealthy |= state not in HEALTHY
-        if unhealthy:
-            raise typer.Exit(1)
+            _print_stored_rotation_end(store, rotation_id)
+            states.append(state)
+        _exit_unless_healthy(*states)
+
+
+def _resume_at(server: str) -> None:
+    """`resume` at a server: resume each unfinished rotation there and follow it."""
+    with _client(server) as client:
+        found = client.unfinished()
+        if not found:
+            out.print("No unfinished rotations.")
+        ends: list[rotations.Timeline] = []
+        for unfinished in found:
+            rotation_id = unfinished.rotation_id
+            shown = _ended(client.rotation(rotation_id))
+            try:
+                client.resume(rotation_id)
+            except ServerRefused as exc:
+                if exc.code == "lease-held":
+                    out.print(
+                        f"rotation {rotation_id} ({unfinished.credential}) is held by a live worker"
+                    )
+                    continue
+                # Already running at the server, or finished meanwhile: follow it to its end.
+                if exc.code not in ("rotation-in-progress", "conflict"):
+                    raise
+            ends.append(_follow(client, rotation_id, shown=shown))
+        for timeline in ends:
+            _print_rotation_end(timeline, client.approval_requests)
+    _exit_unless_healthy(*(t.rotation.state for t in ends))
 
 
 @app.command()
@@ -474,8 +644,7 @@ def history(
     out.print(table)
 
 
-def _timeline_table(store: Store, rotation_id: str) -> Table:
-    t = rotations.rotation_timeline(store, rotation_id)
+def _timeline_table(t: rotations.Timeline) -> Table:
     table = Table(
         title=f"Rotation {t.rotation.id} of {t.credential}: {t.rotation.state} "
         f"(plan {t.plan_hash[:12]})",
@@ -500,18 +669,28 @@ def _timeline_table(store: Store, rotation_id: str) -> Table:
 @_errors
 def show(
     rotation_id: Annotated[str, typer.Argument(help="Rotation id (or a unique prefix).")],
+    server: ServerOption = None,
 ) -> None:
     """The step timeline of one rotation, with durations."""
-    with _store() as store:
-        out.print(_timeline_table(store, rotation_id))
+    if server:
+        with _client(server) as client:
+            timeline = client.rotation(rotation_id)
+    else:
+        with _store() as store:
+            timeline = rotations.rotation_timeline(store, rotation_id)
+    out.print(_timeline_table(timeline))
 
 
 @audit_app.command("verify")
 @_errors
-def audit_verify() -> None:
+def audit_verify(server: ServerOption = None) -> None:
     """Recompute the hash chain; name the first broken entry (exit 3) if any."""
-    with _store() as store, store.transaction() as s:
-        count = audit.verify(s)
+    if server:
+        with _client(server) as client:
+            count = client.audit_verify()
+    else:
+        with _store() as store, store.transaction() as s:
+            count = audit.verify(s)
     out.print(f"audit chain OK: {count} entries verified")
 
 
@@ -519,11 +698,17 @@ def audit_verify() -> None:
 @_errors
 def audit_export(
     format: Annotated[str, typer.Option("--format", help="Only jsonl.")] = "jsonl",
+    server: ServerOption = None,
 ) -> None:
     """Write every audit entry as JSON Lines to stdout (for a SIEM)."""
     if format != "jsonl":
         err.print("error: --format: must be jsonl")
         raise typer.Exit(2)
+    if server:
+        with _client(server) as client:
+            for entry in client.audit_entries():
+                sys.stdout.write(json.dumps(entry, sort_keys=True) + "\n")
+        return
     with _store() as store, store.transaction() as s:
         for entry in audit.export(s):
             sys.stdout.write(json.dumps(entry, sort_keys=True) + "\n")
@@ -586,17 +771,22 @@ def entra_sync(
         list[str] | None,
         typer.Option("--integration", "-i", help="Sync only this integration (repeatable)."),
     ] = None,
+    server: ServerOption = None,
 ) -> None:
     """Import every app registration with its owners, client secrets and certificates."""
-    with _store() as store:
-        results = asyncio.run(
-            entra_service.sync(
-                store,
-                actor=_actor(),
-                only=integration or None,
-                on_progress=lambda line: err.print(line, markup=False),
+    if server:
+        with _client(server) as client:
+            results = client.entra_sync(integration or None)
+    else:
+        with _store() as store:
+            results = asyncio.run(
+                entra_service.sync(
+                    store,
+                    actor=_actor(),
+                    only=integration or None,
+                    on_progress=lambda line: err.print(line, markup=False),
+                )
             )
-        )
     if not results:
         out.print("No entra integrations in the estate.")
     table = Table(title="Entra sync", title_justify="left")
@@ -656,8 +846,14 @@ def entra_list(
     ] = None,
     app_name: Annotated[str | None, typer.Option("--app", help="Only this app (name).")] = None,
     removed: Annotated[bool, typer.Option("--removed", help="Include cleaned-up ones.")] = False,
+    server: ServerOption = None,
 ) -> None:
     """Every discovered client secret and certificate with its lifecycle state."""
+    if server:
+        with _client(server) as client:
+            creds = client.entra_credentials(state=state, app=app_name, removed=removed)
+        out.print(_entra_table(f"Entra credentials ({len(creds)})", creds))
+        return
     with _store() as store:
         alerts = estate_service.current_estate(store).alerts
         creds = entra_service.inventory(store, now=utcnow(), alerts=alerts, include_removed=removed)
@@ -672,11 +868,16 @@ def entra_list(
 @_errors
 def entra_summary(
     top: Annotated[int, typer.Option(help="How many of the most urgent to list.")] = 10,
+    server: ServerOption = None,
 ) -> None:
     """Totals, counts expiring in 7/30/90 days, in grace, and the most urgent credentials."""
-    with _store() as store:
-        alerts = estate_service.current_estate(store).alerts
-        found = entra_service.summary(store, now=utcnow(), alerts=alerts, top=top)
+    if server:
+        with _client(server) as client:
+            found = client.entra_summary(top=top)
+    else:
+        with _store() as store:
+            alerts = estate_service.current_estate(store).alerts
+            found = entra_service.summary(store, now=utcnow(), alerts=alerts, top=top)
     table = Table(title="Entra ID credentials", title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("count", justify="right")
@@ -700,12 +901,16 @@ def entra_summary(
 
 @entra_app.command("report")
 @_errors
-def entra_report() -> None:
+def entra_report(server: ServerOption = None) -> None:
     """Secrets created outside keyshift on managed apps, and lifetimes over the maximum."""
-    with _store() as store:
-        estate = estate_service.current_estate(store)
-        default = next((p for p in estate.policies if p.name == "default"), None)
-        found = entra_service.findings(store, now=utcnow(), default_policy=default)
+    if server:
+        with _client(server) as client:
+            found = client.entra_findings()
+    else:
+        with _store() as store:
+            estate = estate_service.current_estate(store)
+            default = next((p for p in estate.policies if p.name == "default"), None)
+            found = entra_service.findings(store, now=utcnow(), default_policy=default)
     if not found:
         out.print("No findings: no secrets created outside keyshift, no lifetime over maximum.")
         return
@@ -731,11 +936,18 @@ def entra_report() -> None:
 @_errors
 def integrations_test(
     name: Annotated[str, typer.Argument(help="Integration name.")],
+    server: ServerOption = None,
 ) -> None:
     """Sign in, read the granted permissions and read from the API. Changes nothing;
     exits 1 when a check fails."""
-    with _store() as store:
-        checks = asyncio.run(integrations_service.check_integration(store, name, actor=_actor()))
+    if server:
+        with _client(server) as client:
+            checks = client.test_integration(name)
+    else:
+        with _store() as store:
+            checks = asyncio.run(
+                integrations_service.check_integration(store, name, actor=_actor())
+            )
     table = Table(title=f"Integration {name}", title_justify="left")
     for col in ("check", "result", "detail"):
         table.add_column(col, no_wrap=col != "detail")
@@ -783,10 +995,20 @@ def approvals_list(
 
 @approvals_app.command("show")
 @_errors
-def approvals_show(request_id: Annotated[str, typer.Argument(help="Request id.")]) -> None:
+def approvals_show(
+    ctx: typer.Context,
+    request_id: Annotated[str, typer.Argument(help="Request id.")],
+    server: ServerOption = None,
+) -> None:
     """What an approver decides on: credential, app, expiry, steps and rollback plan."""
-    with _store() as store:
-        view = approvals_service.show(store, request_id)
+    # `keyshift approvals --server URL show ID` names the server on the group.
+    server = server or (ctx.parent.params.get("server") if ctx.parent else None)
+    if server:
+        with _client(server) as client:
+            view = client.approval(request_id)
+    else:
+        with _store() as store:
+            view = approvals_service.show(store, request_id)
     out.print(
         f"Request {view.id} ({view.kind}) for rotation {view.rotation_id}: {view.status}",
         markup=False,
@@ -800,7 +1022,30 @@ def approvals_show(request_id: Annotated[str, typer.Argument(help="Request id.")
     out.print(json.dumps(view.summary, indent=2), markup=False)
 
 
-def _decide(request_id: str, *, approve: bool, comment: str) -> None:
+def _decide(
+    request_id: str, *, approve: bool, comment: str, server: str | None, no_wait: bool
+) -> None:
+    """Record the decision and run the rotation on as far as it goes (at the server, by
+    following it there); exit 1 unless it ends healthy."""
+    if no_wait and not server:
+        err.print("error: --no-wait: only with --server (an embedded decision runs here)")
+        raise typer.Exit(2)
+    if server:
+        with _client(server) as client:
+            view = client.approval(request_id)
+            shown = _ended(client.rotation(view.rotation_id))
+            decision = client.decide(request_id, approve=approve, comment=comment)
+            if no_wait:
+                out.print(
+                    f"{decision.decision} request {decision.request_id[:8]}; rotation "
+                    f"{decision.rotation_id} goes on at the server",
+                    markup=False,
+                )
+                return
+            timeline = _follow(client, decision.rotation_id, shown=shown)
+            _print_rotation_end(timeline, client.approval_requests)
+        _exit_unless_healthy(timeline.rotation.state)
+        return
     with _store() as store:
         rotation_id, state = asyncio.run(
             approvals_service.decide(
@@ -812,9 +1057,14 @@ def _decide(request_id: str, *, approve: bool, comment: str) -> None:
                 on_event=_progress,
             )
         )
-        _print_rotation_end(rotation_id, state, store)
-    if state not in HEALTHY:
-        raise typer.Exit(1)
+        _print_stored_rotation_end(store, rotation_id)
+    _exit_unless_healthy(state)
+
+
+NoWait = Annotated[
+    bool,
+    typer.Option("--no-wait", help="With --server: record the decision and return."),
+]
 
 
 @app.command()
@@ -822,9 +1072,11 @@ def _decide(request_id: str, *, approve: bool, comment: str) -> None:
 def approve(
     request_id: Annotated[str, typer.Argument(help="Approval request id (or its start).")],
     comment: Annotated[str, typer.Option(help="Why, for the record.")] = "",
+    no_wait: NoWait = False,
+    server: ServerOption = None,
 ) -> None:
     """Approve a rotation (or a revocation); it runs as soon as enough approved."""
-    _decide(request_id, approve=True, comment=comment)
+    _decide(request_id, approve=True, comment=comment, server=server, no_wait=no_wait)
 
 
 @app.command()
@@ -832,21 +1084,28 @@ def approve(
 def reject(
     request_id: Annotated[str, typer.Argument(help="Approval request id (or its start).")],
     comment: Annotated[str, typer.Option(help="Why, for the record.")] = "",
+    no_wait: NoWait = False,
+    server: ServerOption = None,
 ) -> None:
     """Reject a rotation (it fails, nothing changed) or a revocation (the old version
     stays valid and the rotation needs attention)."""
-    _decide(request_id, approve=False, comment=comment)
+    _decide(request_id, approve=False, comment=comment, server=server, no_wait=no_wait)
 
 
 @app.command()
 @_errors
 def alerts(
     limit: Annotated[int, typer.Option(help="How many of the newest to show.")] = 50,
+    server: ServerOption = None,
 ) -> None:
     """The alerts the worker raised: expiry thresholds crossed, secrets added outside
     keyshift, lifetimes over the maximum."""
-    with _store() as store:
-        rows = scheduler.alert_rows(store, limit=limit)
+    if server:
+        with _client(server) as client:
+            rows = client.alerts(limit=limit)
+    else:
+        with _store() as store:
+            rows = scheduler.alerts(store, limit=limit)
     if not rows:
         out.print("No alerts raised.")
         return
@@ -891,6 +1150,7 @@ def demo(
     directory: Annotated[Path | None, typer.Option("--dir", help="Where to build it.")] = None,
 ) -> None:
     """Build a throw-away estate, rotate it twice, and show status, timeline and audit."""
+    _embedded_only()
     root = Path(directory or tempfile.mkdtemp(prefix="keyshift-demo-")).resolve()
     root.mkdir(parents=True, exist_ok=True)
     consumer = root / "consumer.py"
@@ -944,11 +1204,11 @@ def demo(
                 store, "demo-api-key", actor="demo", grace=timedelta(0), on_event=_progress
             )
         )
-        _print_rotation_end(rotation_id, state, store)
+        _print_stored_rotation_end(store, rotation_id)
         out.print("\n$ keyshift status")
         out.print(_status_table(rotations.status_rows(store, now=utcnow())))
         out.print(f"\n$ keyshift show {rotation_id}")
-        out.print(_timeline_table(store, rotation_id))
+        out.print(_timeline_table(rotations.rotation_timeline(store, rotation_id)))
         with store.transaction() as s:
             count = audit.verify(s)
         out.print(f"\n$ keyshift audit verify\naudit chain OK: {count} entries verified")
@@ -969,10 +1229,15 @@ def demo(
 def impact(
     name: Annotated[str, typer.Argument(help="Credential name.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+    server: ServerOption = None,
 ) -> None:
     """Every issuer and consumer a rotation of NAME touches, in run order, and where."""
-    with _store() as store:
-        rows = impact_service.impact(store, name)
+    if server:
+        with _client(server) as client:
+            rows = client.impact(name)
+    else:
+        with _store() as store:
+            rows = impact_service.impact(store, name)
     if as_json:
         sys.stdout.write(json.dumps(impact_service.to_json(rows), indent=2) + "\n")
         return
@@ -1008,6 +1273,7 @@ def evidence(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the bundle here, not stdout.")
     ] = None,
+    server: ServerOption = None,
 ) -> None:
     """Export one rotation's evidence bundle as JSON; `evidence verify FILE` checks one.
 
@@ -1020,8 +1286,12 @@ def evidence(
             err.print("error: usage: keyshift evidence verify FILE")
             raise typer.Exit(2)
         bundle = evidence_service.load(file.read_text(encoding="utf-8"))
-        with _store() as store:
-            result = evidence_service.verify(store, bundle)
+        if server:
+            with _client(server) as client:
+                result = client.verify_evidence(bundle)
+        else:
+            with _store() as store:
+                result = evidence_service.verify(store, bundle)
         if not result.ok:
             err.print(f"evidence does NOT verify: {result.problem}", markup=False)
             raise typer.Exit(3)
@@ -1034,8 +1304,12 @@ def evidence(
     if file is not None:
         err.print("error: unexpected argument; did you mean `keyshift evidence verify FILE`?")
         raise typer.Exit(2)
-    with _store() as store:
-        bundle = evidence_service.export(store, rotation_id, actor=_actor(), now=utcnow())
+    if server:
+        with _client(server) as client:
+            bundle = client.evidence(rotation_id)
+    else:
+        with _store() as store:
+            bundle = evidence_service.export(store, rotation_id, actor=_actor(), now=utcnow())
     text = evidence_service.dumps(bundle)
     if output is None:
         sys.stdout.write(text)
@@ -1103,20 +1377,31 @@ def users_add(
     service_account: Annotated[
         bool, typer.Option("--service-account", help="A service account, not a person.")
     ] = False,
+    server: ServerOption = None,
 ) -> None:
     """Add a user (or service account) holding the given roles."""
     kind = "service_account" if service_account else "user"
-    with _store() as store:
-        added = identities.add_principal(store, name=name, kind=kind, roles=role, actor=_actor())
+    if server:
+        with _client(server) as client:
+            added = client.add_user(name, kind=kind, roles=role)
+    else:
+        with _store() as store:
+            added = identities.add_principal(
+                store, name=name, kind=kind, roles=role, actor=_actor()
+            )
     out.print(f"added {added.kind} {added.name} with roles {', '.join(added.roles)}")
 
 
 @users_app.command("list")
 @_errors
-def users_list() -> None:
+def users_list(server: ServerOption = None) -> None:
     """Every user and service account with its roles."""
-    with _store() as store:
-        found = identities.list_principals(store)
+    if server:
+        with _client(server) as client:
+            found = client.users()
+    else:
+        with _store() as store:
+            found = identities.list_principals(store)
     table = Table(title=f"Users and service accounts ({len(found)})", title_justify="left")
     for col in ("name", "kind", "roles", "created", "created by", "disabled"):
         table.add_column(col)
@@ -1134,10 +1419,17 @@ def users_list() -> None:
 
 @users_app.command("disable")
 @_errors
-def users_disable(name: Annotated[str, typer.Argument(help="User or service account.")]) -> None:
+def users_disable(
+    name: Annotated[str, typer.Argument(help="User or service account.")],
+    server: ServerOption = None,
+) -> None:
     """Disable a user or service account; its tokens stop working at once."""
-    with _store() as store:
-        identities.disable_principal(store, name, actor=_actor())
+    if server:
+        with _client(server) as client:
+            client.disable_user(name)
+    else:
+        with _store() as store:
+            identities.disable_principal(store, name, actor=_actor())
     out.print(f"disabled {name}")
 
 
@@ -1149,13 +1441,18 @@ def tokens_create(
     expires_in: Annotated[
         str, typer.Option("--expires-in", help="Lifetime, e.g. 90d, or never.")
     ] = "90d",
+    server: ServerOption = None,
 ) -> None:
     """Create an API token and print it once (only its hash is stored)."""
     lifetime = _lifetime(expires_in)
-    with _store() as store:
-        issued = identities.create_token(
-            store, principal, name=name, lifetime=lifetime, actor=_actor()
-        )
+    if server:
+        with _client(server) as client:
+            issued = client.create_token(principal, name=name, expires_in=expires_in)
+    else:
+        with _store() as store:
+            issued = identities.create_token(
+                store, principal, name=name, lifetime=lifetime, actor=_actor()
+            )
     _print_token_once(issued)
 
 
@@ -1163,10 +1460,15 @@ def tokens_create(
 @_errors
 def tokens_list(
     principal: Annotated[str | None, typer.Option(help="Only this principal's tokens.")] = None,
+    server: ServerOption = None,
 ) -> None:
     """Every API token by id, with its state and dates (never the token)."""
-    with _store() as store:
-        found = identities.list_tokens(store, principal=principal)
+    if server:
+        with _client(server) as client:
+            found = client.tokens(principal=principal)
+    else:
+        with _store() as store:
+            found = identities.list_tokens(store, principal=principal)
     table = Table(title=f"API tokens ({len(found)})", title_justify="left")
     for col in ("id", "principal", "name", "state", "created", "expires", "last used"):
         table.add_column(col, no_wrap=col in ("id", "state"))
@@ -1185,22 +1487,34 @@ def tokens_list(
 
 @tokens_app.command("revoke")
 @_errors
-def tokens_revoke(token_id: Annotated[str, typer.Argument(help="Token id or ks_<id>.")]) -> None:
+def tokens_revoke(
+    token_id: Annotated[str, typer.Argument(help="Token id or ks_<id>.")],
+    server: ServerOption = None,
+) -> None:
     """Revoke an API token; it stops working at once."""
-    with _store() as store:
-        revoked = identities.revoke_token(store, token_id, actor=_actor())
+    if server:
+        with _client(server) as client:
+            revoked = client.revoke_token(token_id)
+    else:
+        with _store() as store:
+            revoked = identities.revoke_token(store, token_id, actor=_actor())
     out.print(f"revoked {revoked.prefix} of {revoked.principal}")
 
 
 @roles_app.command("list")
-def roles_list() -> None:
-    """The built-in roles and the permissions each grants."""
+@_errors
+def roles_list(server: ServerOption = None) -> None:
+    """The built-in roles and the permissions each grants (the server's, with --server)."""
+    if server:
+        with _client(server) as client:
+            found = client.roles()
+    else:
+        found = identities.roles()
     table = Table(title="Roles", title_justify="left")
     for col in ("role", "permissions", "for"):
         table.add_column(col)
-    for role in Role:
-        granted = sorted(p.value for p in ROLE_PERMISSIONS[role])
-        table.add_row(role.value, ", ".join(granted), ROLE_DESCRIPTIONS[role])
+    for role in found:
+        table.add_row(role.role, ", ".join(role.permissions), role.description)
     out.print(table)
 
 
@@ -1212,6 +1526,7 @@ def serve(
 ) -> None:
     """Serve the REST API (OpenAPI at /openapi.json) over the store. Every /v1 route needs
     a bearer token; create the first with `keyshift init`."""
+    _embedded_only()
     import uvicorn  # noqa: PLC0415 (only the server needs it)
 
     from keyshift.api import create_app  # noqa: PLC0415 (FastAPI loads only for serve)

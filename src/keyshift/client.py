@@ -1,10 +1,13 @@
 """`Client`: the keyshift REST API over HTTP, for the CLI's `--server URL` mode.
 
-Answers come back as the service layer's own view types (`StatusRow`,
-`RotationSummary`, `ApprovalView`), so the CLI renders the same tables whether it
-runs embedded or talks to a server. A problem-JSON answer becomes a `ServerRefused`
-carrying the server's stable `code` and its `detail`; a server that cannot be reached
-becomes `ServerUnreachable`. Both are `KeyshiftError`s, so the CLI prints one line.
+Answers come back as the service layer's own view types (`StatusRow`, `Timeline`,
+`ApprovalView`, `ImpactRow`...), validated with pydantic, so the CLI renders the same
+tables whether it runs embedded or talks to a server. Rotations the server runs in the
+background are followed by polling (`follow`) until they rest.
+
+A problem-JSON answer becomes a `ServerRefused` carrying the server's stable `code`, its
+`detail` and any field `problems`; a server that cannot be reached becomes
+`ServerUnreachable`. Both are `KeyshiftError`s, so the CLI prints one line.
 
 The API token travels only in the `Authorization` header; it is never part of a
 message, and responses never carry a secret value.
@@ -12,33 +15,141 @@ message, and responses never carry a secret value.
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import to_jsonable_python
 
 from keyshift import __version__
-from keyshift.errors import KeyshiftError
+from keyshift.domain.preflight import PreflightResult, Readiness
+from keyshift.domain.secret import Secret
+from keyshift.domain.states import FINAL_STATES, RotationState
+from keyshift.errors import AuditChainBroken, KeyshiftError
 from keyshift.service.approvals import ApprovalView
-from keyshift.service.rotations import RotationSummary, StatusRow
+from keyshift.service.entra import EntraCredential, Finding, Summary, SyncResult
+from keyshift.service.estate import Change
+from keyshift.service.evidence import Verification
+from keyshift.service.identities import IssuedToken, Principal, RoleView, TokenInfo
+from keyshift.service.impact import ImpactRow
+from keyshift.service.integrations import Check
+from keyshift.service.rotations import RotationSummary, StatusRow, StepLine, Timeline
+from keyshift.service.scheduler import Alert
 
 T = TypeVar("T")
 
 TIMEOUT_SECONDS = 30.0
 """How long one request may take (connect, read) before the CLI gives up."""
 
+FOLLOW_INTERVAL_SECONDS = 0.5
+"""How often `follow` asks for a rotation's state."""
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+WAITING_STATES = frozenset(
+    {
+        RotationState.GRACE,
+        RotationState.AWAITING_APPROVAL,
+        RotationState.AWAITING_REVOKE_APPROVAL,
+    }
+)
+"""Unfinished states a rotation rests in until time passes or a human decides."""
+
+_FINAL = {s.value for s in FINAL_STATES}
+_RESTING = _FINAL | {s.value for s in WAITING_STATES}
+
+
+# The API's own answer shapes, where they are not a service view type ------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    """A rotation the server started (or resumed) in the background."""
+
+    rotation_id: str
+    credential: str
+    state: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    request_id: str
+    rotation_id: str
+    decision: Literal["approved", "rejected"]
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A rotation not in a final state, and whether the answering server runs it now."""
+
+    rotation_id: str
+    credential: str
+    state: str
+    running_here: bool
+
+
+@dataclass(frozen=True)
+class _RotationDoc:
+    """`GET /v1/rotations/{id}` beside the `RotationSummary` fields of the same document."""
+
+    credential: str
+    plan_hash: str
+    grace_until: datetime | None
+    attention: str | None
+    steps: list[StepLine]
+
+
+@dataclass(frozen=True)
+class _StepReadiness:
+    step: str
+    readiness: Readiness
+    reason: str
+
+
+@dataclass(frozen=True)
+class _DryRun:
+    plan_hash: str
+    steps: list[_StepReadiness]
+
+
+@dataclass(frozen=True)
+class _AuditVerification:
+    ok: bool
+    entries: int | None
+    broken_at: int | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class _EstateChanges:
+    changes: list[Change]
+
+
+@dataclass(frozen=True)
+class _TokenCreated:
+    token: str
+    info: TokenInfo
 
 
 class ServerRefused(KeyshiftError):
     """The server answered with a problem document; `code` is its stable code."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, problems: list[tuple[str, str]] | None = None
+    ) -> None:
         self.status = status
         self.code = code
         self.detail = detail
+        self.problems = problems or []
+        """(field path, message) of each problem the server listed."""
         super().__init__(detail)
 
 
@@ -81,7 +192,14 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    # Use cases ------------------------------------------------------------------------
+    # Estate ---------------------------------------------------------------------------
+
+    def plan_estate(self, document: dict[str, Any], *, apply: bool = False) -> list[Change]:
+        """`POST /v1/estate/plan` (or `/apply`): the estate document as read from its file."""
+        path = "/v1/estate/apply" if apply else "/v1/estate/plan"
+        return self._post(path, _EstateChanges, document).changes
+
+    # Credentials and rotations ----------------------------------------------------------
 
     def status_rows(self) -> list[StatusRow]:
         """`GET /v1/credentials`: one row per credential."""
@@ -89,20 +207,184 @@ class Client:
 
     def history_rows(self, credential: str) -> list[RotationSummary]:
         """`GET /v1/credentials/{name}/rotations`: every rotation, oldest first."""
-        path = f"/v1/credentials/{quote(credential, safe='')}/rotations"
-        return self._get(path, list[RotationSummary])
+        return self._get(f"/v1/credentials/{_seg(credential)}/rotations", list[RotationSummary])
+
+    def impact(self, credential: str) -> list[ImpactRow]:
+        """`GET /v1/credentials/{name}/impact`: the blast radius, in run order."""
+        return self._get(f"/v1/credentials/{_seg(credential)}/impact", list[ImpactRow])
+
+    def dry_run(self, credential: str) -> tuple[str, list[tuple[str, PreflightResult]]]:
+        """`POST /v1/credentials/{name}/dry-run`: the plan hash and each step's readiness."""
+        found = self._post(f"/v1/credentials/{_seg(credential)}/dry-run", _DryRun)
+        return found.plan_hash, [
+            (s.step, PreflightResult(s.readiness, s.reason)) for s in found.steps
+        ]
+
+    def start_rotation(self, credential: str, *, grace: str | None, reason: str) -> Started:
+        """`POST /v1/credentials/{name}/rotations`: the server runs it in the background."""
+        body: dict[str, Any] = {"reason": reason}
+        if grace is not None:
+            body["grace"] = grace
+        return self._post(f"/v1/credentials/{_seg(credential)}/rotations", Started, body)
+
+    def rotation(self, rotation_id: str) -> Timeline:
+        """`GET /v1/rotations/{id}`: one rotation (id or unique prefix) with its steps."""
+        path = f"/v1/rotations/{_seg(rotation_id)}"
+        body = self._request("GET", path)
+        summary = self._validate(path, body, RotationSummary)
+        doc = self._validate(path, body, _RotationDoc)
+        return Timeline(
+            summary, doc.credential, doc.plan_hash, doc.grace_until, doc.attention, doc.steps
+        )
+
+    def unfinished(self) -> list[Unfinished]:
+        """`GET /v1/rotations`: every rotation not in a final state, oldest first."""
+        return self._get("/v1/rotations", list[Unfinished])
+
+    def resume(self, rotation_id: str) -> Started:
+        """`POST /v1/rotations/{id}/resume`: continue it in the background."""
+        return self._post(f"/v1/rotations/{_seg(rotation_id)}/resume", Started)
+
+    def follow(
+        self, rotation_id: str, *, interval: float = FOLLOW_INTERVAL_SECONDS
+    ) -> Iterator[Timeline]:
+        """The rotation's timeline every `interval` seconds, until it rests: in a final
+        state, or waiting (grace, an approval) while the server no longer runs it.
+
+        An unfinished state that is not waiting is followed on even when this server
+        does not run it: another server or a worker does, or will resume it."""
+        while True:
+            # Whether it runs is read before its state: a run that ends between the two
+            # reads then shows its end state, never a stale one.
+            running = any(
+                u.rotation_id == rotation_id and u.running_here for u in self.unfinished()
+            )
+            timeline = self.rotation(rotation_id)
+            yield timeline
+            state = timeline.rotation.state
+            if state in _FINAL or (state in _RESTING and not running):
+                return
+            time.sleep(interval)
+
+    # Approvals --------------------------------------------------------------------------
 
     def approval_requests(self, *, pending_only: bool = True) -> list[ApprovalView]:
         """`GET /v1/approvals`: pending requests (every request with `pending_only=False`)."""
         params = {} if pending_only else {"all": "true"}
         return self._get("/v1/approvals", list[ApprovalView], params=params)
 
+    def approval(self, request_id: str) -> ApprovalView:
+        """`GET /v1/approvals/{id}`: one request (id or unique prefix)."""
+        return self._get(f"/v1/approvals/{_seg(request_id)}", ApprovalView)
+
+    def decide(self, request_id: str, *, approve: bool, comment: str) -> Decision:
+        """`POST /v1/approvals/{id}/approve` (or `/reject`) as the token's principal."""
+        verb = "approve" if approve else "reject"
+        return self._post(
+            f"/v1/approvals/{_seg(request_id)}/{verb}", Decision, {"comment": comment}
+        )
+
+    # Audit and evidence -----------------------------------------------------------------
+
+    def evidence(self, rotation_id: str) -> dict[str, Any]:
+        """`GET /v1/rotations/{id}/evidence`: the evidence bundle."""
+        return self._get(f"/v1/rotations/{_seg(rotation_id)}/evidence", dict[str, Any])
+
+    def verify_evidence(self, bundle: dict[str, Any]) -> Verification:
+        """`POST /v1/evidence/verify`: the bundle checked against the server's audit chain."""
+        return self._post("/v1/evidence/verify", Verification, bundle)
+
+    def audit_verify(self) -> int:
+        """`GET /v1/audit/verify`: how many entries verified; AuditChainBroken names the
+        first broken entry, as the local check does."""
+        found = self._get("/v1/audit/verify", _AuditVerification)
+        if not found.ok:
+            raise AuditChainBroken(found.broken_at or 0, found.reason or "does not verify")
+        return found.entries or 0
+
+    def audit_entries(self) -> Iterator[dict[str, Any]]:
+        """`GET /v1/audit/export`: every audit entry, read as the server streams them."""
+        path = "/v1/audit/export"
+        with self._unreachable(), self._http.stream("GET", path) as response:
+            if not response.is_success:
+                response.read()
+                raise _refusal(self.server, path, response)
+            for line in response.iter_lines():
+                if line.strip():
+                    yield self._validate(path, _json(self.server, path, line), dict[str, Any])
+
+    # Integrations, Entra ID, alerts -----------------------------------------------------
+
+    def test_integration(self, name: str) -> list[Check]:
+        """`POST /v1/integrations/{name}/test`: each check and its outcome."""
+        return self._post(f"/v1/integrations/{_seg(name)}/test", list[Check])
+
+    def entra_sync(self, only: list[str] | None) -> list[SyncResult]:
+        """`POST /v1/entra/sync`: every `entra` integration (or `only` these)."""
+        return self._post("/v1/entra/sync", list[SyncResult], {"integrations": only})
+
+    def entra_credentials(
+        self, *, state: str | None, app: str | None, removed: bool
+    ) -> list[EntraCredential]:
+        """`GET /v1/entra/credentials`, filtered by state and app (name or id)."""
+        params = {"removed": "true" if removed else "false"}
+        if state is not None:
+            params["state"] = state
+        if app is not None:
+            params["app"] = app
+        return self._get("/v1/entra/credentials", list[EntraCredential], params=params)
+
+    def entra_summary(self, *, top: int) -> Summary:
+        """`GET /v1/entra/summary`."""
+        return self._get("/v1/entra/summary", Summary, params={"top": str(top)})
+
+    def entra_findings(self) -> list[Finding]:
+        """`GET /v1/entra/report`."""
+        return self._get("/v1/entra/report", list[Finding])
+
+    def alerts(self, *, limit: int) -> list[Alert]:
+        """`GET /v1/alerts`: the newest alerts, newest first."""
+        return self._get("/v1/alerts", list[Alert], params={"limit": str(limit)})
+
+    # Users, tokens, roles ---------------------------------------------------------------
+
+    def users(self) -> list[Principal]:
+        return self._get("/v1/users", list[Principal])
+
+    def add_user(self, name: str, *, kind: str, roles: list[str]) -> Principal:
+        body = {"name": name, "kind": kind, "roles": roles}
+        return self._post("/v1/users", Principal, body)
+
+    def disable_user(self, name: str) -> Principal:
+        return self._post(f"/v1/users/{_seg(name)}/disable", Principal)
+
+    def tokens(self, *, principal: str | None) -> list[TokenInfo]:
+        params = {"principal": principal} if principal is not None else None
+        return self._get("/v1/tokens", list[TokenInfo], params=params)
+
+    def create_token(self, principal: str, *, name: str, expires_in: str) -> IssuedToken:
+        """`POST /v1/tokens`: the new token, held as a `Secret` (shown once by the caller)."""
+        body = {"principal": principal, "name": name, "expires_in": expires_in}
+        created = self._post("/v1/tokens", _TokenCreated, body)
+        return IssuedToken(info=created.info, token=Secret(created.token))
+
+    def revoke_token(self, token_id: str) -> TokenInfo:
+        return self._post(f"/v1/tokens/{_seg(token_id)}/revoke", TokenInfo)
+
+    def roles(self) -> list[RoleView]:
+        return self._get("/v1/roles", list[RoleView])
+
     # Transport ------------------------------------------------------------------------
 
     def _get(self, path: str, shape: type[T], params: dict[str, str] | None = None) -> T:
-        body = self._request("GET", path, params=params)
+        return self._validate(path, self._request("GET", path, params=params), shape)
+
+    def _post(self, path: str, shape: type[T], body: Any = None) -> T:
+        return self._validate(path, self._request("POST", path, body=body), shape)
+
+    def _validate(self, path: str, body: Any, shape: type[T]) -> T:
         try:
-            return TypeAdapter(shape).validate_python(body)
+            return _adapter(shape).validate_python(body)
         except ValidationError as exc:
             raise ServerUnreachable(
                 f"{self.server}{path} answered with an unexpected document "
@@ -110,22 +392,57 @@ class Client:
                 f"version {__version__}?"
             ) from None
 
-    def _request(self, method: str, path: str, *, params: dict[str, str] | None = None) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+    ) -> Any:
+        # YAML gives dates where JSON has strings; the server reads them back the same.
+        content = None if body is None else to_jsonable_python(body)
+        with self._unreachable():
+            response = self._http.request(method, path, params=params, json=content)
+        if response.is_success:
+            return _json(self.server, path, response.text)
+        raise _refusal(self.server, path, response)
+
+    @contextmanager
+    def _unreachable(self) -> Iterator[None]:
         try:
-            response = self._http.request(method, path, params=params)
+            yield
         except httpx.HTTPError as exc:
             # The class and URL only: the request's headers (the token) are never shown.
             raise ServerUnreachable(
                 f"cannot reach the keyshift server at {self.server} ({type(exc).__name__})"
             ) from None
-        if response.is_success:
-            try:
-                return response.json()
-            except ValueError:
-                raise ServerUnreachable(
-                    f"{self.server}{path} did not answer JSON; is it a keyshift server?"
-                ) from None
-        raise _refusal(self.server, path, response)
+
+
+_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
+
+
+def _adapter(shape: type[T]) -> TypeAdapter[T]:
+    """One validator per answer shape (building one costs more than using it; `follow`
+    validates two answers per poll)."""
+    adapter = _ADAPTERS.get(shape)
+    if adapter is None:
+        adapter = _ADAPTERS[shape] = TypeAdapter(shape)
+    return adapter
+
+
+def _seg(value: str) -> str:
+    """`value` as one path segment."""
+    return quote(value, safe="")
+
+
+def _json(server: str, path: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ServerUnreachable(
+            f"{server}{path} did not answer JSON; is it a keyshift server?"
+        ) from None
 
 
 def _refusal(server: str, path: str, response: httpx.Response) -> KeyshiftError:
@@ -143,9 +460,13 @@ def _refusal(server: str, path: str, response: httpx.Response) -> KeyshiftError:
         )
     code: str = problem["code"]
     detail = str(problem.get("detail") or problem.get("title") or code)
-    for item in problem.get("problems") or []:
-        if isinstance(item, dict) and "path" in item and "message" in item:
-            detail += f"; {item['path']}: {item['message']}"
+    listed = [
+        (str(item["path"]), str(item["message"]))
+        for item in problem.get("problems") or []
+        if isinstance(item, dict) and "path" in item and "message" in item
+    ]
+    for where, message in listed:
+        detail += f"; {where}: {message}"
     if code == "unauthenticated":
         detail += " (set KEYSHIFT_TOKEN to an API token for this server)"
-    return ServerRefused(response.status_code, code, detail)
+    return ServerRefused(response.status_code, code, detail, listed)

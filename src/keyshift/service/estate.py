@@ -48,8 +48,19 @@ class Change:
     detail: str = ""
 
 
+def _not_a_mapping() -> EstateInvalid:
+    return EstateInvalid([ConfigError("(top level)", "must be a mapping with credentials")])
+
+
 def load_estate(path: Path) -> Estate:
     """Read and validate an estate file; raise EstateInvalid listing every problem."""
+    return parse_estate(read_document(path))
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """The estate file's document as parsed from YAML, not yet validated (the CLI sends it
+    to a server as is); EstateInvalid when it cannot be read, is not YAML, is empty or is
+    not a mapping."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -66,7 +77,9 @@ def load_estate(path: Path) -> Estate:
         raise EstateInvalid(
             [ConfigError(str(path), "is empty; to remove every credential write `credentials: []`")]
         )
-    return parse_estate(data)
+    if not isinstance(data, dict):
+        raise _not_a_mapping()
+    return data
 
 
 def parse_estate(data: Any) -> Estate:
@@ -76,7 +89,7 @@ def parse_estate(data: Any) -> Estate:
     integration of that type, in the returned estate (the caller's data is not changed).
     """
     if not isinstance(data, dict):
-        raise EstateInvalid([ConfigError("(top level)", "must be a mapping with credentials")])
+        raise _not_a_mapping()
     data, unresolved = _with_implicit_integrations(data)
     problems: list[ConfigError] = list(unresolved)
     try:

@@ -24,7 +24,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from keyshift.domain.context import utcnow
-from keyshift.domain.rbac import Permission, Role, permissions_of
+from keyshift.domain.rbac import (
+    ROLE_DESCRIPTIONS,
+    ROLE_PERMISSIONS,
+    Permission,
+    Role,
+    permissions_of,
+)
 from keyshift.domain.secret import Secret
 from keyshift.errors import ConfigError, Conflict, NotFound, PermissionDenied, Unauthenticated
 from keyshift.store.models import ApiTokenRow, PrincipalRow
@@ -366,3 +372,21 @@ def authenticate(store: Store, token: str, *, now: datetime | None = None) -> Id
             permissions=permissions_of(tuple(principal.roles)),
             token_id=token_id,
         )
+
+
+@dataclass(frozen=True)
+class RoleView:
+    """A built-in role as listed: what it is for and the permissions it grants."""
+
+    role: str
+    description: str
+    permissions: list[str]
+    """Sorted."""
+
+
+def roles() -> list[RoleView]:
+    """Every built-in role, in the order `Role` declares them."""
+    return [
+        RoleView(r.value, ROLE_DESCRIPTIONS[r], sorted(p.value for p in ROLE_PERMISSIONS[r]))
+        for r in Role
+    ]

@@ -288,6 +288,28 @@ def alert_rows(store: Store, *, limit: int = 50) -> list[AlertRow]:
     return rows
 
 
+@dataclass(frozen=True)
+class Alert:
+    """A raised alert as operators see it (the CLI's table, the API's `/v1/alerts`)."""
+
+    id: int
+    raised_at: datetime
+    kind: str
+    threshold: str
+    subject: str
+    detail: dict[str, Any]
+    """Ids, names and dates of what crossed the threshold, never a value."""
+    delivered: bool
+
+
+def alerts(store: Store, *, limit: int = 50) -> list[Alert]:
+    """The newest `limit` alerts, newest first."""
+    return [
+        Alert(a.id, a.raised_at, a.kind, a.threshold, a.subject, dict(a.detail), a.delivered)
+        for a in alert_rows(store, limit=limit)
+    ]
+
+
 # --- 4. automatic rotations ---------------------------------------------------------------
 
 
