@@ -444,6 +444,31 @@ def test_resume_at_the_server_prints_what_an_embedded_resume_prints(
     assert _shape(remote.output) == _shape(embedded.output)
 
 
+def test_rollback_at_the_server_puts_the_old_value_back_and_refuses_a_second_time(
+    cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
+) -> None:
+    assert cli("apply", "-f", str(write_estate(tmp_path))).exit_code == 0
+    assert cli("rotate", "api-key", "--grace", "0s").exit_code == 0
+    assert cli("rotate", "api-key").exit_code == 0  # into its 1h grace
+    old, _new = versions(store, "api-key")
+    rotation = rotations_of(store, "api-key")[-1]
+    viewer = _as(ks_env, server, "vera")("rollback", rotation.id[:8], "--reason", "bad key")
+    assert viewer.exit_code == 1
+    assert "rotations:run" in viewer.output
+    assert rotations_of(store, "api-key")[-1].state == "grace", "a refusal changes nothing"
+
+    done = _as(ks_env, server, "otto")("rollback", rotation.id[:8], "--reason", "bad key")
+
+    assert done.exit_code == 0, done.output
+    assert f"api-key: rotation {rotation.id} rolled_back" in done.output
+    assert json_value(tmp_path / "app.json") == store.reveal(old).reveal()
+    again = _as(ks_env, server, "otto")("rollback", rotation.id, "--reason", "bad key")
+    embedded = cli("rollback", rotation.id, "--reason", "bad key")
+    assert again.exit_code == embedded.exit_code == 1
+    assert again.output == embedded.output
+    assert "already rolled back" in again.output
+
+
 def test_a_refused_estate_file_at_the_server_is_exit_2_with_the_same_lines(
     cli: Cli, ks_env: dict[str, str], server: Server, store: Store, tmp_path: Path
 ) -> None:

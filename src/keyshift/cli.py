@@ -171,6 +171,7 @@ SERVER_COMMANDS = (
     "reject",
     "resume",
     "roles list",
+    "rollback",
     "rotate",
     "show",
     "status",
@@ -591,18 +592,25 @@ def rollback(
     reason: Annotated[
         str, typer.Option("--reason", help="Why the new version is rolled back (audited).")
     ],
+    server: ServerOption = None,
 ) -> None:
     """Roll back a rotation whose new version is bad, while the old one is still valid (in
     grace, awaiting revoke approval, or ended needs_attention): the old value goes back to
     the consumers that were switched and they reload; the new version is kept disabled.
     Exits 1 when refused (nothing changed) or when a consumer could not be restored."""
-    with _store() as store:
-        full_id, state = asyncio.run(
-            rotations.roll_back(
-                store, rotation_id, actor=_actor(), reason=reason, on_event=_progress
+    if server:
+        with _client(server) as client:
+            timeline = client.roll_back(rotation_id, reason)
+            state = RotationState(timeline.rotation.state)
+            _print_rotation_end(timeline, client.approval_requests)
+    else:
+        with _store() as store:
+            full_id, state = asyncio.run(
+                rotations.roll_back(
+                    store, rotation_id, actor=_actor(), reason=reason, on_event=_progress
+                )
             )
-        )
-        _print_rotation_end(full_id, state, store)
+            _print_stored_rotation_end(store, full_id)
     if state != RotationState.ROLLED_BACK:
         raise typer.Exit(1)
 

@@ -230,7 +230,10 @@ class Client:
     def rotation(self, rotation_id: str) -> Timeline:
         """`GET /v1/rotations/{id}`: one rotation (id or unique prefix) with its steps."""
         path = f"/v1/rotations/{_seg(rotation_id)}"
-        body = self._request("GET", path)
+        return self._timeline(path, self._request("GET", path))
+
+    def _timeline(self, path: str, body: Any) -> Timeline:
+        """A rotation document (`RotationOut`) as the service's `Timeline`."""
         summary = self._validate(path, body, RotationSummary)
         doc = self._validate(path, body, _RotationDoc)
         return Timeline(
@@ -240,6 +243,11 @@ class Client:
     def unfinished(self) -> list[Unfinished]:
         """`GET /v1/rotations`: every rotation not in a final state, oldest first."""
         return self._get("/v1/rotations", list[Unfinished])
+
+    def roll_back(self, rotation_id: str, reason: str) -> Timeline:
+        """`POST /v1/rotations/{id}/rollback`: roll it back (the server answers once done)."""
+        path = f"/v1/rotations/{_seg(rotation_id)}/rollback"
+        return self._timeline(path, self._request("POST", path, body={"reason": reason}))
 
     def resume(self, rotation_id: str) -> Started:
         """`POST /v1/rotations/{id}/resume`: continue it in the background."""
