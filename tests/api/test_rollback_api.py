@@ -79,8 +79,8 @@ def test_a_rotator_rolls_back_a_rotation_in_grace_over_the_api(api: Api, tmp_pat
 
     again = api.call("POST", f"/v1/rotations/{rotation_id}/rollback", json={"reason": REASON})
     assert "already rolled back" in _problem(again, 409, "rollback-refused")["detail"]
-    completed = api.call("POST", f"/v1/rotations/{first_id}/rollback", json={"reason": REASON})
-    assert "start a new rotation" in _problem(completed, 409, "rollback-refused")["detail"]
+    first = api.call("POST", f"/v1/rotations/{first_id}/rollback", json={"reason": REASON})
+    assert "no previous one" in _problem(first, 409, "rollback-refused")["detail"]
     unknown = api.call("POST", "/v1/rotations/nope/rollback", json={"reason": REASON})
     _problem(unknown, 404, "not-found")
     assert len(audit_details(api.store, "rotation.rollback")) == 1
