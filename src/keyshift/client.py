@@ -105,6 +105,7 @@ class _RotationDoc:
     grace_until: datetime | None
     attention: str | None
     steps: list[StepLine]
+    running: bool = False
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,13 @@ class Client:
         summary = self._validate(path, body, RotationSummary)
         doc = self._validate(path, body, _RotationDoc)
         return Timeline(
-            summary, doc.credential, doc.plan_hash, doc.grace_until, doc.attention, doc.steps
+            summary,
+            doc.credential,
+            doc.plan_hash,
+            doc.grace_until,
+            doc.attention,
+            doc.steps,
+            doc.running,
         )
 
     def unfinished(self) -> list[Unfinished]:
@@ -259,18 +266,15 @@ class Client:
         """The rotation's timeline every `interval` seconds, until it rests: in a final
         state, or waiting (grace, an approval) while the server no longer runs it.
 
-        An unfinished state that is not waiting is followed on even when this server
-        does not run it: another server or a worker does, or will resume it."""
+        An unfinished state that is not waiting is followed on even when no server runs
+        it: a worker will resume it. Whether it runs (`running`: a lease held by any
+        worker or server, or queued at the server answering) comes in the same document
+        as its state."""
         while True:
-            # Whether it runs is read before its state: a run that ends between the two
-            # reads then shows its end state, never a stale one.
-            running = any(
-                u.rotation_id == rotation_id and u.running_here for u in self.unfinished()
-            )
             timeline = self.rotation(rotation_id)
             yield timeline
             state = timeline.rotation.state
-            if state in _FINAL or (state in _RESTING and not running):
+            if state in _FINAL or (state in _RESTING and not timeline.running):
                 return
             time.sleep(interval)
 

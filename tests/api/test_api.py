@@ -201,6 +201,28 @@ def test_resume_continues_a_rotation_left_in_grace(api: Api, tmp_path: Path) -> 
     _problem(api.call("POST", f"/v1/rotations/{rotation_id}/resume"), 409, "conflict")
 
 
+def test_a_rotation_shows_running_while_any_worker_holds_its_lease(
+    api: Api, tmp_path: Path
+) -> None:
+    # A CLI following a rotation through one of several servers must not stop at a
+    # waiting state while another server or a worker still advances it.
+    api.call("POST", "/v1/estate/apply", json=_estate(tmp_path))
+    started = api.call("POST", "/v1/credentials/api-key/rotations", json={"grace": "1h"})
+    rotation_id = started.json()["rotation_id"]
+    api.wait_for(rotation_id, lambda r: r["state"] == "grace" and not r["running"])
+    with api.store.transaction() as s:
+        row = s.get(RotationRow, rotation_id)
+        assert row is not None
+        row.lease_owner = "worker-elsewhere:4242"
+        row.lease_expires_at = utcnow() + timedelta(minutes=1)
+    assert api.call("GET", f"/v1/rotations/{rotation_id}").json()["running"] is True
+    with api.store.transaction() as s:  # that worker died; its lease ran out
+        row = s.get(RotationRow, rotation_id)
+        assert row is not None
+        row.lease_expires_at = utcnow() - timedelta(seconds=1)
+    assert api.call("GET", f"/v1/rotations/{rotation_id}").json()["running"] is False
+
+
 def _final(rotation: dict[str, Any]) -> bool:
     return rotation["state"] in ("completed", "failed", "rolled_back", "needs_attention")
 

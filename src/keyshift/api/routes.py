@@ -274,20 +274,29 @@ class RotationOut:
     attention: str | None
     error: str | None
     steps: list[StepOut]
+    running: bool
+    """Whether a worker or server is advancing it now (holds its lease, or this server
+    has queued it): a waiting state is final for a follower only when this is false."""
 
 
 @router.get("/rotations/{rotation_id}", tags=["rotations"])
 def get_rotation(
+    request: Request,
     store: StoreDep,
     who: Annotated[Identity, caller(Permission.CREDENTIALS_READ)],
     rotation_id: RotationId,
 ) -> RotationOut:
     """One rotation (by id or a unique prefix) with its step timeline."""
-    return _rotation_out(rotations.rotation_timeline(store, rotation_id))
+    # Queued here is read before the store: a run that ends between the two reads then
+    # shows its end state, never a stale one.
+    queued = set(_background(request).running)
+    timeline = rotations.rotation_timeline(store, rotation_id)
+    return _rotation_out(timeline, queued=timeline.rotation.id in queued)
 
 
-def _rotation_out(t: rotations.Timeline) -> RotationOut:
+def _rotation_out(t: rotations.Timeline, *, queued: bool = False) -> RotationOut:
     return RotationOut(
+        running=t.running or queued,
         id=t.rotation.id,
         credential=t.credential,
         state=t.rotation.state,

@@ -17,7 +17,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from keyshift.domain.context import PluginContext
+from keyshift.domain.context import PluginContext, utcnow
 from keyshift.domain.estate import CredentialSpec, Policy
 from keyshift.domain.preflight import PreflightResult, Readiness
 from keyshift.domain.states import (
@@ -98,6 +98,8 @@ class Timeline:
     grace_until: datetime | None
     attention: str | None
     steps: list[StepLine]
+    running: bool = False
+    """Whether a worker or server holds the rotation's lease now (it is being advanced)."""
 
 
 def lifecycle(
@@ -267,6 +269,9 @@ def rotation_timeline(store: Store, rotation_id: str) -> Timeline:
                 )
                 for st in steps
             ],
+            running=rot.lease_owner is not None
+            and rot.lease_expires_at is not None
+            and rot.lease_expires_at > utcnow(),
         )
 
 
