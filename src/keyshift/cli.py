@@ -243,11 +243,20 @@ def _main(
         raise typer.Exit(0)
 
 
+def _load_estate(file: Path) -> Any:
+    """The validated estate; its warnings (legacy fields, manual review) go to stderr."""
+    warnings: list[estate_service.EstateWarning] = []
+    estate = estate_service.load_estate(file, warnings)
+    for warning in warnings:
+        err.print(f"warning: {warning}", markup=False)
+    return estate
+
+
 @app.command()
 @_errors
 def plan(file: Annotated[Path, typer.Option("-f", "--file", help="Estate YAML file.")]) -> None:
     """Show what `apply` would change. Changes nothing."""
-    estate = estate_service.load_estate(file)
+    estate = _load_estate(file)
     with _store() as store:
         _print_changes(estate_service.plan_estate(store, estate), applied=False)
 
@@ -256,7 +265,7 @@ def plan(file: Annotated[Path, typer.Option("-f", "--file", help="Estate YAML fi
 @_errors
 def apply(file: Annotated[Path, typer.Option("-f", "--file", help="Estate YAML file.")]) -> None:
     """Validate the estate file and store it. A refused file changes nothing (exit 2)."""
-    estate = estate_service.load_estate(file)
+    estate = _load_estate(file)
     with _store() as store:
         _print_changes(estate_service.apply_estate(store, estate, actor=_actor()), applied=True)
 
@@ -1193,6 +1202,24 @@ def serve(
     from keyshift.api import create_app  # noqa: PLC0415 (FastAPI loads only for serve)
 
     uvicorn.run(create_app(env=dict(os.environ)), host=host, port=port, log_config=None)
+
+
+agent_app = typer.Typer(
+    help="The host agent: file writes and reloads on a managed host.", no_args_is_help=True
+)
+app.add_typer(agent_app, name="agent")
+
+
+@agent_app.command("run")
+@_errors
+def agent_run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The agent's agent.yaml.")],
+) -> None:
+    """Run the agent: HTTPS on `listen`, signed requests only, within its allow-list."""
+    from keyshift import agent  # noqa: PLC0415 (only a host running the agent needs it)
+
+    logs.configure(os.environ.get("KEYSHIFT_LOG_LEVEL") or "INFO")
+    agent.run_agent(agent.load_agent_config(config))
 
 
 def main() -> None:
