@@ -40,7 +40,7 @@ def test_agent_run_serves_https_with_its_certificate(tmp_path: Path, tls: TlsFil
     env = {**os.environ, KEY_ENV: AGENT_KEY}
     output = tmp_path / "agent.out"
     with output.open("wb") as sink:
-        process = subprocess.Popen(  # noqa: S603 (our own CLI, fixed argv)
+        process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
