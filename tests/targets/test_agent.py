@@ -15,13 +15,18 @@ from typing import Any
 import pytest
 import yaml
 
+from keyshift.domain.context import PluginContext
 from keyshift.domain.preflight import Readiness
+from keyshift.domain.secret import Secret
 from keyshift.domain.states import RotationState, StepStatus, VersionStatus
-from keyshift.errors import EstateInvalid
+from keyshift.engine.plugins import build_target
+from keyshift.errors import EstateInvalid, PermanentError, TransientError
 from keyshift.service import rotations
 from keyshift.service.estate import EstateWarning, apply_estate, load_estate, parse_estate
 from keyshift.service.impact import impact
 from keyshift.store.store import Store
+from keyshift.targets.agent import AgentIntegration
+from keyshift.targets.base import Delivery, PublishRequest
 from keyshift.testing import FakeClock
 from tests.agent.harness import (
     AGENT_ID,
@@ -32,7 +37,7 @@ from tests.agent.harness import (
     RunningAgent,
     running_agent,
 )
-from tests.doubles.tls import TlsFiles
+from tests.doubles.tls import TlsFiles, TlsServer
 from tests.helpers import rotations_of, save_estate, steps, value_of, versions
 
 SHARED_EXAMPLE = Path("/work/shared/examples/estate.example.yaml")
@@ -313,6 +318,10 @@ def test_an_agent_integration_needs_https_and_a_uuid() -> None:
     found = problems(estate([], [bad]))
     assert any(p.startswith("integrations[0].agent_id: agent_id must be a UUID") for p in found)
     assert any(p.startswith("integrations[0].url: url must be https://") for p in found)
+    with_path = {**INTEGRATION, "url": "https://billing-host:8443/agent"}
+    assert problems(estate([], [with_path])) == [
+        "integrations[0].url: url must be https://host:port, without a path or query"
+    ]
 
 
 def test_the_shared_examples_agent_actions_validate() -> None:
@@ -407,3 +416,80 @@ def test_an_agent_url_action_is_manual_review_and_never_sent_the_value(
     assert step.error.startswith("not delivered: agent_secret_sync names agent_url")
     assert latest.error is not None
     assert "publishing:20:agent_secret_sync did not take the new version" in latest.error
+
+
+# --- how agent answers map to step errors -------------------------------------------------
+
+
+def _target_against(tls: TlsFiles, port: int) -> Any:
+    integration = AgentIntegration.model_validate(
+        {
+            "agent_id": AGENT_ID,
+            "url": f"https://127.0.0.1:{port}",
+            "key_from": f"env:{KEY_ENV}",
+            "ca_bundle": str(tls.ca_path),
+        }
+    )
+    context = PluginContext(env=ENV, integrations={"billing-host": integration})
+    return build_target("iis_recycle", {"app_pool": APP_POOL}, context, AGENT_ID)
+
+
+def _delivery() -> PublishRequest:
+    return PublishRequest(Delivery("c", "r", "v", "fp", Secret("never-sent-here")), None)
+
+
+@pytest.mark.parametrize(
+    ("case", "answer", "error", "message", "retry_after"),
+    [
+        ("a 503", (503, {}, b""), TransientError, "answered the iis_recycle", None),
+        ("a 429 with Retry-After", (429, {"Retry-After": "7"}, b""), TransientError, "429", 7.0),
+        ("a dropped connection", None, TransientError, "is unreachable", None),
+        (
+            "a 403 from the allow-list",
+            (403, {}, b'{"error": "app pool BillingAppPool is not in the agent\'s iis.app_pools"}'),
+            PermanentError,
+            "(HTTP 403): app pool BillingAppPool is not in the agent's iis.app_pools",
+            None,
+        ),
+        ("a 401", (401, {}, b""), PermanentError, "refused keyshift's signature", None),
+    ],
+)
+def test_agent_answers_map_to_transient_and_permanent_errors(
+    tls: TlsFiles,
+    case: str,
+    answer: tuple[int, dict[str, str], bytes] | None,
+    error: type[Exception],
+    message: str,
+    retry_after: float | None,
+) -> None:
+    server = TlsServer(tls, "agent")
+    server.start(lambda method, path, headers, body: answer)
+    try:
+        target = _target_against(tls, server.port)
+        with pytest.raises(error) as caught:
+            asyncio.run(target.publish(_delivery()))
+    finally:
+        server.stop()
+    assert message in str(caught.value), case
+    assert isinstance(caught.value, TransientError) == (error is TransientError)
+    if retry_after is not None:
+        assert isinstance(caught.value, TransientError)
+        assert caught.value.retry_after == retry_after
+
+
+def test_reload_configs_refuse_option_like_and_unprintable_names() -> None:
+    unit = {"type": "systemd_reload", "order": 30, "agent_id": AGENT_ID}
+    pool = {"type": "iis_recycle", "order": 40, "agent_id": AGENT_ID}
+    found = problems(
+        estate(
+            [
+                {**unit, "config": {"unit": "--force"}},
+                {**pool, "config": {"app_pool": "Pool\n"}},
+            ],
+            [INTEGRATION],
+        )
+    )
+    assert [p.split(":")[0] for p in found] == [
+        "credentials[0].actions[0].config.unit",
+        "credentials[0].actions[1].config.app_pool",
+    ]

@@ -220,6 +220,11 @@ def _actions(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield f"credentials[{i}].actions[{j}]", action
 
 
+def _agent_types() -> list[str]:
+    """The action types a host agent performs (their classes say `runs_on_agent`)."""
+    return [str(k) for k, cls in TARGETS.items() if getattr(cls, "runs_on_agent", False)]
+
+
 def _legacy_fields(
     data: dict[str, Any], problems: list[ConfigError]
 ) -> tuple[dict[str, Any], list[EstateWarning]]:
@@ -245,7 +250,7 @@ def _legacy_fields(
             else:
                 config["app_pool"] = config.pop("site_name")
                 warnings.append(EstateWarning(f"{path}.config.site_name", "renamed to app_pool"))
-        if isinstance(config.get("agent_url"), str):
+        if action.get("type") in _agent_types() and isinstance(config.get("agent_url"), str):
             if action.get("agent_id") is None:
                 message = (
                     "not an enrolled agent: manual review required; keyshift never sends it "
@@ -268,7 +273,7 @@ def _agent_problems(data: dict[str, Any]) -> list[ConfigError]:
         for item in data.get("integrations") or []
         if isinstance(item, dict) and isinstance(item.get("name"), str)
     ]
-    on_agents = [str(k) for k, cls in TARGETS.items() if getattr(cls, "runs_on_agent", False)]
+    on_agents = _agent_types()
     problems: list[ConfigError] = []
     for path, action in _actions(data):
         kind, agent_id, config = action.get("type"), action.get("agent_id"), action.get("config")

@@ -157,6 +157,10 @@ class AgentIntegration(BaseModel):
         http_url(url, credentials_message="url must not carry credentials; use key_from")
         if not url.startswith("https://"):
             raise ValueError("url must be https://: values travel to the agent in requests")
+        parsed = httpx.URL(url)
+        if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
+            # Requests are signed over their path, which the agent sees from its root.
+            raise ValueError("url must be https://host:port, without a path or query")
         return url.rstrip("/")
 
     @field_validator("timeout")
