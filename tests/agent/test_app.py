@@ -16,6 +16,7 @@ import pytest
 
 from keyshift import __version__
 from keyshift.agent import load_agent_config
+from keyshift.agent.app import MAX_BODY
 from keyshift.errors import EstateInvalid
 from keyshift.targets.agent import signed_headers
 from tests.agent.harness import AGENT_ID, AGENT_KEY, APP_POOL, UNIT, RunningAgent, running_agent
@@ -138,6 +139,20 @@ def test_an_unsigned_request_gets_401(agent: RunningAgent) -> None:
     )
     assert answer.status_code == 401
     assert agent.calls() == []
+
+
+def test_an_oversized_body_is_refused_before_it_is_read_whole(agent: RunningAgent) -> None:
+    answer = httpx.post(
+        agent.url + "/v1/files/write",
+        content=b"x" * (MAX_BODY + 1),
+        verify=agent.tls_context(),
+    )
+    assert answer.status_code == 413
+    half = b"x" * (MAX_BODY // 2 + 1)
+    chunked = httpx.post(
+        agent.url + "/v1/files/write", content=iter([half, half]), verify=agent.tls_context()
+    )
+    assert chunked.status_code == 413
 
 
 def test_a_replayed_request_gets_401_and_changes_nothing(agent: RunningAgent) -> None:

@@ -51,6 +51,8 @@ M = TypeVar("M", bound=BaseModel)
 
 STDERR_LINE_LIMIT = 200
 """Characters of a failed command's last stderr line kept in its error."""
+MAX_BODY = 1024 * 1024
+"""Bytes a request body may have; read before the signature is checked, so it is capped."""
 
 
 class Refused(Exception):
@@ -265,6 +267,19 @@ def _parse(model: type[M], body: bytes) -> M:
         raise Refused(400, "; ".join(str(e) for e in config_errors(exc))) from None
 
 
+async def _capped_body(request: Request) -> bytes:
+    """The body, refused (413) past MAX_BODY bytes without reading the rest."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise Refused(413, f"the body is over {MAX_BODY} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > MAX_BODY:
+            raise Refused(413, f"the body is over {MAX_BODY} bytes")
+    return bytes(body)
+
+
 Handler = Callable[[Agent, bytes], Awaitable[dict[str, Any]]]
 
 
@@ -293,8 +308,8 @@ def create_agent_app(agent: Agent) -> Starlette:
 
     def signed(handler: Handler) -> Callable[[Request], Awaitable[JSONResponse]]:
         async def endpoint(request: Request) -> JSONResponse:
-            body = await request.body()
             try:
+                body = await _capped_body(request)
                 agent.authenticate(request.method, request.url.path, request.headers, body)
                 answer = await handler(agent, body)
             except Refused as exc:
