@@ -38,7 +38,7 @@ from tests.agent.harness import (
     running_agent,
 )
 from tests.doubles.tls import TlsFiles, TlsServer
-from tests.helpers import rotations_of, save_estate, steps, value_of, versions
+from tests.helpers import rotations_of, save_estate, steps, table_rows, value_of, versions
 
 SHARED_EXAMPLE = Path("/work/shared/examples/estate.example.yaml")
 ENV = {KEY_ENV: AGENT_KEY}
@@ -493,3 +493,36 @@ def test_reload_configs_refuse_option_like_and_unprintable_names() -> None:
         "credentials[0].actions[0].config.unit",
         "credentials[0].actions[1].config.app_pool",
     ]
+
+
+# --- keyshift integrations test -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_integrations_test_reaches_the_agent_and_proves_the_key(
+    backend: str, cli: Any, ks_env: dict[str, str], tmp_path: Path, tls: TlsFiles
+) -> None:
+    with running_agent(tmp_path, tls) as running:  # on the real clock, as the CLI is
+        result = cli(
+            "apply", "-f", str(save_estate(tmp_path, {"integrations": [running.integration()]}))
+        )
+        assert result.exit_code == 0, result.output
+
+        ks_env[KEY_ENV] = AGENT_KEY
+        good = cli("integrations", "test", "billing-host")
+        assert good.exit_code == 0, good.output
+        assert [row[:2] for row in table_rows(good.output)] == [
+            ["reach", "ok"],
+            ["identity", "ok"],
+            ["signature", "ok"],
+        ]
+
+        ks_env[KEY_ENV] = "not-the-agents-key-" + "0" * 32
+        wrong = cli("integrations", "test", "billing-host")
+        assert wrong.exit_code == 1
+        rows = table_rows(wrong.output)
+        assert rows[2][:2] == ["signature", "failed"]
+        assert "refused keyshift's signature (HTTP 401)" in rows[2][2]
+    down = cli("integrations", "test", "billing-host")
+    assert down.exit_code == 1
+    assert table_rows(down.output)[0][:2] == ["reach", "failed"]

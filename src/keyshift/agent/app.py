@@ -1,6 +1,7 @@
 """The agent's HTTPS API: signed requests from keyshift, checked against the host's allow-list.
 
-    GET  /v1/health           agent id and version (no authentication)
+    GET  /v1/health           agent id and version (no authentication; if signed, the
+                              signature is checked too)
     POST /v1/preflight        could a file write / recycle / reload run? changes nothing
     POST /v1/files/write      set keys of a file (the `file` target's writer)
     POST /v1/files/restore    write previous values back, or remove the keys (None)
@@ -320,7 +321,15 @@ def create_agent_app(agent: Agent) -> Starlette:
         return endpoint
 
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"agent_id": agent.config.agent_id, "version": __version__})
+        answer: dict[str, Any] = {"agent_id": agent.config.agent_id, "version": __version__}
+        if any(h in request.headers for h in (SIGNATURE_HEADER, TIMESTAMP_HEADER, NONCE_HEADER)):
+            # A signed health check (`keyshift integrations test`) proves the shared key.
+            try:
+                agent.authenticate("GET", request.url.path, request.headers, b"")
+            except Refused as exc:
+                return JSONResponse({"error": exc.message}, status_code=exc.status)
+            answer["signed"] = True
+        return JSONResponse(answer)
 
     routes = [
         Route("/v1/health", health, methods=["GET"]),

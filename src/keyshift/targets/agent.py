@@ -200,21 +200,40 @@ class AgentClient:
     async def post(
         self, path: str, body: dict[str, Any], *, what: str, limit: timedelta | None = None
     ) -> dict[str, Any]:
-        """POST `body` to `path`; the agent's JSON answer. TransientError when it cannot be
-        reached, times out or answers 429/5xx; PermanentError for any other refusal."""
-        key = signing_key(self.context.secret("key_from", self.integration.key_from))
+        """POST `body` to `path`, signed; the agent's JSON answer. TransientError when it
+        cannot be reached, times out or answers 429/5xx; PermanentError for any other
+        refusal."""
         content = json.dumps(body, separators=(",", ":")).encode("utf-8")
-        headers = {
-            "Content-Type": "application/json",
-            **signed_headers(key, "POST", path, content, self.context.now()),
-        }
+        return await self._request("POST", path, content, what=what, limit=limit, signed=True)
+
+    async def health(self, *, signed: bool) -> dict[str, Any]:
+        """`GET /v1/health`: the agent's id and version. Signed, the agent also checks the
+        signature (and answers 401 to a wrong key or clock)."""
+        return await self._request(
+            "GET", "/v1/health", b"", what="health", limit=PREFLIGHT_TIMEOUT, signed=signed
+        )
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        content: bytes,
+        *,
+        what: str,
+        limit: timedelta | None,
+        signed: bool,
+    ) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"} if content else {}
+        if signed:
+            key = signing_key(self.context.secret("key_from", self.integration.key_from))
+            headers.update(signed_headers(key, method, path, content, self.context.now()))
         seconds = (limit or self.integration.timeout).total_seconds()
         try:
             async with httpx.AsyncClient(
                 verify=self.integration.ssl_verify(), timeout=seconds, follow_redirects=False
             ) as client:
-                response = await client.post(
-                    self.integration.url + path, content=content, headers=headers
+                response = await client.request(
+                    method, self.integration.url + path, content=content, headers=headers
                 )
         except httpx.TransportError as exc:
             # Only the class name: library texts may quote the request.
