@@ -397,6 +397,9 @@ def test_an_agent_url_action_is_manual_review_and_never_sent_the_value(
     row = dict(results)["publishing:20:agent_secret_sync"]
     assert row.readiness == Readiness.MANUAL_REVIEW
     assert "http://127.0.0.1:9 is not an enrolled agent" in row.reason
+    legacy_row = impact(store, "billing-secret")[2]
+    assert legacy_row.runs_on == "no enrolled agent (manual review)"
+    assert legacy_row.where["agent_url"] == "http://127.0.0.1:9"
 
     assert rotate(store, clock) == RotationState.NEEDS_ATTENTION  # first version
     assert rotate(store, clock) == RotationState.GRACE

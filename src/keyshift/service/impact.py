@@ -106,16 +106,20 @@ def impact_of_plan(plan: Plan, *, local_host: str | None = None) -> list[ImpactR
                 order=action.order,
                 on_failure=action.on_failure.value,
                 consumer=action.consumer,
-                runs_on=_runs_on(action.agent_id, integrations, host),
+                runs_on=_runs_on(target, action.agent_id, integrations, host),
                 where=_described(target, config),
             )
         )
     return rows
 
 
-def _runs_on(agent_id: str | None, integrations: dict[str, Any], host: str) -> str:
-    """`agent NAME (https://host:port)` for an action through an agent; else keyshift's host."""
+def _runs_on(target: Any, agent_id: str | None, integrations: dict[str, Any], host: str) -> str:
+    """`agent NAME (https://host:port)` for an action through an agent; else keyshift's host.
+
+    An agent action without one (a legacy `agent_url`) runs nowhere: it is manual review."""
     if agent_id is None:
+        if getattr(target, "runs_on_agent", False):
+            return "no enrolled agent (manual review)"
         return host
     for name, config in integrations.items():
         if isinstance(config, AgentIntegration) and (name == agent_id or config.names(agent_id)):
