@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import secrets
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,8 @@ import httpx
 import pytest
 
 from keyshift import __version__
-from keyshift.agent import load_agent_config
-from keyshift.agent.app import MAX_BODY
+from keyshift.agent import Agent, Refused, load_agent_config
+from keyshift.agent.app import MAX_BODY, PoolRequest
 from keyshift.errors import EstateInvalid
 from keyshift.targets.agent import signed_headers
 from tests.agent.harness import AGENT_ID, AGENT_KEY, APP_POOL, UNIT, RunningAgent, running_agent
@@ -295,3 +297,23 @@ def test_agent_yaml_errors_name_their_fields(tmp_path: Path) -> None:
         load_agent_config(path)
     paths = sorted(p.path for p in caught.value.problems)
     assert paths == ["agent_id", "allowed_paths", "key_from", "listen"]
+
+
+def test_a_command_past_its_time_limit_is_killed_and_answered_503(
+    agent: RunningAgent, tmp_path: Path
+) -> None:
+    hang = tmp_path / "appcmd-hangs"
+    hang.write_text("#!/bin/sh\nexec sleep 60\n")
+    hang.chmod(0o755)
+    config = agent.config.model_copy(
+        update={
+            "iis": agent.config.iis.model_copy(update={"appcmd": str(hang)}),
+            "command_timeout": timedelta(seconds=1),
+        }
+    )
+    slow = Agent(config, AGENT_KEY.encode())
+    with pytest.raises(Refused) as caught:
+        asyncio.run(slow.recycle(PoolRequest(app_pool=APP_POOL)))
+    assert caught.value.status == 503, "a timeout may pass: the server retries it"
+    assert caught.value.message.startswith(f"recycle of app pool {APP_POOL}: ")
+    assert "did not finish within 1s" in caught.value.message
