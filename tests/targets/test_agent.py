@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from keyshift.domain.context import PluginContext
 from keyshift.domain.preflight import Readiness
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import RotationState, StepStatus, VersionStatus
+from keyshift.engine.faults import ENV as CRASH_AT
 from keyshift.engine.plugins import build_target
 from keyshift.errors import EstateInvalid, PermanentError, TransientError
 from keyshift.service import rotations
@@ -37,6 +39,7 @@ from tests.agent.harness import (
     RunningAgent,
     running_agent,
 )
+from tests.conftest import run_subprocess
 from tests.doubles.tls import TlsFiles, TlsServer
 from tests.helpers import rotations_of, save_estate, steps, table_rows, value_of, versions
 
@@ -529,3 +532,43 @@ def test_integrations_test_reaches_the_agent_and_proves_the_key(
     down = cli("integrations", "test", "billing-host")
     assert down.exit_code == 1
     assert table_rows(down.output)[0][:2] == ["reach", "failed"]
+
+
+# --- crash and resume ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize(
+    "boundary",
+    ["publishing:20:agent_secret_sync", "reloading:30:iis_recycle"],
+    ids=lambda boundary: f"killed after {boundary}",
+)
+def test_a_worker_killed_after_an_agent_step_resumes_to_one_new_version(
+    backend: str,
+    boundary: str,
+    cli: Any,
+    store: Store,
+    ks_env: dict[str, str],
+    tmp_path: Path,
+    tls: TlsFiles,
+) -> None:
+    ks_env[KEY_ENV] = AGENT_KEY
+    with running_agent(tmp_path, tls) as running:  # the real clock, as the CLI's
+        settings = running.allowed / "appsettings.json"
+        doc = estate([sync(str(settings)), recycle()], [running.integration()])
+        assert cli("apply", "-f", str(save_estate(tmp_path, doc))).exit_code == 0
+        assert cli("rotate", "billing-secret").exit_code == 0
+        crashed = run_subprocess(
+            ["rotate", "billing-secret", "--grace", "0s"], {**ks_env, CRASH_AT: boundary}
+        )
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+        resumed = run_subprocess(["resume"], ks_env)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+
+        first, second = versions(store, "billing-secret")
+        assert (first.status, second.status) == ("revoked", "current")
+        assert secret_in(settings) == value_of(store, second)
+        recycled = f"appcmd recycle apppool /apppool.name:{APP_POOL}"
+        # One recycle for the first rotation; the second's ran once, or again on resume.
+        expected = 3 if boundary.startswith("reloading") else 2
+        assert running.calls() == [recycled] * expected
