@@ -329,19 +329,25 @@ EstateFile = Annotated[Path, typer.Option("-f", "--file", help="Estate YAML file
 
 
 def _plan_or_apply(file: Path, server: str | None, *, apply: bool) -> None:
+    """Plan or apply here or at the server; warnings (legacy fields renamed, actions that
+    need a person) go to stderr before the changes."""
     if server:
         # The server validates the document; its refusal lists the same problems.
         document = estate_service.read_document(file)
         with _client(server) as client:
-            changes = client.plan_estate(document, apply=apply)
+            changes, warnings = client.plan_estate(document, apply=apply)
     else:
-        estate = estate_service.load_estate(file)
+        found: list[estate_service.EstateWarning] = []
+        estate = estate_service.load_estate(file, found)
+        warnings = [str(w) for w in found]
         with _store() as store:
             changes = (
                 estate_service.apply_estate(store, estate, actor=_actor())
                 if apply
                 else estate_service.plan_estate(store, estate)
             )
+    for warning in warnings:
+        err.print(f"warning: {warning}", markup=False)
     _print_changes(changes, applied=apply)
 
 
@@ -1540,6 +1546,24 @@ def serve(
     from keyshift.api import create_app  # noqa: PLC0415 (FastAPI loads only for serve)
 
     uvicorn.run(create_app(env=dict(os.environ)), host=host, port=port, log_config=None)
+
+
+agent_app = typer.Typer(
+    help="The host agent: file writes and reloads on a managed host.", no_args_is_help=True
+)
+app.add_typer(agent_app, name="agent")
+
+
+@agent_app.command("run")
+@_errors
+def agent_run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The agent's agent.yaml.")],
+) -> None:
+    """Run the agent: HTTPS on `listen`, signed requests only, within its allow-list."""
+    from keyshift import agent  # noqa: PLC0415 (only a host running the agent needs it)
+
+    logs.configure(os.environ.get("KEYSHIFT_LOG_LEVEL") or "INFO")
+    agent.run_agent(agent.load_agent_config(config))
 
 
 def main() -> None:

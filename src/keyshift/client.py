@@ -132,6 +132,7 @@ class _AuditVerification:
 @dataclass(frozen=True)
 class _EstateChanges:
     changes: list[Change]
+    warnings: list[str]
 
 
 @dataclass(frozen=True)
@@ -195,10 +196,14 @@ class Client:
 
     # Estate ---------------------------------------------------------------------------
 
-    def plan_estate(self, document: dict[str, Any], *, apply: bool = False) -> list[Change]:
-        """`POST /v1/estate/plan` (or `/apply`): the estate document as read from its file."""
+    def plan_estate(
+        self, document: dict[str, Any], *, apply: bool = False
+    ) -> tuple[list[Change], list[str]]:
+        """`POST /v1/estate/plan` (or `/apply`): the estate document as read from its file.
+        Returns the changes and the warnings (`path: message`)."""
         path = "/v1/estate/apply" if apply else "/v1/estate/plan"
-        return self._post(path, _EstateChanges, document).changes
+        answer = self._post(path, _EstateChanges, document)
+        return answer.changes, answer.warnings
 
     # Credentials and rotations ----------------------------------------------------------
 

@@ -20,6 +20,7 @@
     └── PluginError            raised by providers, targets and checks
         ├── TransientError     worth retrying; `retry_after` says when
         └── PermanentError     retrying will not help
+            └── NotDelivered   deliberately not performed; the consumer needs a person
 
 Messages carry identifiers (credential names, version ids, fingerprints), never secret
 values; `scrub` removes known values from any message that crosses a boundary.
@@ -126,6 +127,13 @@ class TransientError(PluginError):
 
 class PermanentError(PluginError):
     """A failure that retrying will not fix, e.g. a 403 or a bad configuration."""
+
+
+class NotDelivered(PermanentError):
+    """The step was deliberately not performed, e.g. a value that would go to an unenrolled,
+    unauthenticated agent URL. The consumer is left on the old version for a person to
+    handle: the run goes on and ends needs_attention (the old version kept), whatever the
+    action's `on_failure` says."""
 
 
 REDACTED = "[REDACTED]"

@@ -79,6 +79,31 @@ def test_a_refused_estate_lists_the_same_problems_as_the_cli(
     assert api.call("GET", "/v1/credentials").json() == []  # nothing stored
 
 
+def test_estate_warnings_come_back_as_the_cli_prints_them(api: Api, tmp_path: Path) -> None:
+    estate = _estate(tmp_path)
+    estate["integrations"] = [
+        {
+            "name": "billing-host",
+            "type": "agent",
+            "agent_id": "11111111-1111-1111-1111-111111111111",
+            "url": "https://billing-host:8443",
+            "key_from": "env:BILLING_AGENT_KEY",
+        }
+    ]
+    estate["credentials"][0]["actions"].append(
+        {
+            "type": "iis_recycle",
+            "order": 40,
+            "agent_id": "billing-host",
+            "config": {"site_name": "BillingAppPool"},
+        }
+    )
+    expected = ["credentials[0].actions[3].config.site_name: renamed to app_pool"]
+    assert api.call("POST", "/v1/estate/plan", json=estate).json()["warnings"] == expected
+    applied = api.call("POST", "/v1/estate/apply", json=estate).json()
+    assert (applied["applied"], applied["warnings"]) == (True, expected)
+
+
 def test_problem_json_for_not_found_conflict_lease_and_bad_input(api: Api, tmp_path: Path) -> None:
     _problem(api.call("GET", "/v1/credentials/missing"), 404, "not-found")
     _problem(api.call("GET", "/v1/no/such/route"), 404, "not-found")

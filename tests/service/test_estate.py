@@ -602,7 +602,10 @@ MALFORMED = [
         integrations:
           - {name: okta-admin, type: okta}
         """,
-        ("integrations[0].type", "unknown integration type 'okta'; known: entra, postgres, redis"),
+        (
+            "integrations[0].type",
+            "unknown integration type 'okta'; known: agent, entra, postgres, redis",
+        ),
         id="unknown-integration-type-lists-known-ones",
     ),
     case(

@@ -78,12 +78,21 @@ class ChangeOut(BaseModel):
 class EstateChanges(BaseModel):
     applied: bool
     changes: list[ChangeOut]
+    warnings: list[str] = []
+    """What was accepted but not as written (legacy fields renamed, manual-review actions),
+    each `path: message`, as `keyshift plan` and `apply` print them."""
 
 
-def _changes(changes: list[estate_service.Change], *, applied: bool) -> EstateChanges:
+def _changes(
+    changes: list[estate_service.Change],
+    *,
+    applied: bool,
+    warnings: list[estate_service.EstateWarning],
+) -> EstateChanges:
     return EstateChanges(
         applied=applied,
         changes=[ChangeOut(op=c.op, kind=c.kind, name=c.name, detail=c.detail) for c in changes],
+        warnings=[str(w) for w in warnings],
     )
 
 
@@ -94,8 +103,9 @@ def plan_estate(
     document: Annotated[dict[str, Any], ESTATE_BODY],
 ) -> EstateChanges:
     """What applying this estate document would change. Changes nothing."""
-    estate = estate_service.parse_estate(document)
-    return _changes(estate_service.plan_estate(store, estate), applied=False)
+    warnings: list[estate_service.EstateWarning] = []
+    estate = estate_service.parse_estate(document, warnings)
+    return _changes(estate_service.plan_estate(store, estate), applied=False, warnings=warnings)
 
 
 @router.post("/estate/apply", tags=["estate"])
@@ -106,8 +116,10 @@ def apply_estate(
 ) -> EstateChanges:
     """Validate the estate document and store it; a refused document changes nothing
     (422 `estate-invalid` listing every field problem)."""
-    estate = estate_service.parse_estate(document)
-    return _changes(estate_service.apply_estate(store, estate, actor=_actor(who)), applied=True)
+    warnings: list[estate_service.EstateWarning] = []
+    estate = estate_service.parse_estate(document, warnings)
+    applied = estate_service.apply_estate(store, estate, actor=_actor(who))
+    return _changes(applied, applied=True, warnings=warnings)
 
 
 # Credentials and rotations ------------------------------------------------------------

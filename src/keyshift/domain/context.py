@@ -38,6 +38,9 @@ class PluginContext:
     """Validated integration configs by name (the ones the plan uses)."""
     resolve_secret: SecretResolver | None = None
     """Reads `env:`, `file:` and `credential:` references; set by the engine."""
+    agent_id: str | None = None
+    """The host agent the action being built runs through (its `agent_id`), set per
+    action by the engine; None for everything that runs where keyshift runs."""
 
     def secret(self, path: str, ref: str) -> Secret:
         """The value a configuration reference names. `path` is the field, for errors."""

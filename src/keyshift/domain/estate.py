@@ -227,8 +227,9 @@ class ActionSpec(_Model):
     on_failure: OnFailure = OnFailure.ABORT
     """`abort` stops and rolls back; `continue` finishes the run as needs_attention."""
     agent_id: str | None = None
-    """The host agent that performs the action. Agents are not available yet, so this must
-    be null: the action runs where keyshift runs."""
+    """The host agent that performs the action: the `agent_id` (or the name) of an `agent`
+    integration. Required by the agent action types (`agent_secret_sync`, `iis_recycle`,
+    `systemd_reload`) and refused on every other type, which runs where keyshift runs."""
     consumer: Name | None = None
     """The consumer this action delivers to, reloads, checks or notifies, e.g. `billing-web`.
     Actions without one belong to the credential's one default consumer. Shown by
@@ -238,11 +239,11 @@ class ActionSpec(_Model):
 
     @field_validator("agent_id")
     @classmethod
-    def _no_agents_yet(cls, agent_id: str | None) -> str | None:
-        # Accepting an agent id and then running the action locally would write to
-        # the wrong host; refuse it until the agent exists.
-        if agent_id is not None:
-            raise ValueError("host agents are not available yet; remove agent_id or set null")
+    def _agent_named(cls, agent_id: str | None) -> str | None:
+        # Which agent integration it names, and whether the type runs on an agent at all,
+        # is checked across the estate by `keyshift.service.estate`.
+        if agent_id is not None and not agent_id.strip():
+            raise ValueError("must name an agent integration (its agent_id or name), or be null")
         return agent_id
 
     @model_serializer(mode="wrap")
@@ -311,13 +312,28 @@ class CredentialSpec(_Model):
         return names
 
 
+AGENT_INTEGRATION = "agent"
+"""The integration type of a host agent, which actions name by `agent_id`."""
+
+
 class IntegrationSpec(_Model):
-    """A connection keyshift uses to reach an issuer (Entra tenant, database admin...)."""
+    """A connection keyshift uses to reach an issuer (Entra tenant, database admin...) or
+    a host agent that performs actions."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="allow", frozen=True)
 
     name: Name
     type: str
+
+    def is_agent(self, agent_id: str) -> bool:
+        """Whether this is the agent integration an action's `agent_id` names: by the
+        agent's id (a UUID, in any case) or by the integration's name."""
+        if self.type != AGENT_INTEGRATION:
+            return False
+        declared = getattr(self, "agent_id", None)
+        return agent_id == self.name or (
+            isinstance(declared, str) and declared.lower() == agent_id.lower()
+        )
 
 
 DEFAULT_THRESHOLDS = (timedelta(days=30), timedelta(days=7))
@@ -383,6 +399,19 @@ class Estate(_Model):
     """Expiry warnings and reports, and where they are sent."""
     governance: Governance = Field(default_factory=Governance)
     """Allowlist, ownership and approver groups."""
+
+    def integration_names(self, cred: CredentialSpec) -> list[str]:
+        """The integrations a credential connects through: its provider's and actions'
+        (`CredentialSpec.integration_names`), then the agents its actions run on."""
+        names = cred.integration_names()
+        for action in cred.actions:
+            if action.agent_id is None:
+                continue
+            for integration in self.integrations:
+                if integration.is_agent(action.agent_id) and integration.name not in names:
+                    names.append(integration.name)
+                    break
+        return names
 
     def policy_for(self, cred: CredentialSpec) -> Policy:
         """The effective policy of a credential: inline, named, or the default."""

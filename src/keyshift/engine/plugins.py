@@ -6,6 +6,7 @@ model, so `apply` and the engine refuse the same things with the same paths.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -75,7 +76,12 @@ def build_provider(kind: str, config: dict[str, Any], context: PluginContext) ->
     return provider
 
 
-def build_target(kind: str, config: dict[str, Any], context: PluginContext) -> Target:
+def build_target(
+    kind: str, config: dict[str, Any], context: PluginContext, agent_id: str | None = None
+) -> Target:
+    """The target of an action; `agent_id` (the action's) tells an agent target its agent."""
     cls = target_class(kind)
+    if agent_id is not None:
+        context = replace(context, agent_id=agent_id)
     target: Target = cls(validate_config(cls, config, "config"), context)
     return target

@@ -53,6 +53,7 @@ from keyshift.errors import (
     ConfigError,
     KeyshiftError,
     LeaseHeld,
+    NotDelivered,
     NotFound,
     PermanentError,
     PluginError,
@@ -436,7 +437,7 @@ class Engine:
         )
         for action in plan.actions:
             try:
-                target = build_target(action.type, action.config, ctx)
+                target = build_target(action.type, action.config, ctx, action.agent_id)
                 result = await target.preflight(request)
             except TransientError as exc:
                 result = PreflightResult(Readiness.BLOCKED, str(exc), transient=True)
@@ -549,9 +550,8 @@ class Engine:
         for action in run.plan.in_phase(phase):
             if action.step in done:
                 continue  # finished before a restart: publishing again is not needed
-            failed = await self._run_action(run, action)
-            if failed and action.on_failure == OnFailure.ABORT:
-                return
+            if await self._run_action(run, action):
+                return  # aborted: the run is rolling back
         if phase == Phase.VERIFY and VERIFY_PROVIDER_STEP not in done:
             await self._step(run, VERIFY_PROVIDER_STEP, self._verify, None)
             if run.state != RotationState.VERIFYING:
@@ -565,25 +565,34 @@ class Engine:
             self._transition(run, next_state)
 
     async def _run_action(self, run: _Run, action: PlannedAction) -> bool:
-        """Run one action's step. Returns True when it failed."""
+        """Run one action's step. Returns True when its failure aborts the run."""
+
+        not_delivered = False
 
         async def publish() -> StepResult:
+            nonlocal not_delivered
             new, previous = self._deliveries(run)
             target = self._target(run, action)
-            return await target.publish(PublishRequest(delivery=new, previous=previous))
+            try:
+                return await target.publish(PublishRequest(delivery=new, previous=previous))
+            except NotDelivered:
+                not_delivered = True
+                raise
 
         opened, result, error = await self._attempt(run, action.step, publish)
         if error is None:
             self._end(run, opened, result, None)
             return False
         why = f"{action.step}: {error}"
-        if action.on_failure == OnFailure.ABORT:
+        # A step deliberately not performed leaves its consumer on the old version for a
+        # person: the others still switch, and the old version is kept (not revoked).
+        if action.on_failure == OnFailure.ABORT and not not_delivered:
             self._end(
                 run, opened, None, error, next_state=RotationState.ROLLING_BACK, rotation_error=why
             )
-        else:
-            self._end(run, opened, None, error, attention=why)
-        return True
+            return True
+        self._end(run, opened, None, error, attention=why)
+        return False
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
@@ -1653,7 +1662,9 @@ class Engine:
 
     def _target(self, run: _Run, action: PlannedAction) -> Target:
         if action.step not in run.targets:
-            run.targets[action.step] = build_target(action.type, action.config, run.context)
+            run.targets[action.step] = build_target(
+                action.type, action.config, run.context, action.agent_id
+            )
         return run.targets[action.step]
 
     def _issued(self, row: VersionRow) -> IssuedVersion:

@@ -30,6 +30,10 @@ from keyshift.providers.postgres import PostgresIntegration, PostgresProvider
 from keyshift.providers.random import RandomProvider
 from keyshift.providers.redis import RedisIntegration, RedisProvider
 
+# Agents are reached by targets, not providers, but every integration type is registered
+# here, in one map; the agent module imports nothing from providers.
+from keyshift.targets.agent import AgentIntegration
+
 
 class ProviderKind(StrEnum):
     ENTRA_CLIENT_SECRET = "entra_client_secret"  # noqa: S105 (a provider type name)
@@ -39,6 +43,7 @@ class ProviderKind(StrEnum):
 
 
 class IntegrationKind(StrEnum):
+    AGENT = "agent"
     ENTRA = "entra"
     POSTGRES = "postgres"
     REDIS = "redis"
@@ -53,6 +58,7 @@ PROVIDERS: dict[ProviderKind, Any] = {
 }
 
 INTEGRATIONS: dict[IntegrationKind, type[BaseModel]] = {
+    IntegrationKind.AGENT: AgentIntegration,
     IntegrationKind.ENTRA: EntraIntegration,
     IntegrationKind.POSTGRES: PostgresIntegration,
     IntegrationKind.REDIS: RedisIntegration,

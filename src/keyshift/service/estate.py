@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,13 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from keyshift.domain.context import PluginContext, utcnow
-from keyshift.domain.estate import Estate, action_key, config_errors, reference_problems
+from keyshift.domain.estate import (
+    Estate,
+    IntegrationSpec,
+    action_key,
+    config_errors,
+    reference_problems,
+)
 from keyshift.domain.states import PHASE_ORDER, Phase
 from keyshift.engine.approvals import GOVERNANCE_KEY
 from keyshift.engine.plugins import (
@@ -36,6 +43,7 @@ from keyshift.service.entra import forget_integrations
 from keyshift.store.audit import canonical
 from keyshift.store.models import CredentialRow, EstateRevision, IntegrationRow, Meta
 from keyshift.store.store import Store
+from keyshift.targets import TARGETS
 
 
 @dataclass(frozen=True)
@@ -48,13 +56,28 @@ class Change:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class EstateWarning:
+    """Something in an estate file that is accepted but not as written: a legacy field
+    renamed, or an action that will need a person. `path` names the field."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
 def _not_a_mapping() -> EstateInvalid:
     return EstateInvalid([ConfigError("(top level)", "must be a mapping with credentials")])
 
 
-def load_estate(path: Path) -> Estate:
-    """Read and validate an estate file; raise EstateInvalid listing every problem."""
-    return parse_estate(read_document(path))
+def load_estate(path: Path, warnings: list[EstateWarning] | None = None) -> Estate:
+    """Read and validate an estate file; raise EstateInvalid listing every problem.
+
+    Warnings (legacy fields normalised, actions that need manual review) are appended to
+    `warnings` when given; `plan` and `apply` print them."""
+    return parse_estate(read_document(path), warnings)
 
 
 def read_document(path: Path) -> dict[str, Any]:
@@ -82,16 +105,22 @@ def read_document(path: Path) -> dict[str, Any]:
     return data
 
 
-def parse_estate(data: Any) -> Estate:
+def parse_estate(data: Any, warnings: list[EstateWarning] | None = None) -> Estate:
     """Validate estate data (as parsed from YAML or JSON) including every plugin config.
 
-    A provider or action that needs an integration and names none gets the estate's only
-    integration of that type, in the returned estate (the caller's data is not changed).
+    Legacy fields are normalised first (`_legacy_fields`); what that changed is appended
+    to `warnings` when given. A provider or action that needs an integration and names
+    none gets the estate's only integration of that type, in the returned estate (the
+    caller's data is not changed).
     """
     if not isinstance(data, dict):
         raise _not_a_mapping()
+    problems: list[ConfigError] = []
+    data, noted = _legacy_fields(data, problems)
+    if warnings is not None:
+        warnings.extend(noted)
     data, unresolved = _with_implicit_integrations(data)
-    problems: list[ConfigError] = list(unresolved)
+    problems.extend(unresolved)
     try:
         estate = Estate.model_validate(data)
     except ValidationError as exc:
@@ -101,6 +130,7 @@ def parse_estate(data: Any) -> Estate:
     problems.extend(reference_problems(data))
     problems.extend(_plugin_problems(data))
     problems.extend(_action_order_problems(data))
+    problems.extend(_agent_problems(data))
     # An integration that could not be chosen is explained above; the config model's
     # plain "is required" for the same field would only repeat it.
     explained = {p.path for p in unresolved}
@@ -275,6 +305,109 @@ def _plugin_problems(data: dict[str, Any]) -> list[ConfigError]:
     return problems
 
 
+def _actions(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every action mapping of the raw file with its path, `credentials[i].actions[j]`."""
+    credentials = data.get("credentials")
+    for i, cred in enumerate(credentials if isinstance(credentials, list) else []):
+        actions = cred.get("actions") if isinstance(cred, dict) else None
+        for j, action in enumerate(actions if isinstance(actions, list) else []):
+            if isinstance(action, dict):
+                yield f"credentials[{i}].actions[{j}]", action
+
+
+def _agent_types() -> list[str]:
+    """The action types a host agent performs (their classes say `runs_on_agent`)."""
+    return [str(k) for k, cls in TARGETS.items() if getattr(cls, "runs_on_agent", False)]
+
+
+def _legacy_fields(
+    data: dict[str, Any], problems: list[ConfigError]
+) -> tuple[dict[str, Any], list[EstateWarning]]:
+    """Accept what older rotation tools write, normalised, with a warning for each:
+    `iis_recycle`'s `site_name` becomes `app_pool`; an agent action with `config.agent_url`
+    and no `agent_id` is kept, as manual review (it is never sent a value). Returns a copy
+    of `data`; the caller's is not changed."""
+    data = copy.deepcopy(data)
+    warnings: list[EstateWarning] = []
+    for path, action in _actions(data):
+        config = action.get("config")
+        if not isinstance(config, dict):
+            continue
+        if action.get("type") == "iis_recycle" and "site_name" in config:
+            if "app_pool" in config:
+                problems.append(
+                    ConfigError(
+                        f"{path}.config.site_name",
+                        "give app_pool only (site_name is its legacy name)",
+                    )
+                )
+                del config["site_name"]  # reported once, here, not again as unknown
+            else:
+                config["app_pool"] = config.pop("site_name")
+                warnings.append(EstateWarning(f"{path}.config.site_name", "renamed to app_pool"))
+        if action.get("type") in _agent_types() and isinstance(config.get("agent_url"), str):
+            if action.get("agent_id") is None:
+                message = (
+                    "not an enrolled agent: manual review required; keyshift never sends it "
+                    "the value, so a rotation records this step as not delivered and ends "
+                    "needs_attention with the old version kept. Enrol the agent (an agent "
+                    "integration) and set agent_id"
+                )
+            else:
+                message = "ignored: the action runs through the agent named by agent_id"
+            warnings.append(EstateWarning(f"{path}.config.agent_url", message))
+    return data, warnings
+
+
+def _agent_problems(data: dict[str, Any]) -> list[ConfigError]:
+    """An action's `agent_id` must name a declared agent integration (by its agent_id or
+    its name), only the agent action types take one, and they need one (unless written
+    with a legacy `config.agent_url`, which `_legacy_fields` notes)."""
+    declared = [
+        IntegrationSpec.model_construct(**item)
+        for item in data.get("integrations") or []
+        if isinstance(item, dict) and isinstance(item.get("name"), str)
+    ]
+    on_agents = _agent_types()
+    problems: list[ConfigError] = []
+    for path, action in _actions(data):
+        kind, agent_id, config = action.get("type"), action.get("agent_id"), action.get("config")
+        try:
+            cls = target_class(kind) if isinstance(kind, str) else None
+        except EstateInvalid:
+            continue  # the unknown type is reported by _check
+        if cls is None or (agent_id is not None and not isinstance(agent_id, str)):
+            continue
+        on_agent = bool(getattr(cls, "runs_on_agent", False))
+        if agent_id is None:
+            legacy = isinstance(config, dict) and isinstance(config.get("agent_url"), str)
+            if on_agent and not legacy:
+                problems.append(
+                    ConfigError(
+                        f"{path}.agent_id",
+                        f"is required: {kind} runs through a host agent; name an agent "
+                        "integration by its agent_id or name",
+                    )
+                )
+        elif not on_agent:
+            problems.append(
+                ConfigError(
+                    f"{path}.agent_id",
+                    f"{kind} runs where keyshift runs and takes no agent_id; the actions "
+                    f"that run through an agent are {', '.join(on_agents)}",
+                )
+            )
+        elif not any(integration.is_agent(agent_id) for integration in declared):
+            problems.append(
+                ConfigError(
+                    f"{path}.agent_id",
+                    f"no agent integration with agent_id {agent_id} (or named so); declare "
+                    "one under integrations with type: agent",
+                )
+            )
+    return problems
+
+
 PHASE_WORDS: dict[Phase, str] = {
     Phase.PUBLISH: "publish",
     Phase.RELOAD: "reload",
@@ -372,7 +505,7 @@ def _credential_specs(estate: Estate) -> dict[str, dict[str, Any]]:
         c.name: {
             "credential": c.model_dump(mode="json"),
             "policy": estate.policy_for(c).model_dump(mode="json"),
-            "integrations": {name: declared[name] for name in c.integration_names()},
+            "integrations": {name: declared[name] for name in estate.integration_names(c)},
         }
         for c in estate.credentials
     }

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from keyshift.domain.estate import CredentialSpec, Policy
-from keyshift.domain.location import this_host
+from keyshift.domain.location import this_host, url_origin
 from keyshift.engine.plan import Plan, build_plan
 from keyshift.engine.plugins import (
     build_integrations,
@@ -27,6 +27,7 @@ from keyshift.engine.plugins import (
 from keyshift.errors import NotFound
 from keyshift.store.models import CredentialRow
 from keyshift.store.store import Store
+from keyshift.targets.agent import AgentIntegration
 
 ISSUER_PHASE = "creating, revoking"
 """The provider row's phase: it issues the new version first and revokes the old one last."""
@@ -105,11 +106,25 @@ def impact_of_plan(plan: Plan, *, local_host: str | None = None) -> list[ImpactR
                 order=action.order,
                 on_failure=action.on_failure.value,
                 consumer=action.consumer,
-                runs_on=f"agent {action.agent_id}" if action.agent_id else host,
+                runs_on=_runs_on(target, action.agent_id, integrations, host),
                 where=_described(target, config),
             )
         )
     return rows
+
+
+def _runs_on(target: Any, agent_id: str | None, integrations: dict[str, Any], host: str) -> str:
+    """`agent NAME (https://host:port)` for an action through an agent; else keyshift's host.
+
+    An agent action without one (a legacy `agent_url`) runs nowhere: it is manual review."""
+    if agent_id is None:
+        if getattr(target, "runs_on_agent", False):
+            return "no enrolled agent (manual review)"
+        return host
+    for name, config in integrations.items():
+        if isinstance(config, AgentIntegration) and (name == agent_id or config.names(agent_id)):
+            return f"agent {name} ({url_origin(config.url)})"
+    return f"agent {agent_id}"
 
 
 def _described(cls: Any, *args: Any) -> dict[str, str]:

@@ -5,6 +5,10 @@ For an `entra` integration: a token is acquired (a refusal names the AADSTS code
 the token's `roles` claim is read to name a missing application permission
 (`Application.ReadWrite.OwnedBy` or `Application.ReadWrite.All` to add and remove
 client secrets), and one page of applications is read from Graph.
+
+For an `agent` integration: the agent is reached over TLS with the integration's CA,
+answers with the enrolled agent_id, and accepts a signed request (the shared key and
+both clocks agree).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from keyshift.providers.graph import (
 )
 from keyshift.store.models import IntegrationRow
 from keyshift.store.store import Store
+from keyshift.targets.agent import AgentClient, AgentIntegration
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,29 @@ async def _entra_checks(config: EntraIntegration, context: PluginContext) -> lis
     return checks
 
 
+async def _agent_checks(name: str, config: AgentIntegration, context: PluginContext) -> list[Check]:
+    """Reach the agent over TLS, check it is the agent enrolled, and that it accepts
+    keyshift's signature (a signed health check)."""
+    client = AgentClient(name, config, context)
+    try:
+        answer = await client.health(signed=False)
+    except KeyshiftError as exc:
+        return [Check("reach", False, str(exc))]
+    checks = [Check("reach", True, f"{client.host} answered over TLS")]
+    found = answer.get("agent_id")
+    if found != config.agent_id:
+        checks.append(Check("identity", False, f"answers as agent {found}, not {config.agent_id}"))
+        return checks
+    checks.append(Check("identity", True, f"agent {found}, keyshift {answer.get('version')}"))
+    try:
+        await client.health(signed=True)
+    except KeyshiftError as exc:
+        checks.append(Check("signature", False, str(exc)))
+    else:
+        checks.append(Check("signature", True, "the agent accepted keyshift's signed request"))
+    return checks
+
+
 async def check_integration(
     store: Store, name: str, *, actor: str, context: PluginContext | None = None
 ) -> list[Check]:
@@ -95,9 +123,12 @@ async def check_integration(
         kind = row.type
     engine = Engine(store, actor=actor, context=context)
     ctx = engine.context_for({name: stored})
-    if kind != "entra":
-        raise NotFound(f"integration '{name}' is of type {kind}; only entra can be tested yet")
-    checks = await _entra_checks(ctx.integration(name, EntraIntegration), ctx)
+    if kind == "agent":
+        checks = await _agent_checks(name, ctx.integration(name, AgentIntegration), ctx)
+    elif kind == "entra":
+        checks = await _entra_checks(ctx.integration(name, EntraIntegration), ctx)
+    else:
+        raise NotFound(f"integration '{name}' is of type {kind}; entra and agent can be tested")
     with store.transaction() as s:
         store.audit(
             s,

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal, Protocol
@@ -31,6 +32,7 @@ from keyshift.domain.context import PluginContext
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError, TransientError
 from keyshift.targets.base import (
+    Delivery,
     PreflightRequest,
     PreflightResult,
     PublishRequest,
@@ -124,6 +126,124 @@ def env_name(key: str) -> str:
     return key.replace(KEY_SEPARATOR, ENV_SEPARATOR)
 
 
+class KeyFile:
+    """Keys of one file on this host: check that they could be written, set or remove them.
+
+    The core the `file` target and the host agent share. `path` may be a symlink; the
+    file it points to is replaced. Messages name the path, format and keys, never a value.
+    """
+
+    def __init__(self, path: str, file_format: str, keys: list[str], *, create: bool) -> None:
+        if file_format not in _CODECS:
+            raise PermanentError(f"{path}: unknown file format {file_format!r}")
+        for key in keys:
+            try:
+                _check_key(key, file_format)
+            except ValueError as exc:
+                raise PermanentError(f"{path}: {exc}") from None
+        self.name = path
+        self.file_format = file_format
+        self.create = create
+        self._path = Path(path)
+        self._codec = _CODECS[file_format]
+        self._keys = ", ".join(keys)
+
+    def check(self) -> None:
+        """Raise PermanentError (or TransientError) unless `apply` could write the file:
+        writable, owner keepable, and parseable in its format. Changes nothing."""
+        self._check_writable()
+        if self._path.exists():
+            self._load()
+
+    def exists(self) -> bool:
+        return self.real_path().exists()
+
+    def apply(self, values: Mapping[str, str | None]) -> bool:
+        """Set each key (`Section:key` or `:`-nested) to its text, or remove it for None,
+        in one atomic write; return whether the file changed. Removing a nested key also
+        removes the parents it leaves empty. Idempotent."""
+        self._check_writable()
+        path = self.real_path()
+        parts_values = {tuple(key.split(KEY_SEPARATOR)): value for key, value in values.items()}
+        if not path.exists():
+            if all(v is None for v in parts_values.values()):
+                return False  # nothing to remove from a file that is not there
+            document, bom = self._codec.load("", self._describe()), False
+        else:
+            document, bom = self._load()
+        changed = False
+        for parts, value in parts_values.items():
+            if value is None:
+                changed |= self._codec.remove(document, parts)
+            elif self._codec.get(document, parts) != value:
+                self._codec.set(document, parts, value, self._describe())
+                changed = True
+        if not changed:
+            return False
+        # Keep a byte order mark if the file had one (Visual Studio writes appsettings.json so).
+        text = (_BOM if bom else "") + self._codec.dump(document)
+        _atomic_write(path, text.encode("utf-8"), self.name)
+        return True
+
+    def real_path(self) -> Path:
+        """The file written: `path` with every symlink followed."""
+        # Follow a symlink so the link survives and the file it points to is replaced.
+        return Path(os.path.realpath(self._path))
+
+    def _describe(self) -> str:
+        return f"{self.name} ({self.file_format}, key {self._keys})"
+
+    def _load(self) -> tuple[Any, bool]:
+        """The parsed file and whether it started with a byte order mark."""
+        try:
+            raw = self.real_path().read_bytes()
+        except OSError as exc:
+            raise _os_error(f"cannot read {self.name}", exc) from exc
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is None:
+            # Raised outside the handler so no library error (which quotes bytes) rides along.
+            raise PermanentError(f"{self.name} does not parse as {self.file_format}: not UTF-8")
+        document = self._codec.load(text.removeprefix(_BOM), self._describe())
+        return document, text.startswith(_BOM)
+
+    def _check_writable(self) -> None:
+        """Raise PermanentError unless publish could replace (or create) the file."""
+        name = self.name
+        path = self.real_path()
+        directory = path.parent
+        if path.exists():
+            if not path.is_file():
+                raise PermanentError(f"{name} is not a regular file")
+            if not os.access(path, os.W_OK):
+                raise PermanentError(f"{name} is not writable by this process")
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise PermanentError(
+                    f"directory {directory} is not writable, so {name} cannot be replaced"
+                )
+            _check_owner_keepable(path, name)
+            return
+        if not self.create:
+            raise PermanentError(f"{name} does not exist and create is false")
+        if not directory.is_dir():
+            raise PermanentError(f"directory {directory} of {name} does not exist")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermanentError(
+                f"directory {directory} is not writable, so {name} cannot be created"
+            )
+
+
+def field_values(entries: Mapping[str, str], delivery: Delivery | None) -> dict[str, str | None]:
+    """The text each file key receives from `delivery` (None for every key without one:
+    remove it)."""
+    return {
+        key: field_value(delivery, field) if delivery is not None else None
+        for key, field in entries.items()
+    }
+
+
 class FileTarget:
     """Writes the value at one key of a file; rollback restores the previous value or removes it."""
 
@@ -143,11 +263,9 @@ class FileTarget:
     def __init__(self, config: FileConfig, context: PluginContext) -> None:
         self.config = config
         self.context = context
-        self._path = Path(config.path)
-        self._codec = _CODECS[config.file_format]
-        self._entries = {
-            tuple(key.split(KEY_SEPARATOR)): field for key, field in config.entries().items()
-        }
+        self._file = KeyFile(
+            config.path, config.file_format, list(config.entries()), create=config.create
+        )
         self._keys = ", ".join(config.entries())
 
     async def preflight(self, request: PreflightRequest) -> PreflightResult:
@@ -156,9 +274,7 @@ class FileTarget:
         Changes nothing.
         """
         try:
-            self._check_writable()
-            if self._path.exists():
-                self._load()
+            self._file.check()
         except (PermanentError, TransientError) as exc:
             return PreflightResult(Readiness.BLOCKED, str(exc))
         return PreflightResult(Readiness.READY)
@@ -166,9 +282,7 @@ class FileTarget:
     async def publish(self, request: PublishRequest) -> StepResult:
         """Write the value at the key. Idempotent: an unchanged value is not rewritten."""
         delivery = request.delivery
-        changed = self._apply(
-            {parts: field_value(delivery, field) for parts, field in self._entries.items()}
-        )
+        changed = self._file.apply(field_values(self.config.entries(), delivery))
         return StepResult(
             {
                 "path": self.config.path,
@@ -185,12 +299,7 @@ class FileTarget:
         Removing a nested key also removes the parents it leaves empty.
         """
         previous = request.previous
-        changed = self._apply(
-            {
-                parts: field_value(previous, field) if previous is not None else None
-                for parts, field in self._entries.items()
-            }
-        )
+        changed = self._file.apply(field_values(self.config.entries(), previous))
         return StepResult(
             {
                 "path": self.config.path,
@@ -200,81 +309,6 @@ class FileTarget:
                 "changed": changed,
             }
         )
-
-    def _apply(self, values: dict[tuple[str, ...], str | None]) -> bool:
-        """Set (or, for None, remove) every key in one atomic write; return whether the
-        file changed."""
-        self._check_writable()
-        path = self._real_path()
-        if not path.exists():
-            if all(v is None for v in values.values()):
-                return False  # nothing to remove from a file that is not there
-            document, bom = self._codec.load("", self._describe()), False
-        else:
-            document, bom = self._load()
-        changed = False
-        for parts, value in values.items():
-            if value is None:
-                changed |= self._codec.remove(document, parts)
-            elif self._codec.get(document, parts) != value:
-                self._codec.set(document, parts, value, self._describe())
-                changed = True
-        if not changed:
-            return False
-        # Keep a byte order mark if the file had one (Visual Studio writes appsettings.json so).
-        text = (_BOM if bom else "") + self._codec.dump(document)
-        _atomic_write(path, text.encode("utf-8"), self.config.path)
-        return True
-
-    def _describe(self) -> str:
-        return f"{self.config.path} ({self.config.file_format}, key {self._keys})"
-
-    def _real_path(self) -> Path:
-        # Follow a symlink so the link survives and the file it points to is replaced.
-        return Path(os.path.realpath(self._path))
-
-    def _load(self) -> tuple[Any, bool]:
-        """The parsed file and whether it started with a byte order mark."""
-        try:
-            raw = self._real_path().read_bytes()
-        except OSError as exc:
-            raise _os_error(f"cannot read {self.config.path}", exc) from exc
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-        if text is None:
-            # Raised outside the handler so no library error (which quotes bytes) rides along.
-            raise PermanentError(
-                f"{self.config.path} does not parse as {self.config.file_format}: not UTF-8"
-            )
-        document = self._codec.load(text.removeprefix(_BOM), self._describe())
-        return document, text.startswith(_BOM)
-
-    def _check_writable(self) -> None:
-        """Raise PermanentError unless publish could replace (or create) the file."""
-        name = self.config.path
-        path = self._real_path()
-        directory = path.parent
-        if path.exists():
-            if not path.is_file():
-                raise PermanentError(f"{name} is not a regular file")
-            if not os.access(path, os.W_OK):
-                raise PermanentError(f"{name} is not writable by this process")
-            if not os.access(directory, os.W_OK | os.X_OK):
-                raise PermanentError(
-                    f"directory {directory} is not writable, so {name} cannot be replaced"
-                )
-            _check_owner_keepable(path, name)
-            return
-        if not self.config.create:
-            raise PermanentError(f"{name} does not exist and create is false")
-        if not directory.is_dir():
-            raise PermanentError(f"directory {directory} of {name} does not exist")
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise PermanentError(
-                f"directory {directory} is not writable, so {name} cannot be created"
-            )
 
 
 def _check_owner_keepable(path: Path, name: str) -> None:

@@ -1,0 +1,568 @@
+"""The host agent: file writes and reloads performed by `keyshift agent run` on a managed host.
+
+keyshift pushes each step to the agent over HTTPS: `agent_secret_sync` writes the value
+at keys of a JSON, YAML, env or ini file there (the `file` target's writer, run by the
+agent), `iis_recycle` recycles an IIS application pool and `systemd_reload` reloads or
+restarts a systemd unit. An action names its agent by `agent_id`, which must be the
+`agent_id` (or the name) of an `agent` integration: the agent's URL, the CA that signed
+its certificate and where the shared signing key is read.
+
+Every request is signed with HMAC-SHA256 over the method, the path, a timestamp, a
+one-time nonce and the body's SHA-256 (`string_to_sign`); the agent refuses a bad
+signature, a timestamp more than five minutes off and a nonce it has seen. The agent
+checks every path, pool and unit against its own allow-list, so a compromised server
+cannot make it write anywhere else. Values travel in request bodies over TLS only;
+answers, errors and step details carry paths, keys and names.
+
+Older tools name an agent by `config.agent_url` instead. Such an action is accepted but
+never sent a value: it is manual review at preflight, and at rotation time its step is
+recorded as not delivered (the run ends needs_attention and the old version stays).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import ssl
+import uuid
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Final, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from keyshift.domain.context import PluginContext
+from keyshift.domain.durations import Duration
+from keyshift.domain.location import url_origin
+from keyshift.domain.secret import Secret
+from keyshift.domain.states import Phase
+from keyshift.errors import (
+    ConfigError,
+    KeyshiftError,
+    NotDelivered,
+    PermanentError,
+    TransientError,
+)
+from keyshift.sources import SecretRef
+from keyshift.targets.base import (
+    PreflightRequest,
+    PreflightResult,
+    PublishRequest,
+    Readiness,
+    RollbackRequest,
+    StepResult,
+)
+from keyshift.targets.file import FileConfig, field_values
+from keyshift.targets.web import http_url, positive, retry_after, retryable
+
+SIGNATURE_HEADER: Final = "X-Keyshift-Signature"
+TIMESTAMP_HEADER: Final = "X-Keyshift-Timestamp"
+NONCE_HEADER: Final = "X-Keyshift-Nonce"
+MAX_CLOCK_SKEW: Final = timedelta(minutes=5)
+"""A request whose timestamp is further than this from the agent's clock is refused."""
+MIN_KEY_LENGTH: Final = 32
+"""Characters the shared signing key must have at least (`openssl rand -hex 32` gives 64)."""
+PREFLIGHT_TIMEOUT: Final = timedelta(seconds=10)
+AGENT_TYPES: Final = ("agent_secret_sync", "iis_recycle", "systemd_reload")
+"""The action types that run through a host agent and take `agent_id`."""
+
+_UNIT = re.compile(r"^[A-Za-z0-9_@:.\\][A-Za-z0-9_@:.\\-]{0,255}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# --- signing -------------------------------------------------------------------------------
+
+
+def signing_key(secret: Secret, path: str = "key_from") -> bytes:
+    """The HMAC key from the shared secret; ConfigError naming `path` when it is too short."""
+    text = secret.reveal()
+    if len(text) < MIN_KEY_LENGTH:
+        raise ConfigError(
+            path,
+            f"the agent signing key must have at least {MIN_KEY_LENGTH} characters "
+            "(e.g. `openssl rand -hex 32`)",
+        )
+    return text.encode("utf-8")
+
+
+def string_to_sign(method: str, path: str, timestamp: str, nonce: str, body: bytes) -> bytes:
+    """What the signature covers: method, path, timestamp, nonce and the body's SHA-256,
+    one per line."""
+    digest = hashlib.sha256(body).hexdigest()
+    return "\n".join([method.upper(), path, timestamp, nonce, digest]).encode("utf-8")
+
+
+def signature(
+    key: bytes, method: str, path: str, *, timestamp: str, nonce: str, body: bytes
+) -> str:
+    """The hex HMAC-SHA256 of `string_to_sign` under `key`."""
+    message = string_to_sign(method, path, timestamp, nonce, body)
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def signed_headers(
+    key: bytes, method: str, path: str, body: bytes, now: datetime
+) -> dict[str, str]:
+    """Headers that authenticate one request: timestamp (Unix seconds), a fresh nonce and
+    the signature."""
+    timestamp = str(int(now.timestamp()))
+    nonce = secrets.token_hex(16)
+    return {
+        TIMESTAMP_HEADER: timestamp,
+        NONCE_HEADER: nonce,
+        SIGNATURE_HEADER: signature(key, method, path, timestamp=timestamp, nonce=nonce, body=body),
+    }
+
+
+# --- the integration -----------------------------------------------------------------------
+
+
+class AgentIntegration(BaseModel):
+    """A host agent (`keyshift agent run`) keyshift pushes file writes and reloads to:
+    its id, its HTTPS address, the CA to trust for its certificate and where the shared
+    request-signing key is read."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
+
+    agent_id: str
+    """The agent's id, a UUID; actions name it in their `agent_id` (or name the integration).
+    Must equal `agent_id` in the agent's own agent.yaml."""
+    url: str
+    """The agent's address, `https://host:port`."""
+    key_from: SecretRef
+    """`env:NAME` or `file:/path` naming the shared signing key (at least 32 characters),
+    the same the agent reads."""
+    ca_bundle: str | None = None
+    """PEM file of the CA (or the self-signed certificate) to trust for the agent's TLS
+    certificate, instead of the system store."""
+    timeout: Duration = timedelta(seconds=60)
+    """How long one request to the agent may take (a recycle or restart included)."""
+
+    @field_validator("agent_id")
+    @classmethod
+    def _uuid(cls, agent_id: str) -> str:
+        try:
+            return str(uuid.UUID(agent_id))
+        except ValueError:
+            raise ValueError(
+                "agent_id must be a UUID, e.g. 11111111-1111-1111-1111-111111111111"
+            ) from None
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, url: str) -> str:
+        http_url(url, credentials_message="url must not carry credentials; use key_from")
+        if not url.startswith("https://"):
+            raise ValueError("url must be https://: values travel to the agent in requests")
+        parsed = httpx.URL(url)
+        if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
+            # Requests are signed over their path, which the agent sees from its root.
+            raise ValueError("url must be https://host:port, without a path or query")
+        return url.rstrip("/")
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        return positive(value, "timeout")
+
+    def ssl_verify(self) -> ssl.SSLContext | bool:
+        """What httpx should verify the agent with: the CA bundle, or the system store."""
+        return ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else True
+
+    def names(self, agent_id: str) -> bool:
+        """Whether an action's `agent_id` means this agent (its UUID, in any case)."""
+        return agent_id.lower() == self.agent_id
+
+
+def find_agent(context: PluginContext, agent_id: str) -> tuple[str, AgentIntegration]:
+    """The agent integration an action's `agent_id` names: by its agent_id or its name."""
+    named = context.integrations.get(agent_id)
+    if isinstance(named, AgentIntegration):
+        return agent_id, named
+    for name, integration in context.integrations.items():
+        if isinstance(integration, AgentIntegration) and integration.names(agent_id):
+            return name, integration
+    raise ConfigError("agent_id", f"no agent integration with agent_id or name {agent_id}")
+
+
+class AgentClient:
+    """Signed JSON requests to one agent. Errors name the agent and its host, never a value."""
+
+    def __init__(self, name: str, integration: AgentIntegration, context: PluginContext) -> None:
+        self.name = name
+        self.integration = integration
+        self.context = context
+        self.host = url_origin(integration.url)
+
+    async def post(
+        self, path: str, body: dict[str, Any], *, what: str, limit: timedelta | None = None
+    ) -> dict[str, Any]:
+        """POST `body` to `path`, signed; the agent's JSON answer. TransientError when it
+        cannot be reached, times out or answers 429/5xx; PermanentError for any other
+        refusal."""
+        content = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        return await self._request("POST", path, content, what=what, limit=limit, signed=True)
+
+    async def health(self, *, signed: bool) -> dict[str, Any]:
+        """`GET /v1/health`: the agent's id and version. Signed, the agent also checks the
+        signature (and answers 401 to a wrong key or clock)."""
+        return await self._request(
+            "GET", "/v1/health", b"", what="health", limit=PREFLIGHT_TIMEOUT, signed=signed
+        )
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        content: bytes,
+        *,
+        what: str,
+        limit: timedelta | None,
+        signed: bool,
+    ) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"} if content else {}
+        if signed:
+            key = signing_key(self.context.secret("key_from", self.integration.key_from))
+            headers.update(signed_headers(key, method, path, content, self.context.now()))
+        seconds = (limit or self.integration.timeout).total_seconds()
+        try:
+            async with httpx.AsyncClient(
+                verify=self.integration.ssl_verify(), timeout=seconds, follow_redirects=False
+            ) as client:
+                response = await client.request(
+                    method, self.integration.url + path, content=content, headers=headers
+                )
+        except httpx.TransportError as exc:
+            # Only the class name: library texts may quote the request.
+            raise TransientError(
+                f"agent {self.name} ({self.host}) is unreachable for {what}: {type(exc).__name__}"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise PermanentError(
+                f"agent {self.name} ({self.host}) {what}: {type(exc).__name__}"
+            ) from None
+        status = response.status_code
+        if 200 <= status < 300:
+            answer = _json(response)
+            if answer is None:
+                raise PermanentError(
+                    f"agent {self.name} ({self.host}) answered {what} with no JSON"
+                )
+            return answer
+        reason = _error(response)
+        if retryable(status):
+            raise TransientError(
+                f"agent {self.name} ({self.host}) answered {what} with HTTP {status}{reason}",
+                retry_after=retry_after(response),
+            )
+        if status == 401:
+            raise PermanentError(
+                f"agent {self.name} ({self.host}) refused keyshift's signature (HTTP 401): "
+                "key_from must hold the agent's key and both clocks must be right"
+            )
+        raise PermanentError(
+            f"agent {self.name} ({self.host}) refused {what} (HTTP {status}){reason}"
+        )
+
+
+def _json(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _error(response: httpx.Response) -> str:
+    """The agent's own error text (it names paths, pools and units, never values)."""
+    body = _json(response)
+    error = body.get("error") if body else None
+    return f": {str(error)[:500]}" if isinstance(error, str) and error else ""
+
+
+# --- configs -------------------------------------------------------------------------------
+
+
+def _legacy_url(url: str | None) -> str | None:
+    if url is not None:
+        http_url(url, credentials_message="agent_url must not carry credentials")
+    return url
+
+
+AGENT_URL_DOC: Final = (
+    "Legacy, as older tools write it: the agent's URL instead of `agent_id`. An action with "
+    "it and no `agent_id` is manual review: keyshift never sends a value to an unenrolled, "
+    "unauthenticated agent, so the step is recorded as not delivered and the rotation ends "
+    "needs_attention with the old version kept."
+)
+
+
+class AgentSecretSyncConfig(FileConfig):
+    """A file on the agent's host and the key (or keys) in it: the `file` action's fields,
+    written by the agent. The path must be under one of the agent's `allowed_paths`."""
+
+    agent_url: str | None = Field(default=None, description=AGENT_URL_DOC)
+
+    _agent_url = field_validator("agent_url")(_legacy_url)
+
+
+class IisRecycleConfig(BaseModel):
+    """The IIS application pool the agent recycles (`appcmd recycle apppool`). It must be
+    in the agent's `iis.app_pools`. A legacy `site_name` is read as `app_pool`."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
+
+    app_pool: str = Field(min_length=1, max_length=64)
+    """The application pool's name, e.g. `BillingAppPool`."""
+    agent_url: str | None = Field(default=None, description=AGENT_URL_DOC)
+
+    _agent_url = field_validator("agent_url")(_legacy_url)
+
+    @field_validator("app_pool")
+    @classmethod
+    def _printable(cls, app_pool: str) -> str:
+        if _CONTROL.search(app_pool) or app_pool != app_pool.strip():
+            raise ValueError("app_pool must be printable, without surrounding spaces")
+        return app_pool
+
+
+class SystemdReloadConfig(BaseModel):
+    """The systemd unit the agent reloads or restarts (`systemctl reload|restart UNIT`). It
+    must be in the agent's `systemd.units`."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
+
+    unit: str
+    """The unit, e.g. `billing.service`."""
+    mode: Literal["reload", "restart"] = "reload"
+    """`reload` (the service re-reads its files) or `restart`."""
+    agent_url: str | None = Field(default=None, description=AGENT_URL_DOC)
+
+    _agent_url = field_validator("agent_url")(_legacy_url)
+
+    @field_validator("unit")
+    @classmethod
+    def _unit_name(cls, unit: str) -> str:
+        if not _UNIT.fullmatch(unit):
+            raise ValueError(
+                "unit must be a systemd unit name (letters, digits, '_@:.-\\', not starting "
+                "with '-'), e.g. billing.service"
+            )
+        return unit
+
+
+# --- targets -------------------------------------------------------------------------------
+
+
+class _AgentTarget:
+    """What the three agent targets share: finding the agent, preflight, legacy URLs."""
+
+    kind: ClassVar[str]
+    phase: ClassVar[Phase]
+    Config: ClassVar[type[BaseModel]]
+    runs_on_agent: ClassVar[bool] = True
+    """Performed by a host agent: the action takes `agent_id`."""
+
+    def __init__(self, config: Any, context: PluginContext) -> None:
+        self.config = config
+        self.context = context
+
+    def _client(self) -> AgentClient:
+        if self.context.agent_id is None:
+            raise ConfigError("agent_id", f"{self.kind} needs the agent_id of an agent integration")
+        name, integration = find_agent(self.context, self.context.agent_id)
+        return AgentClient(name, integration, self.context)
+
+    def _unenrolled(self) -> str | None:
+        """The legacy agent_url's origin when the action has no enrolled agent."""
+        url: str | None = self.config.agent_url
+        return url_origin(url) if self.context.agent_id is None and url is not None else None
+
+    def _check(self) -> dict[str, Any]:
+        """The preflight check the agent runs for this step."""
+        raise NotImplementedError
+
+    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+        """Ask the agent whether the step could run: path, pool or unit on its allow-list,
+        file writable and parseable, command present. Changes nothing.
+
+        Manual review for a legacy `agent_url`; blocked (transient) when the agent cannot
+        be reached.
+        """
+        legacy = self._unenrolled()
+        if legacy is not None:
+            return PreflightResult(
+                Readiness.MANUAL_REVIEW,
+                f"agent_url {legacy} is not an enrolled agent: keyshift will not send it the "
+                "value; deliver by hand, or enrol the agent (an agent integration) and set "
+                "agent_id",
+            )
+        try:
+            answer = await self._client().post(
+                "/v1/preflight", self._check(), what="preflight", limit=PREFLIGHT_TIMEOUT
+            )
+        except TransientError as exc:
+            return PreflightResult(Readiness.BLOCKED, str(exc), transient=True)
+        except KeyshiftError as exc:
+            return PreflightResult(Readiness.BLOCKED, str(exc))
+        if answer.get("ready") is True:
+            return PreflightResult(Readiness.READY)
+        return PreflightResult(Readiness.BLOCKED, str(answer.get("reason") or "not ready"))
+
+    def _refuse_unenrolled(self) -> None:
+        legacy = self._unenrolled()
+        if legacy is not None:
+            raise NotDelivered(
+                f"not delivered: {self.kind} names agent_url {legacy}, which is not an enrolled "
+                "agent, and keyshift does not send values to unauthenticated agents; deliver by "
+                "hand, or enrol the agent and set agent_id"
+            )
+
+
+class AgentSecretSyncTarget(_AgentTarget):
+    """Has the agent write the value at keys of a file on its host; rollback restores the
+    previous value or removes the keys publish added."""
+
+    kind: ClassVar[str] = "agent_secret_sync"
+    phase: ClassVar[Phase] = Phase.PUBLISH
+    Config: ClassVar[type[BaseModel]] = AgentSecretSyncConfig
+    config: AgentSecretSyncConfig
+
+    @classmethod
+    def describe(cls, config: AgentSecretSyncConfig) -> dict[str, str]:
+        """Where it writes on the agent's host: the file, its format and the keys."""
+        where = {
+            "path": config.path,
+            "format": config.file_format,
+            "keys": ", ".join(config.entries()),
+        }
+        if config.agent_url is not None:
+            where["agent_url"] = url_origin(config.agent_url)
+        return where
+
+    def _file(self) -> dict[str, Any]:
+        return {
+            "path": self.config.path,
+            "format": self.config.file_format,
+            "create": self.config.create,
+        }
+
+    def _check(self) -> dict[str, Any]:
+        return {"kind": "file", **self._file(), "keys": list(self.config.entries())}
+
+    async def publish(self, request: PublishRequest) -> StepResult:
+        """Send the value to the agent, which writes it. Idempotent: an unchanged value is
+        not rewritten."""
+        self._refuse_unenrolled()
+        client = self._client()
+        values = field_values(self.config.entries(), request.delivery)
+        answer = await client.post(
+            "/v1/files/write", {**self._file(), "values": values}, what="the file write"
+        )
+        return StepResult(
+            {
+                "agent": client.name,
+                "path": self.config.path,
+                "key": ", ".join(self.config.entries()),
+                "fingerprint": request.delivery.fingerprint,
+                "changed": bool(answer.get("changed")),
+                "created": bool(answer.get("created")),
+            }
+        )
+
+    async def rollback(self, request: RollbackRequest) -> StepResult:
+        """Have the agent write `previous` back, or remove the keys when there was none.
+        Idempotent."""
+        self._refuse_unenrolled()
+        client = self._client()
+        previous = request.previous
+        values = field_values(self.config.entries(), previous)
+        answer = await client.post(
+            "/v1/files/restore", {**self._file(), "values": values}, what="the file restore"
+        )
+        return StepResult(
+            {
+                "agent": client.name,
+                "path": self.config.path,
+                "key": ", ".join(self.config.entries()),
+                "fingerprint": previous.fingerprint if previous is not None else None,
+                "removed": previous is None,
+                "changed": bool(answer.get("changed")),
+            }
+        )
+
+
+class _ReloadTarget(_AgentTarget):
+    """A reload on the agent's host: publish runs it, rollback runs it again (by then the
+    files hold the restored value, so the consumer reloads that)."""
+
+    phase: ClassVar[Phase] = Phase.RELOAD
+    endpoint: ClassVar[str]
+
+    def _request(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _reload(self, when: str) -> StepResult:
+        self._refuse_unenrolled()
+        client = self._client()
+        answer = await client.post(self.endpoint, self._request(), what=f"the {self.kind} {when}")
+        return StepResult(
+            {"agent": client.name, **self._request(), "exit_code": answer.get("exit_code")}
+        )
+
+    async def publish(self, request: PublishRequest) -> StepResult:
+        """Run the reload. Repeatable: a second run reloads the same files."""
+        return await self._reload("after publishing")
+
+    async def rollback(self, request: RollbackRequest) -> StepResult:
+        """Run the reload again after the files were restored. Repeatable."""
+        return await self._reload("after rollback")
+
+
+class IisRecycleTarget(_ReloadTarget):
+    """Has the agent recycle an IIS application pool, so the site reads the new value."""
+
+    kind: ClassVar[str] = "iis_recycle"
+    Config: ClassVar[type[BaseModel]] = IisRecycleConfig
+    endpoint: ClassVar[str] = "/v1/iis/recycle"
+    config: IisRecycleConfig
+
+    @classmethod
+    def describe(cls, config: IisRecycleConfig) -> dict[str, str]:
+        """The application pool it recycles on the agent's host."""
+        where = {"app_pool": config.app_pool}
+        if config.agent_url is not None:
+            where["agent_url"] = url_origin(config.agent_url)
+        return where
+
+    def _request(self) -> dict[str, Any]:
+        return {"app_pool": self.config.app_pool}
+
+    def _check(self) -> dict[str, Any]:
+        return {"kind": "iis", **self._request()}
+
+
+class SystemdReloadTarget(_ReloadTarget):
+    """Has the agent reload or restart a systemd unit, so the service reads the new value."""
+
+    kind: ClassVar[str] = "systemd_reload"
+    Config: ClassVar[type[BaseModel]] = SystemdReloadConfig
+    endpoint: ClassVar[str] = "/v1/systemd/reload"
+    config: SystemdReloadConfig
+
+    @classmethod
+    def describe(cls, config: SystemdReloadConfig) -> dict[str, str]:
+        """The unit it reloads or restarts on the agent's host."""
+        where = {"unit": config.unit, "mode": config.mode}
+        if config.agent_url is not None:
+            where["agent_url"] = url_origin(config.agent_url)
+        return where
+
+    def _request(self) -> dict[str, Any]:
+        return {"unit": self.config.unit, "mode": self.config.mode}
+
+    def _check(self) -> dict[str, Any]:
+        return {"kind": "systemd", **self._request()}
