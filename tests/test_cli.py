@@ -112,6 +112,14 @@ def test_server_commands_are_exactly_the_commands_with_a_server_option() -> None
     assert set(SERVER_COMMANDS) == with_server
     assert list(SERVER_COMMANDS) == sorted(SERVER_COMMANDS)
     # Every other command refuses while KEYSHIFT_SERVER is set (tests/test_client.py),
-    # except `reference`, which reads no store.
-    embedded_only = {"worker", "keys rotate-master", "init", "demo", "serve", "reference"}
+    # except `reference` and `agent run` (the host agent), which read no store.
+    embedded_only = {
+        "worker",
+        "keys rotate-master",
+        "init",
+        "demo",
+        "serve",
+        "reference",
+        "agent run",
+    }
     assert set(commands) - with_server == embedded_only
