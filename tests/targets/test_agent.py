@@ -287,12 +287,37 @@ INTEGRATION = {
 }
 
 
-def test_an_agent_id_without_a_declared_agent_is_refused() -> None:
+def test_an_agent_id_without_a_declared_agent_is_accepted_as_manual_review(
+    store: Store, tmp_path: Path, clock: FakeClock
+) -> None:
+    # As other tools write it: the estate names an agent keyshift has not enrolled. It is
+    # accepted, and nothing is ever sent to an agent keyshift cannot authenticate.
     other = "22222222-2222-2222-2222-222222222222"
-    assert problems(estate([sync("/srv/a.json", agent_id=other)], [INTEGRATION])) == [
-        f"credentials[0].actions[0].agent_id: no agent integration with agent_id {other} "
-        "(or named so); declare one under integrations with type: agent"
-    ]
+    app = tmp_path / "app.json"
+    local = {
+        "type": "file",
+        "order": 10,
+        "config": {"path": str(app), "key": "Entra:ClientSecret", "file_format": "json"},
+    }
+    warnings = apply(store, tmp_path, estate([local, sync("/srv/a.json", agent_id=other)]))
+    assert [w.path for w in warnings] == ["credentials[0].actions[1].agent_id"]
+    assert f"no agent integration with agent_id {other}" in warnings[0].message
+    assert "manual review required" in warnings[0].message
+
+    _, results = asyncio.run(
+        rotations.preflight(store, "billing-secret", actor="test", context=clock.context(ENV))
+    )
+    row = dict(results)["publishing:20:agent_secret_sync"]
+    assert row.readiness == Readiness.MANUAL_REVIEW
+    assert f"agent_id {other} is not an enrolled agent" in row.reason
+    assert impact(store, "billing-secret")[2].runs_on == (
+        f"agent {other}: not enrolled (manual review)"
+    )
+    assert rotate(store, clock) == RotationState.NEEDS_ATTENTION
+    latest = rotations_of(store, "billing-secret")[-1]
+    step = next(s for s in steps(store, latest.id) if s.name.endswith("agent_secret_sync"))
+    assert step.error is not None
+    assert step.error.startswith(f"not delivered: agent_secret_sync names agent_id {other}")
 
 
 def test_an_agent_id_on_a_type_that_runs_locally_is_refused() -> None:

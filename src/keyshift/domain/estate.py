@@ -229,7 +229,9 @@ class ActionSpec(_Model):
     agent_id: str | None = None
     """The host agent that performs the action: the `agent_id` (or the name) of an `agent`
     integration. Required by the agent action types (`agent_secret_sync`, `iis_recycle`,
-    `systemd_reload`) and refused on every other type, which runs where keyshift runs."""
+    `systemd_reload`) and refused on every other type, which runs where keyshift runs. One
+    that no agent integration declares is accepted with a warning: the action is manual
+    review (never sent a value) until the agent is enrolled."""
     consumer: Name | None = None
     """The consumer this action delivers to, reloads, checks or notifies, e.g. `billing-web`.
     Actions without one belong to the credential's one default consumer. Shown by

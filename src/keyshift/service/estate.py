@@ -130,7 +130,10 @@ def parse_estate(data: Any, warnings: list[EstateWarning] | None = None) -> Esta
     problems.extend(reference_problems(data))
     problems.extend(_plugin_problems(data))
     problems.extend(_action_order_problems(data))
-    problems.extend(_agent_problems(data))
+    unenrolled: list[EstateWarning] = []
+    problems.extend(_agent_problems(data, unenrolled))
+    if warnings is not None:
+        warnings.extend(unenrolled)
     # An integration that could not be chosen is explained above; the config model's
     # plain "is required" for the same field would only repeat it.
     explained = {p.path for p in unresolved}
@@ -359,10 +362,13 @@ def _legacy_fields(
     return data, warnings
 
 
-def _agent_problems(data: dict[str, Any]) -> list[ConfigError]:
-    """An action's `agent_id` must name a declared agent integration (by its agent_id or
-    its name), only the agent action types take one, and they need one (unless written
-    with a legacy `config.agent_url`, which `_legacy_fields` notes)."""
+def _agent_problems(data: dict[str, Any], warnings: list[EstateWarning]) -> list[ConfigError]:
+    """Only the agent action types take an `agent_id`, and they need one (unless written
+    with a legacy `config.agent_url`, which `_legacy_fields` notes).
+
+    An `agent_id` that no agent integration declares (by its agent_id or its name) is
+    accepted as written, as other tools write it, but with a warning: the action is
+    manual review until the agent is enrolled, and is never sent a value."""
     declared = [
         IntegrationSpec.model_construct(**item)
         for item in data.get("integrations") or []
@@ -398,11 +404,14 @@ def _agent_problems(data: dict[str, Any]) -> list[ConfigError]:
                 )
             )
         elif not any(integration.is_agent(agent_id) for integration in declared):
-            problems.append(
-                ConfigError(
+            warnings.append(
+                EstateWarning(
                     f"{path}.agent_id",
-                    f"no agent integration with agent_id {agent_id} (or named so); declare "
-                    "one under integrations with type: agent",
+                    f"no agent integration with agent_id {agent_id} (or named so): manual "
+                    "review required; keyshift never sends a value to an agent it cannot "
+                    "authenticate, so a rotation records this step as not delivered and ends "
+                    "needs_attention with the old version kept. Declare the agent under "
+                    "integrations with type: agent",
                 )
             )
     return problems

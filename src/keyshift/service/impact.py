@@ -116,7 +116,8 @@ def impact_of_plan(plan: Plan, *, local_host: str | None = None) -> list[ImpactR
 def _runs_on(target: Any, agent_id: str | None, integrations: dict[str, Any], host: str) -> str:
     """`agent NAME (https://host:port)` for an action through an agent; else keyshift's host.
 
-    An agent action without one (a legacy `agent_url`) runs nowhere: it is manual review."""
+    An agent action without one (a legacy `agent_url`), or naming an agent that no agent
+    integration declares, runs nowhere: it is manual review."""
     if agent_id is None:
         if getattr(target, "runs_on_agent", False):
             return "no enrolled agent (manual review)"
@@ -124,7 +125,7 @@ def _runs_on(target: Any, agent_id: str | None, integrations: dict[str, Any], ho
     for name, config in integrations.items():
         if isinstance(config, AgentIntegration) and (name == agent_id or config.names(agent_id)):
             return f"agent {name} ({url_origin(config.url)})"
-    return f"agent {agent_id}"
+    return f"agent {agent_id}: not enrolled (manual review)"
 
 
 def _described(cls: Any, *args: Any) -> dict[str, str]:

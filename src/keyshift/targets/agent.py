@@ -14,9 +14,11 @@ checks every path, pool and unit against its own allow-list, so a compromised se
 cannot make it write anywhere else. Values travel in request bodies over TLS only;
 answers, errors and step details carry paths, keys and names.
 
-Older tools name an agent by `config.agent_url` instead. Such an action is accepted but
-never sent a value: it is manual review at preflight, and at rotation time its step is
-recorded as not delivered (the run ends needs_attention and the old version stays).
+Older tools name an agent by `config.agent_url` instead, and estates written for them may
+name an `agent_id` that no agent integration declares yet. Such an action is accepted, with
+a warning at `plan`/`apply`, but never sent a value: it is manual review at preflight, and
+at rotation time its step is recorded as not delivered (the run ends needs_attention and
+the old version stays).
 """
 
 from __future__ import annotations
@@ -377,9 +379,16 @@ class _AgentTarget:
         return AgentClient(name, integration, self.context)
 
     def _unenrolled(self) -> str | None:
-        """The legacy agent_url's origin when the action has no enrolled agent."""
-        url: str | None = self.config.agent_url
-        return url_origin(url) if self.context.agent_id is None and url is not None else None
+        """What names the agent when it is not enrolled: a legacy `agent_url` (its origin)
+        on an action without `agent_id`, or an `agent_id` no agent integration declares."""
+        if self.context.agent_id is None:
+            url: str | None = self.config.agent_url
+            return f"agent_url {url_origin(url)}" if url is not None else None
+        try:
+            find_agent(self.context, self.context.agent_id)
+        except ConfigError:
+            return f"agent_id {self.context.agent_id}"
+        return None
 
     def _check(self) -> dict[str, Any]:
         """The preflight check the agent runs for this step."""
@@ -396,8 +405,8 @@ class _AgentTarget:
         if legacy is not None:
             return PreflightResult(
                 Readiness.MANUAL_REVIEW,
-                f"agent_url {legacy} is not an enrolled agent: keyshift will not send it the "
-                "value; deliver by hand, or enrol the agent (an agent integration) and set "
+                f"{legacy} is not an enrolled agent: keyshift will not send it the value; "
+                "deliver by hand, or enrol the agent (an agent integration) and name it in "
                 "agent_id",
             )
         try:
@@ -416,9 +425,9 @@ class _AgentTarget:
         legacy = self._unenrolled()
         if legacy is not None:
             raise NotDelivered(
-                f"not delivered: {self.kind} names agent_url {legacy}, which is not an enrolled "
-                "agent, and keyshift does not send values to unauthenticated agents; deliver by "
-                "hand, or enrol the agent and set agent_id"
+                f"not delivered: {self.kind} names {legacy}, which is not an enrolled agent, "
+                "and keyshift does not send values to unauthenticated agents; deliver by "
+                "hand, or enrol the agent and name it in agent_id"
             )
 
 
