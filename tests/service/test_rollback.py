@@ -429,3 +429,34 @@ def test_an_old_version_that_cannot_work_again_is_not_put_back(
     assert _snapshot(store, tmp_path) == before
     old, _new = versions(store, CREDENTIAL)
     assert verified == ([old.provider_ref] if capability == Capability.AUTHENTICATES else [])
+
+
+def test_the_reactivated_old_version_gets_an_explicit_expiry_and_owner(
+    store: Store, tmp_path: Path
+) -> None:
+    # The first version was issued before the policy had a max_lifetime: no expiry.
+    clock = FakeClock()
+    apply_estate(
+        store, load_estate(write_estate(tmp_path, policy={"grace_period": "1h"})), actor="test"
+    )
+    assert _rotate(store, clock)[1] == RotationState.COMPLETED
+    apply_estate(store, load_estate(write_estate(tmp_path)), actor="test")  # max_lifetime 90d
+    rotation_id, state = _rotate(store, clock)
+    assert state == RotationState.GRACE
+    old, _new = versions(store, CREDENTIAL)
+    assert old.expires_at is None
+
+    _roll_back(store, clock, rotation_id)
+
+    old, _new = versions(store, CREDENTIAL)
+    assert old.status == "current"
+    assert old.expires_at == clock.now() + timedelta(days=90), "rotated again in time"
+    [reactivated] = audit_details(store, "version.reactivated")
+    assert reactivated == {
+        "credential": CREDENTIAL,
+        "version_id": old.id,
+        "fingerprint": old.fingerprint,
+        "owner": "team-test",
+        "reactivated_by": "alice",
+        "expires_at": old.expires_at.isoformat(),
+    }

@@ -1578,7 +1578,7 @@ class Engine:
                 new.status = VersionStatus.DISABLED.value
                 new.expires_at = now + RETAIN_DISABLED
             if rot.old_version_id is not None:
-                _version(s, rot.old_version_id).status = VersionStatus.CURRENT.value
+                self._reactivate(s, run, _version(s, rot.old_version_id), now)
             if not_restored:
                 rot.error = (
                     f"{rot.error}; rollback incomplete, not restored: {', '.join(not_restored)}; "
@@ -1587,6 +1587,33 @@ class Engine:
             self._set_state(
                 s, run, RotationState.FAILED if not_restored else RotationState.ROLLED_BACK, rot
             )
+
+    def _reactivate(self, s: Session, run: _Run, old: VersionRow, now: datetime) -> None:
+        """Make the old version current again with an explicit expiry and owner (design.md:
+        "a reactivated old version gets an explicit expiry and owner"), audited as
+        `version.reactivated`. Its expiry is the one it had, or, without one, the policy's
+        `max_lifetime` from now, so the scheduler rotates it again in time; the owner is
+        the credential's accountable owner, and who rolled back is recorded beside."""
+        old.status = VersionStatus.CURRENT.value
+        lifetime = Policy.model_validate(run.plan.policy).max_lifetime
+        if old.expires_at is None and lifetime is not None:
+            old.expires_at = now + lifetime
+        cred = s.get(CredentialRow, run.credential_id)
+        owner = (cred.spec.get("credential") or {}).get("owner") if cred is not None else None
+        self.store.audit(
+            s,
+            actor=self.actor,
+            action="version.reactivated",
+            subject=f"rotation:{run.rotation_id}",
+            details={
+                "credential": run.credential,
+                "version_id": old.id,
+                "fingerprint": old.fingerprint,
+                "owner": owner,
+                "reactivated_by": self.actor,
+                "expires_at": old.expires_at.isoformat() if old.expires_at else None,
+            },
+        )
 
     # Leases ----------------------------------------------------------------------------
 
