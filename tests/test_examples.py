@@ -3,14 +3,12 @@ stay valid as the models change."""
 
 from __future__ import annotations
 
-import copy
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from keyshift.errors import EstateInvalid
 from keyshift.providers import PROVIDERS
 from keyshift.service.estate import load_estate, parse_estate
 from keyshift.targets import TARGETS
@@ -39,22 +37,18 @@ def test_the_estate_platform_teams_write_validates_in_the_shapes_they_use() -> N
         dropped += [a["type"] for a in cred["actions"] if a["type"] in AGENT_ACTIONS]
         cred["actions"] = [a for a in cred["actions"] if a["type"] not in AGENT_ACTIONS]
 
-    # Known gap, kept visible: the shared policy asks for residual_use, which keyshift cannot
-    # observe for an Entra client secret (no sign-in evidence per keyId yet), and it refuses
-    # rather than revoke without the evidence asked. This fails once that changes.
-    with pytest.raises(EstateInvalid) as refused:
-        parse_estate(copy.deepcopy(data))
-    assert [(p.path, p.message.split(" with ")[0]) for p in refused.value.problems] == [
-        (
-            "credentials[0].policy",
-            "residual_use cannot be observed for provider entra_client_secret",
-        )
-    ]
-    [policy] = data["policies"]
-    del policy["residual_use"]
-
     estate = parse_estate(data)
 
+    # The shared policy's residual_use holds for the Entra credential too: keyshift reads
+    # sign-ins with the old client secret's keyId from Entra ID's sign-in log.
+    policies = {c.name: estate.policy_for(c) for c in estate.credentials}
+    gate = policies["billing-api-entra-secret"].residual_use
+    assert gate is not None
+    assert (gate.check_every, gate.quiet_for, gate.on_timeout) == (
+        timedelta(seconds=30),
+        timedelta(minutes=10),
+        "fail",
+    )
     assert sorted(dropped) == ["agent_secret_sync", "iis_recycle"]
     actions = {(c.name, a.type): a.config for c in estate.credentials for a in c.actions}
     # Key Vault without `integration`: the estate's one entra integration.

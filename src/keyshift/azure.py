@@ -82,7 +82,8 @@ class EntraIntegration(BaseModel):
     """A Microsoft Entra ID tenant and the identity keyshift signs in as, to call Microsoft
     Graph (Entra app secrets: the Graph application permission
     `Application.ReadWrite.OwnedBy`, owning the rotated applications, or
-    `Application.ReadWrite.All`) and Azure Key Vault (set and get secrets)."""
+    `Application.ReadWrite.All`; with a `residual_use` policy also `AuditLog.Read.All`, to
+    read the sign-in log) and Azure Key Vault (set and get secrets)."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
 

@@ -51,9 +51,22 @@ Documented behaviours it follows (Microsoft Learn):
   `{"error": {"code", "message", "innerError": {"request-id", "date"}}}`.
 - Throttling (https://learn.microsoft.com/graph/throttling): 429 Too Many Requests
   with a `Retry-After` header in seconds; 503 may carry one too.
+- Sign-in log, beta (https://learn.microsoft.com/graph/api/signin-list?view=graph-rest-beta,
+  https://learn.microsoft.com/graph/api/resources/signin?view=graph-rest-beta):
+  `GET /beta/auditLogs/signIns` lists sign-ins newest first (`createdDateTime`
+  descending), `$top` at most and by default 1,000, further pages by `@odata.nextLink`
+  with a `$skiptoken`. Without a `signInEventTypes/any(t: t eq '...')` filter only
+  interactive user sign-ins are listed. `$filter` clauses joined by `and`: `appId eq`,
+  `createdDateTime ge`/`le` (an unquoted UTC time), the event type. A service principal
+  sign-in carries `appId`, `servicePrincipalCredentialKeyId` (the secret's or
+  certificate's keyId), `servicePrincipalCredentialThumbprint`, `ipAddress`,
+  `resourceDisplayName`, `status.errorCode`. Reading it needs the application
+  permission `AuditLog.Read.All` (403 `Authorization_RequestDenied` without it).
 
 What it keeps: applications and their password credentials as SHA-256 hashes of
-the secret text; nothing logs a secret text or a token. `requests` records method,
+the secret text, and the sign-in records tests add (`add_sign_in`: a test adds a record
+late, with an earlier time, to play the log's delay); nothing logs a secret text or a
+token. `requests` records method,
 path and decoded query of every request (never headers or bodies); `removed_key_ids`
 the keyId of every successful removePassword, in order (ids are not secrets).
 """
@@ -70,7 +83,7 @@ import secrets
 import string
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -97,13 +110,24 @@ READ_ROLES = frozenset(
     }
 )
 WRITE_ROLES = frozenset({"Application.ReadWrite.OwnedBy", "Application.ReadWrite.All"})
+AUDIT_LOG_ROLES = frozenset({"AuditLog.Read.All"})
 MAX_TOP = 999
+MAX_SIGN_IN_TOP = 1000
+SIGN_IN_EVENT_TYPES = frozenset(
+    {"interactiveUser", "nonInteractiveUser", "servicePrincipal", "managedIdentity"}
+)
 MAX_EXPANDED = 20
 """Graph returns at most 20 objects of an expanded directory relationship."""
 _EXPAND_OWNERS = re.compile(r"^owners(\(\$select=[A-Za-z,]+\))?$")
 DEFAULT_TOP = 100
+GRAPH_PREFIXES = ("/v1.0/", "/beta/")
 SECRET_ALPHABET = string.ascii_letters + string.digits + "~._-"
 _FILTER = re.compile(r"^\s*(appId|displayName) eq '((?:[^']|'')*)'\s*$")
+_SIGN_IN_CLAUSE = re.compile(
+    r"^(?:(appId) eq '((?:[^']|'')*)'"
+    r"|(createdDateTime) (ge|le) (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)"
+    r"|(signInEventTypes)/any\(t: t eq '([A-Za-z]+)'\))$"
+)
 _APP_PATH = re.compile(r"^/v1\.0/applications/([^/]+)(?:/(addPassword|removePassword))?$")
 
 
@@ -199,6 +223,37 @@ class StoredApplication:
         }
 
 
+@dataclass(frozen=True)
+class StoredSignIn:
+    """One sign-in log record: ids and times, never a secret."""
+
+    id: str
+    created: datetime
+    app_id: str
+    key_id: str | None
+    event_type: str
+    ip_address: str | None
+    resource: str | None
+    error_code: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "createdDateTime": _iso(self.created),
+            "appId": self.app_id,
+            "appDisplayName": None,
+            "ipAddress": self.ip_address,
+            "resourceDisplayName": self.resource,
+            "servicePrincipalId": str(uuid.uuid5(uuid.NAMESPACE_URL, self.app_id)),
+            "servicePrincipalCredentialKeyId": self.key_id,
+            "servicePrincipalCredentialThumbprint": "",
+            "signInEventTypes": [self.event_type],
+            "isInteractive": self.event_type == "interactiveUser",
+            "clientCredentialType": "clientSecret" if self.key_id else "none",
+            "status": {"errorCode": self.error_code},
+        }
+
+
 class GraphError(Exception):
     """Raised inside a handler to answer with a Graph error body."""
 
@@ -277,6 +332,8 @@ class GraphDouble:
         """Scopes the token endpoint issues tokens for (`<resource>/.default`)."""
         self.deny_writes = False
         """When true, addPassword and removePassword answer 403 Authorization_RequestDenied."""
+        self.sign_ins: list[StoredSignIn] = []
+        """The sign-in log, as tests fill it (`add_sign_in`)."""
         self._tokens: dict[str, dict[str, Any]] = {}
         self._skiptokens: dict[str, int] = {}
         self._throttle: list[tuple[int, int | None]] = []
@@ -376,6 +433,36 @@ class GraphDouble:
             app.certificates.append(stored)
         return stored
 
+    def add_sign_in(
+        self,
+        app: StoredApplication,
+        key_id: str | None,
+        *,
+        at: datetime,
+        ip_address: str | None = "10.1.2.3",
+        resource: str | None = "Microsoft Graph",
+        event_type: str = "servicePrincipal",
+        error_code: int = 0,
+    ) -> StoredSignIn:
+        """A sign-in of `app` with its secret `key_id` at `at`, now visible in the log."""
+        record = StoredSignIn(
+            id=str(uuid.uuid4()),
+            created=at.astimezone(UTC).replace(microsecond=0),
+            app_id=app.app_id,
+            key_id=key_id,
+            event_type=event_type,
+            ip_address=ip_address,
+            resource=resource,
+            error_code=error_code,
+        )
+        with self._lock:
+            self.sign_ins.append(record)
+        return record
+
+    def sign_in_requests(self) -> list[LoggedRequest]:
+        with self._lock:
+            return [r for r in self.requests if r.path == "/beta/auditLogs/signIns"]
+
     def throttle(self, n: int, retry_after: int | None = 2, status: int = 429) -> None:
         """Answer the next `n` Graph requests with `status` and, unless None, a
         `Retry-After: retry_after` header."""
@@ -395,7 +482,7 @@ class GraphDouble:
             return [
                 r
                 for r in self.requests
-                if r.path.startswith("/v1.0/") and (method is None or r.method == method)
+                if r.path.startswith(GRAPH_PREFIXES) and (method is None or r.method == method)
             ]
 
     # --- the service -------------------------------------------------------------------
@@ -408,11 +495,11 @@ class GraphDouble:
         with self._lock:
             self.requests.append(LoggedRequest(method, parts.path, query))
         try:
-            if parts.path.startswith("/v1.0/"):
+            if parts.path.startswith(GRAPH_PREFIXES):
                 return self._graph(method, parts.path, query, headers, body)
             return self._login(method, parts.path, body, query, headers)
         except GraphError as exc:
-            if parts.path.startswith("/v1.0/"):
+            if parts.path.startswith(GRAPH_PREFIXES):
                 return _json(exc.status, self._error_body(exc), exc.headers)
             return _json(exc.status, {"error": exc.code, "error_description": exc.message})
 
@@ -624,7 +711,8 @@ class GraphDouble:
         claims = self.token_claims(headers.get("authorization", ""))
         if claims is None or claims["aud"] != GRAPH_AUDIENCE:
             raise GraphError(401, "InvalidAuthenticationToken", "Access token is empty or invalid.")
-        needed = READ_ROLES if method == "GET" else WRITE_ROLES
+        sign_ins = path == "/beta/auditLogs/signIns" and method == "GET"
+        needed = AUDIT_LOG_ROLES if sign_ins else READ_ROLES if method == "GET" else WRITE_ROLES
         if not needed & set(claims["roles"]):
             raise GraphError(
                 403,
@@ -632,6 +720,8 @@ class GraphDouble:
                 "Insufficient privileges to complete the operation.",
             )
 
+        if sign_ins:
+            return self._sign_ins(query)
         if path == "/v1.0/applications" and method == "GET":
             return self._list(query)
         found = _APP_PATH.match(path)
@@ -714,6 +804,41 @@ class GraphDouble:
             answer["@odata.nextLink"] = f"{self.graph_url}/applications?{encoded}"
         return _json(200, answer)
 
+    def _sign_ins(self, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
+        top = MAX_SIGN_IN_TOP
+        if "$top" in query:
+            try:
+                top = int(query["$top"][0])
+            except ValueError:
+                raise GraphError(400, "BadRequest", "Invalid page size specified.") from None
+            if not 1 <= top <= MAX_SIGN_IN_TOP:
+                raise GraphError(400, "BadRequest", "Invalid page size specified.")
+        keep = _sign_in_filter(query.get("$filter", [""])[0])
+        with self._lock:
+            found = sorted(
+                (r for r in self.sign_ins if keep(r)), key=lambda r: r.created, reverse=True
+            )
+            offset = 0
+            if "$skiptoken" in query:
+                offset_found = self._skiptokens.get(query["$skiptoken"][0])
+                if offset_found is None:
+                    raise GraphError(400, "BadRequest", "The page token is invalid.")
+                offset = offset_found
+        answer: dict[str, Any] = {
+            "@odata.context": f"{self.authority}/beta/$metadata#auditLogs/signIns",
+            "value": [r.as_json() for r in found[offset : offset + top]],
+        }
+        if offset + top < len(found):
+            skiptoken = secrets.token_hex(32)
+            with self._lock:
+                self._skiptokens[skiptoken] = offset + top
+            options = {k: v[0] for k, v in query.items() if k != "$skiptoken"}
+            options["$top"] = str(top)
+            options["$skiptoken"] = skiptoken
+            encoded = "&".join(f"{k}={quote(v, safe='')}" for k, v in options.items())
+            answer["@odata.nextLink"] = f"{self.authority}/beta/auditLogs/signIns?{encoded}"
+        return _json(200, answer)
+
     def _add_password(
         self, app: StoredApplication, payload: dict[str, Any]
     ) -> tuple[int, dict[str, str], bytes]:
@@ -775,6 +900,33 @@ class GraphDouble:
             app.passwords = kept
             self.removed_key_ids.append(str(key_id))
         return 204, {}, b""
+
+
+def _sign_in_filter(expression: str) -> Callable[[StoredSignIn], bool]:
+    """A predicate on StoredSignIn for a sign-in `$filter`: `and`-joined clauses on
+    appId, createdDateTime and the event type; anything else is refused. Without an
+    event type clause only interactive user sign-ins match, as Graph lists them."""
+    tests: list[Callable[[StoredSignIn], bool]] = []
+    event_type = "interactiveUser"
+    for clause in (c.strip() for c in expression.split(" and ")) if expression else ():
+        found = _SIGN_IN_CLAUSE.match(clause)
+        if not found:
+            raise GraphError(400, "BadRequest", f"Invalid filter clause: {clause}")
+        if found.group(1):
+            app_id = found.group(2).replace("''", "'")
+            tests.append(lambda r, a=app_id: r.app_id == a)
+        elif found.group(3):
+            moment = _parse_time(found.group(5), "createdDateTime")
+            if found.group(4) == "ge":
+                tests.append(lambda r, m=moment: r.created >= m)
+            else:
+                tests.append(lambda r, m=moment: r.created <= m)
+        else:
+            event_type = found.group(7)
+            if event_type not in SIGN_IN_EVENT_TYPES:
+                raise GraphError(400, "BadRequest", f"Invalid filter clause: {clause}")
+    tests.append(lambda r, t=event_type: r.event_type == t)
+    return lambda r: all(test(r) for test in tests)
 
 
 def _json(

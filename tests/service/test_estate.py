@@ -532,6 +532,19 @@ MALFORMED = [
     case(
         """\
         integrations:
+          - {name: contoso, type: entra, tenant_id: t, client_id: c,
+             auth: {method: client_secret, secret_from: "env:ENTRA"}}
+        credentials:
+          - name: billing-entra
+            policy: {residual_use: {quiet_for: 10m}}
+            provider: {type: entra_client_secret, app_id: a, sign_in_lookback: 1m}
+        """,
+        ("credentials[0].provider.sign_in_lookback", "must be between 5m"),
+        id="entra-sign-in-look-back-shorter-than-the-log-delay",
+    ),
+    case(
+        """\
+        integrations:
           - {name: entra-a, type: entra, tenant_id: t-a, client_id: c-a,
              auth: {method: client_secret, secret_from: "env:ENTRA_A"}}
           - {name: entra-b, type: entra, tenant_id: t-b, client_id: c-b,
@@ -1134,3 +1147,34 @@ def test_a_second_integration_of_the_type_makes_a_left_out_one_an_error_naming_b
         )
     ]
     assert store_state(store) == before
+
+
+def test_an_entra_credential_may_gate_revocation_on_sign_ins_with_the_old_secret(
+    cli: Any, store: Store, tmp_path: Path
+) -> None:
+    estate = {
+        "integrations": [
+            {
+                "name": "contoso",
+                "type": "entra",
+                "tenant_id": "t",
+                "client_id": "c",
+                "auth": {"method": "client_secret", "secret_from": "env:ENTRA"},
+            }
+        ],
+        "credentials": [
+            {
+                "name": "billing-entra",
+                "policy": {"residual_use": {"check_every": "1m", "quiet_for": "15m"}},
+                "provider": {"type": "entra_client_secret", "app_id": "a"},
+                "actions": [],
+            }
+        ],
+    }
+
+    applied = cli("apply", "-f", str(write_yaml(tmp_path / "estate.yaml", estate)))
+
+    assert applied.exit_code == 0, applied.output
+    spec = credential_row(store, "billing-entra").spec
+    assert spec["policy"]["residual_use"]["quiet_for"] == "15m"
+    assert spec["credential"]["provider"]["integration"] == "contoso"

@@ -169,7 +169,8 @@ class Policy(_Model):
     """A version may live at most this long; keyshift sets its expiry from it."""
     residual_use: ResidualUse | None = None
     """Gate revocation on evidence that the old version is no longer used: sessions seen
-    by the provider (postgres and redis alternating_users) and/or a `command`."""
+    by the provider (postgres and redis alternating_users), sign-ins with the old client
+    secret in Entra ID's sign-in log (entra_client_secret), and/or a `command`."""
     min_grace_period: Duration | None = None
     """The overlap may not be shorter than this, even when a rotation asks for less
     (`keyshift rotate --grace`)."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from keyshift.domain.estate import Policy
+
 
 class Readiness(StrEnum):
     """How a step stands before a rotation. Only `ready` everywhere lets a preflight pass."""
@@ -22,6 +24,9 @@ class Readiness(StrEnum):
 @dataclass(frozen=True)
 class PreflightRequest:
     credential: str
+    policy: Policy | None = None
+    """The credential's policy, for checks that depend on it (a `residual_use` gate may
+    need a permission to read the issuer's usage evidence)."""
 
 
 @dataclass(frozen=True)

@@ -423,7 +423,9 @@ class Engine:
         of the values read for the check (collected in `secrets`).
         """
         known = secrets if secrets is not None else []
-        request = PreflightRequest(credential=plan.credential)
+        request = PreflightRequest(
+            credential=plan.credential, policy=Policy.model_validate(plan.policy)
+        )
         results: list[tuple[str, PreflightResult]] = []
         try:
             ctx = context or self.plugin_context(plan, known)
@@ -453,7 +455,11 @@ class Engine:
         try:
             if provider is None:
                 provider = built = build_provider(plan.provider_type, plan.provider_config, context)
-            return await provider.preflight(PreflightRequest(credential=plan.credential))
+            return await provider.preflight(
+                PreflightRequest(
+                    credential=plan.credential, policy=Policy.model_validate(plan.policy)
+                )
+            )
         except TransientError as exc:
             return PreflightResult(Readiness.BLOCKED, str(exc), transient=True)
         except KeyshiftError as exc:
@@ -1506,7 +1512,10 @@ class Engine:
         if Capability.RESIDUAL_USE in run.provider.capabilities:
             checker = cast(Any, run.provider)
             try:
-                report: UsageReport = await checker.residual_use(UsageRequest(run.credential, old))
+                request = UsageRequest(
+                    run.credential, old, policy=Policy.model_validate(run.plan.policy)
+                )
+                report: UsageReport = await checker.residual_use(request)
                 sessions += report.sessions
                 details["provider"] = dict(report.detail)
             except (PluginError, KeyshiftError) as exc:

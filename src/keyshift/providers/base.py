@@ -118,6 +118,9 @@ class VersionInfo:
 class UsageRequest:
     credential: str
     version: IssuedVersion
+    policy: Policy | None = None
+    """The credential's policy: its `residual_use.check_every` tells a provider that reads
+    an event log how far apart the checks are, so no event falls between two of them."""
 
 
 @dataclass(frozen=True)

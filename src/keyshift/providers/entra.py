@@ -23,19 +23,55 @@ keyshift secret. With `keep` (the default) they stay valid until someone removes
 `verify` signs in as the application itself with the version's secret (the client
 credentials grant): the proof a consumer would get. Entra ID may take a short while
 to accept a secret just added; a refusal then makes the step fail and be retried.
+
+Residual use. Entra ID keeps no sessions, but its sign-in log records each time a
+consumer gets a token with a client secret, and which secret (keyId) it used.
+`residual_use` counts the application's sign-ins with the old version's keyId (each
+adopted keyId, for an adopted version) over a look-back window. What this relies on,
+from Microsoft's Graph documentation:
+
+- `GET /beta/auditLogs/signIns` lists sign-ins newest first (`createdDateTime`
+  descending), pages of at most 1,000 linked by `@odata.nextLink`. Without a
+  `signInEventTypes` filter it lists only interactive user sign-ins; an application
+  signing in as itself is `signInEventTypes/any(t: t eq 'servicePrincipal')`.
+  `appId` filters with `eq`, `createdDateTime` with `ge`/`le`.
+- The credential used is `servicePrincipalCredentialKeyId` (a secret's or a
+  certificate's keyId; `servicePrincipalCredentialThumbprint` for certificates). Only
+  the beta `signIn` resource has it, and it cannot be filtered on, so keyshift reads the
+  application's sign-ins in the window and picks the keyIds out itself.
+- Reading the log needs the application permission `AuditLog.Read.All` and a Microsoft
+  Entra ID P1 or P2 licence; logs are kept for the licence's retention (30 days).
+- Throttling is 429 with `Retry-After`, absorbed by the Graph client's retries.
+- Sign-ins reach the log late: Microsoft gave 2 minutes (95th percentile) and 5 minutes
+  (99th) for sign-in logs; operators report longer for non-interactive sign-ins.
+- `GET /beta/reports/appCredentialSignInActivities` (keyId and last sign-in per
+  credential) was considered and not used: it is a preview report, served in the global
+  cloud only, with one last sign-in time per credential and no count, addresses or
+  resources, and it has been reported to return nothing for long periods.
+
+The window is `sign_in_lookback` plus the policy's `residual_use.check_every`, so a
+sign-in that reaches the log up to `sign_in_lookback` late is still seen by some check.
+A consumer caches its token (about an hour) and signs in again only when it expires,
+so the 2-hour default covers a consumer still on the old secret that signs in once an
+hour; the engine then revokes once no check has seen a sign-in for `quiet_for`, at the
+earliest about `sign_in_lookback + check_every + quiet_for` after the last one. A
+sign-in that reaches the log later than `sign_in_lookback` is missed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, ClassVar, Literal
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keyshift.azure import EntraIntegration
 from keyshift.domain.context import PluginContext
-from keyshift.errors import KeyshiftError, PermanentError
+from keyshift.domain.durations import Duration, format_duration
+from keyshift.domain.estate import Policy
+from keyshift.errors import KeyshiftError, PermanentError, TransientError
 from keyshift.providers.base import (
     AdoptedVersion,
     AdoptRequest,
@@ -48,16 +84,20 @@ from keyshift.providers.base import (
     Readiness,
     RevokeRequest,
     RevokeResult,
+    UsageReport,
+    UsageRequest,
     VerifyRequest,
     VerifyResult,
     VersionInfo,
 )
 from keyshift.providers.graph import (
+    AUDIT_LOG_ROLE,
     NEEDED_PERMISSION,
     WRITE_ROLES,
     Application,
     GraphClient,
     GraphRequestFailed,
+    SignIn,
     TokenRefused,
     azure_identity_token_source,
     odata_literal,
@@ -68,6 +108,13 @@ if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
 
 log = structlog.get_logger("keyshift.providers.entra")
+
+MIN_SIGN_IN_LOOKBACK: Final = timedelta(minutes=5)
+"""Microsoft's documented 99th-percentile delay before a sign-in appears in the log."""
+MAX_SIGN_IN_LOOKBACK: Final = timedelta(days=7)
+"""Sign-in logs are kept 7 days without a premium licence; longer reads add nothing."""
+LISTED_AT_MOST: Final = 20
+"""Distinct client addresses and resources kept in the residual-use evidence."""
 
 
 class EntraSecretConfig(BaseModel):
@@ -88,6 +135,22 @@ class EntraSecretConfig(BaseModel):
     them valid; `retire` treats them as the old version, so they are removed (by keyId)
     when the grace period ends, after the residual-use and approval gates like any old
     version. Secrets added by hand later are not touched; `keyshift entra report` lists them."""
+    sign_in_lookback: Duration = timedelta(hours=2)
+    """With a `residual_use` policy: how far back each check reads Entra ID's sign-in log
+    for sign-ins with the old secret, on top of the policy's `check_every`. It must cover
+    the log's delay (minutes) and, to see consumers that cache their token, the time
+    between their sign-ins (about an hour). Between 5m and 7d; keyshift's identity needs
+    AuditLog.Read.All."""
+
+    @field_validator("sign_in_lookback")
+    @classmethod
+    def _lookback_in_range(cls, value: timedelta) -> timedelta:
+        if not MIN_SIGN_IN_LOOKBACK <= value <= MAX_SIGN_IN_LOOKBACK:
+            raise ValueError(
+                f"must be between {format_duration(MIN_SIGN_IN_LOOKBACK)} (the sign-in log's "
+                f"delay) and {format_duration(MAX_SIGN_IN_LOOKBACK)} (its shortest retention)"
+            )
+        return value
 
 
 class EntraSecretProvider:
@@ -123,7 +186,7 @@ class EntraSecretProvider:
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        held = {Capability.DUAL_ACTIVE, Capability.AUTHENTICATES}
+        held = {Capability.DUAL_ACTIVE, Capability.AUTHENTICATES, Capability.RESIDUAL_USE}
         if self.config.adopt_existing == "retire":
             held.add(Capability.ADOPTS_EXISTING)
         return frozenset(held)
@@ -293,6 +356,59 @@ class EntraSecretProvider:
             },
         )
 
+    async def residual_use(self, request: UsageRequest) -> UsageReport:
+        """Sign-ins of the application with the version's secret (every adopted keyId, for
+        an adopted version) in the sign-in log over the last `sign_in_lookback` plus the
+        policy's `check_every`; failed attempts count too, as a consumer trying the old
+        secret. `detail` has the count, the last sign-in, the distinct client addresses
+        and resources, and the sign-ins with the application's other secrets. Changes
+        nothing; a 403 (no AuditLog.Read.All, or no P1/P2 licence) raises
+        GraphRequestFailed naming the permission."""
+        attributes = request.version.attributes
+        key_ids = [k for k in attributes.get("key_ids", "").split(",") if k]
+        if not key_ids and attributes.get("key_id"):
+            key_ids = [attributes["key_id"]]
+        if not key_ids:
+            raise PermanentError(
+                f"version {request.version.provider_ref} names no keyId, so its sign-ins "
+                "cannot be told from the application's others"
+            )
+        app_id = attributes.get("app_id") or self.config.app_id
+        window = self._sign_in_window(request.policy)
+        since = self.context.now() - window
+        wanted = {k.lower() for k in key_ids}
+        matched: list[SignIn] = []
+        others = 0
+        async for sign_in in self._client().list_service_principal_sign_ins(app_id, since):
+            if sign_in.key_id is not None and sign_in.key_id.lower() in wanted:
+                matched.append(sign_in)
+            else:
+                others += 1
+        addresses = sorted({s.ip_address for s in matched if s.ip_address})
+        resources = sorted({s.resource for s in matched if s.resource})
+        detail: dict[str, Any] = {
+            "source": "Entra ID sign-in log (service principal sign-ins)",
+            "app_id": app_id,
+            "key_ids": ",".join(key_ids),
+            "window": format_duration(window),
+            "since": since.isoformat(),
+            "sign_ins": len(matched),
+            "failed_sign_ins": sum(1 for s in matched if s.error_code != 0),
+            "last_sign_in": max(s.created for s in matched).isoformat() if matched else None,
+            "ip_addresses": addresses[:LISTED_AT_MOST],
+            "resources": resources[:LISTED_AT_MOST],
+            "sign_ins_with_other_secrets": others,
+        }
+        if len(addresses) > LISTED_AT_MOST or len(resources) > LISTED_AT_MOST:
+            detail["listed_at_most"] = LISTED_AT_MOST
+        return UsageReport(sessions=len(matched), detail=detail)
+
+    def _sign_in_window(self, policy: Policy | None) -> timedelta:
+        """The look-back of one check: the log's allowed delay plus the time since the
+        previous check, so a late sign-in still lands in some check's window."""
+        gate = policy.residual_use if policy is not None else None
+        return self.config.sign_in_lookback + (gate.check_every if gate else timedelta(0))
+
     async def list_versions(self, request: ListRequest) -> list[VersionInfo]:
         """Every client secret of the application. Those keyshift added carry the
         rotation's marker; others are listed by keyId."""
@@ -322,14 +438,18 @@ class EntraSecretProvider:
 
     async def preflight(self, request: PreflightRequest) -> PreflightResult:
         """Sign in to Graph, read the token's `roles` claim and find the application by its
-        appId. Changes nothing.
+        appId; with a `residual_use` policy, also read one page of its sign-in log.
+        Changes nothing.
 
         Blocked when Entra ID refuses keyshift's sign-in (the AADSTS code is named), the
         token holds neither Application.ReadWrite.OwnedBy nor Application.ReadWrite.All,
-        or no application has the appId (or keyshift may not read it). Manual review
-        when the token's claims cannot be read, so the permission stays unproven.
+        the policy has `residual_use` and the token lacks AuditLog.Read.All (or the
+        sign-in log refuses to answer), or no application has the appId (or keyshift may
+        not read it). Manual review when the token's claims cannot be read, so the
+        permissions stay unproven.
         """
         tenant = self._integration.tenant_id
+        reads_log = request.policy is not None and request.policy.residual_use is not None
         try:
             graph = self._client()
             roles = token_roles(await graph.token())
@@ -340,7 +460,24 @@ class EntraSecretProvider:
                     f"keyshift's identity in tenant {tenant} lacks {NEEDED_PERMISSION}, "
                     f"needed to add and remove client secrets (granted: {granted})",
                 )
+            if reads_log and roles is not None and AUDIT_LOG_ROLE not in roles:
+                return PreflightResult(
+                    Readiness.BLOCKED,
+                    f"keyshift's identity in tenant {tenant} lacks the Graph application "
+                    f"permission {AUDIT_LOG_ROLE}, needed to read the sign-in log for the "
+                    f"policy's residual_use (granted: {', '.join(roles)})",
+                )
             app = await self._application(graph)
+            if reads_log:
+                window = self._sign_in_window(request.policy)
+                since = self.context.now() - window
+                # One page of one entry proves the log answers (permission and licence).
+                async for _ in graph.list_service_principal_sign_ins(
+                    app.app_id, since, page_size=1
+                ):
+                    break
+        except TransientError as exc:
+            return PreflightResult(Readiness.BLOCKED, str(exc), transient=True)
         except KeyshiftError as exc:
             return PreflightResult(Readiness.BLOCKED, str(exc))
         found = (
@@ -355,8 +492,15 @@ class EntraSecretProvider:
             )
         held = [r for r in roles if r in WRITE_ROLES]
         owned_only = held == ["Application.ReadWrite.OwnedBy"]
+        log_read = (
+            f"; residual_use reads the sign-in log ({AUDIT_LOG_ROLE}) over the last "
+            f"{format_duration(self._sign_in_window(request.policy))} at each check"
+            if reads_log
+            else ""
+        )
         return PreflightResult(
             Readiness.READY,
             f"signed in to tenant {tenant}; granted {', '.join(held)}; {found}"
-            + ("; keyshift must be an owner of the application" if owned_only else ""),
+            + ("; keyshift must be an owner of the application" if owned_only else "")
+            + log_read,
         )

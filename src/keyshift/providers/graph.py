@@ -1,4 +1,5 @@
-"""Microsoft Graph v1.0 client for Entra ID application secrets (addPassword/removePassword).
+"""Microsoft Graph v1.0 client for Entra ID application secrets (addPassword/removePassword),
+and the (beta) sign-in log that shows which client secret each sign-in used.
 
 `GraphClient` speaks Graph over httpx with a bearer token from an async token
 source (`azure_identity_token_source` wraps an `azure.identity.aio` credential).
@@ -19,6 +20,9 @@ What holds:
 - `secretText` is wrapped in `Secret` as soon as it is parsed.
 - `@odata.nextLink` is followed as is, but only to the configured Graph origin: the
   bearer token is never sent elsewhere.
+- The sign-in log is read from `/beta` beside the configured `/v1.0` endpoint: only the
+  beta `signIn` resource carries `servicePrincipalCredentialKeyId`. A 403 there names
+  `AuditLog.Read.All` (and the P1/P2 licence the log needs), not the write permission.
 """
 
 from __future__ import annotations
@@ -57,6 +61,14 @@ NEEDED_PERMISSION: Final = (
 )
 WRITE_ROLES: Final = ("Application.ReadWrite.OwnedBy", "Application.ReadWrite.All")
 """Application permissions that allow adding and removing client secrets."""
+AUDIT_LOG_ROLE: Final = "AuditLog.Read.All"
+"""The application permission that allows reading the sign-in log."""
+SIGN_IN_PERMISSION: Final = (
+    "the Graph application permission AuditLog.Read.All (and a Microsoft Entra ID P1 or P2 "
+    "licence in the tenant) to read the sign-in log"
+)
+SIGN_IN_PAGE_SIZE: Final = 1000
+"""The documented maximum (and default) page size of `auditLogs/signIns`."""
 APPLICATION_FIELDS: Final = "id,appId,displayName,passwordCredentials,keyCredentials"
 RETRYABLE_STATUSES: Final = frozenset({429, 502, 503, 504})
 # Statuses that mean Graph refused the request before running it: safe to repeat a POST.
@@ -252,6 +264,41 @@ class Application:
         )
 
 
+@dataclass(frozen=True)
+class SignIn:
+    """One service principal sign-in as the sign-in log records it: when, as which
+    application, with which of its credentials (`key_id`, the password or certificate
+    keyId), from where and to which resource. Never a secret."""
+
+    id: str
+    created: datetime
+    app_id: str
+    key_id: str | None
+    thumbprint: str | None
+    ip_address: str | None
+    resource: str | None
+    error_code: int
+    """`status.errorCode`: 0 for a successful sign-in."""
+
+    @classmethod
+    def from_graph(cls, data: Mapping[str, Any]) -> SignIn:
+        created = _parse_time(data.get("createdDateTime"))
+        if created is None:
+            raise PermanentError("Graph listed a sign-in without createdDateTime")
+        status = data.get("status") if isinstance(data.get("status"), dict) else {}
+        code = status.get("errorCode") if isinstance(status, dict) else None
+        return cls(
+            id=str(data.get("id", "")),
+            created=created,
+            app_id=str(data.get("appId", "")),
+            key_id=data.get("servicePrincipalCredentialKeyId") or None,
+            thumbprint=data.get("servicePrincipalCredentialThumbprint") or None,
+            ip_address=data.get("ipAddress") or None,
+            resource=data.get("resourceDisplayName") or None,
+            error_code=code if isinstance(code, int) else 0,
+        )
+
+
 def _parse_time(value: object) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
@@ -327,6 +374,13 @@ class GraphClient:
         self._token_source = token_source
         self._context = context
         self._base = httpx.URL(base_url.rstrip("/") + "/")
+        # The beta endpoint sits beside v1.0 in every cloud (graph.microsoft.us/beta, ...).
+        path = self._base.path
+        self._beta = (
+            self._base.copy_with(path=path.removesuffix("v1.0/") + "beta/")
+            if path.endswith("/v1.0/")
+            else None
+        )
         self._max_retry_time = max_retry_time
         self._page_size = page_size
         self._http = httpx.AsyncClient(
@@ -375,7 +429,11 @@ class GraphClient:
         self, path: str, params: Mapping[str, str | int] | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """Every item of a collection, following `@odata.nextLink` until it is absent."""
-        url: str | None = self._url(path) + _encode_query(params)
+        async for item in self._paged(self._url(path) + _encode_query(params)):
+            yield item
+
+    async def _paged(self, first: str) -> AsyncIterator[dict[str, Any]]:
+        url: str | None = first
         while url is not None:
             body = _json_object(await self._request("GET", url))
             for item in body.get("value") or ():
@@ -446,6 +504,53 @@ class GraphClient:
             idempotent=True,
         )
         log.info("graph.password_removed", app_object_id=app_object_id, key_id=key_id)
+
+    # --- the sign-in log ---------------------------------------------------------------
+
+    async def list_service_principal_sign_ins(
+        self, app_id: str, since: datetime, *, page_size: int = SIGN_IN_PAGE_SIZE
+    ) -> AsyncIterator[SignIn]:
+        """Sign-ins of the application `app_id` as itself (client credentials: the event
+        type `servicePrincipal`) created at or after `since`, newest first, every page.
+
+        Read from `GET /beta/auditLogs/signIns`: v1.0 lists neither service principal
+        sign-ins' credential keyId nor, without this filter, any but interactive user
+        sign-ins. The keyId cannot be filtered on by Graph, so callers pick it out.
+        A 403 raises GraphRequestFailed naming AuditLog.Read.All.
+        """
+        if self._beta is None:
+            raise PermanentError(
+                f"the Graph endpoint {self._base} does not end in /v1.0, so the beta sign-in "
+                "log beside it cannot be found"
+            )
+        if not 1 <= page_size <= SIGN_IN_PAGE_SIZE:
+            raise ValueError(f"page_size must be between 1 and {SIGN_IN_PAGE_SIZE}")
+        params: dict[str, str | int] = {
+            "$filter": f"appId eq {odata_literal(app_id)} and "
+            "signInEventTypes/any(t: t eq 'servicePrincipal') and "
+            f"createdDateTime ge {_graph_time(since)}",
+            "$top": page_size,
+        }
+        url = str(self._beta.join("auditLogs/signIns")) + _encode_query(params)
+        try:
+            async for item in self._paged(url):
+                yield SignIn.from_graph(item)
+        except GraphRequestFailed as exc:
+            if exc.status != 403:
+                raise
+            text = (
+                f"Graph GET /beta/auditLogs/signIns: 403 {exc.code}: {exc.graph_message} "
+                f"keyshift needs {SIGN_IN_PERMISSION}."
+            )
+            if exc.request_id:
+                text += f" (request-id {exc.request_id})"
+            raise GraphRequestFailed(
+                text,
+                status=exc.status,
+                code=exc.code,
+                graph_message=exc.graph_message,
+                request_id=exc.request_id,
+            ) from exc
 
     # --- the retry loop ----------------------------------------------------------------
 
