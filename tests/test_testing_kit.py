@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import ClassVar
 
 import pytest
 import structlog
@@ -17,6 +18,7 @@ from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError, TransientError
 from keyshift.providers.base import (
+    Capability,
     CreateRequest,
     IssuedVersion,
     ListRequest,
@@ -177,6 +179,19 @@ def test_provider_contract_fails_a_provider_that_breaks_a_promise(
     assert provider.versions
     for version in provider.versions.values():
         assert version.value.reveal() not in str(caught.value)
+
+
+class ClaimsResidualUse(FakeProvider):
+    """Declares that it sees sessions, but has no `residual_use` to ask."""
+
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.DUAL_ACTIVE, Capability.RESIDUAL_USE}
+    )
+
+
+def test_provider_contract_fails_a_capability_declared_without_its_method() -> None:
+    with pytest.raises(AssertionError, match="declares residual_use but has no residual_use"):
+        asyncio.run(assert_provider_contract(ClaimsResidualUse()))
 
 
 def test_provider_contract_report_never_contains_the_leaked_value() -> None:

@@ -557,6 +557,13 @@ class _ContractRun:
         return version
 
 
+CAPABILITY_METHODS: Final = {
+    Capability.RESIDUAL_USE: "residual_use",
+    Capability.ADOPTS_EXISTING: "adopt_existing",
+}
+"""The method each optional capability promises (see `keyshift.providers.base`)."""
+
+
 def _check_declarations(provider: Provider) -> None:
     cls = type(provider)
     name = cls.__name__
@@ -576,6 +583,14 @@ def _check_declarations(provider: Provider) -> None:
         all(isinstance(c, Capability) for c in capabilities),  # type: ignore[attr-defined]
         f"{name}.capabilities holds something that is not a Capability",
     )
+    # A declared capability the engine calls into needs its method: without it the
+    # engine would fail only in the grace period or at the first rotation.
+    for capability, method in CAPABILITY_METHODS.items():
+        if capability in capabilities:  # type: ignore[operator]
+            _require(
+                callable(getattr(provider, method, None)),
+                f"{name} declares {capability.value} but has no {method} method",
+            )
 
 
 async def assert_provider_contract(
