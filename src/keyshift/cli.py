@@ -723,8 +723,8 @@ def audit_export(
             for entry in client.audit_entries():
                 sys.stdout.write(json.dumps(entry, sort_keys=True) + "\n")
         return
-    with _store() as store, store.transaction() as s:
-        for entry in audit.export(s):
+    with _store() as store:
+        for entry in store.audit_entries():
             sys.stdout.write(json.dumps(entry, sort_keys=True) + "\n")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, cast
 
@@ -87,24 +87,18 @@ def append(
     return AuditEntry(**fields, hash=digest)
 
 
+STREAM_BATCH = 500
+"""Audit entries read from the database at a time by `verify` and `export`."""
+
+
 def verify(session: Session) -> int:
     """Recompute the chain. Returns the number of entries; raises on the first broken one."""
-    expected_prev = GENESIS
-    expected_seq = 1
-    count = 0
-    for entry in session.execute(select(AuditEntry).order_by(AuditEntry.seq)).scalars():
-        if entry.seq != expected_seq:
-            raise AuditChainBroken(expected_seq, f"missing; the next entry found is {entry.seq}")
-        if entry.prev_hash != expected_prev:
-            raise AuditChainBroken(entry.seq, "does not link to the entry before it")
-        digest = entry_hash({k: getattr(entry, k) for k in HASHED})
-        if digest != entry.hash:
-            raise AuditChainBroken(entry.seq, "content does not match its hash (edited)")
-        expected_prev = entry.hash
-        expected_seq += 1
-        count += 1
+    # Streamed a batch at a time: memory stays flat however long the trail is.
+    query = select(AuditEntry).order_by(AuditEntry.seq).execution_options(yield_per=STREAM_BATCH)
+    with session.execute(query).scalars() as entries:  # closes PostgreSQL's server cursor
+        count, last_hash = _verify_links(entries)
     head_seq, head_hash = _head(session, lock=False)
-    if (head_seq, head_hash) != (count, expected_prev if count else GENESIS):
+    if (head_seq, head_hash) != (count, last_hash):
         raise AuditChainBroken(
             count + 1 if head_seq > count else head_seq,
             f"the chain ends at entry {count} but its anchor records entry {head_seq} "
@@ -113,16 +107,43 @@ def verify(session: Session) -> int:
     return count
 
 
-def export(session: Session) -> Iterator[dict[str, Any]]:
-    """Every entry as a plain dict, in order, for JSON Lines export to a SIEM."""
-    for entry in session.execute(select(AuditEntry).order_by(AuditEntry.seq)).scalars():
-        yield {
-            "seq": entry.seq,
-            "ts": entry.ts,
-            "actor": entry.actor,
-            "action": entry.action,
-            "subject": entry.subject,
-            "details": json.loads(entry.details),
-            "prev_hash": entry.prev_hash,
-            "hash": entry.hash,
-        }
+def _verify_links(entries: Iterable[AuditEntry]) -> tuple[int, str]:
+    """Check each entry's number, link and hash in order; (entries, last hash)."""
+    expected_prev = GENESIS
+    count = 0
+    for entry in entries:
+        if entry.seq != count + 1:
+            raise AuditChainBroken(count + 1, f"missing; the next entry found is {entry.seq}")
+        if entry.prev_hash != expected_prev:
+            raise AuditChainBroken(entry.seq, "does not link to the entry before it")
+        digest = entry_hash({k: getattr(entry, k) for k in HASHED})
+        if digest != entry.hash:
+            raise AuditChainBroken(entry.seq, "content does not match its hash (edited)")
+        expected_prev = entry.hash
+        count += 1
+    return count, expected_prev
+
+
+def export(
+    session: Session, *, after_seq: int = 0, limit: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """The entries after `after_seq` (at most `limit`) as plain dicts, in order, for JSON
+    Lines export to a SIEM. `Store.audit_entries` pages through all of them."""
+    query = select(AuditEntry).where(AuditEntry.seq > after_seq).order_by(AuditEntry.seq)
+    if limit is not None:
+        query = query.limit(limit)
+    with session.execute(query.execution_options(yield_per=STREAM_BATCH)).scalars() as rows:
+        yield from (_exported(entry) for entry in rows)
+
+
+def _exported(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "seq": entry.seq,
+        "ts": entry.ts,
+        "actor": entry.actor,
+        "action": entry.action,
+        "subject": entry.subject,
+        "details": json.loads(entry.details),
+        "prev_hash": entry.prev_hash,
+        "hash": entry.hash,
+    }
