@@ -8,7 +8,6 @@ in `iis.app_pools` and reloads only the systemd units in `systemd.units`.
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Final
@@ -20,6 +19,7 @@ from keyshift.domain.durations import Duration
 from keyshift.domain.estate import config_errors
 from keyshift.errors import ConfigError, EstateInvalid
 from keyshift.sources import SecretRef
+from keyshift.targets.agent import agent_uuid
 
 DEFAULT_APPCMD: Final = r"C:\Windows\System32\inetsrv\appcmd.exe"
 DEFAULT_LISTEN: Final = "0.0.0.0:8443"
@@ -70,13 +70,7 @@ class AgentConfig(_Model):
     command_timeout: Duration = timedelta(minutes=2)
     """A recycle or reload still running after this long is killed and fails."""
 
-    @field_validator("agent_id")
-    @classmethod
-    def _uuid(cls, agent_id: str) -> str:
-        try:
-            return str(uuid.UUID(agent_id))
-        except ValueError:
-            raise ValueError("agent_id must be a UUID") from None
+    _uuid = field_validator("agent_id")(agent_uuid)
 
     @field_validator("listen")
     @classmethod

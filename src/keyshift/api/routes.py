@@ -683,28 +683,14 @@ def entra_report(
     return entra_service.findings(store, now=utcnow(), default_policy=default)
 
 
-@dataclass(frozen=True)
-class AlertOut:
-    id: int
-    raised_at: datetime
-    kind: str
-    threshold: str
-    subject: str
-    detail: dict[str, Any]
-    delivered: bool
-
-
 @router.get("/alerts", tags=["alerts"])
 def list_alerts(
     store: StoreDep,
     who: Annotated[Identity, caller(Permission.CREDENTIALS_READ)],
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-) -> list[AlertOut]:
+) -> list[scheduler.Alert]:
     """The newest alerts the worker raised."""
-    return [
-        AlertOut(a.id, a.raised_at, a.kind, a.threshold, a.subject, dict(a.detail), a.delivered)
-        for a in scheduler.alert_rows(store, limit=limit)
-    ]
+    return scheduler.alerts(store, limit=limit)
 
 
 # Users, service accounts, tokens, roles ---------------------------------------------

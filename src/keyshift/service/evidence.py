@@ -79,7 +79,7 @@ def export(store: Store, rotation_id: str, *, actor: str, now: datetime) -> dict
             "old": _version(s, rot.old_version_id),
             "new": _version(s, rot.new_version_id),
         }
-        entries = [_entry_json(e) for e in _entries_of(s, rot.id)]
+        entries = [audit.entry_json(e) for e in _entries_of(s, rot.id)]
         head_seq, head_hash = _head(s)
         plan = Plan.from_json(rot.plan)
         return {
@@ -206,19 +206,6 @@ def _rollback(entries: list[dict[str, Any]], rotation_id: str) -> dict[str, Any]
         "at": decided[-1]["ts"],
         "reason": said.get("reason"),
         "from_state": said.get("from_state"),
-    }
-
-
-def _entry_json(entry: AuditEntry) -> dict[str, Any]:
-    return {
-        "seq": entry.seq,
-        "ts": entry.ts,
-        "actor": entry.actor,
-        "action": entry.action,
-        "subject": entry.subject,
-        "details": json.loads(entry.details),
-        "prev_hash": entry.prev_hash,
-        "hash": entry.hash,
     }
 
 

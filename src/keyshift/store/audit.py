@@ -133,10 +133,11 @@ def export(
     if limit is not None:
         query = query.limit(limit)
     with session.execute(query.execution_options(yield_per=STREAM_BATCH)).scalars() as rows:
-        yield from (_exported(entry) for entry in rows)
+        yield from (entry_json(entry) for entry in rows)
 
 
-def _exported(entry: AuditEntry) -> dict[str, Any]:
+def entry_json(entry: AuditEntry) -> dict[str, Any]:
+    """An entry as a plain dict (details parsed), as export and evidence bundles show it."""
     return {
         "seq": entry.seq,
         "ts": entry.ts,

@@ -122,6 +122,17 @@ def signed_headers(
 # --- the integration -----------------------------------------------------------------------
 
 
+def agent_uuid(agent_id: str) -> str:
+    """An agent id in its canonical form (lowercase UUID); the agent's own agent.yaml and
+    the estate's `agent` integration both validate with it."""
+    try:
+        return str(uuid.UUID(agent_id))
+    except ValueError:
+        raise ValueError(
+            "agent_id must be a UUID, e.g. 11111111-1111-1111-1111-111111111111"
+        ) from None
+
+
 class AgentIntegration(BaseModel):
     """A host agent (`keyshift agent run`) keyshift pushes file writes and reloads to:
     its id, its HTTPS address, the CA to trust for its certificate and where the shared
@@ -143,15 +154,7 @@ class AgentIntegration(BaseModel):
     timeout: Duration = timedelta(seconds=60)
     """How long one request to the agent may take (a recycle or restart included)."""
 
-    @field_validator("agent_id")
-    @classmethod
-    def _uuid(cls, agent_id: str) -> str:
-        try:
-            return str(uuid.UUID(agent_id))
-        except ValueError:
-            raise ValueError(
-                "agent_id must be a UUID, e.g. 11111111-1111-1111-1111-111111111111"
-            ) from None
+    _uuid = field_validator("agent_id")(agent_uuid)
 
     @field_validator("url")
     @classmethod
