@@ -22,7 +22,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -646,12 +646,11 @@ class Engine:
             rot = _rotation(s, run.rotation_id)
             request = approvals.open_request(s, rot, run.plan, kind, now)
             approval = Policy.model_validate(run.plan.policy).approval
-            self.store.audit(
+            self._audit(
                 s,
-                actor=self.actor,
-                action="approval.requested",
-                subject=f"rotation:{run.rotation_id}",
-                details={
+                run.rotation_id,
+                "approval.requested",
+                {
                     "request_id": request.id,
                     "kind": kind,
                     "plan_hash": request.plan_hash,
@@ -693,12 +692,11 @@ class Engine:
                     rot.plan, rot.plan_hash = fresh.to_json(), fresh.hash
                     s.flush()
                     replacement = approvals.open_request(s, rot, fresh, kind, now)
-                    self.store.audit(
+                    self._audit(
                         s,
-                        actor=self.actor,
-                        action="approval.superseded",
-                        subject=f"rotation:{run.rotation_id}",
-                        details={
+                        run.rotation_id,
+                        "approval.superseded",
+                        {
                             "request_id": request.id,
                             "old_plan_hash": run.plan.hash,
                             "new_plan_hash": fresh.hash,
@@ -719,12 +717,11 @@ class Engine:
             if verdict.tally.rejected_by is not None:
                 request.status, request.decided_at = "rejected", now
                 why = f"rejected by {verdict.tally.rejected_by}: {verdict.comment or ''}".strip()
-                self.store.audit(
+                self._audit(
                     s,
-                    actor=self.actor,
-                    action="approval.closed",
-                    subject=f"rotation:{run.rotation_id}",
-                    details={**details, "outcome": "rejected"},
+                    run.rotation_id,
+                    "approval.closed",
+                    {**details, "outcome": "rejected"},
                 )
                 if kind == approvals.ROTATION:
                     rot.error = why
@@ -736,12 +733,11 @@ class Engine:
             if not verdict.tally.satisfied(policy.approval):
                 return False
             request.status, request.decided_at = "approved", now
-            self.store.audit(
+            self._audit(
                 s,
-                actor=self.actor,
-                action="approval.closed",
-                subject=f"rotation:{run.rotation_id}",
-                details={**details, "outcome": "approved"},
+                run.rotation_id,
+                "approval.closed",
+                {**details, "outcome": "approved"},
             )
             after = RotationState.APPROVED if kind == approvals.ROTATION else RotationState.REVOKING
             self._set_state(s, run, after, rot)
@@ -868,12 +864,11 @@ class Engine:
                 "adopted_provider_ref": row.provider_ref,
                 **{f"adopted_{k}": v for k, v in found.attributes.items()},
             }
-            self.store.audit(
+            self._audit(
                 s,
-                actor=self.actor,
-                action="version.adopted",
-                subject=f"rotation:{run.rotation_id}",
-                details={"credential": run.credential, **facts},
+                run.rotation_id,
+                "version.adopted",
+                {"credential": run.credential, **facts},
             )
         log.info("versions adopted", rotation_id=run.rotation_id, version_id=row.id)
         return facts
@@ -1103,12 +1098,11 @@ class Engine:
                         f"{active} in progress; let it finish (or roll it back) first"
                     )
             withdrawn = approvals.withdraw(s, rot.id, now)
-            self.store.audit(
+            self._audit(
                 s,
-                actor=self.actor,
-                action="rotation.rollback",
-                subject=f"rotation:{rot.id}",
-                details={
+                rot.id,
+                "rotation.rollback",
+                {
                     "rotation_id": rot.id,
                     "credential": run.credential,
                     "by": self.actor,
@@ -1205,12 +1199,11 @@ class Engine:
                     "already_gone": result.already_gone,
                     **dict(result.detail),
                 }
-                self.store.audit(
+                self._audit(
                     s,
-                    actor=self.actor,
-                    action="version.retired",
-                    subject=f"rotation:{rotation_id}",
-                    details=facts,
+                    rotation_id,
+                    "version.retired",
+                    facts,
                 )
             return facts
         except (PluginError, KeyshiftError) as exc:
@@ -1222,6 +1215,16 @@ class Engine:
             self._release(rotation_id)
 
     # Journal and state ---------------------------------------------------------------
+
+    def _audit(self, s: Session, rotation_id: str, action: str, details: Mapping[str, Any]) -> None:
+        """Audit `action` on a rotation (subject `rotation:ID`) as this engine's actor."""
+        self.store.audit(
+            s,
+            actor=self.actor,
+            action=action,
+            subject=f"rotation:{rotation_id}",
+            details=details,
+        )
 
     def _begin(self, run: _Run, name: str) -> _Open:
         """Journal the step as running (and renew the lease when due) in one transaction.
@@ -1312,12 +1315,11 @@ class Engine:
                     "b_error": error,
                 },
             )
-            self.store.audit(
+            self._audit(
                 s,
-                actor=self.actor,
-                action="rotation.step",
-                subject=f"rotation:{run.rotation_id}",
-                details={
+                run.rotation_id,
+                "rotation.step",
+                {
                     "credential": run.credential,
                     "step": name,
                     "attempt": opened.attempt,
@@ -1379,12 +1381,11 @@ class Engine:
                 )
                 .values(active_rotation_id=None)
             )
-            self.store.audit(
+            self._audit(
                 s,
-                actor=self.actor,
-                action="rotation.finished",
-                subject=f"rotation:{rot.id}",
-                details={
+                rot.id,
+                "rotation.finished",
+                {
                     "credential": run.credential,
                     "state": state.value,
                     "plan_hash": rot.plan_hash,
@@ -1549,12 +1550,11 @@ class Engine:
             rot.residual = evidence
             if error:
                 rot.error = error
-            self.store.audit(
+            self._audit(
                 s,
-                actor=self.actor,
-                action="rotation.residual_use",
-                subject=f"rotation:{run.rotation_id}",
-                details={"credential": run.credential, "evidence": evidence, "next": state.value},
+                run.rotation_id,
+                "rotation.residual_use",
+                {"credential": run.credential, "evidence": evidence, "next": state.value},
             )
             self._set_state(s, run, state, rot)
         return True
@@ -1609,12 +1609,11 @@ class Engine:
             old.expires_at = now + lifetime
         cred = s.get(CredentialRow, run.credential_id)
         owner = (cred.spec.get("credential") or {}).get("owner") if cred is not None else None
-        self.store.audit(
+        self._audit(
             s,
-            actor=self.actor,
-            action="version.reactivated",
-            subject=f"rotation:{run.rotation_id}",
-            details={
+            run.rotation_id,
+            "version.reactivated",
+            {
                 "credential": run.credential,
                 "version_id": old.id,
                 "fingerprint": old.fingerprint,
