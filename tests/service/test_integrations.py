@@ -67,6 +67,56 @@ def test_no_permission_at_all_fails_the_graph_read_too(applied: Cli, graph: Grap
     assert "missing Application.Read.All" in result.output
 
 
+def _with_residual_use(cli: Cli, graph: GraphDouble, tmp_path: Path) -> None:
+    app = graph.add_application("billing-api")
+    estate = {
+        "integrations": [{"name": "contoso", "type": "entra", **graph.integration(ADMIN_ENV)}],
+        "credentials": [
+            {
+                "name": "billing-secret",
+                "owner": "team-billing",
+                "policy": {"grace_period": "1d", "residual_use": {"quiet_for": "10m"}},
+                "provider": {
+                    "type": "entra_client_secret",
+                    "integration": "contoso",
+                    "app_id": app.app_id,
+                },
+            }
+        ],
+    }
+    result = cli("apply", "-f", str(save_estate(tmp_path, estate)))
+    assert result.exit_code == 0, result.output
+
+
+def test_residual_use_from_the_sign_in_log_needs_audit_log_read_all(
+    applied: Cli, graph: GraphDouble, tmp_path: Path
+) -> None:
+    _with_residual_use(applied, graph, tmp_path)
+    graph.roles = {"Application.ReadWrite.All"}
+
+    refused = applied("integrations", "test", "contoso")
+
+    assert refused.exit_code == 1
+    assert "the residual_use of billing-secret needs" in refused.output
+    assert "lacks AuditLog.Read.All" in refused.output
+
+    graph.roles = {"Application.ReadWrite.All", "AuditLog.Read.All"}
+    granted = applied("integrations", "test", "contoso")
+    assert granted.exit_code == 0, granted.output
+    assert "granted AuditLog.Read.All (residual use of billing-secret)" in granted.output
+
+
+def test_without_residual_use_the_sign_in_log_is_not_checked(
+    applied: Cli, graph: GraphDouble
+) -> None:
+    graph.roles = {"Application.ReadWrite.All"}
+
+    result = applied("integrations", "test", "contoso")
+
+    assert result.exit_code == 0, result.output
+    assert "sign-in log" not in result.output
+
+
 def test_a_wrong_secret_is_reported_with_its_aadsts_code(
     applied: Cli, ks_env: dict[str, str]
 ) -> None:

@@ -4,7 +4,9 @@ and does the identity hold the permissions rotations need? Changes nothing.
 For an `entra` integration: a token is acquired (a refusal names the AADSTS code),
 the token's `roles` claim is read to name a missing application permission
 (`Application.ReadWrite.OwnedBy` or `Application.ReadWrite.All` to add and remove
-client secrets), and one page of applications is read from Graph.
+client secrets), and one page of applications is read from Graph. When the estate's
+Entra credentials through it have a `residual_use` policy, `AuditLog.Read.All` is checked
+too: their residual use is read from the tenant's sign-in log.
 
 For an `agent` integration: the agent is reached over TLS with the integration's CA,
 answers with the enrolled agent_id, and accepts a signed request (the shared key and
@@ -22,8 +24,11 @@ from keyshift.azure import EntraIntegration
 from keyshift.domain.context import PluginContext
 from keyshift.engine.runner import Engine
 from keyshift.errors import KeyshiftError, NotFound
+from keyshift.providers import ProviderKind
 from keyshift.providers.graph import (
+    AUDIT_LOG_ROLE,
     GRAPH_SCOPE,
+    SIGN_IN_PERMISSION,
     WRITE_ROLES,
     GraphClient,
     GraphRequestFailed,
@@ -31,6 +36,7 @@ from keyshift.providers.graph import (
     azure_identity_token_source,
     token_roles,
 )
+from keyshift.service.estate import current_estate
 from keyshift.store.models import IntegrationRow
 from keyshift.store.store import Store
 from keyshift.targets.agent import AgentClient, AgentIntegration
@@ -43,7 +49,39 @@ class Check:
     detail: str
 
 
-async def _entra_checks(config: EntraIntegration, context: PluginContext) -> list[Check]:
+def _reading_sign_ins(store: Store, integration: str) -> list[str]:
+    """The Entra credentials through `integration` whose policy asks for residual_use,
+    which keyshift reads from the tenant's sign-in log."""
+    estate = current_estate(store)
+    return [
+        cred.name
+        for cred in estate.credentials
+        if cred.provider.type == ProviderKind.ENTRA_CLIENT_SECRET.value
+        and cred.provider.integration == integration
+        and estate.policy_for(cred).residual_use is not None
+    ]
+
+
+def _sign_in_log_check(roles: list[str] | None, readers: list[str]) -> Check | None:
+    """Whether the token may read the sign-in log that `readers`' residual_use needs."""
+    if not readers:
+        return None
+    who = ", ".join(readers)
+    if roles is None:
+        return Check("sign-in log", True, "token not readable; skipped")
+    if AUDIT_LOG_ROLE in roles:
+        return Check("sign-in log", True, f"granted {AUDIT_LOG_ROLE} (residual use of {who})")
+    return Check(
+        "sign-in log",
+        False,
+        f"the residual_use of {who} needs {SIGN_IN_PERMISSION}; the token lacks "
+        f"{AUDIT_LOG_ROLE}",
+    )
+
+
+async def _entra_checks(
+    config: EntraIntegration, context: PluginContext, *, sign_in_readers: list[str]
+) -> list[Check]:
     checks: list[Check] = []
     async with config.credential(context) as credential:
         source = azure_identity_token_source(credential, GRAPH_SCOPE)
@@ -70,6 +108,9 @@ async def _entra_checks(config: EntraIntegration, context: PluginContext) -> lis
                     f"client secrets (granted: {', '.join(roles) or 'none'})",
                 )
             )
+        sign_in_log = _sign_in_log_check(roles, sign_in_readers)
+        if sign_in_log is not None:
+            checks.append(sign_in_log)
         async with GraphClient(
             source, context, base_url=config.graph_url, verify=config.ssl_verify(), page_size=1
         ) as graph:
@@ -126,7 +167,11 @@ async def check_integration(
     if kind == "agent":
         checks = await _agent_checks(name, ctx.integration(name, AgentIntegration), ctx)
     elif kind == "entra":
-        checks = await _entra_checks(ctx.integration(name, EntraIntegration), ctx)
+        checks = await _entra_checks(
+            ctx.integration(name, EntraIntegration),
+            ctx,
+            sign_in_readers=_reading_sign_ins(store, name),
+        )
     else:
         raise NotFound(f"integration '{name}' is of type {kind}; entra and agent can be tested")
     with store.transaction() as s:
