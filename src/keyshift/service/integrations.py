@@ -74,8 +74,7 @@ def _sign_in_log_check(roles: list[str] | None, readers: list[str]) -> Check | N
     return Check(
         "sign-in log",
         False,
-        f"the residual_use of {who} needs {SIGN_IN_PERMISSION}; the token lacks "
-        f"{AUDIT_LOG_ROLE}",
+        f"the residual_use of {who} needs {SIGN_IN_PERMISSION}; the token lacks {AUDIT_LOG_ROLE}",
     )
 
 
