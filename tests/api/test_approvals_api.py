@@ -273,3 +273,33 @@ def test_a_start_during_a_run_runs_the_rotation_once_more_after_it(
 
     assert asyncio.run(scenario()) == []
     assert runs == ["rita", "bob"]
+
+
+def test_a_decision_arriving_as_the_last_run_ends_starts_a_new_run(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run has finished but the loop has not yet run anything else: a decision stored
+    # now must start a run of its own, not be queued behind one that is already over.
+    runs: list[str] = []
+
+    async def fake_run(_store: Store, rotation_id: str, *, actor: str, context: Any) -> Any:
+        runs.append(actor)
+        return RotationState.AWAITING_APPROVAL
+
+    async def scenario() -> list[str]:
+        runner = BackgroundRotations(store)
+        # The run itself in one loop step (no worker thread), so the test can stop just
+        # after it.
+        monkeypatch.setattr(
+            runner, "_run", lambda rid, actor: fake_run(store, rid, actor=actor, context=None)
+        )
+        runner.start("r1", actor="alice")
+        first = runner._tasks["r1"]
+        await asyncio.sleep(0)  # the run's one step: it ends here
+        assert first.done()
+        runner.start("r1", actor="carol")
+        await runner.drain(10)
+        return runner.running
+
+    assert asyncio.run(scenario()) == []
+    assert runs == ["alice", "carol"]

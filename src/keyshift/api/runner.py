@@ -46,12 +46,18 @@ class BackgroundRotations:
             return
         task = asyncio.get_running_loop().create_task(self._run_until_settled(rotation_id, actor))
         self._tasks[rotation_id] = task
-        task.add_done_callback(lambda _t: self._tasks.pop(rotation_id, None))
 
     async def _run_until_settled(self, rotation_id: str, actor: str) -> None:
-        await self._run(rotation_id, actor)
-        while rotation_id in self._again:
-            await self._run(rotation_id, self._again.pop(rotation_id))
+        try:
+            await self._run(rotation_id, actor)
+            while rotation_id in self._again:
+                await self._run(rotation_id, self._again.pop(rotation_id))
+        finally:
+            # Forgotten in the same step as the last look at `_again` (no await between):
+            # a decision arriving after it starts a new run. A done-callback would run
+            # later, leaving a window in which `start` saw a finished run as running and
+            # the decision waited for the next worker scan.
+            self._tasks.pop(rotation_id, None)
 
     async def _run(self, rotation_id: str, actor: str) -> None:
         def in_thread() -> RotationState:
