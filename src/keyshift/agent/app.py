@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from keyshift import __version__
 from keyshift.agent.config import AgentConfig
+from keyshift.agent.nonces import NONCE, NonceLog
 from keyshift.domain.estate import config_errors
 from keyshift.errors import PermanentError, TransientError
 from keyshift.process import inherited_env, run_program
@@ -113,7 +114,8 @@ class Agent:
         self._now = now
         self._env = inherited_env(env if env is not None else os.environ)
         self._roots = [Path(os.path.realpath(p)) for p in config.allowed_paths]
-        self._nonces: dict[str, float] = {}
+        nonce_file = Path(config.nonce_file) if config.nonce_file is not None else None
+        self._nonces = NonceLog(nonce_file, now=now())
 
     # Authentication --------------------------------------------------------------------
 
@@ -126,6 +128,8 @@ class Agent:
         given = headers.get(SIGNATURE_HEADER, "")
         if not (timestamp.isdigit() and nonce and given):
             raise Refused(401, "the request is not signed")
+        if not NONCE.fullmatch(nonce):
+            raise Refused(401, "the request's nonce is malformed")
         now = self._now()
         skew = MAX_CLOCK_SKEW.total_seconds()
         if abs(now - int(timestamp)) > skew:
@@ -133,10 +137,9 @@ class Agent:
         expected = signature(self._key, method, path, timestamp=timestamp, nonce=nonce, body=body)
         if not hmac.compare_digest(expected.encode(), given.encode()):
             raise Refused(401, "the request's signature does not verify")
-        self._nonces = {n: until for n, until in self._nonces.items() if until > now}
-        if nonce in self._nonces:
+        if self._nonces.seen(nonce, now):
             raise Refused(401, "the request's nonce was used before")
-        self._nonces[nonce] = int(timestamp) + skew
+        self._nonces.add(nonce, int(timestamp) + skew)
 
     # Allow-list -------------------------------------------------------------------------
 

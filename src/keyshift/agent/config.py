@@ -69,6 +69,10 @@ class AgentConfig(_Model):
     systemd: SystemdSettings = Field(default_factory=SystemdSettings)
     command_timeout: Duration = timedelta(minutes=2)
     """A recycle or reload still running after this long is killed and fails."""
+    nonce_file: str | None = None
+    """A file where the agent keeps the request nonces it accepted, for as long as their
+    timestamps would be accepted (5 minutes), so a request captured just before a restart
+    cannot be replayed after it. Without one they are kept in memory only."""
 
     _uuid = field_validator("agent_id")(agent_uuid)
 
@@ -79,6 +83,13 @@ class AgentConfig(_Model):
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("listen must be host:port, e.g. 0.0.0.0:8443")
         return listen
+
+    @field_validator("nonce_file")
+    @classmethod
+    def _absolute_file(cls, path: str | None) -> str | None:
+        if path is not None and not Path(path).is_absolute():
+            raise ValueError(f"nonce_file {path} must be an absolute path")
+        return path
 
     @field_validator("allowed_paths")
     @classmethod
