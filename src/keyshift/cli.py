@@ -31,6 +31,7 @@ from keyshift import __version__, logs
 from keyshift.client import WAITING_STATES, Client, ServerRefused
 from keyshift.domain.context import utcnow
 from keyshift.domain.durations import format_duration, parse_duration
+from keyshift.domain.estate import DEFAULT_POLICY_NAME
 from keyshift.domain.preflight import PreflightResult, Readiness
 from keyshift.domain.states import RotationState, StepStatus
 from keyshift.engine.runner import StepEvent
@@ -80,6 +81,7 @@ out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty()
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 HEALTHY = {RotationState.COMPLETED, *WAITING_STATES}
 """The states a rotation command exits 0 in (in both modes)."""
@@ -204,6 +206,16 @@ def _client(server: str) -> Client:
     """A client of `server` with the token from KEYSHIFT_TOKEN (never a flag, so it stays
     out of shell history and process listings)."""
     return Client(server, os.environ.get(TOKEN_ENV) or None)
+
+
+def _answer(server: str | None, remote: Callable[[Client], T], local: Callable[[Store], T]) -> T:
+    """A command's answer from the server (`remote`) when `server` is set, else from the
+    local store (`local`): the one place that decides where it comes from."""
+    if server:
+        with _client(server) as client:
+            return remote(client)
+    with _store() as store:
+        return local(store)
 
 
 def _refuse_embedded() -> NoReturn:
@@ -407,12 +419,12 @@ def _status_table(status_rows: list[rotations.StatusRow]) -> Table:
 @_errors
 def status(server: ServerOption = None) -> None:
     """One row per credential: lifecycle, current version fingerprint, expiry."""
-    if server:
-        with _client(server) as client:
-            out.print(_status_table(client.status_rows()))
-        return
-    with _store() as store:
-        out.print(_status_table(rotations.status_rows(store, now=utcnow())))
+    rows = _answer(
+        server,
+        lambda client: client.status_rows(),
+        lambda store: rotations.status_rows(store, now=utcnow()),
+    )
+    out.print(_status_table(rows))
 
 
 def _print_rotation_end(
@@ -452,12 +464,11 @@ READINESS_COLOURS = {"ready": "green", "manual review required": "yellow", "bloc
 
 def _preflight(name: str, server: str | None) -> None:
     """Preflight at the server (its dry-run route) or on the local store, and print it."""
-    if server:
-        with _client(server) as client:
-            plan_hash, results = client.dry_run(name)
-    else:
-        with _store() as store:
-            plan_hash, results = asyncio.run(rotations.preflight(store, name, actor=_actor()))
+    plan_hash, results = _answer(
+        server,
+        lambda client: client.dry_run(name),
+        lambda store: asyncio.run(rotations.preflight(store, name, actor=_actor())),
+    )
     _print_preflight(name, plan_hash, results)
 
 
@@ -628,12 +639,11 @@ def history(
     server: ServerOption = None,
 ) -> None:
     """Every rotation of a credential, oldest first."""
-    if server:
-        with _client(server) as client:
-            found = client.history_rows(name)
-    else:
-        with _store() as store:
-            found = rotations.history_rows(store, name)
+    found = _answer(
+        server,
+        lambda client: client.history_rows(name),
+        lambda store: rotations.history_rows(store, name),
+    )
     table = Table(title=f"Rotations of {name}", title_justify="left")
     for col in (
         "rotation",
@@ -686,12 +696,11 @@ def show(
     server: ServerOption = None,
 ) -> None:
     """The step timeline of one rotation, with durations."""
-    if server:
-        with _client(server) as client:
-            timeline = client.rotation(rotation_id)
-    else:
-        with _store() as store:
-            timeline = rotations.rotation_timeline(store, rotation_id)
+    timeline = _answer(
+        server,
+        lambda client: client.rotation(rotation_id),
+        lambda store: rotations.rotation_timeline(store, rotation_id),
+    )
     out.print(_timeline_table(timeline))
 
 
@@ -788,19 +797,18 @@ def entra_sync(
     server: ServerOption = None,
 ) -> None:
     """Import every app registration with its owners, client secrets and certificates."""
-    if server:
-        with _client(server) as client:
-            results = client.entra_sync(integration or None)
-    else:
-        with _store() as store:
-            results = asyncio.run(
-                entra_service.sync(
-                    store,
-                    actor=_actor(),
-                    only=integration or None,
-                    on_progress=lambda line: err.print(line, markup=False),
-                )
+    results = _answer(
+        server,
+        lambda client: client.entra_sync(integration or None),
+        lambda store: asyncio.run(
+            entra_service.sync(
+                store,
+                actor=_actor(),
+                only=integration or None,
+                on_progress=lambda line: err.print(line, markup=False),
             )
+        ),
+    )
     if not results:
         out.print("No entra integrations in the estate.")
     table = Table(title="Entra sync", title_justify="left")
@@ -885,13 +893,13 @@ def entra_summary(
     server: ServerOption = None,
 ) -> None:
     """Totals, counts expiring in 7/30/90 days, in grace, and the most urgent credentials."""
-    if server:
-        with _client(server) as client:
-            found = client.entra_summary(top=top)
-    else:
-        with _store() as store:
-            alerts = estate_service.current_estate(store).alerts
-            found = entra_service.summary(store, now=utcnow(), alerts=alerts, top=top)
+    found = _answer(
+        server,
+        lambda client: client.entra_summary(top=top),
+        lambda store: entra_service.summary(
+            store, now=utcnow(), alerts=estate_service.current_estate(store).alerts, top=top
+        ),
+    )
     table = Table(title="Entra ID credentials", title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("count", justify="right")
@@ -917,14 +925,15 @@ def entra_summary(
 @_errors
 def entra_report(server: ServerOption = None) -> None:
     """Secrets created outside keyshift on managed apps, and lifetimes over the maximum."""
-    if server:
-        with _client(server) as client:
-            found = client.entra_findings()
-    else:
-        with _store() as store:
-            estate = estate_service.current_estate(store)
-            default = next((p for p in estate.policies if p.name == "default"), None)
-            found = entra_service.findings(store, now=utcnow(), default_policy=default)
+    found = _answer(
+        server,
+        lambda client: client.entra_findings(),
+        lambda store: entra_service.findings(
+            store,
+            now=utcnow(),
+            default_policy=estate_service.current_estate(store).named_policy(DEFAULT_POLICY_NAME),
+        ),
+    )
     if not found:
         out.print("No findings: no secrets created outside keyshift, no lifetime over maximum.")
         return
@@ -954,14 +963,13 @@ def integrations_test(
 ) -> None:
     """Sign in, read the granted permissions and read from the API. Changes nothing;
     exits 1 when a check fails."""
-    if server:
-        with _client(server) as client:
-            checks = client.test_integration(name)
-    else:
-        with _store() as store:
-            checks = asyncio.run(
-                integrations_service.check_integration(store, name, actor=_actor())
-            )
+    checks = _answer(
+        server,
+        lambda client: client.test_integration(name),
+        lambda store: asyncio.run(
+            integrations_service.check_integration(store, name, actor=_actor())
+        ),
+    )
     table = Table(title=f"Integration {name}", title_justify="left")
     for col in ("check", "result", "detail"):
         table.add_column(col, no_wrap=col != "detail")
@@ -982,12 +990,11 @@ def approvals_list(
     """Approval requests waiting for a decision (all of them with --all)."""
     if ctx.invoked_subcommand is not None:
         return
-    if server:
-        with _client(server) as client:
-            views = client.approval_requests(pending_only=not all_)
-    else:
-        with _store() as store:
-            views = approvals_service.requests(store, pending_only=not all_)
+    views = _answer(
+        server,
+        lambda client: client.approval_requests(pending_only=not all_),
+        lambda store: approvals_service.requests(store, pending_only=not all_),
+    )
     if not views:
         out.print("No approval requests waiting." if not all_ else "No approval requests.")
         return
@@ -1017,12 +1024,11 @@ def approvals_show(
     """What an approver decides on: credential, app, expiry, steps and rollback plan."""
     # `keyshift approvals --server URL show ID` names the server on the group.
     server = server or (ctx.parent.params.get("server") if ctx.parent else None)
-    if server:
-        with _client(server) as client:
-            view = client.approval(request_id)
-    else:
-        with _store() as store:
-            view = approvals_service.show(store, request_id)
+    view = _answer(
+        server,
+        lambda client: client.approval(request_id),
+        lambda store: approvals_service.show(store, request_id),
+    )
     out.print(
         f"Request {view.id} ({view.kind}) for rotation {view.rotation_id}: {view.status}",
         markup=False,
@@ -1114,12 +1120,11 @@ def alerts(
 ) -> None:
     """The alerts the worker raised: expiry thresholds crossed, secrets added outside
     keyshift, lifetimes over the maximum."""
-    if server:
-        with _client(server) as client:
-            rows = client.alerts(limit=limit)
-    else:
-        with _store() as store:
-            rows = scheduler.alerts(store, limit=limit)
+    rows = _answer(
+        server,
+        lambda client: client.alerts(limit=limit),
+        lambda store: scheduler.alerts(store, limit=limit),
+    )
     if not rows:
         out.print("No alerts raised.")
         return

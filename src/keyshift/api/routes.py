@@ -23,6 +23,7 @@ from keyshift.api.auth import StoreDep, caller
 from keyshift.api.runner import BackgroundRotations
 from keyshift.domain.context import utcnow
 from keyshift.domain.durations import parse_duration
+from keyshift.domain.estate import DEFAULT_POLICY_NAME
 from keyshift.domain.rbac import ROLE_DESCRIPTIONS, ROLE_PERMISSIONS, Permission, Role
 from keyshift.errors import AuditChainBroken, ConfigError, RotationInProgress
 from keyshift.service import approvals as approvals_service
@@ -679,7 +680,7 @@ def entra_report(
 ) -> list[entra_service.Finding]:
     """Secrets created outside keyshift on managed apps, and lifetimes over the maximum."""
     estate = estate_service.current_estate(store)
-    default = next((p for p in estate.policies if p.name == "default"), None)
+    default = estate.named_policy(DEFAULT_POLICY_NAME)
     return entra_service.findings(store, now=utcnow(), default_policy=default)
 
 

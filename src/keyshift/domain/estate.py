@@ -420,11 +420,12 @@ class Estate(_Model):
         """The effective policy of a credential: inline, named, or the default."""
         if isinstance(cred.policy, Policy):
             return cred.policy
-        wanted = cred.policy or DEFAULT_POLICY_NAME
-        for policy in self.policies:
-            if policy.name == wanted:
-                return policy
-        return Policy()
+        return self.named_policy(cred.policy or DEFAULT_POLICY_NAME) or Policy()
+
+    def named_policy(self, name: str) -> Policy | None:
+        """The policy declared under `name`, if the estate declares one (`default`: the
+        estate's own default, which credentials without a policy follow)."""
+        return next((p for p in self.policies if p.name == name), None)
 
 
 _UNION_TAGS = frozenset({"named", "inline"})

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from keyshift.azure import EntraIntegration
 from keyshift.domain.context import PluginContext
 from keyshift.domain.durations import format_duration
-from keyshift.domain.estate import Estate, Policy
+from keyshift.domain.estate import DEFAULT_POLICY_NAME, Estate, Policy
 from keyshift.domain.states import VersionStatus
 from keyshift.engine.runner import Engine, StepEvent
 from keyshift.errors import PolicyRefused
@@ -215,7 +215,7 @@ def raise_alerts(store: Store, estate: Estate, *, actor: str, now: datetime) -> 
             threshold=format_duration(nearest),
             detail=detail,
         )
-    default = next((p for p in estate.policies if p.name == "default"), None)
+    default = estate.named_policy(DEFAULT_POLICY_NAME)
     for finding in entra.findings(store, now=now, default_policy=default):
         c = finding.credential
         raised += _record(
