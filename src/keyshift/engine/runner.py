@@ -292,12 +292,7 @@ class Engine:
     ) -> None:
         """Claim the credential for this rotation and record the request."""
         credential, requested_by = cred.name, by
-        claimed = s.execute(
-            update(CredentialRow)
-            .where(CredentialRow.id == cred.id, CredentialRow.active_rotation_id.is_(None))
-            .values(active_rotation_id=rotation_id)
-        )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        if not _claim_credential(s, cred.id, rotation_id):
             raise KeyshiftError(
                 f"credential {credential} already has rotation {cred.active_rotation_id} "
                 "in progress; `keyshift resume` continues it"
@@ -1079,24 +1074,17 @@ class Engine:
         with self.store.transaction() as s:
             rot = _rotation(s, run.rotation_id)
             before = rot.state
-            if RotationState(before).is_final:
-                # A finished rotation freed its credential: claim it again, so that no
-                # new rotation starts while the old value goes back to the consumers.
-                claimed = s.execute(
-                    update(CredentialRow)
-                    .where(
-                        CredentialRow.id == rot.credential_id,
-                        CredentialRow.active_rotation_id.is_(None),
-                    )
-                    .values(active_rotation_id=rot.id)
+            # A finished rotation freed its credential: claim it again, so that no new
+            # rotation starts while the old value goes back to the consumers.
+            if RotationState(before).is_final and not _claim_credential(
+                s, rot.credential_id, rot.id
+            ):
+                cred = s.get(CredentialRow, rot.credential_id)
+                active = cred.active_rotation_id if cred else None
+                raise RollbackRefused(
+                    f"rotation {rot.id} of {run.credential}: the credential has rotation "
+                    f"{active} in progress; let it finish (or roll it back) first"
                 )
-                if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                    cred = s.get(CredentialRow, rot.credential_id)
-                    active = cred.active_rotation_id if cred else None
-                    raise RollbackRefused(
-                        f"rotation {rot.id} of {run.credential}: the credential has rotation "
-                        f"{active} in progress; let it finish (or roll it back) first"
-                    )
             withdrawn = approvals.withdraw(s, rot.id, now)
             self._audit(
                 s,
@@ -1149,25 +1137,14 @@ class Engine:
                 or row.expires_at > now
             ):
                 return None
-            claimed = s.execute(
-                update(CredentialRow)
-                .where(
-                    CredentialRow.id == rot.credential_id,
-                    CredentialRow.active_rotation_id.is_(None),
-                )
-                .values(active_rotation_id=rot.id)
-            )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            credential_id = rot.credential_id
+            if not _claim_credential(s, credential_id, rotation_id):
                 return None  # a rotation of the credential is running; try at the next scan
         try:
             return await self._retire(rotation_id)
         finally:
             with self.store.transaction() as s:
-                s.execute(
-                    update(CredentialRow)
-                    .where(CredentialRow.active_rotation_id == rotation_id)
-                    .values(active_rotation_id=None)
-                )
+                _free_credential(s, credential_id, rotation_id)
 
     async def _retire(self, rotation_id: str) -> dict[str, Any]:
         run = self._claim(rotation_id)
@@ -1373,14 +1350,7 @@ class Engine:
         rot.updated_at = now
         if state.is_final:
             rot.finished_at = now
-            s.execute(
-                update(CredentialRow)
-                .where(
-                    CredentialRow.id == rot.credential_id,
-                    CredentialRow.active_rotation_id == rot.id,
-                )
-                .values(active_rotation_id=None)
-            )
+            _free_credential(s, rot.credential_id, rot.id)
             self._audit(
                 s,
                 rot.id,
@@ -1821,6 +1791,26 @@ def _credential(s: Session, name: str) -> CredentialRow:
     if cred is None or cred.removed_at is not None:
         raise NotFound(f"no credential named {name} in the estate")
     return cred
+
+
+def _claim_credential(s: Session, credential_id: str, rotation_id: str) -> bool:
+    """Make `rotation_id` the credential's one active rotation if it has none; whether it
+    did. The conditional update is the lock: of two claims at once, one wins."""
+    claimed = s.execute(
+        update(CredentialRow)
+        .where(CredentialRow.id == credential_id, CredentialRow.active_rotation_id.is_(None))
+        .values(active_rotation_id=rotation_id)
+    )
+    return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def _free_credential(s: Session, credential_id: str, rotation_id: str) -> None:
+    """Let the credential rotate again, if `rotation_id` is still its active rotation."""
+    s.execute(
+        update(CredentialRow)
+        .where(CredentialRow.id == credential_id, CredentialRow.active_rotation_id == rotation_id)
+        .values(active_rotation_id=None)
+    )
 
 
 def _rotation(s: Session, rotation_id: str) -> RotationRow:
