@@ -174,6 +174,11 @@ class Policy(_Model):
     min_grace_period: Duration | None = None
     """The overlap may not be shorter than this, even when a rotation asks for less
     (`keyshift rotate --grace`)."""
+    propagation_timeout: Duration | None = None
+    """How long keyshift waits for the issuer to accept a new version everywhere (it is
+    proven before any consumer gets it) and to refuse a revoked one everywhere. Unset,
+    each provider's own figure applies: 5m for entra_client_secret, 30s for postgres,
+    10s for redis; `random` needs none."""
     environments: list[str] | None = None
     """Environments credentials under this policy may be in (e.g. `[prod]`); none = any."""
     approval: Approval | None = None
@@ -184,6 +189,10 @@ class Policy(_Model):
 
     @model_validator(mode="after")
     def _coherent(self) -> Policy:
+        if self.propagation_timeout is not None and not (
+            timedelta(0) < self.propagation_timeout <= timedelta(hours=1)
+        ):
+            raise ValueError("propagation_timeout must be longer than 0s and at most 1h")
         if self.max_lifetime is not None:
             if self.max_lifetime <= timedelta(0):
                 raise ValueError("max_lifetime must be longer than 0s")

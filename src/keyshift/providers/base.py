@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -29,6 +29,7 @@ __all__ = [
     "ListRequest",
     "PreflightRequest",
     "PreflightResult",
+    "Propagation",
     "Provider",
     "ProviderFactory",
     "Readiness",
@@ -39,6 +40,7 @@ __all__ = [
     "VerifyRequest",
     "VerifyResult",
     "VersionInfo",
+    "propagation_of",
 ]
 
 
@@ -90,6 +92,38 @@ class VerifyRequest:
 class VerifyResult:
     ok: bool
     detail: str = ""
+    not_yet: bool = False
+    """A refusal that means "not propagated yet" rather than "wrong": the issuer has not
+    made a new version usable everywhere (Entra ID's AADSTS7000215 / 7000222 in the first
+    seconds after `addPassword`, a Redis node that has not applied the ACL yet). The
+    engine asks again, with backoff, until the policy's `propagation_timeout`."""
+
+
+@dataclass(frozen=True)
+class Propagation:
+    """How an issuer makes versions usable and unusable: a provider declares it as its
+    `propagation` attribute; `propagation_of` gives the default for one that does not.
+
+    A new version is proven (signed in with) before any consumer gets it, and a revoked
+    one is proven refused after its removal; both are retried with exponential backoff
+    and jitter until `timeout` (the policy's `propagation_timeout` overrides it)."""
+
+    timeout: timedelta
+    """How long keyshift waits, by default, for a new version to be accepted everywhere
+    and a removed one to be refused everywhere."""
+    note: str = ""
+    """What the issuer's documentation or its users report, for `plan` and the evidence."""
+
+
+DEFAULT_PROPAGATION = Propagation(
+    timedelta(seconds=30), "no figure declared by the provider; keyshift's default"
+)
+
+
+def propagation_of(provider: object) -> Propagation:
+    """The provider's declared `propagation`, or `DEFAULT_PROPAGATION`."""
+    declared = getattr(provider, "propagation", None)
+    return declared if isinstance(declared, Propagation) else DEFAULT_PROPAGATION
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ from keyshift.providers.base import (
     ListRequest,
     PreflightRequest,
     PreflightResult,
+    Propagation,
     Readiness,
     RevokeRequest,
     RevokeResult,
@@ -115,6 +116,11 @@ MAX_SIGN_IN_LOOKBACK: Final = timedelta(days=7)
 """Sign-in logs are kept 7 days without a premium licence; longer reads add nothing."""
 LISTED_AT_MOST: Final = 20
 """Distinct client addresses and resources kept in the residual-use evidence."""
+
+
+NOT_YET_CODES = frozenset({"AADSTS7000215", "AADSTS7000222"})
+"""Sign-in refusals Entra ID gives a secret it has not replicated yet (invalid secret,
+expired keys); within the propagation timeout they mean "not yet", not "wrong"."""
 
 
 class EntraSecretConfig(BaseModel):
@@ -158,6 +164,12 @@ class EntraSecretProvider:
 
     kind: ClassVar[str] = "entra_client_secret"
     Config: ClassVar[type[BaseModel]] = EntraSecretConfig
+    propagation: ClassVar[Propagation] = Propagation(
+        timedelta(minutes=5),
+        "Entra ID replicates a new client secret before it signs in (AADSTS7000215 until "
+        "then): 4-18 s reported, about 2 min in the tail; a removed secret keeps signing in "
+        "for minutes, and tokens issued with it stay valid up to 90 min",
+    )
     integration_type: ClassVar[str] = "entra"
 
     @classmethod
@@ -274,7 +286,8 @@ class EntraSecretProvider:
 
     async def verify(self, request: VerifyRequest) -> VerifyResult:
         """Sign in as the application with the version's secret (client credentials). A
-        refusal is `ok=False` with the AADSTS code; an unreachable endpoint raises
+        refusal is `ok=False` with the AADSTS code, and `not_yet` for the codes Entra ID
+        gives a secret that is still replicating; an unreachable endpoint raises
         TransientError."""
         app_id = request.version.attributes.get("app_id") or self.config.app_id
         key_id = request.version.attributes.get("key_id", "")
@@ -285,7 +298,12 @@ class EntraSecretProvider:
             try:
                 await azure_identity_token_source(credential)()
             except TokenRefused as exc:
-                return VerifyResult(ok=False, detail=f"sign-in as {app_id} refused ({exc.code})")
+                return VerifyResult(
+                    ok=False,
+                    detail=f"sign-in as {app_id} refused ({exc.code})",
+                    # Entra ID answers these while a new secret replicates: "not yet".
+                    not_yet=exc.code in NOT_YET_CODES,
+                )
         return VerifyResult(ok=True, detail=f"signed in as {app_id} with secret {key_id}")
 
     async def adopt_existing(self, request: AdoptRequest) -> AdoptedVersion | None:

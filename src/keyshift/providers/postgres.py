@@ -27,7 +27,7 @@ import hmac
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
@@ -45,6 +45,7 @@ from keyshift.providers.base import (
     ListRequest,
     PreflightRequest,
     PreflightResult,
+    Propagation,
     Readiness,
     RevokeRequest,
     RevokeResult,
@@ -152,6 +153,11 @@ class PostgresProvider:
 
     kind: ClassVar[str] = "postgres"
     Config: ClassVar[type[BaseModel]] = PostgresConfig
+    propagation: ClassVar[Propagation] = Propagation(
+        timedelta(seconds=30),
+        "a password change is immediate on the primary; replicas and poolers follow "
+        "within seconds (WAL replay, pooler auth cache)",
+    )
     integration_type: ClassVar[str] = "postgres"
 
     @classmethod

@@ -41,7 +41,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -72,6 +72,7 @@ from keyshift.providers.base import (
     ListRequest,
     PreflightRequest,
     PreflightResult,
+    Propagation,
     Readiness,
     RevokeRequest,
     RevokeResult,
@@ -230,6 +231,11 @@ class RedisProvider:
 
     kind: ClassVar[str] = "redis"
     Config: ClassVar[type[BaseModel]] = RedisConfig
+    propagation: ClassVar[Propagation] = Propagation(
+        timedelta(seconds=10),
+        "ACL SETUSER applies at once on the node that runs it; ACLs are not replicated, "
+        "so keyshift applies and proves them on every node itself",
+    )
     integration_type: ClassVar[str] = "redis"
 
     @classmethod
