@@ -63,6 +63,12 @@ Documented behaviours it follows (Microsoft Learn):
   `resourceDisplayName`, `status.errorCode`. Reading it needs the application
   permission `AuditLog.Read.All` (403 `Authorization_RequestDenied` without it).
 
+Propagation, as users report it (microsoftgraph/microsoft-graph-docs #17966,
+hashicorp/vault-plugin-secrets-azure #187, jenkinsci/azure-vm-agents-plugin #539):
+`sign_in_delay` seconds pass after addPassword before the new secret signs in (the token
+endpoint answers AADSTS7000215 until then), and a removed secret keeps signing in for
+`removal_delay` seconds. Both are 0 unless a test sets them.
+
 What it keeps: applications and their password credentials as SHA-256 hashes of
 the secret text, and the sign-in records tests add (`add_sign_in`: a test adds a record
 late, with an earlier time, to play the log's delay); nothing logs a secret text or a
@@ -82,6 +88,7 @@ import re
 import secrets
 import string
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -148,6 +155,19 @@ class StoredPassword:
     secret_sha256: str
     start: datetime
     end: datetime
+    added_at: float | None = None
+    """`time.monotonic()` when addPassword made it (None for seeded ones): with
+    `sign_in_delay` set, it signs in only that long afterwards."""
+
+
+@dataclass
+class RemovedPassword:
+    """A password removePassword took away, which keeps signing in for `removal_delay`."""
+
+    app_id: str
+    secret_sha256: str
+    end: datetime
+    removed_at: float
 
 
 @dataclass
@@ -298,7 +318,8 @@ class GraphDouble:
     """Entra ID token endpoint and Graph `/v1.0/applications` over TLS on 127.0.0.1.
 
     Use as a context manager. `authority` is what azure-identity takes, `graph_url`
-    what a Graph client takes. Fault switches: `throttle(n, ...)`, `deny_writes`.
+    what a Graph client takes. Fault switches: `throttle(n, ...)`, `deny_writes`,
+    `sign_in_delay`, `removal_delay`.
     """
 
     def __init__(
@@ -334,6 +355,13 @@ class GraphDouble:
         """When true, addPassword and removePassword answer 403 Authorization_RequestDenied."""
         self.sign_ins: list[StoredSignIn] = []
         """The sign-in log, as tests fill it (`add_sign_in`)."""
+        self.sign_in_delay = 0.0
+        """Seconds after addPassword before the new secret signs in; until then the token
+        endpoint refuses it with AADSTS7000215, as Entra ID does while it replicates."""
+        self.removal_delay = 0.0
+        """Seconds after removePassword during which the removed secret still signs in,
+        as Entra ID's replicas keep accepting it for minutes."""
+        self._removed: list[RemovedPassword] = []
         self._tokens: dict[str, dict[str, Any]] = {}
         self._skiptokens: dict[str, int] = {}
         self._throttle: list[tuple[int, int | None]] = []
@@ -414,6 +442,7 @@ class GraphDouble:
             secret_sha256=_sha256(text),
             start=start,
             end=end,
+            added_at=time.monotonic(),
         )
         with self._lock:
             app.passwords.append(stored)
@@ -679,18 +708,30 @@ class GraphDouble:
 
     def _client_accepts(self, client_id: str, secret: str) -> bool:
         """The configured client's secret, or a live password of an application with
-        this appId (so a secret minted through addPassword can sign in)."""
+        this appId (so a secret minted through addPassword can sign in): once
+        `sign_in_delay` has passed since it was added, and until `removal_delay` has
+        passed since it was removed."""
         hashed = _sha256(secret)
         if client_id == self.client_id and hmac.compare_digest(hashed, self._client_secret_sha256):
             return True
-        now = datetime.now(UTC)
+        now, tick = datetime.now(UTC), time.monotonic()
         with self._lock:
-            return any(
-                hmac.compare_digest(hashed, p.secret_sha256) and p.start <= now < p.end
+            live = any(
+                hmac.compare_digest(hashed, p.secret_sha256)
+                and p.start <= now < p.end
+                and (p.added_at is None or tick - p.added_at >= self.sign_in_delay)
                 for app in self.applications.values()
                 if app.app_id == client_id
                 for p in app.passwords
             )
+            lingering = any(
+                r.app_id == client_id
+                and hmac.compare_digest(hashed, r.secret_sha256)
+                and now < r.end
+                and tick - r.removed_at < self.removal_delay
+                for r in self._removed
+            )
+        return live or lingering
 
     def _graph(
         self,
@@ -868,6 +909,7 @@ class GraphDouble:
             secret_sha256=_sha256(secret_text),
             start=start,
             end=end,
+            added_at=time.monotonic(),
         )
         with self._lock:
             app.passwords.append(stored)
@@ -891,6 +933,11 @@ class GraphDouble:
         key_id = payload.get("keyId")
         with self._lock:
             kept = [p for p in app.passwords if p.key_id != key_id]
+            self._removed.extend(
+                RemovedPassword(app.app_id, p.secret_sha256, p.end, time.monotonic())
+                for p in app.passwords
+                if p.key_id == key_id
+            )
             if len(kept) == len(app.passwords):
                 raise GraphError(
                     400,

@@ -97,6 +97,10 @@ class VerifyResult:
     made a new version usable everywhere (Entra ID's AADSTS7000215 / 7000222 in the first
     seconds after `addPassword`, a Redis node that has not applied the ACL yet). The
     engine asks again, with backoff, until the policy's `propagation_timeout`."""
+    partial: bool = False
+    """Some of the issuer's nodes accept the version and others refuse it (`ok` is False):
+    a new version is not usable everywhere yet, and a revoked one is still accepted
+    somewhere. `detail` names the nodes."""
 
 
 @dataclass(frozen=True)
