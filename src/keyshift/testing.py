@@ -39,6 +39,7 @@ from keyshift.providers.base import (
     ListRequest,
     PreflightRequest,
     PreflightResult,
+    Propagation,
     Provider,
     Readiness,
     RevokeRequest,
@@ -125,6 +126,15 @@ class FakeConfig(BaseModel):
 
     value_bytes: int = Field(default=24, ge=16, le=256)
     """Random bytes in each issued value (URL-safe base64 encoded)."""
+    authenticates: bool = False
+    """Declare `Capability.AUTHENTICATES`: the engine proves new versions before cutover
+    and proves revoked ones refused, as for an issuer that signs in."""
+    sign_in_delay: float = Field(default=0.0, ge=0)
+    """Seconds (on the context's clock) after a version is minted during which `verify`
+    refuses it with `not_yet`, as Entra ID does while a new secret replicates."""
+    removal_delay: float = Field(default=0.0, ge=0)
+    """Seconds after a revocation during which `verify` still accepts the version, as
+    Entra ID's replicas accept a removed secret for minutes."""
 
 
 @dataclass
@@ -138,6 +148,7 @@ class FakeVersion:
     created_at: datetime
     expires_at: datetime | None
     revoked: bool = False
+    revoked_at: datetime | None = None
 
     def issued(self) -> IssuedVersion:
         return IssuedVersion(
@@ -163,20 +174,28 @@ class FakeProvider:
     version succeeds with `already_gone=True`; `preflight` answers `readiness`.
     Revoked versions stay in `versions` with `revoked=True` so tests can count them.
 
+    It can behave as an eventually consistent issuer (config `sign_in_delay`,
+    `removal_delay`): a new version answers `not_yet` for a while, a revoked one is
+    still accepted for a while. `FakeProvider.bound(versions)` makes a class whose
+    instances share one issuer, for an engine that builds a provider per run.
+
     Counters count calls (`create_calls`, `revoke_calls`, ...) and effects
     (`issued`: versions actually minted). `fail_next` injects a fault.
     """
 
     kind: ClassVar[str] = "fake"
     Config: ClassVar[type[BaseModel]] = FakeConfig
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.DUAL_ACTIVE})
+    propagation: ClassVar[Propagation] = Propagation(
+        timedelta(minutes=1), "the fake issuer's delays, as a test sets them"
+    )
+    _shared: ClassVar[dict[str, FakeVersion] | None] = None
 
     def __init__(
         self, config: FakeConfig | None = None, context: PluginContext | None = None
     ) -> None:
         self.config = config or FakeConfig()
         self.context = context or PluginContext()
-        self.versions: dict[str, FakeVersion] = {}
+        self.versions: dict[str, FakeVersion] = self._shared if self._shared is not None else {}
         self.preflight_calls = 0
         self.readiness = PreflightResult(Readiness.READY, "fake issuer")
         """What `preflight` answers; tests set another result to block a rotation."""
@@ -186,12 +205,25 @@ class FakeProvider:
         self.list_calls = 0
         self.aclose_calls = 0
         self._faults: dict[str, list[_Fault]] = {}
-        self._minted = 0
+
+    @classmethod
+    def bound(cls, versions: dict[str, FakeVersion]) -> type[FakeProvider]:
+        """A subclass whose instances all hold their versions in `versions`: one issuer
+        for a registry that builds the provider as `cls(config, context)` on every run."""
+        return cast(
+            "type[FakeProvider]", type(f"{cls.__name__}[bound]", (cls,), {"_shared": versions})
+        )
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        if self.config.authenticates:
+            return frozenset({Capability.DUAL_ACTIVE, Capability.AUTHENTICATES})
+        return frozenset({Capability.DUAL_ACTIVE})
 
     @property
     def issued(self) -> int:
         """How many distinct versions the issuer minted (revoked ones included)."""
-        return self._minted
+        return len(self.versions)
 
     @property
     def live(self) -> list[FakeVersion]:
@@ -223,12 +255,11 @@ class FakeProvider:
         return None
 
     def _mint(self, request: CreateRequest) -> FakeVersion:
-        self._minted += 1
         now = self.context.now()
         lifetime = request.policy.max_lifetime
         version = FakeVersion(
             credential=request.credential,
-            provider_ref=f"fake-{self._minted}",
+            provider_ref=f"fake-{len(self.versions) + 1}",
             marker=request.marker,
             value=Secret(token_urlsafe(self.config.value_bytes)),
             created_at=now,
@@ -257,7 +288,9 @@ class FakeProvider:
         return version.issued()
 
     async def verify(self, request: VerifyRequest) -> VerifyResult:
-        """Ok iff the issuer holds the version, it is not revoked and its value matches."""
+        """Ok iff the issuer holds the version, it is not revoked and its value matches;
+        within `sign_in_delay` of its minting refused as `not_yet`, and within
+        `removal_delay` of its revocation still ok."""
         self.verify_calls += 1
         fault = self._fault("verify")
         if fault:
@@ -265,10 +298,16 @@ class FakeProvider:
         held = self.versions.get(request.version.provider_ref)
         if held is None:
             return VerifyResult(ok=False, detail="unknown version")
-        if held.revoked:
-            return VerifyResult(ok=False, detail="version revoked")
         if held.value != request.version.value:
             return VerifyResult(ok=False, detail="value does not match the issued version")
+        now = self.context.now()
+        if held.revoked:
+            lingers = timedelta(seconds=self.config.removal_delay)
+            if held.revoked_at is None or now - held.revoked_at >= lingers:
+                return VerifyResult(ok=False, detail="version revoked")
+            return VerifyResult(ok=True, detail="authenticated (revocation not yet seen)")
+        if now - held.created_at < timedelta(seconds=self.config.sign_in_delay):
+            return VerifyResult(ok=False, detail="not yet replicated", not_yet=True)
         return VerifyResult(ok=True, detail="authenticated")
 
     async def revoke(self, request: RevokeRequest) -> RevokeResult:
@@ -279,8 +318,8 @@ class FakeProvider:
             raise fault.exc
         held = self.versions.get(request.version.provider_ref)
         already_gone = held is None or held.revoked
-        if held is not None:
-            held.revoked = True
+        if held is not None and not held.revoked:
+            held.revoked, held.revoked_at = True, self.context.now()
         if fault:
             raise fault.exc
         return RevokeResult(already_gone=already_gone, detail={"issuer": "fake"})

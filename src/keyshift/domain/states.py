@@ -6,7 +6,7 @@ from enum import StrEnum
 
 
 class RotationState(StrEnum):
-    """Where a rotation stands. The order of the happy path is `HAPPY_PATH`."""
+    """Where a rotation stands, in the order of the happy path (design.md)."""
 
     REQUESTED = "requested"
     VALIDATED = "validated"
@@ -14,6 +14,9 @@ class RotationState(StrEnum):
     APPROVED = "approved"
     PREFLIGHTED = "preflighted"
     CREATING = "creating"
+    PROVING = "proving"
+    """The new version is signed in with at the issuer, as consumers would, before any
+    consumer gets it; the engine waits out the issuer's propagation here."""
     PUBLISHING = "publishing"
     RELOADING = "reloading"
     VERIFYING = "verifying"

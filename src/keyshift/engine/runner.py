@@ -49,6 +49,7 @@ from keyshift.engine import approvals
 from keyshift.engine.faults import crash_point
 from keyshift.engine.plan import Plan, PlannedAction, build_plan
 from keyshift.engine.plugins import build_integrations, build_provider, build_target
+from keyshift.engine.propagation import IssuerWait, wait_for_issuer
 from keyshift.errors import (
     ConfigError,
     KeyshiftError,
@@ -75,6 +76,7 @@ from keyshift.providers.base import (
     UsageReport,
     UsageRequest,
     VerifyRequest,
+    propagation_of,
 )
 from keyshift.sources import read_source
 from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
@@ -116,6 +118,7 @@ PHASE_OF_STATE: dict[RotationState, Phase] = {
     RotationState.NOTIFYING: Phase.NOTIFY,
 }
 VERIFY_PROVIDER_STEP = "verifying:provider"
+PROVE_STEP = "proving"
 
 ADOPTED_FINGERPRINT = "none: adopted, value never held"
 """The fingerprint of an adopted version: versions at the issuer that keyshift did not
@@ -485,7 +488,13 @@ class Engine:
             case RotationState.PREFLIGHTED:
                 self._transition(run, RotationState.CREATING)
             case RotationState.CREATING:
-                await self._step(run, "creating", self._create, RotationState.PUBLISHING)
+                # An issuer keyshift cannot sign in to (random: keyshift is the issuer)
+                # has nothing to prove; the creating step's detail says so.
+                proves = Capability.AUTHENTICATES in run.provider.capabilities
+                after = RotationState.PROVING if proves else RotationState.PUBLISHING
+                await self._step(run, "creating", self._create, after)
+            case RotationState.PROVING:
+                await self._prove_step(run)
             case (
                 RotationState.PUBLISHING
                 | RotationState.RELOADING
@@ -515,8 +524,9 @@ class Engine:
     ) -> None:
         """Journal `name`, run `body`, then close the step and advance in one transaction.
 
-        A failure of a provider step (validate, preflight, create, revoke) ends the run
-        `failed` before anything was published, or `needs_attention` at revocation.
+        For the steps before anything is published (validate, preflight, create) and
+        revocation: a failure ends the run `failed`, or `needs_attention` at revocation.
+        Failures after publishing take the abort path instead (`_run_phase`).
         """
         opened, result, error = await self._attempt(run, name, lambda: body(run))
         if error is not None:
@@ -554,9 +564,22 @@ class Engine:
             if await self._run_action(run, action):
                 return  # aborted: the run is rolling back
         if phase == Phase.VERIFY and VERIFY_PROVIDER_STEP not in done:
-            await self._step(run, VERIFY_PROVIDER_STEP, self._verify, None)
-            if run.state != RotationState.VERIFYING:
+            opened, result, error = await self._attempt(
+                run, VERIFY_PROVIDER_STEP, lambda: self._verify(run)
+            )
+            if error is not None:
+                # Consumers hold the new version and the issuer does not accept it: the
+                # abort path puts the previous value back, as a failed verify action does.
+                self._end(
+                    run,
+                    opened,
+                    None,
+                    error,
+                    next_state=RotationState.ROLLING_BACK,
+                    rotation_error=f"{VERIFY_PROVIDER_STEP}: {error}",
+                )
                 return
+            self._end(run, opened, result, None)
         next_state = STATE_AFTER_PHASE[phase]
         if phase == Phase.VERIFY:
             self._cut_over(run)
@@ -760,7 +783,12 @@ class Engine:
             if existing is not None:
                 self._set_new_version(s, run, existing.id)
                 return StepResult(
-                    {"version_id": existing.id, "fingerprint": existing.fingerprint, "reused": True}
+                    {
+                        "version_id": existing.id,
+                        "fingerprint": existing.fingerprint,
+                        "reused": True,
+                        **self._no_proof(run),
+                    }
                 )
             current = _current_version(s, run.credential_id)
             # An adopted current version has no value to hand to the provider.
@@ -797,6 +825,7 @@ class Engine:
                     "provider_ref": row.provider_ref,
                     "serial": serial,
                     **adopted,
+                    **self._no_proof(run),
                 }
         except Exception as exc:
             # The issuer holds a version keyshift could not store: revoke it so no
@@ -882,15 +911,118 @@ class Engine:
         run.secrets.append(issued.value.reveal())
         return issued
 
-    async def _verify(self, run: _Run) -> StepResult:
-        new, _previous = self._deliveries(run)
+    def _no_proof(self, run: _Run) -> dict[str, str]:
+        if Capability.AUTHENTICATES in run.provider.capabilities:
+            return {}
+        return {"proof": "not applicable: keyshift cannot sign in to this issuer"}
+
+    def _new_issued(self, run: _Run) -> tuple[VersionRow, IssuedVersion]:
+        """The rotation's new version, as stored, and as the provider receives it."""
         with self.store.transaction() as s:
-            row = _version(s, new.version_id)
+            rot = _rotation(s, run.rotation_id)
+            if rot.new_version_id is None:
+                raise PermanentError(f"rotation {rot.id} has no new version")
+            row = _version(s, rot.new_version_id)
+            if row.status == VersionStatus.REVOKED.value:
+                raise PermanentError(f"the new version {row.id} was revoked")
             issued = self._issued(row)
-        result = await run.provider.verify(VerifyRequest(run.credential, issued))
-        if not result.ok:
-            raise PermanentError(f"the new version does not authenticate: {result.detail}")
-        return StepResult({"version_id": new.version_id, "detail": result.detail})
+        run.secrets.append(issued.value.reveal())
+        return row, issued
+
+    async def _prove_step(self, run: _Run) -> None:
+        """Sign in with the new version at the issuer before any consumer gets it.
+
+        Proven: the rotation moves on to publishing. Not proven within the propagation
+        timeout (or refused outright): nothing was published, so the new version is
+        revoked at the issuer and the rotation ends `failed` with the reason. A worker
+        that stops mid-proof is resumed into the same proof of the same stored version.
+        """
+        opened, result, error = await self._attempt(run, PROVE_STEP, lambda: self._prove(run))
+        if error is None:
+            self._end(run, opened, result, None, next_state=RotationState.PUBLISHING)
+            return
+        withdrawn = await self._withdraw_unproven(run)
+        self._end(run, opened, None, f"{error}; {withdrawn}", next_state=RotationState.FAILED)
+
+    async def _prove(self, run: _Run) -> StepResult:
+        row, issued = self._new_issued(run)
+        wait = await self._until_issuer(run, issued, accepted=True)
+        if not wait.settled:
+            raise PermanentError(
+                f"the new version {row.id} was not accepted by the issuer {wait.summary}: "
+                f"{wait.detail}"
+            )
+        return StepResult(
+            {
+                "version_id": row.id,
+                "fingerprint": row.fingerprint,
+                "detail": wait.detail,
+                **wait.facts("proved"),
+            }
+        )
+
+    async def _withdraw_unproven(self, run: _Run) -> str:
+        """Revoke a new version that was never proven (and never published), so that no
+        credential nobody uses stays valid; the outcome, for the rotation's error."""
+        with self.store.transaction() as s:
+            rot = _rotation(s, run.rotation_id)
+            row = _version(s, rot.new_version_id) if rot.new_version_id else None
+            if row is None or row.status == VersionStatus.REVOKED.value:
+                return "nothing was published"
+            issued = self._issued(row)
+        try:
+            await self._retrying(
+                lambda: run.provider.revoke(RevokeRequest(run.credential, run.rotation_id, issued))
+            )
+        except (PluginError, KeyshiftError) as exc:
+            with self.store.transaction() as s:
+                held = _version(s, row.id)
+                held.status = VersionStatus.DISABLED.value
+                held.expires_at = self.context.now() + RETAIN_DISABLED
+            return scrub(
+                f"nothing was published; revoking the new version failed too ({exc}): "
+                f"version {issued.provider_ref} is still valid at the issuer",
+                run.secrets,
+            )
+        with self.store.transaction() as s:
+            held = _version(s, row.id)
+            held.status = VersionStatus.REVOKED.value
+            held.revoked_at = self.context.now()
+            # Revoked on purpose: the value is no longer kept.
+            held.ciphertext = held.wrapped_key = held.master_key_id = None
+        if Capability.IN_PLACE in run.provider.capabilities:
+            return (
+                "nothing was published; the issuer replaced the value in place, so "
+                "consumers keep the previous value, which it may no longer accept"
+            )
+        return f"nothing was published; the new version {row.id} was revoked at the issuer"
+
+    async def _verify(self, run: _Run) -> StepResult:
+        """Post-cutover test at the issuer, waiting out propagation like the proof."""
+        row, issued = self._new_issued(run)
+        wait = await self._until_issuer(run, issued, accepted=True)
+        if not wait.settled:
+            raise PermanentError(
+                f"the new version does not authenticate {wait.summary}: {wait.detail}"
+            )
+        return StepResult({"version_id": row.id, "detail": wait.detail, **wait.facts("verified")})
+
+    def _propagation_timeout(self, run: _Run) -> timedelta:
+        declared = Policy.model_validate(run.plan.policy).propagation_timeout
+        return declared if declared is not None else propagation_of(run.provider).timeout
+
+    async def _until_issuer(
+        self, run: _Run, version: IssuedVersion, *, accepted: bool
+    ) -> IssuerWait:
+        return await wait_for_issuer(
+            run.provider,
+            run.credential,
+            version,
+            accepted=accepted,
+            within=self._propagation_timeout(run),
+            context=self.context,
+            secrets=run.secrets,
+        )
 
     async def _revoke(self, run: _Run) -> StepResult:
         with self.store.transaction() as s:
@@ -918,8 +1050,10 @@ class Engine:
         result = await run.provider.revoke(RevokeRequest(run.credential, run.rotation_id, issued))
         crash_point("revoking:issuer")
         proof = (
-            "not possible by sign-in: keyshift never held the adopted version's value; "
-            "the issuer's answer is the evidence"
+            {
+                "revocation_proof": "not possible by sign-in: keyshift never held the "
+                "adopted version's value; the issuer's answer is the evidence"
+            }
             if adopted
             else await self._revocation_proof(run, issued)
         )
@@ -935,27 +1069,39 @@ class Engine:
                 "fingerprint": old.fingerprint,
                 "provider_ref": old.provider_ref,
                 "already_gone": result.already_gone,
-                "revocation_proof": proof,
+                **proof,
                 "residual_use": run.residual or "not checked",
                 **dict(result.detail),
             }
         )
 
-    async def _revocation_proof(self, run: _Run, old: IssuedVersion) -> str:
-        """Try the revoked version once, as a consumer would; it must be refused.
+    async def _revocation_proof(self, run: _Run, old: IssuedVersion) -> dict[str, Any]:
+        """Sign in with the revoked version, as a consumer would, until the issuer refuses
+        it everywhere, within the propagation timeout (Entra ID keeps accepting a removed
+        secret for minutes). Still accepted at the timeout: the run ends needs_attention
+        with "old version still accepted by the issuer", never completed.
 
         Only issuers whose `verify` really logs in can prove this; for the others
         (keyshift itself is the issuer of `random`) the proof is not applicable.
         """
         if Capability.AUTHENTICATES not in run.provider.capabilities:
-            return "not applicable"
-        attempt = await run.provider.verify(VerifyRequest(run.credential, old))
-        if attempt.ok:
-            raise PermanentError(
-                f"version {old.provider_ref} still authenticates after revocation "
-                f"({attempt.detail}); the old credential is NOT revoked"
-            )
-        return f"refused: {attempt.detail}"
+            return {"revocation_proof": "not applicable"}
+        wait = await self._until_issuer(run, old, accepted=False)
+        facts = wait.facts("refused")
+        if wait.settled:
+            return {"revocation_proof": f"refused: {wait.detail}", **facts}
+        why = (
+            f"old version still accepted by the issuer {wait.summary} after its revocation "
+            f"({wait.detail}); check again, and revoke it at the issuer by hand if it stays"
+        )
+        self._note_attention(run, why)
+        return {"revocation_proof": f"still accepted: {wait.detail}", **facts}
+
+    def _note_attention(self, run: _Run, why: str) -> None:
+        """Record that the run needs a person, without failing the step it is in."""
+        with self.store.transaction() as s:
+            rot = _rotation(s, run.rotation_id)
+            rot.attention = run.attention = "; ".join(filter(None, [rot.attention, why]))
 
     async def _roll_back(self, run: _Run) -> None:
         """Restore the previous value where it was replaced, then reload, check and tell.
