@@ -31,9 +31,11 @@ def write_estate(
     name: str = "api-key",
     actions: list[dict[str, Any]] | None = None,
     policy: dict[str, Any] | None = None,
+    provider: dict[str, Any] | None = None,
 ) -> Path:
-    """An estate with one `random` credential delivered to a JSON and an env file, then a
-    reload command that logs each run. Returns the estate path."""
+    """An estate with one credential (`random` unless `provider` says otherwise) delivered
+    to a JSON and an env file, then a reload command that logs each run. Returns the
+    estate path."""
     reload_log = tmp / "reload.log"
     script = tmp / "reload.py"
     script.write_text(RELOAD_SCRIPT, encoding="utf-8")
@@ -65,7 +67,7 @@ def write_estate(
                 "name": name,
                 "owner": "team-test",
                 "policy": policy or {"grace_period": "1h", "max_lifetime": "90d"},
-                "provider": {"type": "random", "length": 32},
+                "provider": provider or {"type": "random", "length": 32},
                 "actions": actions,
             }
         ]

@@ -67,7 +67,9 @@ Propagation, as users report it (microsoftgraph/microsoft-graph-docs #17966,
 hashicorp/vault-plugin-secrets-azure #187, jenkinsci/azure-vm-agents-plugin #539):
 `sign_in_delay` seconds pass after addPassword before the new secret signs in (the token
 endpoint answers AADSTS7000215 until then), and a removed secret keeps signing in for
-`removal_delay` seconds. Both are 0 unless a test sets them.
+`removal_delay` seconds. Both are 0 unless a test sets them. They are measured on
+`monotonic` (real time unless a test points it at a fake clock, so that the engine's
+waits on that clock and the double's delays pass together, without real waiting).
 
 What it keeps: applications and their password credentials as SHA-256 hashes of
 the secret text, and the sign-in records tests add (`add_sign_in`: a test adds a record
@@ -156,7 +158,7 @@ class StoredPassword:
     start: datetime
     end: datetime
     added_at: float | None = None
-    """`time.monotonic()` when addPassword made it (None for seeded ones): with
+    """The double's `monotonic()` when addPassword made it (None for seeded ones): with
     `sign_in_delay` set, it signs in only that long afterwards."""
 
 
@@ -361,6 +363,8 @@ class GraphDouble:
         self.removal_delay = 0.0
         """Seconds after removePassword during which the removed secret still signs in,
         as Entra ID's replicas keep accepting it for minutes."""
+        self.monotonic: Callable[[], float] = time.monotonic
+        """The clock the delays are measured on, in seconds."""
         self._removed: list[RemovedPassword] = []
         self._tokens: dict[str, dict[str, Any]] = {}
         self._skiptokens: dict[str, int] = {}
@@ -442,7 +446,7 @@ class GraphDouble:
             secret_sha256=_sha256(text),
             start=start,
             end=end,
-            added_at=time.monotonic(),
+            added_at=self.monotonic(),
         )
         with self._lock:
             app.passwords.append(stored)
@@ -714,7 +718,7 @@ class GraphDouble:
         hashed = _sha256(secret)
         if client_id == self.client_id and hmac.compare_digest(hashed, self._client_secret_sha256):
             return True
-        now, tick = datetime.now(UTC), time.monotonic()
+        now, tick = datetime.now(UTC), self.monotonic()
         with self._lock:
             live = any(
                 hmac.compare_digest(hashed, p.secret_sha256)
@@ -909,7 +913,7 @@ class GraphDouble:
             secret_sha256=_sha256(secret_text),
             start=start,
             end=end,
-            added_at=time.monotonic(),
+            added_at=self.monotonic(),
         )
         with self._lock:
             app.passwords.append(stored)
@@ -934,7 +938,7 @@ class GraphDouble:
         with self._lock:
             kept = [p for p in app.passwords if p.key_id != key_id]
             self._removed.extend(
-                RemovedPassword(app.app_id, p.secret_sha256, p.end, time.monotonic())
+                RemovedPassword(app.app_id, p.secret_sha256, p.end, self.monotonic())
                 for p in app.passwords
                 if p.key_id == key_id
             )

@@ -31,7 +31,7 @@ from keyshift.testing import FakeClock, assert_provider_contract
 from tests.conftest import ADMIN_ENV, ADMIN_SECRET, Cli, run_subprocess
 from tests.doubles.graph import GraphDouble, StoredApplication
 from tests.doubles.tls import TlsFiles
-from tests.helpers import json_value, rotations_of, save_estate, versions
+from tests.helpers import json_value, rotations_of, save_estate, steps, versions
 
 NAME = "payments-entra"
 
@@ -267,6 +267,51 @@ def test_graph_throttling_is_waited_out_on_the_context_clock_and_the_rotation_co
     assert sum(clock.sleeps) >= 2
     assert len(app.passwords) == 1
     assert _signs_in(graph, tls, app.app_id, _published(tmp_path))
+
+
+def test_two_rotations_complete_while_entra_replicates_new_secrets_and_removals_slowly(
+    graph: GraphDouble,
+    tls: TlsFiles,
+    app: StoredApplication,
+    env: dict[str, str],
+    store: Store,
+    tmp_path: Path,
+) -> None:
+    """A new secret signs in only 5 s after addPassword and a removed one for 3 s after
+    removePassword: the engine proves each new secret before any consumer gets it and
+    proves the removed one refused, waiting on the clock the double's delays run on."""
+    assert Cli(env)("apply", "-f", str(_estate(tmp_path, graph, tls, app))).exit_code == 0
+    clock = FakeClock()
+    graph.monotonic = lambda: clock.now().timestamp()
+    graph.sign_in_delay, graph.removal_delay = 5, 3
+
+    def rotate() -> RotationState:
+        _, state = asyncio.run(
+            rotations.rotate(store, NAME, actor="test", context=clock.context(env))
+        )
+        return state
+
+    assert rotate() == RotationState.COMPLETED
+    first_secret = _published(tmp_path)
+    assert rotate() == RotationState.GRACE
+    assert len(app.passwords) == 2, "old and new secret are both valid during grace"
+    second_secret = _published(tmp_path)
+    assert _signs_in(graph, tls, app.app_id, second_secret)
+
+    clock.advance(timedelta(hours=1))
+    [(_, _, final)] = asyncio.run(rotations.resume(store, actor="test", context=clock.context(env)))
+    assert final == RotationState.COMPLETED
+    assert len(app.passwords) == 1
+    assert _signs_in(graph, tls, app.app_id, second_secret)
+    assert not _signs_in(graph, tls, app.app_id, first_secret)
+    assert [r.state for r in rotations_of(store, NAME)] == ["completed", "completed"]
+    for rotation in rotations_of(store, NAME):
+        [proving] = [s for s in steps(store, rotation.id) if s.name == "proving"]
+        assert proving.detail["attempts"] > 1, "the first sign-ins were refused as not yet"
+        assert proving.detail["waited_s"] >= 5
+    [revoking] = [s for s in steps(store, rotations_of(store, NAME)[-1].id) if s.name == "revoking"]
+    assert revoking.detail["revocation_proof"].startswith("refused")
+    assert revoking.detail["waited_s"] >= 3
 
 
 # --- preflight ------------------------------------------------------------------------------
