@@ -674,7 +674,7 @@ def _timeline_table(t: rotations.Timeline) -> Table:
         f"(plan {t.plan_hash[:12]})",
         title_justify="left",
     )
-    for col in ("#", "step", "try", "outcome", "started", "duration", "error"):
+    for col in ("#", "step", "try", "outcome", "started", "duration", "error", "note"):
         table.add_column(col)
     for s in t.steps:
         table.add_row(
@@ -685,6 +685,7 @@ def _timeline_table(t: rotations.Timeline) -> Table:
             _clock(s.started_at),
             _ms(s.duration),
             s.error or "",
+            s.note or "",
         )
     return table
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -18,23 +19,26 @@ from typing import Any, cast
 
 import pytest
 
+from keyshift.api.routes import _rotation_out
 from keyshift.domain.states import RotationState, StepStatus, VersionStatus
 from keyshift.errors import PermanentError
 from keyshift.providers import PROVIDERS
 from keyshift.providers.base import VerifyRequest, VerifyResult
-from keyshift.service import rotations
+from keyshift.service import evidence, rotations
 from keyshift.service.estate import apply_estate, load_estate
 from keyshift.store.models import RotationRow
 from keyshift.store.store import Store
 from keyshift.targets import TARGETS
 from keyshift.targets.base import PublishRequest, StepResult
 from keyshift.testing import FakeClock, FakeProvider, FakeVersion, RecordingTarget
+from tests.conftest import Cli
 from tests.helpers import (
     env_value,
     json_value,
     rotations_of,
     save_estate,
     steps,
+    table_rows,
     value_of,
     versions,
     write_estate,
@@ -209,6 +213,10 @@ def test_revocation_waits_until_the_issuer_refuses_the_old_version(
     old, _new = versions(store, "api-key")
     assert old.status == VersionStatus.REVOKED.value
     assert _rotation(store, rotation_id).attention is None
+    bundle = evidence.export(store, rotation_id, actor="auditor", now=clock.now())
+    [proof] = [s["detail"] for s in bundle["steps"] if s["name"] == "revoking"]
+    assert proof["attempts"] == revoking.detail["attempts"], "the evidence counts the attempts"
+    assert evidence.verify(store, bundle).ok
 
 
 def test_an_old_version_still_accepted_at_the_timeout_needs_attention_not_completed(
@@ -343,3 +351,24 @@ def test_every_failed_check_after_publishing_rolls_back_to_the_previous_value(
     old, new = versions(store, "api-key")
     assert (old.status, new.status) == (VersionStatus.CURRENT.value, VersionStatus.DISABLED.value)
     assert failed_step in (_rotation(store, rotation_id).error or "")
+
+
+def test_show_and_the_api_say_how_long_the_issuer_took_to_accept_the_new_version(
+    store: Store,
+    tmp_path: Path,
+    issuer: dict[str, FakeVersion],
+    cli: Cli,
+) -> None:
+    clock = FakeClock()
+    _apply(store, _estate(tmp_path, sign_in_delay=20))
+    rotation_id, _ = _rotate(store, clock)
+
+    timeline = rotations.rotation_timeline(store, rotation_id)
+    [proving] = [s for s in timeline.steps if s.name == "proving"]
+    assert proving.note is not None
+    assert re.fullmatch(r"proved after [2-9] attempt\(s\), [2-5][0-9]s", proving.note)
+    shown = cli("show", rotation_id)
+    assert shown.exit_code == 0, shown.output
+    [row] = [r for r in table_rows(shown.output) if r and r[1] == "proving"]
+    assert row[-1] == proving.note
+    assert [s.note for s in _rotation_out(timeline).steps if s.name == "proving"] == [proving.note]

@@ -271,6 +271,8 @@ class StepOut:
     ended_at: datetime | None
     duration_ms: float | None
     error: str | None
+    note: str | None = None
+    """What the step waited for at the issuer ("proved after 7 attempt(s), 41s")."""
 
 
 @dataclass(frozen=True)
@@ -331,6 +333,7 @@ def _rotation_out(t: rotations.Timeline, *, queued: bool = False) -> RotationOut
                 s.ended_at,
                 s.duration.total_seconds() * 1000 if s.duration is not None else None,
                 s.error,
+                s.note,
             )
             for s in t.steps
         ],

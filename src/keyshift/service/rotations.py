@@ -84,6 +84,8 @@ class StepLine:
     started_at: datetime
     ended_at: datetime | None
     error: str | None
+    note: str | None = None
+    """What the step waited for at the issuer, in words ("proved after 7 attempt(s), 41s")."""
 
     @property
     def duration(self) -> timedelta | None:
@@ -265,7 +267,14 @@ def rotation_timeline(store: Store, rotation_id: str) -> Timeline:
             attention=rot.attention,
             steps=[
                 StepLine(
-                    st.seq, st.name, st.attempt, st.status, st.started_at, st.ended_at, st.error
+                    st.seq,
+                    st.name,
+                    st.attempt,
+                    st.status,
+                    st.started_at,
+                    st.ended_at,
+                    st.error,
+                    (st.detail or {}).get("propagation"),
                 )
                 for st in steps
             ],
