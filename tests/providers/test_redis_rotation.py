@@ -8,14 +8,17 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from sqlalchemy import update
 
-from keyshift.domain.context import PluginContext
+from keyshift.domain.context import PluginContext, utcnow
 from keyshift.service import rotations
+from keyshift.store.models import RotationRow
 from keyshift.store.store import Store
 from tests.conftest import Cli
 from tests.helpers import env_value, rotate_under_load, rotations_of, save_estate, steps, versions
@@ -320,3 +323,84 @@ def test_on_timeout_fail_ends_needs_attention_and_keeps_the_old_user(
     assert "on" in _acl_flags(redis_url, old_user)
     assert [v.status for v in versions(store, "cache")] == ["previous", "current"]
     assert "revoking" not in {s.name for s in steps(store, rotation.id)}
+
+
+# --- passwords keyshift did not issue --------------------------------------------------------
+
+
+def _end_grace(store: Store, rotation_id: str) -> None:
+    with store.transaction() as s:
+        s.execute(
+            update(RotationRow)
+            .where(RotationRow.id == rotation_id)
+            .values(grace_until=utcnow() - timedelta(seconds=1))
+        )
+
+
+def test_adopt_existing_retire_ends_the_password_keyshift_did_not_issue_when_grace_ends(
+    redis_url: str, app_user: str, env: dict[str, str], store: Store, tmp_path: Path
+) -> None:
+    cli = Cli(env)
+    provider = {"strategy": "dual_password", "user": app_user, "adopt_existing": "retire"}
+    estate = _estate(tmp_path, redis_url, app_user, provider=provider)
+    assert cli("apply", "-f", str(estate)).exit_code == 0
+    said = cli("preflight", "cache")
+    assert "1 password(s) of " + app_user + " that keyshift did not add are retired" in said.output
+
+    first = cli("rotate", "cache")
+    assert first.exit_code == 0, first.output
+    [rotation] = rotations_of(store, "cache")
+    assert rotation.state == "grace", "the adopted password is the old version, kept in grace"
+    _, password = _published(tmp_path)
+    assert _authenticates(redis_url, app_user, "initial-password"), "valid through grace"
+    with redis.Redis.from_url(redis_url) as root:  # someone adds one by hand meanwhile
+        root.execute_command("ACL", "SETUSER", app_user, ">added-later")
+
+    _end_grace(store, rotation.id)
+    resumed = cli("resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert rotations_of(store, "cache")[-1].state == "completed"
+    assert not _authenticates(redis_url, app_user, "initial-password"), "retired"
+    assert _authenticates(redis_url, app_user, password)
+    assert _authenticates(redis_url, app_user, "added-later"), "only what was adopted is retired"
+    adopted, current = versions(store, "cache")
+    assert (adopted.status, current.status) == ("revoked", "current")
+    assert adopted.attributes["adopted_passwords"] == "1"
+    [revoking] = [s for s in steps(store, rotation.id) if s.name == "revoking"]
+    assert revoking.detail["retired_passwords"] == "1"
+    later = cli("preflight", "cache")
+    assert "1 password(s) of " + app_user + " that keyshift did not issue stay valid" in (
+        later.output
+    )
+    export = cli("audit", "export")
+    with redis.Redis.from_url(redis_url, decode_responses=True) as root:
+        hashes = root.acl_getuser(app_user)["passwords"]
+    for digest in hashes:
+        assert digest not in export.output, "no password hash leaves Redis"
+
+
+def test_adopt_existing_keep_leaves_the_pre_existing_password_valid_and_preflight_says_so(
+    redis_url: str, app_user: str, env: dict[str, str], store: Store, tmp_path: Path
+) -> None:
+    cli = Cli(env)
+    assert cli("apply", "-f", str(_estate(tmp_path, redis_url, app_user))).exit_code == 0
+    for _ in range(2):
+        assert cli("rotate", "cache", "--grace", "0s").exit_code == 0
+    assert _authenticates(redis_url, app_user, "initial-password")
+    said = cli("preflight", "cache")
+    assert said.exit_code == 0, said.output
+    assert "1 password(s) of " + app_user + " that keyshift did not issue stay valid" in (
+        said.output
+    )
+    assert "adopt_existing: keep" in said.output
+
+
+def test_adopt_existing_retire_with_alternating_users_is_refused_naming_the_field(
+    redis_url: str, app_user: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    provider = {"strategy": "alternating_users", "users": ["a", "b"], "adopt_existing": "retire"}
+    estate = _estate(tmp_path, redis_url, app_user, provider=provider)
+    refused = Cli(env)("apply", "-f", str(estate))
+    assert refused.exit_code == 2
+    assert "credentials[0].provider" in refused.output
+    assert "adopt_existing: retire belongs to dual_password" in refused.output

@@ -31,6 +31,11 @@ Limits an operator should know:
   clients and a `residual_use` policy holds revocation until they are gone. With
   `dual_password` the old and new passwords belong to one user and `CLIENT LIST` cannot
   tell which password a client used, so that strategy reports no residual use.
+- Passwords a `dual_password` user held before keyshift managed it stay valid unless
+  `adopt_existing: retire`: then the first rotation takes them over as its old version,
+  listing their hashes in the marker key (field `adopted`, on the server that already
+  lists them in `ACL GETUSER`; nothing hash-derived leaves Redis), and removes exactly
+  those (`!<sha256>`) when its grace period ends.
 - ACL changes live in memory until saved: `persist_acl` saves them to the ACL file or
   redis.conf. ACL rules are not replicated: point the integration at every node that
   consumers authenticate to (one credential per node) until replicas are handled.
@@ -66,6 +71,8 @@ from keyshift.domain.context import PluginContext
 from keyshift.domain.secret import Secret
 from keyshift.errors import KeyshiftError, PermanentError, PluginError, TransientError, scrub
 from keyshift.providers.base import (
+    AdoptedVersion,
+    AdoptRequest,
     Capability,
     CreateRequest,
     IssuedVersion,
@@ -87,6 +94,8 @@ from keyshift.providers.random import DEFAULT_ALPHABET, Alphabet, draw
 
 MARKER_KEY_PREFIX = "keyshift:marker:"
 """The marker of the rotation that last set a user's password lives at this key + user."""
+ADOPTED_FIELD = "adopted"
+"""The marker key's field listing the hashes the first rotation adopted (`retire`)."""
 MAX_ADDRESSES = 5
 """`residual_use` names at most this many client addresses."""
 
@@ -131,6 +140,13 @@ class RedisConfig(BaseModel):
     """Length of generated passwords."""
     password_alphabet: Alphabet = DEFAULT_ALPHABET
     """Characters generated passwords are drawn from (at least 10 distinct)."""
+    adopt_existing: Literal["keep", "retire"] = "keep"
+    """dual_password: what the first rotation does with passwords the user already holds
+    that keyshift did not add: `keep` leaves them valid (preflight says so); `retire`
+    treats them as the old version, so they are removed (by hash) when the grace period
+    ends, after the residual-use and approval gates like any old version. Passwords added
+    by hand later are not touched. alternating_users needs neither: each user's
+    passwords are reset when it takes its turn."""
 
     @field_validator("user")
     @classmethod
@@ -158,6 +174,11 @@ class RedisConfig(BaseModel):
                 raise ValueError("alternating_users needs users: [two distinct ACL users]")
             if self.user:
                 raise ValueError("user belongs to dual_password; alternating_users takes users")
+            if self.adopt_existing == "retire":
+                raise ValueError(
+                    "adopt_existing: retire belongs to dual_password; alternating_users "
+                    "resets each user's passwords when it takes its turn"
+                )
         if any(c.isspace() or not c.isprintable() for c in self.password_alphabet):
             raise ValueError("password_alphabet must hold printable characters without spaces")
         return self
@@ -268,7 +289,10 @@ class RedisProvider:
             return frozenset(
                 {Capability.DUAL_ACTIVE, Capability.AUTHENTICATES, Capability.RESIDUAL_USE}
             )
-        return frozenset({Capability.DUAL_ACTIVE, Capability.AUTHENTICATES})
+        held = {Capability.DUAL_ACTIVE, Capability.AUTHENTICATES}
+        if self.config.adopt_existing == "retire":
+            held.add(Capability.ADOPTS_EXISTING)
+        return frozenset(held)
 
     @property
     def _integration(self) -> RedisIntegration:
@@ -389,6 +413,7 @@ class RedisProvider:
         """
         users = self.config.users or [self.config.user or ""]
         admin = unquote(urlsplit(self._integration.dsn).username or "")
+        others = ""
         try:
             async with self._admin() as conn:
                 for user in users:
@@ -399,12 +424,14 @@ class RedisProvider:
                             f"ACL user {user} on {self._where()} has nopass; adding a password "
                             "would lock out its consumers (give it a password first)",
                         )
+                    if self.config.strategy == "dual_password":
+                        others = await self._others_said(conn, user, acl)
                 refused, proven = await self._dry_run(conn, admin, users)
         except KeyshiftError as exc:
             return PreflightResult(Readiness.BLOCKED, str(exc))
         if refused is not None:
             return PreflightResult(Readiness.BLOCKED, refused)
-        found = f"ACL user(s) {', '.join(users)} exist on {self._where()}"
+        found = f"ACL user(s) {', '.join(users)} exist on {self._where()}{others}"
         if not proven:
             return PreflightResult(
                 Readiness.READY,
@@ -413,6 +440,98 @@ class RedisProvider:
             )
         return PreflightResult(
             Readiness.READY, f"{found}; admin {admin} may change them (ACL DRYRUN)"
+        )
+
+    async def _others(self, conn: aioredis.Redis, user: str, acl: _AclUser) -> list[str]:
+        """The hashes of the user's passwords that keyshift did not add last (the marker
+        names the one it did)."""
+        ours = (await self._marker(conn, user)).get("sha256")
+        return [h for h in acl.passwords if h != ours]
+
+    async def _others_said(self, conn: aioredis.Redis, user: str, acl: _AclUser) -> str:
+        """For preflight: what becomes of the passwords keyshift did not add, in words."""
+        others = await self._others(conn, user, acl)
+        marker = await self._marker(conn, user)
+        if self.config.adopt_existing == "keep":
+            pending: list[str] = []
+        elif not marker.get("marker"):
+            pending = others  # no rotation yet: the first one adopts them all
+        else:
+            listed = set(marker.get(ADOPTED_FIELD, "").split(","))
+            pending = [h for h in others if h in listed]
+        said = ""
+        if pending:
+            said += (
+                f"; {len(pending)} password(s) of {user} that keyshift did not add are "
+                "retired when the first rotation's grace period ends (adopt_existing: retire)"
+            )
+        if kept := len(others) - len(pending):
+            rule = (
+                "adopt_existing: keep; retire ends them"
+                if self.config.adopt_existing == "keep"
+                else "added after the first rotation, which retire does not touch"
+            )
+            said += f"; {kept} password(s) of {user} that keyshift did not issue stay valid "
+            said += f"({rule})"
+        return said
+
+    async def adopt_existing(self, request: AdoptRequest) -> AdoptedVersion | None:
+        """The user's passwords that keyshift did not add, as one version (None if there
+        are none). Their hashes are listed in the marker key on the server, for `revoke`;
+        the version carries only their count. Changes no password."""
+        user = self._pick_user(None)
+        async with self._admin() as conn:
+            acl = await self._require_user(conn, user)
+            others = await self._others(conn, user, acl)
+            if not others:
+                return None
+            with self._errors(f"recording the adopted passwords of ACL user {user}"):
+                await conn.hset(MARKER_KEY_PREFIX + user, ADOPTED_FIELD, ",".join(others))
+        return AdoptedVersion(
+            provider_ref=f"{user}:adopted",
+            attributes={
+                "username": user,
+                "adopted_passwords": str(len(others)),
+                **_endpoint(self._integration.dsn),
+            },
+        )
+
+    async def _retire(self, user: str) -> RevokeResult:
+        """Remove the adopted passwords still present, then read the user again to prove
+        them gone. Never removes keyshift's own password or the user's last one."""
+        async with self._admin() as conn:
+            acl = await self._getuser(conn, user)
+            if acl is None:
+                return RevokeResult(already_gone=True, detail={"user": user, "missing": "yes"})
+            marker = await self._marker(conn, user)
+            listed = [h for h in marker.get(ADOPTED_FIELD, "").split(",") if h]
+            present = [h for h in listed if h in acl.passwords and h != marker.get("sha256")]
+            if not present:
+                await self._persist(conn)
+                return RevokeResult(already_gone=True, detail={"user": user, "retired": "0"})
+            if set(acl.passwords) <= set(present):
+                raise PermanentError(
+                    f"refusing to remove the last password(s) of ACL user {user} on "
+                    f"{self._where()}; keyshift's own password is missing"
+                )
+            with self._errors(f"retiring the adopted passwords of ACL user {user}"):
+                await _setuser(conn, user, [f"!{h}" for h in present])
+            await self._persist(conn)
+            after = await self._require_user(conn, user)
+        left = [h for h in present if h in after.passwords]
+        if left:
+            raise PermanentError(
+                f"ACL user {user} on {self._where()} still holds {len(left)} adopted "
+                "password(s) after removing them"
+            )
+        log.info("redis.adopted_passwords_retired", user=user, count=len(present))
+        return RevokeResult(
+            detail={
+                "user": user,
+                "retired_passwords": str(len(present)),
+                "remaining": str(len(after.passwords)),
+                "proof": "ACL GETUSER no longer lists them",
+            }
         )
 
     def _rotation_commands(self, user: str) -> list[tuple[str, ...]]:
@@ -556,7 +675,8 @@ class RedisProvider:
         return VerifyResult(ok=bool(pong), detail=f"AUTH as {user} ok; PING")
 
     async def revoke(self, request: RevokeRequest) -> RevokeResult:
-        """dual_password: remove the old password by its hash. alternating_users: disable
+        """dual_password: remove the old password by its hash (an adopted version: the
+        adopted passwords listed in the marker key). alternating_users: disable
         the old user (`off resetpass`), never deleting it. Succeeds, with
         `already_gone=True`, if the user no longer holds the version's password (revoked
         before, or a later rotation set the user's password). Connections that already
@@ -565,6 +685,8 @@ class RedisProvider:
         allowed = self.config.users or [self.config.user or ""]
         if user not in allowed:
             raise PermanentError(f"version {request.version.provider_ref} names no rotated user")
+        if "adopted_passwords" in request.version.attributes:
+            return await self._retire(user)
         digest = password_hash(request.version.value.reveal())
         async with self._admin() as conn:
             acl = await self._getuser(conn, user)
