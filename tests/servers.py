@@ -17,6 +17,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import redis
 
 
 def free_port() -> int:
@@ -165,3 +168,20 @@ def redis_server(*, aclfile: bool = False) -> Iterator[str]:
             process.wait()
         log.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def redis_replica(primary_url: str) -> Iterator[str]:
+    """Start a redis-server that replicates `primary_url` (`REPLICAOF`), wait until its link
+    to the primary is up, and yield its URL. Redis replicates data, not ACLs: the replica
+    starts with only its default user, as a real one whose ACL is managed per node."""
+    primary = urlsplit(primary_url)
+    with redis_server() as url:
+        with redis.Redis.from_url(url, decode_responses=True) as replica:
+            replica.execute_command("REPLICAOF", primary.hostname, str(primary.port))
+            deadline = time.monotonic() + 30
+            while replica.info("replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"replica {url} did not reach the primary {primary_url}")
+                time.sleep(0.05)
+        yield url

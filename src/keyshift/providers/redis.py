@@ -37,15 +37,19 @@ Limits an operator should know:
   lists them in `ACL GETUSER`; nothing hash-derived leaves Redis), and removes exactly
   those (`!<sha256>`) when its grace period ends.
 - ACL changes live in memory until saved: `persist_acl` saves them to the ACL file or
-  redis.conf. ACL rules are not replicated: point the integration at every node that
-  consumers authenticate to (one credential per node) until replicas are handled.
+  redis.conf. ACL rules are not replicated: list the replicas (every node consumers
+  authenticate to) under the integration's `nodes`, and keyshift applies, saves and
+  proves each change on every node. A node that cannot be reached fails the step (the
+  proof before cutover waits for it within `propagation_timeout`) and is named.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -99,6 +103,10 @@ ADOPTED_FIELD = "adopted"
 MAX_ADDRESSES = 5
 """`residual_use` names at most this many client addresses."""
 
+_NODE: ContextVar[str | None] = ContextVar("keyshift_redis_node", default=None)
+"""The `host:port` of the node the admin connection open in this task talks to."""
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
+
 _PERSIST_HINT = "set persist_acl: none on the integration if its ACL is kept elsewhere"
 
 log = structlog.get_logger("keyshift.providers.redis")
@@ -119,6 +127,31 @@ class RedisIntegration(AdminConnection):
     `config_rewrite` (users in redis.conf), `none` (a managed service persists them), or
     `auto`: `acl_save` if `aclfile` is set, else `config_rewrite` if the server runs from
     a config file, else nothing (with a warning)."""
+    nodes: list[str] = Field(default_factory=list, max_length=32)
+    """Further nodes as `host:port` (replicas, or every node consumers authenticate to),
+    reached with the same scheme, admin user, password and database as `dsn`. Redis does
+    not replicate ACLs: keyshift applies, saves and proves every ACL change on `dsn` and
+    on each node; one that cannot be reached fails the step, named."""
+
+    @field_validator("nodes")
+    @classmethod
+    def _host_ports(cls, nodes: list[str]) -> list[str]:
+        for node in nodes:
+            match = _HOST_PORT.match(node)
+            if match is None or not 0 < int(match.group(2)) < 65536:
+                raise ValueError(f"{node!r} is not host:port (e.g. cache-replica-1:6379)")
+        if len(set(nodes)) != len(nodes):
+            raise ValueError("lists a node twice")
+        return nodes
+
+    def node_urls(self) -> list[str]:
+        """`dsn` first, then one URL per node: the same URL at the node's host and port."""
+        parts = urlsplit(self.dsn)
+        user = parts.netloc.rpartition("@")[0]
+        return [self.dsn] + [
+            urlunsplit((parts.scheme, f"{user}@{node}", parts.path, parts.query, ""))
+            for node in self.nodes
+        ]
 
 
 class RedisConfig(BaseModel):
@@ -192,6 +225,11 @@ def _check_username(user: str) -> None:
 def password_hash(password: str) -> str:
     """The SHA-256 hex digest Redis stores for `password` and lists in `ACL GETUSER`."""
     return hashlib.sha256(password.encode()).hexdigest()
+
+
+def _host_port(url: str) -> str:
+    ep = _endpoint(url)
+    return f"{ep['host']}:{ep['port']}"
 
 
 def _endpoint(dsn: str) -> dict[str, str]:
@@ -299,19 +337,25 @@ class RedisProvider:
         return self.context.integration(self.config.integration, RedisIntegration)
 
     def _where(self) -> str:
-        ep = _endpoint(self._integration.dsn)
-        return f"{ep['host']}:{ep['port']}"
+        """The node the open admin connection talks to (the `dsn` outside of one)."""
+        return _NODE.get() or _host_port(self._integration.dsn)
+
+    def _nodes(self) -> list[str]:
+        return self._integration.node_urls()
 
     def _timeout(self) -> float:
         return max(0.1, self._integration.connect_timeout.total_seconds())
 
     @asynccontextmanager
-    async def _admin(self) -> AsyncIterator[aioredis.Redis]:
+    async def _admin(self, url: str | None = None) -> AsyncIterator[aioredis.Redis]:
+        """An admin connection to `url` (a node URL; the `dsn`, the primary, by default)."""
         integration = self._integration
+        url = url or integration.dsn
         password = self.context.secret("password_from", integration.password_from)
         # No client-side retries: the engine retries a step that raised TransientError.
+        node = _NODE.set(_host_port(url))
         client = aioredis.Redis.from_url(
-            integration.dsn,
+            url,
             password=password.reveal(),
             socket_connect_timeout=self._timeout(),
             socket_timeout=self._timeout(),
@@ -323,6 +367,7 @@ class RedisProvider:
                 yield client
         finally:
             await client.aclose()
+            _NODE.reset(node)
 
     @contextmanager
     def _errors(self, doing: str, *known: Secret) -> Iterator[None]:
@@ -402,36 +447,40 @@ class RedisProvider:
                 await conn.config_rewrite()
 
     async def preflight(self, request: PreflightRequest) -> PreflightResult:
-        """Log in as the admin, read each rotated user (`ACL GETUSER`) and ask Redis whether
-        the admin may run what a rotation runs (`ACL DRYRUN`, Redis 7+). Changes nothing.
+        """Log in as the admin on every node, read each rotated user (`ACL GETUSER`) and ask
+        the primary whether the admin may run what a rotation runs (`ACL DRYRUN`, Redis
+        7+). Changes nothing.
 
-        Blocked when the admin cannot log in or read the users, a user does not exist, a
-        dual_password user has `nopass` (adding a password would lock its consumers out),
-        or the dry run refuses a command. When the admin may not run `ACL DRYRUN` (or the
-        server predates it), the write permissions are proven at the first rotation and
-        the reason says so.
+        Blocked when a node cannot be reached (named), the admin cannot log in or read the
+        users, a user does not exist on a node, a dual_password user has `nopass` (adding
+        a password would lock its consumers out), or the dry run refuses a command. When
+        the admin may not run `ACL DRYRUN` (or the server predates it), the write
+        permissions are proven at the first rotation and the reason says so.
         """
         users = self.config.users or [self.config.user or ""]
         admin = unquote(urlsplit(self._integration.dsn).username or "")
         others = ""
+        primary, *replicas = self._nodes()
         try:
-            async with self._admin() as conn:
+            async with self._admin(primary) as conn:
                 for user in users:
-                    acl = await self._require_user(conn, user)
-                    if self.config.strategy == "dual_password" and "nopass" in acl.flags:
-                        return PreflightResult(
-                            Readiness.BLOCKED,
-                            f"ACL user {user} on {self._where()} has nopass; adding a password "
-                            "would lock out its consumers (give it a password first)",
-                        )
+                    if blocked := await self._user_blocked(conn, user):
+                        return PreflightResult(Readiness.BLOCKED, blocked)
                     if self.config.strategy == "dual_password":
+                        acl = await self._require_user(conn, user)
                         others = await self._others_said(conn, user, acl)
                 refused, proven = await self._dry_run(conn, admin, users)
+            for url in replicas:
+                async with self._admin(url) as conn:
+                    for user in users:
+                        if blocked := await self._user_blocked(conn, user):
+                            return PreflightResult(Readiness.BLOCKED, blocked)
         except KeyshiftError as exc:
             return PreflightResult(Readiness.BLOCKED, str(exc))
         if refused is not None:
             return PreflightResult(Readiness.BLOCKED, refused)
-        found = f"ACL user(s) {', '.join(users)} exist on {self._where()}{others}"
+        where = ", ".join(_host_port(url) for url in self._nodes())
+        found = f"ACL user(s) {', '.join(users)} exist on {where}{others}"
         if not proven:
             return PreflightResult(
                 Readiness.READY,
@@ -441,6 +490,16 @@ class RedisProvider:
         return PreflightResult(
             Readiness.READY, f"{found}; admin {admin} may change them (ACL DRYRUN)"
         )
+
+    async def _user_blocked(self, conn: aioredis.Redis, user: str) -> str | None:
+        """Why a rotation of `user` cannot run on this node, or None (a missing user raises)."""
+        acl = await self._require_user(conn, user)
+        if self.config.strategy == "dual_password" and "nopass" in acl.flags:
+            return (
+                f"ACL user {user} on {self._where()} has nopass; adding a password "
+                "would lock out its consumers (give it a password first)"
+            )
+        return None
 
     async def _others(self, conn: aioredis.Redis, user: str, acl: _AclUser) -> list[str]:
         """The hashes of the user's passwords that keyshift did not add last (the marker
@@ -476,13 +535,19 @@ class RedisProvider:
         return said
 
     async def adopt_existing(self, request: AdoptRequest) -> AdoptedVersion | None:
-        """The user's passwords that keyshift did not add, as one version (None if there
-        are none). Their hashes are listed in the marker key on the server, for `revoke`;
-        the version carries only their count. Changes no password."""
+        """The user's passwords that keyshift did not add, on any node, as one version
+        (None if there are none). Their hashes are listed in the marker key on the primary,
+        for `revoke`; the version carries only their count. Changes no password."""
         user = self._pick_user(None)
-        async with self._admin() as conn:
-            acl = await self._require_user(conn, user)
-            others = await self._others(conn, user, acl)
+        primary, *replicas = self._nodes()
+        found: list[str] = []
+        async with self._admin(primary) as conn:
+            ours = (await self._marker(conn, user)).get("sha256")
+            for url in replicas:
+                async with self._admin(url) as node:
+                    found += (await self._require_user(node, user)).passwords
+            found = (await self._require_user(conn, user)).passwords + found
+            others = list(dict.fromkeys(h for h in found if h != ours))
             if not others:
                 return None
             with self._errors(f"recording the adopted passwords of ACL user {user}"):
@@ -497,39 +562,43 @@ class RedisProvider:
         )
 
     async def _retire(self, user: str) -> RevokeResult:
-        """Remove the adopted passwords still present, then read the user again to prove
-        them gone. Never removes keyshift's own password or the user's last one."""
-        async with self._admin() as conn:
-            acl = await self._getuser(conn, user)
-            if acl is None:
-                return RevokeResult(already_gone=True, detail={"user": user, "missing": "yes"})
+        """Remove the adopted passwords still present on each node, then read the user
+        again to prove them gone. Never removes keyshift's own password or a node's last."""
+        primary, *_ = self._nodes()
+        async with self._admin(primary) as conn:
             marker = await self._marker(conn, user)
-            listed = [h for h in marker.get(ADOPTED_FIELD, "").split(",") if h]
-            present = [h for h in listed if h in acl.passwords and h != marker.get("sha256")]
-            if not present:
+        listed = {h for h in marker.get(ADOPTED_FIELD, "").split(",") if h} - {marker.get("sha256")}
+        retired = 0
+        for url in self._nodes():
+            async with self._admin(url) as conn:
+                acl = await self._getuser(conn, user)
+                present = [h for h in (acl.passwords if acl else []) if h in listed]
+                if acl is None or not present:
+                    await self._persist(conn)
+                    continue
+                if set(acl.passwords) <= set(present):
+                    raise PermanentError(
+                        f"refusing to remove the last password(s) of ACL user {user} on "
+                        f"{self._where()}; keyshift's own password is missing"
+                    )
+                with self._errors(f"retiring the adopted passwords of ACL user {user}"):
+                    await _setuser(conn, user, [f"!{h}" for h in present])
                 await self._persist(conn)
-                return RevokeResult(already_gone=True, detail={"user": user, "retired": "0"})
-            if set(acl.passwords) <= set(present):
-                raise PermanentError(
-                    f"refusing to remove the last password(s) of ACL user {user} on "
-                    f"{self._where()}; keyshift's own password is missing"
-                )
-            with self._errors(f"retiring the adopted passwords of ACL user {user}"):
-                await _setuser(conn, user, [f"!{h}" for h in present])
-            await self._persist(conn)
-            after = await self._require_user(conn, user)
-        left = [h for h in present if h in after.passwords]
-        if left:
-            raise PermanentError(
-                f"ACL user {user} on {self._where()} still holds {len(left)} adopted "
-                "password(s) after removing them"
-            )
-        log.info("redis.adopted_passwords_retired", user=user, count=len(present))
+                left = [h for h in present if h in (await self._require_user(conn, user)).passwords]
+                if left:
+                    raise PermanentError(
+                        f"ACL user {user} on {self._where()} still holds {len(left)} adopted "
+                        "password(s) after removing them"
+                    )
+                retired += len(present)
+        log.info("redis.adopted_passwords_retired", user=user, count=retired)
+        if not retired:
+            return RevokeResult(already_gone=True, detail={"user": user, "retired": "0"})
         return RevokeResult(
             detail={
                 "user": user,
-                "retired_passwords": str(len(present)),
-                "remaining": str(len(after.passwords)),
+                "retired_passwords": str(retired),
+                "nodes": str(len(self._nodes())),
                 "proof": "ACL GETUSER no longer lists them",
             }
         )
@@ -578,39 +647,26 @@ class RedisProvider:
 
     async def create(self, request: CreateRequest) -> IssuedVersion:
         """Add a fresh password to the user (dual_password) or make it the only password of
-        the user not in use (alternating_users). The old version stays valid.
+        the user not in use (alternating_users), on the primary and then on every node.
+        The old version stays valid.
 
         Idempotent in versions: a repeat for the same rotation returns the same version
         (`provider_ref`) with a fresh value, replacing the rotation's earlier password (found
-        through the marker key) in the same `ACL SETUSER`, so the user never holds two
-        passwords of one rotation.
+        through the marker key) in the same `ACL SETUSER` on each node that holds it, so
+        the user never holds two passwords of one rotation.
         """
         user = self._pick_user(request.current)
         lifetime = request.policy.max_lifetime
         now = self.context.now()
         expires = now + lifetime if lifetime is not None else None
-        async with self._admin() as conn:
+        password = self._generate()
+        digest = password_hash(password.reveal())
+        primary, *replicas = self._nodes()
+        async with self._admin(primary) as conn:
             acl = await self._require_user(conn, user)
             marker = await self._marker(conn, user)
-            ours = marker.get("marker") == request.marker
-            if self.config.strategy == "dual_password" and "nopass" in acl.flags:
-                # Adding a password ends `nopass`: every consumer of the user would be
-                # refused until it has the new password, which is no overlap at all.
-                raise PermanentError(
-                    f"ACL user {user} on {self._where()} has nopass; adding a password "
-                    "would lock out its consumers (give it a password first)"
-                )
-            password = self._generate()
-            digest = password_hash(password.reveal())
-            rules = ["on"]
-            if self.config.strategy == "alternating_users":
-                # The user is not in use: it ends with only the new password.
-                rules.append("resetpass")
-            elif ours and marker.get("sha256") in acl.passwords:
-                # A create of this rotation ran before and its value is lost: remove
-                # that orphan so exactly one password of this rotation remains.
-                rules.append(f"!{marker['sha256']}")
-            rules.append(f"#{digest}")
+            orphan = marker.get("sha256") if marker.get("marker") == request.marker else None
+            self._refuse_nopass(user, acl)
             record: dict[FieldT, EncodableT] = {
                 "marker": request.marker,
                 "sha256": digest,
@@ -622,10 +678,21 @@ class RedisProvider:
             with self._errors(f"adding a password to ACL user {user}", password):
                 async with conn.pipeline(transaction=True) as pipe:
                     pipe.hset(MARKER_KEY_PREFIX + user, mapping=record)
-                    pipe.execute_command("ACL", "SETUSER", user, *rules)
+                    pipe.execute_command(
+                        "ACL", "SETUSER", user, *self._add_rules(acl, orphan, digest)
+                    )
                     await pipe.execute()
             await self._persist(conn)
-        log.info("redis.password_added", user=user, server=self._where(), marker=request.marker)
+        for url in replicas:
+            # ACLs are not replicated: the same change on each node, where it holds the
+            # user (a repeat finds the orphan by the primary's marker).
+            async with self._admin(url) as conn:
+                acl = await self._require_user(conn, user)
+                self._refuse_nopass(user, acl)
+                with self._errors(f"adding a password to ACL user {user}", password):
+                    await _setuser(conn, user, self._add_rules(acl, orphan, digest))
+                await self._persist(conn)
+        log.info("redis.password_added", user=user, nodes=len(replicas) + 1, marker=request.marker)
         return IssuedVersion(
             provider_ref=f"{user}:{request.marker}",
             value=password,
@@ -633,26 +700,69 @@ class RedisProvider:
             expires_at=expires,
         )
 
-    def _consumer_url(self, attributes: Mapping[str, str]) -> str:
+    def _refuse_nopass(self, user: str, acl: _AclUser) -> None:
+        if self.config.strategy == "dual_password" and "nopass" in acl.flags:
+            # Adding a password ends `nopass`: every consumer of the user would be
+            # refused until it has the new password, which is no overlap at all.
+            raise PermanentError(
+                f"ACL user {user} on {self._where()} has nopass; adding a password "
+                "would lock out its consumers (give it a password first)"
+            )
+
+    def _add_rules(self, acl: _AclUser, orphan: str | None, digest: str) -> list[str]:
+        """The `ACL SETUSER` rules that add the password with hash `digest` on a node."""
+        rules = ["on"]
+        if self.config.strategy == "alternating_users":
+            # The user is not in use: it ends with only the new password.
+            rules.append("resetpass")
+        elif orphan is not None and orphan in acl.passwords:
+            # A create of this rotation ran before and its value is lost: remove
+            # that orphan so exactly one password of this rotation remains.
+            rules.append(f"!{orphan}")
+        return [*rules, f"#{digest}"]
+
+    def _consumer_url(self, attributes: Mapping[str, str], node: str | None = None) -> str:
         """The integration's URL (scheme and TLS options) at the version's host, port and
-        database, without the admin user."""
+        database (or at `node`, a further node's URL), without the admin user."""
         parts = urlsplit(self._integration.dsn)
-        ep = _endpoint(self._integration.dsn)
-        host = attributes.get("host") or ep["host"]
-        port = attributes.get("port") or ep["port"]
+        ep = _endpoint(node or self._integration.dsn)
+        host = ep["host"] if node else attributes.get("host") or ep["host"]
+        port = ep["port"] if node else attributes.get("port") or ep["port"]
         database = attributes.get("database") or ep["database"]
         netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return urlunsplit((parts.scheme, netloc, f"/{database}", parts.query, ""))
 
     async def verify(self, request: VerifyRequest) -> VerifyResult:
         """Authenticate as a consumer would (`AUTH user password`, then `PING`) on a new
-        connection. A refused AUTH is `ok=False`; an unreachable server raises
-        TransientError, since it proves nothing about the version."""
-        attrs = request.version.attributes
+        connection to every node. Accepted on some nodes and refused on others is
+        `partial` (a node has not the change yet, or still has it); refused everywhere is
+        `ok=False`. An unreachable node raises TransientError naming it, since it proves
+        nothing about the version."""
+        replicas = self._nodes()[1:]
+        answers = [await self._auth(request.version, None)]
+        for url in replicas:
+            answers.append(await self._auth(request.version, url))
+        accepted = [where for where, ok, _ in answers if ok]
+        refused = [f"{where}: {detail}" for where, ok, detail in answers if not ok]
+        if not refused:
+            return VerifyResult(ok=True, detail=answers[0][2])
+        if not accepted:
+            return VerifyResult(ok=False, detail="; ".join(refused) if replicas else answers[0][2])
+        return VerifyResult(
+            ok=False,
+            partial=True,
+            detail=f"accepted on {', '.join(accepted)}; refused on {'; '.join(refused)}",
+        )
+
+    async def _auth(self, version: IssuedVersion, node: str | None) -> tuple[str, bool, str]:
+        """(node, accepted, what it said) for one AUTH as the version's user."""
+        attrs = version.attributes
         user = attrs.get("username", "")
-        value = request.version.value
+        value = version.value
+        url = self._consumer_url(attrs, node)
+        where = _host_port(url)
         client = aioredis.Redis.from_url(
-            self._consumer_url(attrs),
+            url,
             username=user,
             password=value.reveal(),
             socket_connect_timeout=self._timeout(),
@@ -664,23 +774,23 @@ class RedisProvider:
                 pong = await client.ping()
             except AuthenticationError as exc:
                 detail = _first_line(exc, [value.reveal()])
-                return VerifyResult(ok=False, detail=f"AUTH as {user} refused: {detail}")
+                return where, False, f"AUTH as {user} refused: {detail}"
             except NoPermissionError:
                 # AUTH succeeded on connect; the user may simply not be allowed PING.
-                return VerifyResult(ok=True, detail=f"AUTH as {user} ok; PING not permitted")
+                return where, True, f"AUTH as {user} ok; PING not permitted"
             except RedisError as exc:
-                raise _classify(exc, f"AUTH as {user}", self._where(), [value.reveal()]) from exc
+                raise _classify(exc, f"AUTH as {user}", where, [value.reveal()]) from exc
         finally:
             await client.aclose()
-        return VerifyResult(ok=bool(pong), detail=f"AUTH as {user} ok; PING")
+        return where, bool(pong), f"AUTH as {user} ok; PING"
 
     async def revoke(self, request: RevokeRequest) -> RevokeResult:
         """dual_password: remove the old password by its hash (an adopted version: the
-        adopted passwords listed in the marker key). alternating_users: disable
-        the old user (`off resetpass`), never deleting it. Succeeds, with
-        `already_gone=True`, if the user no longer holds the version's password (revoked
-        before, or a later rotation set the user's password). Connections that already
-        authenticated with it stay open."""
+        adopted passwords listed in the marker key). alternating_users: disable the old
+        user (`off resetpass`), never deleting it. On every node. Succeeds, with
+        `already_gone=True`, if no node's user holds the version's password any more
+        (revoked before, or a later rotation set the user's password). Connections that
+        already authenticated with it stay open."""
         user = request.version.attributes.get("username", "")
         allowed = self.config.users or [self.config.user or ""]
         if user not in allowed:
@@ -688,43 +798,50 @@ class RedisProvider:
         if "adopted_passwords" in request.version.attributes:
             return await self._retire(user)
         digest = password_hash(request.version.value.reveal())
-        async with self._admin() as conn:
-            acl = await self._getuser(conn, user)
-            if acl is None:
-                return RevokeResult(already_gone=True, detail={"user": user, "missing": "yes"})
-            if digest not in acl.passwords:
-                # Persist anyway: a revoke that failed after the change but before the
-                # save would otherwise leave the password in the saved ACL.
+        outcome: dict[str, str] = {"user": user}
+        revoked_on = 0
+        for url in self._nodes():
+            async with self._admin(url) as conn:
+                acl = await self._getuser(conn, user)
+                if acl is None or digest not in acl.passwords:
+                    # Persist anyway: a revoke that failed after the change but before the
+                    # save would otherwise leave the password in the saved ACL.
+                    await self._persist(conn)
+                    continue
+                if self.config.strategy == "alternating_users":
+                    rules, outcome = ["off", "resetpass"], {"user": user, "login": "disabled"}
+                else:
+                    if acl.passwords == [digest]:
+                        # The only password left: the new version is gone, and removing
+                        # this one would lock every consumer out.
+                        raise PermanentError(
+                            f"refusing to remove the only password of ACL user {user} on "
+                            f"{self._where()}; the new version is missing"
+                        )
+                    rules = [f"!{digest}"]
+                    outcome = {
+                        "user": user,
+                        "password": "removed",
+                        "remaining": str(len(acl.passwords) - 1),
+                    }
+                with self._errors(f"revoking a password of ACL user {user}"):
+                    await _setuser(conn, user, rules)
                 await self._persist(conn)
-                return RevokeResult(already_gone=True, detail={"user": user})
-            if self.config.strategy == "alternating_users":
-                rules, outcome = ["off", "resetpass"], {"user": user, "login": "disabled"}
-            else:
-                if acl.passwords == [digest]:
-                    # The only password left: the new version is gone, and removing
-                    # this one would lock every consumer out.
-                    raise PermanentError(
-                        f"refusing to remove the only password of ACL user {user} on "
-                        f"{self._where()}; the new version is missing"
-                    )
-                rules = [f"!{digest}"]
-                outcome = {
-                    "user": user,
-                    "password": "removed",
-                    "remaining": str(len(acl.passwords) - 1),
-                }
-            with self._errors(f"revoking a password of ACL user {user}"):
-                await _setuser(conn, user, rules)
-            await self._persist(conn)
-        log.info("redis.password_revoked", user=user, server=self._where())
+                revoked_on += 1
+        if not revoked_on:
+            return RevokeResult(already_gone=True, detail={"user": user})
+        if len(self._nodes()) > 1:
+            outcome["nodes"] = str(revoked_on)
+        log.info("redis.password_revoked", user=user, nodes=revoked_on)
         return RevokeResult(detail=outcome)
 
     async def residual_use(self, request: UsageRequest) -> UsageReport:
-        """Clients connected as the version's user, from `CLIENT LIST` (`user=`), not
-        counting the admin connection asking (`CLIENT ID`). alternating_users only: with
-        dual_password old and new passwords belong to one user, and `CLIENT LIST` does
-        not say which password a client authenticated with, so the capability is not
-        declared there. Detail: the user, the count, and up to five client addresses."""
+        """Clients connected as the version's user on every node, from `CLIENT LIST`
+        (`user=`), not counting the admin connection asking (`CLIENT ID`).
+        alternating_users only: with dual_password old and new passwords belong to one
+        user, and `CLIENT LIST` does not say which password a client authenticated with,
+        so the capability is not declared there. Detail: the user, the count, and up to
+        five client addresses."""
         if self.config.strategy != "alternating_users":
             raise PermanentError(
                 "residual use needs strategy alternating_users: with dual_password the old "
@@ -733,19 +850,21 @@ class RedisProvider:
         user = request.version.attributes.get("username", "")
         if user not in (self.config.users or []):
             raise PermanentError(f"version {request.version.provider_ref} names no rotated user")
-        async with self._admin() as conn:
-            with self._errors(f"listing the clients of ACL user {user}"):
-                # One pipeline, one connection: the id is that of the connection listing.
-                async with conn.pipeline(transaction=False) as pipe:
-                    pipe.client_id()
-                    pipe.client_list()
-                    own_id, clients = await pipe.execute()
-        own = str(own_id)
-        addresses = [
-            str(client.get("addr", ""))
-            for client in clients
-            if client.get("user") == user and str(client.get("id")) != own
-        ]
+        addresses: list[str] = []
+        for url in self._nodes():
+            async with self._admin(url) as conn:
+                with self._errors(f"listing the clients of ACL user {user}"):
+                    # One pipeline, one connection: the id is that of the connection listing.
+                    async with conn.pipeline(transaction=False) as pipe:
+                        pipe.client_id()
+                        pipe.client_list()
+                        own_id, clients = await pipe.execute()
+            own = str(own_id)
+            addresses += [
+                str(client.get("addr", ""))
+                for client in clients
+                if client.get("user") == user and str(client.get("id")) != own
+            ]
         detail: dict[str, Any] = {
             "user": user,
             "clients": len(addresses),
