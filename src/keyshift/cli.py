@@ -34,7 +34,7 @@ from keyshift.domain.durations import format_duration, parse_duration
 from keyshift.domain.estate import DEFAULT_POLICY_NAME
 from keyshift.domain.preflight import PreflightResult, Readiness
 from keyshift.domain.states import RotationState, StepStatus
-from keyshift.engine.runner import StepEvent
+from keyshift.engine.journal import StepEvent
 from keyshift.errors import AuditChainBroken, EstateInvalid, KeyshiftError
 from keyshift.service import approvals as approvals_service
 from keyshift.service import entra as entra_service

@@ -30,7 +30,7 @@ from typing import Any, Final, TypeVar
 import pytest
 
 from keyshift.domain.states import RotationState, StepStatus
-from keyshift.engine.runner import StepEvent
+from keyshift.engine.journal import StepEvent
 from keyshift.service import rotations
 from keyshift.store.models import VersionRow
 from keyshift.store.store import Store

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from keyshift.domain.context import PluginContext
 from keyshift.domain.states import Lifecycle, RotationState
 from keyshift.engine.faults import ENV as CRASH_AT
-from keyshift.engine.runner import ADOPTED_FINGERPRINT
+from keyshift.engine.rows import ADOPTED_FINGERPRINT
 from keyshift.providers.base import Capability
 from keyshift.providers.entra import EntraSecretConfig, EntraSecretProvider
 from keyshift.service import entra, rotations

@@ -18,8 +18,6 @@ a lease whose holder died (same host, process gone) or expired is taken over.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
 import structlog
-from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from keyshift import __version__
@@ -45,15 +43,16 @@ from keyshift.domain.states import (
     StepStatus,
     VersionStatus,
 )
-from keyshift.engine import approvals
+from keyshift.engine import approvals, journal, rows
 from keyshift.engine.faults import crash_point
+from keyshift.engine.journal import OpenStep, StepEvent
+from keyshift.engine.leases import Leases
 from keyshift.engine.plan import Plan, PlannedAction, build_plan
 from keyshift.engine.plugins import build_integrations, build_provider, build_target
 from keyshift.engine.propagation import IssuerWait, wait_for_issuer
 from keyshift.errors import (
     ConfigError,
     KeyshiftError,
-    LeaseHeld,
     NotDelivered,
     NotFound,
     PermanentError,
@@ -120,62 +119,6 @@ PHASE_OF_STATE: dict[RotationState, Phase] = {
 VERIFY_PROVIDER_STEP = "verifying:provider"
 PROVE_STEP = "proving"
 
-ADOPTED_FINGERPRINT = "none: adopted, value never held"
-"""The fingerprint of an adopted version: versions at the issuer that keyshift did not
-create (`Capability.ADOPTS_EXISTING`), recorded without a value as a rotation's old
-version so that its revocation retires them. Nothing can be fingerprinted, re-published,
-signed in with or revealed for such a version; see `_adopted`."""
-
-_STEP_TABLE = cast(Table, StepRow.__table__)
-_ROTATION_TABLE = cast(Table, RotationRow.__table__)
-_steps = _STEP_TABLE.c
-_rotations = _ROTATION_TABLE.c
-_INSERT_STEP = insert(_STEP_TABLE).returning(_steps.id)
-_MARK_INTERRUPTED = (
-    update(_STEP_TABLE)
-    .where(
-        _steps.rotation_id == bindparam("b_rotation"),
-        _steps.name == bindparam("b_name"),
-        _steps.status == StepStatus.RUNNING.value,
-    )
-    .values(
-        status=StepStatus.FAILED.value,
-        error="interrupted: the worker stopped during this step",
-        ended_at=bindparam("b_now"),
-    )
-)
-_END_STEP = (
-    update(_STEP_TABLE)
-    .where(_steps.id == bindparam("b_id"))
-    .values(
-        status=bindparam("b_status"),
-        ended_at=bindparam("b_now"),
-        detail=bindparam("b_detail"),
-        error=bindparam("b_error"),
-    )
-)
-_SET_STATE = (
-    update(_ROTATION_TABLE)
-    .where(_rotations.id == bindparam("b_rotation"))
-    .values(state=bindparam("b_state"), updated_at=bindparam("b_now"))
-)
-_RENEW_LEASE = (
-    update(_ROTATION_TABLE)
-    .where(_rotations.id == bindparam("b_rotation"), _rotations.lease_owner == bindparam("b_owner"))
-    .values(lease_expires_at=bindparam("b_until"))
-)
-
-
-@dataclass(frozen=True)
-class StepEvent:
-    """Progress report for a terminal or API: a step started or ended."""
-
-    rotation_id: str
-    step: str
-    status: StepStatus
-    duration_s: float | None = None
-    error: str | None = None
-
 
 @dataclass
 class _Run:
@@ -204,17 +147,6 @@ class _Run:
     """The old version's id when it is adopted (no value): rollback cannot restore it."""
 
 
-@dataclass(frozen=True)
-class _Open:
-    """A journaled step that has begun and not yet ended."""
-
-    id: int
-    name: str
-    attempt: int
-    started_at: datetime
-    started: float
-
-
 class Engine:
     """Requests and runs rotations against one store."""
 
@@ -232,7 +164,12 @@ class Engine:
         self.context = context or PluginContext()
         self.lease_ttl = lease_ttl
         self.on_event = on_event or (lambda _event: None)
-        self.owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        self.leases = Leases(store, lease_ttl, self.context.now)
+
+    @property
+    def owner(self) -> str:
+        """This engine's lease holder name (`host/pid/random`)."""
+        return self.leases.owner
 
     # Requesting ----------------------------------------------------------------------
 
@@ -256,7 +193,7 @@ class Engine:
         rotation_id = str(uuid.uuid4())
         now = self.context.now()
         with self.store.transaction() as s:
-            cred = _credential(s, credential)
+            cred = rows.credential(s, credential)
             spec = CredentialSpec.model_validate(cred.spec["credential"])
             policy = Policy.model_validate(cred.spec["policy"])
             plan = build_plan(spec, policy, grace, cred.spec.get("integrations", {}))
@@ -295,12 +232,12 @@ class Engine:
     ) -> None:
         """Claim the credential for this rotation and record the request."""
         credential, requested_by = cred.name, by
-        if not _claim_credential(s, cred.id, rotation_id):
+        if not rows.claim_credential(s, cred.id, rotation_id):
             raise KeyshiftError(
                 f"credential {credential} already has rotation {cred.active_rotation_id} "
                 "in progress; `keyshift resume` continues it"
             )
-        current = _current_version(s, cred.id)
+        current = rows.current_version(s, cred.id)
         s.add(
             RotationRow(
                 id=rotation_id,
@@ -393,11 +330,11 @@ class Engine:
     def _current_value(self, credential: str) -> Secret:
         """The current version's value of another keyshift credential (`credential:NAME`)."""
         with self.store.transaction() as s:
-            cred = _credential(s, credential)
-            current = _current_version(s, cred.id)
+            cred = rows.credential(s, credential)
+            current = rows.current_version(s, cred.id)
             if current is None:
                 raise ConfigError(f"credential:{credential}", "has no current version yet")
-            if _adopted(current):
+            if rows.adopted(current):
                 raise ConfigError(
                     f"credential:{credential}",
                     "has only adopted secrets, whose value keyshift never held",
@@ -539,7 +476,7 @@ class Engine:
 
     async def _attempt(
         self, run: _Run, name: str, call: Callable[[], Awaitable[StepResult]]
-    ) -> tuple[_Open, StepResult | None, str | None]:
+    ) -> tuple[OpenStep, StepResult | None, str | None]:
         """Journal the step as running, then run it (retrying transient errors).
 
         Returns the open step with either its result or its scrubbed error; the
@@ -661,7 +598,7 @@ class Engine:
         """Open (or find) the approval request of this kind and wait for it."""
         now = self.context.now()
         with self.store.transaction() as s:
-            rot = _rotation(s, run.rotation_id)
+            rot = rows.rotation(s, run.rotation_id)
             request = approvals.open_request(s, rot, run.plan, kind, now)
             approval = Policy.model_validate(run.plan.policy).approval
             self._audit(
@@ -699,7 +636,7 @@ class Engine:
         now = self.context.now()
         policy = Policy.model_validate(run.plan.policy)
         with self.store.transaction() as s:
-            rot = _rotation(s, run.rotation_id)
+            rot = rows.rotation(s, run.rotation_id)
             request = approvals.pending_request(s, run.rotation_id, kind)
             if request is None or policy.approval is None:
                 request = approvals.open_request(s, rot, run.plan, kind, now)
@@ -740,6 +677,7 @@ class Engine:
                     run.rotation_id,
                     "approval.closed",
                     {**details, "outcome": "rejected"},
+                    actor=verdict.tally.rejected_by,
                 )
                 if kind == approvals.ROTATION:
                     rot.error = why
@@ -751,11 +689,14 @@ class Engine:
             if not verdict.tally.satisfied(policy.approval):
                 return False
             request.status, request.decided_at = "approved", now
+            # Closed by the approval that completed the quorum, whichever run (that
+            # approver's, or an earlier approver's still going) saw it first.
             self._audit(
                 s,
                 run.rotation_id,
                 "approval.closed",
                 {**details, "outcome": "approved"},
+                actor=verdict.tally.counted[-1] if verdict.tally.counted else None,
             )
             after = RotationState.APPROVED if kind == approvals.ROTATION else RotationState.REVOKING
             self._set_state(s, run, after, rot)
@@ -790,10 +731,12 @@ class Engine:
                         **self._no_proof(run),
                     }
                 )
-            current = _current_version(s, run.credential_id)
+            current = rows.current_version(s, run.credential_id)
             # An adopted current version has no value to hand to the provider.
-            current_issued = self._issued(current) if current and not _adopted(current) else None
-            first = current is None and _rotation(s, run.rotation_id).old_version_id is None
+            current_issued = (
+                self._issued(current) if current and not rows.adopted(current) else None
+            )
+            first = current is None and rows.rotation(s, run.rotation_id).old_version_id is None
         adopted = await self._adopt(run) if first else {}
         issued = await self._issue(run, current_issued)
         # A crash here leaves a version at the issuer that keyshift has not stored;
@@ -801,7 +744,7 @@ class Engine:
         crash_point("creating:issuer")
         try:
             with self.store.transaction() as s:
-                serial = _next_serial(s, run.credential_id)
+                serial = rows.next_serial(s, run.credential_id)
                 row = VersionRow(
                     id=str(uuid.uuid4()),
                     credential_id=run.credential_id,
@@ -861,8 +804,8 @@ class Engine:
         if found is None:
             return {"adopted": "nothing to adopt"}
         with self.store.transaction() as s:
-            rot = _rotation(s, run.rotation_id)
-            serial = _next_serial(s, run.credential_id)
+            rot = rows.rotation(s, run.rotation_id)
+            serial = rows.next_serial(s, run.credential_id)
             row = VersionRow(
                 id=str(uuid.uuid4()),
                 credential_id=run.credential_id,
@@ -872,7 +815,7 @@ class Engine:
                 attributes=dict(found.attributes),
                 # Current until the cutover makes it previous, as an issued version would be.
                 status=VersionStatus.CURRENT.value,
-                fingerprint=ADOPTED_FINGERPRINT,
+                fingerprint=rows.ADOPTED_FINGERPRINT,
                 ciphertext=None,
                 wrapped_key=None,
                 master_key_id=None,
@@ -919,10 +862,10 @@ class Engine:
     def _new_issued(self, run: _Run) -> tuple[VersionRow, IssuedVersion]:
         """The rotation's new version, as stored, and as the provider receives it."""
         with self.store.transaction() as s:
-            rot = _rotation(s, run.rotation_id)
+            rot = rows.rotation(s, run.rotation_id)
             if rot.new_version_id is None:
                 raise PermanentError(f"rotation {rot.id} has no new version")
-            row = _version(s, rot.new_version_id)
+            row = rows.version(s, rot.new_version_id)
             if row.status == VersionStatus.REVOKED.value:
                 raise PermanentError(f"the new version {row.id} was revoked")
             issued = self._issued(row)
@@ -965,8 +908,8 @@ class Engine:
         """Revoke a new version that was never proven (and never published), so that no
         credential nobody uses stays valid; the outcome, for the rotation's error."""
         with self.store.transaction() as s:
-            rot = _rotation(s, run.rotation_id)
-            row = _version(s, rot.new_version_id) if rot.new_version_id else None
+            rot = rows.rotation(s, run.rotation_id)
+            row = rows.version(s, rot.new_version_id) if rot.new_version_id else None
             if row is None or row.status == VersionStatus.REVOKED.value:
                 return "nothing was published"
             issued = self._issued(row)
@@ -976,7 +919,7 @@ class Engine:
             )
         except (PluginError, KeyshiftError) as exc:
             with self.store.transaction() as s:
-                held = _version(s, row.id)
+                held = rows.version(s, row.id)
                 held.status = VersionStatus.DISABLED.value
                 held.expires_at = self.context.now() + RETAIN_DISABLED
             return scrub(
@@ -985,7 +928,7 @@ class Engine:
                 run.secrets,
             )
         with self.store.transaction() as s:
-            held = _version(s, row.id)
+            held = rows.version(s, row.id)
             held.status = VersionStatus.REVOKED.value
             held.revoked_at = self.context.now()
             # Revoked on purpose: the value is no longer kept.
@@ -1026,16 +969,16 @@ class Engine:
 
     async def _revoke(self, run: _Run) -> StepResult:
         with self.store.transaction() as s:
-            rot = _rotation(s, run.rotation_id)
+            rot = rows.rotation(s, run.rotation_id)
             if rot.old_version_id is None:
                 return StepResult({"revoked": None, "reason": "no previous version"})
-            old = _version(s, rot.old_version_id)
+            old = rows.version(s, rot.old_version_id)
             if old.status == VersionStatus.REVOKED.value:
                 # Revoked before a restart; the issuer call succeeded then.
                 return StepResult(
                     {"version_id": old.id, "fingerprint": old.fingerprint, "already_revoked": True}
                 )
-            adopted = _adopted(old)
+            adopted = rows.adopted(old)
             if adopted and Capability.ADOPTS_EXISTING not in run.provider.capabilities:
                 # The estate stopped retiring adopted versions (e.g. `adopt_existing: keep`)
                 # after this one was adopted: what was made by hand stays valid.
@@ -1058,7 +1001,7 @@ class Engine:
             else await self._revocation_proof(run, issued)
         )
         with self.store.transaction() as s:
-            old = _version(s, issued_id := rot.old_version_id)
+            old = rows.version(s, issued_id := rot.old_version_id)
             old.status = VersionStatus.REVOKED.value
             old.revoked_at = self.context.now()
             # Revoked on purpose: the value is no longer kept.
@@ -1100,7 +1043,7 @@ class Engine:
     def _note_attention(self, run: _Run, why: str) -> None:
         """Record that the run needs a person, without failing the step it is in."""
         with self.store.transaction() as s:
-            rot = _rotation(s, run.rotation_id)
+            rot = rows.rotation(s, run.rotation_id)
             rot.attention = run.attention = "; ".join(filter(None, [rot.attention, why]))
 
     async def _roll_back(self, run: _Run) -> None:
@@ -1192,9 +1135,9 @@ class Engine:
     async def _check_rollback(self, run: _Run) -> None:
         """Raise RollbackRefused unless the claimed rotation may be rolled back now."""
         with self.store.transaction() as s:
-            rot = _rotation(s, run.rotation_id)
-            old = _version(s, rot.old_version_id) if rot.old_version_id else None
-            new = _version(s, rot.new_version_id) if rot.new_version_id else None
+            rot = rows.rotation(s, run.rotation_id)
+            old = rows.version(s, rot.old_version_id) if rot.old_version_id else None
+            new = rows.version(s, rot.new_version_id) if rot.new_version_id else None
             why = _rollback_refusal(rot, old, new, run.provider)
             issued = self._old_issued(old) if why is None and old is not None else None
         if issued is not None:
@@ -1218,11 +1161,11 @@ class Engine:
         transaction; from there a worker that stops is resumed like any rollback."""
         now = self.context.now()
         with self.store.transaction() as s:
-            rot = _rotation(s, run.rotation_id)
+            rot = rows.rotation(s, run.rotation_id)
             before = rot.state
             # A finished rotation freed its credential: claim it again, so that no new
             # rotation starts while the old value goes back to the consumers.
-            if RotationState(before).is_final and not _claim_credential(
+            if RotationState(before).is_final and not rows.claim_credential(
                 s, rot.credential_id, rot.id
             ):
                 cred = s.get(CredentialRow, rot.credential_id)
@@ -1273,10 +1216,10 @@ class Engine:
         """
         now = self.context.now()
         with self.store.transaction() as s:
-            rot = _rotation(s, rotation_id)
+            rot = rows.rotation(s, rotation_id)
             if rot.state != RotationState.ROLLED_BACK.value or rot.new_version_id is None:
                 return None
-            row = _version(s, rot.new_version_id)
+            row = rows.version(s, rot.new_version_id)
             if (
                 row.status != VersionStatus.DISABLED.value
                 or row.expires_at is None
@@ -1284,19 +1227,19 @@ class Engine:
             ):
                 return None
             credential_id = rot.credential_id
-            if not _claim_credential(s, credential_id, rotation_id):
+            if not rows.claim_credential(s, credential_id, rotation_id):
                 return None  # a rotation of the credential is running; try at the next scan
         try:
             return await self._retire(rotation_id)
         finally:
             with self.store.transaction() as s:
-                _free_credential(s, credential_id, rotation_id)
+                rows.free_credential(s, credential_id, rotation_id)
 
     async def _retire(self, rotation_id: str) -> dict[str, Any]:
         run = self._claim(rotation_id)
         try:
             with self.store.transaction() as s:
-                row = _version(s, _rotation(s, rotation_id).new_version_id or "")
+                row = rows.version(s, rows.rotation(s, rotation_id).new_version_id or "")
                 issued = self._issued(row)
             run.secrets.append(issued.value.reveal())
             accepted = True
@@ -1308,7 +1251,7 @@ class Engine:
                 else RevokeResult(already_gone=True, detail={"issuer": "refuses it already"})
             )
             with self.store.transaction() as s:
-                row = _version(s, row.id)
+                row = rows.version(s, row.id)
                 row.status = VersionStatus.REVOKED.value
                 row.revoked_at = self.context.now()
                 # Revoked on purpose: the value is no longer kept.
@@ -1339,17 +1282,26 @@ class Engine:
 
     # Journal and state ---------------------------------------------------------------
 
-    def _audit(self, s: Session, rotation_id: str, action: str, details: Mapping[str, Any]) -> None:
-        """Audit `action` on a rotation (subject `rotation:ID`) as this engine's actor."""
+    def _audit(
+        self,
+        s: Session,
+        rotation_id: str,
+        action: str,
+        details: Mapping[str, Any],
+        *,
+        actor: str | None = None,
+    ) -> None:
+        """Audit `action` on a rotation (subject `rotation:ID`) as `actor`, by default this
+        engine's actor."""
         self.store.audit(
             s,
-            actor=self.actor,
+            actor=actor or self.actor,
             action=action,
             subject=f"rotation:{rotation_id}",
             details=details,
         )
 
-    def _begin(self, run: _Run, name: str) -> _Open:
+    def _begin(self, run: _Run, name: str) -> OpenStep:
         """Journal the step as running (and renew the lease when due) in one transaction.
 
         Attempt numbers and the step sequence come from the journal read when the
@@ -1362,58 +1314,35 @@ class Engine:
         run.seq += 1
         with self.store.transaction() as s:
             conn = s.connection()
-            self._renew_lease(conn, run, now)
-            if name in run.interrupted:
-                # The worker that ran an earlier attempt stopped mid-step; its side
-                # effect may or may not have happened, so the step runs again.
-                conn.execute(
-                    _MARK_INTERRUPTED,
-                    {"b_rotation": run.rotation_id, "b_name": name, "b_now": now},
-                )
-                run.interrupted.discard(name)
-            step_id = conn.execute(
-                _INSERT_STEP,
-                {
-                    "rotation_id": run.rotation_id,
-                    "seq": run.seq,
-                    "name": name,
-                    "status": StepStatus.RUNNING.value,
-                    "attempt": attempt,
-                    "started_at": now,
-                    "detail": {},
-                },
-            ).scalar_one()
+            run.lease_until = self.leases.renew(conn, run.rotation_id, run.lease_until, now)
+            # After an interruption the worker that ran an earlier attempt stopped
+            # mid-step; its side effect may or may not have happened, so it runs again.
+            step_id = journal.open_step(
+                conn,
+                run.rotation_id,
+                seq=run.seq,
+                name=name,
+                attempt=attempt,
+                now=now,
+                after_interruption=name in run.interrupted,
+            )
+            run.interrupted.discard(name)
         run.attempts[name] = attempt
         self.on_event(StepEvent(run.rotation_id, name, StepStatus.RUNNING))
-        return _Open(step_id, name, attempt, now, time.monotonic())
-
-    def _renew_lease(
-        self, conn: Connection, run: _Run, now: datetime, *, force: bool = False
-    ) -> None:
-        """Extend the lease once half of it is used. While more than half remains nobody
-        can have taken it over (takeover needs expiry), so skipping the write is safe."""
-        if not force and run.lease_until - now > self.lease_ttl / 2:
-            return
-        until = now + self.lease_ttl
-        renewed = conn.execute(
-            _RENEW_LEASE,
-            {"b_rotation": run.rotation_id, "b_owner": self.owner, "b_until": until},
-        )
-        if renewed.rowcount != 1:
-            raise LeaseHeld(f"rotation {run.rotation_id} was taken over by another worker")
-        run.lease_until = until
+        return OpenStep(step_id, name, attempt, now, time.monotonic())
 
     async def _heartbeat(self, run: _Run) -> None:
         """Keep the lease while a long step runs."""
-        while True:
-            await asyncio.sleep(self.lease_ttl.total_seconds() / 3)
-            with self.store.transaction() as s:
-                self._renew_lease(s.connection(), run, self.context.now(), force=True)
+
+        def renewed(until: datetime) -> None:
+            run.lease_until = until
+
+        await self.leases.heartbeat(run.rotation_id, renewed)
 
     def _end(
         self,
         run: _Run,
-        opened: _Open,
+        opened: OpenStep,
         result: StepResult | None,
         error: str | None,
         *,
@@ -1428,15 +1357,8 @@ class Engine:
         status = StepStatus.SUCCEEDED if error is None else StepStatus.FAILED
         detail = dict(result.detail) if result is not None else {}
         with self.store.transaction() as s:
-            s.connection().execute(
-                _END_STEP,
-                {
-                    "b_id": opened.id,
-                    "b_status": status.value,
-                    "b_now": now,
-                    "b_detail": detail,
-                    "b_error": error,
-                },
+            journal.close_step(
+                s.connection(), opened.id, status=status, now=now, detail=detail, error=error
             )
             self._audit(
                 s,
@@ -1458,7 +1380,7 @@ class Engine:
                 RotationState.NEEDS_ATTENTION,
             )
             if attention or rotation_error or final_error:
-                rot = _rotation(s, run.rotation_id)
+                rot = rows.rotation(s, run.rotation_id)
                 if attention:
                     rot.attention = run.attention = "; ".join(
                         filter(None, [rot.attention, attention])
@@ -1487,16 +1409,14 @@ class Engine:
         now = self.context.now()
         run.state = state
         if rot is None and not state.is_final:
-            s.connection().execute(
-                _SET_STATE, {"b_rotation": run.rotation_id, "b_state": state.value, "b_now": now}
-            )
+            journal.set_state(s.connection(), run.rotation_id, state, now)
             return
-        rot = rot or _rotation(s, run.rotation_id)
+        rot = rot or rows.rotation(s, run.rotation_id)
         rot.state = state.value
         rot.updated_at = now
         if state.is_final:
             rot.finished_at = now
-            _free_credential(s, rot.credential_id, rot.id)
+            rows.free_credential(s, rot.credential_id, rot.id)
             self._audit(
                 s,
                 rot.id,
@@ -1518,23 +1438,23 @@ class Engine:
         return RotationState.NEEDS_ATTENTION if run.attention else RotationState.COMPLETED
 
     def _set_new_version(self, s: Session, run: _Run, version_id: str) -> None:
-        _rotation(s, run.rotation_id).new_version_id = version_id
+        rows.rotation(s, run.rotation_id).new_version_id = version_id
 
     def _cut_over(self, run: _Run) -> None:
         """The new version becomes current and the old one previous (still valid)."""
         with self.store.transaction() as s:
-            rot = _rotation(s, run.rotation_id)
+            rot = rows.rotation(s, run.rotation_id)
             if rot.new_version_id is None:
                 raise NotFound(f"rotation {rot.id} reached cutover without a new version")
-            _version(s, rot.new_version_id).status = VersionStatus.CURRENT.value
+            rows.version(s, rot.new_version_id).status = VersionStatus.CURRENT.value
             if rot.old_version_id is not None:
-                old = _version(s, rot.old_version_id)
+                old = rows.version(s, rot.old_version_id)
                 if old.status == VersionStatus.CURRENT.value:
                     old.status = VersionStatus.PREVIOUS.value
 
     def _enter_grace(self, run: _Run) -> None:
         with self.store.transaction() as s:
-            rot = _rotation(s, run.rotation_id)
+            rot = rows.rotation(s, run.rotation_id)
             if rot.old_version_id is None:
                 # First issuance: nothing to overlap with and nothing to revoke.
                 self._set_state(s, run, self._finished_state(run), rot)
@@ -1618,8 +1538,8 @@ class Engine:
         command. A failed check counts as in use: revoking on missing evidence is what
         the gate exists to prevent."""
         with self.store.transaction() as s:
-            rot = _rotation(s, run.rotation_id)
-            row = _version(s, rot.old_version_id) if rot.old_version_id else None
+            rot = rows.rotation(s, run.rotation_id)
+            row = rows.version(s, rot.old_version_id) if rot.old_version_id else None
             old = self._old_issued(row) if row is not None else None
         if old is None or row is None:
             return 0
@@ -1655,14 +1575,14 @@ class Engine:
     def _save_residual(self, run: _Run, evidence: dict[str, Any]) -> None:
         run.residual = evidence
         with self.store.transaction() as s:
-            _rotation(s, run.rotation_id).residual = evidence
+            rows.rotation(s, run.rotation_id).residual = evidence
 
     def _leave_grace(
         self, run: _Run, evidence: dict[str, Any], state: RotationState, *, error: str | None = None
     ) -> bool:
         run.residual = evidence
         with self.store.transaction() as s:
-            rot = _rotation(s, run.rotation_id)
+            rot = rows.rotation(s, run.rotation_id)
             rot.residual = evidence
             if error:
                 rot.error = error
@@ -1696,14 +1616,14 @@ class Engine:
     def _finish_rollback(self, run: _Run, not_restored: list[str]) -> None:
         now = self.context.now()
         with self.store.transaction() as s:
-            rot = _rotation(s, run.rotation_id)
+            rot = rows.rotation(s, run.rotation_id)
             if rot.new_version_id is not None:
                 # Kept, not destroyed: disabled with an expiry, for analysis.
-                new = _version(s, rot.new_version_id)
+                new = rows.version(s, rot.new_version_id)
                 new.status = VersionStatus.DISABLED.value
                 new.expires_at = now + RETAIN_DISABLED
             if rot.old_version_id is not None:
-                self._reactivate(s, run, _version(s, rot.old_version_id), now)
+                self._reactivate(s, run, rows.version(s, rot.old_version_id), now)
             if not_restored:
                 rot.error = (
                     f"{rot.error}; rollback incomplete, not restored: {', '.join(not_restored)}; "
@@ -1742,32 +1662,13 @@ class Engine:
     # Leases ----------------------------------------------------------------------------
 
     def _claim(self, rotation_id: str) -> _Run:
-        now = self.context.now()
         with self.store.transaction() as s:
-            rot = s.execute(
-                select(RotationRow).where(RotationRow.id == rotation_id).with_for_update()
-            ).scalar_one_or_none()
-            if rot is None:
-                raise NotFound(f"no rotation {rotation_id}")
-            if (
-                rot.lease_owner
-                and rot.lease_owner != self.owner
-                and rot.lease_expires_at is not None
-                and rot.lease_expires_at > now
-                and _holder_alive(rot.lease_owner)
-            ):
-                raise LeaseHeld(f"rotation {rotation_id} is being run by {rot.lease_owner}")
-            rot.lease_owner = self.owner
-            rot.lease_expires_at = now + self.lease_ttl
+            rot, lease_until = self.leases.take(s, rotation_id)
             cred = s.get(CredentialRow, rot.credential_id)
             if cred is None:
                 raise NotFound(f"credential of rotation {rotation_id}")
             plan = Plan.from_json(rot.plan)
-            journal = s.execute(
-                select(StepRow.name, StepRow.attempt, StepRow.status).where(
-                    StepRow.rotation_id == rotation_id
-                )
-            ).all()
+            attempts = journal.attempts_of(s, rotation_id)
         secrets: list[str] = []
         context = self.plugin_context(plan, secrets)
         provider = build_provider(plan.provider_type, plan.provider_config, context)
@@ -1778,15 +1679,15 @@ class Engine:
             plan,
             provider,
             context,
-            lease_until=now + self.lease_ttl,
+            lease_until=lease_until,
             state=RotationState(rot.state),
             grace_until=rot.grace_until,
             attention=rot.attention,
             residual=dict(rot.residual or {}),
-            seq=len(journal),
+            seq=len(attempts),
             secrets=secrets,
         )
-        for step_name, attempt, step_status in journal:
+        for step_name, attempt, step_status in attempts:
             run.attempts[step_name] = max(attempt, run.attempts.get(step_name, 0))
             if step_status == StepStatus.RUNNING.value:
                 run.interrupted.add(step_name)
@@ -1795,21 +1696,13 @@ class Engine:
         return run
 
     def _release(self, rotation_id: str) -> None:
-        with self.store.transaction() as s:
-            rot = s.get(RotationRow, rotation_id)
-            if rot is not None and rot.lease_owner == self.owner:
-                rot.lease_owner = None
-                rot.lease_expires_at = None
+        self.leases.release(rotation_id)
 
     # Helpers ---------------------------------------------------------------------------
 
     def _journal(self, rotation_id: str) -> list[StepRow]:
         with self.store.transaction() as s:
-            return list(
-                s.execute(
-                    select(StepRow).where(StepRow.rotation_id == rotation_id).order_by(StepRow.seq)
-                ).scalars()
-            )
+            return journal.steps_of(s, rotation_id)
 
     def _target(self, run: _Run, action: PlannedAction) -> Target:
         if action.step not in run.targets:
@@ -1826,7 +1719,7 @@ class Engine:
         """The old version for revocation and residual-use checks. An adopted one has no
         value: it goes with an empty one and its identifiers (the providers that adopt
         remove by identifier, and the usage command never receives a value)."""
-        if _adopted(row):
+        if rows.adopted(row):
             return IssuedVersion(row.provider_ref, Secret(""), dict(row.attributes), row.expires_at)
         return self._issued(row)
 
@@ -1835,12 +1728,12 @@ class Engine:
         if run.deliveries is not None:
             return run.deliveries
         with self.store.transaction() as s:
-            rot = _rotation(s, run.rotation_id)
+            rot = rows.rotation(s, run.rotation_id)
             if rot.new_version_id is None:
                 raise PermanentError(f"rotation {rot.id} has no new version to deliver")
-            new = self._delivery(run, _version(s, rot.new_version_id))
-            old = _version(s, rot.old_version_id) if rot.old_version_id is not None else None
-            if old is not None and _adopted(old):
+            new = self._delivery(run, rows.version(s, rot.new_version_id))
+            old = rows.version(s, rot.old_version_id) if rot.old_version_id is not None else None
+            if old is not None and rows.adopted(old):
                 # Consumers get no previous value, as on a first rotation.
                 run.adopted_old, old = old.id, None
             previous = self._delivery(run, old) if old is not None else None
@@ -1856,11 +1749,6 @@ class Engine:
 
     async def _close(self, run: _Run) -> None:
         await run.provider.aclose()
-
-
-def _adopted(row: VersionRow) -> bool:
-    """Whether the version was adopted from the issuer, so keyshift never held its value."""
-    return row.fingerprint == ADOPTED_FINGERPRINT
 
 
 def _rollback_refusal(
@@ -1891,7 +1779,7 @@ def _rollback_refusal(
         )
     if old is None:
         return first
-    if _adopted(old):
+    if rows.adopted(old):
         return (
             f"its old version {old.id} was adopted from the issuer and keyshift never held "
             "its value, so it cannot be published again"
@@ -1911,80 +1799,7 @@ def _can_check(gate: ResidualUse, provider: Provider) -> bool:
     return bool(gate.command) or Capability.RESIDUAL_USE in provider.capabilities
 
 
-def _holder_alive(owner: str) -> bool:
-    """A lease holder on this host is alive while its process exists; elsewhere, until expiry."""
-    host, _, rest = owner.partition("/")
-    pid_text = rest.partition("/")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return True
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 _AWAITING = {
     RotationState.AWAITING_APPROVAL: approvals.ROTATION,
     RotationState.AWAITING_REVOKE_APPROVAL: approvals.REVOKE,
 }
-
-
-def _credential(s: Session, name: str) -> CredentialRow:
-    cred = s.execute(select(CredentialRow).where(CredentialRow.name == name)).scalar_one_or_none()
-    if cred is None or cred.removed_at is not None:
-        raise NotFound(f"no credential named {name} in the estate")
-    return cred
-
-
-def _claim_credential(s: Session, credential_id: str, rotation_id: str) -> bool:
-    """Make `rotation_id` the credential's one active rotation if it has none; whether it
-    did. The conditional update is the lock: of two claims at once, one wins."""
-    claimed = s.execute(
-        update(CredentialRow)
-        .where(CredentialRow.id == credential_id, CredentialRow.active_rotation_id.is_(None))
-        .values(active_rotation_id=rotation_id)
-    )
-    return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
-
-
-def _free_credential(s: Session, credential_id: str, rotation_id: str) -> None:
-    """Let the credential rotate again, if `rotation_id` is still its active rotation."""
-    s.execute(
-        update(CredentialRow)
-        .where(CredentialRow.id == credential_id, CredentialRow.active_rotation_id == rotation_id)
-        .values(active_rotation_id=None)
-    )
-
-
-def _rotation(s: Session, rotation_id: str) -> RotationRow:
-    rot = s.get(RotationRow, rotation_id)
-    if rot is None:
-        raise NotFound(f"no rotation {rotation_id}")
-    return rot
-
-
-def _version(s: Session, version_id: str) -> VersionRow:
-    row = s.get(VersionRow, version_id)
-    if row is None:
-        raise NotFound(f"no version {version_id}")
-    return row
-
-
-def _next_serial(s: Session, credential_id: str) -> int:
-    """The serial the credential's next version gets: one above its highest."""
-    highest = s.execute(
-        select(func.max(VersionRow.serial)).where(VersionRow.credential_id == credential_id)
-    ).scalar_one_or_none()
-    return (highest or 0) + 1
-
-
-def _current_version(s: Session, credential_id: str) -> VersionRow | None:
-    return s.execute(
-        select(VersionRow).where(
-            VersionRow.credential_id == credential_id,
-            VersionRow.status == VersionStatus.CURRENT.value,
-        )
-    ).scalar_one_or_none()

@@ -26,9 +26,10 @@ from keyshift.domain.states import (
     RotationState,
     VersionStatus,
 )
+from keyshift.engine.journal import StepEvent
 from keyshift.engine.plan import build_plan
 from keyshift.engine.plugins import build_provider
-from keyshift.engine.runner import Engine, StepEvent
+from keyshift.engine.runner import Engine
 from keyshift.errors import (
     ConfigError,
     Conflict,

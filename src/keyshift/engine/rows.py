@@ -1,0 +1,92 @@
+"""The store rows the engine reads and writes inside its transactions: lookups that name
+what is missing, and the credential's claim by its one active rotation."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from keyshift.domain.states import VersionStatus
+from keyshift.errors import NotFound
+from keyshift.store.models import CredentialRow, RotationRow, VersionRow
+
+__all__ = [
+    "ADOPTED_FINGERPRINT",
+    "adopted",
+    "claim_credential",
+    "credential",
+    "current_version",
+    "free_credential",
+    "next_serial",
+    "rotation",
+    "version",
+]
+
+ADOPTED_FINGERPRINT = "none: adopted, value never held"
+"""The fingerprint of an adopted version: versions at the issuer that keyshift did not
+create (`Capability.ADOPTS_EXISTING`), recorded without a value as a rotation's old
+version so that its revocation retires them. Nothing can be fingerprinted, re-published,
+signed in with or revealed for such a version; see `adopted`."""
+
+
+def adopted(row: VersionRow) -> bool:
+    """Whether the version was adopted from the issuer, so keyshift never held its value."""
+    return row.fingerprint == ADOPTED_FINGERPRINT
+
+
+def credential(s: Session, name: str) -> CredentialRow:
+    cred = s.execute(select(CredentialRow).where(CredentialRow.name == name)).scalar_one_or_none()
+    if cred is None or cred.removed_at is not None:
+        raise NotFound(f"no credential named {name} in the estate")
+    return cred
+
+
+def claim_credential(s: Session, credential_id: str, rotation_id: str) -> bool:
+    """Make `rotation_id` the credential's one active rotation if it has none; whether it
+    did. The conditional update is the lock: of two claims at once, one wins."""
+    claimed = s.execute(
+        update(CredentialRow)
+        .where(CredentialRow.id == credential_id, CredentialRow.active_rotation_id.is_(None))
+        .values(active_rotation_id=rotation_id)
+    )
+    return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def free_credential(s: Session, credential_id: str, rotation_id: str) -> None:
+    """Let the credential rotate again, if `rotation_id` is still its active rotation."""
+    s.execute(
+        update(CredentialRow)
+        .where(CredentialRow.id == credential_id, CredentialRow.active_rotation_id == rotation_id)
+        .values(active_rotation_id=None)
+    )
+
+
+def rotation(s: Session, rotation_id: str) -> RotationRow:
+    rot = s.get(RotationRow, rotation_id)
+    if rot is None:
+        raise NotFound(f"no rotation {rotation_id}")
+    return rot
+
+
+def version(s: Session, version_id: str) -> VersionRow:
+    row = s.get(VersionRow, version_id)
+    if row is None:
+        raise NotFound(f"no version {version_id}")
+    return row
+
+
+def next_serial(s: Session, credential_id: str) -> int:
+    """The serial the credential's next version gets: one above its highest."""
+    highest = s.execute(
+        select(func.max(VersionRow.serial)).where(VersionRow.credential_id == credential_id)
+    ).scalar_one_or_none()
+    return (highest or 0) + 1
+
+
+def current_version(s: Session, credential_id: str) -> VersionRow | None:
+    return s.execute(
+        select(VersionRow).where(
+            VersionRow.credential_id == credential_id,
+            VersionRow.status == VersionStatus.CURRENT.value,
+        )
+    ).scalar_one_or_none()
