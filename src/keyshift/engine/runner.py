@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -44,6 +44,7 @@ from keyshift.domain.states import (
     VersionStatus,
 )
 from keyshift.engine import approvals, journal, rows
+from keyshift.engine.events import EngineEvent, EventBus, Subscriber
 from keyshift.engine.faults import crash_point
 from keyshift.engine.journal import OpenStep, StepEvent
 from keyshift.engine.leases import Leases
@@ -147,6 +148,74 @@ class _Run:
     """The old version's id when it is adopted (no value): rollback cannot restore it."""
 
 
+class AuditTrail(Subscriber):
+    """Writes the evidence of each step's end and of a rotation's end into the audit
+    chain, inside the transaction that makes the change."""
+
+    def __init__(self, store: Store, actor: str) -> None:
+        self.store = store
+        self.actor = actor
+
+    def in_transaction(self, s: Session, event: EngineEvent) -> None:
+        if event.kind == "step.ended":
+            self._audit(
+                s,
+                event,
+                "rotation.step",
+                {
+                    "credential": event.credential,
+                    "step": event.step,
+                    "attempt": event.attempt,
+                    "outcome": event.status.value if event.status else None,
+                    "started_at": event.started_at.isoformat() if event.started_at else None,
+                    "ended_at": event.at.isoformat(),
+                    "detail": event.detail or {},
+                    "error": event.error,
+                },
+            )
+        elif event.kind == "rotation.state" and event.state.is_final:
+            rot = rows.rotation(s, event.rotation_id)
+            self._audit(
+                s,
+                event,
+                "rotation.finished",
+                {
+                    "credential": event.credential,
+                    "state": event.state.value,
+                    "plan_hash": rot.plan_hash,
+                    "keyshift_version": __version__,
+                    "old_version_id": rot.old_version_id,
+                    "new_version_id": rot.new_version_id,
+                    "error": rot.error,
+                    "attention": rot.attention,
+                },
+            )
+
+    def _audit(self, s: Session, event: EngineEvent, action: str, details: dict[str, Any]) -> None:
+        self.store.audit(
+            s,
+            actor=self.actor,
+            action=action,
+            subject=f"rotation:{event.rotation_id}",
+            details=details,
+        )
+
+
+class StepProgress(Subscriber):
+    """Hands each step's start and end, once committed, to a progress callback (a
+    terminal's progress lines, a server's follower)."""
+
+    def __init__(self, report: Callable[[StepEvent], None]) -> None:
+        self.report = report
+
+    def after_commit(self, event: EngineEvent) -> None:
+        if event.kind == "rotation.state" or event.step is None or event.status is None:
+            return
+        self.report(
+            StepEvent(event.rotation_id, event.step, event.status, event.duration_s, event.error)
+        )
+
+
 class Engine:
     """Requests and runs rotations against one store."""
 
@@ -158,13 +227,18 @@ class Engine:
         context: PluginContext | None = None,
         lease_ttl: timedelta = timedelta(seconds=120),
         on_event: Callable[[StepEvent], None] | None = None,
+        subscribers: Iterable[Subscriber] = (),
     ) -> None:
         self.store = store
         self.actor = actor
         self.context = context or PluginContext()
         self.lease_ttl = lease_ttl
-        self.on_event = on_event or (lambda _event: None)
         self.leases = Leases(store, lease_ttl, self.context.now)
+        # The audit trail first: it writes the evidence inside each change's transaction.
+        listeners: list[Subscriber] = [AuditTrail(store, actor), *subscribers]
+        if on_event is not None:
+            listeners.append(StepProgress(on_event))
+        self.events = EventBus(listeners)
 
     @property
     def owner(self) -> str:
@@ -268,6 +342,10 @@ class Engine:
                 "old_version_id": current.id if current else None,
                 "old_fingerprint": current.fingerprint if current else None,
             },
+        )
+        self.events.emit(
+            s,
+            EngineEvent("rotation.state", rotation_id, credential, now, RotationState.REQUESTED),
         )
 
     # Running -------------------------------------------------------------------------
@@ -1327,8 +1405,21 @@ class Engine:
                 after_interruption=name in run.interrupted,
             )
             run.interrupted.discard(name)
+            self.events.emit(
+                s,
+                EngineEvent(
+                    "step.started",
+                    run.rotation_id,
+                    run.credential,
+                    now,
+                    run.state,
+                    step=name,
+                    attempt=attempt,
+                    status=StepStatus.RUNNING,
+                    started_at=now,
+                ),
+            )
         run.attempts[name] = attempt
-        self.on_event(StepEvent(run.rotation_id, name, StepStatus.RUNNING))
         return OpenStep(step_id, name, attempt, now, time.monotonic())
 
     async def _heartbeat(self, run: _Run) -> None:
@@ -1360,20 +1451,22 @@ class Engine:
             journal.close_step(
                 s.connection(), opened.id, status=status, now=now, detail=detail, error=error
             )
-            self._audit(
+            self.events.emit(
                 s,
-                run.rotation_id,
-                "rotation.step",
-                {
-                    "credential": run.credential,
-                    "step": name,
-                    "attempt": opened.attempt,
-                    "outcome": status.value,
-                    "started_at": opened.started_at.isoformat(),
-                    "ended_at": now.isoformat(),
-                    "detail": detail,
-                    "error": error,
-                },
+                EngineEvent(
+                    "step.ended",
+                    run.rotation_id,
+                    run.credential,
+                    now,
+                    run.state,
+                    step=name,
+                    attempt=opened.attempt,
+                    status=status,
+                    started_at=opened.started_at,
+                    duration_s=duration,
+                    detail=detail,
+                    error=error,
+                ),
             )
             final_error = error is not None and next_state in (
                 RotationState.FAILED,
@@ -1395,7 +1488,6 @@ class Engine:
                 self._set_state(s, run, next_state)
         if error is None:
             run.succeeded.add(name)
-        self.on_event(StepEvent(run.rotation_id, name, status, duration, error))
 
     def _transition(self, run: _Run, state: RotationState) -> None:
         with self.store.transaction() as s:
@@ -1404,12 +1496,17 @@ class Engine:
     def _set_state(
         self, s: Session, run: _Run, state: RotationState, rot: RotationRow | None = None
     ) -> None:
-        """Move the rotation to `state`; a final state also frees the credential and is
-        audited. Intermediate states take one prebuilt statement (every step has one)."""
+        """Move the rotation to `state` and emit the change; a final state also frees the
+        credential (the audit trail records it). Intermediate states take one prebuilt
+        statement (every step has one)."""
         now = self.context.now()
-        run.state = state
+        previous, run.state = run.state, state
+        changed = EngineEvent(
+            "rotation.state", run.rotation_id, run.credential, now, state, previous=previous
+        )
         if rot is None and not state.is_final:
             journal.set_state(s.connection(), run.rotation_id, state, now)
+            self.events.emit(s, changed)
             return
         rot = rot or rows.rotation(s, run.rotation_id)
         rot.state = state.value
@@ -1417,22 +1514,8 @@ class Engine:
         if state.is_final:
             rot.finished_at = now
             rows.free_credential(s, rot.credential_id, rot.id)
-            self._audit(
-                s,
-                rot.id,
-                "rotation.finished",
-                {
-                    "credential": run.credential,
-                    "state": state.value,
-                    "plan_hash": rot.plan_hash,
-                    "keyshift_version": __version__,
-                    "old_version_id": rot.old_version_id,
-                    "new_version_id": rot.new_version_id,
-                    "error": rot.error,
-                    "attention": rot.attention,
-                },
-            )
             log.info("rotation finished", rotation_id=rot.id, state=state.value)
+        self.events.emit(s, changed)
 
     def _finished_state(self, run: _Run) -> RotationState:
         return RotationState.NEEDS_ATTENTION if run.attention else RotationState.COMPLETED
