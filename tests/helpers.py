@@ -75,6 +75,51 @@ def write_estate(
     return save_estate(tmp, estate)
 
 
+ENTRA_CREDENTIAL = "payments-entra"
+
+
+def entra_estate(
+    tmp: Path,
+    integration: dict[str, Any],
+    app_id: str,
+    *,
+    policy: dict[str, Any] | None = None,
+    provider: dict[str, Any] | None = None,
+    actions: list[dict[str, Any]] | None = None,
+) -> Path:
+    """An estate with one `entra_client_secret` credential (`payments-entra`) of `app_id`
+    through the integration `contoso` (`integration`: the Graph double's settings), its
+    secret delivered to `appsettings.json` at `Entra:ClientSecret`, then `actions`."""
+    delivered = {
+        "type": "file",
+        "order": 10,
+        "on_failure": "abort",
+        "config": {
+            "path": str(tmp / "appsettings.json"),
+            "key": "Entra:ClientSecret",
+            "file_format": "json",
+        },
+    }
+    estate = {
+        "integrations": [{"name": "contoso", "type": "entra", **integration}],
+        "credentials": [
+            {
+                "name": ENTRA_CREDENTIAL,
+                "owner": "team-payments",
+                "policy": policy or {"grace_period": "1h"},
+                "provider": {
+                    "type": "entra_client_secret",
+                    "integration": "contoso",
+                    "app_id": app_id,
+                    **(provider or {}),
+                },
+                "actions": [delivered, *(actions or [])],
+            }
+        ],
+    }
+    return save_estate(tmp, estate)
+
+
 def save_estate(tmp: Path, estate: dict[str, Any]) -> Path:
     """Write an estate as `tmp/estate.yaml`. JSON is valid YAML; it keeps tests free of YAML
     quoting questions."""

@@ -83,7 +83,8 @@ class EntraIntegration(BaseModel):
     Graph (Entra app secrets: the Graph application permission
     `Application.ReadWrite.OwnedBy`, owning the rotated applications, or
     `Application.ReadWrite.All`; with a `residual_use` policy also `AuditLog.Read.All`, to
-    read the sign-in log) and Azure Key Vault (set and get secrets)."""
+    read the sign-in log; `Policy.Read.All`, optional, lets preflight read the app
+    management policy) and Azure Key Vault (set and get secrets)."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
 

@@ -63,6 +63,48 @@ Documented behaviours it follows (Microsoft Learn):
   `resourceDisplayName`, `status.errorCode`. Reading it needs the application
   permission `AuditLog.Read.All` (403 `Authorization_RequestDenied` without it).
 
+App management policies (https://learn.microsoft.com/graph/api/resources/applicationauthenticationmethodpolicy):
+
+- Tenant default (https://learn.microsoft.com/graph/api/tenantappmanagementpolicy-get,
+  https://learn.microsoft.com/graph/api/resources/tenantappmanagementpolicy):
+  `GET /v1.0/policies/defaultAppManagementPolicy` answers `id`, `displayName`,
+  `description`, `isEnabled` and `applicationRestrictions` / `servicePrincipalRestrictions`
+  (`{"passwordCredentials": [...], "keyCredentials": [...]}`); it always exists and, until
+  a test sets one (`set_default_policy`), is the documented example: disabled, no
+  restrictions. Least privileged application permission: `Policy.Read.All`; higher:
+  Policy.Read.ApplicationConfiguration, Policy.ReadWrite.ApplicationConfiguration.
+  Without one of them: 403 `Authorization_RequestDenied`.
+- A policy assigned to an application (https://learn.microsoft.com/graph/api/resources/appmanagementpolicy,
+  the `appManagementPolicies` relationship of
+  https://learn.microsoft.com/graph/api/resources/application):
+  `GET /v1.0/applications/{id}/appManagementPolicies` answers `{"value": [{"id",
+  "displayName", "description", "isEnabled", "restrictions": {"passwordCredentials",
+  "keyCredentials"}}]}`; one policy at most per object (`assign_policy` replaces). The
+  permission for this relationship has no page of its own; the double asks for an
+  application read permission and one of the policy read permissions, as the documented
+  `GET /policies/appManagementPolicies/{id}/appliesTo` does (Application.Read.All and
+  Policy.Read.All); 404 `Request_ResourceNotFound` for an unknown object id.
+- Precedence: an assigned policy replaces the tenant default for that application ("the
+  app management policy takes precedence and the assigned application or service principal
+  doesn't inherit from the tenant default policy"); a disabled policy restricts nothing.
+- passwordCredentialConfiguration (https://learn.microsoft.com/graph/api/resources/passwordcredentialconfiguration):
+  `restrictionType`, `maxLifetime` (an ISO 8601 duration; the double reads days, hours,
+  minutes and seconds, OData's Edm.Duration), `restrictForAppsCreatedAfterDateTime`
+  (applications created on or after it are restricted; absent: all) and `state`
+  (`disabled` turns it off; absent means enforced). Applications carry `createdDateTime`.
+- addPassword under a policy: `passwordAddition` refuses every new secret and
+  `passwordLifetime` one whose `endDateTime - startDateTime` (Graph's two-year default
+  included) exceeds `maxLifetime`, with 400 and the codes `CredentialTypeNotAllowedAsPerAppPolicy`
+  / `CredentialInvalidLifetimeAsPerAppPolicy`. These are not on Microsoft's addPassword
+  page: the codes are those Microsoft's Teams Toolkit handles from addPassword
+  (OfficeDev/teams-toolkit, `AadAppClient`), the messages ("Credential type not allowed as
+  per assigned policy", "Credential lifetime exceeds the max value allowed as per assigned
+  policy <id>") are as operators quote Azure CLI; the double's exact wording is its own.
+  Not modelled: `excludeActors` exemptions, `servicePrincipalRestrictions`,
+  `keyCredentials` restrictions, `customPasswordAddition` (it concerns caller-chosen
+  secrets, which addPassword never takes) and the Workload Identities licence the
+  policies need.
+
 Propagation, as users report it (microsoftgraph/microsoft-graph-docs #17966,
 hashicorp/vault-plugin-secrets-azure #187, jenkinsci/azure-vm-agents-plugin #539):
 `sign_in_delay` seconds pass after addPassword before the new secret signs in (the token
@@ -71,12 +113,13 @@ endpoint answers AADSTS7000215 until then), and a removed secret keeps signing i
 `monotonic` (real time unless a test points it at a fake clock, so that the engine's
 waits on that clock and the double's delays pass together, without real waiting).
 
-What it keeps: applications and their password credentials as SHA-256 hashes of
-the secret text, and the sign-in records tests add (`add_sign_in`: a test adds a record
-late, with an earlier time, to play the log's delay); nothing logs a secret text or a
-token. `requests` records method,
-path and decoded query of every request (never headers or bodies); `removed_key_ids`
-the keyId of every successful removePassword, in order (ids are not secrets).
+What it keeps: applications (with their assigned app management policies) and their
+password credentials as SHA-256 hashes of the secret text, the tenant default policy, and
+the sign-in records tests add (`add_sign_in`: a test adds a record late, with an earlier
+time, to play the log's delay); nothing logs a secret text or a token. `requests` records
+method, path and decoded query of every request (never headers or bodies);
+`removed_key_ids` the keyId of every successful removePassword, in order (ids are not
+secrets).
 """
 
 from __future__ import annotations
@@ -120,6 +163,16 @@ READ_ROLES = frozenset(
 )
 WRITE_ROLES = frozenset({"Application.ReadWrite.OwnedBy", "Application.ReadWrite.All"})
 AUDIT_LOG_ROLES = frozenset({"AuditLog.Read.All"})
+POLICY_READ_ROLES = frozenset(
+    {
+        "Policy.Read.All",
+        "Policy.Read.ApplicationConfiguration",
+        "Policy.ReadWrite.ApplicationConfiguration",
+    }
+)
+DEFAULT_POLICY_ID = "00000000-0000-0000-0000-000000000000"
+DEFAULT_POLICY_PATH = "/v1.0/policies/defaultAppManagementPolicy"
+_EDM_DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
 MAX_TOP = 999
 MAX_SIGN_IN_TOP = 1000
 SIGN_IN_EVENT_TYPES = frozenset(
@@ -137,7 +190,9 @@ _SIGN_IN_CLAUSE = re.compile(
     r"|(createdDateTime) (ge|le) (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)"
     r"|(signInEventTypes)/any\(t: t eq '([A-Za-z]+)'\))$"
 )
-_APP_PATH = re.compile(r"^/v1\.0/applications/([^/]+)(?:/(addPassword|removePassword))?$")
+_APP_PATH = re.compile(
+    r"^/v1\.0/applications/([^/]+)(?:/(addPassword|removePassword|appManagementPolicies))?$"
+)
 
 
 @dataclass(frozen=True)
@@ -205,6 +260,10 @@ class StoredApplication:
     passwords: list[StoredPassword] = field(default_factory=list)
     certificates: list[StoredCertificate] = field(default_factory=list)
     owners: list[StoredOwner] = field(default_factory=list)
+    created: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
+    """`createdDateTime`, which policy restrictions are dated against."""
+    management_policies: list[dict[str, Any]] = field(default_factory=list)
+    """The app management policies assigned to it, as Graph answers them (one at most)."""
 
     def as_json(self, *, expand_owners: bool = False) -> dict[str, Any]:
         body = self._json()
@@ -217,6 +276,7 @@ class StoredApplication:
             "id": self.id,
             "appId": self.app_id,
             "displayName": self.display_name,
+            "createdDateTime": _iso(self.created),
             "keyCredentials": [
                 {
                     "customKeyIdentifier": c.thumbprint,
@@ -316,12 +376,61 @@ def parse_filter(expression: str) -> tuple[str, str]:
     return found.group(1), found.group(2).replace("''", "'")
 
 
+def password_restriction(
+    restriction_type: str,
+    *,
+    max_lifetime: str | None = None,
+    created_after: str | None = "2019-01-01T00:00:00Z",
+    state: str | None = None,
+) -> dict[str, Any]:
+    """A `passwordCredentialConfiguration` as Graph lists it; `state` None leaves it out
+    (enforced), `created_after` None restricts every application."""
+    restriction: dict[str, Any] = {
+        "restrictionType": restriction_type,
+        "maxLifetime": max_lifetime,
+        "restrictForAppsCreatedAfterDateTime": created_after,
+    }
+    if state is not None:
+        restriction["state"] = state
+    return restriction
+
+
+def default_app_management_policy(
+    password_credentials: list[dict[str, Any]] | None = None, *, enabled: bool = False
+) -> dict[str, Any]:
+    """The tenant default policy as Graph answers it; with no arguments, the documented
+    example of a tenant that never set it (disabled, no restrictions)."""
+    return {
+        "id": DEFAULT_POLICY_ID,
+        "displayName": "Default app management tenant policy",
+        "description": "Default tenant policy that enforces app management restrictions on "
+        "applications and service principals.",
+        "isEnabled": enabled,
+        "applicationRestrictions": {
+            "passwordCredentials": list(password_credentials or ()),
+            "keyCredentials": [],
+        },
+        "servicePrincipalRestrictions": {"passwordCredentials": [], "keyCredentials": []},
+    }
+
+
+def parse_edm_duration(text: str) -> timedelta:
+    """`P90D`, `PT12H`, `P4DT12H30M5S`: OData's Edm.Duration (days and time, no years or
+    months). A test that writes another form gets a ValueError, not a silent guess."""
+    found = _EDM_DURATION.match(text)
+    if not found or not any(found.groups()):
+        raise ValueError(f"the Graph double reads maxLifetime as days and time, not {text!r}")
+    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in found.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
 class GraphDouble:
     """Entra ID token endpoint and Graph `/v1.0/applications` over TLS on 127.0.0.1.
 
     Use as a context manager. `authority` is what azure-identity takes, `graph_url`
     what a Graph client takes. Fault switches: `throttle(n, ...)`, `deny_writes`,
-    `sign_in_delay`, `removal_delay`.
+    `sign_in_delay`, `removal_delay`. App management policies: `set_default_policy`,
+    `assign_policy`.
     """
 
     def __init__(
@@ -363,6 +472,8 @@ class GraphDouble:
         self.removal_delay = 0.0
         """Seconds after removePassword during which the removed secret still signs in,
         as Entra ID's replicas keep accepting it for minutes."""
+        self.default_app_management_policy: dict[str, Any] = default_app_management_policy()
+        """The tenant default policy, as `GET /policies/defaultAppManagementPolicy` answers it."""
         self.monotonic: Callable[[], float] = time.monotonic
         """The clock the delays are measured on, in seconds."""
         self._removed: list[RemovedPassword] = []
@@ -423,6 +534,39 @@ class GraphDouble:
         with self._lock:
             self.applications[app.id] = app
         return app
+
+    def set_default_policy(
+        self, password_credentials: list[dict[str, Any]], *, enabled: bool = True
+    ) -> dict[str, Any]:
+        """Make the tenant default policy restrict client secrets (see `password_restriction`)."""
+        policy = default_app_management_policy(password_credentials, enabled=enabled)
+        with self._lock:
+            self.default_app_management_policy = policy
+        return policy
+
+    def assign_policy(
+        self,
+        app: StoredApplication,
+        password_credentials: list[dict[str, Any]],
+        *,
+        enabled: bool = True,
+        display_name: str = "payments exemption",
+    ) -> dict[str, Any]:
+        """Assign an app management policy to `app`, replacing any before (Graph allows
+        one); it then replaces the tenant default for `app`."""
+        policy = {
+            "id": str(uuid.uuid4()),
+            "displayName": display_name,
+            "description": "assigned by a test",
+            "isEnabled": enabled,
+            "restrictions": {
+                "passwordCredentials": list(password_credentials),
+                "keyCredentials": [],
+            },
+        }
+        with self._lock:
+            app.management_policies = [policy]
+        return policy
 
     def delete_application(self, object_id: str) -> None:
         with self._lock:
@@ -737,6 +881,13 @@ class GraphDouble:
             )
         return live or lingering
 
+    def _read_only(self, method: str, context: str, body: dict[str, Any]) -> Any:
+        """A GET-only resource's answer (`@odata.context` and `body`); 405 for any other
+        method."""
+        if method != "GET":
+            raise GraphError(405, "Request_BadRequest", "Method not allowed.")
+        return _json(200, {"@odata.context": f"{self.graph_url}/$metadata#{context}", **body})
+
     def _graph(
         self,
         method: str,
@@ -757,8 +908,21 @@ class GraphDouble:
         if claims is None or claims["aud"] != GRAPH_AUDIENCE:
             raise GraphError(401, "InvalidAuthenticationToken", "Access token is empty or invalid.")
         sign_ins = path == "/beta/auditLogs/signIns" and method == "GET"
-        needed = AUDIT_LOG_ROLES if sign_ins else READ_ROLES if method == "GET" else WRITE_ROLES
-        if not needed & set(claims["roles"]):
+        found = _APP_PATH.match(path)
+        action = found.group(2) if found else None
+        # Each set must share a role with the token: a policy read needs a policy role,
+        # an application's policies also a role that reads the application.
+        needed: list[frozenset[str]]
+        if sign_ins:
+            needed = [AUDIT_LOG_ROLES]
+        elif path == DEFAULT_POLICY_PATH:
+            needed = [POLICY_READ_ROLES]
+        elif action == "appManagementPolicies":
+            needed = [READ_ROLES, POLICY_READ_ROLES]
+        else:
+            needed = [READ_ROLES if method == "GET" else WRITE_ROLES]
+        roles = set(claims["roles"])
+        if not all(n & roles for n in needed):
             raise GraphError(
                 403,
                 "Authorization_RequestDenied",
@@ -769,10 +933,13 @@ class GraphDouble:
             return self._sign_ins(query)
         if path == "/v1.0/applications" and method == "GET":
             return self._list(query)
-        found = _APP_PATH.match(path)
+        if path == DEFAULT_POLICY_PATH:
+            with self._lock:
+                policy = json.loads(json.dumps(self.default_app_management_policy))
+            return self._read_only(method, "policies/defaultAppManagementPolicy/$entity", policy)
         if not found:
             raise GraphError(400, "BadRequest", "Resource not found for the segment.")
-        app_id, action = found.group(1), found.group(2)
+        app_id = found.group(1)
         with self._lock:
             app = self.applications.get(app_id)
         if app is None:
@@ -784,6 +951,10 @@ class GraphDouble:
             )
         if action is None and method == "GET":
             return _json(200, app.as_json())
+        if action == "appManagementPolicies":
+            with self._lock:
+                policies = json.loads(json.dumps(app.management_policies))
+            return self._read_only(method, "policies/appManagementPolicies", {"value": policies})
         if method != "POST" or action is None:
             raise GraphError(405, "Request_BadRequest", "Method not allowed.")
         if self.deny_writes:
@@ -904,6 +1075,7 @@ class GraphDouble:
         )
         if end <= start:
             raise GraphError(400, "BadRequest", "Credential end date must be after start date.")
+        self._enforce_policy(app, end - start)
         display_name = spec.get("displayName")
         secret_text = "".join(secrets.choice(SECRET_ALPHABET) for _ in range(40))
         stored = StoredPassword(
@@ -930,6 +1102,38 @@ class GraphDouble:
                 "startDateTime": _iso(stored.start),
             },
         )
+
+    def _enforce_policy(self, app: StoredApplication, lifetime: timedelta) -> None:
+        """Refuse a new secret of `lifetime` as the app management policy in force for `app`
+        would: its assigned policy, else the tenant default; a disabled one allows all."""
+        with self._lock:
+            assigned = list(app.management_policies)
+            policy = assigned[0] if assigned else self.default_app_management_policy
+        if not policy.get("isEnabled"):
+            return
+        holder = policy.get("restrictions" if assigned else "applicationRestrictions") or {}
+        for restriction in holder.get("passwordCredentials") or ():
+            if restriction.get("state") == "disabled":
+                continue
+            after = restriction.get("restrictForAppsCreatedAfterDateTime")
+            if after and app.created < _parse_time(after, "restrictForAppsCreatedAfterDateTime"):
+                continue
+            kind = restriction.get("restrictionType")
+            if kind == "passwordAddition":
+                raise GraphError(
+                    400,
+                    "CredentialTypeNotAllowedAsPerAppPolicy",
+                    f"Credential type not allowed as per assigned policy '{policy['id']}'.",
+                )
+            if kind == "passwordLifetime" and lifetime > parse_edm_duration(
+                str(restriction.get("maxLifetime"))
+            ):
+                raise GraphError(
+                    400,
+                    "CredentialInvalidLifetimeAsPerAppPolicy",
+                    "Credential lifetime exceeds the max value allowed as per assigned policy "
+                    f"'{policy['id']}'.",
+                )
 
     def _remove_password(
         self, app: StoredApplication, payload: dict[str, Any]

@@ -31,7 +31,7 @@ from keyshift.testing import FakeClock, assert_provider_contract
 from tests.conftest import ADMIN_ENV, ADMIN_SECRET, Cli, run_subprocess
 from tests.doubles.graph import GraphDouble, StoredApplication
 from tests.doubles.tls import TlsFiles
-from tests.helpers import json_value, rotations_of, save_estate, steps, versions
+from tests.helpers import entra_estate, json_value, rotations_of, steps, versions
 
 NAME = "payments-entra"
 
@@ -54,34 +54,7 @@ def env(ks_env: dict[str, str]) -> dict[str, str]:
 
 
 def _estate(tmp: Path, graph: GraphDouble, tls: TlsFiles, app: StoredApplication) -> Path:
-    estate = {
-        "integrations": [{"name": "contoso", "type": "entra", **graph.integration(ADMIN_ENV)}],
-        "credentials": [
-            {
-                "name": NAME,
-                "owner": "team-payments",
-                "policy": {"grace_period": "1h"},
-                "provider": {
-                    "type": "entra_client_secret",
-                    "integration": "contoso",
-                    "app_id": app.app_id,
-                },
-                "actions": [
-                    {
-                        "type": "file",
-                        "order": 10,
-                        "on_failure": "abort",
-                        "config": {
-                            "path": str(tmp / "appsettings.json"),
-                            "key": "Entra:ClientSecret",
-                            "file_format": "json",
-                        },
-                    }
-                ],
-            }
-        ],
-    }
-    return save_estate(tmp, estate)
+    return entra_estate(tmp, graph.integration(ADMIN_ENV), app.app_id)
 
 
 def _published(tmp: Path) -> str:

@@ -25,7 +25,14 @@ from keyshift.store.store import Store
 from keyshift.testing import FakeClock
 from tests.conftest import ADMIN_ENV, ADMIN_SECRET, Cli, run_subprocess
 from tests.doubles.graph import GraphDouble, StoredApplication
-from tests.helpers import audit_details, json_value, rotations_of, save_estate, steps, versions
+from tests.helpers import (
+    audit_details,
+    entra_estate,
+    json_value,
+    rotations_of,
+    steps,
+    versions,
+)
 
 NAME = "payments-entra"
 HAND_SECRET = "hand-made-secret-value-0123456789"
@@ -72,25 +79,7 @@ def _estate(
     adopt: str | None,
     fail_reload: bool = False,
 ) -> Path:
-    provider: dict[str, Any] = {
-        "type": "entra_client_secret",
-        "integration": "contoso",
-        "app_id": app.app_id,
-    }
-    if adopt is not None:
-        provider["adopt_existing"] = adopt
-    actions: list[dict[str, Any]] = [
-        {
-            "type": "file",
-            "order": 10,
-            "on_failure": "abort",
-            "config": {
-                "path": str(tmp / "appsettings.json"),
-                "key": "Entra:ClientSecret",
-                "file_format": "json",
-            },
-        }
-    ]
+    actions: list[dict[str, Any]] = []
     if fail_reload:
         failing = tmp / "fail.py"
         failing.write_text("import sys; sys.exit(4)\n", encoding="utf-8")
@@ -102,19 +91,13 @@ def _estate(
                 "config": {"argv": [sys.executable, str(failing)]},
             }
         )
-    estate = {
-        "integrations": [{"name": "contoso", "type": "entra", **graph.integration(ADMIN_ENV)}],
-        "credentials": [
-            {
-                "name": NAME,
-                "owner": "team-payments",
-                "policy": {"grace_period": "1h"},
-                "provider": provider,
-                "actions": actions,
-            }
-        ],
-    }
-    return save_estate(tmp, estate)
+    return entra_estate(
+        tmp,
+        graph.integration(ADMIN_ENV),
+        app.app_id,
+        provider={"adopt_existing": adopt} if adopt is not None else None,
+        actions=actions,
+    )
 
 
 def _apply(env: dict[str, str], path: Path) -> None:

@@ -34,7 +34,7 @@ from keyshift.store.store import Store
 from keyshift.testing import FakeClock
 from tests.conftest import ADMIN_ENV, ADMIN_SECRET, Cli
 from tests.doubles.graph import GraphDouble, StoredApplication
-from tests.helpers import rotations_of, save_estate, steps, versions
+from tests.helpers import entra_estate, rotations_of, steps, versions
 
 NAME = "payments-entra"
 ROLES = {"Application.ReadWrite.All", "AuditLog.Read.All"}
@@ -75,38 +75,16 @@ def _estate(
     gate: dict[str, str] | None = None,
     adopt: str | None = None,
 ) -> Path:
-    provider: dict[str, Any] = {
-        "type": "entra_client_secret",
-        "integration": "contoso",
-        "app_id": app.app_id,
-        "sign_in_lookback": "15m",
-    }
+    provider: dict[str, Any] = {"sign_in_lookback": "15m"}
     if adopt is not None:
         provider["adopt_existing"] = adopt
-    estate = {
-        "integrations": [{"name": "contoso", "type": "entra", **graph.integration(ADMIN_ENV)}],
-        "credentials": [
-            {
-                "name": NAME,
-                "owner": "team-payments",
-                "policy": {"grace_period": grace, "residual_use": gate or GATE},
-                "provider": provider,
-                "actions": [
-                    {
-                        "type": "file",
-                        "order": 10,
-                        "on_failure": "abort",
-                        "config": {
-                            "path": str(tmp / "appsettings.json"),
-                            "key": "Entra:ClientSecret",
-                            "file_format": "json",
-                        },
-                    }
-                ],
-            }
-        ],
-    }
-    return save_estate(tmp, estate)
+    return entra_estate(
+        tmp,
+        graph.integration(ADMIN_ENV),
+        app.app_id,
+        policy={"grace_period": grace, "residual_use": gate or GATE},
+        provider=provider,
+    )
 
 
 def _apply(env: dict[str, str], path: Path) -> None:

@@ -20,6 +20,33 @@ old version (keyIds only: their values were never known to keyshift) and removes
 with `removePassword` when the grace period ends, as it would remove a previous
 keyshift secret. With `keep` (the default) they stay valid until someone removes them.
 
+App management policies. A tenant may forbid client secrets or cap their lifetime with
+an app management policy (Microsoft Graph's `tenantAppManagementPolicy` and
+`appManagementPolicy`). The policy in force for the application is the one assigned to it
+(`GET /applications/{id}/appManagementPolicies`, at most one), which replaces the tenant
+default, else the tenant default (`GET /policies/defaultAppManagementPolicy`); a disabled
+policy (`isEnabled: false`) restricts nothing. A password restriction in it applies unless
+its `state` is `disabled` or the application was created before its
+`restrictForAppsCreatedAfterDateTime`. Then:
+
+- `passwordAddition` makes Entra ID refuse `addPassword` (400
+  `CredentialTypeNotAllowedAsPerAppPolicy`): preflight is blocked, naming the policy;
+  manual review instead when the restriction exempts callers by custom security
+  attribute, which keyshift cannot check for its own identity.
+- `passwordLifetime` makes Entra ID refuse a secret that lives longer than `maxLifetime`
+  (400 `CredentialInvalidLifetimeAsPerAppPolicy`), Graph's two-year default included:
+  `create` caps the secret's `endDateTime` at `maxLifetime` from now (less a margin for
+  clock skew) and records the cap in the version's attributes (`lifetime_cap`, the
+  `maxLifetime`, and `lifetime_cap_policy`); preflight says so. A year in `maxLifetime`
+  counts 365 days and a month 28, so the cap never exceeds the policy.
+- `customPasswordAddition` forbids secrets the caller chooses; `addPassword` lets Entra
+  ID generate the secret, so it does not concern keyshift.
+
+Reading the policies needs `Policy.Read.All`, which keyshift's identity may lack. Without
+it preflight stays ready and says a restriction would only show at `creating`, where a
+refusal fails the rotation before anything is published, with an error naming the
+policy's rule.
+
 `verify` signs in as the application itself with the version's secret (the client
 credentials grant): the proof a consumer would get. Entra ID may take a short while
 to accept a secret just added; a refusal then makes the step fail and be retried.
@@ -61,7 +88,8 @@ sign-in that reaches the log later than `sign_in_lookback` is missed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 import structlog
@@ -94,14 +122,18 @@ from keyshift.providers.base import (
 from keyshift.providers.graph import (
     AUDIT_LOG_ROLE,
     NEEDED_PERMISSION,
+    POLICY_PERMISSION,
     WRITE_ROLES,
     Application,
+    AppManagementPolicy,
     GraphClient,
     GraphRequestFailed,
+    PasswordRestriction,
     SignIn,
     TokenRefused,
     azure_identity_token_source,
     odata_literal,
+    parse_iso_duration,
     token_roles,
 )
 
@@ -121,6 +153,65 @@ LISTED_AT_MOST: Final = 20
 NOT_YET_CODES = frozenset({"AADSTS7000215", "AADSTS7000222"})
 """Sign-in refusals Entra ID gives a secret it has not replicated yet (invalid secret,
 expired keys); within the propagation timeout they mean "not yet", not "wrong"."""
+GRAPH_DEFAULT_LIFETIME: Final = timedelta(days=730)
+"""The lifetime Graph gives a secret added without `endDateTime`: two years."""
+CAP_MARGIN: Final = timedelta(minutes=5)
+"""How much earlier than `maxLifetime` from keyshift's clock a capped secret ends, so a
+clock ahead of Entra ID's does not make the secret outlive the policy's limit."""
+POLICY_REFUSALS: Final = {
+    "CredentialTypeNotAllowedAsPerAppPolicy": "passwordAddition",
+    "CredentialInvalidLifetimeAsPerAppPolicy": "passwordLifetime",
+}
+"""addPassword's 400 codes for an app management policy's refusal, and the rule behind each."""
+TOKENS_STAY_VALID: Final = (
+    "access tokens issued with the removed secret stay valid until they expire (up to 90 minutes)"
+)
+
+
+@dataclass(frozen=True)
+class SecretRules:
+    """What the app management policy in force allows for the application's client secrets."""
+
+    policy: AppManagementPolicy
+    addition: PasswordRestriction | None
+    """The `passwordAddition` restriction that applies to the application, if any."""
+    lifetime: PasswordRestriction | None
+    """The `passwordLifetime` restriction that applies to the application, if any."""
+    max_lifetime: timedelta | None
+    """`lifetime`'s `maxLifetime`, None if there is none or it does not parse."""
+
+    @classmethod
+    def of(cls, policy: AppManagementPolicy, created: datetime | None) -> SecretRules:
+        """The restrictions of `policy` that apply to an application created at `created`."""
+        applying = (
+            {r.restriction_type: r for r in policy.password_restrictions if r.applies_to(created)}
+            if policy.is_enabled
+            else {}
+        )
+        lifetime = applying.get("passwordLifetime")
+        max_lifetime: timedelta | None = None
+        if lifetime is not None and lifetime.max_lifetime is not None:
+            try:
+                max_lifetime = parse_iso_duration(lifetime.max_lifetime)
+            except ValueError:
+                max_lifetime = None
+        return cls(policy, applying.get("passwordAddition"), lifetime, max_lifetime)
+
+    @property
+    def limit(self) -> str:
+        """The `maxLifetime` as the policy writes it, e.g. `P90D`; empty without one."""
+        return (self.lifetime.max_lifetime if self.lifetime else None) or ""
+
+    def cap(self, requested: timedelta) -> timedelta | None:
+        """The lifetime to ask for instead of `requested`, or None if `requested` is allowed."""
+        if self.max_lifetime is None or self.max_lifetime >= requested:
+            return None
+        return self.max_lifetime - min(CAP_MARGIN, self.max_lifetime / 10)
+
+
+def _since(restriction: PasswordRestriction) -> str:
+    moment = restriction.applies_from
+    return f" for apps created after {moment.date().isoformat()}" if moment else ""
 
 
 class EntraSecretConfig(BaseModel):
@@ -231,6 +322,17 @@ class EntraSecretProvider:
             )
         return found[0]
 
+    async def _secret_rules(self, graph: GraphClient, app: Application) -> SecretRules:
+        """The restrictions on client secrets in force for `app`: its assigned app
+        management policy, else the tenant default. Raises GraphRequestFailed (403 without
+        Policy.Read.All) when a policy cannot be read."""
+        assigned = await graph.list_app_management_policies(app.id)
+        policy = assigned[0] if assigned else await graph.get_default_app_management_policy()
+        return SecretRules.of(policy, app.created)
+
+    def _requested_lifetime(self, policy: Policy) -> timedelta:
+        return policy.max_lifetime or GRAPH_DEFAULT_LIFETIME
+
     def _display_name(self, marker: str) -> str:
         return f"{self.config.display_name_prefix} {marker}"
 
@@ -269,19 +371,85 @@ class EntraSecretProvider:
                 await self._remove(graph, app, orphan.key_id)
                 log.info("entra.orphan_removed", app_id=self.config.app_id, key_id=orphan.key_id)
         lifetime = request.policy.max_lifetime
-        end = self.context.now() + lifetime if lifetime is not None else None
+        now = self.context.now()
+        end = now + lifetime if lifetime is not None else None
         # No lifetime in the policy (end None): Graph's default end applies.
-        added = await graph.add_password(app.id, display_name, end)
+        capped = await self._lifetime_cap(graph, app, self._requested_lifetime(request.policy))
+        attributes = {
+            "key_id": "",
+            "hint": "",
+            "app_id": self.config.app_id,
+            "tenant_id": self._integration.tenant_id,
+        }
+        if capped is not None:
+            cap, rules = capped
+            end = now + cap
+            attributes["lifetime_cap"] = rules.limit
+            attributes["lifetime_cap_policy"] = rules.policy.label
+            log.info(
+                "entra.lifetime_capped",
+                app_id=self.config.app_id,
+                policy_id=rules.policy.id,
+                max_lifetime=rules.limit,
+                requested=format_duration(self._requested_lifetime(request.policy)),
+                end=end.isoformat(),
+            )
+        try:
+            added = await graph.add_password(app.id, display_name, end)
+        except GraphRequestFailed as exc:
+            refusal = self._refusal(exc)
+            if refusal is None:
+                raise
+            raise refusal from exc
+        attributes["key_id"] = added.key_id
+        attributes["hint"] = added.hint or ""
         return IssuedVersion(
             provider_ref=self._ref(request.marker),
             value=added.secret,
-            attributes={
-                "key_id": added.key_id,
-                "hint": added.hint or "",
-                "app_id": self.config.app_id,
-                "tenant_id": self._integration.tenant_id,
-            },
+            attributes=attributes,
             expires_at=added.end or end,
+        )
+
+    async def _lifetime_cap(
+        self, graph: GraphClient, app: Application, requested: timedelta
+    ) -> tuple[timedelta, SecretRules] | None:
+        """The shorter lifetime a `passwordLifetime` restriction in force allows, with the
+        rules it comes from; None when `requested` is allowed or no policy can be read (a
+        refusal of addPassword then names the rule)."""
+        try:
+            rules = await self._secret_rules(graph, app)
+        except GraphRequestFailed as exc:
+            # Reading the policy is advisory: without Policy.Read.All addPassword still
+            # runs, and Entra ID's refusal, if any, is reported by `_refusal`.
+            log.info(
+                "entra.app_policy_unreadable",
+                app_id=self.config.app_id,
+                status=exc.status,
+                code=exc.code,
+            )
+            return None
+        cap = rules.cap(requested)
+        return (cap, rules) if cap is not None else None
+
+    def _refusal(self, exc: GraphRequestFailed) -> PermanentError | None:
+        """addPassword's error reworded when an app management policy refused it, else None."""
+        rule = POLICY_REFUSALS.get(exc.code) if exc.status == 400 else None
+        if rule is None:
+            return None
+        what = (
+            "client secrets on this application"
+            if rule == "passwordAddition"
+            else "a client secret living this long"
+        )
+        hint = (
+            "use a certificate, or exempt the application with an appManagementPolicy"
+            if rule == "passwordAddition"
+            else "shorten the credential policy's max_lifetime to the policy's maxLifetime "
+            "(keyshift caps it itself when it may read the policy, with Policy.Read.All)"
+        )
+        return PermanentError(
+            f"Entra ID refused addPassword on {self.config.app_id}: an app management policy's "
+            f"{rule} restriction forbids {what} ({exc.code}: {exc.graph_message}); {hint}"
         )
 
     async def verify(self, request: VerifyRequest) -> VerifyResult:
@@ -327,8 +495,9 @@ class EntraSecretProvider:
 
     async def revoke(self, request: RevokeRequest) -> RevokeResult:
         """Remove the version's secret from the application. Succeeds with
-        `already_gone=True` if the application no longer holds it. Tokens already
-        issued with it stay valid until they expire (about an hour).
+        `already_gone=True` if the application no longer holds it. Access tokens already
+        issued with it stay valid until they expire (up to 90 minutes); the detail's
+        `tokens` says so whenever a secret was removed.
 
         An adopted version (`key_ids` in its attributes) is removed keyId by keyId;
         keyIds already gone are skipped, so a repeat removes none twice."""
@@ -344,7 +513,13 @@ class EntraSecretProvider:
         if not await self._remove(graph, app, key_id):
             return RevokeResult(already_gone=True, detail={"key_id": key_id})
         log.info("entra.password_revoked", app_id=self.config.app_id, key_id=key_id)
-        return RevokeResult(detail={"key_id": key_id, "remaining": str(len(held) - 1)})
+        return RevokeResult(
+            detail={
+                "key_id": key_id,
+                "remaining": str(len(held) - 1),
+                "tokens": TOKENS_STAY_VALID,
+            }
+        )
 
     async def _retire(
         self, graph: GraphClient, app: Application, key_ids: list[str]
@@ -364,15 +539,15 @@ class EntraSecretProvider:
                 f"application {self.config.app_id} still lists the adopted client secret(s) "
                 f"{', '.join(still)} after removePassword"
             )
-        return RevokeResult(
-            already_gone=not removed,
-            detail={
-                "key_ids": ",".join(key_ids),
-                "removed_key_ids": ",".join(removed),
-                "gone_before_key_ids": ",".join(k for k in key_ids if k not in removed),
-                "remaining": str(len(after)),
-            },
-        )
+        detail = {
+            "key_ids": ",".join(key_ids),
+            "removed_key_ids": ",".join(removed),
+            "gone_before_key_ids": ",".join(k for k in key_ids if k not in removed),
+            "remaining": str(len(after)),
+        }
+        if removed:
+            detail["tokens"] = TOKENS_STAY_VALID
+        return RevokeResult(already_gone=not removed, detail=detail)
 
     async def residual_use(self, request: UsageRequest) -> UsageReport:
         """Sign-ins of the application with the version's secret (every adopted keyId, for
@@ -455,16 +630,21 @@ class EntraSecretProvider:
     # --- preflight -----------------------------------------------------------------------
 
     async def preflight(self, request: PreflightRequest) -> PreflightResult:
-        """Sign in to Graph, read the token's `roles` claim and find the application by its
-        appId; with a `residual_use` policy, also read one page of its sign-in log.
-        Changes nothing.
+        """Sign in to Graph, read the token's `roles` claim, find the application by its
+        appId and read the app management policy in force for it; with a `residual_use`
+        policy, also read one page of its sign-in log. Changes nothing.
 
         Blocked when Entra ID refuses keyshift's sign-in (the AADSTS code is named), the
         token holds neither Application.ReadWrite.OwnedBy nor Application.ReadWrite.All,
         the policy has `residual_use` and the token lacks AuditLog.Read.All (or the
-        sign-in log refuses to answer), or no application has the appId (or keyshift may
-        not read it). Manual review when the token's claims cannot be read, so the
-        permissions stay unproven.
+        sign-in log refuses to answer), no application has the appId (or keyshift may
+        not read it), or an app management policy forbids adding client secrets to it
+        (`passwordAddition`). Manual review when the token's claims cannot be read, so the
+        permissions stay unproven; when the `passwordAddition` restriction exempts callers
+        by custom security attribute; when a `passwordLifetime` has a `maxLifetime` that
+        does not parse; or when its cap leaves a secret no longer than the credential
+        policy's `rotate_before_expiry`. A policy keyshift may not read (no
+        Policy.Read.All) leaves it ready, saying so.
         """
         tenant = self._integration.tenant_id
         reads_log = request.policy is not None and request.policy.residual_use is not None
@@ -494,10 +674,19 @@ class EntraSecretProvider:
                     app.app_id, since, page_size=1
                 ):
                     break
+            rules: SecretRules | GraphRequestFailed
+            try:
+                rules = await self._secret_rules(graph, app)
+            except GraphRequestFailed as exc:
+                # Advisory: the policy only explains a refusal addPassword would give anyway.
+                rules = exc
         except TransientError as exc:
             return PreflightResult(Readiness.BLOCKED, str(exc), transient=True)
         except KeyshiftError as exc:
             return PreflightResult(Readiness.BLOCKED, str(exc))
+        secrets = self._secrets_preflight(rules, request.policy)
+        if secrets.readiness == Readiness.BLOCKED:
+            return secrets
         found = (
             f"application {app.display_name} ({app.app_id}) holds "
             f"{len(app.password_credentials)} client secret(s)"
@@ -506,7 +695,7 @@ class EntraSecretProvider:
             return PreflightResult(
                 Readiness.MANUAL_REVIEW,
                 f"{found}; the token's roles claim is not readable, so the permission to add "
-                "and remove client secrets is unproven",
+                f"and remove client secrets is unproven; {secrets.reason}",
             )
         held = [r for r in roles if r in WRITE_ROLES]
         owned_only = held == ["Application.ReadWrite.OwnedBy"]
@@ -517,8 +706,79 @@ class EntraSecretProvider:
             else ""
         )
         return PreflightResult(
-            Readiness.READY,
+            secrets.readiness,
             f"signed in to tenant {tenant}; granted {', '.join(held)}; {found}"
             + ("; keyshift must be an owner of the application" if owned_only else "")
-            + log_read,
+            + log_read
+            + f"; {secrets.reason}",
         )
+
+    def _secrets_preflight(
+        self, rules: SecretRules | GraphRequestFailed, policy: Policy | None
+    ) -> PreflightResult:
+        """What the app management policy in force means for adding this rotation's secret."""
+        app_id = self.config.app_id
+        if isinstance(rules, GraphRequestFailed):
+            why = (
+                f"Graph answered 403 {rules.code}; keyshift needs {POLICY_PERMISSION}"
+                if rules.status == 403
+                else f"Graph answered {rules.status} {rules.code}"
+            )
+            return PreflightResult(
+                Readiness.READY,
+                f"the app management policy in force could not be read ({why}), so a "
+                "restriction on client secrets would only show at creating",
+            )
+        label = rules.policy.label
+        if rules.addition is not None:
+            remedy = (
+                "exempt the application with an appManagementPolicy"
+                if rules.policy.tenant_default
+                else "disable that restriction in the policy"
+            )
+            text = f"{label} restricts passwordAddition{_since(rules.addition)}"
+            if rules.addition.exempts_actors:
+                return PreflightResult(
+                    Readiness.MANUAL_REVIEW,
+                    f"{text} except for callers with certain custom security attributes; "
+                    f"keyshift cannot tell whether its identity is exempt, so addPassword on "
+                    f"{app_id} may be refused",
+                )
+            return PreflightResult(
+                Readiness.BLOCKED,
+                f"{text}; keyshift cannot add a client secret to {app_id} (use a certificate, "
+                f"or {remedy})",
+            )
+        if rules.lifetime is None:
+            return PreflightResult(Readiness.READY, f"{label} does not restrict its client secrets")
+        limit = f"{rules.limit} (passwordLifetime{_since(rules.lifetime)})"
+        if rules.max_lifetime is None:
+            return PreflightResult(
+                Readiness.MANUAL_REVIEW,
+                f"{label} limits client secrets to {limit}, which keyshift cannot read as "
+                "a duration; addPassword may be refused",
+            )
+        max_lifetime = policy.max_lifetime if policy is not None else None
+        requested = max_lifetime or GRAPH_DEFAULT_LIFETIME
+        cap = rules.cap(requested)
+        if cap is None:
+            return PreflightResult(
+                Readiness.READY,
+                f"{label} limits client secrets to {limit}; the rotation asks for "
+                f"{format_duration(requested)}",
+            )
+        asked = "the policy's max_lifetime" if max_lifetime else "Graph's default, no max_lifetime"
+        text = (
+            f"{label} limits client secrets to {limit}, shorter than the "
+            f"{format_duration(requested)} the rotation would ask for ({asked}): the "
+            f"secret's endDateTime will be capped at {rules.limit} from its creation"
+        )
+        early = policy.rotate_before_expiry if policy is not None else None
+        if early is not None and cap <= early:
+            return PreflightResult(
+                Readiness.MANUAL_REVIEW,
+                f"{text}, which is not longer than rotate_before_expiry "
+                f"({format_duration(early)}), so the new secret would be due for rotation "
+                "as soon as it is added",
+            )
+        return PreflightResult(Readiness.READY, text)

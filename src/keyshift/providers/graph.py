@@ -23,6 +23,13 @@ What holds:
 - The sign-in log is read from `/beta` beside the configured `/v1.0` endpoint: only the
   beta `signIn` resource carries `servicePrincipalCredentialKeyId`. A 403 there names
   `AuditLog.Read.All` (and the P1/P2 licence the log needs), not the write permission.
+- App management policies, which may forbid client secrets or cap their lifetime, are read
+  from `GET /policies/defaultAppManagementPolicy` (the tenant default, always present,
+  disabled unless an administrator enabled it) and `GET /applications/{id}/
+  appManagementPolicies` (the one policy assigned to the application, if any, which then
+  replaces the tenant default for it). Both need `Policy.Read.All` (or
+  Policy.Read.ApplicationConfiguration / Policy.ReadWrite.ApplicationConfiguration); a 403
+  there names Policy.Read.All, not the write permission.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import secrets
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
@@ -67,6 +74,9 @@ SIGN_IN_PERMISSION: Final = (
     "the Graph application permission AuditLog.Read.All (and a Microsoft Entra ID P1 or P2 "
     "licence in the tenant) to read the sign-in log"
 )
+POLICY_PERMISSION: Final = (
+    "the Graph application permission Policy.Read.All to read app management policies"
+)
 SIGN_IN_PAGE_SIZE: Final = 1000
 """The documented maximum (and default) page size of `auditLogs/signIns`."""
 APPLICATION_FIELDS: Final = "id,appId,displayName,passwordCredentials,keyCredentials"
@@ -76,6 +86,13 @@ NOT_EXECUTED_STATUSES: Final = frozenset({429, 503})
 BACKOFF_BASE: Final = 1.0
 BACKOFF_CAP: Final = 60.0
 _AADSTS = re.compile(r"AADSTS\d+")
+_ISO_DURATION = re.compile(
+    r"^P(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
+    r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$"
+)
+# A calendar year or month has no fixed length; the shortest is taken, so a lifetime
+# computed from it never exceeds what the policy allows.
+_SHORTEST_DAYS = {"years": 365, "months": 28, "weeks": 7, "days": 1}
 
 TokenSource = Callable[[], Awaitable[str]]
 """Returns a bearer token for Graph; called before every attempt (the source caches)."""
@@ -92,6 +109,26 @@ def odata_literal(value: str) -> str:
     if not value.isprintable():
         raise ValueError("a $filter literal must not contain control or unprintable characters")
     return "'" + value.replace("'", "''") + "'"
+
+
+def parse_iso_duration(text: str) -> timedelta:
+    """An ISO 8601 duration as Graph writes `maxLifetime` (`P90D`, `PT12H`, `P4DT12H30M5S`).
+
+    Years count 365 days and months 28, the shortest they can be, so a lifetime derived
+    from them stays within the policy. Raises ValueError for anything else (a negative
+    or empty duration included).
+    """
+    found = _ISO_DURATION.match(text.strip())
+    parts = {k: v for k, v in found.groupdict().items() if v is not None} if found else {}
+    if not parts or text.strip().endswith("T"):
+        raise ValueError(f"{text!r} is not an ISO 8601 duration")
+    days = sum(int(parts.get(unit, 0)) * size for unit, size in _SHORTEST_DAYS.items())
+    return timedelta(
+        days=days,
+        hours=int(parts.get("hours", 0)),
+        minutes=int(parts.get("minutes", 0)),
+        seconds=float(parts.get("seconds", 0)),
+    )
 
 
 def token_roles(token: str) -> list[str] | None:
@@ -244,6 +281,9 @@ class Application:
     key_credentials: tuple[KeyCredential, ...] = ()
     owners: tuple[Owner, ...] | None = None
     """None unless the listing expanded `owners` (Graph expands at most 20 per object)."""
+    created: datetime | None = None
+    """`createdDateTime`, which app management policy restrictions are dated against;
+    None when Graph did not return it (a `$select` without it)."""
 
     @classmethod
     def from_graph(cls, data: Mapping[str, Any]) -> Application:
@@ -261,7 +301,80 @@ class Application:
             owners=(
                 tuple(Owner.from_graph(o) for o in owners) if isinstance(owners, list) else None
             ),
+            created=_parse_time(data.get("createdDateTime")),
         )
+
+
+@dataclass(frozen=True)
+class PasswordRestriction:
+    """One restriction on client secrets in an app management policy (Graph's
+    `passwordCredentialConfiguration`): `restriction_type` is e.g. `passwordAddition` or
+    `passwordLifetime`; `max_lifetime` the ISO 8601 duration of a `passwordLifetime`."""
+
+    restriction_type: str
+    max_lifetime: str | None
+    applies_from: datetime | None
+    """`restrictForAppsCreatedAfterDateTime`: applications created on or after it are
+    restricted; None restricts every application."""
+    enabled: bool
+    """False when `state` is `disabled`; an absent `state` is enforced."""
+    exempts_actors: bool = False
+    """The restriction exempts callers carrying certain custom security attributes
+    (`excludeActors`), which keyshift's identity may or may not carry."""
+
+    @classmethod
+    def from_graph(cls, data: Mapping[str, Any]) -> PasswordRestriction:
+        excluded = data.get("excludeActors") or data.get("excludedActors")
+        attributes = (
+            excluded.get("customSecurityAttributes") if isinstance(excluded, dict) else None
+        )
+        return cls(
+            restriction_type=str(data.get("restrictionType") or ""),
+            max_lifetime=str(data["maxLifetime"]) if data.get("maxLifetime") else None,
+            applies_from=_parse_time(data.get("restrictForAppsCreatedAfterDateTime")),
+            enabled=str(data.get("state") or "enabled").lower() != "disabled",
+            exempts_actors=bool(attributes),
+        )
+
+    def applies_to(self, created: datetime | None) -> bool:
+        """Whether it restricts an application created at `created` (unknown: it does)."""
+        if not self.enabled:
+            return False
+        return self.applies_from is None or created is None or created >= self.applies_from
+
+
+@dataclass(frozen=True)
+class AppManagementPolicy:
+    """The password restrictions of an app management policy: the tenant default
+    (`tenant_default`) or the policy assigned to one application."""
+
+    id: str
+    display_name: str | None
+    is_enabled: bool
+    password_restrictions: tuple[PasswordRestriction, ...]
+    tenant_default: bool
+
+    @classmethod
+    def from_graph(cls, data: Mapping[str, Any], *, tenant_default: bool) -> AppManagementPolicy:
+        holder = data.get("applicationRestrictions" if tenant_default else "restrictions")
+        listed = holder.get("passwordCredentials") if isinstance(holder, dict) else None
+        return cls(
+            id=str(data.get("id", "")),
+            display_name=data.get("displayName"),
+            is_enabled=data.get("isEnabled") is True,
+            password_restrictions=tuple(
+                PasswordRestriction.from_graph(r) for r in listed or () if isinstance(r, dict)
+            ),
+            tenant_default=tenant_default,
+        )
+
+    @property
+    def label(self) -> str:
+        """How an operator finds it: the tenant default, or the assigned policy's name and id."""
+        if self.tenant_default:
+            return "the tenant's default app management policy"
+        name = f"'{self.display_name}' " if self.display_name else ""
+        return f"the app management policy {name}({self.id}) assigned to the application"
 
 
 @dataclass(frozen=True)
@@ -505,6 +618,35 @@ class GraphClient:
         )
         log.info("graph.password_removed", app_object_id=app_object_id, key_id=key_id)
 
+    # --- app management policies ------------------------------------------------------
+
+    async def get_default_app_management_policy(self) -> AppManagementPolicy:
+        """The tenant's default app management policy (it always exists; disabled unless an
+        administrator enabled it). A 403 raises GraphRequestFailed naming Policy.Read.All."""
+        where = "policies/defaultAppManagementPolicy"
+        try:
+            body = await self.get(where)
+        except GraphRequestFailed as exc:
+            if exc.status != 403:
+                raise
+            raise self._needing(exc, where, POLICY_PERMISSION) from exc
+        return AppManagementPolicy.from_graph(body, tenant_default=True)
+
+    async def list_app_management_policies(self, app_object_id: str) -> list[AppManagementPolicy]:
+        """The app management policies assigned to the application (Graph allows one),
+        which replace the tenant default for it. A 403 raises GraphRequestFailed naming
+        Policy.Read.All."""
+        where = f"applications/{_segment(app_object_id)}/appManagementPolicies"
+        try:
+            return [
+                AppManagementPolicy.from_graph(item, tenant_default=False)
+                async for item in self.paged(where)
+            ]
+        except GraphRequestFailed as exc:
+            if exc.status != 403:
+                raise
+            raise self._needing(exc, where, POLICY_PERMISSION) from exc
+
     # --- the sign-in log ---------------------------------------------------------------
 
     async def list_service_principal_sign_ins(
@@ -538,24 +680,15 @@ class GraphClient:
         except GraphRequestFailed as exc:
             if exc.status != 403:
                 raise
-            text = (
-                f"Graph GET /beta/auditLogs/signIns: 403 {exc.code}: {exc.graph_message} "
-                f"keyshift needs {SIGN_IN_PERMISSION}."
-            )
-            if exc.request_id:
-                text += f" (request-id {exc.request_id})"
-            raise GraphRequestFailed(
-                text,
-                status=exc.status,
-                code=exc.code,
-                graph_message=exc.graph_message,
-                request_id=exc.request_id,
-            ) from exc
+            raise _needing(exc, "/beta/auditLogs/signIns", SIGN_IN_PERMISSION) from exc
 
     # --- the retry loop ----------------------------------------------------------------
 
     def _url(self, path: str) -> str:
         return str(self._base.join(path.lstrip("/")))
+
+    def _needing(self, exc: GraphRequestFailed, path: str, permission: str) -> GraphRequestFailed:
+        return _needing(exc, httpx.URL(self._url(path)).path, permission)
 
     def _same_origin(self, link: object) -> str:
         if not isinstance(link, str):
@@ -663,6 +796,21 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
             "JSON that is not an object"
         )
     return body
+
+
+def _needing(exc: GraphRequestFailed, where: str, permission: str) -> GraphRequestFailed:
+    """A 403 of a read (GET `where`) that names the permission this read needs instead of
+    the write permission; the same status, code and request id."""
+    text = f"Graph GET {where}: 403 {exc.code}: {exc.graph_message} keyshift needs {permission}."
+    if exc.request_id:
+        text += f" (request-id {exc.request_id})"
+    return GraphRequestFailed(
+        text,
+        status=exc.status,
+        code=exc.code,
+        graph_message=exc.graph_message,
+        request_id=exc.request_id,
+    )
 
 
 def _permanent(
