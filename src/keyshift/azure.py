@@ -21,7 +21,7 @@ from azure.identity.aio import (
 )
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration
 from keyshift.domain.secret import Secret
 from keyshift.errors import ConfigError

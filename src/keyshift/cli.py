@@ -29,7 +29,7 @@ from rich.text import Text
 
 from keyshift import __version__, logs
 from keyshift.client import WAITING_STATES, Client, ServerRefused
-from keyshift.domain.context import utcnow
+from keyshift.domain.clock import utcnow
 from keyshift.domain.durations import format_duration, parse_duration
 from keyshift.domain.estate import DEFAULT_POLICY_NAME
 from keyshift.domain.preflight import PreflightResult, Readiness

@@ -28,7 +28,7 @@ import structlog.testing
 from pydantic import BaseModel, ConfigDict, Field
 from structlog.typing import EventDict
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.estate import Policy
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from keyshift.api import create_app
-from keyshift.domain.context import utcnow
+from keyshift.domain.clock import utcnow
 from keyshift.service import rotations
 from keyshift.store.db import open_engine
 from keyshift.store.models import RotationRow

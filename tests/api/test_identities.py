@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from sqlalchemy import inspect, select, text
 
-from keyshift.domain.context import utcnow
+from keyshift.domain.clock import utcnow
 from keyshift.service import identities
 from keyshift.store.audit import export
 from keyshift.store.models import ApiTokenRow

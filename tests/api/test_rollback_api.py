@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from keyshift.domain.context import utcnow
+from keyshift.domain.clock import utcnow
 from keyshift.store.models import RotationRow
 from tests.api.conftest import Api
 from tests.api.test_api import _final, _problem, _running_here

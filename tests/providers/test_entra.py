@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from sqlalchemy import update
 
 from keyshift.azure import EntraIntegration
-from keyshift.domain.context import PluginContext, utcnow
+from keyshift.context import PluginContext
+from keyshift.domain.clock import utcnow
 from keyshift.domain.states import RotationState
 from keyshift.providers import INTEGRATIONS, PROVIDERS, IntegrationKind, ProviderKind
 from keyshift.providers.base import PreflightRequest, PreflightResult, Readiness

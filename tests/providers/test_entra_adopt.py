@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.states import Lifecycle, RotationState
 from keyshift.engine.faults import ENV as CRASH_AT
 from keyshift.engine.rows import ADOPTED_FINGERPRINT

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from keyshift.azure import EntraIntegration
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.estate import Policy
 from keyshift.domain.states import RotationState
 from keyshift.providers.base import PreflightRequest, PreflightResult, Readiness

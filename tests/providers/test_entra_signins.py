@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from keyshift.azure import EntraIntegration
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.estate import Policy, ResidualUse
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import RotationState

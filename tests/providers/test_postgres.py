@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.estate import Policy
 from keyshift.engine.faults import ENV as CRASH_AT
 from keyshift.errors import PermanentError, TransientError

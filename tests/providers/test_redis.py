@@ -15,7 +15,7 @@ import pytest
 import redis
 from pydantic import ValidationError
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.estate import Policy
 from keyshift.domain.secret import Secret
 from keyshift.errors import PermanentError, TransientError

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.estate import Policy
 from keyshift.domain.states import RotationState
 from keyshift.providers.base import CreateRequest, PreflightRequest, Readiness

@@ -16,7 +16,8 @@ import pytest
 import redis
 from sqlalchemy import update
 
-from keyshift.domain.context import PluginContext, utcnow
+from keyshift.context import PluginContext
+from keyshift.domain.clock import utcnow
 from keyshift.service import rotations
 from keyshift.store.models import RotationRow
 from keyshift.store.store import Store

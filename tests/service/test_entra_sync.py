@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.states import Lifecycle
 from keyshift.service import entra, rotations
 from keyshift.store.models import AuditEntry, DiscoveredApp, DiscoveredCredential

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from keyshift.domain.context import utcnow
+from keyshift.domain.clock import utcnow
 from keyshift.domain.states import RotationState
 from keyshift.service import evidence as evidence_service
 from keyshift.store import audit

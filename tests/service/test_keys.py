@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from keyshift.domain.context import utcnow
+from keyshift.domain.clock import utcnow
 from keyshift.domain.states import RotationState, VersionStatus
 from keyshift.errors import DecryptionError
 from keyshift.store.crypto import (

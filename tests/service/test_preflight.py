@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.estate import CredentialSpec, Policy
 from keyshift.domain.preflight import PreflightRequest, PreflightResult, Readiness
 from keyshift.engine.plan import Plan, build_plan

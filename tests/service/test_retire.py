@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.states import RotationState
 from keyshift.engine.runner import RETAIN_DISABLED
 from keyshift.providers.base import (

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.preflight import Readiness
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import RotationState, StepStatus, VersionStatus

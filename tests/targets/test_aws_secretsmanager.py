@@ -15,7 +15,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from pydantic import ValidationError
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase, RotationState
 from keyshift.errors import PermanentError, PluginError, TransientError

@@ -19,7 +19,7 @@ from azure.keyvault.secrets.aio import SecretClient
 from pydantic import ValidationError
 
 from keyshift.azure import EntraIntegration
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase, RotationState
 from keyshift.errors import PermanentError, TransientError

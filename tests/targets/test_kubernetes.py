@@ -16,7 +16,7 @@ import pytest
 from kubernetes import client as k8s
 from pydantic import ValidationError
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import RotationState
 from keyshift.errors import PermanentError, TransientError

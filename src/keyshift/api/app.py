@@ -18,7 +18,7 @@ from keyshift import __version__
 from keyshift.api import problems
 from keyshift.api.routes import router
 from keyshift.api.runner import BackgroundRotations
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.errors import StoreError
 from keyshift.store.store import Store
 

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from keyshift.api import problems
 from keyshift.api.auth import StoreDep, caller
 from keyshift.api.runner import BackgroundRotations
-from keyshift.domain.context import utcnow
+from keyshift.domain.clock import utcnow
 from keyshift.domain.durations import parse_duration
 from keyshift.domain.estate import DEFAULT_POLICY_NAME
 from keyshift.domain.rbac import ROLE_DESCRIPTIONS, ROLE_PERMISSIONS, Permission, Role

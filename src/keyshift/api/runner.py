@@ -11,7 +11,7 @@ import asyncio
 
 import structlog
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.states import RotationState
 from keyshift.errors import KeyshiftError, LeaseHeld
 from keyshift.service import rotations

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keyshift.domain.context import PluginContext, utcnow
+from keyshift.domain.clock import utcnow
 from keyshift.domain.durations import Duration, format_duration, parse_duration
 from keyshift.domain.estate import (
     ActionSpec,
@@ -39,7 +39,6 @@ __all__ = [
     "Lifecycle",
     "OnFailure",
     "Phase",
-    "PluginContext",
     "Policy",
     "PreflightRequest",
     "PreflightResult",

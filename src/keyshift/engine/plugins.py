@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.estate import config_errors
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, EstateInvalid

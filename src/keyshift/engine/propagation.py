@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.durations import format_duration
 from keyshift.errors import TransientError, scrub
 from keyshift.providers.base import IssuedVersion, Provider, VerifyRequest, VerifyResult

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from keyshift import __version__
 from keyshift.checks.command import UsageCommand, command_usage
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import CredentialSpec, Policy, ResidualUse
 from keyshift.domain.secret import Secret

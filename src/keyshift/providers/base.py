@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.estate import Policy
 from keyshift.domain.preflight import PreflightRequest, PreflightResult, Readiness
 from keyshift.domain.secret import Secret

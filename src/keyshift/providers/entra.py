@@ -96,7 +96,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keyshift.azure import EntraIntegration
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration, format_duration
 from keyshift.domain.estate import Policy
 from keyshift.errors import KeyshiftError, PermanentError, TransientError

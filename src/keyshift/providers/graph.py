@@ -52,7 +52,7 @@ import structlog
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 
 from keyshift.azure import DEFAULT_GRAPH_URL
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.secret import Secret
 from keyshift.errors import PermanentError, TransientError
 

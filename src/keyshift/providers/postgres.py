@@ -35,7 +35,7 @@ import psycopg
 from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.secret import Secret
 from keyshift.errors import KeyshiftError, PermanentError, TransientError
 from keyshift.providers.base import (

@@ -71,7 +71,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.secret import Secret
 from keyshift.errors import KeyshiftError, PermanentError, PluginError, TransientError, scrub
 from keyshift.providers.base import (

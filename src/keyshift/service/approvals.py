@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.estate import Policy
 from keyshift.domain.states import RotationState
 from keyshift.engine import approvals as gates

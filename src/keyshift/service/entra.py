@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from keyshift.azure import EntraIntegration
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.estate import Alerts, Policy
 from keyshift.domain.states import FINAL_STATES, Lifecycle, RotationState
 from keyshift.engine.runner import Engine

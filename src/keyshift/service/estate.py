@@ -20,7 +20,8 @@ import yaml
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from keyshift.domain.context import PluginContext, utcnow
+from keyshift.context import PluginContext
+from keyshift.domain.clock import utcnow
 from keyshift.domain.estate import (
     Estate,
     IntegrationSpec,

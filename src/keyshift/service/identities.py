@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from keyshift.domain.context import utcnow
+from keyshift.domain.clock import utcnow
 from keyshift.domain.rbac import (
     ROLE_DESCRIPTIONS,
     ROLE_PERMISSIONS,

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import select
 
 from keyshift.azure import EntraIntegration
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.engine.runner import Engine
 from keyshift.errors import KeyshiftError, NotFound
 from keyshift.providers import ProviderKind

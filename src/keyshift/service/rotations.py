@@ -17,7 +17,8 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from keyshift.domain.context import PluginContext, utcnow
+from keyshift.context import PluginContext
+from keyshift.domain.clock import utcnow
 from keyshift.domain.estate import CredentialSpec, Policy
 from keyshift.domain.preflight import PreflightResult, Readiness
 from keyshift.domain.states import (

@@ -35,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from keyshift.azure import EntraIntegration
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import DEFAULT_POLICY_NAME, Estate, Policy
 from keyshift.domain.states import VersionStatus

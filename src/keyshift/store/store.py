@@ -16,7 +16,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from keyshift.domain.context import utcnow
+from keyshift.domain.clock import utcnow
 from keyshift.domain.secret import Secret
 from keyshift.errors import NotFound, StoreError
 from keyshift.store import audit

@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Final, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration
 from keyshift.domain.location import url_origin
 from keyshift.domain.secret import Secret

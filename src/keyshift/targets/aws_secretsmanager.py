@@ -36,7 +36,7 @@ import botocore.config
 import botocore.exceptions
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.location import url_origin
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase

@@ -44,7 +44,7 @@ from azure.keyvault.secrets.aio import SecretClient
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keyshift.azure import EntraIntegration
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration
 from keyshift.domain.location import url_origin
 from keyshift.domain.states import Phase

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Final, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.preflight import PreflightRequest, PreflightResult, Readiness
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase

@@ -26,7 +26,7 @@ from typing import ClassVar, Final, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError

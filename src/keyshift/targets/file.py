@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Final, Literal, Protocol
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError, TransientError
 from keyshift.targets.base import (

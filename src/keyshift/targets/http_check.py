@@ -19,7 +19,7 @@ from typing import ClassVar, Final
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration, format_duration
 from keyshift.domain.location import url_origin
 from keyshift.domain.states import Phase

@@ -45,7 +45,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from keyshift.domain.context import PluginContext
+from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration, format_duration
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError, PluginError, TransientError, scrub

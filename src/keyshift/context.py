@@ -11,20 +11,18 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
+from keyshift.domain.clock import utcnow
 from keyshift.domain.secret import Secret
 from keyshift.errors import ConfigError
+from keyshift.sources import read_source
 
 M = TypeVar("M")
 
 SecretResolver = Callable[[str, str], Secret]
 """(field path, reference such as `env:NAME`, `file:/path`, `credential:NAME`) -> value."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -46,8 +44,6 @@ class PluginContext:
         """The value a configuration reference names. `path` is the field, for errors."""
         if self.resolve_secret is None:
             # Without the engine's resolver only env: and file: can be read.
-            from keyshift.sources import read_source  # noqa: PLC0415 (sources imports domain)
-
             return read_source(path, ref, self.env)
         return self.resolve_secret(path, ref)
 
