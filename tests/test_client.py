@@ -140,6 +140,7 @@ SAME_AS_EMBEDDED = [
     ("vera", ("entra", "list")),
     ("vera", ("entra", "summary")),
     ("vera", ("entra", "report")),
+    ("vera", ("foreign",)),
     ("otto", ("preflight", "api-key")),
     ("otto", ("rotate", "api-key", "--dry-run")),
     ("otto", ("audit", "verify")),

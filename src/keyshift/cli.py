@@ -40,6 +40,7 @@ from keyshift.service import approvals as approvals_service
 from keyshift.service import entra as entra_service
 from keyshift.service import estate as estate_service
 from keyshift.service import evidence as evidence_service
+from keyshift.service import foreign as foreign_service
 from keyshift.service import identities, rotations, scheduler
 from keyshift.service import impact as impact_service
 from keyshift.service import integrations as integrations_service
@@ -165,6 +166,7 @@ SERVER_COMMANDS = (
     "entra summary",
     "entra sync",
     "evidence",
+    "foreign",
     "history",
     "impact",
     "integrations test",
@@ -925,7 +927,8 @@ def entra_summary(
 @entra_app.command("report")
 @_errors
 def entra_report(server: ServerOption = None) -> None:
-    """Secrets created outside keyshift on managed apps, and lifetimes over the maximum."""
+    """Secrets created outside keyshift on managed apps, and lifetimes over the maximum,
+    from the synced inventory (`keyshift foreign` asks every provider's issuer live)."""
     found = _answer(
         server,
         lambda client: client.entra_findings(),
@@ -951,6 +954,36 @@ def entra_report(server: ServerOption = None) -> None:
             c.display_name or "-",
             c.managed_by or "-",
             f.detail,
+        )
+    out.print(table)
+    raise typer.Exit(1)
+
+
+@app.command()
+@_errors
+def foreign(server: ServerOption = None) -> None:
+    """Versions at the issuers of managed credentials that keyshift did not issue (a
+    password or client secret made by hand), asked live of each issuer; exits 1 when
+    there are any. Changes nothing."""
+    report = _answer(
+        server,
+        lambda client: client.foreign(),
+        lambda store: asyncio.run(foreign_service.foreign_report(store, actor=_actor())),
+    )
+    for skipped in report.unchecked:
+        err.print(f"not checked: {skipped.credential}: {skipped.reason}", markup=False)
+    if not report.found:
+        out.print(
+            f"No foreign versions: the issuers of {report.checked} credential(s) hold only "
+            "what keyshift issued."
+        )
+        return
+    table = Table(title=f"Foreign versions ({len(report.found)})", title_justify="left")
+    for col in ("credential", "provider", "at the issuer", "expires", "owner", "what happens"):
+        table.add_column(col, no_wrap=col in ("credential", "provider", "at the issuer"))
+    for f in report.found:
+        table.add_row(
+            f.credential, f.provider, f.ref, _when(f.expires_at), f.owner or "-", f.detail
         )
     out.print(table)
     raise typer.Exit(1)

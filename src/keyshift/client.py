@@ -38,6 +38,7 @@ from keyshift.service.approvals import ApprovalView
 from keyshift.service.entra import EntraCredential, Finding, Summary, SyncResult
 from keyshift.service.estate import Change
 from keyshift.service.evidence import Verification
+from keyshift.service.foreign import ForeignReport
 from keyshift.service.identities import IssuedToken, Principal, RoleView, TokenInfo
 from keyshift.service.impact import ImpactRow
 from keyshift.service.integrations import Check
@@ -358,6 +359,10 @@ class Client:
     def entra_findings(self) -> list[Finding]:
         """`GET /v1/entra/report`."""
         return self._get("/v1/entra/report", list[Finding])
+
+    def foreign(self) -> ForeignReport:
+        """`GET /v1/foreign`: versions at the issuers that keyshift did not issue."""
+        return self._get("/v1/foreign", ForeignReport)
 
     def alerts(self, *, limit: int) -> list[Alert]:
         """`GET /v1/alerts`: the newest alerts, newest first."""

@@ -22,7 +22,15 @@ from keyshift.service import rotations
 from keyshift.store.models import RotationRow
 from keyshift.store.store import Store
 from tests.conftest import Cli
-from tests.helpers import env_value, rotate_under_load, rotations_of, save_estate, steps, versions
+from tests.helpers import (
+    env_value,
+    rotate_under_load,
+    rotations_of,
+    save_estate,
+    steps,
+    table_rows,
+    versions,
+)
 from tests.servers import redis_server
 
 ADMIN_PW = "ADMIN-" + uuid.uuid4().hex
@@ -405,3 +413,40 @@ def test_adopt_existing_retire_with_alternating_users_is_refused_naming_the_fiel
     assert refused.exit_code == 2
     assert "credentials[0].provider" in refused.output
     assert "adopt_existing: retire belongs to dual_password" in refused.output
+
+
+def test_foreign_names_a_password_keyshift_did_not_issue_once_no_rotation_is_open(
+    redis_url: str, app_user: str, env: dict[str, str], store: Store, tmp_path: Path
+) -> None:
+    cli = Cli(env)
+    assert cli("apply", "-f", str(_estate(tmp_path, redis_url, app_user))).exit_code == 0
+    assert cli("rotate", "cache").exit_code == 0
+    assert cli("rotate", "cache").exit_code == 0  # in grace: keyshift's old one is valid
+    in_grace = cli("foreign")
+    assert in_grace.exit_code == 0, in_grace.output
+    assert "not checked: cache: rotation" in in_grace.output
+
+    rotation = rotations_of(store, "cache")[-1]
+    _end_grace(store, rotation.id)
+    assert cli("resume").exit_code == 0
+    found = cli("foreign")
+    assert found.exit_code == 1, found.output
+    [row] = [r for r in table_rows(found.output) if r and r[0] == "cache"]
+    assert row[1:3] == ["redis", f"{app_user}:password-1"]
+    assert "adopt_existing: keep" in found.output
+    _, password = _published(tmp_path)
+    assert password not in found.output
+
+
+def test_foreign_finds_nothing_after_adopt_existing_retire_ended_the_old_password(
+    redis_url: str, app_user: str, env: dict[str, str], store: Store, tmp_path: Path
+) -> None:
+    cli = Cli(env)
+    provider = {"strategy": "dual_password", "user": app_user, "adopt_existing": "retire"}
+    assert cli("apply", "-f", str(_estate(tmp_path, redis_url, app_user, provider=provider)))
+    assert cli("rotate", "cache").exit_code == 0
+    _end_grace(store, rotations_of(store, "cache")[-1].id)
+    assert cli("resume").exit_code == 0
+    clean = cli("foreign")
+    assert clean.exit_code == 0, clean.output
+    assert "No foreign versions: the issuers of 1 credential(s)" in clean.output

@@ -30,6 +30,7 @@ from keyshift.service import approvals as approvals_service
 from keyshift.service import entra as entra_service
 from keyshift.service import estate as estate_service
 from keyshift.service import evidence as evidence_service
+from keyshift.service import foreign as foreign_service
 from keyshift.service import identities, rotations, scheduler
 from keyshift.service import impact as impact_service
 from keyshift.service import integrations as integrations_service
@@ -685,6 +686,15 @@ def entra_report(
     estate = estate_service.current_estate(store)
     default = estate.named_policy(DEFAULT_POLICY_NAME)
     return entra_service.findings(store, now=utcnow(), default_policy=default)
+
+
+@router.get("/foreign", tags=["credentials"])
+async def foreign_versions(
+    store: StoreDep, who: Annotated[Identity, caller(Permission.CREDENTIALS_READ)]
+) -> foreign_service.ForeignReport:
+    """Versions at the issuers of managed credentials that keyshift did not issue, asked
+    live of each issuer. Changes nothing."""
+    return await foreign_service.foreign_report(store, actor=_actor(who))
 
 
 @router.get("/alerts", tags=["alerts"])
