@@ -966,19 +966,23 @@ class Engine:
         self._end(run, opened, None, f"{error}; {withdrawn}", next_state=RotationState.FAILED)
 
     async def _prove(self, run: _Run) -> StepResult:
+        return await self._new_version_accepted(run, "proved", "was not accepted by the issuer")
+
+    async def _new_version_accepted(self, run: _Run, verb: str, refused: str) -> StepResult:
+        """Sign in with the new version until the issuer accepts it, within the propagation
+        timeout; the attempts for the step's result, or PermanentError saying `refused`."""
         row, issued = self._new_issued(run)
         wait = await self._until_issuer(run, issued, accepted=True)
         if not wait.settled:
             raise PermanentError(
-                f"the new version {row.id} was not accepted by the issuer {wait.summary}: "
-                f"{wait.detail}"
+                f"the new version {row.id} {refused} {wait.summary}: {wait.detail}"
             )
         return StepResult(
             {
                 "version_id": row.id,
                 "fingerprint": row.fingerprint,
                 "detail": wait.detail,
-                **wait.facts("proved"),
+                **wait.facts(verb),
             }
         )
 
@@ -1020,13 +1024,7 @@ class Engine:
 
     async def _verify(self, run: _Run) -> StepResult:
         """Post-cutover test at the issuer, waiting out propagation like the proof."""
-        row, issued = self._new_issued(run)
-        wait = await self._until_issuer(run, issued, accepted=True)
-        if not wait.settled:
-            raise PermanentError(
-                f"the new version does not authenticate {wait.summary}: {wait.detail}"
-            )
-        return StepResult({"version_id": row.id, "detail": wait.detail, **wait.facts("verified")})
+        return await self._new_version_accepted(run, "verified", "does not authenticate")
 
     def _propagation_timeout(self, run: _Run) -> timedelta:
         declared = Policy.model_validate(run.plan.policy).propagation_timeout
