@@ -464,16 +464,17 @@ class RedisProvider:
         try:
             async with self._admin(primary) as conn:
                 for user in users:
-                    if blocked := await self._user_blocked(conn, user):
+                    acl = await self._require_user(conn, user)
+                    if blocked := self._nopass(user, acl):
                         return PreflightResult(Readiness.BLOCKED, blocked)
                     if self.config.strategy == "dual_password":
-                        acl = await self._require_user(conn, user)
-                        others = await self._others_said(conn, user, acl)
+                        others = self._others_said(user, acl, await self._marker(conn, user))
                 refused, proven = await self._dry_run(conn, admin, users)
             for url in replicas:
                 async with self._admin(url) as conn:
                     for user in users:
-                        if blocked := await self._user_blocked(conn, user):
+                        acl = await self._require_user(conn, user)
+                        if blocked := self._nopass(user, acl):
                             return PreflightResult(Readiness.BLOCKED, blocked)
         except KeyshiftError as exc:
             return PreflightResult(Readiness.BLOCKED, str(exc))
@@ -491,9 +492,10 @@ class RedisProvider:
             Readiness.READY, f"{found}; admin {admin} may change them (ACL DRYRUN)"
         )
 
-    async def _user_blocked(self, conn: aioredis.Redis, user: str) -> str | None:
-        """Why a rotation of `user` cannot run on this node, or None (a missing user raises)."""
-        acl = await self._require_user(conn, user)
+    def _nopass(self, user: str, acl: _AclUser) -> str | None:
+        """Why a password cannot be added to `user` on this node, or None. Adding one ends
+        `nopass`: every consumer of the user would be refused until it has the new
+        password, which is no overlap at all."""
         if self.config.strategy == "dual_password" and "nopass" in acl.flags:
             return (
                 f"ACL user {user} on {self._where()} has nopass; adding a password "
@@ -501,16 +503,10 @@ class RedisProvider:
             )
         return None
 
-    async def _others(self, conn: aioredis.Redis, user: str, acl: _AclUser) -> list[str]:
-        """The hashes of the user's passwords that keyshift did not add last (the marker
-        names the one it did)."""
-        ours = (await self._marker(conn, user)).get("sha256")
-        return [h for h in acl.passwords if h != ours]
-
-    async def _others_said(self, conn: aioredis.Redis, user: str, acl: _AclUser) -> str:
-        """For preflight: what becomes of the passwords keyshift did not add, in words."""
-        others = await self._others(conn, user, acl)
-        marker = await self._marker(conn, user)
+    def _others_said(self, user: str, acl: _AclUser, marker: Mapping[str, str]) -> str:
+        """For preflight: what becomes of the passwords keyshift did not add (those but the
+        one the marker names), in words."""
+        others = [h for h in acl.passwords if h != marker.get("sha256")]
         if self.config.adopt_existing == "keep":
             pending: list[str] = []
         elif not marker.get("marker"):
@@ -701,13 +697,8 @@ class RedisProvider:
         )
 
     def _refuse_nopass(self, user: str, acl: _AclUser) -> None:
-        if self.config.strategy == "dual_password" and "nopass" in acl.flags:
-            # Adding a password ends `nopass`: every consumer of the user would be
-            # refused until it has the new password, which is no overlap at all.
-            raise PermanentError(
-                f"ACL user {user} on {self._where()} has nopass; adding a password "
-                "would lock out its consumers (give it a password first)"
-            )
+        if refused := self._nopass(user, acl):
+            raise PermanentError(refused)
 
     def _add_rules(self, acl: _AclUser, orphan: str | None, digest: str) -> list[str]:
         """The `ACL SETUSER` rules that add the password with hash `digest` on a node."""
