@@ -75,11 +75,17 @@ class EventBus:
 
     def __init__(self, subscribers: Iterable[Subscriber] = ()) -> None:
         self.subscribers = list(subscribers)
+        # Only those that listen at a moment are told of it: an event emitted on every
+        # step hooks the session's commit only when someone waits for it.
+        self._during = [s for s in self.subscribers if _overrides(s, "in_transaction")]
+        self._after = [s for s in self.subscribers if _overrides(s, "after_commit")]
 
     def emit(self, s: Session, event: EngineEvent) -> None:
         """Tell the in-transaction subscribers now, and the others once `s` commits."""
-        for subscriber in self.subscribers:
+        for subscriber in self._during:
             subscriber.in_transaction(s, event)
+        if not self._after:
+            return
         pending: list[EngineEvent] | None = s.info.get(_PENDING)
         if pending is None:
             pending = s.info[_PENDING] = []
@@ -88,5 +94,9 @@ class EventBus:
 
     def _committed(self, s: Session) -> None:
         for event in s.info.pop(_PENDING, []):
-            for subscriber in self.subscribers:
+            for subscriber in self._after:
                 subscriber.after_commit(event)
+
+
+def _overrides(subscriber: Subscriber, moment: str) -> bool:
+    return getattr(type(subscriber), moment) is not getattr(Subscriber, moment)

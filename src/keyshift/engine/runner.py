@@ -158,9 +158,9 @@ class AuditTrail(Subscriber):
 
     def in_transaction(self, s: Session, event: EngineEvent) -> None:
         if event.kind == "step.ended":
-            self._audit(
+            self.record(
                 s,
-                event,
+                event.rotation_id,
                 "rotation.step",
                 {
                     "credential": event.credential,
@@ -175,9 +175,9 @@ class AuditTrail(Subscriber):
             )
         elif event.kind == "rotation.state" and event.state.is_final:
             rot = rows.rotation(s, event.rotation_id)
-            self._audit(
+            self.record(
                 s,
-                event,
+                event.rotation_id,
                 "rotation.finished",
                 {
                     "credential": event.credential,
@@ -191,12 +191,22 @@ class AuditTrail(Subscriber):
                 },
             )
 
-    def _audit(self, s: Session, event: EngineEvent, action: str, details: dict[str, Any]) -> None:
+    def record(
+        self,
+        s: Session,
+        rotation_id: str,
+        action: str,
+        details: Mapping[str, Any],
+        *,
+        actor: str | None = None,
+    ) -> None:
+        """Audit `action` on a rotation (subject `rotation:ID`) as `actor`, by default the
+        engine's actor."""
         self.store.audit(
             s,
-            actor=self.actor,
+            actor=actor or self.actor,
             action=action,
-            subject=f"rotation:{event.rotation_id}",
+            subject=f"rotation:{rotation_id}",
             details=details,
         )
 
@@ -235,7 +245,8 @@ class Engine:
         self.lease_ttl = lease_ttl
         self.leases = Leases(store, lease_ttl, self.context.now)
         # The audit trail first: it writes the evidence inside each change's transaction.
-        listeners: list[Subscriber] = [AuditTrail(store, actor), *subscribers]
+        self.trail = AuditTrail(store, actor)
+        listeners: list[Subscriber] = [self.trail, *subscribers]
         if on_event is not None:
             listeners.append(StepProgress(on_event))
         self.events = EventBus(listeners)
@@ -1367,15 +1378,7 @@ class Engine:
         *,
         actor: str | None = None,
     ) -> None:
-        """Audit `action` on a rotation (subject `rotation:ID`) as `actor`, by default this
-        engine's actor."""
-        self.store.audit(
-            s,
-            actor=actor or self.actor,
-            action=action,
-            subject=f"rotation:{rotation_id}",
-            details=details,
-        )
+        self.trail.record(s, rotation_id, action, details, actor=actor)
 
     def _begin(self, run: _Run, name: str) -> OpenStep:
         """Journal the step as running (and renew the lease when due) in one transaction.
