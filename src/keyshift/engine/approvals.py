@@ -17,9 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from keyshift.domain.durations import format_duration
-from keyshift.domain.estate import CredentialSpec, Governance, Policy
+from keyshift.domain.estate import Governance, Policy
 from keyshift.domain.states import Phase
-from keyshift.engine.plan import Plan, build_plan
+from keyshift.engine.plan import Plan, stored_plan
 from keyshift.governance import Decision, Tally, tally
 from keyshift.store.models import (
     ApprovalDecisionRow,
@@ -61,12 +61,7 @@ def current_plan(s: Session, rotation: RotationRow, plan: Plan) -> Plan | None:
     cred = s.get(CredentialRow, rotation.credential_id)
     if cred is None or cred.removed_at is not None:
         return None
-    return build_plan(
-        CredentialSpec.model_validate(cred.spec["credential"]),
-        Policy.model_validate(cred.spec["policy"]),
-        timedelta(seconds=plan.grace_period_s),
-        cred.spec.get("integrations", {}),
-    )
+    return stored_plan(cred.spec, timedelta(seconds=plan.grace_period_s))
 
 
 def summary(

@@ -99,6 +99,17 @@ class Plan:
         return hashlib.sha256(canonical(self.to_json()).encode()).hexdigest()
 
 
+def stored_plan(spec: dict[str, Any], grace: timedelta | None = None) -> Plan:
+    """The plan of a credential as the estate stores it (a credential row's `spec`: the
+    credential, its resolved policy and the integrations it uses)."""
+    return build_plan(
+        CredentialSpec.model_validate(spec["credential"]),
+        Policy.model_validate(spec["policy"]),
+        grace,
+        spec.get("integrations", {}),
+    )
+
+
 def build_plan(
     spec: CredentialSpec,
     policy: Policy,

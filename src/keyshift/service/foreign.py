@@ -18,9 +18,8 @@ import structlog
 from sqlalchemy import select
 
 from keyshift.context import PluginContext
-from keyshift.domain.estate import CredentialSpec, Policy
 from keyshift.domain.states import VersionStatus
-from keyshift.engine.plan import build_plan
+from keyshift.engine.plan import stored_plan
 from keyshift.engine.plugins import build_provider
 from keyshift.engine.runner import Engine
 from keyshift.errors import KeyshiftError, PluginError, scrub
@@ -90,22 +89,17 @@ async def foreign_report(
                 select(VersionRow).where(VersionRow.status != VersionStatus.REVOKED.value)
             ).scalars()
         }
-        specs = [(c.id, c.name, c.active_rotation_id, dict(c.spec)) for c in creds]
+        specs = [(c.id, c.name, c.owner, c.active_rotation_id, dict(c.spec)) for c in creds]
     found: list[ForeignVersion] = []
     unchecked: list[Unchecked] = []
     checked = 0
-    for cred_id, name, active, spec in specs:
+    for cred_id, name, owner, active, spec in specs:
         if active is not None:
             unchecked.append(
                 Unchecked(name, f"rotation {active} is unfinished; its old version is still valid")
             )
             continue
-        credential = CredentialSpec.model_validate(spec["credential"])
-        plan = build_plan(
-            credential,
-            Policy.model_validate(spec["policy"]),
-            integrations=spec.get("integrations", {}),
-        )
+        plan = stored_plan(spec)
         secrets: list[str] = []
         plugin_context = engine.plugin_context(plan, secrets)
         provider: Any = None
@@ -126,7 +120,7 @@ async def foreign_report(
                 ForeignVersion(
                     credential=name,
                     provider=plan.provider_type,
-                    owner=credential.owner,
+                    owner=owner,
                     ref=version.provider_ref,
                     expires_at=version.expires_at,
                     detail=_fate(provider),

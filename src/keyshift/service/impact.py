@@ -15,9 +15,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from keyshift.domain.estate import CredentialSpec, Policy
 from keyshift.domain.location import this_host, url_origin
-from keyshift.engine.plan import Plan, build_plan
+from keyshift.engine.plan import Plan, stored_plan
 from keyshift.engine.plugins import (
     build_integrations,
     provider_class,
@@ -65,11 +64,7 @@ def impact(store: Store, name: str) -> list[ImpactRow]:
         ).scalar_one_or_none()
         if cred is None:
             raise NotFound(f"no credential named {name} in the estate")
-        plan = build_plan(
-            CredentialSpec.model_validate(cred.spec["credential"]),
-            Policy.model_validate(cred.spec["policy"]),
-            integrations=cred.spec.get("integrations", {}),
-        )
+        plan = stored_plan(cred.spec)
     return impact_of_plan(plan)
 
 

@@ -28,7 +28,7 @@ from keyshift.domain.states import (
     VersionStatus,
 )
 from keyshift.engine.journal import StepEvent
-from keyshift.engine.plan import build_plan
+from keyshift.engine.plan import stored_plan
 from keyshift.engine.plugins import build_provider
 from keyshift.engine.runner import Engine
 from keyshift.errors import (
@@ -320,11 +320,7 @@ async def preflight(
         ).scalar_one_or_none()
         if cred is None:
             raise NotFound(f"no credential named {credential} in the estate")
-        plan = build_plan(
-            CredentialSpec.model_validate(cred.spec["credential"]),
-            Policy.model_validate(cred.spec["policy"]),
-            integrations=cred.spec.get("integrations", {}),
-        )
+        plan = stored_plan(cred.spec)
     results = await engine.preflight(plan)
     with store.transaction() as s:
         store.audit(
