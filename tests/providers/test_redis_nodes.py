@@ -16,7 +16,7 @@ import redis
 from keyshift.context import PluginContext
 from keyshift.domain.estate import Policy
 from keyshift.domain.states import RotationState
-from keyshift.providers.base import CreateRequest, PreflightRequest, Readiness
+from keyshift.providers.base import CreateRequest, PreflightRequest, Readiness, VerifyRequest
 from keyshift.providers.redis import RedisConfig, RedisIntegration, RedisProvider
 from keyshift.service import rotations
 from keyshift.store.store import Store
@@ -213,3 +213,21 @@ def test_a_repeated_create_leaves_one_password_of_the_rotation_on_every_node(
         assert len(held) == 2, f"the initial password and one of the rotation on {url}"
         assert _signs_in(url, app_user, again.value.reveal())
         assert _signs_in(url, app_user, "initial-password")
+
+
+def test_a_node_without_the_new_password_yet_answers_partial_so_the_proof_waits(
+    nodes: tuple[str, str], app_user: str
+) -> None:
+    """A replica that has not taken the ACL change (yet) refuses while the primary
+    accepts: `partial`, which the proof before cutover counts as "not yet"."""
+    primary, replica = nodes
+    request = CreateRequest("cache", "rot-1", "keyshift:rot-1", Policy(), current=None)
+    version = asyncio.run(_provider(primary, app_user, []).create(request))  # primary only
+
+    answer = asyncio.run(
+        _provider(primary, app_user, [_host_port(replica)]).verify(VerifyRequest("cache", version))
+    )
+    assert (answer.ok, answer.partial) == (False, True)
+    assert f"accepted on {_host_port(primary)}" in answer.detail
+    assert f"refused on {_host_port(replica)}" in answer.detail
+    assert version.value.reveal() not in answer.detail
