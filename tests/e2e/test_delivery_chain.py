@@ -18,7 +18,8 @@ from typing import Final
 import pytest
 
 from keyshift.domain.states import RotationState
-from keyshift.engine.runner import RETAIN_DISABLED, TRANSIENT_ATTEMPTS
+from keyshift.engine.run import RETAIN_DISABLED
+from keyshift.engine.steps import TRANSIENT_ATTEMPTS
 from keyshift.store.models import RotationRow, VersionRow
 from keyshift.targets.aws_secretsmanager import request_token
 from keyshift.targets.azure_keyvault import TAG_RESTORED, TAG_VERSION

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy.orm import Session
 
 from keyshift.domain.states import RotationState, StepStatus
+from keyshift.engine.engine import Engine
 from keyshift.engine.events import EngineEvent, Subscriber
-from keyshift.engine.runner import Engine
 from keyshift.service.estate import apply_estate, load_estate
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock

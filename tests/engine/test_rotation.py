@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from keyshift.domain.states import RotationState, StepStatus, VersionStatus
-from keyshift.engine.runner import RETAIN_DISABLED, Engine
+from keyshift.engine.engine import Engine
+from keyshift.engine.run import RETAIN_DISABLED
 from keyshift.errors import KeyshiftError
 from keyshift.service import rotations, scheduler
 from keyshift.service.estate import apply_estate, load_estate

@@ -16,8 +16,8 @@ import pytest
 from keyshift.context import PluginContext
 from keyshift.domain.estate import CredentialSpec, Policy
 from keyshift.domain.preflight import PreflightRequest, PreflightResult, Readiness
+from keyshift.engine.engine import Engine
 from keyshift.engine.plan import Plan, build_plan
-from keyshift.engine.runner import Engine
 from keyshift.errors import PermanentError
 from keyshift.store.store import Store
 from keyshift.testing import FakeConfig, FakeProvider

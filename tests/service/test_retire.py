@@ -20,7 +20,7 @@ import redis
 
 from keyshift.context import PluginContext
 from keyshift.domain.states import RotationState
-from keyshift.engine.runner import RETAIN_DISABLED
+from keyshift.engine.run import RETAIN_DISABLED
 from keyshift.providers.base import (
     Capability,
     RevokeRequest,

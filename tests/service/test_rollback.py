@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import func, select
 
 from keyshift.domain.states import RotationState
-from keyshift.engine.runner import RETAIN_DISABLED
+from keyshift.engine.run import RETAIN_DISABLED
 from keyshift.errors import ConfigError, KeyshiftError, LeaseHeld, NotFound, RollbackRefused
 from keyshift.providers.base import Capability, VerifyRequest, VerifyResult
 from keyshift.providers.random import RandomProvider

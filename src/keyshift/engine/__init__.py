@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from keyshift.engine.engine import Engine
 from keyshift.engine.journal import StepEvent
 from keyshift.engine.plan import Plan, PlannedAction, build_plan
-from keyshift.engine.runner import Engine
 
 __all__ = ["Engine", "Plan", "PlannedAction", "StepEvent", "build_plan"]

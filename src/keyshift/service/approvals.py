@@ -18,8 +18,8 @@ from keyshift.context import PluginContext
 from keyshift.domain.estate import Policy
 from keyshift.domain.states import RotationState
 from keyshift.engine import approvals as gates
+from keyshift.engine.engine import Engine
 from keyshift.engine.journal import StepEvent
-from keyshift.engine.runner import Engine
 from keyshift.errors import ApprovalRefused, NotFound
 from keyshift.governance import may_approve, person
 from keyshift.store.models import (

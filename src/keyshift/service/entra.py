@@ -27,7 +27,7 @@ from keyshift.azure import EntraIntegration
 from keyshift.context import PluginContext
 from keyshift.domain.estate import Alerts, Policy
 from keyshift.domain.states import FINAL_STATES, Lifecycle, RotationState
-from keyshift.engine.runner import Engine
+from keyshift.engine.engine import Engine
 from keyshift.errors import NotFound
 from keyshift.providers import ProviderKind
 from keyshift.providers.graph import Application, GraphClient, azure_identity_token_source

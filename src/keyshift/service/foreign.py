@@ -19,9 +19,9 @@ from sqlalchemy import select
 
 from keyshift.context import PluginContext
 from keyshift.domain.states import VersionStatus
+from keyshift.engine.engine import Engine
 from keyshift.engine.plan import stored_plan
 from keyshift.engine.plugins import build_provider
-from keyshift.engine.runner import Engine
 from keyshift.errors import KeyshiftError, PluginError, scrub
 from keyshift.providers.base import ListRequest
 from keyshift.store.models import CredentialRow, VersionRow

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from keyshift.azure import EntraIntegration
 from keyshift.context import PluginContext
-from keyshift.engine.runner import Engine
+from keyshift.engine.engine import Engine
 from keyshift.errors import KeyshiftError, NotFound
 from keyshift.providers import ProviderKind
 from keyshift.providers.graph import (

@@ -27,10 +27,10 @@ from keyshift.domain.states import (
     RotationState,
     VersionStatus,
 )
+from keyshift.engine.engine import Engine
 from keyshift.engine.journal import StepEvent
 from keyshift.engine.plan import stored_plan
 from keyshift.engine.plugins import build_provider
-from keyshift.engine.runner import Engine
 from keyshift.errors import (
     ConfigError,
     Conflict,

@@ -39,8 +39,8 @@ from keyshift.context import PluginContext
 from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import DEFAULT_POLICY_NAME, Estate, Policy
 from keyshift.domain.states import VersionStatus
+from keyshift.engine.engine import Engine
 from keyshift.engine.journal import StepEvent
-from keyshift.engine.runner import Engine
 from keyshift.errors import PolicyRefused
 from keyshift.providers import ProviderKind
 from keyshift.service import entra

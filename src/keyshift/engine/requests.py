@@ -1,0 +1,140 @@
+"""Requesting a rotation: governance first, then the request recorded with its frozen
+plan, the credential claimed by it, and the request audited, in one transaction.
+
+The claim is a conditional update of the credential row, so two requests of the same
+credential cannot both succeed; a refusal is audited and changes nothing else.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy.orm import Session
+
+from keyshift import __version__
+from keyshift.context import PluginContext
+from keyshift.domain.estate import CredentialSpec, Policy
+from keyshift.domain.states import RotationState
+from keyshift.engine import approvals, rows
+from keyshift.engine.events import EngineEvent, EventBus
+from keyshift.engine.plan import Plan, build_plan
+from keyshift.errors import KeyshiftError, PolicyRefused
+from keyshift.governance import refusals
+from keyshift.store.models import CredentialRow, RotationRow
+from keyshift.store.store import Store
+
+__all__ = ["Requests"]
+
+log = structlog.get_logger("keyshift.engine")
+
+
+class Requests:
+    """Records requested rotations."""
+
+    def __init__(self, store: Store, events: EventBus, context: PluginContext) -> None:
+        self.store = store
+        self.events = events
+        self.context = context
+
+    def request(
+        self,
+        credential: str,
+        *,
+        requested_by: str,
+        reason: str = "manual",
+        grace: timedelta | None = None,
+        audit_refusal: bool = True,
+    ) -> str:
+        """Record a new rotation of `credential` in state `requested` and return its id.
+
+        Governance is checked first (allowlist, owner, environment, window, overlap):
+        a refusal raises PolicyRefused, is audited (unless `audit_refusal` is off) and
+        changes nothing else. Refused too while another rotation of the same credential
+        is unfinished: the credential row is claimed with a conditional update, so two
+        requests cannot both succeed.
+        """
+        rotation_id = str(uuid.uuid4())
+        now = self.context.now()
+        with self.store.transaction() as s:
+            cred = rows.credential(s, credential)
+            spec = CredentialSpec.model_validate(cred.spec["credential"])
+            policy = Policy.model_validate(cred.spec["policy"])
+            plan = build_plan(spec, policy, grace, cred.spec.get("integrations", {}))
+            refused = refusals(
+                spec, policy, approvals.governance(s), now=now, grace=plan.grace_period
+            )
+            if refused:
+                if audit_refusal:
+                    self.store.audit(
+                        s,
+                        actor=requested_by,
+                        action="rotation.refused",
+                        subject=f"credential:{credential}",
+                        details={"reasons": refused, "reason": reason, "plan_hash": plan.hash},
+                    )
+            else:
+                self._record(
+                    s, cred, plan, rotation_id=rotation_id, by=requested_by, reason=reason, now=now
+                )
+        if refused:
+            # Raised once the refusal's audit entry is committed; nothing else changed.
+            raise PolicyRefused(credential, refused)
+        log.info("rotation requested", rotation_id=rotation_id, credential=credential)
+        return rotation_id
+
+    def _record(
+        self,
+        s: Session,
+        cred: CredentialRow,
+        plan: Plan,
+        *,
+        rotation_id: str,
+        by: str,
+        reason: str,
+        now: datetime,
+    ) -> None:
+        """Claim the credential for this rotation and record the request."""
+        credential, requested_by = cred.name, by
+        if not rows.claim_credential(s, cred.id, rotation_id):
+            raise KeyshiftError(
+                f"credential {credential} already has rotation {cred.active_rotation_id} "
+                "in progress; `keyshift resume` continues it"
+            )
+        current = rows.current_version(s, cred.id)
+        s.add(
+            RotationRow(
+                id=rotation_id,
+                credential_id=cred.id,
+                state=RotationState.REQUESTED.value,
+                requested_by=requested_by,
+                requested_at=now,
+                reason=reason,
+                plan=plan.to_json(),
+                plan_hash=plan.hash,
+                keyshift_version=__version__,
+                old_version_id=current.id if current else None,
+                updated_at=now,
+            )
+        )
+        self.store.audit(
+            s,
+            actor=requested_by,
+            action="rotation.requested",
+            subject=f"rotation:{rotation_id}",
+            details={
+                "credential": credential,
+                "requested_by": requested_by,
+                "reason": reason,
+                "inputs": {"grace_period_s": plan.grace_period_s},
+                "plan_hash": plan.hash,
+                "keyshift_version": __version__,
+                "old_version_id": current.id if current else None,
+                "old_fingerprint": current.fingerprint if current else None,
+            },
+        )
+        self.events.emit(
+            s,
+            EngineEvent("rotation.state", rotation_id, credential, now, RotationState.REQUESTED),
+        )
