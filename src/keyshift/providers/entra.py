@@ -119,6 +119,7 @@ from keyshift.providers.base import (
     VerifyResult,
     VersionInfo,
 )
+from keyshift.providers.connection import ConnectedProvider
 from keyshift.providers.graph import (
     AUDIT_LOG_ROLE,
     NEEDED_PERMISSION,
@@ -250,7 +251,7 @@ class EntraSecretConfig(BaseModel):
         return value
 
 
-class EntraSecretProvider:
+class EntraSecretProvider(ConnectedProvider[EntraSecretConfig, EntraIntegration]):
     """Adds, verifies and removes client secrets of an Entra ID application."""
 
     kind: ClassVar[str] = "entra_client_secret"
@@ -262,18 +263,15 @@ class EntraSecretProvider:
         "for minutes, and tokens issued with it stay valid up to 90 min",
     )
     integration_type: ClassVar[str] = "entra"
+    integration_model = EntraIntegration
 
     @classmethod
     def describe(
         cls, config: EntraSecretConfig, integrations: Mapping[str, BaseModel]
     ) -> dict[str, str]:
         """What it changes: the client secrets of one application in one tenant."""
-        integration = integrations.get(config.integration)
-        tenant = (
-            integration.tenant_id
-            if isinstance(integration, EntraIntegration)
-            else "(integration not declared)"
-        )
+        integration = cls.declared(config, integrations)
+        tenant = integration.tenant_id if integration is not None else "(integration not declared)"
         return {
             "integration": config.integration,
             "tenant": tenant,
@@ -282,8 +280,7 @@ class EntraSecretProvider:
         }
 
     def __init__(self, config: EntraSecretConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
+        super().__init__(config, context)
         self._credential: AsyncTokenCredential | None = None
         self._graph: GraphClient | None = None
 
@@ -293,10 +290,6 @@ class EntraSecretProvider:
         if self.config.adopt_existing == "retire":
             held.add(Capability.ADOPTS_EXISTING)
         return frozenset(held)
-
-    @property
-    def _integration(self) -> EntraIntegration:
-        return self.context.integration(self.config.integration, EntraIntegration)
 
     # --- connections ---------------------------------------------------------------------
 

@@ -71,7 +71,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
-from keyshift.context import PluginContext
 from keyshift.domain.secret import Secret
 from keyshift.errors import KeyshiftError, PermanentError, PluginError, TransientError, scrub
 from keyshift.providers.base import (
@@ -93,7 +92,12 @@ from keyshift.providers.base import (
     VerifyResult,
     VersionInfo,
 )
-from keyshift.providers.connection import AdminConnection
+from keyshift.providers.connection import (
+    AdminConnection,
+    ConnectedProvider,
+    alternate_user,
+    login_version,
+)
 from keyshift.providers.random import DEFAULT_ALPHABET, Alphabet, draw
 
 MARKER_KEY_PREFIX = "keyshift:marker:"
@@ -121,6 +125,8 @@ class RedisIntegration(AdminConnection):
     permissions without changing anything."""
 
     schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss")
+    default_port: ClassVar[int] = 6379
+    default_database: ClassVar[str] = "0"
 
     persist_acl: Literal["auto", "acl_save", "config_rewrite", "none"] = "auto"
     """How ACL changes survive a server restart: `acl_save` (users in an ACL file),
@@ -152,6 +158,11 @@ class RedisIntegration(AdminConnection):
             urlunsplit((parts.scheme, f"{user}@{node}", parts.path, parts.query, ""))
             for node in self.nodes
         ]
+
+    def host_port(self, url: str | None = None) -> str:
+        """`host:port` of `url` (the `dsn` unless given): how messages name a node."""
+        end = self.endpoint(url)
+        return f"{end['host']}:{end['port']}"
 
 
 class RedisConfig(BaseModel):
@@ -227,21 +238,6 @@ def password_hash(password: str) -> str:
     return hashlib.sha256(password.encode()).hexdigest()
 
 
-def _host_port(url: str) -> str:
-    ep = _endpoint(url)
-    return f"{ep['host']}:{ep['port']}"
-
-
-def _endpoint(dsn: str) -> dict[str, str]:
-    """Host, port and database of the URL: what a consumer connects to."""
-    parts = urlsplit(dsn)
-    return {
-        "host": parts.hostname or "",
-        "port": str(parts.port or 6379),
-        "database": unquote(parts.path.lstrip("/")) or "0",
-    }
-
-
 def _first_line(exc: BaseException, known: Iterable[str]) -> str:
     return scrub((str(exc).strip().splitlines() or [""])[0], known)
 
@@ -285,7 +281,7 @@ class _AclUser:
         self.enabled = "on" in self.flags
 
 
-class RedisProvider:
+class RedisProvider(ConnectedProvider[RedisConfig, RedisIntegration]):
     """Adds, verifies and removes passwords of Redis ACL users."""
 
     kind: ClassVar[str] = "redis"
@@ -296,16 +292,13 @@ class RedisProvider:
         "so keyshift applies and proves them on every node itself",
     )
     integration_type: ClassVar[str] = "redis"
+    integration_model = RedisIntegration
 
     @classmethod
     def describe(cls, config: RedisConfig, integrations: Mapping[str, BaseModel]) -> dict[str, str]:
         """What it changes: the passwords of these ACL users on this server."""
-        integration = integrations.get(config.integration)
-        if isinstance(integration, RedisIntegration):
-            end = _endpoint(integration.dsn)
-            server = f"{end['host']}:{end['port']}/{end['database']}"
-        else:
-            server = "(integration not declared)"
+        integration = cls.declared(config, integrations)
+        server = integration.server() if integration is not None else "(integration not declared)"
         users = config.users if config.strategy == "alternating_users" else [config.user]
         return {
             "integration": config.integration,
@@ -313,10 +306,6 @@ class RedisProvider:
             "strategy": config.strategy,
             "users": ", ".join(u for u in users or [] if u),
         }
-
-    def __init__(self, config: RedisConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
 
     @property
     def capabilities(self) -> frozenset[Capability]:
@@ -332,13 +321,9 @@ class RedisProvider:
             held.add(Capability.ADOPTS_EXISTING)
         return frozenset(held)
 
-    @property
-    def _integration(self) -> RedisIntegration:
-        return self.context.integration(self.config.integration, RedisIntegration)
-
     def _where(self) -> str:
         """The node the open admin connection talks to (the `dsn` outside of one)."""
-        return _NODE.get() or _host_port(self._integration.dsn)
+        return _NODE.get() or self._integration.host_port()
 
     def _nodes(self) -> list[str]:
         return self._integration.node_urls()
@@ -353,7 +338,7 @@ class RedisProvider:
         url = url or integration.dsn
         password = self.context.secret("password_from", integration.password_from)
         # No client-side retries: the engine retries a step that raised TransientError.
-        node = _NODE.set(_host_port(url))
+        node = _NODE.set(integration.host_port(url))
         client = aioredis.Redis.from_url(
             url,
             password=password.reveal(),
@@ -404,10 +389,8 @@ class RedisProvider:
         if self.config.strategy == "dual_password":
             assert self.config.user is not None  # noqa: S101 (guaranteed by the config model)
             return self.config.user
-        users = self.config.users or []
-        in_use = current.attributes.get("username") if current else None
-        # The user not in use takes the new password; the first rotation takes the first.
-        return users[1] if in_use == users[0] else users[0]
+        # The user not in use takes the new password.
+        return alternate_user(self.config.users or [], current)
 
     async def _persist(self, conn: aioredis.Redis) -> None:
         """Save the ACL so a restart of the server does not bring back what was changed."""
@@ -480,7 +463,7 @@ class RedisProvider:
             return PreflightResult(Readiness.BLOCKED, str(exc))
         if refused is not None:
             return PreflightResult(Readiness.BLOCKED, refused)
-        where = ", ".join(_host_port(url) for url in self._nodes())
+        where = ", ".join(self._integration.host_port(url) for url in self._nodes())
         found = f"ACL user(s) {', '.join(users)} exist on {where}{others}"
         if not proven:
             return PreflightResult(
@@ -553,7 +536,7 @@ class RedisProvider:
             attributes={
                 "username": user,
                 "adopted_passwords": str(len(others)),
-                **_endpoint(self._integration.dsn),
+                **self._integration.endpoint(),
             },
         )
 
@@ -689,12 +672,7 @@ class RedisProvider:
                     await _setuser(conn, user, self._add_rules(acl, orphan, digest))
                 await self._persist(conn)
         log.info("redis.password_added", user=user, nodes=len(replicas) + 1, marker=request.marker)
-        return IssuedVersion(
-            provider_ref=f"{user}:{request.marker}",
-            value=password,
-            attributes={"username": user, **_endpoint(self._integration.dsn)},
-            expires_at=expires,
-        )
+        return login_version(self._integration, user, request.marker, password, expires)
 
     def _refuse_nopass(self, user: str, acl: _AclUser) -> None:
         if refused := self._nopass(user, acl):
@@ -716,7 +694,7 @@ class RedisProvider:
         """The integration's URL (scheme and TLS options) at the version's host, port and
         database (or at `node`, a further node's URL), without the admin user."""
         parts = urlsplit(self._integration.dsn)
-        ep = _endpoint(node or self._integration.dsn)
+        ep = self._integration.endpoint(node)
         host = ep["host"] if node else attributes.get("host") or ep["host"]
         port = ep["port"] if node else attributes.get("port") or ep["port"]
         database = attributes.get("database") or ep["database"]
@@ -751,7 +729,7 @@ class RedisProvider:
         user = attrs.get("username", "")
         value = version.value
         url = self._consumer_url(attrs, node)
-        where = _host_port(url)
+        where = self._integration.host_port(url)
         client = aioredis.Redis.from_url(
             url,
             username=user,
