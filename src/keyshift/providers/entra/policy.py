@@ -153,22 +153,9 @@ async def app_preflight(
     window: timedelta,
     now: Callable[[], datetime],
 ) -> PreflightResult:
-    """Sign in to Graph, read the token's `roles` claim, find the application by its
-    appId and read the app management policy in force for it; with a `residual_use`
-    policy, also read one page of its sign-in log. Changes nothing.
-
-    Blocked when Entra ID refuses keyshift's sign-in (the AADSTS code is named), the
-    token holds neither Application.ReadWrite.OwnedBy nor Application.ReadWrite.All,
-    the policy has `residual_use` and the token lacks AuditLog.Read.All (or the
-    sign-in log refuses to answer), no application has the appId (or keyshift may
-    not read it), or an app management policy forbids adding client secrets to it
-    (`passwordAddition`). Manual review when the token's claims cannot be read, so the
-    permissions stay unproven; when the `passwordAddition` restriction exempts callers
-    by custom security attribute; when a `passwordLifetime` has a `maxLifetime` that
-    does not parse; or when its cap leaves a secret no longer than the credential
-    policy's `rotate_before_expiry`. A policy keyshift may not read (no
-    Policy.Read.All) leaves it ready, saying so.
-    """
+    """What `EntraSecretProvider.preflight` answers (its docstring says when it is blocked
+    or needs manual review): `graph_of` signs in, `find` looks up the application,
+    `window` is the sign-in log's look-back for a `residual_use` policy. Changes nothing."""
     reads_log = policy is not None and policy.residual_use is not None
     try:
         graph = graph_of()

@@ -85,6 +85,11 @@ class AclAdmin:
             reply = await conn.hgetall(MARKER_KEY_PREFIX + user)
         return {as_str(k): as_str(v) for k, v in reply.items()}
 
+    def _not_persisted(self, reason: str) -> None:
+        log.warning(
+            "redis.acl_not_persisted", server=self.nodes.where(), reason=reason, hint=_PERSIST_HINT
+        )
+
     async def persist(self, conn: aioredis.Redis) -> None:
         """Save the ACL so a restart of the server does not bring back what was changed."""
         mode = self.nodes.integration.persist_acl
@@ -95,12 +100,7 @@ class AclAdmin:
                 aclfile = (await conn.config_get("aclfile")).get("aclfile", "")
                 config_file = (await conn.info("server")).get("config_file", "")
             except NoPermissionError:
-                log.warning(
-                    "redis.acl_not_persisted",
-                    server=self.nodes.where(),
-                    reason="the admin user may not run CONFIG GET / INFO",
-                    hint=_PERSIST_HINT,
-                )
+                self._not_persisted("the admin user may not run CONFIG GET / INFO")
                 return
             except RedisError as exc:
                 raise classify(exc, "looking up ACL persistence", self.nodes.where(), ()) from exc
@@ -109,12 +109,7 @@ class AclAdmin:
             elif config_file:
                 mode = "config_rewrite"
             else:
-                log.warning(
-                    "redis.acl_not_persisted",
-                    server=self.nodes.where(),
-                    reason="the server has neither an aclfile nor a config file",
-                    hint=_PERSIST_HINT,
-                )
+                self._not_persisted("the server has neither an aclfile nor a config file")
                 return
         with self.nodes.errors(f"saving the ACL ({mode})"):
             if mode == "acl_save":
