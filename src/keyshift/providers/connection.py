@@ -1,19 +1,29 @@
-"""Shared shape of an admin connection: an address without a password, plus where to read it.
+"""What providers that reach their issuer through an integration share.
 
-The password of an admin connection is never written in the estate: it comes
-from an environment variable, a file, or another keyshift credential.
+`AdminConnection` is the shape of an admin connection: an address without a password,
+plus where to read the password. The password of an admin connection is never written
+in the estate: it comes from an environment variable, a file, or another keyshift
+credential. `ConnectedProvider` is the base of the providers that use an integration
+(an admin connection, a tenant): it holds the config and the context and finds the
+integration by name when a step needs it.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import ClassVar
-from urllib.parse import urlsplit
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import ClassVar, Generic, Protocol, TypeVar
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration
+from keyshift.domain.secret import Secret
+from keyshift.providers.base import IssuedVersion
 from keyshift.sources import SecretRef
+
+__all__ = ["AdminConnection", "ConnectedProvider", "alternate_user", "login_version"]
 
 
 class AdminConnection(BaseModel):
@@ -21,6 +31,10 @@ class AdminConnection(BaseModel):
     comes from `password_from`."""
 
     schemes: ClassVar[tuple[str, ...]] = ()
+    default_port: ClassVar[int] = 0
+    """The port a URL without one means."""
+    default_database: ClassVar[str] = ""
+    """The database a URL without a path means."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
 
@@ -43,3 +57,81 @@ class AdminConnection(BaseModel):
         if not parts.username:
             raise ValueError("must name the admin user (scheme://user@host/...)")
         return dsn
+
+    def endpoint(self, url: str | None = None) -> dict[str, str]:
+        """Host, port and database of `url` (the `dsn` unless given): what a consumer
+        connects to."""
+        parts = urlsplit(url or self.dsn)
+        return {
+            "host": parts.hostname or "",
+            "port": str(parts.port or self.default_port),
+            "database": unquote(parts.path.lstrip("/")) or self.default_database,
+        }
+
+    def server(self) -> str:
+        """`host:port/database` of the `dsn`: how plans and errors name the server."""
+        end = self.endpoint()
+        return f"{end['host']}:{end['port']}/{end['database']}"
+
+
+class IntegrationConfig(Protocol):
+    """A provider config that names the integration it connects through."""
+
+    @property
+    def integration(self) -> str: ...
+
+
+ConfigT = TypeVar("ConfigT", bound=IntegrationConfig)
+IntegrationT = TypeVar("IntegrationT", bound=BaseModel)
+
+
+class ConnectedProvider(Generic[ConfigT, IntegrationT]):
+    """Base of a provider that reaches its issuer through the integration its config
+    names. The integration is looked up when a step needs it, not when the provider is
+    built, so a missing or mistyped one fails that step with a ConfigError."""
+
+    integration_type: ClassVar[str]
+    """The `type` of the integration the config must name."""
+    integration_model: type[IntegrationT]
+    """The config model of that integration (set on the class)."""
+
+    def __init__(self, config: ConfigT, context: PluginContext) -> None:
+        self.config = config
+        self.context = context
+
+    @classmethod
+    def declared(
+        cls, config: ConfigT, integrations: Mapping[str, BaseModel]
+    ) -> IntegrationT | None:
+        """The integration `config` names among `integrations`, None unless it is one of
+        this provider's type (for `describe`, which must not raise)."""
+        found = integrations.get(config.integration)
+        return found if isinstance(found, cls.integration_model) else None
+
+    @property
+    def _integration(self) -> IntegrationT:
+        return self.context.integration(self.config.integration, self.integration_model)
+
+
+def alternate_user(users: Sequence[str], current: IssuedVersion | None) -> str:
+    """Of two users that take turns, the one not in use by `current`: it takes the new
+    password. The first rotation takes the first."""
+    in_use = current.attributes.get("username") if current else None
+    return users[1] if in_use == users[0] else users[0]
+
+
+def login_version(
+    integration: AdminConnection,
+    user: str,
+    marker: str,
+    password: Secret,
+    expires: datetime | None,
+) -> IssuedVersion:
+    """The version a password set on `user` at the integration's server is: named
+    `user:marker`, with what a consumer connects with (user, host, port, database)."""
+    return IssuedVersion(
+        provider_ref=f"{user}:{marker}",
+        value=password,
+        attributes={"username": user, **integration.endpoint()},
+        expires_at=expires,
+    )

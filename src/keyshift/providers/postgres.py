@@ -28,14 +28,12 @@ import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Literal
-from urllib.parse import unquote, urlsplit
+from typing import Any, ClassVar, Literal, LiteralString
 
 import psycopg
 from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from keyshift.context import PluginContext
 from keyshift.domain.secret import Secret
 from keyshift.errors import KeyshiftError, PermanentError, TransientError
 from keyshift.providers.base import (
@@ -55,7 +53,12 @@ from keyshift.providers.base import (
     VerifyResult,
     VersionInfo,
 )
-from keyshift.providers.connection import AdminConnection
+from keyshift.providers.connection import (
+    AdminConnection,
+    ConnectedProvider,
+    alternate_user,
+    login_version,
+)
 from keyshift.providers.random import DEFAULT_ALPHABET, Alphabet, draw
 
 SCRAM_ITERATIONS = 4096
@@ -69,6 +72,8 @@ class PostgresIntegration(AdminConnection):
     roles' owner) to alter the rotated roles."""
 
     schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
+    default_port: ClassVar[int] = 5432
+    default_database: ClassVar[str] = "postgres"
 
 
 class PostgresConfig(BaseModel):
@@ -125,16 +130,6 @@ def scram_verifier(
     )
 
 
-def _endpoint(dsn: str) -> dict[str, str]:
-    """Host, port and database of the DSN: what a consumer connects to."""
-    parts = urlsplit(dsn)
-    return {
-        "host": parts.hostname or "",
-        "port": str(parts.port or 5432),
-        "database": unquote(parts.path.lstrip("/")) or "postgres",
-    }
-
-
 def _classify(exc: psycopg.Error, doing: str) -> PermanentError | TransientError:
     """Map a driver error to keyshift's: permissions and missing roles are permanent."""
     sqlstate = getattr(exc, "sqlstate", None) or ""
@@ -148,7 +143,7 @@ def _classify(exc: psycopg.Error, doing: str) -> PermanentError | TransientError
     return PermanentError(f"{doing}: {first}")
 
 
-class PostgresProvider:
+class PostgresProvider(ConnectedProvider[PostgresConfig, PostgresIntegration]):
     """Sets, verifies and disables PostgreSQL role passwords."""
 
     kind: ClassVar[str] = "postgres"
@@ -159,18 +154,15 @@ class PostgresProvider:
         "within seconds (WAL replay, pooler auth cache)",
     )
     integration_type: ClassVar[str] = "postgres"
+    integration_model = PostgresIntegration
 
     @classmethod
     def describe(
         cls, config: PostgresConfig, integrations: Mapping[str, BaseModel]
     ) -> dict[str, str]:
         """What it changes: the passwords of these roles on this server."""
-        integration = integrations.get(config.integration)
-        if isinstance(integration, PostgresIntegration):
-            end = _endpoint(integration.dsn)
-            server = f"{end['host']}:{end['port']}/{end['database']}"
-        else:
-            server = "(integration not declared)"
+        integration = cls.declared(config, integrations)
+        server = integration.server() if integration is not None else "(integration not declared)"
         roles = config.users if config.strategy == "alternating_users" else [config.user]
         where = {
             "integration": config.integration,
@@ -181,10 +173,6 @@ class PostgresProvider:
         if config.group_role:
             where["group_role"] = config.group_role
         return where
-
-    def __init__(self, config: PostgresConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
 
     @property
     def capabilities(self) -> frozenset[Capability]:
@@ -197,10 +185,6 @@ class PostgresProvider:
             # Each version is its own role, so sessions per role show who still uses it.
             return frozenset({overlap, Capability.AUTHENTICATES, Capability.RESIDUAL_USE})
         return frozenset({overlap, Capability.AUTHENTICATES})
-
-    @property
-    def _integration(self) -> PostgresIntegration:
-        return self.context.integration(self.config.integration, PostgresIntegration)
 
     @asynccontextmanager
     async def _admin(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -220,9 +204,16 @@ class PostgresProvider:
         finally:
             await conn.close()
 
+    async def _rows(
+        self, query: LiteralString, params: tuple[object, ...]
+    ) -> list[tuple[Any, ...]]:
+        """The rows `query` answers on a fresh admin connection."""
+        async with self._admin() as conn:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall()
+
     def _where(self) -> str:
-        ep = _endpoint(self._integration.dsn)
-        return f"{ep['host']}:{ep['port']}/{ep['database']}"
+        return self._integration.server()
 
     def _generate(self) -> str:
         return draw(self.config.password_alphabet, self.config.password_length)
@@ -247,10 +238,8 @@ class PostgresProvider:
         if self.config.strategy == "single_user":
             assert self.config.user is not None  # noqa: S101 (guaranteed by the config model)
             return self.config.user
-        users = self.config.users or []
-        in_use = current.attributes.get("username") if current else None
-        # The role not in use takes the new password; the first rotation takes the first.
-        return users[1] if in_use == users[0] else users[0]
+        # The role not in use takes the new password.
+        return alternate_user(self.config.users or [], current)
 
     async def preflight(self, request: PreflightRequest) -> PreflightResult:
         """Log in as the admin and check each rotated role: it exists, belongs to the group
@@ -348,12 +337,7 @@ class PostgresProvider:
                 )
             except psycopg.Error as exc:
                 raise _classify(exc, f"setting the password of role {user}") from None
-        return IssuedVersion(
-            provider_ref=f"{user}:{request.marker}",
-            value=password,
-            attributes={"username": user, **_endpoint(self._integration.dsn)},
-            expires_at=expires,
-        )
+        return login_version(self._integration, user, request.marker, password, expires)
 
     async def verify(self, request: VerifyRequest) -> VerifyResult:
         """Log in as a consumer would and run `SELECT 1`."""
@@ -410,15 +394,13 @@ class PostgresProvider:
         relied on and the addresses are reported when visible.
         """
         user = request.version.attributes.get("username", "")
-        async with self._admin() as conn:
-            cur = await conn.execute(
-                "SELECT count(*), count(DISTINCT client_addr), min(backend_start) "
-                "FROM pg_stat_activity WHERE usename = %s "
-                "AND (backend_type IS NULL OR backend_type = 'client backend')",
-                (user,),
-            )
-            row = await cur.fetchone()
-        sessions, clients, oldest = row if row is not None else (0, 0, None)
+        rows = await self._rows(
+            "SELECT count(*), count(DISTINCT client_addr), min(backend_start) "
+            "FROM pg_stat_activity WHERE usename = %s "
+            "AND (backend_type IS NULL OR backend_type = 'client backend')",
+            (user,),
+        )
+        sessions, clients, oldest = rows[0] if rows else (0, 0, None)
         detail: dict[str, Any] = {"role": user, "clients": int(clients)}
         if isinstance(oldest, datetime):
             detail["oldest_session_start"] = oldest.isoformat()
@@ -427,14 +409,12 @@ class PostgresProvider:
     async def list_versions(self, request: ListRequest) -> list[VersionInfo]:
         """The rotated roles, with the marker of the rotation that last set each password."""
         roles = self.config.users or [self.config.user or ""]
-        async with self._admin() as conn:
-            cur = await conn.execute(
-                "SELECT rolname, shobj_description(oid, 'pg_authid'), "
-                "NULLIF(rolvaliduntil, 'infinity') "
-                "FROM pg_roles WHERE rolname = ANY(%s) ORDER BY rolname",
-                (roles,),
-            )
-            rows = await cur.fetchall()
+        rows = await self._rows(
+            "SELECT rolname, shobj_description(oid, 'pg_authid'), "
+            "NULLIF(rolvaliduntil, 'infinity') "
+            "FROM pg_roles WHERE rolname = ANY(%s) ORDER BY rolname",
+            (roles,),
+        )
         out: list[VersionInfo] = []
         for name, comment, valid_until in rows:
             marker = (
