@@ -1,5 +1,6 @@
 """What the `/v1` routers share: path and field types, the actor of a route's audit
-entries, the background runner, and the `entra:rotate` check on Entra ID rotations.
+entries, the rotations running in the background, and the `entra:rotate` check on
+rotations of Entra ID credentials.
 
 Authentication and the one permission of each route are `keyshift.api.auth`'s; problem
 JSON is `keyshift.api.problems`'."""
@@ -9,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import Field
 
 from keyshift.api import problems
@@ -44,9 +45,29 @@ def actor_of(who: Identity) -> str:
     return who.principal
 
 
-def background(request: Request) -> BackgroundRotations:
-    runner: BackgroundRotations = request.app.state.rotations
-    return runner
+class Background:
+    """The rotations this server runs in the background, as a route sees them: the one a
+    route starts is the one its response's `Location` points at."""
+
+    def __init__(self, request: Request, response: Response) -> None:
+        self.rotations: BackgroundRotations = request.app.state.rotations
+        self.response = response
+
+    def start(self, rotation_id: str, *, actor: str) -> str:
+        """Run the rotation in the background (this returns at once) and point the
+        response's `Location` at it; returns that location."""
+        self.rotations.start(rotation_id, actor=actor)
+        location = f"/v1/rotations/{rotation_id}"
+        self.response.headers["Location"] = location
+        return location
+
+
+async def _background(request: Request, response: Response) -> Background:
+    # A coroutine, so FastAPI builds it on the event loop, where `start` must be called.
+    return Background(request, response)
+
+
+BackgroundDep = Annotated[Background, Depends(_background)]
 
 
 def require_entra_rotate_for(who: Identity, provider_type: str) -> None:

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from keyshift.api.auth import StoreDep, caller
 from keyshift.api.routes.common import PathName, actor_of, v1_router
 from keyshift.domain.clock import utcnow
+from keyshift.domain.estate import Estate
 from keyshift.domain.rbac import Permission
 from keyshift.service import estate as estate_service
 from keyshift.service import impact as impact_service
@@ -54,6 +55,13 @@ def _changes(
     )
 
 
+def _parse(document: dict[str, Any]) -> tuple[Estate, list[estate_service.EstateWarning]]:
+    """The estate document validated (EstateInvalid, 422, when it is not), with what was
+    accepted but not as written."""
+    warnings: list[estate_service.EstateWarning] = []
+    return estate_service.parse_estate(document, warnings), warnings
+
+
 @router.post("/estate/plan", tags=["estate"])
 def plan_estate(
     store: StoreDep,
@@ -61,8 +69,7 @@ def plan_estate(
     document: Annotated[dict[str, Any], ESTATE_BODY],
 ) -> EstateChanges:
     """What applying this estate document would change. Changes nothing."""
-    warnings: list[estate_service.EstateWarning] = []
-    estate = estate_service.parse_estate(document, warnings)
+    estate, warnings = _parse(document)
     return _changes(estate_service.plan_estate(store, estate), applied=False, warnings=warnings)
 
 
@@ -74,8 +81,7 @@ def apply_estate(
 ) -> EstateChanges:
     """Validate the estate document and store it; a refused document changes nothing
     (422 `estate-invalid` listing every field problem)."""
-    warnings: list[estate_service.EstateWarning] = []
-    estate = estate_service.parse_estate(document, warnings)
+    estate, warnings = _parse(document)
     applied = estate_service.apply_estate(store, estate, actor=actor_of(who))
     return _changes(applied, applied=True, warnings=warnings)
 

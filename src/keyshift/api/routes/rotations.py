@@ -9,17 +9,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from keyshift.api import problems
 from keyshift.api.auth import StoreDep, caller
 from keyshift.api.routes.common import (
+    BackgroundDep,
     PathName,
     RotationId,
     actor_of,
-    background,
     duration,
     require_entra_rotate,
     require_entra_rotate_for,
@@ -64,9 +63,8 @@ class RotationStarted:
     tags=["rotations"],
     responses=problems.responses("not-found", "rotation-in-progress", "policy-refused"),
 )
-async def start_rotation(  # noqa: PLR0917 (FastAPI passes parameters by name)
-    request: Request,
-    response: Response,
+async def start_rotation(
+    background: BackgroundDep,
     store: StoreDep,
     who: Annotated[Identity, caller(Permission.ROTATIONS_RUN)],
     name: PathName,
@@ -82,9 +80,7 @@ async def start_rotation(  # noqa: PLR0917 (FastAPI passes parameters by name)
     rotation_id = await run_in_threadpool(
         lambda: rotations.request(store, name, actor=actor_of(who), grace=grace, reason=body.reason)
     )
-    background(request).start(rotation_id, actor=actor_of(who))
-    location = f"/v1/rotations/{rotation_id}"
-    response.headers["Location"] = location
+    location = background.start(rotation_id, actor=actor_of(who))
     return RotationStarted(rotation_id, name, "requested", location)
 
 
@@ -131,12 +127,12 @@ class UnfinishedRotation:
 
 @router.get("/rotations", tags=["rotations"])
 def unfinished_rotations(
-    request: Request,
+    background: BackgroundDep,
     store: StoreDep,
     who: Annotated[Identity, caller(Permission.CREDENTIALS_READ)],
 ) -> list[UnfinishedRotation]:
     """Every rotation not in a final state (running, in grace, waiting for a human)."""
-    running = set(background(request).running)
+    running = set(background.rotations.running)
     return [
         UnfinishedRotation(rid, cred, state, grace, rid in running)
         for rid, cred, state, grace in rotations.unfinished(store)
@@ -178,7 +174,7 @@ class RotationOut:
 
 @router.get("/rotations/{rotation_id}", tags=["rotations"])
 def get_rotation(
-    request: Request,
+    background: BackgroundDep,
     store: StoreDep,
     who: Annotated[Identity, caller(Permission.CREDENTIALS_READ)],
     rotation_id: RotationId,
@@ -186,7 +182,7 @@ def get_rotation(
     """One rotation (by id or a unique prefix) with its step timeline."""
     # Queued here is read before the store: a run that ends between the two reads then
     # shows its end state, never a stale one.
-    queued = set(background(request).running)
+    queued = set(background.rotations.running)
     timeline = rotations.rotation_timeline(store, rotation_id)
     return rotation_out(timeline, queued=timeline.rotation.id in queued)
 
@@ -229,8 +225,7 @@ def rotation_out(t: rotations.Timeline, *, queued: bool = False) -> RotationOut:
     responses=problems.responses("not-found", "conflict", "lease-held", "rotation-in-progress"),
 )
 async def resume_rotation(
-    request: Request,
-    response: Response,
+    background: BackgroundDep,
     store: StoreDep,
     who: Annotated[Identity, caller(Permission.ROTATIONS_RUN)],
     rotation_id: RotationId,
@@ -241,11 +236,9 @@ async def resume_rotation(
         lambda: rotations.resumable(store, rotation_id, now=utcnow())
     )
     await run_in_threadpool(require_entra_rotate, store, who, credential)
-    if full_id in background(request).running:
+    if full_id in background.rotations.running:
         raise RotationInProgress(f"rotation {full_id} is running in this server already")
-    background(request).start(full_id, actor=actor_of(who))
-    location = f"/v1/rotations/{full_id}"
-    response.headers["Location"] = location
+    location = background.start(full_id, actor=actor_of(who))
     return RotationStarted(full_id, credential, "resuming", location)
 
 
@@ -264,7 +257,7 @@ class RollbackIn(BaseModel):
     ),
 )
 async def roll_back_rotation(
-    request: Request,
+    background: BackgroundDep,
     store: StoreDep,
     who: Annotated[Identity, caller(Permission.ROTATIONS_RUN)],
     rotation_id: RotationId,
@@ -281,7 +274,7 @@ async def roll_back_rotation(
     `lease-held` while a worker runs it."""
     ref = await run_in_threadpool(rotations.rotation_ref, store, rotation_id)
     require_entra_rotate_for(who, ref.provider_type)
-    context = background(request).context
+    context = background.rotations.context
 
     def in_thread() -> None:
         asyncio.run(
