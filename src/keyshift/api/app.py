@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from keyshift import __version__
 from keyshift.api import problems
-from keyshift.api.routes import router
+from keyshift.api.routes import ROUTERS
 from keyshift.api.runner import BackgroundRotations
 from keyshift.context import PluginContext
 from keyshift.errors import StoreError
@@ -64,7 +64,8 @@ def create_app(
         app.state.store = store
         app.state.rotations = BackgroundRotations(store, context)
     problems.install(app)
-    app.include_router(router)
+    for router in ROUTERS:
+        app.include_router(router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

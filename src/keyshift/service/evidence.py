@@ -34,10 +34,11 @@ from sqlalchemy.orm import Session
 from keyshift import __version__
 from keyshift.domain.states import StepStatus
 from keyshift.engine.plan import Plan
-from keyshift.errors import AuditChainBroken, KeyshiftError, NotFound
+from keyshift.errors import AuditChainBroken, KeyshiftError
 from keyshift.service import impact as impact_service
+from keyshift.service import lookups
 from keyshift.store import audit
-from keyshift.store.models import AuditEntry, CredentialRow, RotationRow, StepRow, VersionRow
+from keyshift.store.models import AuditEntry, CredentialRow, StepRow, VersionRow
 from keyshift.store.store import Store
 
 FORMAT = "keyshift-evidence/1"
@@ -68,7 +69,7 @@ class _Mismatch(Exception):
 def export(store: Store, rotation_id: str, *, actor: str, now: datetime) -> dict[str, Any]:
     """The evidence bundle of one rotation (a full id or a unique prefix)."""
     with store.transaction() as s:
-        rot = _find_rotation(s, rotation_id)
+        rot = lookups.rotation(s, rotation_id)
         cred = s.get(CredentialRow, rot.credential_id)
         steps = list(
             s.execute(select(StepRow).where(StepRow.rotation_id == rot.id).order_by(StepRow.seq))
@@ -152,18 +153,6 @@ def dumps(bundle: dict[str, Any]) -> str:
 
 
 # Export helpers -------------------------------------------------------------------
-
-
-def _find_rotation(s: Session, rotation_id: str) -> RotationRow:
-    rot = s.get(RotationRow, rotation_id)
-    if rot is not None:
-        return rot
-    matches = list(
-        s.execute(select(RotationRow).where(RotationRow.id.startswith(rotation_id))).scalars()
-    )
-    if len(matches) != 1:
-        raise NotFound(f"no rotation {rotation_id}")
-    return matches[0]
 
 
 def _entries_of(s: Session, rotation_id: str) -> Iterator[AuditEntry]:

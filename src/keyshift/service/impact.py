@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-
 from keyshift.domain.location import this_host, url_origin
 from keyshift.engine.plan import Plan, stored_plan
 from keyshift.engine.plugins import (
@@ -23,8 +21,7 @@ from keyshift.engine.plugins import (
     target_class,
     validate_config,
 )
-from keyshift.errors import NotFound
-from keyshift.store.models import CredentialRow
+from keyshift.service import lookups
 from keyshift.store.store import Store
 from keyshift.targets.agent import AgentIntegration
 
@@ -57,14 +54,7 @@ class ImpactRow:
 def impact(store: Store, name: str) -> list[ImpactRow]:
     """The blast radius of rotating `name` as the estate declares it now."""
     with store.transaction() as s:
-        cred = s.execute(
-            select(CredentialRow).where(
-                CredentialRow.name == name, CredentialRow.removed_at.is_(None)
-            )
-        ).scalar_one_or_none()
-        if cred is None:
-            raise NotFound(f"no credential named {name} in the estate")
-        plan = stored_plan(cred.spec)
+        plan = stored_plan(lookups.estate_credential(s, name).spec)
     return impact_of_plan(plan)
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from keyshift.context import PluginContext
 from keyshift.domain.clock import utcnow
@@ -40,6 +39,7 @@ from keyshift.errors import (
     RotationInProgress,
 )
 from keyshift.providers.base import Capability
+from keyshift.service import lookups
 from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
 from keyshift.store.store import Store
 
@@ -104,6 +104,29 @@ class Timeline:
     steps: list[StepLine]
     running: bool = False
     """Whether a worker or server holds the rotation's lease now (it is being advanced)."""
+
+
+@dataclass(frozen=True)
+class VersionLine:
+    """One version of a credential, by id and fingerprint."""
+
+    id: str
+    serial: int
+    status: str
+    fingerprint: str
+    rotation_id: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CredentialDetail:
+    status: StatusRow
+    provider: str
+    environment: str | None
+    active_rotation_id: str | None
+    versions: list[VersionLine]
 
 
 def lifecycle(
@@ -220,19 +243,6 @@ def history_rows(store: Store, credential: str) -> list[RotationSummary]:
         return [_summary(r) for r in rots]
 
 
-def _find_rotation(s: Session, rotation_id: str) -> RotationRow:
-    """The rotation with this id, or the only one whose id starts with it."""
-    rot = s.get(RotationRow, rotation_id)
-    if rot is not None:
-        return rot
-    matches = (
-        s.execute(select(RotationRow).where(RotationRow.id.startswith(rotation_id))).scalars().all()
-    )
-    if len(matches) != 1:
-        raise NotFound(f"no rotation {rotation_id}")
-    return matches[0]
-
-
 @dataclass(frozen=True)
 class RotationRef:
     """A rotation's full id, and the name and provider type of its credential."""
@@ -245,7 +255,7 @@ class RotationRef:
 def rotation_ref(store: Store, rotation_id: str) -> RotationRef:
     """Resolve a rotation id (or a unique prefix); NotFound when there is none."""
     with store.transaction() as s:
-        rot = _find_rotation(s, rotation_id)
+        rot = lookups.rotation(s, rotation_id)
         cred = s.get(CredentialRow, rot.credential_id)
         if cred is None:
             raise NotFound(f"credential of rotation {rot.id}")
@@ -254,7 +264,7 @@ def rotation_ref(store: Store, rotation_id: str) -> RotationRef:
 
 def rotation_timeline(store: Store, rotation_id: str) -> Timeline:
     with store.transaction() as s:
-        rot = _find_rotation(s, rotation_id)
+        rot = lookups.rotation(s, rotation_id)
         cred = s.get(CredentialRow, rot.credential_id)
         steps = (
             s.execute(select(StepRow).where(StepRow.rotation_id == rot.id).order_by(StepRow.seq))
@@ -313,14 +323,7 @@ async def preflight(
     recorded in the audit trail (`rotation.preflight`)."""
     engine = Engine(store, actor=actor, context=context)
     with store.transaction() as s:
-        cred = s.execute(
-            select(CredentialRow).where(
-                CredentialRow.name == credential, CredentialRow.removed_at.is_(None)
-            )
-        ).scalar_one_or_none()
-        if cred is None:
-            raise NotFound(f"no credential named {credential} in the estate")
-        plan = stored_plan(cred.spec)
+        plan = stored_plan(lookups.estate_credential(s, credential).spec)
     results = await engine.preflight(plan)
     with store.transaction() as s:
         store.audit(
@@ -420,29 +423,6 @@ async def retire_disabled(
 # Used by the API, which starts a rotation and runs it in the background ---------------
 
 
-@dataclass(frozen=True)
-class VersionLine:
-    """One version of a credential, by id and fingerprint."""
-
-    id: str
-    serial: int
-    status: str
-    fingerprint: str
-    rotation_id: str | None
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
-
-
-@dataclass(frozen=True)
-class CredentialDetail:
-    status: StatusRow
-    provider: str
-    environment: str | None
-    active_rotation_id: str | None
-    versions: list[VersionLine]
-
-
 def credential_detail(store: Store, credential: str, *, now: datetime) -> CredentialDetail:
     """One credential's status row with every version (ids and fingerprints, no values)."""
     row = next((r for r in status_rows(store, now=now) if r.credential == credential), None)
@@ -483,14 +463,7 @@ def credential_detail(store: Store, credential: str, *, now: datetime) -> Creden
 def provider_type(store: Store, credential: str) -> str:
     """The provider `type` of a credential in the estate (e.g. to require entra:rotate)."""
     with store.transaction() as s:
-        found = s.execute(
-            select(CredentialRow.provider_type).where(
-                CredentialRow.name == credential, CredentialRow.removed_at.is_(None)
-            )
-        ).scalar_one_or_none()
-    if found is None:
-        raise NotFound(f"no credential named {credential} in the estate")
-    return found
+        return lookups.estate_credential(s, credential).provider_type
 
 
 def request(

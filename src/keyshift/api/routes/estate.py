@@ -1,0 +1,111 @@
+"""The estate and its credentials: plan and apply an estate document, list and read the
+credentials it declares, and the blast radius of rotating one."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Body
+from pydantic import BaseModel
+
+from keyshift.api.auth import StoreDep, caller
+from keyshift.api.routes.common import PathName, actor_of, v1_router
+from keyshift.domain.clock import utcnow
+from keyshift.domain.estate import Estate
+from keyshift.domain.rbac import Permission
+from keyshift.service import estate as estate_service
+from keyshift.service import impact as impact_service
+from keyshift.service import rotations
+from keyshift.service.identities import Identity
+
+router = v1_router()
+
+ESTATE_BODY = Body(
+    description="The estate document, as in the YAML file (see docs/estate-reference.md).",
+    examples=[{"credentials": []}],
+)
+
+
+class ChangeOut(BaseModel):
+    op: str
+    """`+` added, `~` changed, `-` removed."""
+    kind: str
+    name: str
+    detail: str
+
+
+class EstateChanges(BaseModel):
+    applied: bool
+    changes: list[ChangeOut]
+    warnings: list[str] = []
+    """What was accepted but not as written (legacy fields renamed, manual-review actions),
+    each `path: message`, as `keyshift plan` and `apply` print them."""
+
+
+def _changes(
+    changes: list[estate_service.Change],
+    *,
+    applied: bool,
+    warnings: list[estate_service.EstateWarning],
+) -> EstateChanges:
+    return EstateChanges(
+        applied=applied,
+        changes=[ChangeOut(op=c.op, kind=c.kind, name=c.name, detail=c.detail) for c in changes],
+        warnings=[str(w) for w in warnings],
+    )
+
+
+def _parse(document: dict[str, Any]) -> tuple[Estate, list[estate_service.EstateWarning]]:
+    """The estate document validated (EstateInvalid, 422, when it is not), with what was
+    accepted but not as written."""
+    warnings: list[estate_service.EstateWarning] = []
+    return estate_service.parse_estate(document, warnings), warnings
+
+
+@router.post("/estate/plan", tags=["estate"])
+def plan_estate(
+    store: StoreDep,
+    who: Annotated[Identity, caller(Permission.CREDENTIALS_READ)],
+    document: Annotated[dict[str, Any], ESTATE_BODY],
+) -> EstateChanges:
+    """What applying this estate document would change. Changes nothing."""
+    estate, warnings = _parse(document)
+    return _changes(estate_service.plan_estate(store, estate), applied=False, warnings=warnings)
+
+
+@router.post("/estate/apply", tags=["estate"])
+def apply_estate(
+    store: StoreDep,
+    who: Annotated[Identity, caller(Permission.CREDENTIALS_WRITE)],
+    document: Annotated[dict[str, Any], ESTATE_BODY],
+) -> EstateChanges:
+    """Validate the estate document and store it; a refused document changes nothing
+    (422 `estate-invalid` listing every field problem)."""
+    estate, warnings = _parse(document)
+    applied = estate_service.apply_estate(store, estate, actor=actor_of(who))
+    return _changes(applied, applied=True, warnings=warnings)
+
+
+@router.get("/credentials", tags=["credentials"])
+def list_credentials(
+    store: StoreDep, who: Annotated[Identity, caller(Permission.CREDENTIALS_READ)]
+) -> list[rotations.StatusRow]:
+    """One row per credential: lifecycle, current version id and fingerprint, expiry."""
+    return rotations.status_rows(store, now=utcnow())
+
+
+@router.get("/credentials/{name}", tags=["credentials"])
+def get_credential(
+    store: StoreDep, who: Annotated[Identity, caller(Permission.CREDENTIALS_READ)], name: PathName
+) -> rotations.CredentialDetail:
+    """One credential with every version (by id and fingerprint)."""
+    return rotations.credential_detail(store, name, now=utcnow())
+
+
+@router.get("/credentials/{name}/impact", tags=["credentials"])
+def credential_impact(
+    store: StoreDep, who: Annotated[Identity, caller(Permission.CREDENTIALS_READ)], name: PathName
+) -> list[impact_service.ImpactRow]:
+    """The blast radius of rotating the credential: the issuer and every action in run
+    order, with where each acts (host, agent, vault, namespace, path)."""
+    return impact_service.impact(store, name)
