@@ -19,6 +19,7 @@ from typer.testing import CliRunner, Result
 
 from keyshift.cli import app
 from keyshift.store.store import Store
+from tests.doubles.chat import slack, teams  # noqa: F401 (fixtures for every test)
 from tests.doubles.graph import GraphDouble
 from tests.doubles.receiver import receiver  # noqa: F401 (a fixture for every test)
 from tests.doubles.tls import TlsFiles, make_pki

@@ -251,6 +251,7 @@ def test_worker_starts_auto_rotation_when_expiry_is_within_rotate_before_expiry(
         "resumed": 0,
         "retired": 0,
         "alerts": 0,
+        "notified": 0,
         "started": 1,
     }
     assert asyncio.run(scheduler.worker_pass(store, actor="w", context=ctx))["started"] == 0

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from keyshift.domain.durations import Duration
+from keyshift.domain.notifications import Notifications
 from keyshift.domain.states import OnFailure
 from keyshift.errors import ConfigError
 
@@ -411,6 +412,8 @@ class Estate(_Model):
     """Expiry warnings and reports, and where they are sent."""
     governance: Governance = Field(default_factory=Governance)
     """Allowlist, ownership and approver groups."""
+    notifications: Notifications = Field(default_factory=Notifications)
+    """Where keyshift tells operators of failures, rollbacks and approval requests."""
 
     def integration_names(self, cred: CredentialSpec) -> list[str]:
         """The integrations a credential connects through: its provider's and actions'

@@ -29,6 +29,7 @@ from keyshift.engine.gates import ApprovalGate, GraceGate, validate
 from keyshift.engine.issuer import Issuer
 from keyshift.engine.journal import StepEvent
 from keyshift.engine.leases import Leases
+from keyshift.engine.outbox import Outbox
 from keyshift.engine.plan import Plan
 from keyshift.engine.plugins import build_integrations
 from keyshift.engine.requests import Requests
@@ -70,9 +71,10 @@ class Engine:
         self.context = context or PluginContext()
         self.lease_ttl = lease_ttl
         self.leases = Leases(store, lease_ttl, self.context.now)
-        # The audit trail first: it writes the evidence inside each change's transaction.
+        # The audit trail first: it writes the evidence inside each change's transaction;
+        # then the outbox of what operators are told, in the same transaction.
         self.trail = AuditTrail(store, actor)
-        listeners: list[Subscriber] = [self.trail, *subscribers]
+        listeners: list[Subscriber] = [self.trail, Outbox(), *subscribers]
         if on_event is not None:
             listeners.append(StepProgress(on_event))
         self.events = EventBus(listeners)

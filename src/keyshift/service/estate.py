@@ -41,6 +41,7 @@ from keyshift.engine.plugins import (
 from keyshift.errors import ConfigError, EstateInvalid
 from keyshift.providers.base import Capability
 from keyshift.service.entra import forget_integrations
+from keyshift.service.notifications import channel_problems
 from keyshift.store.audit import canonical
 from keyshift.store.models import CredentialRow, EstateRevision, IntegrationRow, Meta
 from keyshift.store.store import Store
@@ -126,6 +127,8 @@ def parse_estate(data: Any, warnings: list[EstateWarning] | None = None) -> Esta
         estate = Estate.model_validate(data)
     except ValidationError as exc:
         problems.extend(config_errors(exc))
+    else:
+        problems.extend(channel_problems(estate.notifications))
     # References and plugin configs are checked on the raw data, so every kind of
     # problem in a file is reported in one pass.
     problems.extend(reference_problems(data))

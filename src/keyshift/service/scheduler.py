@@ -18,6 +18,10 @@ One scan, in order:
    are rotated, inside their policy's rotation window if it has one. Without a
    keyshift version yet, an Entra credential's expiry is the latest end of its
    application's client secrets as last synced.
+5. Events the engine queued in its outbox (a rotation failed, rolled back, needs
+   attention or completed; an approval requested or decided) are routed to the estate's
+   `notifications` channels and delivered, each retried with backoff until
+   `max_attempts` (`service.notifications`).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from keyshift.engine.engine import Engine
 from keyshift.engine.journal import StepEvent
 from keyshift.errors import PolicyRefused
 from keyshift.providers import ProviderKind
-from keyshift.service import entra
+from keyshift.service import entra, notifications
 from keyshift.service.estate import current_estate
 from keyshift.service.rotations import resume, retire_disabled, rotate
 from keyshift.store.models import (
@@ -419,11 +423,14 @@ async def worker_pass(
             )
         except Exception as exc:  # one credential's failure must not stop the scan
             log.error("scheduled rotation failed to start", credential=credential, error=str(exc))
+    # Last, so that what this scan's rotations reported is told in this scan.
+    told = await notifications.dispatch(store, estate, context=ctx)
     return {
         "synced": len(synced),
         "resumed": len(resumed),
         "retired": len(retired),
         "alerts": alerts,
+        "notified": told["delivered"],
         "started": started,
     }
 

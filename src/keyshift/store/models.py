@@ -313,3 +313,46 @@ class ApiTokenRow(Base):
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
+
+
+class NotificationRow(Base):
+    """An event to tell operators of (a rotation failed, an approval is requested),
+    written in the same transaction as the change that causes it: the outbox."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_rotation", "rotation_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dedup_key: Mapped[str] = mapped_column(String(64), unique=True)
+    """Sent with every delivery of this event (`X-Keyshift-Delivery`), retries included."""
+    kind: Mapped[str] = mapped_column(String(40))
+    rotation_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    credential: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime]
+    payload: Mapped[dict[str, Any]]
+    """Ids, names, states, steps and errors; never a value."""
+    routed: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Whether its deliveries (one per channel the routes chose) were created."""
+
+
+class NotificationDeliveryRow(Base):
+    """One event's delivery to one channel: pending until it is delivered or, after the
+    estate's `max_attempts`, dead-lettered."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (
+        UniqueConstraint("notification_id", "channel"),
+        Index("ix_notification_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    notification_id: Mapped[int] = mapped_column(ForeignKey("notifications.id"))
+    channel: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    """`pending`, `delivered` or `dead`."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    delivered_at: Mapped[datetime | None]
+    reference: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    """What the channel answered that names the message, e.g. a ticket key."""

@@ -1,0 +1,145 @@
+"""What every channel shares: the message an event becomes, and one HTTP POST judged the
+way the outbox needs (delivered, try again later, or never).
+
+A channel sends one attempt per call; the outbox (`service.notifications`) owns retries,
+backoff and dead letters, so nothing here sleeps. Channel URLs often carry their token
+(a Slack webhook URL is the credential), so no message here quotes a URL or a library's
+error text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, ClassVar, Protocol
+
+import httpx
+from pydantic import BaseModel
+
+from keyshift.context import PluginContext
+from keyshift.domain import notifications as kinds
+from keyshift.errors import ConfigError, PermanentError, TransientError
+from keyshift.targets.web import retry_after, retryable
+
+__all__ = ["Channel", "Message", "Sent", "message_of", "post_json", "reveal_url"]
+
+_TITLES = {
+    kinds.ROTATION_FAILED: "Rotation of {credential} failed",
+    kinds.ROTATION_ROLLED_BACK: "Rotation of {credential} rolled back",
+    kinds.ROTATION_NEEDS_ATTENTION: "Rotation of {credential} needs attention",
+    kinds.ROTATION_COMPLETED: "Rotation of {credential} completed",
+    kinds.APPROVAL_REQUESTED: "Approval requested: rotation of {credential}",
+    kinds.APPROVAL_DECIDED: "Approval decided: rotation of {credential}",
+    kinds.NOTIFICATION_TEST: "keyshift test message for channel {channel}",
+}
+_FACTS = (
+    ("Credential", "credential"),
+    ("Owner", "owner"),
+    ("Environment", "environment"),
+    ("Rotation", "rotation_id"),
+    ("State", "state"),
+    ("Failed step", "failed_step"),
+    ("Old version", "old_version_id"),
+    ("Old fingerprint", "old_fingerprint"),
+    ("New version", "new_version_id"),
+    ("New fingerprint", "new_fingerprint"),
+    ("Approval request", "request_id"),
+    ("Approvers", "approvers"),
+    ("Plan hash", "plan_hash"),
+)
+
+
+@dataclass(frozen=True)
+class Message:
+    """An event in words: a title, lines of text and labelled facts (never a value)."""
+
+    kind: str
+    title: str
+    lines: list[str]
+    facts: list[tuple[str, str]]
+    payload: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A delivered message; `reference` names it where the channel answers with a name
+    (a ticket key), for later events of the same rotation."""
+
+    detail: str
+    reference: str | None = None
+
+
+def message_of(payload: dict[str, Any]) -> Message:
+    """The message an event's payload becomes in every channel."""
+    kind = str(payload.get("event", ""))
+    title = _TITLES.get(kind, kind).format_map(_Blank(payload))
+    lines: list[str] = []
+    if payload.get("failed_step"):
+        lines.append(f"Step {payload['failed_step']} failed: {payload.get('failed_step_error')}")
+    for label, key in (("Error", "error"), ("Needs attention", "attention")):
+        if payload.get(key):
+            lines.append(f"{label}: {payload[key]}")
+    if kind == kinds.APPROVAL_DECIDED:
+        lines.append(f"Request {payload.get('request_id')}: {payload.get('request_status')}")
+    for label, key in (("What changes", "steps"), ("Rollback plan", "rollback")):
+        if payload.get(key):
+            lines.append(f"{label}:\n" + "\n".join(f"- {step}" for step in payload[key]))
+    if payload.get("decide"):
+        lines.append(f"To decide: {payload['decide']}")
+    facts = [
+        (label, ", ".join(map(str, value)) if isinstance(value, list) else str(value))
+        for label, key in _FACTS
+        if (value := payload.get(key)) not in (None, "", [])
+    ]
+    return Message(kind, title, lines, facts, payload)
+
+
+class _Blank(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+class Channel(Protocol):
+    """A place messages go. `Config` validates its settings; `send` makes one attempt and
+    raises TransientError (try again, maybe after `retry_after`) or PermanentError."""
+
+    kind: ClassVar[str]
+    Config: ClassVar[type[BaseModel]]
+
+    async def send(self, message: Message, *, dedup_key: str) -> Sent: ...
+
+
+def reveal_url(context: PluginContext, field: str, ref: str) -> str:
+    """A URL given by reference (it carries a token); PermanentError naming the field."""
+    try:
+        return context.secret(field, ref).reveal()
+    except ConfigError as exc:
+        raise PermanentError(f"{field}: {exc}") from None
+
+
+async def post_json(
+    what: str,
+    url: str,
+    body: dict[str, Any],
+    *,
+    within: timedelta,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """One POST of `body`. A 2xx answer is returned; connection errors, timeouts, 429 and
+    5xx raise TransientError (with the server's Retry-After); anything else raises
+    PermanentError. Errors name `what` and the status, never the URL."""
+    try:
+        async with httpx.AsyncClient(
+            timeout=within.total_seconds(), follow_redirects=False
+        ) as client:
+            response = await client.post(url, json=body, headers=headers or {})
+    except httpx.HTTPError as exc:
+        raise TransientError(f"{what}: {type(exc).__name__}") from None
+    status = response.status_code
+    if 200 <= status < 300:
+        return response
+    said = response.text.strip()[:80] if len(response.content) < 2000 else ""
+    reason = f"{what} answered HTTP {status}" + (f" ({said})" if said else "")
+    if retryable(status):
+        raise TransientError(reason, retry_after=retry_after(response))
+    raise PermanentError(reason + "; not retried")

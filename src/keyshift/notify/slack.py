@@ -1,0 +1,78 @@
+"""`slack`: a Slack incoming webhook, one Block Kit message per event.
+
+Documented behaviour this follows: the webhook URL is the credential (given only as
+`webhook_url_from`); a message is a JSON body with fallback `text` and `blocks` (a
+header of at most 150 characters, sections of at most 3,000, at most 10 fields of 2,000
+each); success is HTTP 200 with body `ok`; errors are 400 `invalid_payload`, 403
+`action_prohibited`, 404 `channel_not_found`, 410 `channel_is_archived` (never worth
+retrying), 429 with Retry-After (about one message per second per webhook) and 5xx.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from keyshift.context import PluginContext
+from keyshift.domain.durations import Duration
+from keyshift.notify.base import Message, Sent, post_json, reveal_url
+from keyshift.sources import SecretRef
+
+HEADER_MAX = 150
+TEXT_MAX = 3000
+FIELDS_MAX = 10
+FIELD_MAX = 2000
+
+
+class SlackConfig(BaseModel):
+    """A Slack incoming webhook."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
+
+    webhook_url_from: SecretRef
+    """`env:NAME` or `file:/path` holding the webhook URL (it is the credential)."""
+    timeout: Duration = timedelta(seconds=10)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def blocks_of(message: Message) -> dict[str, Any]:
+    """The Block Kit body of a message."""
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": _cut(message.title, HEADER_MAX)}}
+    ]
+    if message.lines:
+        text = "\n".join(message.lines)
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(text, TEXT_MAX)}})
+    fields = [
+        {"type": "mrkdwn", "text": _cut(f"*{label}*\n{value}", FIELD_MAX)}
+        for label, value in message.facts
+    ]
+    for start in range(0, len(fields), FIELDS_MAX):
+        blocks.append({"type": "section", "fields": fields[start : start + FIELDS_MAX]})
+    blocks.append(
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"keyshift · {message.kind}"}]}
+    )
+    return {"text": message.title, "blocks": blocks}
+
+
+class SlackChannel:
+    """Posts each event to a Slack channel through its incoming webhook."""
+
+    kind: ClassVar[str] = "slack"
+    Config: ClassVar[type[BaseModel]] = SlackConfig
+
+    def __init__(self, config: SlackConfig, context: PluginContext) -> None:
+        self.config = config
+        self.context = context
+
+    async def send(self, message: Message, *, dedup_key: str) -> Sent:
+        url = reveal_url(self.context, "webhook_url_from", self.config.webhook_url_from)
+        response = await post_json(
+            "Slack webhook", url, blocks_of(message), within=self.config.timeout
+        )
+        return Sent(f"HTTP {response.status_code}")
