@@ -26,7 +26,8 @@ import typer
 
 from keyshift import __version__, logs
 from keyshift.cli import access, demo, entra, estate, governance, keys, rotations, serve
-from keyshift.cli._common import SERVER_COMMANDS, out
+from keyshift.cli._common import SERVER_COMMANDS
+from keyshift.cli.output import out
 
 __all__ = ["SERVER_COMMANDS", "app", "main"]
 

@@ -12,24 +12,17 @@ import functools
 import getpass
 import os
 import socket
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
 
+from keyshift.cli.output import err
 from keyshift.client import WAITING_STATES, Client, ServerRefused
-from keyshift.domain.durations import format_duration
 from keyshift.domain.states import RotationState
 from keyshift.errors import AuditChainBroken, EstateInvalid, KeyshiftError
 from keyshift.store.store import Store
-
-# Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -185,22 +178,3 @@ def embedded_only() -> None:
     """For commands that open no store of the test's choosing (`serve`, `demo`)."""
     if os.environ.get(SERVER_ENV):
         refuse_embedded()
-
-
-def when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
-
-
-def clock(value: datetime) -> str:
-    return value.strftime("%H:%M:%S.%f")[:-3]
-
-
-def ms(value: timedelta | float | None) -> str:
-    if value is None:
-        return "-"
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    return (
-        f"{seconds * 1000:.0f} ms"
-        if seconds < 10
-        else format_duration(timedelta(seconds=round(seconds)))
-    )

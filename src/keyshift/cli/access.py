@@ -7,18 +7,9 @@ from datetime import timedelta
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from keyshift.cli._common import (
-    ServerOption,
-    actor,
-    client_of,
-    err,
-    exit_on_error,
-    open_store,
-    out,
-    when,
-)
+from keyshift.cli._common import ServerOption, actor, answer, client_of, exit_on_error, open_store
+from keyshift.cli.output import Format, OutputOption, emit, err, new_table, out, when
 from keyshift.domain.durations import parse_duration
 from keyshift.service import identities
 
@@ -78,30 +69,24 @@ def users_add(
 ) -> None:
     """Add a user (or service account) holding the given roles."""
     kind = "service_account" if service_account else "user"
-    if server:
-        with client_of(server) as client:
-            added = client.add_user(name, kind=kind, roles=role)
-    else:
-        with open_store() as store:
-            added = identities.add_principal(store, name=name, kind=kind, roles=role, actor=actor())
+    added = answer(
+        server,
+        lambda client: client.add_user(name, kind=kind, roles=role),
+        lambda store: identities.add_principal(
+            store, name=name, kind=kind, roles=role, actor=actor()
+        ),
+    )
     out.print(f"added {added.kind} {added.name} with roles {', '.join(added.roles)}")
 
 
 @users_app.command("list")
 @exit_on_error
-def users_list(server: ServerOption = None) -> None:
+def users_list(server: ServerOption = None, output: OutputOption = Format.TABLE) -> None:
     """Every user and service account with its roles."""
-    if server:
-        with client_of(server) as client:
-            found = client.users()
-    else:
-        with open_store() as store:
-            found = identities.list_principals(store)
-    table = Table(title=f"Users and service accounts ({len(found)})", title_justify="left")
-    for col in ("name", "kind", "roles", "created", "created by", "disabled"):
-        table.add_column(col)
-    for p in found:
-        table.add_row(
+    found = answer(server, lambda client: client.users(), identities.list_principals)
+    columns = ("name", "kind", "roles", "created", "created by", "disabled")
+    rows = (
+        (
             p.name,
             p.kind.replace("_", " "),
             ", ".join(p.roles),
@@ -109,7 +94,10 @@ def users_list(server: ServerOption = None) -> None:
             p.created_by,
             when(p.disabled_at) if p.disabled_at else "",
         )
-    out.print(table)
+        for p in found
+    )
+    title = f"Users and service accounts ({len(found)})"
+    emit(output, found, lambda: out.print(new_table(title, columns, rows)))
 
 
 @users_app.command("disable")
@@ -119,12 +107,11 @@ def users_disable(
     server: ServerOption = None,
 ) -> None:
     """Disable a user or service account; its tokens stop working at once."""
-    if server:
-        with client_of(server) as client:
-            client.disable_user(name)
-    else:
-        with open_store() as store:
-            identities.disable_principal(store, name, actor=actor())
+    answer(
+        server,
+        lambda client: client.disable_user(name),
+        lambda store: identities.disable_principal(store, name, actor=actor()),
+    )
     out.print(f"disabled {name}")
 
 
@@ -140,14 +127,13 @@ def tokens_create(
 ) -> None:
     """Create an API token and print it once (only its hash is stored)."""
     lifetime = _lifetime(expires_in)
-    if server:
-        with client_of(server) as client:
-            issued = client.create_token(principal, name=name, expires_in=expires_in)
-    else:
-        with open_store() as store:
-            issued = identities.create_token(
-                store, principal, name=name, lifetime=lifetime, actor=actor()
-            )
+    issued = answer(
+        server,
+        lambda client: client.create_token(principal, name=name, expires_in=expires_in),
+        lambda store: identities.create_token(
+            store, principal, name=name, lifetime=lifetime, actor=actor()
+        ),
+    )
     _print_token_once(issued)
 
 
@@ -156,19 +142,17 @@ def tokens_create(
 def tokens_list(
     principal: Annotated[str | None, typer.Option(help="Only this principal's tokens.")] = None,
     server: ServerOption = None,
+    output: OutputOption = Format.TABLE,
 ) -> None:
     """Every API token by id, with its state and dates (never the token)."""
-    if server:
-        with client_of(server) as client:
-            found = client.tokens(principal=principal)
-    else:
-        with open_store() as store:
-            found = identities.list_tokens(store, principal=principal)
-    table = Table(title=f"API tokens ({len(found)})", title_justify="left")
-    for col in ("id", "principal", "name", "state", "created", "expires", "last used"):
-        table.add_column(col, no_wrap=col in ("id", "state"))
-    for t in found:
-        table.add_row(
+    found = answer(
+        server,
+        lambda client: client.tokens(principal=principal),
+        lambda store: identities.list_tokens(store, principal=principal),
+    )
+    columns = ("id", "principal", "name", "state", "created", "expires", "last used")
+    rows = (
+        (
             t.prefix,
             t.principal,
             t.name,
@@ -177,7 +161,10 @@ def tokens_list(
             when(t.expires_at) if t.expires_at else "never",
             when(t.last_used_at),
         )
-    out.print(table)
+        for t in found
+    )
+    title = f"API tokens ({len(found)})"
+    emit(output, found, lambda: out.print(new_table(title, columns, rows, no_wrap=("id", "state"))))
 
 
 @tokens_app.command("revoke")
@@ -187,27 +174,22 @@ def tokens_revoke(
     server: ServerOption = None,
 ) -> None:
     """Revoke an API token; it stops working at once."""
-    if server:
-        with client_of(server) as client:
-            revoked = client.revoke_token(token_id)
-    else:
-        with open_store() as store:
-            revoked = identities.revoke_token(store, token_id, actor=actor())
+    revoked = answer(
+        server,
+        lambda client: client.revoke_token(token_id),
+        lambda store: identities.revoke_token(store, token_id, actor=actor()),
+    )
     out.print(f"revoked {revoked.prefix} of {revoked.principal}")
 
 
 @roles_app.command("list")
 @exit_on_error
-def roles_list(server: ServerOption = None) -> None:
+def roles_list(server: ServerOption = None, output: OutputOption = Format.TABLE) -> None:
     """The built-in roles and the permissions each grants (the server's, with --server)."""
     if server:
         with client_of(server) as client:
             found = client.roles()
     else:
-        found = identities.roles()
-    table = Table(title="Roles", title_justify="left")
-    for col in ("role", "permissions", "for"):
-        table.add_column(col)
-    for role in found:
-        table.add_row(role.role, ", ".join(role.permissions), role.description)
-    out.print(table)
+        found = identities.roles()  # built in: no store to open
+    rows = ((r.role, ", ".join(r.permissions), r.description) for r in found)
+    emit(output, found, lambda: out.print(new_table("Roles", ("role", "permissions", "for"), rows)))

@@ -13,17 +13,10 @@ from typing import Annotated
 
 import typer
 
-from keyshift.cli._common import (
-    embedded_only,
-    exit_on_error,
-    open_store,
-    out,
-)
-from keyshift.cli._runs import (
-    print_stored_rotation_end,
-    progress,
-)
+from keyshift.cli import runs
+from keyshift.cli._common import embedded_only, exit_on_error, open_store
 from keyshift.cli.estate import print_changes, status_table
+from keyshift.cli.output import out
 from keyshift.cli.rotations import timeline_table
 from keyshift.domain.clock import utcnow
 from keyshift.domain.states import RotationState
@@ -94,14 +87,14 @@ def demo(
         out.print(f"$ keyshift apply -f {estate_file}")
         print_changes(estate_service.apply_estate(store, estate, actor="demo"), applied=True)
         out.print("\n$ keyshift rotate demo-api-key            # first issuance")
-        asyncio.run(rotations.rotate(store, "demo-api-key", actor="demo", on_event=progress))
+        asyncio.run(rotations.rotate(store, "demo-api-key", actor="demo", on_event=runs.progress))
         out.print("\n$ keyshift rotate demo-api-key --grace 0s # rotate, revoke the old at once")
         rotation_id, state = asyncio.run(
             rotations.rotate(
-                store, "demo-api-key", actor="demo", grace=timedelta(0), on_event=progress
+                store, "demo-api-key", actor="demo", grace=timedelta(0), on_event=runs.progress
             )
         )
-        print_stored_rotation_end(store, rotation_id)
+        runs.print_stored_rotation_end(store, rotation_id)
         out.print("\n$ keyshift status")
         out.print(status_table(rotations.status_rows(store, now=utcnow())))
         out.print(f"\n$ keyshift show {rotation_id}")

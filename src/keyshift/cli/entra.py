@@ -9,17 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from keyshift.cli._common import (
-    ServerOption,
-    actor,
-    answer,
-    client_of,
-    err,
-    exit_on_error,
-    open_store,
-    out,
-    when,
-)
+from keyshift.cli._common import ServerOption, actor, answer, client_of, exit_on_error, open_store
+from keyshift.cli.output import Format, OutputOption, emit, err, lifecycle, new_table, out, when
 from keyshift.domain.clock import utcnow
 from keyshift.domain.estate import DEFAULT_POLICY_NAME
 from keyshift.service import entra as entra_service
@@ -57,42 +48,24 @@ def entra_sync(
     )
     if not results:
         out.print("No entra integrations in the estate.")
-    table = Table(title="Entra sync", title_justify="left")
-    for col in ("integration", "apps", "credentials", "added", "changed", "removed"):
-        table.add_column(col, justify="left" if col == "integration" else "right")
-    for r in results:
-        table.add_row(
-            r.integration,
-            str(r.apps),
-            str(r.credentials),
-            str(len(r.added)),
-            str(len(r.changed)),
-            str(len(r.removed)),
-        )
     if results:
-        out.print(table)
-
-
-_STATE_COLOURS = {
-    "Active": "green",
-    "Expiring Soon": "yellow",
-    "Expired": "red",
-    "Needs Attention": "red",
-    "Rotating": "cyan",
-    "Grace Period": "cyan",
-}
-
-
-def _state(value: str) -> str:
-    return f"[{_STATE_COLOURS.get(value, 'white')}]{value}[/]"
+        columns = ("integration", "apps", "credentials", "added", "changed", "removed")
+        rows = (
+            (
+                r.integration,
+                str(r.apps),
+                str(r.credentials),
+                *(str(len(ids)) for ids in (r.added, r.changed, r.removed)),
+            )
+            for r in results
+        )
+        out.print(new_table("Entra sync", columns, rows, right=columns[1:]))
 
 
 def _entra_table(title: str, creds: list[entra_service.EntraCredential]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for col in ("app", "appId", "kind", "keyId", "name", "expires", "days", "state", "managed by"):
-        table.add_column(col, no_wrap=col in ("appId", "keyId", "expires"))
-    for c in creds:
-        table.add_row(
+    columns = ("app", "appId", "kind", "keyId", "name", "expires", "days", "state", "managed by")
+    rows = (
+        (
             c.app_name,
             c.app_id,
             "secret" if c.kind == entra_service.CLIENT_SECRET else "cert",
@@ -100,10 +73,12 @@ def _entra_table(title: str, creds: list[entra_service.EntraCredential]) -> Tabl
             c.display_name or "-",
             when(c.end),
             str(c.days_left) if c.days_left is not None else "-",
-            _state(c.state.value),
+            lifecycle(c.state.value),
             c.managed_by or "[dim]unmanaged[/]",
         )
-    return table
+        for c in creds
+    )
+    return new_table(title, columns, rows, no_wrap=("appId", "keyId", "expires"))
 
 
 @entra_app.command("list")
@@ -115,21 +90,23 @@ def entra_list(
     app_name: Annotated[str | None, typer.Option("--app", help="Only this app (name).")] = None,
     removed: Annotated[bool, typer.Option("--removed", help="Include cleaned-up ones.")] = False,
     server: ServerOption = None,
+    output: OutputOption = Format.TABLE,
 ) -> None:
     """Every discovered client secret and certificate with its lifecycle state."""
     if server:
         with client_of(server) as client:
             creds = client.entra_credentials(state=state, app=app_name, removed=removed)
-        out.print(_entra_table(f"Entra credentials ({len(creds)})", creds))
-        return
-    with open_store() as store:
-        alerts = estate_service.current_estate(store).alerts
-        creds = entra_service.inventory(store, now=utcnow(), alerts=alerts, include_removed=removed)
-    if state is not None:
-        creds = [c for c in creds if c.state.value.lower() == state.lower()]
-    if app_name is not None:
-        creds = [c for c in creds if c.app_name == app_name]
-    out.print(_entra_table(f"Entra credentials ({len(creds)})", creds))
+    else:
+        with open_store() as store:
+            alerts = estate_service.current_estate(store).alerts
+            creds = entra_service.inventory(
+                store, now=utcnow(), alerts=alerts, include_removed=removed
+            )
+        if state is not None:
+            creds = [c for c in creds if c.state.value.lower() == state.lower()]
+        if app_name is not None:
+            creds = [c for c in creds if c.app_name == app_name]
+    emit(output, creds, lambda: out.print(_entra_table(f"Entra credentials ({len(creds)})", creds)))
 
 
 @entra_app.command("summary")
@@ -137,6 +114,7 @@ def entra_list(
 def entra_summary(
     top: Annotated[int, typer.Option(help="How many of the most urgent to list.")] = 10,
     server: ServerOption = None,
+    output: OutputOption = Format.TABLE,
 ) -> None:
     """Totals, counts expiring in 7/30/90 days, in grace, and the most urgent credentials."""
     found = answer(
@@ -146,10 +124,11 @@ def entra_summary(
             store, now=utcnow(), alerts=estate_service.current_estate(store).alerts, top=top
         ),
     )
-    table = Table(title="Entra ID credentials", title_justify="left", show_header=False)
-    table.add_column("what")
-    table.add_column("count", justify="right")
-    for label, value in (
+    emit(output, found, lambda: _print_summary(found))
+
+
+def _print_summary(found: entra_service.Summary) -> None:
+    counts = (
         ("applications", found.apps),
         ("client secrets", found.client_secrets),
         ("certificates", found.certificates),
@@ -160,18 +139,23 @@ def entra_summary(
         ("expiring within 90 days", found.within[90]),
         ("rotating", found.rotating),
         ("in grace period", found.in_grace),
-    ):
-        table.add_row(label, str(value))
-    out.print(table)
+    )
+    rows = ((label, str(value)) for label, value in counts)
+    out.print(
+        new_table(
+            "Entra ID credentials", ("what", "count"), rows, right=("count",), show_header=False
+        )
+    )
     if found.urgent:
         out.print(_entra_table("Most urgent", found.urgent))
 
 
 @entra_app.command("report")
 @exit_on_error
-def entra_report(server: ServerOption = None) -> None:
+def entra_report(server: ServerOption = None, output: OutputOption = Format.TABLE) -> None:
     """Secrets created outside keyshift on managed apps, and lifetimes over the maximum,
-    from the synced inventory (`keyshift foreign` asks every provider's issuer live)."""
+    from the synced inventory (`keyshift foreign` asks every provider's issuer live).
+    Exits 1 when there are any."""
     found = answer(
         server,
         lambda client: client.entra_findings(),
@@ -181,29 +165,37 @@ def entra_report(server: ServerOption = None) -> None:
             default_policy=estate_service.current_estate(store).named_policy(DEFAULT_POLICY_NAME),
         ),
     )
+    emit(output, found, lambda: _print_findings(found))
+    if found:
+        raise typer.Exit(1)
+
+
+def _print_findings(found: list[entra_service.Finding]) -> None:
     if not found:
         out.print("No findings: no secrets created outside keyshift, no lifetime over maximum.")
         return
-    table = Table(title=f"Entra findings ({len(found)})", title_justify="left")
-    for col in ("finding", "app", "appId", "keyId", "name", "managed by", "detail"):
-        table.add_column(col, no_wrap=col in ("finding", "appId", "keyId"))
-    for f in found:
-        c = f.credential
-        table.add_row(
+    columns = ("finding", "app", "appId", "keyId", "name", "managed by", "detail")
+    rows = (
+        (
             f.kind.replace("_", " "),
-            c.app_name,
-            c.app_id,
-            c.key_id,
-            c.display_name or "-",
-            c.managed_by or "-",
+            f.credential.app_name,
+            f.credential.app_id,
+            f.credential.key_id,
+            f.credential.display_name or "-",
+            f.credential.managed_by or "-",
             f.detail,
         )
-    out.print(table)
-    raise typer.Exit(1)
+        for f in found
+    )
+    out.print(
+        new_table(
+            f"Entra findings ({len(found)})", columns, rows, no_wrap=columns[:1] + columns[2:4]
+        )
+    )
 
 
 @exit_on_error
-def foreign(server: ServerOption = None) -> None:
+def foreign(server: ServerOption = None, output: OutputOption = Format.TABLE) -> None:
     """Versions at the issuers of managed credentials that keyshift did not issue (a
     password or client secret made by hand), asked live of each issuer; exits 1 when
     there are any. Changes nothing."""
@@ -214,19 +206,26 @@ def foreign(server: ServerOption = None) -> None:
     )
     for skipped in report.unchecked:
         err.print(f"not checked: {skipped.credential}: {skipped.reason}", markup=False)
+    emit(output, report, lambda: _print_foreign(report))
+    if report.found:
+        raise typer.Exit(1)
+
+
+def _print_foreign(report: foreign_service.ForeignReport) -> None:
     if not report.found:
         out.print(
             f"No foreign versions: the issuers of {report.checked} credential(s) hold only "
             "what keyshift issued."
         )
         return
-    table = Table(title=f"Foreign versions ({len(report.found)})", title_justify="left")
-    for col in ("credential", "provider", "at the issuer", "expires", "owner", "what happens"):
-        table.add_column(col, no_wrap=col in ("credential", "provider", "at the issuer"))
-    for f in report.found:
-        table.add_row(f.credential, f.provider, f.ref, when(f.expires_at), f.owner or "-", f.detail)
-    out.print(table)
-    raise typer.Exit(1)
+    columns = ("credential", "provider", "at the issuer", "expires", "owner", "what happens")
+    rows = (
+        (f.credential, f.provider, f.ref, when(f.expires_at), f.owner or "-", f.detail)
+        for f in report.found
+    )
+    out.print(
+        new_table(f"Foreign versions ({len(report.found)})", columns, rows, no_wrap=columns[:3])
+    )
 
 
 integrations_app = typer.Typer(
@@ -240,6 +239,7 @@ integrations_app = typer.Typer(
 def integrations_test(
     name: Annotated[str, typer.Argument(help="Integration name.")],
     server: ServerOption = None,
+    output: OutputOption = Format.TABLE,
 ) -> None:
     """Sign in, read the granted permissions and read from the API. Changes nothing;
     exits 1 when a check fails."""
@@ -250,11 +250,18 @@ def integrations_test(
             integrations_service.check_integration(store, name, actor=actor())
         ),
     )
-    table = Table(title=f"Integration {name}", title_justify="left")
-    for col in ("check", "result", "detail"):
-        table.add_column(col, no_wrap=col != "detail")
-    for check in checks:
-        table.add_row(check.name, "[green]ok[/]" if check.ok else "[red]failed[/]", check.detail)
-    out.print(table)
+    rows = ((c.name, "[green]ok[/]" if c.ok else "[red]failed[/]", c.detail) for c in checks)
+    emit(
+        output,
+        checks,
+        lambda: out.print(
+            new_table(
+                f"Integration {name}",
+                ("check", "result", "detail"),
+                rows,
+                no_wrap=("check", "result"),
+            )
+        ),
+    )
     if not all(c.ok for c in checks):
         raise typer.Exit(1)

@@ -9,17 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from keyshift.cli._common import (
-    ServerOption,
-    actor,
-    answer,
-    client_of,
-    err,
-    exit_on_error,
-    open_store,
-    out,
-    when,
-)
+from keyshift.cli._common import ServerOption, actor, answer, client_of, exit_on_error, open_store
+from keyshift.cli.output import Format, OutputOption, emit, err, lifecycle, new_table, out, when
 from keyshift.domain.clock import utcnow
 from keyshift.service import estate as estate_service
 from keyshift.service import rotations
@@ -81,52 +72,37 @@ def apply(file: EstateFile, server: ServerOption = None) -> None:
 
 
 def status_table(status_rows: list[rotations.StatusRow]) -> Table:
-    table = Table(title="Credentials", title_justify="left")
-    for col in (
-        "credential",
-        "lifecycle",
-        "overlap",
-        "version",
-        "fingerprint",
-        "expires",
-        "days left",
-        "last rotation",
-        "owner",
-    ):
-        table.add_column(col, no_wrap=col != "owner")
-    colours = {
-        "Active": "green",
-        "Expiring Soon": "yellow",
-        "Expired": "red",
-        "Needs Attention": "red",
-        "Rotating": "cyan",
-        "Grace Period": "cyan",
-    }
-    for row in status_rows:
-        colour = colours.get(row.lifecycle.value, "white")
-        table.add_row(
-            row.credential,
-            f"[{colour}]{row.lifecycle.value}[/]",
-            row.overlap if row.overlap == "dual" else f"[yellow]{row.overlap}[/]",
-            row.version_id[:8] if row.version_id else "-",
-            row.fingerprint or "-",
-            when(row.expires_at),
-            str(row.days_left) if row.days_left is not None else "-",
-            row.last_rotation or "-",
-            row.owner or "-",
-        )
-    return table
+    columns = ("credential", "lifecycle", "overlap", "version", "fingerprint", "expires")
+    return new_table(
+        "Credentials",
+        (*columns, "days left", "last rotation", "owner"),
+        (
+            (
+                row.credential,
+                lifecycle(row.lifecycle.value),
+                row.overlap if row.overlap == "dual" else f"[yellow]{row.overlap}[/]",
+                row.version_id[:8] if row.version_id else "-",
+                row.fingerprint or "-",
+                when(row.expires_at),
+                str(row.days_left) if row.days_left is not None else "-",
+                row.last_rotation or "-",
+                row.owner or "-",
+            )
+            for row in status_rows
+        ),
+        no_wrap=(*columns, "days left", "last rotation"),
+    )
 
 
 @exit_on_error
-def status(server: ServerOption = None) -> None:
+def status(server: ServerOption = None, output: OutputOption = Format.TABLE) -> None:
     """One row per credential: lifecycle, current version fingerprint, expiry."""
     rows = answer(
         server,
         lambda client: client.status_rows(),
         lambda store: rotations.status_rows(store, now=utcnow()),
     )
-    out.print(status_table(rows))
+    emit(output, rows, lambda: out.print(status_table(rows)))
 
 
 def reference() -> None:

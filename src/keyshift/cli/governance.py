@@ -6,31 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from keyshift.cli._common import (
-    ServerOption,
-    actor,
-    answer,
-    client_of,
-    err,
-    exit_on_error,
-    open_store,
-    out,
-    when,
-)
-from keyshift.cli._runs import (
-    ended_steps,
-    exit_unless_healthy,
-    follow,
-    print_rotation_end,
-    print_stored_rotation_end,
-    progress,
-)
+from keyshift.cli import runs
+from keyshift.cli._common import ServerOption, actor, answer, client_of, exit_on_error, open_store
+from keyshift.cli.output import Format, OutputOption, emit, err, new_table, out, when
 from keyshift.domain.clock import utcnow
 from keyshift.service import approvals as approvals_service
 from keyshift.service import evidence as evidence_service
@@ -48,6 +32,7 @@ def approvals_list(
     ctx: typer.Context,
     all_: Annotated[bool, typer.Option("--all", help="Include decided requests.")] = False,
     server: ServerOption = None,
+    output: OutputOption = Format.TABLE,
 ) -> None:
     """Approval requests waiting for a decision (all of them with --all)."""
     if ctx.invoked_subcommand is not None:
@@ -57,14 +42,16 @@ def approvals_list(
         lambda client: client.approval_requests(pending_only=not all_),
         lambda store: approvals_service.requests(store, pending_only=not all_),
     )
+    emit(output, views, lambda: _print_requests(views, all_=all_))
+
+
+def _print_requests(views: list[approvals_service.ApprovalView], *, all_: bool) -> None:
     if not views:
         out.print("No approval requests waiting." if not all_ else "No approval requests.")
         return
-    table = Table(title="Approval requests", title_justify="left")
-    for col in ("id", "credential", "kind", "status", "requested by", "approved", "plan"):
-        table.add_column(col, no_wrap=True)
-    for v in views:
-        table.add_row(
+    columns = ("id", "credential", "kind", "status", "requested by", "approved", "plan")
+    rows = (
+        (
             v.id[:8],
             v.credential,
             v.kind,
@@ -73,7 +60,9 @@ def approvals_list(
             f"{len(v.approvals)}/{v.needed}",
             v.plan_hash[:12],
         )
-    out.print(table)
+        for v in views
+    )
+    out.print(new_table("Approval requests", columns, rows, no_wrap=True))
 
 
 @approvals_app.command("show")
@@ -82,15 +71,22 @@ def approvals_show(
     ctx: typer.Context,
     request_id: Annotated[str, typer.Argument(help="Request id.")],
     server: ServerOption = None,
+    output: OutputOption = Format.TABLE,
 ) -> None:
     """What an approver decides on: credential, app, expiry, steps and rollback plan."""
-    # `keyshift approvals --server URL show ID` names the server on the group.
-    server = server or (ctx.parent.params.get("server") if ctx.parent else None)
+    # `keyshift approvals --server URL show ID` names the server (or -o) on the group.
+    group = ctx.parent.params if ctx.parent else {}
+    server = server or group.get("server")
+    output = output if output != Format.TABLE else group.get("output", output)
     view = answer(
         server,
         lambda client: client.approval(request_id),
         lambda store: approvals_service.show(store, request_id),
     )
+    emit(output, view, lambda: _print_request(view))
+
+
+def _print_request(view: approvals_service.ApprovalView) -> None:
     out.print(
         f"Request {view.id} ({view.kind}) for rotation {view.rotation_id}: {view.status}",
         markup=False,
@@ -115,7 +111,7 @@ def _decide(
     if server:
         with client_of(server) as client:
             view = client.approval(request_id)
-            shown = ended_steps(client.rotation(view.rotation_id))
+            shown = runs.ended_steps(client.rotation(view.rotation_id))
             decision = client.decide(request_id, approve=approve, comment=comment)
             if no_wait:
                 out.print(
@@ -124,9 +120,9 @@ def _decide(
                     markup=False,
                 )
                 return
-            timeline = follow(client, decision.rotation_id, shown=shown)
-            print_rotation_end(timeline, client.approval_requests)
-        exit_unless_healthy(timeline.rotation.state)
+            timeline = runs.follow(client, decision.rotation_id, shown=shown)
+            runs.print_rotation_end(timeline, client.approval_requests)
+        runs.exit_unless_healthy(timeline.rotation.state)
         return
     with open_store() as store:
         rotation_id, state = asyncio.run(
@@ -136,11 +132,11 @@ def _decide(
                 approver=actor(),
                 approve=approve,
                 comment=comment,
-                on_event=progress,
+                on_event=runs.progress,
             )
         )
-        print_stored_rotation_end(store, rotation_id)
-    exit_unless_healthy(state)
+        runs.print_stored_rotation_end(store, rotation_id)
+    runs.exit_unless_healthy(state)
 
 
 NoWait = Annotated[
@@ -149,33 +145,37 @@ NoWait = Annotated[
 ]
 
 
-@exit_on_error
-def approve(
-    request_id: Annotated[str, typer.Argument(help="Approval request id (or its start).")],
-    comment: Annotated[str, typer.Option(help="Why, for the record.")] = "",
-    no_wait: NoWait = False,
-    server: ServerOption = None,
-) -> None:
-    """Approve a rotation (or a revocation); it runs as soon as enough approved."""
-    _decide(request_id, approve=True, comment=comment, server=server, no_wait=no_wait)
+def _decision(*, approve: bool, doc: str) -> Callable[..., None]:
+    """`approve` or `reject`: the same command but for the decision."""
+
+    def decide(
+        request_id: Annotated[str, typer.Argument(help="Approval request id (or its start).")],
+        comment: Annotated[str, typer.Option(help="Why, for the record.")] = "",
+        no_wait: NoWait = False,
+        server: ServerOption = None,
+    ) -> None:
+        _decide(request_id, approve=approve, comment=comment, server=server, no_wait=no_wait)
+
+    decide.__name__ = decide.__qualname__ = "approve" if approve else "reject"
+    decide.__doc__ = doc
+    return exit_on_error(decide)
 
 
-@exit_on_error
-def reject(
-    request_id: Annotated[str, typer.Argument(help="Approval request id (or its start).")],
-    comment: Annotated[str, typer.Option(help="Why, for the record.")] = "",
-    no_wait: NoWait = False,
-    server: ServerOption = None,
-) -> None:
-    """Reject a rotation (it fails, nothing changed) or a revocation (the old version
-    stays valid and the rotation needs attention)."""
-    _decide(request_id, approve=False, comment=comment, server=server, no_wait=no_wait)
+approve = _decision(
+    approve=True, doc="Approve a rotation (or a revocation); it runs as soon as enough approved."
+)
+reject = _decision(
+    approve=False,
+    doc="""Reject a rotation (it fails, nothing changed) or a revocation (the old version
+    stays valid and the rotation needs attention).""",
+)
 
 
 @exit_on_error
 def alerts(
     limit: Annotated[int, typer.Option(help="How many of the newest to show.")] = 50,
     server: ServerOption = None,
+    output: OutputOption = Format.TABLE,
 ) -> None:
     """The alerts the worker raised: expiry thresholds crossed, secrets added outside
     keyshift, lifetimes over the maximum."""
@@ -184,25 +184,31 @@ def alerts(
         lambda client: client.alerts(limit=limit),
         lambda store: scheduler.alerts(store, limit=limit),
     )
+    emit(output, rows, lambda: _print_alerts(rows))
+
+
+def _print_alerts(rows: list[scheduler.Alert]) -> None:
     if not rows:
         out.print("No alerts raised.")
         return
-    table = Table(title=f"Alerts (newest {len(rows)})", title_justify="left")
-    for col in ("raised", "kind", "threshold", "subject", "what", "expires", "sent"):
-        table.add_column(col, no_wrap=col in ("raised", "kind", "subject"))
-    for row in rows:
-        d = row.detail
-        what = d.get("credential") or f"{d.get('app', '?')} ({d.get('app_id', '?')})"
-        table.add_row(
+    columns = ("raised", "kind", "threshold", "subject", "what", "expires", "sent")
+    table_rows = (
+        (
             when(row.raised_at),
             row.kind.replace("_", " "),
             row.threshold or "-",
             row.subject,
-            str(what),
-            str(d.get("expires_at", "-"))[:19],
+            str(
+                row.detail.get("credential")
+                or f"{row.detail.get('app', '?')} ({row.detail.get('app_id', '?')})"
+            ),
+            str(row.detail.get("expires_at", "-"))[:19],
             "yes" if row.delivered else "[yellow]pending[/]",
         )
-    out.print(table)
+        for row in rows
+    )
+    title = f"Alerts (newest {len(rows)})"
+    out.print(new_table(title, columns, table_rows, no_wrap=("raised", "kind", "subject")))
 
 
 @exit_on_error

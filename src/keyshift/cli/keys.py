@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from keyshift.cli._common import (
-    actor,
-    exit_on_error,
-    open_store,
-    out,
-)
+from keyshift.cli._common import actor, exit_on_error, open_store
+from keyshift.cli.output import out
 from keyshift.service import keys as keys_service
 
 keys_app = typer.Typer(help="Manage the keys that protect secrets at rest.", no_args_is_help=True)

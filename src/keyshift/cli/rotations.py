@@ -4,36 +4,26 @@ and the `worker` that runs them unattended."""
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
-import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from keyshift.cli._common import (
-    ServerOption,
-    actor,
-    answer,
-    client_of,
+from keyshift.cli import runs
+from keyshift.cli._common import ServerOption, actor, answer, client_of, exit_on_error, open_store
+from keyshift.cli.output import (
+    Format,
+    OutputOption,
     clock,
+    emit,
     err,
-    exit_on_error,
     ms,
-    open_store,
+    new_table,
     out,
+    plain,
     when,
-)
-from keyshift.cli._runs import (
-    ended_steps,
-    exit_unless_healthy,
-    follow,
-    print_rotation_end,
-    print_stored_rotation_end,
-    progress,
-    progress_with_header,
 )
 from keyshift.client import ServerRefused
 from keyshift.domain.clock import utcnow
@@ -43,49 +33,62 @@ from keyshift.domain.states import RotationState
 from keyshift.service import impact as impact_service
 from keyshift.service import rotations, scheduler
 
+CredentialName = Annotated[str, typer.Argument(help="Credential name.")]
+RotationId = Annotated[str, typer.Argument(help="Rotation id (or a unique prefix).")]
+
 READINESS_COLOURS = {"ready": "green", "manual review required": "yellow", "blocked": "red"}
 
 
-def _preflight(name: str, server: str | None) -> None:
-    """Preflight at the server (its dry-run route) or on the local store, and print it."""
+def _preflight(name: str, server: str | None, output: Format = Format.TABLE) -> None:
+    """Preflight at the server (its dry-run route) or on the local store and print it;
+    exit 1 unless every step is ready."""
     plan_hash, results = answer(
         server,
         lambda client: client.dry_run(name),
         lambda store: asyncio.run(rotations.preflight(store, name, actor=actor())),
     )
-    _print_preflight(name, plan_hash, results)
+    data = {
+        "credential": name,
+        "plan_hash": plan_hash,
+        "ready": all(r.readiness == Readiness.READY for _step, r in results),
+        "steps": [
+            {"step": step, "readiness": r.readiness, "reason": r.reason} for step, r in results
+        ],
+    }
+    emit(output, data, lambda: _print_preflight(name, plan_hash, results))
+    if not data["ready"]:
+        raise typer.Exit(1)
 
 
 def _print_preflight(name: str, plan_hash: str, results: list[tuple[str, PreflightResult]]) -> None:
-    """Print one row per step (step, readiness, reason); exit 1 unless every step is ready."""
-    table = Table(title=f"Preflight of {name} (plan {plan_hash[:12]})", title_justify="left")
-    for col in ("step", "readiness", "reason"):
-        table.add_column(col, no_wrap=col != "reason")
-    for step, result in results:
-        readiness = result.readiness.value
-        table.add_row(
+    """One row per step: step, readiness, reason."""
+    rows = (
+        (
             Text(step),
-            Text(readiness, style=READINESS_COLOURS.get(readiness, "")),
-            Text(result.reason or "-"),
+            Text(r.readiness.value, style=READINESS_COLOURS.get(r.readiness.value, "")),
+            Text(r.reason or "-"),
         )
-    out.print(table)
-    if any(r.readiness != Readiness.READY for _step, r in results):
-        raise typer.Exit(1)
+        for step, r in results
+    )
+    title = f"Preflight of {name} (plan {plan_hash[:12]})"
+    out.print(
+        new_table(title, ("step", "readiness", "reason"), rows, no_wrap=("step", "readiness"))
+    )
 
 
 @exit_on_error
 def preflight(
-    name: Annotated[str, typer.Argument(help="Credential name.")], server: ServerOption = None
+    name: CredentialName, server: ServerOption = None, output: OutputOption = Format.TABLE
 ) -> None:
     """Check every step of a rotation of a credential, provider first, changing nothing:
     one row per step (ready, manual review required, blocked) and why. Exits 0 only when
     every step is ready; the result is recorded in the audit trail."""
-    _preflight(name, server)
+    _preflight(name, server, output)
 
 
 @exit_on_error
 def rotate(
-    name: Annotated[str, typer.Argument(help="Credential name.")],
+    name: CredentialName,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Preflight only (same as `keyshift preflight`).")
     ] = False,
@@ -122,18 +125,18 @@ def rotate(
                     "shows its steps"
                 )
                 return
-            timeline = follow(client, started.rotation_id, shown=set())
-            print_rotation_end(timeline, client.approval_requests)
-        exit_unless_healthy(timeline.rotation.state)
+            timeline = runs.follow(client, started.rotation_id, shown=set())
+            runs.print_rotation_end(timeline, client.approval_requests)
+        runs.exit_unless_healthy(timeline.rotation.state)
         return
     with open_store() as store:
         rotation_id, state = asyncio.run(
             rotations.rotate(
-                store, name, actor=actor(), grace=grace_td, on_event=progress_with_header(name)
+                store, name, actor=actor(), grace=grace_td, on_event=runs.progress_with_header(name)
             )
         )
-        print_stored_rotation_end(store, rotation_id)
-        exit_unless_healthy(state)
+        runs.print_stored_rotation_end(store, rotation_id)
+        runs.exit_unless_healthy(state)
 
 
 @exit_on_error
@@ -143,7 +146,7 @@ def resume(server: ServerOption = None) -> None:
         _resume_at(server)
         return
     with open_store() as store:
-        results = asyncio.run(rotations.resume(store, actor=actor(), on_event=progress))
+        results = asyncio.run(rotations.resume(store, actor=actor(), on_event=runs.progress))
         if not results:
             out.print("No unfinished rotations.")
         states: list[RotationState] = []
@@ -151,13 +154,13 @@ def resume(server: ServerOption = None) -> None:
             if state is None:
                 out.print(f"rotation {rotation_id} ({credential}) is held by a live worker")
                 continue
-            print_stored_rotation_end(store, rotation_id)
+            runs.print_stored_rotation_end(store, rotation_id)
             states.append(state)
-        exit_unless_healthy(*states)
+        runs.exit_unless_healthy(*states)
 
 
 def _resume_at(server: str) -> None:
-    """`resume` at a server: resume each unfinished rotation there and follow it."""
+    """`resume` at a server: resume each unfinished rotation there and runs.follow it."""
     with client_of(server) as client:
         found = client.unfinished()
         if not found:
@@ -165,7 +168,7 @@ def _resume_at(server: str) -> None:
         ends: list[rotations.Timeline] = []
         for unfinished in found:
             rotation_id = unfinished.rotation_id
-            shown = ended_steps(client.rotation(rotation_id))
+            shown = runs.ended_steps(client.rotation(rotation_id))
             try:
                 client.resume(rotation_id)
             except ServerRefused as exc:
@@ -174,18 +177,18 @@ def _resume_at(server: str) -> None:
                         f"rotation {rotation_id} ({unfinished.credential}) is held by a live worker"
                     )
                     continue
-                # Already running at the server, or finished meanwhile: follow it to its end.
-                if exc.code not in ("rotation-in-progress", "conflict"):
+                # Already running at the server, or finished meanwhile: runs.follow it to its end.
+                if exc.code not in ("rotation-in-runs.progress", "conflict"):
                     raise
-            ends.append(follow(client, rotation_id, shown=shown))
+            ends.append(runs.follow(client, rotation_id, shown=shown))
         for timeline in ends:
-            print_rotation_end(timeline, client.approval_requests)
-    exit_unless_healthy(*(t.rotation.state for t in ends))
+            runs.print_rotation_end(timeline, client.approval_requests)
+    runs.exit_unless_healthy(*(t.rotation.state for t in ends))
 
 
 @exit_on_error
 def rollback(
-    rotation_id: Annotated[str, typer.Argument(help="Rotation id (or a unique prefix).")],
+    rotation_id: RotationId,
     reason: Annotated[
         str, typer.Option("--reason", help="Why the new version is rolled back (audited).")
     ],
@@ -199,23 +202,22 @@ def rollback(
         with client_of(server) as client:
             timeline = client.roll_back(rotation_id, reason)
             state = RotationState(timeline.rotation.state)
-            print_rotation_end(timeline, client.approval_requests)
+            runs.print_rotation_end(timeline, client.approval_requests)
     else:
         with open_store() as store:
             full_id, state = asyncio.run(
                 rotations.roll_back(
-                    store, rotation_id, actor=actor(), reason=reason, on_event=progress
+                    store, rotation_id, actor=actor(), reason=reason, on_event=runs.progress
                 )
             )
-            print_stored_rotation_end(store, full_id)
+            runs.print_stored_rotation_end(store, full_id)
     if state != RotationState.ROLLED_BACK:
         raise typer.Exit(1)
 
 
 @exit_on_error
 def history(
-    name: Annotated[str, typer.Argument(help="Credential name.")],
-    server: ServerOption = None,
+    name: CredentialName, server: ServerOption = None, output: OutputOption = Format.TABLE
 ) -> None:
     """Every rotation of a credential, oldest first."""
     found = answer(
@@ -223,19 +225,9 @@ def history(
         lambda client: client.history_rows(name),
         lambda store: rotations.history_rows(store, name),
     )
-    table = Table(title=f"Rotations of {name}", title_justify="left")
-    for col in (
-        "rotation",
-        "state",
-        "requested by",
-        "requested",
-        "finished",
-        "new version",
-        "error",
-    ):
-        table.add_column(col)
-    for r in found:
-        table.add_row(
+    columns = ("rotation", "state", "requested by", "requested", "finished", "new version")
+    rows = (
+        (
             r.id,
             r.state,
             r.requested_by,
@@ -244,19 +236,22 @@ def history(
             (r.new_version_id or "-")[:8],
             r.error or "",
         )
-    out.print(table)
+        for r in found
+    )
+    emit(
+        output,
+        found,
+        lambda: out.print(new_table(f"Rotations of {name}", (*columns, "error"), rows)),
+    )
 
 
 def timeline_table(t: rotations.Timeline) -> Table:
-    table = Table(
-        title=f"Rotation {t.rotation.id} of {t.credential}: {t.rotation.state} "
-        f"(plan {t.plan_hash[:12]})",
-        title_justify="left",
+    title = (
+        f"Rotation {t.rotation.id} of {t.credential}: {t.rotation.state} (plan {t.plan_hash[:12]})"
     )
-    for col in ("#", "step", "try", "outcome", "started", "duration", "error", "note"):
-        table.add_column(col)
-    for s in t.steps:
-        table.add_row(
+    columns = ("#", "step", "try", "outcome", "started", "duration", "error", "note")
+    rows = (
+        (
             str(s.seq),
             s.name,
             str(s.attempt),
@@ -266,13 +261,28 @@ def timeline_table(t: rotations.Timeline) -> Table:
             s.error or "",
             s.note or "",
         )
-    return table
+        for s in t.steps
+    )
+    return new_table(title, columns, rows)
+
+
+def _timeline_data(t: rotations.Timeline) -> dict[str, Any]:
+    """A rotation with its steps, as the API's `GET /v1/rotations/{id}` has them (but each
+    step's duration in seconds)."""
+    return {
+        **plain(t.rotation),
+        "credential": t.credential,
+        "plan_hash": t.plan_hash,
+        "grace_until": t.grace_until,
+        "attention": t.attention,
+        "running": t.running,
+        "steps": [{**plain(s), "duration_seconds": plain(s.duration)} for s in t.steps],
+    }
 
 
 @exit_on_error
 def show(
-    rotation_id: Annotated[str, typer.Argument(help="Rotation id (or a unique prefix).")],
-    server: ServerOption = None,
+    rotation_id: RotationId, server: ServerOption = None, output: OutputOption = Format.TABLE
 ) -> None:
     """The step timeline of one rotation, with durations."""
     timeline = answer(
@@ -280,7 +290,7 @@ def show(
         lambda client: client.rotation(rotation_id),
         lambda store: rotations.rotation_timeline(store, rotation_id),
     )
-    out.print(timeline_table(timeline))
+    emit(output, _timeline_data(timeline), lambda: out.print(timeline_table(timeline)))
 
 
 @exit_on_error
@@ -302,7 +312,7 @@ def worker(
                     actor=f"worker:{socket.gethostname()}",
                     interval=every,
                     once=once,
-                    on_event=progress,
+                    on_event=runs.progress,
                     on_scan=lambda c: out.print(
                         f"{utcnow():%H:%M:%S} scan: {c['synced']} synced, {c['resumed']} "
                         f"resumed, {c['retired']} retired, {c['alerts']} alerts, "
@@ -316,25 +326,21 @@ def worker(
 
 @exit_on_error
 def impact(
-    name: Annotated[str, typer.Argument(help="Credential name.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+    name: CredentialName,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as -o json.")] = False,
     server: ServerOption = None,
+    output: OutputOption = Format.TABLE,
 ) -> None:
     """Every issuer and consumer a rotation of NAME touches, in run order, and where."""
-    if server:
-        with client_of(server) as client:
-            rows = client.impact(name)
-    else:
-        with open_store() as store:
-            rows = impact_service.impact(store, name)
-    if as_json:
-        sys.stdout.write(json.dumps(impact_service.to_json(rows), indent=2) + "\n")
-        return
-    table = Table(title=f"Blast radius of rotating {name}", title_justify="left")
-    for col in ("#", "phase", "order", "type", "on_failure", "consumer", "runs on", "where"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(
+    if as_json and output == Format.YAML:
+        err.print("error: --json: not with -o yaml (--json is -o json)")
+        raise typer.Exit(2)
+    rows = answer(
+        server, lambda client: client.impact(name), lambda store: impact_service.impact(store, name)
+    )
+    columns = ("#", "phase", "order", "type", "on_failure", "consumer", "runs on", "where")
+    table_rows = (
+        (
             str(row.position),
             row.phase,
             "" if row.order is None else str(row.order),
@@ -344,4 +350,10 @@ def impact(
             row.runs_on,
             row.where_text,
         )
-    out.print(table)
+        for row in rows
+    )
+    emit(
+        Format.JSON if as_json else output,
+        rows,
+        lambda: out.print(new_table(f"Blast radius of rotating {name}", columns, table_rows)),
+    )

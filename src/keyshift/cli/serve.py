@@ -9,10 +9,7 @@ from typing import Annotated
 import typer
 
 from keyshift import logs
-from keyshift.cli._common import (
-    embedded_only,
-    exit_on_error,
-)
+from keyshift.cli._common import embedded_only, exit_on_error
 
 
 @exit_on_error

@@ -7,13 +7,8 @@ from collections.abc import Callable
 
 import typer
 
-from keyshift.cli._common import (
-    HEALTHY,
-    err,
-    ms,
-    out,
-    when,
-)
+from keyshift.cli._common import HEALTHY
+from keyshift.cli.output import err, ms, out, when
 from keyshift.client import Client
 from keyshift.domain.states import RotationState, StepStatus
 from keyshift.engine.journal import StepEvent
