@@ -148,6 +148,20 @@ SAME_AS_EMBEDDED = [
     ("ada", ("users", "list")),
     ("ada", ("tokens", "list")),
     ("ada", ("roles", "list")),
+    # -o json: the data behind the tables, from the same view types in both modes
+    ("vera", ("status", "-o", "json")),
+    ("vera", ("history", "api-key", "-o", "json")),
+    ("vera", ("show", "{rotation}", "-o", "json")),
+    ("vera", ("approvals", "--all", "-o", "json")),
+    ("vera", ("approvals", "show", "{request}", "-o", "yaml")),
+    ("vera", ("impact", "api-key", "-o", "json")),
+    ("vera", ("alerts", "-o", "json")),
+    ("vera", ("entra", "summary", "-o", "json")),
+    ("vera", ("foreign", "-o", "json")),
+    ("otto", ("preflight", "api-key", "-o", "json")),
+    ("ada", ("users", "list", "-o", "json")),
+    ("ada", ("tokens", "list", "-o", "yaml")),
+    ("ada", ("roles", "list", "-o", "json")),
 ]
 
 

@@ -104,6 +104,12 @@ def test_no_secret_value_reaches_logs_cli_output_audit_export_or_journal_errors(
     rotations = rotations_of(store, CREDENTIAL)
     for rotation in rotations:
         run("show", rotation.id)
+        run("show", rotation.id, "-o", "json")
+    for output in ("json", "yaml"):
+        run("status", "-o", output)
+        run("history", CREDENTIAL, "-o", output)
+    run("impact", CREDENTIAL, "-o", "json")
+    run("preflight", CREDENTIAL, "-o", "json")
     export = run("audit", "export", "--format", "jsonl")
     run("audit", "verify")
 

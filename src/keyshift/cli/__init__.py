@@ -1,0 +1,93 @@
+"""The `keyshift` command line. Every error is one clear line and a non-zero exit
+(`_common` gives the exit codes).
+
+One module per group of commands; this module is the map: it registers each command
+and group on `app` in the order `keyshift --help` lists them.
+
+| module | commands |
+|---|---|
+| `estate` | plan, apply, status, reference |
+| `rotations` | preflight, rotate, resume, rollback, history, show, worker, impact |
+| `governance` | approvals, approve, reject, alerts, evidence, audit |
+| `entra` | entra, foreign, integrations |
+| `access` | init, users, tokens, roles |
+| `keys` | keys |
+| `serve` | serve, agent |
+| `demo` | demo |
+
+`output` gives every listing command `-o/--output table|json|yaml`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from keyshift import __version__, logs
+from keyshift.cli import access, demo, entra, estate, governance, keys, rotations, serve
+from keyshift.cli._common import SERVER_COMMANDS
+from keyshift.cli.output import out
+
+__all__ = ["SERVER_COMMANDS", "app", "main"]
+
+app = typer.Typer(
+    name="keyshift",
+    help="Rotate non-human credentials without outages, with evidence an auditor accepts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback(invoke_without_command=True)
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+    log_level: Annotated[str | None, typer.Option(help="Log level (default WARNING).")] = None,
+) -> None:
+    logs.configure(log_level)
+    if version:
+        out.print(f"keyshift {__version__}")
+        raise typer.Exit(0)
+
+
+for command in (
+    estate.plan,
+    estate.apply,
+    estate.status,
+    rotations.preflight,
+    rotations.rotate,
+    rotations.resume,
+    rotations.rollback,
+    rotations.history,
+    rotations.show,
+    rotations.worker,
+    entra.foreign,
+    governance.approve,
+    governance.reject,
+    governance.alerts,
+    estate.reference,
+    demo.demo,
+    rotations.impact,
+    governance.evidence,
+    access.init,
+    serve.serve,
+):
+    app.command()(command)
+
+for name, group in (
+    ("audit", governance.audit_app),
+    ("keys", keys.keys_app),
+    ("entra", entra.entra_app),
+    ("approvals", governance.approvals_app),
+    ("integrations", entra.integrations_app),
+    ("users", access.users_app),
+    ("tokens", access.tokens_app),
+    ("roles", access.roles_app),
+    ("agent", serve.agent_app),
+):
+    app.add_typer(group, name=name)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,110 @@
+"""The estate: `plan`, `apply`, `status` (one row per credential) and `reference`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from keyshift.cli._common import ServerOption, actor, answer, client_of, exit_on_error, open_store
+from keyshift.cli.output import Format, OutputOption, emit, err, lifecycle, new_table, out, when
+from keyshift.domain.clock import utcnow
+from keyshift.service import estate as estate_service
+from keyshift.service import rotations
+from keyshift.service.reference import estate_reference
+
+
+def print_changes(changes: list[estate_service.Change], *, applied: bool) -> None:
+    if not changes:
+        out.print("No changes. The store matches the estate file.")
+        return
+    colours = {"+": "green", "~": "yellow", "-": "red"}
+    for c in changes:
+        out.print(
+            f"[{colours[c.op]}]{c.op} {c.kind:<11} {c.name}[/]"
+            + (f"  ({c.detail})" if c.detail else ""),
+            markup=True,
+        )
+    counts = {op: sum(1 for c in changes if c.op == op) for op in "+~-"}
+    verb = "Applied" if applied else "Plan"
+    out.print(f"{verb}: {counts['+']} to add, {counts['~']} to change, {counts['-']} to remove.")
+
+
+EstateFile = Annotated[Path, typer.Option("-f", "--file", help="Estate YAML file.")]
+
+
+def _plan_or_apply(file: Path, server: str | None, *, apply: bool) -> None:
+    """Plan or apply here or at the server; warnings (legacy fields renamed, actions that
+    need a person) go to stderr before the changes."""
+    if server:
+        # The server validates the document; its refusal lists the same problems.
+        document = estate_service.read_document(file)
+        with client_of(server) as client:
+            changes, warnings = client.plan_estate(document, apply=apply)
+    else:
+        found: list[estate_service.EstateWarning] = []
+        estate = estate_service.load_estate(file, found)
+        warnings = [str(w) for w in found]
+        with open_store() as store:
+            changes = (
+                estate_service.apply_estate(store, estate, actor=actor())
+                if apply
+                else estate_service.plan_estate(store, estate)
+            )
+    for warning in warnings:
+        err.print(f"warning: {warning}", markup=False)
+    print_changes(changes, applied=apply)
+
+
+@exit_on_error
+def plan(file: EstateFile, server: ServerOption = None) -> None:
+    """Show what `apply` would change. Changes nothing."""
+    _plan_or_apply(file, server, apply=False)
+
+
+@exit_on_error
+def apply(file: EstateFile, server: ServerOption = None) -> None:
+    """Validate the estate file and store it. A refused file changes nothing (exit 2)."""
+    _plan_or_apply(file, server, apply=True)
+
+
+def status_table(status_rows: list[rotations.StatusRow]) -> Table:
+    columns = ("credential", "lifecycle", "overlap", "version", "fingerprint", "expires")
+    return new_table(
+        "Credentials",
+        (*columns, "days left", "last rotation", "owner"),
+        (
+            (
+                row.credential,
+                lifecycle(row.lifecycle.value),
+                row.overlap if row.overlap == "dual" else f"[yellow]{row.overlap}[/]",
+                row.version_id[:8] if row.version_id else "-",
+                row.fingerprint or "-",
+                when(row.expires_at),
+                str(row.days_left) if row.days_left is not None else "-",
+                row.last_rotation or "-",
+                row.owner or "-",
+            )
+            for row in status_rows
+        ),
+        no_wrap=(*columns, "days left", "last rotation"),
+    )
+
+
+@exit_on_error
+def status(server: ServerOption = None, output: OutputOption = Format.TABLE) -> None:
+    """One row per credential: lifecycle, current version fingerprint, expiry."""
+    rows = answer(
+        server,
+        lambda client: client.status_rows(),
+        lambda store: rotations.status_rows(store, now=utcnow()),
+    )
+    emit(output, rows, lambda: out.print(status_table(rows)))
+
+
+def reference() -> None:
+    """Print the estate-file reference (Markdown), generated from the models."""
+    sys.stdout.write(estate_reference())

@@ -1,0 +1,359 @@
+"""Rotations: `preflight`, `rotate`, `resume`, `rollback`, `history`, `show`, `impact`
+and the `worker` that runs them unattended."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from keyshift.cli import runs
+from keyshift.cli._common import ServerOption, actor, answer, client_of, exit_on_error, open_store
+from keyshift.cli.output import (
+    Format,
+    OutputOption,
+    clock,
+    emit,
+    err,
+    ms,
+    new_table,
+    out,
+    plain,
+    when,
+)
+from keyshift.client import ServerRefused
+from keyshift.domain.clock import utcnow
+from keyshift.domain.durations import parse_duration
+from keyshift.domain.preflight import PreflightResult, Readiness
+from keyshift.domain.states import RotationState
+from keyshift.service import impact as impact_service
+from keyshift.service import rotations, scheduler
+
+CredentialName = Annotated[str, typer.Argument(help="Credential name.")]
+RotationId = Annotated[str, typer.Argument(help="Rotation id (or a unique prefix).")]
+
+READINESS_COLOURS = {"ready": "green", "manual review required": "yellow", "blocked": "red"}
+
+
+def _preflight(name: str, server: str | None, output: Format = Format.TABLE) -> None:
+    """Preflight at the server (its dry-run route) or on the local store and print it;
+    exit 1 unless every step is ready."""
+    plan_hash, results = answer(
+        server,
+        lambda client: client.dry_run(name),
+        lambda store: asyncio.run(rotations.preflight(store, name, actor=actor())),
+    )
+    data = {
+        "credential": name,
+        "plan_hash": plan_hash,
+        "ready": all(r.readiness == Readiness.READY for _step, r in results),
+        "steps": [
+            {"step": step, "readiness": r.readiness, "reason": r.reason} for step, r in results
+        ],
+    }
+    emit(output, data, lambda: _print_preflight(name, plan_hash, results))
+    if not data["ready"]:
+        raise typer.Exit(1)
+
+
+def _print_preflight(name: str, plan_hash: str, results: list[tuple[str, PreflightResult]]) -> None:
+    """One row per step: step, readiness, reason."""
+    rows = (
+        (
+            Text(step),
+            Text(r.readiness.value, style=READINESS_COLOURS.get(r.readiness.value, "")),
+            Text(r.reason or "-"),
+        )
+        for step, r in results
+    )
+    title = f"Preflight of {name} (plan {plan_hash[:12]})"
+    out.print(
+        new_table(title, ("step", "readiness", "reason"), rows, no_wrap=("step", "readiness"))
+    )
+
+
+@exit_on_error
+def preflight(
+    name: CredentialName, server: ServerOption = None, output: OutputOption = Format.TABLE
+) -> None:
+    """Check every step of a rotation of a credential, provider first, changing nothing:
+    one row per step (ready, manual review required, blocked) and why. Exits 0 only when
+    every step is ready; the result is recorded in the audit trail."""
+    _preflight(name, server, output)
+
+
+@exit_on_error
+def rotate(
+    name: CredentialName,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Preflight only (same as `keyshift preflight`).")
+    ] = False,
+    grace: Annotated[str | None, typer.Option(help="Override the grace period, e.g. 0s.")] = None,
+    no_wait: Annotated[
+        bool,
+        typer.Option("--no-wait", help="With --server: print the rotation id and return."),
+    ] = False,
+    server: ServerOption = None,
+) -> None:
+    """Rotate a credential now (or preflight it with --dry-run). With --server the server
+    runs it and the command follows it, step by step, until it rests; the exit code is the
+    same as an embedded run's."""
+    grace_td = None
+    if grace is not None:
+        try:
+            grace_td = parse_duration(grace)
+        except ValueError as exc:
+            err.print(f"error: --grace: {exc}", markup=False)
+            raise typer.Exit(2) from None
+    if no_wait and not server:
+        err.print("error: --no-wait: only with --server (an embedded rotation runs here)")
+        raise typer.Exit(2)
+    if dry_run:
+        _preflight(name, server)
+        return
+    if server:
+        with client_of(server) as client:
+            started = client.start_rotation(name, grace=grace, reason="manual")
+            out.print(f"Rotating {name} (rotation {started.rotation_id})")
+            if no_wait:
+                out.print(
+                    f"  it runs at the server; `keyshift show {started.rotation_id}` "
+                    "shows its steps"
+                )
+                return
+            timeline = runs.follow(client, started.rotation_id, shown=set())
+            runs.print_rotation_end(timeline, client.approval_requests)
+        runs.exit_unless_healthy(timeline.rotation.state)
+        return
+    with open_store() as store:
+        rotation_id, state = asyncio.run(
+            rotations.rotate(
+                store, name, actor=actor(), grace=grace_td, on_event=runs.progress_with_header(name)
+            )
+        )
+        runs.print_stored_rotation_end(store, rotation_id)
+        runs.exit_unless_healthy(state)
+
+
+@exit_on_error
+def resume(server: ServerOption = None) -> None:
+    """Continue every unfinished rotation from its journal (after a crash or a grace period)."""
+    if server:
+        _resume_at(server)
+        return
+    with open_store() as store:
+        results = asyncio.run(rotations.resume(store, actor=actor(), on_event=runs.progress))
+        if not results:
+            out.print("No unfinished rotations.")
+        states: list[RotationState] = []
+        for rotation_id, credential, state in results:
+            if state is None:
+                out.print(f"rotation {rotation_id} ({credential}) is held by a live worker")
+                continue
+            runs.print_stored_rotation_end(store, rotation_id)
+            states.append(state)
+        runs.exit_unless_healthy(*states)
+
+
+def _resume_at(server: str) -> None:
+    """`resume` at a server: resume each unfinished rotation there and runs.follow it."""
+    with client_of(server) as client:
+        found = client.unfinished()
+        if not found:
+            out.print("No unfinished rotations.")
+        ends: list[rotations.Timeline] = []
+        for unfinished in found:
+            rotation_id = unfinished.rotation_id
+            shown = runs.ended_steps(client.rotation(rotation_id))
+            try:
+                client.resume(rotation_id)
+            except ServerRefused as exc:
+                if exc.code == "lease-held":
+                    out.print(
+                        f"rotation {rotation_id} ({unfinished.credential}) is held by a live worker"
+                    )
+                    continue
+                # Already running at the server, or finished meanwhile: runs.follow it to its end.
+                if exc.code not in ("rotation-in-runs.progress", "conflict"):
+                    raise
+            ends.append(runs.follow(client, rotation_id, shown=shown))
+        for timeline in ends:
+            runs.print_rotation_end(timeline, client.approval_requests)
+    runs.exit_unless_healthy(*(t.rotation.state for t in ends))
+
+
+@exit_on_error
+def rollback(
+    rotation_id: RotationId,
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why the new version is rolled back (audited).")
+    ],
+    server: ServerOption = None,
+) -> None:
+    """Roll back a rotation whose new version is bad, while the old one is still valid (in
+    grace, awaiting revoke approval, or ended needs_attention): the old value goes back to
+    the consumers that were switched and they reload; the new version is kept disabled.
+    Exits 1 when refused (nothing changed) or when a consumer could not be restored."""
+    if server:
+        with client_of(server) as client:
+            timeline = client.roll_back(rotation_id, reason)
+            state = RotationState(timeline.rotation.state)
+            runs.print_rotation_end(timeline, client.approval_requests)
+    else:
+        with open_store() as store:
+            full_id, state = asyncio.run(
+                rotations.roll_back(
+                    store, rotation_id, actor=actor(), reason=reason, on_event=runs.progress
+                )
+            )
+            runs.print_stored_rotation_end(store, full_id)
+    if state != RotationState.ROLLED_BACK:
+        raise typer.Exit(1)
+
+
+@exit_on_error
+def history(
+    name: CredentialName, server: ServerOption = None, output: OutputOption = Format.TABLE
+) -> None:
+    """Every rotation of a credential, oldest first."""
+    found = answer(
+        server,
+        lambda client: client.history_rows(name),
+        lambda store: rotations.history_rows(store, name),
+    )
+    columns = ("rotation", "state", "requested by", "requested", "finished", "new version")
+    rows = (
+        (
+            r.id,
+            r.state,
+            r.requested_by,
+            when(r.requested_at),
+            when(r.finished_at),
+            (r.new_version_id or "-")[:8],
+            r.error or "",
+        )
+        for r in found
+    )
+    emit(
+        output,
+        found,
+        lambda: out.print(new_table(f"Rotations of {name}", (*columns, "error"), rows)),
+    )
+
+
+def timeline_table(t: rotations.Timeline) -> Table:
+    title = (
+        f"Rotation {t.rotation.id} of {t.credential}: {t.rotation.state} (plan {t.plan_hash[:12]})"
+    )
+    columns = ("#", "step", "try", "outcome", "started", "duration", "error", "note")
+    rows = (
+        (
+            str(s.seq),
+            s.name,
+            str(s.attempt),
+            s.status,
+            clock(s.started_at),
+            ms(s.duration),
+            s.error or "",
+            s.note or "",
+        )
+        for s in t.steps
+    )
+    return new_table(title, columns, rows)
+
+
+def _timeline_data(t: rotations.Timeline) -> dict[str, Any]:
+    """A rotation with its steps, as the API's `GET /v1/rotations/{id}` has them (but each
+    step's duration in seconds)."""
+    return {
+        **plain(t.rotation),
+        "credential": t.credential,
+        "plan_hash": t.plan_hash,
+        "grace_until": t.grace_until,
+        "attention": t.attention,
+        "running": t.running,
+        "steps": [{**plain(s), "duration_seconds": plain(s.duration)} for s in t.steps],
+    }
+
+
+@exit_on_error
+def show(
+    rotation_id: RotationId, server: ServerOption = None, output: OutputOption = Format.TABLE
+) -> None:
+    """The step timeline of one rotation, with durations."""
+    timeline = answer(
+        server,
+        lambda client: client.rotation(rotation_id),
+        lambda store: rotations.rotation_timeline(store, rotation_id),
+    )
+    emit(output, _timeline_data(timeline), lambda: out.print(timeline_table(timeline)))
+
+
+@exit_on_error
+def worker(
+    interval: Annotated[str, typer.Option(help="Time between scans.")] = "60s",
+    once: Annotated[bool, typer.Option("--once", help="Run one scan and exit.")] = False,
+) -> None:
+    """Resume unfinished rotations, revoke after grace periods, start due auto-rotations."""
+    try:
+        every = parse_duration(interval)
+    except ValueError as exc:
+        err.print(f"error: --interval: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    with open_store() as store:
+        try:
+            asyncio.run(
+                scheduler.worker_loop(
+                    store,
+                    actor=f"worker:{socket.gethostname()}",
+                    interval=every,
+                    once=once,
+                    on_event=runs.progress,
+                    on_scan=lambda c: out.print(
+                        f"{utcnow():%H:%M:%S} scan: {c['synced']} synced, {c['resumed']} "
+                        f"resumed, {c['retired']} retired, {c['alerts']} alerts, "
+                        f"{c['started']} started"
+                    ),
+                )
+            )
+        except KeyboardInterrupt:
+            out.print("worker stopped")
+
+
+@exit_on_error
+def impact(
+    name: CredentialName,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as -o json.")] = False,
+    server: ServerOption = None,
+    output: OutputOption = Format.TABLE,
+) -> None:
+    """Every issuer and consumer a rotation of NAME touches, in run order, and where."""
+    if as_json and output == Format.YAML:
+        err.print("error: --json: not with -o yaml (--json is -o json)")
+        raise typer.Exit(2)
+    rows = answer(
+        server, lambda client: client.impact(name), lambda store: impact_service.impact(store, name)
+    )
+    columns = ("#", "phase", "order", "type", "on_failure", "consumer", "runs on", "where")
+    table_rows = (
+        (
+            str(row.position),
+            row.phase,
+            "" if row.order is None else str(row.order),
+            row.type,
+            row.on_failure or "",
+            row.consumer or "",
+            row.runs_on,
+            row.where_text,
+        )
+        for row in rows
+    )
+    emit(
+        Format.JSON if as_json else output,
+        rows,
+        lambda: out.print(new_table(f"Blast radius of rotating {name}", columns, table_rows)),
+    )
