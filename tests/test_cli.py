@@ -152,6 +152,10 @@ LISTINGS: dict[str, tuple[tuple[str, ...], set[str]]] = {
     "tokens list": (("tokens", "list"), {"id", "prefix", "principal", "state", "expires_at"}),
     "roles list": (("roles", "list"), {"role", "description", "permissions"}),
     "preflight": (("preflight", "api-key"), {"credential", "plan_hash", "ready", "steps"}),
+    "notifications": (
+        ("notifications",),
+        {"event_id", "kind", "credential", "rotation_id", "dedup_key", "channel", "status"},
+    ),
 }
 
 

@@ -42,6 +42,7 @@ from keyshift.service.foreign import ForeignReport
 from keyshift.service.identities import IssuedToken, Principal, RoleView, TokenInfo
 from keyshift.service.impact import ImpactRow
 from keyshift.service.integrations import Check
+from keyshift.service.notifications import Delivery
 from keyshift.service.rotations import RotationSummary, StatusRow, StepLine, Timeline
 from keyshift.service.scheduler import Alert
 
@@ -367,6 +368,16 @@ class Client:
     def alerts(self, *, limit: int) -> list[Alert]:
         """`GET /v1/alerts`: the newest alerts, newest first."""
         return self._get("/v1/alerts", list[Alert], params={"limit": str(limit)})
+
+    def notifications(self, *, status: str | None, limit: int) -> list[Delivery]:
+        """`GET /v1/notifications`: the newest events and their deliveries."""
+        params = {"limit": str(limit), **({"status": status} if status else {})}
+        return self._get("/v1/notifications", list[Delivery], params=params)
+
+    def test_channel(self, channel: str) -> str:
+        """`POST /v1/notifications/{channel}/test`: the channel's answer."""
+        sent = self._post(f"/v1/notifications/{quote(channel)}/test", dict[str, str])
+        return sent["detail"]
 
     # Users, tokens, roles ---------------------------------------------------------------
 

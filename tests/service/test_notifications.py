@@ -23,6 +23,7 @@ from keyshift.service.estate import apply_estate, current_estate, load_estate
 from keyshift.store.models import NotificationDeliveryRow, NotificationRow
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock
+from tests.conftest import Cli
 from tests.doubles.chat import SLACK_PATH, ChatWebhook
 from tests.doubles.receiver import Answer, Receiver
 from tests.helpers import value_of, versions, write_estate
@@ -435,3 +436,32 @@ def test_routing_by_kind_environment_and_owner() -> None:
     assert to("rotation.failed", "dev", "team-db") == ["c"]
     assert to("rotation.completed", "prod", None) == []
     assert to("approval.requested", "dev", None, ["group:oncall", "user:rita"]) == ["d"]
+
+
+def test_the_cli_sends_a_test_message_and_lists_what_was_told(
+    cli: Cli, ks_env: dict[str, str], store: Store, tmp_path: Path, slack: ChatWebhook
+) -> None:
+    ks_env["KS_TEST_SLACK_URL"] = slack.url
+    channel = {"name": "ops-slack", "type": "slack", "webhook_url_from": "env:KS_TEST_SLACK_URL"}
+    path = _estate(tmp_path, [channel], reload_on_failure="continue")
+    assert cli("apply", "-f", str(path)).exit_code == 0
+
+    sent = cli("notifications", "test", "ops-slack")
+    assert sent.exit_code == 0, sent.output
+    assert "Test message sent to ops-slack: HTTP 200" in sent.output
+    slack.fail(500)
+    refused = cli("notifications", "test", "ops-slack")
+    assert refused.exit_code != 0
+    assert "HTTP 500" in refused.output
+    assert slack.url not in refused.output
+
+    assert cli("rotate", CREDENTIAL).exit_code != 0  # needs attention: the reload failed
+    assert cli("worker", "--once").exit_code == 0
+    listed = json.loads(cli("notifications", "-o", "json").stdout)
+    assert [(n["kind"], n["channel"], n["status"]) for n in listed] == [
+        ("rotation.needs_attention", "ops-slack", "delivered")
+    ]
+    assert "delivered" in cli("notifications", "--status", "delivered").output
+    bad = cli("notifications", "--status", "sent")
+    assert bad.exit_code == 2
+    assert "Invalid value for '--status'" in " ".join(bad.output.replace("│", " ").split())

@@ -1,7 +1,8 @@
 """Rotations started through the API run in the background, one worker thread each.
 
 Each runs in its own thread with its own event loop, so a slow step (a reload command,
-a grace check) never stalls the API's request handling. The rotation is journaled and
+a grace check) never stalls the API's request handling. When a run ends, what it
+reported is delivered to the notification channels. The rotation is journaled and
 leased like any other: if the process stops, `keyshift resume` or a worker continues it.
 """
 
@@ -14,7 +15,8 @@ import structlog
 from keyshift.context import PluginContext
 from keyshift.domain.states import RotationState
 from keyshift.errors import KeyshiftError, LeaseHeld
-from keyshift.service import rotations
+from keyshift.service import notifications, rotations
+from keyshift.service.estate import current_estate
 from keyshift.store.store import Store
 
 log = structlog.get_logger("keyshift.api")
@@ -68,6 +70,7 @@ class BackgroundRotations:
         try:
             state = await asyncio.to_thread(in_thread)
             log.info("rotation ran", rotation_id=rotation_id, state=state.value)
+            await asyncio.to_thread(self._tell)
         except LeaseHeld:
             log.info("rotation held by another worker", rotation_id=rotation_id)
         except KeyshiftError as exc:
@@ -76,6 +79,17 @@ class BackgroundRotations:
             # The journal keeps the rotation resumable; the class alone is logged because a
             # library message could quote a value.
             log.error("rotation crashed", rotation_id=rotation_id, error=type(exc).__name__)
+
+    def _tell(self) -> None:
+        """Deliver what the run reported (the outbox), as the worker's scan would; a
+        channel that is down is retried there, and never fails the rotation."""
+        context = self.context or PluginContext()
+        try:
+            asyncio.run(
+                notifications.dispatch(self.store, current_estate(self.store), context=context)
+            )
+        except KeyshiftError as exc:
+            log.warning("notifications not dispatched", error=str(exc))
 
     async def drain(self, seconds: float) -> None:
         """Wait up to `seconds` for running rotations (at shutdown)."""

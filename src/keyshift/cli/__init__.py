@@ -9,6 +9,7 @@ and group on `app` in the order `keyshift --help` lists them.
 | `estate` | plan, apply, status, reference |
 | `rotations` | preflight, rotate, resume, rollback, history, show, worker, impact |
 | `governance` | approvals, approve, reject, alerts, evidence, audit |
+| `notifications` | notifications, notifications test |
 | `entra` | entra, foreign, integrations |
 | `access` | init, users, tokens, roles |
 | `keys` | keys |
@@ -25,7 +26,17 @@ from typing import Annotated
 import typer
 
 from keyshift import __version__, logs
-from keyshift.cli import access, demo, entra, estate, governance, keys, rotations, serve
+from keyshift.cli import (
+    access,
+    demo,
+    entra,
+    estate,
+    governance,
+    keys,
+    notifications,
+    rotations,
+    serve,
+)
 from keyshift.cli._common import SERVER_COMMANDS
 from keyshift.cli.output import out
 
@@ -80,6 +91,7 @@ for name, group in (
     ("keys", keys.keys_app),
     ("entra", entra.entra_app),
     ("approvals", governance.approvals_app),
+    ("notifications", notifications.notifications_app),
     ("integrations", entra.integrations_app),
     ("users", access.users_app),
     ("tokens", access.tokens_app),

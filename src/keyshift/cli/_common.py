@@ -115,6 +115,8 @@ SERVER_COMMANDS = (
     "history",
     "impact",
     "integrations test",
+    "notifications",
+    "notifications test",
     "plan",
     "preflight",
     "reject",

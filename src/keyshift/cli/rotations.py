@@ -316,7 +316,7 @@ def worker(
                     on_scan=lambda c: out.print(
                         f"{utcnow():%H:%M:%S} scan: {c['synced']} synced, {c['resumed']} "
                         f"resumed, {c['retired']} retired, {c['alerts']} alerts, "
-                        f"{c['started']} started"
+                        f"{c['notified']} notified, {c['started']} started"
                     ),
                 )
             )

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from keyshift.api.routes import access, approvals, estate, evidence, inventory, rotations
+from keyshift.api.routes import (
+    access,
+    approvals,
+    estate,
+    evidence,
+    inventory,
+    notifications,
+    rotations,
+)
 from keyshift.api.routes.rotations import rotation_out
 
 __all__ = ["ROUTERS"]
@@ -22,6 +30,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     approvals.router,
     evidence.router,
     inventory.router,
+    notifications.router,
     access.router,
 )
 
