@@ -15,7 +15,7 @@ import base64
 import binascii
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar, Final
 
 from kubernetes import client as k8s
@@ -231,18 +231,10 @@ class KubernetesSecretTarget:
 
     async def _converge(self, wanted: Delivery, *, created_by: str | None) -> StepResult:
         """Make every key hold its field of `wanted`, re-reading after each conflict."""
-        conflicts = 0
-        while True:
-            try:
-                return await self._converge_once(wanted, created_by, conflicts)
-            except Conflict:
-                conflicts += 1
-                if conflicts > MAX_CONFLICTS:
-                    raise TransientError(
-                        f"{self._what}: still changing under us after {conflicts} "
-                        "conflicting writes; not overwritten"
-                    ) from None
-                await self.context.sleep(CONFLICT_BACKOFF * 2.0 ** (conflicts - 1))
+        return await self._until_no_conflict(
+            lambda conflicts: self._converge_once(wanted, created_by, conflicts),
+            gave_up="not overwritten",
+        )
 
     async def _converge_once(
         self, wanted: Delivery, created_by: str | None, conflicts: int
@@ -272,16 +264,26 @@ class KubernetesSecretTarget:
         return self._result("updated", version, conflicts)
 
     async def _remove(self, failed: Delivery) -> StepResult:
+        return await self._until_no_conflict(
+            lambda conflicts: self._remove_once(failed, conflicts), gave_up="key not removed"
+        )
+
+    async def _until_no_conflict(
+        self, write: Callable[[int], Awaitable[StepResult]], *, gave_up: str
+    ) -> StepResult:
+        """`write(conflicts so far)` until it is not refused with a conflict, re-reading
+        with a growing pause; TransientError after `MAX_CONFLICTS` refusals, saying what
+        was `gave_up` on."""
         conflicts = 0
         while True:
             try:
-                return await self._remove_once(failed, conflicts)
+                return await write(conflicts)
             except Conflict:
                 conflicts += 1
                 if conflicts > MAX_CONFLICTS:
                     raise TransientError(
                         f"{self._what}: still changing under us after {conflicts} "
-                        "conflicting writes; key not removed"
+                        f"conflicting writes; {gave_up}"
                     ) from None
                 await self.context.sleep(CONFLICT_BACKOFF * 2.0 ** (conflicts - 1))
 
