@@ -261,7 +261,7 @@ class AgentClient:
         if retryable(status):
             raise TransientError(
                 f"agent {self.name} ({self.host}) answered {what} with HTTP {status}{reason}",
-                retry_after=retry_after(response),
+                retry_after=retry_after(response.headers),
             )
         if status == 401:
             raise PermanentError(

@@ -58,6 +58,7 @@ from keyshift.targets.base import (
     RollbackRequest,
     StepResult,
 )
+from keyshift.targets.web import retry_after
 
 TAG_ROTATION: Final = "keyshift-rotation"
 TAG_VERSION: Final = "keyshift-version"
@@ -349,7 +350,9 @@ class AzureKeyVaultTarget:
             if status == 429 or status >= 500:
                 raise TransientError(
                     f"{where}: {operation} answered HTTP {status} {_codes(exc)[0]}".rstrip(),
-                    retry_after=_retry_after(exc),
+                    # The error's response is typed by its common API only; every transport's
+                    # has headers.
+                    retry_after=retry_after(getattr(exc.response, "headers", None)),
                 ) from None
             raise PermanentError(self._refusal(operation, exc)) from None
         except (ServiceRequestError, ServiceResponseError) as exc:
@@ -438,14 +441,3 @@ def _codes(exc: HttpResponseError) -> tuple[str, str]:
         if isinstance(nested, dict):
             inner = str(nested.get("code") or "")
     return code, inner
-
-
-def _retry_after(exc: HttpResponseError) -> float | None:
-    """A numeric Retry-After in seconds; the HTTP-date form is ignored."""
-    # The error's response is typed by its common API only; every transport's has headers.
-    headers = getattr(exc.response, "headers", None) or {}
-    try:
-        seconds = float(str(headers.get("Retry-After", "")).strip())
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None

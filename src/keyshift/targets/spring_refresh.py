@@ -239,7 +239,7 @@ class SpringRefreshTarget:
         if 200 <= status < 300:
             return Outcome(status), _changed_keys(response)
         if retryable(status):
-            return Outcome(status, f"HTTP {status}", retry_after(response)), None
+            return Outcome(status, f"HTTP {status}", retry_after(response.headers)), None
         if status == 404:
             raise PermanentError(
                 f"{self._host} answered HTTP 404: the {self._endpoint} endpoint is not exposed; "

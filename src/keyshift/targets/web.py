@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Final
+from typing import Any, Final
 
 import httpx
 
@@ -63,9 +64,10 @@ def backoff_wait(base: timedelta, retry: int, retry_after: float | None) -> floa
     return max(jittered, retry_after or 0.0)
 
 
-def retry_after(response: httpx.Response) -> float | None:
-    """A numeric Retry-After in seconds; HTTP-date forms are ignored."""
-    value = response.headers.get("Retry-After", "").strip()
+def retry_after(headers: Mapping[str, Any] | None) -> float | None:
+    """A numeric Retry-After in seconds from an answer's headers (httpx's, or those another
+    client library carries on its error); HTTP-date forms are ignored."""
+    value = str((headers or {}).get("Retry-After", "")).strip()
     try:
         seconds = float(value)
     except ValueError:

@@ -265,5 +265,5 @@ class WebhookTarget:
         if 200 <= status < 300:
             return Outcome(status)
         if retryable(status):
-            return Outcome(status, f"HTTP {status}", retry_after(response))
+            return Outcome(status, f"HTTP {status}", retry_after(response.headers))
         raise PermanentError(f"webhook to {self._host} answered HTTP {status}; not retried")

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from keyshift.domain.durations import Duration
 from keyshift.errors import PermanentError, PluginError, TransientError, scrub
 from keyshift.targets.base import PreflightResult, Readiness
+from keyshift.targets.web import retry_after
 
 T = TypeVar("T")
 
@@ -130,16 +131,6 @@ def _status_of(exc: ApiException) -> tuple[str, str]:
     return reason, message
 
 
-def _retry_after(exc: ApiException) -> float | None:
-    headers = exc.headers or {}
-    value = str(headers.get("Retry-After", "")).strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
-
-
 class KubernetesApi:
     """Runs client calls in a thread and translates what fails into keyshift errors."""
 
@@ -186,7 +177,7 @@ class KubernetesApi:
         if status == 404:
             return NotFound(text)
         if status == 429 or status >= 500 or status == 0:
-            return TransientError(text, retry_after=_retry_after(exc))
+            return TransientError(text, retry_after=retry_after(exc.headers))
         return PermanentError(text)
 
     async def allowed(self, verb: str, group: str, resource: str, name: str | None) -> str | None:
