@@ -58,7 +58,7 @@ from keyshift.targets.base import (
     StepResult,
 )
 from keyshift.targets.file import FileConfig, field_values
-from keyshift.targets.web import http_url, positive, retry_after, retryable
+from keyshift.targets.web import attempt, http_url, positive
 
 SIGNATURE_HEADER: Final = "X-Keyshift-Signature"
 TIMESTAMP_HEADER: Final = "X-Keyshift-Timestamp"
@@ -201,6 +201,7 @@ class AgentClient:
         self.integration = integration
         self.context = context
         self.host = url_origin(integration.url)
+        self._who = f"agent {name} ({self.host})"
 
     async def post(
         self, path: str, body: dict[str, Any], *, what: str, limit: timedelta | None = None
@@ -233,47 +234,41 @@ class AgentClient:
             key = signing_key(self.context.secret("key_from", self.integration.key_from))
             headers.update(signed_headers(key, method, path, content, self.context.now()))
         seconds = (limit or self.integration.timeout).total_seconds()
-        try:
-            async with httpx.AsyncClient(
-                verify=self.integration.ssl_verify(), timeout=seconds, follow_redirects=False
-            ) as client:
-                response = await client.request(
+        async with httpx.AsyncClient(
+            verify=self.integration.ssl_verify(), timeout=seconds, follow_redirects=False
+        ) as client:
+            outcome = await attempt(
+                client.request(
                     method, self.integration.url + path, content=content, headers=headers
-                )
-        except httpx.TransportError as exc:
-            # Only the class name: library texts may quote the request.
-            raise TransientError(
-                f"agent {self.name} ({self.host}) is unreachable for {what}: {type(exc).__name__}"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise PermanentError(
-                f"agent {self.name} ({self.host}) {what}: {type(exc).__name__}"
-            ) from None
-        status = response.status_code
-        if 200 <= status < 300:
-            answer = _json(response)
-            if answer is None:
-                raise PermanentError(
-                    f"agent {self.name} ({self.host}) answered {what} with no JSON"
-                )
-            return answer
-        reason = _error(response)
-        if retryable(status):
-            raise TransientError(
-                f"agent {self.name} ({self.host}) answered {what} with HTTP {status}{reason}",
-                retry_after=retry_after(response.headers),
+                ),
+                f"{self._who} {what}",
+                lambda response: self._refusal(response, what),
             )
+        if outcome.status is None:
+            raise TransientError(f"{self._who} is unreachable for {what}: {outcome.failure}")
+        if outcome.failure is not None:
+            raise TransientError(
+                f"{self._who} answered {what} with HTTP {outcome.status}{_error(outcome.response)}",
+                retry_after=outcome.retry_after,
+            )
+        answer = _json(outcome.response)
+        if answer is None:
+            raise PermanentError(f"{self._who} answered {what} with no JSON")
+        return answer
+
+    def _refusal(self, response: httpx.Response, what: str) -> str:
+        status = response.status_code
         if status == 401:
-            raise PermanentError(
-                f"agent {self.name} ({self.host}) refused keyshift's signature (HTTP 401): "
+            return (
+                f"{self._who} refused keyshift's signature (HTTP 401): "
                 "key_from must hold the agent's key and both clocks must be right"
             )
-        raise PermanentError(
-            f"agent {self.name} ({self.host}) refused {what} (HTTP {status}){reason}"
-        )
+        return f"{self._who} refused {what} (HTTP {status}){_error(response)}"
 
 
-def _json(response: httpx.Response) -> dict[str, Any] | None:
+def _json(response: httpx.Response | None) -> dict[str, Any] | None:
+    if response is None:
+        return None
     try:
         body = response.json()
     except ValueError:
@@ -281,7 +276,7 @@ def _json(response: httpx.Response) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _error(response: httpx.Response) -> str:
+def _error(response: httpx.Response | None) -> str:
     """The agent's own error text (it names paths, pools and units, never values)."""
     body = _json(response)
     error = body.get("error") if body else None

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
 
 import httpx
+
+from keyshift.errors import PermanentError
 
 MAX_WAIT: Final = 300.0
 """Longest single wait between attempts; a longer Retry-After is left to the engine."""
@@ -82,8 +84,41 @@ def retryable(status: int) -> bool:
 
 @dataclass(frozen=True)
 class Outcome:
-    """One attempt: the status (None without an answer) and, if it failed, why."""
+    """One attempt: the status (None without an answer), if it failed, why, and the answer."""
 
     status: int | None
     failure: str | None = None
     retry_after: float | None = None
+    response: httpx.Response | None = None
+
+
+async def attempt(
+    request: Awaitable[httpx.Response],
+    what: str,
+    refusal: Callable[[httpx.Response], str | None] | None = None,
+) -> Outcome:
+    """One request, judged the way the HTTP targets judge it: a 2xx answer succeeds; no
+    answer (connection error, timeout), 429 and 5xx are failures worth retrying. Raises
+    PermanentError for what retrying will not change: a malformed answer, or any other
+    status, with `refusal`'s text for a status it explains or else "`what` answered
+    HTTP <status>; not retried".
+    """
+    try:
+        response = await request
+    except httpx.TransportError as exc:
+        # Only the class name: library texts may quote the URL, which can carry a token.
+        return Outcome(None, type(exc).__name__)
+    except httpx.HTTPError as exc:
+        # A malformed answer (bad encoding, say): the receiver, not the network, is at fault.
+        failure = type(exc).__name__
+    else:
+        status = response.status_code
+        if 200 <= status < 300:
+            return Outcome(status, response=response)
+        if retryable(status):
+            return Outcome(status, f"HTTP {status}", retry_after(response.headers), response)
+        refused = refusal(response) if refusal is not None else None
+        raise PermanentError(refused or f"{what} answered HTTP {status}; not retried")
+    # Raised outside the handler so the library's error (which may quote the URL) is not
+    # chained.
+    raise PermanentError(f"{what}: {failure}")
