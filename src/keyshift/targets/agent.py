@@ -56,9 +56,10 @@ from keyshift.targets.base import (
     Readiness,
     RollbackRequest,
     StepResult,
+    positive,
 )
 from keyshift.targets.file import FileConfig, field_values
-from keyshift.targets.web import attempt, http_url, positive
+from keyshift.targets.web import attempt, http_url
 
 SIGNATURE_HEADER: Final = "X-Keyshift-Signature"
 TIMESTAMP_HEADER: Final = "X-Keyshift-Timestamp"

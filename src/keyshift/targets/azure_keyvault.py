@@ -57,6 +57,7 @@ from keyshift.targets.base import (
     Readiness,
     RollbackRequest,
     StepResult,
+    positive,
 )
 from keyshift.targets.web import retry_after
 
@@ -132,9 +133,7 @@ class AzureKeyVaultConfig(BaseModel):
     @field_validator("expires_after", "timeout")
     @classmethod
     def _positive(cls, value: timedelta | None) -> timedelta | None:
-        if value is not None and value <= timedelta(0):
-            raise ValueError("must be longer than 0s")
-        return value
+        return value if value is None else positive(value)
 
     @field_validator("tags")
     @classmethod

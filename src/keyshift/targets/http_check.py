@@ -30,8 +30,9 @@ from keyshift.targets.base import (
     Readiness,
     RollbackRequest,
     StepResult,
+    positive,
 )
-from keyshift.targets.web import Outcome, http_url, positive
+from keyshift.targets.web import Outcome, http_url
 
 MAX_BODY: Final = 1024 * 1024
 """Bytes of the answer searched for `expect_body`; the rest is not read."""

@@ -36,13 +36,13 @@ from keyshift.targets.base import (
     Readiness,
     RollbackRequest,
     StepResult,
+    positive,
 )
 from keyshift.targets.web import (
     MAX_WAIT,
     attempt,
     backoff_wait,
     http_url,
-    positive,
 )
 
 ACCEPT: Final = "application/vnd.spring-boot.actuator.v3+json, application/json"

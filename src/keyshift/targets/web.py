@@ -41,13 +41,6 @@ def http_url(url: str, *, credentials_message: str) -> str:
     return url
 
 
-def positive(value: timedelta, name: str) -> timedelta:
-    """`value` if it is longer than zero; ValueError naming the field otherwise."""
-    if value <= timedelta(0):
-        raise ValueError(f"{name} must be longer than 0s")
-    return value
-
-
 def is_loopback(host: str) -> bool:
     """Whether `host` is this machine (localhost or a loopback address)."""
     if host in _LOOPBACK_NAMES:

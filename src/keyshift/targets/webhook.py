@@ -37,6 +37,7 @@ from keyshift.targets.base import (
     Readiness,
     RollbackRequest,
     StepResult,
+    positive,
 )
 from keyshift.targets.web import (
     MAX_WAIT,
@@ -45,7 +46,6 @@ from keyshift.targets.web import (
     backoff_wait,
     http_url,
     is_loopback,
-    positive,
 )
 
 EVENT_PUBLISHED: Final = "rotation.published"

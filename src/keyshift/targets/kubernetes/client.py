@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from keyshift.domain.durations import Duration
 from keyshift.errors import PermanentError, PluginError, TransientError, scrub
-from keyshift.targets.base import PreflightResult, Readiness
+from keyshift.targets.base import PreflightResult, Readiness, positive
 from keyshift.targets.web import retry_after
 
 T = TypeVar("T")
@@ -61,9 +61,7 @@ class KubernetesConnection(BaseModel):
     @field_validator("request_timeout")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be longer than 0s")
-        return value
+        return positive(value)
 
     @model_validator(mode="after")
     def _context_needs_kubeconfig(self) -> KubernetesConnection:

@@ -26,6 +26,7 @@ from keyshift.targets.base import (
     Readiness,
     RollbackRequest,
     StepResult,
+    positive,
 )
 from keyshift.targets.kubernetes.client import (
     Conflict,
@@ -105,9 +106,7 @@ class KubernetesRolloutRestartConfig(KubernetesConnection):
     @field_validator("timeout", "interval")
     @classmethod
     def _positive_wait(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be longer than 0s")
-        return value
+        return positive(value)
 
 
 def _rfc3339(moment: datetime) -> str:
