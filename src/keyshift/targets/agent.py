@@ -447,9 +447,7 @@ class AgentSecretSyncTarget(_AgentTarget):
             "format": config.file_format,
             "keys": ", ".join(config.entries()),
         }
-        if config.agent_url is not None:
-            where["agent_url"] = url_origin(config.agent_url)
-        return where
+        return _with_agent_url(where, config.agent_url)
 
     def _file(self) -> dict[str, Any]:
         return {
@@ -509,9 +507,24 @@ class _ReloadTarget(_AgentTarget):
 
     phase: ClassVar[Phase] = Phase.RELOAD
     endpoint: ClassVar[str]
+    check_kind: ClassVar[str]
+    """The `kind` of the agent's preflight check for this reload."""
+
+    @classmethod
+    def _fields(cls, config: Any) -> dict[str, str]:
+        """What names the reload: sent to the agent, recorded, and shown by `describe`."""
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls, config: Any) -> dict[str, str]:
+        """What it reloads on the agent's host (and a legacy agent_url's origin)."""
+        return _with_agent_url(cls._fields(config), config.agent_url)
 
     def _request(self) -> dict[str, Any]:
-        raise NotImplementedError
+        return self._fields(self.config)
+
+    def _check(self) -> dict[str, Any]:
+        return {"kind": self.check_kind, **self._request()}
 
     async def _reload(self, when: str) -> StepResult:
         self._refuse_unenrolled()
@@ -536,21 +549,11 @@ class IisRecycleTarget(_ReloadTarget):
     kind: ClassVar[str] = "iis_recycle"
     Config: ClassVar[type[BaseModel]] = IisRecycleConfig
     endpoint: ClassVar[str] = "/v1/iis/recycle"
-    config: IisRecycleConfig
+    check_kind: ClassVar[str] = "iis"
 
     @classmethod
-    def describe(cls, config: IisRecycleConfig) -> dict[str, str]:
-        """The application pool it recycles on the agent's host."""
-        where = {"app_pool": config.app_pool}
-        if config.agent_url is not None:
-            where["agent_url"] = url_origin(config.agent_url)
-        return where
-
-    def _request(self) -> dict[str, Any]:
-        return {"app_pool": self.config.app_pool}
-
-    def _check(self) -> dict[str, Any]:
-        return {"kind": "iis", **self._request()}
+    def _fields(cls, config: IisRecycleConfig) -> dict[str, str]:
+        return {"app_pool": config.app_pool}
 
 
 class SystemdReloadTarget(_ReloadTarget):
@@ -559,18 +562,15 @@ class SystemdReloadTarget(_ReloadTarget):
     kind: ClassVar[str] = "systemd_reload"
     Config: ClassVar[type[BaseModel]] = SystemdReloadConfig
     endpoint: ClassVar[str] = "/v1/systemd/reload"
-    config: SystemdReloadConfig
+    check_kind: ClassVar[str] = "systemd"
 
     @classmethod
-    def describe(cls, config: SystemdReloadConfig) -> dict[str, str]:
-        """The unit it reloads or restarts on the agent's host."""
-        where = {"unit": config.unit, "mode": config.mode}
-        if config.agent_url is not None:
-            where["agent_url"] = url_origin(config.agent_url)
-        return where
+    def _fields(cls, config: SystemdReloadConfig) -> dict[str, str]:
+        return {"unit": config.unit, "mode": config.mode}
 
-    def _request(self) -> dict[str, Any]:
-        return {"unit": self.config.unit, "mode": self.config.mode}
 
-    def _check(self) -> dict[str, Any]:
-        return {"kind": "systemd", **self._request()}
+def _with_agent_url(where: dict[str, str], agent_url: str | None) -> dict[str, str]:
+    """`where`, plus the origin of a legacy `agent_url` when the action names one."""
+    if agent_url is not None:
+        where["agent_url"] = url_origin(agent_url)
+    return where
