@@ -50,6 +50,13 @@ WORKLOAD_SHORTHANDS: Final[dict[str, WorkloadKind]] = {
 }
 """`deployment: NAME` and the like: a workload kind, lower case, as shorthand for `kind` and
 `name`."""
+_CALL: Final[dict[str, str]] = {
+    "Deployment": "deployment",
+    "StatefulSet": "stateful_set",
+    "DaemonSet": "daemon_set",
+}
+"""How the kubernetes client's AppsV1Api names each kind in its calls
+(`read_namespaced_stateful_set`, `patch_namespaced_daemon_set`)."""
 _PLURAL: Final[dict[str, str]] = {
     "Deployment": "deployments",
     "StatefulSet": "statefulsets",
@@ -239,16 +246,14 @@ class KubernetesRolloutRestartTarget:
         """Restart again so the pods read the restored value. Idempotent like publish."""
         return await self._restart(f"{request.failed.rotation_id}/rollback")
 
-    async def _apps(self) -> k8s.AppsV1Api:
-        return k8s.AppsV1Api(await self.api.client())
+    async def _apps(self, verb: str) -> Callable[..., Any]:
+        """The apps/v1 client call `verb` (read or patch) for this workload's kind."""
+        apps = k8s.AppsV1Api(await self.api.client())
+        call: Callable[..., Any] = getattr(apps, f"{verb}_namespaced_{_CALL[self.config.kind]}")
+        return call
 
     async def _read(self) -> Any:
-        apps = await self._apps()
-        read = {
-            "Deployment": apps.read_namespaced_deployment,
-            "StatefulSet": apps.read_namespaced_stateful_set,
-            "DaemonSet": apps.read_namespaced_daemon_set,
-        }[self.config.kind]
+        read = await self._apps("read")
         return await self.api.call(self._what, read, self.config.name, self.config.namespace)
 
     def _restartable(self, obj: Any) -> None:
@@ -296,12 +301,7 @@ class KubernetesRolloutRestartTarget:
         return StepResult(detail)
 
     async def _patch(self, patch: dict[str, Any]) -> Any:
-        apps = await self._apps()
-        write = {
-            "Deployment": apps.patch_namespaced_deployment,
-            "StatefulSet": apps.patch_namespaced_stateful_set,
-            "DaemonSet": apps.patch_namespaced_daemon_set,
-        }[self.config.kind]
+        write = await self._apps("patch")
         try:
             return await self.api.call(
                 self._what,
