@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from keyshift.context import PluginContext
 from keyshift.domain import notifications as kinds
 from keyshift.errors import ConfigError, PermanentError, TransientError
-from keyshift.targets.web import retry_after, retryable
+from keyshift.targets.web import attempt
 
 __all__ = ["Channel", "Message", "Sent", "message_of", "post_json", "reveal_url"]
 
@@ -125,21 +125,18 @@ async def post_json(
     within: timedelta,
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
-    """One POST of `body`. A 2xx answer is returned; connection errors, timeouts, 429 and
-    5xx raise TransientError (with the server's Retry-After); anything else raises
-    PermanentError. Errors name `what` and the status, never the URL."""
-    try:
-        async with httpx.AsyncClient(
-            timeout=within.total_seconds(), follow_redirects=False
-        ) as client:
-            response = await client.post(url, json=body, headers=headers or {})
-    except httpx.HTTPError as exc:
-        raise TransientError(f"{what}: {type(exc).__name__}") from None
-    status = response.status_code
-    if 200 <= status < 300:
-        return response
-    said = response.text.strip()[:80] if len(response.content) < 2000 else ""
-    reason = f"{what} answered HTTP {status}" + (f" ({said})" if said else "")
-    if retryable(status):
-        raise TransientError(reason, retry_after=retry_after(response))
-    raise PermanentError(reason + "; not retried")
+    """One POST of `body`, judged as the HTTP targets judge it (`targets.web.attempt`): a
+    2xx answer is returned; no answer, 429 and 5xx raise TransientError (with the
+    server's Retry-After); anything else raises PermanentError quoting the short error
+    word the channel answered. Errors name `what` and the status, never the URL."""
+
+    def refusal(response: httpx.Response) -> str:
+        said = response.text.strip()[:80] if len(response.content) < 2000 else ""
+        detail = f" ({said})" if said else ""
+        return f"{what} answered HTTP {response.status_code}{detail}; not retried"
+
+    async with httpx.AsyncClient(timeout=within.total_seconds(), follow_redirects=False) as client:
+        outcome = await attempt(client.post(url, json=body, headers=headers or {}), what, refusal)
+    if outcome.failure is not None or outcome.response is None:
+        raise TransientError(f"{what}: {outcome.failure}", retry_after=outcome.retry_after)
+    return outcome.response

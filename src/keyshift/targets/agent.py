@@ -56,9 +56,10 @@ from keyshift.targets.base import (
     Readiness,
     RollbackRequest,
     StepResult,
+    positive,
 )
 from keyshift.targets.file import FileConfig, field_values
-from keyshift.targets.web import http_url, positive, retry_after, retryable
+from keyshift.targets.web import attempt, http_url
 
 SIGNATURE_HEADER: Final = "X-Keyshift-Signature"
 TIMESTAMP_HEADER: Final = "X-Keyshift-Timestamp"
@@ -201,6 +202,7 @@ class AgentClient:
         self.integration = integration
         self.context = context
         self.host = url_origin(integration.url)
+        self._who = f"agent {name} ({self.host})"
 
     async def post(
         self, path: str, body: dict[str, Any], *, what: str, limit: timedelta | None = None
@@ -233,47 +235,41 @@ class AgentClient:
             key = signing_key(self.context.secret("key_from", self.integration.key_from))
             headers.update(signed_headers(key, method, path, content, self.context.now()))
         seconds = (limit or self.integration.timeout).total_seconds()
-        try:
-            async with httpx.AsyncClient(
-                verify=self.integration.ssl_verify(), timeout=seconds, follow_redirects=False
-            ) as client:
-                response = await client.request(
+        async with httpx.AsyncClient(
+            verify=self.integration.ssl_verify(), timeout=seconds, follow_redirects=False
+        ) as client:
+            outcome = await attempt(
+                client.request(
                     method, self.integration.url + path, content=content, headers=headers
-                )
-        except httpx.TransportError as exc:
-            # Only the class name: library texts may quote the request.
-            raise TransientError(
-                f"agent {self.name} ({self.host}) is unreachable for {what}: {type(exc).__name__}"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise PermanentError(
-                f"agent {self.name} ({self.host}) {what}: {type(exc).__name__}"
-            ) from None
-        status = response.status_code
-        if 200 <= status < 300:
-            answer = _json(response)
-            if answer is None:
-                raise PermanentError(
-                    f"agent {self.name} ({self.host}) answered {what} with no JSON"
-                )
-            return answer
-        reason = _error(response)
-        if retryable(status):
-            raise TransientError(
-                f"agent {self.name} ({self.host}) answered {what} with HTTP {status}{reason}",
-                retry_after=retry_after(response),
+                ),
+                f"{self._who} {what}",
+                lambda response: self._refusal(response, what),
             )
+        if outcome.status is None:
+            raise TransientError(f"{self._who} is unreachable for {what}: {outcome.failure}")
+        if outcome.failure is not None:
+            raise TransientError(
+                f"{self._who} answered {what} with HTTP {outcome.status}{_error(outcome.response)}",
+                retry_after=outcome.retry_after,
+            )
+        answer = _json(outcome.response)
+        if answer is None:
+            raise PermanentError(f"{self._who} answered {what} with no JSON")
+        return answer
+
+    def _refusal(self, response: httpx.Response, what: str) -> str:
+        status = response.status_code
         if status == 401:
-            raise PermanentError(
-                f"agent {self.name} ({self.host}) refused keyshift's signature (HTTP 401): "
+            return (
+                f"{self._who} refused keyshift's signature (HTTP 401): "
                 "key_from must hold the agent's key and both clocks must be right"
             )
-        raise PermanentError(
-            f"agent {self.name} ({self.host}) refused {what} (HTTP {status}){reason}"
-        )
+        return f"{self._who} refused {what} (HTTP {status}){_error(response)}"
 
 
-def _json(response: httpx.Response) -> dict[str, Any] | None:
+def _json(response: httpx.Response | None) -> dict[str, Any] | None:
+    if response is None:
+        return None
     try:
         body = response.json()
     except ValueError:
@@ -281,7 +277,7 @@ def _json(response: httpx.Response) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _error(response: httpx.Response) -> str:
+def _error(response: httpx.Response | None) -> str:
     """The agent's own error text (it names paths, pools and units, never values)."""
     body = _json(response)
     error = body.get("error") if body else None
@@ -451,9 +447,7 @@ class AgentSecretSyncTarget(_AgentTarget):
             "format": config.file_format,
             "keys": ", ".join(config.entries()),
         }
-        if config.agent_url is not None:
-            where["agent_url"] = url_origin(config.agent_url)
-        return where
+        return _with_agent_url(where, config.agent_url)
 
     def _file(self) -> dict[str, Any]:
         return {
@@ -513,9 +507,24 @@ class _ReloadTarget(_AgentTarget):
 
     phase: ClassVar[Phase] = Phase.RELOAD
     endpoint: ClassVar[str]
+    check_kind: ClassVar[str]
+    """The `kind` of the agent's preflight check for this reload."""
+
+    @classmethod
+    def _fields(cls, config: Any) -> dict[str, str]:
+        """What names the reload: sent to the agent, recorded, and shown by `describe`."""
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls, config: Any) -> dict[str, str]:
+        """What it reloads on the agent's host (and a legacy agent_url's origin)."""
+        return _with_agent_url(cls._fields(config), config.agent_url)
 
     def _request(self) -> dict[str, Any]:
-        raise NotImplementedError
+        return self._fields(self.config)
+
+    def _check(self) -> dict[str, Any]:
+        return {"kind": self.check_kind, **self._request()}
 
     async def _reload(self, when: str) -> StepResult:
         self._refuse_unenrolled()
@@ -540,21 +549,11 @@ class IisRecycleTarget(_ReloadTarget):
     kind: ClassVar[str] = "iis_recycle"
     Config: ClassVar[type[BaseModel]] = IisRecycleConfig
     endpoint: ClassVar[str] = "/v1/iis/recycle"
-    config: IisRecycleConfig
+    check_kind: ClassVar[str] = "iis"
 
     @classmethod
-    def describe(cls, config: IisRecycleConfig) -> dict[str, str]:
-        """The application pool it recycles on the agent's host."""
-        where = {"app_pool": config.app_pool}
-        if config.agent_url is not None:
-            where["agent_url"] = url_origin(config.agent_url)
-        return where
-
-    def _request(self) -> dict[str, Any]:
-        return {"app_pool": self.config.app_pool}
-
-    def _check(self) -> dict[str, Any]:
-        return {"kind": "iis", **self._request()}
+    def _fields(cls, config: IisRecycleConfig) -> dict[str, str]:
+        return {"app_pool": config.app_pool}
 
 
 class SystemdReloadTarget(_ReloadTarget):
@@ -563,18 +562,15 @@ class SystemdReloadTarget(_ReloadTarget):
     kind: ClassVar[str] = "systemd_reload"
     Config: ClassVar[type[BaseModel]] = SystemdReloadConfig
     endpoint: ClassVar[str] = "/v1/systemd/reload"
-    config: SystemdReloadConfig
+    check_kind: ClassVar[str] = "systemd"
 
     @classmethod
-    def describe(cls, config: SystemdReloadConfig) -> dict[str, str]:
-        """The unit it reloads or restarts on the agent's host."""
-        where = {"unit": config.unit, "mode": config.mode}
-        if config.agent_url is not None:
-            where["agent_url"] = url_origin(config.agent_url)
-        return where
+    def _fields(cls, config: SystemdReloadConfig) -> dict[str, str]:
+        return {"unit": config.unit, "mode": config.mode}
 
-    def _request(self) -> dict[str, Any]:
-        return {"unit": self.config.unit, "mode": self.config.mode}
 
-    def _check(self) -> dict[str, Any]:
-        return {"kind": "systemd", **self._request()}
+def _with_agent_url(where: dict[str, str], agent_url: str | None) -> dict[str, str]:
+    """`where`, plus the origin of a legacy `agent_url` when the action names one."""
+    if agent_url is not None:
+        where["agent_url"] = url_origin(agent_url)
+    return where

@@ -224,16 +224,7 @@ class AwsSecretsManagerTarget:
             SecretString=delivery.value.reveal(),
             VersionStages=[PENDING],
         )
-        move: dict[str, str] = {"MoveToVersionId": token}
-        if current is not None:
-            move["RemoveFromVersionId"] = current
-        await self._call(
-            "UpdateSecretVersionStage",
-            delivery.value,
-            SecretId=self.config.secret_id,
-            VersionStage=CURRENT,
-            **move,
-        )
+        await self._move_label(CURRENT, token, current, delivery.value)
         if PENDING in (put.get("VersionStages") or stages.get(token, [])):
             await self._remove_label(PENDING, token, delivery.value)
         return self._detail(described["ARN"], token, previous=current, written=True)
@@ -277,24 +268,11 @@ class AwsSecretsManagerTarget:
             candidate = request_token(request.previous.version_id)
             restore = candidate if candidate in stages else None
         if restore is not None and restore != token:
-            await self._call(
-                "UpdateSecretVersionStage",
-                None,
-                SecretId=self.config.secret_id,
-                VersionStage=CURRENT,
-                MoveToVersionId=restore,
-                RemoveFromVersionId=token,
-            )
+            await self._move_label(CURRENT, restore, token)
             return StepResult({**detail, "rolled_back": True, "restored": restore})
         # No version to give AWSCURRENT back to: mark the failed one instead.
         if ROLLED_BACK not in labels:
-            await self._call(
-                "UpdateSecretVersionStage",
-                None,
-                SecretId=self.config.secret_id,
-                VersionStage=ROLLED_BACK,
-                MoveToVersionId=token,
-            )
+            await self._move_label(ROLLED_BACK, token, None)
         return StepResult({**detail, "restored": None, "marked": True})
 
     # --- Secrets Manager calls ----------------------------------------------------------------
@@ -354,6 +332,22 @@ class AwsSecretsManagerTarget:
             )
         except _Exists:
             return None
+
+    async def _move_label(
+        self, label: str, to: str, away_from: str | None, value: Secret | None = None
+    ) -> None:
+        """Attach `label` to version `to`, taking it from `away_from` (None: a label no
+        version holds yet)."""
+        move = {"MoveToVersionId": to}
+        if away_from is not None:
+            move["RemoveFromVersionId"] = away_from
+        await self._call(
+            "UpdateSecretVersionStage",
+            value,
+            SecretId=self.config.secret_id,
+            VersionStage=label,
+            **move,
+        )
 
     async def _remove_label(self, label: str, version: str, value: Secret | None = None) -> None:
         await self._call(

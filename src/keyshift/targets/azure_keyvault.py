@@ -57,7 +57,9 @@ from keyshift.targets.base import (
     Readiness,
     RollbackRequest,
     StepResult,
+    positive,
 )
+from keyshift.targets.web import retry_after
 
 TAG_ROTATION: Final = "keyshift-rotation"
 TAG_VERSION: Final = "keyshift-version"
@@ -131,9 +133,7 @@ class AzureKeyVaultConfig(BaseModel):
     @field_validator("expires_after", "timeout")
     @classmethod
     def _positive(cls, value: timedelta | None) -> timedelta | None:
-        if value is not None and value <= timedelta(0):
-            raise ValueError("must be longer than 0s")
-        return value
+        return value if value is None else positive(value)
 
     @field_validator("tags")
     @classmethod
@@ -349,7 +349,9 @@ class AzureKeyVaultTarget:
             if status == 429 or status >= 500:
                 raise TransientError(
                     f"{where}: {operation} answered HTTP {status} {_codes(exc)[0]}".rstrip(),
-                    retry_after=_retry_after(exc),
+                    # The error's response is typed by its common API only; every transport's
+                    # has headers.
+                    retry_after=retry_after(getattr(exc.response, "headers", None)),
                 ) from None
             raise PermanentError(self._refusal(operation, exc)) from None
         except (ServiceRequestError, ServiceResponseError) as exc:
@@ -438,14 +440,3 @@ def _codes(exc: HttpResponseError) -> tuple[str, str]:
         if isinstance(nested, dict):
             inner = str(nested.get("code") or "")
     return code, inner
-
-
-def _retry_after(exc: HttpResponseError) -> float | None:
-    """A numeric Retry-After in seconds; the HTTP-date form is ignored."""
-    # The error's response is typed by its common API only; every transport's has headers.
-    headers = getattr(exc.response, "headers", None) or {}
-    try:
-        seconds = float(str(headers.get("Retry-After", "")).strip())
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, ClassVar, Final, Protocol, runtime_checkable
 
 from pydantic import BaseModel
@@ -31,6 +32,7 @@ __all__ = [
     "TargetFactory",
     "field_value",
     "key_entries",
+    "positive",
 ]
 
 
@@ -126,3 +128,11 @@ def field_value(delivery: Delivery, field: str) -> str:
             f"version {delivery.version_id} has no field '{field}' (it has: {known})"
         )
     return str(delivery.attributes[field])
+
+
+def positive(value: timedelta, name: str | None = None) -> timedelta:
+    """`value` if it is longer than zero; ValueError otherwise (for a config model's
+    validator), naming the field when `name` is given."""
+    if value <= timedelta(0):
+        raise ValueError(f"{name} must be longer than 0s" if name else "must be longer than 0s")
+    return value

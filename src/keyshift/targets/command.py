@@ -39,6 +39,7 @@ from keyshift.targets.base import (
     Readiness,
     RollbackRequest,
     StepResult,
+    positive,
 )
 
 RESERVED_PREFIX: Final = "KEYSHIFT_"
@@ -76,9 +77,7 @@ class ProgramConfig(BaseModel):
     @field_validator("timeout")
     @classmethod
     def _positive_timeout(cls, timeout: timedelta) -> timedelta:
-        if timeout <= timedelta(0):
-            raise ValueError("timeout must be longer than 0s")
-        return timeout
+        return positive(timeout, "timeout")
 
     @field_validator("env")
     @classmethod
@@ -128,6 +127,11 @@ class _ProgramStep(Generic[_C]):
     def __init__(self, config: _C, context: PluginContext) -> None:
         self.config = config
         self.context = context
+
+    @classmethod
+    def describe(cls, config: ProgramConfig) -> dict[str, str]:
+        """The program it runs (argv[0] only: later arguments may carry tokens)."""
+        return {"program": config.argv[0]}
 
     async def preflight(self, request: PreflightRequest) -> PreflightResult:
         """Ready when argv[0] resolves to an executable (and cwd exists). Runs nothing."""
@@ -222,11 +226,6 @@ class CommandTarget(_ProgramStep[CommandConfig]):
     phase: ClassVar[Phase] = Phase.RELOAD
     Config: ClassVar[type[BaseModel]] = CommandConfig
 
-    @classmethod
-    def describe(cls, config: CommandConfig) -> dict[str, str]:
-        """The program it runs (argv[0] only: later arguments may carry tokens)."""
-        return {"program": config.argv[0]}
-
     async def rollback(self, request: RollbackRequest) -> StepResult:
         """Run the program again with the restored version, so the consumer reloads it.
 
@@ -250,11 +249,6 @@ class CommandCheckTarget(_ProgramStep[CommandCheckConfig]):
     kind: ClassVar[str] = "command_check"
     phase: ClassVar[Phase] = Phase.VERIFY
     Config: ClassVar[type[BaseModel]] = CommandCheckConfig
-
-    @classmethod
-    def describe(cls, config: CommandCheckConfig) -> dict[str, str]:
-        """The program it runs (argv[0] only: later arguments may carry tokens)."""
-        return {"program": config.argv[0]}
 
     async def rollback(self, request: RollbackRequest) -> StepResult:
         """Runs nothing: a check changed nothing, so there is nothing to undo."""

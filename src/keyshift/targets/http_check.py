@@ -12,7 +12,6 @@ Redirects are not followed: a 3xx is not healthy unless `expect_status` names it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import ClassVar, Final
 
@@ -31,8 +30,9 @@ from keyshift.targets.base import (
     Readiness,
     RollbackRequest,
     StepResult,
+    positive,
 )
-from keyshift.targets.web import http_url, positive
+from keyshift.targets.web import Outcome, http_url
 
 MAX_BODY: Final = 1024 * 1024
 """Bytes of the answer searched for `expect_body`; the rest is not read."""
@@ -71,14 +71,6 @@ class HttpCheckConfig(BaseModel):
     @classmethod
     def _positive(cls, value: timedelta, info: ValidationInfo) -> timedelta:
         return positive(value, str(info.field_name))
-
-
-@dataclass(frozen=True)
-class _Answer:
-    """One try: the status (None without an answer) and, unless healthy, why not."""
-
-    status: int | None
-    failure: str | None = None
 
 
 class HttpCheckTarget:
@@ -157,7 +149,7 @@ class HttpCheckTarget:
                     )
                 await self.context.sleep(min(self.config.interval, remaining).total_seconds())
 
-    async def _try(self, client: httpx.AsyncClient) -> _Answer:
+    async def _try(self, client: httpx.AsyncClient) -> Outcome:
         """One GET, judged. Never raises for what the consumer or the network does."""
         try:
             async with client.stream("GET", self.config.url, headers=self.config.headers) as r:
@@ -165,18 +157,18 @@ class HttpCheckTarget:
                 encoding = r.encoding or "utf-8"
         except httpx.HTTPError as exc:
             # Only the class name: library texts may quote the URL, which can carry a token.
-            return _Answer(None, type(exc).__name__)
+            return Outcome(None, type(exc).__name__)
         return self._judge(r.status_code, body.decode(encoding, errors="replace"))
 
-    def _judge(self, status: int, text: str) -> _Answer:
+    def _judge(self, status: int, text: str) -> Outcome:
         expected = self.config.expect_status
         if expected is None and not 200 <= status < 300:
-            return _Answer(status, f"HTTP {status}, not 2xx")
+            return Outcome(status, f"HTTP {status}, not 2xx")
         if expected is not None and status != expected:
-            return _Answer(status, f"HTTP {status}, not {expected}")
+            return Outcome(status, f"HTTP {status}, not {expected}")
         if self.config.expect_body is not None and self.config.expect_body not in text:
-            return _Answer(status, f"HTTP {status} without the expected body text")
-        return _Answer(status)
+            return Outcome(status, f"HTTP {status} without the expected body text")
+        return Outcome(status)
 
 
 async def _head_of(response: httpx.Response) -> bytes:

@@ -36,15 +36,13 @@ from keyshift.targets.base import (
     Readiness,
     RollbackRequest,
     StepResult,
+    positive,
 )
 from keyshift.targets.web import (
     MAX_WAIT,
-    Outcome,
+    attempt,
     backoff_wait,
     http_url,
-    positive,
-    retry_after,
-    retryable,
 )
 
 ACCEPT: Final = "application/vnd.spring-boot.actuator.v3+json, application/json"
@@ -202,13 +200,17 @@ class SpringRefreshTarget:
         async with self._client(self.config.request_timeout) as client:
             while True:
                 attempts += 1
-                outcome, keys = await self._attempt(client, headers)
+                outcome = await attempt(
+                    client.post(self.config.url, headers=headers),
+                    f"refresh of {self._host}",
+                    self._refusal,
+                )
                 if outcome.failure is None:
                     detail: dict[str, Any] = {
                         "status": outcome.status,
                         "attempts": attempts,
                         "host": self._host,
-                        "changed_keys": keys,
+                        "changed_keys": _changed_keys(outcome.response),
                     }
                     return StepResult(detail)
                 remaining = (deadline - self.context.now()).total_seconds()
@@ -224,30 +226,18 @@ class SpringRefreshTarget:
                 wait = backoff_wait(self.config.backoff, attempts - 1, outcome.retry_after)
                 await self.context.sleep(min(wait, remaining))
 
-    async def _attempt(
-        self, client: httpx.AsyncClient, headers: dict[str, str]
-    ) -> tuple[Outcome, list[str] | None]:
-        """One POST. Raises PermanentError for answers that retrying will not change."""
-        try:
-            response = await client.post(self.config.url, headers=headers)
-        except httpx.TransportError as exc:
-            # Only the class name: library texts may quote the URL.
-            return Outcome(None, type(exc).__name__), None
-        except httpx.HTTPError as exc:
-            raise PermanentError(f"refresh of {self._host}: {type(exc).__name__}") from None
+    def _refusal(self, response: httpx.Response) -> str | None:
+        """Why an answer that retrying will not change was refused, for the statuses a
+        misconfigured endpoint or credential gives."""
         status = response.status_code
-        if 200 <= status < 300:
-            return Outcome(status), _changed_keys(response)
-        if retryable(status):
-            return Outcome(status, f"HTTP {status}", retry_after(response)), None
         if status == 404:
-            raise PermanentError(
+            return (
                 f"{self._host} answered HTTP 404: the {self._endpoint} endpoint is not exposed; "
                 f"set {EXPOSURE_HINT}"
             )
         if status in (401, 403):
-            raise PermanentError(self._refused(status))
-        raise PermanentError(f"refresh of {self._host} answered HTTP {status}; not retried")
+            return self._refused(status)
+        return None
 
     def _refused(self, status: int) -> str:
         if status == 401:
@@ -262,9 +252,11 @@ class SpringRefreshTarget:
         return self.config.token_from is not None or self.config.username is not None
 
 
-def _changed_keys(response: httpx.Response) -> list[str] | None:
+def _changed_keys(response: httpx.Response | None) -> list[str] | None:
     """The property keys of a refresh answer; None when the body is not a list of names
     (an empty body, or something other than Spring Cloud's refresh endpoint)."""
+    if response is None:
+        return None
     try:
         body = json.loads(response.content) if response.content else None
     except ValueError:

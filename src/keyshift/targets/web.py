@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Final
+from typing import Any, Final
 
 import httpx
+
+from keyshift.errors import PermanentError
 
 MAX_WAIT: Final = 300.0
 """Longest single wait between attempts; a longer Retry-After is left to the engine."""
@@ -38,13 +41,6 @@ def http_url(url: str, *, credentials_message: str) -> str:
     return url
 
 
-def positive(value: timedelta, name: str) -> timedelta:
-    """`value` if it is longer than zero; ValueError naming the field otherwise."""
-    if value <= timedelta(0):
-        raise ValueError(f"{name} must be longer than 0s")
-    return value
-
-
 def is_loopback(host: str) -> bool:
     """Whether `host` is this machine (localhost or a loopback address)."""
     if host in _LOOPBACK_NAMES:
@@ -63,9 +59,10 @@ def backoff_wait(base: timedelta, retry: int, retry_after: float | None) -> floa
     return max(jittered, retry_after or 0.0)
 
 
-def retry_after(response: httpx.Response) -> float | None:
-    """A numeric Retry-After in seconds; HTTP-date forms are ignored."""
-    value = response.headers.get("Retry-After", "").strip()
+def retry_after(headers: Mapping[str, Any] | None) -> float | None:
+    """A numeric Retry-After in seconds from an answer's headers (httpx's, or those another
+    client library carries on its error); HTTP-date forms are ignored."""
+    value = str((headers or {}).get("Retry-After", "")).strip()
     try:
         seconds = float(value)
     except ValueError:
@@ -80,8 +77,41 @@ def retryable(status: int) -> bool:
 
 @dataclass(frozen=True)
 class Outcome:
-    """One attempt: the status (None without an answer) and, if it failed, why."""
+    """One attempt: the status (None without an answer), if it failed, why, and the answer."""
 
     status: int | None
     failure: str | None = None
     retry_after: float | None = None
+    response: httpx.Response | None = None
+
+
+async def attempt(
+    request: Awaitable[httpx.Response],
+    what: str,
+    refusal: Callable[[httpx.Response], str | None] | None = None,
+) -> Outcome:
+    """One request, judged the way the HTTP targets judge it: a 2xx answer succeeds; no
+    answer (connection error, timeout), 429 and 5xx are failures worth retrying. Raises
+    PermanentError for what retrying will not change: a malformed answer, or any other
+    status, with `refusal`'s text for a status it explains or else "`what` answered
+    HTTP <status>; not retried".
+    """
+    try:
+        response = await request
+    except httpx.TransportError as exc:
+        # Only the class name: library texts may quote the URL, which can carry a token.
+        return Outcome(None, type(exc).__name__)
+    except httpx.HTTPError as exc:
+        # A malformed answer (bad encoding, say): the receiver, not the network, is at fault.
+        failure = type(exc).__name__
+    else:
+        status = response.status_code
+        if 200 <= status < 300:
+            return Outcome(status, response=response)
+        if retryable(status):
+            return Outcome(status, f"HTTP {status}", retry_after(response.headers), response)
+        refused = refusal(response) if refusal is not None else None
+        raise PermanentError(refused or f"{what} answered HTTP {status}; not retried")
+    # Raised outside the handler so the library's error (which may quote the URL) is not
+    # chained.
+    raise PermanentError(f"{what}: {failure}")

@@ -37,16 +37,15 @@ from keyshift.targets.base import (
     Readiness,
     RollbackRequest,
     StepResult,
+    positive,
 )
 from keyshift.targets.web import (
     MAX_WAIT,
     Outcome,
+    attempt,
     backoff_wait,
     http_url,
     is_loopback,
-    positive,
-    retry_after,
-    retryable,
 )
 
 EVENT_PUBLISHED: Final = "rotation.published"
@@ -248,22 +247,6 @@ class WebhookTarget:
             signed = timestamp.encode("utf-8") + b"." + body
             digest = hmac.new(key.reveal().encode("utf-8"), signed, hashlib.sha256).hexdigest()
             headers[SIGNATURE_HEADER] = f"sha256={digest}"
-        try:
-            response = await client.post(self.config.url, content=body, headers=headers)
-        except httpx.TransportError as exc:
-            # Only the class name: library texts may quote the URL, which can carry a token.
-            return Outcome(None, type(exc).__name__)
-        except httpx.HTTPError as exc:
-            # A malformed answer (bad encoding, say): the receiver, not the network, is at fault.
-            failure = type(exc).__name__
-        else:
-            return self._judge(response)
-        raise PermanentError(f"webhook to {self._host}: {failure}")
-
-    def _judge(self, response: httpx.Response) -> Outcome:
-        status = response.status_code
-        if 200 <= status < 300:
-            return Outcome(status)
-        if retryable(status):
-            return Outcome(status, f"HTTP {status}", retry_after(response))
-        raise PermanentError(f"webhook to {self._host} answered HTTP {status}; not retried")
+        return await attempt(
+            client.post(self.config.url, content=body, headers=headers), f"webhook to {self._host}"
+        )

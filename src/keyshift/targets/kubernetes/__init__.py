@@ -1,0 +1,42 @@
+"""`kubernetes_secret` and `kubernetes_rollout_restart`: deliver a value into a key (or
+several keys) of a Kubernetes Secret, then restart the workload that reads it.
+
+Both talk to the API server through the official `kubernetes` client (`client`): the
+Secret writer is in `secret`, the restart and the wait for its rollout in `rollout`.
+"""
+
+from __future__ import annotations
+
+from keyshift.targets.kubernetes.client import KubernetesConnection
+from keyshift.targets.kubernetes.rollout import (
+    RESTART_FOR_ANNOTATION,
+    RESTARTED_AT_ANNOTATION,
+    WORKLOAD_SHORTHANDS,
+    KubernetesRolloutRestartConfig,
+    KubernetesRolloutRestartTarget,
+    WorkloadKind,
+)
+from keyshift.targets.kubernetes.secret import (
+    CREATED_ANNOTATION,
+    FINGERPRINT_ANNOTATION,
+    ROTATION_ANNOTATION,
+    VERSION_ANNOTATION,
+    KubernetesSecretConfig,
+    KubernetesSecretTarget,
+)
+
+__all__ = [
+    "CREATED_ANNOTATION",
+    "FINGERPRINT_ANNOTATION",
+    "RESTARTED_AT_ANNOTATION",
+    "RESTART_FOR_ANNOTATION",
+    "ROTATION_ANNOTATION",
+    "VERSION_ANNOTATION",
+    "WORKLOAD_SHORTHANDS",
+    "KubernetesConnection",
+    "KubernetesRolloutRestartConfig",
+    "KubernetesRolloutRestartTarget",
+    "KubernetesSecretConfig",
+    "KubernetesSecretTarget",
+    "WorkloadKind",
+]

@@ -1,0 +1,373 @@
+"""`kubernetes_secret`: deliver a value into a key (or several keys) of a Kubernetes Secret.
+
+It reads the Secret and writes a JSON merge patch that carries the `resourceVersion` it
+read: only its own keys of `data` and keyshift's annotations change, every other key stays
+as it is, and a write that raced another writer is refused by the API server (409
+Conflict), re-read and tried again rather than applied blindly. With `keys`, every key
+(the password and, say, the username it belongs to) changes in that one patch, so a
+consumer never reads a new password beside an old user. The annotations name the
+rotation, version and fingerprint, never the value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ClassVar, Final
+
+from kubernetes import client as k8s
+from pydantic import BaseModel, field_validator, model_validator
+
+from keyshift.context import PluginContext
+from keyshift.domain.states import Phase
+from keyshift.errors import PermanentError, PluginError, TransientError
+from keyshift.targets.base import (
+    VALUE_FIELDS,
+    Delivery,
+    PreflightRequest,
+    PreflightResult,
+    PublishRequest,
+    Readiness,
+    RollbackRequest,
+    StepResult,
+    field_value,
+    key_entries,
+)
+from keyshift.targets.kubernetes.client import (
+    Conflict,
+    KubernetesApi,
+    KubernetesConnection,
+    blocked_by_access,
+    cluster,
+    dns_subdomain,
+)
+
+ROTATION_ANNOTATION: Final = "keyshift.io/rotation-id"
+VERSION_ANNOTATION: Final = "keyshift.io/version-id"
+FINGERPRINT_ANNOTATION: Final = "keyshift.io/fingerprint"
+CREATED_ANNOTATION: Final = "keyshift.io/created-by-rotation"
+"""Set on a Secret this target created, so a rollback of that rotation may delete it."""
+MERGE_PATCH: Final = "application/merge-patch+json"
+MAX_CONFLICTS: Final = 5
+"""Writes refused with 409 Conflict, each followed by a fresh read, before giving up."""
+CONFLICT_BACKOFF: Final = 0.2
+"""Seconds before the first re-read after a conflict; doubles for each further one."""
+
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+def _valid_data_key(key: str) -> bool:
+    return len(key) <= 253 and bool(_SECRET_KEY.match(key)) and key not in {".", ".."}
+
+
+class KubernetesSecretConfig(KubernetesConnection):
+    """The Secret and the key (or keys) inside it that receive the version."""
+
+    secret: str
+    """Name of the Secret."""
+    key: str | None = None
+    """Key in the Secret's `data` that holds the value; other keys are kept."""
+    keys: dict[str, str] | None = None
+    """Instead of `key`: several keys of the Secret's `data`, each mapped to `value` (or
+    `password`) or to a version attribute such as `username`, e.g. `{DB_USER: username,
+    DB_PASSWORD: password}`. All of them change in one write; other keys are kept."""
+    create: bool = False
+    """Create the Secret (type Opaque) when it is missing; otherwise it must exist."""
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_name(cls, name: str) -> str:
+        return dns_subdomain(name)
+
+    @field_validator("key")
+    @classmethod
+    def _data_key(cls, key: str | None) -> str | None:
+        if key is not None and not _valid_data_key(key):
+            raise ValueError("key must consist of letters, digits, '-', '_' or '.'")
+        return key
+
+    @field_validator("keys")
+    @classmethod
+    def _data_keys(cls, keys: dict[str, str] | None) -> dict[str, str] | None:
+        for key in keys or {}:
+            if not _valid_data_key(key):
+                raise ValueError(f"key '{key}' must consist of letters, digits, '-', '_' or '.'")
+        return keys
+
+    @model_validator(mode="after")
+    def _key_or_keys(self) -> KubernetesSecretConfig:
+        key_entries(self.key, self.keys)
+        return self
+
+    def entries(self) -> dict[str, str]:
+        """Every data key and the field of the version written there."""
+        return key_entries(self.key, self.keys)
+
+    def named_keys(self) -> dict[str, str]:
+        """The keys written, for descriptions and step records: `{"key": K}` for one `key`
+        (the shape recorded before `keys` existed, so stored evidence recomputes the same),
+        else `{"keys": "A, B"}`."""
+        if self.key is not None:
+            return {"key": self.key}
+        return {"keys": ", ".join(self.entries())}
+
+
+def _encode(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _holds(data: Mapping[str, str], key: str, text: str) -> bool:
+    """Whether `data[key]` decodes to `text` (compared in constant time)."""
+    current = data.get(key)
+    if current is None:
+        return False
+    try:
+        decoded = base64.b64decode(current, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return hmac.compare_digest(decoded, text.encode("utf-8"))
+
+
+def _identity(delivery: Delivery | None) -> dict[str, str | None]:
+    """keyshift's annotations for a version; all null (removed) for none."""
+    return {
+        ROTATION_ANNOTATION: delivery.rotation_id if delivery else None,
+        VERSION_ANNOTATION: delivery.version_id if delivery else None,
+        FINGERPRINT_ANNOTATION: delivery.fingerprint if delivery else None,
+    }
+
+
+class KubernetesSecretTarget:
+    """Writes the version into its key(s) of a Kubernetes Secret, keeping every other key."""
+
+    kind: ClassVar[str] = "kubernetes_secret"
+    phase: ClassVar[Phase] = Phase.PUBLISH
+    Config: ClassVar[type[BaseModel]] = KubernetesSecretConfig
+
+    @classmethod
+    def describe(cls, config: KubernetesSecretConfig) -> dict[str, str]:
+        """Where it writes: cluster, namespace, Secret and key(s). Never a value."""
+        return {
+            **cluster(config),
+            "namespace": config.namespace,
+            "secret": config.secret,
+            **config.named_keys(),
+        }
+
+    def __init__(self, config: KubernetesSecretConfig, context: PluginContext) -> None:
+        self.config = config
+        self.context = context
+        self._known: list[str] = []
+        self.api = KubernetesApi(config, lambda: self._known)
+        self._what = f"Secret {config.namespace}/{config.secret}"
+        self._entries = config.entries()
+        # Keys that carry the secret value: a rollback removes nothing unless they still
+        # hold the failed version's value (with no such key, every key must still hold it).
+        self._proof = [k for k, f in self._entries.items() if f in VALUE_FIELDS] or list(
+            self._entries
+        )
+
+    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+        """Ready when this identity may read and patch the Secret (and create and delete
+        it when `create` is true), and the Secret exists unless `create` is true.
+        Changes nothing."""
+        name = self.config.secret
+        checks: list[tuple[str, str, str, str | None]] = [
+            ("get", "", "secrets", name),
+            ("patch", "", "secrets", name),
+        ]
+        if self.config.create:
+            checks += [("create", "", "secrets", None), ("delete", "", "secrets", name)]
+        blocked = await blocked_by_access(self.api, checks)
+        if blocked is not None:
+            return blocked
+        try:
+            found = await self._get()
+        except (PluginError, Conflict) as exc:
+            return PreflightResult(Readiness.BLOCKED, str(exc))
+        if found is None and not self.config.create:
+            return PreflightResult(
+                Readiness.BLOCKED, f"{self._what} does not exist and create is false"
+            )
+        if found is not None and found.immutable:
+            return PreflightResult(Readiness.BLOCKED, f"{self._what} is immutable")
+        [(word, names)] = self.config.named_keys().items()
+        return PreflightResult(Readiness.READY, f"may get and patch {self._what}; {word} {names}")
+
+    async def publish(self, request: PublishRequest) -> StepResult:
+        """Set every key to its field of the version in one write and annotate the version.
+
+        Idempotent: when every key already holds its field nothing is written.
+        """
+        delivery = request.delivery
+        self._remember(delivery, request.previous)
+        return await self._converge(delivery, created_by=delivery.rotation_id)
+
+    async def rollback(self, request: RollbackRequest) -> StepResult:
+        """Put the previous version back in every key. Without a previous version, remove
+        the keys that still hold the failed version's fields, provided its value is still
+        there (or delete the Secret if this rotation created it and it holds only those
+        keys). Idempotent."""
+        self._remember(request.failed, request.previous)
+        if request.previous is not None:
+            return await self._converge(request.previous, created_by=None)
+        return await self._remove(request.failed)
+
+    def _remember(self, *deliveries: Delivery | None) -> None:
+        """Values to scrub from any error text this target raises."""
+        for d in deliveries:
+            if d is not None:
+                self._known += [d.value.reveal(), _encode(d.value.reveal())]
+
+    async def _get(self) -> k8s.V1Secret | None:
+        api = k8s.CoreV1Api(await self.api.client())
+        found: k8s.V1Secret | None = await self.api.find(
+            self._what, api.read_namespaced_secret, self.config.secret, self.config.namespace
+        )
+        return found
+
+    async def _converge(self, wanted: Delivery, *, created_by: str | None) -> StepResult:
+        """Make every key hold its field of `wanted`, re-reading after each conflict."""
+        return await self._until_no_conflict(
+            lambda conflicts: self._converge_once(wanted, created_by, conflicts),
+            gave_up="not overwritten",
+        )
+
+    async def _converge_once(
+        self, wanted: Delivery, created_by: str | None, conflicts: int
+    ) -> StepResult:
+        values = self._values(wanted)
+        secret = await self._get()
+        if secret is None:
+            if not self.config.create:
+                raise PermanentError(
+                    f"{self._what} does not exist; create it first or set create: true"
+                )
+            version = await self._create(wanted, values, created_by)
+            return self._result("created", version, conflicts)
+        data = secret.data or {}
+        if all(_holds(data, key, text) for key, text in values.items()):
+            return self._result("unchanged", secret.metadata.resource_version, conflicts)
+        if secret.immutable:
+            raise PermanentError(f"{self._what} is immutable; its data cannot change")
+        patch = {
+            "metadata": {
+                "resourceVersion": secret.metadata.resource_version,
+                "annotations": _identity(wanted),
+            },
+            "data": {key: _encode(text) for key, text in values.items()},
+        }
+        version = await self._patch(patch)
+        return self._result("updated", version, conflicts)
+
+    async def _remove(self, failed: Delivery) -> StepResult:
+        return await self._until_no_conflict(
+            lambda conflicts: self._remove_once(failed, conflicts), gave_up="key not removed"
+        )
+
+    async def _until_no_conflict(
+        self, write: Callable[[int], Awaitable[StepResult]], *, gave_up: str
+    ) -> StepResult:
+        """`write(conflicts so far)` until it is not refused with a conflict, re-reading
+        with a growing pause; TransientError after `MAX_CONFLICTS` refusals, saying what
+        was `gave_up` on."""
+        conflicts = 0
+        while True:
+            try:
+                return await write(conflicts)
+            except Conflict:
+                conflicts += 1
+                if conflicts > MAX_CONFLICTS:
+                    raise TransientError(
+                        f"{self._what}: still changing under us after {conflicts} "
+                        f"conflicting writes; {gave_up}"
+                    ) from None
+                await self.context.sleep(CONFLICT_BACKOFF * 2.0 ** (conflicts - 1))
+
+    async def _remove_once(self, failed: Delivery, conflicts: int) -> StepResult:
+        values = self._values(failed)
+        secret = await self._get()
+        if secret is None:
+            return self._result("absent", None, conflicts)
+        data = secret.data or {}
+        held = {key for key, text in values.items() if _holds(data, key, text)}
+        if not all(key in held for key in self._proof):
+            # Not the value this rotation wrote (never written, or someone else's since):
+            # removing it would destroy what keyshift did not put there.
+            return self._result("unchanged", secret.metadata.resource_version, conflicts)
+        annotations = secret.metadata.annotations or {}
+        version = secret.metadata.resource_version
+        if annotations.get(CREATED_ANNOTATION) == failed.rotation_id and set(data) == held:
+            await self._delete(version)
+            return self._result("deleted", None, conflicts)
+        # A key someone has set to another value since is theirs now and stays.
+        patch = {
+            "metadata": {"resourceVersion": version, "annotations": _identity(None)},
+            "data": dict.fromkeys(sorted(held)),
+        }
+        return self._result("removed", await self._patch(patch), conflicts)
+
+    def _values(self, delivery: Delivery) -> dict[str, str]:
+        """Each key's text for `delivery`; PermanentError if the version lacks a field."""
+        return {key: field_value(delivery, field) for key, field in self._entries.items()}
+
+    async def _patch(self, patch: dict[str, Any]) -> str:
+        api = k8s.CoreV1Api(await self.api.client())
+        written: k8s.V1Secret = await self.api.call(
+            self._what,
+            api.patch_namespaced_secret,
+            self.config.secret,
+            self.config.namespace,
+            patch,
+            _content_type=MERGE_PATCH,
+        )
+        return str(written.metadata.resource_version)
+
+    async def _create(
+        self, wanted: Delivery, values: dict[str, str], created_by: str | None
+    ) -> str:
+        annotations = {k: v for k, v in _identity(wanted).items() if v is not None}
+        if created_by is not None:
+            annotations[CREATED_ANNOTATION] = created_by
+        body = k8s.V1Secret(
+            api_version="v1",
+            kind="Secret",
+            type="Opaque",
+            metadata=k8s.V1ObjectMeta(name=self.config.secret, annotations=annotations),
+            data={key: _encode(text) for key, text in values.items()},
+        )
+        api = k8s.CoreV1Api(await self.api.client())
+        # A 409 AlreadyExists (created by someone since the read) is a conflict like any
+        # other: the caller reads again.
+        created: k8s.V1Secret = await self.api.call(
+            self._what, api.create_namespaced_secret, self.config.namespace, body
+        )
+        return str(created.metadata.resource_version)
+
+    async def _delete(self, resource_version: str) -> None:
+        options = k8s.V1DeleteOptions(
+            preconditions=k8s.V1Preconditions(resource_version=resource_version)
+        )
+        api = k8s.CoreV1Api(await self.api.client())
+        await self.api.call(
+            self._what,
+            api.delete_namespaced_secret,
+            self.config.secret,
+            self.config.namespace,
+            body=options,
+        )
+
+    def _result(self, change: str, resource_version: str | None, conflicts: int) -> StepResult:
+        return StepResult(
+            {
+                "namespace": self.config.namespace,
+                "secret": self.config.secret,
+                **self.config.named_keys(),
+                "change": change,
+                "resource_version": resource_version,
+                "conflicts": conflicts,
+            }
+        )
