@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from keyshift.notify import CHANNELS
 from keyshift.providers import PROVIDERS
 from keyshift.service.estate import EstateWarning, load_estate, parse_estate
 from keyshift.targets import TARGETS
@@ -24,6 +25,7 @@ def test_the_worked_example_estate_validates_and_covers_every_provider() -> None
     assert {c.provider.type for c in estate.credentials} == set(PROVIDERS)
     kinds = {a.type for c in estate.credentials for a in c.actions}
     assert kinds == set(TARGETS)
+    assert {c.type for c in estate.notifications.channels} == set(CHANNELS)
 
 
 def test_the_estate_platform_teams_write_validates_in_the_shapes_they_use() -> None:

@@ -62,7 +62,9 @@ class ChannelSpec(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="allow", frozen=True)
 
     name: ChannelName
+    """How routes and owners name the channel."""
     type: str
+    """`slack`, `teams` or `webhook` (see Channel types)."""
 
     def settings(self) -> dict[str, Any]:
         """The type's settings: every field but `name` and `type`."""
@@ -73,6 +75,7 @@ class Route(_Model):
     """Send the events that match to `channels`. An empty list matches everything."""
 
     channels: list[ChannelName] = Field(min_length=1)
+    """The channels matching events go to."""
     events: list[str] = Field(default_factory=list)
     """Event kinds, e.g. `rotation.failed`; empty: every kind."""
     environments: list[str] = Field(default_factory=list)
@@ -102,7 +105,10 @@ class Notifications(_Model):
     """Channels, the routes that choose them, and how hard delivery tries."""
 
     channels: list[ChannelSpec] = Field(default_factory=list)
+    """Where events can go; a channel no route or owner names receives nothing."""
     routes: list[Route] = Field(default_factory=list)
+    """Which events go where; an event no route, owner or approver group chooses is kept
+    and listed as sent nowhere."""
     owners: dict[str, list[ChannelName]] = Field(default_factory=dict)
     """Each owner's (team's) channels: every event about its credentials goes there, and
     `approval.requested` goes to the channels of the approver groups it names."""
@@ -112,6 +118,7 @@ class Notifications(_Model):
     """Wait before the second try; it doubles for each further one (a longer Retry-After
     wins), up to `max_backoff`."""
     max_backoff: Duration = timedelta(hours=1)
+    """The longest wait between two tries of one delivery."""
 
     @model_validator(mode="after")
     def _declared_channels(self) -> Notifications:

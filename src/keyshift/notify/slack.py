@@ -34,6 +34,7 @@ class SlackConfig(BaseModel):
     webhook_url_from: SecretRef
     """`env:NAME` or `file:/path` holding the webhook URL (it is the credential)."""
     timeout: Duration = timedelta(seconds=10)
+    """How long one delivery attempt may take."""
 
 
 def _cut(text: str, limit: int) -> str:

@@ -31,6 +31,7 @@ class TeamsConfig(BaseModel):
     webhook_url_from: SecretRef
     """`env:NAME` or `file:/path` holding the webhook URL (it is the credential)."""
     timeout: Duration = timedelta(seconds=10)
+    """How long one delivery attempt may take."""
 
 
 def card_of(message: Message) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from pydantic_core import PydanticUndefined
 
 from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import ActionSpec, CredentialSpec, IntegrationSpec, Policy, ProviderSpec
+from keyshift.domain.notifications import EVENT_KINDS, ChannelSpec, Notifications, Route
+from keyshift.notify import CHANNELS
 from keyshift.providers import INTEGRATIONS, PROVIDERS
 from keyshift.targets import TARGETS
 
@@ -91,7 +93,8 @@ def estate_reference() -> str:
         "Durations are written `30s`, `10m`, `12h`, `30d`, `1h30m`. Secret values are never",
         "written inline: fields ending in `_from` take `env:NAME` or `file:/path`.",
         "",
-        "Top level: `integrations`, `policies`, `credentials` (lists).",
+        "Top level: `integrations`, `policies`, `credentials` (lists), `alerts`, `governance`,",
+        "`notifications`.",
         "",
         "## credentials[]",
         "",
@@ -125,6 +128,25 @@ def estate_reference() -> str:
         "",
         *_table(IntegrationSpec),
         "",
+        "## notifications",
+        "",
+        _doc(Notifications),
+        "",
+        *_table(Notifications),
+        "",
+        "### notifications.routes[]",
+        "",
+        _doc(Route),
+        f" Event kinds: {', '.join(f'`{k}`' for k in EVENT_KINDS)}.",
+        "",
+        *_table(Route),
+        "",
+        "### notifications.channels[]",
+        "",
+        _doc(ChannelSpec),
+        "",
+        *_table(ChannelSpec),
+        "",
         "## Provider types",
         "",
     ]
@@ -143,4 +165,8 @@ def estate_reference() -> str:
             *_table(cls.Config),
             "",
         ]
+    out += ["## Channel types", ""]
+    for channel, channel_cls in sorted(CHANNELS.items()):
+        config = channel_cls.Config
+        out += [f"### `{channel}`", "", _doc(config), "", *_table(config), ""]
     return "\n".join(out).rstrip() + "\n"
