@@ -18,7 +18,7 @@ from sqlalchemy import select
 from keyshift.domain.notifications import Notifications, channels_for
 from keyshift.domain.states import RotationState
 from keyshift.errors import EstateInvalid, TransientError
-from keyshift.service import notifications, rotations
+from keyshift.service import notifications, rotations, scheduler
 from keyshift.service.estate import apply_estate, current_estate, load_estate
 from keyshift.store.models import NotificationDeliveryRow, NotificationRow
 from keyshift.store.store import Store
@@ -465,3 +465,67 @@ def test_the_cli_sends_a_test_message_and_lists_what_was_told(
     bad = cli("notifications", "--status", "sent")
     assert bad.exit_code == 2
     assert "Invalid value for '--status'" in " ".join(bad.output.replace("│", " ").split())
+
+
+# --- the worker's alerts are events too -----------------------------------------------------
+
+
+def _scan(store: Store, clock: FakeClock) -> dict[str, int]:
+    return asyncio.run(
+        scheduler.worker_pass(store, actor="worker", context=clock.context(os.environ))
+    )
+
+
+def test_a_rotation_stuck_in_grace_past_its_end_is_told_once(
+    store: Store, tmp_path: Path, slack: ChatWebhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    in_use = [sys.executable, "-c", "raise SystemExit(1)"]  # the old version is still in use
+    policy = {
+        "residual_use": {"command": in_use, "on_timeout": "wait", "check_every": "1m"},
+        "stuck_after": "30m",
+    }
+    path = _estate(
+        tmp_path,
+        [_chat(slack, monkeypatch)],
+        routes=[{"channels": ["ops-slack"], "events": ["rotation.stuck"]}],
+        policy=policy,
+    )
+    _apply(store, path)
+    assert _rotate(store, clock) == RotationState.COMPLETED
+    assert _rotate(store, clock) == RotationState.GRACE
+
+    clock.advance(timedelta(hours=1, minutes=20))  # grace ended 20 minutes ago
+    _scan(store, clock)
+    assert slack.messages == [], "not stuck yet: less than stuck_after past the end"
+    clock.advance(timedelta(minutes=15))
+    _scan(store, clock)
+    _scan(store, clock)
+
+    [message] = slack.texts()
+    assert "stuck in grace" in message
+    assert "past the end of grace" in message
+    assert "longer than stuck_after (30m)" in message
+    assert _kinds(store).count("rotation.stuck") == 1
+
+
+def test_an_expiry_alert_reaches_the_owners_channel(
+    store: Store, tmp_path: Path, teams: ChatWebhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    path = _estate(
+        tmp_path,
+        [_chat(teams, monkeypatch)],
+        routes=[],
+        owners={"team-test": ["ops-teams"]},
+        policy={"max_lifetime": "20d", "rotate_before_expiry": "10d"},
+    )
+    _apply(store, path)
+    assert _rotate(store, clock) == RotationState.COMPLETED  # expires in 20 days
+
+    _scan(store, clock)
+
+    titles = [m["attachments"][0]["content"]["body"][0]["text"] for m in teams.messages]
+    assert titles == [f"Rotation of {CREDENTIAL} completed", f"{CREDENTIAL} expires in 20 days"]
+    assert "rotation.completed" in _kinds(store)
+    assert "credential.expiring" in _kinds(store)

@@ -180,6 +180,9 @@ class Policy(_Model):
     proven before any consumer gets it) and to refuse a revoked one everywhere. Unset,
     each provider's own figure applies: 5m for entra_client_secret, 30s for postgres,
     10s for redis; `random` needs none."""
+    stuck_after: Duration = timedelta(minutes=30)
+    """A rotation that stays this long in publishing, reloading or verifying, or this long
+    in grace past its end, raises `rotation.stuck` once per phase (`keyshift worker`)."""
     environments: list[str] | None = None
     """Environments credentials under this policy may be in (e.g. `[prod]`); none = any."""
     approval: Approval | None = None

@@ -36,6 +36,11 @@ ROTATION_NEEDS_ATTENTION: Final = "rotation.needs_attention"
 ROTATION_COMPLETED: Final = "rotation.completed"
 APPROVAL_REQUESTED: Final = "approval.requested"
 APPROVAL_DECIDED: Final = "approval.decided"
+ROTATION_STUCK: Final = "rotation.stuck"
+ROTATION_REFUSED: Final = "rotation.refused"
+CREDENTIAL_EXPIRING: Final = "credential.expiring"
+OUTSIDE_KEYSHIFT: Final = "entra.secret_outside_keyshift"
+LIFETIME_EXCEEDED: Final = "entra.lifetime_exceeded"
 NOTIFICATION_TEST: Final = "notification.test"
 
 EVENT_KINDS: Final = (
@@ -45,8 +50,14 @@ EVENT_KINDS: Final = (
     ROTATION_COMPLETED,
     APPROVAL_REQUESTED,
     APPROVAL_DECIDED,
+    ROTATION_STUCK,
+    ROTATION_REFUSED,
+    CREDENTIAL_EXPIRING,
+    OUTSIDE_KEYSHIFT,
+    LIFETIME_EXCEEDED,
 )
-"""Every kind of event a route may name."""
+"""Every kind of event a route may name: the engine's (rotations, approvals) and the
+worker's alerts (stuck, a scheduled rotation refused, expiry thresholds, Entra findings)."""
 
 ChannelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,127}$")]
 

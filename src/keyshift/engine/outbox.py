@@ -12,6 +12,7 @@ that is down never fails or delays a rotation.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -30,7 +31,7 @@ from keyshift.store.models import (
     VersionRow,
 )
 
-__all__ = ["Outbox", "event_kinds"]
+__all__ = ["Outbox", "event_kinds", "queue"]
 
 _FINAL = {
     RotationState.FAILED: kinds.ROTATION_FAILED,
@@ -58,21 +59,42 @@ def event_kinds(event: EngineEvent) -> list[str]:
     return found
 
 
+def queue(
+    s: Session,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    at: datetime,
+    rotation_id: str | None = None,
+    credential: str | None = None,
+) -> None:
+    """Queue one event in the outbox, in the caller's transaction, with a fresh dedup key
+    (kept by every delivery attempt of it)."""
+    s.add(
+        NotificationRow(
+            dedup_key=uuid.uuid4().hex,
+            kind=kind,
+            rotation_id=rotation_id,
+            credential=credential,
+            created_at=at,
+            payload={"event": kind, **payload},
+            routed=False,
+        )
+    )
+
+
 class Outbox(Subscriber):
     """Queues the events operators are told of, in the change's own transaction."""
 
     def in_transaction(self, s: Session, event: EngineEvent) -> None:
         for kind in event_kinds(event):
-            s.add(
-                NotificationRow(
-                    dedup_key=uuid.uuid4().hex,
-                    kind=kind,
-                    rotation_id=event.rotation_id,
-                    credential=event.credential,
-                    created_at=event.at,
-                    payload=_payload(s, event, kind),
-                    routed=False,
-                )
+            queue(
+                s,
+                kind,
+                _payload(s, event, kind),
+                at=event.at,
+                rotation_id=event.rotation_id,
+                credential=event.credential,
             )
 
 

@@ -30,6 +30,11 @@ _TITLES = {
     kinds.ROTATION_COMPLETED: "Rotation of {credential} completed",
     kinds.APPROVAL_REQUESTED: "Approval requested: rotation of {credential}",
     kinds.APPROVAL_DECIDED: "Approval decided: rotation of {credential}",
+    kinds.ROTATION_STUCK: "Rotation of {credential} is stuck in {state}",
+    kinds.ROTATION_REFUSED: "Scheduled rotation of {credential} refused",
+    kinds.CREDENTIAL_EXPIRING: "{credential}{app} expires in {days_left} days",
+    kinds.OUTSIDE_KEYSHIFT: "Secret added outside keyshift to {app}",
+    kinds.LIFETIME_EXCEEDED: "Secret of {app} lives longer than the policy allows",
     kinds.NOTIFICATION_TEST: "keyshift test message for channel {channel}",
 }
 _FACTS = (
@@ -44,6 +49,12 @@ _FACTS = (
     ("New version", "new_version_id"),
     ("New fingerprint", "new_fingerprint"),
     ("Approval request", "request_id"),
+    ("Expires", "expires_at"),
+    ("Threshold", "threshold"),
+    ("Application", "app"),
+    ("App id", "app_id"),
+    ("Secret key id", "key_id"),
+    ("Since", "since"),
     ("Approvers", "approvers"),
     ("Plan hash", "plan_hash"),
 )
@@ -76,7 +87,11 @@ def message_of(payload: dict[str, Any]) -> Message:
     lines: list[str] = []
     if payload.get("failed_step"):
         lines.append(f"Step {payload['failed_step']} failed: {payload.get('failed_step_error')}")
-    for label, key in (("Error", "error"), ("Needs attention", "attention")):
+    for label, key in (
+        ("Error", "error"),
+        ("Needs attention", "attention"),
+        ("Finding", "finding"),
+    ):
         if payload.get(key):
             lines.append(f"{label}: {payload[key]}")
     if kind == kinds.APPROVAL_DECIDED:
@@ -84,6 +99,8 @@ def message_of(payload: dict[str, Any]) -> Message:
     for label, key in (("What changes", "steps"), ("Rollback plan", "rollback")):
         if payload.get(key):
             lines.append(f"{label}:\n" + "\n".join(f"- {step}" for step in payload[key]))
+    if payload.get("reasons"):
+        lines.append("Refused: " + "; ".join(map(str, payload["reasons"])))
     if payload.get("decide"):
         lines.append(f"To decide: {payload['decide']}")
     facts = [
@@ -95,8 +112,10 @@ def message_of(payload: dict[str, Any]) -> Message:
 
 
 class _Blank(dict[str, Any]):
+    """Fills a title from the payload: what is missing is left out."""
+
     def __missing__(self, key: str) -> str:
-        return "?"
+        return ""
 
 
 class Channel(Protocol):

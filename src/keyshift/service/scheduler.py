@@ -40,9 +40,11 @@ from sqlalchemy.orm import Session
 
 from keyshift.azure import EntraIntegration
 from keyshift.context import PluginContext
+from keyshift.domain import notifications as kinds
 from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import DEFAULT_POLICY_NAME, Estate, Policy
-from keyshift.domain.states import VersionStatus
+from keyshift.domain.states import RotationState, VersionStatus
+from keyshift.engine import outbox
 from keyshift.engine.engine import Engine
 from keyshift.engine.journal import StepEvent
 from keyshift.errors import PolicyRefused
@@ -56,6 +58,7 @@ from keyshift.store.models import (
     DiscoveredApp,
     DiscoveredCredential,
     Meta,
+    RotationRow,
     VersionRow,
 )
 from keyshift.store.store import Store
@@ -64,6 +67,14 @@ from keyshift.targets.webhook import WebhookConfig, WebhookTarget
 log = structlog.get_logger("keyshift.scheduler")
 
 EXPIRY = "expiry"
+STUCK = "stuck"
+_WATCHED_PHASES = (
+    RotationState.PUBLISHING,
+    RotationState.RELOADING,
+    RotationState.VERIFYING,
+    RotationState.GRACE,
+)
+"""Where a rotation should not stay long: a consumer hangs, or revocation never comes."""
 _SYNCED_AT = "entra.synced_at:"
 
 
@@ -134,6 +145,7 @@ def _watched(store: Store, *, now: datetime) -> list[Watched]:
                     {
                         "credential": cred.name,
                         "owner": cred.owner,
+                        "environment": cred.environment,
                         "version_id": version.id,
                         "fingerprint": version.fingerprint,
                     },
@@ -163,7 +175,8 @@ def _watched(store: Store, *, now: datetime) -> list[Watched]:
 def _record(
     store: Store, *, actor: str, subject: str, kind: str, threshold: str, detail: dict[str, Any]
 ) -> bool:
-    """Record an alert unless it was raised before; True if it is new."""
+    """Record an alert unless it was raised before, and queue its event for the
+    notification channels in the same transaction; True if it is new."""
     with store.transaction() as s:
         exists = s.execute(
             select(AlertRow.id).where(
@@ -172,6 +185,7 @@ def _record(
         ).first()
         if exists is not None:
             return False
+    raised_at = datetime.fromisoformat(detail["raised_at"])
     try:
         with store.transaction() as s:
             s.add(
@@ -179,7 +193,7 @@ def _record(
                     subject=subject,
                     kind=kind,
                     threshold=threshold,
-                    raised_at=datetime.fromisoformat(detail["raised_at"]),
+                    raised_at=raised_at,
                     detail=detail,
                     delivered=False,
                 )
@@ -191,9 +205,61 @@ def _record(
                 subject=subject,
                 details={"kind": kind, "threshold": threshold, **detail},
             )
+            outbox.queue(
+                s,
+                _EVENTS.get(kind, f"alert.{kind}"),
+                {"subject": subject, "threshold": threshold or None, **detail},
+                at=raised_at,
+                rotation_id=detail.get("rotation_id"),
+                credential=detail.get("credential"),
+            )
     except IntegrityError:
         return False  # another worker raised it first
     return True
+
+
+def raise_stuck(store: Store, *, actor: str, now: datetime) -> int:
+    """Raise `rotation.stuck` once per rotation and phase for every rotation that stayed
+    in publishing, reloading or verifying longer than its policy's `stuck_after`, or in
+    grace that long past the grace period's end; how many are new."""
+    found: list[tuple[RotationRow, CredentialRow, datetime]] = []
+    with store.transaction() as s:
+        running = s.execute(
+            select(RotationRow, CredentialRow)
+            .join(CredentialRow, CredentialRow.id == RotationRow.credential_id)
+            .where(RotationRow.state.in_([state.value for state in _WATCHED_PHASES]))
+        ).all()
+        for rot, cred in running:
+            since = rot.grace_until if rot.state == RotationState.GRACE.value else rot.updated_at
+            if since is not None:
+                found.append((rot, cred, since))
+        s.expunge_all()
+    raised = 0
+    for rot, cred, since in found:
+        limit = Policy.model_validate(rot.plan.get("policy") or {}).stuck_after
+        if now - since < limit:
+            continue
+        past = "past the end of grace" if rot.state == RotationState.GRACE.value else "in it"
+        raised += _record(
+            store,
+            actor=actor,
+            subject=f"rotation:{rot.id}",
+            kind=STUCK,
+            threshold=rot.state,
+            detail={
+                "credential": cred.name,
+                "owner": cred.owner,
+                "environment": cred.environment,
+                "rotation_id": rot.id,
+                "state": rot.state,
+                "since": since.isoformat(),
+                "stuck_for": format_duration(now - since),
+                "attention": f"{rot.state} for {format_duration(now - since)} {past}, longer "
+                f"than stuck_after ({format_duration(limit)}); `keyshift show {rot.id[:8]}`",
+                "raised_at": now.isoformat(),
+            },
+        )
+    return raised
 
 
 def raise_alerts(store: Store, estate: Estate, *, actor: str, now: datetime) -> int:
@@ -243,10 +309,11 @@ def raise_alerts(store: Store, estate: Estate, *, actor: str, now: datetime) -> 
 
 
 _EVENTS = {
-    "refused": "rotation.refused",
-    EXPIRY: "credential.expiring",
-    "outside_keyshift": "entra.secret_outside_keyshift",
-    "lifetime": "entra.lifetime_exceeded",
+    "refused": kinds.ROTATION_REFUSED,
+    EXPIRY: kinds.CREDENTIAL_EXPIRING,
+    "outside_keyshift": kinds.OUTSIDE_KEYSHIFT,
+    "lifetime": kinds.LIFETIME_EXCEEDED,
+    STUCK: kinds.ROTATION_STUCK,
 }
 
 
@@ -393,6 +460,7 @@ async def worker_pass(
     retired = await retire_disabled(store, actor=actor, context=ctx)
     estate = current_estate(store)
     alerts = raise_alerts(store, estate, actor=actor, now=ctx.now())
+    alerts += raise_stuck(store, actor=actor, now=ctx.now())
     await deliver_alerts(store, estate, context=ctx)
     started = 0
     for credential in due_for_rotation(store, now=ctx.now()):
