@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from keyshift.domain.notifications import Notifications, channels_for
 from keyshift.domain.states import RotationState
-from keyshift.errors import EstateInvalid, TransientError
+from keyshift.errors import EstateInvalid, PermanentError, TransientError
 from keyshift.service import notifications, rotations, scheduler
 from keyshift.service.estate import apply_estate, current_estate, load_estate
 from keyshift.store.models import NotificationDeliveryRow, NotificationRow
@@ -26,6 +26,10 @@ from keyshift.testing import FakeClock
 from tests.conftest import Cli
 from tests.doubles.chat import SLACK_PATH, ChatWebhook
 from tests.doubles.receiver import Answer, Receiver
+from tests.doubles.smtp import PASSWORD as SMTP_PASSWORD
+from tests.doubles.smtp import USER as SMTP_USER
+from tests.doubles.smtp import MailServer
+from tests.doubles.tls import TlsFiles
 from tests.helpers import value_of, versions, write_estate
 
 CREDENTIAL = "api-key"
@@ -106,15 +110,18 @@ def _kinds(store: Store) -> list[str]:
 # --- what reaches the channels --------------------------------------------------------------
 
 
-def test_a_rolled_back_rotation_reaches_slack_and_teams_naming_the_step_and_reason(
+def test_a_rolled_back_rotation_reaches_slack_teams_and_email_naming_the_step_and_reason(
     store: Store,
     tmp_path: Path,
     slack: ChatWebhook,
     teams: ChatWebhook,
+    mail_server: MailServer,
+    tls: TlsFiles,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = FakeClock()
-    channels = [_chat(slack, monkeypatch), _chat(teams, monkeypatch)]
+    monkeypatch.setenv("KS_TEST_SMTP_PASSWORD", SMTP_PASSWORD)
+    channels = [_chat(slack, monkeypatch), _chat(teams, monkeypatch), mail_server.channel(tls)]
     _apply(store, _estate(tmp_path, channels, reload_on_failure=None))
     assert _rotate(store, clock) == RotationState.COMPLETED  # a first version, quietly
     _apply(store, _estate(tmp_path, channels, reload_on_failure="abort"))
@@ -122,18 +129,19 @@ def test_a_rolled_back_rotation_reaches_slack_and_teams_naming_the_step_and_reas
     assert _rotate(store, clock) == RotationState.ROLLED_BACK
     counts = _dispatch(store, clock)
 
-    assert counts["delivered"] == 4  # completed and rolled back, in both channels
-    for hook in (slack, teams):
-        rolled_back = [t for t in hook.texts() if "rolled back" in t]
-        assert len(rolled_back) == 1, hook.kind
+    assert counts["delivered"] == 6  # completed and rolled back, in three channels
+    mails = [m.as_string() for m in mail_server.messages]
+    for kind, texts in (("slack", slack.texts()), ("teams", teams.texts()), ("email", mails)):
+        rolled_back = [t for t in texts if "rolled back" in t]
+        assert len(rolled_back) == 1, kind
         text = rolled_back[0]
         assert CREDENTIAL in text
         assert "reloading:30:command" in text, "the failing step is named"
         assert "reload refused" in text, "and its reason"
         assert "team-test" in text
         assert "prod" in text
-    bodies = " ".join(slack.texts() + teams.texts())
-    for value in _values(store):
+    bodies = " ".join(slack.texts() + teams.texts() + mails)
+    for value in [*_values(store), SMTP_PASSWORD]:
         assert value not in bodies, "no secret value in any message"
     assert SLACK_PATH.rsplit("/", 1)[1] not in bodies
 
@@ -159,20 +167,23 @@ def test_a_needs_attention_rotation_reaches_every_channel(
         assert "reload refused" in message
 
 
-def test_an_approval_request_reaches_the_approver_groups_channel_with_the_plan(
+def test_an_approval_request_reaches_the_approver_groups_channels_with_the_plan(
     store: Store,
     tmp_path: Path,
     slack: ChatWebhook,
     teams: ChatWebhook,
+    mail_server: MailServer,
+    tls: TlsFiles,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = FakeClock()
-    channels = [_chat(slack, monkeypatch), _chat(teams, monkeypatch)]
+    monkeypatch.setenv("KS_TEST_SMTP_PASSWORD", SMTP_PASSWORD)
+    channels = [_chat(slack, monkeypatch), _chat(teams, monkeypatch), mail_server.channel(tls)]
     path = _estate(
         tmp_path,
         channels,
         routes=[{"channels": ["ops-slack"], "events": ["rotation.failed"]}],
-        owners={"platform-oncall": ["ops-teams"]},
+        owners={"platform-oncall": ["ops-teams", "ops-mail"]},
         policy={"approval": {"approvers": ["group:platform-oncall"]}},
     )
     _apply(store, path)
@@ -181,6 +192,9 @@ def test_an_approval_request_reaches_the_approver_groups_channel_with_the_plan(
     _dispatch(store, clock)
 
     assert slack.messages == [], "the route sends only failures to Slack"
+    [mail] = mail_server.messages
+    assert mail["Subject"] == f"[keyshift] Approval requested: rotation of {CREDENTIAL}"
+    assert "keyshift approve" in mail.as_string()
     [card] = teams.texts()
     assert "Approval requested" in card
     assert "platform-oncall" in card
@@ -529,3 +543,110 @@ def test_an_expiry_alert_reaches_the_owners_channel(
     assert titles == [f"Rotation of {CREDENTIAL} completed", f"{CREDENTIAL} expires in 20 days"]
     assert "rotation.completed" in _kinds(store)
     assert "credential.expiring" in _kinds(store)
+
+
+# --- email --------------------------------------------------------------------------------------
+
+
+def _mail_estate(
+    tmp: Path, server: MailServer, tls: TlsFiles, env: pytest.MonkeyPatch, **overrides: Any
+) -> Path:
+    env.setenv("KS_TEST_SMTP_PASSWORD", SMTP_PASSWORD)  # read from the environment at send
+    return _estate(tmp, [server.channel(tls, **overrides)], reload_on_failure="continue")
+
+
+def test_a_needs_attention_rotation_is_mailed_over_starttls_with_auth(
+    store: Store,
+    tmp_path: Path,
+    mail_server: MailServer,
+    tls: TlsFiles,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    _apply(store, _mail_estate(tmp_path, mail_server, tls, monkeypatch))
+
+    assert _rotate(store, clock) == RotationState.NEEDS_ATTENTION
+    assert _dispatch(store, clock)["delivered"] == 1
+
+    [mail] = mail_server.messages
+    assert mail_server.logins == [SMTP_USER], "authenticated after STARTTLS"
+    assert mail["Subject"] == f"[keyshift] Rotation of {CREDENTIAL} needs attention"
+    assert mail["To"] == "oncall@example.test"
+    body = mail.get_payload()
+    assert isinstance(body, str)
+    assert "reloading:30:command" in body
+    assert "reload refused" in body
+    with store.transaction() as s:
+        dedup = s.execute(select(NotificationRow.dedup_key)).scalar_one()
+    assert mail["X-Keyshift-Delivery"] == dedup
+    assert mail["Message-ID"] == f"<{dedup}@keyshift>"
+    for value in [*_values(store), SMTP_PASSWORD]:
+        assert value not in mail.as_string()
+
+
+def test_a_451_is_retried_and_a_wrong_password_is_refused(
+    store: Store,
+    tmp_path: Path,
+    mail_server: MailServer,
+    tls: TlsFiles,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    mail_server.fail("451 4.3.0 try again later")
+    _apply(store, _mail_estate(tmp_path, mail_server, tls, monkeypatch))
+    _rotate(store, clock)
+
+    assert _dispatch(store, clock)["retrying"] == 1
+    [row] = notifications.listing(store)
+    assert row.last_error is not None
+    assert "answered 451" in row.last_error
+    clock.advance(timedelta(minutes=1))
+    assert _dispatch(store, clock)["delivered"] == 1
+    assert len(mail_server.messages) == 1
+
+    monkeypatch.setenv("KS_TEST_SMTP_PASSWORD", "wrong")
+    with pytest.raises(PermanentError, match="answered 535"):
+        asyncio.run(
+            notifications.send_test(
+                current_estate(store), "ops-mail", context=clock.context(os.environ)
+            )
+        )
+
+
+def test_a_server_certificate_the_channel_does_not_trust_is_refused(
+    store: Store,
+    tmp_path: Path,
+    mail_server: MailServer,
+    tls: TlsFiles,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    _apply(store, _mail_estate(tmp_path, mail_server, tls, monkeypatch, ca_bundle=None))
+    _rotate(store, clock)
+
+    assert _dispatch(store, clock)["dead"] == 1
+    [row] = notifications.listing(store)
+    assert row.last_error is not None
+    assert "TLS failed" in row.last_error
+    assert mail_server.messages == []
+    assert mail_server.logins == [], "no password is sent before the server is trusted"
+
+
+def test_an_email_channel_refuses_a_password_without_starttls(tmp_path: Path) -> None:
+    channel = {
+        "name": "ops-mail",
+        "type": "email",
+        "host": "smtp.example.test",
+        "from_address": "keyshift@example.test",
+        "to": ["not-an-address"],
+        "username": "u",
+        "password_from": "env:X",
+        "starttls": False,
+    }
+    with pytest.raises(EstateInvalid) as refused:
+        load_estate(_estate(tmp_path, [channel]))
+    [problem] = refused.value.problems
+    assert problem.path == "notifications.channels[0].to[0]"
+    assert "'not-an-address' is not an email address" in problem.message
+    with pytest.raises(EstateInvalid, match="keep starttls: true"):
+        load_estate(_estate(tmp_path, [{**channel, "to": ["oncall@example.test"]}]))

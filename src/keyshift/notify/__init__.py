@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from keyshift.notify.base import Channel, Message, Sent, message_of
+from keyshift.notify.email import EmailChannel
 from keyshift.notify.slack import SlackChannel
 from keyshift.notify.teams import TeamsChannel
 from keyshift.notify.webhook import WebhookChannel
 
 CHANNELS: dict[str, Any] = {
+    EmailChannel.kind: EmailChannel,
     SlackChannel.kind: SlackChannel,
     TeamsChannel.kind: TeamsChannel,
     WebhookChannel.kind: WebhookChannel,
