@@ -18,7 +18,7 @@ from sqlalchemy import select
 from keyshift.domain.notifications import Notifications, channels_for
 from keyshift.domain.states import RotationState
 from keyshift.errors import EstateInvalid, PermanentError, TransientError
-from keyshift.service import notifications, rotations, scheduler
+from keyshift.service import approvals, notifications, rotations, scheduler
 from keyshift.service.estate import apply_estate, current_estate, load_estate
 from keyshift.store.models import NotificationDeliveryRow, NotificationRow
 from keyshift.store.store import Store
@@ -650,3 +650,35 @@ def test_an_email_channel_refuses_a_password_without_starttls(tmp_path: Path) ->
     assert "'not-an-address' is not an email address" in problem.message
     with pytest.raises(EstateInvalid, match="keep starttls: true"):
         load_estate(_estate(tmp_path, [{**channel, "to": ["oncall@example.test"]}]))
+
+
+def test_a_rotations_events_reach_a_channel_in_order_when_the_first_is_retried(
+    store: Store, tmp_path: Path, slack: ChatWebhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    path = _estate(
+        tmp_path,
+        [_chat(slack, monkeypatch)],
+        policy={"approval": {"approvers": ["group:platform-oncall"]}},
+        backoff="1m",
+    )
+    _apply(store, path)
+    assert _rotate(store, clock) == RotationState.AWAITING_APPROVAL
+    [request] = approvals.requests(store)
+    _, state = asyncio.run(
+        approvals.decide(store, request.id, approver="alice", approve=True, context=clock.context())
+    )
+    assert state == RotationState.COMPLETED
+    slack.fail(500)
+
+    assert _dispatch(store, clock) == {"routed": 3, "delivered": 0, "retrying": 1, "dead": 0}
+    assert slack.messages == [], "the later events wait for the first"
+    clock.advance(timedelta(minutes=1))
+    assert _dispatch(store, clock)["delivered"] == 3
+
+    titles = [m["text"] for m in slack.messages]
+    assert titles == [
+        f"Approval requested: rotation of {CREDENTIAL}",
+        f"Approval decided: rotation of {CREDENTIAL}",
+        f"Rotation of {CREDENTIAL} completed",
+    ]

@@ -120,12 +120,17 @@ class _Blank(dict[str, Any]):
 
 class Channel(Protocol):
     """A place messages go. `Config` validates its settings; `send` makes one attempt and
-    raises TransientError (try again, maybe after `retry_after`) or PermanentError."""
+    raises TransientError (try again, maybe after `retry_after`) or PermanentError.
+
+    `thread` is the `reference` an earlier message about the same rotation got from this
+    channel (a ticket key): a channel that keeps threads adds to it instead of starting
+    a new one. A rotation's events reach one channel in order: a later one waits while
+    an earlier one is pending."""
 
     kind: ClassVar[str]
     Config: ClassVar[type[BaseModel]]
 
-    async def send(self, message: Message, *, dedup_key: str) -> Sent: ...
+    async def send(self, message: Message, *, dedup_key: str, thread: str | None) -> Sent: ...
 
 
 def reveal_url(context: PluginContext, field: str, ref: str) -> str:

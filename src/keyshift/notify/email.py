@@ -99,7 +99,7 @@ class EmailChannel:
         self.config = config
         self.context = context
 
-    async def send(self, message: Message, *, dedup_key: str) -> Sent:
+    async def send(self, message: Message, *, dedup_key: str, thread: str | None) -> Sent:
         password = None
         if self.config.password_from is not None:
             try:

@@ -71,7 +71,7 @@ class SlackChannel:
         self.config = config
         self.context = context
 
-    async def send(self, message: Message, *, dedup_key: str) -> Sent:
+    async def send(self, message: Message, *, dedup_key: str, thread: str | None) -> Sent:
         url = reveal_url(self.context, "webhook_url_from", self.config.webhook_url_from)
         response = await post_json(
             "Slack webhook", url, blocks_of(message), within=self.config.timeout

@@ -61,7 +61,7 @@ class TeamsChannel:
         self.config = config
         self.context = context
 
-    async def send(self, message: Message, *, dedup_key: str) -> Sent:
+    async def send(self, message: Message, *, dedup_key: str, thread: str | None) -> Sent:
         url = reveal_url(self.context, "webhook_url_from", self.config.webhook_url_from)
         response = await post_json(
             "Teams webhook", url, card_of(message), within=self.config.timeout

@@ -52,6 +52,6 @@ class WebhookChannel:
     def __init__(self, config: WebhookChannelConfig, context: PluginContext) -> None:
         self.target = WebhookTarget(config.as_action(), context)
 
-    async def send(self, message: Message, *, dedup_key: str) -> Sent:
+    async def send(self, message: Message, *, dedup_key: str, thread: str | None) -> Sent:
         result = await self.target.send_event(message.payload, delivery_id=dedup_key)
         return Sent(f"HTTP {result.detail.get('status')}")

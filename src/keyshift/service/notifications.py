@@ -153,6 +153,7 @@ async def deliver(
                 NotificationDeliveryRow.channel,
                 NotificationRow.dedup_key,
                 NotificationRow.payload,
+                NotificationRow.rotation_id,
             )
             .join(NotificationRow, NotificationRow.id == NotificationDeliveryRow.notification_id)
             .where(
@@ -162,16 +163,19 @@ async def deliver(
             .order_by(NotificationDeliveryRow.id)
         ).all()
     channels: dict[str, Channel | KeyshiftError] = {}
-    for delivery_id, seen, name, dedup_key, payload in due:
+    for delivery_id, seen, name, dedup_key, payload, rotation_id in due:
         with store.transaction() as s:
+            if _earlier_pending(s, delivery_id, name, rotation_id):
+                continue  # a rotation's events reach a channel in order
             if not _claim(s, delivery_id, seen, now):
                 continue  # another worker has it
+            thread = _thread(s, name, rotation_id)
         if name not in channels:
             try:
                 channels[name] = build_channel(notifications, name, context)
             except KeyshiftError as exc:
                 channels[name] = exc
-        attempt = await _attempt(name, channels[name], dict(payload), dedup_key)
+        attempt = await _attempt(name, channels[name], dict(payload), dedup_key, thread)
         outcome = _record(store, notifications, delivery_id, attempt, now=context.now())
         counts[outcome] += 1
         if attempt.error:
@@ -190,13 +194,55 @@ class _Attempt:
     """Not worth trying again (a bad setting, an answer retrying cannot change)."""
 
 
+def _earlier_pending(s: Session, delivery_id: int, channel: str, rotation_id: str | None) -> bool:
+    """Whether an earlier event of the same rotation still waits for this channel."""
+    if rotation_id is None:
+        return False
+    earlier = s.execute(
+        select(NotificationDeliveryRow.id)
+        .join(NotificationRow, NotificationRow.id == NotificationDeliveryRow.notification_id)
+        .where(
+            NotificationRow.rotation_id == rotation_id,
+            NotificationDeliveryRow.channel == channel,
+            NotificationDeliveryRow.status == PENDING,
+            NotificationDeliveryRow.id < delivery_id,
+        )
+        .limit(1)
+    ).first()
+    return earlier is not None
+
+
+def _thread(s: Session, channel: str, rotation_id: str | None) -> str | None:
+    """What the channel named an earlier message about this rotation (a ticket key), so
+    that a later event joins it (a comment) instead of starting another."""
+    if rotation_id is None:
+        return None
+    reference: str | None = s.execute(
+        select(NotificationDeliveryRow.reference)
+        .join(NotificationRow, NotificationRow.id == NotificationDeliveryRow.notification_id)
+        .where(
+            NotificationRow.rotation_id == rotation_id,
+            NotificationDeliveryRow.channel == channel,
+            NotificationDeliveryRow.reference.is_not(None),
+        )
+        .order_by(NotificationDeliveryRow.id)
+        .limit(1)
+    ).scalar_one_or_none()
+    return reference
+
+
 async def _attempt(
-    name: str, channel: Channel | KeyshiftError, payload: dict[str, Any], dedup_key: str
+    name: str,
+    channel: Channel | KeyshiftError,
+    payload: dict[str, Any],
+    dedup_key: str,
+    thread: str | None,
 ) -> _Attempt:
     if isinstance(channel, KeyshiftError):
         return _Attempt(error=f"channel {name}: {channel}", final=True)
+    message = message_of(payload)
     try:
-        return _Attempt(sent=await channel.send(message_of(payload), dedup_key=dedup_key))
+        return _Attempt(sent=await channel.send(message, dedup_key=dedup_key, thread=thread))
     except TransientError as exc:
         return _Attempt(error=str(exc), retry_after=exc.retry_after)
     except KeyshiftError as exc:
@@ -303,4 +349,5 @@ async def send_test(estate: Estate, channel: str, *, context: PluginContext) -> 
         "channel": channel,
         "at": context.now().isoformat(),
     }
-    return await target.send(message_of(payload), dedup_key=f"test-{context.now().timestamp()}")
+    dedup_key = f"test-{context.now().timestamp()}"
+    return await target.send(message_of(payload), dedup_key=dedup_key, thread=None)
