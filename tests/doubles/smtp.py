@@ -9,7 +9,6 @@ scripted reply (e.g. 451 try later, 554 rejected).
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
@@ -21,6 +20,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from tests.doubles.tls import TlsFiles
+from tests.servers import free_port
 
 USER = "keyshift-mailer"
 PASSWORD = "smtp-password-not-in-any-output"
@@ -76,16 +76,9 @@ class MailServer:
         }
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 @pytest.fixture
 def mail_server(tls: TlsFiles) -> Iterator[MailServer]:
-    server = MailServer(port=_free_port())
+    server = MailServer(port=free_port())
     controller = Controller(
         server,
         hostname=server.host,

@@ -17,6 +17,7 @@ import pytest
 from azure.core.pipeline.transport import AsyncioRequestsTransport
 from azure.identity.aio import ClientSecretCredential
 
+from keyshift import metrics
 from keyshift.domain.secret import Secret
 from keyshift.errors import PermanentError, TransientError
 from keyshift.providers.graph import (
@@ -145,6 +146,13 @@ def test_paging_follows_next_link_across_1000_applications(
     assert len({p.query["$skiptoken"][0] for p in pages[1:]}) == 9
 
 
+def _throttled() -> float:
+    value = metrics.EVENTS.get_sample_value(
+        "keyshift_throttled_responses_total", {"system": "graph"}
+    )
+    return value or 0.0
+
+
 def test_429_with_retry_after_is_waited_on_the_context_clock_then_succeeds(
     graph: GraphDouble, tls: TlsFiles
 ) -> None:
@@ -156,12 +164,14 @@ def test_429_with_retry_after_is_waited_on_the_context_clock_then_succeeds(
         async with connected(graph, tls, clock) as gc:
             return await collect(gc)
 
+    throttled_before = _throttled()
     started = time.monotonic()
     with capture_logs() as events:
         apps = run(scenario())
     wall = time.monotonic() - started
     assert [a.display_name for a in apps] == ["payments-api"]
     assert clock.sleeps == [2.0, 2.0, 2.0]
+    assert _throttled() - throttled_before == 3, "each 429 is counted for /metrics"
     assert wall < 2.0, "the retry waited on wall time"
     assert len(graph.graph_requests("GET")) == 4
     assert [e["attempt"] for e in events if e["event"] == "graph.retry"] == [1, 2, 3]

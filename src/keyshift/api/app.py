@@ -1,25 +1,30 @@
 """`create_app`: the FastAPI application behind `keyshift serve`.
 
 Public routes: `/healthz` (the process is up), `/readyz` (the store answers),
-`/openapi.json` and `/docs`. Every `/v1` route requires a bearer token whose roles
-grant that route's one permission.
+`/openapi.json` and `/docs`. Every `/v1` route, and `/metrics`, requires a bearer token
+whose roles grant that route's one permission.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Annotated
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from keyshift import __version__
 from keyshift.api import problems
+from keyshift.api.auth import caller
 from keyshift.api.routes import ROUTERS
 from keyshift.api.runner import BackgroundRotations
 from keyshift.context import PluginContext
+from keyshift.domain.rbac import Permission
 from keyshift.errors import StoreError
+from keyshift.service import metrics as metrics_service
+from keyshift.service.identities import Identity
 from keyshift.store.store import Store
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
@@ -71,6 +76,21 @@ def create_app(
     def healthz() -> dict[str, str]:
         """The process is up."""
         return {"status": "ok", "version": __version__}
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {}}}},
+    )
+    def metrics_text(who: Annotated[Identity, caller(Permission.CREDENTIALS_READ)]) -> Response:
+        """Prometheus text format: rotations finished by state, step durations by kind,
+        credentials by lifecycle, the fewest days to expiry, the notification outbox's
+        depth and dead letters, issuers' 429 answers. Scrape with a viewer's token."""
+        current: Store = app.state.store
+        return Response(
+            metrics_service.exposition(current), media_type=metrics_service.CONTENT_TYPE
+        )
 
     @app.get("/readyz", tags=["health"], responses={503: {"description": "store unreachable"}})
     def readyz() -> JSONResponse:

@@ -7,6 +7,7 @@ import asyncio
 import socket
 from typing import Annotated, Any
 
+import prometheus_client
 import typer
 from rich.table import Table
 from rich.text import Text
@@ -31,6 +32,7 @@ from keyshift.domain.durations import parse_duration
 from keyshift.domain.preflight import PreflightResult, Readiness
 from keyshift.domain.states import RotationState
 from keyshift.service import impact as impact_service
+from keyshift.service import metrics as metrics_service
 from keyshift.service import rotations, scheduler
 
 CredentialName = Annotated[str, typer.Argument(help="Credential name.")]
@@ -297,14 +299,26 @@ def show(
 def worker(
     interval: Annotated[str, typer.Option(help="Time between scans.")] = "60s",
     once: Annotated[bool, typer.Option("--once", help="Run one scan and exit.")] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Serve Prometheus /metrics on this port."),
+    ] = None,
+    metrics_address: Annotated[
+        str, typer.Option(help="Address /metrics listens on (no token: keep it local).")
+    ] = "127.0.0.1",
 ) -> None:
-    """Resume unfinished rotations, revoke after grace periods, start due auto-rotations."""
+    """Resume unfinished rotations, revoke after grace periods, start due auto-rotations,
+    and deliver notifications."""
     try:
         every = parse_duration(interval)
     except ValueError as exc:
         err.print(f"error: --interval: {exc}", markup=False)
         raise typer.Exit(2) from None
     with open_store() as store:
+        if metrics_port is not None:
+            registry = metrics_service.registry_for(store)
+            prometheus_client.start_http_server(metrics_port, metrics_address, registry=registry)
+            out.print(f"metrics on http://{metrics_address}:{metrics_port}/metrics")
         try:
             asyncio.run(
                 scheduler.worker_loop(

@@ -29,6 +29,7 @@ from keyshift.engine.gates import ApprovalGate, GraceGate, validate
 from keyshift.engine.issuer import Issuer
 from keyshift.engine.journal import StepEvent
 from keyshift.engine.leases import Leases
+from keyshift.engine.measure import Measure
 from keyshift.engine.outbox import Outbox
 from keyshift.engine.plan import Plan
 from keyshift.engine.plugins import build_integrations
@@ -74,7 +75,7 @@ class Engine:
         # The audit trail first: it writes the evidence inside each change's transaction;
         # then the outbox of what operators are told, in the same transaction.
         self.trail = AuditTrail(store, actor)
-        listeners: list[Subscriber] = [self.trail, Outbox(), *subscribers]
+        listeners: list[Subscriber] = [self.trail, Outbox(), Measure(), *subscribers]
         if on_event is not None:
             listeners.append(StepProgress(on_event))
         self.events = EventBus(listeners)

@@ -21,6 +21,7 @@ import httpx
 import structlog
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 
+from keyshift import metrics
 from keyshift.azure import DEFAULT_GRAPH_URL
 from keyshift.context import PluginContext
 from keyshift.errors import PermanentError, TransientError
@@ -305,6 +306,8 @@ class GraphHttp:
                     )
                 reason = f"{status} {code}"
                 retry_after = _retry_after(response)
+                if status == 429:
+                    metrics.throttled("graph")
                 if not idempotent and status not in NOT_EXECUTED_STATUSES:
                     raise TransientError(
                         f"Graph {method} {where}: {reason}; not repeated since Graph may "

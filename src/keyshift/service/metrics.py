@@ -1,0 +1,99 @@
+"""`/metrics`: keyshift's Prometheus exposition, for `keyshift serve` and
+`keyshift worker --metrics-port`.
+
+Two kinds of series:
+
+- counted as things happen (`keyshift.metrics`): rotations finished by state, step
+  durations by step kind, issuers' 429 answers;
+- read from the store at each scrape (`StoreCollector`): credentials by lifecycle, the
+  fewest days any current version has left, the notification outbox's depth and its
+  dead letters.
+
+No label carries a value or a secret's name beyond the credential counts' lifecycle.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from keyshift import metrics
+from keyshift.domain.clock import utcnow
+from keyshift.domain.states import Lifecycle
+from keyshift.service import rotations
+from keyshift.store.models import NotificationDeliveryRow, NotificationRow
+from keyshift.store.store import Store
+
+__all__ = ["CONTENT_TYPE", "StoreCollector", "exposition", "registry_for"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class StoreCollector(Collector):
+    """Gauges read from the store when Prometheus scrapes."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        rows = rotations.status_rows(self.store, now=utcnow())
+        by_state = Tally(row.lifecycle.value for row in rows)
+        credentials = GaugeMetricFamily(
+            "keyshift_credentials", "Managed credentials by lifecycle state.", labels=["lifecycle"]
+        )
+        for state in Lifecycle:
+            credentials.add_metric([state.value], by_state.get(state.value, 0))
+        yield credentials
+        left = [row.days_left for row in rows if row.days_left is not None]
+        yield GaugeMetricFamily(
+            "keyshift_credential_expiry_days_min",
+            "The fewest days any managed credential's current version has left (NaN: none "
+            "expires).",
+            value=min(left) if left else float("nan"),
+        )
+        with self.store.transaction() as s:
+            counts = dict(
+                s.execute(
+                    select(NotificationDeliveryRow.status, func.count()).group_by(
+                        NotificationDeliveryRow.status
+                    )
+                ).all()
+            )
+            unrouted = s.execute(
+                select(func.count()).where(NotificationRow.routed.is_(False))
+            ).scalar_one()
+        yield GaugeMetricFamily(
+            "keyshift_notifications_pending",
+            "Notification deliveries not yet delivered (and events not yet routed).",
+            value=counts.get("pending", 0) + unrouted,
+        )
+        yield GaugeMetricFamily(
+            "keyshift_notifications_dead",
+            "Notification deliveries dead-lettered after their last try.",
+            value=counts.get("dead", 0),
+        )
+
+
+class _Counted(Collector):
+    """The series counted as things happen, from their own registry."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from metrics.EVENTS.collect()
+
+
+def registry_for(store: Store) -> CollectorRegistry:
+    """A registry of every keyshift series, the store's gauges read from `store`."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Counted())
+    registry.register(StoreCollector(store))
+    return registry
+
+
+def exposition(store: Store) -> bytes:
+    """The text format Prometheus scrapes."""
+    return generate_latest(registry_for(store))
