@@ -682,3 +682,30 @@ def test_a_rotations_events_reach_a_channel_in_order_when_the_first_is_retried(
         f"Approval decided: rotation of {CREDENTIAL}",
         f"Rotation of {CREDENTIAL} completed",
     ]
+
+
+def test_an_old_version_revoked_while_still_in_use_is_told_once(
+    store: Store, tmp_path: Path, slack: ChatWebhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    in_use = [sys.executable, "-c", "print('2 sessions'); raise SystemExit(1)"]
+    policy = {"residual_use": {"command": in_use, "on_timeout": "revoke", "check_every": "1m"}}
+    path = _estate(
+        tmp_path,
+        [_chat(slack, monkeypatch)],
+        routes=[{"channels": ["ops-slack"], "events": ["rotation.revoked_in_use"]}],
+        policy=policy,
+    )
+    _apply(store, path)
+    assert _rotate(store, clock) == RotationState.COMPLETED
+    assert _rotate(store, clock) == RotationState.GRACE
+
+    clock.advance(timedelta(hours=1, minutes=1))
+    _scan(store, clock)  # revokes as the policy says, then tells
+    _scan(store, clock)
+
+    [message] = slack.texts()
+    assert "revoked while still in use" in message
+    assert "session(s) still used it" in message
+    assert _kinds(store).count("rotation.revoked_in_use") == 1
+    assert versions(store, CREDENTIAL)[0].status == "revoked"

@@ -38,6 +38,7 @@ APPROVAL_REQUESTED: Final = "approval.requested"
 APPROVAL_DECIDED: Final = "approval.decided"
 ROTATION_STUCK: Final = "rotation.stuck"
 ROTATION_REFUSED: Final = "rotation.refused"
+REVOKED_IN_USE: Final = "rotation.revoked_in_use"
 CREDENTIAL_EXPIRING: Final = "credential.expiring"
 OUTSIDE_KEYSHIFT: Final = "entra.secret_outside_keyshift"
 LIFETIME_EXCEEDED: Final = "entra.lifetime_exceeded"
@@ -51,6 +52,7 @@ EVENT_KINDS: Final = (
     APPROVAL_REQUESTED,
     APPROVAL_DECIDED,
     ROTATION_STUCK,
+    REVOKED_IN_USE,
     ROTATION_REFUSED,
     CREDENTIAL_EXPIRING,
     OUTSIDE_KEYSHIFT,

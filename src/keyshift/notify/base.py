@@ -32,6 +32,7 @@ _TITLES = {
     kinds.APPROVAL_DECIDED: "Approval decided: rotation of {credential}",
     kinds.ROTATION_STUCK: "Rotation of {credential} is stuck in {state}",
     kinds.ROTATION_REFUSED: "Scheduled rotation of {credential} refused",
+    kinds.REVOKED_IN_USE: "Old version of {credential} revoked while still in use",
     kinds.CREDENTIAL_EXPIRING: "{credential}{app} expires in {days_left} days",
     kinds.OUTSIDE_KEYSHIFT: "Secret added outside keyshift to {app}",
     kinds.LIFETIME_EXCEEDED: "Secret of {app} lives longer than the policy allows",

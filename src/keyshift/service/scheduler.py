@@ -68,6 +68,9 @@ log = structlog.get_logger("keyshift.scheduler")
 
 EXPIRY = "expiry"
 STUCK = "stuck"
+REVOKED_IN_USE = "revoked_in_use"
+DRAIN_LOOKBACK = timedelta(days=7)
+"""How far back the scan looks for rotations that revoked an old version still in use."""
 _WATCHED_PHASES = (
     RotationState.PUBLISHING,
     RotationState.RELOADING,
@@ -262,6 +265,46 @@ def raise_stuck(store: Store, *, actor: str, now: datetime) -> int:
     return raised
 
 
+def raise_revoked_in_use(store: Store, *, actor: str, now: datetime) -> int:
+    """Raise `rotation.revoked_in_use` once for every rotation that revoked its old version
+    while the residual-use evidence still showed it in use (`on_timeout: revoke`): a
+    consumer may have been cut off. How many are new."""
+    with store.transaction() as s:
+        found = s.execute(
+            select(RotationRow.id, RotationRow.residual, CredentialRow)
+            .join(CredentialRow, CredentialRow.id == RotationRow.credential_id)
+            .where(
+                RotationRow.state == RotationState.COMPLETED.value,
+                RotationRow.finished_at >= now - DRAIN_LOOKBACK,
+                RotationRow.residual.is_not(None),
+            )
+        ).all()
+        s.expunge_all()
+    raised = 0
+    for rotation_id, evidence, cred in found:
+        sessions = int((evidence or {}).get("last_sessions") or 0)
+        if not sessions:
+            continue
+        raised += _record(
+            store,
+            actor=actor,
+            subject=f"rotation:{rotation_id}",
+            kind=REVOKED_IN_USE,
+            threshold="",
+            detail={
+                "credential": cred.name,
+                "owner": cred.owner,
+                "environment": cred.environment,
+                "rotation_id": rotation_id,
+                "attention": f"the old version was revoked while {sessions} session(s) still "
+                f"used it ({evidence.get('outcome')}); check the consumers that had not "
+                "moved to the new version",
+                "raised_at": now.isoformat(),
+            },
+        )
+    return raised
+
+
 def raise_alerts(store: Store, estate: Estate, *, actor: str, now: datetime) -> int:
     """Record every alert due now that was not raised before; how many are new."""
     raised = 0
@@ -314,6 +357,7 @@ _EVENTS = {
     "outside_keyshift": kinds.OUTSIDE_KEYSHIFT,
     "lifetime": kinds.LIFETIME_EXCEEDED,
     STUCK: kinds.ROTATION_STUCK,
+    REVOKED_IN_USE: kinds.REVOKED_IN_USE,
 }
 
 
@@ -461,6 +505,7 @@ async def worker_pass(
     estate = current_estate(store)
     alerts = raise_alerts(store, estate, actor=actor, now=ctx.now())
     alerts += raise_stuck(store, actor=actor, now=ctx.now())
+    alerts += raise_revoked_in_use(store, actor=actor, now=ctx.now())
     await deliver_alerts(store, estate, context=ctx)
     started = 0
     for credential in due_for_rotation(store, now=ctx.now()):
