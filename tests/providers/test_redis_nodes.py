@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +19,7 @@ from keyshift.domain.estate import Policy
 from keyshift.domain.states import RotationState
 from keyshift.providers.base import CreateRequest, PreflightRequest, Readiness, VerifyRequest
 from keyshift.providers.redis import RedisConfig, RedisIntegration, RedisProvider
-from keyshift.service import rotations
+from keyshift.service import alerting, notifications, rotations, scheduler
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock
 from tests.conftest import Cli
@@ -231,3 +232,35 @@ def test_a_node_without_the_new_password_yet_answers_partial_so_the_proof_waits(
     assert f"accepted on {_host_port(primary)}" in answer.detail
     assert f"refused on {_host_port(replica)}" in answer.detail
     assert version.value.reveal() not in answer.detail
+
+
+def test_a_password_changed_outside_keyshift_raises_one_alert_and_event(
+    nodes: tuple[str, str], app_user: str, env: dict[str, str], store: Store, tmp_path: Path
+) -> None:
+    primary, _replica = nodes
+    cli = Cli(env)
+    assert cli("apply", "-f", str(_estate(tmp_path, primary, app_user, []))).exit_code == 0
+    assert cli("rotate", "cache", "--grace", "0s").exit_code == 0
+    clock = FakeClock()
+
+    def check() -> int:
+        return asyncio.run(
+            alerting.raise_changed_outside(store, actor="worker", context=clock.context(env))
+        )
+
+    assert check() == 0, "the current version signs in: nothing changed"
+    with redis.Redis.from_url(primary) as root:  # someone resets the password by hand
+        root.execute_command("ACL", "SETUSER", app_user, "resetpass", ">set-by-hand")
+    assert check() == 0, "checked less than an hour ago"
+    clock.advance(timedelta(hours=1))
+    assert check() == 1
+    clock.advance(timedelta(hours=1))
+    assert check() == 0, "raised once per version"
+
+    [alert] = [a for a in scheduler.alerts(store) if a.kind == "changed_outside"]
+    assert alert.detail["credential"] == "cache"
+    assert "changed outside keyshift" in alert.detail["attention"]
+    kinds = [n.kind for n in notifications.listing(store) if n.credential == "cache"]
+    assert kinds.count("credential.changed_outside_keyshift") == 1
+    password = env_value(tmp_path / "cache.env", "REDIS_PASSWORD") or ""
+    assert password not in str(alert.detail)

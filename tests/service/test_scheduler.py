@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from keyshift.service import scheduler
+from keyshift.service import notifications, scheduler
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock
 from tests.conftest import ADMIN_ENV, ADMIN_SECRET, Cli
@@ -249,6 +249,9 @@ def test_a_secret_added_outside_keyshift_is_reported_once(
     kinds = sorted(e["event"] for e in _events(receiver))
     assert kinds == ["entra.lifetime_exceeded", "entra.secret_outside_keyshift"]
     assert {e["key_id"] for e in _events(receiver)} == {portal.key_id}
+    # Notification channels are told it as any change made outside keyshift.
+    told = sorted(n.kind for n in notifications.listing(store))
+    assert told == ["credential.changed_outside_keyshift", "entra.lifetime_exceeded"]
 
 
 def test_worker_once_prints_what_the_scan_did(

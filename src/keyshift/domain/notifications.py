@@ -39,6 +39,7 @@ APPROVAL_DECIDED: Final = "approval.decided"
 ROTATION_STUCK: Final = "rotation.stuck"
 ROTATION_REFUSED: Final = "rotation.refused"
 REVOKED_IN_USE: Final = "rotation.revoked_in_use"
+CHANGED_OUTSIDE: Final = "credential.changed_outside_keyshift"
 CREDENTIAL_EXPIRING: Final = "credential.expiring"
 OUTSIDE_KEYSHIFT: Final = "entra.secret_outside_keyshift"
 LIFETIME_EXCEEDED: Final = "entra.lifetime_exceeded"
@@ -53,9 +54,9 @@ EVENT_KINDS: Final = (
     APPROVAL_DECIDED,
     ROTATION_STUCK,
     REVOKED_IN_USE,
+    CHANGED_OUTSIDE,
     ROTATION_REFUSED,
     CREDENTIAL_EXPIRING,
-    OUTSIDE_KEYSHIFT,
     LIFETIME_EXCEEDED,
 )
 """Every kind of event a route may name: the engine's (rotations, approvals) and the

@@ -33,8 +33,8 @@ _TITLES = {
     kinds.ROTATION_STUCK: "Rotation of {credential} is stuck in {state}",
     kinds.ROTATION_REFUSED: "Scheduled rotation of {credential} refused",
     kinds.REVOKED_IN_USE: "Old version of {credential} revoked while still in use",
+    kinds.CHANGED_OUTSIDE: "{credential}{app} was changed outside keyshift",
     kinds.CREDENTIAL_EXPIRING: "{credential}{app} expires in {days_left} days",
-    kinds.OUTSIDE_KEYSHIFT: "Secret added outside keyshift to {app}",
     kinds.LIFETIME_EXCEEDED: "Secret of {app} lives longer than the policy allows",
     kinds.NOTIFICATION_TEST: "keyshift test message for channel {channel}",
 }

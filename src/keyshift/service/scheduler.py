@@ -35,21 +35,18 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from keyshift.azure import EntraIntegration
 from keyshift.context import PluginContext
-from keyshift.domain import notifications as kinds
 from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import DEFAULT_POLICY_NAME, Estate, Policy
-from keyshift.domain.states import RotationState, VersionStatus
-from keyshift.engine import outbox
+from keyshift.domain.states import VersionStatus
 from keyshift.engine.engine import Engine
 from keyshift.engine.journal import StepEvent
 from keyshift.errors import PolicyRefused
 from keyshift.providers import ProviderKind
-from keyshift.service import entra, notifications
+from keyshift.service import alerting, entra, notifications
 from keyshift.service.estate import current_estate
 from keyshift.service.rotations import resume, retire_disabled, rotate
 from keyshift.store.models import (
@@ -58,7 +55,6 @@ from keyshift.store.models import (
     DiscoveredApp,
     DiscoveredCredential,
     Meta,
-    RotationRow,
     VersionRow,
 )
 from keyshift.store.store import Store
@@ -66,18 +62,6 @@ from keyshift.targets.webhook import WebhookConfig, WebhookTarget
 
 log = structlog.get_logger("keyshift.scheduler")
 
-EXPIRY = "expiry"
-STUCK = "stuck"
-REVOKED_IN_USE = "revoked_in_use"
-DRAIN_LOOKBACK = timedelta(days=7)
-"""How far back the scan looks for rotations that revoked an old version still in use."""
-_WATCHED_PHASES = (
-    RotationState.PUBLISHING,
-    RotationState.RELOADING,
-    RotationState.VERIFYING,
-    RotationState.GRACE,
-)
-"""Where a rotation should not stay long: a consumer hangs, or revocation never comes."""
 _SYNCED_AT = "entra.synced_at:"
 
 
@@ -175,136 +159,6 @@ def _watched(store: Store, *, now: datetime) -> list[Watched]:
     return out
 
 
-def _record(
-    store: Store, *, actor: str, subject: str, kind: str, threshold: str, detail: dict[str, Any]
-) -> bool:
-    """Record an alert unless it was raised before, and queue its event for the
-    notification channels in the same transaction; True if it is new."""
-    with store.transaction() as s:
-        exists = s.execute(
-            select(AlertRow.id).where(
-                AlertRow.subject == subject, AlertRow.kind == kind, AlertRow.threshold == threshold
-            )
-        ).first()
-        if exists is not None:
-            return False
-    raised_at = datetime.fromisoformat(detail["raised_at"])
-    try:
-        with store.transaction() as s:
-            s.add(
-                AlertRow(
-                    subject=subject,
-                    kind=kind,
-                    threshold=threshold,
-                    raised_at=raised_at,
-                    detail=detail,
-                    delivered=False,
-                )
-            )
-            store.audit(
-                s,
-                actor=actor,
-                action="alert.raised",
-                subject=subject,
-                details={"kind": kind, "threshold": threshold, **detail},
-            )
-            outbox.queue(
-                s,
-                _EVENTS.get(kind, f"alert.{kind}"),
-                {"subject": subject, "threshold": threshold or None, **detail},
-                at=raised_at,
-                rotation_id=detail.get("rotation_id"),
-                credential=detail.get("credential"),
-            )
-    except IntegrityError:
-        return False  # another worker raised it first
-    return True
-
-
-def raise_stuck(store: Store, *, actor: str, now: datetime) -> int:
-    """Raise `rotation.stuck` once per rotation and phase for every rotation that stayed
-    in publishing, reloading or verifying longer than its policy's `stuck_after`, or in
-    grace that long past the grace period's end; how many are new."""
-    found: list[tuple[RotationRow, CredentialRow, datetime]] = []
-    with store.transaction() as s:
-        running = s.execute(
-            select(RotationRow, CredentialRow)
-            .join(CredentialRow, CredentialRow.id == RotationRow.credential_id)
-            .where(RotationRow.state.in_([state.value for state in _WATCHED_PHASES]))
-        ).all()
-        for rot, cred in running:
-            since = rot.grace_until if rot.state == RotationState.GRACE.value else rot.updated_at
-            if since is not None:
-                found.append((rot, cred, since))
-        s.expunge_all()
-    raised = 0
-    for rot, cred, since in found:
-        limit = Policy.model_validate(rot.plan.get("policy") or {}).stuck_after
-        if now - since < limit:
-            continue
-        past = "past the end of grace" if rot.state == RotationState.GRACE.value else "in it"
-        raised += _record(
-            store,
-            actor=actor,
-            subject=f"rotation:{rot.id}",
-            kind=STUCK,
-            threshold=rot.state,
-            detail={
-                "credential": cred.name,
-                "owner": cred.owner,
-                "environment": cred.environment,
-                "rotation_id": rot.id,
-                "state": rot.state,
-                "since": since.isoformat(),
-                "stuck_for": format_duration(now - since),
-                "attention": f"{rot.state} for {format_duration(now - since)} {past}, longer "
-                f"than stuck_after ({format_duration(limit)}); `keyshift show {rot.id[:8]}`",
-                "raised_at": now.isoformat(),
-            },
-        )
-    return raised
-
-
-def raise_revoked_in_use(store: Store, *, actor: str, now: datetime) -> int:
-    """Raise `rotation.revoked_in_use` once for every rotation that revoked its old version
-    while the residual-use evidence still showed it in use (`on_timeout: revoke`): a
-    consumer may have been cut off. How many are new."""
-    with store.transaction() as s:
-        found = s.execute(
-            select(RotationRow.id, RotationRow.residual, CredentialRow)
-            .join(CredentialRow, CredentialRow.id == RotationRow.credential_id)
-            .where(
-                RotationRow.state == RotationState.COMPLETED.value,
-                RotationRow.finished_at >= now - DRAIN_LOOKBACK,
-                RotationRow.residual.is_not(None),
-            )
-        ).all()
-        s.expunge_all()
-    raised = 0
-    for rotation_id, evidence, cred in found:
-        sessions = int((evidence or {}).get("last_sessions") or 0)
-        if not sessions:
-            continue
-        raised += _record(
-            store,
-            actor=actor,
-            subject=f"rotation:{rotation_id}",
-            kind=REVOKED_IN_USE,
-            threshold="",
-            detail={
-                "credential": cred.name,
-                "owner": cred.owner,
-                "environment": cred.environment,
-                "rotation_id": rotation_id,
-                "attention": f"the old version was revoked while {sessions} session(s) still "
-                f"used it ({evidence.get('outcome')}); check the consumers that had not "
-                "moved to the new version",
-                "raised_at": now.isoformat(),
-            },
-        )
-    return raised
-
-
 def raise_alerts(store: Store, estate: Estate, *, actor: str, now: datetime) -> int:
     """Record every alert due now that was not raised before; how many are new."""
     raised = 0
@@ -321,18 +175,18 @@ def raise_alerts(store: Store, estate: Estate, *, actor: str, now: datetime) -> 
             "days_left": int(left.total_seconds() // 86400),
             "raised_at": now.isoformat(),
         }
-        raised += _record(
+        raised += alerting.record(
             store,
             actor=actor,
             subject=item.subject,
-            kind=EXPIRY,
+            kind=alerting.EXPIRY,
             threshold=format_duration(nearest),
             detail=detail,
         )
     default = estate.named_policy(DEFAULT_POLICY_NAME)
     for finding in entra.findings(store, now=now, default_policy=default):
         c = finding.credential
-        raised += _record(
+        raised += alerting.record(
             store,
             actor=actor,
             subject=f"entra:{c.integration}:{c.key_id}",
@@ -351,16 +205,6 @@ def raise_alerts(store: Store, estate: Estate, *, actor: str, now: datetime) -> 
     return raised
 
 
-_EVENTS = {
-    "refused": kinds.ROTATION_REFUSED,
-    EXPIRY: kinds.CREDENTIAL_EXPIRING,
-    "outside_keyshift": kinds.OUTSIDE_KEYSHIFT,
-    "lifetime": kinds.LIFETIME_EXCEEDED,
-    STUCK: kinds.ROTATION_STUCK,
-    REVOKED_IN_USE: kinds.REVOKED_IN_USE,
-}
-
-
 async def deliver_alerts(store: Store, estate: Estate, *, context: PluginContext) -> int:
     """Send undelivered alerts to every alert webhook; how many were delivered. Without
     webhooks an alert counts as delivered: it stays in the store and the audit trail."""
@@ -377,7 +221,7 @@ async def deliver_alerts(store: Store, estate: Estate, *, context: PluginContext
     delivered = 0
     for alert_id, subject, kind, threshold, detail in pending:
         event = {
-            "event": _EVENTS.get(kind, f"alert.{kind}"),
+            "event": alerting.EVENT_NAMES.get(kind, f"alert.{kind}"),
             "alert_id": alert_id,
             "subject": subject,
             "threshold": threshold or None,
@@ -504,8 +348,9 @@ async def worker_pass(
     retired = await retire_disabled(store, actor=actor, context=ctx)
     estate = current_estate(store)
     alerts = raise_alerts(store, estate, actor=actor, now=ctx.now())
-    alerts += raise_stuck(store, actor=actor, now=ctx.now())
-    alerts += raise_revoked_in_use(store, actor=actor, now=ctx.now())
+    alerts += alerting.raise_stuck(store, actor=actor, now=ctx.now())
+    alerts += alerting.raise_revoked_in_use(store, actor=actor, now=ctx.now())
+    alerts += await alerting.raise_changed_outside(store, actor=actor, context=ctx)
     await deliver_alerts(store, estate, context=ctx)
     started = 0
     for credential in due_for_rotation(store, now=ctx.now()):
@@ -522,7 +367,7 @@ async def worker_pass(
             started += 1
         except PolicyRefused as exc:
             # Raised once as an alert (and audited then), not at every scan.
-            _record(
+            alerting.record(
                 store,
                 actor=actor,
                 subject=f"credential:{credential}",
