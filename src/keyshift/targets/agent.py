@@ -50,6 +50,7 @@ from keyshift.errors import (
 )
 from keyshift.sources import SecretRef
 from keyshift.targets.base import (
+    BaseTarget,
     PreflightRequest,
     PreflightResult,
     PublishRequest,
@@ -358,18 +359,11 @@ class SystemdReloadConfig(BaseModel):
 # --- targets -------------------------------------------------------------------------------
 
 
-class _AgentTarget:
+class _AgentTarget(BaseTarget[Any]):
     """What the three agent targets share: finding the agent, preflight, legacy URLs."""
 
-    kind: ClassVar[str]
-    phase: ClassVar[Phase]
-    Config: ClassVar[type[BaseModel]]
     runs_on_agent: ClassVar[bool] = True
     """Performed by a host agent: the action takes `agent_id`."""
-
-    def __init__(self, config: Any, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
 
     def _client(self) -> AgentClient:
         if self.context.agent_id is None:

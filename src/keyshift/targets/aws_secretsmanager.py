@@ -43,6 +43,7 @@ from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError, scrub
 from keyshift.sources import SecretRef
 from keyshift.targets.base import (
+    BaseTarget,
     PreflightRequest,
     PreflightResult,
     PublishRequest,
@@ -128,7 +129,7 @@ def request_token(version_id: str) -> str:
     return str(uuid.uuid5(TOKEN_NAMESPACE, version_id))
 
 
-class AwsSecretsManagerTarget:
+class AwsSecretsManagerTarget(BaseTarget[AwsSecretsManagerConfig]):
     """Writes each new version to a Secrets Manager secret and moves `AWSCURRENT` to it."""
 
     kind: ClassVar[str] = "aws_secretsmanager"
@@ -144,8 +145,7 @@ class AwsSecretsManagerTarget:
         return where
 
     def __init__(self, config: AwsSecretsManagerConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
+        super().__init__(config, context)
         self._client: Any = None
         self._client_lock = threading.Lock()
 

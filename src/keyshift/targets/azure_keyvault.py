@@ -50,6 +50,7 @@ from keyshift.domain.location import url_origin
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError
 from keyshift.targets.base import (
+    BaseTarget,
     Delivery,
     PreflightRequest,
     PreflightResult,
@@ -163,7 +164,7 @@ class _Disabled:
 DISABLED: Final = _Disabled()
 
 
-class AzureKeyVaultTarget:
+class AzureKeyVaultTarget(BaseTarget[AzureKeyVaultConfig]):
     """Publishes each version as a new version of one Key Vault secret."""
 
     kind: ClassVar[str] = "azure_keyvault"
@@ -181,8 +182,7 @@ class AzureKeyVaultTarget:
         }
 
     def __init__(self, config: AzureKeyVaultConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
+        super().__init__(config, context)
         self._where = f"Key Vault {config.vault_url} secret {config.secret_name}"
 
     # --- the contract --------------------------------------------------------------------

@@ -22,16 +22,16 @@ import re
 import shutil
 from datetime import timedelta
 from pathlib import Path
-from typing import ClassVar, Final, Generic, Literal, Self, TypeVar
+from typing import ClassVar, Final, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError
 from keyshift.process import inherited_env, run_program
 from keyshift.targets.base import (
+    BaseTarget,
     Delivery,
     PreflightRequest,
     PreflightResult,
@@ -121,12 +121,8 @@ class CommandCheckConfig(ProgramConfig):
 _C = TypeVar("_C", bound=ProgramConfig)
 
 
-class _ProgramStep(Generic[_C]):
+class _ProgramStep(BaseTarget[_C]):
     """What `command` and `command_check` share: preflight, publish and running argv."""
-
-    def __init__(self, config: _C, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
 
     @classmethod
     def describe(cls, config: ProgramConfig) -> dict[str, str]:

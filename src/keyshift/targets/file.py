@@ -32,6 +32,7 @@ from keyshift.context import PluginContext
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError, TransientError
 from keyshift.targets.base import (
+    BaseTarget,
     Delivery,
     PreflightRequest,
     PreflightResult,
@@ -244,7 +245,7 @@ def field_values(entries: Mapping[str, str], delivery: Delivery | None) -> dict[
     }
 
 
-class FileTarget:
+class FileTarget(BaseTarget[FileConfig]):
     """Writes the value at one key of a file; rollback restores the previous value or removes it."""
 
     kind: ClassVar[str] = "file"
@@ -261,8 +262,7 @@ class FileTarget:
         }
 
     def __init__(self, config: FileConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
+        super().__init__(config, context)
         self._file = KeyFile(
             config.path, config.file_format, list(config.entries()), create=config.create
         )

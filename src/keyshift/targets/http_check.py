@@ -18,9 +18,7 @@ from typing import ClassVar, Final
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration, format_duration
-from keyshift.domain.location import url_origin
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError
 from keyshift.targets.base import (
@@ -32,7 +30,7 @@ from keyshift.targets.base import (
     StepResult,
     positive,
 )
-from keyshift.targets.web import Outcome, http_url
+from keyshift.targets.web import Outcome, UrlTarget, http_url
 
 MAX_BODY: Final = 1024 * 1024
 """Bytes of the answer searched for `expect_body`; the rest is not read."""
@@ -73,22 +71,12 @@ class HttpCheckConfig(BaseModel):
         return positive(value, str(info.field_name))
 
 
-class HttpCheckTarget:
+class HttpCheckTarget(UrlTarget[HttpCheckConfig]):
     """Checks after the cutover that a consumer answers healthy on its URL."""
 
     kind: ClassVar[str] = "http_check"
     phase: ClassVar[Phase] = Phase.VERIFY
     Config: ClassVar[type[BaseModel]] = HttpCheckConfig
-
-    @classmethod
-    def describe(cls, config: HttpCheckConfig) -> dict[str, str]:
-        """The server it checks: scheme, host and port (a path or query may hold a token)."""
-        return {"url": url_origin(config.url)}
-
-    def __init__(self, config: HttpCheckConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
-        self._host = httpx.URL(config.url).host
 
     async def preflight(self, request: PreflightRequest) -> PreflightResult:
         """One GET with a short timeout. Ready if the consumer answers healthy now.

@@ -25,7 +25,6 @@ from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, mod
 
 from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration, format_duration
-from keyshift.domain.location import url_origin
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError
 from keyshift.sources import SecretRef
@@ -40,6 +39,7 @@ from keyshift.targets.base import (
 )
 from keyshift.targets.web import (
     MAX_WAIT,
+    UrlTarget,
     attempt,
     backoff_wait,
     http_url,
@@ -97,23 +97,16 @@ class SpringRefreshConfig(BaseModel):
         return self
 
 
-class SpringRefreshTarget:
+class SpringRefreshTarget(UrlTarget[SpringRefreshConfig]):
     """Asks a Spring application to reload its configuration after a publish."""
 
     kind: ClassVar[str] = "spring_refresh"
     phase: ClassVar[Phase] = Phase.RELOAD
     Config: ClassVar[type[BaseModel]] = SpringRefreshConfig
 
-    @classmethod
-    def describe(cls, config: SpringRefreshConfig) -> dict[str, str]:
-        """The Spring application it refreshes: scheme, host and port."""
-        return {"url": url_origin(config.url)}
-
     def __init__(self, config: SpringRefreshConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
+        super().__init__(config, context)
         url = httpx.URL(config.url)
-        self._host = url.host
         path = url.path.rstrip("/")
         parent, _, self._endpoint = path.rpartition("/")
         self._discovery_url = url.copy_with(path=parent or "/", query=None)

@@ -22,9 +22,7 @@ from typing import Any, ClassVar, Final
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration
-from keyshift.domain.location import url_origin
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError
@@ -42,6 +40,7 @@ from keyshift.targets.base import (
 from keyshift.targets.web import (
     MAX_WAIT,
     Outcome,
+    UrlTarget,
     attempt,
     backoff_wait,
     http_url,
@@ -108,22 +107,12 @@ class WebhookConfig(BaseModel):
         return self
 
 
-class WebhookTarget:
+class WebhookTarget(UrlTarget[WebhookConfig]):
     """Notifies a receiver that a version was published or rolled back."""
 
     kind: ClassVar[str] = "webhook"
     phase: ClassVar[Phase] = Phase.NOTIFY
     Config: ClassVar[type[BaseModel]] = WebhookConfig
-
-    @classmethod
-    def describe(cls, config: WebhookConfig) -> dict[str, str]:
-        """The receiver: scheme, host and port (webhook paths often embed a token)."""
-        return {"url": url_origin(config.url)}
-
-    def __init__(self, config: WebhookConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
-        self._host = httpx.URL(config.url).host
 
     async def preflight(self, request: PreflightRequest) -> PreflightResult:
         """Ready when the signing secret (if any) resolves. Sends nothing."""

@@ -20,6 +20,7 @@ from keyshift.domain.durations import Duration, format_duration
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError, PluginError, TransientError
 from keyshift.targets.base import (
+    BaseTarget,
     PreflightRequest,
     PreflightResult,
     PublishRequest,
@@ -194,7 +195,7 @@ _ROLLOUT: Final[dict[str, Callable[[Any], _Rollout]]] = {
 }
 
 
-class KubernetesRolloutRestartTarget:
+class KubernetesRolloutRestartTarget(BaseTarget[KubernetesRolloutRestartConfig]):
     """Restarts a Deployment, StatefulSet or DaemonSet so its pods read the new value."""
 
     kind: ClassVar[str] = "kubernetes_rollout_restart"
@@ -211,8 +212,7 @@ class KubernetesRolloutRestartTarget:
         }
 
     def __init__(self, config: KubernetesRolloutRestartConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
+        super().__init__(config, context)
         self.api = KubernetesApi(config, list)
         self._what = f"{config.kind} {config.namespace}/{config.name}"
         self._plural = _PLURAL[config.kind]

@@ -26,6 +26,7 @@ from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError, PluginError, TransientError
 from keyshift.targets.base import (
     VALUE_FIELDS,
+    BaseTarget,
     Delivery,
     PreflightRequest,
     PreflightResult,
@@ -140,7 +141,7 @@ def _identity(delivery: Delivery | None) -> dict[str, str | None]:
     }
 
 
-class KubernetesSecretTarget:
+class KubernetesSecretTarget(BaseTarget[KubernetesSecretConfig]):
     """Writes the version into its key(s) of a Kubernetes Secret, keeping every other key."""
 
     kind: ClassVar[str] = "kubernetes_secret"
@@ -158,8 +159,7 @@ class KubernetesSecretTarget:
         }
 
     def __init__(self, config: KubernetesSecretConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
+        super().__init__(config, context)
         self._known: list[str] = []
         self.api = KubernetesApi(config, lambda: self._known)
         self._what = f"Secret {config.namespace}/{config.secret}"
