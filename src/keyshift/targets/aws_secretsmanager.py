@@ -42,15 +42,8 @@ from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError, scrub
 from keyshift.sources import SecretRef
-from keyshift.targets.base import (
-    BaseTarget,
-    PreflightRequest,
-    PreflightResult,
-    PublishRequest,
-    Readiness,
-    RollbackRequest,
-    StepResult,
-)
+from keyshift.targets import base
+from keyshift.targets.base import BaseTarget, PreflightResult, Readiness, StepResult
 from keyshift.targets.web import http_url
 
 CURRENT: Final = "AWSCURRENT"
@@ -151,7 +144,7 @@ class AwsSecretsManagerTarget(BaseTarget[AwsSecretsManagerConfig]):
 
     # --- the Target contract ------------------------------------------------------------------
 
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """`DescribeSecret` only; changes nothing.
 
         Blocked when the identity may not describe the secret, when the secret is
@@ -183,7 +176,7 @@ class AwsSecretsManagerTarget(BaseTarget[AwsSecretsManagerConfig]):
             )
         return PreflightResult(Readiness.READY)
 
-    async def publish(self, request: PublishRequest) -> StepResult:
+    async def publish(self, request: base.PublishRequest) -> StepResult:
         """Make the version the secret's `AWSCURRENT` (see the module docstring).
 
         Idempotent: the version is found by its derived token; if it is already
@@ -229,7 +222,7 @@ class AwsSecretsManagerTarget(BaseTarget[AwsSecretsManagerConfig]):
             await self._remove_label(PENDING, token, delivery.value)
         return self._detail(described["ARN"], token, previous=current, written=True)
 
-    async def rollback(self, request: RollbackRequest) -> StepResult:
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
         """Give `AWSCURRENT` back to the version that held it before the failed one.
 
         Only when the failed version is current (otherwise it was never switched to,

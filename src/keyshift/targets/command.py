@@ -30,14 +30,12 @@ from keyshift.domain.durations import Duration
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError
 from keyshift.process import inherited_env, run_program
+from keyshift.targets import base
 from keyshift.targets.base import (
     BaseTarget,
     Delivery,
-    PreflightRequest,
     PreflightResult,
-    PublishRequest,
     Readiness,
-    RollbackRequest,
     StepResult,
     positive,
 )
@@ -129,7 +127,7 @@ class _ProgramStep(BaseTarget[_C]):
         """The program it runs (argv[0] only: later arguments may carry tokens)."""
         return {"program": config.argv[0]}
 
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """Ready when argv[0] resolves to an executable (and cwd exists). Runs nothing."""
         reason = self._blocked_reason()
         if reason:
@@ -143,7 +141,7 @@ class _ProgramStep(BaseTarget[_C]):
             return f"{self.config.argv[0]} is not an executable program here"
         return ""
 
-    async def publish(self, request: PublishRequest) -> StepResult:
+    async def publish(self, request: base.PublishRequest) -> StepResult:
         """Run the program with the new version. Idempotent as far as the program is."""
         delivery = request.delivery
         return await self._run("publish", delivery, delivery, [delivery])
@@ -222,7 +220,7 @@ class CommandTarget(_ProgramStep[CommandConfig]):
     phase: ClassVar[Phase] = Phase.RELOAD
     Config: ClassVar[type[BaseModel]] = CommandConfig
 
-    async def rollback(self, request: RollbackRequest) -> StepResult:
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
         """Run the program again with the restored version, so the consumer reloads it.
 
         With `rollback: none`, or when there is no previous version whose value the
@@ -246,6 +244,6 @@ class CommandCheckTarget(_ProgramStep[CommandCheckConfig]):
     phase: ClassVar[Phase] = Phase.VERIFY
     Config: ClassVar[type[BaseModel]] = CommandCheckConfig
 
-    async def rollback(self, request: RollbackRequest) -> StepResult:
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
         """Runs nothing: a check changed nothing, so there is nothing to undo."""
         return StepResult({"skipped": "a check has nothing to undo"})

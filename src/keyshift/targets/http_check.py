@@ -21,15 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from keyshift.domain.durations import Duration, format_duration
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError
-from keyshift.targets.base import (
-    PreflightRequest,
-    PreflightResult,
-    PublishRequest,
-    Readiness,
-    RollbackRequest,
-    StepResult,
-    positive,
-)
+from keyshift.targets import base
+from keyshift.targets.base import PreflightResult, Readiness, StepResult, positive
 from keyshift.targets.web import Outcome, UrlTarget, http_url
 
 MAX_BODY: Final = 1024 * 1024
@@ -78,7 +71,7 @@ class HttpCheckTarget(UrlTarget[HttpCheckConfig]):
     phase: ClassVar[Phase] = Phase.VERIFY
     Config: ClassVar[type[BaseModel]] = HttpCheckConfig
 
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """One GET with a short timeout. Ready if the consumer answers healthy now.
 
         Otherwise manual review, not blocked: a consumer that is down at this moment
@@ -93,12 +86,12 @@ class HttpCheckTarget(UrlTarget[HttpCheckConfig]):
             Readiness.MANUAL_REVIEW, f"{self._host} is not healthy now: {answer.failure}"
         )
 
-    async def publish(self, request: PublishRequest) -> StepResult:
+    async def publish(self, request: base.PublishRequest) -> StepResult:
         """Try until the consumer answers healthy or `timeout` passes. Changes nothing,
         so it can run any number of times."""
         return await self._until_healthy("after publishing")
 
-    async def rollback(self, request: RollbackRequest) -> StepResult:
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
         """Check the same way that the consumer is healthy on the restored version.
 
         Raises like publish when it is not, so the rollback is recorded as incomplete.

@@ -28,15 +28,8 @@ from keyshift.domain.durations import Duration, format_duration
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError
 from keyshift.sources import SecretRef
-from keyshift.targets.base import (
-    PreflightRequest,
-    PreflightResult,
-    PublishRequest,
-    Readiness,
-    RollbackRequest,
-    StepResult,
-    positive,
-)
+from keyshift.targets import base
+from keyshift.targets.base import PreflightResult, Readiness, StepResult, positive
 from keyshift.targets.web import (
     MAX_WAIT,
     UrlTarget,
@@ -111,7 +104,7 @@ class SpringRefreshTarget(UrlTarget[SpringRefreshConfig]):
         parent, _, self._endpoint = path.rpartition("/")
         self._discovery_url = url.copy_with(path=parent or "/", query=None)
 
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """GET the actuator discovery page (the URL's parent) and look for the endpoint's
         link. Never POSTs, so nothing is reloaded.
 
@@ -153,12 +146,12 @@ class SpringRefreshTarget(UrlTarget[SpringRefreshConfig]):
             )
         return PreflightResult(Readiness.READY)
 
-    async def publish(self, request: PublishRequest) -> StepResult:
+    async def publish(self, request: base.PublishRequest) -> StepResult:
         """POST the refresh. Repeatable: a second refresh reloads the same values and
         reports no changed keys."""
         return await self._refresh("after publishing")
 
-    async def rollback(self, request: RollbackRequest) -> StepResult:
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
         """POST the refresh again: by now the store holds the restored value, so the
         application reloads it. Repeatable like publish."""
         return await self._refresh("after rollback")

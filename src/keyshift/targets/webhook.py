@@ -27,16 +27,8 @@ from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError
 from keyshift.sources import SecretRef
-from keyshift.targets.base import (
-    Delivery,
-    PreflightRequest,
-    PreflightResult,
-    PublishRequest,
-    Readiness,
-    RollbackRequest,
-    StepResult,
-    positive,
-)
+from keyshift.targets import base
+from keyshift.targets.base import Delivery, PreflightResult, Readiness, StepResult, positive
 from keyshift.targets.web import (
     MAX_WAIT,
     Outcome,
@@ -114,7 +106,7 @@ class WebhookTarget(UrlTarget[WebhookConfig]):
     phase: ClassVar[Phase] = Phase.NOTIFY
     Config: ClassVar[type[BaseModel]] = WebhookConfig
 
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """Ready when the signing secret (if any) resolves. Sends nothing."""
         try:
             self._signing_key()
@@ -122,7 +114,7 @@ class WebhookTarget(UrlTarget[WebhookConfig]):
             return PreflightResult(Readiness.BLOCKED, str(exc))
         return PreflightResult(Readiness.READY)
 
-    async def publish(self, request: PublishRequest) -> StepResult:
+    async def publish(self, request: base.PublishRequest) -> StepResult:
         """POST `rotation.published`.
 
         Idempotent for receivers: a repeat carries the same `X-Keyshift-Delivery`, which
@@ -147,7 +139,7 @@ class WebhookTarget(UrlTarget[WebhookConfig]):
         carries a value; `delivery_id` is the `X-Keyshift-Delivery` receivers dedupe on."""
         return await self._send(dict(event), None, delivery_id=delivery_id, with_value=False)
 
-    async def rollback(self, request: RollbackRequest) -> StepResult:
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
         """POST `rotation.rolled_back`.
 
         `version_id` is the restored version (None if there was none) and
