@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 from urllib.parse import quote
@@ -43,7 +42,7 @@ from keyshift.service.identities import IssuedToken, Principal, RoleView, TokenI
 from keyshift.service.impact import ImpactRow
 from keyshift.service.integrations import Check
 from keyshift.service.notifications import Delivery
-from keyshift.service.rotations import RotationSummary, StatusRow, StepLine, Timeline
+from keyshift.service.rotations import RotationSummary, StatusRow, Timeline
 from keyshift.service.scheduler import Alert
 
 T = TypeVar("T")
@@ -96,18 +95,6 @@ class Unfinished:
     credential: str
     state: str
     running_here: bool
-
-
-@dataclass(frozen=True)
-class _RotationDoc:
-    """`GET /v1/rotations/{id}` beside the `RotationSummary` fields of the same document."""
-
-    credential: str
-    plan_hash: str
-    grace_until: datetime | None
-    attention: str | None
-    steps: list[StepLine]
-    running: bool = False
 
 
 @dataclass(frozen=True)
@@ -241,18 +228,11 @@ class Client:
         return self._timeline(path, self._request("GET", path))
 
     def _timeline(self, path: str, body: Any) -> Timeline:
-        """A rotation document (`RotationOut`) as the service's `Timeline`."""
-        summary = self._validate(path, body, RotationSummary)
-        doc = self._validate(path, body, _RotationDoc)
-        return Timeline(
-            summary,
-            doc.credential,
-            doc.plan_hash,
-            doc.grace_until,
-            doc.attention,
-            doc.steps,
-            doc.running,
-        )
+        """A rotation document (`RotationOut`) as the service's `Timeline`: the document
+        holds the `RotationSummary` fields beside the timeline's own, so it is read as both."""
+        if isinstance(body, dict):
+            body = {**body, "rotation": body}
+        return self._validate(path, body, Timeline)
 
     def unfinished(self) -> list[Unfinished]:
         """`GET /v1/rotations`: every rotation not in a final state, oldest first."""

@@ -81,6 +81,12 @@ def exit_on_error(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def bad_usage(message: str) -> NoReturn:
+    """Refuse a bad option or argument: `error: message` on stderr and exit code 2."""
+    err.print(f"error: {message}", markup=False)
+    raise typer.Exit(2) from None
+
+
 @contextmanager
 def open_store(env: dict[str, str] | None = None) -> Iterator[Store]:
     if env is None and os.environ.get(SERVER_ENV):

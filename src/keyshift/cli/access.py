@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from keyshift.cli._common import ServerOption, actor, answer, client_of, exit_on_error, open_store
+from keyshift.cli._common import (
+    ServerOption,
+    actor,
+    answer,
+    bad_usage,
+    client_of,
+    exit_on_error,
+    open_store,
+)
 from keyshift.cli.output import Format, OutputOption, emit, err, new_table, out, when
 from keyshift.domain.durations import parse_duration
 from keyshift.service import identities
@@ -28,8 +36,7 @@ def _lifetime(expires_in: str) -> timedelta | None:
     try:
         return parse_duration(expires_in)
     except ValueError as exc:
-        err.print(f"error: --expires-in: {exc}", markup=False)
-        raise typer.Exit(2) from None
+        bad_usage(f"--expires-in: {exc}")
 
 
 def _print_token_once(issued: identities.IssuedToken) -> None:

@@ -13,7 +13,15 @@ from typing import Annotated
 import typer
 
 from keyshift.cli import runs
-from keyshift.cli._common import ServerOption, actor, answer, client_of, exit_on_error, open_store
+from keyshift.cli._common import (
+    ServerOption,
+    actor,
+    answer,
+    bad_usage,
+    client_of,
+    exit_on_error,
+    open_store,
+)
 from keyshift.cli.output import Format, OutputOption, emit, err, new_table, out, when
 from keyshift.domain.clock import utcnow
 from keyshift.service import approvals as approvals_service
@@ -106,8 +114,7 @@ def _decide(
     """Record the decision and run the rotation on as far as it goes (at the server, by
     following it there); exit 1 unless it ends healthy."""
     if no_wait and not server:
-        err.print("error: --no-wait: only with --server (an embedded decision runs here)")
-        raise typer.Exit(2)
+        bad_usage("--no-wait: only with --server (an embedded decision runs here)")
     if server:
         with client_of(server) as client:
             view = client.approval(request_id)
@@ -235,8 +242,7 @@ def evidence(
     """
     if rotation_id == "verify":
         if file is None or output is not None:
-            err.print("error: usage: keyshift evidence verify FILE")
-            raise typer.Exit(2)
+            bad_usage("usage: keyshift evidence verify FILE")
         bundle = evidence_service.load(file.read_text(encoding="utf-8"))
         if server:
             with client_of(server) as client:
@@ -254,8 +260,7 @@ def evidence(
         )
         return
     if file is not None:
-        err.print("error: unexpected argument; did you mean `keyshift evidence verify FILE`?")
-        raise typer.Exit(2)
+        bad_usage("unexpected argument; did you mean `keyshift evidence verify FILE`?")
     if server:
         with client_of(server) as client:
             bundle = client.evidence(rotation_id)
@@ -299,8 +304,7 @@ def audit_export(
 ) -> None:
     """Write every audit entry as JSON Lines to stdout (for a SIEM)."""
     if format != "jsonl":
-        err.print("error: --format: must be jsonl")
-        raise typer.Exit(2)
+        bad_usage("--format: must be jsonl")
     if server:
         with client_of(server) as client:
             for entry in client.audit_entries():

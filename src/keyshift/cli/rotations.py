@@ -13,13 +13,20 @@ from rich.table import Table
 from rich.text import Text
 
 from keyshift.cli import runs
-from keyshift.cli._common import ServerOption, actor, answer, client_of, exit_on_error, open_store
+from keyshift.cli._common import (
+    ServerOption,
+    actor,
+    answer,
+    bad_usage,
+    client_of,
+    exit_on_error,
+    open_store,
+)
 from keyshift.cli.output import (
     Format,
     OutputOption,
     clock,
     emit,
-    err,
     ms,
     new_table,
     out,
@@ -109,11 +116,9 @@ def rotate(
         try:
             grace_td = parse_duration(grace)
         except ValueError as exc:
-            err.print(f"error: --grace: {exc}", markup=False)
-            raise typer.Exit(2) from None
+            bad_usage(f"--grace: {exc}")
     if no_wait and not server:
-        err.print("error: --no-wait: only with --server (an embedded rotation runs here)")
-        raise typer.Exit(2)
+        bad_usage("--no-wait: only with --server (an embedded rotation runs here)")
     if dry_run:
         _preflight(name, server)
         return
@@ -312,8 +317,7 @@ def worker(
     try:
         every = parse_duration(interval)
     except ValueError as exc:
-        err.print(f"error: --interval: {exc}", markup=False)
-        raise typer.Exit(2) from None
+        bad_usage(f"--interval: {exc}")
     with open_store() as store:
         if metrics_port is not None:
             registry = metrics_service.registry_for(store)
@@ -347,8 +351,7 @@ def impact(
 ) -> None:
     """Every issuer and consumer a rotation of NAME touches, in run order, and where."""
     if as_json and output == Format.YAML:
-        err.print("error: --json: not with -o yaml (--json is -o json)")
-        raise typer.Exit(2)
+        bad_usage("--json: not with -o yaml (--json is -o json)")
     rows = answer(
         server, lambda client: client.impact(name), lambda store: impact_service.impact(store, name)
     )

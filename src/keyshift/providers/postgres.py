@@ -36,20 +36,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from keyshift.domain.secret import Secret
 from keyshift.errors import KeyshiftError, PermanentError, TransientError
+from keyshift.providers import base
 from keyshift.providers.base import (
     Capability,
-    CreateRequest,
     IssuedVersion,
-    ListRequest,
-    PreflightRequest,
     PreflightResult,
     Propagation,
     Readiness,
-    RevokeRequest,
     RevokeResult,
     UsageReport,
-    UsageRequest,
-    VerifyRequest,
     VerifyResult,
     VersionInfo,
 )
@@ -241,7 +236,7 @@ class PostgresProvider(ConnectedProvider[PostgresConfig, PostgresIntegration]):
         # The role not in use takes the new password.
         return alternate_user(self.config.users or [], current)
 
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """Log in as the admin and check each rotated role: it exists, belongs to the group
         role (alternating_users), and the admin may alter it. Changes nothing.
 
@@ -308,7 +303,7 @@ class PostgresProvider(ConnectedProvider[PostgresConfig, PostgresIntegration]):
                 )
         return None, who
 
-    async def create(self, request: CreateRequest) -> IssuedVersion:
+    async def create(self, request: base.CreateRequest) -> IssuedVersion:
         """Set a fresh password on the role that is not in use (or the single role).
 
         Idempotent in versions: after a crash the engine calls again for the same
@@ -339,7 +334,7 @@ class PostgresProvider(ConnectedProvider[PostgresConfig, PostgresIntegration]):
                 raise _classify(exc, f"setting the password of role {user}") from None
         return login_version(self._integration, user, request.marker, password, expires)
 
-    async def verify(self, request: VerifyRequest) -> VerifyResult:
+    async def verify(self, request: base.VerifyRequest) -> VerifyResult:
         """Log in as a consumer would and run `SELECT 1`."""
         attrs = request.version.attributes
         try:
@@ -361,7 +356,7 @@ class PostgresProvider(ConnectedProvider[PostgresConfig, PostgresIntegration]):
             await conn.close()
         return VerifyResult(ok=ok, detail=f"logged in as {attrs.get('username')}; SELECT 1")
 
-    async def revoke(self, request: RevokeRequest) -> RevokeResult:
+    async def revoke(self, request: base.RevokeRequest) -> RevokeResult:
         """alternating_users: disable the old role's login (`NOLOGIN`, `PASSWORD NULL`);
         never drop it. Succeeds if it is already disabled. single_user: the old password
         was replaced at creation, so there is nothing left to revoke."""
@@ -386,7 +381,7 @@ class PostgresProvider(ConnectedProvider[PostgresConfig, PostgresIntegration]):
                 raise _classify(exc, f"disabling the login of role {user}") from None
         return RevokeResult(detail={"role": user, "login": "disabled"})
 
-    async def residual_use(self, request: UsageRequest) -> UsageReport:
+    async def residual_use(self, request: base.UsageRequest) -> UsageReport:
         """Client sessions of the version's role, from `pg_stat_activity` (all databases).
 
         Any role sees every session's `usename`; without `pg_read_all_stats` the other
@@ -406,7 +401,7 @@ class PostgresProvider(ConnectedProvider[PostgresConfig, PostgresIntegration]):
             detail["oldest_session_start"] = oldest.isoformat()
         return UsageReport(sessions=int(sessions), detail=detail)
 
-    async def list_versions(self, request: ListRequest) -> list[VersionInfo]:
+    async def list_versions(self, request: base.ListRequest) -> list[VersionInfo]:
         """The rotated roles, with the marker of the rotation that last set each password."""
         roles = self.config.users or [self.config.user or ""]
         rows = await self._rows(

@@ -19,17 +19,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from keyshift.context import PluginContext
 from keyshift.domain.secret import Secret
+from keyshift.providers import base
 from keyshift.providers.base import (
     Capability,
-    CreateRequest,
     IssuedVersion,
-    ListRequest,
-    PreflightRequest,
     PreflightResult,
     Readiness,
-    RevokeRequest,
     RevokeResult,
-    VerifyRequest,
     VerifyResult,
     VersionInfo,
 )
@@ -93,11 +89,11 @@ class RandomProvider:
             return secrets.token_hex(cfg.length)
         return draw(cfg.alphabet, cfg.length)
 
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """Always ready: keyshift itself issues the values, so there is nothing to reach."""
         return PreflightResult(Readiness.READY, "keyshift generates the values; nothing to reach")
 
-    async def create(self, request: CreateRequest) -> IssuedVersion:
+    async def create(self, request: base.CreateRequest) -> IssuedVersion:
         """Generate a new value. Nothing leaves the process until the engine stores it, so
         a crash before storing loses nothing and a second call simply draws again; the
         engine looks for a stored version of this rotation before calling."""
@@ -113,18 +109,18 @@ class RandomProvider:
             expires_at=expires,
         )
 
-    async def verify(self, request: VerifyRequest) -> VerifyResult:
+    async def verify(self, request: base.VerifyRequest) -> VerifyResult:
         """keyshift is the issuer: a version is valid when it holds a well-formed value."""
         value = request.version.value.reveal()
         if self.config.format == "alphabet" and len(value) != self.config.length:
             return VerifyResult(ok=False, detail="value length does not match the config")
         return VerifyResult(ok=bool(value), detail="issued by keyshift")
 
-    async def revoke(self, request: RevokeRequest) -> RevokeResult:
+    async def revoke(self, request: base.RevokeRequest) -> RevokeResult:
         """Nothing to call: the engine erases the stored value. Succeeds when already gone."""
         return RevokeResult(detail={"issuer": "keyshift"})
 
-    async def list_versions(self, request: ListRequest) -> list[VersionInfo]:
+    async def list_versions(self, request: base.ListRequest) -> list[VersionInfo]:
         """keyshift's store is the only record of this issuer, so there is nothing else to list."""
         return []
 

@@ -49,15 +49,8 @@ from keyshift.errors import (
     TransientError,
 )
 from keyshift.sources import SecretRef
-from keyshift.targets.base import (
-    PreflightRequest,
-    PreflightResult,
-    PublishRequest,
-    Readiness,
-    RollbackRequest,
-    StepResult,
-    positive,
-)
+from keyshift.targets import base
+from keyshift.targets.base import BaseTarget, PreflightResult, Readiness, StepResult, positive
 from keyshift.targets.file import FileConfig, field_values
 from keyshift.targets.web import attempt, http_url
 
@@ -358,18 +351,11 @@ class SystemdReloadConfig(BaseModel):
 # --- targets -------------------------------------------------------------------------------
 
 
-class _AgentTarget:
+class _AgentTarget(BaseTarget[Any]):
     """What the three agent targets share: finding the agent, preflight, legacy URLs."""
 
-    kind: ClassVar[str]
-    phase: ClassVar[Phase]
-    Config: ClassVar[type[BaseModel]]
     runs_on_agent: ClassVar[bool] = True
     """Performed by a host agent: the action takes `agent_id`."""
-
-    def __init__(self, config: Any, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
 
     def _client(self) -> AgentClient:
         if self.context.agent_id is None:
@@ -393,7 +379,7 @@ class _AgentTarget:
         """The preflight check the agent runs for this step."""
         raise NotImplementedError
 
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """Ask the agent whether the step could run: path, pool or unit on its allow-list,
         file writable and parseable, command present. Changes nothing.
 
@@ -459,7 +445,7 @@ class AgentSecretSyncTarget(_AgentTarget):
     def _check(self) -> dict[str, Any]:
         return {"kind": "file", **self._file(), "keys": list(self.config.entries())}
 
-    async def publish(self, request: PublishRequest) -> StepResult:
+    async def publish(self, request: base.PublishRequest) -> StepResult:
         """Send the value to the agent, which writes it. Idempotent: an unchanged value is
         not rewritten."""
         self._refuse_unenrolled()
@@ -479,7 +465,7 @@ class AgentSecretSyncTarget(_AgentTarget):
             }
         )
 
-    async def rollback(self, request: RollbackRequest) -> StepResult:
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
         """Have the agent write `previous` back, or remove the keys when there was none.
         Idempotent."""
         self._refuse_unenrolled()
@@ -534,11 +520,11 @@ class _ReloadTarget(_AgentTarget):
             {"agent": client.name, **self._request(), "exit_code": answer.get("exit_code")}
         )
 
-    async def publish(self, request: PublishRequest) -> StepResult:
+    async def publish(self, request: base.PublishRequest) -> StepResult:
         """Run the reload. Repeatable: a second run reloads the same files."""
         return await self._reload("after publishing")
 
-    async def rollback(self, request: RollbackRequest) -> StepResult:
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
         """Run the reload again after the files were restored. Repeatable."""
         return await self._reload("after rollback")
 

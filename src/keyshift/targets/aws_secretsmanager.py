@@ -42,14 +42,8 @@ from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError, scrub
 from keyshift.sources import SecretRef
-from keyshift.targets.base import (
-    PreflightRequest,
-    PreflightResult,
-    PublishRequest,
-    Readiness,
-    RollbackRequest,
-    StepResult,
-)
+from keyshift.targets import base
+from keyshift.targets.base import BaseTarget, PreflightResult, Readiness, StepResult
 from keyshift.targets.web import http_url
 
 CURRENT: Final = "AWSCURRENT"
@@ -128,7 +122,7 @@ def request_token(version_id: str) -> str:
     return str(uuid.uuid5(TOKEN_NAMESPACE, version_id))
 
 
-class AwsSecretsManagerTarget:
+class AwsSecretsManagerTarget(BaseTarget[AwsSecretsManagerConfig]):
     """Writes each new version to a Secrets Manager secret and moves `AWSCURRENT` to it."""
 
     kind: ClassVar[str] = "aws_secretsmanager"
@@ -144,14 +138,13 @@ class AwsSecretsManagerTarget:
         return where
 
     def __init__(self, config: AwsSecretsManagerConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
+        super().__init__(config, context)
         self._client: Any = None
         self._client_lock = threading.Lock()
 
     # --- the Target contract ------------------------------------------------------------------
 
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """`DescribeSecret` only; changes nothing.
 
         Blocked when the identity may not describe the secret, when the secret is
@@ -183,7 +176,7 @@ class AwsSecretsManagerTarget:
             )
         return PreflightResult(Readiness.READY)
 
-    async def publish(self, request: PublishRequest) -> StepResult:
+    async def publish(self, request: base.PublishRequest) -> StepResult:
         """Make the version the secret's `AWSCURRENT` (see the module docstring).
 
         Idempotent: the version is found by its derived token; if it is already
@@ -229,7 +222,7 @@ class AwsSecretsManagerTarget:
             await self._remove_label(PENDING, token, delivery.value)
         return self._detail(described["ARN"], token, previous=current, written=True)
 
-    async def rollback(self, request: RollbackRequest) -> StepResult:
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
         """Give `AWSCURRENT` back to the version that held it before the failed one.
 
         Only when the failed version is current (otherwise it was never switched to,

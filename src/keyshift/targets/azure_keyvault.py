@@ -49,13 +49,12 @@ from keyshift.domain.durations import Duration
 from keyshift.domain.location import url_origin
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError
+from keyshift.targets import base
 from keyshift.targets.base import (
+    BaseTarget,
     Delivery,
-    PreflightRequest,
     PreflightResult,
-    PublishRequest,
     Readiness,
-    RollbackRequest,
     StepResult,
     positive,
 )
@@ -163,7 +162,7 @@ class _Disabled:
 DISABLED: Final = _Disabled()
 
 
-class AzureKeyVaultTarget:
+class AzureKeyVaultTarget(BaseTarget[AzureKeyVaultConfig]):
     """Publishes each version as a new version of one Key Vault secret."""
 
     kind: ClassVar[str] = "azure_keyvault"
@@ -181,13 +180,12 @@ class AzureKeyVaultTarget:
         }
 
     def __init__(self, config: AzureKeyVaultConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
+        super().__init__(config, context)
         self._where = f"Key Vault {config.vault_url} secret {config.secret_name}"
 
     # --- the contract --------------------------------------------------------------------
 
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """Sign in and read the secret. Changes nothing.
 
         Ready when the identity can get the secret, or the secret does not exist yet
@@ -208,7 +206,7 @@ class AzureKeyVaultTarget:
             )
         return PreflightResult(Readiness.READY, f"secrets get works; {not_proven}")
 
-    async def publish(self, request: PublishRequest) -> StepResult:
+    async def publish(self, request: base.PublishRequest) -> StepResult:
         """Write the value as a new version tagged with its rotation, version id and
         fingerprint.
 
@@ -224,7 +222,7 @@ class AzureKeyVaultTarget:
         log.info("key vault version written", **self._ids(written))
         return self._result(written)
 
-    async def rollback(self, request: RollbackRequest) -> StepResult:
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
         """Undo publish without deleting anything.
 
         With a previous version: when the latest version is the failed one, write the

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, ClassVar, Final, Protocol, runtime_checkable
+from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -21,6 +21,7 @@ from keyshift.errors import PermanentError
 
 __all__ = [
     "VALUE_FIELDS",
+    "BaseTarget",
     "Delivery",
     "PreflightRequest",
     "PreflightResult",
@@ -93,6 +94,26 @@ class Target(Protocol):
 
 class TargetFactory(Protocol):
     def __call__(self, config: BaseModel, context: PluginContext) -> Target: ...
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+class BaseTarget(Generic[ConfigT]):
+    """What every target holds the same way: its config (an instance of its `Config`) and
+    the plugin context it was built with.
+
+    A subclass names its `kind`, `phase` and `Config`, implements the `Target` methods and
+    extends `__init__` only for state of its own.
+    """
+
+    kind: ClassVar[str]
+    phase: ClassVar[Phase]
+    Config: ClassVar[type[BaseModel]]
+
+    def __init__(self, config: ConfigT, context: PluginContext) -> None:
+        self.config = config
+        self.context = context
 
 
 VALUE_FIELDS: Final = frozenset({"value", "password"})

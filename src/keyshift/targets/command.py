@@ -22,22 +22,20 @@ import re
 import shutil
 from datetime import timedelta
 from pathlib import Path
-from typing import ClassVar, Final, Generic, Literal, Self, TypeVar
+from typing import ClassVar, Final, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError
 from keyshift.process import inherited_env, run_program
+from keyshift.targets import base
 from keyshift.targets.base import (
+    BaseTarget,
     Delivery,
-    PreflightRequest,
     PreflightResult,
-    PublishRequest,
     Readiness,
-    RollbackRequest,
     StepResult,
     positive,
 )
@@ -121,19 +119,15 @@ class CommandCheckConfig(ProgramConfig):
 _C = TypeVar("_C", bound=ProgramConfig)
 
 
-class _ProgramStep(Generic[_C]):
+class _ProgramStep(BaseTarget[_C]):
     """What `command` and `command_check` share: preflight, publish and running argv."""
-
-    def __init__(self, config: _C, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
 
     @classmethod
     def describe(cls, config: ProgramConfig) -> dict[str, str]:
         """The program it runs (argv[0] only: later arguments may carry tokens)."""
         return {"program": config.argv[0]}
 
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """Ready when argv[0] resolves to an executable (and cwd exists). Runs nothing."""
         reason = self._blocked_reason()
         if reason:
@@ -147,7 +141,7 @@ class _ProgramStep(Generic[_C]):
             return f"{self.config.argv[0]} is not an executable program here"
         return ""
 
-    async def publish(self, request: PublishRequest) -> StepResult:
+    async def publish(self, request: base.PublishRequest) -> StepResult:
         """Run the program with the new version. Idempotent as far as the program is."""
         delivery = request.delivery
         return await self._run("publish", delivery, delivery, [delivery])
@@ -226,7 +220,7 @@ class CommandTarget(_ProgramStep[CommandConfig]):
     phase: ClassVar[Phase] = Phase.RELOAD
     Config: ClassVar[type[BaseModel]] = CommandConfig
 
-    async def rollback(self, request: RollbackRequest) -> StepResult:
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
         """Run the program again with the restored version, so the consumer reloads it.
 
         With `rollback: none`, or when there is no previous version whose value the
@@ -250,6 +244,6 @@ class CommandCheckTarget(_ProgramStep[CommandCheckConfig]):
     phase: ClassVar[Phase] = Phase.VERIFY
     Config: ClassVar[type[BaseModel]] = CommandCheckConfig
 
-    async def rollback(self, request: RollbackRequest) -> StepResult:
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
         """Runs nothing: a check changed nothing, so there is nothing to undo."""
         return StepResult({"skipped": "a check has nothing to undo"})

@@ -31,13 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from keyshift.context import PluginContext
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError, TransientError
+from keyshift.targets import base
 from keyshift.targets.base import (
+    BaseTarget,
     Delivery,
-    PreflightRequest,
     PreflightResult,
-    PublishRequest,
     Readiness,
-    RollbackRequest,
     StepResult,
     field_value,
     key_entries,
@@ -244,7 +243,7 @@ def field_values(entries: Mapping[str, str], delivery: Delivery | None) -> dict[
     }
 
 
-class FileTarget:
+class FileTarget(BaseTarget[FileConfig]):
     """Writes the value at one key of a file; rollback restores the previous value or removes it."""
 
     kind: ClassVar[str] = "file"
@@ -261,14 +260,13 @@ class FileTarget:
         }
 
     def __init__(self, config: FileConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
+        super().__init__(config, context)
         self._file = KeyFile(
             config.path, config.file_format, list(config.entries()), create=config.create
         )
         self._keys = ", ".join(config.entries())
 
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """Ready when publish could write: file writable and parseable, owner keepable.
 
         Changes nothing.
@@ -279,7 +277,7 @@ class FileTarget:
             return PreflightResult(Readiness.BLOCKED, str(exc))
         return PreflightResult(Readiness.READY)
 
-    async def publish(self, request: PublishRequest) -> StepResult:
+    async def publish(self, request: base.PublishRequest) -> StepResult:
         """Write the value at the key. Idempotent: an unchanged value is not rewritten."""
         delivery = request.delivery
         changed = self._file.apply(field_values(self.config.entries(), delivery))
@@ -292,7 +290,7 @@ class FileTarget:
             }
         )
 
-    async def rollback(self, request: RollbackRequest) -> StepResult:
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
         """Write `previous` back at the key, or remove the key when there was none.
 
         Idempotent: a key already holding `previous`, or already absent, is left alone.

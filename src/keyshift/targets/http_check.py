@@ -18,21 +18,12 @@ from typing import ClassVar, Final
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration, format_duration
-from keyshift.domain.location import url_origin
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError
-from keyshift.targets.base import (
-    PreflightRequest,
-    PreflightResult,
-    PublishRequest,
-    Readiness,
-    RollbackRequest,
-    StepResult,
-    positive,
-)
-from keyshift.targets.web import Outcome, http_url
+from keyshift.targets import base
+from keyshift.targets.base import PreflightResult, Readiness, StepResult, positive
+from keyshift.targets.web import Outcome, UrlTarget, http_url
 
 MAX_BODY: Final = 1024 * 1024
 """Bytes of the answer searched for `expect_body`; the rest is not read."""
@@ -73,24 +64,14 @@ class HttpCheckConfig(BaseModel):
         return positive(value, str(info.field_name))
 
 
-class HttpCheckTarget:
+class HttpCheckTarget(UrlTarget[HttpCheckConfig]):
     """Checks after the cutover that a consumer answers healthy on its URL."""
 
     kind: ClassVar[str] = "http_check"
     phase: ClassVar[Phase] = Phase.VERIFY
     Config: ClassVar[type[BaseModel]] = HttpCheckConfig
 
-    @classmethod
-    def describe(cls, config: HttpCheckConfig) -> dict[str, str]:
-        """The server it checks: scheme, host and port (a path or query may hold a token)."""
-        return {"url": url_origin(config.url)}
-
-    def __init__(self, config: HttpCheckConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
-        self._host = httpx.URL(config.url).host
-
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """One GET with a short timeout. Ready if the consumer answers healthy now.
 
         Otherwise manual review, not blocked: a consumer that is down at this moment
@@ -105,12 +86,12 @@ class HttpCheckTarget:
             Readiness.MANUAL_REVIEW, f"{self._host} is not healthy now: {answer.failure}"
         )
 
-    async def publish(self, request: PublishRequest) -> StepResult:
+    async def publish(self, request: base.PublishRequest) -> StepResult:
         """Try until the consumer answers healthy or `timeout` passes. Changes nothing,
         so it can run any number of times."""
         return await self._until_healthy("after publishing")
 
-    async def rollback(self, request: RollbackRequest) -> StepResult:
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
         """Check the same way that the consumer is healthy on the restored version.
 
         Raises like publish when it is not, so the rollback is recorded as incomplete.

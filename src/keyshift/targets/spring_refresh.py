@@ -25,21 +25,14 @@ from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, mod
 
 from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration, format_duration
-from keyshift.domain.location import url_origin
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError
 from keyshift.sources import SecretRef
-from keyshift.targets.base import (
-    PreflightRequest,
-    PreflightResult,
-    PublishRequest,
-    Readiness,
-    RollbackRequest,
-    StepResult,
-    positive,
-)
+from keyshift.targets import base
+from keyshift.targets.base import PreflightResult, Readiness, StepResult, positive
 from keyshift.targets.web import (
     MAX_WAIT,
+    UrlTarget,
     attempt,
     backoff_wait,
     http_url,
@@ -97,28 +90,21 @@ class SpringRefreshConfig(BaseModel):
         return self
 
 
-class SpringRefreshTarget:
+class SpringRefreshTarget(UrlTarget[SpringRefreshConfig]):
     """Asks a Spring application to reload its configuration after a publish."""
 
     kind: ClassVar[str] = "spring_refresh"
     phase: ClassVar[Phase] = Phase.RELOAD
     Config: ClassVar[type[BaseModel]] = SpringRefreshConfig
 
-    @classmethod
-    def describe(cls, config: SpringRefreshConfig) -> dict[str, str]:
-        """The Spring application it refreshes: scheme, host and port."""
-        return {"url": url_origin(config.url)}
-
     def __init__(self, config: SpringRefreshConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
+        super().__init__(config, context)
         url = httpx.URL(config.url)
-        self._host = url.host
         path = url.path.rstrip("/")
         parent, _, self._endpoint = path.rpartition("/")
         self._discovery_url = url.copy_with(path=parent or "/", query=None)
 
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """GET the actuator discovery page (the URL's parent) and look for the endpoint's
         link. Never POSTs, so nothing is reloaded.
 
@@ -160,12 +146,12 @@ class SpringRefreshTarget:
             )
         return PreflightResult(Readiness.READY)
 
-    async def publish(self, request: PublishRequest) -> StepResult:
+    async def publish(self, request: base.PublishRequest) -> StepResult:
         """POST the refresh. Repeatable: a second refresh reloads the same values and
         reports no changed keys."""
         return await self._refresh("after publishing")
 
-    async def rollback(self, request: RollbackRequest) -> StepResult:
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
         """POST the refresh again: by now the store holds the restored value, so the
         application reloads it. Repeatable like publish."""
         return await self._refresh("after rollback")

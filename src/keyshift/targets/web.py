@@ -1,4 +1,5 @@
-"""Pieces the HTTP targets share: URL checks, backoff with jitter, `Retry-After`.
+"""Pieces the HTTP targets share: URL checks, backoff with jitter, `Retry-After`, and
+`UrlTarget`, the base of the targets that call one URL.
 
 URLs in target configs may carry a token in their path or query, so nothing here
 quotes a URL or a library's error text (which may) in a message.
@@ -11,11 +12,14 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Final
+from typing import Any, Final, Protocol, TypeVar
 
 import httpx
 
+from keyshift.context import PluginContext
+from keyshift.domain.location import url_origin
 from keyshift.errors import PermanentError
+from keyshift.targets.base import BaseTarget
 
 MAX_WAIT: Final = 300.0
 """Longest single wait between attempts; a longer Retry-After is left to the engine."""
@@ -115,3 +119,28 @@ async def attempt(
     # Raised outside the handler so the library's error (which may quote the URL) is not
     # chained.
     raise PermanentError(f"{what}: {failure}")
+
+
+class UrlConfig(Protocol):
+    """A target config that names the one URL its target calls."""
+
+    @property
+    def url(self) -> str: ...
+
+
+UrlConfigT = TypeVar("UrlConfigT", bound=UrlConfig)
+
+
+class UrlTarget(BaseTarget[UrlConfigT]):
+    """A target that calls the one URL of its config (`webhook`, `spring_refresh`,
+    `http_check`). The URL may carry a token in its path or query, so the target is
+    described by the URL's origin and its messages name only the host (`_host`)."""
+
+    def __init__(self, config: UrlConfigT, context: PluginContext) -> None:
+        super().__init__(config, context)
+        self._host = httpx.URL(config.url).host
+
+    @classmethod
+    def describe(cls, config: UrlConfig) -> dict[str, str]:
+        """The server it calls: scheme, host and port (a path or query may hold a token)."""
+        return {"url": url_origin(config.url)}

@@ -22,26 +22,17 @@ from typing import Any, ClassVar, Final
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration
-from keyshift.domain.location import url_origin
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError
 from keyshift.sources import SecretRef
-from keyshift.targets.base import (
-    Delivery,
-    PreflightRequest,
-    PreflightResult,
-    PublishRequest,
-    Readiness,
-    RollbackRequest,
-    StepResult,
-    positive,
-)
+from keyshift.targets import base
+from keyshift.targets.base import Delivery, PreflightResult, Readiness, StepResult, positive
 from keyshift.targets.web import (
     MAX_WAIT,
     Outcome,
+    UrlTarget,
     attempt,
     backoff_wait,
     http_url,
@@ -108,24 +99,14 @@ class WebhookConfig(BaseModel):
         return self
 
 
-class WebhookTarget:
+class WebhookTarget(UrlTarget[WebhookConfig]):
     """Notifies a receiver that a version was published or rolled back."""
 
     kind: ClassVar[str] = "webhook"
     phase: ClassVar[Phase] = Phase.NOTIFY
     Config: ClassVar[type[BaseModel]] = WebhookConfig
 
-    @classmethod
-    def describe(cls, config: WebhookConfig) -> dict[str, str]:
-        """The receiver: scheme, host and port (webhook paths often embed a token)."""
-        return {"url": url_origin(config.url)}
-
-    def __init__(self, config: WebhookConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
-        self._host = httpx.URL(config.url).host
-
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """Ready when the signing secret (if any) resolves. Sends nothing."""
         try:
             self._signing_key()
@@ -133,7 +114,7 @@ class WebhookTarget:
             return PreflightResult(Readiness.BLOCKED, str(exc))
         return PreflightResult(Readiness.READY)
 
-    async def publish(self, request: PublishRequest) -> StepResult:
+    async def publish(self, request: base.PublishRequest) -> StepResult:
         """POST `rotation.published`.
 
         Idempotent for receivers: a repeat carries the same `X-Keyshift-Delivery`, which
@@ -158,7 +139,7 @@ class WebhookTarget:
         carries a value; `delivery_id` is the `X-Keyshift-Delivery` receivers dedupe on."""
         return await self._send(dict(event), None, delivery_id=delivery_id, with_value=False)
 
-    async def rollback(self, request: RollbackRequest) -> StepResult:
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
         """POST `rotation.rolled_back`.
 
         `version_id` is the restored version (None if there was none) and

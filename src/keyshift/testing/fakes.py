@@ -11,18 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from keyshift.context import PluginContext
 from keyshift.domain.secret import Secret
+from keyshift.providers import base
 from keyshift.providers.base import (
     Capability,
-    CreateRequest,
     IssuedVersion,
-    ListRequest,
-    PreflightRequest,
     PreflightResult,
     Propagation,
     Readiness,
-    RevokeRequest,
     RevokeResult,
-    VerifyRequest,
     VerifyResult,
     VersionInfo,
 )
@@ -166,7 +162,7 @@ class FakeProvider:
                 return version
         return None
 
-    def _mint(self, request: CreateRequest) -> FakeVersion:
+    def _mint(self, request: base.CreateRequest) -> FakeVersion:
         now = self.context.now()
         lifetime = request.policy.max_lifetime
         version = FakeVersion(
@@ -180,7 +176,7 @@ class FakeProvider:
         self.versions[version.provider_ref] = version
         return version
 
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """Answer `readiness` (ready unless a test set it). Changes nothing."""
         self.preflight_calls += 1
         fault = self._fault("preflight")
@@ -188,7 +184,7 @@ class FakeProvider:
             raise fault.exc
         return self.readiness
 
-    async def create(self, request: CreateRequest) -> IssuedVersion:
+    async def create(self, request: base.CreateRequest) -> IssuedVersion:
         """Return the live version carrying `request.marker`, or mint one."""
         self.create_calls += 1
         fault = self._fault("create")
@@ -199,7 +195,7 @@ class FakeProvider:
             raise fault.exc
         return version.issued()
 
-    async def verify(self, request: VerifyRequest) -> VerifyResult:
+    async def verify(self, request: base.VerifyRequest) -> VerifyResult:
         """Ok iff the issuer holds the version, it is not revoked and its value matches;
         within `sign_in_delay` of its minting refused as `not_yet`, and within
         `removal_delay` of its revocation still ok."""
@@ -222,7 +218,7 @@ class FakeProvider:
             return VerifyResult(ok=False, detail="not yet replicated", not_yet=True)
         return VerifyResult(ok=True, detail="authenticated")
 
-    async def revoke(self, request: RevokeRequest) -> RevokeResult:
+    async def revoke(self, request: base.RevokeRequest) -> RevokeResult:
         """Mark the version revoked. Succeeds, with `already_gone=True`, if it is gone."""
         self.revoke_calls += 1
         fault = self._fault("revoke")
@@ -236,7 +232,7 @@ class FakeProvider:
             raise fault.exc
         return RevokeResult(already_gone=already_gone, detail={"issuer": "fake"})
 
-    async def list_versions(self, request: ListRequest) -> list[VersionInfo]:
+    async def list_versions(self, request: base.ListRequest) -> list[VersionInfo]:
         """The live versions of the credential, oldest first."""
         self.list_calls += 1
         fault = self._fault("list_versions")

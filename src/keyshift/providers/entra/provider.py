@@ -17,21 +17,15 @@ from keyshift.context import PluginContext
 from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import Policy
 from keyshift.errors import PermanentError
+from keyshift.providers import base
 from keyshift.providers.base import (
     AdoptedVersion,
-    AdoptRequest,
     Capability,
-    CreateRequest,
     IssuedVersion,
-    ListRequest,
-    PreflightRequest,
     PreflightResult,
     Propagation,
-    RevokeRequest,
     RevokeResult,
     UsageReport,
-    UsageRequest,
-    VerifyRequest,
     VerifyResult,
     VersionInfo,
 )
@@ -158,7 +152,7 @@ class EntraSecretProvider(ConnectedProvider[EntraSecretConfig, EntraIntegration]
 
     # --- the contract --------------------------------------------------------------------
 
-    async def create(self, request: CreateRequest) -> IssuedVersion:
+    async def create(self, request: base.CreateRequest) -> IssuedVersion:
         """Add a client secret named `<prefix> <marker>`; the old ones stay valid.
 
         A repeat for the same rotation removes the secret of that name (its value was
@@ -213,7 +207,7 @@ class EntraSecretProvider(ConnectedProvider[EntraSecretConfig, EntraIntegration]
             expires_at=added.end or end,
         )
 
-    async def verify(self, request: VerifyRequest) -> VerifyResult:
+    async def verify(self, request: base.VerifyRequest) -> VerifyResult:
         """Sign in as the application with the version's secret (client credentials). A
         refusal is `ok=False` with the AADSTS code, and `not_yet` for the codes Entra ID
         gives a secret that is still replicating; an unreachable endpoint raises
@@ -235,7 +229,7 @@ class EntraSecretProvider(ConnectedProvider[EntraSecretConfig, EntraIntegration]
                 )
         return VerifyResult(ok=True, detail=f"signed in as {app_id} with secret {key_id}")
 
-    async def adopt_existing(self, request: AdoptRequest) -> AdoptedVersion | None:
+    async def adopt_existing(self, request: base.AdoptRequest) -> AdoptedVersion | None:
         """The client secrets of the application that keyshift did not add, as one
         version identified by their keyIds (`key_ids`, comma-separated); None if there
         are none. Changes nothing."""
@@ -254,7 +248,7 @@ class EntraSecretProvider(ConnectedProvider[EntraSecretConfig, EntraIntegration]
             expires_at=max(ends) if ends else None,
         )
 
-    async def revoke(self, request: RevokeRequest) -> RevokeResult:
+    async def revoke(self, request: base.RevokeRequest) -> RevokeResult:
         """Remove the version's secret from the application. Succeeds with
         `already_gone=True` if the application no longer holds it. Access tokens already
         issued with it stay valid until they expire (up to 90 minutes); the detail's
@@ -310,7 +304,7 @@ class EntraSecretProvider(ConnectedProvider[EntraSecretConfig, EntraIntegration]
             detail["tokens"] = TOKENS_STAY_VALID
         return RevokeResult(already_gone=not removed, detail=detail)
 
-    async def residual_use(self, request: UsageRequest) -> UsageReport:
+    async def residual_use(self, request: base.UsageRequest) -> UsageReport:
         """Sign-ins of the application with the version's secret (every adopted keyId, for
         an adopted version) in the sign-in log over the last `sign_in_lookback` plus the
         policy's `check_every`; failed attempts count too, as a consumer trying the old
@@ -338,7 +332,7 @@ class EntraSecretProvider(ConnectedProvider[EntraSecretConfig, EntraIntegration]
         gate = policy.residual_use if policy is not None else None
         return self.config.sign_in_lookback + (gate.check_every if gate else timedelta(0))
 
-    async def list_versions(self, request: ListRequest) -> list[VersionInfo]:
+    async def list_versions(self, request: base.ListRequest) -> list[VersionInfo]:
         """Every client secret of the application. Those keyshift added carry the
         rotation's marker; others are listed by keyId."""
         app = await self._application(self._client())
@@ -363,7 +357,7 @@ class EntraSecretProvider(ConnectedProvider[EntraSecretConfig, EntraIntegration]
         if credential is not None:
             await credential.close()
 
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """Sign in to Graph, read the token's `roles` claim, find the application by its
         appId and read the app management policy in force for it; with a `residual_use`
         policy, also read one page of its sign-in log. Changes nothing.

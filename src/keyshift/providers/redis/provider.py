@@ -16,22 +16,16 @@ from redis.typing import EncodableT, FieldT
 
 from keyshift.domain.secret import Secret
 from keyshift.errors import KeyshiftError, PermanentError
+from keyshift.providers import base
 from keyshift.providers.base import (
     AdoptedVersion,
-    AdoptRequest,
     Capability,
-    CreateRequest,
     IssuedVersion,
-    ListRequest,
-    PreflightRequest,
     PreflightResult,
     Propagation,
     Readiness,
-    RevokeRequest,
     RevokeResult,
     UsageReport,
-    UsageRequest,
-    VerifyRequest,
     VerifyResult,
     VersionInfo,
 )
@@ -117,7 +111,7 @@ class RedisProvider(ConnectedProvider[RedisConfig, RedisIntegration]):
         # The user not in use takes the new password.
         return alternate_user(self.config.users or [], current)
 
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """Log in as the admin on every node, read each rotated user (`ACL GETUSER`) and ask
         the primary whether the admin may run what a rotation runs (`ACL DRYRUN`, Redis
         7+). Changes nothing.
@@ -176,13 +170,13 @@ class RedisProvider(ConnectedProvider[RedisConfig, RedisIntegration]):
             )
         return None
 
-    async def adopt_existing(self, request: AdoptRequest) -> AdoptedVersion | None:
+    async def adopt_existing(self, request: base.AdoptRequest) -> AdoptedVersion | None:
         """The user's passwords that keyshift did not add, on any node, as one version
         (None if there are none). Their hashes are listed in the marker key on the primary,
         for `revoke`; the version carries only their count. Changes no password."""
         return await self._adoption.adopt(self._pick_user(None))
 
-    async def create(self, request: CreateRequest) -> IssuedVersion:
+    async def create(self, request: base.CreateRequest) -> IssuedVersion:
         """Add a fresh password to the user (dual_password) or make it the only password of
         the user not in use (alternating_users), on the primary and then on every node.
         The old version stays valid.
@@ -248,7 +242,7 @@ class RedisProvider(ConnectedProvider[RedisConfig, RedisIntegration]):
             rules.append(f"!{orphan}")
         return [*rules, f"#{digest}"]
 
-    async def verify(self, request: VerifyRequest) -> VerifyResult:
+    async def verify(self, request: base.VerifyRequest) -> VerifyResult:
         """Authenticate as a consumer would (`AUTH user password`, then `PING`) on a new
         connection to every node. Accepted on some nodes and refused on others is
         `partial` (a node has not the change yet, or still has it); refused everywhere is
@@ -269,7 +263,7 @@ class RedisProvider(ConnectedProvider[RedisConfig, RedisIntegration]):
             detail=f"accepted on {', '.join(accepted)}; refused on {'; '.join(refused)}",
         )
 
-    async def revoke(self, request: RevokeRequest) -> RevokeResult:
+    async def revoke(self, request: base.RevokeRequest) -> RevokeResult:
         """dual_password: remove the old password by its hash (an adopted version: the
         adopted passwords listed in the marker key). alternating_users: disable the old
         user (`off resetpass`), never deleting it. On every node. Succeeds, with
@@ -320,7 +314,7 @@ class RedisProvider(ConnectedProvider[RedisConfig, RedisIntegration]):
         log.info("redis.password_revoked", user=user, nodes=revoked_on)
         return RevokeResult(detail=outcome)
 
-    async def residual_use(self, request: UsageRequest) -> UsageReport:
+    async def residual_use(self, request: base.UsageRequest) -> UsageReport:
         """Clients connected as the version's user on every node, from `CLIENT LIST`
         (`user=`), not counting the admin connection asking (`CLIENT ID`).
         alternating_users only: with dual_password old and new passwords belong to one
@@ -343,7 +337,7 @@ class RedisProvider(ConnectedProvider[RedisConfig, RedisIntegration]):
         }
         return UsageReport(sessions=len(addresses), detail=detail)
 
-    async def list_versions(self, request: ListRequest) -> list[VersionInfo]:
+    async def list_versions(self, request: base.ListRequest) -> list[VersionInfo]:
         """One entry per password the rotated user(s) hold, oldest first. The password a
         rotation added carries its marker; others are named `user:password-N`."""
         users = self.config.users or [self.config.user or ""]

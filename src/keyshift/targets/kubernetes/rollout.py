@@ -19,15 +19,8 @@ from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration, format_duration
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError, PluginError, TransientError
-from keyshift.targets.base import (
-    PreflightRequest,
-    PreflightResult,
-    PublishRequest,
-    Readiness,
-    RollbackRequest,
-    StepResult,
-    positive,
-)
+from keyshift.targets import base
+from keyshift.targets.base import BaseTarget, PreflightResult, Readiness, StepResult, positive
 from keyshift.targets.kubernetes.client import (
     Conflict,
     KubernetesApi,
@@ -194,7 +187,7 @@ _ROLLOUT: Final[dict[str, Callable[[Any], _Rollout]]] = {
 }
 
 
-class KubernetesRolloutRestartTarget:
+class KubernetesRolloutRestartTarget(BaseTarget[KubernetesRolloutRestartConfig]):
     """Restarts a Deployment, StatefulSet or DaemonSet so its pods read the new value."""
 
     kind: ClassVar[str] = "kubernetes_rollout_restart"
@@ -211,13 +204,12 @@ class KubernetesRolloutRestartTarget:
         }
 
     def __init__(self, config: KubernetesRolloutRestartConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
+        super().__init__(config, context)
         self.api = KubernetesApi(config, list)
         self._what = f"{config.kind} {config.namespace}/{config.name}"
         self._plural = _PLURAL[config.kind]
 
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """Ready when this identity may read and patch the workload, it exists and a
         restart would replace its pods. Changes nothing."""
         checks: list[tuple[str, str, str, str | None]] = [
@@ -233,7 +225,7 @@ class KubernetesRolloutRestartTarget:
             return PreflightResult(Readiness.BLOCKED, str(exc))
         return PreflightResult(Readiness.READY)
 
-    async def publish(self, request: PublishRequest) -> StepResult:
+    async def publish(self, request: base.PublishRequest) -> StepResult:
         """Restart, then (with `wait`) wait for the rollout to complete.
 
         Idempotent: a repeat for the same rotation and version does not restart the
@@ -242,7 +234,7 @@ class KubernetesRolloutRestartTarget:
         d = request.delivery
         return await self._restart(f"{d.rotation_id}/{d.version_id}")
 
-    async def rollback(self, request: RollbackRequest) -> StepResult:
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
         """Restart again so the pods read the restored value. Idempotent like publish."""
         return await self._restart(f"{request.failed.rotation_id}/rollback")
 

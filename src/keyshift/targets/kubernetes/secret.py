@@ -24,14 +24,13 @@ from pydantic import BaseModel, field_validator, model_validator
 from keyshift.context import PluginContext
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError, PluginError, TransientError
+from keyshift.targets import base
 from keyshift.targets.base import (
     VALUE_FIELDS,
+    BaseTarget,
     Delivery,
-    PreflightRequest,
     PreflightResult,
-    PublishRequest,
     Readiness,
-    RollbackRequest,
     StepResult,
     field_value,
     key_entries,
@@ -140,7 +139,7 @@ def _identity(delivery: Delivery | None) -> dict[str, str | None]:
     }
 
 
-class KubernetesSecretTarget:
+class KubernetesSecretTarget(BaseTarget[KubernetesSecretConfig]):
     """Writes the version into its key(s) of a Kubernetes Secret, keeping every other key."""
 
     kind: ClassVar[str] = "kubernetes_secret"
@@ -158,8 +157,7 @@ class KubernetesSecretTarget:
         }
 
     def __init__(self, config: KubernetesSecretConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
+        super().__init__(config, context)
         self._known: list[str] = []
         self.api = KubernetesApi(config, lambda: self._known)
         self._what = f"Secret {config.namespace}/{config.secret}"
@@ -170,7 +168,7 @@ class KubernetesSecretTarget:
             self._entries
         )
 
-    async def preflight(self, request: PreflightRequest) -> PreflightResult:
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """Ready when this identity may read and patch the Secret (and create and delete
         it when `create` is true), and the Secret exists unless `create` is true.
         Changes nothing."""
@@ -197,7 +195,7 @@ class KubernetesSecretTarget:
         [(word, names)] = self.config.named_keys().items()
         return PreflightResult(Readiness.READY, f"may get and patch {self._what}; {word} {names}")
 
-    async def publish(self, request: PublishRequest) -> StepResult:
+    async def publish(self, request: base.PublishRequest) -> StepResult:
         """Set every key to its field of the version in one write and annotate the version.
 
         Idempotent: when every key already holds its field nothing is written.
@@ -206,7 +204,7 @@ class KubernetesSecretTarget:
         self._remember(delivery, request.previous)
         return await self._converge(delivery, created_by=delivery.rotation_id)
 
-    async def rollback(self, request: RollbackRequest) -> StepResult:
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
         """Put the previous version back in every key. Without a previous version, remove
         the keys that still hold the failed version's fields, provided its value is still
         there (or delete the Secret if this rotation created it and it holds only those
