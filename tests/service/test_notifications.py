@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -17,13 +18,14 @@ from sqlalchemy import select
 
 from keyshift.domain.notifications import Notifications, channels_for
 from keyshift.domain.states import RotationState
+from keyshift.engine.faults import ENV as CRASH_AT
 from keyshift.errors import EstateInvalid, PermanentError, TransientError
 from keyshift.service import approvals, notifications, rotations, scheduler
 from keyshift.service.estate import apply_estate, current_estate, load_estate
 from keyshift.store.models import NotificationDeliveryRow, NotificationRow
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock
-from tests.conftest import Cli
+from tests.conftest import Cli, run_subprocess
 from tests.doubles.chat import SLACK_PATH, ChatWebhook
 from tests.doubles.receiver import Answer, Receiver
 from tests.doubles.smtp import PASSWORD as SMTP_PASSWORD
@@ -709,3 +711,36 @@ def test_an_old_version_revoked_while_still_in_use_is_told_once(
     assert "session(s) still used it" in message
     assert _kinds(store).count("rotation.revoked_in_use") == 1
     assert versions(store, CREDENTIAL)[0].status == "revoked"
+
+
+@pytest.mark.slow
+def test_a_worker_killed_between_the_change_and_the_delivery_loses_no_event(
+    store: Store, tmp_path: Path, receiver: Receiver, ks_env: dict[str, str]
+) -> None:
+    """A real kill: `keyshift worker --once` rotates a due credential, commits its state
+    changes and dies before it delivers anything. The next worker delivers each event
+    once, with the dedup key the first one stored."""
+    path = _estate(
+        tmp_path,
+        [{"name": "audit-hook", "type": "webhook", "url": receiver.url}],
+        reload_on_failure="continue",
+    )
+    estate = json.loads(path.read_text())
+    estate["credentials"][0]["auto_rotate"] = True
+    path.write_text(json.dumps(estate))
+    assert run_subprocess(["apply", "-f", str(path)], ks_env).returncode == 0
+
+    killed = run_subprocess(["worker", "--once"], {**ks_env, CRASH_AT: "dispatching"})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert _kinds(store) == ["rotation.needs_attention"], "the event committed with the change"
+    assert receiver.requests == []
+
+    for _ in range(2):
+        again = run_subprocess(["worker", "--once"], ks_env)
+        assert again.returncode == 0, again.stdout + again.stderr
+
+    [request] = receiver.requests
+    with store.transaction() as s:
+        dedup = s.execute(select(NotificationRow.dedup_key)).scalar_one()
+    assert request.headers["X-Keyshift-Delivery"] == dedup
+    assert json.loads(request.body)["event"] == "rotation.needs_attention"

@@ -43,6 +43,7 @@ from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import DEFAULT_POLICY_NAME, Estate, Policy
 from keyshift.domain.states import VersionStatus
 from keyshift.engine.engine import Engine
+from keyshift.engine.faults import crash_point
 from keyshift.engine.journal import StepEvent
 from keyshift.errors import PolicyRefused
 from keyshift.providers import ProviderKind
@@ -382,6 +383,7 @@ async def worker_pass(
         except Exception as exc:  # one credential's failure must not stop the scan
             log.error("scheduled rotation failed to start", credential=credential, error=str(exc))
     # Last, so that what this scan's rotations reported is told in this scan.
+    crash_point("dispatching")
     told = await notifications.dispatch(store, estate, context=ctx)
     return {
         "synced": len(synced),
