@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -42,7 +42,7 @@ from keyshift.service.foreign import ForeignReport
 from keyshift.service.identities import IssuedToken, Principal, RoleView, TokenInfo
 from keyshift.service.impact import ImpactRow
 from keyshift.service.integrations import Check
-from keyshift.service.notifications import Delivery
+from keyshift.service.notifications import Delivery, Ticket
 from keyshift.service.rotations import RotationSummary, StatusRow, StepLine, Timeline
 from keyshift.service.scheduler import Alert
 
@@ -108,6 +108,7 @@ class _RotationDoc:
     attention: str | None
     steps: list[StepLine]
     running: bool = False
+    tickets: list[Ticket] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,7 @@ class Client:
             doc.attention,
             doc.steps,
             doc.running,
+            doc.tickets,
         )
 
     def unfinished(self) -> list[Unfinished]:

@@ -1,7 +1,8 @@
 """Ticket channels: a rotation on the exception path opens exactly one Jira issue (or
-ServiceNow incident), later events of the same rotation are added to it, and refusals
-and throttling are handled as the outbox handles every channel's. Driven through real
-HTTP doubles of Jira and ServiceNow (`tests/doubles/jira.py`, `servicenow.py`)."""
+ServiceNow incident), later events of the same rotation are added to it, the ticket is
+named by `show` and the evidence bundle, and refusals and throttling are handled as the
+outbox handles every channel's. Driven through real HTTP doubles of Jira and ServiceNow
+(`tests/doubles/jira.py`, `servicenow.py`)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from keyshift.domain.states import RotationState
 from keyshift.errors import EstateInvalid, PermanentError
-from keyshift.service import notifications, rotations
+from keyshift.service import evidence, notifications, rotations
 from keyshift.service.estate import current_estate, load_estate
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock
+from tests.conftest import Cli
 from tests.doubles import jira as jira_double
 from tests.doubles import servicenow as snow_double
 from tests.doubles.jira import JiraDouble
@@ -37,6 +40,7 @@ from tests.service.test_notifications import (
     _scan,
     _values,
 )
+from tests.test_client import Server, _remote, server  # noqa: F401 (the server fixture)
 
 
 @dataclass
@@ -211,6 +215,7 @@ def test_a_completed_rotation_opens_nothing(store: Store, tmp_path: Path, desk: 
     assert desk.tickets() == []
     [row] = notifications.listing(store)
     assert (row.kind, row.status, row.last_error) == ("rotation.completed", "delivered", None)
+    assert rotations.rotation_timeline(store, _last_rotation(store)).tickets == []
 
 
 def test_open_on_chooses_the_events_that_open_a_ticket(
@@ -224,6 +229,60 @@ def test_open_on_chooses_the_events_that_open_a_ticket(
     _dispatch(store, clock)
 
     assert desk.titles() == [f"Rotation of {CREDENTIAL} completed"]
+
+
+# --- show and the evidence bundle ---------------------------------------------------------
+
+
+def test_show_and_the_evidence_bundle_name_the_ticket(
+    cli: Cli, ks_env: dict[str, str], store: Store, tmp_path: Path, desk: Desk
+) -> None:
+    ks_env[desk.secret_env] = desk.secret
+    path = _estate(tmp_path, [desk.channel()], reload_on_failure="continue")
+    assert cli("apply", "-f", str(path)).exit_code == 0
+    assert cli("rotate", CREDENTIAL).exit_code != 0  # needs attention: the reload failed
+    assert cli("worker", "--once").exit_code == 0
+    [ticket] = desk.tickets()
+    rotation_id = _last_rotation(store)
+
+    shown = cli("show", rotation_id)
+    assert shown.exit_code == 0, shown.output
+    assert f"Tickets: {desk.name} {ticket}" in shown.output
+    doc = json.loads(cli("show", rotation_id, "-o", "json").stdout)
+    assert doc["tickets"] == [{"channel": desk.name, "reference": ticket}]
+    bundle = evidence.export(store, rotation_id, actor="auditor", now=FakeClock().now())
+    assert bundle["tickets"] == [{"channel": desk.name, "reference": ticket}]
+    assert evidence.verify(store, bundle).ok, "the tickets do not break the bundle's proof"
+    _assert_no_secret(store, desk, shown.output, json.dumps(doc), json.dumps(bundle))
+
+
+def test_show_at_the_server_prints_the_ticket_as_embedded_show_does(
+    cli: Cli,
+    ks_env: dict[str, str],
+    store: Store,
+    tmp_path: Path,
+    desk: Desk,
+    server: Server,  # noqa: F811 (the fixture imported from tests.test_client)
+) -> None:
+    ks_env[desk.secret_env] = desk.secret
+    path = _estate(tmp_path, [desk.channel()], reload_on_failure="continue")
+    assert cli("apply", "-f", str(path)).exit_code == 0
+    assert cli("rotate", CREDENTIAL).exit_code != 0
+    assert cli("worker", "--once").exit_code == 0
+    [ticket] = desk.tickets()
+    rotation_id = _last_rotation(store)
+    remote = _remote(ks_env, token=server.token)
+
+    for args in (("show", rotation_id), ("show", rotation_id, "-o", "json")):
+        at_server = remote(*args, "--server", server.url)
+        embedded = cli(*args)
+        assert (at_server.exit_code, at_server.output) == (embedded.exit_code, embedded.output)
+        assert ticket in at_server.output
+    answer = httpx.get(
+        f"{server.url}/v1/rotations/{rotation_id}",
+        headers={"Authorization": f"Bearer {server.token}"},
+    )
+    assert answer.json()["tickets"] == [{"channel": desk.name, "reference": ticket}]
 
 
 # --- refusals and throttling ----------------------------------------------------------------
