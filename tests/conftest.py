@@ -21,7 +21,9 @@ from keyshift.cli import app
 from keyshift.store.store import Store
 from tests.doubles.chat import slack, teams  # noqa: F401 (fixtures for every test)
 from tests.doubles.graph import GraphDouble
+from tests.doubles.jira import jira  # noqa: F401 (a fixture for every test)
 from tests.doubles.receiver import receiver  # noqa: F401 (a fixture for every test)
+from tests.doubles.servicenow import servicenow  # noqa: F401 (a fixture for every test)
 from tests.doubles.smtp import mail_server  # noqa: F401 (a fixture for every test)
 from tests.doubles.tls import TlsFiles, make_pki
 from tests.servers import postgres_server

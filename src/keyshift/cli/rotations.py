@@ -284,7 +284,14 @@ def _timeline_data(t: rotations.Timeline) -> dict[str, Any]:
         "attention": t.attention,
         "running": t.running,
         "steps": [{**plain(s), "duration_seconds": plain(s.duration)} for s in t.steps],
+        "tickets": [plain(k) for k in t.tickets],
     }
+
+
+def _print_timeline(t: rotations.Timeline) -> None:
+    out.print(timeline_table(t))
+    if t.tickets:
+        out.print("Tickets: " + ", ".join(f"{k.channel} {k.reference}" for k in t.tickets))
 
 
 @exit_on_error
@@ -297,7 +304,7 @@ def show(
         lambda client: client.rotation(rotation_id),
         lambda store: rotations.rotation_timeline(store, rotation_id),
     )
-    emit(output, _timeline_data(timeline), lambda: out.print(timeline_table(timeline)))
+    emit(output, _timeline_data(timeline), lambda: _print_timeline(timeline))
 
 
 @exit_on_error

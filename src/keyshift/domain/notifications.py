@@ -71,14 +71,15 @@ class _Model(BaseModel):
 
 class ChannelSpec(BaseModel):
     """A place events are sent to. Its other fields are the settings of its `type`
-    (`slack`, `teams`, `email`, `webhook`), checked by `keyshift plan`/`apply`."""
+    (`slack`, `teams`, `email`, `webhook`, `jira`, `servicenow`), checked by `keyshift
+    plan`/`apply`."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="allow", frozen=True)
 
     name: ChannelName
     """How routes and owners name the channel."""
     type: str
-    """`slack`, `teams`, `email` or `webhook` (see Channel types)."""
+    """`slack`, `teams`, `email`, `webhook`, `jira` or `servicenow` (see Channel types)."""
 
     def settings(self) -> dict[str, Any]:
         """The type's settings: every field but `name` and `type`."""

@@ -9,6 +9,7 @@ error text.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ClassVar, Protocol
@@ -21,7 +22,16 @@ from keyshift.domain import notifications as kinds
 from keyshift.errors import ConfigError, PermanentError, TransientError
 from keyshift.targets.web import attempt
 
-__all__ = ["Channel", "Message", "Sent", "message_of", "post_json", "reveal_url"]
+__all__ = [
+    "Channel",
+    "Message",
+    "Sent",
+    "message_of",
+    "post_json",
+    "request_json",
+    "reveal_secret",
+    "reveal_url",
+]
 
 _TITLES = {
     kinds.ROTATION_FAILED: "Rotation of {credential} failed",
@@ -136,6 +146,12 @@ class Channel(Protocol):
 
 def reveal_url(context: PluginContext, field: str, ref: str) -> str:
     """A URL given by reference (it carries a token); PermanentError naming the field."""
+    return reveal_secret(context, field, ref)
+
+
+def reveal_secret(context: PluginContext, field: str, ref: str) -> str:
+    """The secret a channel setting names (a token, a password); PermanentError naming
+    the field when it cannot be read."""
     try:
         return context.secret(field, ref).reveal()
     except ConfigError as exc:
@@ -160,8 +176,27 @@ async def post_json(
         detail = f" ({said})" if said else ""
         return f"{what} answered HTTP {response.status_code}{detail}; not retried"
 
+    return await request_json(
+        what, "POST", url, body, within=within, headers=headers, refusal=refusal
+    )
+
+
+async def request_json(
+    what: str,
+    method: str,
+    url: str,
+    body: dict[str, Any] | None,
+    *,
+    within: timedelta,
+    headers: dict[str, str] | None = None,
+    refusal: Callable[[httpx.Response], str | None] | None = None,
+) -> httpx.Response:
+    """One request (`body` as JSON, if any), judged as `post_json` judges it; `refusal`
+    words the PermanentError of an answer retrying cannot change (default: `what` and
+    the status). Errors never quote the URL or the request's headers."""
     async with httpx.AsyncClient(timeout=within.total_seconds(), follow_redirects=False) as client:
-        outcome = await attempt(client.post(url, json=body, headers=headers or {}), what, refusal)
+        request = client.request(method, url, json=body, headers=headers or {})
+        outcome = await attempt(request, what, refusal)
     if outcome.failure is not None or outcome.response is None:
         raise TransientError(f"{what}: {outcome.failure}", retry_after=outcome.retry_after)
     return outcome.response

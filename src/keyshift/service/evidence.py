@@ -4,8 +4,10 @@
 the plan and its hash, the executing keyshift version, every step with its times
 and outcome, the old and new versions by id and fingerprint (never by value), the
 residual-use evidence, the final state, who rolled it back by hand and why (if
-anyone did), the blast radius, and the audit-chain proof: every audit entry of the
-rotation with its hash inputs, plus the chain head when the bundle was made.
+anyone did), the blast radius, the tickets notification channels opened for it (a Jira
+issue key, a ServiceNow sys_id; told, not audited, so no entry attests them), and the
+audit-chain proof: every audit entry of the rotation with its hash inputs, plus the
+chain head when the bundle was made.
 
 `verify(store, bundle)` checks that the bundle still holds, and names the first
 thing that does not:
@@ -37,6 +39,7 @@ from keyshift.engine.plan import Plan
 from keyshift.errors import AuditChainBroken, KeyshiftError
 from keyshift.service import impact as impact_service
 from keyshift.service import lookups
+from keyshift.service import notifications as notifications_service
 from keyshift.store import audit
 from keyshift.store.models import AuditEntry, CredentialRow, StepRow, VersionRow
 from keyshift.store.store import Store
@@ -115,6 +118,10 @@ def export(store: Store, rotation_id: str, *, actor: str, now: datetime) -> dict
             "impact": impact_service.to_json(
                 impact_service.impact_of_plan(plan, local_host=LOCAL_HOST)
             ),
+            "tickets": [
+                {"channel": t.channel, "reference": t.reference}
+                for t in notifications_service.tickets(s, rot.id)
+            ],
             "audit": {
                 "entries": entries,
                 "head": {"seq": head_seq, "hash": head_hash},

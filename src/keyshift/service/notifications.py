@@ -43,9 +43,11 @@ __all__ = [
     "DELIVERED",
     "PENDING",
     "Delivery",
+    "Ticket",
     "dispatch",
     "listing",
     "send_test",
+    "tickets",
 ]
 
 log = structlog.get_logger("keyshift.notifications")
@@ -338,6 +340,35 @@ def listing(store: Store, *, status: str | None = None, limit: int = 100) -> lis
             if len(out) >= limit:
                 break
     return out
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A ticket a channel opened for a rotation: the channel's name and its reference (a
+    Jira issue key, a ServiceNow record's sys_id)."""
+
+    channel: str
+    reference: str
+
+
+def tickets(s: Session, rotation_id: str) -> list[Ticket]:
+    """The tickets of a rotation, each once, in the order they were opened: what its
+    delivered deliveries were named by their channels."""
+    found = s.execute(
+        select(NotificationDeliveryRow.channel, NotificationDeliveryRow.reference)
+        .join(NotificationRow, NotificationRow.id == NotificationDeliveryRow.notification_id)
+        .where(
+            NotificationRow.rotation_id == rotation_id,
+            NotificationDeliveryRow.status == DELIVERED,
+            NotificationDeliveryRow.reference.is_not(None),
+        )
+        .order_by(NotificationDeliveryRow.id)
+    ).all()
+    seen: dict[tuple[str, str], Ticket] = {}
+    for channel, reference in found:
+        if reference is not None:  # the query keeps only named deliveries
+            seen.setdefault((channel, reference), Ticket(channel, reference))
+    return list(seen.values())
 
 
 async def send_test(estate: Estate, channel: str, *, context: PluginContext) -> Sent:

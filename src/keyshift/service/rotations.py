@@ -9,7 +9,7 @@ render them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -40,6 +40,7 @@ from keyshift.errors import (
 )
 from keyshift.providers.base import Capability
 from keyshift.service import lookups
+from keyshift.service.notifications import Ticket, tickets
 from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
 from keyshift.store.store import Store
 
@@ -104,6 +105,8 @@ class Timeline:
     steps: list[StepLine]
     running: bool = False
     """Whether a worker or server holds the rotation's lease now (it is being advanced)."""
+    tickets: list[Ticket] = field(default_factory=list)
+    """The tickets channels opened for the rotation (a Jira issue, a ServiceNow incident)."""
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,7 @@ def rotation_timeline(store: Store, rotation_id: str) -> Timeline:
             running=rot.lease_owner is not None
             and rot.lease_expires_at is not None
             and rot.lease_expires_at > utcnow(),
+            tickets=tickets(s, rot.id),
         )
 
 

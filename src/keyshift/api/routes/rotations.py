@@ -5,7 +5,7 @@ needs `entra:rotate`."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated
 
@@ -154,6 +154,13 @@ class StepOut:
 
 
 @dataclass(frozen=True)
+class TicketOut:
+    channel: str
+    reference: str
+    """What the channel named the ticket: a Jira issue key, a ServiceNow record's sys_id."""
+
+
+@dataclass(frozen=True)
 class RotationOut:
     id: str
     credential: str
@@ -170,6 +177,8 @@ class RotationOut:
     running: bool
     """Whether a worker or server is advancing it now (holds its lease, or this server
     has queued it): a waiting state is final for a follower only when this is false."""
+    tickets: list[TicketOut] = field(default_factory=list)
+    """The tickets channels opened for it (a Jira issue, a ServiceNow incident)."""
 
 
 @router.get("/rotations/{rotation_id}", tags=["rotations"])
@@ -215,6 +224,7 @@ def rotation_out(t: rotations.Timeline, *, queued: bool = False) -> RotationOut:
             )
             for s in t.steps
         ],
+        tickets=[TicketOut(k.channel, k.reference) for k in t.tickets],
     )
 
 
