@@ -185,17 +185,36 @@ def test_alternating_users_keeps_the_provider_contract(redis_url: str, root: red
     assert "off" in root.acl_getuser("app_a")["flags"]
 
 
-def test_capabilities_are_dual_active_and_authenticating(redis_url: str) -> None:
+def test_capabilities_are_dual_active_authenticating_and_inspecting(redis_url: str) -> None:
     assert make(redis_url, user="app").capabilities == {
         Capability.DUAL_ACTIVE,
         Capability.AUTHENTICATES,
+        Capability.INSPECTS,
     }
     alternating = make(redis_url, strategy="alternating_users", users=["app_a", "app_b"])
     assert alternating.capabilities == {
         Capability.DUAL_ACTIVE,
         Capability.AUTHENTICATES,
         Capability.RESIDUAL_USE,
+        Capability.INSPECTS,
     }
+
+
+def test_inspect_reads_the_acl_hash_without_signing_in(redis_url: str, root: redis.Redis) -> None:
+    provider = make(redis_url, user="app")
+    version = version_of("app", APP_PW, redis_url)
+
+    held = run(provider.inspect(VerifyRequest("cache", version)))
+    root.execute_command("ACL", "SETUSER", "app", "resetpass", ">changed-by-hand")
+    changed = run(provider.inspect(VerifyRequest("cache", version)))
+    root.execute_command("ACL", "SETUSER", "app", "off")
+    disabled = run(provider.inspect(VerifyRequest("cache", version)))
+
+    assert held.ok
+    assert not changed.ok
+    assert "does not list this version's password hash" in changed.detail
+    assert "ACL user app is disabled" in disabled.detail
+    assert APP_PW not in changed.detail + disabled.detail
 
 
 def test_dual_password_does_not_declare_residual_use(redis_url: str) -> None:

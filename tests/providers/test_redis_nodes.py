@@ -234,6 +234,14 @@ def test_a_node_without_the_new_password_yet_answers_partial_so_the_proof_waits(
     assert version.value.reveal() not in answer.detail
 
 
+def _entry(entry: object) -> dict[str, object]:
+    """An `ACL LOG` entry as a mapping (RESP2 answers a flat list of pairs)."""
+    if isinstance(entry, dict):
+        return entry
+    items = list(entry)  # type: ignore[call-overload]
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
 def test_a_password_changed_outside_keyshift_raises_one_alert_and_event(
     nodes: tuple[str, str], app_user: str, env: dict[str, str], store: Store, tmp_path: Path
 ) -> None:
@@ -260,6 +268,11 @@ def test_a_password_changed_outside_keyshift_raises_one_alert_and_event(
     [alert] = [a for a in scheduler.alerts(store) if a.kind == "changed_outside"]
     assert alert.detail["credential"] == "cache"
     assert "changed outside keyshift" in alert.detail["attention"]
+    assert "does not list this version's password hash" in alert.detail["attention"]
+    with redis.Redis.from_url(primary, decode_responses=True) as root:
+        log = root.execute_command("ACL", "LOG")
+    failed = [e for e in log if _entry(e).get("username") == app_user]
+    assert failed == [], "found by reading ACL GETUSER, not by a failed AUTH"
     kinds = [n.kind for n in notifications.listing(store) if n.credential == "cache"]
     assert kinds.count("credential.changed_outside_keyshift") == 1
     password = env_value(tmp_path / "cache.env", "REDIS_PASSWORD") or ""

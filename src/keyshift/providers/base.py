@@ -58,6 +58,9 @@ class Capability(StrEnum):
     ADOPTS_EXISTING = "adopts_existing"
     """`adopt_existing` finds the versions the issuer holds that keyshift did not create,
     so the first rotation retires them as its old version."""
+    INSPECTS = "inspects"
+    """`inspect` reads from the issuer whether it still holds a version (a stored password
+    hash), without signing in: no failed login when it no longer does."""
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@ in one transaction (`record`), and the controller alerts the worker's scan looks
 
 - a rotation stuck in a phase longer than its policy's `stuck_after`;
 - an old version revoked while the residual-use evidence still showed it in use;
-- a PostgreSQL or Redis credential changed outside keyshift: its current version no
-  longer signs in at the issuer (checked at most every `OUTSIDE_CHECK_EVERY`).
+- a PostgreSQL or Redis credential changed outside keyshift: the issuer no longer holds
+  its current version (Redis: `ACL GETUSER` no longer lists its hash; PostgreSQL: it no
+  longer signs in), checked at most every `OUTSIDE_CHECK_EVERY`.
 
 The expiry and Entra alerts (`scheduler.raise_alerts`) are recorded here too.
 """
@@ -12,7 +13,7 @@ The expiry and Entra alerts (`scheduler.raise_alerts`) are recorded here too.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from sqlalchemy import select
@@ -239,13 +240,20 @@ async def raise_changed_outside(
             provider = build_provider(
                 plan.provider_type, plan.provider_config, engine.plugin_context(plan, secrets)
             )
-            if Capability.AUTHENTICATES not in provider.capabilities:
+            held = provider.capabilities
+            if Capability.INSPECTS not in held and Capability.AUTHENTICATES not in held:
                 await provider.aclose()
                 continue
             current = issued(store, version)
             secrets.append(current.value.reveal())
+            request = VerifyRequest(name, current)
             try:
-                answer = await provider.verify(VerifyRequest(name, current))
+                # Where the issuer shows what it stores (a Redis ACL hash), read it: no
+                # failed login is logged when it changed; otherwise sign in as a consumer.
+                if Capability.INSPECTS in held:
+                    answer = await cast(Any, provider).inspect(request)
+                else:
+                    answer = await provider.verify(request)
             finally:
                 await provider.aclose()
         except (PluginError, KeyshiftError) as exc:

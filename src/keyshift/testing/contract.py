@@ -97,6 +97,7 @@ class _ContractRun:
 CAPABILITY_METHODS: Final = {
     Capability.RESIDUAL_USE: "residual_use",
     Capability.ADOPTS_EXISTING: "adopt_existing",
+    Capability.INSPECTS: "inspect",
 }
 """The method each optional capability promises (see `keyshift.providers.base`)."""
 

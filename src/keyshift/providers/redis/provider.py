@@ -82,9 +82,14 @@ class RedisProvider(ConnectedProvider[RedisConfig, RedisIntegration]):
             # dual_password: old and new are passwords of one user, which CLIENT LIST
             # cannot tell apart, so residual use is not declared there.
             return frozenset(
-                {Capability.DUAL_ACTIVE, Capability.AUTHENTICATES, Capability.RESIDUAL_USE}
+                {
+                    Capability.DUAL_ACTIVE,
+                    Capability.AUTHENTICATES,
+                    Capability.RESIDUAL_USE,
+                    Capability.INSPECTS,
+                }
             )
-        held = {Capability.DUAL_ACTIVE, Capability.AUTHENTICATES}
+        held = {Capability.DUAL_ACTIVE, Capability.AUTHENTICATES, Capability.INSPECTS}
         if self.config.adopt_existing == "retire":
             held.add(Capability.ADOPTS_EXISTING)
         return frozenset(held)
@@ -262,6 +267,29 @@ class RedisProvider(ConnectedProvider[RedisConfig, RedisIntegration]):
             partial=True,
             detail=f"accepted on {', '.join(accepted)}; refused on {'; '.join(refused)}",
         )
+
+    async def inspect(self, request: base.VerifyRequest) -> VerifyResult:
+        """Whether every node still holds the version: its user exists, is enabled and
+        lists the SHA-256 of the version's password in `ACL GETUSER`. Reads only, so a
+        password changed by someone else shows here without a failed AUTH in `ACL LOG`."""
+        user = request.version.attributes.get("username", "")
+        digest = password_hash(request.version.value.reveal())
+        missing: list[str] = []
+        for url in self._nodes.urls():
+            async with self._nodes.admin(url) as conn:
+                where = self._nodes.where()
+                acl = await self._acl.getuser(conn, user)
+            if acl is None:
+                missing.append(f"{where}: ACL user {user} does not exist")
+            elif not acl.enabled:
+                missing.append(f"{where}: ACL user {user} is disabled")
+            elif digest not in acl.passwords:
+                missing.append(
+                    f"{where}: ACL GETUSER {user} does not list this version's password hash"
+                )
+        if missing:
+            return VerifyResult(ok=False, detail="; ".join(missing))
+        return VerifyResult(ok=True, detail=f"ACL user {user} holds it on every node")
 
     async def revoke(self, request: base.RevokeRequest) -> RevokeResult:
         """dual_password: remove the old password by its hash (an adopted version: the
