@@ -15,11 +15,13 @@ from datetime import timedelta
 from typing import Any, ClassVar, Protocol
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from keyshift.context import PluginContext
 from keyshift.domain import notifications as kinds
+from keyshift.domain.durations import Duration
 from keyshift.errors import ConfigError, PermanentError, TransientError
+from keyshift.sources import SecretRef
 from keyshift.targets.web import attempt
 
 __all__ = [
@@ -200,3 +202,35 @@ async def request_json(
     if outcome.failure is not None or outcome.response is None:
         raise TransientError(f"{what}: {outcome.failure}", retry_after=outcome.retry_after)
     return outcome.response
+
+
+class WebhookURLConfig(BaseModel):
+    """A chat webhook whose URL is the credential."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
+
+    webhook_url_from: SecretRef
+    """`env:NAME` or `file:/path` holding the webhook URL (it is the credential)."""
+    timeout: Duration = timedelta(seconds=10)
+    """How long one delivery attempt may take."""
+
+
+class ChatWebhook:
+    """A channel that POSTs one JSON body per event to a webhook URL given by reference:
+    a subclass names `kind`, `Config`, `what` (for errors) and builds the `body`."""
+
+    kind: ClassVar[str]
+    Config: ClassVar[type[BaseModel]]
+    what: ClassVar[str]
+
+    def __init__(self, config: WebhookURLConfig, context: PluginContext) -> None:
+        self.config = config
+        self.context = context
+
+    def body(self, message: Message) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def send(self, message: Message, *, dedup_key: str, thread: str | None) -> Sent:
+        url = reveal_url(self.context, "webhook_url_from", self.config.webhook_url_from)
+        response = await post_json(self.what, url, self.body(message), within=self.config.timeout)
+        return Sent(f"HTTP {response.status_code}")

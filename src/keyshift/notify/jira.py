@@ -36,18 +36,8 @@ from keyshift.context import PluginContext
 from keyshift.domain import notifications as kinds
 from keyshift.domain.durations import Duration
 from keyshift.errors import PermanentError
+from keyshift.notify import tickets
 from keyshift.notify.base import Message, Sent, request_json, reveal_secret
-from keyshift.notify.tickets import (
-    EXCEPTION_PATH,
-    basic_auth,
-    cut,
-    json_object,
-    known_kinds,
-    one_line,
-    refusal,
-    secure_url,
-    text_of,
-)
 from keyshift.sources import SecretRef
 from keyshift.targets.base import positive
 
@@ -79,7 +69,7 @@ class JiraConfig(BaseModel):
     """Jira Data Center: `env:NAME` or `file:/path` holding a personal access token."""
     labels: list[str] = Field(default_factory=lambda: ["keyshift"])
     """Labels of every issue opened (no spaces)."""
-    open_on: list[str] = Field(default_factory=lambda: list(EXCEPTION_PATH))
+    open_on: list[str] = Field(default_factory=lambda: list(tickets.EXCEPTION_PATH))
     """Event kinds that open an issue when their rotation has none yet (default: failed,
     rolled back, needs attention, stuck); every later event of the rotation comments."""
     timeout: Duration = timedelta(seconds=10)
@@ -88,7 +78,7 @@ class JiraConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _secure(cls, url: str) -> str:
-        return secure_url(url)
+        return tickets.secure_url(url)
 
     @field_validator("project")
     @classmethod
@@ -108,7 +98,7 @@ class JiraConfig(BaseModel):
     @field_validator("open_on")
     @classmethod
     def _known(cls, open_on: list[str]) -> list[str]:
-        return known_kinds(open_on)
+        return tickets.known_kinds(open_on)
 
     @field_validator("timeout")
     @classmethod
@@ -131,8 +121,8 @@ def issue_of(message: Message, config: JiraConfig) -> dict[str, Any]:
     return {
         "fields": {
             "project": {"key": config.project},
-            "summary": one_line(message.title, SUMMARY_MAX),
-            "description": cut(text_of(message, title=False), TEXT_MAX),
+            "summary": tickets.one_line(message.title, SUMMARY_MAX),
+            "description": tickets.cut(tickets.text_of(message, title=False), TEXT_MAX),
             "issuetype": {"name": config.issue_type},
             "labels": list(config.labels),
         }
@@ -141,7 +131,7 @@ def issue_of(message: Message, config: JiraConfig) -> dict[str, Any]:
 
 def comment_of(message: Message) -> dict[str, Any]:
     """The body of the comment a later event adds."""
-    return {"body": cut(text_of(message, title=True), TEXT_MAX)}
+    return {"body": tickets.cut(tickets.text_of(message, title=True), TEXT_MAX)}
 
 
 def _named_fields(body: Any) -> str | None:
@@ -186,7 +176,7 @@ class JiraChannel:
 
     async def _create(self, message: Message) -> Sent:
         response = await self._request("POST", "/rest/api/2/issue", issue_of(message, self.config))
-        key = json_object(response).get("key")
+        key = tickets.json_object(response).get("key")
         if not isinstance(key, str) or not ISSUE_KEY.match(key):
             # Created, most likely: a retry would open a second issue, so this is final.
             raise PermanentError(
@@ -217,7 +207,7 @@ class JiraChannel:
             body,
             within=self.config.timeout,
             headers={"Authorization": self._authorization(), "Accept": "application/json"},
-            refusal=refusal(WHAT, record=record, said=_named_fields),
+            refusal=tickets.refusal(WHAT, record=record, said=_named_fields),
         )
 
     def _authorization(self) -> str:
@@ -225,4 +215,4 @@ class JiraChannel:
             return f"Bearer {reveal_secret(self.context, 'token_from', self.config.token_from)}"
         # The config's validator holds that email and api_token_from are set together.
         token = reveal_secret(self.context, "api_token_from", str(self.config.api_token_from))
-        return basic_auth(str(self.config.email), token)
+        return tickets.basic_auth(str(self.config.email), token)

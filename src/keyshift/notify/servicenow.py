@@ -35,18 +35,8 @@ from keyshift.context import PluginContext
 from keyshift.domain import notifications as kinds
 from keyshift.domain.durations import Duration
 from keyshift.errors import PermanentError
+from keyshift.notify import tickets
 from keyshift.notify.base import Message, Sent, request_json, reveal_secret
-from keyshift.notify.tickets import (
-    EXCEPTION_PATH,
-    basic_auth,
-    cut,
-    json_object,
-    known_kinds,
-    one_line,
-    refusal,
-    secure_url,
-    text_of,
-)
 from keyshift.sources import SecretRef
 from keyshift.targets.base import positive
 
@@ -82,7 +72,7 @@ class ServiceNowConfig(BaseModel):
     """1 (high) to 3 (low)."""
     impact: int = Field(default=2, ge=1, le=3)
     """1 (high) to 3 (low)."""
-    open_on: list[str] = Field(default_factory=lambda: list(EXCEPTION_PATH))
+    open_on: list[str] = Field(default_factory=lambda: list(tickets.EXCEPTION_PATH))
     """Event kinds that open an incident when their rotation has none yet (default:
     failed, rolled back, needs attention, stuck); every later event adds a work note."""
     timeout: Duration = timedelta(seconds=10)
@@ -91,7 +81,7 @@ class ServiceNowConfig(BaseModel):
     @field_validator("instance_url")
     @classmethod
     def _secure(cls, url: str) -> str:
-        return secure_url(url)
+        return tickets.secure_url(url)
 
     @field_validator("table")
     @classmethod
@@ -103,7 +93,7 @@ class ServiceNowConfig(BaseModel):
     @field_validator("open_on")
     @classmethod
     def _known(cls, open_on: list[str]) -> list[str]:
-        return known_kinds(open_on)
+        return tickets.known_kinds(open_on)
 
     @field_validator("timeout")
     @classmethod
@@ -122,8 +112,8 @@ class ServiceNowConfig(BaseModel):
 def incident_of(message: Message, config: ServiceNowConfig) -> dict[str, Any]:
     """The body that creates the incident of an event."""
     body: dict[str, Any] = {
-        "short_description": one_line(message.title, SHORT_DESCRIPTION_MAX),
-        "description": cut(text_of(message, title=False), TEXT_MAX),
+        "short_description": tickets.one_line(message.title, SHORT_DESCRIPTION_MAX),
+        "description": tickets.cut(tickets.text_of(message, title=False), TEXT_MAX),
         "urgency": str(config.urgency),
         "impact": str(config.impact),
     }
@@ -140,7 +130,7 @@ def incident_of(message: Message, config: ServiceNowConfig) -> dict[str, Any]:
 
 def work_note_of(message: Message) -> dict[str, Any]:
     """The body of the work note a later event adds."""
-    return {"work_notes": cut(text_of(message, title=True), TEXT_MAX)}
+    return {"work_notes": tickets.cut(tickets.text_of(message, title=True), TEXT_MAX)}
 
 
 def _error_message(body: Any) -> str | None:
@@ -148,7 +138,7 @@ def _error_message(body: Any) -> str | None:
     "Mandatory field missing"), never its `detail` (which may echo what was sent)."""
     error = body.get("error") if isinstance(body, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
-    return one_line(message, 80) if isinstance(message, str) and message.strip() else None
+    return tickets.one_line(message, 80) if isinstance(message, str) and message.strip() else None
 
 
 class ServiceNowChannel:
@@ -181,7 +171,7 @@ class ServiceNowChannel:
 
     async def _create(self, message: Message) -> Sent:
         response = await self._request("POST", self._table, incident_of(message, self.config))
-        result = json_object(response).get("result")
+        result = tickets.json_object(response).get("result")
         sys_id = result.get("sys_id") if isinstance(result, dict) else None
         if not isinstance(sys_id, str) or not SYS_ID.match(sys_id):
             # Created, most likely: a retry would open a second one, so this is final.
@@ -195,7 +185,7 @@ class ServiceNowChannel:
         path = f"{self._table}/{sys_id}"
         record = f"{self.config.table} {sys_id}"
         response = await self._request("PATCH", path, work_note_of(message), record=record)
-        result = json_object(response).get("result")
+        result = tickets.json_object(response).get("result")
         number = result.get("number") if isinstance(result, dict) else None
         return Sent(f"work note added to {number or sys_id}", reference=sys_id)
 
@@ -214,7 +204,7 @@ class ServiceNowChannel:
             body,
             within=self.config.timeout,
             headers={"Authorization": self._authorization(), "Accept": "application/json"},
-            refusal=refusal(WHAT, record=record, said=_error_message),
+            refusal=tickets.refusal(WHAT, record=record, said=_error_message),
         )
 
     def _authorization(self) -> str:
@@ -222,4 +212,4 @@ class ServiceNowChannel:
             return f"Bearer {reveal_secret(self.context, 'token_from', self.config.token_from)}"
         # The config's validator holds that username and password_from are set together.
         password = reveal_secret(self.context, "password_from", str(self.config.password_from))
-        return basic_auth(str(self.config.username), password)
+        return tickets.basic_auth(str(self.config.username), password)

@@ -10,15 +10,11 @@ retrying), 429 with Retry-After (about one message per second per webhook) and 5
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
-from keyshift.context import PluginContext
-from keyshift.domain.durations import Duration
-from keyshift.notify.base import Message, Sent, post_json, reveal_url
-from keyshift.sources import SecretRef
+from keyshift.notify.base import ChatWebhook, Message, WebhookURLConfig
 
 HEADER_MAX = 150
 TEXT_MAX = 3000
@@ -26,15 +22,8 @@ FIELDS_MAX = 10
 FIELD_MAX = 2000
 
 
-class SlackConfig(BaseModel):
+class SlackConfig(WebhookURLConfig):
     """A Slack incoming webhook."""
-
-    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
-
-    webhook_url_from: SecretRef
-    """`env:NAME` or `file:/path` holding the webhook URL (it is the credential)."""
-    timeout: Duration = timedelta(seconds=10)
-    """How long one delivery attempt may take."""
 
 
 def _cut(text: str, limit: int) -> str:
@@ -61,19 +50,12 @@ def blocks_of(message: Message) -> dict[str, Any]:
     return {"text": message.title, "blocks": blocks}
 
 
-class SlackChannel:
+class SlackChannel(ChatWebhook):
     """Posts each event to a Slack channel through its incoming webhook."""
 
     kind: ClassVar[str] = "slack"
     Config: ClassVar[type[BaseModel]] = SlackConfig
+    what: ClassVar[str] = "Slack webhook"
 
-    def __init__(self, config: SlackConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
-
-    async def send(self, message: Message, *, dedup_key: str, thread: str | None) -> Sent:
-        url = reveal_url(self.context, "webhook_url_from", self.config.webhook_url_from)
-        response = await post_json(
-            "Slack webhook", url, blocks_of(message), within=self.config.timeout
-        )
-        return Sent(f"HTTP {response.status_code}")
+    def body(self, message: Message) -> dict[str, Any]:
+        return blocks_of(message)

@@ -9,29 +9,18 @@ a Workflows webhook answers 202 Accepted (an older connector 200); a malformed c
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
-from keyshift.context import PluginContext
-from keyshift.domain.durations import Duration
-from keyshift.notify.base import Message, Sent, post_json, reveal_url
-from keyshift.sources import SecretRef
+from keyshift.notify.base import ChatWebhook, Message, WebhookURLConfig
 
 CARD_TYPE = "application/vnd.microsoft.card.adaptive"
 CARD_SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
 
 
-class TeamsConfig(BaseModel):
+class TeamsConfig(WebhookURLConfig):
     """A Teams Workflows webhook."""
-
-    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
-
-    webhook_url_from: SecretRef
-    """`env:NAME` or `file:/path` holding the webhook URL (it is the credential)."""
-    timeout: Duration = timedelta(seconds=10)
-    """How long one delivery attempt may take."""
 
 
 def card_of(message: Message) -> dict[str, Any]:
@@ -51,19 +40,12 @@ def card_of(message: Message) -> dict[str, Any]:
     }
 
 
-class TeamsChannel:
+class TeamsChannel(ChatWebhook):
     """Posts each event to a Teams channel through its webhook."""
 
     kind: ClassVar[str] = "teams"
     Config: ClassVar[type[BaseModel]] = TeamsConfig
+    what: ClassVar[str] = "Teams webhook"
 
-    def __init__(self, config: TeamsConfig, context: PluginContext) -> None:
-        self.config = config
-        self.context = context
-
-    async def send(self, message: Message, *, dedup_key: str, thread: str | None) -> Sent:
-        url = reveal_url(self.context, "webhook_url_from", self.config.webhook_url_from)
-        response = await post_json(
-            "Teams webhook", url, card_of(message), within=self.config.timeout
-        )
-        return Sent(f"HTTP {response.status_code}")
+    def body(self, message: Message) -> dict[str, Any]:
+        return card_of(message)
