@@ -7,6 +7,7 @@ revoked or replaced password is really refused.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import signal
 import sys
 import textwrap
@@ -24,13 +25,22 @@ from psycopg import sql
 
 from keyshift.context import PluginContext
 from keyshift.domain.estate import Policy
+from keyshift.domain.secret import Secret
 from keyshift.engine.faults import ENV as CRASH_AT
 from keyshift.errors import PermanentError, TransientError
-from keyshift.providers.base import CreateRequest, PreflightRequest, PreflightResult, Readiness
+from keyshift.providers.base import (
+    CreateRequest,
+    IssuedVersion,
+    PreflightRequest,
+    PreflightResult,
+    Readiness,
+    VerifyRequest,
+)
 from keyshift.providers.postgres import (
     PostgresConfig,
     PostgresIntegration,
     PostgresProvider,
+    password_matches,
     scram_verifier,
 )
 from keyshift.service import rotations
@@ -722,3 +732,61 @@ def test_on_timeout_fail_ends_needs_attention_and_keeps_the_old_role(
     assert db.can_login(old_user, old_password), "not revoked"
     assert [v.status for v in versions(store, "app-db")] == ["previous", "current"]
     assert "revoking" not in {s.name for s in steps(store, rotation.id)}
+
+
+# --- inspect: the stored SCRAM verifier ---------------------------------------------------
+
+
+def _superuser_provider(d: Database, **config: Any) -> PostgresProvider:
+    """A provider whose admin is the server's superuser, who may read pg_authid."""
+    parts = urlsplit(d.superuser_dsn)
+    dsn = f"postgresql://{parts.username}@{parts.hostname}:{parts.port}/{d.name}"
+    context = PluginContext(
+        integrations={"admin": PostgresIntegration(dsn=dsn, password_from="env:PG_SU_PW")},
+        env={"PG_SU_PW": SUPERUSER_PASSWORD},
+    )
+    return PostgresProvider(PostgresConfig(integration="admin", **config), context)
+
+
+def test_inspect_compares_the_stored_scram_verifier_without_logging_in(db: Database) -> None:
+    version = IssuedVersion(
+        "single",
+        Secret("initial-password"),
+        {"username": db.single, "host": db.host, "port": str(db.port), "database": db.name},
+    )
+    provider = _superuser_provider(db, strategy="single_user", user=db.single)
+
+    held = asyncio.run(provider.inspect(VerifyRequest("app-db", version)))
+    with psycopg.connect(db.superuser_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD 'changed-by-hand'").format(sql.Identifier(db.single))
+        )
+    changed = asyncio.run(provider.inspect(VerifyRequest("app-db", version)))
+    not_allowed = asyncio.run(
+        _provider(db, strategy="single_user", user=db.single).inspect(
+            VerifyRequest("app-db", version)
+        )
+    )
+
+    assert held is not None
+    assert held.ok, held.detail
+    assert changed is not None
+    assert not changed.ok
+    assert f"pg_authid holds another password for role {db.single}" == changed.detail
+    assert not_allowed is None, "a CREATEROLE admin may not read pg_authid: cannot tell"
+
+
+def test_password_matches_reads_scram_and_md5_forms() -> None:
+    # PostgreSQL's own verifier of "pencil" with a fixed salt (RFC 7677's test vector).
+    scram = (
+        "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$"
+        "WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"
+        "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
+    )
+    assert password_matches(scram, "user", "pencil")
+    assert not password_matches(scram, "user", "pencil2")
+    md5 = "md5" + hashlib.md5(b"secretalice").hexdigest()  # noqa: S324 - PostgreSQL md5 form
+    assert password_matches(md5, "alice", "secret")
+    assert not password_matches(md5, "bob", "secret")
+    assert not password_matches("SCRAM-SHA-256$broken", "user", "pencil")
+    assert password_matches(scram_verifier("pencil"), "user", "pencil"), "our own verifiers"

@@ -60,7 +60,8 @@ class Capability(StrEnum):
     so the first rotation retires them as its old version."""
     INSPECTS = "inspects"
     """`inspect` reads from the issuer whether it still holds a version (a stored password
-    hash), without signing in: no failed login when it no longer does."""
+    hash), without signing in: no failed login when it no longer does. It answers None
+    when it cannot tell (the admin may not read what the issuer stores)."""
 
 
 @dataclass(frozen=True)

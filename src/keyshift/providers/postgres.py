@@ -178,8 +178,10 @@ class PostgresProvider(ConnectedProvider[PostgresConfig, PostgresIntegration]):
         )
         if self.config.strategy == "alternating_users":
             # Each version is its own role, so sessions per role show who still uses it.
-            return frozenset({overlap, Capability.AUTHENTICATES, Capability.RESIDUAL_USE})
-        return frozenset({overlap, Capability.AUTHENTICATES})
+            return frozenset(
+                {overlap, Capability.AUTHENTICATES, Capability.RESIDUAL_USE, Capability.INSPECTS}
+            )
+        return frozenset({overlap, Capability.AUTHENTICATES, Capability.INSPECTS})
 
     @asynccontextmanager
     async def _admin(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -356,6 +358,33 @@ class PostgresProvider(ConnectedProvider[PostgresConfig, PostgresIntegration]):
             await conn.close()
         return VerifyResult(ok=ok, detail=f"logged in as {attrs.get('username')}; SELECT 1")
 
+    async def inspect(self, request: base.VerifyRequest) -> VerifyResult | None:
+        """Whether the role still holds the version, read from `pg_authid`: the password
+        matches the stored SCRAM-SHA-256 verifier (or md5 hash) and the role may log in.
+        No login is tried, so none fails. None when the admin may not read `pg_authid`
+        (only superusers may): the caller then signs in instead."""
+        user = request.version.attributes.get("username", "")
+        async with self._admin() as conn:
+            try:
+                cur = await conn.execute(
+                    "SELECT rolpassword, rolcanlogin FROM pg_authid WHERE rolname = %s", (user,)
+                )
+                row = await cur.fetchone()
+            except psycopg.errors.InsufficientPrivilege:
+                return None
+            except psycopg.Error as exc:
+                raise _classify(exc, f"reading pg_authid on {self._where()}") from None
+        if row is None:
+            return VerifyResult(ok=False, detail=f"role {user} does not exist")
+        stored, can_login = row
+        if not can_login:
+            return VerifyResult(ok=False, detail=f"role {user} may not log in")
+        if not stored or not password_matches(stored, user, request.version.value.reveal()):
+            return VerifyResult(
+                ok=False, detail=f"pg_authid holds another password for role {user}"
+            )
+        return VerifyResult(ok=True, detail=f"pg_authid holds this password for role {user}")
+
     async def revoke(self, request: base.RevokeRequest) -> RevokeResult:
         """alternating_users: disable the old role's login (`NOLOGIN`, `PASSWORD NULL`);
         never drop it. Succeeds if it is already disabled. single_user: the old password
@@ -424,3 +453,22 @@ class PostgresProvider(ConnectedProvider[PostgresConfig, PostgresIntegration]):
     async def aclose(self) -> None:
         """Connections are opened per call; nothing stays open."""
         return
+
+
+def password_matches(stored: str, user: str, password: str) -> bool:
+    """Whether `password` is the one PostgreSQL stored as `stored` (`rolpassword`): a
+    SCRAM-SHA-256 verifier (recomputed with its own salt and iterations) or an md5 hash
+    (`md5` + md5(password + user)). Unknown or malformed forms do not match."""
+    if stored.startswith("SCRAM-SHA-256$"):
+        try:
+            iterations, salt = stored.split("$")[1].split(":")
+            again = scram_verifier(
+                password, salt=base64.b64decode(salt, validate=True), iterations=int(iterations)
+            )
+        except (ValueError, IndexError):
+            return False
+        return hmac.compare_digest(again, stored)
+    if stored.startswith("md5"):
+        digest = "md5" + hashlib.md5((password + user).encode()).hexdigest()  # noqa: S324
+        return hmac.compare_digest(digest, stored)
+    return False

@@ -4,8 +4,9 @@ in one transaction (`record`), and the controller alerts the worker's scan looks
 - a rotation stuck in a phase longer than its policy's `stuck_after`;
 - an old version revoked while the residual-use evidence still showed it in use;
 - a PostgreSQL or Redis credential changed outside keyshift: the issuer no longer holds
-  its current version (Redis: `ACL GETUSER` no longer lists its hash; PostgreSQL: it no
-  longer signs in), checked at most every `OUTSIDE_CHECK_EVERY`.
+  its current version (Redis: `ACL GETUSER` no longer lists its hash; PostgreSQL: the
+  `pg_authid` verifier no longer matches where the admin may read it, else it no longer
+  signs in), checked at most every `OUTSIDE_CHECK_EVERY`.
 
 The expiry and Entra alerts (`scheduler.raise_alerts`) are recorded here too.
 """
@@ -250,16 +251,17 @@ async def raise_changed_outside(
             try:
                 # Where the issuer shows what it stores (a Redis ACL hash), read it: no
                 # failed login is logged when it changed; otherwise sign in as a consumer.
+                answer = None
                 if Capability.INSPECTS in held:
                     answer = await cast(Any, provider).inspect(request)
-                else:
+                if answer is None and Capability.AUTHENTICATES in held:
                     answer = await provider.verify(request)
             finally:
                 await provider.aclose()
         except (PluginError, KeyshiftError) as exc:
             log.warning("outside check skipped", credential=name, error=scrub(str(exc), secrets))
             continue
-        if answer.ok:
+        if answer is None or answer.ok:
             continue
         raised += record(
             store,
