@@ -14,7 +14,11 @@ Documented behaviour covered:
   short description over 160 characters, which an instance would cut.)
 - `PATCH /api/now/table/incident/{sys_id}` with `work_notes`: 200 with the record; an
   unknown sys_id is 404 "No Record found".
-- `GET /api/now/table/incident`: 200 with `{"result": [...]}`.
+- `GET /api/now/table/incident`: 200 with `{"result": [...]}`, filtered by an encoded
+  `sysparm_query` of `field=value` terms joined by `^`, cut to `sysparm_limit`, and
+  holding only `sysparm_fields` when given.
+- A lost answer (`lose_next_answer`): the next create is carried out and answered 504,
+  as when a gateway times out after the instance created the record.
 - Scripted 429 with Retry-After and 5xx (`fail`), answered before the credentials are
   checked.
 """
@@ -26,6 +30,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 
@@ -64,6 +69,7 @@ class ServiceNowDouble(Scripted):
 
     incidents: dict[str, Incident] = field(default_factory=dict)
     """Created incidents by sys_id, in order."""
+    lose_next_answer: bool = False
 
     def channel(self, **overrides: Any) -> dict[str, Any]:
         """A `servicenow` channel of this instance with basic authentication (the password
@@ -96,12 +102,30 @@ class ServiceNowDouble(Scripted):
             return 400, {}, _error(f"Invalid table {parts[3]}", None)
         match request.method, parts[4:]:
             case "POST", []:
-                return self._create(request)
+                created = self._create(request)
+                if self.lose_next_answer and created[0] == 201:
+                    self.lose_next_answer = False
+                    return 504, {}, None
+                return created
             case "PATCH", [sys_id]:
                 return self._work_note(sys_id, request)
             case "GET", []:
-                return 200, {}, {"result": [i.result() for i in self.incidents.values()][:1]}
+                return 200, {}, {"result": self._query(request.query)}
         return 405, {}, _error("Method not Supported", None)
+
+    def _query(self, query: str) -> list[dict[str, Any]]:
+        params = dict(parse_qsl(query))
+        terms = [t.split("=", 1) for t in params.get("sysparm_query", "").split("^") if t]
+        found = [
+            i.result()
+            for i in self.incidents.values()
+            if all(str(i.result().get(name)) == value for name, value in terms)
+        ]
+        found = found[: int(params.get("sysparm_limit", "10000"))]
+        if "sysparm_fields" in params:
+            keep = params["sysparm_fields"].split(",")
+            found = [{k: v for k, v in r.items() if k in keep} for r in found]
+        return found
 
     def _create(self, request: Request) -> Answer:
         try:

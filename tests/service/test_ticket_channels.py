@@ -18,11 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from keyshift.domain.states import RotationState
 from keyshift.errors import EstateInvalid, PermanentError
 from keyshift.service import evidence, notifications, rotations
 from keyshift.service.estate import current_estate, load_estate
+from keyshift.store.models import NotificationDeliveryRow
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock
 from tests.conftest import Cli
@@ -330,7 +332,8 @@ def test_a_429_is_retried_no_sooner_than_its_retry_after_and_then_opens_one_tick
 
     assert _dispatch(store, clock)["delivered"] == 1
     assert len(desk.tickets()) == 1
-    assert len(desk.double.requests) == 2
+    # Two attempts; ServiceNow looks for the rotation's incident before it opens one.
+    assert len(desk.double.requests) == (3 if desk.kind == "servicenow" else 2)
 
 
 def test_an_outage_is_retried_with_backoff(store: Store, tmp_path: Path, desk: Desk) -> None:
@@ -448,7 +451,10 @@ def test_a_servicenow_incident_has_urgency_impact_group_and_the_rotation_as_corr
     assert fields["caller_id"] == "keyshift.bot"
     assert fields["correlation_id"] == _last_rotation(store)
     assert len(fields["short_description"]) <= 160
-    [request] = servicenow.requests
+    search, request = servicenow.requests  # it looks for the rotation's incident first
+    assert search.method == "GET"
+    assert f"correlation_id%3D{_last_rotation(store)}" in search.query
+    assert request.method == "POST"
     assert request.headers["authorization"] == f"Bearer {snow_double.TOKEN}"
     assert request.headers["accept"] == "application/json"
     assert snow_double.TOKEN not in request.body
@@ -521,3 +527,27 @@ def test_a_bad_ticket_channel_setting_is_refused_naming_it(
 
 def _create_path(desk: Desk) -> str:
     return "/rest/api/2/issue" if desk.kind == "jira" else "/api/now/table/incident"
+
+
+def test_a_lost_answer_does_not_open_a_second_incident(
+    store: Store, tmp_path: Path, servicenow: ServiceNowDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instance opened the incident but the gateway answered 504: the retry finds it
+    by the rotation's correlation_id and opens none."""
+    clock = FakeClock()
+    monkeypatch.setenv("KS_TEST_SNOW_PASSWORD", snow_double.PASSWORD)
+    servicenow.lose_next_answer = True
+    path = _estate(tmp_path, [servicenow.channel()], reload_on_failure="continue", backoff="1m")
+    _apply(store, path)
+    _rotate(store, clock)
+
+    assert _dispatch(store, clock)["retrying"] == 1
+    assert len(servicenow.incidents) == 1, "opened, though the answer was lost"
+    clock.advance(timedelta(minutes=1))
+    assert _dispatch(store, clock)["delivered"] == 1
+
+    [incident] = servicenow.incidents.values()
+    assert len(servicenow.incidents) == 1
+    with store.transaction() as s:
+        [reference] = s.execute(select(NotificationDeliveryRow.reference)).scalars()
+    assert reference == incident.sys_id

@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from typing import Any, ClassVar
+from urllib.parse import urlencode
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -154,9 +155,10 @@ class ServiceNowChannel:
 
     async def send(self, message: Message, *, dedup_key: str, thread: str | None) -> Sent:
         """Adds a work note to `thread` (a sys_id) when the rotation has an incident;
-        else opens one if the event's kind is in `open_on`, or sends nothing. Not
-        idempotent at ServiceNow: an attempt whose answer is lost may have opened an
-        incident that a retry opens again."""
+        else opens one if the event's kind is in `open_on`, or sends nothing. Before
+        opening, it looks for an incident whose `correlation_id` is the rotation: an
+        earlier attempt whose answer was lost may have opened it, and a retry must not
+        open a second."""
         if message.kind == kinds.NOTIFICATION_TEST:
             return await self._check()
         if thread is not None:
@@ -170,14 +172,38 @@ class ServiceNowChannel:
         return f"/api/now/table/{self.config.table}"
 
     async def _create(self, message: Message) -> Sent:
+        rotation_id = message.payload.get("rotation_id")
+        if rotation_id:
+            found = await self._opened_for(str(rotation_id))
+            if found is not None:
+                return Sent(f"{self.config.table} {found[1]} already open", reference=found[0])
         response = await self._request("POST", self._table, incident_of(message, self.config))
         result = tickets.json_object(response).get("result")
         sys_id = result.get("sys_id") if isinstance(result, dict) else None
         if not isinstance(sys_id, str) or not SYS_ID.match(sys_id):
-            # Created, most likely: a retry would open a second one, so this is final.
+            # Created, most likely: the next event of the rotation finds it by its
+            # correlation_id, but this answer names nothing to comment on; final.
             raise PermanentError(f"{WHAT} answered HTTP {response.status_code} without a sys_id")
         number = result.get("number") if isinstance(result, dict) else None
         return Sent(f"{self.config.table} {number or sys_id} opened", reference=sys_id)
+
+    async def _opened_for(self, rotation_id: str) -> tuple[str, str] | None:
+        """(sys_id, number) of the incident an earlier attempt opened for the rotation."""
+        query = urlencode(
+            {
+                "sysparm_query": f"correlation_id={rotation_id}",
+                "sysparm_fields": "sys_id,number",
+                "sysparm_limit": "1",
+            }
+        )
+        response = await self._request("GET", f"{self._table}?{query}", None)
+        rows = tickets.json_object(response).get("result")
+        if not isinstance(rows, list) or not rows or not isinstance(rows[0], dict):
+            return None
+        sys_id = rows[0].get("sys_id")
+        if not isinstance(sys_id, str) or not SYS_ID.match(sys_id):
+            return None
+        return sys_id, str(rows[0].get("number") or sys_id)
 
     async def _work_note(self, sys_id: str, message: Message) -> Sent:
         if not SYS_ID.match(sys_id):
