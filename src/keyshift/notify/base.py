@@ -32,7 +32,6 @@ __all__ = [
     "post_json",
     "request_json",
     "reveal_secret",
-    "reveal_url",
 ]
 
 _TITLES = {
@@ -131,6 +130,21 @@ class _Blank(dict[str, Any]):
         return ""
 
 
+def cut(text: str, limit: int) -> str:
+    """`text` in at most `limit` characters (an ellipsis marks a cut)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def plain_text(message: Message, *, title: bool) -> str:
+    """The message as plain text (a mail, a ticket): its title (for a comment), its lines,
+    its facts, and the event kind last."""
+    width = max((len(label) for label, _ in message.facts), default=0)
+    facts = "\n".join(f"{(label + ':').ljust(width + 1)} {value}" for label, value in message.facts)
+    parts = [message.title if title else "", "\n\n".join(message.lines), facts]
+    parts.append(f"keyshift · {message.kind}")
+    return "\n\n".join(p for p in parts if p)
+
+
 class Channel(Protocol):
     """A place messages go. `Config` validates its settings; `send` makes one attempt and
     raises TransientError (try again, maybe after `retry_after`) or PermanentError.
@@ -144,11 +158,6 @@ class Channel(Protocol):
     Config: ClassVar[type[BaseModel]]
 
     async def send(self, message: Message, *, dedup_key: str, thread: str | None) -> Sent: ...
-
-
-def reveal_url(context: PluginContext, field: str, ref: str) -> str:
-    """A URL given by reference (it carries a token); PermanentError naming the field."""
-    return reveal_secret(context, field, ref)
 
 
 def reveal_secret(context: PluginContext, field: str, ref: str) -> str:
@@ -231,6 +240,7 @@ class ChatWebhook:
         raise NotImplementedError
 
     async def send(self, message: Message, *, dedup_key: str, thread: str | None) -> Sent:
-        url = reveal_url(self.context, "webhook_url_from", self.config.webhook_url_from)
+        # The URL carries the webhook's token.
+        url = reveal_secret(self.context, "webhook_url_from", self.config.webhook_url_from)
         response = await post_json(self.what, url, self.body(message), within=self.config.timeout)
         return Sent(f"HTTP {response.status_code}")

@@ -25,8 +25,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration
-from keyshift.errors import ConfigError, PermanentError, TransientError
-from keyshift.notify.base import Message, Sent
+from keyshift.errors import PermanentError, TransientError
+from keyshift.notify.base import Message, Sent, plain_text, reveal_secret
 from keyshift.sources import SecretRef
 
 
@@ -74,7 +74,7 @@ class EmailConfig(BaseModel):
 
 
 def email_of(message: Message, config: EmailConfig, dedup_key: str) -> EmailMessage:
-    """The mail for an event: the title as subject, its lines and facts as plain text."""
+    """The mail for an event: the title as subject, the message as plain text."""
     mail = EmailMessage()
     mail["Subject"] = f"{config.subject_prefix} {message.title}".strip()
     mail["From"] = config.from_address
@@ -83,9 +83,7 @@ def email_of(message: Message, config: EmailConfig, dedup_key: str) -> EmailMess
     mail["Message-ID"] = f"<{dedup_key}@keyshift>"
     mail["X-Keyshift-Event"] = message.kind
     mail["X-Keyshift-Delivery"] = dedup_key
-    width = max((len(label) for label, _ in message.facts), default=0)
-    facts = [f"{label.ljust(width)}  {value}" for label, value in message.facts]
-    mail.set_content("\n\n".join(filter(None, ["\n".join(message.lines), "\n".join(facts)])))
+    mail.set_content(plain_text(message, title=False))
     return mail
 
 
@@ -102,13 +100,9 @@ class EmailChannel:
     async def send(self, message: Message, *, dedup_key: str, thread: str | None) -> Sent:
         password = None
         if self.config.password_from is not None:
-            try:
-                password = self.context.secret("password_from", self.config.password_from)
-            except ConfigError as exc:
-                raise PermanentError(f"password_from: {exc}") from None
+            password = reveal_secret(self.context, "password_from", self.config.password_from)
         mail = email_of(message, self.config, dedup_key)
-        secret = password.reveal() if password is not None else None
-        await asyncio.to_thread(self._deliver, mail, secret)
+        await asyncio.to_thread(self._deliver, mail, password)
         return Sent(f"accepted by {self.config.host} for {len(self.config.to)} recipient(s)")
 
     def _deliver(self, mail: EmailMessage, password: str | None) -> None:

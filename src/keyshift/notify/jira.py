@@ -37,7 +37,7 @@ from keyshift.domain import notifications as kinds
 from keyshift.domain.durations import Duration
 from keyshift.errors import PermanentError
 from keyshift.notify import tickets
-from keyshift.notify.base import Message, Sent, request_json, reveal_secret
+from keyshift.notify.base import Message, Sent, cut, plain_text, request_json, reveal_secret
 from keyshift.sources import SecretRef
 from keyshift.targets.base import positive
 
@@ -122,7 +122,7 @@ def issue_of(message: Message, config: JiraConfig) -> dict[str, Any]:
         "fields": {
             "project": {"key": config.project},
             "summary": tickets.one_line(message.title, SUMMARY_MAX),
-            "description": tickets.cut(tickets.text_of(message, title=False), TEXT_MAX),
+            "description": cut(plain_text(message, title=False), TEXT_MAX),
             "issuetype": {"name": config.issue_type},
             "labels": list(config.labels),
         }
@@ -131,7 +131,7 @@ def issue_of(message: Message, config: JiraConfig) -> dict[str, Any]:
 
 def comment_of(message: Message) -> dict[str, Any]:
     """The body of the comment a later event adds."""
-    return {"body": tickets.cut(tickets.text_of(message, title=True), TEXT_MAX)}
+    return {"body": cut(plain_text(message, title=True), TEXT_MAX)}
 
 
 def _named_fields(body: Any) -> str | None:

@@ -37,7 +37,7 @@ from keyshift.domain import notifications as kinds
 from keyshift.domain.durations import Duration
 from keyshift.errors import PermanentError
 from keyshift.notify import tickets
-from keyshift.notify.base import Message, Sent, request_json, reveal_secret
+from keyshift.notify.base import Message, Sent, cut, plain_text, request_json, reveal_secret
 from keyshift.sources import SecretRef
 from keyshift.targets.base import positive
 
@@ -114,7 +114,7 @@ def incident_of(message: Message, config: ServiceNowConfig) -> dict[str, Any]:
     """The body that creates the incident of an event."""
     body: dict[str, Any] = {
         "short_description": tickets.one_line(message.title, SHORT_DESCRIPTION_MAX),
-        "description": tickets.cut(tickets.text_of(message, title=False), TEXT_MAX),
+        "description": cut(plain_text(message, title=False), TEXT_MAX),
         "urgency": str(config.urgency),
         "impact": str(config.impact),
     }
@@ -131,7 +131,7 @@ def incident_of(message: Message, config: ServiceNowConfig) -> dict[str, Any]:
 
 def work_note_of(message: Message) -> dict[str, Any]:
     """The body of the work note a later event adds."""
-    return {"work_notes": tickets.cut(tickets.text_of(message, title=True), TEXT_MAX)}
+    return {"work_notes": cut(plain_text(message, title=True), TEXT_MAX)}
 
 
 def _error_message(body: Any) -> str | None:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from keyshift.notify.base import ChatWebhook, Message, WebhookURLConfig
+from keyshift.notify.base import ChatWebhook, Message, WebhookURLConfig, cut
 
 HEADER_MAX = 150
 TEXT_MAX = 3000
@@ -26,20 +26,16 @@ class SlackConfig(WebhookURLConfig):
     """A Slack incoming webhook."""
 
 
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def blocks_of(message: Message) -> dict[str, Any]:
     """The Block Kit body of a message."""
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": _cut(message.title, HEADER_MAX)}}
+        {"type": "header", "text": {"type": "plain_text", "text": cut(message.title, HEADER_MAX)}}
     ]
     if message.lines:
         text = "\n".join(message.lines)
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(text, TEXT_MAX)}})
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": cut(text, TEXT_MAX)}})
     fields = [
-        {"type": "mrkdwn", "text": _cut(f"*{label}*\n{value}", FIELD_MAX)}
+        {"type": "mrkdwn", "text": cut(f"*{label}*\n{value}", FIELD_MAX)}
         for label, value in message.facts
     ]
     for start in range(0, len(fields), FIELDS_MAX):

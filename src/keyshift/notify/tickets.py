@@ -1,5 +1,5 @@
 """What the ticket channels (`jira`, `servicenow`) share: which events open a ticket, the
-URL and authentication rules, the plain text of a message, and how an answer that
+URL and authentication rules, and how an answer that
 retrying cannot change is worded.
 
 A ticket channel opens one ticket for the first event of a rotation that is in its
@@ -22,19 +22,17 @@ from typing import Any
 import httpx
 
 from keyshift.domain import notifications as kinds
-from keyshift.notify.base import Message
+from keyshift.notify.base import cut
 from keyshift.targets.web import http_url, is_loopback
 
 __all__ = [
     "EXCEPTION_PATH",
     "basic_auth",
-    "cut",
     "json_object",
     "known_kinds",
     "one_line",
     "refusal",
     "secure_url",
-    "text_of",
 ]
 
 EXCEPTION_PATH = [
@@ -74,24 +72,9 @@ def basic_auth(user: str, password: str) -> str:
     return f"Basic {pair}"
 
 
-def cut(text: str, limit: int) -> str:
-    """`text` in at most `limit` characters (an ellipsis marks a cut)."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def one_line(text: str, limit: int) -> str:
     """A summary field: one line, at most `limit` characters."""
     return cut(" ".join(text.split()), limit)
-
-
-def text_of(message: Message, *, title: bool) -> str:
-    """The message as plain text: its title (for a comment), its lines, its facts, and
-    the event kind last."""
-    width = max((len(label) for label, _ in message.facts), default=0)
-    facts = "\n".join(f"{(label + ':').ljust(width + 1)} {value}" for label, value in message.facts)
-    parts = [message.title if title else "", "\n\n".join(message.lines), facts]
-    parts.append(f"keyshift · {message.kind}")
-    return "\n\n".join(p for p in parts if p)
 
 
 def refusal(
