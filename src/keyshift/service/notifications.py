@@ -167,11 +167,14 @@ async def deliver(
     channels: dict[str, Channel | KeyshiftError] = {}
     for delivery_id, seen, name, dedup_key, payload, rotation_id in due:
         with store.transaction() as s:
-            if _earlier_pending(s, delivery_id, name, rotation_id):
+            earlier = _in_channel(s, name, rotation_id)
+            if any(i < delivery_id and status == PENDING for i, status, _ in earlier):
                 continue  # a rotation's events reach a channel in order
             if not _claim(s, delivery_id, seen, now):
                 continue  # another worker has it
-            thread = _thread(s, name, rotation_id)
+        # What the channel named an earlier message of the rotation (a ticket key), so
+        # that this event joins it (a comment) instead of starting another.
+        thread = next((ref for _, _, ref in earlier if ref is not None), None)
         if name not in channels:
             try:
                 channels[name] = build_channel(notifications, name, context)
@@ -196,41 +199,27 @@ class _Attempt:
     """Not worth trying again (a bad setting, an answer retrying cannot change)."""
 
 
-def _earlier_pending(s: Session, delivery_id: int, channel: str, rotation_id: str | None) -> bool:
-    """Whether an earlier event of the same rotation still waits for this channel."""
+def _in_channel(
+    s: Session, channel: str, rotation_id: str | None
+) -> list[tuple[int, str, str | None]]:
+    """(id, status, reference) of every delivery of the rotation's events to `channel`,
+    oldest first: what keeps them in order and threads them."""
     if rotation_id is None:
-        return False
-    earlier = s.execute(
-        select(NotificationDeliveryRow.id)
-        .join(NotificationRow, NotificationRow.id == NotificationDeliveryRow.notification_id)
-        .where(
-            NotificationRow.rotation_id == rotation_id,
-            NotificationDeliveryRow.channel == channel,
-            NotificationDeliveryRow.status == PENDING,
-            NotificationDeliveryRow.id < delivery_id,
+        return []
+    found = s.execute(
+        select(
+            NotificationDeliveryRow.id,
+            NotificationDeliveryRow.status,
+            NotificationDeliveryRow.reference,
         )
-        .limit(1)
-    ).first()
-    return earlier is not None
-
-
-def _thread(s: Session, channel: str, rotation_id: str | None) -> str | None:
-    """What the channel named an earlier message about this rotation (a ticket key), so
-    that a later event joins it (a comment) instead of starting another."""
-    if rotation_id is None:
-        return None
-    reference: str | None = s.execute(
-        select(NotificationDeliveryRow.reference)
         .join(NotificationRow, NotificationRow.id == NotificationDeliveryRow.notification_id)
         .where(
             NotificationRow.rotation_id == rotation_id,
             NotificationDeliveryRow.channel == channel,
-            NotificationDeliveryRow.reference.is_not(None),
         )
         .order_by(NotificationDeliveryRow.id)
-        .limit(1)
-    ).scalar_one_or_none()
-    return reference
+    ).all()
+    return [(i, status, reference) for i, status, reference in found]
 
 
 async def _attempt(
