@@ -129,7 +129,7 @@ def _payload(s: Session, event: EngineEvent, kind: str) -> dict[str, Any]:
     payload["failed_step_error"] = failed[1] if failed else None
     approval_kind = _AWAITING.get(event.state) or _AWAITING.get(event.previous or event.state)
     if kind in (kinds.APPROVAL_REQUESTED, kinds.APPROVAL_DECIDED) and approval_kind:
-        payload.update(_approval(s, rot, approval_kind, kind))
+        payload.update(_approval(s, rot, cred, approval_kind, kind))
     return payload
 
 
@@ -142,7 +142,9 @@ def _versions(s: Session, rot: RotationRow) -> dict[str, Any]:
     return out
 
 
-def _approval(s: Session, rot: RotationRow, approval_kind: str, kind: str) -> dict[str, Any]:
+def _approval(
+    s: Session, rot: RotationRow, cred: CredentialRow | None, approval_kind: str, kind: str
+) -> dict[str, Any]:
     """The request the event is about: for `approval.requested` what changes, the rollback
     plan and how to decide; for `approval.decided` its outcome."""
     request = s.execute(
@@ -153,8 +155,8 @@ def _approval(s: Session, rot: RotationRow, approval_kind: str, kind: str) -> di
     ).scalar_one_or_none()
     if request is None:
         return {"approval_kind": approval_kind}
-    policy = (s.get(CredentialRow, rot.credential_id) or CredentialRow()).spec or {}
-    approval = (policy.get("policy") or {}).get("approval") or {}
+    spec = cred.spec if cred is not None else {}
+    approval = (spec.get("policy") or {}).get("approval") or {}
     out: dict[str, Any] = {
         "approval_kind": approval_kind,
         "request_id": request.id,
