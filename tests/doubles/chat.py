@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from tests.doubles.http import serving
+
 
 @dataclass
 class _Failure:
@@ -140,15 +142,8 @@ def _serve(hook: ChatWebhook, path: str) -> Iterator[ChatWebhook]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     hook.url = f"http://127.0.0.1:{server.server_address[1]}{path}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
-    thread.daemon = True
-    thread.start()
-    try:
+    with serving(server):
         yield hook
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 SLACK_PATH = "/services/T0KEYSHIFT/B0KEYSHIFT/slacktokensecret123"

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.doubles.http import serving
+
 
 @dataclass
 class Answer:
@@ -77,13 +79,5 @@ class Receiver:
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     r = Receiver()
-    thread = threading.Thread(
-        target=r.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-    )
-    thread.start()
-    try:
+    with serving(r.server):
         yield r
-    finally:
-        r.server.shutdown()
-        r.server.server_close()
-        thread.join()

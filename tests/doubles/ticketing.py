@@ -13,6 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from tests.doubles.http import serving
+
 Answer = tuple[int, dict[str, str], Any]
 """Status, headers and a JSON body (None for an empty one)."""
 
@@ -109,12 +111,5 @@ def serve(double: _Double) -> Iterator[Any]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     double.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
-    thread.daemon = True
-    thread.start()
-    try:
+    with serving(server):
         yield double
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
