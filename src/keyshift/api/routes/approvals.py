@@ -8,21 +8,18 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
-from keyshift.api import problems
+from keyshift.api import actions, problems
 from keyshift.api.auth import StoreDep, caller
 from keyshift.api.routes.common import (
     Background,
     BackgroundDep,
     actor_of,
-    require_entra_rotate_for,
     v1_router,
 )
 from keyshift.domain.clock import utcnow
 from keyshift.domain.rbac import Permission
 from keyshift.service import approvals as approvals_service
-from keyshift.service import rotations
 from keyshift.service.identities import Identity
 from keyshift.store.store import Store
 
@@ -83,27 +80,11 @@ class Decision:
         """Store the caller's decision (or refuse it, 409 `approval-refused`) before the
         response; the rotation then moves on in the background when the policy's rule is
         met."""
-        store, request_id = self.store, self.request_id
         context = self.background.rotations.context
         now = context.now() if context is not None else utcnow()
-
-        def record() -> tuple[str, str]:
-            if approve:
-                pending = approvals_service.show(store, request_id)
-                require_entra_rotate_for(
-                    who, rotations.rotation_ref(store, pending.rotation_id).provider_type
-                )
-            rotation_id = approvals_service.record(
-                store,
-                request_id,
-                approver=actor_of(who),
-                approve=approve,
-                comment=self.comment,
-                now=now,
-            )
-            return approvals_service.show(store, request_id).id, rotation_id
-
-        full_id, rotation_id = await run_in_threadpool(record)
+        full_id, rotation_id = await actions.record_decision(
+            self.store, who, self.request_id, approve=approve, comment=self.comment, now=now
+        )
         location = self.background.start(rotation_id, actor=actor_of(who))
         return DecisionOut(full_id, rotation_id, "approved" if approve else "rejected", location)
 

@@ -4,7 +4,6 @@ needs `entra:rotate`."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated
@@ -12,7 +11,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from keyshift.api import problems
+from keyshift.api import actions, problems
 from keyshift.api.auth import StoreDep, caller
 from keyshift.api.routes.common import (
     BackgroundDep,
@@ -21,7 +20,6 @@ from keyshift.api.routes.common import (
     actor_of,
     duration,
     require_entra_rotate,
-    require_entra_rotate_for,
     v1_router,
 )
 from keyshift.domain.clock import utcnow
@@ -76,10 +74,7 @@ async def start_rotation(
     audited, nothing else changed."""
     body = body or RotationStart()
     grace = duration("grace", body.grace) if body.grace is not None else None
-    await run_in_threadpool(require_entra_rotate, store, who, name)
-    rotation_id = await run_in_threadpool(
-        lambda: rotations.request(store, name, actor=actor_of(who), grace=grace, reason=body.reason)
-    )
+    rotation_id = await actions.request_rotation(store, who, name, grace=grace, reason=body.reason)
     location = background.start(rotation_id, actor=actor_of(who))
     return RotationStarted(rotation_id, name, "requested", location)
 
@@ -282,16 +277,7 @@ async def roll_back_rotation(
     nothing changed: 409 `rollback-refused` (completed: its old version is revoked, so a
     new rotation is the way forward; already rolled back; failed; any other state) or
     `lease-held` while a worker runs it."""
-    ref = await run_in_threadpool(rotations.rotation_ref, store, rotation_id)
-    require_entra_rotate_for(who, ref.provider_type)
-    context = background.rotations.context
-
-    def in_thread() -> None:
-        asyncio.run(
-            rotations.roll_back(
-                store, ref.id, actor=actor_of(who), reason=body.reason, context=context
-            )
-        )
-
-    await asyncio.to_thread(in_thread)
-    return rotation_out(await run_in_threadpool(rotations.rotation_timeline, store, ref.id))
+    full_id = await actions.roll_back(
+        store, background.rotations, who, rotation_id, reason=body.reason
+    )
+    return rotation_out(await run_in_threadpool(rotations.rotation_timeline, store, full_id))
