@@ -1,7 +1,8 @@
-"""The server's actions that both the REST routes and the web pages take: start a
+"""The server's actions that both the REST routes and the web pages take: request a
 rotation, decide on an approval, roll a rotation back. One copy of each rule (the
-`entra:rotate` check, the self-approval refusal, running in the background), so a page
-can do nothing a route would refuse, and the reverse."""
+`entra:rotate` check, the self-approval refusal the service raises), so a page can do
+nothing a route would refuse, and the reverse. The caller runs the requested or
+approved rotation on in the background (`BackgroundRotations.start`)."""
 
 from __future__ import annotations
 
