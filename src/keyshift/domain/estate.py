@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -82,6 +83,45 @@ def _parse_hours(hours: str) -> tuple[time, time]:
     return start, end
 
 
+@lru_cache(maxsize=4096)
+def _openings(
+    timezone: str, hours: str, days: tuple[Weekday, ...], day: date
+) -> tuple[datetime, ...]:
+    """The moments of local `day`, sorted, at which a window (`RotationWindow`'s fields)
+    opens: its opening time, or a clock change that skips the opening time or repeats the
+    closing time while the window is open again. Cached: a status page asks for the same
+    days of the same windows for every credential under a policy."""
+    zone = ZoneInfo(timezone)
+    start, end = _parse_hours(hours)
+    if start == end:
+        start = end = time(0, 0)  # open whole days (`contains`)
+    window = RotationWindow(days=list(days), hours=hours, timezone=timezone)
+    candidates: list[datetime] = []
+    for wall, opening in ((start, True), (end, False)):
+        early = datetime.combine(day, wall, tzinfo=zone)
+        late = early.replace(fold=1)
+        if early.utcoffset() != late.utcoffset():
+            candidates.append(_clock_change(early, late, zone))
+        if opening:
+            candidates += [early, late]
+    # In UTC before `contains`: a skipped wall time must be read as the instant it names.
+    return tuple(sorted({m for m in (c.astimezone(UTC) for c in candidates) if window.contains(m)}))
+
+
+def _clock_change(early: datetime, late: datetime, zone: ZoneInfo) -> datetime:
+    """The instant of the daylight-saving change that makes one wall time (`early` and
+    `late`, its two readings) skipped or repeated, to the second."""
+    low, high = sorted(m.astimezone(UTC) for m in (early, late))
+    after = high.astimezone(zone).utcoffset()
+    while high - low > timedelta(seconds=1):
+        middle = low + (high - low) / 2
+        if middle.astimezone(zone).utcoffset() == after:
+            high = middle
+        else:
+            low = middle
+    return high.replace(microsecond=0)
+
+
 class RotationWindow(_Model):
     """When `keyshift worker` may start automatic rotations, in a time zone. Manual
     `keyshift rotate` is not limited by it. Hours whose end is before their start run
@@ -131,6 +171,32 @@ class RotationWindow(_Model):
         # Past midnight: the part after start belongs to today's window, the part
         # before end to the one that opened yesterday.
         return (today in self.days and clock >= start) or (yesterday in self.days and clock < end)
+
+    def next_opening(self, after: datetime) -> datetime:
+        """The first moment at or after `after` (timezone-aware) that the window
+        `contains`: `after` itself while it is open, else when it opens next, in the time
+        zone `after` is in. Where a daylight-saving change skips the opening time, the
+        window opens at the change; where a change repeats the closing time, the window
+        opens again at the change."""
+        if self.contains(after):
+            return after
+        today = after.astimezone(ZoneInfo(self.timezone)).date()
+        found: datetime | None = None
+        # The openings of one local day all come before those of two days later, so the
+        # first one found can only be beaten by one of the next day. A day skipped by a
+        # clock change is made up a week later: 15 days always hold an opening.
+        for offset in range(-1, 16):
+            day = today + timedelta(days=offset)
+            later = [
+                m for m in _openings(self.timezone, self.hours, tuple(self.days), day) if m >= after
+            ]
+            if later and (found is None or later[0] < found):
+                found = later[0]
+            elif found is not None:
+                break
+        if found is None:
+            raise ValueError(f"the window {self.hours} on {', '.join(self.days)} never opens")
+        return found.astimezone(after.tzinfo)
 
 
 class Approval(_Model):
