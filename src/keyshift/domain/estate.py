@@ -73,6 +73,7 @@ WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun"
 _HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
 
 
+@lru_cache(maxsize=256)
 def _parse_hours(hours: str) -> tuple[time, time]:
     """`09:00-16:00` -> (09:00, 16:00); `24:00` as an end means midnight."""
     found = _HOURS.match(hours)
@@ -181,17 +182,18 @@ class RotationWindow(_Model):
         if self.contains(after):
             return after
         today = after.astimezone(ZoneInfo(self.timezone)).date()
+        days = tuple(self.days)
         found: datetime | None = None
         # The openings of one local day all come before those of two days later, so the
         # first one found can only be beaten by one of the next day. A day skipped by a
         # clock change is made up a week later: 15 days always hold an opening.
         for offset in range(-1, 16):
             day = today + timedelta(days=offset)
-            later = [
-                m for m in _openings(self.timezone, self.hours, tuple(self.days), day) if m >= after
-            ]
-            if later and (found is None or later[0] < found):
-                found = later[0]
+            first = next(
+                (m for m in _openings(self.timezone, self.hours, days, day) if m >= after), None
+            )
+            if first is not None and (found is None or first < found):
+                found = first
             elif found is not None:
                 break
         if found is None:
