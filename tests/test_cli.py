@@ -60,6 +60,27 @@ def test_empty_estate_file_is_refused_instead_of_removing_everything(
     assert "api-key" in cli("status").output
 
 
+def test_status_table_dates_the_last_and_the_next_rotation(cli: Cli, tmp_path: Path) -> None:
+    estate = write_estate(tmp_path, policy={"grace_period": "0s", "max_lifetime": "40d"})
+    estate.write_text(estate.read_text().replace('"owner"', '"auto_rotate": true, "owner"'))
+    assert cli("apply", "-f", str(estate)).exit_code == 0
+    [before] = table_rows(cli("status").output)
+    assert cli("rotate", "api-key").exit_code == 0
+    [after] = table_rows(cli("status").output)
+    header = cli("status").output
+    assert "last rotated" in header
+    assert "next rotation" in header
+    today = datetime.now(UTC).date()
+    # expires, last rotated, last rotation, next rotation: dates, the outcome, `due`.
+    assert before[5:9] == ["-", "-", "-", "due"]
+    assert after[5:9] == [
+        f"{(today + timedelta(days=40)).isoformat()} (39d)",
+        today.isoformat(),
+        "completed",
+        (today + timedelta(days=10)).isoformat(),
+    ]
+
+
 def test_applying_an_unchanged_estate_writes_nothing(
     cli: Cli, store: Store, tmp_path: Path
 ) -> None:
@@ -138,7 +159,12 @@ def test_server_commands_are_exactly_the_commands_with_a_server_option() -> None
 
 LISTINGS: dict[str, tuple[tuple[str, ...], set[str]]] = {
     # command: (arguments, fields every item carries; the first of a list, or the object)
-    "status": (("status",), {"credential", "lifecycle", "version_id", "fingerprint", "expires_at"}),
+    "status": (
+        ("status",),
+        {"credential", "lifecycle", "version_id", "fingerprint", "expires_at"}
+        | {"last_rotated_at", "last_rotation_id", "next_rotation_at", "next_rotation"}
+        | {"environment", "provider"},
+    ),
     "history": (("history", "api-key"), {"id", "state", "requested_at", "new_version_id"}),
     "show": (("show", "{rotation}"), {"id", "credential", "state", "plan_hash", "steps"}),
     "alerts": (("alerts",), {"raised_at", "kind", "threshold", "subject", "detail", "delivered"}),
@@ -226,6 +252,9 @@ def test_every_listing_prints_its_data_as_json_and_yaml_with_its_fields(
     assert rows[0]["credential"] == "api-key"
     assert rows[0]["expires_at"].endswith("Z")
     assert rows[0]["lifecycle"] in {"Active", "Rotating", "Expiring Soon"}
+    assert rows[0]["last_rotated_at"].endswith("Z")
+    assert rows[0]["next_rotation"] in {"manual", "rotating"}
+    assert rows[0]["provider"] == "random"
     shown = json.loads(cli("show", listed["rotation"], "-o", "json").stdout)
     assert shown["state"] == "completed"
     assert all(isinstance(s["duration_seconds"], float) for s in shown["steps"])

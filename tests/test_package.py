@@ -43,6 +43,8 @@ def test_every_provider_kind_has_a_class_with_a_config_schema() -> None:
         assert cls.kind == kind
         assert issubclass(cls.Config, BaseModel)
         assert cls.capabilities
+        # Views build one provider per value of these fields, not one per credential.
+        assert set(cls.capability_fields) <= set(cls.Config.model_fields), kind
 
 
 def test_every_target_kind_has_a_class_with_a_phase_and_config_schema() -> None:

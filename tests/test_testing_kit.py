@@ -194,6 +194,17 @@ def test_provider_contract_fails_a_capability_declared_without_its_method() -> N
         asyncio.run(assert_provider_contract(ClaimsResidualUse()))
 
 
+class HidesWhatDecidesCapabilities(FakeProvider):
+    """Its capabilities read `authenticates`, but it says they read no config."""
+
+    capability_fields: ClassVar[tuple[str, ...]] = ()
+
+
+def test_provider_contract_fails_capabilities_that_read_a_field_not_named() -> None:
+    with pytest.raises(AssertionError, match=r"capabilities reads \['authenticates'\]"):
+        asyncio.run(assert_provider_contract(HidesWhatDecidesCapabilities()))
+
+
 def test_provider_contract_report_never_contains_the_leaked_value() -> None:
     provider = LeaksValueInError()
     with pytest.raises(AssertionError) as caught:

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sys
-from datetime import timedelta
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from keyshift.domain.states import RotationState, StepStatus, VersionStatus
 from keyshift.engine.engine import Engine
 from keyshift.engine.run import RETAIN_DISABLED
 from keyshift.errors import KeyshiftError
 from keyshift.service import rotations, scheduler
-from keyshift.service.estate import apply_estate, load_estate
+from keyshift.service.estate import apply_estate, load_estate, parse_estate
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock
 from tests.helpers import (
@@ -232,6 +236,225 @@ def test_status_shows_lifecycle_from_expiry(store: Store, tmp_path: Path) -> Non
     assert row.lifecycle.value == "Expiring Soon"
     [row] = rotations.status_rows(store, now=clock.now() + timedelta(days=41))
     assert row.lifecycle.value == "Expired"
+
+
+def _auto_rotated(estate: Path) -> Path:
+    """The estate at `estate` with `auto_rotate: true` on its credential."""
+    estate.write_text(estate.read_text().replace('"owner"', '"auto_rotate": true, "owner"'))
+    return estate
+
+
+def _status(store: Store, now: datetime) -> rotations.StatusRow:
+    [row] = rotations.status_rows(store, now=now)
+    return row
+
+
+def test_status_dates_the_last_completed_rotation_and_names_the_latest(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    _apply(store, write_estate(tmp_path, policy={"grace_period": "0s", "max_lifetime": "40d"}))
+    row = _status(store, clock.now())
+    assert (row.last_rotated_at, row.last_rotation_id, row.last_rotation) == (None, None, None)
+    assert (row.provider, row.environment) == ("random", None)
+
+    clock.advance(timedelta(hours=1))
+    first, state = _rotate(store, clock)
+    assert state == RotationState.COMPLETED
+    completed_at = clock.now()
+    row = _status(store, clock.now())
+    assert (row.last_rotated_at, row.last_rotation_id, row.last_rotation) == (
+        completed_at,
+        first,
+        "completed",
+    )
+
+    # The next rotation fails before it creates anything: the last completed one stays.
+    blocked = {
+        "type": "file",
+        "order": 10,
+        "on_failure": "abort",
+        "config": {
+            "path": str(tmp_path / "missing" / "app.json"),
+            "key": "k",
+            "file_format": "json",
+        },
+    }
+    _apply(store, write_estate(tmp_path, actions=[blocked], policy={"grace_period": "0s"}))
+    clock.advance(timedelta(days=1))
+    second, state = _rotate(store, clock)
+    assert state == RotationState.FAILED
+    row = _status(store, clock.now())
+    assert (row.last_rotated_at, row.last_rotation_id, row.last_rotation) == (
+        completed_at,
+        second,
+        "failed",
+    )
+    assert row.lifecycle.value == "Needs Attention"
+
+
+def test_status_dates_the_next_rotation_from_expiry_and_rotate_before_expiry(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    policy = {"max_lifetime": "40d", "grace_period": "0s", "rotate_before_expiry": "10d"}
+    _apply(store, _auto_rotated(write_estate(tmp_path, policy=policy)))
+    row = _status(store, clock.now())
+    assert (row.next_rotation, row.next_rotation_at) == ("due", clock.now()), "never rotated"
+
+    _rotate(store, clock)
+    row = _status(store, clock.now())
+    assert row.next_rotation_at == clock.now() + timedelta(days=30)
+    assert row.next_rotation == "2024-01-31"
+    later = clock.now() + timedelta(days=31)
+    row = _status(store, later)
+    assert (row.next_rotation, row.next_rotation_at) == ("due", later)
+
+
+def test_status_moves_the_next_rotation_into_the_window_as_the_scheduler_does(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()  # Monday 1 January 2024, 00:00 UTC
+    window = {"days": ["thu"], "hours": "09:00-12:00", "timezone": "UTC"}
+    policy = {
+        "max_lifetime": "40d",
+        "grace_period": "0s",
+        "rotate_before_expiry": "10d",
+        "window": window,
+    }
+    _apply(store, _auto_rotated(write_estate(tmp_path, policy=policy)))
+    clock.advance(timedelta(days=3, hours=9))  # Thursday 4 January, 09:00: inside
+    _rotate(store, clock)
+    # Expires Tuesday 13 February; rotate_before_expiry says Saturday 3 February.
+    opening = datetime(2024, 2, 8, 9, 0, tzinfo=UTC)
+    row = _status(store, clock.now())
+    assert (row.next_rotation_at, row.next_rotation) == (opening, "2024-02-08")
+    closing = datetime(2024, 2, 8, 12, 0, tzinfo=UTC)
+    assert _status(store, closing).next_rotation_at == datetime(2024, 2, 15, 9, 0, tzinfo=UTC)
+    for now in (opening - timedelta(minutes=1), opening, closing - timedelta(minutes=1), closing):
+        due = "api-key" in scheduler.due_for_rotation(store, now=now)
+        assert due == (_status(store, now).next_rotation == "due"), now
+        assert due == (opening <= now < closing), now
+
+
+def test_status_says_manual_when_the_worker_does_not_rotate_it(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    _apply(store, write_estate(tmp_path))
+    row = _status(store, clock.now())
+    assert (row.next_rotation, row.next_rotation_at) == ("manual", None)
+    _rotate(store, clock)
+    row = _status(store, clock.now() + timedelta(days=200))
+    assert (row.next_rotation, row.next_rotation_at) == ("manual", None)
+
+
+def test_status_says_rotating_while_a_rotation_runs_and_dash_without_expiry(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    _apply(store, _auto_rotated(write_estate(tmp_path, policy={"grace_period": "1h"})))
+    _rotate(store, clock)
+    row = _status(store, clock.now())
+    assert row.expires_at is None
+    assert (row.next_rotation, row.next_rotation_at) == ("-", None)
+    _rotation_id, state = _rotate(store, clock)
+    assert state == RotationState.GRACE
+    row = _status(store, clock.now())
+    assert (row.next_rotation, row.next_rotation_at) == ("rotating", None)
+    assert scheduler.due_for_rotation(store, now=clock.now()) == []
+
+
+def test_status_overlap_follows_each_credentials_own_strategy(store: Store, tmp_path: Path) -> None:
+    """Overlap is worked out once per provider type and strategy, not once per type."""
+    integration = {
+        "name": "db-admin",
+        "type": "postgres",
+        "dsn": "postgresql://keyshift_admin@db.internal:5432/app",
+        "password_from": "env:DB_ADMIN_PASSWORD",
+    }
+    single = {"type": "postgres", "strategy": "single_user", "user": "app"}
+    alternating = {"type": "postgres", "users": ["app_a", "app_b"], "group_role": "app"}
+    estate = {
+        "integrations": [integration],
+        "credentials": [
+            {"name": name, "owner": "team-test", "provider": provider, "actions": []}
+            for name, provider in [("a-single", single), ("b-alternating", alternating)]
+            + [(f"c-single-{i}", {**single, "user": f"app{i}"}) for i in range(2)]
+        ],
+    }
+    apply_estate(store, parse_estate(estate), actor="test")
+    rows = rotations.status_rows(store, now=FakeClock().now())
+    assert [(r.credential, r.overlap, r.provider) for r in rows] == [
+        ("a-single", "in place", "postgres"),
+        ("b-alternating", "dual", "postgres"),
+        ("c-single-0", "in place", "postgres"),
+        ("c-single-1", "in place", "postgres"),
+    ]
+
+
+def _many(n: int) -> dict[str, Any]:
+    return {
+        "credentials": [
+            {
+                "name": f"cred-{i:02d}",
+                "owner": "team-test",
+                "environment": "prod",
+                "auto_rotate": i % 2 == 0,
+                "policy": {"grace_period": "0s", "max_lifetime": "40d"},
+                "provider": {"type": "random"},
+                "actions": [],
+            }
+            for i in range(n)
+        ]
+    }
+
+
+@contextmanager
+def _statements(store: Store) -> Iterator[list[str]]:
+    """The SQL statements issued on the store's engine inside the block."""
+    seen: list[str] = []
+
+    def record(*args: Any) -> None:
+        seen.append(args[2])  # (connection, cursor, statement, parameters, context, many)
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+
+
+def _queries(store: Store, now: datetime) -> tuple[int, int, int]:
+    """How many statements status_rows, credential_detail and due_for_rotation issue."""
+    with _statements(store) as status:
+        rotations.status_rows(store, now=now)
+    with _statements(store) as detail:
+        rotations.credential_detail(store, "cred-01", now=now)
+    with _statements(store) as due:
+        scheduler.due_for_rotation(store, now=now)
+    return len(status), len(detail), len(due)
+
+
+def test_status_issues_as_many_queries_for_30_credentials_as_for_3(store: Store) -> None:
+    clock = FakeClock()
+    apply_estate(store, parse_estate(_many(3)), actor="test")
+    for name in ("cred-00", "cred-01", "cred-01"):
+        _rotate(store, clock, name=name)
+    _rotate(store, clock, grace=timedelta(hours=1), name="cred-01")  # under way
+    small = _queries(store, clock.now())
+
+    apply_estate(store, parse_estate(_many(30)), actor="test")
+    for name in ("cred-03", "cred-04", "cred-10", "cred-10"):
+        _rotate(store, clock, name=name)
+    rows = rotations.status_rows(store, now=clock.now())
+    assert len(rows) == 30
+    assert {r.environment for r in rows} == {"prod"}
+    assert _queries(store, clock.now()) == small
+    status, detail, due = small
+    assert status <= 5, "a handful of bulk queries, none per credential"
+    assert detail <= status + 1, "the status queries and one for the versions"
+    assert due <= 3
 
 
 def test_worker_starts_auto_rotation_when_expiry_is_within_rotate_before_expiry(

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from keyshift.service import notifications, scheduler
+from keyshift.service import notifications, rotations, scheduler
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock
 from tests.conftest import ADMIN_ENV, ADMIN_SECRET, Cli
@@ -202,6 +202,28 @@ def test_auto_rotation_fires_29_days_from_expiry_and_not_31(
     assert rotations_of(store, "later-entra") == []
     assert len(soon.passwords) == 2, "the new secret is added while the old stays valid"
     assert len(later.passwords) == 1
+    # Without a keyshift version, status reads the application's secrets as the scan does.
+    status = {r.credential: r for r in rotations.status_rows(store, now=clock.now())}
+    assert status["later-entra"].version_id is None
+    assert status["later-entra"].next_rotation_at == clock.now() + timedelta(days=1)
+    assert status["later-entra"].provider == "entra_client_secret"
+    tomorrow = clock.now() + timedelta(days=1)
+    assert scheduler.due_for_rotation(store, now=tomorrow - timedelta(seconds=1)) == []
+    assert scheduler.due_for_rotation(store, now=tomorrow) == ["later-entra"]
+    assert rotations.status_rows(store, now=tomorrow)[0].next_rotation == "due"
+
+
+def test_an_entra_application_without_secrets_is_due_at_once(
+    store: Store, env: dict[str, str], cli: Cli, graph: GraphDouble, tmp_path: Path
+) -> None:
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    bare = graph.add_application("bare")
+    _apply(cli, _estate(tmp_path, graph, credentials=[_managed("bare-entra", bare.app_id)]))
+    asyncio.run(scheduler.sync_due(store, actor="worker", context=clock.context(env)))
+
+    [row] = rotations.status_rows(store, now=clock.now())
+    assert (row.next_rotation, row.next_rotation_at) == ("due", clock.now())
+    assert scheduler.due_for_rotation(store, now=clock.now()) == ["bare-entra"]
 
 
 def test_auto_rotation_waits_for_its_rotation_window(
@@ -218,6 +240,9 @@ def test_auto_rotation_waits_for_its_rotation_window(
     _apply(cli, _estate(tmp_path, graph, credentials=credentials))
 
     assert _scan(store, clock, env)["started"] == 0
+    [row] = rotations.status_rows(store, now=clock.now())
+    wednesday_nine_in_berlin = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    assert (row.next_rotation_at, row.next_rotation) == (wednesday_nine_in_berlin, "2026-11-25")
     clock.advance(timedelta(hours=22))  # Wednesday 08:30 in Berlin: not yet
     assert _scan(store, clock, env)["started"] == 0
     clock.advance(timedelta(hours=1))  # Wednesday 09:30

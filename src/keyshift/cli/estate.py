@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,7 @@ import typer
 from rich.table import Table
 
 from keyshift.cli._common import ServerOption, actor, answer, client_of, exit_on_error, open_store
-from keyshift.cli.output import Format, OutputOption, emit, err, lifecycle, new_table, out, when
+from keyshift.cli.output import Format, OutputOption, emit, err, lifecycle, new_table, out
 from keyshift.domain.clock import utcnow
 from keyshift.service import estate as estate_service
 from keyshift.service import rotations
@@ -72,26 +73,51 @@ def apply(file: EstateFile, server: ServerOption = None) -> None:
 
 
 def status_table(status_rows: list[rotations.StatusRow]) -> Table:
+    """One line per credential, narrow enough for a terminal: ids and fingerprints
+    shortened, expiry as a date with the days left, dates of the last and the next
+    rotation (`-o json` has every field whole)."""
     columns = ("credential", "lifecycle", "overlap", "version", "fingerprint", "expires")
+    rotated = ("last rotated", "last rotation", "next rotation")
     return new_table(
         "Credentials",
-        (*columns, "days left", "last rotation", "owner"),
+        (*columns, *rotated, "owner"),
         (
             (
                 row.credential,
                 lifecycle(row.lifecycle.value),
                 row.overlap if row.overlap == "dual" else f"[yellow]{row.overlap}[/]",
                 row.version_id[:8] if row.version_id else "-",
-                row.fingerprint or "-",
-                when(row.expires_at),
-                str(row.days_left) if row.days_left is not None else "-",
+                _short(row.fingerprint),
+                _expires(row),
+                _date(row.last_rotated_at),
                 row.last_rotation or "-",
+                _next_rotation(row.next_rotation),
                 row.owner or "-",
             )
             for row in status_rows
         ),
-        no_wrap=(*columns, "days left", "last rotation"),
+        no_wrap=(*columns, *rotated),
     )
+
+
+def _short(fingerprint: str | None) -> str:
+    """The first 16 hex digits of a fingerprint, as a version shows its id's first 8:
+    enough to tell versions apart and to compare them."""
+    return fingerprint.partition(":")[2][:16] if fingerprint else "-"
+
+
+def _date(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d") if moment else "-"
+
+
+def _expires(row: rotations.StatusRow) -> str:
+    if row.expires_at is None:
+        return "-"
+    return f"{_date(row.expires_at)} ({row.days_left}d)"
+
+
+def _next_rotation(word: str) -> str:
+    return {"due": "[yellow]due[/]", "rotating": "[cyan]rotating[/]"}.get(word, word)
 
 
 @exit_on_error

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -72,6 +73,7 @@ WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun"
 _HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
 
 
+@lru_cache(maxsize=256)
 def _parse_hours(hours: str) -> tuple[time, time]:
     """`09:00-16:00` -> (09:00, 16:00); `24:00` as an end means midnight."""
     found = _HOURS.match(hours)
@@ -80,6 +82,45 @@ def _parse_hours(hours: str) -> tuple[time, time]:
     start = time(int(found.group(1)), int(found.group(2)))
     end = time(0, 0) if found.group(3) == "24" else time(int(found.group(3)), int(found.group(4)))
     return start, end
+
+
+@lru_cache(maxsize=4096)
+def _openings(
+    timezone: str, hours: str, days: tuple[Weekday, ...], day: date
+) -> tuple[datetime, ...]:
+    """The moments of local `day`, sorted, at which a window (`RotationWindow`'s fields)
+    opens: its opening time, or a clock change that skips the opening time or repeats the
+    closing time while the window is open again. Cached: a status page asks for the same
+    days of the same windows for every credential under a policy."""
+    zone = ZoneInfo(timezone)
+    start, end = _parse_hours(hours)
+    if start == end:
+        start = end = time(0, 0)  # open whole days (`contains`)
+    window = RotationWindow(days=list(days), hours=hours, timezone=timezone)
+    candidates: list[datetime] = []
+    for wall, opening in ((start, True), (end, False)):
+        early = datetime.combine(day, wall, tzinfo=zone)
+        late = early.replace(fold=1)
+        if early.utcoffset() != late.utcoffset():
+            candidates.append(_clock_change(early, late, zone))
+        if opening:
+            candidates += [early, late]
+    # In UTC before `contains`: a skipped wall time must be read as the instant it names.
+    return tuple(sorted({m for m in (c.astimezone(UTC) for c in candidates) if window.contains(m)}))
+
+
+def _clock_change(early: datetime, late: datetime, zone: ZoneInfo) -> datetime:
+    """The instant of the daylight-saving change that makes one wall time (`early` and
+    `late`, its two readings) skipped or repeated, to the second."""
+    low, high = sorted(m.astimezone(UTC) for m in (early, late))
+    after = high.astimezone(zone).utcoffset()
+    while high - low > timedelta(seconds=1):
+        middle = low + (high - low) / 2
+        if middle.astimezone(zone).utcoffset() == after:
+            high = middle
+        else:
+            low = middle
+    return high.replace(microsecond=0)
 
 
 class RotationWindow(_Model):
@@ -131,6 +172,33 @@ class RotationWindow(_Model):
         # Past midnight: the part after start belongs to today's window, the part
         # before end to the one that opened yesterday.
         return (today in self.days and clock >= start) or (yesterday in self.days and clock < end)
+
+    def next_opening(self, after: datetime) -> datetime:
+        """The first moment at or after `after` (timezone-aware) that the window
+        `contains`: `after` itself while it is open, else when it opens next, in the time
+        zone `after` is in. Where a daylight-saving change skips the opening time, the
+        window opens at the change; where a change repeats the closing time, the window
+        opens again at the change."""
+        if self.contains(after):
+            return after
+        today = after.astimezone(ZoneInfo(self.timezone)).date()
+        days = tuple(self.days)
+        found: datetime | None = None
+        # The openings of one local day all come before those of two days later, so the
+        # first one found can only be beaten by one of the next day. A day skipped by a
+        # clock change is made up a week later: 15 days always hold an opening.
+        for offset in range(-1, 16):
+            day = today + timedelta(days=offset)
+            first = next(
+                (m for m in _openings(self.timezone, self.hours, days, day) if m >= after), None
+            )
+            if first is not None and (found is None or first < found):
+                found = first
+            elif found is not None:
+                break
+        if found is None:
+            raise ValueError(f"the window {self.hours} on {', '.join(self.days)} never opens")
+        return found.astimezone(after.tzinfo)
 
 
 class Approval(_Model):

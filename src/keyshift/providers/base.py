@@ -7,7 +7,8 @@ with secret values; they raise `TransientError` / `PermanentError`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -40,6 +41,7 @@ __all__ = [
     "VerifyRequest",
     "VerifyResult",
     "VersionInfo",
+    "capability_key",
     "propagation_of",
 ]
 
@@ -134,6 +136,24 @@ def propagation_of(provider: object) -> Propagation:
     return declared if isinstance(declared, Propagation) else DEFAULT_PROPAGATION
 
 
+def capability_key(provider_class: object, config: Mapping[str, Any]) -> Hashable:
+    """What the capabilities of `provider_class` built with `config` (as the estate
+    declares it) are decided by: the values of the config fields the class names in its
+    `capability_fields` attribute (the fields its `capabilities` reads), or the whole
+    config when it names none. One provider built per key answers for every credential
+    with that key, so a view of many credentials does not build one per credential."""
+    fields = getattr(provider_class, "capability_fields", None)
+    if isinstance(fields, tuple):
+        return tuple(_hashable(config.get(f)) for f in fields)
+    return _hashable(dict(config))
+
+
+def _hashable(value: Any) -> Hashable:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 @dataclass(frozen=True)
 class RevokeRequest:
     credential: str
@@ -217,7 +237,9 @@ class Provider(Protocol):
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        """What this issuer can do with this configuration."""
+        """What this issuer can do with this configuration. A provider whose capabilities
+        read its config names the fields read in a `capability_fields` tuple (`()` when
+        they read none; see `capability_key`)."""
         ...
 
     async def preflight(self, request: PreflightRequest) -> PreflightResult:

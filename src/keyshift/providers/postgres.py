@@ -143,6 +143,7 @@ class PostgresProvider(ConnectedProvider[PostgresConfig, PostgresIntegration]):
 
     kind: ClassVar[str] = "postgres"
     Config: ClassVar[type[BaseModel]] = PostgresConfig
+    capability_fields: ClassVar[tuple[str, ...]] = ("strategy",)
     propagation: ClassVar[Propagation] = Propagation(
         timedelta(seconds=30),
         "a password change is immediate on the primary; replicas and poolers follow "

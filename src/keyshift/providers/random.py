@@ -66,6 +66,7 @@ class RandomProvider:
 
     kind: ClassVar[str] = "random"
     Config: ClassVar[type[BaseModel]] = RandomConfig
+    capability_fields: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def describe(

@@ -8,17 +8,19 @@ render them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Hashable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from pydantic_core import from_json
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import Session
 
 from keyshift.context import PluginContext
 from keyshift.domain.clock import utcnow
-from keyshift.domain.estate import CredentialSpec, Policy
+from keyshift.domain.estate import ProviderSpec
 from keyshift.domain.preflight import PreflightResult, Readiness
 from keyshift.domain.states import (
     FINAL_STATES,
@@ -29,7 +31,7 @@ from keyshift.domain.states import (
 from keyshift.engine.engine import Engine
 from keyshift.engine.journal import StepEvent
 from keyshift.engine.plan import stored_plan
-from keyshift.engine.plugins import build_provider
+from keyshift.engine.plugins import build_provider, provider_class
 from keyshift.errors import (
     ConfigError,
     Conflict,
@@ -38,8 +40,8 @@ from keyshift.errors import (
     NotFound,
     RotationInProgress,
 )
-from keyshift.providers.base import Capability
-from keyshift.service import lookups
+from keyshift.providers.base import Capability, capability_key
+from keyshift.service import due, lookups
 from keyshift.service.notifications import Ticket, tickets
 from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
 from keyshift.store.store import Store
@@ -50,9 +52,12 @@ EXPIRY_WARNINGS = (timedelta(days=30), timedelta(days=7))
 """The lifecycle shows Expiring Soon inside the first threshold; the second is the urgent one."""
 
 _FINAL = {s.value for s in FINAL_STATES}
+# As plain strings: `lifecycle` runs once per credential of a status page.
+_GRACE = RotationState.GRACE.value
+_NEEDED_ATTENTION = frozenset({RotationState.FAILED.value, RotationState.NEEDS_ATTENTION.value})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StatusRow:
     credential: str
     lifecycle: Lifecycle
@@ -65,6 +70,19 @@ class StatusRow:
     overlap: str
     """`dual` when old and new versions are valid together; `in place` when the new one
     replaces the old at once (a cutover window until every consumer reloads)."""
+    last_rotated_at: datetime | None
+    """When the latest rotation that completed finished."""
+    last_rotation_id: str | None
+    """The latest rotation, whatever its state (`last_rotation`)."""
+    next_rotation_at: datetime | None
+    """When the worker starts the next rotation by itself; None when it will not
+    (`keyshift.service.due.next_rotation`)."""
+    next_rotation: str
+    """`next_rotation_at` for a table: its date, `due`, `manual`, `rotating` or `-` (the
+    current version never expires)."""
+    environment: str | None
+    provider: str
+    """The provider type."""
 
 
 @dataclass(frozen=True)
@@ -135,84 +153,157 @@ class CredentialDetail:
 def lifecycle(
     *,
     now: datetime,
-    current: VersionRow | None,
+    expires_at: datetime | None,
+    has_current: bool,
     active_state: str | None,
     last_state: str | None,
     rotate_before: timedelta,
 ) -> Lifecycle:
-    """The operator-facing lifecycle of one credential (design.md)."""
-    if active_state == RotationState.GRACE.value:
+    """The operator-facing lifecycle of one credential (design.md), from its current
+    version's expiry (`has_current` false: it has none yet) and its rotations' states."""
+    if active_state == _GRACE:
         return Lifecycle.GRACE_PERIOD
     if active_state is not None:
         return Lifecycle.ROTATING
-    if last_state in (RotationState.FAILED.value, RotationState.NEEDS_ATTENTION.value):
+    if last_state in _NEEDED_ATTENTION:
         return Lifecycle.NEEDS_ATTENTION
-    if current is None:
+    if not has_current:
         return Lifecycle.NEVER_ROTATED
-    if current.expires_at is not None:
-        if current.expires_at <= now:
+    if expires_at is not None:
+        if expires_at <= now:
             return Lifecycle.EXPIRED
-        if current.expires_at - now <= max(rotate_before, EXPIRY_WARNINGS[0]):
+        if expires_at - now <= max(rotate_before, EXPIRY_WARNINGS[0]):
             return Lifecycle.EXPIRING_SOON
     return Lifecycle.ACTIVE
 
 
-def status_rows(store: Store, *, now: datetime) -> list[StatusRow]:
-    rows: list[StatusRow] = []
+def status_rows(
+    store: Store, *, now: datetime, names: Collection[str] | None = None
+) -> list[StatusRow]:
+    """One row per credential in the estate, by name (only those in `names`, when given),
+    from a fixed number of queries however many credentials there are."""
+    criteria = () if names is None else (CredentialRow.name.in_(sorted(names)),)
     with store.transaction() as s:
-        creds = (
-            s.execute(
-                select(CredentialRow)
-                .where(CredentialRow.removed_at.is_(None))
-                .order_by(CredentialRow.name)
-            )
-            .scalars()
-            .all()
-        )
-        for cred in creds:
-            current = s.execute(
-                select(VersionRow).where(
-                    VersionRow.credential_id == cred.id,
-                    VersionRow.status == VersionStatus.CURRENT.value,
-                )
-            ).scalar_one_or_none()
-            last = s.execute(
-                select(RotationRow)
-                .where(RotationRow.credential_id == cred.id)
-                .order_by(RotationRow.requested_at.desc())
-                .limit(1)
-            ).scalar_one_or_none()
-            active = (
-                s.get(RotationRow, cred.active_rotation_id) if cred.active_rotation_id else None
-            )
-            policy = Policy.model_validate(cred.spec["policy"])
-            expires = current.expires_at if current else None
-            rows.append(
-                StatusRow(
-                    credential=cred.name,
-                    lifecycle=lifecycle(
-                        now=now,
-                        current=current,
-                        active_state=active.state if active else None,
-                        last_state=last.state if last else None,
-                        rotate_before=policy.rotate_before_expiry,
-                    ),
-                    version_id=current.id if current else None,
-                    fingerprint=current.fingerprint if current else None,
+        return [row for _cred, row in _status(s, criteria, now=now)]
+
+
+def _status(
+    s: Session, criteria: tuple[ColumnElement[bool], ...], *, now: datetime
+) -> Iterator[tuple[due.Standing, StatusRow]]:
+    """The status row of each credential matching `criteria`, with what it was made
+    from, one by one (`due.standings`)."""
+    latest = _latest_rotations(s, criteria)
+    completed = _last_completed(s, criteria)
+    overlap = _Overlaps()
+    for cred in due.standings(s, *criteria):
+        current, last = cred.current, latest.get(cred.id)
+        expires = current.expires_at if current else None
+        upcoming = due.next_rotation(cred, now=now)
+        yield (
+            cred,
+            StatusRow(
+                credential=cred.name,
+                lifecycle=lifecycle(
+                    now=now,
                     expires_at=expires,
-                    days_left=(expires - now).days if expires else None,
-                    last_rotation=last.state if last else None,
-                    owner=cred.owner,
-                    overlap=_overlap(cred),
-                )
+                    has_current=current is not None,
+                    active_state=cred.active_state,
+                    last_state=last[1] if last else None,
+                    rotate_before=cred.policy.rotate_before_expiry,
+                ),
+                version_id=current.id if current else None,
+                fingerprint=current.fingerprint if current else None,
+                expires_at=expires,
+                days_left=(expires - now).days if expires else None,
+                last_rotation=last[1] if last else None,
+                owner=cred.owner,
+                overlap=overlap(cred.provider_type, cred.provider_json),
+                last_rotated_at=completed.get(cred.id),
+                last_rotation_id=last[0] if last else None,
+                next_rotation_at=upcoming.at,
+                next_rotation=upcoming.word,
+                environment=cred.environment,
+                provider=cred.provider_type,
+            ),
+        )
+
+
+def _latest_rotations(
+    s: Session, criteria: tuple[ColumnElement[bool], ...]
+) -> dict[str, tuple[str, str]]:
+    """(id, state) of the latest rotation of each credential matching `criteria` (and
+    maybe of others: `due.of_credentials`), by credential id. Of two requested at one
+    instant (a frozen clock), the unfinished one, else the one that finished last."""
+    ranked = (
+        select(
+            RotationRow.credential_id,
+            RotationRow.id,
+            RotationRow.state,
+            func.row_number()
+            .over(
+                partition_by=RotationRow.credential_id,
+                order_by=(
+                    RotationRow.requested_at.desc(),
+                    RotationRow.finished_at.desc().nulls_first(),
+                    RotationRow.id.desc(),
+                ),
             )
-    return rows
+            .label("rank"),
+        )
+        .where(*due.of_credentials(RotationRow.credential_id, criteria))
+        .subquery()
+    )
+    rows = due.rows_of(
+        s, select(ranked.c.credential_id, ranked.c.id, ranked.c.state).where(ranked.c.rank == 1)
+    )
+    return {cred_id: (rot_id, state) for cred_id, rot_id, state in rows}
 
 
-def _overlap(cred: CredentialRow) -> str:
-    spec = CredentialSpec.model_validate(cred.spec["credential"])
-    provider = build_provider(spec.provider.type, spec.provider.config(), PluginContext())
-    return "in place" if Capability.IN_PLACE in provider.capabilities else "dual"
+def _last_completed(s: Session, criteria: tuple[ColumnElement[bool], ...]) -> dict[str, datetime]:
+    """When the latest completed rotation of each credential matching `criteria` (and
+    maybe of others: `due.of_credentials`) finished, by credential id."""
+    rows = due.rows_of(
+        s,
+        select(RotationRow.credential_id, func.max(RotationRow.finished_at))
+        .where(
+            RotationRow.state == RotationState.COMPLETED.value,
+            *due.of_credentials(RotationRow.credential_id, criteria),
+        )
+        .group_by(RotationRow.credential_id),
+    )
+    return {cred_id: finished for cred_id, finished in rows if finished is not None}
+
+
+class _Overlaps:
+    """The `overlap` of each provider as declared, from one provider built per provider
+    type and `capability_key` (whether it replaces in place can depend on its config,
+    e.g. a postgres `strategy`), not one per credential."""
+
+    def __init__(self) -> None:
+        self._by_text: dict[str, str] = {}
+        self._by_key: dict[tuple[str, Hashable], str] = {}
+        self._fields: dict[str, object] = {}
+
+    def __call__(self, kind: str, declared_json: str) -> str:
+        """The overlap of a provider of type `kind` declared as `declared_json`."""
+        overlap = self._by_text.get(declared_json)
+        if overlap is not None:
+            return overlap
+        if kind not in self._fields:
+            self._fields[kind] = getattr(provider_class(kind), "capability_fields", None)
+        if self._fields[kind] == () and (kind, ()) in self._by_key:
+            return self._by_key[kind, ()]  # its capabilities read no config: none decoded
+        declared = from_json(declared_json)
+        config = {k: v for k, v in declared.items() if k != "type"}
+        key = (kind, capability_key(provider_class(kind), config))
+        overlap = self._by_key.get(key)
+        if overlap is None:
+            spec = ProviderSpec.model_validate(declared)
+            provider = build_provider(kind, spec.config(), PluginContext())
+            in_place = Capability.IN_PLACE in provider.capabilities
+            overlap = self._by_key[key] = "in place" if in_place else "dual"
+        self._by_text[declared_json] = overlap
+        return overlap
 
 
 def _summary(rot: RotationRow) -> RotationSummary:
@@ -429,39 +520,35 @@ async def retire_disabled(
 
 def credential_detail(store: Store, credential: str, *, now: datetime) -> CredentialDetail:
     """One credential's status row with every version (ids and fingerprints, no values)."""
-    row = next((r for r in status_rows(store, now=now) if r.credential == credential), None)
-    if row is None:
-        raise NotFound(f"no credential named {credential} in the estate")
     with store.transaction() as s:
-        cred = s.execute(
-            select(CredentialRow).where(
-                CredentialRow.name == credential, CredentialRow.removed_at.is_(None)
-            )
-        ).scalar_one()
-        versions = s.execute(
-            select(VersionRow)
-            .where(VersionRow.credential_id == cred.id)
-            .order_by(VersionRow.serial)
-        ).scalars()
-        return CredentialDetail(
-            status=row,
-            provider=cred.provider_type,
-            environment=cred.environment,
-            active_rotation_id=cred.active_rotation_id,
-            versions=[
-                VersionLine(
-                    v.id,
-                    v.serial,
-                    v.status,
-                    v.fingerprint,
-                    v.rotation_id,
-                    v.created_at,
-                    v.expires_at,
-                    v.revoked_at,
+        found = list(_status(s, (CredentialRow.name == credential,), now=now))
+        if not found:
+            raise NotFound(f"no credential named {credential} in the estate")
+        [(cred, row)] = found
+        versions = [
+            VersionLine(*v)
+            for v in s.execute(
+                select(
+                    VersionRow.id,
+                    VersionRow.serial,
+                    VersionRow.status,
+                    VersionRow.fingerprint,
+                    VersionRow.rotation_id,
+                    VersionRow.created_at,
+                    VersionRow.expires_at,
+                    VersionRow.revoked_at,
                 )
-                for v in versions
-            ],
-        )
+                .where(VersionRow.credential_id == cred.id)
+                .order_by(VersionRow.serial)
+            )
+        ]
+    return CredentialDetail(
+        status=row,
+        provider=cred.provider_type,
+        environment=cred.environment,
+        active_rotation_id=cred.active_rotation_id,
+        versions=versions,
+    )
 
 
 def provider_type(store: Store, credential: str) -> str:

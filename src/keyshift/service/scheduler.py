@@ -35,26 +35,22 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from keyshift.azure import EntraIntegration
 from keyshift.context import PluginContext
 from keyshift.domain.durations import format_duration
-from keyshift.domain.estate import DEFAULT_POLICY_NAME, Estate, Policy
+from keyshift.domain.estate import DEFAULT_POLICY_NAME, Estate
 from keyshift.domain.states import VersionStatus
 from keyshift.engine.engine import Engine
 from keyshift.engine.faults import crash_point
 from keyshift.engine.journal import StepEvent
 from keyshift.errors import PolicyRefused
-from keyshift.providers import ProviderKind
-from keyshift.service import alerting, entra, notifications
+from keyshift.service import alerting, due, entra, notifications
 from keyshift.service.estate import current_estate
 from keyshift.service.rotations import resume, retire_disabled, rotate
 from keyshift.store.models import (
     AlertRow,
     CredentialRow,
-    DiscoveredApp,
-    DiscoveredCredential,
     Meta,
     VersionRow,
 )
@@ -274,62 +270,19 @@ def alerts(store: Store, *, limit: int = 50) -> list[Alert]:
 # --- 4. automatic rotations ---------------------------------------------------------------
 
 
-def _entra_expiry(s: Session, cred: CredentialRow) -> datetime | None:
-    """The latest end of the application's client secrets, as last synced."""
-    provider = cred.spec["credential"]["provider"]
-    ends = s.execute(
-        select(DiscoveredCredential.end_at)
-        .join(DiscoveredApp, DiscoveredApp.id == DiscoveredCredential.app_row_id)
-        .where(
-            DiscoveredApp.integration == provider.get("integration"),
-            DiscoveredApp.app_id == provider.get("app_id"),
-            DiscoveredCredential.kind == entra.CLIENT_SECRET,
-            DiscoveredCredential.removed_at.is_(None),
-        )
-    ).scalars()
-    known = [e for e in ends if e is not None]
-    return max(known) if known else None
-
-
 def due_for_rotation(store: Store, *, now: datetime) -> list[str]:
-    """Credentials with `auto_rotate: true`, no rotation under way, inside their rotation
-    window, whose expiry is within `rotate_before_expiry` (or that have none yet)."""
-    due: list[str] = []
+    """Credentials the worker rotates now, by name: those with `auto_rotate: true`, no
+    rotation under way, inside their rotation window, whose expiry is within
+    `rotate_before_expiry` or that have none yet (`due.next_rotation`, the rule status
+    shows too)."""
     with store.transaction() as s:
-        creds = s.execute(
-            select(CredentialRow).where(
-                CredentialRow.removed_at.is_(None),
-                CredentialRow.scheduled.is_(True),
-                CredentialRow.auto_rotate.is_(True),
-                CredentialRow.active_rotation_id.is_(None),
-            )
-        ).scalars()
-        for cred in creds:
-            policy = Policy.model_validate(cred.spec["policy"])
-            window = policy.window
-            if window is not None and not window.contains(now):
-                continue
-            current = s.execute(
-                select(VersionRow).where(
-                    VersionRow.credential_id == cred.id,
-                    VersionRow.status == VersionStatus.CURRENT.value,
-                )
-            ).scalar_one_or_none()
-            if current is not None:
-                expires = current.expires_at
-                if expires is None:
-                    continue
-            elif cred.provider_type == ProviderKind.ENTRA_CLIENT_SECRET.value:
-                expires = _entra_expiry(s, cred)
-                if expires is None:
-                    due.append(cred.name)  # the application has no secret at all
-                    continue
-            else:
-                due.append(cred.name)  # never rotated: issue the first version
-                continue
-            if expires - policy.rotate_before_expiry <= now:
-                due.append(cred.name)
-    return due
+        candidates = due.standings(
+            s,
+            CredentialRow.scheduled.is_(True),
+            CredentialRow.auto_rotate.is_(True),
+            CredentialRow.active_rotation_id.is_(None),
+        )
+        return [c.name for c in candidates if due.next_rotation(c, now=now).due]
 
 
 # --- the scan -----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Awaitable
 from typing import Final, TypeVar
@@ -102,6 +103,51 @@ CAPABILITY_METHODS: Final = {
 """The method each optional capability promises (see `keyshift.providers.base`)."""
 
 
+class _RecordedReads:
+    """A provider's config that notes which of its fields are read."""
+
+    def __init__(self, config: BaseModel) -> None:
+        self._config = config
+        self.read: set[str] = set()
+
+    def __getattr__(self, name: str) -> object:
+        if name in type(self._config).model_fields:
+            self.read.add(name)
+        return getattr(self._config, name)
+
+
+def _check_capability_fields(provider: Provider) -> None:
+    """`capability_fields`, when declared, names fields of the config and every field
+    `capabilities` reads: views build one provider per value of them (`capability_key`)
+    and would show a wrong capability for a field left out."""
+    cls = type(provider)
+    name = cls.__name__
+    fields = getattr(cls, "capability_fields", None)
+    if fields is None:
+        return
+    _require(
+        isinstance(fields, tuple) and all(isinstance(f, str) for f in fields),
+        f"{name}.capability_fields is not a tuple of field names",
+    )
+    unknown = sorted(set(fields) - set(cls.Config.model_fields))
+    _require(not unknown, f"{name}.capability_fields names {unknown}, not fields of its Config")
+    config = getattr(provider, "config", None)
+    if not isinstance(config, BaseModel):
+        return  # the config is kept elsewhere: what is read cannot be watched
+    twin = copy.copy(provider)
+    recorder = _RecordedReads(config)
+    try:
+        twin.config = recorder  # type: ignore[attr-defined]
+    except AttributeError:
+        return
+    twin.capabilities  # noqa: B018 (read for the fields it reads)
+    unnamed = sorted(recorder.read - set(fields))
+    _require(
+        not unnamed,
+        f"{name}.capabilities reads {unnamed}, which its capability_fields does not name",
+    )
+
+
 def _check_declarations(provider: Provider) -> None:
     cls = type(provider)
     name = cls.__name__
@@ -121,6 +167,7 @@ def _check_declarations(provider: Provider) -> None:
         all(isinstance(c, Capability) for c in capabilities),  # type: ignore[attr-defined]
         f"{name}.capabilities holds something that is not a Capability",
     )
+    _check_capability_fields(provider)
     # A declared capability the engine calls into needs its method: without it the
     # engine would fail only in the grace period or at the first rotation.
     for capability, method in CAPABILITY_METHODS.items():

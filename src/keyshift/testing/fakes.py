@@ -93,6 +93,7 @@ class FakeProvider:
 
     kind: ClassVar[str] = "fake"
     Config: ClassVar[type[BaseModel]] = FakeConfig
+    capability_fields: ClassVar[tuple[str, ...]] = ("authenticates",)
     propagation: ClassVar[Propagation] = Propagation(
         timedelta(minutes=1), "the fake issuer's delays, as a test sets them"
     )

@@ -66,6 +66,7 @@ class EntraSecretProvider(ConnectedProvider[EntraSecretConfig, EntraIntegration]
 
     kind: ClassVar[str] = "entra_client_secret"
     Config: ClassVar[type[BaseModel]] = EntraSecretConfig
+    capability_fields: ClassVar[tuple[str, ...]] = ("adopt_existing",)
     propagation: ClassVar[Propagation] = Propagation(
         timedelta(minutes=5),
         "Entra ID replicates a new client secret before it signs in (AADSTS7000215 until "

@@ -54,6 +54,7 @@ class RedisProvider(ConnectedProvider[RedisConfig, RedisIntegration]):
 
     kind: ClassVar[str] = "redis"
     Config: ClassVar[type[BaseModel]] = RedisConfig
+    capability_fields: ClassVar[tuple[str, ...]] = ("strategy", "adopt_existing")
     propagation: ClassVar[Propagation] = Propagation(
         timedelta(seconds=10),
         "ACL SETUSER applies at once on the node that runs it; ACLs are not replicated, "

@@ -1,0 +1,312 @@
+"""Dashboard view: `status_rows` over an estate of 10,000 credentials.
+
+Seeds a store (SQLite in a temporary KEYSHIFT_HOME, or PostgreSQL) with an estate applied
+through `apply_estate` and, inserted in bulk, the history a year of rotations leaves:
+current versions with an expiry and the revoked ones before them, completed, failed and
+rolled-back rotations, and a few rotations still under way. Then times `status_rows`
+(median of several warm runs) against the dashboard's budget of 300 ms server-side and
+prints `ratio = median / budget` (<= 1 meets it). Run:
+`.venv/bin/python bench/dashboard.py [--credentials N] [--runs N] [--postgres URL]`.
+
+A page of the dashboard is timed the same way: add a `measure("label", fn)` to `main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from keyshift import __version__, logs
+from keyshift.domain.clock import utcnow
+from keyshift.domain.secret import Secret
+from keyshift.domain.states import RotationState, VersionStatus
+from keyshift.engine.plan import stored_plan
+from keyshift.service import rotations
+from keyshift.service.estate import apply_estate, parse_estate
+from keyshift.store.models import CredentialRow, RotationRow, VersionRow
+from keyshift.store.store import Store
+
+BUDGET_S = 0.300
+CREDENTIALS = 10_000
+PROVIDERS = ("random", "random", "postgres-single", "postgres-alternating", "redis", "entra")
+ENVIRONMENTS = ("prod", "staging", "dev")
+
+
+def _provider(kind: str, i: int) -> dict[str, Any]:
+    if kind == "postgres-single":
+        return {"type": "postgres", "strategy": "single_user", "user": f"app_{i}"}
+    if kind == "postgres-alternating":
+        return {
+            "type": "postgres",
+            "users": [f"app_{i}_a", f"app_{i}_b"],
+            "group_role": f"app_{i}",
+        }
+    if kind == "redis":
+        return {"type": "redis", "strategy": "alternating_users", "users": [f"u{i}a", f"u{i}b"]}
+    if kind == "entra":
+        return {"type": "entra_client_secret", "app_id": str(uuid.UUID(int=i))}
+    return {"type": "random", "length": 32}
+
+
+def estate(n: int) -> dict[str, Any]:
+    """An estate document of `n` credentials over every provider type, three policies (one
+    with a rotation window) and three environments; two actions each."""
+    return {
+        "integrations": [
+            {
+                "name": "db-admin",
+                "type": "postgres",
+                "dsn": "postgresql://keyshift_admin@db.internal:5432/app",
+                "password_from": "env:DB_ADMIN_PASSWORD",
+            },
+            {
+                "name": "cache-admin",
+                "type": "redis",
+                "dsn": "redis://keyshift_admin@cache.internal:6379/0",
+                "password_from": "env:CACHE_ADMIN_PASSWORD",
+            },
+            {
+                "name": "contoso",
+                "type": "entra",
+                "tenant_id": "00000000-0000-0000-0000-000000000001",
+                "client_id": "00000000-0000-0000-0000-000000000002",
+                "auth": {"method": "client_secret", "secret_from": "env:ENTRA_ADMIN_SECRET"},
+            },
+        ],
+        "policies": [
+            {"name": "standard", "grace_period": "7d", "max_lifetime": "90d"},
+            {"name": "database", "grace_period": "1d", "max_lifetime": "60d"},
+            {
+                "name": "prod-window",
+                "grace_period": "7d",
+                "max_lifetime": "180d",
+                "window": {"days": ["tue", "wed"], "hours": "09:00-16:00", "timezone": "UTC"},
+            },
+        ],
+        "credentials": [
+            {
+                "name": f"cred-{i:05d}",
+                "owner": f"team-{i % 40}",
+                "environment": ENVIRONMENTS[i % len(ENVIRONMENTS)],
+                "policy": ("standard", "database", "prod-window")[i % 3],
+                "auto_rotate": i % 4 != 0,
+                "provider": _provider(PROVIDERS[i % len(PROVIDERS)], i),
+                "actions": [
+                    {
+                        "type": "file",
+                        "order": 10,
+                        "on_failure": "abort",
+                        "config": {
+                            "path": f"/srv/app-{i}/settings.json",
+                            "key": "Api:Key",
+                            "file_format": "json",
+                        },
+                    },
+                    {
+                        "type": "command",
+                        "order": 20,
+                        "on_failure": "abort",
+                        "config": {"argv": ["/usr/bin/systemctl", "reload", f"app-{i}"]},
+                    },
+                ],
+            }
+            for i in range(n)
+        ],
+    }
+
+
+def _version(store: Store, cred: CredentialRow, serial: int, **fields: Any) -> dict[str, Any]:
+    value = Secret(secrets.token_urlsafe(24))  # random, sealed, never printed
+    row = VersionRow(id=str(uuid.uuid4()), credential_id=cred.id)
+    store.seal_into(row, value)
+    return {
+        "id": row.id,
+        "credential_id": cred.id,
+        "serial": serial,
+        "provider_ref": f"ref-{row.id[:8]}",
+        "attributes": {},
+        "fingerprint": store.fingerprint(value),
+        "ciphertext": row.ciphertext,
+        "wrapped_key": row.wrapped_key,
+        "master_key_id": row.master_key_id,
+        **fields,
+    }
+
+
+Plan = tuple[dict[str, Any], str]
+"""A stored plan and its hash."""
+
+
+def _rotation(
+    cred: CredentialRow, plan: Plan, state: RotationState, at: datetime, **fields: Any
+) -> dict[str, Any]:
+    final = state.is_final
+    return {
+        "id": str(uuid.uuid4()),
+        "credential_id": cred.id,
+        "state": state.value,
+        "requested_by": "worker",
+        "requested_at": at,
+        "reason": "scheduled",
+        "plan": plan[0],
+        "plan_hash": plan[1],
+        "keyshift_version": __version__,
+        "updated_at": at + timedelta(minutes=5),
+        "finished_at": at + timedelta(minutes=5) if final else None,
+        "error": "preflight blocked: target unreachable" if state == RotationState.FAILED else None,
+        **fields,
+    }
+
+
+def seed(store: Store, n: int, *, now: datetime | None = None) -> None:
+    """Apply an estate of `n` credentials and insert the history of their rotations:
+    for most, one to three completed rotations (the last version current, with an expiry
+    spread over the next 90 days, the earlier ones revoked); then some whose latest
+    rotation failed or rolled back after a completed one, some with a rotation under way
+    (grace), and some never rotated."""
+    now = now or utcnow()
+    apply_estate(store, parse_estate(estate(n)), actor="bench")
+    rng = random.Random(7)  # noqa: S311 (spreads expiries; no secret comes from it)
+    versions: list[dict[str, Any]] = []
+    rots: list[dict[str, Any]] = []
+    active: dict[str, str] = {}
+    with store.transaction() as s:
+        creds = list(s.execute(select(CredentialRow).order_by(CredentialRow.name)).scalars())
+        for i, cred in enumerate(creds):
+            if i % 50 == 49:
+                continue  # never rotated
+            built = stored_plan(cred.spec)
+            plan = (built.to_json(), built.hash)
+            lifetime = timedelta(days=90)
+            expires = now + timedelta(days=rng.uniform(-5, 90))
+            history = 1 + i % 3
+            prev_version: str | None = None
+            for serial in range(1, history + 1):
+                current = serial == history
+                ends = expires - lifetime * (history - serial)
+                created = ends - lifetime
+                version = _version(
+                    store,
+                    cred,
+                    serial,
+                    status=VersionStatus.CURRENT.value if current else VersionStatus.REVOKED.value,
+                    rotation_id=None,
+                    created_at=created,
+                    expires_at=ends,
+                    revoked_at=None if current else ends,
+                )
+                if not current:
+                    version["ciphertext"] = version["wrapped_key"] = version["master_key_id"] = None
+                rot = _rotation(
+                    cred,
+                    plan,
+                    RotationState.COMPLETED,
+                    created,
+                    old_version_id=prev_version,
+                    new_version_id=version["id"],
+                )
+                version["rotation_id"] = rot["id"]
+                versions.append(version)
+                rots.append(rot)
+                prev_version = version["id"]
+            if i % 20 == 3:
+                state = RotationState.FAILED if i % 40 == 3 else RotationState.ROLLED_BACK
+                rots.append(_rotation(cred, plan, state, now - timedelta(days=1)))
+            elif i % 50 == 7:
+                rot = _rotation(
+                    cred,
+                    plan,
+                    RotationState.GRACE,
+                    now - timedelta(hours=2),
+                    old_version_id=prev_version,
+                    grace_until=now + timedelta(days=1),
+                )
+                rots.append(rot)
+                active[cred.id] = rot["id"]
+        for batch in range(0, len(rots), 2000):
+            s.execute(insert(RotationRow), rots[batch : batch + 2000])
+        for batch in range(0, len(versions), 2000):
+            s.execute(insert(VersionRow), versions[batch : batch + 2000])
+        for cred in creds:
+            if cred.id in active:
+                cred.active_rotation_id = active[cred.id]
+
+
+def measure(label: str, fn: Callable[[], object], *, runs: int) -> float:
+    """Run `fn` once cold, then `runs` times; print each and return the median (seconds)."""
+    started = time.perf_counter()
+    fn()
+    print(f"{label}: cold {(time.perf_counter() - started) * 1000:7.1f} ms")
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    median = statistics.median(times)
+    print(
+        f"{label}: median {median * 1000:7.1f} ms over {runs} runs "
+        f"(min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f}); "
+        f"ratio to the {BUDGET_S * 1000:.0f} ms budget {median / BUDGET_S:.3f}"
+    )
+    return median
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--postgres", help="run against this PostgreSQL URL instead of SQLite")
+    parser.add_argument("--credentials", type=int, default=CREDENTIALS)
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    logs.configure("WARNING")
+    home = Path(tempfile.mkdtemp(prefix="keyshift-bench-"))
+    env = {"KEYSHIFT_HOME": str(home)}
+    if args.postgres:
+        env["KEYSHIFT_DATABASE_URL"] = args.postgres
+    store = Store.open(env)
+    try:
+        started = time.perf_counter()
+        now = utcnow()
+        seed(store, args.credentials, now=now)
+        print(f"seeded {args.credentials} credentials in {time.perf_counter() - started:.1f} s")
+        rows: list[rotations.StatusRow] = []
+
+        def status() -> None:
+            rows[:] = rotations.status_rows(store, now=now)
+
+        median = measure("status_rows", status, runs=args.runs)
+        if len(rows) != args.credentials:
+            raise SystemExit(f"status_rows gave {len(rows)} rows for {args.credentials}")
+    finally:
+        store.close()
+        shutil.rmtree(home, ignore_errors=True)
+    ratio = median / BUDGET_S
+    print(
+        json.dumps(
+            {
+                "credentials": args.credentials,
+                "status_rows_ms": round(median * 1000, 1),
+                "budget_ms": BUDGET_S * 1000,
+                "ratio": round(ratio, 3),
+                "within_budget": ratio <= 1,
+            }
+        )
+    )
+    sys.exit(0 if ratio <= 1 else 1)
+
+
+if __name__ == "__main__":
+    main()
