@@ -96,6 +96,10 @@ class Unauthenticated(KeyshiftError):
     The message never quotes the token."""
 
 
+class CsrfRefused(KeyshiftError):
+    """A web form was posted without the CSRF token of the viewer's session."""
+
+
 class PermissionDenied(KeyshiftError):
     """The authenticated principal lacks the permission the operation requires."""
 

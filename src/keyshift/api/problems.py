@@ -18,6 +18,7 @@ from keyshift.errors import (
     ApprovalRequired,
     ConfigError,
     Conflict,
+    CsrfRefused,
     DecryptionError,
     EstateInvalid,
     KeyshiftError,
@@ -42,6 +43,7 @@ ERROR_CODES: list[tuple[type[KeyshiftError], int, str, str]] = [
     (NotFound, 404, "not-found", "Not found"),
     (Unauthenticated, 401, "unauthenticated", "A valid API token is required"),
     (PermissionDenied, 403, "forbidden", "The token's roles lack the permission"),
+    (CsrfRefused, 403, "csrf-refused", "The form's CSRF token is missing or wrong"),
     (LeaseHeld, 409, "lease-held", "Another worker is running this rotation"),
     (RotationInProgress, 409, "rotation-in-progress", "A rotation is already in progress"),
     (RollbackRefused, 409, "rollback-refused", "The rotation cannot be rolled back"),
@@ -87,8 +89,13 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
+def classify(exc: KeyshiftError) -> tuple[int, str, str]:
+    """The HTTP status, stable code and title of an error."""
+    return next((s, c, t) for cls, s, c, t in ERROR_CODES if isinstance(exc, cls))
+
+
 def from_error(exc: KeyshiftError) -> JSONResponse:
-    status, code, title = next((s, c, t) for cls, s, c, t in ERROR_CODES if isinstance(exc, cls))
+    status, code, title = classify(exc)
     extra: dict[str, Any] = {}
     headers: dict[str, str] | None = None
     if isinstance(exc, EstateInvalid):

@@ -354,24 +354,29 @@ def authenticate(store: Store, token: str, *, now: datetime | None = None) -> Id
         row = s.get(ApiTokenRow, token_id)
         if row is None or not hmac.compare_digest(row.token_hash, token_hash(token)):
             raise Unauthenticated(f"unknown API token {TOKEN_PREFIX}{token_id}")
-        if row.revoked_at is not None:
-            raise Unauthenticated(f"API token {TOKEN_PREFIX}{token_id} was revoked")
-        if row.expires_at is not None and row.expires_at <= now:
-            raise Unauthenticated(f"API token {TOKEN_PREFIX}{token_id} has expired")
-        principal = s.get(PrincipalRow, row.principal_id)
-        if principal is None or principal.disabled_at is not None:
-            raise Unauthenticated(
-                f"the principal of API token {TOKEN_PREFIX}{token_id} is disabled"
-            )
+        who = identity_of(row, s.get(PrincipalRow, row.principal_id), now)
         if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
             row.last_used_at = now
-        return Identity(
-            principal=principal.name,
-            kind=principal.kind,
-            roles=tuple(principal.roles),
-            permissions=permissions_of(tuple(principal.roles)),
-            token_id=token_id,
-        )
+        return who
+
+
+def identity_of(row: ApiTokenRow, principal: PrincipalRow | None, now: datetime) -> Identity:
+    """The identity a known token stands for now; Unauthenticated if the token is revoked
+    or expired or its principal disabled (the checks a web session repeats per request)."""
+    token_id = row.id
+    if row.revoked_at is not None:
+        raise Unauthenticated(f"API token {TOKEN_PREFIX}{token_id} was revoked")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise Unauthenticated(f"API token {TOKEN_PREFIX}{token_id} has expired")
+    if principal is None or principal.disabled_at is not None:
+        raise Unauthenticated(f"the principal of API token {TOKEN_PREFIX}{token_id} is disabled")
+    return Identity(
+        principal=principal.name,
+        kind=principal.kind,
+        roles=tuple(principal.roles),
+        permissions=permissions_of(tuple(principal.roles)),
+        token_id=token_id,
+    )
 
 
 @dataclass(frozen=True)

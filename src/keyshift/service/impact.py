@@ -21,6 +21,7 @@ from keyshift.engine.plugins import (
     target_class,
     validate_config,
 )
+from keyshift.errors import KeyshiftError
 from keyshift.service import lookups
 from keyshift.store.store import Store
 from keyshift.targets.agent import AgentIntegration
@@ -124,3 +125,60 @@ def _described(cls: Any, *args: Any) -> dict[str, str]:
 def to_json(rows: list[ImpactRow]) -> list[dict[str, Any]]:
     """The rows as plain JSON values (for approval requests, the API and evidence)."""
     return [asdict(row) for row in rows]
+
+
+_VERBS = {
+    "publishing": "Write",
+    "reloading": "Reload",
+    "verifying": "Verify",
+    "notifying": "Notify",
+}
+_LABELS = {
+    "agent_secret_sync": "on host agent",
+    "aws_secretsmanager": "AWS Secrets Manager",
+    "azure_keyvault": "Key Vault",
+    "command": "command",
+    "command_check": "check command",
+    "file": "file",
+    "http_check": "HTTP check",
+    "iis_recycle": "IIS app pool",
+    "kubernetes_rollout_restart": "Kubernetes rollout",
+    "kubernetes_secret": "Kubernetes Secret",
+    "spring_refresh": "Spring refresh",
+    "systemd_reload": "systemd unit",
+    "webhook": "webhook",
+}
+_FIXED = {
+    "validated": "Check policy and governance",
+    "preflighted": "Preflight every step",
+    "creating": "Create the new version at the issuer",
+    "proving": "Wait until the issuer accepts the new version",
+    "verifying:provider": "Verify the new version signs in",
+    "revoking": "Revoke the old version",
+}
+_SKIP = frozenset({"integration", "format", "keys", "key"})
+"""Described fields a title leaves out (the table of consumers shows them)."""
+
+
+def step_titles(plan: Plan) -> dict[str, str]:
+    """A readable title for every step name a rotation of `plan` can journal, e.g.
+    `publishing:10:azure_keyvault` -> "Write Key Vault kv-billing-prod.vault.azure.net /
+    billing-api-secret", and `rollback:NAME` -> "Roll back: <title of NAME>"."""
+    titles = dict(_FIXED)
+    try:
+        rows = impact_of_plan(plan, local_host="keyshift")[1:]
+    except KeyshiftError:
+        rows = []  # a plan whose plugins are gone still shows its raw step names
+    for action, row in zip(plan.actions, rows, strict=False):
+        where = " / ".join(
+            v.removeprefix("https://").removeprefix("http://")
+            for k, v in row.where.items()
+            if k not in _SKIP and v
+        )
+        verb = _VERBS.get(action.phase.value, action.phase.value.capitalize())
+        titles[action.step] = " ".join(
+            part for part in (verb, _LABELS.get(action.type, action.type), where) if part
+        )
+    for name, title in list(titles.items()):
+        titles[f"rollback:{name}"] = f"Roll back: {title[0].lower()}{title[1:]}"
+    return titles

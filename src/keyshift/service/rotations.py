@@ -30,7 +30,7 @@ from keyshift.domain.states import (
 )
 from keyshift.engine.engine import Engine
 from keyshift.engine.journal import StepEvent
-from keyshift.engine.plan import stored_plan
+from keyshift.engine.plan import Plan, stored_plan
 from keyshift.engine.plugins import build_provider, provider_class
 from keyshift.errors import (
     ConfigError,
@@ -42,6 +42,7 @@ from keyshift.errors import (
 )
 from keyshift.providers.base import Capability, capability_key
 from keyshift.service import due, lookups
+from keyshift.service.impact import step_titles
 from keyshift.service.notifications import Ticket, tickets
 from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
 from keyshift.store.store import Store
@@ -107,6 +108,8 @@ class StepLine:
     error: str | None
     note: str | None = None
     """What the step waited for at the issuer, in words ("proved after 7 attempt(s), 41s")."""
+    title: str = ""
+    """The step in words: "Write Key Vault kv-billing-prod.vault.azure.net / api-secret"."""
 
     @property
     def duration(self) -> timedelta | None:
@@ -360,6 +363,7 @@ def rotation_timeline(store: Store, rotation_id: str) -> Timeline:
     with store.transaction() as s:
         rot = lookups.rotation(s, rotation_id)
         cred = s.get(CredentialRow, rot.credential_id)
+        titles = step_titles(Plan.from_json(rot.plan))
         steps = (
             s.execute(select(StepRow).where(StepRow.rotation_id == rot.id).order_by(StepRow.seq))
             .scalars()
@@ -381,6 +385,7 @@ def rotation_timeline(store: Store, rotation_id: str) -> Timeline:
                     st.ended_at,
                     st.error,
                     (st.detail or {}).get("propagation"),
+                    titles.get(st.name, st.name),
                 )
                 for st in steps
             ],
@@ -630,3 +635,10 @@ async def roll_back(
     ref = rotation_ref(store, rotation_id)
     engine = Engine(store, actor=actor, context=context, on_event=on_event)
     return ref.id, await engine.roll_back(ref.id, reason=why)
+
+
+def current_plan_hash(store: Store, credential: str) -> str:
+    """The hash of the plan a rotation of `credential` requested now would run (a dry run
+    shows it; a confirmation can check that nothing changed since)."""
+    with store.transaction() as s:
+        return stored_plan(lookups.estate_credential(s, credential).spec).hash

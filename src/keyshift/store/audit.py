@@ -148,3 +148,9 @@ def entry_json(entry: AuditEntry) -> dict[str, Any]:
         "prev_hash": entry.prev_hash,
         "hash": entry.hash,
     }
+
+
+def latest(session: Session, *, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest `limit` entries, newest first, as `entry_json` gives them."""
+    query = select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(limit)
+    return [entry_json(entry) for entry in session.execute(query).scalars()]

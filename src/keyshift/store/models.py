@@ -356,3 +356,23 @@ class NotificationDeliveryRow(Base):
     delivered_at: Mapped[datetime | None]
     reference: Mapped[str | None] = mapped_column(String(128), nullable=True)
     """What the channel answered that names the message, e.g. a ticket key."""
+
+
+class WebSessionRow(Base):
+    """A signed-in browser of the web dashboard, started by presenting an API token. Only
+    the SHA-256 of the session cookie is stored. The session lives as long as its token,
+    its principal and its own lifetime allow, and ends at once when revoked."""
+
+    __tablename__ = "web_sessions"
+    __table_args__ = (Index("ix_web_sessions_token", "token_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[str] = mapped_column(ForeignKey("api_tokens.id"))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    """The absolute end of the session, however active it is."""
+    last_seen_at: Mapped[datetime]
+    """The last request (written at most once a minute); idle sessions end."""
+    revoked_at: Mapped[datetime | None]
+    revoked_by: Mapped[str | None] = mapped_column(String(200))

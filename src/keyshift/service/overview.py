@@ -1,0 +1,157 @@
+"""The overview of an estate: how many credentials there are, how many expire soon, how
+many need a human, and the most urgent ones, across the managed credentials and the
+discovered Entra ID inventory. The web dashboard's first page and `GET /v1/overview`.
+
+Every managed credential counts once. A discovered Entra ID secret or certificate counts
+too unless an estate credential manages its application: that one is already counted
+as the managed credential, and its secrets are its versions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from keyshift.domain.states import FINAL_STATES, Lifecycle
+from keyshift.service import approvals, entra, rotations
+from keyshift.store.models import CredentialRow, RotationRow
+from keyshift.store.store import Store
+
+WITHIN_DAYS = (7, 30, 90)
+URGENT = 10
+"""How many of the soonest-expiring credentials the overview lists."""
+
+
+@dataclass(frozen=True)
+class Urgent:
+    """One of the soonest-expiring credentials."""
+
+    name: str
+    source: str
+    """`managed` (an estate credential) or `entra` (discovered, not managed)."""
+    lifecycle: str
+    expires_at: datetime
+    days_left: int
+    owner: str | None
+
+
+@dataclass(frozen=True)
+class Overview:
+    total: int
+    managed: int
+    discovered: int
+    """Discovered Entra ID credentials of applications no estate credential manages."""
+    within: dict[int, int]
+    """Days (7, 30, 90) -> credentials expiring within them, not yet expired."""
+    expired: int
+    in_grace: int
+    rotating: int
+    needs_attention: int
+    awaiting_approval: int
+    urgent: list[Urgent]
+
+
+def overview(store: Store, *, now: datetime, include_entra: bool = True) -> Overview:
+    """The counts and the most urgent credentials now. `include_entra=False` leaves the
+    discovered inventory out (for a caller who may not read it)."""
+    rows = rotations.status_rows(store, now=now)
+    found = (
+        [c for c in entra.inventory(store, now=now) if c.managed_by is None]
+        if include_entra
+        else []
+    )
+    ends: list[Urgent] = [
+        Urgent(
+            r.credential,
+            "managed",
+            r.lifecycle.value,
+            r.expires_at,
+            _days(r.expires_at, now),
+            r.owner,
+        )
+        for r in rows
+        if r.expires_at is not None
+    ]
+    ends += [
+        Urgent(
+            f"{c.app_name} / {c.display_name or c.key_id[:8]}",
+            "entra",
+            c.state.value,
+            c.end,
+            _days(c.end, now),
+            ", ".join(c.owners) or None,
+        )
+        for c in found
+        if c.end is not None
+    ]
+    ends.sort(key=lambda u: (u.expires_at, u.name))
+    lifecycles = [r.lifecycle for r in rows] + [c.state for c in found]
+    return Overview(
+        total=len(rows) + len(found),
+        managed=len(rows),
+        discovered=len(found),
+        within={
+            days: sum(now < u.expires_at <= now + timedelta(days=days) for u in ends)
+            for days in WITHIN_DAYS
+        },
+        expired=sum(u.expires_at <= now for u in ends),
+        in_grace=lifecycles.count(Lifecycle.GRACE_PERIOD),
+        rotating=lifecycles.count(Lifecycle.ROTATING),
+        needs_attention=lifecycles.count(Lifecycle.NEEDS_ATTENTION),
+        awaiting_approval=len(approvals.requests(store, pending_only=True)),
+        urgent=ends[:URGENT],
+    )
+
+
+def _days(end: datetime, now: datetime) -> int:
+    return int((end - now).total_seconds() // 86400)
+
+
+@dataclass(frozen=True)
+class RecentRotation:
+    id: str
+    credential: str
+    state: str
+    requested_by: str
+    requested_at: datetime
+    finished_at: datetime | None
+    reason: str
+    error: str | None
+
+    @property
+    def final(self) -> bool:
+        return self.state in _FINAL
+
+
+_FINAL = {s.value for s in FINAL_STATES}
+
+
+def recent_rotations(
+    store: Store, *, limit: int = 50, unfinished: bool = False
+) -> list[RecentRotation]:
+    """The latest rotations of the whole estate, newest first (only the unfinished ones
+    with `unfinished=True`)."""
+    query = (
+        select(RotationRow, CredentialRow.name)
+        .join(CredentialRow, CredentialRow.id == RotationRow.credential_id)
+        .order_by(RotationRow.requested_at.desc())
+        .limit(limit)
+    )
+    if unfinished:
+        query = query.where(RotationRow.state.not_in(_FINAL))
+    with store.transaction() as s:
+        return [
+            RecentRotation(
+                r.id,
+                name,
+                r.state,
+                r.requested_by,
+                r.requested_at,
+                r.finished_at,
+                r.reason,
+                r.error,
+            )
+            for r, name in s.execute(query).all()
+        ]
