@@ -2,7 +2,8 @@
 
 Public routes: `/healthz` (the process is up), `/readyz` (the store answers),
 `/openapi.json` and `/docs`. Every `/v1` route, and `/metrics`, requires a bearer token
-whose roles grant that route's one permission.
+whose roles grant that route's one permission. The dashboard's pages (`keyshift.web`)
+sit beside them at `/`, behind a session cookie and the same permissions.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
-from keyshift import __version__
+from keyshift import __version__, web
 from keyshift.api import problems
 from keyshift.api.auth import caller
 from keyshift.api.routes import ROUTERS
@@ -71,6 +72,7 @@ def create_app(
     problems.install(app)
     for router in ROUTERS:
         app.include_router(router)
+    web.install(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -182,6 +182,14 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
     return path
 
 
+def validation_problems(exc: RequestValidationError) -> list[dict[str, str]]:
+    """One entry per bad field of a request: its path and what is wrong (not the value)."""
+    return [
+        {"path": _location(e.get("loc", ())), "message": str(e.get("msg", "invalid"))}
+        for e in exc.errors()
+    ]
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into problem JSON."""
 
@@ -191,10 +199,7 @@ def install(app: FastAPI) -> None:
 
     async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)  # noqa: S101 (registered for it only)
-        problems = [
-            {"path": _location(e.get("loc", ())), "message": str(e.get("msg", "invalid"))}
-            for e in exc.errors()
-        ]
+        problems = validation_problems(exc)
         return problem(
             422,
             "invalid-request",

@@ -285,6 +285,7 @@ def _timeline_data(t: rotations.Timeline) -> dict[str, Any]:
         "running": t.running,
         "steps": [{**plain(s), "duration_seconds": plain(s.duration)} for s in t.steps],
         "tickets": [plain(k) for k in t.tickets],
+        "rollout": str(t.rollout),
     }
 
 

@@ -421,3 +421,31 @@ def load(text: str) -> dict[str, Any]:
     if not isinstance(bundle, dict):
         raise KeyshiftError("the evidence file is not a JSON object")
     return bundle
+
+
+@dataclass(frozen=True)
+class ChainCheck:
+    """Whether the store's audit chain holds (`keyshift audit verify`)."""
+
+    ok: bool
+    entries: int | None
+    """How many entries verified (when the chain is intact)."""
+    broken_at: int | None
+    """The first entry that breaks the chain."""
+    reason: str | None
+
+
+def verify_chain(store: Store) -> ChainCheck:
+    """Recompute the hash chain; name the first edited, deleted or reordered entry."""
+    try:
+        with store.transaction() as s:
+            count = audit.verify(s)
+    except AuditChainBroken as exc:
+        return ChainCheck(ok=False, entries=None, broken_at=exc.seq, reason=exc.reason)
+    return ChainCheck(ok=True, entries=count, broken_at=None, reason=None)
+
+
+def audit_lines(store: Store) -> Iterator[str]:
+    """Every audit entry as one JSON line each (for a SIEM), read a page at a time."""
+    for entry in store.audit_entries():
+        yield json.dumps(entry, sort_keys=True) + "\n"

@@ -25,7 +25,9 @@ from keyshift.domain.preflight import PreflightResult, Readiness
 from keyshift.domain.states import (
     FINAL_STATES,
     Lifecycle,
+    Phase,
     RotationState,
+    StepStatus,
     VersionStatus,
 )
 from keyshift.engine.engine import Engine
@@ -128,6 +130,59 @@ class Timeline:
     """Whether a worker or server holds the rotation's lease now (it is being advanced)."""
     tickets: list[Ticket] = field(default_factory=list)
     """The tickets channels opened for the rotation (a Jira issue, a ServiceNow incident)."""
+    deliveries: tuple[str, ...] = ()
+    """The step names of the plan's publishing actions: one per consumer written to."""
+
+    @property
+    def rollout(self) -> Rollout:
+        """How far the new version reached the consumers, from the latest attempt of
+        each publishing step and of its rollback."""
+        latest = {step.name: step.status for step in self.steps}
+        delivered = failed = undone = 0
+        for name in self.deliveries:
+            if latest.get(f"rollback:{name}") == StepStatus.SUCCEEDED:
+                undone += 1
+            elif latest.get(name) == StepStatus.SUCCEEDED:
+                delivered += 1
+            elif latest.get(name) == StepStatus.FAILED:
+                failed += 1
+        return Rollout(len(self.deliveries), delivered, failed, undone)
+
+    @property
+    def at_rest(self) -> bool:
+        """Whether nothing moves the rotation on by itself now: a final state, or a
+        waiting one (grace, an approval) that no worker or server is advancing."""
+        return not self.running and RotationState(self.rotation.state) in RESTING_STATES
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """The consumers a rotation writes to, and how many have the new version."""
+
+    consumers: int
+    delivered: int
+    failed: int
+    rolled_back: int
+
+    def __str__(self) -> str:
+        parts = [f"{self.delivered} of {self.consumers} delivered"]
+        if self.failed:
+            parts.append(
+                f"{self.failed} needs attention"
+                if self.failed == 1
+                else f"{self.failed} need attention"
+            )
+        if self.rolled_back:
+            parts.append(f"{self.rolled_back} rolled back")
+        return ", ".join(parts)
+
+
+RESTING_STATES = FINAL_STATES | {
+    RotationState.GRACE,
+    RotationState.AWAITING_APPROVAL,
+    RotationState.AWAITING_REVOKE_APPROVAL,
+}
+"""States a rotation stays in until time passes or a person decides."""
 
 
 @dataclass(frozen=True)
@@ -363,7 +418,8 @@ def rotation_timeline(store: Store, rotation_id: str) -> Timeline:
     with store.transaction() as s:
         rot = lookups.rotation(s, rotation_id)
         cred = s.get(CredentialRow, rot.credential_id)
-        titles = step_titles(Plan.from_json(rot.plan))
+        plan = Plan.from_json(rot.plan)
+        titles = step_titles(plan)
         steps = (
             s.execute(select(StepRow).where(StepRow.rotation_id == rot.id).order_by(StepRow.seq))
             .scalars()
@@ -393,6 +449,7 @@ def rotation_timeline(store: Store, rotation_id: str) -> Timeline:
             and rot.lease_expires_at is not None
             and rot.lease_expires_at > utcnow(),
             tickets=tickets(s, rot.id),
+            deliveries=tuple(a.step for a in plan.in_phase(Phase.PUBLISH)),
         )
 
 

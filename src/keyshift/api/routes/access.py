@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from keyshift.api.auth import StoreDep, caller
 from keyshift.api.routes.common import Name, PathName, actor_of, duration, v1_router
 from keyshift.domain.rbac import ROLE_DESCRIPTIONS, ROLE_PERMISSIONS, Permission, Role
-from keyshift.service import identities
+from keyshift.service import identities, sessions
 from keyshift.service.identities import Identity
 
 router = v1_router()
@@ -115,3 +115,22 @@ def list_roles(who: Annotated[Identity, caller(Permission.ADMIN)]) -> list[RoleO
         RoleOut(role=r, description=ROLE_DESCRIPTIONS[r], permissions=sorted(ROLE_PERMISSIONS[r]))
         for r in Role
     ]
+
+
+@router.get("/sessions", tags=["admin"])
+def list_sessions(
+    store: StoreDep, who: Annotated[Identity, caller(Permission.ADMIN)]
+) -> list[sessions.SessionInfo]:
+    """Every web session (dashboard sign-in), newest first, with its state: `active`,
+    `idle`, `expired` or `revoked`. Never the cookie."""
+    return sessions.listing(store)
+
+
+@router.post("/sessions/{session_id}/revoke", tags=["admin"])
+def revoke_session(
+    store: StoreDep,
+    who: Annotated[Identity, caller(Permission.ADMIN)],
+    session_id: Annotated[str, Path(min_length=1, max_length=32)],
+) -> sessions.SessionInfo:
+    """End a web session at once; its next request signs the browser out."""
+    return sessions.revoke(store, session_id, actor=actor_of(who))

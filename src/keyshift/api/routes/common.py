@@ -11,14 +11,14 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from keyshift.api import problems
 from keyshift.api.runner import BackgroundRotations
 from keyshift.domain.durations import parse_duration
 from keyshift.domain.rbac import Permission
 from keyshift.errors import ConfigError
-from keyshift.service import rotations
+from keyshift.service import catalog, rotations
 from keyshift.service.identities import Identity
 
 Name = Annotated[str, Field(min_length=1, max_length=128)]
@@ -78,3 +78,37 @@ def require_entra_rotate_for(who: Identity, provider_type: str) -> None:
 
 def require_entra_rotate(store: Any, who: Identity, credential: str) -> None:
     require_entra_rotate_for(who, rotations.provider_type(store, credential))
+
+
+class CredentialQuery(BaseModel):
+    """Which credentials a listing shows, in which order (`GET /v1/credentials`, the
+    dashboard's credentials page)."""
+
+    lifecycle: str | None = Field(default=None, max_length=64)
+    owner: str | None = Field(default=None, max_length=128)
+    environment: str | None = Field(default=None, max_length=128)
+    provider: str | None = Field(default=None, max_length=128)
+    q: str | None = Field(default=None, max_length=128)
+    """A part of the credential's name."""
+    sort: str = Field(default="name", max_length=32)
+    """name, lifecycle, expires, last_rotated, next_rotation, owner, environment, provider."""
+    desc: bool = False
+    page: int = Field(default=1, ge=1, le=100_000)
+
+    def criteria(self, *, page_size: int | None = catalog.PAGE_SIZE) -> catalog.Criteria:
+        return catalog.Criteria(
+            self.lifecycle or None,
+            self.owner or None,
+            self.environment or None,
+            self.provider or None,
+            self.q or None,
+            sort=self.sort,
+            descending=self.desc,
+            page=self.page,
+            page_size=page_size,
+        )
+
+    def filters(self) -> dict[str, str]:
+        """The filters set, for the links of other pages and sort orders."""
+        fields = ("lifecycle", "owner", "environment", "provider", "q")
+        return {k: v for k in fields if (v := getattr(self, k))}

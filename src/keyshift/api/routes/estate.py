@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Body
+from fastapi import Body, Query
 from pydantic import BaseModel
 
 from keyshift.api.auth import StoreDep, caller
-from keyshift.api.routes.common import PathName, actor_of, v1_router
+from keyshift.api.routes.common import CredentialQuery, PathName, actor_of, v1_router
 from keyshift.domain.clock import utcnow
 from keyshift.domain.estate import Estate
 from keyshift.domain.rbac import Permission
+from keyshift.service import catalog, overview, rotations
 from keyshift.service import estate as estate_service
 from keyshift.service import impact as impact_service
-from keyshift.service import rotations
 from keyshift.service.identities import Identity
 
 router = v1_router()
@@ -88,10 +88,29 @@ def apply_estate(
 
 @router.get("/credentials", tags=["credentials"])
 def list_credentials(
-    store: StoreDep, who: Annotated[Identity, caller(Permission.CREDENTIALS_READ)]
+    store: StoreDep,
+    who: Annotated[Identity, caller(Permission.CREDENTIALS_READ)],
+    query: Annotated[CredentialQuery, Query()],
 ) -> list[rotations.StatusRow]:
-    """One row per credential: lifecycle, current version id and fingerprint, expiry."""
-    return rotations.status_rows(store, now=utcnow())
+    """One row per credential: lifecycle, current version id and fingerprint, expiry,
+    last and next rotation. Only those of the `lifecycle`, `owner`, `environment` and
+    `provider` given, whose name holds `q`, sorted by `sort` (`desc=true` reverses), as
+    the dashboard lists them; every row matching, on one page."""
+    rows = rotations.status_rows(store, now=utcnow())
+    return catalog.listing(rows, query.criteria(page_size=None)).rows
+
+
+@router.get("/overview", tags=["credentials"])
+def get_overview(
+    store: StoreDep, who: Annotated[Identity, caller(Permission.CREDENTIALS_READ)]
+) -> overview.Overview:
+    """Totals; credentials expiring within 7, 30 and 90 days across the managed ones and
+    the discovered Entra ID inventory (which needs `entra:read` as well); expired, in
+    grace, rotating, needing attention, awaiting approval; the most urgent. The numbers
+    of the dashboard's first page."""
+    return overview.overview(
+        store, now=utcnow(), include_entra=Permission.ENTRA_READ in who.permissions
+    )
 
 
 @router.get("/credentials/{name}", tags=["credentials"])

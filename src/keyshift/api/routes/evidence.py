@@ -3,8 +3,6 @@ chain's verification and its export as JSON Lines."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import Body
@@ -15,10 +13,8 @@ from keyshift.api.auth import StoreDep, caller
 from keyshift.api.routes.common import RotationId, actor_of, v1_router
 from keyshift.domain.clock import utcnow
 from keyshift.domain.rbac import Permission
-from keyshift.errors import AuditChainBroken
 from keyshift.service import evidence as evidence_service
 from keyshift.service.identities import Identity
-from keyshift.store import audit
 
 router = v1_router()
 
@@ -68,26 +64,12 @@ def verify_evidence(
 # Audit ----------------------------------------------------------------------------------
 
 
-class AuditVerification(BaseModel):
-    ok: bool
-    entries: int | None
-    """How many entries verified (when the chain is intact)."""
-    broken_at: int | None
-    """The first entry that breaks the chain."""
-    reason: str | None
-
-
 @router.get("/audit/verify", tags=["audit"])
 def audit_verify(
     store: StoreDep, who: Annotated[Identity, caller(Permission.AUDIT_READ)]
-) -> AuditVerification:
+) -> evidence_service.ChainCheck:
     """Recompute the hash chain; name the first edited, deleted or reordered entry."""
-    try:
-        with store.transaction() as s:
-            count = audit.verify(s)
-    except AuditChainBroken as exc:
-        return AuditVerification(ok=False, entries=None, broken_at=exc.seq, reason=exc.reason)
-    return AuditVerification(ok=True, entries=count, broken_at=None, reason=None)
+    return evidence_service.verify_chain(store)
 
 
 @router.get(
@@ -100,9 +82,4 @@ def audit_export(
     store: StoreDep, who: Annotated[Identity, caller(Permission.AUDIT_READ)]
 ) -> StreamingResponse:
     """Every audit entry as JSON Lines (for a SIEM), streamed a page at a time."""
-
-    def lines() -> Iterator[str]:
-        for entry in store.audit_entries():
-            yield json.dumps(entry, sort_keys=True) + "\n"
-
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return StreamingResponse(evidence_service.audit_lines(store), media_type="application/x-ndjson")

@@ -146,6 +146,8 @@ class StepOut:
     error: str | None
     note: str | None = None
     """What the step waited for at the issuer ("proved after 7 attempt(s), 41s")."""
+    title: str = ""
+    """The step in words: "Write Key Vault kv-billing-prod.vault.azure.net / api-secret"."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,10 @@ class RotationOut:
     has queued it): a waiting state is final for a follower only when this is false."""
     tickets: list[TicketOut] = field(default_factory=list)
     """The tickets channels opened for it (a Jira issue, a ServiceNow incident)."""
+    deliveries: list[str] = field(default_factory=list)
+    """The step names of its publishing actions, one per consumer written to."""
+    rollout: str = ""
+    """How far the new version reached the consumers: "5 of 6 delivered, 1 needs attention"."""
 
 
 @router.get("/rotations/{rotation_id}", tags=["rotations"])
@@ -216,10 +222,13 @@ def rotation_out(t: rotations.Timeline, *, queued: bool = False) -> RotationOut:
                 s.duration.total_seconds() * 1000 if s.duration is not None else None,
                 s.error,
                 s.note,
+                s.title,
             )
             for s in t.steps
         ],
         tickets=[TicketOut(k.channel, k.reference) for k in t.tickets],
+        deliveries=list(t.deliveries),
+        rollout=str(t.rollout),
     )
 
 

@@ -1,0 +1,104 @@
+"""Filtering, sorting and paging the credentials' status rows: the one rule behind the
+dashboard's credentials page and `GET /v1/credentials?lifecycle=…&owner=…`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from keyshift.errors import ConfigError
+from keyshift.service.rotations import StatusRow
+
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+_FAR = datetime.max.replace(tzinfo=None)
+
+
+def _when(value: datetime | None) -> tuple[int, Any]:
+    # Rows without a date sort after the dated ones (first when the order is reversed).
+    return (0, value.replace(tzinfo=None)) if value is not None else (1, _FAR)
+
+
+SORTS: dict[str, Callable[[StatusRow], Any]] = {
+    "name": lambda r: r.credential,
+    "lifecycle": lambda r: (r.lifecycle.value, r.credential),
+    "expires": lambda r: (_when(r.expires_at), r.credential),
+    "last_rotated": lambda r: (_when(r.last_rotated_at), r.credential),
+    "next_rotation": lambda r: (_when(r.next_rotation_at), r.credential),
+    "owner": lambda r: (r.owner or "~", r.credential),
+    "environment": lambda r: (r.environment or "~", r.credential),
+    "provider": lambda r: (r.provider, r.credential),
+}
+"""The columns a listing sorts by."""
+
+
+@dataclass(frozen=True)
+class Criteria:
+    """Which rows, in which order, which page. Empty filters match every row."""
+
+    lifecycle: str | None = None
+    owner: str | None = None
+    environment: str | None = None
+    provider: str | None = None
+    text: str | None = None
+    """A part of the credential's name."""
+    sort: str = "expires"
+    descending: bool = False
+    page: int = 1
+    page_size: int | None = PAGE_SIZE
+    """None: every matching row on one page."""
+
+    def __post_init__(self) -> None:
+        if self.sort not in SORTS:
+            raise ConfigError("sort", f"must be one of {', '.join(SORTS)}")
+        if self.page < 1:
+            raise ConfigError("page", "must be 1 or more")
+        if self.page_size is not None and not 1 <= self.page_size <= MAX_PAGE_SIZE:
+            raise ConfigError("page_size", f"must be between 1 and {MAX_PAGE_SIZE}")
+
+    def matches(self, row: StatusRow) -> bool:
+        return (
+            (not self.lifecycle or row.lifecycle.value.lower() == self.lifecycle.lower())
+            and (not self.owner or row.owner == self.owner)
+            and (not self.environment or row.environment == self.environment)
+            and (not self.provider or row.provider == self.provider)
+            and (not self.text or self.text.lower() in row.credential.lower())
+        )
+
+
+@dataclass(frozen=True)
+class Listing:
+    rows: list[StatusRow]
+    """The rows of the page asked for."""
+    total: int
+    """Rows matching the filters, over every page."""
+    page: int
+    pages: int
+    owners: list[str]
+    environments: list[str]
+    providers: list[str]
+    """The values each filter can take, over every row (for the filter's choices)."""
+
+
+def listing(rows: Sequence[StatusRow], criteria: Criteria) -> Listing:
+    """The page of `rows` that `criteria` asks for."""
+    kept = sorted(
+        (r for r in rows if criteria.matches(r)),
+        key=SORTS[criteria.sort],
+        reverse=criteria.descending,
+    )
+    size = criteria.page_size or max(1, len(kept))
+    page = criteria.page if criteria.page_size else 1
+    start = (page - 1) * size
+    return Listing(
+        rows=kept[start : start + size],
+        total=len(kept),
+        page=page,
+        pages=max(1, -(-len(kept) // size)),
+        owners=sorted({r.owner for r in rows if r.owner}),
+        environments=sorted({r.environment for r in rows if r.environment}),
+        providers=sorted({r.provider for r in rows}),
+    )
