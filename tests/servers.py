@@ -13,13 +13,16 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+import uvicorn
 
 
 def free_port() -> int:
@@ -185,3 +188,24 @@ def redis_replica(primary_url: str) -> Iterator[str]:
                     raise RuntimeError(f"replica {url} did not reach the primary {primary_url}")
                 time.sleep(0.05)
         yield url
+
+
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """`app` served by uvicorn on a free port in a thread; yields its base URL. Stopped
+    on exit, after the rotations it runs in the background have ended (its lifespan)."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    running = uvicorn.Server(config)
+    thread = threading.Thread(target=running.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not running.started:
+        assert thread.is_alive(), "uvicorn stopped while starting"
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        running.should_exit = True
+        thread.join(timeout=40)

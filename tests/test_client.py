@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import select, text
 
 from keyshift.api import create_app
@@ -36,7 +33,7 @@ from tests.helpers import (
     versions,
     write_estate,
 )
-from tests.servers import free_port
+from tests.servers import free_port, serve
 from tests.test_no_secret_leaks import (
     LEAKING_CONSUMER,
     _file_action,
@@ -78,23 +75,8 @@ def server(store: Store) -> Iterator[Server]:
     for name, role in PRINCIPALS.items():
         identities.add_principal(store, name=name, kind="user", roles=[role], actor="test")
         tokens[name] = identities.create_token(store, name, name="cli", actor="test").token.reveal()
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(store), host="127.0.0.1", port=port, log_config=None, lifespan="on"
-    )
-    running = uvicorn.Server(config)
-    thread = threading.Thread(target=running.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not running.started:
-        assert thread.is_alive(), "uvicorn stopped while starting"
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield Server(f"http://127.0.0.1:{port}", tokens)
-    finally:
-        running.should_exit = True
-        thread.join(timeout=40)
+    with serve(create_app(store)) as url:
+        yield Server(url, tokens)
 
 
 def _remote(ks_env: dict[str, str], server: Server | None = None, token: str | None = None) -> Cli:

@@ -1,4 +1,5 @@
-"""The long-running processes: `serve` (the REST API) and `agent run` (the host agent)."""
+"""The long-running processes: `serve` (the dashboard and REST API) and `agent run` (the
+host agent)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,45 @@ import typer
 
 from keyshift import logs
 from keyshift.cli._common import embedded_only, exit_on_error
+from keyshift.errors import ConfigError
 
 
 @exit_on_error
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate (chain) to serve HTTPS with.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    forwarded_allow_ips: Annotated[
+        str,
+        typer.Option(
+            help="Proxies whose X-Forwarded-Proto/For headers are trusted (comma-separated "
+            "addresses, or *), so a dashboard behind a TLS proxy marks its cookie Secure."
+        ),
+    ] = "127.0.0.1",
 ) -> None:
-    """Serve the REST API (OpenAPI at /openapi.json) over the store. Every /v1 route needs
-    a bearer token; create the first with `keyshift init`."""
+    """Serve the web dashboard at / and the REST API at /v1 (OpenAPI at /openapi.json)
+    over the store. Sign in to the dashboard, and call /v1, with an API token; create the
+    first with `keyshift init`."""
     embedded_only()
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("--tls-key" if tls_key is None else "--tls-cert", "give both or neither")
     import uvicorn  # noqa: PLC0415 (only the server needs it)
 
     from keyshift.api import create_app  # noqa: PLC0415 (FastAPI loads only for serve)
 
-    uvicorn.run(create_app(env=dict(os.environ)), host=host, port=port, log_config=None)
+    uvicorn.run(
+        create_app(env=dict(os.environ)),
+        host=host,
+        port=port,
+        log_config=None,
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+        proxy_headers=True,
+        forwarded_allow_ips=forwarded_allow_ips,
+    )
 
 
 agent_app = typer.Typer(
