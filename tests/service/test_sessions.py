@@ -318,6 +318,8 @@ def test_revoking_the_token_ends_its_sessions_at_once(store: Store, tokens: dict
     message = _refused(store, cookie, utcnow())
     assert "revoked" in message
     assert _token_id(tokens["operator"]) in message
+    [listed] = [i for i in sessions.listing(store) if i.id == new.id]
+    assert listed.state == "token ended"  # the listing says what resume would say
 
 
 def test_disabling_the_principal_ends_its_sessions_at_once(
@@ -328,6 +330,8 @@ def test_disabling_the_principal_ends_its_sessions_at_once(
     sessions.resume(store, cookie)
     identities.disable_principal(store, "operator-1", actor="root")
     assert "disabled" in _refused(store, cookie, utcnow())
+    [listed] = [i for i in sessions.listing(store) if i.id == new.id]
+    assert listed.state == "token ended"
 
 
 def test_a_session_ends_when_its_token_expires(store: Store, tokens: dict[str, str]) -> None:

@@ -92,6 +92,16 @@ def wait_for(driver: WebDriver, css: str, attribute: str, value: str) -> None:
     )
 
 
+def arrive(driver: WebDriver, path: str) -> None:
+    """Wait until the browser has loaded a page whose URL holds `path` (after a click)."""
+    WebDriverWait(driver, WAIT, poll_frequency=0.05).until(
+        lambda d: (
+            path in d.current_url and d.execute_script("return document.readyState") == "complete"
+        ),
+        f"the browser never reached {path}",
+    )
+
+
 def sign_in(driver: WebDriver, base: str, token: str) -> None:
     driver.delete_all_cookies()
     driver.get(f"{base}/")
@@ -99,6 +109,7 @@ def sign_in(driver: WebDriver, base: str, token: str) -> None:
     driver.find_element(By.ID, "token").send_keys(token)
     driver.find_element(By.ID, "sign-in").click()
     WebDriverWait(driver, WAIT).until(lambda d: d.find_elements(By.ID, "counts"))
+    arrive(driver, "/")
 
 
 def _estate(tmp: Path) -> dict[str, Any]:
@@ -149,20 +160,23 @@ def test_sign_in_rotate_and_approve_in_a_real_browser(
         assert expected["total"] == 2
 
         chrome.find_element(By.LINK_TEXT, "Credentials").click()
+        arrive(chrome, "/credentials")
         rows = chrome.find_elements(By.CSS_SELECTOR, "#credentials tr[data-credential]")
         assert sorted(r.get_attribute("data-credential") for r in rows) == ["api-key", "billing-db"]
         shot(chrome, "02-credentials")
 
         chrome.find_element(By.LINK_TEXT, "api-key").click()
+        arrive(chrome, "/credentials/api-key")
         shot(chrome, "03-credential")
         chrome.find_element(By.ID, "rotate").click()
+        arrive(chrome, "/credentials/api-key/dry-run")
         preflight = chrome.find_elements(By.CSS_SELECTOR, "#preflight .pill")
         assert [p.text for p in preflight] == ["ready"] * 4
         shot(chrome, "04-dry-run")
         chrome.find_element(By.ID, "reason").send_keys("quarterly rotation")
         chrome.find_element(By.ID, "confirm").click()
         chrome.find_element(By.ID, "start").click()
-        assert "/rotations/" in chrome.current_url
+        arrive(chrome, "/rotations/")
         wait_for(chrome, "#timeline", "data-state", "completed")
         assert chrome.find_element(By.ID, "rollout").text == "2 of 2 delivered"
         titles = chrome.find_element(By.ID, "steps").text
@@ -181,17 +195,19 @@ def test_sign_in_rotate_and_approve_in_a_real_browser(
         wait_for(chrome, "#timeline", "data-rest", "yes")
         assert chrome.find_element(By.ID, "state").text == "awaiting_approval"
         chrome.find_element(By.ID, "logout").click()
+        arrive(chrome, "/login")
 
         sign_in(chrome, base, tokens["alice"])
         assert chrome.find_element(By.ID, "count-awaiting-approval").text == "1"
         chrome.find_element(By.LINK_TEXT, "Approvals").click()
+        arrive(chrome, "/approvals")
         [card] = chrome.find_elements(By.CSS_SELECTOR, "[data-approval]")
         assert "billing-db" in card.text
         assert "Rollback plan" in card.text
         shot(chrome, "06-approvals")
         card.find_element(By.NAME, "comment").send_keys("change CHG-42")
         card.find_element(By.CSS_SELECTOR, "button.approve").click()
-        assert f"/rotations/{rotation_id}" in chrome.current_url
+        arrive(chrome, f"/rotations/{rotation_id}")
         wait_for(chrome, "#timeline", "data-state", "completed")
         shot(chrome, "07-approved-rotation")
 
@@ -203,6 +219,7 @@ def test_sign_in_rotate_and_approve_in_a_real_browser(
             chrome.get(f"{base}{path}")
             shot(chrome, name)
         chrome.find_element(By.ID, "verify").click()
+        arrive(chrome, "/audit/verify")
         assert chrome.find_element(By.ID, "chain-result").get_attribute("data-ok") == "yes"
         shot(chrome, "11-audit-verified")
         for secret in (value, json_value(tmp_path / "supervised" / "app.json"), *tokens.values()):

@@ -13,6 +13,7 @@ credential manages each one and its lifecycle state.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -328,37 +329,68 @@ class _Managed:
 
 
 def _managed(s: Session) -> dict[tuple[str, str], _Managed]:
-    """(integration, appId) -> the estate credential rotating that application's secrets."""
+    """(integration, appId) -> the estate credential rotating that application's secrets.
+    Three queries however many credentials there are; each distinct policy is read once."""
     out: dict[tuple[str, str], _Managed] = {}
+    managed = (
+        CredentialRow.removed_at.is_(None),
+        CredentialRow.provider_type == ProviderKind.ENTRA_CLIENT_SECRET.value,
+    )
+    # Columns, not ORM rows, and of the spec only the two parts read (as JSON text):
+    # decoding whole specs costs more than everything else here.
     creds = s.execute(
-        select(CredentialRow).where(
-            CredentialRow.removed_at.is_(None),
-            CredentialRow.provider_type == ProviderKind.ENTRA_CLIENT_SECRET.value,
+        select(
+            CredentialRow.id,
+            CredentialRow.name,
+            CredentialRow.created_at,
+            CredentialRow.active_rotation_id,
+            CredentialRow.spec["policy"].as_string().label("policy"),
+            CredentialRow.spec[("credential", "provider")].as_string().label("provider"),
+        ).where(*managed)
+    ).all()
+    versions_of: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for cred_id, version_id, attributes in s.execute(
+        select(VersionRow.credential_id, VersionRow.id, VersionRow.attributes)
+        .join(CredentialRow, CredentialRow.id == VersionRow.credential_id)
+        .where(*managed)
+    ):
+        versions_of.setdefault(cred_id, []).append((version_id, attributes or {}))
+    running = {
+        r.id: r
+        for r in s.execute(
+            select(
+                RotationRow.id,
+                RotationRow.state,
+                RotationRow.old_version_id,
+                RotationRow.new_version_id,
+            )
+            .join(CredentialRow, CredentialRow.active_rotation_id == RotationRow.id)
+            .where(*managed)
         )
-    ).scalars()
+    }
+    policies: dict[str, Policy] = {}
     for cred in creds:
-        provider = cred.spec["credential"]["provider"]
-        versions = list(
-            s.execute(select(VersionRow).where(VersionRow.credential_id == cred.id)).scalars()
-        )
-        by_id = {v.id: v.attributes.get("key_id", "") for v in versions}
+        provider = json.loads(cred.provider)
+        versions = versions_of.get(cred.id, [])
+        by_id = {vid: attributes.get("key_id", "") for vid, attributes in versions}
         # An adopted version (secrets made by hand, retired by the first rotation) holds
         # several keyIds in `key_ids` and no `key_id`: it is in play, not by keyshift.
-        in_play = {v.id: _key_ids_of(v.attributes) for v in versions}
+        in_play = {vid: _key_ids_of(attributes) for vid, attributes in versions}
         rotating: set[str] = set()
         in_grace: set[str] = set()
-        if cred.active_rotation_id:
-            rotation = s.get(RotationRow, cred.active_rotation_id)
-            if rotation is not None and rotation.state not in _FINAL:
-                old = in_play.get(rotation.old_version_id or "", set())
-                new = in_play.get(rotation.new_version_id or "", set())
-                if rotation.state in _GRACE_STATES:
-                    in_grace.update(old)
-                else:
-                    rotating.update(old | new)
+        rotation = running.get(cred.active_rotation_id or "")
+        if rotation is not None and rotation.state not in _FINAL:
+            old = in_play.get(rotation.old_version_id or "", set())
+            new = in_play.get(rotation.new_version_id or "", set())
+            if rotation.state in _GRACE_STATES:
+                in_grace.update(old)
+            else:
+                rotating.update(old | new)
+        if cred.policy not in policies:
+            policies[cred.policy] = Policy.model_validate_json(cred.policy)
         out[(provider.get("integration", ""), provider.get("app_id", ""))] = _Managed(
             name=cred.name,
-            policy=Policy.model_validate(cred.spec["policy"]),
+            policy=policies[cred.policy],
             created_at=cred.created_at,
             key_ids={key: vid for vid, key in by_id.items() if key},
             rotating=rotating - {""},

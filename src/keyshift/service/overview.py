@@ -9,8 +9,11 @@ as the managed credential, and its secrets are its versions.
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 
@@ -62,46 +65,54 @@ def overview(store: Store, *, now: datetime, include_entra: bool = True) -> Over
         if include_entra
         else []
     )
-    ends: list[Urgent] = [
-        Urgent(
-            r.credential,
-            "managed",
-            r.lifecycle.value,
-            r.expires_at,
-            _days(r.expires_at, now),
-            r.owner,
-        )
-        for r in rows
-        if r.expires_at is not None
+    # (end, name, row): only the URGENT soonest become `Urgent`, not one per credential.
+    ends: list[tuple[datetime, str, Any]] = [
+        (r.expires_at, r.credential, r) for r in rows if r.expires_at is not None
     ]
-    ends += [
-        Urgent(
-            f"{c.app_name} / {c.display_name or c.key_id[:8]}",
-            "entra",
-            c.state.value,
-            c.end,
-            _days(c.end, now),
-            ", ".join(c.owners) or None,
-        )
-        for c in found
-        if c.end is not None
-    ]
-    ends.sort(key=lambda u: (u.expires_at, u.name))
-    lifecycles = [r.lifecycle for r in rows] + [c.state for c in found]
+    ends += [(c.end, _entra_name(c), c) for c in found if c.end is not None]
+    horizon = {days: now + timedelta(days=days) for days in WITHIN_DAYS}
+    lifecycles = Counter(r.lifecycle for r in rows) + Counter(c.state for c in found)
     return Overview(
         total=len(rows) + len(found),
         managed=len(rows),
         discovered=len(found),
         within={
-            days: sum(now < u.expires_at <= now + timedelta(days=days) for u in ends)
-            for days in WITHIN_DAYS
+            days: sum(now < end <= until for end, _n, _r in ends) for days, until in horizon.items()
         },
-        expired=sum(u.expires_at <= now for u in ends),
-        in_grace=lifecycles.count(Lifecycle.GRACE_PERIOD),
-        rotating=lifecycles.count(Lifecycle.ROTATING),
-        needs_attention=lifecycles.count(Lifecycle.NEEDS_ATTENTION),
+        expired=sum(end <= now for end, _n, _r in ends),
+        in_grace=lifecycles[Lifecycle.GRACE_PERIOD],
+        rotating=lifecycles[Lifecycle.ROTATING],
+        needs_attention=lifecycles[Lifecycle.NEEDS_ATTENTION],
         awaiting_approval=len(approvals.requests(store, pending_only=True)),
-        urgent=ends[:URGENT],
+        urgent=[
+            _urgent(name, item, now)
+            for _end, name, item in heapq.nsmallest(URGENT, ends, key=lambda e: (e[0], e[1]))
+        ],
+    )
+
+
+def _entra_name(c: entra.EntraCredential) -> str:
+    return f"{c.app_name} / {c.display_name or c.key_id[:8]}"
+
+
+def _urgent(name: str, item: Any, now: datetime) -> Urgent:
+    if isinstance(item, rotations.StatusRow):
+        assert item.expires_at is not None  # noqa: S101 (only rows with an expiry are listed)
+        return Urgent(
+            name,
+            "managed",
+            item.lifecycle.value,
+            item.expires_at,
+            _days(item.expires_at, now),
+            item.owner,
+        )
+    return Urgent(
+        name,
+        "entra",
+        item.state.value,
+        item.end,
+        _days(item.end, now),
+        ", ".join(item.owners) or None,
     )
 
 

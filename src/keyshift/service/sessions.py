@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -69,7 +69,8 @@ class SessionInfo:
     expires_at: datetime
     last_seen_at: datetime
     state: str
-    """`active`, `idle` (timed out), `expired` or `revoked`."""
+    """`active`, `idle` (timed out), `expired`, `revoked`, or `token ended` (its token
+    was revoked or expired, or its principal disabled)."""
 
 
 def csrf_of(cookie: str) -> str:
@@ -78,8 +79,8 @@ def csrf_of(cookie: str) -> str:
 
 
 def sign_in(store: Store, token: str, *, now: datetime | None = None) -> NewSession:
-    """Start a session for the holder of a valid API token (Unauthenticated otherwise;
-    the refusal is audited without the token). Audited as `session.started`."""
+    """Start a session for the holder of a valid API token (Unauthenticated otherwise,
+    starting nothing). Audited as `session.started`, with the token's id."""
     now = now or utcnow()
     who = identities.authenticate(store, token, now=now)
     session_id = secrets.token_hex(8)
@@ -205,9 +206,18 @@ def listing(store: Store, *, now: datetime | None = None) -> list[SessionInfo]:
     now = now or utcnow()
     with store.transaction() as s:
         rows = s.execute(
-            select(WebSessionRow, PrincipalRow.name)
+            select(WebSessionRow, ApiTokenRow, PrincipalRow)
             .join(ApiTokenRow, ApiTokenRow.id == WebSessionRow.token_id)
             .join(PrincipalRow, PrincipalRow.id == ApiTokenRow.principal_id)
             .order_by(WebSessionRow.created_at.desc())
         ).all()
-        return [_info(row, name, now) for row, name in rows]
+        out = []
+        for row, token, principal in rows:
+            info = _info(row, principal.name, now)
+            if info.state == "active":
+                try:
+                    identities.identity_of(token, principal, now)
+                except Unauthenticated:
+                    info = replace(info, state="token ended")
+            out.append(info)
+        return out
