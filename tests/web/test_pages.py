@@ -288,3 +288,42 @@ def test_pages_read_the_store_at_the_clock_the_server_uses(web: Api, tmp_path: P
     bad = viewer.get("/credentials?sort=password")
     assert bad.status_code == 422
     assert "sort" in bad.text
+
+
+def test_the_approvals_queue_refuses_self_approval_with_the_reason_and_a_second_person_approves(
+    web: Api, tmp_path: Path
+) -> None:
+    estate = json.loads(write_estate(tmp_path).read_text())
+    estate["credentials"][0]["policy"]["approval"] = {"approvers": ["group:oncall"]}
+    estate["governance"] = {"groups": {"oncall": ["alice", "approver-1"]}}
+    (tmp_path / "supervised.json").write_text(json.dumps(estate))
+    apply_estate(web, tmp_path / "supervised.json")
+    identities.add_principal(
+        web.store, name="alice", kind="user", roles=["operator", "approver"], actor="test"
+    )
+    web.tokens["alice"] = identities.create_token(
+        web.store, "alice", name="t", actor="test"
+    ).token.reveal()
+    alice = sign_in(web, "alice")
+    rotation_id = rotate_through_pages(alice, "api-key")
+    assert settle(web, rotation_id)["state"] == "awaiting_approval"
+    queue = alice.get("/approvals").text
+    [request_id] = re.findall(r'data-approval="([0-9a-f-]+)"', queue)
+    assert "Rollback plan" in queue
+    assert "restore the previous value: publishing:10:file" in queue
+
+    own = alice.post(f"/approvals/{request_id}/approve", {"comment": "mine"})
+    assert own.status_code == 409
+    assert 'data-code="approval-refused"' in own.text
+    assert "own" in own.text  # the reason: the requester cannot approve their own rotation
+    assert settle(web, rotation_id)["state"] == "awaiting_approval"
+
+    approver = sign_in(web, "approver")
+    assert 'class="approve"' in approver.get("/approvals").text
+    assert 'class="approve"' not in sign_in(web, "viewer").get("/approvals").text
+    done = approver.post(f"/approvals/{request_id}/approve", {"comment": "CHG-1"})
+    assert done.status_code == 303
+    assert done.headers["location"] == f"/rotations/{rotation_id}"
+    assert settle(web, rotation_id)["state"] == "completed"
+    decided = web.call("GET", f"/v1/approvals/{request_id}").json()
+    assert decided["approvals"] == ["approver-1"]

@@ -3,6 +3,7 @@ host agent)."""
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Annotated
@@ -40,8 +41,14 @@ def serve(
 
     from keyshift.api import create_app  # noqa: PLC0415 (FastAPI loads only for serve)
 
+    app = create_app(env=dict(os.environ))
+    # What is loaded by now (the SDKs, the ORM, the templates) lives as long as the
+    # process: moved out of the collector's reach, a large page's many short-lived rows
+    # no longer make each full collection walk all of it again (CPython's gc.freeze).
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
-        create_app(env=dict(os.environ)),
+        app,
         host=host,
         port=port,
         log_config=None,
