@@ -328,14 +328,18 @@ class _Managed:
     """keyIds of old versions whose rotation is in its grace period."""
 
 
+_MANAGED_ENTRA = (
+    CredentialRow.removed_at.is_(None),
+    CredentialRow.provider_type == ProviderKind.ENTRA_CLIENT_SECRET.value,
+)
+"""The estate credentials that rotate an Entra ID application's client secrets."""
+
+
 def _managed(s: Session) -> dict[tuple[str, str], _Managed]:
     """(integration, appId) -> the estate credential rotating that application's secrets.
     Three queries however many credentials there are; each distinct policy is read once."""
     out: dict[tuple[str, str], _Managed] = {}
-    managed = (
-        CredentialRow.removed_at.is_(None),
-        CredentialRow.provider_type == ProviderKind.ENTRA_CLIENT_SECRET.value,
-    )
+    managed = _MANAGED_ENTRA
     # Columns, not ORM rows, and of the spec only the two parts read (as JSON text):
     # decoding whole specs costs more than everything else here.
     creds = s.execute(
@@ -399,6 +403,19 @@ def _managed(s: Session) -> dict[tuple[str, str], _Managed]:
     return out
 
 
+def _managed_apps(s: Session) -> set[tuple[str, str]]:
+    """(integration, appId) of every application an estate credential manages."""
+    provider = CredentialRow.spec[("credential", "provider")]
+    return {
+        (integration or "", app_id or "")
+        for integration, app_id in s.execute(
+            select(provider["integration"].as_string(), provider["app_id"].as_string()).where(
+                *_MANAGED_ENTRA
+            )
+        )
+    }
+
+
 def _key_ids_of(attributes: dict[str, Any]) -> set[str]:
     """The Entra keyIds a version stands for: its own, or those it adopted."""
     found = {str(attributes.get("key_id") or "")}
@@ -435,19 +452,29 @@ def _days_left(now: datetime, end: datetime | None) -> int | None:
 
 
 def inventory(
-    store: Store, *, now: datetime, alerts: Alerts | None = None, include_removed: bool = False
+    store: Store,
+    *,
+    now: datetime,
+    alerts: Alerts | None = None,
+    include_removed: bool = False,
+    unmanaged_only: bool = False,
 ) -> list[EntraCredential]:
-    """Every discovered Entra credential with its state, soonest expiry first."""
+    """Every discovered Entra credential with its state, soonest expiry first; with
+    `unmanaged_only`, only those of applications no estate credential manages (read
+    without the managed credentials' versions and rotations)."""
     soon = (alerts or Alerts()).expiring_soon
     out: list[EntraCredential] = []
     with store.transaction() as s:
-        managed = _managed(s)
+        managed = {} if unmanaged_only else _managed(s)
+        skipped = _managed_apps(s) if unmanaged_only else set()
         query = select(DiscoveredCredential, DiscoveredApp).join(
             DiscoveredApp, DiscoveredApp.id == DiscoveredCredential.app_row_id
         )
         if not include_removed:
             query = query.where(DiscoveredCredential.removed_at.is_(None))
         for cred, app in s.execute(query).all():
+            if (app.integration, app.app_id) in skipped:
+                continue
             owner = managed.get((app.integration, app.app_id))
             out.append(
                 EntraCredential(

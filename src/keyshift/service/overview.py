@@ -60,11 +60,7 @@ def overview(store: Store, *, now: datetime, include_entra: bool = True) -> Over
     """The counts and the most urgent credentials now. `include_entra=False` leaves the
     discovered inventory out (for a caller who may not read it)."""
     rows = rotations.status_rows(store, now=now)
-    found = (
-        [c for c in entra.inventory(store, now=now) if c.managed_by is None]
-        if include_entra
-        else []
-    )
+    found = entra.inventory(store, now=now, unmanaged_only=True) if include_entra else []
     # (end, name, row): only the URGENT soonest become `Urgent`, not one per credential.
     ends: list[tuple[datetime, str, Any]] = [
         (r.expires_at, r.credential, r) for r in rows if r.expires_at is not None
