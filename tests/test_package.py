@@ -60,3 +60,13 @@ def test_committed_estate_reference_matches_the_models() -> None:
     assert committed.read_text(encoding="utf-8") == estate_reference(), (
         "docs/estate-reference.md is stale: run `keyshift reference > docs/estate-reference.md`"
     )
+
+
+def test_the_repository_carries_the_apache_license_the_package_declares() -> None:
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in text
+    assert "Version 2.0, January 2004" in text
+    pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'license = "Apache-2.0"' in pyproject
+    assert 'license-files = ["LICENSE"]' in pyproject

@@ -15,6 +15,7 @@ from typing import Final
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from keyshift import files
 from keyshift.domain.durations import Duration
 from keyshift.domain.estate import config_errors
 from keyshift.errors import ConfigError, EstateInvalid
@@ -111,9 +112,9 @@ class AgentConfig(_Model):
 def load_agent_config(path: Path) -> AgentConfig:
     """Read and validate agent.yaml; EstateInvalid lists every bad field with its path."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise EstateInvalid([ConfigError(str(path), f"cannot read: {exc.strerror}")]) from None
+        data = yaml.safe_load(files.read_text(path))
+    except ConfigError as exc:
+        raise EstateInvalid([exc]) from None
     except yaml.YAMLError:
         raise EstateInvalid([ConfigError(str(path), "is not valid YAML")]) from None
     try:

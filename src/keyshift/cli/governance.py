@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from keyshift import files
 from keyshift.cli import runs
 from keyshift.cli._common import (
     ServerOption,
@@ -243,7 +244,7 @@ def evidence(
     if rotation_id == "verify":
         if file is None or output is not None:
             bad_usage("usage: keyshift evidence verify FILE")
-        bundle = evidence_service.load(file.read_text(encoding="utf-8"))
+        bundle = evidence_service.load(files.read_text(file))
         if server:
             with client_of(server) as client:
                 result = client.verify_evidence(bundle)

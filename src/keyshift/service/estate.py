@@ -20,6 +20,7 @@ import yaml
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from keyshift import files
 from keyshift.context import PluginContext
 from keyshift.domain.clock import utcnow
 from keyshift.domain.estate import (
@@ -87,11 +88,11 @@ def read_document(path: Path) -> dict[str, Any]:
     to a server as is); EstateInvalid when it cannot be read, is not YAML, is empty or is
     not a mapping."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise EstateInvalid([ConfigError(str(path), f"cannot read: {exc.strerror}")]) from None
+        text = files.read_text(path)
+    except ConfigError as exc:
+        raise EstateInvalid([exc]) from None
     try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else str(path)
@@ -105,6 +106,59 @@ def read_document(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise _not_a_mapping()
     return data
+
+
+MAX_NODES = 10_000_000
+"""The most YAML nodes an estate file may stand for once its aliases (`*name`) are
+expanded: a few nested aliases can stand for billions ("billion laughs"), while an
+estate of 50,000 credentials sharing policies by alias stays far below."""
+
+
+def _load_yaml(text: str) -> Any:
+    """`yaml.safe_load`, refusing a document whose aliases expand past MAX_NODES (counted
+    on the composed node graph, where an alias is one shared node, before anything is
+    built)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _count_nodes(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _count_nodes(root: yaml.Node) -> None:
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise EstateInvalid([_at(node, "a YAML alias refers to itself")])
+        open_.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        open_.discard(key)
+        if total > MAX_NODES:
+            raise EstateInvalid(
+                [_at(node, f"its YAML aliases expand to more than {MAX_NODES:,} nodes")]
+            )
+        sizes[key] = total
+        return total
+
+    size(root)
+
+
+def _at(node: yaml.Node, message: str) -> ConfigError:
+    mark = node.start_mark
+    return ConfigError(f"line {mark.line + 1}" if mark is not None else "estate", message)
 
 
 def parse_estate(data: Any, warnings: list[EstateWarning] | None = None) -> Estate:
