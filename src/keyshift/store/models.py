@@ -120,13 +120,7 @@ class RotationRow(Base):
     """One run of the state machine for one credential, with the plan it runs."""
 
     __tablename__ = "rotations"
-    __table_args__ = (
-        Index("ix_rotations_state", "state"),
-        # Covers the status views' reads of each credential's latest rotations (0008).
-        Index(
-            "ix_rotations_credential", "credential_id", "requested_at", "finished_at", "id", "state"
-        ),
-    )
+    __table_args__ = (Index("ix_rotations_state", "state"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     credential_id: Mapped[str] = mapped_column(ForeignKey("credentials.id"))
