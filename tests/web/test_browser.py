@@ -15,12 +15,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -86,7 +88,10 @@ def shot(driver: WebDriver, name: str) -> None:
 
 def wait_for(driver: WebDriver, css: str, attribute: str, value: str) -> None:
     """Wait until the element `css` has `attribute` equal to `value` (htmx swaps it)."""
-    WebDriverWait(driver, WAIT, poll_frequency=0.1).until(
+    # htmx replaces the element while it is polled: a lookup may hold the old one.
+    WebDriverWait(
+        driver, WAIT, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
+    ).until(
         lambda d: d.find_element(By.CSS_SELECTOR, css).get_attribute(attribute) == value,
         f"{css} never had {attribute}={value}",
     )
@@ -137,8 +142,11 @@ def test_sign_in_rotate_and_approve_in_a_real_browser(
     for name, role in (("otto", "operator"), ("alice", "approver")):
         identities.add_principal(store, name=name, kind="user", roles=[role], actor="test")
         tokens[name] = identities.create_token(store, name, name="web", actor="test").token.reveal()
-    with serve(create_app(store)) as base:
-        api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {tokens['otto']}"})
+    with ExitStack() as stack:
+        base = stack.enter_context(serve(create_app(store)))
+        api = stack.enter_context(
+            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {tokens['otto']}"})
+        )
         assert api.post("/v1/estate/apply", json=_estate(tmp_path)).status_code == 200
 
         sign_in(chrome, base, tokens["otto"])
@@ -225,4 +233,3 @@ def test_sign_in_rotate_and_approve_in_a_real_browser(
         for secret in (value, json_value(tmp_path / "supervised" / "app.json"), *tokens.values()):
             assert secret
             assert secret not in chrome.page_source
-        api.close()
