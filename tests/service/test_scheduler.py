@@ -198,7 +198,9 @@ def test_auto_rotation_fires_29_days_from_expiry_and_not_31(
     counts = _scan(store, clock, env)
 
     assert counts["started"] == 1
-    assert [r.reason for r in rotations_of(store, "soon-entra")] == ["scheduled"]
+    assert [(r.reason, r.trigger) for r in rotations_of(store, "soon-entra")] == [
+        ("scheduled", "schedule")
+    ]
     assert rotations_of(store, "later-entra") == []
     assert len(soon.passwords) == 2, "the new secret is added while the old stays valid"
     assert len(later.passwords) == 1

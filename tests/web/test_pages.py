@@ -253,7 +253,10 @@ def test_rotate_shows_the_dry_run_then_starts_on_confirmation_and_the_timeline_f
     assert "<html" in page.text
     assert 'id="evidence"' in page.text
     history = web.call("GET", "/v1/credentials/api-key/rotations").json()
-    assert [h["id"] for h in history] == [rotation_id]
+    assert [(h["id"], h["trigger"], h["reason"]) for h in history] == [
+        (rotation_id, "web", "suspected leak")
+    ]
+    assert '<span id="trigger">web</span>' in page.text
     [entry] = [
         e
         for e in (

@@ -102,6 +102,10 @@ def rotate(
         bool, typer.Option("--dry-run", help="Preflight only (same as `keyshift preflight`).")
     ] = False,
     grace: Annotated[str | None, typer.Option(help="Override the grace period, e.g. 0s.")] = None,
+    reason: Annotated[
+        str,
+        typer.Option(help="Why it is rotated now, for the audit trail and the evidence."),
+    ] = "manual",
     no_wait: Annotated[
         bool,
         typer.Option("--no-wait", help="With --server: print the rotation id and return."),
@@ -117,6 +121,9 @@ def rotate(
             grace_td = parse_duration(grace)
         except ValueError as exc:
             bad_usage(f"--grace: {exc}")
+    reason = reason.strip()
+    if not reason or len(reason) > 200:
+        bad_usage("--reason: give 1 to 200 characters")
     if no_wait and not server:
         bad_usage("--no-wait: only with --server (an embedded rotation runs here)")
     if dry_run:
@@ -124,7 +131,7 @@ def rotate(
         return
     if server:
         with client_of(server) as client:
-            started = client.start_rotation(name, grace=grace, reason="manual")
+            started = client.start_rotation(name, grace=grace, reason=reason)
             out.print(f"Rotating {name} (rotation {started.rotation_id})")
             if no_wait:
                 out.print(
@@ -139,7 +146,12 @@ def rotate(
     with open_store() as store:
         rotation_id, state = asyncio.run(
             rotations.rotate(
-                store, name, actor=actor(), grace=grace_td, on_event=runs.progress_with_header(name)
+                store,
+                name,
+                actor=actor(),
+                grace=grace_td,
+                reason=reason,
+                on_event=runs.progress_with_header(name),
             )
         )
         runs.print_stored_rotation_end(store, rotation_id)
@@ -232,15 +244,26 @@ def history(
         lambda client: client.history_rows(name),
         lambda store: rotations.history_rows(store, name),
     )
-    columns = ("rotation", "state", "requested by", "requested", "finished", "new version")
+    columns = (
+        "rotation",
+        "state",
+        "trigger",
+        "requested by",
+        "requested",
+        "took",
+        "new version",
+        "reason",
+    )
     rows = (
         (
             r.id,
             r.state,
+            r.trigger or "-",
             r.requested_by,
             when(r.requested_at),
-            when(r.finished_at),
+            ms(r.duration),
             (r.new_version_id or "-")[:8],
+            r.reason or "",
             r.error or "",
         )
         for r in found

@@ -59,6 +59,19 @@ restored), as an `on_failure: abort` failure does. A `needs_attention` rotation 
 version was revoked is refused all the same: there is nothing left to go back to."""
 
 
+class Trigger(StrEnum):
+    """How a rotation was asked for (`history`, the dashboard, the evidence)."""
+
+    SCHEDULE = "schedule"
+    """The worker: the credential was due."""
+    CLI = "cli"
+    """`keyshift rotate` on the local store."""
+    API = "api"
+    """`POST /v1/credentials/{name}/rotations` (also the CLI with `--server`)."""
+    WEB = "web"
+    """The dashboard's Rotate button."""
+
+
 class Phase(StrEnum):
     """The cutover phase an action belongs to. Phases run in this order."""
 

@@ -22,7 +22,7 @@ import structlog
 
 from keyshift.context import PluginContext
 from keyshift.domain.secret import Secret
-from keyshift.domain.states import RotationState
+from keyshift.domain.states import RotationState, Trigger
 from keyshift.engine import approvals, preflight, rows
 from keyshift.engine.events import EventBus, Subscriber
 from keyshift.engine.gates import ApprovalGate, GraceGate, validate
@@ -185,6 +185,7 @@ class Engine:
         *,
         requested_by: str,
         reason: str = "manual",
+        trigger: Trigger = Trigger.CLI,
         grace: timedelta | None = None,
         audit_refusal: bool = True,
     ) -> str:
@@ -194,6 +195,7 @@ class Engine:
             credential,
             requested_by=requested_by,
             reason=reason,
+            trigger=trigger,
             grace=grace,
             audit_refusal=audit_refusal,
         )

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from keyshift import __version__
 from keyshift.context import PluginContext
 from keyshift.domain.estate import CredentialSpec, Policy
-from keyshift.domain.states import RotationState
+from keyshift.domain.states import RotationState, Trigger
 from keyshift.engine import approvals, rows
 from keyshift.engine.events import EngineEvent, EventBus
 from keyshift.engine.plan import Plan, build_plan
@@ -44,6 +44,7 @@ class Requests:
         *,
         requested_by: str,
         reason: str = "manual",
+        trigger: Trigger = Trigger.CLI,
         grace: timedelta | None = None,
         audit_refusal: bool = True,
     ) -> str:
@@ -72,11 +73,23 @@ class Requests:
                         actor=requested_by,
                         action="rotation.refused",
                         subject=f"credential:{credential}",
-                        details={"reasons": refused, "reason": reason, "plan_hash": plan.hash},
+                        details={
+                            "reasons": refused,
+                            "reason": reason,
+                            "trigger": trigger.value,
+                            "plan_hash": plan.hash,
+                        },
                     )
             else:
                 self._record(
-                    s, cred, plan, rotation_id=rotation_id, by=requested_by, reason=reason, now=now
+                    s,
+                    cred,
+                    plan,
+                    rotation_id=rotation_id,
+                    by=requested_by,
+                    reason=reason,
+                    trigger=trigger,
+                    now=now,
                 )
         if refused:
             # Raised once the refusal's audit entry is committed; nothing else changed.
@@ -93,6 +106,7 @@ class Requests:
         rotation_id: str,
         by: str,
         reason: str,
+        trigger: Trigger,
         now: datetime,
     ) -> None:
         """Claim the credential for this rotation and record the request."""
@@ -111,6 +125,7 @@ class Requests:
                 requested_by=requested_by,
                 requested_at=now,
                 reason=reason,
+                trigger=trigger.value,
                 plan=plan.to_json(),
                 plan_hash=plan.hash,
                 keyshift_version=__version__,
@@ -127,6 +142,7 @@ class Requests:
                 "credential": credential,
                 "requested_by": requested_by,
                 "reason": reason,
+                "trigger": trigger.value,
                 "inputs": {"grace_period_s": plan.grace_period_s},
                 "plan_hash": plan.hash,
                 "keyshift_version": __version__,

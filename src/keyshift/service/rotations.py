@@ -28,6 +28,7 @@ from keyshift.domain.states import (
     Phase,
     RotationState,
     StepStatus,
+    Trigger,
     VersionStatus,
 )
 from keyshift.engine.engine import Engine
@@ -97,6 +98,15 @@ class RotationSummary:
     finished_at: datetime | None
     new_version_id: str | None
     error: str | None
+    reason: str = ""
+    """Why it was asked for, in the requester's words (`rotate --reason`)."""
+    trigger: str = ""
+    """How it was asked for: schedule, cli, api or web."""
+
+    @property
+    def duration(self) -> timedelta | None:
+        """From the request to the end (None while unfinished)."""
+        return self.finished_at - self.requested_at if self.finished_at else None
 
 
 @dataclass(frozen=True)
@@ -373,6 +383,8 @@ def _summary(rot: RotationRow) -> RotationSummary:
         rot.finished_at,
         rot.new_version_id,
         rot.error,
+        rot.reason,
+        rot.trigger,
     )
 
 
@@ -462,12 +474,18 @@ async def rotate(
     context: PluginContext | None = None,
     on_event: Callable[[StepEvent], None] | None = None,
     reason: str = "manual",
+    trigger: Trigger = Trigger.CLI,
     audit_refusal: bool = True,
 ) -> tuple[str, RotationState]:
     """Request a rotation and run it as far as it goes now (to `grace` or to the end)."""
     engine = Engine(store, actor=actor, context=context, on_event=on_event)
     rotation_id = engine.request(
-        credential, requested_by=actor, grace=grace, reason=reason, audit_refusal=audit_refusal
+        credential,
+        requested_by=actor,
+        grace=grace,
+        reason=reason,
+        trigger=trigger,
+        audit_refusal=audit_refusal,
     )
     return rotation_id, await engine.run(rotation_id)
 
@@ -626,6 +644,7 @@ def request(
     actor: str,
     grace: timedelta | None = None,
     reason: str = "manual",
+    trigger: Trigger = Trigger.API,
 ) -> str:
     """Record a rotation in state `requested` without running it; return its id.
     RotationInProgress names the unfinished rotation when there is one."""
@@ -638,7 +657,7 @@ def request(
             f"credential {credential} already has rotation {active} in progress; resume it"
         )
     return Engine(store, actor=actor).request(
-        credential, requested_by=actor, grace=grace, reason=reason
+        credential, requested_by=actor, grace=grace, reason=reason, trigger=trigger
     )
 
 

@@ -40,7 +40,7 @@ from keyshift.azure import EntraIntegration
 from keyshift.context import PluginContext
 from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import DEFAULT_POLICY_NAME, Estate
-from keyshift.domain.states import VersionStatus
+from keyshift.domain.states import Trigger, VersionStatus
 from keyshift.engine.engine import Engine
 from keyshift.engine.faults import crash_point
 from keyshift.engine.journal import StepEvent
@@ -316,6 +316,7 @@ async def worker_pass(
                 context=ctx,
                 on_event=on_event,
                 reason="scheduled",
+                trigger=Trigger.SCHEDULE,
                 audit_refusal=False,
             )
             started += 1

@@ -128,6 +128,8 @@ class RotationRow(Base):
     requested_by: Mapped[str] = mapped_column(String(200))
     requested_at: Mapped[datetime]
     reason: Mapped[str] = mapped_column(String(200))
+    trigger: Mapped[str] = mapped_column(String(16), default="cli", server_default="cli")
+    """How it was asked for: schedule, cli, api or web (`Trigger`)."""
     plan: Mapped[dict[str, Any]]
     plan_hash: Mapped[str] = mapped_column(String(64))
     keyshift_version: Mapped[str] = mapped_column(String(64))

@@ -29,7 +29,7 @@ from keyshift.api.runner import BackgroundRotations
 from keyshift.domain.clock import utcnow
 from keyshift.domain.estate import DEFAULT_POLICY_NAME
 from keyshift.domain.rbac import Permission
-from keyshift.domain.states import MANUAL_ROLLBACK_FROM, Lifecycle, RotationState
+from keyshift.domain.states import MANUAL_ROLLBACK_FROM, Lifecycle, RotationState, Trigger
 from keyshift.errors import ConfigError, CsrfRefused, Unauthenticated
 from keyshift.service import approvals as approvals_service
 from keyshift.service import catalog, entra, evidence, impact, overview, rotations, sessions
@@ -287,7 +287,7 @@ async def rotate_page(
             "plan_hash", "the estate changed since the dry run; run the dry run again"
         )
     rotation_id = await actions.request_rotation(
-        store, who.identity, name, grace=None, reason=form.reason.strip()
+        store, who.identity, name, grace=None, reason=form.reason.strip(), trigger=Trigger.WEB
     )
     _background(request).start(rotation_id, actor=actor_of(who.identity))
     return _see(f"/rotations/{rotation_id}")

@@ -176,6 +176,10 @@ class RotationOut:
     has queued it): a waiting state is final for a follower only when this is false."""
     tickets: list[TicketOut] = field(default_factory=list)
     """The tickets channels opened for it (a Jira issue, a ServiceNow incident)."""
+    reason: str = ""
+    """Why it was asked for, in the requester's words."""
+    trigger: str = ""
+    """How it was asked for: schedule, cli, api or web."""
     deliveries: list[str] = field(default_factory=list)
     """The step names of its publishing actions, one per consumer written to."""
     rollout: str = ""
@@ -227,6 +231,8 @@ def rotation_out(t: rotations.Timeline, *, queued: bool = False) -> RotationOut:
             for s in t.steps
         ],
         tickets=[TicketOut(k.channel, k.reference) for k in t.tickets],
+        reason=t.rotation.reason,
+        trigger=t.rotation.trigger,
         deliveries=list(t.deliveries),
         rollout=str(t.rollout),
     )
