@@ -191,21 +191,28 @@ def redis_replica(primary_url: str) -> Iterator[str]:
 
 
 @contextmanager
+def in_thread(server: uvicorn.Server, what: str, *, stop_within: float = 40) -> Iterator[None]:
+    """Run a uvicorn server in a daemon thread until the block ends; returns once it
+    listens. `what` names it in the assertion when it does not start."""
+    thread = threading.Thread(target=server.run, name=what, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive(), f"{what} stopped while starting"
+        assert time.monotonic() < deadline, f"{what} did not start"
+        time.sleep(0.02)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=stop_within)
+
+
+@contextmanager
 def serve(app: Any) -> Iterator[str]:
     """`app` served by uvicorn on a free port in a thread; yields its base URL. Stopped
     on exit, after the rotations it runs in the background have ended (its lifespan)."""
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    running = uvicorn.Server(config)
-    thread = threading.Thread(target=running.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not running.started:
-        assert thread.is_alive(), "uvicorn stopped while starting"
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
+    with in_thread(uvicorn.Server(config), "uvicorn"):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        running.should_exit = True
-        thread.join(timeout=40)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ssl
 import stat
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ import uvicorn
 
 from keyshift.agent import Agent, AgentConfig, create_agent_app
 from tests.doubles.tls import TlsFiles
-from tests.servers import free_port
+from tests.servers import free_port, in_thread
 
 AGENT_KEY = "agent-signing-key-" + "0123456789abcdef" * 2
 """The signing key the test agent and keyshift share."""
@@ -121,14 +120,7 @@ def running_agent(
             lifespan="off",
         )
     )
-    thread = threading.Thread(target=server.run, name=f"agent-{uuid.uuid4().hex[:6]}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive(), "the agent stopped while starting"
-        assert time.monotonic() < deadline, "the agent did not start"
-        time.sleep(0.02)
-    try:
+    with in_thread(server, f"agent-{uuid.uuid4().hex[:6]}", stop_within=20):
         yield RunningAgent(
             url=f"https://127.0.0.1:{port}",
             config=config,
@@ -138,6 +130,3 @@ def running_agent(
             ca_bundle=tls.ca_path,
             agent=agent,
         )
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)

@@ -68,25 +68,38 @@ class Session:
         )
 
 
-def sign_in(api: Api, principal: str) -> Session:
-    """Sign in through the form with `principal`'s API token; the session that results."""
+def submit_login(
+    api: Api, token: str, *, next_: str = "/", csrf: str | None = None, base: str = ""
+) -> Any:
+    """Load the sign-in form (its login cookie and CSRF token) and submit `token` with it;
+    `csrf` replaces the form's token. The response, not followed."""
     client = api.client
     client.cookies.clear()
-    form = client.get("/login?next=/credentials")
+    form = client.get(f"{base}/login", params={"next": next_})
     assert form.status_code == 200, form.text
     nonce = form.cookies[LOGIN_COOKIE]
     client.cookies.clear()
-    done = client.post(
-        "/login",
-        data={"token": api.tokens[principal], "csrf": csrf_in(form.text), "next": "/credentials"},
+    response = client.post(
+        f"{base}/login",
+        data={"token": token, "csrf": csrf_in(form.text) if csrf is None else csrf, "next": next_},
         headers={"Cookie": f"{LOGIN_COOKIE}={nonce}"},
         follow_redirects=False,
     )
+    client.cookies.clear()
+    return response
+
+
+def session_cookie_header(response: Any) -> str:
+    """The Set-Cookie header of the session cookie a sign-in set."""
+    return next(h for h in response.headers.get_list("set-cookie") if h.startswith(SESSION_COOKIE))
+
+
+def sign_in(api: Api, principal: str) -> Session:
+    """Sign in through the form with `principal`'s API token; the session that results."""
+    done = submit_login(api, api.tokens[principal], next_="/credentials")
     assert done.status_code == 303, done.text
     assert done.headers["location"] == "/credentials"
-    cookie = done.cookies[SESSION_COOKIE]
-    client.cookies.clear()
-    return Session(api, cookie)
+    return Session(api, done.cookies[SESSION_COOKIE])
 
 
 @pytest.fixture

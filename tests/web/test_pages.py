@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
-from typing import Any
 
 from keyshift.service import identities
-from keyshift.web.auth import LOGIN_COOKIE, SESSION_COOKIE
+from keyshift.web.auth import SESSION_COOKIE
 from tests.api.conftest import Api
+from tests.api.test_approvals_api import _settled
 from tests.helpers import write_estate
-from tests.web.conftest import Session, csrf_in, sign_in
+from tests.web.conftest import Session, session_cookie_header, sign_in, submit_login
 
 
 def apply_estate(api: Api, estate: Path) -> None:
@@ -21,14 +20,8 @@ def apply_estate(api: Api, estate: Path) -> None:
     assert applied.status_code == 200, applied.text
 
 
-def settle(api: Api, rotation_id: str) -> dict[str, Any]:
-    """The rotation once no background run of it is left in the server."""
-    deadline = time.monotonic() + 30
-    while rotation_id in api.client.app.state.rotations.running:  # type: ignore[attr-defined]
-        assert time.monotonic() < deadline, "the background run did not end"
-        time.sleep(0.05)
-    body: dict[str, Any] = api.call("GET", f"/v1/rotations/{rotation_id}").json()
-    return body
+settle = _settled
+"""The rotation once no background run of it is left in the server."""
 
 
 def rotate_through_pages(browser: Session, name: str, reason: str = "test") -> str:
@@ -61,20 +54,9 @@ def test_a_page_without_a_session_sends_the_browser_to_sign_in_and_back(web: Api
 def test_sign_in_sets_a_strict_http_only_cookie_and_sign_out_ends_the_session(
     web: Api,
 ) -> None:
-    client = web.client
-    form = client.get("/login")
-    nonce = form.cookies[LOGIN_COOKIE]
-    client.cookies.clear()
-    done = client.post(
-        "/login",
-        data={"token": web.tokens["viewer"], "csrf": csrf_in(form.text), "next": "/"},
-        headers={"Cookie": f"{LOGIN_COOKIE}={nonce}"},
-        follow_redirects=False,
-    )
+    done = submit_login(web, web.tokens["viewer"])
     assert done.status_code == 303
-    cookie_header = next(
-        h for h in done.headers.get_list("set-cookie") if h.startswith(SESSION_COOKIE)
-    )
+    cookie_header = session_cookie_header(done)
     attributes = {a.strip().split("=")[0].lower() for a in cookie_header.split(";")}
     assert {"httponly", "path", "max-age"} <= attributes
     assert "samesite=strict" in cookie_header.lower()
@@ -89,61 +71,25 @@ def test_sign_in_sets_a_strict_http_only_cookie_and_sign_out_ends_the_session(
 
 
 def test_under_tls_the_session_cookie_is_secure(web: Api) -> None:
-    client = web.client
-    form = client.get("https://testserver/login")
-    nonce = form.cookies[LOGIN_COOKIE]
-    client.cookies.clear()
-    done = client.post(
-        "https://testserver/login",
-        data={"token": web.tokens["viewer"], "csrf": csrf_in(form.text)},
-        headers={"Cookie": f"{LOGIN_COOKIE}={nonce}"},
-        follow_redirects=False,
-    )
-    cookie_header = next(
-        h for h in done.headers.get_list("set-cookie") if h.startswith(SESSION_COOKIE)
-    )
-    assert "secure" in {a.strip().lower() for a in cookie_header.split(";")}
+    done = submit_login(web, web.tokens["viewer"], base="https://testserver")
+    attributes = {a.strip().lower() for a in session_cookie_header(done).split(";")}
+    assert "secure" in attributes
 
 
 def test_sign_in_refuses_a_bad_token_and_a_form_from_elsewhere(web: Api) -> None:
-    client = web.client
-    form = client.get("/login")
-    nonce = form.cookies[LOGIN_COOKIE]
-    client.cookies.clear()
-    bad = client.post(
-        "/login",
-        data={"token": "ks_0123456789abcdef_" + "A" * 43, "csrf": csrf_in(form.text)},
-        headers={"Cookie": f"{LOGIN_COOKIE}={nonce}"},
-        follow_redirects=False,
-    )
+    bad = submit_login(web, "ks_0123456789abcdef_" + "A" * 43)
     assert bad.status_code == 401
     assert "That token is not valid" in bad.text
     assert "A" * 43 not in bad.text
-    client.cookies.clear()
-    elsewhere = client.post(
-        "/login",
-        data={"token": web.tokens["viewer"], "csrf": "0" * 64},
-        headers={"Cookie": f"{LOGIN_COOKIE}={nonce}"},
-        follow_redirects=False,
-    )
+    elsewhere = submit_login(web, web.tokens["viewer"], csrf="0" * 64)
     assert elsewhere.status_code == 403
     assert 'data-code="csrf-refused"' in elsewhere.text
     assert SESSION_COOKIE not in elsewhere.headers.get("set-cookie", "")
 
 
 def test_sign_in_never_redirects_off_the_server(web: Api) -> None:
-    client = web.client
     for target in ("https://evil.example/", "//evil.example/x", "javascript:alert(1)"):
-        client.cookies.clear()
-        form = client.get("/login", params={"next": target})
-        nonce = form.cookies.get(LOGIN_COOKIE)
-        client.cookies.clear()
-        done = client.post(
-            "/login",
-            data={"token": web.tokens["viewer"], "csrf": csrf_in(form.text), "next": target},
-            headers={"Cookie": f"{LOGIN_COOKIE}={nonce}"},
-            follow_redirects=False,
-        )
+        done = submit_login(web, web.tokens["viewer"], next_=target)
         assert done.headers["location"] == "/", target
 
 
