@@ -363,6 +363,10 @@ class CredentialSpec(_Model):
         | None
     ) = None
     """A policy's name, or a policy written inline; none means the default policy."""
+    enabled: bool = True
+    """`false`: keyshift keeps the credential, its versions and its history, finishes a
+    rotation already under way, and starts no new one (worker, CLI, API, dashboard);
+    `status` shows it as disabled. Turn it back on to rotate it again."""
     auto_rotate: bool = False
     """Let `keyshift worker` start rotations when expiry is within `rotate_before_expiry`."""
     provider: ProviderSpec

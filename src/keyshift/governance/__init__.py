@@ -25,6 +25,8 @@ def refusals(
 ) -> list[str]:
     """Every reason this rotation may not run now; empty when it may."""
     reasons: list[str] = []
+    if not spec.enabled:
+        reasons.append(f"{spec.name} is disabled in the estate (enabled: false)")
     allowlist = governance.allowlist
     if allowlist is not None:
         app_id = spec.provider.config().get("app_id")

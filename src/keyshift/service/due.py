@@ -28,6 +28,7 @@ from keyshift.store.models import (
 
 DUE = "due"
 MANUAL = "manual"
+DISABLED = "disabled"
 ROTATING = "rotating"
 NO_EXPIRY = "-"
 
@@ -87,12 +88,15 @@ def next_rotation(credential: Standing, *, now: datetime) -> NextRotation:
     latest client secret, and it is rotated at once when the application has none);
     inside the policy's window, at its next opening from then. The worker does not
     rotate it by itself while a rotation is under way (`rotating`), without
-    `auto_rotate` or once removed from the estate (`manual`), or when its current
-    version never expires (`-`).
+    `auto_rotate` (`manual`), while `enabled: false` (`disabled`: nothing rotates it), or
+    when its current version never expires (`-`).
     """
     if credential.active_rotation_id is not None:
         return NextRotation(None, ROTATING)
-    if not (credential.auto_rotate and credential.scheduled):
+    if not credential.scheduled:
+        # Removed credentials are not read here: an unscheduled one is disabled.
+        return NextRotation(None, DISABLED)
+    if not credential.auto_rotate:
         return NextRotation(None, MANUAL)
     policy = credential.policy
     if credential.current is not None:

@@ -678,7 +678,7 @@ def apply_estate(store: Store, estate: Estate, *, actor: str) -> list[Change]:
             row.spec = spec
             row.digest = _digest(spec)
             row.auto_rotate = cred.auto_rotate
-            row.scheduled = True
+            row.scheduled = cred.enabled
             row.removed_at = None
             row.updated_at = now
         for name, row in rows.items():

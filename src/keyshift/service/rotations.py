@@ -82,8 +82,8 @@ class StatusRow:
     """When the worker starts the next rotation by itself; None when it will not
     (`keyshift.service.due.next_rotation`)."""
     next_rotation: str
-    """`next_rotation_at` for a table: its date, `due`, `manual`, `rotating` or `-` (the
-    current version never expires)."""
+    """`next_rotation_at` for a table: its date, `due`, `manual`, `disabled`
+    (`enabled: false`), `rotating` or `-` (the current version never expires)."""
     environment: str | None
     provider: str
     """The provider type."""
