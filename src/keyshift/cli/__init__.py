@@ -8,6 +8,7 @@ and group on `app` in the order `keyshift --help` lists them.
 |---|---|
 | `estate` | plan, apply, status, reference |
 | `rotations` | preflight, rotate, resume, rollback, history, show, worker, impact |
+| `freezes` | freeze, unfreeze, freezes |
 | `governance` | approvals, approve, reject, alerts, evidence, audit |
 | `notifications` | notifications, notifications test |
 | `entra` | entra, foreign, integrations |
@@ -31,6 +32,7 @@ from keyshift.cli import (
     demo,
     entra,
     estate,
+    freezes,
     governance,
     keys,
     notifications,
@@ -70,6 +72,8 @@ for command in (
     rotations.rotate,
     rotations.resume,
     rotations.rollback,
+    freezes.freeze,
+    freezes.unfreeze,
     rotations.history,
     rotations.show,
     rotations.worker,
@@ -85,6 +89,7 @@ for command in (
     serve.serve,
 ):
     app.command()(command)
+app.command("freezes")(freezes.freezes_list)
 
 for name, group in (
     ("audit", governance.audit_app),

@@ -37,6 +37,8 @@ class Permission(StrEnum):
     `rotations:run` to start, resume or roll back a rotation of a credential whose
     provider is Entra ID, and in addition to `approvals:decide` to approve one (an
     approval authorises the change). Grants nothing on its own."""
+    FREEZE = "rotations:freeze"
+    """Freeze and unfreeze rotations of a credential, an owner, an environment or all."""
     ADMIN = "admin"
     """Manage users, service accounts and API tokens."""
 
@@ -63,6 +65,7 @@ ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
         Permission.AUDIT_READ,
         Permission.ENTRA_WRITE,
         Permission.ENTRA_ROTATE,
+        Permission.FREEZE,
     },
     Role.ROTATOR: frozenset({Permission.CREDENTIALS_READ, Permission.ROTATIONS_RUN}),
     Role.APPROVER: _READ
@@ -74,7 +77,8 @@ ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
 
 ROLE_DESCRIPTIONS: Final[dict[Role, str]] = {
     Role.ADMIN: "everything, including users, service accounts and API tokens",
-    Role.OPERATOR: "runs the estate: apply, rotate, resume, sync Entra ID, read the audit trail",
+    Role.OPERATOR: "runs the estate: apply, rotate, resume, freeze, sync Entra ID, read the "
+    "audit trail",
     Role.ROTATOR: "rotates credentials not issued by Entra ID (database, Redis, random): "
     "start, dry-run, resume, roll back; reads credentials; no Entra ID rotation, no apply "
     "(for CI pipelines and service accounts)",

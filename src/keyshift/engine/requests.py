@@ -17,7 +17,7 @@ from keyshift import __version__
 from keyshift.context import PluginContext
 from keyshift.domain.estate import CredentialSpec, Policy
 from keyshift.domain.states import RotationState, Trigger
-from keyshift.engine import approvals, rows
+from keyshift.engine import approvals, freezes, rows
 from keyshift.engine.events import EngineEvent, EventBus
 from keyshift.engine.plan import Plan, build_plan
 from keyshift.errors import KeyshiftError, PolicyRefused
@@ -65,7 +65,7 @@ class Requests:
             plan = build_plan(spec, policy, grace, cred.spec.get("integrations", {}))
             refused = refusals(
                 spec, policy, approvals.governance(s), now=now, grace=plan.grace_period
-            )
+            ) + freezes.refusals(freezes.holding(s, now), spec.name, spec.owner, spec.environment)
             if refused:
                 if audit_refusal:
                     self.store.audit(

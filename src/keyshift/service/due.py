@@ -6,7 +6,7 @@ however many credentials the estate holds (`standings`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, Executable, Subquery, and_, case, func, se
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from keyshift.domain.estate import Policy
+from keyshift.domain.freeze import Freeze
 from keyshift.domain.states import VersionStatus
 from keyshift.providers import ProviderKind
 from keyshift.service import entra
@@ -29,6 +30,7 @@ from keyshift.store.models import (
 DUE = "due"
 MANUAL = "manual"
 DISABLED = "disabled"
+FROZEN = "frozen"
 ROTATING = "rotating"
 NO_EXPIRY = "-"
 
@@ -79,7 +81,9 @@ class NextRotation:
         return self.word == DUE
 
 
-def next_rotation(credential: Standing, *, now: datetime) -> NextRotation:
+def next_rotation(
+    credential: Standing, *, now: datetime, freezes: Sequence[Freeze] = ()
+) -> NextRotation:
     """When the worker starts the next rotation of `credential` by itself.
 
     A credential with `auto_rotate` that the worker may rotate (`scheduled`) is rotated
@@ -88,8 +92,9 @@ def next_rotation(credential: Standing, *, now: datetime) -> NextRotation:
     latest client secret, and it is rotated at once when the application has none);
     inside the policy's window, at its next opening from then. The worker does not
     rotate it by itself while a rotation is under way (`rotating`), without
-    `auto_rotate` (`manual`), while `enabled: false` (`disabled`: nothing rotates it), or
-    when its current version never expires (`-`).
+    `auto_rotate` (`manual`), while `enabled: false` (`disabled`: nothing rotates it),
+    while one of `freezes` covers it (`frozen`), or when its current version never
+    expires (`-`).
     """
     if credential.active_rotation_id is not None:
         return NextRotation(None, ROTATING)
@@ -98,6 +103,8 @@ def next_rotation(credential: Standing, *, now: datetime) -> NextRotation:
         return NextRotation(None, DISABLED)
     if not credential.auto_rotate:
         return NextRotation(None, MANUAL)
+    if any(f.covers(credential.name, credential.owner, credential.environment) for f in freezes):
+        return NextRotation(None, FROZEN)
     policy = credential.policy
     if credential.current is not None:
         if credential.current.expires_at is None:

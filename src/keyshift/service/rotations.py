@@ -31,6 +31,7 @@ from keyshift.domain.states import (
     Trigger,
     VersionStatus,
 )
+from keyshift.engine import freezes
 from keyshift.engine.engine import Engine
 from keyshift.engine.journal import StepEvent
 from keyshift.engine.plan import Plan, stored_plan
@@ -83,7 +84,7 @@ class StatusRow:
     (`keyshift.service.due.next_rotation`)."""
     next_rotation: str
     """`next_rotation_at` for a table: its date, `due`, `manual`, `disabled`
-    (`enabled: false`), `rotating` or `-` (the current version never expires)."""
+    (`enabled: false`), `frozen`, `rotating` or `-` (the current version never expires)."""
     environment: str | None
     provider: str
     """The provider type."""
@@ -263,10 +264,11 @@ def _status(
     latest = _latest_rotations(s, criteria)
     completed = _last_completed(s, criteria)
     overlap = _Overlaps()
+    holding = freezes.holding(s, now)
     for cred in due.standings(s, *criteria):
         current, last = cred.current, latest.get(cred.id)
         expires = current.expires_at if current else None
-        upcoming = due.next_rotation(cred, now=now)
+        upcoming = due.next_rotation(cred, now=now, freezes=holding)
         yield (
             cred,
             StatusRow(

@@ -41,6 +41,7 @@ from keyshift.context import PluginContext
 from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import DEFAULT_POLICY_NAME, Estate
 from keyshift.domain.states import Trigger, VersionStatus
+from keyshift.engine import freezes
 from keyshift.engine.engine import Engine
 from keyshift.engine.faults import crash_point
 from keyshift.engine.journal import StepEvent
@@ -276,13 +277,14 @@ def due_for_rotation(store: Store, *, now: datetime) -> list[str]:
     `rotate_before_expiry` or that have none yet (`due.next_rotation`, the rule status
     shows too)."""
     with store.transaction() as s:
+        holding = freezes.holding(s, now)
         candidates = due.standings(
             s,
             CredentialRow.scheduled.is_(True),
             CredentialRow.auto_rotate.is_(True),
             CredentialRow.active_rotation_id.is_(None),
         )
-        return [c.name for c in candidates if due.next_rotation(c, now=now).due]
+        return [c.name for c in candidates if due.next_rotation(c, now=now, freezes=holding).due]
 
 
 # --- the scan -----------------------------------------------------------------------------

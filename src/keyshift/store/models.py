@@ -378,3 +378,21 @@ class WebSessionRow(Base):
     """The last request (written at most once a minute); idle sessions end."""
     revoked_at: Mapped[datetime | None]
     revoked_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class FreezeRow(Base):
+    """An operator's freeze: no rotation of the credentials it covers starts while it
+    holds (`keyshift freeze`). Lifted ones are kept, as history."""
+
+    __tablename__ = "freezes"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    """credential, owner, environment or all."""
+    value: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(String(500))
+    until: Mapped[datetime | None]
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    lifted_at: Mapped[datetime | None]
+    lifted_by: Mapped[str | None] = mapped_column(String(200))

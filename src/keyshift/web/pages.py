@@ -32,7 +32,16 @@ from keyshift.domain.rbac import Permission
 from keyshift.domain.states import MANUAL_ROLLBACK_FROM, Lifecycle, RotationState, Trigger
 from keyshift.errors import ConfigError, CsrfRefused, Unauthenticated
 from keyshift.service import approvals as approvals_service
-from keyshift.service import catalog, entra, evidence, impact, overview, rotations, sessions
+from keyshift.service import (
+    catalog,
+    entra,
+    evidence,
+    freezes,
+    impact,
+    overview,
+    rotations,
+    sessions,
+)
 from keyshift.service import estate as estate_service
 from keyshift.service.scheduler import alerts as recent_alerts
 from keyshift.store import audit
@@ -172,7 +181,12 @@ def overview_page(request: Request, store: StoreDep, who: Reader) -> Response:
     now = _now(request)
     summary = overview.overview(store, now=now, include_entra=who.can(Permission.ENTRA_READ))
     unfinished = overview.recent_rotations(store, limit=20, unfinished=True)
-    return page(request, "overview.html", {"viewer": who, "o": summary, "unfinished": unfinished})
+    frozen = freezes.holding(store, now=now)
+    return page(
+        request,
+        "overview.html",
+        {"viewer": who, "o": summary, "unfinished": unfinished, "freezes": frozen},
+    )
 
 
 @router.get("/credentials")
