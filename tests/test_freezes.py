@@ -13,8 +13,11 @@ import pytest
 
 from keyshift.domain.clock import utcnow
 from keyshift.domain.freeze import FreezeScope
+from keyshift.domain.states import RotationState
+from keyshift.engine.journal import StepEvent
 from keyshift.errors import ConfigError, Conflict, NotFound
 from keyshift.service import freezes, rotations, scheduler
+from keyshift.service.estate import apply_estate, parse_estate
 from keyshift.store.store import Store
 from tests.api.conftest import open_api
 from tests.conftest import Cli
@@ -183,3 +186,43 @@ def test_the_api_and_the_worker_honour_a_freeze(store: Store, tmp_path: Path) ->
         assert lifted.status_code == 200, lifted.text
         counts = asyncio.run(scheduler.worker_pass(store, actor="worker"))
         assert counts["started"] == 2
+
+
+def test_a_freeze_landing_mid_rotation_holds_it_at_the_next_state_until_unfrozen(
+    store: Store, tmp_path: Path
+) -> None:
+    """Frozen after both files are written, before the reload: the rotation stops with
+    no step half-done, nothing reloads while frozen, and it completes once lifted."""
+    estate = json.loads(write_estate(tmp_path, policy={"grace_period": "0s"}).read_text())
+    apply_estate(store, parse_estate(estate), actor="test")
+    made: list[str] = []
+
+    def on_event(event: StepEvent) -> None:
+        if event.step == "publishing:20:file" and event.status == "succeeded" and not made:
+            made.append(
+                freezes.freeze(
+                    store,
+                    scope=FreezeScope.CREDENTIAL,
+                    value="api-key",
+                    reason="INC-9",
+                    until=None,
+                    actor="oncall",
+                ).id
+            )
+
+    rotation_id, state = asyncio.run(
+        rotations.rotate(store, "api-key", actor="test", on_event=on_event)
+    )
+    assert state == RotationState.RELOADING
+    assert not (tmp_path / "reload.log").exists(), "nothing reloads while frozen"
+    steps = rotations.rotation_timeline(store, rotation_id).steps
+    assert all(s.status != "running" for s in steps)
+    assert [s.name for s in steps][-1] == "publishing:20:file"
+    # The worker's resume leaves it where it is while the freeze holds.
+    [(_rid, _cred, again)] = asyncio.run(rotations.resume(store, actor="worker"))
+    assert again == RotationState.RELOADING
+
+    freezes.unfreeze(store, made[0], actor="oncall")
+    [(_rid, _cred, done)] = asyncio.run(rotations.resume(store, actor="worker"))
+    assert done == RotationState.COMPLETED
+    assert (tmp_path / "reload.log").exists()

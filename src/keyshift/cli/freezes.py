@@ -51,7 +51,7 @@ def freeze(
     ] = None,
 ) -> None:
     """Stop new rotations of a credential, an owner's, an environment's, or all, until
-    `unfreeze` (or --until). Rotations under way are not interrupted."""
+    `unfreeze` (or --until). A rotation under way stops at its next state and waits."""
     chosen = [
         (scope, value)
         for scope, value in (

@@ -23,7 +23,7 @@ import structlog
 from keyshift.context import PluginContext
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import RotationState, Trigger
-from keyshift.engine import approvals, preflight, rows
+from keyshift.engine import approvals, freezes, preflight, rows
 from keyshift.engine.events import EventBus, Subscriber
 from keyshift.engine.gates import ApprovalGate, GraceGate, validate
 from keyshift.engine.issuer import Issuer
@@ -206,13 +206,18 @@ class Engine:
         """Advance the rotation as far as it can go now.
 
         Returns the state it stopped in: a final state, or one that waits (`grace`
-        while the grace period lasts, an approval); a later `run`, e.g. from the
-        worker, goes on from there.
+        while the grace period lasts, an approval, a freeze); a later `run`, e.g. from
+        the worker, goes on from there. A freeze that covers the credential stops the
+        run between two states, with no step half-done; a rollback is not stopped.
         """
         run = self.steps.claim(rotation_id)
         bound = log.bind(rotation_id=rotation_id, credential=run.credential)
         try:
             while not run.state.is_final:
+                frozen = self._frozen(run)
+                if frozen:
+                    bound.info("paused by a freeze", state=run.state.value, freeze=frozen[0])
+                    break
                 advance = self._table.get(run.state)
                 if advance is None:
                     raise KeyshiftError(
@@ -224,6 +229,19 @@ class Engine:
             return run.state
         finally:
             await self.steps.let_go(run)
+
+    def _frozen(self, run: Run) -> list[str]:
+        """Why a freeze holds this run now (empty when none does, or while it rolls back)."""
+        if run.state == RotationState.ROLLING_BACK:
+            return []
+        with self.store.transaction() as s:
+            cred = rows.credential(s, run.credential)
+            return freezes.refusals(
+                freezes.holding(s, self.steps.context.now()),
+                cred.name,
+                cred.owner,
+                cred.environment,
+            )
 
     async def roll_back(self, rotation_id: str, *, reason: str) -> RotationState:
         """Roll back by hand a rotation whose new version is published while the old one

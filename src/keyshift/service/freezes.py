@@ -1,7 +1,8 @@
 """Freezing and unfreezing rotations (`keyshift freeze`, `unfreeze`, `freezes`; the API's
 `/v1/freezes`). While a freeze holds, no rotation of a credential it covers starts: not
 from the worker, the CLI, the API or the dashboard; governance names the freeze in its
-refusal, and `status` shows `frozen` as the next rotation. Each freeze and each lift is
+refusal, and `status` shows `frozen` as the next rotation; a rotation under way stops
+at its next state and waits (`Engine.run`). Each freeze and each lift is
 audited; freezes are stored, so they hold across restarts."""
 
 from __future__ import annotations
