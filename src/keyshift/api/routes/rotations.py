@@ -19,7 +19,7 @@ from keyshift.api.routes.common import (
     RotationId,
     actor_of,
     duration,
-    require_entra_rotate,
+    require_entra_rotate_for,
     v1_router,
 )
 from keyshift.domain.clock import utcnow
@@ -252,10 +252,12 @@ async def resume_rotation(
 ) -> RotationStarted:
     """Continue an unfinished rotation from its journal, in the background (409
     `lease-held` while another live worker runs it)."""
+    # The permission first: a caller who may not act on it learns nothing of its lease.
+    ref = await run_in_threadpool(rotations.rotation_ref, store, rotation_id)
+    require_entra_rotate_for(who, ref.provider_type)
     full_id, credential = await run_in_threadpool(
         lambda: rotations.resumable(store, rotation_id, now=utcnow())
     )
-    await run_in_threadpool(require_entra_rotate, store, who, credential)
     if full_id in background.rotations.running:
         raise RotationInProgress(f"rotation {full_id} is running in this server already")
     location = background.start(full_id, actor=actor_of(who))
