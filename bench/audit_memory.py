@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
-from pathlib import Path
+
+from scratch import scratch_store  # bench/scratch.py, beside this script
 
 from keyshift import logs
 from keyshift.store import audit
@@ -72,21 +71,13 @@ def main() -> None:
     logs.configure("WARNING")
     results: dict[str, list[float]] = {"export": [], "verify": []}
     for size in (args.entries, args.entries * 10):
-        home = Path(tempfile.mkdtemp(prefix="keyshift-bench-"))
-        env = {"KEYSHIFT_HOME": str(home)}
-        if args.postgres:
-            env["KEYSHIFT_DATABASE_URL"] = args.postgres
-        store = Store.open(env)
-        try:
+        with scratch_store(args.postgres) as store:
             _fill(store, size)
             for name, run in (("export", _export), ("verify", _verify)):
                 run(store)  # warm: compiled statements are not the trail's cost
                 mib, seconds = _peak(run, store)
                 results[name].append(mib)
                 print(f"{name:6} {size:>7} entries: peak {mib:7.2f} MiB in {seconds:6.2f} s")
-        finally:
-            store.close()
-            shutil.rmtree(home, ignore_errors=True)
     ratios = {name: peaks[1] / peaks[0] for name, peaks in results.items()}
     for name, ratio in ratios.items():
         print(f"memory ratio ({name}) = {ratio:.2f} for 10x the entries (target <= {TARGET})")

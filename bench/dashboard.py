@@ -17,17 +17,15 @@ import gc
 import json
 import random
 import secrets
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
+from scratch import scratch_store  # bench/scratch.py, beside this script
 from sqlalchemy import insert, select
 
 from keyshift import __version__, logs
@@ -272,12 +270,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
     logs.configure("WARNING")
-    home = Path(tempfile.mkdtemp(prefix="keyshift-bench-"))
-    env = {"KEYSHIFT_HOME": str(home)}
-    if args.postgres:
-        env["KEYSHIFT_DATABASE_URL"] = args.postgres
-    store = Store.open(env)
-    try:
+    with scratch_store(args.postgres) as store:
         started = time.perf_counter()
         now = utcnow()
         seed(store, args.credentials, now=now)
@@ -291,9 +284,6 @@ def main() -> None:
         if len(rows) != args.credentials:
             raise SystemExit(f"status_rows gave {len(rows)} rows for {args.credentials}")
         timings |= pages(store, runs=args.runs, n=args.credentials)
-    finally:
-        store.close()
-        shutil.rmtree(home, ignore_errors=True)
     ratios = {label: median / BUDGET_S for label, median in timings.items()}
     print(
         json.dumps(
@@ -347,7 +337,8 @@ def pages(store: Store, *, runs: int, n: int) -> dict[str, float]:
 
             out[label] = measure(label, get, runs=runs)
         listing = client.get("/credentials?sort=name&page=100").text
-        if f"page 100 of {-(-n // 50)}" not in listing or "cred-04950" not in listing:
+        pages_of = -(-n // 50)
+        if n >= 5000 and (f"page 100 of {pages_of}" not in listing or "cred-04950" not in listing):
             raise SystemExit("page 100 of the listing does not show the 100th page")
     return out
 

@@ -13,10 +13,10 @@ import asyncio
 import json
 import shutil
 import sys
-import tempfile
 import time
 from datetime import timedelta
-from pathlib import Path
+
+from scratch import scratch_store  # bench/scratch.py, beside this script
 
 from keyshift import logs
 from keyshift.service import rotations
@@ -79,23 +79,17 @@ def main() -> None:
     args = parser.parse_args()
     logs.configure("WARNING")
     sleep = shutil.which("sleep") or "/bin/sleep"
-    home = Path(tempfile.mkdtemp(prefix="keyshift-bench-"))
-    env = {"KEYSHIFT_HOME": str(home)}
-    if args.postgres:
-        env["KEYSHIFT_DATABASE_URL"] = args.postgres
-    store = Store.open(env)
     names = [f"bench-{i}" for i in range(args.runs + 1)]
-    apply_estate(store, parse_estate(_estate(names, sleep)), actor="bench")
-    # The first rotation of a process also pays for compiling SQL statements and
-    # importing plugins (what a one-off `keyshift rotate` pays); a worker pays it once.
-    print(_line("cold (first rotation in this process)", *_rotate(store, names[0])))
     results = []
-    for i, name in enumerate(names[1:], start=1):
-        wall, step_sum = _rotate(store, name)
-        results.append((wall, step_sum))
-        print(_line(f"run {i}", wall, step_sum))
-    store.close()
-    shutil.rmtree(home, ignore_errors=True)
+    with scratch_store(args.postgres) as store:
+        apply_estate(store, parse_estate(_estate(names, sleep)), actor="bench")
+        # The first rotation of a process also pays for compiling SQL statements and
+        # importing plugins (what a one-off `keyshift rotate` pays); a worker pays it once.
+        print(_line("cold (first rotation in this process)", *_rotate(store, names[0])))
+        for i, name in enumerate(names[1:], start=1):
+            wall, step_sum = _rotate(store, name)
+            results.append((wall, step_sum))
+            print(_line(f"run {i}", wall, step_sum))
     wall, step_sum = sorted(results, key=lambda r: r[0] - r[1])[len(results) // 2]
     ratio = wall / step_sum
     budget = 1.05 * step_sum + 0.020
