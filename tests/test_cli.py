@@ -142,12 +142,8 @@ def test_server_commands_are_exactly_the_commands_with_a_server_option() -> None
     assert set(SERVER_COMMANDS) == with_server
     assert list(SERVER_COMMANDS) == sorted(SERVER_COMMANDS)
     # Every other command refuses while KEYSHIFT_SERVER is set (tests/test_client.py),
-    # except `reference` and `agent run` (the host agent), which read no store. The
-    # freeze commands act on the local store only for now (/v1/freezes at a server).
+    # except `reference` and `agent run` (the host agent), which read no store.
     embedded_only = {
-        "freeze",
-        "unfreeze",
-        "freezes",
         "worker",
         "keys rotate-master",
         "init",

@@ -18,6 +18,7 @@ from sqlalchemy import select, text
 from keyshift.api import create_app
 from keyshift.client import Client, ServerRefused, ServerUnreachable
 from keyshift.service import approvals, identities
+from keyshift.service import freezes as freezes_service
 from keyshift.store.models import AuditEntry, VersionRow
 from keyshift.store.store import Store
 from tests.conftest import ADMIN_ENV, ADMIN_SECRET, Cli, run_subprocess
@@ -34,6 +35,7 @@ from tests.helpers import (
     write_estate,
 )
 from tests.servers import free_port, serve
+from tests.test_freezes import _estate as freeze_estate
 from tests.test_no_secret_leaks import (
     LEAKING_CONSUMER,
     _file_action,
@@ -735,3 +737,21 @@ def test_a_refused_rotation_at_the_server_is_the_same_line_and_exit_code_as_embe
     assert embedded.exit_code == 1
     assert len(remote.output.splitlines()) == 1, remote.output
     assert rotations_of(store, "api-key") == []
+
+
+def test_the_freeze_commands_work_at_a_server_as_on_the_local_store(
+    server: Server, ks_env: dict[str, str], cli: Cli, store: Store, tmp_path: Path
+) -> None:
+    assert cli("apply", "-f", str(freeze_estate(tmp_path))).exit_code == 0
+    remote = _remote(ks_env, server, server.tokens["otto"])
+    made = remote("freeze", "--owner", "team-a", "--reason", "migration", "--until", "2h")
+    assert made.exit_code == 0, made.output
+    [holding] = freezes_service.holding(store)
+    assert (holding.what, holding.created_by) == ("owner team-a", "otto")
+    listed = _remote(ks_env, server, server.tokens["vera"])("freezes", "-o", "json")
+    assert [f["id"] for f in json.loads(listed.output)] == [holding.id]
+    viewer = _remote(ks_env, server, server.tokens["vera"])("unfreeze", holding.id)
+    assert viewer.exit_code == 1
+    assert "rotations:freeze" in viewer.output
+    assert remote("unfreeze", holding.id).exit_code == 0
+    assert freezes_service.holding(store) == []

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 from urllib.parse import quote
@@ -29,6 +30,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
 from keyshift import __version__
+from keyshift.domain.freeze import Freeze
 from keyshift.domain.preflight import PreflightResult, Readiness
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import FINAL_STATES, RotationState
@@ -386,6 +388,26 @@ class Client:
 
     def roles(self) -> list[RoleView]:
         return self._get("/v1/roles", list[RoleView])
+
+    def freezes(self) -> list[Freeze]:
+        """`GET /v1/freezes`: the freezes holding now."""
+        return self._get("/v1/freezes", list[Freeze])
+
+    def freeze(
+        self, *, scope: str, value: str | None, reason: str, until: datetime | None
+    ) -> Freeze:
+        """`POST /v1/freezes`: start a freeze."""
+        body = {
+            "scope": scope,
+            "value": value,
+            "reason": reason,
+            "until": until.isoformat() if until else None,
+        }
+        return self._post("/v1/freezes", Freeze, body)
+
+    def unfreeze(self, freeze_id: str) -> Freeze:
+        """`POST /v1/freezes/{id}/lift`: lift a freeze."""
+        return self._post(f"/v1/freezes/{_seg(freeze_id)}/lift", Freeze)
 
     # Transport ------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """`freeze`, `unfreeze` and `freezes`: stop new rotations during an incident, a change
-freeze or a migration, and list what holds. On the local store (the API's
-`/v1/freezes` does the same at a server)."""
+freeze or a migration, and list what holds; on the local store, or at a server with
+`--server` (`/v1/freezes`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from keyshift.cli._common import actor, bad_usage, exit_on_error, open_store
+from keyshift.cli._common import ServerOption, actor, answer, bad_usage, exit_on_error
 from keyshift.cli.output import Format, OutputOption, emit, new_table, out, when
 from keyshift.domain.clock import utcnow
 from keyshift.domain.durations import parse_duration
@@ -49,6 +49,7 @@ def freeze(
     until: Annotated[
         str | None, typer.Option(help="Lift by itself then: 4h, 2d, or 2026-12-28T18:00 (UTC).")
     ] = None,
+    server: ServerOption = None,
 ) -> None:
     """Stop new rotations of a credential, an owner's, an environment's, or all, until
     `unfreeze` (or --until). A rotation under way stops at its next state and waits."""
@@ -68,32 +69,37 @@ def freeze(
     if not reason.strip():
         bad_usage("--reason: say why rotations are frozen")
     ends = _until(until)
-    with open_store() as store:
-        made = freezes.freeze(
-            store,
-            scope=scope,
-            value=value or None,
-            reason=reason,
-            until=ends,
-            actor=actor(),
-        )
+    made = answer(
+        server,
+        lambda client: client.freeze(
+            scope=scope.value, value=value or None, reason=reason, until=ends
+        ),
+        lambda store: freezes.freeze(
+            store, scope=scope, value=value or None, reason=reason, until=ends, actor=actor()
+        ),
+    )
     lifts = f" until {when(made.until)}" if made.until else "; `keyshift unfreeze` lifts it"
     out.print(f"Froze {made.what} (freeze {made.id}){lifts}", markup=False)
 
 
 @exit_on_error
-def unfreeze(freeze_id: Annotated[str, typer.Argument(help="The freeze's id.")]) -> None:
+def unfreeze(
+    freeze_id: Annotated[str, typer.Argument(help="The freeze's id.")],
+    server: ServerOption = None,
+) -> None:
     """Lift a freeze: rotations of what it covered may start again."""
-    with open_store() as store:
-        lifted = freezes.unfreeze(store, freeze_id, actor=actor())
+    lifted = answer(
+        server,
+        lambda client: client.unfreeze(freeze_id),
+        lambda store: freezes.unfreeze(store, freeze_id, actor=actor()),
+    )
     out.print(f"Lifted freeze {lifted.id} ({lifted.what})", markup=False)
 
 
 @exit_on_error
-def freezes_list(output: OutputOption = Format.TABLE) -> None:
+def freezes_list(server: ServerOption = None, output: OutputOption = Format.TABLE) -> None:
     """The freezes holding now."""
-    with open_store() as store:
-        found = freezes.holding(store)
+    found = answer(server, lambda client: client.freezes(), freezes.holding)
     columns = ("freeze", "covers", "reason", "by", "since", "until")
     rows = (
         (f.id, f.what, f.reason, f.created_by, when(f.created_at), when(f.until)) for f in found
