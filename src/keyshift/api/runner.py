@@ -9,6 +9,7 @@ leased like any other: if the process stops, `keyshift resume` or a worker conti
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import structlog
 
@@ -35,6 +36,17 @@ class BackgroundRotations:
     @property
     def running(self) -> list[str]:
         return sorted(self._tasks)
+
+    def timeline(self, rotation_id: str) -> rotations.Timeline:
+        """The rotation (by id or a unique prefix) with its steps; `running` also while
+        this server has it queued or running."""
+        # Queued here is read before the store: a run that ends between the two reads
+        # then shows its end state, never a stale one.
+        queued = set(self._tasks)
+        found = rotations.rotation_timeline(self.store, rotation_id)
+        if found.rotation.id in queued and not found.running:
+            return replace(found, running=True)
+        return found
 
     def start(self, rotation_id: str, *, actor: str) -> None:
         """Run the rotation as far as it goes now; returns at once. Call from the event loop.

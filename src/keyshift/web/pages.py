@@ -12,7 +12,6 @@ return ids, fingerprints, states and times only.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
@@ -24,7 +23,13 @@ from starlette.concurrency import run_in_threadpool
 
 from keyshift.api import actions
 from keyshift.api.auth import StoreDep
-from keyshift.api.routes.common import CredentialQuery, PathName, RotationId, actor_of
+from keyshift.api.routes.common import (
+    CredentialQuery,
+    PathName,
+    RotationId,
+    actor_of,
+    needs_entra_rotate,
+)
 from keyshift.api.runner import BackgroundRotations
 from keyshift.domain.clock import utcnow
 from keyshift.domain.estate import DEFAULT_POLICY_NAME
@@ -236,7 +241,7 @@ def _listing_href(filters: dict[str, str], criteria: catalog.Criteria) -> Any:
 
 def _rotatable(who: Viewer, provider: str) -> bool:
     return who.can(Permission.ROTATIONS_RUN) and (
-        not provider.startswith("entra") or who.can(Permission.ENTRA_ROTATE)
+        not needs_entra_rotate(provider) or who.can(Permission.ENTRA_ROTATE)
     )
 
 
@@ -323,16 +328,6 @@ def rotations_page(
     )
 
 
-def _timeline(request: Request, store: Any, rotation_id: str) -> rotations.Timeline:
-    # Queued here is read before the store, as the REST route does: a run that ends
-    # between the two reads then shows its end state, never a stale one.
-    queued = set(_background(request).running)
-    timeline = rotations.rotation_timeline(store, rotation_id)
-    if timeline.rotation.id in queued and not timeline.running:
-        timeline = replace(timeline, running=True)
-    return timeline
-
-
 def _rotation_context(who: Viewer, store: Any, timeline: rotations.Timeline) -> dict[str, Any]:
     provider = rotations.provider_type(store, timeline.credential)
     state = RotationState(timeline.rotation.state)
@@ -351,7 +346,7 @@ def rotation_page(
 ) -> Response:
     """One rotation: its steps in words with durations and errors, the rollout, Roll
     back where allowed, and the evidence bundle."""
-    timeline = _timeline(request, store, rotation_id)
+    timeline = _background(request).timeline(rotation_id)
     return page(request, "rotation.html", _rotation_context(who, store, timeline))
 
 
@@ -360,7 +355,7 @@ def rotation_timeline_fragment(
     request: Request, store: StoreDep, who: Reader, rotation_id: RotationId
 ) -> Response:
     """The timeline alone, which the rotation page polls until the rotation rests."""
-    timeline = _timeline(request, store, rotation_id)
+    timeline = _background(request).timeline(rotation_id)
     return page(request, "_timeline.html", _rotation_context(who, store, timeline))
 
 

@@ -70,9 +70,15 @@ async def _background(request: Request, response: Response) -> Background:
 BackgroundDep = Annotated[Background, Depends(_background)]
 
 
+def needs_entra_rotate(provider_type: str) -> bool:
+    """Whether acting on a rotation of a credential of this provider also needs
+    `entra:rotate` (an Entra ID credential)."""
+    return provider_type.startswith("entra")
+
+
 def require_entra_rotate_for(who: Identity, provider_type: str) -> None:
     """Acting on a rotation of an Entra ID credential also needs `entra:rotate`."""
-    if provider_type.startswith("entra"):
+    if needs_entra_rotate(provider_type):
         who.require(Permission.ENTRA_ROTATE)
 
 

@@ -194,16 +194,12 @@ def get_rotation(
     rotation_id: RotationId,
 ) -> RotationOut:
     """One rotation (by id or a unique prefix) with its step timeline."""
-    # Queued here is read before the store: a run that ends between the two reads then
-    # shows its end state, never a stale one.
-    queued = set(background.rotations.running)
-    timeline = rotations.rotation_timeline(store, rotation_id)
-    return rotation_out(timeline, queued=timeline.rotation.id in queued)
+    return rotation_out(background.rotations.timeline(rotation_id))
 
 
-def rotation_out(t: rotations.Timeline, *, queued: bool = False) -> RotationOut:
+def rotation_out(t: rotations.Timeline) -> RotationOut:
     return RotationOut(
-        running=t.running or queued,
+        running=t.running,
         id=t.rotation.id,
         credential=t.credential,
         state=t.rotation.state,
