@@ -458,10 +458,12 @@ def inventory(
     alerts: Alerts | None = None,
     include_removed: bool = False,
     unmanaged_only: bool = False,
+    state: str | None = None,
 ) -> list[EntraCredential]:
-    """Every discovered Entra credential with its state, soonest expiry first; with
-    `unmanaged_only`, only those of applications no estate credential manages (read
-    without the managed credentials' versions and rotations)."""
+    """Every discovered Entra credential with its state, soonest expiry first; only those
+    in lifecycle `state` (any case) when given; with `unmanaged_only`, only those of
+    applications no estate credential manages (read without the managed credentials'
+    versions and rotations)."""
     soon = (alerts or Alerts()).expiring_soon
     out: list[EntraCredential] = []
     with store.transaction() as s:
@@ -504,6 +506,8 @@ def inventory(
                     removed_at=cred.removed_at,
                 )
             )
+    if state:
+        out = [c for c in out if c.state.value.lower() == state.lower()]
     far = datetime.max.replace(tzinfo=now.tzinfo)
     out.sort(key=lambda c: (c.end or far, c.app_name, c.key_id))
     return out

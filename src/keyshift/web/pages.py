@@ -444,9 +444,7 @@ def entra_page(
     outside-keyshift and over-lifetime findings."""
     now = _now(request)
     current = estate_service.current_estate(store)
-    found = entra.inventory(store, now=now, alerts=current.alerts)
-    if state:
-        found = [c for c in found if c.state.value.lower() == state.lower()]
+    found = entra.inventory(store, now=now, alerts=current.alerts, state=state)
     return page(
         request,
         "entra.html",

@@ -61,9 +61,9 @@ def entra_credentials(
 ) -> list[entra_service.EntraCredential]:
     """Every discovered client secret and certificate with its lifecycle state."""
     alerts = estate_service.current_estate(store).alerts
-    found = entra_service.inventory(store, now=utcnow(), alerts=alerts, include_removed=removed)
-    if state is not None:
-        found = [c for c in found if c.state.value.lower() == state.lower()]
+    found = entra_service.inventory(
+        store, now=utcnow(), alerts=alerts, include_removed=removed, state=state
+    )
     if app is not None:
         found = [c for c in found if app in (c.app_name, c.app_id)]
     return found
