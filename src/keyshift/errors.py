@@ -8,6 +8,7 @@
     │   ├── DecryptionError    a ciphertext does not open under its key and associated data
     │   └── AuditChainBroken   `audit verify` found an edited, deleted or reordered entry
     ├── LeaseHeld              another live worker owns the rotation
+    ├── NotClaimed             a worker's claim lost to another worker, or came too late
     ├── Conflict               the request contradicts the current state (a name taken...)
     │   ├── RotationInProgress the credential already has an unfinished rotation
     │   └── RollbackRefused    a rotation that cannot be rolled back by hand (now)
@@ -75,6 +76,12 @@ class AuditChainBroken(StoreError):
 
 class LeaseHeld(KeyshiftError):
     """Another live worker holds the rotation's lease."""
+
+
+class NotClaimed(KeyshiftError):
+    """A worker did not claim a due credential: another worker holds it (its row is
+    locked or it has a rotation under way), or it is no longer due. Nothing was changed;
+    the worker moves on to the next one."""
 
 
 class Conflict(KeyshiftError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from typing import Annotated, Any
 
 import prometheus_client
@@ -22,6 +23,7 @@ from keyshift.cli._common import (
     exit_on_error,
     open_store,
 )
+from keyshift.cli.fleet import FleetProgress, summary
 from keyshift.cli.output import (
     Format,
     OutputOption,
@@ -335,6 +337,14 @@ def show(
 def worker(
     interval: Annotated[str, typer.Option(help="Time between scans.")] = "60s",
     once: Annotated[bool, typer.Option("--once", help="Run one scan and exit.")] = False,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=256,
+            help="Rotations run at once (default: the estate's worker.concurrency, 16).",
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(min=1, max=65535, help="Serve Prometheus /metrics on this port."),
@@ -342,18 +352,38 @@ def worker(
     metrics_address: Annotated[
         str, typer.Option(help="Address /metrics listens on (no token: keep it local).")
     ] = "127.0.0.1",
+    output: OutputOption = Format.TABLE,
 ) -> None:
-    """Resume unfinished rotations, revoke after grace periods, start due auto-rotations,
-    and deliver notifications."""
+    """Resume unfinished rotations, revoke after grace periods, start due auto-rotations
+    (several at once, the most urgent first), and deliver notifications. Several workers
+    may share a PostgreSQL store; an SQLite store takes one."""
     try:
         every = parse_duration(interval)
     except ValueError as exc:
         bad_usage(f"--interval: {exc}")
-    with open_store() as store:
+    as_json = output != Format.TABLE
+    if output == Format.YAML:
+        bad_usage("-o yaml: the worker prints a table or one JSON summary per scan")
+    with open_store() as store, store.single_worker():
         if metrics_port is not None:
             registry = metrics_service.registry_for(store)
             prometheus_client.start_http_server(metrics_port, metrics_address, registry=registry)
             out.print(f"metrics on http://{metrics_address}:{metrics_port}/metrics")
+        progress = FleetProgress(out)
+
+        def scanned(c: dict[str, int]) -> None:
+            progress.finish()
+            if as_json:
+                sys.stdout.write(summary(c, progress) + "\n")
+                sys.stdout.flush()
+                return
+            out.print(
+                f"{utcnow():%H:%M:%S} scan: {c['synced']} synced, {c['resumed']} "
+                f"resumed, {c['retired']} retired, {c['alerts']} alerts, "
+                f"{c['notified']} notified, {c['started']} started, "
+                f"{progress.failed} failed, {c['waiting']} waiting for window"
+            )
+
         try:
             asyncio.run(
                 scheduler.worker_loop(
@@ -361,15 +391,14 @@ def worker(
                     actor=f"worker:{socket.gethostname()}",
                     interval=every,
                     once=once,
-                    on_event=runs.progress,
-                    on_scan=lambda c: out.print(
-                        f"{utcnow():%H:%M:%S} scan: {c['synced']} synced, {c['resumed']} "
-                        f"resumed, {c['retired']} retired, {c['alerts']} alerts, "
-                        f"{c['notified']} notified, {c['started']} started"
-                    ),
+                    on_event=None if as_json else runs.progress,
+                    on_scan=scanned,
+                    concurrency=concurrency,
+                    tally=progress,
                 )
             )
         except KeyboardInterrupt:
+            progress.finish()
             out.print("worker stopped")
 
 

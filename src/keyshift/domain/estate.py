@@ -476,6 +476,19 @@ class Governance(_Model):
     """Approver groups: group name -> the people in it (their keyshift user names)."""
 
 
+DEFAULT_CONCURRENCY = 16
+"""Rotations one worker runs at once unless told otherwise: enough to hide issuer and
+consumer latency, few enough for a store's connection pool and a host's reloads."""
+
+
+class Worker(_Model):
+    """How `keyshift worker` runs the fleet."""
+
+    concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, le=256)
+    """Rotations one worker runs at once (`worker --concurrency` overrides it). Each
+    runs on its own thread and store connection, the most urgent first."""
+
+
 class Estate(_Model):
     """The whole estate file. Names and references across it are checked by
     `reference_problems`, which also runs on files whose fields are invalid."""
@@ -489,6 +502,8 @@ class Estate(_Model):
     """Allowlist, ownership and approver groups."""
     notifications: Notifications = Field(default_factory=Notifications)
     """Where keyshift tells operators of failures, rollbacks and approval requests."""
+    worker: Worker = Field(default_factory=Worker)
+    """How many rotations `keyshift worker` runs at once."""
 
     def integration_names(self, cred: CredentialSpec) -> list[str]:
         """The integrations a credential connects through: its provider's and actions'

@@ -33,7 +33,7 @@ from keyshift.engine.measure import Measure
 from keyshift.engine.outbox import Outbox
 from keyshift.engine.plan import Plan
 from keyshift.engine.plugins import build_integrations
-from keyshift.engine.requests import Requests
+from keyshift.engine.requests import Guard, Requests
 from keyshift.engine.rollback import Retirement, Rollback
 from keyshift.engine.rollout import Rollout
 from keyshift.engine.run import Run
@@ -93,7 +93,7 @@ class Engine:
         self.grace = GraceGate(self.steps)
         self.rollback = Rollback(self.steps, actor)
         self.retirement = Retirement(self.steps)
-        self.requests = Requests(store, self.events, self.context)
+        self.requests = Requests(store, self.events, self.context, self.leases)
         self._table = self._state_machine()
 
     @property
@@ -188,9 +188,11 @@ class Engine:
         trigger: Trigger = Trigger.CLI,
         grace: timedelta | None = None,
         audit_refusal: bool = True,
+        guard: Guard | None = None,
+        lease: bool = False,
     ) -> str:
         """Record a new rotation of `credential` in state `requested` and return its id
-        (`Requests.request` says when it is refused)."""
+        (`Requests.request` says when it is refused, and what `guard` and `lease` do)."""
         return self.requests.request(
             credential,
             requested_by=requested_by,
@@ -198,6 +200,8 @@ class Engine:
             trigger=trigger,
             grace=grace,
             audit_refusal=audit_refusal,
+            guard=guard,
+            lease=lease,
         )
 
     # Running -------------------------------------------------------------------------

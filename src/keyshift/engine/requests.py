@@ -3,11 +3,17 @@ plan, the credential claimed by it, and the request audited, in one transaction.
 
 The claim is a conditional update of the credential row, so two requests of the same
 credential cannot both succeed; a refusal is audited and changes nothing else.
+
+A worker's request (`guard` given) locks the credential's row first, passing over one
+another worker holds, and asks the guard whether the credential is still due inside the
+same transaction: of several workers sharing a store, exactly one starts each due
+rotation, and none starts one that another finished a moment ago.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import structlog
@@ -19,24 +25,32 @@ from keyshift.domain.estate import CredentialSpec, Policy
 from keyshift.domain.states import RotationState, Trigger
 from keyshift.engine import approvals, freezes, rows
 from keyshift.engine.events import EngineEvent, EventBus
+from keyshift.engine.leases import Leases
 from keyshift.engine.plan import Plan, build_plan
-from keyshift.errors import KeyshiftError, PolicyRefused
+from keyshift.errors import KeyshiftError, NotClaimed, PolicyRefused
 from keyshift.governance import refusals
 from keyshift.store.models import CredentialRow, RotationRow
 from keyshift.store.store import Store
 
-__all__ = ["Requests"]
+__all__ = ["Guard", "Requests"]
 
 log = structlog.get_logger("keyshift.engine")
+
+Guard = Callable[[Session, CredentialRow], str | None]
+"""Asked inside the request's transaction, with the credential's row locked: why the
+credential is not to be rotated after all (no longer due), or None to go on."""
 
 
 class Requests:
     """Records requested rotations."""
 
-    def __init__(self, store: Store, events: EventBus, context: PluginContext) -> None:
+    def __init__(
+        self, store: Store, events: EventBus, context: PluginContext, leases: Leases
+    ) -> None:
         self.store = store
         self.events = events
         self.context = context
+        self.leases = leases
 
     def request(
         self,
@@ -47,6 +61,8 @@ class Requests:
         trigger: Trigger = Trigger.CLI,
         grace: timedelta | None = None,
         audit_refusal: bool = True,
+        guard: Guard | None = None,
+        lease: bool = False,
     ) -> str:
         """Record a new rotation of `credential` in state `requested` and return its id.
 
@@ -55,11 +71,20 @@ class Requests:
         changes nothing else. Refused too while another rotation of the same credential
         is unfinished: the credential row is claimed with a conditional update, so two
         requests cannot both succeed.
+
+        With `guard` (the worker's scheduled rotations) the credential's row is locked
+        first and NotClaimed raised, changing nothing, when another worker holds it or
+        has a rotation of it under way, or when the guard says it is no longer due. With
+        `lease` the rotation is born leased to this engine, so that no other worker can
+        take it between its request and its run.
         """
         rotation_id = str(uuid.uuid4())
         now = self.context.now()
         with self.store.transaction() as s:
-            cred = rows.credential(s, credential)
+            if guard is None:
+                cred = rows.credential(s, credential)
+            else:
+                cred = self._claimable(s, credential, guard)
             spec = CredentialSpec.model_validate(cred.spec["credential"])
             policy = Policy.model_validate(cred.spec["policy"])
             plan = build_plan(spec, policy, grace, cred.spec.get("integrations", {}))
@@ -90,6 +115,7 @@ class Requests:
                     reason=reason,
                     trigger=trigger,
                     now=now,
+                    lease=lease,
                 )
         if refused:
             # Raised once the refusal's audit entry is committed; nothing else changed.
@@ -108,6 +134,7 @@ class Requests:
         reason: str,
         trigger: Trigger,
         now: datetime,
+        lease: bool,
     ) -> None:
         """Claim the credential for this rotation and record the request."""
         credential, requested_by = cred.name, by
@@ -131,6 +158,8 @@ class Requests:
                 keyshift_version=__version__,
                 old_version_id=current.id if current else None,
                 updated_at=now,
+                lease_owner=self.leases.owner if lease else None,
+                lease_expires_at=now + self.leases.ttl if lease else None,
             )
         )
         self.store.audit(
@@ -154,3 +183,18 @@ class Requests:
             s,
             EngineEvent("rotation.state", rotation_id, credential, now, RotationState.REQUESTED),
         )
+
+    @staticmethod
+    def _claimable(s: Session, credential: str, guard: Guard) -> CredentialRow:
+        """The credential's row, locked, if this worker may start its rotation now."""
+        cred = rows.lock_credential(s, credential)
+        if cred is None:
+            raise NotClaimed(f"credential {credential} is being claimed by another worker")
+        if cred.active_rotation_id is not None:
+            raise NotClaimed(
+                f"credential {credential} has rotation {cred.active_rotation_id} under way"
+            )
+        why = guard(s, cred)
+        if why is not None:
+            raise NotClaimed(f"credential {credential}: {why}")
+        return cred

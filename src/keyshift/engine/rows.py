@@ -17,6 +17,7 @@ __all__ = [
     "credential",
     "current_version",
     "free_credential",
+    "lock_credential",
     "next_serial",
     "rotation",
     "version",
@@ -39,6 +40,20 @@ def credential(s: Session, name: str) -> CredentialRow:
     if cred is None or cred.removed_at is not None:
         raise NotFound(f"no credential named {name} in the estate")
     return cred
+
+
+def lock_credential(s: Session, name: str) -> CredentialRow | None:
+    """The credential's row, locked for this transaction; None while another transaction
+    holds its lock (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so that workers sharing a
+    store pass over each other's claims instead of queueing on them). SQLite has no row
+    locks: its transactions begin IMMEDIATE, so a second writer waits its turn."""
+    live = (CredentialRow.name == name, CredentialRow.removed_at.is_(None))
+    found = s.execute(
+        select(CredentialRow).where(*live).with_for_update(skip_locked=True)
+    ).scalar_one_or_none()
+    if found is None and s.execute(select(CredentialRow.id).where(*live)).first() is None:
+        raise NotFound(f"no credential named {name} in the estate")
+    return found
 
 
 def claim_credential(s: Session, credential_id: str, rotation_id: str) -> bool:

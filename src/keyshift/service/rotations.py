@@ -36,6 +36,7 @@ from keyshift.engine.engine import Engine
 from keyshift.engine.journal import StepEvent
 from keyshift.engine.plan import Plan, stored_plan
 from keyshift.engine.plugins import build_provider, provider_class
+from keyshift.engine.requests import Guard
 from keyshift.errors import (
     ConfigError,
     Conflict,
@@ -45,7 +46,7 @@ from keyshift.errors import (
     RotationInProgress,
 )
 from keyshift.providers.base import Capability, capability_key
-from keyshift.service import due, lookups
+from keyshift.service import due, fleet, lookups
 from keyshift.service.impact import step_titles
 from keyshift.service.notifications import Ticket, tickets
 from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
@@ -478,8 +479,11 @@ async def rotate(
     reason: str = "manual",
     trigger: Trigger = Trigger.CLI,
     audit_refusal: bool = True,
+    guard: Guard | None = None,
 ) -> tuple[str, RotationState]:
-    """Request a rotation and run it as far as it goes now (to `grace` or to the end)."""
+    """Request a rotation and run it as far as it goes now (to `grace` or to the end).
+    The rotation is leased to this call from its request on, so no worker that resumes
+    unfinished rotations meanwhile runs it too; `guard` as for `Engine.request`."""
     engine = Engine(store, actor=actor, context=context, on_event=on_event)
     rotation_id = engine.request(
         credential,
@@ -488,6 +492,8 @@ async def rotate(
         reason=reason,
         trigger=trigger,
         audit_refusal=audit_refusal,
+        guard=guard,
+        lease=True,
     )
     return rotation_id, await engine.run(rotation_id)
 
@@ -543,20 +549,35 @@ async def resume(
     actor: str,
     context: PluginContext | None = None,
     on_event: Callable[[StepEvent], None] | None = None,
+    concurrency: int = 1,
+    on_start: Callable[[fleet.Job], None] | None = None,
+    on_outcome: Callable[[fleet.Outcome], None] | None = None,
 ) -> list[tuple[str, str, RotationState | None]]:
-    """Continue every unfinished rotation from its journal.
+    """Continue every unfinished rotation from its journal, up to `concurrency` at once
+    (`service.fleet`), the longest waiting first.
 
     Returns (rotation id, credential, state reached); the state is None when a
-    live worker holds the rotation's lease.
+    live worker holds the rotation's lease. A rotation that could not be run at all
+    (its store unreachable, a bug) is logged and left for the next try.
     """
-    engine = Engine(store, actor=actor, context=context, on_event=on_event)
-    out: list[tuple[str, str, RotationState | None]] = []
-    for rotation_id, credential, _state, _grace in unfinished(store):
-        try:
-            out.append((rotation_id, credential, await engine.run(rotation_id)))
-        except LeaseHeld:
-            out.append((rotation_id, credential, None))
-    return out
+
+    def job(rotation_id: str, credential: str) -> fleet.Job:
+        async def call() -> tuple[str, RotationState]:
+            state = await run(store, rotation_id, actor=actor, context=context, on_event=on_event)
+            return rotation_id, state
+
+        return fleet.Job(credential, call, rotation_id)
+
+    jobs = [job(rotation_id, credential) for rotation_id, credential, _s, _g in unfinished(store)]
+    outcomes = await fleet.run_all(
+        jobs, concurrency=concurrency, on_start=on_start, on_outcome=on_outcome
+    )
+    order = {j.rotation_id: i for i, j in enumerate(jobs)}
+    return [
+        (o.rotation_id or "", o.credential, o.state)
+        for o in sorted(outcomes, key=lambda o: order[o.rotation_id])
+        if o.error is None
+    ]
 
 
 async def retire_disabled(

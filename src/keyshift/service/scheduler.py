@@ -30,25 +30,26 @@ import asyncio
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from keyshift.azure import EntraIntegration
 from keyshift.context import PluginContext
 from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import DEFAULT_POLICY_NAME, Estate
-from keyshift.domain.states import Trigger, VersionStatus
+from keyshift.domain.states import RotationState, Trigger, VersionStatus
 from keyshift.engine import freezes
 from keyshift.engine.engine import Engine
 from keyshift.engine.faults import crash_point
 from keyshift.engine.journal import StepEvent
-from keyshift.errors import PolicyRefused
-from keyshift.service import alerting, due, entra, notifications
+from keyshift.engine.requests import Guard
+from keyshift.service import alerting, due, entra, fleet, notifications
 from keyshift.service.estate import current_estate
-from keyshift.service.rotations import resume, retire_disabled, rotate
+from keyshift.service.rotations import _last_completed, resume, retire_disabled, rotate
 from keyshift.store.models import (
     AlertRow,
     CredentialRow,
@@ -271,20 +272,116 @@ def alerts(store: Store, *, limit: int = 50) -> list[Alert]:
 # --- 4. automatic rotations ---------------------------------------------------------------
 
 
-def due_for_rotation(store: Store, *, now: datetime) -> list[str]:
-    """Credentials the worker rotates now, by name: those with `auto_rotate: true`, no
-    rotation under way, inside their rotation window, whose expiry is within
-    `rotate_before_expiry` or that have none yet (`due.next_rotation`, the rule status
-    shows too)."""
+@dataclass(frozen=True)
+class Schedule:
+    due: list[str]
+    """Credentials to rotate now, most urgent first (`due_for_rotation`)."""
+    waiting: list[str]
+    """Credentials that would be due but are outside their rotation window."""
+
+
+def scheduled(store: Store, *, now: datetime) -> Schedule:
+    """Credentials the worker rotates now, by name, most urgent first: those with
+    `auto_rotate: true`, no rotation under way, inside their rotation window, whose
+    expiry is within `rotate_before_expiry` or that have none yet (`due.next_rotation`,
+    the rule status shows too). Expired ones come first, then the nearest expiry, then
+    those without one, the least recently rotated first among equals. Those only their
+    window holds back wait for it, holding up none of the others."""
     with store.transaction() as s:
         holding = freezes.holding(s, now)
-        candidates = due.standings(
-            s,
-            CredentialRow.scheduled.is_(True),
-            CredentialRow.auto_rotate.is_(True),
-            CredentialRow.active_rotation_id.is_(None),
+        candidates = list(
+            due.standings(
+                s,
+                CredentialRow.scheduled.is_(True),
+                CredentialRow.auto_rotate.is_(True),
+                CredentialRow.active_rotation_id.is_(None),
+            )
         )
-        return [c.name for c in candidates if due.next_rotation(c, now=now, freezes=holding).due]
+        ready = [c for c in candidates if due.next_rotation(c, now=now, freezes=holding).due]
+        chosen = {c.id for c in ready}
+        waiting = [
+            c.name
+            for c in candidates
+            if c.policy.window is not None
+            and c.id not in chosen
+            and due.next_rotation(
+                c._replace(policy=c.policy.model_copy(update={"window": None})),
+                now=now,
+                freezes=holding,
+            ).due
+        ]
+        last = _last_completed(s, (CredentialRow.id.in_([c.id for c in ready]),))
+    ready.sort(key=lambda c: _urgency(c, last.get(c.id)))
+    return Schedule([c.name for c in ready], waiting)
+
+
+def due_for_rotation(store: Store, *, now: datetime) -> list[str]:
+    """The credentials to rotate now, most urgent first (`scheduled`)."""
+    return scheduled(store, now=now).due
+
+
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def _urgency(c: due.Standing, last_rotated: datetime | None) -> tuple[int, datetime, datetime, str]:
+    end = c.current.expires_at if c.current is not None else c.issuer_expires_at
+    return (0 if end is not None else 1, end or _NEVER, last_rotated or _NEVER, c.name)
+
+
+def still_due(now: datetime) -> Guard:
+    """The guard of a scheduled rotation's request: asked with the credential's row
+    locked, whether it is due still (another worker may have rotated it since this one
+    chose it)."""
+
+    def guard(s: Session, cred: CredentialRow) -> str | None:
+        found = list(due.standings(s, CredentialRow.id == cred.id))
+        holding = freezes.holding(s, now)
+        if not found or not due.next_rotation(found[0], now=now, freezes=holding).due:
+            return "no longer due"
+        return None
+
+    return guard
+
+
+def _scheduled(
+    store: Store,
+    credential: str,
+    *,
+    actor: str,
+    context: PluginContext,
+    on_event: Callable[[StepEvent], None] | None,
+) -> fleet.Job:
+    async def call() -> tuple[str, RotationState]:
+        return await rotate(
+            store,
+            credential,
+            actor=actor,
+            context=context,
+            on_event=on_event,
+            reason="scheduled",
+            trigger=Trigger.SCHEDULE,
+            audit_refusal=False,
+            guard=still_due(context.now()),
+        )
+
+    return fleet.Job(credential, call)
+
+
+def _refused(store: Store, outcome: fleet.Outcome, *, actor: str, now: datetime) -> None:
+    """Raise a scheduled rotation's refusal once as an alert (audited then), not at
+    every scan."""
+    alerting.record(
+        store,
+        actor=actor,
+        subject=f"credential:{outcome.credential}",
+        kind="refused",
+        threshold=hashlib.sha256("; ".join(outcome.refused).encode()).hexdigest()[:16],
+        detail={
+            "credential": outcome.credential,
+            "reasons": list(outcome.refused),
+            "raised_at": now.isoformat(),
+        },
+    )
 
 
 # --- the scan -----------------------------------------------------------------------------
@@ -296,11 +393,28 @@ async def worker_pass(
     actor: str,
     context: PluginContext | None = None,
     on_event: Callable[[StepEvent], None] | None = None,
+    concurrency: int | None = None,
+    tally: fleet.Tally | None = None,
 ) -> dict[str, int]:
-    """One scan (see the module docstring); counts of what it did."""
+    """One scan (see the module docstring); counts of what it did. Up to `concurrency`
+    rotations run at once (`service.fleet`; by default the estate's `worker.concurrency`),
+    resumed ones and then due ones, the most urgent first; `tally` counts them as they
+    start and end."""
+    tally = tally or fleet.Tally()
+    tally.begin()
+    if concurrency is None:
+        concurrency = current_estate(store).worker.concurrency
     ctx = Engine(store, actor=actor, context=context).context_for({})
     synced = await sync_due(store, actor=actor, context=ctx)
-    resumed = await resume(store, actor=actor, context=ctx, on_event=on_event)
+    resumed = await resume(
+        store,
+        actor=actor,
+        context=ctx,
+        on_event=on_event,
+        concurrency=concurrency,
+        on_start=tally.started,
+        on_outcome=tally.ended,
+    )
     retired = await retire_disabled(store, actor=actor, context=ctx)
     estate = current_estate(store)
     alerts = raise_alerts(store, estate, actor=actor, now=ctx.now())
@@ -308,36 +422,19 @@ async def worker_pass(
     alerts += alerting.raise_revoked_in_use(store, actor=actor, now=ctx.now())
     alerts += await alerting.raise_changed_outside(store, actor=actor, context=ctx)
     await deliver_alerts(store, estate, context=ctx)
-    started = 0
-    for credential in due_for_rotation(store, now=ctx.now()):
-        try:
-            await rotate(
-                store,
-                credential,
-                actor=actor,
-                context=ctx,
-                on_event=on_event,
-                reason="scheduled",
-                trigger=Trigger.SCHEDULE,
-                audit_refusal=False,
-            )
-            started += 1
-        except PolicyRefused as exc:
-            # Raised once as an alert (and audited then), not at every scan.
-            alerting.record(
-                store,
-                actor=actor,
-                subject=f"credential:{credential}",
-                kind="refused",
-                threshold=hashlib.sha256("; ".join(exc.reasons).encode()).hexdigest()[:16],
-                detail={
-                    "credential": credential,
-                    "reasons": exc.reasons,
-                    "raised_at": ctx.now().isoformat(),
-                },
-            )
-        except Exception as exc:  # one credential's failure must not stop the scan
-            log.error("scheduled rotation failed to start", credential=credential, error=str(exc))
+    schedule = scheduled(store, now=ctx.now())
+    tally.scheduled(len(schedule.due), len(schedule.waiting))
+    jobs = [
+        _scheduled(store, name, actor=actor, context=ctx, on_event=on_event)
+        for name in schedule.due
+    ]
+    outcomes = await fleet.run_all(
+        jobs, concurrency=concurrency, on_start=tally.started, on_outcome=tally.ended
+    )
+    for outcome in outcomes:
+        if outcome.refused:
+            _refused(store, outcome, actor=actor, now=ctx.now())
+    started = sum(1 for o in outcomes if o.rotation_id is not None)
     # Last, so that what this scan's rotations reported is told in this scan.
     crash_point("dispatching")
     told = await notifications.dispatch(store, estate, context=ctx)
@@ -348,6 +445,7 @@ async def worker_pass(
         "alerts": alerts,
         "notified": told["delivered"],
         "started": started,
+        "waiting": len(schedule.waiting),
     }
 
 
@@ -359,9 +457,13 @@ async def worker_loop(
     once: bool = False,
     on_event: Callable[[StepEvent], None] | None = None,
     on_scan: Callable[[dict[str, int]], None] | None = None,
+    concurrency: int | None = None,
+    tally: fleet.Tally | None = None,
 ) -> None:
     while True:
-        counts = await worker_pass(store, actor=actor, on_event=on_event)
+        counts = await worker_pass(
+            store, actor=actor, on_event=on_event, concurrency=concurrency, tally=tally
+        )
         log.info("worker scan", **counts)
         if on_scan is not None:
             on_scan(counts)

@@ -70,7 +70,16 @@ def _sqlite_begin(conn: Any) -> None:
 def open_engine(url: str) -> Engine:
     """Create the SQLAlchemy engine; on SQLite switch on WAL and serialised writers."""
     try:
-        engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
+        # A worker runs each of up to 256 rotations at once on a thread and connection of
+        # its own (`service.fleet`): connections beyond the pool's five are closed again
+        # as they come back, so the overflow costs nothing while the fleet is quiet.
+        pooled = make_url(url).database not in (None, "", ":memory:")
+        engine = create_engine(
+            url,
+            future=True,
+            pool_pre_ping=not url.startswith("sqlite"),
+            **({"max_overflow": 300} if pooled else {}),
+        )
     except (SQLAlchemyError, ImportError) as exc:
         raise StoreError(f"cannot open the store at {make_url(url)!r}: {_first_line(exc)}") from exc
     if engine.dialect.name == "sqlite":

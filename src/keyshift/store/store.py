@@ -7,6 +7,8 @@ decrypted only where it is delivered.
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from keyshift.domain.clock import utcnow
 from keyshift.domain.secret import Secret
-from keyshift.errors import NotFound, StoreError
+from keyshift.errors import Conflict, NotFound, StoreError
 from keyshift.store import audit
 from keyshift.store.crypto import (
     Fingerprinter,
@@ -69,6 +71,36 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextmanager
+    def single_worker(self) -> Iterator[None]:
+        """Hold the embedded store's worker lock while the block runs. SQLite stays
+        single-worker: a second `keyshift worker` on the same file is refused (Conflict,
+        naming the holder's pid). Several workers share a PostgreSQL store: there each
+        claims rows with `FOR UPDATE SKIP LOCKED`, so nothing is held here."""
+        database = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+            yield
+            return
+        path = Path(f"{database}.worker.lock")
+        with path.open("a+", encoding="utf-8") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "unknown"
+                raise Conflict(
+                    f"another keyshift worker (pid {holder}) runs on the SQLite store "
+                    f"{database}; SQLite stays single-worker: point KEYSHIFT_DATABASE_URL "
+                    "at PostgreSQL to run several workers"
+                ) from None
+            try:
+                lock.truncate(0)
+                lock.write(str(os.getpid()))
+                lock.flush()
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def ping(self) -> None:
         """Run one trivial query; raises StoreError when the database cannot be reached."""
