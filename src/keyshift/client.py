@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -37,7 +37,7 @@ from keyshift.domain.states import FINAL_STATES, RotationState
 from keyshift.errors import AuditChainBroken, KeyshiftError
 from keyshift.service.approvals import ApprovalView
 from keyshift.service.entra import EntraCredential, Finding, Summary, SyncResult
-from keyshift.service.estate import Change
+from keyshift.service.estate import Change, Frozen
 from keyshift.service.evidence import Verification
 from keyshift.service.foreign import ForeignReport
 from keyshift.service.identities import IssuedToken, Principal, RoleView, TokenInfo
@@ -124,6 +124,7 @@ class _AuditVerification:
 class _EstateChanges:
     changes: list[Change]
     warnings: list[str]
+    frozen: list[Frozen] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -189,12 +190,13 @@ class Client:
 
     def plan_estate(
         self, document: dict[str, Any], *, apply: bool = False
-    ) -> tuple[list[Change], list[str]]:
+    ) -> tuple[list[Change], list[str], list[Frozen]]:
         """`POST /v1/estate/plan` (or `/apply`): the estate document as read from its file.
-        Returns the changes and the warnings (`path: message`)."""
+        Returns the changes, the warnings (`path: message`) and the credentials freezes
+        cover."""
         path = "/v1/estate/apply" if apply else "/v1/estate/plan"
         answer = self._post(path, _EstateChanges, document)
-        return answer.changes, answer.warnings
+        return answer.changes, answer.warnings, answer.frozen
 
     # Credentials and rotations ----------------------------------------------------------
 

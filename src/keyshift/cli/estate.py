@@ -44,7 +44,7 @@ def _plan_or_apply(file: Path, server: str | None, *, apply: bool) -> None:
         # The server validates the document; its refusal lists the same problems.
         document = estate_service.read_document(file)
         with client_of(server) as client:
-            changes, warnings = client.plan_estate(document, apply=apply)
+            changes, warnings, frozen = client.plan_estate(document, apply=apply)
     else:
         found: list[estate_service.EstateWarning] = []
         estate = estate_service.load_estate(file, found)
@@ -55,9 +55,22 @@ def _plan_or_apply(file: Path, server: str | None, *, apply: bool) -> None:
                 if apply
                 else estate_service.plan_estate(store, estate)
             )
+            frozen = estate_service.frozen(store, estate)
     for warning in warnings:
         err.print(f"warning: {warning}", markup=False)
     print_changes(changes, applied=apply)
+    print_frozen(frozen)
+
+
+def print_frozen(frozen: list[estate_service.Frozen]) -> None:
+    """One line per credential a freeze covers, with the freeze and its reason."""
+    for f in frozen:
+        until = f" until {f.until:%Y-%m-%d %H:%M}Z" if f.until else ""
+        which = f"freeze {f.freeze_id}" if f.freeze_id else "started by this apply"
+        out.print(
+            f"frozen: {f.credential} ({f.freeze}, {f.source}{until}; {which}): {f.reason}",
+            markup=False,
+        )
 
 
 @exit_on_error
@@ -128,7 +141,15 @@ def status(server: ServerOption = None, output: OutputOption = Format.TABLE) -> 
         lambda client: client.status_rows(),
         lambda store: rotations.status_rows(store, now=utcnow()),
     )
-    emit(output, rows, lambda: out.print(status_table(rows)))
+    emit(output, rows, lambda: _print_status(rows))
+
+
+def _print_status(rows: list[rotations.StatusRow]) -> None:
+    """The table, then why each frozen credential is frozen."""
+    out.print(status_table(rows))
+    for row in rows:
+        if row.frozen:
+            out.print(f"{row.credential}: {row.frozen}", markup=False)
 
 
 def reference() -> None:

@@ -98,11 +98,13 @@ def unfreeze(
 
 @exit_on_error
 def freezes_list(server: ServerOption = None, output: OutputOption = Format.TABLE) -> None:
-    """The freezes holding now."""
+    """The freezes holding now, with where each was declared (cli, api, or the estate
+    file's `freeze:`, which `apply` lifts once it is gone from the file)."""
     found = answer(server, lambda client: client.freezes(), freezes.holding)
-    columns = ("freeze", "covers", "reason", "by", "since", "until")
+    columns = ("freeze", "covers", "reason", "source", "by", "since", "until")
     rows = (
-        (f.id, f.what, f.reason, f.created_by, when(f.created_at), when(f.until)) for f in found
+        (f.id, f.what, f.reason, f.source, f.created_by, when(f.created_at), when(f.until))
+        for f in found
     )
     title = f"Freezes holding ({len(found)})"
     emit(output, found, lambda: out.print(new_table(title, columns, rows)))

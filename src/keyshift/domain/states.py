@@ -109,6 +109,18 @@ class VersionStatus(StrEnum):
     REVOKED = "revoked"
 
 
+class Provenance(StrEnum):
+    """How keyshift came to hold a version."""
+
+    ISSUED = "issued"
+    """Created at the issuer by a rotation."""
+    ADOPTED = "adopted"
+    """Found at the issuer on a first rotation and taken over without its value."""
+    IMPORTED = "imported"
+    """Brought under management by an operator (`keyshift import`) with its value, as
+    the issuer already held it."""
+
+
 class Lifecycle(StrEnum):
     """The lifecycle state shown to operators for a credential."""
 

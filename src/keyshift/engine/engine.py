@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from keyshift.context import PluginContext
+from keyshift.domain.estate import disabled_integrations
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import RotationState, Trigger
 from keyshift.engine import approvals, freezes, preflight, rows
@@ -40,6 +41,7 @@ from keyshift.engine.run import Run
 from keyshift.engine.steps import Steps
 from keyshift.engine.subscribers import AuditTrail, StepProgress
 from keyshift.errors import ConfigError, KeyshiftError
+from keyshift.governance import integration_disabled
 from keyshift.providers.base import Capability, Provider
 from keyshift.sources import read_source
 from keyshift.store.store import Store
@@ -207,16 +209,17 @@ class Engine:
 
         Returns the state it stopped in: a final state, or one that waits (`grace`
         while the grace period lasts, an approval, a freeze); a later `run`, e.g. from
-        the worker, goes on from there. A freeze that covers the credential stops the
-        run between two states, with no step half-done; a rollback is not stopped.
+        the worker, goes on from there. A freeze that covers the credential, or an
+        integration it uses that the estate disabled, stops the run between two states,
+        with no step half-done; a rollback is not stopped.
         """
         run = self.steps.claim(rotation_id)
         bound = log.bind(rotation_id=rotation_id, credential=run.credential)
         try:
             while not run.state.is_final:
-                frozen = self._frozen(run)
-                if frozen:
-                    bound.info("paused by a freeze", state=run.state.value, freeze=frozen[0])
+                held = self._held(run)
+                if held:
+                    bound.info("paused", state=run.state.value, reason=held[0])
                     break
                 advance = self._table.get(run.state)
                 if advance is None:
@@ -230,17 +233,22 @@ class Engine:
         finally:
             await self.steps.let_go(run)
 
-    def _frozen(self, run: Run) -> list[str]:
-        """Why a freeze holds this run now (empty when none does, or while it rolls back)."""
+    def _held(self, run: Run) -> list[str]:
+        """Why this run waits now: a freeze holds it, or the estate disabled an integration
+        it calls through (as applied since the rotation was requested). Empty when
+        nothing does, and while it rolls back."""
         if run.state == RotationState.ROLLING_BACK:
             return []
         with self.store.transaction() as s:
             cred = rows.credential(s, run.credential)
-            return freezes.refusals(
-                freezes.holding(s, self.steps.context.now()),
-                cred.name,
-                cred.owner,
-                cred.environment,
+            disabled = disabled_integrations(cred.spec.get("integrations", {}))
+            return [integration_disabled(name, cred.name) for name in disabled] + (
+                freezes.refusals(
+                    freezes.holding(s, self.steps.context.now()),
+                    cred.name,
+                    cred.owner,
+                    cred.environment,
+                )
             )
 
     async def roll_back(self, rotation_id: str, *, reason: str) -> RotationState:

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from keyshift.context import PluginContext
-from keyshift.domain.estate import config_errors
+from keyshift.domain.estate import INTEGRATION_FIELDS, config_errors
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, EstateInvalid
 from keyshift.providers import INTEGRATIONS, PROVIDERS, Provider
@@ -52,7 +52,7 @@ def build_integrations(declared: dict[str, dict[str, Any]]) -> dict[str, BaseMod
     out: dict[str, BaseModel] = {}
     for name, raw in declared.items():
         cls = integration_class(raw["type"], f"integrations.{name}.type")
-        config = {k: v for k, v in raw.items() if k not in ("name", "type")}
+        config = {k: v for k, v in raw.items() if k not in INTEGRATION_FIELDS}
         out[name] = validate_config(cls, config, f"integrations.{name}")
     return out
 

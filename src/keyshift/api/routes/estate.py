@@ -17,6 +17,7 @@ from keyshift.service import catalog, overview, rotations
 from keyshift.service import estate as estate_service
 from keyshift.service import impact as impact_service
 from keyshift.service.identities import Identity
+from keyshift.store.store import Store
 
 router = v1_router()
 
@@ -40,9 +41,14 @@ class EstateChanges(BaseModel):
     warnings: list[str] = []
     """What was accepted but not as written (legacy fields renamed, manual-review actions),
     each `path: message`, as `keyshift plan` and `apply` print them."""
+    frozen: list[estate_service.Frozen] = []
+    """Each credential of the estate a freeze covers once it is applied, with the freeze
+    and its reason (operators' freezes and the file's own `freeze:`)."""
 
 
 def _changes(
+    store: Store,
+    estate: Estate,
     changes: list[estate_service.Change],
     *,
     applied: bool,
@@ -52,6 +58,7 @@ def _changes(
         applied=applied,
         changes=[ChangeOut(op=c.op, kind=c.kind, name=c.name, detail=c.detail) for c in changes],
         warnings=[str(w) for w in warnings],
+        frozen=estate_service.frozen(store, estate),
     )
 
 
@@ -70,7 +77,9 @@ def plan_estate(
 ) -> EstateChanges:
     """What applying this estate document would change. Changes nothing."""
     estate, warnings = _parse(document)
-    return _changes(estate_service.plan_estate(store, estate), applied=False, warnings=warnings)
+    return _changes(
+        store, estate, estate_service.plan_estate(store, estate), applied=False, warnings=warnings
+    )
 
 
 @router.post("/estate/apply", tags=["estate"])
@@ -83,7 +92,7 @@ def apply_estate(
     (422 `estate-invalid` listing every field problem)."""
     estate, warnings = _parse(document)
     applied = estate_service.apply_estate(store, estate, actor=actor_of(who))
-    return _changes(applied, applied=True, warnings=warnings)
+    return _changes(store, estate, applied, applied=True, warnings=warnings)
 
 
 @router.get("/credentials", tags=["credentials"])
