@@ -42,6 +42,7 @@ from keyshift.service.evidence import Verification
 from keyshift.service.foreign import ForeignReport
 from keyshift.service.identities import IssuedToken, Principal, RoleView, TokenInfo
 from keyshift.service.impact import ImpactRow
+from keyshift.service.imports import Imported
 from keyshift.service.integrations import Check
 from keyshift.service.notifications import Delivery
 from keyshift.service.rotations import RotationSummary, StatusRow, Timeline
@@ -410,6 +411,22 @@ class Client:
     def unfreeze(self, freeze_id: str) -> Freeze:
         """`POST /v1/freezes/{id}/lift`: lift a freeze."""
         return self._post(f"/v1/freezes/{_seg(freeze_id)}/lift", Freeze)
+
+    def import_value(
+        self,
+        credential: str,
+        value: Secret,
+        *,
+        username: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> Imported:
+        """`POST /v1/credentials/{name}/import`: the value in the body, never in the URL."""
+        body = {
+            "value": value.reveal(),
+            "username": username,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        }
+        return self._post(f"/v1/credentials/{_seg(credential)}/import", Imported, body)
 
     # Transport ------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ and group on `app` in the order `keyshift --help` lists them.
 | module | commands |
 |---|---|
 | `estate` | plan, apply, status, reference |
+| `imports` | import |
 | `rotations` | preflight, rotate, resume, rollback, history, show, worker, impact |
 | `freezes` | freeze, unfreeze, freezes |
 | `governance` | approvals, approve, reject, alerts, evidence, audit |
@@ -34,6 +35,7 @@ from keyshift.cli import (
     estate,
     freezes,
     governance,
+    imports,
     keys,
     notifications,
     rotations,
@@ -90,6 +92,7 @@ for command in (
 ):
     app.command()(command)
 app.command("freezes")(freezes.freezes_list)
+app.command("import")(imports.import_)
 
 for name, group in (
     ("audit", governance.audit_app),

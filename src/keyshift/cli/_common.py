@@ -122,6 +122,7 @@ SERVER_COMMANDS = (
     "freezes",
     "history",
     "impact",
+    "import",
     "integrations test",
     "notifications",
     "notifications test",

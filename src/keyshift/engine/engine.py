@@ -1,11 +1,12 @@
 """The rotation engine: runs the state machine of design.md, one journaled step at a time.
 
 `Engine` is the facade the service layer uses: `request`, `run`, `preflight`,
-`roll_back` and `retire_disabled`. The state machine reads top to bottom in `_table`:
-one entry per state that a worker advances, each naming the step (or gate) that moves
-it on. What the steps do lives in one module per responsibility: `steps` (journal,
-retries, lease and state writes), `issuer`, `rollout`, `gates`, `rollback`; events of
-every change go to the subscribers of `events` (the audit trail first).
+`roll_back`, `retire_disabled` and `import_current`. The state machine reads top to
+bottom in `_table`: one entry per state that a worker advances, each naming the step
+(or gate) that moves it on. What the steps do lives in one module per responsibility:
+`steps` (journal, retries, lease and state writes), `issuer`, `rollout`, `gates`,
+`rollback`, `imports`; events of every change go to the subscribers of `events` (the
+audit trail first).
 
 A rotation is owned by one worker at a time through a lease on its row; a lease whose
 holder died (same host, process gone) or expired is taken over.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -27,6 +28,7 @@ from keyshift.domain.states import RotationState, Trigger
 from keyshift.engine import approvals, freezes, preflight, rows
 from keyshift.engine.events import EventBus, Subscriber
 from keyshift.engine.gates import ApprovalGate, GraceGate, validate
+from keyshift.engine.imports import Imported, import_current
 from keyshift.engine.issuer import Issuer
 from keyshift.engine.journal import StepEvent
 from keyshift.engine.leases import Leases
@@ -279,6 +281,28 @@ class Engine:
             return context or self.plugin_context(plan, known)
 
         return await preflight.check(plan, context_for, provider=provider, secrets=secrets)
+
+    # Importing -------------------------------------------------------------------------
+
+    async def import_current(
+        self,
+        credential: str,
+        value: Secret,
+        *,
+        username: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> Imported:
+        """Store a value the issuer holds now as the credential's current version, proven
+        first (`imports.import_current`)."""
+        return await import_current(
+            self.store,
+            self.context_for,
+            credential,
+            value,
+            actor=self.actor,
+            username=username,
+            expires_at=expires_at,
+        )
 
     # Plugin contexts -------------------------------------------------------------------
 

@@ -212,6 +212,8 @@ class VersionLine:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    provenance: str = "issued"
+    """`issued` by a rotation, `adopted` from the issuer (no value), or `imported`."""
 
 
 @dataclass(frozen=True)
@@ -649,6 +651,7 @@ def credential_detail(store: Store, credential: str, *, now: datetime) -> Creden
                     VersionRow.created_at,
                     VersionRow.expires_at,
                     VersionRow.revoked_at,
+                    VersionRow.provenance,
                 )
                 .where(VersionRow.credential_id == cred.id)
                 .order_by(VersionRow.serial)
