@@ -33,8 +33,8 @@ from keyshift import __version__
 from keyshift.domain.freeze import Freeze
 from keyshift.domain.preflight import PreflightResult, Readiness
 from keyshift.domain.secret import Secret
-from keyshift.domain.states import FINAL_STATES, RotationState
-from keyshift.errors import AuditChainBroken, KeyshiftError
+from keyshift.domain.states import FINAL_STATES, WAITING_STATES
+from keyshift.errors import AuditChainBroken, KeyshiftError, ServerRefused, ServerUnreachable
 from keyshift.service.approvals import ApprovalView
 from keyshift.service.entra import EntraCredential, Finding, Summary, SyncResult
 from keyshift.service.estate import Change, Frozen
@@ -57,15 +57,6 @@ FOLLOW_INTERVAL_SECONDS = 0.5
 """How often `follow` asks for a rotation's state."""
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-
-WAITING_STATES = frozenset(
-    {
-        RotationState.GRACE,
-        RotationState.AWAITING_APPROVAL,
-        RotationState.AWAITING_REVOKE_APPROVAL,
-    }
-)
-"""Unfinished states a rotation rests in until time passes or a human decides."""
 
 _FINAL = {s.value for s in FINAL_STATES}
 _RESTING = _FINAL | {s.value for s in WAITING_STATES}
@@ -132,25 +123,6 @@ class _EstateChanges:
 class _TokenCreated:
     token: str
     info: TokenInfo
-
-
-class ServerRefused(KeyshiftError):
-    """The server answered with a problem document; `code` is its stable code."""
-
-    def __init__(
-        self, status: int, code: str, detail: str, problems: list[tuple[str, str]] | None = None
-    ) -> None:
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.problems = problems or []
-        """(field path, message) of each problem the server listed."""
-        super().__init__(detail)
-
-
-class ServerUnreachable(KeyshiftError):
-    """No answer from the server (refused connection, name, TLS or timeout), or an
-    answer that is not the keyshift API's."""
 
 
 class Client:

@@ -27,7 +27,7 @@ from typing import Annotated
 
 import typer
 
-from keyshift import __version__, logs
+from keyshift import __version__
 from keyshift.cli import (
     access,
     demo,
@@ -60,10 +60,12 @@ def _main(
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
     log_level: Annotated[str | None, typer.Option(help="Log level (default WARNING).")] = None,
 ) -> None:
-    logs.configure(log_level)
     if version:
         out.print(f"keyshift {__version__}")
         raise typer.Exit(0)
+    from keyshift import logs  # structlog loads for the commands that log, not --version
+
+    logs.configure(log_level)
 
 
 for command in (

@@ -5,17 +5,19 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from keyshift.cli._common import ServerOption, actor, answer, client_of, exit_on_error, open_store
 from keyshift.cli.output import Format, OutputOption, emit, err, lifecycle, new_table, out
 from keyshift.domain.clock import utcnow
-from keyshift.service import estate as estate_service
-from keyshift.service import rotations
-from keyshift.service.reference import estate_reference
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from keyshift.service import estate as estate_service
+    from keyshift.service import rotations
 
 
 def print_changes(changes: list[estate_service.Change], *, applied: bool) -> None:
@@ -40,6 +42,8 @@ EstateFile = Annotated[Path, typer.Option("-f", "--file", help="Estate YAML file
 def _plan_or_apply(file: Path, server: str | None, *, apply: bool) -> None:
     """Plan or apply here or at the server; warnings (legacy fields renamed, actions that
     need a person) go to stderr before the changes."""
+    from keyshift.service import estate as estate_service
+
     if server:
         # The server validates the document; its refusal lists the same problems.
         document = estate_service.read_document(file)
@@ -136,6 +140,8 @@ def _next_rotation(word: str) -> str:
 @exit_on_error
 def status(server: ServerOption = None, output: OutputOption = Format.TABLE) -> None:
     """One row per credential: lifecycle, current version fingerprint, expiry."""
+    from keyshift.service import rotations
+
     rows = answer(
         server,
         lambda client: client.status_rows(),
@@ -154,4 +160,6 @@ def _print_status(rows: list[rotations.StatusRow]) -> None:
 
 def reference() -> None:
     """Print the estate-file reference (Markdown), generated from the models."""
+    from keyshift.service.reference import estate_reference
+
     sys.stdout.write(estate_reference())

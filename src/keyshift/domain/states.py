@@ -44,6 +44,15 @@ FINAL_STATES = frozenset(
     }
 )
 
+WAITING_STATES = frozenset(
+    {
+        RotationState.GRACE,
+        RotationState.AWAITING_APPROVAL,
+        RotationState.AWAITING_REVOKE_APPROVAL,
+    }
+)
+"""Unfinished states a rotation rests in until time passes or a human decides."""
+
 
 MANUAL_ROLLBACK_FROM = frozenset(
     {

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import select
@@ -31,7 +31,6 @@ from keyshift.domain.states import FINAL_STATES, Lifecycle, RotationState
 from keyshift.engine.engine import Engine
 from keyshift.errors import Conflict, NotFound
 from keyshift.providers import ProviderKind
-from keyshift.providers.graph import Application, GraphClient, azure_identity_token_source
 from keyshift.store.models import (
     CredentialRow,
     DiscoveredApp,
@@ -41,6 +40,9 @@ from keyshift.store.models import (
     VersionRow,
 )
 from keyshift.store.store import Store
+
+if TYPE_CHECKING:
+    from keyshift.providers.graph import Application
 
 log = structlog.get_logger("keyshift.service.entra")
 
@@ -86,6 +88,9 @@ async def read_tenant(
     config: EntraIntegration, context: PluginContext, *, page_size: int = 100
 ) -> list[Application]:
     """Every application of the tenant with owners, secrets and certificates."""
+    # The Graph client (httpx, azure-core) loads for a sync, not for every status page.
+    from keyshift.providers.graph import GraphClient, azure_identity_token_source  # noqa: PLC0415
+
     async with (
         config.credential(context) as credential,
         GraphClient(

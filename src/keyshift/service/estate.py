@@ -29,11 +29,11 @@ from keyshift.domain.estate import (
     Estate,
     IntegrationSpec,
     action_key,
-    config_errors,
     disabled_integrations,
     reference_problems,
 )
 from keyshift.domain.freeze import FreezeSource
+from keyshift.domain.problems import config_errors
 from keyshift.domain.states import PHASE_ORDER, Phase
 from keyshift.engine import freezes as held
 from keyshift.engine.approvals import GOVERNANCE_KEY
@@ -52,7 +52,7 @@ from keyshift.service.notifications import channel_problems
 from keyshift.store.audit import canonical
 from keyshift.store.models import CredentialRow, EstateRevision, IntegrationRow, Meta
 from keyshift.store.store import Store
-from keyshift.targets import TARGETS
+from keyshift.targets import AGENT_KINDS
 
 
 @dataclass(frozen=True)
@@ -383,8 +383,9 @@ def _actions(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _agent_types() -> list[str]:
-    """The action types a host agent performs (their classes say `runs_on_agent`)."""
-    return [str(k) for k, cls in TARGETS.items() if getattr(cls, "runs_on_agent", False)]
+    """The action types a host agent performs (their classes say `runs_on_agent`), known
+    without importing every target. A list: a YAML `type` may be unhashable."""
+    return sorted(AGENT_KINDS)
 
 
 def _legacy_fields(
