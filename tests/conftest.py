@@ -94,11 +94,11 @@ class Cli:
         self.env = env
         self.runner = CliRunner()
 
-    def __call__(self, *args: str) -> Result:
+    def __call__(self, *args: str, stdin: str | None = None) -> Result:
         # CliRunner replaces os.environ for the call; keys not in env are removed.
         full: dict[str, str | None] = {k: None for k in os.environ if k.startswith("KEYSHIFT_")}
         full.update(self.env)
-        return self.runner.invoke(app, list(args), env=full, catch_exceptions=False)
+        return self.runner.invoke(app, list(args), input=stdin, env=full, catch_exceptions=False)
 
 
 @pytest.fixture

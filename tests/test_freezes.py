@@ -21,7 +21,7 @@ from keyshift.service.estate import apply_estate, parse_estate
 from keyshift.store.store import Store
 from tests.api.conftest import open_api
 from tests.conftest import Cli
-from tests.helpers import audit_details, save_estate, write_estate
+from tests.helpers import audit_details, save_estate, table_rows, write_estate
 from tests.web.conftest import sign_in
 
 
@@ -226,3 +226,167 @@ def test_a_freeze_landing_mid_rotation_holds_it_at_the_next_state_until_unfrozen
     [(_rid, _cred, done)] = asyncio.run(rotations.resume(store, actor="worker"))
     assert done == RotationState.COMPLETED
     assert (tmp_path / "reload.log").exists()
+
+
+# The estate's `freeze:` block (GitOps change freezes) ------------------------------------
+
+
+def _declare(path: Path, freeze: list[dict[str, object]] | None) -> Path:
+    """The estate at `path` with this `freeze:` block (none: without one)."""
+    estate = json.loads(path.read_text())
+    estate.pop("freeze", None)
+    if freeze is not None:
+        estate["freeze"] = freeze
+    path.write_text(json.dumps(estate))
+    return path
+
+
+def test_an_estate_freeze_is_started_changed_and_lifted_by_apply_and_cli_freezes_stay(
+    cli: Cli, store: Store, tmp_path: Path
+) -> None:
+    path = _estate(tmp_path)
+    assert cli("apply", "-f", str(path)).exit_code == 0
+    assert cli("freeze", "a-dev", "--reason", "cli INC-1").exit_code == 0
+    [by_cli] = freezes.holding(store)
+
+    declared = [{"environment": "prod", "reason": "Q4 change freeze"}]
+    planned = cli("plan", "-f", str(_declare(path, declared)))
+    assert "+ freeze" in planned.output, planned.output
+    applied = cli("apply", "-f", str(path))
+    assert applied.exit_code == 0, applied.output
+    by_estate = next(f for f in freezes.holding(store) if f.id != by_cli.id)
+    assert (by_estate.scope, by_estate.value, by_estate.source) == (
+        FreezeScope.ENVIRONMENT,
+        "prod",
+        "estate",
+    )
+    assert by_cli.source == "cli"
+    assert set(_next(store).values()) == {"frozen"}
+    refused = cli("rotate", "b-prod")
+    assert refused.exit_code == 1
+    assert "Q4 change freeze" in refused.output
+    listed = cli("freezes")
+    assert "estate" in listed.output
+    assert "Q4 change freeze" in listed.output
+    [started] = [d for d in audit_details(store, "freeze.started") if d["source"] == "estate"]
+    assert started["reason"] == "Q4 change freeze"
+
+    # Applying the same file again changes nothing; an operator cannot lift it by hand.
+    assert "No changes" in cli("apply", "-f", str(path)).output
+    by_hand = cli("unfreeze", by_estate.id)
+    assert by_hand.exit_code == 1
+    assert "estate" in by_hand.output
+
+    # A changed reason or end changes the same freeze.
+    until = (utcnow() + timedelta(days=3)).replace(microsecond=0)
+    changed = [{"environment": "prod", "reason": "Q4 freeze, extended", "until": until.isoformat()}]
+    planned = cli("plan", "-f", str(_declare(path, changed)))
+    assert "~ freeze" in planned.output, planned.output
+    assert cli("apply", "-f", str(path)).exit_code == 0
+    [again] = [f for f in freezes.holding(store) if f.source == "estate"]
+    assert (again.id, again.reason, again.until) == (by_estate.id, "Q4 freeze, extended", until)
+    assert len(audit_details(store, "freeze.changed")) == 1
+
+    # Removed from the file, it is lifted at the next apply; the CLI's freeze stays.
+    planned = cli("plan", "-f", str(_declare(path, None)))
+    assert "- freeze" in planned.output, planned.output
+    assert cli("apply", "-f", str(path)).exit_code == 0
+    assert [f.id for f in freezes.holding(store)] == [by_cli.id]
+    [lifted] = [d for d in audit_details(store, "freeze.lifted") if d.get("source") == "estate"]
+    assert lifted["value"] == "prod"
+    assert cli("rotate", "b-prod").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("entry", "path", "message"),
+    [
+        ({"credential": "no-such", "reason": "x"}, "freeze[0].credential", "no credential"),
+        ({"owner": "team-a"}, "freeze[0].reason", "is required"),
+        ({"owner": "team-a", "all": True, "reason": "x"}, "freeze[0]", "exactly one"),
+        ({"reason": "x"}, "freeze[0]", "exactly one"),
+    ],
+    ids=["unknown-credential", "no-reason", "two-scopes", "no-scope"],
+)
+def test_a_bad_estate_freeze_is_refused_naming_its_field(
+    cli: Cli, store: Store, tmp_path: Path, entry: dict[str, object], path: str, message: str
+) -> None:
+    refused = cli("apply", "-f", str(_declare(_estate(tmp_path), [entry])))
+    assert refused.exit_code == 2, refused.output
+    assert f"error: {path}" in refused.output
+    assert message in refused.output
+    assert freezes.holding(store) == []
+
+
+def test_two_estate_freezes_of_the_same_scope_are_refused(cli: Cli, tmp_path: Path) -> None:
+    twice = [{"owner": "team-a", "reason": "x"}, {"owner": "team-a", "reason": "y"}]
+    refused = cli("apply", "-f", str(_declare(_estate(tmp_path), twice)))
+    assert refused.exit_code == 2, refused.output
+    assert "freeze[1]" in refused.output
+
+
+def test_an_estate_freeze_whose_until_has_passed_is_not_started(
+    cli: Cli, store: Store, tmp_path: Path
+) -> None:
+    past = [{"all": True, "reason": "over", "until": "2020-01-01T00:00:00Z"}]
+    assert cli("apply", "-f", str(_declare(_estate(tmp_path), past))).exit_code == 0
+    assert freezes.holding(store) == []
+
+
+def test_status_plan_preflight_and_the_api_show_a_freeze_and_its_reason(
+    cli: Cli, store: Store, tmp_path: Path
+) -> None:
+    path = _declare(_estate(tmp_path), [{"owner": "team-a", "reason": "migration MIG-4"}])
+    assert cli("apply", "-f", str(path)).exit_code == 0
+    assert cli("freeze", "b-prod", "--reason", "incident INC-8").exit_code == 0
+    # A credential without auto_rotate is frozen too: `frozen` says more than `manual`.
+    estate = json.loads(path.read_text())
+    estate["credentials"][0]["auto_rotate"] = False
+    path.write_text(json.dumps(estate))
+    assert cli("apply", "-f", str(path)).exit_code == 0
+
+    rows = {r.credential: r for r in rotations.status_rows(store, now=utcnow())}
+    assert rows["a-prod"].next_rotation == "frozen"
+    assert rows["a-prod"].frozen is not None
+    assert "migration MIG-4" in rows["a-prod"].frozen
+    assert "incident INC-8" in (rows["b-prod"].frozen or "")
+    assert rows["a-dev"].frozen is not None
+    shown = cli("status")
+    assert "migration MIG-4" in shown.output
+    assert "incident INC-8" in shown.output
+    as_json = {r["credential"]: r for r in json.loads(cli("status", "-o", "json").output)}
+    assert "incident INC-8" in as_json["b-prod"]["frozen"]
+
+    planned = cli("plan", "-f", str(path))
+    assert planned.exit_code == 0
+    assert "frozen" in planned.output
+    assert "migration MIG-4" in planned.output
+    assert "incident INC-8" in planned.output
+
+    preflight = cli("preflight", "b-prod")
+    assert preflight.exit_code == 1, preflight.output
+    [row] = [r for r in table_rows(preflight.output) if r[0] == "freeze"]
+    assert row[1] == "blocked"
+    assert "incident INC-8" in " ".join(row[2:])
+    dry = json.loads(cli("preflight", "a-dev", "-o", "json").output)
+    assert dry["ready"] is False
+    assert next(s for s in dry["steps"] if s["step"] == "freeze")["readiness"] == "blocked"
+
+    for api in open_api(store):
+        detail = api.call("GET", "/v1/credentials/a-prod", role="viewer").json()
+        assert "migration MIG-4" in detail["status"]["frozen"]
+        plan = api.call("POST", "/v1/estate/plan", json=estate, role="viewer").json()
+        assert {f["credential"] for f in plan["frozen"]} == {"a-prod", "a-dev", "b-prod"}
+        assert any("incident INC-8" in f["reason"] for f in plan["frozen"])
+        listed = api.call("GET", "/v1/freezes", role="viewer").json()
+        assert {f["source"] for f in listed} == {"estate", "cli"}
+        dry_run = api.call("POST", "/v1/credentials/b-prod/dry-run", role="operator").json()
+        [step] = [s for s in dry_run["steps"] if s["step"] == "freeze"]
+        assert step["readiness"] == "blocked"
+        assert "incident INC-8" in step["reason"]
+        page = sign_in(api, "operator").post("/credentials/a-prod/dry-run")
+        assert page.status_code == 200, page.text
+        assert "migration MIG-4" in page.text
+
+    assert cli("freeze", "--all", "--reason", "everything").exit_code == 0
+    unfrozen = rotations.status_rows(store, now=utcnow())
+    assert all("everything" in (r.frozen or "") for r in unfrozen)

@@ -86,7 +86,12 @@ def test_no_secret_value_reaches_logs_cli_output_audit_export_or_journal_errors(
         delivered.add(value)
 
     run("apply", "-f", str(write_estate(tmp_path, actions=[_file_action(target)])))
-    run("rotate", CREDENTIAL)
+    # The value the credential had before keyshift, imported from a file.
+    imported = "imported-before-keyshift-" + "q7" * 12
+    source = tmp_path / "imported.txt"
+    source.write_text(imported, encoding="utf-8")
+    run("import", CREDENTIAL, "--from", f"file:{source}")
+    run("rotate", CREDENTIAL, "--grace", "0s")  # the imported version is revoked at once
     read_target()
     run("rotate", CREDENTIAL, "--grace", "0s")
     read_target()
@@ -146,9 +151,10 @@ def test_no_secret_value_reaches_logs_cli_output_audit_export_or_journal_errors(
             **{f"rotations[{r.id}].error": r.error or "" for r in runs_rows},
             **{f"rotations[{r.id}].attention": r.attention or "" for r in runs_rows},
         }
-    values = stored | delivered
-    # v1 (revoked, erased, seen in the file), v2 (current) and v3 (kept disabled).
-    assert len(values) == 3
+    values = stored | delivered | {imported}
+    # v1 (imported, revoked, erased), v2 (revoked, erased, seen in the file), v3
+    # (current) and v4 (kept disabled).
+    assert len(values) == 4
     assert all(len(v) >= FRAGMENT for v in values)
 
     sources = {

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from keyshift.domain.states import Phase
 from keyshift.providers import PROVIDERS, ProviderKind
 from keyshift.service.reference import estate_reference
-from keyshift.targets import TARGETS, TargetKind
+from keyshift.targets import AGENT_KINDS, TARGETS, TargetKind
 
 PACKAGES = [
     "keyshift.domain",
@@ -53,6 +53,20 @@ def test_every_target_kind_has_a_class_with_a_phase_and_config_schema() -> None:
         assert cls.kind == kind
         assert isinstance(cls.phase, Phase)
         assert issubclass(cls.Config, BaseModel)
+
+
+def test_agent_kinds_are_the_targets_whose_classes_run_on_an_agent() -> None:
+    """`AGENT_KINDS` lets estate validation know them without importing every target."""
+    on_agent = {kind for kind, cls in TARGETS.items() if getattr(cls, "runs_on_agent", False)}
+    assert on_agent == AGENT_KINDS
+
+
+def test_every_registered_path_names_the_class_that_says_its_kind() -> None:
+    for registry in (PROVIDERS, TARGETS):
+        for kind in registry:
+            module, _, name = registry.where(kind).partition(":")
+            cls = registry[kind]
+            assert (cls.__module__.startswith(module), cls.__name__) == (True, name), kind
 
 
 def test_committed_estate_reference_matches_the_models() -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("keyshift")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+local"
+# The one place the version is written: the build reads it (pyproject.toml's
+# `tool.setuptools.dynamic`), and asking importlib.metadata instead would cost every
+# start-up ~50 ms of scanning the installed distributions.
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]

@@ -12,13 +12,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from azure.core.pipeline.transport import AsyncioRequestsTransport
-from azure.identity.aio import (
-    CertificateCredential,
-    ClientSecretCredential,
-    ManagedIdentityCredential,
-    WorkloadIdentityCredential,
-)
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from keyshift.context import PluginContext
@@ -123,6 +116,15 @@ class EntraIntegration(BaseModel):
     ) -> AsyncTokenCredential:
         """An async azure-identity credential: keyshift's own identity (by `auth.method`),
         or `client_id` signing in with `secret` (to prove a rotated secret works)."""
+        # azure-identity loads only here: validating an `entra` integration needs none of it.
+        from azure.core.pipeline.transport import AsyncioRequestsTransport  # noqa: PLC0415
+        from azure.identity.aio import (  # noqa: PLC0415
+            CertificateCredential,
+            ClientSecretCredential,
+            ManagedIdentityCredential,
+            WorkloadIdentityCredential,
+        )
+
         common: dict[str, Any] = {
             "authority": self.authority,
             # Instance discovery asks the public cloud about the authority; a custom

@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -33,15 +33,16 @@ from keyshift import __version__
 from keyshift.domain.freeze import Freeze
 from keyshift.domain.preflight import PreflightResult, Readiness
 from keyshift.domain.secret import Secret
-from keyshift.domain.states import FINAL_STATES, RotationState
-from keyshift.errors import AuditChainBroken, KeyshiftError
+from keyshift.domain.states import FINAL_STATES, WAITING_STATES
+from keyshift.errors import AuditChainBroken, KeyshiftError, ServerRefused, ServerUnreachable
 from keyshift.service.approvals import ApprovalView
 from keyshift.service.entra import EntraCredential, Finding, Summary, SyncResult
-from keyshift.service.estate import Change
+from keyshift.service.estate import Change, Frozen
 from keyshift.service.evidence import Verification
 from keyshift.service.foreign import ForeignReport
 from keyshift.service.identities import IssuedToken, Principal, RoleView, TokenInfo
 from keyshift.service.impact import ImpactRow
+from keyshift.service.imports import Imported
 from keyshift.service.integrations import Check
 from keyshift.service.notifications import Delivery
 from keyshift.service.rotations import RotationSummary, StatusRow, Timeline
@@ -56,15 +57,6 @@ FOLLOW_INTERVAL_SECONDS = 0.5
 """How often `follow` asks for a rotation's state."""
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-
-WAITING_STATES = frozenset(
-    {
-        RotationState.GRACE,
-        RotationState.AWAITING_APPROVAL,
-        RotationState.AWAITING_REVOKE_APPROVAL,
-    }
-)
-"""Unfinished states a rotation rests in until time passes or a human decides."""
 
 _FINAL = {s.value for s in FINAL_STATES}
 _RESTING = _FINAL | {s.value for s in WAITING_STATES}
@@ -124,31 +116,13 @@ class _AuditVerification:
 class _EstateChanges:
     changes: list[Change]
     warnings: list[str]
+    frozen: list[Frozen] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class _TokenCreated:
     token: str
     info: TokenInfo
-
-
-class ServerRefused(KeyshiftError):
-    """The server answered with a problem document; `code` is its stable code."""
-
-    def __init__(
-        self, status: int, code: str, detail: str, problems: list[tuple[str, str]] | None = None
-    ) -> None:
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.problems = problems or []
-        """(field path, message) of each problem the server listed."""
-        super().__init__(detail)
-
-
-class ServerUnreachable(KeyshiftError):
-    """No answer from the server (refused connection, name, TLS or timeout), or an
-    answer that is not the keyshift API's."""
 
 
 class Client:
@@ -189,12 +163,13 @@ class Client:
 
     def plan_estate(
         self, document: dict[str, Any], *, apply: bool = False
-    ) -> tuple[list[Change], list[str]]:
+    ) -> tuple[list[Change], list[str], list[Frozen]]:
         """`POST /v1/estate/plan` (or `/apply`): the estate document as read from its file.
-        Returns the changes and the warnings (`path: message`)."""
+        Returns the changes, the warnings (`path: message`) and the credentials freezes
+        cover."""
         path = "/v1/estate/apply" if apply else "/v1/estate/plan"
         answer = self._post(path, _EstateChanges, document)
-        return answer.changes, answer.warnings
+        return answer.changes, answer.warnings, answer.frozen
 
     # Credentials and rotations ----------------------------------------------------------
 
@@ -408,6 +383,22 @@ class Client:
     def unfreeze(self, freeze_id: str) -> Freeze:
         """`POST /v1/freezes/{id}/lift`: lift a freeze."""
         return self._post(f"/v1/freezes/{_seg(freeze_id)}/lift", Freeze)
+
+    def import_value(
+        self,
+        credential: str,
+        value: Secret,
+        *,
+        username: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> Imported:
+        """`POST /v1/credentials/{name}/import`: the value in the body, never in the URL."""
+        body = {
+            "value": value.reveal(),
+            "username": username,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        }
+        return self._post(f"/v1/credentials/{_seg(credential)}/import", Imported, body)
 
     # Transport ------------------------------------------------------------------------
 

@@ -18,6 +18,8 @@
     ├── PolicyRefused          governance refuses a rotation now; carries the reasons
     ├── ApprovalRequired       the rotation waits for a human decision
     ├── ApprovalRefused        a decision that may not be taken (own rotation...)
+    ├── ServerRefused          a keyshift server answered with a problem document (`--server`)
+    ├── ServerUnreachable      no keyshift API answer from the server
     └── PluginError            raised by providers, targets and checks
         ├── TransientError     worth retrying; `retry_after` says when
         └── PermanentError     retrying will not help
@@ -172,3 +174,22 @@ class PolicyRefused(KeyshiftError):
 
 class ApprovalRefused(KeyshiftError):
     """A decision that cannot be taken (own rotation, not an approver, not pending...)."""
+
+
+class ServerRefused(KeyshiftError):
+    """The server answered with a problem document; `code` is its stable code."""
+
+    def __init__(
+        self, status: int, code: str, detail: str, problems: list[tuple[str, str]] | None = None
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.problems = problems or []
+        """(field path, message) of each problem the server listed."""
+        super().__init__(detail)
+
+
+class ServerUnreachable(KeyshiftError):
+    """No answer from the server (refused connection, name, TLS or timeout), or an
+    answer that is not the keyshift API's."""

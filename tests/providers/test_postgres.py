@@ -790,3 +790,50 @@ def test_password_matches_reads_scram_and_md5_forms() -> None:
     assert not password_matches(md5, "bob", "secret")
     assert not password_matches("SCRAM-SHA-256$broken", "user", "pencil")
     assert password_matches(scram_verifier("pencil"), "user", "pencil"), "our own verifiers"
+
+
+def test_an_imported_password_is_proven_and_the_next_rotation_switches_to_the_other_role(
+    db: Database, pgcli: Cli, store: Store, tmp_path: Path
+) -> None:
+    """`keyshift import` signs in with the value before storing it, finds the role it
+    belongs to, and the first rotation afterwards takes the other role and disables it."""
+    by_hand = "set-by-hand-" + uuid.uuid4().hex
+    with psycopg.connect(db.superuser_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(db.users[0]), sql.Literal(by_hand)
+            )
+        )
+    assert pgcli("apply", "-f", str(_estate(tmp_path, db, _alternating(db)))).exit_code == 0
+
+    wrong = pgcli("import", "app-db", stdin="not-the-password")
+    assert wrong.exit_code == 1, wrong.output
+    assert "does not authenticate" in wrong.output
+    assert "not-the-password" not in wrong.output
+    assert versions(store, "app-db") == []
+
+    done = pgcli("import", "app-db", stdin=by_hand + "\n")
+    assert done.exit_code == 0, done.output
+    assert by_hand not in done.output
+    [imported] = versions(store, "app-db")
+    assert (imported.provenance, imported.attributes["username"]) == ("imported", db.users[0])
+    assert not (tmp_path / "db.env").exists(), "no consumer was written"
+    assert db.can_login(db.users[0], by_hand), "the issuer was not changed"
+
+    rotated = pgcli("rotate", "app-db", "--grace", "0s")
+    assert rotated.exit_code == 0, rotated.output
+    user, password = _consumer(tmp_path)
+    assert user == db.users[1]
+    assert db.can_login(user, password)
+    assert not db.can_login(db.users[0], by_hand), "the imported role's login is disabled"
+    assert [v.status for v in versions(store, "app-db")] == ["revoked", "current"]
+
+
+def test_an_import_naming_a_role_not_rotated_is_refused(
+    db: Database, pgcli: Cli, store: Store, tmp_path: Path
+) -> None:
+    assert pgcli("apply", "-f", str(_estate(tmp_path, db, _alternating(db)))).exit_code == 0
+    refused = pgcli("import", "app-db", "--user", "postgres", stdin="whatever-it-is")
+    assert refused.exit_code == 1, refused.output
+    assert "not rotated by this credential" in refused.output
+    assert versions(store, "app-db") == []

@@ -450,3 +450,30 @@ def test_foreign_finds_nothing_after_adopt_existing_retire_ended_the_old_passwor
     clean = cli("foreign")
     assert clean.exit_code == 0, clean.output
     assert "No foreign versions: the issuers of 1 credential(s)" in clean.output
+
+
+def test_an_imported_password_is_proven_and_revoked_by_the_next_rotation(
+    redis_url: str, app_user: str, env: dict[str, str], store: Store, tmp_path: Path
+) -> None:
+    """dual_password: the password the user has now is imported after an AUTH proves
+    it; the first rotation adds its own and, the grace period over, removes the imported
+    one, which then no longer authenticates."""
+    cli = Cli(env)
+    assert cli("apply", "-f", str(_estate(tmp_path, redis_url, app_user, "0s"))).exit_code == 0
+    wrong = cli("import", "cache", stdin="not-the-password")
+    assert wrong.exit_code == 1, wrong.output
+    assert "does not authenticate" in wrong.output
+    assert versions(store, "cache") == []
+
+    assert cli("import", "cache", stdin="initial-password").exit_code == 0
+    [imported] = versions(store, "cache")
+    assert (imported.provenance, imported.attributes["username"]) == ("imported", app_user)
+    assert not (tmp_path / "cache.env").exists()
+
+    rotated = cli("rotate", "cache")
+    assert rotated.exit_code == 0, rotated.output
+    user, password = _published(tmp_path)
+    assert user == app_user
+    assert _authenticates(redis_url, user, password)
+    assert not _authenticates(redis_url, app_user, "initial-password")
+    assert [v.status for v in versions(store, "cache")] == ["revoked", "current"]

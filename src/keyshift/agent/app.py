@@ -35,7 +35,7 @@ from starlette.routing import Route
 from keyshift import __version__
 from keyshift.agent.config import AgentConfig
 from keyshift.agent.nonces import NONCE, NonceLog
-from keyshift.domain.estate import config_errors
+from keyshift.domain.problems import config_errors
 from keyshift.errors import PermanentError, TransientError
 from keyshift.process import inherited_env, run_program
 from keyshift.targets.agent import (

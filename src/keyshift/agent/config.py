@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from keyshift import files
 from keyshift.domain.durations import Duration
-from keyshift.domain.estate import config_errors
+from keyshift.domain.problems import config_errors
 from keyshift.errors import ConfigError, EstateInvalid
 from keyshift.sources import SecretRef
 from keyshift.targets.agent import agent_uuid

@@ -7,6 +7,7 @@ and group on `app` in the order `keyshift --help` lists them.
 | module | commands |
 |---|---|
 | `estate` | plan, apply, status, reference |
+| `imports` | import |
 | `rotations` | preflight, rotate, resume, rollback, history, show, worker, impact |
 | `freezes` | freeze, unfreeze, freezes |
 | `governance` | approvals, approve, reject, alerts, evidence, audit |
@@ -26,7 +27,7 @@ from typing import Annotated
 
 import typer
 
-from keyshift import __version__, logs
+from keyshift import __version__
 from keyshift.cli import (
     access,
     demo,
@@ -34,6 +35,7 @@ from keyshift.cli import (
     estate,
     freezes,
     governance,
+    imports,
     keys,
     notifications,
     rotations,
@@ -58,10 +60,12 @@ def _main(
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
     log_level: Annotated[str | None, typer.Option(help="Log level (default WARNING).")] = None,
 ) -> None:
-    logs.configure(log_level)
     if version:
         out.print(f"keyshift {__version__}")
         raise typer.Exit(0)
+    from keyshift import logs  # structlog loads for the commands that log, not --version
+
+    logs.configure(log_level)
 
 
 for command in (
@@ -90,6 +94,7 @@ for command in (
 ):
     app.command()(command)
 app.command("freezes")(freezes.freezes_list)
+app.command("import")(imports.import_)
 
 for name, group in (
     ("audit", governance.audit_app),

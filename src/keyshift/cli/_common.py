@@ -1,6 +1,9 @@
 """What every command shares: the consoles, one error line and an exit code, the
 actor, where an answer comes from (the local store or `--server URL`), time formatting.
 
+Commands import the store, the service layer and the client when they run, not at
+start-up: `keyshift --help` and `--version` load none of them (a test holds it).
+
 Exit codes: 0 success; 1 an operation failed or a rotation did not end healthy;
 2 a refused estate file or bad option; 3 the audit chain (or an evidence bundle) does not
 verify.
@@ -14,15 +17,17 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from keyshift.cli.output import err
-from keyshift.client import WAITING_STATES, Client, ServerRefused
-from keyshift.domain.states import RotationState
-from keyshift.errors import AuditChainBroken, EstateInvalid, KeyshiftError
-from keyshift.store.store import Store
+from keyshift.domain.states import WAITING_STATES, RotationState
+from keyshift.errors import AuditChainBroken, EstateInvalid, KeyshiftError, ServerRefused
+
+if TYPE_CHECKING:
+    from keyshift.client import Client
+    from keyshift.store.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -91,6 +96,8 @@ def bad_usage(message: str) -> NoReturn:
 def open_store(env: dict[str, str] | None = None) -> Iterator[Store]:
     if env is None and os.environ.get(SERVER_ENV):
         refuse_embedded()
+    from keyshift.store.store import Store
+
     store = Store.open(env if env is not None else dict(os.environ))
     try:
         yield store
@@ -122,6 +129,7 @@ SERVER_COMMANDS = (
     "freezes",
     "history",
     "impact",
+    "import",
     "integrations test",
     "notifications",
     "notifications test",
@@ -163,6 +171,8 @@ ServerOption = Annotated[
 def client_of(server: str) -> Client:
     """A client of `server` with the token from KEYSHIFT_TOKEN (never a flag, so it stays
     out of shell history and process listings)."""
+    from keyshift.client import Client
+
     return Client(server, os.environ.get(TOKEN_ENV) or None)
 
 

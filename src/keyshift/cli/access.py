@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from datetime import timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,8 +18,9 @@ from keyshift.cli._common import (
     open_store,
 )
 from keyshift.cli.output import Format, OutputOption, emit, err, new_table, out, when
-from keyshift.domain.durations import parse_duration
-from keyshift.service import identities
+
+if TYPE_CHECKING:
+    from keyshift.service import identities
 
 users_app = typer.Typer(
     help="Users and service accounts that may call the API.", no_args_is_help=True
@@ -33,6 +34,8 @@ roles_app = typer.Typer(help="The built-in roles and their permissions.", no_arg
 def _lifetime(expires_in: str) -> timedelta | None:
     if expires_in == "never":
         return None
+    from keyshift.domain.durations import parse_duration
+
     try:
         return parse_duration(expires_in)
     except ValueError as exc:
@@ -58,6 +61,8 @@ def init(
     ] = "90d",
 ) -> None:
     """Create the first admin and print its API token once. Refused once an admin exists."""
+    from keyshift.service import identities
+
     lifetime = _lifetime(expires_in)
     with open_store() as store:
         issued = identities.init_admin(store, name=name, actor=actor(), lifetime=lifetime)
@@ -75,6 +80,8 @@ def users_add(
     server: ServerOption = None,
 ) -> None:
     """Add a user (or service account) holding the given roles."""
+    from keyshift.service import identities
+
     kind = "service_account" if service_account else "user"
     added = answer(
         server,
@@ -90,6 +97,8 @@ def users_add(
 @exit_on_error
 def users_list(server: ServerOption = None, output: OutputOption = Format.TABLE) -> None:
     """Every user and service account with its roles."""
+    from keyshift.service import identities
+
     found = answer(server, lambda client: client.users(), identities.list_principals)
     columns = ("name", "kind", "roles", "created", "created by", "disabled")
     rows = (
@@ -114,6 +123,8 @@ def users_disable(
     server: ServerOption = None,
 ) -> None:
     """Disable a user or service account; its tokens stop working at once."""
+    from keyshift.service import identities
+
     answer(
         server,
         lambda client: client.disable_user(name),
@@ -133,6 +144,8 @@ def tokens_create(
     server: ServerOption = None,
 ) -> None:
     """Create an API token and print it once (only its hash is stored)."""
+    from keyshift.service import identities
+
     lifetime = _lifetime(expires_in)
     issued = answer(
         server,
@@ -152,6 +165,8 @@ def tokens_list(
     output: OutputOption = Format.TABLE,
 ) -> None:
     """Every API token by id, with its state and dates (never the token)."""
+    from keyshift.service import identities
+
     found = answer(
         server,
         lambda client: client.tokens(principal=principal),
@@ -181,6 +196,8 @@ def tokens_revoke(
     server: ServerOption = None,
 ) -> None:
     """Revoke an API token; it stops working at once."""
+    from keyshift.service import identities
+
     revoked = answer(
         server,
         lambda client: client.revoke_token(token_id),
@@ -193,6 +210,8 @@ def tokens_revoke(
 @exit_on_error
 def roles_list(server: ServerOption = None, output: OutputOption = Format.TABLE) -> None:
     """The built-in roles and the permissions each grants (the server's, with --server)."""
+    from keyshift.service import identities
+
     if server:
         with client_of(server) as client:
             found = client.roles()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import tempfile
@@ -20,9 +19,6 @@ from keyshift.cli.output import out
 from keyshift.cli.rotations import timeline_table
 from keyshift.domain.clock import utcnow
 from keyshift.domain.states import RotationState
-from keyshift.service import estate as estate_service
-from keyshift.service import rotations
-from keyshift.store import audit
 
 DEMO_CONSUMER = textwrap.dedent(
     """
@@ -40,6 +36,12 @@ def demo(
     directory: Annotated[Path | None, typer.Option("--dir", help="Where to build it.")] = None,
 ) -> None:
     """Build a throw-away estate, rotate it twice, and show status, timeline and audit."""
+    import asyncio
+
+    from keyshift.service import estate as estate_service
+    from keyshift.service import rotations
+    from keyshift.store import audit
+
     embedded_only()
     root = Path(directory or tempfile.mkdtemp(prefix="keyshift-demo-")).resolve()
     root.mkdir(parents=True, exist_ok=True)

@@ -3,20 +3,19 @@ keyshift did not issue (`foreign`) and `integrations test`."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from keyshift.cli._common import ServerOption, actor, answer, client_of, exit_on_error, open_store
 from keyshift.cli.output import Format, OutputOption, emit, err, lifecycle, new_table, out, when
 from keyshift.domain.clock import utcnow
-from keyshift.domain.estate import DEFAULT_POLICY_NAME
-from keyshift.service import entra as entra_service
-from keyshift.service import estate as estate_service
-from keyshift.service import foreign as foreign_service
-from keyshift.service import integrations as integrations_service
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from keyshift.service import entra as entra_service
+    from keyshift.service import foreign as foreign_service
 
 entra_app = typer.Typer(
     help="Discover Entra ID app registrations and watch their secrets' expiry.",
@@ -34,6 +33,10 @@ def entra_sync(
     server: ServerOption = None,
 ) -> None:
     """Import every app registration with its owners, client secrets and certificates."""
+    import asyncio
+
+    from keyshift.service import entra as entra_service
+
     results = answer(
         server,
         lambda client: client.entra_sync(integration or None),
@@ -63,6 +66,8 @@ def entra_sync(
 
 
 def _entra_table(title: str, creds: list[entra_service.EntraCredential]) -> Table:
+    from keyshift.service import entra as entra_service
+
     columns = ("app", "appId", "kind", "keyId", "name", "expires", "days", "state", "managed by")
     rows = (
         (
@@ -97,6 +102,9 @@ def entra_list(
         with client_of(server) as client:
             creds = client.entra_credentials(state=state, app=app_name, removed=removed)
     else:
+        from keyshift.service import entra as entra_service
+        from keyshift.service import estate as estate_service
+
         with open_store() as store:
             alerts = estate_service.current_estate(store).alerts
             creds = entra_service.inventory(
@@ -117,6 +125,9 @@ def entra_summary(
     output: OutputOption = Format.TABLE,
 ) -> None:
     """Totals, counts expiring in 7/30/90 days, in grace, and the most urgent credentials."""
+    from keyshift.service import entra as entra_service
+    from keyshift.service import estate as estate_service
+
     found = answer(
         server,
         lambda client: client.entra_summary(top=top),
@@ -156,6 +167,10 @@ def entra_report(server: ServerOption = None, output: OutputOption = Format.TABL
     """Secrets created outside keyshift on managed apps, and lifetimes over the maximum,
     from the synced inventory (`keyshift foreign` asks every provider's issuer live).
     Exits 1 when there are any."""
+    from keyshift.domain.estate import DEFAULT_POLICY_NAME
+    from keyshift.service import entra as entra_service
+    from keyshift.service import estate as estate_service
+
     found = answer(
         server,
         lambda client: client.entra_findings(),
@@ -199,6 +214,10 @@ def foreign(server: ServerOption = None, output: OutputOption = Format.TABLE) ->
     """Versions at the issuers of managed credentials that keyshift did not issue (a
     password or client secret made by hand), asked live of each issuer; exits 1 when
     there are any. Changes nothing."""
+    import asyncio
+
+    from keyshift.service import foreign as foreign_service
+
     report = answer(
         server,
         lambda client: client.foreign(),
@@ -243,6 +262,10 @@ def integrations_test(
 ) -> None:
     """Sign in, read the granted permissions and read from the API. Changes nothing;
     exits 1 when a check fails."""
+    import asyncio
+
+    from keyshift.service import integrations as integrations_service
+
     checks = answer(
         server,
         lambda client: client.test_integration(name),

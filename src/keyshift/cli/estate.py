@@ -5,17 +5,19 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from keyshift.cli._common import ServerOption, actor, answer, client_of, exit_on_error, open_store
 from keyshift.cli.output import Format, OutputOption, emit, err, lifecycle, new_table, out
 from keyshift.domain.clock import utcnow
-from keyshift.service import estate as estate_service
-from keyshift.service import rotations
-from keyshift.service.reference import estate_reference
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from keyshift.service import estate as estate_service
+    from keyshift.service import rotations
 
 
 def print_changes(changes: list[estate_service.Change], *, applied: bool) -> None:
@@ -40,11 +42,13 @@ EstateFile = Annotated[Path, typer.Option("-f", "--file", help="Estate YAML file
 def _plan_or_apply(file: Path, server: str | None, *, apply: bool) -> None:
     """Plan or apply here or at the server; warnings (legacy fields renamed, actions that
     need a person) go to stderr before the changes."""
+    from keyshift.service import estate as estate_service
+
     if server:
         # The server validates the document; its refusal lists the same problems.
         document = estate_service.read_document(file)
         with client_of(server) as client:
-            changes, warnings = client.plan_estate(document, apply=apply)
+            changes, warnings, frozen = client.plan_estate(document, apply=apply)
     else:
         found: list[estate_service.EstateWarning] = []
         estate = estate_service.load_estate(file, found)
@@ -55,9 +59,22 @@ def _plan_or_apply(file: Path, server: str | None, *, apply: bool) -> None:
                 if apply
                 else estate_service.plan_estate(store, estate)
             )
+            frozen = estate_service.frozen(store, estate)
     for warning in warnings:
         err.print(f"warning: {warning}", markup=False)
     print_changes(changes, applied=apply)
+    print_frozen(frozen)
+
+
+def print_frozen(frozen: list[estate_service.Frozen]) -> None:
+    """One line per credential a freeze covers, with the freeze and its reason."""
+    for f in frozen:
+        until = f" until {f.until:%Y-%m-%d %H:%M}Z" if f.until else ""
+        which = f"freeze {f.freeze_id}" if f.freeze_id else "started by this apply"
+        out.print(
+            f"frozen: {f.credential} ({f.freeze}, {f.source}{until}; {which}): {f.reason}",
+            markup=False,
+        )
 
 
 @exit_on_error
@@ -123,14 +140,26 @@ def _next_rotation(word: str) -> str:
 @exit_on_error
 def status(server: ServerOption = None, output: OutputOption = Format.TABLE) -> None:
     """One row per credential: lifecycle, current version fingerprint, expiry."""
+    from keyshift.service import rotations
+
     rows = answer(
         server,
         lambda client: client.status_rows(),
         lambda store: rotations.status_rows(store, now=utcnow()),
     )
-    emit(output, rows, lambda: out.print(status_table(rows)))
+    emit(output, rows, lambda: _print_status(rows))
+
+
+def _print_status(rows: list[rotations.StatusRow]) -> None:
+    """The table, then why each frozen credential is frozen."""
+    out.print(status_table(rows))
+    for row in rows:
+        if row.frozen:
+            out.print(f"{row.credential}: {row.frozen}", markup=False)
 
 
 def reference() -> None:
     """Print the estate-file reference (Markdown), generated from the models."""
+    from keyshift.service.reference import estate_reference
+
     sys.stdout.write(estate_reference())

@@ -12,9 +12,7 @@ import typer
 from keyshift.cli._common import ServerOption, actor, answer, bad_usage, exit_on_error
 from keyshift.cli.output import Format, OutputOption, emit, new_table, out, when
 from keyshift.domain.clock import utcnow
-from keyshift.domain.durations import parse_duration
 from keyshift.domain.freeze import FreezeScope
-from keyshift.service import freezes
 
 
 def _until(value: str | None) -> datetime | None:
@@ -22,6 +20,8 @@ def _until(value: str | None) -> datetime | None:
     `2026-12-28T18:00`)."""
     if value is None:
         return None
+    from keyshift.domain.durations import parse_duration
+
     try:
         return utcnow() + parse_duration(value)
     except ValueError:
@@ -53,6 +53,8 @@ def freeze(
 ) -> None:
     """Stop new rotations of a credential, an owner's, an environment's, or all, until
     `unfreeze` (or --until). A rotation under way stops at its next state and waits."""
+    from keyshift.service import freezes
+
     chosen = [
         (scope, value)
         for scope, value in (
@@ -88,6 +90,8 @@ def unfreeze(
     server: ServerOption = None,
 ) -> None:
     """Lift a freeze: rotations of what it covered may start again."""
+    from keyshift.service import freezes
+
     lifted = answer(
         server,
         lambda client: client.unfreeze(freeze_id),
@@ -98,11 +102,15 @@ def unfreeze(
 
 @exit_on_error
 def freezes_list(server: ServerOption = None, output: OutputOption = Format.TABLE) -> None:
-    """The freezes holding now."""
+    """The freezes holding now, with where each was declared (cli, api, or the estate
+    file's `freeze:`, which `apply` lifts once it is gone from the file)."""
+    from keyshift.service import freezes
+
     found = answer(server, lambda client: client.freezes(), freezes.holding)
-    columns = ("freeze", "covers", "reason", "by", "since", "until")
+    columns = ("freeze", "covers", "reason", "source", "by", "since", "until")
     rows = (
-        (f.id, f.what, f.reason, f.created_by, when(f.created_at), when(f.until)) for f in found
+        (f.id, f.what, f.reason, f.source, f.created_by, when(f.created_at), when(f.until))
+        for f in found
     )
     title = f"Freezes holding ({len(found)})"
     emit(output, found, lambda: out.print(new_table(title, columns, rows)))

@@ -3,12 +3,11 @@ the `audit` trail."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,10 +24,10 @@ from keyshift.cli._common import (
 )
 from keyshift.cli.output import Format, OutputOption, emit, err, new_table, out, when
 from keyshift.domain.clock import utcnow
-from keyshift.service import approvals as approvals_service
-from keyshift.service import evidence as evidence_service
-from keyshift.service import scheduler
-from keyshift.store import audit
+
+if TYPE_CHECKING:
+    from keyshift.service import approvals as approvals_service
+    from keyshift.service import scheduler
 
 approvals_app = typer.Typer(
     help="Supervised mode: the approval requests of rotations.", no_args_is_help=False
@@ -46,6 +45,8 @@ def approvals_list(
     """Approval requests waiting for a decision (all of them with --all)."""
     if ctx.invoked_subcommand is not None:
         return
+    from keyshift.service import approvals as approvals_service
+
     views = answer(
         server,
         lambda client: client.approval_requests(pending_only=not all_),
@@ -87,6 +88,8 @@ def approvals_show(
     group = ctx.parent.params if ctx.parent else {}
     server = server or group.get("server")
     output = output if output != Format.TABLE else group.get("output", output)
+    from keyshift.service import approvals as approvals_service
+
     view = answer(
         server,
         lambda client: client.approval(request_id),
@@ -132,6 +135,10 @@ def _decide(
             runs.print_rotation_end(timeline, client.approval_requests)
         runs.exit_unless_healthy(timeline.rotation.state)
         return
+    import asyncio
+
+    from keyshift.service import approvals as approvals_service
+
     with open_store() as store:
         rotation_id, state = asyncio.run(
             approvals_service.decide(
@@ -187,6 +194,8 @@ def alerts(
 ) -> None:
     """The alerts the worker raised: expiry thresholds crossed, secrets added outside
     keyshift, lifetimes over the maximum."""
+    from keyshift.service import scheduler
+
     rows = answer(
         server,
         lambda client: client.alerts(limit=limit),
@@ -241,6 +250,8 @@ def evidence(
     them, each entry is unchanged in the store and the store's chain verifies;
     otherwise the first mismatch is named and the exit code is 3.
     """
+    from keyshift.service import evidence as evidence_service
+
     if rotation_id == "verify":
         if file is None or output is not None:
             bad_usage("usage: keyshift evidence verify FILE")
@@ -292,6 +303,8 @@ def audit_verify(server: ServerOption = None) -> None:
         with client_of(server) as client:
             count = client.audit_verify()
     else:
+        from keyshift.store import audit
+
         with open_store() as store, store.transaction() as s:
             count = audit.verify(s)
     out.print(f"audit chain OK: {count} entries verified")

@@ -6,7 +6,6 @@ import typer
 
 from keyshift.cli._common import actor, exit_on_error, open_store
 from keyshift.cli.output import out
-from keyshift.service import keys as keys_service
 
 keys_app = typer.Typer(help="Manage the keys that protect secrets at rest.", no_args_is_help=True)
 
@@ -15,6 +14,8 @@ keys_app = typer.Typer(help="Manage the keys that protect secrets at rest.", no_
 @exit_on_error
 def keys_rotate_master() -> None:
     """Re-wrap every data key under a new master key; no value is lost."""
+    from keyshift.service import keys as keys_service
+
     with open_store() as store:
         result = keys_service.rotate_master_key(store, actor=actor())
     out.print(

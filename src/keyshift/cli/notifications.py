@@ -3,18 +3,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from keyshift.cli._common import ServerOption, answer, exit_on_error
 from keyshift.cli.output import Format, OutputOption, emit, new_table, out, when
-from keyshift.context import PluginContext
-from keyshift.service import estate as estate_service
-from keyshift.service import notifications as notifications_service
-from keyshift.store.store import Store
+
+if TYPE_CHECKING:
+    from keyshift.service import notifications as notifications_service
+    from keyshift.store.store import Store
 
 notifications_app = typer.Typer(
     help="Events sent to the estate's notification channels.", no_args_is_help=False
@@ -46,6 +45,8 @@ def notifications_list(
     if ctx.invoked_subcommand is not None:
         return
     only = status.value if status is not None else None
+    from keyshift.service import notifications as notifications_service
+
     rows = answer(
         server,
         lambda client: client.notifications(status=only, limit=limit),
@@ -86,6 +87,12 @@ def notifications_test(
     when it is refused."""
 
     def here(store: Store) -> str:
+        import asyncio
+
+        from keyshift.context import PluginContext
+        from keyshift.service import estate as estate_service
+        from keyshift.service import notifications as notifications_service
+
         estate = estate_service.current_estate(store)
         context = PluginContext()
         sent = asyncio.run(notifications_service.send_test(estate, channel, context=context))

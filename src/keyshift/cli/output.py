@@ -19,13 +19,10 @@ from enum import Enum, StrEnum
 from typing import Annotated, Any
 
 import typer
-import yaml
-from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from keyshift.domain.durations import format_duration
 from keyshift.domain.secret import Secret
 
 # Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
@@ -67,6 +64,8 @@ def plain(value: Any) -> Any:
         return value.total_seconds()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    from pydantic import BaseModel  # not at start-up: `--version` needs no pydantic
+
     if isinstance(value, BaseModel):
         return {name: plain(getattr(value, name)) for name in type(value).model_fields}
     if isinstance(value, dict):
@@ -85,6 +84,8 @@ def emit(output: Format, data: Any, table: Callable[[], None]) -> None:
     if output == Format.JSON:
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
+        import yaml  # only -o yaml needs it
+
         sys.stdout.write(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
 
 
@@ -137,6 +138,8 @@ def clock(value: datetime) -> str:
 def ms(value: timedelta | float | None) -> str:
     if value is None:
         return "-"
+    from keyshift.domain.durations import format_duration  # it loads pydantic
+
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
     return (
         f"{seconds * 1000:.0f} ms"

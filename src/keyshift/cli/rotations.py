@@ -3,14 +3,11 @@ and the `worker` that runs them unattended."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import prometheus_client
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from keyshift.cli import runs
@@ -23,7 +20,6 @@ from keyshift.cli._common import (
     exit_on_error,
     open_store,
 )
-from keyshift.cli.fleet import FleetProgress, summary
 from keyshift.cli.output import (
     Format,
     OutputOption,
@@ -35,14 +31,15 @@ from keyshift.cli.output import (
     plain,
     when,
 )
-from keyshift.client import ServerRefused
 from keyshift.domain.clock import utcnow
-from keyshift.domain.durations import parse_duration
 from keyshift.domain.preflight import PreflightResult, Readiness
 from keyshift.domain.states import RotationState
-from keyshift.service import impact as impact_service
-from keyshift.service import metrics as metrics_service
-from keyshift.service import rotations, scheduler
+from keyshift.errors import ServerRefused
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from keyshift.service import rotations
 
 CredentialName = Annotated[str, typer.Argument(help="Credential name.")]
 RotationId = Annotated[str, typer.Argument(help="Rotation id (or a unique prefix).")]
@@ -53,6 +50,10 @@ READINESS_COLOURS = {"ready": "green", "manual review required": "yellow", "bloc
 def _preflight(name: str, server: str | None, output: Format = Format.TABLE) -> None:
     """Preflight at the server (its dry-run route) or on the local store and print it;
     exit 1 unless every step is ready."""
+    import asyncio
+
+    from keyshift.service import rotations
+
     plan_hash, results = answer(
         server,
         lambda client: client.dry_run(name),
@@ -117,6 +118,10 @@ def rotate(
     """Rotate a credential now (or preflight it with --dry-run). With --server the server
     runs it and the command follows it, step by step, until it rests; the exit code is the
     same as an embedded run's."""
+    import asyncio
+
+    from keyshift.domain.durations import parse_duration
+
     grace_td = None
     if grace is not None:
         try:
@@ -145,6 +150,8 @@ def rotate(
             runs.print_rotation_end(timeline, client.approval_requests)
         runs.exit_unless_healthy(timeline.rotation.state)
         return
+    from keyshift.service import rotations
+
     with open_store() as store:
         rotation_id, state = asyncio.run(
             rotations.rotate(
@@ -163,6 +170,10 @@ def rotate(
 @exit_on_error
 def resume(server: ServerOption = None) -> None:
     """Continue every unfinished rotation from its journal (after a crash or a grace period)."""
+    import asyncio
+
+    from keyshift.service import rotations
+
     if server:
         _resume_at(server)
         return
@@ -199,7 +210,7 @@ def _resume_at(server: str) -> None:
                     )
                     continue
                 # Already running at the server, or finished meanwhile: runs.follow it to its end.
-                if exc.code not in ("rotation-in-runs.progress", "conflict"):
+                if exc.code not in ("rotation-in-progress", "conflict"):
                     raise
             ends.append(runs.follow(client, rotation_id, shown=shown))
         for timeline in ends:
@@ -219,6 +230,10 @@ def rollback(
     grace, awaiting revoke approval, or ended needs_attention): the old value goes back to
     the consumers that were switched and they reload; the new version is kept disabled.
     Exits 1 when refused (nothing changed) or when a consumer could not be restored."""
+    import asyncio
+
+    from keyshift.service import rotations
+
     if server:
         with client_of(server) as client:
             timeline = client.roll_back(rotation_id, reason)
@@ -241,6 +256,8 @@ def history(
     name: CredentialName, server: ServerOption = None, output: OutputOption = Format.TABLE
 ) -> None:
     """Every rotation of a credential, oldest first."""
+    from keyshift.service import rotations
+
     found = answer(
         server,
         lambda client: client.history_rows(name),
@@ -325,6 +342,8 @@ def show(
     rotation_id: RotationId, server: ServerOption = None, output: OutputOption = Format.TABLE
 ) -> None:
     """The step timeline of one rotation, with durations."""
+    from keyshift.service import rotations
+
     timeline = answer(
         server,
         lambda client: client.rotation(rotation_id),
@@ -357,6 +376,15 @@ def worker(
     """Resume unfinished rotations, revoke after grace periods, start due auto-rotations
     (several at once, the most urgent first), and deliver notifications. Several workers
     may share a PostgreSQL store; an SQLite store takes one."""
+    import asyncio
+
+    import prometheus_client
+
+    from keyshift.cli.fleet import FleetProgress, summary
+    from keyshift.domain.durations import parse_duration
+    from keyshift.service import metrics as metrics_service
+    from keyshift.service import scheduler
+
     try:
         every = parse_duration(interval)
     except ValueError as exc:
@@ -410,6 +438,8 @@ def impact(
     output: OutputOption = Format.TABLE,
 ) -> None:
     """Every issuer and consumer a rotation of NAME touches, in run order, and where."""
+    from keyshift.service import impact as impact_service
+
     if as_json and output == Format.YAML:
         bad_usage("--json: not with -o yaml (--json is -o json)")
     rows = answer(

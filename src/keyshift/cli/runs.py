@@ -4,18 +4,21 @@ the state it rests in with what comes next."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import typer
 
 from keyshift.cli._common import HEALTHY
 from keyshift.cli.output import err, ms, out, when
-from keyshift.client import Client
 from keyshift.domain.states import RotationState, StepStatus
-from keyshift.engine.journal import StepEvent
 from keyshift.errors import KeyshiftError
-from keyshift.service import approvals as approvals_service
-from keyshift.service import rotations
-from keyshift.store.store import Store
+
+if TYPE_CHECKING:
+    from keyshift.client import Client
+    from keyshift.engine.journal import StepEvent
+    from keyshift.service import approvals as approvals_service
+    from keyshift.service import rotations
+    from keyshift.store.store import Store
 
 
 def ended_steps(timeline: rotations.Timeline) -> set[int]:
@@ -27,6 +30,8 @@ def follow(client: Client, rotation_id: str, *, shown: set[int]) -> rotations.Ti
     """Print each step of a rotation at the server as it ends, as an embedded run prints
     it, until the rotation rests; return its last timeline. Steps in `shown` are not
     printed (they ended before)."""
+    from keyshift.engine.journal import StepEvent
+
     last: rotations.Timeline | None = None
     try:
         for last in client.follow(rotation_id):
@@ -103,6 +108,9 @@ def print_rotation_end(
 
 
 def print_stored_rotation_end(store: Store, rotation_id: str) -> None:
+    from keyshift.service import approvals as approvals_service
+    from keyshift.service import rotations
+
     print_rotation_end(
         rotations.rotation_timeline(store, rotation_id), lambda: approvals_service.requests(store)
     )

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 
-from keyshift import logs
 from keyshift.cli._common import embedded_only, exit_on_error
 from keyshift.errors import ConfigError
 
@@ -37,9 +36,9 @@ def serve(
     embedded_only()
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("--tls-key" if tls_key is None else "--tls-cert", "give both or neither")
-    import uvicorn  # noqa: PLC0415 (only the server needs it)
+    import uvicorn
 
-    from keyshift.api import create_app  # noqa: PLC0415 (FastAPI loads only for serve)
+    from keyshift.api import create_app
 
     app = create_app(env=dict(os.environ))
     # What is loaded by now (the SDKs, the ORM, the templates) lives as long as the
@@ -70,7 +69,7 @@ def agent_run(
     config: Annotated[Path, typer.Option("--config", "-c", help="The agent's agent.yaml.")],
 ) -> None:
     """Run the agent: HTTPS on `listen`, signed requests only, within its allow-list."""
-    from keyshift import agent  # noqa: PLC0415 (only a host running the agent needs it)
+    from keyshift import agent, logs
 
     logs.configure(os.environ.get("KEYSHIFT_LOG_LEVEL") or "INFO")
     agent.run_agent(agent.load_agent_config(config))

@@ -23,13 +23,13 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     StringConstraints,
     Tag,
-    ValidationError,
     field_validator,
     model_serializer,
     model_validator,
 )
 
 from keyshift.domain.durations import Duration
+from keyshift.domain.freeze import FreezeScope
 from keyshift.domain.notifications import Notifications
 from keyshift.domain.states import OnFailure
 from keyshift.errors import ConfigError
@@ -412,6 +412,20 @@ class IntegrationSpec(_Model):
 
     name: Name
     type: str
+    enabled: bool = True
+    """`false`: keyshift calls nothing through it (no rotation, preflight, sync or test)
+    and keeps its settings and what it discovered. The credentials that use it are shown
+    as disabled by `status`, and governance refuses rotating them, naming it; a rotation
+    under way through it stops at its next step and waits until it is enabled again."""
+
+    @model_serializer(mode="wrap")
+    def _without_default_enabled(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Stored integrations and credential digests predate `enabled`: an enabled one
+        # serialises exactly as before, so applying an unchanged file changes nothing.
+        data: dict[str, Any] = handler(self)
+        if data.get("enabled") is True:
+            data.pop("enabled")
+        return data
 
     def is_agent(self, agent_id: str) -> bool:
         """Whether this is the agent integration an action's `agent_id` names: by the
@@ -422,6 +436,16 @@ class IntegrationSpec(_Model):
         return agent_id == self.name or (
             isinstance(declared, str) and declared.lower() == agent_id.lower()
         )
+
+
+def disabled_integrations(declared: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The names of the integrations in `declared` (stored form, as a credential's spec
+    holds them) that the estate disables (`enabled: false`)."""
+    return [name for name, raw in declared.items() if raw.get("enabled") is False]
+
+
+INTEGRATION_FIELDS = ("name", "type", "enabled")
+"""The fields of an integration that are keyshift's, not its type's config."""
 
 
 DEFAULT_THRESHOLDS = (timedelta(days=30), timedelta(days=7))
@@ -489,6 +513,76 @@ class Worker(_Model):
     runs on its own thread and store connection, the most urgent first."""
 
 
+class FreezeSpec(_Model):
+    """A change freeze declared in the estate (GitOps): while it holds, no rotation of
+    what it covers starts, and one under way waits at its next step, exactly as under
+    `keyshift freeze`. Name exactly one of `credential`, `owner`, `environment` or
+    `all: true`. `apply` starts it, changes its reason or end when the file does, and
+    lifts it once it is gone from the file; `keyshift unfreeze` does not lift it.
+    Freezes started with `keyshift freeze` are not touched by `apply`."""
+
+    credential: Name | None = None
+    """Freeze one credential of this estate."""
+    owner: str | None = Field(default=None, min_length=1, max_length=200)
+    """Freeze every credential of this owner."""
+    environment: str | None = Field(default=None, min_length=1, max_length=200)
+    """Freeze every credential of this environment."""
+    all: bool = False
+    """Freeze every credential."""
+    reason: str = Field(min_length=1, max_length=500)
+    """Why (required): shown in refusals, status, plan and preflight, and audited."""
+    until: datetime | None = None
+    """When it lifts by itself, e.g. `2026-12-31T18:00:00Z` (UTC when no offset is given);
+    none: while the file declares it. One whose `until` has passed is not started."""
+
+    @field_validator("until", mode="before")
+    @classmethod
+    def _utc(cls, until: object) -> object:
+        # YAML reads `2026-12-31` as a date: the freeze ends as that day begins, UTC.
+        if isinstance(until, date) and not isinstance(until, datetime):
+            return datetime.combine(until, time(0, 0), tzinfo=UTC)
+        return until
+
+    @field_validator("until")
+    @classmethod
+    def _aware(cls, until: datetime | None) -> datetime | None:
+        return until.replace(tzinfo=UTC) if until is not None and until.tzinfo is None else until
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> FreezeSpec:
+        named = [self.credential, self.owner, self.environment, True if self.all else None]
+        if sum(v is not None for v in named) != 1:
+            raise ValueError("name exactly one of: credential, owner, environment, all: true")
+        return self
+
+    @property
+    def scope(self) -> FreezeScope:
+        if self.credential is not None:
+            return FreezeScope.CREDENTIAL
+        if self.owner is not None:
+            return FreezeScope.OWNER
+        if self.environment is not None:
+            return FreezeScope.ENVIRONMENT
+        return FreezeScope.ALL
+
+    @property
+    def value(self) -> str | None:
+        """The credential, owner or environment frozen; None for `all`."""
+        return self.credential or self.owner or self.environment
+
+    def covers(self, name: str, owner: str | None, environment: str | None) -> bool:
+        """Whether this freeze covers the credential `name` (of `owner`, in `environment`)."""
+        match self.scope:
+            case FreezeScope.ALL:
+                return True
+            case FreezeScope.CREDENTIAL:
+                return self.credential == name
+            case FreezeScope.OWNER:
+                return self.owner == owner
+            case FreezeScope.ENVIRONMENT:
+                return self.environment == environment
+
+
 class Estate(_Model):
     """The whole estate file. Names and references across it are checked by
     `reference_problems`, which also runs on files whose fields are invalid."""
@@ -502,6 +596,9 @@ class Estate(_Model):
     """Allowlist, ownership and approver groups."""
     notifications: Notifications = Field(default_factory=Notifications)
     """Where keyshift tells operators of failures, rollbacks and approval requests."""
+    freeze: list[FreezeSpec] = Field(default_factory=list)
+    """Change freezes declared in the file (GitOps), e.g. `[{environment: prod, reason:
+    "Q4 change freeze", until: 2026-12-31T18:00:00Z}]`."""
     worker: Worker = Field(default_factory=Worker)
     """How many rotations `keyshift worker` runs at once."""
 
@@ -530,10 +627,6 @@ class Estate(_Model):
         return next((p for p in self.policies if p.name == name), None)
 
 
-_UNION_TAGS = frozenset({"named", "inline"})
-"""Branch tags of tagged unions, which pydantic puts in error locations; not field names."""
-
-
 def _items(data: Mapping[str, Any], field: str) -> list[tuple[int, Mapping[str, Any]]]:
     items = data.get(field)
     if not isinstance(items, list):
@@ -558,6 +651,7 @@ def reference_problems(data: Mapping[str, Any]) -> list[ConfigError]:
             if name in seen:
                 problems.append(ConfigError(f"{field}[{i}].name", f"'{name}' is declared twice"))
             seen.add(name)
+    problems.extend(_freeze_problems(data, declared["credentials"]))
     policies = declared["policies"] | {DEFAULT_POLICY_NAME}
     for i, cred in _items(data, "credentials"):
         policy = cred.get("policy")
@@ -584,43 +678,30 @@ def reference_problems(data: Mapping[str, Any]) -> list[ConfigError]:
     return problems
 
 
-def format_loc(loc: tuple[int | str, ...], prefix: str = "") -> str:
-    """Render a pydantic location as `credentials[2].actions[0].config.file_format`."""
-    out = prefix
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in _UNION_TAGS or part.startswith(
-            ("function-after", "function-before", "function-wrap")
-        ):
+_FREEZE_SCOPES = ("credential", "owner", "environment", "all")
+
+
+def _freeze_problems(data: Mapping[str, Any], credentials: set[str]) -> list[ConfigError]:
+    """A `freeze:` entry must name a credential the estate declares, and no two entries
+    may freeze the same thing (apply would not know which one to keep)."""
+    problems: list[ConfigError] = []
+    seen: dict[tuple[str, object], int] = {}
+    for i, item in _items(data, "freeze"):
+        named = [(k, item[k]) for k in _FREEZE_SCOPES if item.get(k) not in (None, False)]
+        if len(named) != 1:
+            continue  # reported by the model
+        key = named[0]
+        if key[0] == "credential" and isinstance(key[1], str) and key[1] not in credentials:
+            problems.append(
+                ConfigError(f"freeze[{i}].credential", f"no credential named '{key[1]}'")
+            )
+        if not isinstance(key[1], str | bool):
             continue
-        else:
-            out += f".{part}" if out else part
-    return out
-
-
-def _message(error: Any) -> str:
-    kind = error["type"]
-    ctx = error.get("ctx") or {}
-    if kind == "missing":
-        return "is required"
-    if kind == "extra_forbidden":
-        return "is not a known field"
-    if kind in ("literal_error", "enum"):
-        expected = str(ctx.get("expected", ""))
-        choices = re.findall(r"'([^']*)'", expected)
-        return "must be one of " + ", ".join(choices) if choices else error["msg"]
-    if kind == "string_pattern_mismatch":
-        return "must use lowercase letters, digits, '.', '_' or '-' (max 128)"
-    msg = str(error["msg"])
-    for lead in ("Value error, ", "Assertion failed, "):
-        msg = msg.removeprefix(lead)
-    return msg[:1].lower() + msg[1:]
-
-
-def config_errors(exc: ValidationError, prefix: str = "") -> list[ConfigError]:
-    """One ConfigError per pydantic error, each with its full field path."""
-    out: list[ConfigError] = []
-    for error in exc.errors(include_url=False):
-        out.append(ConfigError(format_loc(tuple(error["loc"]), prefix), _message(error)))
-    return out
+        if key in seen:
+            problems.append(
+                ConfigError(
+                    f"freeze[{i}]", f"freezes the same as freeze[{seen[key]}]; keep one of them"
+                )
+            )
+        seen.setdefault(key, i)
+    return problems

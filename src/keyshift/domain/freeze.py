@@ -1,7 +1,9 @@
 """Freezes: an operator's word that keyshift starts no rotation of some credentials for
 a while (an incident, a change freeze, a migration). A freeze covers one credential,
 one owner's, one environment's, or all of them; it holds until lifted or until its
-`until` passes. Plain values: the store keeps them (`FreezeRow`), governance reads them."""
+`until` passes. It is declared by an operator (`keyshift freeze`, the API) or in the
+estate file (`freeze:`). Plain values: the store keeps them (`FreezeRow`), governance
+reads them."""
 
 from __future__ import annotations
 
@@ -17,6 +19,16 @@ class FreezeScope(StrEnum):
     ALL = "all"
 
 
+class FreezeSource(StrEnum):
+    """Who declared a freeze: an operator (`keyshift freeze` on the local store, or the
+    API and the CLI's `--server`), or the estate file's `freeze:` block, which `apply`
+    starts, changes and lifts and nothing else does."""
+
+    CLI = "cli"
+    API = "api"
+    ESTATE = "estate"
+
+
 @dataclass(frozen=True)
 class Freeze:
     id: str
@@ -28,6 +40,8 @@ class Freeze:
     """When it lifts by itself; None: until an operator lifts it."""
     created_by: str
     created_at: datetime
+    source: FreezeSource = FreezeSource.CLI
+    """Where it was declared; an `estate` freeze is lifted by removing it from the file."""
 
     def covers(self, name: str, owner: str | None, environment: str | None) -> bool:
         match self.scope:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from keyshift.domain.estate import Policy
+if TYPE_CHECKING:
+    from keyshift.domain.estate import Policy
 
 
 class Readiness(StrEnum):

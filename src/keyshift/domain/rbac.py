@@ -22,6 +22,9 @@ class Permission(StrEnum):
     alerts, and plan an estate file."""
     CREDENTIALS_WRITE = "credentials:write"
     """Apply an estate file; test integrations (which signs in with keyshift's identity)."""
+    CREDENTIALS_IMPORT = "credentials:import"
+    """Import the value a credential's issuer holds now as its first version (the value
+    travels in the request body)."""
     ROTATIONS_RUN = "rotations:run"
     """Start, dry-run, resume and roll back rotations."""
     APPROVALS_DECIDE = "approvals:decide"
@@ -61,6 +64,7 @@ ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
     Role.OPERATOR: _READ
     | {
         Permission.CREDENTIALS_WRITE,
+        Permission.CREDENTIALS_IMPORT,
         Permission.ROTATIONS_RUN,
         Permission.AUDIT_READ,
         Permission.ENTRA_WRITE,
@@ -77,8 +81,8 @@ ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
 
 ROLE_DESCRIPTIONS: Final[dict[Role, str]] = {
     Role.ADMIN: "everything, including users, service accounts and API tokens",
-    Role.OPERATOR: "runs the estate: apply, rotate, resume, freeze, sync Entra ID, read the "
-    "audit trail",
+    Role.OPERATOR: "runs the estate: apply, import, rotate, resume, freeze, sync Entra ID, "
+    "read the audit trail",
     Role.ROTATOR: "rotates credentials not issued by Entra ID (database, Redis, random): "
     "start, dry-run, resume, roll back; reads credentials; no Entra ID rotation, no apply "
     "(for CI pipelines and service accounts)",

@@ -44,6 +44,15 @@ FINAL_STATES = frozenset(
     }
 )
 
+WAITING_STATES = frozenset(
+    {
+        RotationState.GRACE,
+        RotationState.AWAITING_APPROVAL,
+        RotationState.AWAITING_REVOKE_APPROVAL,
+    }
+)
+"""Unfinished states a rotation rests in until time passes or a human decides."""
+
 
 MANUAL_ROLLBACK_FROM = frozenset(
     {
@@ -107,6 +116,18 @@ class VersionStatus(StrEnum):
     PREVIOUS = "previous"
     DISABLED = "disabled"
     REVOKED = "revoked"
+
+
+class Provenance(StrEnum):
+    """How keyshift came to hold a version."""
+
+    ISSUED = "issued"
+    """Created at the issuer by a rotation."""
+    ADOPTED = "adopted"
+    """Found at the issuer on a first rotation and taken over without its value."""
+    IMPORTED = "imported"
+    """Brought under management by an operator (`keyshift import`) with its value, as
+    the issuer already held it."""
 
 
 class Lifecycle(StrEnum):

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import structlog
 
-from keyshift.domain.states import VersionStatus
+from keyshift.domain.states import Provenance, VersionStatus
 from keyshift.engine import rows
 from keyshift.engine.run import Run
 from keyshift.engine.steps import Steps
@@ -60,6 +60,7 @@ async def adopt(steps: Steps, run: Run) -> dict[str, Any]:
             created_at=steps.context.now(),
             expires_at=found.expires_at,
             revoked_at=None,
+            provenance=Provenance.ADOPTED.value,
         )
         s.add(row)
         s.flush()

@@ -1,11 +1,12 @@
 """The rotation engine: runs the state machine of design.md, one journaled step at a time.
 
 `Engine` is the facade the service layer uses: `request`, `run`, `preflight`,
-`roll_back` and `retire_disabled`. The state machine reads top to bottom in `_table`:
-one entry per state that a worker advances, each naming the step (or gate) that moves
-it on. What the steps do lives in one module per responsibility: `steps` (journal,
-retries, lease and state writes), `issuer`, `rollout`, `gates`, `rollback`; events of
-every change go to the subscribers of `events` (the audit trail first).
+`roll_back`, `retire_disabled` and `import_current`. The state machine reads top to
+bottom in `_table`: one entry per state that a worker advances, each naming the step
+(or gate) that moves it on. What the steps do lives in one module per responsibility:
+`steps` (journal, retries, lease and state writes), `issuer`, `rollout`, `gates`,
+`rollback`, `imports`; events of every change go to the subscribers of `events` (the
+audit trail first).
 
 A rotation is owned by one worker at a time through a lease on its row; a lease whose
 holder died (same host, process gone) or expired is taken over.
@@ -15,17 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
 from keyshift.context import PluginContext
+from keyshift.domain.estate import disabled_integrations
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import RotationState, Trigger
 from keyshift.engine import approvals, freezes, preflight, rows
 from keyshift.engine.events import EventBus, Subscriber
 from keyshift.engine.gates import ApprovalGate, GraceGate, validate
+from keyshift.engine.imports import Imported, import_current
 from keyshift.engine.issuer import Issuer
 from keyshift.engine.journal import StepEvent
 from keyshift.engine.leases import Leases
@@ -40,6 +43,7 @@ from keyshift.engine.run import Run
 from keyshift.engine.steps import Steps
 from keyshift.engine.subscribers import AuditTrail, StepProgress
 from keyshift.errors import ConfigError, KeyshiftError
+from keyshift.governance import integration_disabled
 from keyshift.providers.base import Capability, Provider
 from keyshift.sources import read_source
 from keyshift.store.store import Store
@@ -211,16 +215,17 @@ class Engine:
 
         Returns the state it stopped in: a final state, or one that waits (`grace`
         while the grace period lasts, an approval, a freeze); a later `run`, e.g. from
-        the worker, goes on from there. A freeze that covers the credential stops the
-        run between two states, with no step half-done; a rollback is not stopped.
+        the worker, goes on from there. A freeze that covers the credential, or an
+        integration it uses that the estate disabled, stops the run between two states,
+        with no step half-done; a rollback is not stopped.
         """
         run = self.steps.claim(rotation_id)
         bound = log.bind(rotation_id=rotation_id, credential=run.credential)
         try:
             while not run.state.is_final:
-                frozen = self._frozen(run)
-                if frozen:
-                    bound.info("paused by a freeze", state=run.state.value, freeze=frozen[0])
+                held = self._held(run)
+                if held:
+                    bound.info("paused", state=run.state.value, reason=held[0])
                     break
                 advance = self._table.get(run.state)
                 if advance is None:
@@ -234,17 +239,22 @@ class Engine:
         finally:
             await self.steps.let_go(run)
 
-    def _frozen(self, run: Run) -> list[str]:
-        """Why a freeze holds this run now (empty when none does, or while it rolls back)."""
+    def _held(self, run: Run) -> list[str]:
+        """Why this run waits now: a freeze holds it, or the estate disabled an integration
+        it calls through (as applied since the rotation was requested). Empty when
+        nothing does, and while it rolls back."""
         if run.state == RotationState.ROLLING_BACK:
             return []
         with self.store.transaction() as s:
             cred = rows.credential(s, run.credential)
-            return freezes.refusals(
-                freezes.holding(s, self.steps.context.now()),
-                cred.name,
-                cred.owner,
-                cred.environment,
+            disabled = disabled_integrations(cred.spec.get("integrations", {}))
+            return [integration_disabled(name, cred.name) for name in disabled] + (
+                freezes.refusals(
+                    freezes.holding(s, self.steps.context.now()),
+                    cred.name,
+                    cred.owner,
+                    cred.environment,
+                )
             )
 
     async def roll_back(self, rotation_id: str, *, reason: str) -> RotationState:
@@ -275,6 +285,28 @@ class Engine:
             return context or self.plugin_context(plan, known)
 
         return await preflight.check(plan, context_for, provider=provider, secrets=secrets)
+
+    # Importing -------------------------------------------------------------------------
+
+    async def import_current(
+        self,
+        credential: str,
+        value: Secret,
+        *,
+        username: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> Imported:
+        """Store a value the issuer holds now as the credential's current version, proven
+        first (`imports.import_current`)."""
+        return await import_current(
+            self.store,
+            self.context_for,
+            credential,
+            value,
+            actor=self.actor,
+            username=username,
+            expires_at=expires_at,
+        )
 
     # Plugin contexts -------------------------------------------------------------------
 

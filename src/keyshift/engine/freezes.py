@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from keyshift.domain.freeze import Freeze, FreezeScope
+from keyshift.domain.freeze import Freeze, FreezeScope, FreezeSource
 from keyshift.store.models import FreezeRow
 
 
@@ -21,6 +21,7 @@ def of_row(row: FreezeRow) -> Freeze:
         until=row.until,
         created_by=row.created_by,
         created_at=row.created_at,
+        source=FreezeSource(row.source),
     )
 
 
@@ -32,6 +33,13 @@ def holding(s: Session, now: datetime) -> list[Freeze]:
         .order_by(FreezeRow.created_at, FreezeRow.id)
     ).scalars()
     return [of_row(r) for r in rows]
+
+
+def covering(
+    freezes: list[Freeze], name: str, owner: str | None, environment: str | None
+) -> list[Freeze]:
+    """The freezes of `freezes` that cover this credential."""
+    return [f for f in freezes if f.covers(name, owner, environment)]
 
 
 def refusals(

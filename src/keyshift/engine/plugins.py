@@ -12,17 +12,19 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from keyshift.context import PluginContext
-from keyshift.domain.estate import config_errors
+from keyshift.domain.estate import INTEGRATION_FIELDS
+from keyshift.domain.problems import config_errors
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, EstateInvalid
 from keyshift.providers import INTEGRATIONS, PROVIDERS, Provider
+from keyshift.registry import Registry
 from keyshift.targets import TARGETS, Target
 
 
-def _lookup(registry: dict[Any, Any], kind: str, what: str, path: str) -> Any:
-    for key, cls in registry.items():
-        if key == kind:
-            return cls
+def _lookup(registry: Registry[Any], kind: str, what: str, path: str) -> Any:
+    """The class of `kind`, imported now if it is the first use of that type."""
+    if kind in registry:
+        return registry[kind]
     known = ", ".join(sorted(str(k) for k in registry))
     raise EstateInvalid([ConfigError(path, f"unknown {what} type '{kind}'; known: {known}")])
 
@@ -52,7 +54,7 @@ def build_integrations(declared: dict[str, dict[str, Any]]) -> dict[str, BaseMod
     out: dict[str, BaseModel] = {}
     for name, raw in declared.items():
         cls = integration_class(raw["type"], f"integrations.{name}.type")
-        config = {k: v for k, v in raw.items() if k not in ("name", "type")}
+        config = {k: v for k, v in raw.items() if k not in INTEGRATION_FIELDS}
         out[name] = validate_config(cls, config, f"integrations.{name}")
     return out
 

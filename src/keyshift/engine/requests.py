@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from keyshift import __version__
 from keyshift.context import PluginContext
-from keyshift.domain.estate import CredentialSpec, Policy
+from keyshift.domain.estate import CredentialSpec, Policy, disabled_integrations
 from keyshift.domain.states import RotationState, Trigger
 from keyshift.engine import approvals, freezes, rows
 from keyshift.engine.events import EngineEvent, EventBus
@@ -89,7 +89,12 @@ class Requests:
             policy = Policy.model_validate(cred.spec["policy"])
             plan = build_plan(spec, policy, grace, cred.spec.get("integrations", {}))
             refused = refusals(
-                spec, policy, approvals.governance(s), now=now, grace=plan.grace_period
+                spec,
+                policy,
+                approvals.governance(s),
+                now=now,
+                grace=plan.grace_period,
+                disabled=disabled_integrations(cred.spec.get("integrations", {})),
             ) + freezes.refusals(freezes.holding(s, now), spec.name, spec.owner, spec.environment)
             if refused:
                 if audit_refusal:

@@ -7,7 +7,7 @@ Pure functions over domain models: the engine calls them and records the outcome
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -22,11 +22,14 @@ def refusals(
     *,
     now: datetime,
     grace: timedelta,
+    disabled: Collection[str] = (),
 ) -> list[str]:
-    """Every reason this rotation may not run now; empty when it may."""
+    """Every reason this rotation may not run now; empty when it may. `disabled`: the
+    integrations the credential connects through that the estate disables."""
     reasons: list[str] = []
     if not spec.enabled:
         reasons.append(f"{spec.name} is disabled in the estate (enabled: false)")
+    reasons.extend(integration_disabled(name, spec.name) for name in disabled)
     allowlist = governance.allowlist
     if allowlist is not None:
         app_id = spec.provider.config().get("app_id")
@@ -53,6 +56,14 @@ def refusals(
             f"{format_duration(policy.min_grace_period)}"
         )
     return reasons
+
+
+def integration_disabled(integration: str, credential: str) -> str:
+    """Why nothing of `credential` is called through a disabled integration."""
+    return (
+        f"integration {integration} is disabled in the estate (enabled: false); "
+        f"{credential} is not rotated through it"
+    )
 
 
 def person(actor: str) -> str:

@@ -2,17 +2,18 @@
 
 `PROVIDERS` maps a credential's `provider.type` to its class; `INTEGRATIONS` maps an
 integration's `type` to the config model of that connection. A provider that
-connects through an integration names its type in `integration_type`.
+connects through an integration names its type in `integration_type`. Both are
+`keyshift.registry.Registry`s: a class is imported when its type is first looked up,
+and so are the classes this package re-exports, when first named.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from keyshift.azure import EntraIntegration
 from keyshift.providers.base import (
     Capability,
     CreateRequest,
@@ -25,14 +26,14 @@ from keyshift.providers.base import (
     VerifyResult,
     VersionInfo,
 )
-from keyshift.providers.entra import EntraSecretConfig, EntraSecretProvider
-from keyshift.providers.postgres import PostgresIntegration, PostgresProvider
-from keyshift.providers.random import RandomProvider
-from keyshift.providers.redis import RedisIntegration, RedisProvider
+from keyshift.registry import Registry, lazy_exports
 
-# Agents are reached by targets, not providers, but every integration type is registered
-# here, in one map; the agent module imports nothing from providers.
-from keyshift.targets.agent import AgentIntegration
+if TYPE_CHECKING:
+    from keyshift.azure import EntraIntegration
+    from keyshift.providers.entra import EntraSecretConfig, EntraSecretProvider
+    from keyshift.providers.postgres import PostgresIntegration, PostgresProvider
+    from keyshift.providers.random import RandomProvider
+    from keyshift.providers.redis import RedisIntegration, RedisProvider
 
 
 class ProviderKind(StrEnum):
@@ -50,19 +51,40 @@ class IntegrationKind(StrEnum):
 
 
 # Values are the classes; each has `kind`, `Config`, `capabilities` and takes (config, context).
-PROVIDERS: dict[ProviderKind, Any] = {
-    ProviderKind.ENTRA_CLIENT_SECRET: EntraSecretProvider,
-    ProviderKind.POSTGRES: PostgresProvider,
-    ProviderKind.RANDOM: RandomProvider,
-    ProviderKind.REDIS: RedisProvider,
-}
+# Each is imported (with its SDK: psycopg, redis, azure) the first time its type is used.
+PROVIDERS: Registry[Any] = Registry(
+    {
+        ProviderKind.ENTRA_CLIENT_SECRET: "keyshift.providers.entra:EntraSecretProvider",
+        ProviderKind.POSTGRES: "keyshift.providers.postgres:PostgresProvider",
+        ProviderKind.RANDOM: "keyshift.providers.random:RandomProvider",
+        ProviderKind.REDIS: "keyshift.providers.redis:RedisProvider",
+    }
+)
 
-INTEGRATIONS: dict[IntegrationKind, type[BaseModel]] = {
-    IntegrationKind.AGENT: AgentIntegration,
-    IntegrationKind.ENTRA: EntraIntegration,
-    IntegrationKind.POSTGRES: PostgresIntegration,
-    IntegrationKind.REDIS: RedisIntegration,
-}
+# Agents are reached by targets, not providers, but every integration type is registered
+# here, in one map; the agent module imports nothing from providers.
+INTEGRATIONS: Registry[type[BaseModel]] = Registry(
+    {
+        IntegrationKind.AGENT: "keyshift.targets.agent:AgentIntegration",
+        IntegrationKind.ENTRA: "keyshift.azure:EntraIntegration",
+        IntegrationKind.POSTGRES: "keyshift.providers.postgres:PostgresIntegration",
+        IntegrationKind.REDIS: "keyshift.providers.redis:RedisIntegration",
+    }
+)
+
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "EntraIntegration": "keyshift.azure:EntraIntegration",
+        "EntraSecretConfig": "keyshift.providers.entra:EntraSecretConfig",
+        "EntraSecretProvider": "keyshift.providers.entra:EntraSecretProvider",
+        "PostgresIntegration": "keyshift.providers.postgres:PostgresIntegration",
+        "PostgresProvider": "keyshift.providers.postgres:PostgresProvider",
+        "RandomProvider": "keyshift.providers.random:RandomProvider",
+        "RedisIntegration": "keyshift.providers.redis:RedisIntegration",
+        "RedisProvider": "keyshift.providers.redis:RedisProvider",
+    },
+)
 
 __all__ = [
     "INTEGRATIONS",

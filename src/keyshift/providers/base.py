@@ -26,6 +26,7 @@ __all__ = [
     "AdoptedVersion",
     "Capability",
     "CreateRequest",
+    "ImportRequest",
     "IssuedVersion",
     "ListRequest",
     "PreflightRequest",
@@ -60,6 +61,10 @@ class Capability(StrEnum):
     ADOPTS_EXISTING = "adopts_existing"
     """`adopt_existing` finds the versions the issuer holds that keyshift did not create,
     so the first rotation retires them as its old version."""
+    IMPORTS = "imports"
+    """`import_version` takes a value the issuer holds now and says which version it is
+    (whose user, when it expires there), having proven that it authenticates wherever
+    the issuer can tell: `keyshift import` stores it without changing the issuer."""
     INSPECTS = "inspects"
     """`inspect` reads from the issuer whether it still holds a version (a stored password
     hash), without signing in: no failed login when it no longer does. It answers None
@@ -221,6 +226,25 @@ class AdoptedVersion:
     """Identifiers of what was adopted (e.g. keyIds), for `revoke` and the audit."""
     expires_at: datetime | None = None
     """The latest expiry among the adopted versions."""
+
+
+@dataclass(frozen=True)
+class ImportRequest:
+    """A value an operator brings under management (`keyshift import`).
+
+    Providers with `Capability.IMPORTS` implement
+    `async def import_version(request: ImportRequest) -> IssuedVersion`: the version the
+    value is at the issuer, as `create` would have returned it (so that a later rotation,
+    its rollback and its revocation treat it as any version), after proving that it
+    authenticates (PermanentError, naming the user but never the value, when it does
+    not). It changes nothing at the issuer.
+    """
+
+    credential: str
+    value: Secret
+    username: str | None = None
+    """Which of the users that take turns holds the value; None: the provider tries
+    each (a wrong one is a failed login the issuer may log)."""
 
 
 @dataclass(frozen=True)

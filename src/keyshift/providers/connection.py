@@ -10,7 +10,7 @@ integration by name when a step needs it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import ClassVar, Generic, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -20,10 +20,21 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration
 from keyshift.domain.secret import Secret
-from keyshift.providers.base import IssuedVersion
+from keyshift.errors import PermanentError
+from keyshift.providers.base import ImportRequest, IssuedVersion, VerifyRequest, VerifyResult
 from keyshift.sources import SecretRef
 
-__all__ = ["AdminConnection", "ConnectedProvider", "alternate_user", "login_version"]
+__all__ = [
+    "IMPORT_MARKER",
+    "AdminConnection",
+    "ConnectedProvider",
+    "alternate_user",
+    "imported_login",
+    "login_version",
+]
+
+IMPORT_MARKER = "keyshift:imported"
+"""The marker in an imported version's `provider_ref`: no rotation set its password."""
 
 
 class AdminConnection(BaseModel):
@@ -134,4 +145,29 @@ def login_version(
         value=password,
         attributes={"username": user, **integration.endpoint()},
         expires_at=expires,
+    )
+
+
+async def imported_login(
+    integration: AdminConnection,
+    users: Sequence[str],
+    request: ImportRequest,
+    verify: Callable[[VerifyRequest], Awaitable[VerifyResult]],
+) -> IssuedVersion:
+    """The version an imported password is: of `request.username` (which must be one of
+    `users`), or else of the first of `users` it signs in as. PermanentError naming each
+    user tried and what the issuer answered when it signs in as none."""
+    if request.username is not None and request.username not in users:
+        raise PermanentError(
+            f"user {request.username} is not rotated by this credential ({', '.join(users)})"
+        )
+    tried: list[str] = []
+    for user in [request.username] if request.username else users:
+        version = login_version(integration, user, IMPORT_MARKER, request.value, None)
+        answer = await verify(VerifyRequest(request.credential, version))
+        if answer.ok:
+            return version
+        tried.append(answer.detail or f"{user}: refused")
+    raise PermanentError(
+        f"the value does not authenticate at {integration.server()}: {'; '.join(tried)}"
     )

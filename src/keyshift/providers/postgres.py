@@ -52,6 +52,7 @@ from keyshift.providers.connection import (
     AdminConnection,
     ConnectedProvider,
     alternate_user,
+    imported_login,
     login_version,
 )
 from keyshift.providers.random import DEFAULT_ALPHABET, Alphabet, draw
@@ -180,9 +181,17 @@ class PostgresProvider(ConnectedProvider[PostgresConfig, PostgresIntegration]):
         if self.config.strategy == "alternating_users":
             # Each version is its own role, so sessions per role show who still uses it.
             return frozenset(
-                {overlap, Capability.AUTHENTICATES, Capability.RESIDUAL_USE, Capability.INSPECTS}
+                {
+                    overlap,
+                    Capability.AUTHENTICATES,
+                    Capability.RESIDUAL_USE,
+                    Capability.INSPECTS,
+                    Capability.IMPORTS,
+                }
             )
-        return frozenset({overlap, Capability.AUTHENTICATES, Capability.INSPECTS})
+        return frozenset(
+            {overlap, Capability.AUTHENTICATES, Capability.INSPECTS, Capability.IMPORTS}
+        )
 
     @asynccontextmanager
     async def _admin(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -336,6 +345,19 @@ class PostgresProvider(ConnectedProvider[PostgresConfig, PostgresIntegration]):
             except psycopg.Error as exc:
                 raise _classify(exc, f"setting the password of role {user}") from None
         return login_version(self._integration, user, request.marker, password, expires)
+
+    async def import_version(self, request: base.ImportRequest) -> IssuedVersion:
+        """The role whose password the value is, proven by logging in as a consumer would
+        (the single role, or the alternating role named or found); its expiry is the
+        role's `VALID UNTIL`. Changes nothing."""
+        users = self.config.users or [self.config.user or ""]
+        version = await imported_login(self._integration, users, request, self.verify)
+        user = version.attributes.get("username", "")
+        rows = await self._rows(
+            "SELECT NULLIF(rolvaliduntil, 'infinity') FROM pg_roles WHERE rolname = %s", (user,)
+        )
+        until = rows[0][0] if rows and isinstance(rows[0][0], datetime) else None
+        return IssuedVersion(version.provider_ref, version.value, version.attributes, until)
 
     async def verify(self, request: base.VerifyRequest) -> VerifyResult:
         """Log in as a consumer would and run `SELECT 1`."""

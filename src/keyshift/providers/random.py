@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from keyshift.context import PluginContext
 from keyshift.domain.secret import Secret
+from keyshift.errors import PermanentError
 from keyshift.providers import base
 from keyshift.providers.base import (
     Capability,
@@ -76,7 +77,9 @@ class RandomProvider:
         actions."""
         return {"issuer": "keyshift (generated locally)", "format": config.format}
 
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.DUAL_ACTIVE})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.DUAL_ACTIVE, Capability.IMPORTS}
+    )
 
     def __init__(self, config: RandomConfig, context: PluginContext) -> None:
         self.config = config
@@ -108,6 +111,17 @@ class RandomProvider:
             value=Secret(self._generate()),
             attributes={"format": self.config.format},
             expires_at=expires,
+        )
+
+    async def import_version(self, request: base.ImportRequest) -> IssuedVersion:
+        """A value generated elsewhere, taken as keyshift's: there is no issuer to ask,
+        so nothing is proven beyond the value not being empty."""
+        if not request.value.reveal():
+            raise PermanentError("an imported value may not be empty")
+        return IssuedVersion(
+            provider_ref=f"random:imported:{uuid.uuid4()}",
+            value=request.value,
+            attributes={"format": self.config.format},
         )
 
     async def verify(self, request: base.VerifyRequest) -> VerifyResult:

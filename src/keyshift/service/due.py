@@ -91,20 +91,21 @@ def next_rotation(
     none yet (without a version, an Entra credential's expiry is its application's
     latest client secret, and it is rotated at once when the application has none);
     inside the policy's window, at its next opening from then. The worker does not
-    rotate it by itself while a rotation is under way (`rotating`), without
-    `auto_rotate` (`manual`), while `enabled: false` (`disabled`: nothing rotates it),
-    while one of `freezes` covers it (`frozen`), or when its current version never
-    expires (`-`).
+    rotate it by itself while a rotation is under way (`rotating`), while `enabled: false`
+    or through a disabled integration (`disabled`: nothing rotates it), while one of
+    `freezes` covers it (`frozen`: nobody rotates it either), without `auto_rotate`
+    (`manual`), or when its current version never expires (`-`).
     """
     if credential.active_rotation_id is not None:
         return NextRotation(None, ROTATING)
     if not credential.scheduled:
         # Removed credentials are not read here: an unscheduled one is disabled.
         return NextRotation(None, DISABLED)
+    if any(f.covers(credential.name, credential.owner, credential.environment) for f in freezes):
+        # Before `manual`: a frozen credential is not rotated by hand either.
+        return NextRotation(None, FROZEN)
     if not credential.auto_rotate:
         return NextRotation(None, MANUAL)
-    if any(f.covers(credential.name, credential.owner, credential.environment) for f in freezes):
-        return NextRotation(None, FROZEN)
     policy = credential.policy
     if credential.current is not None:
         if credential.current.expires_at is None:

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import select
@@ -29,9 +29,8 @@ from keyshift.context import PluginContext
 from keyshift.domain.estate import Alerts, Policy
 from keyshift.domain.states import FINAL_STATES, Lifecycle, RotationState
 from keyshift.engine.engine import Engine
-from keyshift.errors import NotFound
+from keyshift.errors import Conflict, NotFound
 from keyshift.providers import ProviderKind
-from keyshift.providers.graph import Application, GraphClient, azure_identity_token_source
 from keyshift.store.models import (
     CredentialRow,
     DiscoveredApp,
@@ -41,6 +40,9 @@ from keyshift.store.models import (
     VersionRow,
 )
 from keyshift.store.store import Store
+
+if TYPE_CHECKING:
+    from keyshift.providers.graph import Application
 
 log = structlog.get_logger("keyshift.service.entra")
 
@@ -86,6 +88,9 @@ async def read_tenant(
     config: EntraIntegration, context: PluginContext, *, page_size: int = 100
 ) -> list[Application]:
     """Every application of the tenant with owners, secrets and certificates."""
+    # The Graph client (httpx, azure-core) loads for a sync, not for every status page.
+    from keyshift.providers.graph import GraphClient, azure_identity_token_source  # noqa: PLC0415
+
     async with (
         config.credential(context) as credential,
         GraphClient(
@@ -107,13 +112,21 @@ async def sync(
     only: Iterable[str] | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> list[SyncResult]:
-    """Sync each `entra` integration (or those named in `only`), then mark removed the
-    entries of integrations no longer in the estate."""
+    """Sync each enabled `entra` integration (or those named in `only`: Conflict for a
+    disabled one), then mark removed the entries of integrations no longer in the estate."""
     declared = entra_integrations(store)
-    names = list(declared) if only is None else list(only)
+    # A disabled integration is not called; what it discovered before is kept.
+    names = [n for n in declared if declared[n].get("enabled") is not False]
+    if only is not None:
+        names = list(only)
     for name in names:
         if name not in declared:
             raise NotFound(f"no entra integration named '{name}' in the estate")
+        if declared[name].get("enabled") is False:
+            raise Conflict(
+                f"integration {name} is disabled in the estate (enabled: false); enable it "
+                "to sync it"
+            )
     engine = Engine(store, actor=actor, context=context)
     results: list[SyncResult] = []
     for name in names:

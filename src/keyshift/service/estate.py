@@ -13,6 +13,7 @@ import hashlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,17 @@ from keyshift import files
 from keyshift.context import PluginContext
 from keyshift.domain.clock import utcnow
 from keyshift.domain.estate import (
+    INTEGRATION_FIELDS,
     Estate,
     IntegrationSpec,
     action_key,
-    config_errors,
+    disabled_integrations,
     reference_problems,
 )
+from keyshift.domain.freeze import FreezeSource
+from keyshift.domain.problems import config_errors
 from keyshift.domain.states import PHASE_ORDER, Phase
+from keyshift.engine import freezes as held
 from keyshift.engine.approvals import GOVERNANCE_KEY
 from keyshift.engine.plugins import (
     build_provider,
@@ -41,12 +46,13 @@ from keyshift.engine.plugins import (
 )
 from keyshift.errors import ConfigError, EstateInvalid
 from keyshift.providers.base import Capability
+from keyshift.service import freezes
 from keyshift.service.entra import forget_integrations
 from keyshift.service.notifications import channel_problems
 from keyshift.store.audit import canonical
 from keyshift.store.models import CredentialRow, EstateRevision, IntegrationRow, Meta
 from keyshift.store.store import Store
-from keyshift.targets import TARGETS
+from keyshift.targets import AGENT_KINDS
 
 
 @dataclass(frozen=True)
@@ -313,7 +319,7 @@ def _plugin_problems(data: dict[str, Any]) -> list[ConfigError]:
     raw_integrations = data.get("integrations")
     for i, item in enumerate(raw_integrations if isinstance(raw_integrations, list) else []):
         if isinstance(item, dict) and isinstance(item.get("type"), str):
-            config = {k: v for k, v in item.items() if k not in ("name", "type")}
+            config = {k: v for k, v in item.items() if k not in INTEGRATION_FIELDS}
             problems.extend(_check(integration_class, item["type"], config, f"integrations[{i}]"))
             if isinstance(item.get("name"), str):
                 integrations[item["name"]] = item["type"]
@@ -377,8 +383,9 @@ def _actions(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _agent_types() -> list[str]:
-    """The action types a host agent performs (their classes say `runs_on_agent`)."""
-    return [str(k) for k, cls in TARGETS.items() if getattr(cls, "runs_on_agent", False)]
+    """The action types a host agent performs (their classes say `runs_on_agent`), known
+    without importing every target. A list: a YAML `type` may be unhashable."""
+    return sorted(AGENT_KINDS)
 
 
 def _legacy_fields(
@@ -605,8 +612,80 @@ def _fields_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "changed: " + ", ".join(keys)
 
 
+@dataclass(frozen=True)
+class Frozen:
+    """A credential of the estate that a freeze will cover once the estate is applied: one
+    holding now (started by an operator, or by an earlier apply) or one the file declares."""
+
+    credential: str
+    freeze: str
+    """What the freeze covers: `environment prod`, `all credentials`."""
+    reason: str
+    source: str
+    """cli, api or estate."""
+    freeze_id: str | None
+    """None for a freeze the file declares that `apply` has not started yet."""
+    until: datetime | None
+
+
+def frozen(store: Store, estate: Estate, *, now: datetime | None = None) -> list[Frozen]:
+    """Every credential of `estate` and each freeze that will cover it after `apply`,
+    by credential: the operators' freezes holding now and the file's own freezes (an
+    estate freeze the file no longer declares is lifted by the apply, so not listed)."""
+    now = now or utcnow()
+    with store.transaction() as s:
+        holding = [f for f in held.holding(s, now) if f.source != FreezeSource.ESTATE]
+        stored = {
+            (f.scope.value, f.value): f.id
+            for f in held.holding(s, now)
+            if f.source == FreezeSource.ESTATE
+        }
+    declared = [f for f in estate.freeze if f.until is None or f.until > now]
+    out: list[Frozen] = []
+    for cred in sorted(estate.credentials, key=lambda c: c.name):
+        for f in holding:
+            if f.covers(cred.name, cred.owner, cred.environment):
+                out.append(Frozen(cred.name, f.what, f.reason, f.source.value, f.id, f.until))
+        for spec in declared:
+            if spec.covers(cred.name, cred.owner, cred.environment):
+                out.append(
+                    Frozen(
+                        cred.name,
+                        freezes.what(spec.scope.value, spec.value),
+                        spec.reason,
+                        FreezeSource.ESTATE.value,
+                        stored.get((spec.scope.value, spec.value)),
+                        spec.until,
+                    )
+                )
+    return out
+
+
+def _freeze_changes(diff: freezes.EstateFreezes) -> list[Change]:
+    out = [
+        Change("+", "freeze", freezes.what(f.scope.value, f.value), f.reason) for f in diff.start
+    ]
+    out += [
+        Change(
+            "~",
+            "freeze",
+            freezes.what(row.scope, row.value),
+            _fields_changed(
+                {"reason": row.reason, "until": row.until},
+                {"reason": spec.reason, "until": spec.until},
+            ),
+        )
+        for row, spec in diff.change
+    ]
+    out += [
+        Change("-", "freeze", freezes.what(row.scope, row.value), "lifted") for row in diff.lift
+    ]
+    return out
+
+
 def plan_estate(store: Store, estate: Estate) -> list[Change]:
-    """What `apply` would change, in order: credentials, their actions, integrations."""
+    """What `apply` would change, in order: credentials, their actions, integrations,
+    alerts and governance, the estate's freezes."""
     specs = _credential_specs(estate)
     with store.transaction() as s:
         stored = {
@@ -616,6 +695,7 @@ def plan_estate(store: Store, estate: Estate) -> list[Change]:
             ).scalars()
         }
         integrations = {i.name: i for i in s.execute(select(IntegrationRow)).scalars()}
+        declared_freezes = freezes.estate_diff(s, estate.freeze, utcnow())
     changes: list[Change] = []
     for name, spec in specs.items():
         row = stored.get(name)
@@ -654,6 +734,7 @@ def plan_estate(store: Store, estate: Estate) -> list[Change]:
         changes.append(
             Change("~", "governance", "governance", "allowlist, owner rule or groups changed")
         )
+    changes.extend(_freeze_changes(declared_freezes))
     return changes
 
 
@@ -678,7 +759,8 @@ def apply_estate(store: Store, estate: Estate, *, actor: str) -> list[Change]:
             row.spec = spec
             row.digest = _digest(spec)
             row.auto_rotate = cred.auto_rotate
-            row.scheduled = cred.enabled
+            # Disabled, or through a disabled integration: nothing rotates it.
+            row.scheduled = cred.enabled and not disabled_integrations(spec["integrations"])
             row.removed_at = None
             row.updated_at = now
         for name, row in rows.items():
@@ -701,6 +783,10 @@ def apply_estate(store: Store, estate: Estate, *, actor: str) -> list[Change]:
                 integration.type = config["type"]
                 integration.config = config
                 integration.updated_at = now
+        # The estate's own freezes; an operator's (`keyshift freeze`) are not touched.
+        freezes.apply_declared(
+            store, s, freezes.estate_diff(s, estate.freeze, now), actor=actor, now=now
+        )
         document = estate.model_dump(mode="json")
         digest = _digest(document)
         s.merge(Meta(key=GOVERNANCE_KEY, value=canonical(document["governance"])))

@@ -18,6 +18,7 @@ import structlog
 from sqlalchemy import select
 
 from keyshift.context import PluginContext
+from keyshift.domain.estate import disabled_integrations
 from keyshift.domain.states import VersionStatus
 from keyshift.engine.engine import Engine
 from keyshift.engine.plan import stored_plan
@@ -97,6 +98,12 @@ async def foreign_report(
         if active is not None:
             unchecked.append(
                 Unchecked(name, f"rotation {active} is unfinished; its old version is still valid")
+            )
+            continue
+        disabled = disabled_integrations(spec.get("integrations", {}))
+        if disabled:
+            unchecked.append(
+                Unchecked(name, f"integration {', '.join(disabled)} is disabled in the estate")
             )
             continue
         plan = stored_plan(spec)

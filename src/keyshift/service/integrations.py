@@ -23,7 +23,7 @@ from sqlalchemy import select
 from keyshift.azure import EntraIntegration
 from keyshift.context import PluginContext
 from keyshift.engine.engine import Engine
-from keyshift.errors import KeyshiftError, NotFound
+from keyshift.errors import Conflict, KeyshiftError, NotFound
 from keyshift.providers import ProviderKind
 from keyshift.providers.graph import (
     AUDIT_LOG_ROLE,
@@ -161,6 +161,10 @@ async def check_integration(
             raise NotFound(f"no integration named '{name}' in the estate (known: {known})")
         stored: dict[str, Any] = dict(row.config)
         kind = row.type
+    if stored.get("enabled") is False:
+        raise Conflict(
+            f"integration {name} is disabled in the estate (enabled: false); it is not called"
+        )
     engine = Engine(store, actor=actor, context=context)
     ctx = engine.context_for({name: stored})
     if kind == "agent":

@@ -13,7 +13,14 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from keyshift.domain.durations import format_duration
-from keyshift.domain.estate import ActionSpec, CredentialSpec, IntegrationSpec, Policy, ProviderSpec
+from keyshift.domain.estate import (
+    ActionSpec,
+    CredentialSpec,
+    FreezeSpec,
+    IntegrationSpec,
+    Policy,
+    ProviderSpec,
+)
 from keyshift.domain.notifications import EVENT_KINDS, ChannelSpec, Notifications, Route
 from keyshift.notify import CHANNELS
 from keyshift.providers import INTEGRATIONS, PROVIDERS
@@ -93,8 +100,8 @@ def estate_reference() -> str:
         "Durations are written `30s`, `10m`, `12h`, `30d`, `1h30m`. Secret values are never",
         "written inline: fields ending in `_from` take `env:NAME` or `file:/path`.",
         "",
-        "Top level: `integrations`, `policies`, `credentials` (lists), `alerts`, `governance`,",
-        "`notifications`.",
+        "Top level: `integrations`, `policies`, `credentials`, `freeze` (lists), `alerts`,",
+        "`governance`, `notifications`.",
         "",
         "## credentials[]",
         "",
@@ -127,6 +134,12 @@ def estate_reference() -> str:
         _doc(IntegrationSpec),
         "",
         *_table(IntegrationSpec),
+        "",
+        "## freeze[]",
+        "",
+        _doc(FreezeSpec),
+        "",
+        *_table(FreezeSpec),
         "",
         "## notifications",
         "",

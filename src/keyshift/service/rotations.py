@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from keyshift.context import PluginContext
 from keyshift.domain.clock import utcnow
-from keyshift.domain.estate import ProviderSpec
+from keyshift.domain.estate import ProviderSpec, disabled_integrations
 from keyshift.domain.preflight import PreflightResult, Readiness
 from keyshift.domain.states import (
     FINAL_STATES,
@@ -45,6 +45,7 @@ from keyshift.errors import (
     NotFound,
     RotationInProgress,
 )
+from keyshift.governance import integration_disabled
 from keyshift.providers.base import Capability, capability_key
 from keyshift.service import due, fleet, lookups
 from keyshift.service.impact import step_titles
@@ -89,6 +90,9 @@ class StatusRow:
     environment: str | None
     provider: str
     """The provider type."""
+    frozen: str | None = None
+    """Why no rotation of it may start now, when freezes cover it: each freeze's scope,
+    who started it, until when, its reason and id; None when none does."""
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,8 @@ class VersionLine:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    provenance: str = "issued"
+    """`issued` by a rotation, `adopted` from the issuer (no value), or `imported`."""
 
 
 @dataclass(frozen=True)
@@ -270,6 +276,7 @@ def _status(
         current, last = cred.current, latest.get(cred.id)
         expires = current.expires_at if current else None
         upcoming = due.next_rotation(cred, now=now, freezes=holding)
+        covering = freezes.refusals(holding, cred.name, cred.owner, cred.environment)
         yield (
             cred,
             StatusRow(
@@ -295,6 +302,7 @@ def _status(
                 next_rotation=upcoming.word,
                 environment=cred.environment,
                 provider=cred.provider_type,
+                frozen="; ".join(covering) if covering else None,
             ),
         )
 
@@ -498,16 +506,40 @@ async def rotate(
     return rotation_id, await engine.run(rotation_id)
 
 
+FREEZE_STEP = "freeze"
+"""The preflight line of a freeze covering the credential."""
+INTEGRATION_STEP = "integration"
+"""The preflight line of a disabled integration the credential connects through."""
+
+
 async def preflight(
     store: Store, credential: str, *, actor: str, context: PluginContext | None = None
 ) -> tuple[str, list[tuple[str, PreflightResult]]]:
     """The readiness of every step of a rotation of `credential`, provider first, checked
-    without changing anything; the plan hash and each step's readiness and reason are
+    without changing anything (and first, a `freeze` line per freeze that covers it:
+    blocked, with its reason); the plan hash and each step's readiness and reason are
     recorded in the audit trail (`rotation.preflight`)."""
     engine = Engine(store, actor=actor, context=context)
     with store.transaction() as s:
-        plan = stored_plan(lookups.estate_credential(s, credential).spec)
-    results = await engine.preflight(plan)
+        cred = lookups.estate_credential(s, credential)
+        plan = stored_plan(cred.spec)
+        refused = freezes.refusals(
+            freezes.holding(s, engine.context.now()), cred.name, cred.owner, cred.environment
+        )
+        disabled = disabled_integrations(cred.spec.get("integrations", {}))
+    # A freeze refuses the rotation before any step runs: shown first, as a step would be.
+    results = [(FREEZE_STEP, PreflightResult(Readiness.BLOCKED, reason)) for reason in refused]
+    if disabled:
+        # A disabled integration is not called, not even to check it.
+        results += [
+            (
+                INTEGRATION_STEP,
+                PreflightResult(Readiness.BLOCKED, integration_disabled(n, credential)),
+            )
+            for n in disabled
+        ]
+    else:
+        results += await engine.preflight(plan)
     with store.transaction() as s:
         store.audit(
             s,
@@ -640,6 +672,7 @@ def credential_detail(store: Store, credential: str, *, now: datetime) -> Creden
                     VersionRow.created_at,
                     VersionRow.expires_at,
                     VersionRow.revoked_at,
+                    VersionRow.provenance,
                 )
                 .where(VersionRow.credential_id == cred.id)
                 .order_by(VersionRow.serial)

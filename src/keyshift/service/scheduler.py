@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from keyshift.azure import EntraIntegration
 from keyshift.context import PluginContext
 from keyshift.domain.durations import format_duration
-from keyshift.domain.estate import DEFAULT_POLICY_NAME, Estate
+from keyshift.domain.estate import DEFAULT_POLICY_NAME, INTEGRATION_FIELDS, Estate
 from keyshift.domain.states import RotationState, Trigger, VersionStatus
 from keyshift.engine import freezes
 from keyshift.engine.engine import Engine
@@ -74,12 +74,15 @@ def _last_synced(store: Store, name: str) -> datetime | None:
 
 
 async def sync_due(store: Store, *, actor: str, context: PluginContext) -> list[str]:
-    """Sync each `entra` integration whose `sync_every` has passed; the names synced."""
+    """Sync each enabled `entra` integration whose `sync_every` has passed; the names
+    synced."""
     now = context.now()
     synced: list[str] = []
     for name, raw in entra.entra_integrations(store).items():
+        if raw.get("enabled") is False:
+            continue  # a disabled integration is not called
         config = EntraIntegration.model_validate(
-            {k: v for k, v in raw.items() if k not in ("name", "type")}
+            {k: v for k, v in raw.items() if k not in INTEGRATION_FIELDS}
         )
         last = _last_synced(store, name)
         if last is not None and now - last < config.sync_every:

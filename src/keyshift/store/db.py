@@ -11,9 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,6 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from keyshift.errors import StoreError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+
+HEAD_REVISION = "0011"
+"""The newest migration's revision. A store already at it opens without loading Alembic
+(about 80 ms of every command's start-up); a test keeps it equal to the migrations' head."""
 
 
 def keyshift_home(env: Mapping[str, str]) -> Path:
@@ -88,12 +90,26 @@ def open_engine(url: str) -> Engine:
     return engine
 
 
+def _at_head(connection: Connection) -> bool:
+    """Whether the schema is at `HEAD_REVISION` already (a new store has no
+    alembic_version table yet)."""
+    if not inspect(connection).has_table("alembic_version"):
+        return False
+    found = connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
+    return list(found) == [HEAD_REVISION]
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision. Safe to run on every start."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
     try:
         with engine.begin() as connection:
+            if _at_head(connection):
+                return
+            from alembic import command  # noqa: PLC0415 (only a store behind its schema)
+            from alembic.config import Config  # noqa: PLC0415
+
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except SQLAlchemyError as exc:

@@ -114,6 +114,9 @@ class VersionRow(Base):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    provenance: Mapped[str] = mapped_column(String(16), default="issued", server_default="issued")
+    """How keyshift came to hold it (`Provenance`): `issued` by a rotation, `adopted`
+    from the issuer without its value, or `imported` by an operator (`keyshift import`)."""
 
 
 class RotationRow(Base):
@@ -396,3 +399,5 @@ class FreezeRow(Base):
     created_at: Mapped[datetime]
     lifted_at: Mapped[datetime | None]
     lifted_by: Mapped[str | None] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(16), default="cli", server_default="cli")
+    """Where it was declared (`FreezeSource`): cli, api, or the estate's `freeze:` block."""

@@ -1,18 +1,16 @@
-"""Targets: delivery steps to consumers. `TARGETS` maps an action's config `type` to a class."""
+"""Targets: delivery steps to consumers. `TARGETS` maps an action's config `type` to a class.
+
+`TARGETS` is a `keyshift.registry.Registry`: a class (and its SDK: boto3, kubernetes,
+azure) is imported when its type is first looked up, and so are the classes this package
+re-exports, when first named.
+"""
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from keyshift.targets.agent import (
-    AgentIntegration,
-    AgentSecretSyncTarget,
-    IisRecycleTarget,
-    SystemdReloadTarget,
-)
-from keyshift.targets.aws_secretsmanager import AwsSecretsManagerTarget
-from keyshift.targets.azure_keyvault import AzureKeyVaultTarget
+from keyshift.registry import Registry, lazy_exports
 from keyshift.targets.base import (
     Delivery,
     PreflightRequest,
@@ -23,12 +21,25 @@ from keyshift.targets.base import (
     StepResult,
     Target,
 )
-from keyshift.targets.command import CommandCheckTarget, CommandTarget
-from keyshift.targets.file import FileTarget
-from keyshift.targets.http_check import HttpCheckTarget
-from keyshift.targets.kubernetes import KubernetesRolloutRestartTarget, KubernetesSecretTarget
-from keyshift.targets.spring_refresh import SpringRefreshTarget
-from keyshift.targets.webhook import WebhookTarget
+
+if TYPE_CHECKING:
+    from keyshift.targets.agent import (
+        AgentIntegration,
+        AgentSecretSyncTarget,
+        IisRecycleTarget,
+        SystemdReloadTarget,
+    )
+    from keyshift.targets.aws_secretsmanager import AwsSecretsManagerTarget
+    from keyshift.targets.azure_keyvault import AzureKeyVaultTarget
+    from keyshift.targets.command import CommandCheckTarget, CommandTarget
+    from keyshift.targets.file import FileTarget
+    from keyshift.targets.http_check import HttpCheckTarget
+    from keyshift.targets.kubernetes import (
+        KubernetesRolloutRestartTarget,
+        KubernetesSecretTarget,
+    )
+    from keyshift.targets.spring_refresh import SpringRefreshTarget
+    from keyshift.targets.webhook import WebhookTarget
 
 
 class TargetKind(StrEnum):
@@ -47,24 +58,53 @@ class TargetKind(StrEnum):
     WEBHOOK = "webhook"
 
 
-# Values are the classes; each has `kind`, `phase`, `Config` and takes (config, context).
-TARGETS: dict[TargetKind, Any] = {
-    TargetKind.AGENT_SECRET_SYNC: AgentSecretSyncTarget,
-    TargetKind.AWS_SECRETSMANAGER: AwsSecretsManagerTarget,
-    TargetKind.AZURE_KEYVAULT: AzureKeyVaultTarget,
-    TargetKind.COMMAND: CommandTarget,
-    TargetKind.COMMAND_CHECK: CommandCheckTarget,
-    TargetKind.FILE: FileTarget,
-    TargetKind.HTTP_CHECK: HttpCheckTarget,
-    TargetKind.IIS_RECYCLE: IisRecycleTarget,
-    TargetKind.KUBERNETES_ROLLOUT_RESTART: KubernetesRolloutRestartTarget,
-    TargetKind.KUBERNETES_SECRET: KubernetesSecretTarget,
-    TargetKind.SPRING_REFRESH: SpringRefreshTarget,
-    TargetKind.SYSTEMD_RELOAD: SystemdReloadTarget,
-    TargetKind.WEBHOOK: WebhookTarget,
+_CLASSES = {
+    "AgentSecretSyncTarget": "keyshift.targets.agent:AgentSecretSyncTarget",
+    "AwsSecretsManagerTarget": "keyshift.targets.aws_secretsmanager:AwsSecretsManagerTarget",
+    "AzureKeyVaultTarget": "keyshift.targets.azure_keyvault:AzureKeyVaultTarget",
+    "CommandCheckTarget": "keyshift.targets.command:CommandCheckTarget",
+    "CommandTarget": "keyshift.targets.command:CommandTarget",
+    "FileTarget": "keyshift.targets.file:FileTarget",
+    "HttpCheckTarget": "keyshift.targets.http_check:HttpCheckTarget",
+    "IisRecycleTarget": "keyshift.targets.agent:IisRecycleTarget",
+    "KubernetesRolloutRestartTarget": "keyshift.targets.kubernetes:KubernetesRolloutRestartTarget",
+    "KubernetesSecretTarget": "keyshift.targets.kubernetes:KubernetesSecretTarget",
+    "SpringRefreshTarget": "keyshift.targets.spring_refresh:SpringRefreshTarget",
+    "SystemdReloadTarget": "keyshift.targets.agent:SystemdReloadTarget",
+    "WebhookTarget": "keyshift.targets.webhook:WebhookTarget",
 }
 
+# Values are the classes; each has `kind`, `phase`, `Config` and takes (config, context).
+TARGETS: Registry[Any] = Registry(
+    {
+        TargetKind.AGENT_SECRET_SYNC: _CLASSES["AgentSecretSyncTarget"],
+        TargetKind.AWS_SECRETSMANAGER: _CLASSES["AwsSecretsManagerTarget"],
+        TargetKind.AZURE_KEYVAULT: _CLASSES["AzureKeyVaultTarget"],
+        TargetKind.COMMAND: _CLASSES["CommandTarget"],
+        TargetKind.COMMAND_CHECK: _CLASSES["CommandCheckTarget"],
+        TargetKind.FILE: _CLASSES["FileTarget"],
+        TargetKind.HTTP_CHECK: _CLASSES["HttpCheckTarget"],
+        TargetKind.IIS_RECYCLE: _CLASSES["IisRecycleTarget"],
+        TargetKind.KUBERNETES_ROLLOUT_RESTART: _CLASSES["KubernetesRolloutRestartTarget"],
+        TargetKind.KUBERNETES_SECRET: _CLASSES["KubernetesSecretTarget"],
+        TargetKind.SPRING_REFRESH: _CLASSES["SpringRefreshTarget"],
+        TargetKind.SYSTEMD_RELOAD: _CLASSES["SystemdReloadTarget"],
+        TargetKind.WEBHOOK: _CLASSES["WebhookTarget"],
+    }
+)
+
+AGENT_KINDS: frozenset[str] = frozenset(
+    {TargetKind.AGENT_SECRET_SYNC, TargetKind.IIS_RECYCLE, TargetKind.SYSTEMD_RELOAD}
+)
+"""The action types a host agent performs: those whose classes say `runs_on_agent`
+(known without importing them; a test keeps the two in step)."""
+
+__getattr__ = lazy_exports(
+    __name__, {"AgentIntegration": "keyshift.targets.agent:AgentIntegration", **_CLASSES}
+)
+
 __all__ = [
+    "AGENT_KINDS",
     "TARGETS",
     "AgentIntegration",
     "AgentSecretSyncTarget",

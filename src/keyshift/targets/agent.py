@@ -31,9 +31,8 @@ import secrets
 import ssl
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keyshift.context import PluginContext
@@ -53,6 +52,9 @@ from keyshift.targets import base
 from keyshift.targets.base import BaseTarget, PreflightResult, Readiness, StepResult, positive
 from keyshift.targets.file import FileConfig, field_values
 from keyshift.targets.web import attempt, http_url
+
+if TYPE_CHECKING:
+    import httpx
 
 SIGNATURE_HEADER: Final = "X-Keyshift-Signature"
 TIMESTAMP_HEADER: Final = "X-Keyshift-Timestamp"
@@ -156,6 +158,8 @@ class AgentIntegration(BaseModel):
         http_url(url, credentials_message="url must not carry credentials; use key_from")
         if not url.startswith("https://"):
             raise ValueError("url must be https://: values travel to the agent in requests")
+        import httpx  # noqa: PLC0415 (the host agent itself never loads httpx)
+
         parsed = httpx.URL(url)
         if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
             # Requests are signed over their path, which the agent sees from its root.
@@ -228,6 +232,8 @@ class AgentClient:
             key = signing_key(self.context.secret("key_from", self.integration.key_from))
             headers.update(signed_headers(key, method, path, content, self.context.now()))
         seconds = (limit or self.integration.timeout).total_seconds()
+        import httpx  # noqa: PLC0415 (the host agent itself never loads httpx)
+
         async with httpx.AsyncClient(
             verify=self.integration.ssl_verify(), timeout=seconds, follow_redirects=False
         ) as client:

@@ -3,6 +3,10 @@
 
 URLs in target configs may carry a token in their path or query, so nothing here
 quotes a URL or a library's error text (which may) in a message.
+
+httpx is imported where a request is made or a URL parsed, not with the module: the
+host agent imports this module (through the signing rules of `keyshift.targets.agent`)
+and makes no request, and stays small without it.
 """
 
 from __future__ import annotations
@@ -12,14 +16,15 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Final, Protocol, TypeVar
-
-import httpx
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from keyshift.context import PluginContext
 from keyshift.domain.location import url_origin
 from keyshift.errors import PermanentError
 from keyshift.targets.base import BaseTarget
+
+if TYPE_CHECKING:
+    import httpx
 
 MAX_WAIT: Final = 300.0
 """Longest single wait between attempts; a longer Retry-After is left to the engine."""
@@ -34,6 +39,8 @@ def http_url(url: str, *, credentials_message: str) -> str:
     """
     if not url.startswith(("http://", "https://")):
         raise ValueError("url must start with http:// or https://")
+    import httpx  # noqa: PLC0415 (see the module docstring: the host agent loads none)
+
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:
@@ -100,6 +107,8 @@ async def attempt(
     status, with `refusal`'s text for a status it explains or else "`what` answered
     HTTP <status>; not retried".
     """
+    import httpx  # noqa: PLC0415 (see the module docstring: the host agent loads none)
+
     try:
         response = await request
     except httpx.TransportError as exc:
@@ -138,6 +147,8 @@ class UrlTarget(BaseTarget[UrlConfigT]):
 
     def __init__(self, config: UrlConfigT, context: PluginContext) -> None:
         super().__init__(config, context)
+        import httpx  # noqa: PLC0415 (see the module docstring)
+
         self._host = httpx.URL(config.url).host
 
     @classmethod

@@ -99,6 +99,7 @@ CAPABILITY_METHODS: Final = {
     Capability.RESIDUAL_USE: "residual_use",
     Capability.ADOPTS_EXISTING: "adopt_existing",
     Capability.INSPECTS: "inspect",
+    Capability.IMPORTS: "import_version",
 }
 """The method each optional capability promises (see `keyshift.providers.base`)."""
 

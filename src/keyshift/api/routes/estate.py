@@ -1,22 +1,27 @@
 """The estate and its credentials: plan and apply an estate document, list and read the
-credentials it declares, and the blast radius of rotating one."""
+credentials it declares, the blast radius of rotating one, and importing the value one
+has now."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import Body, Query
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from keyshift.api import problems
 from keyshift.api.auth import StoreDep, caller
 from keyshift.api.routes.common import CredentialQuery, PathName, actor_of, v1_router
 from keyshift.domain.clock import utcnow
 from keyshift.domain.estate import Estate
 from keyshift.domain.rbac import Permission
-from keyshift.service import catalog, overview, rotations
+from keyshift.domain.secret import Secret
+from keyshift.service import catalog, imports, overview, rotations
 from keyshift.service import estate as estate_service
 from keyshift.service import impact as impact_service
 from keyshift.service.identities import Identity
+from keyshift.service.imports import Imported
+from keyshift.store.store import Store
 
 router = v1_router()
 
@@ -40,9 +45,14 @@ class EstateChanges(BaseModel):
     warnings: list[str] = []
     """What was accepted but not as written (legacy fields renamed, manual-review actions),
     each `path: message`, as `keyshift plan` and `apply` print them."""
+    frozen: list[estate_service.Frozen] = []
+    """Each credential of the estate a freeze covers once it is applied, with the freeze
+    and its reason (operators' freezes and the file's own `freeze:`)."""
 
 
 def _changes(
+    store: Store,
+    estate: Estate,
     changes: list[estate_service.Change],
     *,
     applied: bool,
@@ -52,6 +62,7 @@ def _changes(
         applied=applied,
         changes=[ChangeOut(op=c.op, kind=c.kind, name=c.name, detail=c.detail) for c in changes],
         warnings=[str(w) for w in warnings],
+        frozen=estate_service.frozen(store, estate),
     )
 
 
@@ -70,7 +81,9 @@ def plan_estate(
 ) -> EstateChanges:
     """What applying this estate document would change. Changes nothing."""
     estate, warnings = _parse(document)
-    return _changes(estate_service.plan_estate(store, estate), applied=False, warnings=warnings)
+    return _changes(
+        store, estate, estate_service.plan_estate(store, estate), applied=False, warnings=warnings
+    )
 
 
 @router.post("/estate/apply", tags=["estate"])
@@ -83,7 +96,7 @@ def apply_estate(
     (422 `estate-invalid` listing every field problem)."""
     estate, warnings = _parse(document)
     applied = estate_service.apply_estate(store, estate, actor=actor_of(who))
-    return _changes(applied, applied=True, warnings=warnings)
+    return _changes(store, estate, applied, applied=True, warnings=warnings)
 
 
 @router.get("/credentials", tags=["credentials"])
@@ -128,3 +141,45 @@ def credential_impact(
     """The blast radius of rotating the credential: the issuer and every action in run
     order, with where each acts (host, agent, vault, namespace, path)."""
     return impact_service.impact(store, name)
+
+
+class ImportIn(BaseModel):
+    """The value the credential's issuer and consumers use now. It is stored encrypted and
+    never answered, logged or audited."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    value: str = Field(min_length=1, max_length=16384)
+    username: str | None = Field(default=None, min_length=1, max_length=200)
+    """Which of two alternating users holds the value (postgres, redis); left out, the
+    provider tries each."""
+    expires_at: AwareDatetime | None = None
+    """When the value expires at the issuer; left out: the issuer's own expiry, else the
+    policy's `max_lifetime` from now."""
+
+
+@router.post(
+    "/credentials/{name}/import",
+    status_code=201,
+    tags=["credentials"],
+    responses=problems.responses("not-found", "conflict", "upstream-failed"),
+)
+async def import_credential(
+    store: StoreDep,
+    who: Annotated[Identity, caller(Permission.CREDENTIALS_IMPORT)],
+    name: PathName,
+    body: ImportIn,
+) -> Imported:
+    """Bring an existing secret under management without rotating it: the value is proven
+    at the issuer (postgres, redis: it must authenticate) and stored as the credential's
+    current version with `imported` provenance; no issuer or consumer changes. Refused
+    (409) when the credential has a current version or a rotation under way. Audited
+    `version.imported`."""
+    return await imports.import_value(
+        store,
+        name,
+        Secret(body.value),
+        actor=actor_of(who),
+        username=body.username,
+        expires_at=body.expires_at,
+    )

@@ -10,7 +10,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from keyshift.api import problems
 from keyshift.api.auth import StoreDep, caller
 from keyshift.api.routes.common import actor_of, v1_router
-from keyshift.domain.freeze import Freeze, FreezeScope
+from keyshift.domain.freeze import Freeze, FreezeScope, FreezeSource
 from keyshift.domain.rbac import Permission
 from keyshift.service import freezes
 from keyshift.service.identities import Identity
@@ -54,6 +54,7 @@ def start_freeze(
         reason=body.reason,
         until=body.until,
         actor=actor_of(who),
+        source=FreezeSource.API,
     )
 
 
@@ -65,5 +66,6 @@ def start_freeze(
 def lift_freeze(
     store: StoreDep, who: Annotated[Identity, caller(Permission.FREEZE)], freeze_id: FreezeId
 ) -> Freeze:
-    """Lift a freeze now. Audited `freeze.lifted`."""
+    """Lift a freeze now. Audited `freeze.lifted`. One declared in the estate file is
+    lifted by removing it there and applying the file (409 here)."""
     return freezes.unfreeze(store, freeze_id, actor=actor_of(who))

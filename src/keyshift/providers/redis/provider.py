@@ -29,7 +29,12 @@ from keyshift.providers.base import (
     VerifyResult,
     VersionInfo,
 )
-from keyshift.providers.connection import ConnectedProvider, alternate_user, login_version
+from keyshift.providers.connection import (
+    ConnectedProvider,
+    alternate_user,
+    imported_login,
+    login_version,
+)
 from keyshift.providers.random import draw
 from keyshift.providers.redis.acl import (
     MARKER_KEY_PREFIX,
@@ -88,9 +93,15 @@ class RedisProvider(ConnectedProvider[RedisConfig, RedisIntegration]):
                     Capability.AUTHENTICATES,
                     Capability.RESIDUAL_USE,
                     Capability.INSPECTS,
+                    Capability.IMPORTS,
                 }
             )
-        held = {Capability.DUAL_ACTIVE, Capability.AUTHENTICATES, Capability.INSPECTS}
+        held = {
+            Capability.DUAL_ACTIVE,
+            Capability.AUTHENTICATES,
+            Capability.INSPECTS,
+            Capability.IMPORTS,
+        }
         if self.config.adopt_existing == "retire":
             held.add(Capability.ADOPTS_EXISTING)
         return frozenset(held)
@@ -247,6 +258,13 @@ class RedisProvider(ConnectedProvider[RedisConfig, RedisIntegration]):
             # that orphan so exactly one password of this rotation remains.
             rules.append(f"!{orphan}")
         return [*rules, f"#{digest}"]
+
+    async def import_version(self, request: base.ImportRequest) -> IssuedVersion:
+        """The ACL user whose password the value is (the dual_password user, or the
+        alternating user named or found), proven by `AUTH` on every node as a consumer
+        would. Changes nothing; no expiry is known to Redis."""
+        users = self.config.users or [self.config.user or ""]
+        return await imported_login(self._integration, users, request, self.verify)
 
     async def verify(self, request: base.VerifyRequest) -> VerifyResult:
         """Authenticate as a consumer would (`AUTH user password`, then `PING`) on a new
