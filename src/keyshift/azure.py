@@ -18,6 +18,7 @@ from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration
 from keyshift.domain.secret import Secret
 from keyshift.errors import ConfigError
+from keyshift.pacing import Budget, Rate
 from keyshift.sources import SecretRef
 
 if TYPE_CHECKING:
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 DEFAULT_GRAPH_URL = "https://graph.microsoft.com/v1.0"
+GRAPH_WRITES_PER_SECOND = 20
+"""Graph's documented identity write limit: 3,000 requests per 150 s per app and tenant."""
+GRAPH_READS_PER_SECOND = 100
+"""Reads keyshift allows itself by default: Graph's read limits are far higher; this
+keeps a sync of a large tenant from crowding out a fleet's writes."""
 AuthMethod = Literal["client_secret", "certificate", "workload_identity", "managed_identity"]
 _NEEDS: dict[str, tuple[str, ...]] = {
     "client_secret": ("secret_from",),
@@ -98,6 +104,26 @@ class EntraIntegration(BaseModel):
     intercepting proxy, or a test double)."""
     sync_every: Duration = timedelta(hours=1)
     """How often `keyshift worker` re-reads the tenant's app registrations (`entra sync`)."""
+    rate_limit: float = Field(GRAPH_WRITES_PER_SECOND, gt=0, le=1000)
+    """Graph writes per second (addPassword, removePassword, ...) that every rotation of
+    a worker shares through this integration. Graph allows identity writes of 3,000
+    requests per 150 s per app and tenant: 20/s. A 429 or 503 pauses them all for its
+    Retry-After and halves the rate, which then creeps back."""
+    burst: int = Field(GRAPH_WRITES_PER_SECOND, ge=1, le=10000)
+    """Graph writes that may go at once before `rate_limit` paces them."""
+    read_rate_limit: float = Field(GRAPH_READS_PER_SECOND, gt=0, le=10000)
+    """Graph reads per second (sync, paging, application lookups), paced apart from writes."""
+    read_burst: int = Field(GRAPH_READS_PER_SECOND, ge=1, le=10000)
+    """Graph reads that may go at once before `read_rate_limit` paces them."""
+
+    def budget(self, context: PluginContext) -> Budget:
+        """This app's Graph write and read budgets in the context's pacer: one pair per
+        tenant and client id, however many integrations or rotations use them."""
+        return context.pacing.budget(
+            f"graph:{self.tenant_id}:{self.client_id}",
+            writes=Rate(self.rate_limit, self.burst),
+            reads=Rate(self.read_rate_limit, self.read_burst),
+        )
 
     @field_validator("authority", "graph_url")
     @classmethod

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from keyshift.domain.clock import utcnow
 from keyshift.domain.secret import Secret
 from keyshift.errors import ConfigError
+from keyshift.pacing import Pacer
 from keyshift.sources import read_source
 
 M = TypeVar("M")
@@ -39,6 +40,22 @@ class PluginContext:
     agent_id: str | None = None
     """The host agent the action being built runs through (its `agent_id`), set per
     action by the engine; None for everything that runs where keyshift runs."""
+    pacer: Pacer | None = None
+    """The issuers' request budgets (`keyshift.pacing`), shared by every rotation that
+    gets this context or one made from it; made on the context's clock when not given,
+    so that its waits pass on `sleep` (a test's fake clock paces in fake time)."""
+
+    def __post_init__(self) -> None:
+        if self.pacer is None:
+            now = self.now
+            object.__setattr__(self, "pacer", Pacer(clock=lambda: now().timestamp()))
+
+    @property
+    def pacing(self) -> Pacer:
+        """The pacer (always set once the context is made)."""
+        if self.pacer is None:  # pragma: no cover (set by __post_init__)
+            raise AssertionError("a PluginContext without a pacer")
+        return self.pacer
 
     def secret(self, path: str, ref: str) -> Secret:
         """The value a configuration reference names. `path` is the field, for errors."""

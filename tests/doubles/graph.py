@@ -113,6 +113,14 @@ endpoint answers AADSTS7000215 until then), and a removed secret keeps signing i
 `monotonic` (real time unless a test points it at a fake clock, so that the engine's
 waits on that clock and the double's delays pass together, without real waiting).
 
+Load, as Graph documents it (https://learn.microsoft.com/graph/throttling-limits,
+identity and access: 3,000 write requests per 150 s per app and tenant): `latency`
+seconds pass before every Graph answer (each request in its own server thread, so slow
+answers overlap as they do at Graph), and `limit_writes(per_second, burst)` answers
+writes beyond a token bucket with 429 `TooManyRequests` and a whole-second `Retry-After`
+(the time until the next token, rounded up), counted in `throttled_writes`; the writes
+let through are counted in `accepted_writes` with their arrival times in `write_times`.
+
 What it keeps: applications (with their assigned app management policies) and their
 password credentials as SHA-256 hashes of the secret text, the tenant default policy, and
 the sign-in records tests add (`add_sign_in`: a test adds a record late, with an earlier
@@ -129,6 +137,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 import re
 import secrets
 import string
@@ -480,6 +489,15 @@ class GraphDouble:
         self._tokens: dict[str, dict[str, Any]] = {}
         self._skiptokens: dict[str, int] = {}
         self._throttle: list[tuple[int, int | None]] = []
+        self.latency = 0.0
+        """Seconds every Graph request waits before it is answered (real time)."""
+        self._write_limit: tuple[float, int] | None = None
+        self._write_tokens = 0.0
+        self._write_stamp = 0.0
+        self.accepted_writes = 0
+        self.throttled_writes = 0
+        self.write_times: list[float] = []
+        """`time.monotonic()` of each write let through, in order of arrival."""
         self._lock = threading.Lock()
         self._http = TlsServer(tls, "Graph")
 
@@ -645,6 +663,35 @@ class GraphDouble:
         `Retry-After: retry_after` header."""
         with self._lock:
             self._throttle.extend([(status, retry_after)] * n)
+
+    def limit_writes(self, per_second: float, burst: int) -> None:
+        """Let writes (any method but GET) through a token bucket of `per_second` refilled
+        up to `burst`; beyond it, answer 429 with Retry-After, as Graph's throttling does."""
+        with self._lock:
+            self._write_limit = (per_second, burst)
+            self._write_tokens = float(burst)
+            self._write_stamp = time.monotonic()
+
+    def _admit_write(self) -> int | None:
+        """None when the write may go on; else the Retry-After to answer, in seconds."""
+        with self._lock:
+            now = time.monotonic()
+            if self._write_limit is None:
+                self.accepted_writes += 1
+                self.write_times.append(now)
+                return None
+            rate, burst = self._write_limit
+            self._write_tokens = min(
+                float(burst), self._write_tokens + (now - self._write_stamp) * rate
+            )
+            self._write_stamp = now
+            if self._write_tokens >= 1:
+                self._write_tokens -= 1
+                self.accepted_writes += 1
+                self.write_times.append(now)
+                return None
+            self.throttled_writes += 1
+            return max(1, math.ceil((1 - self._write_tokens) / rate))
 
     @contextmanager
     def writes_denied(self) -> Iterator[None]:
@@ -896,8 +943,14 @@ class GraphDouble:
         headers: dict[str, str],
         body: bytes,
     ) -> tuple[int, dict[str, str], bytes]:
+        if self.latency:
+            time.sleep(self.latency)
         with self._lock:
             fault = self._throttle.pop(0) if self._throttle else None
+        if fault is None and method != "GET":
+            wait = self._admit_write()
+            if wait is not None:
+                fault = (429, wait)
         if fault is not None:
             status, retry_after = fault
             code = "TooManyRequests" if status == 429 else "ServiceUnavailable"

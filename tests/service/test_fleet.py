@@ -234,6 +234,7 @@ def test_worker_once_in_json_prints_one_summary_of_the_scan(
     assert scan["failed"] == 0
     assert sorted(r["credential"] for r in scan["rotations"]) == ["cred-00", "cred-01", "cred-02"]
     assert {r["result"] for r in scan["rotations"]} == {"completed"}
+    assert scan["budgets"] == [], "random credentials call no paced issuer"
 
 
 def test_worker_refuses_a_concurrency_below_one(cli: Cli) -> None:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from keyshift.pacing import Pacer
 from keyshift.service import fleet
 
 
@@ -18,12 +19,16 @@ class FleetProgress(fleet.Tally):
     """The scan's tally as a live progress line on a terminal; nothing elsewhere (the
     scan line says it when the scan ends)."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, pacer: Pacer) -> None:
         super().__init__()
         self.console = console
-        self.throttled = 0
-        """Issuers whose write budget is paused by a 429 or 503 right now."""
+        self.pacer = pacer
         self._live: Live | None = None
+
+    @property
+    def throttled(self) -> int:
+        """Issuer budgets paused for a 429's or 503's Retry-After right now."""
+        return self.pacer.paused()
 
     def line(self) -> Text:
         return Text(
@@ -64,11 +69,23 @@ def outcome_data(outcome: fleet.Outcome) -> dict[str, Any]:
     }
 
 
-def summary(counts: dict[str, int], tally: fleet.Tally) -> str:
-    """One scan as one JSON object (one line): its counts and every rotation it ran."""
+def summary(counts: dict[str, int], tally: fleet.Tally, pacer: Pacer) -> str:
+    """One scan as one JSON object (one line): its counts, every rotation it ran, and
+    the issuers' budgets."""
     return json.dumps(
         {
             **counts,
+            "budgets": [
+                {
+                    "name": b.name,
+                    "limit_per_second": b.limit,
+                    "rate_per_second": round(b.rate, 3),
+                    "paused_for_seconds": round(b.paused_for, 3),
+                    "waits": b.waits,
+                    "throttled": b.throttled,
+                }
+                for b in pacer.snapshots()
+            ],
             "done": tally.done,
             "failed": tally.failed,
             "refused": tally.refused,

@@ -381,6 +381,7 @@ def worker(
     import prometheus_client
 
     from keyshift.cli.fleet import FleetProgress, summary
+    from keyshift.context import PluginContext
     from keyshift.domain.durations import parse_duration
     from keyshift.service import metrics as metrics_service
     from keyshift.service import scheduler
@@ -393,16 +394,17 @@ def worker(
     if output == Format.YAML:
         bad_usage("-o yaml: the worker prints a table or one JSON summary per scan")
     with open_store() as store, store.single_worker():
+        context = PluginContext()
         if metrics_port is not None:
-            registry = metrics_service.registry_for(store)
+            registry = metrics_service.registry_for(store, pacer=context.pacing)
             prometheus_client.start_http_server(metrics_port, metrics_address, registry=registry)
             out.print(f"metrics on http://{metrics_address}:{metrics_port}/metrics")
-        progress = FleetProgress(out)
+        progress = FleetProgress(out, context.pacing)
 
         def scanned(c: dict[str, int]) -> None:
             progress.finish()
             if as_json:
-                sys.stdout.write(summary(c, progress) + "\n")
+                sys.stdout.write(summary(c, progress, context.pacing) + "\n")
                 sys.stdout.flush()
                 return
             out.print(
@@ -423,6 +425,7 @@ def worker(
                     on_scan=scanned,
                     concurrency=concurrency,
                     tally=progress,
+                    context=context,
                 )
             )
         except KeyboardInterrupt:

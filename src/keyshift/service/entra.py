@@ -99,6 +99,7 @@ async def read_tenant(
             base_url=config.graph_url,
             verify=config.ssl_verify(),
             page_size=page_size,
+            budget=config.budget(context),
         ) as graph,
     ):
         return [app async for app in graph.list_applications(with_owners=True)]

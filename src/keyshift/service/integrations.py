@@ -111,7 +111,12 @@ async def _entra_checks(
         if sign_in_log is not None:
             checks.append(sign_in_log)
         async with GraphClient(
-            source, context, base_url=config.graph_url, verify=config.ssl_verify(), page_size=1
+            source,
+            context,
+            base_url=config.graph_url,
+            verify=config.ssl_verify(),
+            page_size=1,
+            budget=config.budget(context),
         ) as graph:
             try:
                 first = await graph.get("applications", {"$top": 1, "$select": "id,appId"})

@@ -18,13 +18,14 @@ from collections import Counter as Tally
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from keyshift import metrics
 from keyshift.domain.clock import utcnow
 from keyshift.domain.states import Lifecycle
+from keyshift.pacing import Pacer
 from keyshift.service import rotations
 from keyshift.store.models import NotificationDeliveryRow, NotificationRow
 from keyshift.store.store import Store
@@ -86,11 +87,52 @@ class _Counted(Collector):
         yield from metrics.EVENTS.collect()
 
 
-def registry_for(store: Store) -> CollectorRegistry:
-    """A registry of every keyshift series, the store's gauges read from `store`."""
+class PacingCollector(Collector):
+    """The issuers' budgets of one worker (`keyshift.pacing`), read at each scrape."""
+
+    def __init__(self, pacer: Pacer) -> None:
+        self.pacer = pacer
+
+    def collect(self) -> Iterator[Metric]:
+        def gauge(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=["bucket"])
+
+        def counter(name: str, doc: str) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, labels=["bucket"])
+
+        limit = gauge(
+            "keyshift_pacing_limit_per_second", "The configured request rate of an issuer budget."
+        )
+        rate = gauge(
+            "keyshift_pacing_rate_per_second",
+            "The rate an issuer budget refills at now (below its limit after a 429).",
+        )
+        paused = gauge(
+            "keyshift_pacing_paused_seconds",
+            "Seconds until an issuer budget's pause for Retry-After ends.",
+        )
+        waits = counter("keyshift_pacing_waits", "Requests that waited for their issuer budget.")
+        throttled = counter(
+            "keyshift_pacing_throttled", "429 and 503 answers that paused an issuer budget."
+        )
+        for b in self.pacer.snapshots():
+            limit.add_metric([b.name], b.limit)
+            rate.add_metric([b.name], b.rate)
+            paused.add_metric([b.name], b.paused_for)
+            waits.add_metric([b.name], b.waits)
+            throttled.add_metric([b.name], b.throttled)
+        families: list[Metric] = [limit, rate, paused, waits, throttled]
+        yield from families
+
+
+def registry_for(store: Store, *, pacer: Pacer | None = None) -> CollectorRegistry:
+    """A registry of every keyshift series, the store's gauges read from `store`, and
+    with `pacer` (the worker's) its issuer budgets."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Counted())
     registry.register(StoreCollector(store))
+    if pacer is not None:
+        registry.register(PacingCollector(pacer))
     return registry
 
 

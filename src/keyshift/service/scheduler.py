@@ -462,10 +462,19 @@ async def worker_loop(
     on_scan: Callable[[dict[str, int]], None] | None = None,
     concurrency: int | None = None,
     tally: fleet.Tally | None = None,
+    context: PluginContext | None = None,
 ) -> None:
+    """Scan every `interval` (once with `once`). One context serves every scan, so the
+    issuers' budgets (`context.pacing`) carry over from one scan to the next."""
+    context = context or PluginContext()
     while True:
         counts = await worker_pass(
-            store, actor=actor, on_event=on_event, concurrency=concurrency, tally=tally
+            store,
+            actor=actor,
+            context=context,
+            on_event=on_event,
+            concurrency=concurrency,
+            tally=tally,
         )
         log.info("worker scan", **counts)
         if on_scan is not None:

@@ -113,6 +113,7 @@ class EntraSecretProvider(ConnectedProvider[EntraSecretConfig, EntraIntegration]
                 self.context,
                 base_url=integration.graph_url,
                 verify=integration.ssl_verify(),
+                budget=integration.budget(self.context),
             )
         return self._graph
 

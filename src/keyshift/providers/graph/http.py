@@ -25,6 +25,7 @@ from keyshift import metrics
 from keyshift.azure import DEFAULT_GRAPH_URL
 from keyshift.context import PluginContext
 from keyshift.errors import PermanentError, TransientError
+from keyshift.pacing import Budget
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -165,6 +166,7 @@ class GraphHttp:
         max_retry_time: float = 120.0,
         timeout: float = 30.0,
         page_size: int = 100,
+        budget: Budget | None = None,
     ) -> None:
         if not 1 <= page_size <= 999:
             raise ValueError("page_size must be between 1 and 999")
@@ -180,6 +182,7 @@ class GraphHttp:
         )
         self._max_retry_time = max_retry_time
         self._page_size = page_size
+        self._budget = budget
         self._http = httpx.AsyncClient(
             transport=transport, verify=verify, timeout=timeout, follow_redirects=False
         )
@@ -276,10 +279,13 @@ class GraphHttp:
         where = httpx.URL(url).path
         started = self._context.now()
         attempt = 0
+        bucket = self._budget.of(method) if self._budget is not None else None
         while True:
             attempt += 1
             token = await self._token_source()
             retry_after: float | None = None
+            if bucket is not None:
+                await bucket.take(self._context.sleep)
             try:
                 response = await self._http.request(
                     method, url, json=json, headers={"Authorization": f"Bearer {token}"}
@@ -296,6 +302,8 @@ class GraphHttp:
             else:
                 status = response.status_code
                 if status < 400:
+                    if bucket is not None:
+                        bucket.succeeded()
                     return response
                 code, message, request_id = _error_fields(response)
                 if status not in RETRYABLE_STATUSES:
@@ -308,6 +316,8 @@ class GraphHttp:
                 retry_after = _retry_after(response)
                 if status == 429:
                     metrics.throttled("graph")
+                if bucket is not None and status in NOT_EXECUTED_STATUSES:
+                    bucket.throttled(retry_after)  # every caller slows down, not this one
                 if not idempotent and status not in NOT_EXECUTED_STATUSES:
                     raise TransientError(
                         f"Graph {method} {where}: {reason}; not repeated since Graph may "
