@@ -20,6 +20,7 @@ from keyshift.domain.estate import (
     IntegrationSpec,
     Policy,
     ProviderSpec,
+    Worker,
 )
 from keyshift.domain.notifications import EVENT_KINDS, ChannelSpec, Notifications, Route
 from keyshift.notify import CHANNELS
@@ -101,7 +102,7 @@ def estate_reference() -> str:
         "written inline: fields ending in `_from` take `env:NAME` or `file:/path`.",
         "",
         "Top level: `integrations`, `policies`, `credentials`, `freeze` (lists), `alerts`,",
-        "`governance`, `notifications`.",
+        "`governance`, `notifications`, `worker`.",
         "",
         "## credentials[]",
         "",
@@ -140,6 +141,12 @@ def estate_reference() -> str:
         _doc(FreezeSpec),
         "",
         *_table(FreezeSpec),
+        "",
+        "## worker",
+        "",
+        _doc(Worker),
+        "",
+        *_table(Worker),
         "",
         "## notifications",
         "",
