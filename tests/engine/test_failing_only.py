@@ -7,6 +7,7 @@ operator rolls the rotation back."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 from datetime import timedelta
@@ -22,7 +23,8 @@ from keyshift.service import rotations
 from keyshift.service.estate import apply_estate, load_estate
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock
-from tests.conftest import run_subprocess
+from tests.api.conftest import open_api
+from tests.conftest import Cli, run_subprocess
 from tests.helpers import audit_details, json_value, rotations_of, steps, value_of, versions
 from tests.helpers import save_estate as _save
 
@@ -228,6 +230,41 @@ def test_all_consumers_healthy_completes_like_any_rotation(store: Store, tmp_pat
         "verifying:52:command_check@batch",
         "verifying:provider",
     ]
+
+
+def test_show_the_api_and_the_evidence_list_the_split(
+    cli: Cli, store: Store, tmp_path: Path
+) -> None:
+    rotation_id, _, _ = _split_rotation(store, tmp_path, FakeClock())
+    old_row, new_row = versions(store, "api-key")
+
+    shown = cli("show", rotation_id)
+    assert shown.exit_code == 0, shown.output  # type: ignore[attr-defined]
+    text = " ".join(shown.output.split())  # type: ignore[attr-defined]
+    assert f"on the new version {new_row.id}: web" in text
+    assert f"rolled back to the old version {old_row.id}: api" in text
+    assert "never switched (on the old version): batch" in text
+    assert f"resolve: keyshift rollback {rotation_id}" in text
+
+    for api in open_api(store):
+        detail = api.call("GET", f"/v1/rotations/{rotation_id}", role="viewer").json()
+        assert detail["split"]["on_new"] == ["web"]
+        assert detail["split"]["rolled_back"] == ["api"]
+        assert detail["split"]["never_switched"] == ["batch"]
+        assert "split the consumers" in detail["attention"]
+
+    bundle_path = tmp_path / "evidence.json"
+    exported = cli("evidence", rotation_id, "--output", str(bundle_path))
+    assert exported.exit_code == 0, exported.output  # type: ignore[attr-defined]
+    bundle = json.loads(bundle_path.read_text())
+    assert bundle["split"] == detail["split"]
+    verified = cli("evidence", "verify", str(bundle_path))
+    assert verified.exit_code == 0, verified.output  # type: ignore[attr-defined]
+    bundle["split"]["on_new"] = ["web", "api"]
+    bundle_path.write_text(json.dumps(bundle))
+    tampered = cli("evidence", "verify", str(bundle_path))
+    assert tampered.exit_code != 0  # type: ignore[attr-defined]
+    assert "split: differs from" in tampered.output  # type: ignore[attr-defined]
 
 
 SPLIT_BOUNDARIES = [
