@@ -25,6 +25,15 @@ RELOAD_SCRIPT = textwrap.dedent(
 )
 
 
+SMOKE_CHECK: dict[str, Any] = {
+    "type": "command_check",
+    "order": 90,
+    "on_failure": "abort",
+    "config": {"argv": [sys.executable, "-c", "pass"]},
+}
+"""A post-cutover check that passes: what a `prod` credential needs (`require_checks`)."""
+
+
 def write_estate(
     tmp: Path,
     *,
@@ -32,10 +41,12 @@ def write_estate(
     actions: list[dict[str, Any]] | None = None,
     policy: dict[str, Any] | None = None,
     provider: dict[str, Any] | None = None,
+    checked: bool = False,
 ) -> Path:
     """An estate with one credential (`random` unless `provider` says otherwise) delivered
-    to a JSON and an env file, then a reload command that logs each run. Returns the
-    estate path."""
+    to a JSON and an env file, then a reload command that logs each run, and with
+    `checked` then `SMOKE_CHECK` (for tests that put it in `prod`). Returns the estate
+    path."""
     reload_log = tmp / "reload.log"
     script = tmp / "reload.py"
     script.write_text(RELOAD_SCRIPT, encoding="utf-8")
@@ -61,6 +72,8 @@ def write_estate(
                 "config": {"argv": [sys.executable, str(script), str(reload_log)]},
             },
         ]
+    if checked:
+        actions = [*actions, SMOKE_CHECK]
     estate = {
         "credentials": [
             {

@@ -27,7 +27,7 @@ from tests.web.conftest import sign_in
 
 def _estate(tmp: Path) -> Path:
     """Three auto-rotated credentials: two of team-a (prod, dev), one of team-b (prod)."""
-    base = json.loads(write_estate(tmp).read_text())["credentials"][0]
+    base = json.loads(write_estate(tmp, checked=True).read_text())["credentials"][0]
     creds = []
     for name, owner, env in (
         ("a-prod", "team-a", "prod"),

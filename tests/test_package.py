@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from keyshift.domain.states import Phase
 from keyshift.providers import PROVIDERS, ProviderKind
 from keyshift.service.reference import estate_reference
-from keyshift.targets import AGENT_KINDS, TARGETS, TargetKind
+from keyshift.targets import AGENT_KINDS, TARGETS, VERIFY_KINDS, TargetKind
 
 PACKAGES = [
     "keyshift.domain",
@@ -59,6 +59,11 @@ def test_agent_kinds_are_the_targets_whose_classes_run_on_an_agent() -> None:
     """`AGENT_KINDS` lets estate validation know them without importing every target."""
     on_agent = {kind for kind, cls in TARGETS.items() if getattr(cls, "runs_on_agent", False)}
     assert on_agent == AGENT_KINDS
+
+
+def test_verify_kinds_are_the_targets_that_run_in_the_verify_phase() -> None:
+    """`VERIFY_KINDS` lets `apply` know the cutover checks without importing every target."""
+    assert {kind for kind, cls in TARGETS.items() if cls.phase == Phase.VERIFY} == VERIFY_KINDS
 
 
 def test_every_registered_path_names_the_class_that_says_its_kind() -> None:

@@ -23,6 +23,7 @@ from keyshift.service.estate import apply_estate, load_estate, parse_estate
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock
 from tests.helpers import (
+    SMOKE_CHECK,
     env_value,
     json_value,
     rotations_of,
@@ -403,7 +404,7 @@ def _many(n: int) -> dict[str, Any]:
                 "auto_rotate": i % 2 == 0,
                 "policy": {"grace_period": "0s", "max_lifetime": "40d"},
                 "provider": {"type": "random"},
-                "actions": [],
+                "actions": [SMOKE_CHECK],
             }
             for i in range(n)
         ]

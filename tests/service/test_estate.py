@@ -45,13 +45,23 @@ def file_action(order: int, path: Path | str, key: str = "API_KEY", **extra: Any
     return action
 
 
+SMOKE_TEST: dict[str, Any] = {
+    "type": "command_check",
+    "order": 90,
+    "on_failure": "abort",
+    "config": {"argv": [sys.executable, "-c", "pass"]},
+}
+"""A post-cutover check: a `prod` credential needs one (`require_checks`)."""
+
+
 def credential(name: str, actions: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """A `prod` credential delivered by `actions`, then checked by `SMOKE_TEST`."""
     return {
         "name": name,
         "owner": "team-billing",
         "environment": "prod",
         "provider": {"type": "random", "length": 32},
-        "actions": actions,
+        "actions": [*actions, SMOKE_TEST],
         **extra,
     }
 
@@ -773,8 +783,8 @@ def test_plan_lists_new_credentials_and_changes_nothing(
 
     assert result.exit_code == 0, result.output
     assert plan_lines(result.output) == [
-        "+ credential billing-api-key (2 action(s))",
-        "+ credential reports-token (1 action(s))",
+        "+ credential billing-api-key (3 action(s))",
+        "+ credential reports-token (2 action(s))",
     ]
     assert "Plan: 2 to add, 0 to change, 0 to remove." in result.output
     after = store_state(store)
@@ -793,6 +803,7 @@ def test_plan_lists_actions_added_to_and_removed_from_a_stored_credential(
     billing["actions"] = [
         billing["actions"][0],
         {"type": "command", "order": 30, "config": {"argv": ["systemctl", "reload", "billing"]}},
+        SMOKE_TEST,
     ]
     write_yaml(path, document)
 
@@ -951,7 +962,7 @@ def test_file_action_with_legacy_target_path_and_secret_key_is_accepted_and_deli
     applied = cli("apply", "-f", str(path))
 
     assert applied.exit_code == 0, applied.output
-    assert plan_lines(applied.output) == ["+ credential legacy-api-key (1 action(s))"]
+    assert plan_lines(applied.output) == ["+ credential legacy-api-key (2 action(s))"]
     assert credential_row(store, "legacy-api-key").scheduled is True
     rotated = cli("rotate", "legacy-api-key")
     assert rotated.exit_code == 0, rotated.output
@@ -1001,7 +1012,7 @@ def test_actions_of_different_consumers_may_share_an_order_and_run_as_distinct_s
     assert env_value(web) is not None
     assert env_value(web) == env_value(api)
     stored = credential_row(store, "shared-key").spec["credential"]["actions"]
-    assert [a.get("consumer") for a in stored] == ["web", "api", "api"]
+    assert [a.get("consumer") for a in stored] == ["web", "api", "api", None]
     document["credentials"][0]["actions"][1]["config"]["key"] = "API_KEY_2"
     write_yaml(path, document)
     assert plan_lines(cli("plan", "-f", str(path)).output) == [
@@ -1034,7 +1045,7 @@ def test_a_reload_of_one_consumer_may_come_before_the_publish_of_another(
     result = cli("apply", "-f", str(write_yaml(tmp_path / "estate.yaml", document)))
 
     assert result.exit_code == 0, result.output
-    assert plan_lines(result.output) == ["+ credential shared-key (3 action(s))"]
+    assert plan_lines(result.output) == ["+ credential shared-key (4 action(s))"]
 
 
 def test_actions_without_a_consumer_are_stored_as_before_so_an_upgrade_changes_nothing(
@@ -1046,6 +1057,7 @@ def test_actions_without_a_consumer_are_stored_as_before_so_an_upgrade_changes_n
     stored = credential_row(store, "billing-api-key").spec["credential"]["actions"]
 
     assert [sorted(a) for a in stored] == [
+        ["agent_id", "config", "on_failure", "order", "type"],
         ["agent_id", "config", "on_failure", "order", "type"],
         ["agent_id", "config", "on_failure", "order", "type"],
     ]

@@ -62,7 +62,10 @@ def _estate(
         }
         actions = [app, {**FAILING_RELOAD, "on_failure": reload_on_failure}]
     path = write_estate(
-        tmp, actions=actions, policy={"grace_period": "1h", "max_lifetime": "90d", **(policy or {})}
+        tmp,
+        actions=actions,
+        policy={"grace_period": "1h", "max_lifetime": "90d", **(policy or {})},
+        checked=environment == "prod",
     )
     estate = json.loads(path.read_text())
     estate["credentials"][0]["environment"] = environment

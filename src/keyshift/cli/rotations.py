@@ -328,13 +328,33 @@ def _timeline_data(t: rotations.Timeline) -> dict[str, Any]:
         "steps": [{**plain(s), "duration_seconds": plain(s.duration)} for s in t.steps],
         "tickets": [plain(k) for k in t.tickets],
         "rollout": str(t.rollout),
+        "split": t.split,
     }
 
 
 def _print_timeline(t: rotations.Timeline) -> None:
     out.print(timeline_table(t))
+    if t.attention:
+        out.print(f"Needs attention: {t.attention}", markup=False)
+    if t.split:
+        _print_split(t.split)
     if t.tickets:
         out.print("Tickets: " + ", ".join(f"{k.channel} {k.reference}" for k in t.tickets))
+
+
+def _print_split(split: dict[str, Any]) -> None:
+    """Who a `rollback: failing_only` rotation left on which version, one line each."""
+    lines = [
+        (f"on the new version {split['new_version_id']}", split["on_new"]),
+        (f"rolled back to the old version {split['old_version_id']}", split["rolled_back"]),
+        ("not restored (still on the new version)", split["not_restored"]),
+        ("never switched (on the old version)", split["never_switched"]),
+    ]
+    out.print("Consumers split (rollback: failing_only):", markup=False)
+    for label, consumers in lines:
+        if consumers:
+            out.print(f"  {label}: {', '.join(consumers)}", markup=False)
+    out.print(f"  resolve: {split['resolve']}", markup=False)
 
 
 @exit_on_error

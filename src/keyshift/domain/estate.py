@@ -226,6 +226,14 @@ class Approval(_Model):
         return approvers
 
 
+RollbackScope = Literal["all", "failing_only"]
+"""What a failed check puts back on the old version (`Policy.rollback`)."""
+
+CHECKED_ENVIRONMENT = "prod"
+"""The environment whose credentials need a post-cutover check unless their policy says
+otherwise (`Policy.require_checks`)."""
+
+
 class Policy(_Model):
     """When to rotate and how long the old version stays valid."""
 
@@ -258,6 +266,38 @@ class Policy(_Model):
     window: RotationWindow | None = None
     """When automatic rotations may start, e.g. `{days: [mon, tue], hours: "09:00-16:00",
     timezone: Europe/Berlin}`; none means at any time."""
+    require_checks: bool | None = None
+    """Refuse (at `plan` and `apply`) a credential whose rotation has no post-cutover
+    check: a verify action (`command_check`, `http_check`) or a provider whose verify
+    really signs in (entra_client_secret, postgres, redis). Unset: true for credentials
+    in environment `prod`, false elsewhere."""
+    rollback: RollbackScope = "all"
+    """What an `on_failure: abort` failure puts back on the old version. `all`: every
+    consumer that got the new one. `failing_only`: consumers take the new version one at
+    a time (publish, reload, verify, then the next consumer); the failing one goes back,
+    those before it keep the new version, those after it never get it, and the rotation
+    ends needs_attention listing the split, with both versions kept valid until an
+    operator rolls it back (`keyshift rollback`). Needs a provider that keeps two
+    versions valid at once and, per consumer, its own publish and verify actions."""
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Stored plans, their hashes (bound to approvals) and credential digests predate
+        # `require_checks` and `rollback`: at their defaults a policy serialises exactly as
+        # before, so applying an unchanged file changes nothing.
+        data: dict[str, Any] = handler(self)
+        if data.get("require_checks") is None:
+            data.pop("require_checks", None)
+        if data.get("rollback") == "all":
+            data.pop("rollback", None)
+        return data
+
+    def checks_required(self, environment: str | None) -> bool:
+        """Whether a credential in `environment` under this policy needs a post-cutover
+        check: `require_checks` when set, else whether it is `prod`."""
+        if self.require_checks is not None:
+            return self.require_checks
+        return environment == CHECKED_ENVIRONMENT
 
     @model_validator(mode="after")
     def _coherent(self) -> Policy:

@@ -19,6 +19,13 @@ from keyshift.domain.states import PHASE_ORDER, OnFailure, Phase
 from keyshift.engine.plugins import target_phase
 from keyshift.store.audit import canonical
 
+DEFAULT_CONSUMER = "(default)"
+"""How lists of consumers name the one that actions without `consumer` belong to."""
+
+
+def consumer_name(consumer: str | None) -> str:
+    return consumer if consumer is not None else DEFAULT_CONSUMER
+
 
 @dataclass(frozen=True)
 class PlannedAction:
@@ -31,6 +38,12 @@ class PlannedAction:
     config: dict[str, Any]
     consumer: str | None = None
     """The consumer the action serves, when the estate names one."""
+
+    @property
+    def consumer_name(self) -> str:
+        """The consumer as operators read it: its name, or `(default)` for actions that
+        name none."""
+        return consumer_name(self.consumer)
 
     @property
     def step(self) -> str:
@@ -55,6 +68,32 @@ class Plan:
 
     def in_phase(self, phase: Phase) -> list[PlannedAction]:
         return [a for a in self.actions if a.phase == phase]
+
+    @property
+    def failing_only(self) -> bool:
+        """Whether the policy rolls back only the failing consumer (`rollback:
+        failing_only`): consumers then switch one after another (`one_by_one`)."""
+        return self.policy.get("rollback") == "failing_only"
+
+    def consumers(self) -> list[str | None]:
+        """The consumers that are switched (publish, reload or verify actions), in the
+        order their first action runs; None is the default consumer."""
+        found: list[str | None] = []
+        for action in self.actions:
+            if action.phase != Phase.NOTIFY and action.consumer not in found:
+                found.append(action.consumer)
+        return found
+
+    def one_by_one(self) -> list[PlannedAction]:
+        """The publish, reload and verify actions consumer by consumer (`consumers`), each
+        consumer's in phase order: how a `failing_only` rotation switches, so that a
+        failed check stops the new version before the next consumer gets it."""
+        return [
+            a
+            for consumer in self.consumers()
+            for a in self.actions
+            if a.consumer == consumer and a.phase != Phase.NOTIFY
+        ]
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready copy (fields by hand: `asdict` deep-copies every action twice)."""

@@ -23,7 +23,7 @@ from keyshift import __version__
 from keyshift.context import PluginContext
 from keyshift.domain.estate import CredentialSpec, Policy, disabled_integrations
 from keyshift.domain.states import RotationState, Trigger
-from keyshift.engine import approvals, freezes, rows
+from keyshift.engine import approvals, freezes, rows, splits
 from keyshift.engine.events import EngineEvent, EventBus
 from keyshift.engine.leases import Leases
 from keyshift.engine.plan import Plan, build_plan
@@ -96,6 +96,8 @@ class Requests:
                 grace=plan.grace_period,
                 disabled=disabled_integrations(cred.spec.get("integrations", {})),
             ) + freezes.refusals(freezes.holding(s, now), spec.name, spec.owner, spec.environment)
+            # A split rotation's consumers still use both versions (`splits`).
+            refused += splits.refusals(s, cred.id)
             if refused:
                 if audit_refusal:
                     self.store.audit(

@@ -25,10 +25,12 @@ from keyshift.domain.states import (
 from keyshift.engine import approvals, rows
 from keyshift.engine.plan import PlannedAction
 from keyshift.engine.run import RETAIN_DISABLED, Run, deliveries, issued, old_issued, revoked
+from keyshift.engine.splits import SPLIT, Split, failing_action
+from keyshift.engine.splits import attention as split_attention
 from keyshift.engine.steps import Steps
 from keyshift.errors import KeyshiftError, PluginError, RollbackRefused, scrub
 from keyshift.providers.base import Capability, Provider, RevokeRequest, RevokeResult, VerifyRequest
-from keyshift.store.models import CredentialRow, RotationRow, VersionRow
+from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
 from keyshift.targets.base import RollbackRequest, StepResult
 
 __all__ = ["Retirement", "Rollback"]
@@ -59,18 +61,18 @@ class Rollback:
         ran = {s.name for s in journal}
         failed = {s.name for s in journal if s.status == StepStatus.FAILED.value}
         by_step = {a.step: a for a in run.plan.actions}
+        failing = self._failing_consumer(run, journal)
+        # Under `rollback: failing_only` only the failing consumer's steps are undone:
+        # the consumers before it passed their checks, those after it never switched.
+        actions = [a for a in run.plan.actions if failing is None or a.consumer == failing.consumer]
         restore = [
             a.step
-            for a in run.plan.actions
+            for a in actions
             if a.phase == Phase.PUBLISH and (a.step in succeeded or a.step in failed)
         ]
-        reload = [
-            a.step for a in run.plan.actions if a.phase == Phase.RELOAD and a.step in succeeded
-        ]
-        recheck = [a.step for a in run.plan.actions if a.phase == Phase.VERIFY and a.step in ran]
-        announce = [
-            a.step for a in run.plan.actions if a.phase == Phase.NOTIFY and a.step in succeeded
-        ]
+        reload = [a.step for a in actions if a.phase == Phase.RELOAD and a.step in succeeded]
+        recheck = [a.step for a in actions if a.phase == Phase.VERIFY and a.step in ran]
+        announce = [a.step for a in actions if a.phase == Phase.NOTIFY and a.step in succeeded]
         to_undo = [*reversed(restore), *reload, *recheck, *announce]
         not_restored: list[str] = []
         for name in to_undo:
@@ -97,7 +99,51 @@ class Rollback:
             if error is not None:
                 not_restored.append(f"{name} ({error})")
             self.steps.end(run, opened, result, error)
-        self._finish(run, not_restored)
+        split = Split(run.plan, failing, not_restored) if failing is not None else None
+        if split is not None and split.splits:
+            self._finish_split(run, split)
+        else:
+            self._finish(run, not_restored)
+
+    def _failing_consumer(self, run: Run, journal: list[StepRow]) -> PlannedAction | None:
+        """The action whose failure is rolled back for its consumer alone (`rollback:
+        failing_only`), or None when every switched consumer goes back: also on a first
+        rotation or over an adopted old version (no old value to keep anyone on), and
+        in the rollback by hand of a split (recorded on the rotation), which resolves it.
+
+        Read from the journal and the stored rotation only, so a worker that resumes a
+        rollback restores exactly the consumers the first one began to restore."""
+        if SPLIT in run.residual:
+            return None
+        with self.store.transaction() as s:
+            rot = rows.rotation(s, run.rotation_id)
+            old = rows.version(s, rot.old_version_id) if rot.old_version_id else None
+            if old is None or rows.adopted(old):
+                return None
+        return failing_action(run.plan, journal)
+
+    def _finish_split(self, run: Run, split: Split) -> None:
+        """End a `failing_only` rollback that left consumers on both versions:
+        `needs_attention`, with the split on the rotation (`residual`, the attention
+        text) and audited (`rotation.split`). No version changes status: the old one
+        stays current and valid, the new one stays pending (issued, in use, never cut
+        over), and neither is revoked or retired."""
+        with self.store.transaction() as s:
+            rot = rows.rotation(s, run.rotation_id)
+            record = split.record(rot.id, rot.old_version_id, rot.new_version_id)
+            rot.residual = run.residual = {**(rot.residual or {}), SPLIT: record}
+            rot.attention = run.attention = "; ".join(
+                filter(None, [rot.attention, split_attention(record)])
+            )
+            if split.not_restored:
+                rot.error = (
+                    f"{rot.error}; rollback incomplete, not restored: "
+                    f"{', '.join(split.not_restored)}"
+                )
+            self.steps.audit(
+                s, rot.id, "rotation.split", {"credential": run.credential, "split": record}
+            )
+            self.steps.set_state(s, run, RotationState.NEEDS_ATTENTION, rot)
 
     async def by_hand(self, rotation_id: str, *, reason: str) -> RotationState:
         """Roll back, at the operator's (`self.actor`) decision, a rotation whose new
@@ -350,7 +396,11 @@ def _rollback_refusal(
             f"its old version {old.id} was adopted from the issuer and keyshift never held "
             "its value, so it cannot be published again"
         )
-    if new is None or new.status != VersionStatus.CURRENT.value:
+    # A split (`rollback: failing_only`) never cut over: its new version stays pending
+    # while the consumers before the failing one use it.
+    split = SPLIT in (rot.residual or {})
+    taken = VersionStatus.PENDING.value if split else VersionStatus.CURRENT.value
+    if new is None or new.status != taken:
         return f"its new version {rot.new_version_id} is no longer current (rotated since)"
     if Capability.IN_PLACE in provider.capabilities:
         return (

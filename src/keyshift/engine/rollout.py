@@ -4,7 +4,8 @@ then the cutover and the grace period.
 A failed `on_failure: abort` action (or the issuer refusing the new version after
 publishing) sends the rotation to `rolling_back`; a failed `continue` action, or a step
 deliberately not performed, leaves its consumer on the old version for a person while
-the others switch.
+the others switch. Under `rollback: failing_only` the consumers switch one after
+another, so that a failure stops the new version before the next consumer gets it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from keyshift.engine.steps import Steps
 from keyshift.errors import NotDelivered, NotFound
 from keyshift.targets.base import PublishRequest, StepResult
 
-__all__ = ["PHASE_OF_STATE", "STATE_AFTER_PHASE", "Rollout"]
+__all__ = ["PHASE_OF_STATE", "STATE_AFTER_PHASE", "STATE_OF_PHASE", "Rollout"]
 
 STATE_AFTER_PHASE: dict[Phase, RotationState] = {
     Phase.PUBLISH: RotationState.RELOADING,
@@ -32,6 +33,7 @@ PHASE_OF_STATE: dict[RotationState, Phase] = {
     RotationState.VERIFYING: Phase.VERIFY,
     RotationState.NOTIFYING: Phase.NOTIFY,
 }
+STATE_OF_PHASE: dict[Phase, RotationState] = {p: s for s, p in PHASE_OF_STATE.items()}
 
 
 class Rollout:
@@ -44,6 +46,9 @@ class Rollout:
 
     async def phase(self, run: Run) -> None:
         """Run the actions of the phase the rotation is in, then move to the next one."""
+        if run.plan.failing_only and run.state != RotationState.NOTIFYING:
+            await self._one_by_one(run)
+            return
         phase = PHASE_OF_STATE[run.state]
         done = set(run.succeeded)
         for action in run.plan.in_phase(phase):
@@ -51,23 +56,61 @@ class Rollout:
                 continue  # finished before a restart: publishing again is not needed
             if await self._action(run, action):
                 return  # aborted: the run is rolling back
-        if phase == Phase.VERIFY and VERIFY_PROVIDER_STEP not in done:
-            opened, result, error = await self.steps.attempt(
-                run, VERIFY_PROVIDER_STEP, lambda: self.issuer.verify(run)
-            )
-            if error is not None:
-                # Consumers hold the new version and the issuer does not accept it: the
-                # abort path puts the previous value back, as a failed verify action does.
-                self.steps.end(
-                    run,
-                    opened,
-                    None,
-                    error,
-                    next_state=RotationState.ROLLING_BACK,
-                    rotation_error=f"{VERIFY_PROVIDER_STEP}: {error}",
-                )
+        verify_at_issuer = phase == Phase.VERIFY and VERIFY_PROVIDER_STEP not in done
+        if verify_at_issuer and not await self._verify_at_issuer(run):
+            return
+        self._next_phase(run, phase)
+
+    async def _one_by_one(self, run: Run) -> None:
+        """`rollback: failing_only`: switch the consumers one after another, each one's
+        publish, reload and verify actions before the next consumer gets the new version,
+        so that a failed check leaves the consumers after it untouched (`Rollback`
+        then puts back only the failing one). The rotation's state follows the phase of
+        the step it is at, so a freeze stops it between two consumers too.
+
+        Resumed, it goes on from the first step that has not run (a step left running
+        by a worker that stopped runs again; a failed `on_failure: continue` one does
+        not); each call runs the steps of one state and returns once the state changes,
+        so the run loop checks freezes and disabled integrations at every boundary."""
+        ran = set(run.attempts) - run.interrupted
+        for action in run.plan.one_by_one():
+            if action.step in ran:
+                continue
+            state = STATE_OF_PHASE[action.phase]
+            if run.state != state:
+                self.steps.transition(run, state)
                 return
-            self.steps.end(run, opened, result, None)
+            if await self._action(run, action):
+                return  # aborted: the run rolls back the failing consumer
+        if VERIFY_PROVIDER_STEP not in run.succeeded:
+            if run.state != RotationState.VERIFYING:
+                self.steps.transition(run, RotationState.VERIFYING)
+                return
+            if not await self._verify_at_issuer(run):
+                return
+        self._next_phase(run, Phase.VERIFY)
+
+    async def _verify_at_issuer(self, run: Run) -> bool:
+        """The post-cutover test at the issuer; False when it failed (rolling back)."""
+        opened, result, error = await self.steps.attempt(
+            run, VERIFY_PROVIDER_STEP, lambda: self.issuer.verify(run)
+        )
+        if error is not None:
+            # Consumers hold the new version and the issuer does not accept it: the
+            # abort path puts the previous value back, as a failed verify action does.
+            self.steps.end(
+                run,
+                opened,
+                None,
+                error,
+                next_state=RotationState.ROLLING_BACK,
+                rotation_error=f"{VERIFY_PROVIDER_STEP}: {error}",
+            )
+            return False
+        self.steps.end(run, opened, result, None)
+        return True
+
+    def _next_phase(self, run: Run, phase: Phase) -> None:
         next_state = STATE_AFTER_PHASE[phase]
         if phase == Phase.VERIFY:
             self._cut_over(run)

@@ -26,8 +26,10 @@ from keyshift.context import PluginContext
 from keyshift.domain.clock import utcnow
 from keyshift.domain.estate import (
     INTEGRATION_FIELDS,
+    CredentialSpec,
     Estate,
     IntegrationSpec,
+    Policy,
     action_key,
     disabled_integrations,
     reference_problems,
@@ -52,7 +54,7 @@ from keyshift.service.notifications import channel_problems
 from keyshift.store.audit import canonical
 from keyshift.store.models import CredentialRow, EstateRevision, IntegrationRow, Meta
 from keyshift.store.store import Store
-from keyshift.targets import AGENT_KINDS
+from keyshift.targets import AGENT_KINDS, VERIFY_KINDS
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,7 @@ def parse_estate(data: Any, warnings: list[EstateWarning] | None = None) -> Esta
     problems = [p for p in problems if not (p.path in explained and p.message == "is required")]
     if problems:
         raise EstateInvalid(problems)
-    _check_residual_use(estate)
+    _check_capabilities(estate)
     return estate
 
 
@@ -217,26 +219,111 @@ def current_estate(store: Store) -> Estate:
     return Estate.model_validate(latest) if latest is not None else Estate()
 
 
-def _check_residual_use(estate: Estate) -> None:
-    """A residual_use policy needs a way to observe use: a provider that sees sessions per
-    version, or a command. Accepting it otherwise would revoke without the evidence asked."""
+def _check_capabilities(estate: Estate) -> None:
+    """What a policy asks of a credential's provider and actions, checked against what
+    they can do (`Capability`); every problem is reported with its field path."""
     problems: list[ConfigError] = []
     for i, cred in enumerate(estate.credentials):
-        gate = estate.policy_for(cred).residual_use
-        if gate is None or gate.command:
-            continue
+        policy = estate.policy_for(cred)
         provider = build_provider(cred.provider.type, cred.provider.config(), PluginContext())
-        if Capability.RESIDUAL_USE not in provider.capabilities:
-            problems.append(
-                ConfigError(
-                    f"credentials[{i}].policy",
-                    f"residual_use cannot be observed for provider {cred.provider.type} with "
-                    "this configuration (it cannot tell the old version's sessions from the "
-                    "new one's); add residual_use.command or use alternating_users",
-                )
-            )
+        held = provider.capabilities
+        problems += _residual_use_problems(i, cred, policy, held)
+        problems += _check_problems(i, cred, policy, held)
+        problems += _rollback_problems(i, cred, policy, held)
     if problems:
         raise EstateInvalid(problems)
+
+
+def _residual_use_problems(
+    i: int, cred: CredentialSpec, policy: Policy, held: frozenset[Capability]
+) -> list[ConfigError]:
+    """A residual_use policy needs a way to observe use: a provider that sees sessions per
+    version, or a command. Accepting it otherwise would revoke without the evidence asked."""
+    gate = policy.residual_use
+    if gate is None or gate.command or Capability.RESIDUAL_USE in held:
+        return []
+    return [
+        ConfigError(
+            f"credentials[{i}].policy",
+            f"residual_use cannot be observed for provider {cred.provider.type} with "
+            "this configuration (it cannot tell the old version's sessions from the "
+            "new one's); add residual_use.command or use alternating_users",
+        )
+    ]
+
+
+def _check_problems(
+    i: int, cred: CredentialSpec, policy: Policy, held: frozenset[Capability]
+) -> list[ConfigError]:
+    """Under `require_checks` (by default on `prod`) a rotation must test its cutover: a
+    verify action, or a provider whose `verify` really signs in. Without one it would
+    "complete" with nothing having proved that the new version works."""
+    if not policy.checks_required(cred.environment) or Capability.AUTHENTICATES in held:
+        return []
+    if any(a.type in VERIFY_KINDS for a in cred.actions):
+        return []
+    why = (
+        "require_checks is true in its policy"
+        if policy.require_checks
+        else f"it is in environment {cred.environment} (require_checks defaults to true there)"
+    )
+    return [
+        ConfigError(
+            f"credentials[{i}].actions",
+            f"{cred.name} has no post-cutover check and {why}: provider "
+            f"{cred.provider.type} cannot sign in with the new version, so add a verify "
+            f"action ({', '.join(sorted(VERIFY_KINDS))}) that tests a consumer with it, or set "
+            "require_checks: false in its policy",
+        )
+    ]
+
+
+def _rollback_problems(
+    i: int, cred: CredentialSpec, policy: Policy, held: frozenset[Capability]
+) -> list[ConfigError]:
+    """`rollback: failing_only` leaves some consumers on the new version and others on
+    the old one: the issuer must accept both at once, and each consumer must be put back
+    and judged on its own (its own publish and verify actions)."""
+    if policy.rollback != "failing_only":
+        return []
+    path = f"credentials[{i}].policy"
+    if Capability.DUAL_ACTIVE not in held:
+        return [
+            ConfigError(
+                f"{path}.rollback" if not isinstance(cred.policy, str) else path,
+                f"rollback: failing_only needs a provider that keeps the old and new "
+                f"versions valid at once; {cred.provider.type} with this configuration "
+                "replaces the value in place (use a dual or alternating strategy, e.g. "
+                "postgres alternating_users or redis dual_password, or rollback: all)",
+            )
+        ]
+    problems: list[ConfigError] = []
+    for consumer, phases in _consumer_phases(cred).items():
+        if phases <= {Phase.NOTIFY}:
+            continue  # told, not switched: it holds no version to put back
+        missing = [
+            PHASE_WORDS[phase] for phase in (Phase.PUBLISH, Phase.VERIFY) if phase not in phases
+        ]
+        if missing:
+            whose = f"consumer {consumer}" if consumer else "the default consumer"
+            problems.append(
+                ConfigError(
+                    f"credentials[{i}].actions",
+                    f"with rollback: failing_only every consumer needs its own publish and "
+                    f"verify actions, to be switched, judged and put back on its own; "
+                    f"{whose} has no {' and no '.join(missing)} action (name it in "
+                    "`consumer:` on the actions, or use rollback: all)",
+                )
+            )
+    return problems
+
+
+def _consumer_phases(cred: CredentialSpec) -> dict[str | None, set[Phase]]:
+    """The phases each consumer of `cred` has actions in (None: the default consumer)."""
+    phases: dict[str | None, set[Phase]] = {}
+    for action in cred.actions:
+        phases.setdefault(action.consumer, set()).add(target_class(action.type).phase)
+    return phases
 
 
 def _with_implicit_integrations(data: dict[str, Any]) -> tuple[dict[str, Any], list[ConfigError]]:

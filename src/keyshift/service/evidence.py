@@ -4,7 +4,8 @@
 the plan and its hash, the executing keyshift version, every step with its times
 and outcome, the old and new versions by id and fingerprint (never by value), the
 residual-use evidence, the final state, who rolled it back by hand and why (if
-anyone did), the blast radius, the tickets notification channels opened for it (a Jira
+anyone did), which consumers a `rollback: failing_only` left on which version (the
+split), the blast radius, the tickets notification channels opened for it (a Jira
 issue key, a ServiceNow sys_id; told, not audited, so no entry attests them), and the
 audit-chain proof: every audit entry of the rotation with its hash inputs, plus the
 chain head when the bundle was made.
@@ -15,7 +16,8 @@ thing that does not:
 1. each included entry's hash recomputes from its content and `prev_hash`;
 2. the bundle's statements agree with the entries that attest them (the plan
    hashes to `plan_hash`, the request, each journaled step, the versions, the
-   final state, the rollback decision, the blast radius recomputed from the plan);
+   final state, the rollback decision, the consumers' split, the blast radius
+   recomputed from the plan);
 3. each entry is the store's entry at that `seq`, unchanged;
 4. the store's whole chain verifies (`keyshift audit verify`), and still holds
    the head the bundle recorded.
@@ -36,6 +38,7 @@ from sqlalchemy.orm import Session
 from keyshift import __version__
 from keyshift.domain.states import StepStatus
 from keyshift.engine.plan import Plan
+from keyshift.engine.splits import SPLIT
 from keyshift.errors import AuditChainBroken, KeyshiftError
 from keyshift.service import impact as impact_service
 from keyshift.service import lookups
@@ -115,6 +118,7 @@ def export(store: Store, rotation_id: str, *, actor: str, now: datetime) -> dict
             "versions": versions,
             "residual_use": rot.residual,
             "rollback": _rollback(entries, rot.id),
+            "split": (rot.residual or {}).get(SPLIT),
             "impact": impact_service.to_json(
                 impact_service.impact_of_plan(plan, local_host=LOCAL_HOST)
             ),
@@ -385,6 +389,12 @@ def _check_outcome(bundle: dict[str, Any], mine: list[dict[str, Any]]) -> None:
     residual = [e for e in mine if e["action"] == "rotation.residual_use"]
     if residual and bundle["residual_use"] != residual[-1]["details"].get("evidence"):
         raise _Mismatch(f"residual_use: differs from {_label(residual[-1])}")
+    split = [e for e in mine if e["action"] == "rotation.split"]
+    stated = bundle.get("split")
+    if split and stated != split[-1]["details"].get("split"):
+        raise _Mismatch(f"split: differs from {_label(split[-1])}")
+    if stated is not None and not split:
+        raise _Mismatch("split: no rotation.split entry attests it")
 
 
 def _check_against_store(s: Session, entry: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ from keyshift.engine.journal import StepEvent
 from keyshift.engine.plan import Plan, stored_plan
 from keyshift.engine.plugins import build_provider, provider_class
 from keyshift.engine.requests import Guard
+from keyshift.engine.splits import SPLIT
 from keyshift.errors import (
     ConfigError,
     Conflict,
@@ -148,6 +149,10 @@ class Timeline:
     """The tickets channels opened for the rotation (a Jira issue, a ServiceNow incident)."""
     deliveries: tuple[str, ...] = ()
     """The step names of the plan's publishing actions: one per consumer written to."""
+    split: dict[str, Any] | None = None
+    """Under `rollback: failing_only`, who a rollback left on which version: `on_new`,
+    `rolled_back`, `not_restored`, `never_switched`, the failed step, both version ids
+    and the command that resolves it; None when the consumers were not split."""
 
     @property
     def rollout(self) -> Rollout:
@@ -473,6 +478,7 @@ def rotation_timeline(store: Store, rotation_id: str) -> Timeline:
             and rot.lease_expires_at > utcnow(),
             tickets=tickets(s, rot.id),
             deliveries=tuple(a.step for a in plan.in_phase(Phase.PUBLISH)),
+            split=(rot.residual or {}).get(SPLIT),
         )
 
 

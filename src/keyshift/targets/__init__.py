@@ -99,6 +99,10 @@ AGENT_KINDS: frozenset[str] = frozenset(
 """The action types a host agent performs: those whose classes say `runs_on_agent`
 (known without importing them; a test keeps the two in step)."""
 
+VERIFY_KINDS: frozenset[str] = frozenset({TargetKind.COMMAND_CHECK, TargetKind.HTTP_CHECK})
+"""The action types that check a cutover: those whose classes run in the verify phase
+(known without importing them; a test keeps the two in step)."""
+
 __getattr__ = lazy_exports(
     __name__, {"AgentIntegration": "keyshift.targets.agent:AgentIntegration", **_CLASSES}
 )
@@ -106,6 +110,7 @@ __getattr__ = lazy_exports(
 __all__ = [
     "AGENT_KINDS",
     "TARGETS",
+    "VERIFY_KINDS",
     "AgentIntegration",
     "AgentSecretSyncTarget",
     "AwsSecretsManagerTarget",

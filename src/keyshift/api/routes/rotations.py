@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -184,6 +184,12 @@ class RotationOut:
     """The step names of its publishing actions, one per consumer written to."""
     rollout: str = ""
     """How far the new version reached the consumers: "5 of 6 delivered, 1 needs attention"."""
+    split: dict[str, Any] | None = None
+    """Under `rollback: failing_only`, who the rollback left on which version: `on_new`
+    (passed their checks, keep the new version), `rolled_back` (the failing consumer, back
+    on the old one), `not_restored`, `never_switched` (propagation stopped), `failed_step`,
+    `old_version_id`, `new_version_id` and `resolve` (the command that puts every consumer
+    back on the old version); null when the consumers were not split."""
 
 
 @router.get("/rotations/{rotation_id}", tags=["rotations"])
@@ -231,6 +237,7 @@ def rotation_out(t: rotations.Timeline) -> RotationOut:
         trigger=t.rotation.trigger,
         deliveries=list(t.deliveries),
         rollout=str(t.rollout),
+        split=t.split,
     )
 
 
