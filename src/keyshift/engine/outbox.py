@@ -155,14 +155,14 @@ def _approval(
     ).scalar_one_or_none()
     if request is None:
         return {"approval_kind": approval_kind}
-    spec = cred.spec if cred is not None else {}
-    approval = (spec.get("policy") or {}).get("approval") or {}
+    # The rule the rotation is held to (one approval for a person's break-glass).
+    approval = approvals.rule_of(rot, approval_kind)
     out: dict[str, Any] = {
         "approval_kind": approval_kind,
         "request_id": request.id,
         "request_status": request.status,
-        "approvers": list(approval.get("approvers") or []),
-        "min_approvals": approval.get("min_approvals", 1),
+        "approvers": list(approval.approvers) if approval else [],
+        "min_approvals": approval.min_approvals if approval else 1,
     }
     if kind == kinds.APPROVAL_REQUESTED:
         summary = dict(request.summary)
