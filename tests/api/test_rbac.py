@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
 from keyshift.api import PUBLIC_PATHS, Require, create_app
+from keyshift.api.auth import TokenOrSignature
 from keyshift.domain.rbac import ROLE_PERMISSIONS, Permission, Role
 from keyshift.domain.states import RotationState
 from keyshift.service import approvals as approvals_service
@@ -30,7 +31,11 @@ ROLES = [r.value for r in Role]
 
 
 def _requires(dependant: Dependant) -> list[Permission]:
-    found = [d.call.permission for d in dependant.dependencies if isinstance(d.call, Require)]
+    found = [
+        d.call.permission
+        for d in dependant.dependencies
+        if isinstance(d.call, Require | TokenOrSignature)
+    ]
     for sub in dependant.dependencies:
         found += _requires(sub)
     return found
