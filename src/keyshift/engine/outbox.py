@@ -129,7 +129,7 @@ def _payload(s: Session, event: EngineEvent, kind: str) -> dict[str, Any]:
     payload["failed_step_error"] = failed[1] if failed else None
     approval_kind = _AWAITING.get(event.state) or _AWAITING.get(event.previous or event.state)
     if kind in (kinds.APPROVAL_REQUESTED, kinds.APPROVAL_DECIDED) and approval_kind:
-        payload.update(_approval(s, rot, cred, approval_kind, kind))
+        payload.update(_approval(s, rot, approval_kind, kind))
     return payload
 
 
@@ -142,9 +142,7 @@ def _versions(s: Session, rot: RotationRow) -> dict[str, Any]:
     return out
 
 
-def _approval(
-    s: Session, rot: RotationRow, cred: CredentialRow | None, approval_kind: str, kind: str
-) -> dict[str, Any]:
+def _approval(s: Session, rot: RotationRow, approval_kind: str, kind: str) -> dict[str, Any]:
     """The request the event is about: for `approval.requested` what changes, the rollback
     plan and how to decide; for `approval.decided` its outcome."""
     request = s.execute(
