@@ -192,11 +192,16 @@ class Client:
             (s.step, PreflightResult(s.readiness, s.reason)) for s in found.steps
         ]
 
-    def start_rotation(self, credential: str, *, grace: str | None, reason: str) -> Started:
-        """`POST /v1/credentials/{name}/rotations`: the server runs it in the background."""
+    def start_rotation(
+        self, credential: str, *, grace: str | None, reason: str, break_glass: bool = False
+    ) -> Started:
+        """`POST /v1/credentials/{name}/rotations`: the server runs it in the background
+        (`break_glass`: outside the window and through freezes)."""
         body: dict[str, Any] = {"reason": reason}
         if grace is not None:
             body["grace"] = grace
+        if break_glass:
+            body["break_glass"] = True
         return self._post(f"/v1/credentials/{_seg(credential)}/rotations", Started, body)
 
     def rotation(self, rotation_id: str) -> Timeline:

@@ -3,6 +3,7 @@
     KeyshiftError
     ├── ConfigError            bad estate file or setting; carries the field path
     │   └── EstateInvalid      a whole estate file refused; carries one ConfigError per problem
+    ├── EventInvalid           an inbound event's body refused; one ConfigError per problem
     ├── NotFound               a credential, rotation or version that does not exist
     ├── StoreError             the store cannot be opened, migrated or read
     │   ├── DecryptionError    a ciphertext does not open under its key and associated data
@@ -16,6 +17,7 @@
     ├── PermissionDenied       the caller's roles lack the permission asked for
     ├── PolicyViolation        a governance rule refuses the rotation
     ├── PolicyRefused          governance refuses a rotation now; carries the reasons
+    ├── RateLimited            too many events for a trigger now; `retry_after` says when
     ├── ApprovalRequired       the rotation waits for a human decision
     ├── ApprovalRefused        a decision that may not be taken (own rotation...)
     ├── ServerRefused          a keyshift server answered with a problem document (`--server`)
@@ -53,6 +55,24 @@ class EstateInvalid(KeyshiftError):
     def __init__(self, problems: list[ConfigError]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class EventInvalid(KeyshiftError):
+    """An inbound event's body is not what its trigger takes. `problems` holds one
+    ConfigError per bad field (paths into the body)."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class RateLimited(KeyshiftError):
+    """A trigger took as many events as its rate limit allows; `retry_after` is the
+    whole number of seconds until it takes one again."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class NotFound(KeyshiftError):

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from keyshift.api.routes.common import actor_of, require_entra_rotate, require_entra_rotate_for
 from keyshift.api.runner import BackgroundRotations
+from keyshift.domain.rbac import Permission
 from keyshift.domain.states import Trigger
 from keyshift.service import approvals as approvals_service
 from keyshift.service import rotations
@@ -30,11 +31,19 @@ async def request_rotation(
     trigger: Trigger = Trigger.API,
 ) -> str:
     """Record a rotation of `name` requested by the caller (an Entra ID credential also
-    needs `entra:rotate`); governance refusals raise as the service raises them."""
+    needs `entra:rotate`; a break-glass one of a `prod` credential `rotations:break_glass`,
+    refused and audited by the engine); governance refusals raise as the service raises
+    them."""
     await run_in_threadpool(require_entra_rotate, store, who, name)
     return await run_in_threadpool(
         lambda: rotations.request(
-            store, name, actor=actor_of(who), grace=grace, reason=reason, trigger=trigger
+            store,
+            name,
+            actor=actor_of(who),
+            grace=grace,
+            reason=reason,
+            trigger=trigger,
+            break_glass_permitted=Permission.BREAK_GLASS in who.permissions,
         )
     )
 

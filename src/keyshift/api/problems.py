@@ -21,6 +21,7 @@ from keyshift.errors import (
     CsrfRefused,
     DecryptionError,
     EstateInvalid,
+    EventInvalid,
     KeyshiftError,
     LeaseHeld,
     NotFound,
@@ -28,6 +29,7 @@ from keyshift.errors import (
     PluginError,
     PolicyRefused,
     PolicyViolation,
+    RateLimited,
     RollbackRefused,
     RotationInProgress,
     StoreError,
@@ -40,6 +42,8 @@ MEDIA_TYPE = "application/problem+json"
 ERROR_CODES: list[tuple[type[KeyshiftError], int, str, str]] = [
     (EstateInvalid, 422, "estate-invalid", "The estate document was refused"),
     (ConfigError, 422, "invalid-request", "A field of the request is invalid"),
+    (EventInvalid, 422, "invalid-event", "The event's body was refused"),
+    (RateLimited, 429, "rate-limited", "Too many events for this trigger now"),
     (NotFound, 404, "not-found", "Not found"),
     (Unauthenticated, 401, "unauthenticated", "A valid API token is required"),
     (PermissionDenied, 403, "forbidden", "The token's roles lack the permission"),
@@ -101,6 +105,9 @@ def from_error(exc: KeyshiftError) -> JSONResponse:
     if isinstance(exc, EstateInvalid):
         extra["problems"] = [{"path": p.path, "message": p.message} for p in exc.problems]
         detail = f"{len(exc.problems)} problem(s) in the estate document"
+    elif isinstance(exc, EventInvalid):
+        extra["problems"] = [{"path": p.path, "message": p.message} for p in exc.problems]
+        detail = f"{len(exc.problems)} problem(s) in the event"
     else:
         detail = str(exc)
     if isinstance(exc, ConfigError):
@@ -111,6 +118,8 @@ def from_error(exc: KeyshiftError) -> JSONResponse:
         extra["reasons"] = list(exc.reasons)
     if isinstance(exc, Unauthenticated):
         headers = {"WWW-Authenticate": 'Bearer realm="keyshift"'}
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(exc.retry_after)}
     return problem(status, code, title, detail, headers=headers, **extra)
 
 
@@ -128,7 +137,7 @@ EXTENSIONS: dict[str, tuple[frozenset[str], dict[str, Any]]] = {
         },
     ),
     "problems": (
-        frozenset({"estate-invalid", "invalid-request"}),
+        frozenset({"estate-invalid", "invalid-request", "invalid-event"}),
         {
             "type": "array",
             "items": {

@@ -9,6 +9,8 @@ leased like any other: if the process stops, `keyshift resume` or a worker conti
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Mapping
 from dataclasses import replace
 
 import structlog
@@ -36,6 +38,12 @@ class BackgroundRotations:
     @property
     def running(self) -> list[str]:
         return sorted(self._tasks)
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        """Where `env:` references are read from: the injected context's environment, else
+        the process's (a trigger's `secret_from`)."""
+        return self.context.env if self.context is not None else os.environ
 
     def timeline(self, rotation_id: str) -> rotations.Timeline:
         """The rotation (by id or a unique prefix) with its steps; `running` also while

@@ -33,7 +33,7 @@ from keyshift.cli.output import (
 )
 from keyshift.domain.clock import utcnow
 from keyshift.domain.preflight import PreflightResult, Readiness
-from keyshift.domain.states import RotationState
+from keyshift.domain.states import RotationState, Trigger
 from keyshift.errors import ServerRefused
 
 if TYPE_CHECKING:
@@ -106,9 +106,21 @@ def rotate(
     ] = False,
     grace: Annotated[str | None, typer.Option(help="Override the grace period, e.g. 0s.")] = None,
     reason: Annotated[
-        str,
-        typer.Option(help="Why it is rotated now, for the audit trail and the evidence."),
-    ] = "manual",
+        str | None,
+        typer.Option(
+            help="Why it is rotated now, for the audit trail and the evidence (default "
+            "`manual`; required with --break-glass)."
+        ),
+    ] = None,
+    break_glass: Annotated[
+        bool,
+        typer.Option(
+            "--break-glass",
+            help="Rotate now, outside the policy's window and through any freeze of this "
+            "credential (a leaked secret). Needs --reason; at a server, a prod credential "
+            "also needs rotations:break_glass, and approvals become one from a second person.",
+        ),
+    ] = False,
     no_wait: Annotated[
         bool,
         typer.Option("--no-wait", help="With --server: print the rotation id and return."),
@@ -128,9 +140,13 @@ def rotate(
             grace_td = parse_duration(grace)
         except ValueError as exc:
             bad_usage(f"--grace: {exc}")
-    reason = reason.strip()
+    if break_glass and reason is None:
+        bad_usage("--reason: required with --break-glass (say why it cannot wait)")
+    reason = (reason if reason is not None else "manual").strip()
     if not reason or len(reason) > 200:
         bad_usage("--reason: give 1 to 200 characters")
+    if break_glass and dry_run:
+        bad_usage("--break-glass: not with --dry-run (a preflight changes nothing)")
     if no_wait and not server:
         bad_usage("--no-wait: only with --server (an embedded rotation runs here)")
     if dry_run:
@@ -138,7 +154,9 @@ def rotate(
         return
     if server:
         with client_of(server) as client:
-            started = client.start_rotation(name, grace=grace, reason=reason)
+            started = client.start_rotation(
+                name, grace=grace, reason=reason, break_glass=break_glass
+            )
             out.print(f"Rotating {name} (rotation {started.rotation_id})")
             if no_wait:
                 out.print(
@@ -160,6 +178,7 @@ def rotate(
                 actor=actor(),
                 grace=grace_td,
                 reason=reason,
+                trigger=Trigger.BREAK_GLASS if break_glass else Trigger.CLI,
                 on_event=runs.progress_with_header(name),
             )
         )

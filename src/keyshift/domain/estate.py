@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
+from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -23,6 +24,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     StringConstraints,
     Tag,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -623,6 +625,95 @@ class FreezeSpec(_Model):
                 return self.environment == environment
 
 
+class TriggerKind(StrEnum):
+    """What posts to a trigger, which decides its payload and its signature header."""
+
+    GENERIC = "generic"
+    """Any system: a JSON body naming a credential (or an owner and a reason) and an
+    event id, signed in `X-Keyshift-Signature: sha256=<hex>`."""
+    GITHUB_SECRET_SCANNING = "github_secret_scanning"  # noqa: S105 (a kind, not a secret)
+    """A GitHub webhook of `secret_scanning_alert` events, signed in
+    `X-Hub-Signature-256`; the alert's secret type and repository pick the credential
+    through `match`."""
+
+
+_SECRET_REFERENCE = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:/.+)$")
+
+
+class RateLimit(_Model):
+    """At most `events` new events per trigger in any `per`; past it the trigger answers
+    429 with Retry-After (a redelivery of an event already taken is still answered)."""
+
+    events: int = Field(default=30, ge=1, le=10_000)
+    """How many new events (distinct event ids) may arrive in one `per`."""
+    per: Duration = timedelta(hours=1)
+    """The sliding window the events are counted in."""
+
+    @field_validator("per")
+    @classmethod
+    def _positive(cls, per: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= per <= timedelta(days=1):
+            raise ValueError("per must be from 1s to 1d")
+        return per
+
+
+class SecretMatch(_Model):
+    """Which credential a secret-scanning alert names: its GitHub secret type (the
+    alert's `secret_type`, e.g. `github_personal_access_token`) and, optionally, the
+    repository it was found in (`owner/name`). Every match an alert fits is rotated."""
+
+    secret_type: str = Field(min_length=1, max_length=200)
+    """The alert's `alert.secret_type`."""
+    repository: str | None = Field(default=None, min_length=3, max_length=200)
+    """The alert's `repository.full_name`; none: any repository."""
+    credential: Name
+    """The credential of this estate that holds the leaked secret."""
+
+    def fits(self, secret_type: str, repository: str | None) -> bool:
+        return self.secret_type == secret_type and (
+            self.repository is None
+            or (repository is not None and self.repository.lower() == repository.lower())
+        )
+
+
+class TriggerSpec(_Model):
+    """An inbound trigger: another system posts events to `POST /v1/events/rotate/NAME`
+    and keyshift starts the rotations they name, with trigger `event`. Authenticated by
+    an HMAC-SHA256 signature of the raw body under `secret_from`, or by an API token with
+    `rotations:trigger`. An event id is taken once; freezes and approvals hold as for any
+    rotation."""
+
+    name: Name
+    """The last segment of the route, e.g. `github` for `/v1/events/rotate/github`."""
+    kind: TriggerKind = TriggerKind.GENERIC
+    """`generic` or `github_secret_scanning` (payload and signature header)."""
+    secret_from: str | None = None
+    """The shared signing secret, `env:NAME` or `file:/path`; none: only API tokens may
+    post to this trigger."""
+    break_glass: bool = False
+    """Its rotations run as break-glass (trigger `break-glass`): they start outside the
+    policy's window. Freezes and approvals still hold."""
+    rate_limit: RateLimit = Field(default_factory=RateLimit)
+    """How many new events it takes per period."""
+    match: list[SecretMatch] = Field(default_factory=list)
+    """`github_secret_scanning` only: the credential each leaked secret type is."""
+
+    @field_validator("secret_from")
+    @classmethod
+    def _reference(cls, ref: str | None) -> str | None:
+        if ref is not None and not _SECRET_REFERENCE.match(ref):
+            raise ValueError("must be a reference, env:NAME or file:/path, never the secret")
+        return ref
+
+    @field_validator("match")
+    @classmethod
+    def _match_is_githubs(cls, match: list[SecretMatch], info: ValidationInfo) -> list[SecretMatch]:
+        # `kind` is declared before `match`, so it is validated (or missing) by now.
+        if match and info.data.get("kind") != TriggerKind.GITHUB_SECRET_SCANNING:
+            raise ValueError("is for github_secret_scanning triggers only")
+        return match
+
+
 class Estate(_Model):
     """The whole estate file. Names and references across it are checked by
     `reference_problems`, which also runs on files whose fields are invalid."""
@@ -641,6 +732,14 @@ class Estate(_Model):
     "Q4 change freeze", until: 2026-12-31T18:00:00Z}]`."""
     worker: Worker = Field(default_factory=Worker)
     """How many rotations `keyshift worker` runs at once."""
+    triggers: list[TriggerSpec] = Field(default_factory=list)
+    """Inbound triggers that start rotations for events, e.g. `[{name: github, kind:
+    github_secret_scanning, secret_from: env:GITHUB_WEBHOOK_SECRET, match:
+    [{secret_type: github_personal_access_token, credential: ci-token}]}]`."""
+
+    def trigger(self, name: str) -> TriggerSpec | None:
+        """The trigger declared under `name`, if any."""
+        return next((t for t in self.triggers if t.name == name), None)
 
     def integration_names(self, cred: CredentialSpec) -> list[str]:
         """The integrations a credential connects through: its provider's and actions'
@@ -682,7 +781,7 @@ def reference_problems(data: Mapping[str, Any]) -> list[ConfigError]:
     """
     problems: list[ConfigError] = []
     declared: dict[str, set[str]] = {}
-    for field in ("integrations", "policies", "credentials"):
+    for field in ("integrations", "policies", "credentials", "triggers"):
         seen = declared.setdefault(field, set())
         for i, item in _items(data, field):
             name = item.get("name")
@@ -692,6 +791,15 @@ def reference_problems(data: Mapping[str, Any]) -> list[ConfigError]:
                 problems.append(ConfigError(f"{field}[{i}].name", f"'{name}' is declared twice"))
             seen.add(name)
     problems.extend(_freeze_problems(data, declared["credentials"]))
+    for i, trigger in _items(data, "triggers"):
+        for j, match in _items(trigger, "match"):
+            name = match.get("credential")
+            if isinstance(name, str) and name not in declared["credentials"]:
+                problems.append(
+                    ConfigError(
+                        f"triggers[{i}].match[{j}].credential", f"no credential named '{name}'"
+                    )
+                )
     policies = declared["policies"] | {DEFAULT_POLICY_NAME}
     for i, cred in _items(data, "credentials"):
         policy = cred.get("policy")

@@ -42,6 +42,12 @@ class Permission(StrEnum):
     approval authorises the change). Grants nothing on its own."""
     FREEZE = "rotations:freeze"
     """Freeze and unfreeze rotations of a credential, an owner, an environment or all."""
+    BREAK_GLASS = "rotations:break_glass"
+    """Start a break-glass rotation of a `prod` credential (outside its window, through
+    freezes): needed in addition to `rotations:run`. Grants nothing on its own."""
+    TRIGGER = "rotations:trigger"
+    """Post inbound events (`POST /v1/events/rotate/{trigger}`) with an API token instead
+    of the trigger's signature; the event's rotations run as the token's principal."""
     ADMIN = "admin"
     """Manage users, service accounts and API tokens."""
 
@@ -70,8 +76,11 @@ ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
         Permission.ENTRA_WRITE,
         Permission.ENTRA_ROTATE,
         Permission.FREEZE,
+        Permission.TRIGGER,
     },
-    Role.ROTATOR: frozenset({Permission.CREDENTIALS_READ, Permission.ROTATIONS_RUN}),
+    Role.ROTATOR: frozenset(
+        {Permission.CREDENTIALS_READ, Permission.ROTATIONS_RUN, Permission.TRIGGER}
+    ),
     Role.APPROVER: _READ
     | {Permission.APPROVALS_DECIDE, Permission.AUDIT_READ, Permission.ENTRA_ROTATE},
     Role.AUDITOR: _READ | {Permission.AUDIT_READ},
@@ -80,12 +89,13 @@ ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
 """What each built-in role grants."""
 
 ROLE_DESCRIPTIONS: Final[dict[Role, str]] = {
-    Role.ADMIN: "everything, including users, service accounts and API tokens",
-    Role.OPERATOR: "runs the estate: apply, import, rotate, resume, freeze, sync Entra ID, "
-    "read the audit trail",
+    Role.ADMIN: "everything, including users, service accounts and API tokens, and "
+    "break-glass rotations of prod credentials",
+    Role.OPERATOR: "runs the estate: apply, import, rotate, resume, freeze, post inbound "
+    "events, sync Entra ID, read the audit trail",
     Role.ROTATOR: "rotates credentials not issued by Entra ID (database, Redis, random): "
-    "start, dry-run, resume, roll back; reads credentials; no Entra ID rotation, no apply "
-    "(for CI pipelines and service accounts)",
+    "start, dry-run, resume, roll back, post inbound events; reads credentials; no Entra "
+    "ID rotation, no apply (for CI pipelines and service accounts)",
     Role.APPROVER: "decides on rotations waiting for approval, Entra ID ones included "
     "(entra:rotate, since approving one authorises changing the app; it cannot start "
     "rotations); reads credentials and audit",

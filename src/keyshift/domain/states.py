@@ -79,6 +79,13 @@ class Trigger(StrEnum):
     """`POST /v1/credentials/{name}/rotations` (also the CLI with `--server`)."""
     WEB = "web"
     """The dashboard's Rotate button."""
+    EVENT = "event"
+    """An inbound event (`POST /v1/events/rotate/{trigger}`): a secret-scanning alert, a
+    SIEM rule."""
+    BREAK_GLASS = "break-glass"
+    """`keyshift rotate --break-glass` (or the API's `break_glass: true`): outside the
+    maintenance window and through freezes, for a credential known to be leaked; also
+    an event of a trigger the estate marks `break_glass` (which skips the window only)."""
 
 
 class Phase(StrEnum):

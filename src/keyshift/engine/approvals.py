@@ -17,10 +17,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from keyshift.domain.durations import format_duration
-from keyshift.domain.estate import Governance, Policy
+from keyshift.domain.estate import Approval, Governance, Policy
 from keyshift.domain.states import Phase
 from keyshift.engine.plan import Plan, stored_plan
-from keyshift.governance import Decision, Tally, tally
+from keyshift.governance import (
+    NO_EXEMPTIONS,
+    Decision,
+    Exemptions,
+    Tally,
+    approval_rule,
+    exemptions,
+    tally,
+)
 from keyshift.store.models import (
     ApprovalDecisionRow,
     ApprovalRequestRow,
@@ -173,11 +181,35 @@ class Evaluation:
     tally: Tally
     comment: str | None
     """The rejecting approver's comment, when rejected."""
+    rule: Approval
+    """The rule the decisions were counted under (`rule`)."""
 
 
-def evaluate(s: Session, request: ApprovalRequestRow, policy: Policy, now: datetime) -> Evaluation:
-    """Count the request's decisions under the policy's rules."""
+def rule(policy: Policy, kind: str, exempt: Exemptions = NO_EXEMPTIONS) -> Approval | None:
+    """The approval rule a request of this kind is held to: the policy's, with one
+    approval for a person's break-glass rotation (`governance.approval_rule`); approvals
+    before revocation keep the policy's rule."""
     if policy.approval is None:
+        return None
+    return approval_rule(policy.approval, exempt) if kind == ROTATION else policy.approval
+
+
+def rule_of(rotation: RotationRow, kind: str) -> Approval | None:
+    """`rule` for a stored rotation (its plan's policy, its trigger)."""
+    exempt = exemptions(rotation.trigger, from_event=rotation.event_id is not None)
+    return rule(Policy.model_validate(rotation.plan["policy"]), kind, exempt)
+
+
+def evaluate(
+    s: Session,
+    request: ApprovalRequestRow,
+    policy: Policy,
+    now: datetime,
+    exempt: Exemptions = NO_EXEMPTIONS,
+) -> Evaluation:
+    """Count the request's decisions under the policy's rules (`rule`)."""
+    approval = rule(policy, request.kind, exempt)
+    if approval is None:
         raise ValueError("the policy asks for no approval")
     rows = list(
         s.execute(
@@ -189,7 +221,7 @@ def evaluate(s: Session, request: ApprovalRequestRow, policy: Policy, now: datet
     decisions = [Decision(r.approver, r.approved, r.plan_hash, r.decided_at) for r in rows]
     result = tally(
         decisions,
-        policy.approval,
+        approval,
         governance(s),
         requester=request.requested_by,
         plan_hash=request.plan_hash,
@@ -198,4 +230,4 @@ def evaluate(s: Session, request: ApprovalRequestRow, policy: Policy, now: datet
     comment = next(
         (r.comment for r in rows if not r.approved and result.rejected_by is not None), None
     )
-    return Evaluation(request, result, comment)
+    return Evaluation(request, result, comment, approval)

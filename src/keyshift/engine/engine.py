@@ -25,6 +25,7 @@ from keyshift.context import PluginContext
 from keyshift.domain.estate import disabled_integrations
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import RotationState, Trigger
+from keyshift.domain.triggers import EventRef
 from keyshift.engine import approvals, freezes, preflight, rows
 from keyshift.engine.events import EventBus, Subscriber
 from keyshift.engine.gates import ApprovalGate, GraceGate, validate
@@ -194,9 +195,12 @@ class Engine:
         audit_refusal: bool = True,
         guard: Guard | None = None,
         lease: bool = False,
+        break_glass_permitted: bool = True,
+        event: EventRef | None = None,
     ) -> str:
         """Record a new rotation of `credential` in state `requested` and return its id
-        (`Requests.request` says when it is refused, and what `guard` and `lease` do)."""
+        (`Requests.request` says when it is refused, what break-glass skips, and what
+        `guard` and `lease` do)."""
         return self.requests.request(
             credential,
             requested_by=requested_by,
@@ -206,6 +210,8 @@ class Engine:
             audit_refusal=audit_refusal,
             guard=guard,
             lease=lease,
+            break_glass_permitted=break_glass_permitted,
+            event=event,
         )
 
     # Running -------------------------------------------------------------------------
@@ -242,19 +248,21 @@ class Engine:
     def _held(self, run: Run) -> list[str]:
         """Why this run waits now: a freeze holds it, or the estate disabled an integration
         it calls through (as applied since the rotation was requested). Empty when
-        nothing does, and while it rolls back."""
+        nothing does, and while it rolls back. A person's break-glass rotation is not
+        held by freezes, not even one started after it."""
         if run.state == RotationState.ROLLING_BACK:
             return []
         with self.store.transaction() as s:
             cred = rows.credential(s, run.credential)
             disabled = disabled_integrations(cred.spec.get("integrations", {}))
-            return [integration_disabled(name, cred.name) for name in disabled] + (
-                freezes.refusals(
-                    freezes.holding(s, self.steps.context.now()),
-                    cred.name,
-                    cred.owner,
-                    cred.environment,
-                )
+            held = [integration_disabled(name, cred.name) for name in disabled]
+            if run.exempt.freezes:
+                return held
+            return held + freezes.refusals(
+                freezes.holding(s, self.steps.context.now()),
+                cred.name,
+                cred.owner,
+                cred.environment,
             )
 
     async def roll_back(self, rotation_id: str, *, reason: str) -> RotationState:

@@ -36,7 +36,8 @@ AWAITING = {
 
 def validate(steps: Steps, run: Run) -> StepResult:
     """The `validated` step: the credential is still in the estate and governance (allowlist,
-    owner, environment, window, overlap) still allows rotating it now."""
+    owner, environment, window, overlap) still allows rotating it now (a break-glass
+    rotation's window is not checked)."""
     with steps.store.transaction() as s:
         cred = s.get(CredentialRow, run.credential_id)
         if cred is None or cred.removed_at is not None:
@@ -47,6 +48,7 @@ def validate(steps: Steps, run: Run) -> StepResult:
             approvals.governance(s),
             now=steps.context.now(),
             grace=run.plan.grace_period,
+            exempt=run.exempt,
         )
     if refused:
         raise PermanentError("refused by policy: " + "; ".join(refused))
@@ -66,7 +68,7 @@ class ApprovalGate:
         with self.steps.store.transaction() as s:
             rot = rows.rotation(s, run.rotation_id)
             request = approvals.open_request(s, rot, run.plan, kind, now)
-            approval = Policy.model_validate(run.plan.policy).approval
+            approval = approvals.rule(Policy.model_validate(run.plan.policy), kind, run.exempt)
             self.steps.audit(
                 s,
                 run.rotation_id,
@@ -132,7 +134,7 @@ class ApprovalGate:
                     return False  # the next run loads the new plan
             if policy.approval is None:
                 return False
-            verdict = approvals.evaluate(s, request, policy, now)
+            verdict = approvals.evaluate(s, request, policy, now, run.exempt)
             details = {
                 "request_id": request.id,
                 "kind": kind,
@@ -157,7 +159,7 @@ class ApprovalGate:
                     rot.attention = run.attention = f"revocation {why}; the old version stays valid"
                     self.steps.set_state(s, run, RotationState.NEEDS_ATTENTION, rot)
                 return True
-            if not verdict.tally.satisfied(policy.approval):
+            if not verdict.tally.satisfied(verdict.rule):
                 return False
             request.status, request.decided_at = "approved", now
             # Closed by the approval that completed the quorum, whichever run (that

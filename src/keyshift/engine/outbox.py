@@ -129,7 +129,7 @@ def _payload(s: Session, event: EngineEvent, kind: str) -> dict[str, Any]:
     payload["failed_step_error"] = failed[1] if failed else None
     approval_kind = _AWAITING.get(event.state) or _AWAITING.get(event.previous or event.state)
     if kind in (kinds.APPROVAL_REQUESTED, kinds.APPROVAL_DECIDED) and approval_kind:
-        payload.update(_approval(s, rot, cred, approval_kind, kind))
+        payload.update(_approval(s, rot, approval_kind, kind))
     return payload
 
 
@@ -142,9 +142,7 @@ def _versions(s: Session, rot: RotationRow) -> dict[str, Any]:
     return out
 
 
-def _approval(
-    s: Session, rot: RotationRow, cred: CredentialRow | None, approval_kind: str, kind: str
-) -> dict[str, Any]:
+def _approval(s: Session, rot: RotationRow, approval_kind: str, kind: str) -> dict[str, Any]:
     """The request the event is about: for `approval.requested` what changes, the rollback
     plan and how to decide; for `approval.decided` its outcome."""
     request = s.execute(
@@ -155,14 +153,14 @@ def _approval(
     ).scalar_one_or_none()
     if request is None:
         return {"approval_kind": approval_kind}
-    spec = cred.spec if cred is not None else {}
-    approval = (spec.get("policy") or {}).get("approval") or {}
+    # The rule the rotation is held to (one approval for a person's break-glass).
+    approval = approvals.rule_of(rot, approval_kind)
     out: dict[str, Any] = {
         "approval_kind": approval_kind,
         "request_id": request.id,
         "request_status": request.status,
-        "approvers": list(approval.get("approvers") or []),
-        "min_approvals": approval.get("min_approvals", 1),
+        "approvers": list(approval.approvers) if approval else [],
+        "min_approvals": approval.min_approvals if approval else 1,
     }
     if kind == kinds.APPROVAL_REQUESTED:
         summary = dict(request.summary)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy.orm import Session
@@ -23,12 +24,24 @@ from keyshift import __version__
 from keyshift.context import PluginContext
 from keyshift.domain.estate import CredentialSpec, Policy, disabled_integrations
 from keyshift.domain.states import RotationState, Trigger
+from keyshift.domain.triggers import EventRef
 from keyshift.engine import approvals, freezes, rows, splits
 from keyshift.engine.events import EngineEvent, EventBus
 from keyshift.engine.leases import Leases
 from keyshift.engine.plan import Plan, build_plan
-from keyshift.errors import KeyshiftError, NotClaimed, PolicyRefused
-from keyshift.governance import refusals
+from keyshift.errors import (
+    ConfigError,
+    KeyshiftError,
+    NotClaimed,
+    PermissionDenied,
+    PolicyRefused,
+)
+from keyshift.governance import (
+    BREAK_GLASS_PERMISSION,
+    break_glass_refusal,
+    exemptions,
+    refusals,
+)
 from keyshift.store.models import CredentialRow, RotationRow
 from keyshift.store.store import Store
 
@@ -63,14 +76,22 @@ class Requests:
         audit_refusal: bool = True,
         guard: Guard | None = None,
         lease: bool = False,
+        break_glass_permitted: bool = True,
+        event: EventRef | None = None,
     ) -> str:
         """Record a new rotation of `credential` in state `requested` and return its id.
 
-        Governance is checked first (allowlist, owner, environment, window, overlap):
-        a refusal raises PolicyRefused, is audited (unless `audit_refusal` is off) and
-        changes nothing else. Refused too while another rotation of the same credential
-        is unfinished: the credential row is claimed with a conditional update, so two
-        requests cannot both succeed.
+        Governance is checked first (allowlist, owner, environment, window, overlap,
+        freezes): a refusal raises PolicyRefused, is audited (unless `audit_refusal` is
+        off) and changes nothing else. Refused too while another rotation of the same
+        credential is unfinished: the credential row is claimed with a conditional
+        update, so two requests cannot both succeed.
+
+        A break-glass request (`trigger` break-glass) skips the window and, asked by a
+        person (no `event`), every freeze; a person's break-glass of a `prod` credential
+        needs `break_glass_permitted` (the caller holds `rotations:break_glass`), else it
+        is refused (audited) with PermissionDenied. `event`: the inbound event that asked
+        for it, audited and stored with it.
 
         With `guard` (the worker's scheduled rotations) the credential's row is locked
         first and NotClaimed raised, changing nothing, when another worker holds it or
@@ -78,6 +99,9 @@ class Requests:
         `lease` the rotation is born leased to this engine, so that no other worker can
         take it between its request and its run.
         """
+        if trigger == Trigger.BREAK_GLASS and not reason.strip():
+            raise ConfigError("reason", "is required with break-glass: say why")
+        exempt = exemptions(trigger, from_event=event is not None)
         rotation_id = str(uuid.uuid4())
         now = self.context.now()
         with self.store.transaction() as s:
@@ -88,14 +112,24 @@ class Requests:
             spec = CredentialSpec.model_validate(cred.spec["credential"])
             policy = Policy.model_validate(cred.spec["policy"])
             plan = build_plan(spec, policy, grace, cred.spec.get("integrations", {}))
-            refused = refusals(
+            denied = (
+                break_glass_refusal(spec.environment, permitted=break_glass_permitted)
+                if exempt.freezes
+                else []
+            )
+            refused = denied + refusals(
                 spec,
                 policy,
                 approvals.governance(s),
                 now=now,
                 grace=plan.grace_period,
                 disabled=disabled_integrations(cred.spec.get("integrations", {})),
-            ) + freezes.refusals(freezes.holding(s, now), spec.name, spec.owner, spec.environment)
+                exempt=exempt,
+            )
+            if not exempt.freezes:
+                refused += freezes.refusals(
+                    freezes.holding(s, now), spec.name, spec.owner, spec.environment
+                )
             # A split rotation's consumers still use both versions (`splits`).
             refused += splits.refusals(s, cred.id)
             if refused:
@@ -109,6 +143,8 @@ class Requests:
                             "reasons": refused,
                             "reason": reason,
                             "trigger": trigger.value,
+                            "break_glass": exempt.break_glass,
+                            **_event_details(event),
                             "plan_hash": plan.hash,
                         },
                     )
@@ -123,9 +159,12 @@ class Requests:
                     trigger=trigger,
                     now=now,
                     lease=lease,
+                    event=event,
                 )
         if refused:
             # Raised once the refusal's audit entry is committed; nothing else changed.
+            if denied:
+                raise PermissionDenied(requested_by, BREAK_GLASS_PERMISSION)
             raise PolicyRefused(credential, refused)
         log.info("rotation requested", rotation_id=rotation_id, credential=credential)
         return rotation_id
@@ -142,6 +181,7 @@ class Requests:
         trigger: Trigger,
         now: datetime,
         lease: bool,
+        event: EventRef | None,
     ) -> None:
         """Claim the credential for this rotation and record the request."""
         credential, requested_by = cred.name, by
@@ -160,6 +200,8 @@ class Requests:
                 requested_at=now,
                 reason=reason,
                 trigger=trigger.value,
+                event_trigger=event.trigger if event else None,
+                event_id=event.event_id if event else None,
                 plan=plan.to_json(),
                 plan_hash=plan.hash,
                 keyshift_version=__version__,
@@ -179,6 +221,8 @@ class Requests:
                 "requested_by": requested_by,
                 "reason": reason,
                 "trigger": trigger.value,
+                "break_glass": trigger == Trigger.BREAK_GLASS,
+                **_event_details(event),
                 "inputs": {"grace_period_s": plan.grace_period_s},
                 "plan_hash": plan.hash,
                 "keyshift_version": __version__,
@@ -205,3 +249,8 @@ class Requests:
         if why is not None:
             raise NotClaimed(f"credential {credential}: {why}")
         return cred
+
+
+def _event_details(event: EventRef | None) -> dict[str, Any]:
+    """The audit details naming the inbound event that asked, when one did."""
+    return {"event": event.to_json()} if event is not None else {}

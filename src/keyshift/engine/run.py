@@ -17,6 +17,7 @@ from keyshift.domain.states import RotationState, VersionStatus
 from keyshift.engine import rows
 from keyshift.engine.plan import Plan
 from keyshift.errors import PermanentError
+from keyshift.governance import NO_EXEMPTIONS, Exemptions
 from keyshift.providers.base import IssuedVersion, Provider
 from keyshift.store.models import VersionRow
 from keyshift.store.store import Store
@@ -66,6 +67,8 @@ class Run:
     deliveries: tuple[Delivery, Delivery | None] | None = None
     adopted_old: str | None = None
     """The old version's id when it is adopted (no value): rollback cannot restore it."""
+    exempt: Exemptions = NO_EXEMPTIONS
+    """What it skips because of how it was asked for (break-glass: the window, freezes)."""
 
 
 def issued(store: Store, row: VersionRow) -> IssuedVersion:

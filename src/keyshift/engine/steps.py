@@ -38,6 +38,7 @@ from keyshift.engine.plugins import build_provider, build_target
 from keyshift.engine.run import Run
 from keyshift.engine.subscribers import AuditTrail
 from keyshift.errors import KeyshiftError, NotFound, PluginError, TransientError, scrub
+from keyshift.governance import exemptions
 from keyshift.store.models import CredentialRow, RotationRow, StepRow
 from keyshift.store.store import Store
 from keyshift.targets.base import StepResult, Target
@@ -107,6 +108,7 @@ class Steps:
             residual=dict(rot.residual or {}),
             seq=len(attempts),
             secrets=secrets,
+            exempt=exemptions(rot.trigger, from_event=rot.event_id is not None),
         )
         for step_name, attempt, step_status in attempts:
             run.attempts[step_name] = max(attempt, run.attempts.get(step_name, 0))

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import Approval, CredentialSpec, Governance, Policy
+from keyshift.domain.states import Trigger
 
 
 def refusals(
@@ -23,9 +24,11 @@ def refusals(
     now: datetime,
     grace: timedelta,
     disabled: Collection[str] = (),
+    exempt: Exemptions | None = None,
 ) -> list[str]:
     """Every reason this rotation may not run now; empty when it may. `disabled`: the
-    integrations the credential connects through that the estate disables."""
+    integrations the credential connects through that the estate disables; `exempt`:
+    what a break-glass rotation skips (the window)."""
     reasons: list[str] = []
     if not spec.enabled:
         reasons.append(f"{spec.name} is disabled in the estate (enabled: false)")
@@ -45,7 +48,8 @@ def refusals(
             f"{policy.name} (allowed: {', '.join(policy.environments)})"
         )
     window = policy.window
-    if window is not None and not window.contains(now):
+    skip_window = exempt is not None and exempt.window
+    if window is not None and not skip_window and not window.contains(now):
         reasons.append(
             f"outside the rotation window ({', '.join(window.days)} {window.hours} "
             f"{window.timezone})"
@@ -56,6 +60,56 @@ def refusals(
             f"{format_duration(policy.min_grace_period)}"
         )
     return reasons
+
+
+PROD = "prod"
+"""The environment where break-glass needs `rotations:break_glass`."""
+BREAK_GLASS_PERMISSION = "rotations:break_glass"
+
+
+@dataclass(frozen=True)
+class Exemptions:
+    """What a rotation skips because of how it was asked for (all False for an ordinary
+    one). A person's break-glass (`rotate --break-glass`) skips the window and every
+    freeze, and asks one approval from a second person where the policy asks for
+    approvals; an event of a trigger marked `break_glass` skips the window only."""
+
+    window: bool = False
+    freezes: bool = False
+    one_approval: bool = False
+
+    @property
+    def break_glass(self) -> bool:
+        return self.window
+
+
+NO_EXEMPTIONS = Exemptions()
+
+
+def exemptions(trigger: str, *, from_event: bool) -> Exemptions:
+    """The exemptions of a rotation with this trigger (`Trigger` value), asked for by an
+    inbound event or not."""
+    if trigger != Trigger.BREAK_GLASS:
+        return NO_EXEMPTIONS
+    if from_event:
+        return Exemptions(window=True)
+    return Exemptions(window=True, freezes=True, one_approval=True)
+
+
+def break_glass_refusal(environment: str | None, *, permitted: bool) -> list[str]:
+    """Why a person's break-glass rotation is refused: on `prod`, without the permission."""
+    if environment == PROD and not permitted:
+        return [f"break-glass on {PROD} needs the {BREAK_GLASS_PERMISSION} permission"]
+    return []
+
+
+def approval_rule(approval: Approval, exempt: Exemptions) -> Approval:
+    """The approval rule a rotation is held to: the policy's, or, for a person's
+    break-glass, one approval (from a permitted approver other than the requester)
+    however many the policy asks for."""
+    if exempt.one_approval and approval.min_approvals != 1:
+        return approval.model_copy(update={"min_approvals": 1})
+    return approval
 
 
 def integration_disabled(integration: str, credential: str) -> str:

@@ -51,7 +51,7 @@ class ApprovalView:
 def _view(s: Any, row: ApprovalRequestRow) -> ApprovalView:
     rot = s.get(RotationRow, row.rotation_id)
     cred = s.get(CredentialRow, rot.credential_id)
-    approval = Policy.model_validate(rot.plan["policy"]).approval
+    approval = gates.rule_of(rot, row.kind)
     decisions = list(
         s.execute(
             select(ApprovalDecisionRow).where(ApprovalDecisionRow.request_id == row.id)

@@ -772,7 +772,7 @@ def _freeze_changes(diff: freezes.EstateFreezes) -> list[Change]:
 
 def plan_estate(store: Store, estate: Estate) -> list[Change]:
     """What `apply` would change, in order: credentials, their actions, integrations,
-    alerts and governance, the estate's freezes."""
+    alerts and governance, inbound triggers, the estate's freezes."""
     specs = _credential_specs(estate)
     with store.transaction() as s:
         stored = {
@@ -821,8 +821,19 @@ def plan_estate(store: Store, estate: Estate) -> list[Change]:
         changes.append(
             Change("~", "governance", "governance", "allowlist, owner rule or groups changed")
         )
+    changes.extend(_trigger_changes(applied, estate))
     changes.extend(_freeze_changes(declared_freezes))
     return changes
+
+
+def _trigger_changes(applied: Estate, estate: Estate) -> list[Change]:
+    """The inbound triggers the file adds, changes or removes."""
+    before = {t.name: t for t in applied.triggers}
+    after = {t.name: t for t in estate.triggers}
+    out = [Change("+", "trigger", n, t.kind.value) for n, t in after.items() if n not in before]
+    out += [Change("~", "trigger", n) for n, t in after.items() if n in before and before[n] != t]
+    out += [Change("-", "trigger", n) for n in before if n not in after]
+    return out
 
 
 def apply_estate(store: Store, estate: Estate, *, actor: str) -> list[Change]:

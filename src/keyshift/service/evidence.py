@@ -1,6 +1,7 @@
 """The evidence bundle of one rotation: one JSON document an auditor can check.
 
-`export(store, rotation_id)` gathers the request (who, when, why), the approvals,
+`export(store, rotation_id)` gathers the request (who, when, why, how: its trigger,
+whether it was break-glass, the inbound event that asked for it), the approvals,
 the plan and its hash, the executing keyshift version, every step with its times
 and outcome, the old and new versions by id and fingerprint (never by value), the
 residual-use evidence, the final state, who rolled it back by hand and why (if
@@ -36,7 +37,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from keyshift import __version__
-from keyshift.domain.states import StepStatus
+from keyshift.domain.states import StepStatus, Trigger
 from keyshift.engine.plan import Plan
 from keyshift.engine.splits import SPLIT
 from keyshift.errors import AuditChainBroken, KeyshiftError
@@ -109,6 +110,13 @@ def export(store: Store, rotation_id: str, *, actor: str, now: datetime) -> dict
                 "requested_by": rot.requested_by,
                 "requested_at": _iso(rot.requested_at),
                 "reason": rot.reason,
+                "trigger": rot.trigger,
+                "break_glass": rot.trigger == Trigger.BREAK_GLASS,
+                "event": (
+                    {"trigger": rot.event_trigger, "event_id": rot.event_id}
+                    if rot.event_id is not None
+                    else None
+                ),
             },
             "approvals": [e for e in entries if e["action"].startswith("approval.")],
             "plan": rot.plan,
@@ -295,6 +303,12 @@ def _check_statements(bundle: dict[str, Any], entries: list[dict[str, Any]]) -> 
     for key in ("requested_by", "reason"):
         if request[key] != said.get(key):
             raise _Mismatch(f"request.{key}: differs from {_label(requested)}")
+    # Entries older than break-glass and triggers state neither: not break-glass, no event.
+    for key, unsaid in (("break_glass", False), ("event", None)):
+        if request.get(key, unsaid) != said.get(key, unsaid):
+            raise _Mismatch(f"request.{key}: differs from {_label(requested)}")
+    if "trigger" in said and request.get("trigger", said["trigger"]) != said["trigger"]:
+        raise _Mismatch(f"request.trigger: differs from {_label(requested)}")
     if said.get("keyshift_version") != bundle["executor"]["keyshift_version"]:
         raise _Mismatch(f"executor.keyshift_version: differs from {_label(requested)}")
     old = bundle["versions"]["old"]

@@ -20,6 +20,9 @@ from keyshift.domain.estate import (
     IntegrationSpec,
     Policy,
     ProviderSpec,
+    RateLimit,
+    SecretMatch,
+    TriggerSpec,
     Worker,
 )
 from keyshift.domain.notifications import EVENT_KINDS, ChannelSpec, Notifications, Route
@@ -62,6 +65,8 @@ def _default(info: FieldInfo) -> str:
     value: Any = info.default
     if value is PydanticUndefined:
         value = info.default_factory() if info.default_factory else None  # type: ignore[call-arg]
+    if isinstance(value, BaseModel):
+        return "its own defaults"
     if hasattr(value, "total_seconds"):
         return f"`{format_duration(value)}`"
     if hasattr(value, "value"):
@@ -101,8 +106,8 @@ def estate_reference() -> str:
         "Durations are written `30s`, `10m`, `12h`, `30d`, `1h30m`. Secret values are never",
         "written inline: fields ending in `_from` take `env:NAME` or `file:/path`.",
         "",
-        "Top level: `integrations`, `policies`, `credentials`, `freeze` (lists), `alerts`,",
-        "`governance`, `notifications`, `worker`.",
+        "Top level: `integrations`, `policies`, `credentials`, `freeze`, `triggers` (lists),",
+        "`alerts`, `governance`, `notifications`, `worker`.",
         "",
         "## credentials[]",
         "",
@@ -147,6 +152,24 @@ def estate_reference() -> str:
         _doc(Worker),
         "",
         *_table(Worker),
+        "",
+        "## triggers[]",
+        "",
+        _doc(TriggerSpec),
+        "",
+        *_table(TriggerSpec),
+        "",
+        "### triggers[].rate_limit",
+        "",
+        _doc(RateLimit),
+        "",
+        *_table(RateLimit),
+        "",
+        "### triggers[].match[]",
+        "",
+        _doc(SecretMatch),
+        "",
+        *_table(SecretMatch),
         "",
         "## notifications",
         "",

@@ -31,6 +31,7 @@ from keyshift.domain.states import (
     Trigger,
     VersionStatus,
 )
+from keyshift.domain.triggers import EventRef
 from keyshift.engine import freezes
 from keyshift.engine.engine import Engine
 from keyshift.engine.journal import StepEvent
@@ -108,7 +109,7 @@ class RotationSummary:
     reason: str = ""
     """Why it was asked for, in the requester's words (`rotate --reason`)."""
     trigger: str = ""
-    """How it was asked for: schedule, cli, api or web."""
+    """How it was asked for: schedule, cli, api, web, event or break-glass."""
 
     @property
     def duration(self) -> timedelta | None:
@@ -494,10 +495,13 @@ async def rotate(
     trigger: Trigger = Trigger.CLI,
     audit_refusal: bool = True,
     guard: Guard | None = None,
+    break_glass_permitted: bool = True,
 ) -> tuple[str, RotationState]:
     """Request a rotation and run it as far as it goes now (to `grace` or to the end).
     The rotation is leased to this call from its request on, so no worker that resumes
-    unfinished rotations meanwhile runs it too; `guard` as for `Engine.request`."""
+    unfinished rotations meanwhile runs it too; `guard` as for `Engine.request`.
+    `trigger` break-glass: outside the window and through freezes (`Requests.request`);
+    on the local store the operator holds the store, so `break_glass_permitted`."""
     engine = Engine(store, actor=actor, context=context, on_event=on_event)
     rotation_id = engine.request(
         credential,
@@ -508,6 +512,7 @@ async def rotate(
         audit_refusal=audit_refusal,
         guard=guard,
         lease=True,
+        break_glass_permitted=break_glass_permitted,
     )
     return rotation_id, await engine.run(rotation_id)
 
@@ -707,9 +712,14 @@ def request(
     grace: timedelta | None = None,
     reason: str = "manual",
     trigger: Trigger = Trigger.API,
+    break_glass_permitted: bool = False,
+    event: EventRef | None = None,
+    context: PluginContext | None = None,
 ) -> str:
     """Record a rotation in state `requested` without running it; return its id.
-    RotationInProgress names the unfinished rotation when there is one."""
+    RotationInProgress names the unfinished rotation when there is one. A break-glass
+    one of a `prod` credential needs `break_glass_permitted`; `event`: the inbound
+    event that asked for it (`Requests.request`)."""
     with store.transaction() as s:
         active = s.execute(
             select(CredentialRow.active_rotation_id).where(CredentialRow.name == credential)
@@ -718,8 +728,14 @@ def request(
         raise RotationInProgress(
             f"credential {credential} already has rotation {active} in progress; resume it"
         )
-    return Engine(store, actor=actor).request(
-        credential, requested_by=actor, grace=grace, reason=reason, trigger=trigger
+    return Engine(store, actor=actor, context=context).request(
+        credential,
+        requested_by=actor,
+        grace=grace,
+        reason=reason,
+        trigger=trigger,
+        break_glass_permitted=break_glass_permitted,
+        event=event,
     )
 
 

@@ -132,7 +132,11 @@ class RotationRow(Base):
     requested_at: Mapped[datetime]
     reason: Mapped[str] = mapped_column(String(200))
     trigger: Mapped[str] = mapped_column(String(16), default="cli", server_default="cli")
-    """How it was asked for: schedule, cli, api or web (`Trigger`)."""
+    """How it was asked for: schedule, cli, api, web, event or break-glass (`Trigger`)."""
+    event_trigger: Mapped[str | None] = mapped_column(String(128))
+    """The inbound trigger whose event asked for it (`triggers:`), if one did."""
+    event_id: Mapped[str | None] = mapped_column(String(200))
+    """That event's id, as its sender gave it."""
     plan: Mapped[dict[str, Any]]
     plan_hash: Mapped[str] = mapped_column(String(64))
     keyshift_version: Mapped[str] = mapped_column(String(64))
@@ -401,3 +405,25 @@ class FreezeRow(Base):
     lifted_by: Mapped[str | None] = mapped_column(String(200))
     source: Mapped[str] = mapped_column(String(16), default="cli", server_default="cli")
     """Where it was declared (`FreezeSource`): cli, api, or the estate's `freeze:` block."""
+
+
+class TriggerEventRow(Base):
+    """An event an inbound trigger took: its id (so a redelivery starts nothing new and
+    is answered with the first rotations), when it came, and what it started. Rows are
+    what the trigger's rate limit counts."""
+
+    __tablename__ = "trigger_events"
+    __table_args__ = (
+        UniqueConstraint("trigger", "event_id"),
+        Index("ix_trigger_events_received", "trigger", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trigger: Mapped[str] = mapped_column(String(128))
+    event_id: Mapped[str] = mapped_column(String(200))
+    received_at: Mapped[datetime]
+    outcome: Mapped[str] = mapped_column(String(16))
+    """`started` (some rotation started), `refused` (none did: a freeze, governance), or
+    `pending` while it is being taken."""
+    rotations: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    """What it started: [{credential, rotation_id}]."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from keyshift.api import actions, problems
@@ -24,6 +24,7 @@ from keyshift.api.routes.common import (
 )
 from keyshift.domain.clock import utcnow
 from keyshift.domain.rbac import Permission
+from keyshift.domain.states import Trigger
 from keyshift.errors import RotationInProgress
 from keyshift.service import rotations
 from keyshift.service.identities import Identity
@@ -45,6 +46,17 @@ class RotationStart(BaseModel):
     grace: str | None = Field(default=None, max_length=32, examples=["0s", "1h"])
     """Override the policy's grace period, e.g. `0s` to revoke the old version at once."""
     reason: str = Field(default="api", min_length=1, max_length=200)
+    break_glass: bool = False
+    """Rotate now, outside the policy's window and through any freeze of the credential
+    (a leaked secret); `reason` is required with it. On `prod` the caller also needs
+    `rotations:break_glass`, and a policy's approvals become one approval from a second
+    person."""
+
+    @model_validator(mode="after")
+    def _reason_with_break_glass(self) -> RotationStart:
+        if self.break_glass and "reason" not in self.model_fields_set:
+            raise ValueError("reason is required with break_glass: say why")
+        return self
 
 
 @dataclass(frozen=True)
@@ -59,7 +71,9 @@ class RotationStarted:
     "/credentials/{name}/rotations",
     status_code=202,
     tags=["rotations"],
-    responses=problems.responses("not-found", "rotation-in-progress", "policy-refused"),
+    responses=problems.responses(
+        "not-found", "forbidden", "rotation-in-progress", "policy-refused"
+    ),
 )
 async def start_rotation(
     background: BackgroundDep,
@@ -69,12 +83,20 @@ async def start_rotation(
     body: RotationStart | None = None,
 ) -> RotationStarted:
     """Request a rotation and run it in the background; poll `location` for its steps.
-    An Entra ID credential also needs `entra:rotate`. Refused by governance (allowlist,
-    owner, environment, window, overlap, lifetime): 409 `policy-refused` with `reasons`,
-    audited, nothing else changed."""
+    An Entra ID credential also needs `entra:rotate`; a break-glass one of a `prod`
+    credential `rotations:break_glass` (403, audited). Refused by governance (allowlist,
+    owner, environment, window, overlap, lifetime, freeze): 409 `policy-refused` with
+    `reasons`, audited, nothing else changed."""
     body = body or RotationStart()
     grace = duration("grace", body.grace) if body.grace is not None else None
-    rotation_id = await actions.request_rotation(store, who, name, grace=grace, reason=body.reason)
+    rotation_id = await actions.request_rotation(
+        store,
+        who,
+        name,
+        grace=grace,
+        reason=body.reason,
+        trigger=Trigger.BREAK_GLASS if body.break_glass else Trigger.API,
+    )
     location = background.start(rotation_id, actor=actor_of(who))
     return RotationStarted(rotation_id, name, "requested", location)
 
@@ -179,7 +201,7 @@ class RotationOut:
     reason: str = ""
     """Why it was asked for, in the requester's words."""
     trigger: str = ""
-    """How it was asked for: schedule, cli, api or web."""
+    """How it was asked for: schedule, cli, api, web, event or break-glass."""
     deliveries: list[str] = field(default_factory=list)
     """The step names of its publishing actions, one per consumer written to."""
     rollout: str = ""
