@@ -21,7 +21,14 @@ from keyshift.store.store import Store
 from keyshift.testing import FakeClock
 from tests.api.conftest import open_api
 from tests.conftest import Cli
-from tests.helpers import audit_details, json_value, rotations_of, save_estate, write_estate
+from tests.helpers import (
+    SMOKE_CHECK,
+    audit_details,
+    json_value,
+    rotations_of,
+    save_estate,
+    write_estate,
+)
 from tests.test_client import Server, _as, server  # noqa: F401 (the fixture)
 
 # A Tuesday, 10:00 UTC: outside a weekend-only window.
@@ -36,12 +43,14 @@ def _estate(
 ) -> Path:
     """api-key (owner team-test) in `environment`, rotated with a 0s grace period, plus a
     second credential other-key of the same owner and environment."""
-    path = write_estate(tmp, policy={"grace_period": "0s", "max_lifetime": "90d", **(policy or {})})
+    path = write_estate(
+        tmp, policy={"grace_period": "0s", "max_lifetime": "90d", **(policy or {})}, checked=True
+    )
     estate = json.loads(path.read_text())
     [cred] = estate["credentials"]
     if environment is not None:
         cred["environment"] = environment
-    other = {**cred, "name": "other-key", "actions": []}
+    other = {**cred, "name": "other-key", "actions": [SMOKE_CHECK]}
     estate["credentials"].append(other)
     estate["governance"] = {"groups": GROUPS}
     return save_estate(tmp, estate)
