@@ -52,7 +52,12 @@ def test_counters_move_by_what_one_rotation_did(api: Api, tmp_path: Path) -> Non
 
     started = api.call("POST", "/v1/credentials/api-key/rotations", role="rotator", json={})
     assert api.wait_for(started.json()["rotation_id"], _final)["state"] == "completed"
+    # The server hands the outbox over once the run has ended: a moment after `completed`.
+    deadline = time.monotonic() + 30
     after = _scrape(api)
+    while _value(after, "keyshift_notifications_pending") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = _scrape(api)
 
     def moved(name: str, **labels: str) -> float:
         return _value(after, name, **labels) - _value(before, name, **labels)

@@ -185,11 +185,14 @@ def test_alternating_users_keeps_the_provider_contract(redis_url: str, root: red
     assert "off" in root.acl_getuser("app_a")["flags"]
 
 
-def test_capabilities_are_dual_active_authenticating_and_inspecting(redis_url: str) -> None:
+def test_capabilities_are_dual_active_authenticating_inspecting_and_importing(
+    redis_url: str,
+) -> None:
     assert make(redis_url, user="app").capabilities == {
         Capability.DUAL_ACTIVE,
         Capability.AUTHENTICATES,
         Capability.INSPECTS,
+        Capability.IMPORTS,
     }
     alternating = make(redis_url, strategy="alternating_users", users=["app_a", "app_b"])
     assert alternating.capabilities == {
@@ -197,6 +200,7 @@ def test_capabilities_are_dual_active_authenticating_and_inspecting(redis_url: s
         Capability.AUTHENTICATES,
         Capability.RESIDUAL_USE,
         Capability.INSPECTS,
+        Capability.IMPORTS,
     }
 
 
