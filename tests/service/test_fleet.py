@@ -127,6 +127,19 @@ def test_the_most_urgent_credential_comes_first(store: Store) -> None:
     ]
 
 
+def _scheduled_rotation(store: Store, clock: FakeClock) -> None:
+    """cred-00 rotated as the worker rotates a due credential: its claim guarded."""
+    asyncio.run(
+        rotations.rotate(
+            store,
+            "cred-00",
+            actor="worker",
+            context=clock.context(),
+            guard=scheduler.still_due(clock.now()),
+        )
+    )
+
+
 def test_a_credential_rotated_since_the_scan_chose_it_is_not_rotated_again(
     store: Store,
 ) -> None:
@@ -137,15 +150,7 @@ def test_a_credential_rotated_since_the_scan_chose_it_is_not_rotated_again(
     asyncio.run(rotations.rotate(store, "cred-00", actor="other", context=clock.context()))
 
     with pytest.raises(NotClaimed, match="no longer due"):
-        asyncio.run(
-            rotations.rotate(
-                store,
-                "cred-00",
-                actor="worker",
-                context=clock.context(),
-                guard=scheduler.still_due(clock.now()),
-            )
-        )
+        _scheduled_rotation(store, clock)
     assert len(rotations_of(store, "cred-00")) == 1
 
 
@@ -170,15 +175,7 @@ def test_a_worker_passes_over_a_credential_another_worker_is_claiming(store: Sto
         assert claimed.wait(30)
         # SKIP LOCKED: the claim does not wait for the other transaction, it moves on.
         with pytest.raises(NotClaimed, match="claimed by another worker"):
-            asyncio.run(
-                rotations.rotate(
-                    store,
-                    "cred-00",
-                    actor="worker",
-                    context=clock.context(),
-                    guard=scheduler.still_due(clock.now()),
-                )
-            )
+            _scheduled_rotation(store, clock)
     finally:
         release.set()
         holder.join()
