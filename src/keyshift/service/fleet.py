@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from keyshift.domain.states import RotationState
-from keyshift.errors import LeaseHeld, NotClaimed, PolicyRefused
+from keyshift.errors import KeyshiftError, LeaseHeld, NotClaimed, PolicyRefused
 
 __all__ = ["Job", "Outcome", "Tally", "run_all"]
 
@@ -126,9 +126,13 @@ def _outcome(job: Job) -> Outcome:
         return Outcome(job.credential, job.rotation_id, refused=tuple(exc.reasons))
     except (NotClaimed, LeaseHeld) as exc:
         return Outcome(job.credential, job.rotation_id, skipped=str(exc))
-    except Exception as exc:  # one credential's failure must not stop the others
+    except KeyshiftError as exc:  # its messages name ids, never values
         log.error("rotation could not run", credential=job.credential, error=str(exc))
         return Outcome(job.credential, job.rotation_id, error=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # one credential's failure must not stop the others
+        # The class alone: a library's message could quote a value (as api/runner does).
+        log.error("rotation crashed", credential=job.credential, error=type(exc).__name__)
+        return Outcome(job.credential, job.rotation_id, error=type(exc).__name__)
     return Outcome(job.credential, rotation_id=rotation_id, state=state)
 
 
