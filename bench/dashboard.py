@@ -32,6 +32,7 @@ from keyshift import __version__, logs
 from keyshift.domain.clock import utcnow
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import RotationState, VersionStatus
+from keyshift.engine import rows
 from keyshift.engine.plan import stored_plan
 from keyshift.service import rotations
 from keyshift.service.estate import apply_estate, parse_estate
@@ -62,7 +63,8 @@ def _provider(kind: str, i: int) -> dict[str, Any]:
 
 def estate(n: int) -> dict[str, Any]:
     """An estate document of `n` credentials over every provider type, three policies (one
-    with a rotation window) and three environments; two actions each."""
+    with a rotation window) and three environments; three actions each (publish, reload,
+    and the post-cutover check prod requires)."""
     return {
         "integrations": [
             {
@@ -119,6 +121,12 @@ def estate(n: int) -> dict[str, Any]:
                         "order": 20,
                         "on_failure": "abort",
                         "config": {"argv": ["/usr/bin/systemctl", "reload", f"app-{i}"]},
+                    },
+                    {
+                        "type": "command_check",
+                        "order": 30,
+                        "on_failure": "abort",
+                        "config": {"argv": ["/usr/local/bin/check-app", f"app-{i}"]},
                     },
                 ],
             }
@@ -242,6 +250,7 @@ def seed(store: Store, n: int, *, now: datetime | None = None) -> None:
         for cred in creds:
             if cred.id in active:
                 cred.active_rotation_id = active[cred.id]
+        rows.note_finished(s, None)  # as the engine does when a rotation finishes
 
 
 def measure(label: str, fn: Callable[[], object], *, runs: int) -> float:

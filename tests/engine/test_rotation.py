@@ -294,6 +294,39 @@ def test_status_dates_the_last_completed_rotation_and_names_the_latest(
     assert row.lifecycle.value == "Needs Attention"
 
 
+def test_status_follows_a_rotation_in_grace_and_its_rollback(store: Store, tmp_path: Path) -> None:
+    """The credential keeps a record of its rotations for status pages: the one under
+    way while it is, and the latest finished one once it rolled back."""
+    clock = FakeClock()
+    _apply(store, write_estate(tmp_path, policy={"grace_period": "0s", "max_lifetime": "40d"}))
+    _rotate(store, clock)
+    first_done = clock.now()
+    clock.advance(timedelta(days=1))
+    second, state = _rotate(store, clock, grace=timedelta(days=7))
+    assert state == RotationState.GRACE
+    row = _status(store, clock.now())
+    assert (row.last_rotation_id, row.last_rotation, row.last_rotated_at) == (
+        second,
+        "grace",
+        first_done,
+    )
+
+    clock.advance(timedelta(hours=1))
+    _, state = asyncio.run(
+        rotations.roll_back(
+            store, second, actor="test", reason="bad value", context=clock.context()
+        )
+    )
+    assert state == RotationState.ROLLED_BACK
+    row = _status(store, clock.now())
+    assert (row.last_rotation_id, row.last_rotation, row.last_rotated_at) == (
+        second,
+        "rolled_back",
+        first_done,
+    )
+    assert row.lifecycle.value != "Needs Attention"
+
+
 def test_status_dates_the_next_rotation_from_expiry_and_rotate_before_expiry(
     store: Store, tmp_path: Path
 ) -> None:

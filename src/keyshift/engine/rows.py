@@ -3,10 +3,12 @@ what is missing, and the credential's claim by its one active rotation."""
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from collections.abc import Collection
 
-from keyshift.domain.states import VersionStatus
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, aliased
+
+from keyshift.domain.states import RotationState, VersionStatus
 from keyshift.errors import NotFound
 from keyshift.store.models import CredentialRow, RotationRow, VersionRow
 
@@ -19,6 +21,7 @@ __all__ = [
     "free_credential",
     "lock_credential",
     "next_serial",
+    "note_finished",
     "rotation",
     "version",
 ]
@@ -74,6 +77,37 @@ def free_credential(s: Session, credential_id: str, rotation_id: str) -> None:
         .where(CredentialRow.id == credential_id, CredentialRow.active_rotation_id == rotation_id)
         .values(active_rotation_id=None)
     )
+
+
+def note_finished(s: Session, credential_ids: Collection[str] | None) -> None:
+    """Bring the credentials' record of their rotations up to date (`last_rotation_id`,
+    `last_rotation_state`, `last_rotated_at`), after one of theirs finished (all of them
+    when `credential_ids` is None): status pages read these columns instead of ranking
+    every credential's history."""
+    s.flush()  # the rotation's own final state, set on the ORM object, is read back below
+    r = aliased(RotationRow)
+    finished = (
+        select(r.id)
+        .where(r.credential_id == CredentialRow.id, r.finished_at.is_not(None))
+        .order_by(r.requested_at.desc(), r.finished_at.desc(), r.id.desc())
+        .limit(1)
+    )
+    completed = select(func.max(r.finished_at)).where(
+        r.credential_id == CredentialRow.id, r.state == RotationState.COMPLETED.value
+    )
+    state = select(RotationRow.state).where(RotationRow.id == CredentialRow.last_rotation_id)
+    statement = update(CredentialRow).values(
+        last_rotation_id=finished.scalar_subquery(),
+        last_rotated_at=completed.scalar_subquery(),
+    )
+    if credential_ids is not None:
+        statement = statement.where(CredentialRow.id.in_(list(credential_ids)))
+    s.execute(statement, execution_options={"synchronize_session": False})
+    # Set apart: in one statement the state's subquery would read the id before it.
+    follow = update(CredentialRow).values(last_rotation_state=state.scalar_subquery())
+    if credential_ids is not None:
+        follow = follow.where(CredentialRow.id.in_(list(credential_ids)))
+    s.execute(follow, execution_options={"synchronize_session": False})
 
 
 def rotation(s: Session, rotation_id: str) -> RotationRow:

@@ -337,6 +337,7 @@ class Steps:
         if state.is_final:
             rot.finished_at = now
             rows.free_credential(s, rot.credential_id, rot.id)
+            rows.note_finished(s, (rot.credential_id,))
             log.info("rotation finished", rotation_id=rot.id, state=state.value)
         self.events.emit(s, changed)
 

@@ -153,8 +153,11 @@ def capability_key(provider_class: object, config: Mapping[str, Any]) -> Hashabl
     return _hashable(dict(config))
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
 def _hashable(value: Any) -> Hashable:
-    if value is None or isinstance(value, str | int | float | bool):
+    if isinstance(value, _PLAIN):
         return value
     return json.dumps(value, sort_keys=True, default=str)
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Executable, Subquery, and_, case, func, select
+from pydantic_core import from_json
+from sqlalchemy import ColumnElement, Executable, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from keyshift.domain.estate import Policy
@@ -30,6 +31,7 @@ from keyshift.store.models import (
 DUE = "due"
 MANUAL = "manual"
 DISABLED = "disabled"
+_ENTRA = ProviderKind.ENTRA_CLIENT_SECRET.value
 FROZEN = "frozen"
 ROTATING = "rotating"
 NO_EXPIRY = "-"
@@ -65,6 +67,11 @@ class Standing(NamedTuple):
     issuer_expires_at: datetime | None
     """Without a current version, an Entra credential's expiry: the latest end of its
     application's client secrets as last synced (None when it has none)."""
+    last_rotation_id: str | None
+    """The latest rotation: the one under way, else the latest finished."""
+    last_rotation_state: str | None
+    last_rotated_at: datetime | None
+    """When the latest completed rotation finished."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +149,7 @@ def rows_of(s: Session, statement: Executable) -> Iterator[Any]:
 
 def standings(s: Session, *criteria: ColumnElement[bool]) -> Iterator[Standing]:
     """The credentials in the estate (not removed) that match `criteria` on
-    `CredentialRow`, by name: two queries however many there are. Read one by one, so
+    `CredentialRow`, by name: three queries however many there are. Read one by one, so
     consume them inside the transaction of `s`."""
     current = {
         cred_id: CurrentVersion(version_id, fingerprint, expires_at)
@@ -160,10 +167,7 @@ def standings(s: Session, *criteria: ColumnElement[bool]) -> Iterator[Standing]:
         )
     }
     active = aliased(RotationRow)
-    ends = _secret_ends()
-    provider = CredentialRow.spec[("credential", "provider")]
-    # Only Entra credentials look up their application: others skip reading the spec.
-    entra_credential = CredentialRow.provider_type == ProviderKind.ENTRA_CLIENT_SECRET.value
+    ends = _secret_ends(s)
     rows = rows_of(
         s,
         select(
@@ -176,20 +180,16 @@ def standings(s: Session, *criteria: ColumnElement[bool]) -> Iterator[Standing]:
             CredentialRow.scheduled,
             CredentialRow.active_rotation_id,
             active.state,
-            # Of the spec, only the two parts read, as JSON text: decoding every action's
-            # config of every credential would cost more than all the rest.
-            CredentialRow.spec["policy"].as_string(),
-            provider.as_string(),
-            ends.c.end_at,
+            # Of the spec, only the two parts read, kept as JSON text columns beside it:
+            # decoding every action's config of every credential would cost more than
+            # all the rest.
+            CredentialRow.policy_json,
+            CredentialRow.provider_json,
+            CredentialRow.last_rotation_id,
+            CredentialRow.last_rotation_state,
+            CredentialRow.last_rotated_at,
         )
         .outerjoin(active, active.id == CredentialRow.active_rotation_id)
-        .outerjoin(
-            ends,
-            and_(
-                ends.c.app_id == case((entra_credential, provider["app_id"].as_string())),
-                ends.c.integration == provider["integration"].as_string(),
-            ),
-        )
         .where(CredentialRow.removed_at.is_(None), *criteria)
         .order_by(CredentialRow.name),
     )
@@ -206,12 +206,19 @@ def standings(s: Session, *criteria: ColumnElement[bool]) -> Iterator[Standing]:
         active_state,
         policy_json,
         provider_json,
-        secrets_end_at,
+        last_rotation_id,
+        last_rotation_state,
+        last_rotated_at,
     ) in rows:
         policy = policies.get(policy_json)
         if policy is None:
             policy = policies[policy_json] = Policy.model_validate_json(policy_json)
         version = current.get(cred_id)
+        issuer_end = None
+        if version is None and ends and provider_type == _ENTRA:
+            # Only Entra credentials without a version look up their application.
+            declared = from_json(provider_json)
+            issuer_end = ends.get((declared.get("integration"), declared.get("app_id")))
         yield Standing(
             cred_id,
             name,
@@ -225,18 +232,21 @@ def standings(s: Session, *criteria: ColumnElement[bool]) -> Iterator[Standing]:
             active_state,
             policy,
             version,
-            secrets_end_at if version is None else None,
+            issuer_end,
+            active_rotation_id or last_rotation_id,
+            active_state if active_rotation_id else last_rotation_state,
+            last_rotated_at,
         )
 
 
-def _secret_ends() -> Subquery:
+def _secret_ends(s: Session) -> dict[tuple[str, str], datetime]:
     """The latest end of each Entra application's client secrets, as last synced, by
     integration and app id."""
-    return (
+    rows = s.execute(
         select(
             DiscoveredApp.integration,
             DiscoveredApp.app_id,
-            func.max(DiscoveredCredential.end_at).label("end_at"),
+            func.max(DiscoveredCredential.end_at),
         )
         .join(DiscoveredCredential, DiscoveredCredential.app_row_id == DiscoveredApp.id)
         .where(
@@ -244,5 +254,5 @@ def _secret_ends() -> Subquery:
             DiscoveredCredential.removed_at.is_(None),
         )
         .group_by(DiscoveredApp.integration, DiscoveredApp.app_id)
-        .subquery()
     )
+    return {(integration, app_id): end for integration, app_id, end in rows if end is not None}

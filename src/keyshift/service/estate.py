@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -855,6 +856,8 @@ def apply_estate(store: Store, estate: Estate, *, actor: str) -> list[Change]:
             row.environment = cred.environment
             row.provider_type = cred.provider.type
             row.spec = spec
+            row.policy_json = json.dumps(spec["policy"], sort_keys=True)
+            row.provider_json = json.dumps(spec["credential"]["provider"], sort_keys=True)
             row.digest = _digest(spec)
             row.auto_rotate = cred.auto_rotate
             # Disabled, or through a disabled integration: nothing rotates it.

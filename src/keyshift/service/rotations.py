@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 from pydantic_core import from_json
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from keyshift.context import PluginContext
@@ -274,12 +274,10 @@ def _status(
 ) -> Iterator[tuple[due.Standing, StatusRow]]:
     """The status row of each credential matching `criteria`, with what it was made
     from, one by one (`due.standings`)."""
-    latest = _latest_rotations(s, criteria)
-    completed = _last_completed(s, criteria)
     overlap = _Overlaps()
     holding = freezes.holding(s, now)
     for cred in due.standings(s, *criteria):
-        current, last = cred.current, latest.get(cred.id)
+        current = cred.current
         expires = current.expires_at if current else None
         upcoming = due.next_rotation(cred, now=now, freezes=holding)
         covering = freezes.refusals(holding, cred.name, cred.owner, cred.environment)
@@ -292,18 +290,18 @@ def _status(
                     expires_at=expires,
                     has_current=current is not None,
                     active_state=cred.active_state,
-                    last_state=last[1] if last else None,
+                    last_state=cred.last_rotation_state,
                     rotate_before=cred.policy.rotate_before_expiry,
                 ),
                 version_id=current.id if current else None,
                 fingerprint=current.fingerprint if current else None,
                 expires_at=expires,
                 days_left=(expires - now).days if expires else None,
-                last_rotation=last[1] if last else None,
+                last_rotation=cred.last_rotation_state,
                 owner=cred.owner,
                 overlap=overlap(cred.provider_type, cred.provider_json),
-                last_rotated_at=completed.get(cred.id),
-                last_rotation_id=last[0] if last else None,
+                last_rotated_at=cred.last_rotated_at,
+                last_rotation_id=cred.last_rotation_id,
                 next_rotation_at=upcoming.at,
                 next_rotation=upcoming.word,
                 environment=cred.environment,
@@ -311,52 +309,6 @@ def _status(
                 frozen="; ".join(covering) if covering else None,
             ),
         )
-
-
-def _latest_rotations(
-    s: Session, criteria: tuple[ColumnElement[bool], ...]
-) -> dict[str, tuple[str, str]]:
-    """(id, state) of the latest rotation of each credential matching `criteria` (and
-    maybe of others: `due.of_credentials`), by credential id. Of two requested at one
-    instant (a frozen clock), the unfinished one, else the one that finished last."""
-    ranked = (
-        select(
-            RotationRow.credential_id,
-            RotationRow.id,
-            RotationRow.state,
-            func.row_number()
-            .over(
-                partition_by=RotationRow.credential_id,
-                order_by=(
-                    RotationRow.requested_at.desc(),
-                    RotationRow.finished_at.desc().nulls_first(),
-                    RotationRow.id.desc(),
-                ),
-            )
-            .label("rank"),
-        )
-        .where(*due.of_credentials(RotationRow.credential_id, criteria))
-        .subquery()
-    )
-    rows = due.rows_of(
-        s, select(ranked.c.credential_id, ranked.c.id, ranked.c.state).where(ranked.c.rank == 1)
-    )
-    return {cred_id: (rot_id, state) for cred_id, rot_id, state in rows}
-
-
-def _last_completed(s: Session, criteria: tuple[ColumnElement[bool], ...]) -> dict[str, datetime]:
-    """When the latest completed rotation of each credential matching `criteria` (and
-    maybe of others: `due.of_credentials`) finished, by credential id."""
-    rows = due.rows_of(
-        s,
-        select(RotationRow.credential_id, func.max(RotationRow.finished_at))
-        .where(
-            RotationRow.state == RotationState.COMPLETED.value,
-            *due.of_credentials(RotationRow.credential_id, criteria),
-        )
-        .group_by(RotationRow.credential_id),
-    )
-    return {cred_id: finished for cred_id, finished in rows if finished is not None}
 
 
 class _Overlaps:
@@ -368,19 +320,23 @@ class _Overlaps:
         self._by_text: dict[str, str] = {}
         self._by_key: dict[tuple[str, Hashable], str] = {}
         self._fields: dict[str, object] = {}
+        self._classes: dict[str, type[object]] = {}
 
     def __call__(self, kind: str, declared_json: str) -> str:
         """The overlap of a provider of type `kind` declared as `declared_json`."""
         overlap = self._by_text.get(declared_json)
         if overlap is not None:
             return overlap
-        if kind not in self._fields:
-            self._fields[kind] = getattr(provider_class(kind), "capability_fields", None)
+        cls = self._classes.get(kind)
+        if cls is None:
+            cls = self._classes[kind] = provider_class(kind)
+            self._fields[kind] = getattr(cls, "capability_fields", None)
         if self._fields[kind] == () and (kind, ()) in self._by_key:
             return self._by_key[kind, ()]  # its capabilities read no config: none decoded
         declared = from_json(declared_json)
-        config = {k: v for k, v in declared.items() if k != "type"}
-        key = (kind, capability_key(provider_class(kind), config))
+        # The declaration's `type` is in the key only where the whole config is: it is
+        # the same for every provider of `kind`.
+        key = (kind, capability_key(cls, declared))
         overlap = self._by_key.get(key)
         if overlap is None:
             spec = ProviderSpec.model_validate(declared)

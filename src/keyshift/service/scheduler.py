@@ -49,7 +49,7 @@ from keyshift.engine.journal import StepEvent
 from keyshift.engine.requests import Guard
 from keyshift.service import alerting, due, entra, fleet, notifications
 from keyshift.service.estate import current_estate
-from keyshift.service.rotations import _last_completed, resume, retire_disabled, rotate
+from keyshift.service.rotations import resume, retire_disabled, rotate
 from keyshift.store.models import (
     AlertRow,
     CredentialRow,
@@ -313,8 +313,7 @@ def scheduled(store: Store, *, now: datetime) -> Schedule:
                 freezes=holding,
             ).due
         ]
-        last = _last_completed(s, (CredentialRow.id.in_([c.id for c in ready]),))
-    ready.sort(key=lambda c: _urgency(c, last.get(c.id)))
+    ready.sort(key=_urgency)
     return Schedule([c.name for c in ready], waiting)
 
 
@@ -326,9 +325,9 @@ def due_for_rotation(store: Store, *, now: datetime) -> list[str]:
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
-def _urgency(c: due.Standing, last_rotated: datetime | None) -> tuple[int, datetime, datetime, str]:
+def _urgency(c: due.Standing) -> tuple[int, datetime, datetime, str]:
     end = c.current.expires_at if c.current is not None else c.issuer_expires_at
-    return (0 if end is not None else 1, end or _NEVER, last_rotated or _NEVER, c.name)
+    return (0 if end is not None else 1, end or _NEVER, c.last_rotated_at or _NEVER, c.name)
 
 
 def still_due(now: datetime) -> Guard:

@@ -89,6 +89,18 @@ class CredentialRow(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     removed_at: Mapped[datetime | None]
+    # What a status page reads of every credential, kept beside `spec` so that listing
+    # 10,000 credentials reads columns, not JSON paths and window functions over history.
+    policy_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    """`spec["policy"]` as JSON text (set with `spec`)."""
+    provider_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    """`spec["credential"]["provider"]` as JSON text (set with `spec`)."""
+    last_rotation_id: Mapped[str | None] = mapped_column(String(36))
+    """The latest finished rotation (`engine.rows.note_finished`)."""
+    last_rotation_state: Mapped[str | None] = mapped_column(String(32))
+    """The final state of `last_rotation_id`."""
+    last_rotated_at: Mapped[datetime | None]
+    """When the latest completed rotation finished."""
 
 
 class VersionRow(Base):
@@ -123,7 +135,10 @@ class RotationRow(Base):
     """One run of the state machine for one credential, with the plan it runs."""
 
     __tablename__ = "rotations"
-    __table_args__ = (Index("ix_rotations_state", "state"),)
+    __table_args__ = (
+        Index("ix_rotations_state", "state"),
+        Index("ix_rotations_credential", "credential_id", "requested_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     credential_id: Mapped[str] = mapped_column(ForeignKey("credentials.id"))

@@ -1,0 +1,86 @@
+"""Migrations on a store with history: a column a migration backfills holds what the
+engine itself would have written there."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import select
+
+from keyshift.domain.states import RotationState
+from keyshift.service import rotations
+from keyshift.service.estate import apply_estate, load_estate
+from keyshift.store.db import MIGRATIONS
+from keyshift.store.models import CredentialRow
+from keyshift.store.store import Store
+from keyshift.testing import FakeClock
+from tests.helpers import write_estate
+
+
+def _migrate(store: Store, revision: str, *, down: bool = False) -> None:
+    with store.engine.begin() as connection:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+
+def _listing(store: Store) -> list[dict[str, Any]]:
+    with store.transaction() as s:
+        rows = s.execute(select(CredentialRow).order_by(CredentialRow.name)).scalars()
+        return [
+            {
+                "name": r.name,
+                "policy": json.loads(r.policy_json),
+                "provider": json.loads(r.provider_json),
+                "last": (r.last_rotation_id, r.last_rotation_state, r.last_rotated_at),
+            }
+            for r in rows
+        ]
+
+
+def test_0013_backfills_the_listing_columns_as_the_engine_keeps_them(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    apply_estate(
+        store,
+        load_estate(write_estate(tmp_path, policy={"grace_period": "0s"})),
+        actor="test",
+    )
+    done, state = asyncio.run(
+        rotations.rotate(store, "api-key", actor="test", context=clock.context())
+    )
+    assert state == RotationState.COMPLETED
+    clock.advance(timedelta(hours=1))
+    blocked = {
+        "type": "file",
+        "order": 10,
+        "on_failure": "abort",
+        "config": {"path": str(tmp_path / "gone" / "a.json"), "key": "k", "file_format": "json"},
+    }
+    apply_estate(
+        store,
+        load_estate(write_estate(tmp_path, actions=[blocked], policy={"grace_period": "0s"})),
+        actor="test",
+    )
+    failed, state = asyncio.run(
+        rotations.rotate(store, "api-key", actor="test", context=clock.context())
+    )
+    assert state == RotationState.FAILED
+    kept = _listing(store)
+    [row] = kept
+    assert row["last"][:2] == (failed, "failed")
+    assert row["provider"]["type"] == "random"
+    assert "grace_period" in row["policy"]
+
+    _migrate(store, "0012", down=True)
+    _migrate(store, "head")
+    assert _listing(store) == kept
+    assert done != failed
