@@ -418,7 +418,7 @@ MALFORMED = [
         """,
         (
             "credentials[0].actions[1].config.file_format",
-            "must be one of json, yaml, env, ini",
+            "must be one of json, yaml, env, ini, pem, pkcs12",
         ),
         id="file-action-with-unknown-file-format",
     ),
@@ -699,7 +699,10 @@ MALFORMED = [
               - {type: webhook, order: 30, config: {url: "ftp://hooks.internal"}}
         """,
         ("credentials[0].provider.length", "greater than or equal to 16"),
-        ("credentials[0].actions[0].config.file_format", "must be one of json, yaml, env, ini"),
+        (
+            "credentials[0].actions[0].config.file_format",
+            "must be one of json, yaml, env, ini, pem, pkcs12",
+        ),
         ("credentials[0].actions[1].config.argv", "at least 1 item"),
         ("credentials[0].actions[2].config.url", "url must start with http:// or https://"),
         id="several-plugin-config-problems-one-line-each",
@@ -741,7 +744,10 @@ MALFORMED = [
               - {type: file, order: 10, config: {path: /srv/a.env, key: K, file_format: toml}}
         """,
         ("credentials[0].policy", "no policy named 'prod-default'"),
-        ("credentials[0].actions[0].config.file_format", "must be one of json, yaml, env, ini"),
+        (
+            "credentials[0].actions[0].config.file_format",
+            "must be one of json, yaml, env, ini, pem, pkcs12",
+        ),
         id="reference-and-plugin-config-problems-reported-together",
     ),
 ]
