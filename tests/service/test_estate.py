@@ -425,6 +425,41 @@ MALFORMED = [
     case(
         """\
         credentials:
+          - name: web-tls
+            provider:
+              type: x509_ca
+              common_name: web.internal
+              sans: [web.internal, "bad name!"]
+              key_type: dsa-1024
+              validity: 30d
+              renew_before: 30d
+              ca_key_from: "-----BEGIN PRIVATE KEY-----"
+              ca_cert_from: file:/etc/ca.pem
+        """,
+        ("credentials[0].provider.sans", "'bad name!' is not a DNS name or IP address"),
+        ("credentials[0].provider.key_type", "must be one of rsa-2048, rsa-3072, ec-p256"),
+        ("credentials[0].provider.renew_before", "must be shorter than validity (30d)"),
+        ("credentials[0].provider.ca_key_from", "must be env:NAME, file:/path or credential"),
+        id="x509-ca-provider-with-bad-fields",
+    ),
+    case(
+        """\
+        credentials:
+          - name: web-tls
+            provider: {type: random}
+            actions:
+              - {type: file, order: 10, config: {path: /srv/web.crt, file_format: pem}}
+              - type: kubernetes_secret
+                order: 20
+                config: {namespace: web, secret: s, secret_type: kubernetes.io/tls, key: k}
+        """,
+        ("credentials[0].actions[0].config", "file_format pem needs key_path"),
+        ("credentials[0].actions[1].config", "a kubernetes.io/tls Secret takes no key"),
+        id="certificate-target-options-that-do-not-fit",
+    ),
+    case(
+        """\
+        credentials:
           - name: billing-api-key
             provider: {type: random}
             actions:
