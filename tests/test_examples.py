@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from keyshift.engine.plugins import effective_policy
 from keyshift.notify import CHANNELS
 from keyshift.providers import PROVIDERS
 from keyshift.service.estate import EstateWarning, load_estate, parse_estate
@@ -16,6 +17,7 @@ from keyshift.targets import TARGETS
 from keyshift.targets.agent import AGENT_TYPES
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "estate.yaml"
+CERTIFICATE_EXAMPLE = Path(__file__).parents[1] / "examples" / "x509-ca.yaml"
 SHARED_EXAMPLE = Path(__file__).parents[2] / "shared" / "examples" / "estate.example.yaml"
 """What a platform team would write; the repository sits beside `shared`."""
 
@@ -26,6 +28,19 @@ def test_the_worked_example_estate_validates_and_covers_every_provider() -> None
     kinds = {a.type for c in estate.credentials for a in c.actions}
     assert kinds == set(TARGETS)
     assert {c.type for c in estate.notifications.channels} == set(CHANNELS)
+
+
+def test_the_internal_ca_example_validates_and_renews_renew_before_the_not_after() -> None:
+    estate = load_estate(CERTIFICATE_EXAMPLE)
+    [credential] = estate.credentials
+    assert credential.provider.type == "x509_ca"
+    formats = [a.config.get("file_format") for a in credential.actions if a.type == "file"]
+    assert formats == ["pem", "pkcs12"]
+    effective = effective_policy(
+        estate.policy_for(credential), credential.provider.type, credential.provider.config()
+    )
+    assert estate.policy_for(credential).rotate_before_expiry == timedelta(days=30)
+    assert effective.rotate_before_expiry == timedelta(days=21)
 
 
 def test_the_estate_platform_teams_write_validates_in_the_shapes_they_use() -> None:

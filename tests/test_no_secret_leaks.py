@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,12 @@ from keyshift.errors import REDACTED
 from keyshift.logs import configure, redact_secrets
 from keyshift.store.models import RotationRow, StepRow, VersionRow
 from keyshift.store.store import Store
+from tests.certs import make_ca
 from tests.conftest import run_subprocess
-from tests.helpers import json_value, rotations_of, write_estate
+from tests.helpers import json_value, rotations_of, save_estate, write_estate
 
 CREDENTIAL = "api-key"
+CERTIFICATE = "web-tls"
 FRAGMENT = 16
 """A leak of this many consecutive characters of a value counts as a leak of the value."""
 
@@ -54,6 +57,45 @@ def _leaking_command(script: Path) -> dict[str, Any]:
         "on_failure": "abort",
         "config": {"argv": [sys.executable, str(script)], "value_via": "stdin"},
     }
+
+
+def _with_certificate(estate: Path, tmp_path: Path) -> Path:
+    """`estate` with a second credential, `CERTIFICATE`: a leaf from an internal CA whose
+    private key (the version's value) goes to a PEM key file beside its certificate."""
+    ca = make_ca(tmp_path / "ca", at=datetime.now(UTC))
+    document = json.loads(estate.read_text(encoding="utf-8"))
+    document["credentials"].append(
+        {
+            "name": CERTIFICATE,
+            "owner": "team-web",
+            "policy": {"grace_period": "1h"},
+            "provider": {
+                "type": "x509_ca",
+                "common_name": "web.internal",
+                "sans": ["web.internal"],
+                "ca_key_from": f"file:{ca.key_path}",
+                "ca_cert_from": f"file:{ca.cert_path}",
+            },
+            "actions": [
+                {
+                    "type": "file",
+                    "order": 10,
+                    "on_failure": "abort",
+                    "config": {
+                        "file_format": "pem",
+                        "path": str(tmp_path / "site.crt"),
+                        "key_path": str(tmp_path / "site.key"),
+                    },
+                }
+            ],
+        }
+    )
+    return save_estate(tmp_path, document)
+
+
+def _key_body(pem: str) -> str:
+    """A PEM key without its armour lines, which every key shares (`-----BEGIN...`)."""
+    return "".join(line for line in pem.splitlines() if not line.startswith("-----"))
 
 
 def _fragments(value: str) -> set[str]:
@@ -85,7 +127,17 @@ def test_no_secret_value_reaches_logs_cli_output_audit_export_or_journal_errors(
         assert value is not None
         delivered.add(value)
 
-    run("apply", "-f", str(write_estate(tmp_path, actions=[_file_action(target)])))
+    run(
+        "apply",
+        "-f",
+        str(_with_certificate(write_estate(tmp_path, actions=[_file_action(target)]), tmp_path)),
+    )
+    keys: set[str] = set()
+    for _ in range(2):  # the first key is revoked (erased) by the second rotation
+        run("rotate", CERTIFICATE, "--grace", "0s")
+        keys.add(_key_body((tmp_path / "site.key").read_text(encoding="utf-8")))
+    run("versions", CERTIFICATE)
+    run("versions", CERTIFICATE, "-o", "json")
     # The value the credential had before keyshift, imported from a file.
     imported = "imported-before-keyshift-" + "q7" * 12
     source = tmp_path / "imported.txt"
@@ -100,7 +152,9 @@ def test_no_secret_value_reaches_logs_cli_output_audit_export_or_journal_errors(
 
     script = tmp_path / "leaking_consumer.py"
     script.write_text(LEAKING_CONSUMER, encoding="utf-8")
-    failing = write_estate(tmp_path, actions=[_file_action(target), _leaking_command(script)])
+    failing = _with_certificate(
+        write_estate(tmp_path, actions=[_file_action(target), _leaking_command(script)]), tmp_path
+    )
     run("apply", "-f", str(failing))
     run("rotate", CREDENTIAL, "--grace", "0s", exit_code=1)
     read_target()  # the rollback put the previous value back
@@ -113,6 +167,7 @@ def test_no_secret_value_reaches_logs_cli_output_audit_export_or_journal_errors(
     for output in ("json", "yaml"):
         run("status", "-o", output)
         run("history", CREDENTIAL, "-o", output)
+    run("versions", CREDENTIAL, "-o", "json")
     run("impact", CREDENTIAL, "-o", "json")
     run("preflight", CREDENTIAL, "-o", "json")
     export = run("audit", "export", "--format", "jsonl")
@@ -138,10 +193,11 @@ def test_no_secret_value_reaches_logs_cli_output_audit_export_or_journal_errors(
 
     with store.transaction() as s:
         stored = {
-            store.reveal(row).reveal()
+            _key_body(value) if "PRIVATE KEY" in value else value
             for row in s.execute(
                 select(VersionRow).where(VersionRow.ciphertext.is_not(None))
             ).scalars()
+            if (value := store.reveal(row).reveal())
         }
         journal = s.execute(select(StepRow)).scalars().all()
         runs_rows = s.execute(select(RotationRow)).scalars().all()
@@ -151,10 +207,12 @@ def test_no_secret_value_reaches_logs_cli_output_audit_export_or_journal_errors(
             **{f"rotations[{r.id}].error": r.error or "" for r in runs_rows},
             **{f"rotations[{r.id}].attention": r.attention or "" for r in runs_rows},
         }
-    values = stored | delivered | {imported}
-    # v1 (imported, revoked, erased), v2 (revoked, erased, seen in the file), v3
-    # (current) and v4 (kept disabled).
-    assert len(values) == 4
+    assert len(keys) == 2
+    assert keys & stored, "the current certificate's key is the one stored"
+    values = stored | delivered | {imported} | keys
+    # api-key: v1 (imported, revoked, erased), v2 (revoked, erased, seen in the file), v3
+    # (current) and v4 (kept disabled); web-tls: two private keys, the first revoked.
+    assert len(values) == 6
     assert all(len(v) >= FRAGMENT for v in values)
 
     sources = {

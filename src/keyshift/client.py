@@ -45,7 +45,7 @@ from keyshift.service.impact import ImpactRow
 from keyshift.service.imports import Imported
 from keyshift.service.integrations import Check
 from keyshift.service.notifications import Delivery
-from keyshift.service.rotations import RotationSummary, StatusRow, Timeline
+from keyshift.service.rotations import CredentialDetail, RotationSummary, StatusRow, Timeline
 from keyshift.service.scheduler import Alert
 
 T = TypeVar("T")
@@ -176,6 +176,11 @@ class Client:
     def status_rows(self) -> list[StatusRow]:
         """`GET /v1/credentials`: one row per credential."""
         return self._get("/v1/credentials", list[StatusRow])
+
+    def credential_detail(self, credential: str) -> CredentialDetail:
+        """`GET /v1/credentials/{name}`: its status and every version (certificates with
+        their public facts)."""
+        return self._get(f"/v1/credentials/{_seg(credential)}", CredentialDetail)
 
     def history_rows(self, credential: str) -> list[RotationSummary]:
         """`GET /v1/credentials/{name}/rotations`: every rotation, oldest first."""

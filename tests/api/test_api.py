@@ -18,6 +18,7 @@ from keyshift.store.db import open_engine
 from keyshift.store.models import RotationRow
 from keyshift.store.store import Store
 from tests.api.conftest import Api, TestClient
+from tests.certs import make_ca
 from tests.conftest import Cli
 from tests.helpers import json_value, write_estate
 
@@ -199,6 +200,54 @@ def test_a_rotation_started_through_the_api_completes_in_the_background(
     lines = [json.loads(line) for line in exported.text.splitlines()]
     assert len(lines) == verified["entries"]
     assert any(e["subject"] == f"rotation:{rotation_id}" for e in lines)
+
+
+def test_a_certificate_credential_shows_its_public_facts_and_never_its_key(
+    api: Api, tmp_path: Path
+) -> None:
+    ca = make_ca(tmp_path / "ca", at=utcnow())
+    estate = {
+        "credentials": [
+            {
+                "name": "web-tls",
+                "owner": "team-web",
+                "provider": {
+                    "type": "x509_ca",
+                    "common_name": "web.internal",
+                    "sans": ["web.internal", "10.1.2.3"],
+                    "ca_key_from": f"file:{ca.key_path}",
+                    "ca_cert_from": f"file:{ca.cert_path}",
+                },
+                "actions": [
+                    {
+                        "type": "file",
+                        "order": 10,
+                        "config": {
+                            "file_format": "pem",
+                            "path": str(tmp_path / "site.crt"),
+                            "key_path": str(tmp_path / "site.key"),
+                        },
+                    }
+                ],
+            }
+        ]
+    }
+    assert api.call("POST", "/v1/estate/apply", json=estate).json()["applied"]
+    started = api.call("POST", "/v1/credentials/web-tls/rotations", json={"grace": "0s"})
+    rotation_id = started.json()["rotation_id"]
+    assert api.wait_for(rotation_id, _final)["state"] == "completed"
+
+    [version] = api.call("GET", "/v1/credentials/web-tls").json()["versions"]
+    certificate = version["certificate"]
+    assert certificate["subject"] == "CN=web.internal"
+    assert certificate["sans"] == ["web.internal", "10.1.2.3"]
+    assert version["fingerprint"] == "sha256:" + certificate["thumbprint"]
+    assert certificate["not_after"] == version["expires_at"]
+    key = (tmp_path / "site.key").read_text()
+    responses = _all_responses(api, "web-tls", rotation_id)
+    assert "PRIVATE KEY" not in responses
+    body = [line for line in key.splitlines() if not line.startswith("-----")]
+    assert not any(line in responses for line in body)
 
 
 def test_resume_continues_a_rotation_left_in_grace(api: Api, tmp_path: Path) -> None:

@@ -7,7 +7,10 @@ Documented behaviours it follows (kubernetes.io):
   `GET/PUT/PATCH/DELETE /api/v1/namespaces/{ns}/secrets/{name}` and
   `POST /api/v1/namespaces/{ns}/secrets`; `data` values are base64; `type` defaults to
   `Opaque`; `stringData` is merged into `data` on write and never read back; an
-  `immutable: true` Secret refuses data changes with 422 Invalid.
+  `immutable: true` Secret refuses data changes with 422 Invalid. A Secret's `type`
+  cannot change (422 Invalid, "field is immutable"), and a `kubernetes.io/tls` Secret
+  must hold both `tls.crt` and `tls.key` (422 Invalid, "Required value"), on create and
+  on every update (https://kubernetes.io/docs/concepts/configuration/secret/#tls-secrets).
 - Patch content types (https://kubernetes.io/docs/tasks/manage-kubernetes-objects/update-api-object-kubectl-patch/):
   `application/strategic-merge-patch+json`, `application/merge-patch+json` (RFC 7386:
   objects merge key by key, `null` deletes a key) and `application/json-patch+json`
@@ -359,6 +362,7 @@ class KubernetesDouble:
         *,
         annotations: dict[str, str] | None = None,
         immutable: bool = False,
+        type: str = "Opaque",
     ) -> None:
         """Store a Secret; `data` values are plain text (encoded here)."""
         with self._lock:
@@ -375,7 +379,7 @@ class KubernetesDouble:
                 "kind": "Secret",
                 "apiVersion": "v1",
                 "metadata": metadata,
-                "type": "Opaque",
+                "type": type,
                 "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
             }
             if immutable:
@@ -670,6 +674,18 @@ class KubernetesDouble:
                 f'Secret "{name}" is invalid: data: Forbidden: field is immutable when '
                 "`immutable` is set",
             )
+        if wanted.get("type") not in (None, current.get("type")):
+            raise ApiError(
+                422,
+                "Invalid",
+                f'Secret "{name}" is invalid: type: Invalid value: field is immutable',
+            )
+        if current.get("type") == "kubernetes.io/tls":
+            for key in ("tls.crt", "tls.key"):
+                if key not in data:
+                    raise ApiError(
+                        422, "Invalid", f'Secret "{name}" is invalid: data[{key}]: Required value'
+                    )
         updated = copy.deepcopy(current)
         updated["data"] = data
         for part in ("annotations", "labels"):

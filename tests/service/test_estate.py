@@ -418,9 +418,44 @@ MALFORMED = [
         """,
         (
             "credentials[0].actions[1].config.file_format",
-            "must be one of json, yaml, env, ini",
+            "must be one of json, yaml, env, ini, pem, pkcs12",
         ),
         id="file-action-with-unknown-file-format",
+    ),
+    case(
+        """\
+        credentials:
+          - name: web-tls
+            provider:
+              type: x509_ca
+              common_name: web.internal
+              sans: [web.internal, "bad name!"]
+              key_type: dsa-1024
+              validity: 30d
+              renew_before: 30d
+              ca_key_from: "-----BEGIN PRIVATE KEY-----"
+              ca_cert_from: file:/etc/ca.pem
+        """,
+        ("credentials[0].provider.sans", "'bad name!' is not a DNS name or IP address"),
+        ("credentials[0].provider.key_type", "must be one of rsa-2048, rsa-3072, ec-p256"),
+        ("credentials[0].provider.renew_before", "must be shorter than validity (30d)"),
+        ("credentials[0].provider.ca_key_from", "must be env:NAME, file:/path or credential"),
+        id="x509-ca-provider-with-bad-fields",
+    ),
+    case(
+        """\
+        credentials:
+          - name: web-tls
+            provider: {type: random}
+            actions:
+              - {type: file, order: 10, config: {path: /srv/web.crt, file_format: pem}}
+              - type: kubernetes_secret
+                order: 20
+                config: {namespace: web, secret: s, secret_type: kubernetes.io/tls, key: k}
+        """,
+        ("credentials[0].actions[0].config", "file_format pem needs key_path"),
+        ("credentials[0].actions[1].config", "a kubernetes.io/tls Secret takes no key"),
+        id="certificate-target-options-that-do-not-fit",
     ),
     case(
         """\
@@ -699,7 +734,10 @@ MALFORMED = [
               - {type: webhook, order: 30, config: {url: "ftp://hooks.internal"}}
         """,
         ("credentials[0].provider.length", "greater than or equal to 16"),
-        ("credentials[0].actions[0].config.file_format", "must be one of json, yaml, env, ini"),
+        (
+            "credentials[0].actions[0].config.file_format",
+            "must be one of json, yaml, env, ini, pem, pkcs12",
+        ),
         ("credentials[0].actions[1].config.argv", "at least 1 item"),
         ("credentials[0].actions[2].config.url", "url must start with http:// or https://"),
         id="several-plugin-config-problems-one-line-each",
@@ -741,7 +779,10 @@ MALFORMED = [
               - {type: file, order: 10, config: {path: /srv/a.env, key: K, file_format: toml}}
         """,
         ("credentials[0].policy", "no policy named 'prod-default'"),
-        ("credentials[0].actions[0].config.file_format", "must be one of json, yaml, env, ini"),
+        (
+            "credentials[0].actions[0].config.file_format",
+            "must be one of json, yaml, env, ini, pem, pkcs12",
+        ),
         id="reference-and-plugin-config-problems-reported-together",
     ),
 ]

@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 from pydantic import ValidationError
 
 from keyshift.context import PluginContext
@@ -28,6 +31,7 @@ from keyshift.targets.base import (
     StepResult,
 )
 from keyshift.targets.file import FileConfig, FileTarget
+from tests.certs import Ca, cert_delivery, issue, make_ca
 
 
 def new_secret() -> str:
@@ -542,3 +546,131 @@ def test_every_failure_is_a_plugin_error_that_never_names_the_value(tmp_path: Pa
 
     assert "not a regular file" in str(caught.value)
     assert value not in str(caught.value)
+
+
+# --- certificates (pem, pkcs12) -------------------------------------------------------------
+
+
+def cert_target(tmp_path: Path, **config: Any) -> FileTarget:
+    settings = {
+        "path": str(tmp_path / "site.crt"),
+        "key_path": str(tmp_path / "site.key"),
+        "file_format": "pem",
+        **config,
+    }
+    return FileTarget(FileConfig.model_validate(settings), PluginContext(env={"P12": "pfx-pw"}))
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> Ca:
+    return make_ca(tmp_path / "ca")
+
+
+def test_pem_writes_key_0600_and_certificate_and_chain_0644(tmp_path: Path, ca: Ca) -> None:
+    version = issue(ca)
+    t = cert_target(tmp_path, chain_path=str(tmp_path / "chain.pem"))
+    result = asyncio.run(t.publish(PublishRequest(cert_delivery(version), None)))
+    assert result.detail["changed"] is True
+    assert (tmp_path / "site.key").read_text() == version.value.reveal()
+    assert (tmp_path / "site.crt").read_text() == version.attributes["certificate"]
+    assert (tmp_path / "chain.pem").read_text() == ca.cert_path.read_text()
+    assert (mode(tmp_path / "site.key"), mode(tmp_path / "site.crt")) == (0o600, 0o644)
+    assert mode(tmp_path / "chain.pem") == 0o644
+    again = asyncio.run(t.publish(PublishRequest(cert_delivery(version), None)))
+    assert again.detail["changed"] is False
+
+
+def test_pem_fullchain_puts_the_chain_after_the_certificate(tmp_path: Path, ca: Ca) -> None:
+    version = issue(ca)
+    asyncio.run(
+        cert_target(tmp_path, fullchain=True).publish(PublishRequest(cert_delivery(version), None))
+    )
+    text = (tmp_path / "site.crt").read_text()
+    assert text == version.attributes["certificate"] + ca.cert_path.read_text()
+    assert len(x509.load_pem_x509_certificates(text.encode())) == 2
+
+
+def test_pem_key_file_loses_permissions_for_others_but_keeps_its_group(
+    tmp_path: Path, ca: Ca
+) -> None:
+    key = tmp_path / "site.key"
+    key.write_text("old")
+    key.chmod(0o644)
+    asyncio.run(cert_target(tmp_path).publish(PublishRequest(cert_delivery(issue(ca)), None)))
+    assert mode(key) == 0o640
+
+
+def test_pem_rollback_restores_the_previous_files_exactly(tmp_path: Path, ca: Ca) -> None:
+    old, new = issue(ca), issue(ca)
+    t = cert_target(tmp_path, chain_path=str(tmp_path / "chain.pem"))
+    previous = cert_delivery(old, "v1")
+    asyncio.run(t.publish(PublishRequest(previous, None)))
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("*.*") if p.is_file()}
+    asyncio.run(t.publish(PublishRequest(cert_delivery(new), previous)))
+    assert (tmp_path / "site.key").read_text() == new.value.reveal()
+    asyncio.run(t.rollback(RollbackRequest(cert_delivery(new), previous)))
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*.*") if p.is_file()} == before
+
+
+def test_pem_rollback_without_previous_removes_only_files_still_holding_the_new_version(
+    tmp_path: Path, ca: Ca
+) -> None:
+    new = issue(ca)
+    t = cert_target(tmp_path)
+    asyncio.run(t.publish(PublishRequest(cert_delivery(new), None)))
+    (tmp_path / "site.crt").write_text("someone else's certificate")
+    result = asyncio.run(t.rollback(RollbackRequest(cert_delivery(new), None)))
+    assert result.detail["removed"] is True
+    assert not (tmp_path / "site.key").exists()
+    assert (tmp_path / "site.crt").read_text() == "someone else's certificate"
+
+
+def test_pem_of_a_version_without_a_certificate_names_the_fields_it_has(tmp_path: Path) -> None:
+    with pytest.raises(PermanentError, match="has no field 'certificate'"):
+        asyncio.run(cert_target(tmp_path).publish(PublishRequest(delivery("plain"), None)))
+
+
+def test_pkcs12_bundle_holds_key_certificate_and_chain_under_the_password(
+    tmp_path: Path, ca: Ca
+) -> None:
+    version = issue(ca)
+    bundle = tmp_path / "site.p12"
+    t = cert_target(
+        tmp_path, path=str(bundle), key_path=None, file_format="pkcs12", password_from="env:P12"
+    )
+    assert asyncio.run(t.publish(PublishRequest(cert_delivery(version), None))).detail["changed"]
+    key, cert, chain = pkcs12.load_key_and_certificates(bundle.read_bytes(), b"pfx-pw")
+    assert cert is not None
+    assert key is not None
+    assert (
+        cert.public_bytes(serialization.Encoding.PEM).decode()
+        == (version.attributes["certificate"])
+    )
+    assert chain == [ca.cert]
+    assert mode(bundle) == 0o600
+    written = bundle.read_bytes()
+    again = asyncio.run(t.publish(PublishRequest(cert_delivery(version), None)))
+    assert again.detail["changed"] is False
+    assert bundle.read_bytes() == written
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ({"file_format": "pem", "key": "K"}, "writes whole files: give no key or keys"),
+        ({"file_format": "pem"}, "needs key_path"),
+        ({"file_format": "pkcs12"}, "needs password_from"),
+        ({"file_format": "json", "key": "K", "key_path": "/k"}, "key_path is for file_format"),
+        ({"file_format": "pem", "key_path": "/etc/a.crt"}, "three different files"),
+        ({"file_format": "pkcs12", "password_from": "hunter2"}, "env:NAME"),
+    ],
+)
+def test_certificate_file_options_are_refused_where_they_do_not_fit(
+    config: dict[str, Any], words: str
+) -> None:
+    with pytest.raises(ValidationError, match=words):
+        FileConfig.model_validate({"path": "/etc/a.crt", **config})

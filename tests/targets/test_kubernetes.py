@@ -38,6 +38,7 @@ from keyshift.targets.kubernetes import (
     KubernetesSecretTarget,
 )
 from keyshift.testing import FakeClock, capture_logs
+from tests.certs import cert_delivery, issue, make_ca
 from tests.doubles.kubernetes import KubernetesDouble, rule
 from tests.doubles.tls import TlsFiles, make_pki
 from tests.helpers import save_estate, value_of, versions
@@ -1070,3 +1071,95 @@ def test_a_rotation_writes_the_secret_before_it_restarts_the_workload(
     stored = api.secret(NS, "app-secrets")
     assert stored is not None
     assert stored["metadata"]["annotations"]["keyshift.io/version-id"] == version.id
+
+
+# --- kubernetes_secret: kubernetes.io/tls -------------------------------------------------
+
+
+def tls_target(kubeconfig: Path, **config: Any) -> KubernetesSecretTarget:
+    settings = {
+        "kubeconfig": str(kubeconfig),
+        "namespace": NS,
+        "secret": "web-tls",
+        "secret_type": "kubernetes.io/tls",
+        **config,
+    }
+    return KubernetesSecretTarget(
+        KubernetesSecretConfig.model_validate(settings), RecordingSleep().context()
+    )
+
+
+def test_a_tls_secret_is_created_with_the_full_chain_and_the_key(
+    api: KubernetesDouble, kubeconfig: Path, tmp_path: Path
+) -> None:
+    ca = make_ca(tmp_path / "ca")
+    version = issue(ca)
+    t = tls_target(kubeconfig, create=True, keys={"ca.crt": "chain"})
+    result = asyncio.run(t.publish(PublishRequest(cert_delivery(version), None)))
+    stored = api.secret(NS, "web-tls")
+    assert stored is not None
+    assert stored["type"] == "kubernetes.io/tls"
+    assert api.secret_data(NS, "web-tls") == {
+        "tls.crt": version.attributes["certificate"] + ca.cert_path.read_text(),
+        "tls.key": version.value.reveal(),
+        "ca.crt": ca.cert_path.read_text(),
+    }
+    assert result.detail["change"] == "created"
+    assert writes(api) == ["POST"]
+
+
+def test_a_tls_secret_is_updated_in_one_patch_and_rolled_back_to_the_previous_pair(
+    api: KubernetesDouble, kubeconfig: Path, tmp_path: Path
+) -> None:
+    ca = make_ca(tmp_path / "ca")
+    old, new = cert_delivery(issue(ca), "v1"), cert_delivery(issue(ca), "v2")
+    t = tls_target(kubeconfig, create=True)
+    asyncio.run(t.publish(PublishRequest(old, None)))
+    before = api.secret_data(NS, "web-tls")
+    asyncio.run(t.publish(PublishRequest(new, old)))
+    assert api.secret_data(NS, "web-tls") == {
+        "tls.crt": new.attributes["certificate"] + new.attributes["chain"],
+        "tls.key": new.value.reveal(),
+    }
+    asyncio.run(t.rollback(RollbackRequest(new, old)))
+    assert api.secret_data(NS, "web-tls") == before
+    assert writes(api) == ["POST", "PATCH", "PATCH"]
+
+
+def test_an_opaque_secret_is_not_turned_into_a_tls_secret(
+    api: KubernetesDouble, kubeconfig: Path, tmp_path: Path
+) -> None:
+    api.add_secret(NS, "web-tls", {"tls.crt": "x", "tls.key": "y"})
+    t = tls_target(kubeconfig)
+    result = asyncio.run(t.preflight(PreflightRequest("web-tls")))
+    assert result.readiness == Readiness.BLOCKED
+    assert "is of type Opaque, not kubernetes.io/tls" in result.reason
+    version = cert_delivery(issue(make_ca(tmp_path / "ca")))
+    with pytest.raises(PermanentError, match="type cannot change"):
+        asyncio.run(t.publish(PublishRequest(version, None)))
+    assert writes(api) == []
+
+
+def test_a_tls_secret_takes_no_single_key_and_keeps_its_two_keys() -> None:
+    base = {"kubeconfig": "/k", "namespace": NS, "secret": "s", "secret_type": "kubernetes.io/tls"}
+    with pytest.raises(ValidationError, match="takes no key"):
+        KubernetesSecretConfig.model_validate({**base, "key": "tls.crt"})
+    with pytest.raises(ValidationError, match=r"may not set tls\.key"):
+        KubernetesSecretConfig.model_validate({**base, "keys": {"tls.key": "value"}})
+
+
+def test_rolling_back_the_first_certificate_of_a_tls_secret_keyshift_did_not_create_fails(
+    api: KubernetesDouble, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """A TLS Secret must hold tls.crt and tls.key, so the API server refuses removing
+    them: the rollback says so rather than leaving a Secret it could not make valid."""
+    api.add_secret(NS, "web-tls", {"tls.crt": "c", "tls.key": "k"}, type="kubernetes.io/tls")
+    new = cert_delivery(issue(make_ca(tmp_path / "ca")))
+    t = tls_target(kubeconfig)
+    asyncio.run(t.publish(PublishRequest(new, None)))
+    with pytest.raises(PermanentError, match=r"Required value"):
+        asyncio.run(t.rollback(RollbackRequest(new, None)))
+    assert api.secret_data(NS, "web-tls") == {
+        "tls.crt": new.attributes["certificate"] + new.attributes["chain"],
+        "tls.key": new.value.reveal(),
+    }

@@ -8,7 +8,7 @@ and group on `app` in the order `keyshift --help` lists them.
 |---|---|
 | `estate` | plan, apply, status, reference |
 | `imports` | import |
-| `rotations` | preflight, rotate, resume, rollback, history, show, worker, impact |
+| `rotations` | preflight, rotate, resume, rollback, history, versions, show, worker, impact |
 | `freezes` | freeze, unfreeze, freezes |
 | `governance` | approvals, approve, reject, alerts, evidence, audit |
 | `notifications` | notifications, notifications test |
@@ -79,6 +79,7 @@ for command in (
     freezes.freeze,
     freezes.unfreeze,
     rotations.history,
+    rotations.versions,
     rotations.show,
     rotations.worker,
     entra.foreign,

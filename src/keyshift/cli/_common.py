@@ -149,6 +149,7 @@ SERVER_COMMANDS = (
     "users add",
     "users disable",
     "users list",
+    "versions",
 )
 """The commands that can talk to a server (each has `--server`); the others run embedded
 only, and refuse while KEYSHIFT_SERVER is set."""

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from keyshift.cli._common import ServerOption, actor, answer, client_of, exit_on_error, open_store
-from keyshift.cli.output import Format, OutputOption, emit, err, lifecycle, new_table, out
+from keyshift.cli.output import (
+    Format,
+    OutputOption,
+    emit,
+    err,
+    lifecycle,
+    new_table,
+    out,
+    short_fingerprint,
+)
 from keyshift.domain.clock import utcnow
 
 if TYPE_CHECKING:
@@ -104,7 +113,7 @@ def status_table(status_rows: list[rotations.StatusRow]) -> Table:
                 lifecycle(row.lifecycle.value),
                 row.overlap if row.overlap == "dual" else f"[yellow]{row.overlap}[/]",
                 row.version_id[:8] if row.version_id else "-",
-                _short(row.fingerprint),
+                short_fingerprint(row.fingerprint),
                 _expires(row),
                 _date(row.last_rotated_at),
                 row.last_rotation or "-",
@@ -115,12 +124,6 @@ def status_table(status_rows: list[rotations.StatusRow]) -> Table:
         ),
         no_wrap=(*columns, *rotated),
     )
-
-
-def _short(fingerprint: str | None) -> str:
-    """The first 16 hex digits of a fingerprint, as a version shows its id's first 8:
-    enough to tell versions apart and to compare them."""
-    return fingerprint.partition(":")[2][:16] if fingerprint else "-"
 
 
 def _date(moment: datetime | None) -> str:

@@ -127,6 +127,16 @@ def lifecycle(value: str) -> str:
     return f"[{LIFECYCLE_COLOURS.get(value, 'white')}]{value}[/]"
 
 
+def short_fingerprint(fingerprint: str | None) -> str:
+    """The first 16 hex digits of a fingerprint (an HMAC, or a certificate's thumbprint),
+    as a version shows its id's first 8: enough to tell versions apart and to compare."""
+    return fingerprint.partition(":")[2][:16] if fingerprint else "-"
+
+
+def day(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d") if value else "-"
+
+
 def when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
 

@@ -24,11 +24,13 @@ from keyshift.cli.output import (
     Format,
     OutputOption,
     clock,
+    day,
     emit,
     ms,
     new_table,
     out,
     plain,
+    short_fingerprint,
     when,
 )
 from keyshift.domain.clock import utcnow
@@ -310,6 +312,53 @@ def history(
         output,
         found,
         lambda: out.print(new_table(f"Rotations of {name}", (*columns, "error"), rows)),
+    )
+
+
+@exit_on_error
+def versions(
+    name: CredentialName, server: ServerOption = None, output: OutputOption = Format.TABLE
+) -> None:
+    """Every version of a credential, oldest first: id, status, fingerprint, expiry; for a
+    certificate its subject, SANs, not_after and thumbprint (never a value or a key)."""
+    from keyshift.service import rotations
+
+    detail = answer(
+        server,
+        lambda client: client.credential_detail(name),
+        lambda store: rotations.credential_detail(store, name, now=utcnow()),
+    )
+    emit(output, detail.versions, lambda: out.print(versions_table(name, detail.versions)))
+
+
+def versions_table(name: str, lines: list[rotations.VersionLine]) -> Table:
+    """One line per version, narrow enough for a terminal: id and fingerprint shortened
+    (for a certificate the fingerprint is its thumbprint, and its expiry its not_after),
+    with subject and SANs when the credential has certificates (`-o json` has every field
+    whole)."""
+    columns = ("version", "#", "status", "provenance", "fingerprint", "created", "expires")
+    certificates = any(line.certificate is not None for line in lines)
+
+    def row(line: rotations.VersionLine) -> tuple[str, ...]:
+        base = (
+            line.id[:8],
+            str(line.serial),
+            line.status,
+            line.provenance,
+            short_fingerprint(line.fingerprint),
+            day(line.created_at),
+            day(line.expires_at),
+        )
+        if not certificates:
+            return base
+        cert = line.certificate
+        if cert is None:
+            return (*base, "-", "-")
+        return (*base, cert.subject, ", ".join(cert.sans) or "-")
+
+    extra = ("subject", "sans") if certificates else ()
+    return new_table(
+        f"Versions of {name}", (*columns, *extra), (row(line) for line in lines), no_wrap=columns
     )
 
 

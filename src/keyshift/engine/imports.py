@@ -122,7 +122,7 @@ async def import_current(
             provider_ref=version.provider_ref,
             attributes=dict(version.attributes),
             status=VersionStatus.CURRENT.value,
-            fingerprint=store.fingerprint(value),
+            fingerprint=version.fingerprint or store.fingerprint(value),
             created_at=now,
             expires_at=expires_at,
             revoked_at=None,

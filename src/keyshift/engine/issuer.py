@@ -89,7 +89,9 @@ class Issuer:
                     provider_ref=version.provider_ref,
                     attributes=dict(version.attributes),
                     status=VersionStatus.PENDING.value,
-                    fingerprint=self.store.fingerprint(version.value),
+                    # A certificate's thumbprint is its public identity; a secret's
+                    # fingerprint is keyshift's HMAC of the value.
+                    fingerprint=version.fingerprint or self.store.fingerprint(version.value),
                     created_at=self.context.now(),
                     expires_at=version.expires_at,
                     revoked_at=None,

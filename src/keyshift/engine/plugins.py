@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from keyshift.context import PluginContext
-from keyshift.domain.estate import INTEGRATION_FIELDS
+from keyshift.domain.estate import INTEGRATION_FIELDS, Policy
 from keyshift.domain.problems import config_errors
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, EstateInvalid
@@ -70,6 +70,24 @@ def target_class(kind: str, path: str = "type") -> Any:
 def target_phase(kind: str) -> Phase:
     phase: Phase = target_class(kind).phase
     return phase
+
+
+def effective_policy(policy: Policy, kind: str, config: dict[str, Any]) -> Policy:
+    """The policy a credential of provider `kind` with `config` is rotated under.
+
+    A provider that says by itself when renewal is due before a version's expiry (a
+    classmethod `rotate_before_expiry(config) -> timedelta | None`: x509_ca's
+    `renew_before`) sets `rotate_before_expiry` for its credential, so the schedule,
+    `status` and the expiry alerts, which read the stored effective policy, follow it
+    unchanged. Every other policy is returned as it is."""
+    cls = provider_class(kind)
+    says = getattr(cls, "rotate_before_expiry", None)
+    if says is None:
+        return policy
+    due_before = says(validate_config(cls, config, "provider"))
+    if due_before is None or due_before == policy.rotate_before_expiry:
+        return policy
+    return policy.model_copy(update={"rotate_before_expiry": due_before})
 
 
 def build_provider(kind: str, config: dict[str, Any], context: PluginContext) -> Provider:

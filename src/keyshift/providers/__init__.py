@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from keyshift.providers.postgres import PostgresIntegration, PostgresProvider
     from keyshift.providers.random import RandomProvider
     from keyshift.providers.redis import RedisIntegration, RedisProvider
+    from keyshift.providers.x509_ca import X509CaConfig, X509CaProvider
 
 
 class ProviderKind(StrEnum):
@@ -41,6 +42,7 @@ class ProviderKind(StrEnum):
     POSTGRES = "postgres"
     RANDOM = "random"
     REDIS = "redis"
+    X509_CA = "x509_ca"
 
 
 class IntegrationKind(StrEnum):
@@ -58,6 +60,7 @@ PROVIDERS: Registry[Any] = Registry(
         ProviderKind.POSTGRES: "keyshift.providers.postgres:PostgresProvider",
         ProviderKind.RANDOM: "keyshift.providers.random:RandomProvider",
         ProviderKind.REDIS: "keyshift.providers.redis:RedisProvider",
+        ProviderKind.X509_CA: "keyshift.providers.x509_ca:X509CaProvider",
     }
 )
 
@@ -83,6 +86,8 @@ __getattr__ = lazy_exports(
         "RandomProvider": "keyshift.providers.random:RandomProvider",
         "RedisIntegration": "keyshift.providers.redis:RedisIntegration",
         "RedisProvider": "keyshift.providers.redis:RedisProvider",
+        "X509CaConfig": "keyshift.providers.x509_ca:X509CaConfig",
+        "X509CaProvider": "keyshift.providers.x509_ca:X509CaProvider",
     },
 )
 
@@ -109,4 +114,6 @@ __all__ = [
     "VerifyRequest",
     "VerifyResult",
     "VersionInfo",
+    "X509CaConfig",
+    "X509CaProvider",
 ]

@@ -80,6 +80,10 @@ class IssuedVersion:
     attributes: Mapping[str, str] = field(default_factory=dict)
     """Non-secret facts consumers may need (a username) and the audit may show."""
     expires_at: datetime | None = None
+    fingerprint: str | None = None
+    """The version's public identity, when it has one: a certificate's SHA-256 thumbprint
+    (`sha256:` and 64 hex digits), which anyone holding the certificate can compute.
+    None for a secret value: keyshift fingerprints it with an HMAC under its own key."""
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from keyshift.engine import freezes as held
 from keyshift.engine.approvals import GOVERNANCE_KEY
 from keyshift.engine.plugins import (
     build_provider,
+    effective_policy,
     integration_class,
     provider_class,
     target_class,
@@ -666,7 +667,9 @@ def _credential_specs(estate: Estate) -> dict[str, dict[str, Any]]:
     return {
         c.name: {
             "credential": c.model_dump(mode="json"),
-            "policy": estate.policy_for(c).model_dump(mode="json"),
+            "policy": effective_policy(
+                estate.policy_for(c), c.provider.type, c.provider.config()
+            ).model_dump(mode="json"),
             "integrations": {name: declared[name] for name in estate.integration_names(c)},
         }
         for c in estate.credentials

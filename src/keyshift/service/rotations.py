@@ -8,7 +8,7 @@ render them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Hashable, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -208,6 +208,39 @@ RESTING_STATES = FINAL_STATES | {
 
 
 @dataclass(frozen=True)
+class CertificateFacts:
+    """The public facts of a certificate version, as its certificate states them; never
+    its private key."""
+
+    subject: str
+    sans: list[str]
+    """DNS names and IP addresses, as the certificate lists them."""
+    not_after: datetime | None
+    thumbprint: str
+    """SHA-256 of the certificate's DER encoding, hex (`openssl x509 -fingerprint -sha256`
+    prints it in upper case with colons)."""
+    serial_number: str
+    issuer: str
+
+    @classmethod
+    def of(cls, attributes: Mapping[str, Any] | None) -> CertificateFacts | None:
+        """The facts a version's attributes record, or None for a version that is not
+        a certificate."""
+        if not attributes or "certificate" not in attributes:
+            return None
+        sans = str(attributes.get("sans") or "")
+        not_after = attributes.get("not_after")
+        return cls(
+            subject=str(attributes.get("subject", "")),
+            sans=[name.strip() for name in sans.split(",") if name.strip()],
+            not_after=datetime.fromisoformat(not_after) if isinstance(not_after, str) else None,
+            thumbprint=str(attributes.get("thumbprint", "")),
+            serial_number=str(attributes.get("serial_number", "")),
+            issuer=str(attributes.get("issuer", "")),
+        )
+
+
+@dataclass(frozen=True)
 class VersionLine:
     """One version of a credential, by id and fingerprint."""
 
@@ -221,6 +254,8 @@ class VersionLine:
     revoked_at: datetime | None
     provenance: str = "issued"
     """`issued` by a rotation, `adopted` from the issuer (no value), or `imported`."""
+    certificate: CertificateFacts | None = None
+    """For a certificate version: subject, SANs, not_after, thumbprint (public parts)."""
 
 
 @dataclass(frozen=True)
@@ -628,22 +663,23 @@ def credential_detail(store: Store, credential: str, *, now: datetime) -> Creden
             raise NotFound(f"no credential named {credential} in the estate")
         [(cred, row)] = found
         versions = [
-            VersionLine(*v)
+            VersionLine(
+                id=v.id,
+                serial=v.serial,
+                status=v.status,
+                fingerprint=v.fingerprint,
+                rotation_id=v.rotation_id,
+                created_at=v.created_at,
+                expires_at=v.expires_at,
+                revoked_at=v.revoked_at,
+                provenance=v.provenance,
+                certificate=CertificateFacts.of(v.attributes),
+            )
             for v in s.execute(
-                select(
-                    VersionRow.id,
-                    VersionRow.serial,
-                    VersionRow.status,
-                    VersionRow.fingerprint,
-                    VersionRow.rotation_id,
-                    VersionRow.created_at,
-                    VersionRow.expires_at,
-                    VersionRow.revoked_at,
-                    VersionRow.provenance,
-                )
+                select(VersionRow)
                 .where(VersionRow.credential_id == cred.id)
                 .order_by(VersionRow.serial)
-            )
+            ).scalars()
         ]
     return CredentialDetail(
         status=row,

@@ -119,7 +119,9 @@ class VersionRow(Base):
     provider_ref: Mapped[str] = mapped_column(String(200))
     attributes: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(16))
-    fingerprint: Mapped[str] = mapped_column(String(64))
+    fingerprint: Mapped[str] = mapped_column(String(80))
+    """`hmac-sha256:` and 32 hex digits (keyshift's HMAC of a secret value), or `sha256:`
+    and the 64 hex digits of a certificate's thumbprint."""
     ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
     wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
     master_key_id: Mapped[str | None] = mapped_column(String(32))

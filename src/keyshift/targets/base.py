@@ -20,6 +20,7 @@ from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError
 
 __all__ = [
+    "FULLCHAIN",
     "VALUE_FIELDS",
     "BaseTarget",
     "Delivery",
@@ -116,9 +117,14 @@ class BaseTarget(Generic[ConfigT]):
         self.context = context
 
 
-VALUE_FIELDS: Final = frozenset({"value", "password"})
-"""Field names that mean the secret value itself; any other field is a version attribute
-(`username`, `host`, `port`, `database` for database credentials)."""
+VALUE_FIELDS: Final = frozenset({"value", "password", "private_key"})
+"""Field names that mean the secret value itself (`private_key` for a certificate version,
+whose value is its key); any other field is a version attribute (`username`, `host`,
+`port`, `database` for database credentials; `certificate`, `chain` for a certificate)."""
+
+FULLCHAIN: Final = "fullchain"
+"""The field that is a certificate version's `certificate` followed by its `chain`, as
+TLS servers want it (nginx's `ssl_certificate`, a `kubernetes.io/tls` Secret's `tls.crt`)."""
 
 
 def key_entries(key: str | None, keys: Mapping[str, str] | None) -> dict[str, str]:
@@ -143,6 +149,8 @@ def field_value(delivery: Delivery, field: str) -> str:
     permanent error naming the fields it has."""
     if field in VALUE_FIELDS:
         return delivery.value.reveal()
+    if field == FULLCHAIN and "certificate" in delivery.attributes:
+        return field_value(delivery, "certificate") + str(delivery.attributes.get("chain", ""))
     if field not in delivery.attributes:
         known = ", ".join(sorted({"value", *delivery.attributes}))
         raise PermanentError(

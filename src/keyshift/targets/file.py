@@ -1,10 +1,19 @@
-"""`file`: write the value at one key of a JSON, YAML, env or ini file on this host.
+"""`file`: write the value at one key of a JSON, YAML, env or ini file on this host, or
+a certificate version's key, certificate and chain as whole PEM or PKCS#12 files.
 
 Keys use ASP.NET's `:` for nesting (`Entra:ClientSecret`): nested objects in JSON
 and YAML, `Section:key` in ini, `Entra__ClientSecret` in env files. Everything
 else in the file stays as it was, in its order. The file is replaced atomically
 (temp file in the same directory, fsync, rename, fsync of the directory) and keeps
 its mode and owner; a new file is created with mode 0600.
+
+Certificates (`file_format: pem`): `key_path` gets the private key (a new file is
+0600), `path` the certificate (with `fullchain`, followed by the chain) and `chain_path`
+the chain (new files 0644). `file_format: pkcs12` writes key, certificate and chain in
+one bundle at `path` (0600) encrypted with the password `password_from` names. An
+existing file keeps its mode and owner, except that a key file or bundle loses any
+permission for others. Each file is replaced atomically, one after the other (key
+first); the consumer's reload, ordered after this action, reads them together.
 
 Known limits: YAML and ini comments are not kept (PyYAML and configparser drop
 them); env-file comments, blank lines and order are. Files are POSIX files.
@@ -31,8 +40,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from keyshift.context import PluginContext
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError, TransientError
+from keyshift.sources import SecretRef
 from keyshift.targets import base
 from keyshift.targets.base import (
+    FULLCHAIN,
     BaseTarget,
     Delivery,
     PreflightResult,
@@ -43,6 +54,10 @@ from keyshift.targets.base import (
 )
 
 FileFormat = Literal["json", "yaml", "env", "ini"]
+"""Formats that hold keys, each set to a field of the version (the host agent's too)."""
+WHOLE_FILE_FORMATS: Final = ("pem", "pkcs12")
+TargetFileFormat = Literal["json", "yaml", "env", "ini", "pem", "pkcs12"]
+"""Every format the `file` target writes (one Literal, so a bad one is one error)."""
 
 KEY_SEPARATOR: Final = ":"
 """Separates nesting levels in `key`, as in ASP.NET configuration keys."""
@@ -50,6 +65,10 @@ ENV_SEPARATOR: Final = "__"
 """What `:` becomes in an env file (ASP.NET's environment variable convention)."""
 NEW_FILE_MODE: Final = 0o600
 """Mode of a file this target creates: readable by its owner only."""
+PUBLIC_FILE_MODE: Final = 0o644
+"""Mode of a new certificate or chain file: public, readable by every process."""
+NO_OTHERS: Final = 0o7770
+"""Mask for the mode of a file holding a private key: nothing for others, ever."""
 
 _BOM: Final = "\ufeff"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
@@ -77,25 +96,85 @@ class FileConfig(BaseModel):
     )
 
     path: str = Field(alias="target_path", min_length=1)
-    """The file to write. A symlink is followed; the file it points to is replaced."""
+    """The file to write. A symlink is followed; the file it points to is replaced. With
+    `pem`, the certificate file; with `pkcs12`, the bundle."""
     key: str | None = Field(default=None, alias="secret_key", min_length=1)
     """Where the value goes; `:` nests (`Entra:ClientSecret`). In ini files `Section:key`."""
     keys: dict[str, str] | None = None
     """Instead of `key`: several keys, each mapped to `value` (or `password`) or to a version
-    attribute such as `username`, e.g. `{DB_USER: username, DB_PASSWORD: password}`."""
-    file_format: FileFormat
+    attribute such as `username`, e.g. `{DB_USER: username, DB_PASSWORD: password}`. A
+    certificate version has `private_key`, `certificate`, `chain` and `fullchain`."""
+    file_format: TargetFileFormat
+    """`json`, `yaml`, `env`, `ini`: set keys in the file. `pem`, `pkcs12`: write a
+    certificate version's files whole (no `key` or `keys`)."""
     create: bool = True
-    """Create the file (mode 0600) when it does not exist; otherwise a missing file fails."""
+    """Create the file (mode 0600; 0644 for a certificate or chain) when it does not
+    exist; otherwise a missing file fails."""
+    key_path: str | None = Field(default=None, min_length=1)
+    """`pem`: the file that gets the private key (required)."""
+    chain_path: str | None = Field(default=None, min_length=1)
+    """`pem`: the file that gets the CA chain, if the consumer wants it apart."""
+    fullchain: bool = False
+    """`pem`: `path` gets the certificate followed by the chain (nginx's `ssl_certificate`)."""
+    password_from: SecretRef | None = None
+    """`pkcs12`: the bundle's password, `env:NAME`, `file:/path` or `credential:NAME`
+    (required)."""
 
     @model_validator(mode="after")
     def _keys_fit_format(self) -> FileConfig:
+        if self.file_format in WHOLE_FILE_FORMATS:
+            _check_whole_file(self)
+            return self
+        for name in ("key_path", "chain_path", "password_from"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name} is for file_format pem or pkcs12, not {self.file_format}")
+        if self.fullchain:
+            raise ValueError(f"fullchain is for file_format pem, not {self.file_format}")
         for key in self.entries():
             _check_key(key, self.file_format)
         return self
 
     def entries(self) -> dict[str, str]:
-        """Every file key and the field of the version written there."""
+        """Every file key and the field of the version written there (none for `pem` and
+        `pkcs12`, which write whole files)."""
+        if self.file_format in WHOLE_FILE_FORMATS:
+            return {}
         return key_entries(self.key, self.keys)
+
+    def whole_files(self) -> list[tuple[str, str, int]]:
+        """`pem`: (path, field, mode of a new file) of each file written, key first."""
+        if self.file_format != "pem" or self.key_path is None:
+            return []
+        files = [
+            (self.key_path, "private_key", NEW_FILE_MODE),
+            (self.path, FULLCHAIN if self.fullchain else "certificate", PUBLIC_FILE_MODE),
+        ]
+        if self.chain_path is not None:
+            files.append((self.chain_path, "chain", PUBLIC_FILE_MODE))
+        return files
+
+
+def _check_whole_file(config: FileConfig) -> None:
+    fmt = config.file_format
+    if config.key is not None or config.keys is not None:
+        raise ValueError(f"file_format {fmt} writes whole files: give no key or keys")
+    if fmt == "pem":
+        if config.key_path is None:
+            raise ValueError("file_format pem needs key_path (where the private key goes)")
+        if config.password_from is not None:
+            raise ValueError("password_from is for file_format pkcs12, not pem")
+        paths = [p for p, _, _ in config.whole_files()]
+        real = [os.path.normpath(p) for p in paths]
+        if len(set(real)) != len(real):
+            raise ValueError("path, key_path and chain_path must be three different files")
+        return
+    if config.password_from is None:
+        raise ValueError("file_format pkcs12 needs password_from (the bundle's password)")
+    for name in ("key_path", "chain_path"):
+        if getattr(config, name) is not None:
+            raise ValueError(f"{name} is for file_format pem, not pkcs12")
+    if config.fullchain:
+        raise ValueError("fullchain is for file_format pem, not pkcs12")
 
 
 def _check_key(key: str, file_format: str) -> None:
@@ -210,28 +289,110 @@ class KeyFile:
 
     def _check_writable(self) -> None:
         """Raise PermanentError unless publish could replace (or create) the file."""
-        name = self.name
-        path = self.real_path()
-        directory = path.parent
-        if path.exists():
-            if not path.is_file():
-                raise PermanentError(f"{name} is not a regular file")
-            if not os.access(path, os.W_OK):
-                raise PermanentError(f"{name} is not writable by this process")
-            if not os.access(directory, os.W_OK | os.X_OK):
-                raise PermanentError(
-                    f"directory {directory} is not writable, so {name} cannot be replaced"
-                )
-            _check_owner_keepable(path, name)
-            return
-        if not self.create:
-            raise PermanentError(f"{name} does not exist and create is false")
-        if not directory.is_dir():
-            raise PermanentError(f"directory {directory} of {name} does not exist")
+        check_replaceable(self.real_path(), self.name, create=self.create)
+
+
+def check_replaceable(path: Path, name: str, *, create: bool) -> None:
+    """Raise PermanentError unless this process could replace the file at `path` (every
+    symlink followed) keeping its owner, or create it when it is missing and `create`."""
+    directory = path.parent
+    if path.exists():
+        if not path.is_file():
+            raise PermanentError(f"{name} is not a regular file")
+        if not os.access(path, os.W_OK):
+            raise PermanentError(f"{name} is not writable by this process")
         if not os.access(directory, os.W_OK | os.X_OK):
             raise PermanentError(
-                f"directory {directory} is not writable, so {name} cannot be created"
+                f"directory {directory} is not writable, so {name} cannot be replaced"
             )
+        _check_owner_keepable(path, name)
+        return
+    if not create:
+        raise PermanentError(f"{name} does not exist and create is false")
+    if not directory.is_dir():
+        raise PermanentError(f"directory {directory} of {name} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermanentError(f"directory {directory} is not writable, so {name} cannot be created")
+
+
+class WholeFiles:
+    """A certificate version's files on this host, each written whole: `pem` (key,
+    certificate, chain) or `pkcs12` (one bundle). Messages name paths, never contents."""
+
+    def __init__(self, config: FileConfig, context: PluginContext) -> None:
+        self.config = config
+        self.context = context
+
+    def paths(self) -> list[str]:
+        if self.config.file_format == "pem":
+            return [p for p, _, _ in self.config.whole_files()]
+        return [self.config.path]
+
+    def check(self) -> None:
+        """Raise PermanentError unless every file could be written. Changes nothing."""
+        for name in self.paths():
+            check_replaceable(Path(os.path.realpath(name)), name, create=self.config.create)
+
+    def apply(self, wanted: Delivery | None, failed: Delivery | None = None) -> bool:
+        """Make the files hold `wanted`; with None, remove each file that still holds what
+        `failed` wrote (a file changed since is someone else's and stays). Return whether
+        anything changed. Idempotent: a file already right is not rewritten."""
+        self.check()
+        if self.config.file_format == "pkcs12":
+            return self._bundle(wanted, failed)
+        changed = False
+        for name, field, mode in self.config.whole_files():
+            path = Path(os.path.realpath(name))
+            private = field == "private_key"
+            current = _read_or_none(path, name)
+            if wanted is not None:
+                data = field_value(wanted, field).encode("utf-8")
+                if current != data:
+                    _atomic_write(path, data, name, new_mode=mode, private=private)
+                    changed = True
+            elif failed is not None and current == field_value(failed, field).encode("utf-8"):
+                _remove(path, name)
+                changed = True
+        return changed
+
+    def _bundle(self, wanted: Delivery | None, failed: Delivery | None) -> bool:
+        # Imported here: cryptography is needed for PKCS#12 only, and the host agent,
+        # which shares this module, never writes one.
+        from keyshift.targets.certificate import pkcs12_bundle, pkcs12_holds  # noqa: PLC0415
+
+        name = self.config.path
+        path = Path(os.path.realpath(name))
+        password = self.context.secret("config.password_from", str(self.config.password_from))
+        current = _read_or_none(path, name)
+        if wanted is not None:
+            if current is not None and pkcs12_holds(current, password, wanted):
+                return False
+            data = pkcs12_bundle(wanted, password)
+            _atomic_write(path, data, name, new_mode=NEW_FILE_MODE, private=True)
+            return True
+        if failed is not None and current is not None and pkcs12_holds(current, password, failed):
+            _remove(path, name)
+            return True
+        return False
+
+
+def _read_or_none(path: Path, name: str) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _os_error(f"cannot read {name}", exc) from exc
+
+
+def _remove(path: Path, name: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise _os_error(f"cannot remove {name}", exc) from exc
+    _fsync_directory(path.parent)
 
 
 def field_values(entries: Mapping[str, str], delivery: Delivery | None) -> dict[str, str | None]:
@@ -252,7 +413,10 @@ class FileTarget(BaseTarget[FileConfig]):
 
     @classmethod
     def describe(cls, config: FileConfig) -> dict[str, str]:
-        """Where it writes: the file, its format and the keys set in it (on this host)."""
+        """Where it writes: the file, its format and the keys set in it (on this host), or
+        for a certificate the files written whole."""
+        if config.file_format in WHOLE_FILE_FORMATS:
+            return {"path": config.path, "format": config.file_format, **_whole_paths(config)}
         return {
             "path": config.path,
             "format": config.file_format,
@@ -261,25 +425,42 @@ class FileTarget(BaseTarget[FileConfig]):
 
     def __init__(self, config: FileConfig, context: PluginContext) -> None:
         super().__init__(config, context)
-        self._file = KeyFile(
-            config.path, config.file_format, list(config.entries()), create=config.create
+        self._whole = WholeFiles(config, context)
+        self._file = (
+            None
+            if config.file_format in WHOLE_FILE_FORMATS
+            else KeyFile(
+                config.path, config.file_format, list(config.entries()), create=config.create
+            )
         )
         self._keys = ", ".join(config.entries())
 
     async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
-        """Ready when publish could write: file writable and parseable, owner keepable.
-
-        Changes nothing.
+        """Ready when publish could write: file writable and parseable, owner keepable
+        (every file, for a certificate). Changes nothing.
         """
         try:
-            self._file.check()
+            if self._file is None:
+                self._whole.check()
+            else:
+                self._file.check()
         except (PermanentError, TransientError) as exc:
             return PreflightResult(Readiness.BLOCKED, str(exc))
         return PreflightResult(Readiness.READY)
 
     async def publish(self, request: base.PublishRequest) -> StepResult:
-        """Write the value at the key. Idempotent: an unchanged value is not rewritten."""
+        """Write the value at the key (for a certificate: its files). Idempotent: an
+        unchanged value is not rewritten."""
         delivery = request.delivery
+        if self._file is None:
+            changed = self._whole.apply(delivery)
+            return StepResult(
+                {
+                    **self.describe(self.config),
+                    "fingerprint": delivery.fingerprint,
+                    "changed": changed,
+                }
+            )
         changed = self._file.apply(field_values(self.config.entries(), delivery))
         return StepResult(
             {
@@ -297,6 +478,16 @@ class FileTarget(BaseTarget[FileConfig]):
         Removing a nested key also removes the parents it leaves empty.
         """
         previous = request.previous
+        if self._file is None:
+            changed = self._whole.apply(previous, failed=request.failed)
+            return StepResult(
+                {
+                    **self.describe(self.config),
+                    "fingerprint": previous.fingerprint if previous is not None else None,
+                    "removed": previous is None,
+                    "changed": changed,
+                }
+            )
         changed = self._file.apply(field_values(self.config.entries(), previous))
         return StepResult(
             {
@@ -307,6 +498,15 @@ class FileTarget(BaseTarget[FileConfig]):
                 "changed": changed,
             }
         )
+
+
+def _whole_paths(config: FileConfig) -> dict[str, str]:
+    if config.file_format == "pkcs12":
+        return {}
+    out = {"key_path": str(config.key_path)}
+    if config.chain_path is not None:
+        out["chain_path"] = config.chain_path
+    return out
 
 
 def _check_owner_keepable(path: Path, name: str) -> None:
@@ -333,18 +533,24 @@ def _os_error(message: str, exc: OSError) -> PermanentError | TransientError:
     return PermanentError(text)
 
 
-def _atomic_write(path: Path, data: bytes, name: str) -> None:
+def _atomic_write(
+    path: Path, data: bytes, name: str, *, new_mode: int = NEW_FILE_MODE, private: bool = False
+) -> None:
     """Replace `path` with `data` so readers see the old or the new file, never a partial one.
 
     The temp file is created 0600 and only then given the target's mode and owner, so it
-    is never more readable than the file it replaces. It is removed on any failure.
+    is never more readable than the file it replaces. It is removed on any failure. A new
+    file gets `new_mode`; a `private` one (a private key) never keeps a permission for
+    others. The umask does not apply: the mode is set explicitly.
     """
     directory = path.parent
     try:
         current = path.stat()
     except FileNotFoundError:
         current = None
-    mode = (current.st_mode & 0o7777) if current is not None else NEW_FILE_MODE
+    mode = (current.st_mode & 0o7777) if current is not None else new_mode
+    if private:
+        mode &= NO_OTHERS
     temp = directory / f".{path.name}.keyshift-{secrets.token_hex(6)}.tmp"
     flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
     try:

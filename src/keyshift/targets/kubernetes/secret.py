@@ -7,6 +7,10 @@ Conflict), re-read and tried again rather than applied blindly. With `keys`, eve
 (the password and, say, the username it belongs to) changes in that one patch, so a
 consumer never reads a new password beside an old user. The annotations name the
 rotation, version and fingerprint, never the value.
+
+`secret_type: kubernetes.io/tls` delivers a certificate version as a TLS Secret:
+`tls.crt` gets the certificate followed by its chain and `tls.key` the private key, in
+the same one write (the API server refuses a TLS Secret without both).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import binascii
 import hmac
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Literal
 
 from kubernetes import client as k8s
 from pydantic import BaseModel, field_validator, model_validator
@@ -26,6 +30,7 @@ from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError, PluginError, TransientError
 from keyshift.targets import base
 from keyshift.targets.base import (
+    FULLCHAIN,
     VALUE_FIELDS,
     BaseTarget,
     Delivery,
@@ -55,6 +60,11 @@ MAX_CONFLICTS: Final = 5
 CONFLICT_BACKOFF: Final = 0.2
 """Seconds before the first re-read after a conflict; doubles for each further one."""
 
+SecretType = Literal["Opaque", "kubernetes.io/tls"]
+TLS_SECRET: Final = "kubernetes.io/tls"  # noqa: S105 (a Secret type, not a password)
+TLS_KEYS: Final = {"tls.crt": FULLCHAIN, "tls.key": "private_key"}
+"""What a `kubernetes.io/tls` Secret holds of a certificate version."""
+
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 
@@ -74,7 +84,11 @@ class KubernetesSecretConfig(KubernetesConnection):
     `password`) or to a version attribute such as `username`, e.g. `{DB_USER: username,
     DB_PASSWORD: password}`. All of them change in one write; other keys are kept."""
     create: bool = False
-    """Create the Secret (type Opaque) when it is missing; otherwise it must exist."""
+    """Create the Secret (of `secret_type`) when it is missing; otherwise it must exist."""
+    secret_type: SecretType = "Opaque"  # noqa: S105 (a Secret type, not a password)
+    """`kubernetes.io/tls`: a TLS Secret of a certificate version: `tls.crt` gets the
+    certificate and its chain, `tls.key` the private key (give no `key`; `keys` may add
+    others, e.g. `{ca.crt: chain}`). An existing Secret must be of this type."""
 
     @field_validator("secret")
     @classmethod
@@ -98,18 +112,31 @@ class KubernetesSecretConfig(KubernetesConnection):
 
     @model_validator(mode="after")
     def _key_or_keys(self) -> KubernetesSecretConfig:
+        if self.secret_type == TLS_SECRET:
+            if self.key is not None:
+                raise ValueError(
+                    "a kubernetes.io/tls Secret takes no key: it holds tls.crt and tls.key"
+                )
+            taken = sorted(set(self.keys or {}) & set(TLS_KEYS))
+            if taken:
+                raise ValueError(
+                    f"keys may not set {', '.join(taken)} of a kubernetes.io/tls Secret"
+                )
+            return self
         key_entries(self.key, self.keys)
         return self
 
     def entries(self) -> dict[str, str]:
         """Every data key and the field of the version written there."""
+        if self.secret_type == TLS_SECRET:
+            return {**TLS_KEYS, **(self.keys or {})}
         return key_entries(self.key, self.keys)
 
     def named_keys(self) -> dict[str, str]:
         """The keys written, for descriptions and step records: `{"key": K}` for one `key`
         (the shape recorded before `keys` existed, so stored evidence recomputes the same),
         else `{"keys": "A, B"}`."""
-        if self.key is not None:
+        if self.key is not None and self.secret_type != TLS_SECRET:
             return {"key": self.key}
         return {"keys": ", ".join(self.entries())}
 
@@ -192,6 +219,8 @@ class KubernetesSecretTarget(BaseTarget[KubernetesSecretConfig]):
             )
         if found is not None and found.immutable:
             return PreflightResult(Readiness.BLOCKED, f"{self._what} is immutable")
+        if found is not None and (found.type or "Opaque") != self.config.secret_type:
+            return PreflightResult(Readiness.BLOCKED, self._wrong_type(found))
         [(word, names)] = self.config.named_keys().items()
         return PreflightResult(Readiness.READY, f"may get and patch {self._what}; {word} {names}")
 
@@ -246,6 +275,8 @@ class KubernetesSecretTarget(BaseTarget[KubernetesSecretConfig]):
                 )
             version = await self._create(wanted, values, created_by)
             return self._result("created", version, conflicts)
+        if (secret.type or "Opaque") != self.config.secret_type:
+            raise PermanentError(self._wrong_type(secret))
         data = secret.data or {}
         if all(_holds(data, key, text) for key, text in values.items()):
             return self._result("unchanged", secret.metadata.resource_version, conflicts)
@@ -308,6 +339,13 @@ class KubernetesSecretTarget(BaseTarget[KubernetesSecretConfig]):
         }
         return self._result("removed", await self._patch(patch), conflicts)
 
+    def _wrong_type(self, found: k8s.V1Secret) -> str:
+        # A Secret's type cannot change: the API server refuses it, so say so up front.
+        return (
+            f"{self._what} is of type {found.type or 'Opaque'}, not {self.config.secret_type}; "
+            "a Secret's type cannot change (delete it, or set create: true on a new name)"
+        )
+
     def _values(self, delivery: Delivery) -> dict[str, str]:
         """Each key's text for `delivery`; PermanentError if the version lacks a field."""
         return {key: field_value(delivery, field) for key, field in self._entries.items()}
@@ -333,7 +371,7 @@ class KubernetesSecretTarget(BaseTarget[KubernetesSecretConfig]):
         body = k8s.V1Secret(
             api_version="v1",
             kind="Secret",
-            type="Opaque",
+            type=self.config.secret_type,
             metadata=k8s.V1ObjectMeta(name=self.config.secret, annotations=annotations),
             data={key: _encode(text) for key, text in values.items()},
         )

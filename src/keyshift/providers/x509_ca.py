@@ -1,0 +1,447 @@
+"""`x509_ca`: TLS certificates issued by an internal certificate authority.
+
+keyshift holds the CA's key (through a reference: `env:`, `file:`, `credential:`) and
+signs each new leaf itself with `cryptography`. A version is one certificate: its
+private key is the sealed secret value; the certificate and the CA chain are public and
+stored with the version (`attributes`), as is what operators read (subject, SANs,
+`not_after`, serial, thumbprint). The fingerprint is the certificate's SHA-256
+thumbprint, as `openssl x509 -fingerprint -sha256` prints it (without the colons).
+
+Overlap: a new certificate is independent of the old one, so both are valid at once
+(dual) until the old one's `not_after`. Revoking the old version cannot un-issue it: this
+CA publishes no CRL or OCSP, so a verifier that trusts the CA accepts the old certificate
+until it expires. keyshift records the revocation (the version is revoked, its private
+key erased, the serial named in the audit) and nothing more; see docs/certificates.md.
+
+Due: renewal is due `renew_before` the certificate's `not_after`. The provider gives the
+`not_after` as the version's `expires_at` and `renew_before` as the credential's
+`rotate_before_expiry` (`rotate_before_expiry` below), so the schedule, `status`, the
+expiry alerts and the dashboard treat a certificate like any expiring secret.
+
+Out of scope here: a CA that keyshift itself holds sealed (`ca: keyshift-managed`),
+CRL/OCSP publishing, and rotating the CA (a `trust_bundle` credential, later).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Final, Literal
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from keyshift.context import PluginContext
+from keyshift.domain.durations import Duration, format_duration
+from keyshift.domain.secret import Secret
+from keyshift.errors import PermanentError
+from keyshift.providers import base
+from keyshift.providers.base import (
+    Capability,
+    IssuedVersion,
+    PreflightResult,
+    Readiness,
+    RevokeResult,
+    VerifyResult,
+    VersionInfo,
+)
+from keyshift.sources import SecretRef
+
+KeyType = Literal["rsa-2048", "rsa-3072", "ec-p256", "ed25519"]
+
+BACKDATE: Final = timedelta(minutes=5)
+"""A new certificate is valid from this long before it was issued, so a consumer whose
+clock runs a little behind does not refuse it as not yet valid."""
+FINGERPRINT_PREFIX: Final = "sha256:"
+
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _san(text: str) -> x509.GeneralName:
+    """A SAN entry: an IP address, or a DNS name (a leading `*.` for a wildcard)."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    name = text.removeprefix("*.")
+    labels = name.split(".")
+    if len(text) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"'{text}' is not a DNS name or IP address")
+    return x509.DNSName(text.lower())
+
+
+class X509CaConfig(BaseModel):
+    """A leaf certificate for `common_name` and `sans`, signed by the CA whose key and
+    certificate the two references name."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
+
+    common_name: str = Field(min_length=1, max_length=64)
+    """The subject's CN, e.g. `web.internal`."""
+    sans: list[str] = Field(default_factory=list)
+    """Subject alternative names: DNS names (`*.web.internal` for a wildcard) and IP
+    addresses. TLS clients match these, not the CN: list every name clients use."""
+    key_type: KeyType = "ec-p256"
+    """The new key of each version: `rsa-2048`, `rsa-3072`, `ec-p256` or `ed25519`."""
+    validity: Duration = timedelta(days=90)
+    """How long each certificate is valid; its `not_after` is the version's expiry."""
+    renew_before: Duration = timedelta(days=30)
+    """Renewal is due this long before `not_after`: for this credential it takes the place
+    of the policy's `rotate_before_expiry`. Shorter than `validity`."""
+    ca_key_from: SecretRef
+    """The CA's private key (unencrypted PEM): `env:NAME`, `file:/path` or
+    `credential:NAME`. Read each time a certificate is signed; never stored."""
+    ca_cert_from: SecretRef
+    """The CA's certificate (PEM), then any certificates above it up to the root; all of
+    them are the chain each version carries."""
+
+    @field_validator("sans")
+    @classmethod
+    def _sans(cls, sans: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for text in sans:
+            _san(text)
+            if text.lower() in seen:
+                raise ValueError(f"'{text}' is listed twice")
+            seen.add(text.lower())
+        return sans
+
+    @field_validator("validity")
+    @classmethod
+    def _validity(cls, validity: timedelta) -> timedelta:
+        if validity <= timedelta(0):
+            raise ValueError("validity must be longer than 0s")
+        return validity
+
+    @field_validator("renew_before")
+    @classmethod
+    def _renewal_inside_validity(cls, renew_before: timedelta, info: ValidationInfo) -> timedelta:
+        if renew_before <= timedelta(0):
+            raise ValueError("renew_before must be longer than 0s")
+        validity = info.data.get("validity")
+        if isinstance(validity, timedelta) and renew_before >= validity:
+            raise ValueError(
+                f"renew_before ({format_duration(renew_before)}) must be shorter than "
+                f"validity ({format_duration(validity)})"
+            )
+        return renew_before
+
+    def names(self) -> list[x509.GeneralName]:
+        return [_san(text) for text in self.sans]
+
+
+@dataclass(frozen=True)
+class _Ca:
+    key: Any
+    cert: x509.Certificate
+    chain_pem: str
+    """The CA certificate and those above it, as PEM (each ends with a newline)."""
+
+
+def thumbprint(cert: x509.Certificate) -> str:
+    """The SHA-256 thumbprint of a certificate's DER encoding, in lowercase hex."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def _new_key(key_type: str) -> Any:
+    if key_type == "rsa-2048":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if key_type == "rsa-3072":
+        return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    if key_type == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _signature_hash(key: Any) -> hashes.SHA256 | None:
+    """Ed25519 and Ed448 keys sign without a separate hash; RSA and EC with SHA-256."""
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
+        return None
+    return hashes.SHA256()
+
+
+def _subject(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string()
+
+
+class X509CaProvider:
+    """Signs leaf certificates with an internal CA's key; keyshift is the system of record."""
+
+    kind: ClassVar[str] = "x509_ca"
+    Config: ClassVar[type[BaseModel]] = X509CaConfig
+    capability_fields: ClassVar[tuple[str, ...]] = ()
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.DUAL_ACTIVE})
+
+    @classmethod
+    def describe(
+        cls, config: X509CaConfig, integrations: Mapping[str, BaseModel]
+    ) -> dict[str, str]:
+        """What it issues and with which CA (by reference, never the key)."""
+        return {
+            "issuer": f"internal CA ({config.ca_cert_from})",
+            "subject": f"CN={config.common_name}",
+            "sans": ", ".join(config.sans) or "-",
+            "key_type": config.key_type,
+            "validity": format_duration(config.validity),
+        }
+
+    @classmethod
+    def rotate_before_expiry(cls, config: BaseModel) -> timedelta | None:
+        """When renewal is due before a version's expiry (its `not_after`): the config's
+        `renew_before`. The estate stores it as the credential's effective policy's
+        `rotate_before_expiry`, which the schedule and `status` read."""
+        return config.renew_before if isinstance(config, X509CaConfig) else None
+
+    def __init__(self, config: X509CaConfig, context: PluginContext) -> None:
+        self.config = config
+        self.context = context
+
+    # The CA --------------------------------------------------------------------------
+
+    def _ca(self) -> _Ca:
+        """The CA's key and certificate, read through their references and checked: the
+        key belongs to the certificate, which is a CA valid now. PermanentError naming
+        the field otherwise (never quoting what was read)."""
+        key_text = self.context.secret("provider.ca_key_from", self.config.ca_key_from)
+        cert_text = self.context.secret("provider.ca_cert_from", self.config.ca_cert_from)
+        key = _load_key(key_text)
+        if key is None:
+            raise PermanentError(
+                "provider.ca_key_from: not an unencrypted PEM private key (RSA, EC or Ed25519)"
+            )
+        certs = _load_certs(cert_text.reveal())
+        if not certs:
+            raise PermanentError("provider.ca_cert_from: holds no PEM certificate")
+        cert = certs[0]
+        where = f"provider.ca_cert_from: {_subject(cert)}"
+        try:
+            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            constraints = None
+        if constraints is None or not constraints.ca:
+            raise PermanentError(f"{where} is not a CA (basicConstraints CA:TRUE is missing)")
+        if key.public_key().public_bytes(*_SPKI) != cert.public_key().public_bytes(*_SPKI):
+            raise PermanentError(
+                f"provider.ca_key_from: the key does not belong to the CA certificate "
+                f"{_subject(cert)} (ca_cert_from)"
+            )
+        now = self.context.now()
+        if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+            raise PermanentError(
+                f"{where} is not valid now (valid {cert.not_valid_before_utc.isoformat()} "
+                f"to {cert.not_valid_after_utc.isoformat()})"
+            )
+        return _Ca(key, cert, "".join(_pem(c) for c in certs))
+
+    def _ca_cert(self) -> x509.Certificate:
+        """The CA certificate only (verifying needs no key)."""
+        text = self.context.secret("provider.ca_cert_from", self.config.ca_cert_from)
+        certs = _load_certs(text.reveal())
+        if not certs:
+            raise PermanentError("provider.ca_cert_from: holds no PEM certificate")
+        return certs[0]
+
+    # The contract --------------------------------------------------------------------
+
+    async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
+        """Ready when the CA's key and certificate can be read, belong together, and the
+        certificate is a CA valid now that outlives a certificate issued now. Changes
+        nothing."""
+        try:
+            ca = self._ca()
+        except PermanentError as exc:
+            return PreflightResult(Readiness.BLOCKED, str(exc))
+        if ca.cert.not_valid_after_utc < self.context.now() + self.config.validity:
+            return PreflightResult(
+                Readiness.BLOCKED,
+                f"the CA {_subject(ca.cert)} expires "
+                f"{ca.cert.not_valid_after_utc.isoformat()}, before a certificate issued "
+                f"now would ({format_duration(self.config.validity)})",
+            )
+        return PreflightResult(
+            Readiness.READY,
+            f"may sign with the CA {_subject(ca.cert)} "
+            f"(valid until {ca.cert.not_valid_after_utc.isoformat()})",
+        )
+
+    async def create(self, request: base.CreateRequest) -> IssuedVersion:
+        """Generate a key and sign a certificate for it with the CA.
+
+        Nothing leaves the process until the engine stores it (the CA publishes nothing),
+        so a crash before storing leaves only a certificate nobody holds; the engine
+        looks for a stored version of this rotation before calling, so a resumed
+        rotation never signs a second one."""
+        ca = self._ca()
+        now = self.context.now()
+        not_after = now + self.config.validity
+        if not_after > ca.cert.not_valid_after_utc:
+            raise PermanentError(
+                f"the CA {_subject(ca.cert)} expires {ca.cert.not_valid_after_utc.isoformat()}, "
+                f"which expires before the new certificate would ({not_after.isoformat()}); "
+                "shorten validity or renew the CA"
+            )
+        key = _new_key(self.config.key_type)
+        cert = self._sign(ca, key, now, not_after)
+        print_ = thumbprint(cert)
+        serial = format(cert.serial_number, "x")
+        value = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode("ascii")
+        return IssuedVersion(
+            provider_ref=f"x509:{serial}",
+            value=Secret(value),
+            attributes={
+                "certificate": _pem(cert),
+                "chain": ca.chain_pem,
+                "subject": _subject(cert),
+                "sans": ", ".join(self.config.sans),
+                "issuer": _subject(ca.cert),
+                "serial_number": serial,
+                "not_before": cert.not_valid_before_utc.isoformat(),
+                "not_after": cert.not_valid_after_utc.isoformat(),
+                "key_type": self.config.key_type,
+                "thumbprint": print_,
+            },
+            expires_at=cert.not_valid_after_utc,
+            fingerprint=FINGERPRINT_PREFIX + print_,
+        )
+
+    def _sign(self, ca: _Ca, key: Any, now: datetime, not_after: datetime) -> x509.Certificate:
+        public = key.public_key()
+        usage_for_rsa = isinstance(key, rsa.RSAPrivateKey)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.config.common_name)])
+            )
+            .issuer_name(ca.cert.subject)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=usage_for_rsa,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+                critical=False,
+            )
+        )
+        if self.config.sans:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(self.config.names()), critical=False
+            )
+        return builder.sign(ca.key, _signature_hash(ca.key))
+
+    async def verify(self, request: base.VerifyRequest) -> VerifyResult:
+        """The version is a certificate the CA signed, valid now, whose public key is the
+        one of the version's private key. keyshift is the issuer: there is no sign-in to
+        try, so this checks what a TLS peer would check of the certificate."""
+        version = request.version
+        certs = _load_certs(version.attributes.get("certificate", ""))
+        if not certs:
+            return VerifyResult(ok=False, detail="the version holds no certificate")
+        cert, ca = certs[0], self._ca_cert()
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            return VerifyResult(ok=False, detail=f"not signed by the CA {_subject(ca)}")
+        key = _load_key(version.value)
+        if key is None or key.public_key().public_bytes(*_SPKI) != cert.public_key().public_bytes(
+            *_SPKI
+        ):
+            return VerifyResult(ok=False, detail="the private key does not match the certificate")
+        now = self.context.now()
+        if now >= cert.not_valid_after_utc:
+            return VerifyResult(
+                ok=False, detail=f"expired at {cert.not_valid_after_utc.isoformat()}"
+            )
+        if now < cert.not_valid_before_utc:
+            return VerifyResult(
+                ok=False, detail=f"not valid before {cert.not_valid_before_utc.isoformat()}"
+            )
+        return VerifyResult(
+            ok=True,
+            detail=f"signed by {_subject(ca)}, valid until {cert.not_valid_after_utc.isoformat()}",
+        )
+
+    async def revoke(self, request: base.RevokeRequest) -> RevokeResult:
+        """Nothing to call: the engine erases the private key and marks the version
+        revoked. The certificate itself cannot be un-issued (no CRL or OCSP here): it
+        stays valid to whoever trusts the CA until its not_after, which the detail says.
+        Succeeds when already revoked."""
+        attributes = request.version.attributes
+        return RevokeResult(
+            detail={
+                "issuer": "keyshift (internal CA)",
+                "serial_number": str(attributes.get("serial_number", "")),
+                "revocation": (
+                    "recorded by keyshift only: this CA publishes no CRL or OCSP, so the "
+                    "certificate stays valid to verifiers that trust the CA until its "
+                    f"not_after ({attributes.get('not_after', 'unknown')})"
+                ),
+            }
+        )
+
+    async def list_versions(self, request: base.ListRequest) -> list[VersionInfo]:
+        """keyshift's store is the only record of what this CA issued."""
+        return []
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _load_key(text: Secret) -> Any:
+    """The PEM private key in `text`, or None (the parser's error could quote it)."""
+    try:
+        key = serialization.load_pem_private_key(text.reveal().encode("utf-8"), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
+    supported = (
+        rsa.RSAPrivateKey,
+        ec.EllipticCurvePrivateKey,
+        ed25519.Ed25519PrivateKey,
+        ed448.Ed448PrivateKey,
+    )
+    return key if isinstance(key, supported) else None
+
+
+def _load_certs(text: str) -> list[x509.Certificate]:
+    """Every PEM certificate in `text`, in order; empty when it holds none."""
+    try:
+        return x509.load_pem_x509_certificates(text.encode("utf-8"))
+    except ValueError:
+        return []

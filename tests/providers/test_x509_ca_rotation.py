@@ -1,0 +1,227 @@
+"""`x509_ca` rotations end to end, through the CLI and the engine, on both store backends:
+a leaf from an internal CA written as PEM files for an nginx-style consumer, checked with
+`openssl verify`, kept through grace, revoked; a failed check puts the old files back
+byte for byte; a worker killed while creating never leaves two certificates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from keyshift.engine.faults import ENV as CRASH_AT
+from keyshift.store.store import Store
+from tests.certs import Ca, make_ca
+from tests.conftest import Cli, run_subprocess
+from tests.helpers import rotations_of, save_estate, steps, value_of, versions
+
+CREDENTIAL = "web-tls"
+OPENSSL = shutil.which("openssl")
+
+pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> Ca:
+    return make_ca(tmp_path / "ca", at=datetime.now(UTC))
+
+
+def estate(
+    tmp_path: Path,
+    ca: Ca,
+    *,
+    check_against: Path | None = None,
+    provider: dict[str, Any] | None = None,
+) -> Path:
+    """One certificate for nginx: key, certificate and chain files, then `openssl verify`
+    of the certificate against `check_against` (the CA, unless told otherwise)."""
+    tls = tmp_path / "tls"
+    tls.mkdir(exist_ok=True)
+    check = [str(OPENSSL), "verify", "-CAfile", str(check_against or ca.cert_path)]
+    return save_estate(
+        tmp_path,
+        {
+            "credentials": [
+                {
+                    "name": CREDENTIAL,
+                    "owner": "team-web",
+                    "environment": "prod",
+                    "auto_rotate": True,
+                    "policy": {"grace_period": "1h"},
+                    "provider": {
+                        "type": "x509_ca",
+                        "common_name": "web.internal",
+                        "sans": ["web.internal", "127.0.0.1"],
+                        "validity": "90d",
+                        "renew_before": "20d",
+                        "ca_key_from": f"file:{ca.key_path}",
+                        "ca_cert_from": f"file:{ca.cert_path}",
+                        **(provider or {}),
+                    },
+                    "actions": [
+                        {
+                            "type": "file",
+                            "order": 10,
+                            "on_failure": "abort",
+                            "config": {
+                                "file_format": "pem",
+                                "path": str(tls / "site.crt"),
+                                "key_path": str(tls / "site.key"),
+                                "chain_path": str(tls / "chain.pem"),
+                            },
+                        },
+                        {
+                            "type": "command_check",
+                            "order": 20,
+                            "on_failure": "abort",
+                            "config": {"argv": [*check, str(tls / "site.crt")]},
+                        },
+                    ],
+                }
+            ]
+        },
+    )
+
+
+def files(tmp_path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((tmp_path / "tls").iterdir())}
+
+
+def thumbprint(pem: bytes) -> str:
+    return x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256()).hex()
+
+
+def test_a_certificate_rotation_issues_publishes_verifies_and_revokes_after_grace(
+    cli: Cli, store: Store, tmp_path: Path, ca: Ca
+) -> None:
+    assert cli("apply", "-f", str(estate(tmp_path, ca))).exit_code == 0
+    assert cli("rotate", CREDENTIAL).exit_code == 0
+    [first] = versions(store, CREDENTIAL)
+    tls = tmp_path / "tls"
+    assert (tls / "site.key").read_text() == value_of(store, first)
+    assert stat.S_IMODE((tls / "site.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tls / "site.crt").stat().st_mode) == 0o644
+    assert (tls / "chain.pem").read_bytes() == ca.cert_path.read_bytes()
+    # The fingerprint is the thumbprint of the certificate on disk, not an HMAC.
+    assert first.fingerprint == "sha256:" + thumbprint((tls / "site.crt").read_bytes())
+    cert = x509.load_pem_x509_certificate((tls / "site.crt").read_bytes())
+    assert first.expires_at is not None
+    assert first.expires_at.replace(tzinfo=UTC) == cert.not_valid_after_utc
+
+    assert cli("rotate", CREDENTIAL, "--grace", "0s").exit_code == 0
+    old, new = versions(store, CREDENTIAL)
+    assert (old.status, new.status) == ("revoked", "current")
+    assert old.ciphertext is None, "the revoked version's private key is erased"
+    assert (tls / "site.key").read_text() == value_of(store, new)
+    assert new.fingerprint == "sha256:" + thumbprint((tls / "site.crt").read_bytes())
+    _, rotation = rotations_of(store, CREDENTIAL)
+    assert rotation.state == "completed"
+    journal = {s.name: s for s in steps(store, rotation.id) if s.status == "succeeded"}
+    assert "verifying:20:command_check" in journal
+    assert journal["verifying:provider"].detail["detail"].startswith("signed by CN=")
+    revoked = journal["revoking"].detail
+    assert revoked["serial_number"] == old.attributes["serial_number"]
+    assert "stays valid" in revoked["revocation"]
+
+
+def test_renewal_is_due_renew_before_the_not_after_and_status_shows_the_thumbprint(
+    cli: Cli, store: Store, tmp_path: Path, ca: Ca
+) -> None:
+    assert cli("apply", "-f", str(estate(tmp_path, ca))).exit_code == 0
+    assert cli("rotate", CREDENTIAL).exit_code == 0
+    [version] = versions(store, CREDENTIAL)
+    [row] = json.loads(cli("status", "-o", "json").stdout)
+    assert row["fingerprint"] == version.fingerprint
+    assert row["lifecycle"] == "Active"
+    not_after = version.expires_at
+    assert not_after is not None
+    due = (not_after.replace(tzinfo=UTC) - timedelta(days=20)).date().isoformat()
+    assert row["next_rotation"] == due, "renew_before is the credential's rotate_before_expiry"
+
+
+def test_a_certificate_expiring_within_the_threshold_is_expiring_soon(
+    cli: Cli, store: Store, tmp_path: Path, ca: Ca
+) -> None:
+    short = {"validity": "10d", "renew_before": "2d"}
+    assert cli("apply", "-f", str(estate(tmp_path, ca, provider=short))).exit_code == 0
+    assert cli("rotate", CREDENTIAL).exit_code == 0
+    [row] = json.loads(cli("status", "-o", "json").stdout)
+    assert row["lifecycle"] == "Expiring Soon"
+    assert row["days_left"] in (9, 10)
+
+
+def test_versions_shows_subject_sans_not_after_and_thumbprint_but_never_the_key(
+    cli: Cli, store: Store, tmp_path: Path, ca: Ca
+) -> None:
+    assert cli("apply", "-f", str(estate(tmp_path, ca))).exit_code == 0
+    assert cli("rotate", CREDENTIAL).exit_code == 0
+    [version] = versions(store, CREDENTIAL)
+    [line] = json.loads(cli("versions", CREDENTIAL, "-o", "json").stdout)
+    certificate = line["certificate"]
+    assert certificate["subject"] == "CN=web.internal"
+    assert certificate["sans"] == ["web.internal", "127.0.0.1"]
+    assert certificate["thumbprint"] == version.attributes["thumbprint"]
+    assert certificate["not_after"].startswith(version.attributes["not_after"][:19])
+    table = cli("versions", CREDENTIAL)
+    assert table.exit_code == 0
+    assert "CN=web.internal" in table.stdout
+    key = value_of(store, version)
+    for output in (table.stdout, json.dumps(line)):
+        assert "PRIVATE KEY" not in output
+        assert key.splitlines()[1] not in output
+
+
+def test_a_failed_check_rolls_back_to_the_previous_certificate_files_exactly(
+    cli: Cli, store: Store, tmp_path: Path, ca: Ca
+) -> None:
+    assert cli("apply", "-f", str(estate(tmp_path, ca))).exit_code == 0
+    assert cli("rotate", CREDENTIAL).exit_code == 0
+    before = files(tmp_path)
+    stranger = make_ca(tmp_path / "stranger", at=datetime.now(UTC), name="not our CA")
+    failing = estate(tmp_path, ca, check_against=stranger.cert_path)
+    assert cli("apply", "-f", str(failing)).exit_code == 0
+    assert cli("rotate", CREDENTIAL).exit_code == 1
+    _, rotation = rotations_of(store, CREDENTIAL)
+    assert rotation.state == "rolled_back"
+    assert files(tmp_path) == before
+    old, new = versions(store, CREDENTIAL)
+    assert (old.status, new.status) == ("current", "disabled")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "boundary",
+    ["creating:issuer", "creating"],
+    ids=["killed after signing, before storing", "killed after storing, before the journal"],
+)
+def test_a_worker_killed_while_creating_never_leaves_two_certificates(
+    boundary: str, cli: Cli, store: Store, ks_env: dict[str, str], tmp_path: Path, ca: Ca
+) -> None:
+    assert cli("apply", "-f", str(estate(tmp_path, ca))).exit_code == 0
+    crashed = run_subprocess(["rotate", CREDENTIAL], {**ks_env, CRASH_AT: boundary})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    stored = versions(store, CREDENTIAL)
+    assert len(stored) == (0 if boundary == "creating:issuer" else 1)
+
+    resumed = run_subprocess(["resume"], ks_env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    [rotation] = rotations_of(store, CREDENTIAL)
+    assert rotation.state == "completed"  # a first version has no old one to keep in grace
+    [version] = versions(store, CREDENTIAL)
+    assert [v.id for v in stored] in ([], [version.id]), "the stored certificate is reused"
+    assert version.rotation_id == rotation.id
+    assert (tmp_path / "tls" / "site.key").read_text() == value_of(store, version)
+    assert version.fingerprint == "sha256:" + thumbprint(
+        (tmp_path / "tls" / "site.crt").read_bytes()
+    )
+    creating = [s for s in steps(store, rotation.id) if s.name == "creating"]
+    assert [s.status for s in creating][-1] == "succeeded"
+    assert creating[-1].detail.get("reused", False) is (boundary == "creating")
