@@ -7,8 +7,10 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from keyshift.domain.estate import RotationWindow
+from keyshift.domain.estate import WEEKDAYS, RotationWindow, Weekday
 
 BERLIN_WEEKDAYS = RotationWindow(
     days=["tue", "wed", "thu"], hours="09:00-16:00", timezone="Europe/Berlin"
@@ -93,3 +95,31 @@ def test_next_opening_is_the_first_minute_the_window_contains(
         expected = first_open[i]
         if expected is not None:
             assert window.next_opening(minutes[i]) == expected, minutes[i]
+
+
+_ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    days=st.lists(st.sampled_from(WEEKDAYS), min_size=1, max_size=7, unique=True),
+    start=st.integers(0, 23),
+    length=st.integers(1, 23),
+    zone=st.sampled_from(_ZONES),
+    minutes=st.integers(0, 2 * 365 * 24 * 60),
+)
+def test_next_opening_is_the_first_open_minute_from_then(
+    days: list[Weekday], start: int, length: int, zone: str, minutes: int
+) -> None:
+    """Against a walk minute by minute: the opening found is open, and no minute before
+    it (from `after`) is."""
+    end = (start + length) % 24
+    window = RotationWindow(days=days, hours=f"{start:02d}:00-{end:02d}:00", timezone=zone)
+    after = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes, seconds=30)
+    found = window.next_opening(after)
+    assert found >= after
+    assert window.contains(found)
+    moment = after.replace(second=0) + timedelta(minutes=1)
+    while moment < found - timedelta(seconds=1):
+        assert not window.contains(moment), moment
+        moment += timedelta(minutes=1)

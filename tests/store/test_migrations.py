@@ -10,14 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from alembic import command
+from alembic.autogenerate import compare_metadata
 from alembic.config import Config
+from alembic.migration import MigrationContext
 from sqlalchemy import select
 
 from keyshift.domain.states import RotationState
 from keyshift.service import rotations
 from keyshift.service.estate import apply_estate, load_estate
 from keyshift.store.db import MIGRATIONS
-from keyshift.store.models import CredentialRow
+from keyshift.store.models import Base, CredentialRow
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock
 from tests.helpers import write_estate
@@ -84,3 +86,14 @@ def test_0013_backfills_the_listing_columns_as_the_engine_keeps_them(
     _migrate(store, "head")
     assert _listing(store) == kept
     assert done != failed
+
+
+def test_the_migrations_build_the_schema_the_models_declare(store: Store) -> None:
+    """Tables, columns and indexes: what the models say is what the migrations made
+    (column types on PostgreSQL only: SQLite keeps any value in any column, and a
+    migration that only widens a VARCHAR leaves its table alone)."""
+    with store.engine.connect() as connection:
+        compare_type = connection.dialect.name != "sqlite"
+        context = MigrationContext.configure(connection, opts={"compare_type": compare_type})
+        differences = compare_metadata(context, Base.metadata)
+    assert differences == []

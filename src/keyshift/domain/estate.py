@@ -8,6 +8,7 @@ are validated against the config model of the registered type by
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
@@ -111,6 +112,21 @@ def _openings(
     return tuple(sorted({m for m in (c.astimezone(UTC) for c in candidates) if window.contains(m)}))
 
 
+@lru_cache(maxsize=1024)
+def _upcoming(
+    timezone: str, hours: str, days: tuple[Weekday, ...], today: date
+) -> tuple[datetime, ...]:
+    """The openings of a window (`_openings`) from the local day before `today` to 15
+    days after it, sorted: a moment of local `today` opens next at one of them. A day
+    skipped by a clock change is made up a week later, so 15 days always hold an
+    opening (none: the window never opens). Cached: a status page asks for the same
+    few days of the same windows for every credential under a policy."""
+    found: list[datetime] = []
+    for offset in range(-1, 16):
+        found += _openings(timezone, hours, days, today + timedelta(days=offset))
+    return tuple(sorted(found))
+
+
 def _clock_change(early: datetime, late: datetime, zone: ZoneInfo) -> datetime:
     """The instant of the daylight-saving change that makes one wall time (`early` and
     `late`, its two readings) skipped or repeated, to the second."""
@@ -184,22 +200,11 @@ class RotationWindow(_Model):
         if self.contains(after):
             return after
         today = after.astimezone(ZoneInfo(self.timezone)).date()
-        days = tuple(self.days)
-        found: datetime | None = None
-        # The openings of one local day all come before those of two days later, so the
-        # first one found can only be beaten by one of the next day. A day skipped by a
-        # clock change is made up a week later: 15 days always hold an opening.
-        for offset in range(-1, 16):
-            day = today + timedelta(days=offset)
-            first = next(
-                (m for m in _openings(self.timezone, self.hours, days, day) if m >= after), None
-            )
-            if first is not None and (found is None or first < found):
-                found = first
-            elif found is not None:
-                break
-        if found is None:
+        upcoming = _upcoming(self.timezone, self.hours, tuple(self.days), today)
+        at = bisect.bisect_left(upcoming, after)
+        if at == len(upcoming):
             raise ValueError(f"the window {self.hours} on {', '.join(self.days)} never opens")
+        found = upcoming[at]
         return found.astimezone(after.tzinfo)
 
 

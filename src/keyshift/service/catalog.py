@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from keyshift.errors import ConfigError
@@ -14,12 +14,13 @@ from keyshift.service.rotations import StatusRow
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
-_FAR = datetime.max.replace(tzinfo=None)
+_FAR = datetime.max.replace(tzinfo=UTC)
 
 
 def _when(value: datetime | None) -> tuple[int, Any]:
     # Rows without a date sort after the dated ones (first when the order is reversed).
-    return (0, value.replace(tzinfo=None)) if value is not None else (1, _FAR)
+    # Every date of a status row is timezone-aware.
+    return (0, value) if value is not None else (1, _FAR)
 
 
 SORTS: dict[str, Callable[[StatusRow], Any]] = {

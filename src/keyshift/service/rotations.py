@@ -309,13 +309,15 @@ def _status(
 ) -> Iterator[tuple[due.Standing, StatusRow]]:
     """The status row of each credential matching `criteria`, with what it was made
     from, one by one (`due.standings`)."""
-    overlap = _Overlaps()
+    overlap = _OVERLAPS
     holding = freezes.holding(s, now)
     for cred in due.standings(s, *criteria):
         current = cred.current
         expires = current.expires_at if current else None
         upcoming = due.next_rotation(cred, now=now, freezes=holding)
-        covering = freezes.refusals(holding, cred.name, cred.owner, cred.environment)
+        covering = (
+            freezes.refusals(holding, cred.name, cred.owner, cred.environment) if holding else ()
+        )
         yield (
             cred,
             StatusRow(
@@ -362,6 +364,8 @@ class _Overlaps:
         overlap = self._by_text.get(declared_json)
         if overlap is not None:
             return overlap
+        if len(self._by_text) >= _OVERLAPS_KEPT:
+            self._by_text.clear()  # an estate's declarations changed many times over
         cls = self._classes.get(kind)
         if cls is None:
             cls = self._classes[kind] = provider_class(kind)
@@ -380,6 +384,13 @@ class _Overlaps:
             overlap = self._by_key[key] = "in place" if in_place else "dual"
         self._by_text[declared_json] = overlap
         return overlap
+
+
+_OVERLAPS_KEPT = 200_000
+_OVERLAPS = _Overlaps()
+"""One for the process: a declaration's overlap depends on nothing but its text (and
+keyshift's code), so a status page reuses what the last one found (a race between two
+threads only finds the same answer twice)."""
 
 
 def _summary(rot: RotationRow) -> RotationSummary:

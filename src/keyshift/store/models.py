@@ -7,7 +7,7 @@ Times are stored as timezone-aware UTC. Secret values live only in
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -41,6 +41,27 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        """`process_result_value` after the driver's own parsing, as one function: a
+        status page reads 30,000 timestamps, and the three calls a TypeDecorator makes
+        of each cost more than the parsing. SQLite's text (`2026-12-07 15:37:15.123456`,
+        UTC as written) is read as UTC by `fromisoformat` in one call."""
+        parse = self.impl_instance.result_processor(dialect, coltype)
+        utc, read_iso = UTC, datetime.fromisoformat
+
+        def process(value: Any) -> datetime | None:
+            if value is None:
+                return None
+            if isinstance(value, str):
+                try:
+                    return read_iso(value + "+00:00")
+                except ValueError:
+                    pass  # not as SQLAlchemy writes it: its own parser decides
+            moment = cast(datetime, parse(value) if parse is not None else value)
+            return moment if moment.tzinfo is not None else moment.replace(tzinfo=utc)
+
+        return process
 
 
 class Base(DeclarativeBase):
@@ -110,6 +131,8 @@ class VersionRow(Base):
     __table_args__ = (
         UniqueConstraint("credential_id", "serial"),
         Index("ix_versions_rotation", "rotation_id"),
+        # Covers what status pages read of every current version (`due.standings`).
+        Index("ix_versions_status", "status", "credential_id", "id", "fingerprint", "expires_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

@@ -1,6 +1,8 @@
 """credential listing: the parts of each credential a status page reads, as columns
 (policy and provider as JSON text, the latest finished rotation and when one last
-completed), and an index of rotations by credential
+completed), an index of rotations by credential, and one of versions by status that
+holds all a listing reads of a current version (SQLite then leaves the sealed values
+unread)
 
 Revision ID: 0013
 Revises: 0012
@@ -28,6 +30,11 @@ def upgrade() -> None:
         batch.add_column(sa.Column("last_rotation_state", sa.String(32), nullable=True))
         batch.add_column(sa.Column("last_rotated_at", sa.DateTime(timezone=True), nullable=True))
     op.create_index("ix_rotations_credential", "rotations", ["credential_id", "requested_at"])
+    op.create_index(
+        "ix_versions_status",
+        "versions",
+        ["status", "credential_id", "id", "fingerprint", "expires_at"],
+    )
     bind = op.get_bind()
     credentials = sa.table(
         "credentials",
@@ -64,6 +71,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_versions_status", "versions")
     op.drop_index("ix_rotations_credential", "rotations")
     # Not in batch mode: on SQLite that copies the table, and other tables' foreign keys
     # refuse the drop of the old one. Both SQLite (3.35 and later) and PostgreSQL drop a
