@@ -20,6 +20,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session
 
 from keyshift.context import PluginContext
 from keyshift.domain.estate import disabled_integrations
@@ -43,10 +45,11 @@ from keyshift.engine.rollout import Rollout
 from keyshift.engine.run import Run
 from keyshift.engine.steps import Steps
 from keyshift.engine.subscribers import AuditTrail, StepProgress
-from keyshift.errors import ConfigError, KeyshiftError
+from keyshift.errors import ConfigError, KeyshiftError, NotFound
 from keyshift.governance import integration_disabled
 from keyshift.providers.base import Capability, Provider
 from keyshift.sources import read_source
+from keyshift.store.models import CredentialRow
 from keyshift.store.store import Store
 from keyshift.targets.base import PreflightResult, StepResult
 
@@ -57,6 +60,12 @@ log = structlog.get_logger("keyshift.engine")
 Advance = Callable[[Run], Awaitable[bool]]
 """What a worker does in one state: True when the run moved on, False when it rests
 (waiting for a gate, a person or the end of the grace period)."""
+
+
+_HELD_BY = select(
+    CredentialRow.owner, CredentialRow.environment, CredentialRow.spec["integrations"]
+).where(CredentialRow.name == bindparam("name"), CredentialRow.removed_at.is_(None))
+"""What `Engine._held_in` reads of the credential: not all of its spec, at every state."""
 
 
 class Engine:
@@ -92,6 +101,7 @@ class Engine:
             trail=self.trail,
             context_for=self.context_for,
         )
+        self.steps.holds = self._held_on_move
         self.issuer = Issuer(self.steps)
         self.rollout = Rollout(self.steps, self.issuer)
         self.approval = ApprovalGate(self.steps)
@@ -229,7 +239,8 @@ class Engine:
         bound = log.bind(rotation_id=rotation_id, credential=run.credential)
         try:
             while not run.state.is_final:
-                held = self._held(run)
+                held = self._held(run) if run.held is None else run.held
+                run.held = None  # what advancing the state finds next
                 if held:
                     bound.info("paused", state=run.state.value, reason=held[0])
                     break
@@ -253,17 +264,31 @@ class Engine:
         if run.state == RotationState.ROLLING_BACK:
             return []
         with self.store.transaction() as s:
-            cred = rows.credential(s, run.credential)
-            disabled = disabled_integrations(cred.spec.get("integrations", {}))
-            held = [integration_disabled(name, cred.name) for name in disabled]
-            if run.exempt.freezes:
-                return held
-            return held + freezes.refusals(
-                freezes.holding(s, self.steps.context.now()),
-                cred.name,
-                cred.owner,
-                cred.environment,
-            )
+            return self._held_in(s, run)
+
+    def _held_in(self, s: Session, run: Run) -> list[str]:
+        """`_held`, inside the transaction of `s`."""
+        if run.state == RotationState.ROLLING_BACK:
+            return []
+        found = s.execute(_HELD_BY, {"name": run.credential}).one_or_none()
+        if found is None:
+            raise NotFound(f"no credential named {run.credential} in the estate")
+        owner, environment, integrations = found
+        disabled = disabled_integrations(integrations or {})
+        held = [integration_disabled(name, run.credential) for name in disabled]
+        if run.exempt.freezes:
+            return held
+        return held + freezes.refusals(
+            freezes.holding(s, self.steps.context.now()), run.credential, owner, environment
+        )
+
+    def _held_on_move(self, s: Session, run: Run) -> list[str] | None:
+        """`_held_in` for `Steps.set_state`; None (asked again later, in a transaction
+        of its own) where it raises, so that a move never fails on the question."""
+        try:
+            return self._held_in(s, run)
+        except NotFound:
+            return None
 
     async def roll_back(self, rotation_id: str, *, reason: str) -> RotationState:
         """Roll back by hand a rotation whose new version is published while the old one

@@ -3,9 +3,7 @@ what is missing, and the credential's claim by its one active rotation."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
-from sqlalchemy import func, select, update
+from sqlalchemy import Update, bindparam, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from keyshift.domain.states import RotationState, VersionStatus
@@ -79,12 +77,9 @@ def free_credential(s: Session, credential_id: str, rotation_id: str) -> None:
     )
 
 
-def note_finished(s: Session, credential_ids: Collection[str] | None) -> None:
-    """Bring the credentials' record of their rotations up to date (`last_rotation_id`,
-    `last_rotation_state`, `last_rotated_at`), after one of theirs finished (all of them
-    when `credential_ids` is None): status pages read these columns instead of ranking
-    every credential's history."""
-    s.flush()  # the rotation's own final state, set on the ORM object, is read back below
+def _noting(one: bool) -> tuple[Update, Update]:
+    """The two statements of `note_finished`: for the credential `b_credential` (`one`),
+    or for every credential."""
     r = aliased(RotationRow)
     finished = (
         select(r.id)
@@ -96,18 +91,33 @@ def note_finished(s: Session, credential_ids: Collection[str] | None) -> None:
         r.credential_id == CredentialRow.id, r.state == RotationState.COMPLETED.value
     )
     state = select(RotationRow.state).where(RotationRow.id == CredentialRow.last_rotation_id)
-    statement = update(CredentialRow).values(
-        last_rotation_id=finished.scalar_subquery(),
-        last_rotated_at=completed.scalar_subquery(),
+    which = (CredentialRow.id == bindparam("b_credential"),) if one else ()
+    return (
+        update(CredentialRow)
+        .where(*which)
+        .values(
+            last_rotation_id=finished.scalar_subquery(),
+            last_rotated_at=completed.scalar_subquery(),
+        ),
+        # Set apart: in one statement the state's subquery would read the id before it.
+        update(CredentialRow).where(*which).values(last_rotation_state=state.scalar_subquery()),
     )
-    if credential_ids is not None:
-        statement = statement.where(CredentialRow.id.in_(list(credential_ids)))
-    s.execute(statement, execution_options={"synchronize_session": False})
-    # Set apart: in one statement the state's subquery would read the id before it.
-    follow = update(CredentialRow).values(last_rotation_state=state.scalar_subquery())
-    if credential_ids is not None:
-        follow = follow.where(CredentialRow.id.in_(list(credential_ids)))
-    s.execute(follow, execution_options={"synchronize_session": False})
+
+
+_NOTE_ONE, _NOTE_ALL = _noting(True), _noting(False)
+
+
+def note_finished(s: Session, credential_id: str | None) -> None:
+    """Bring the credential's record of its rotations up to date (`last_rotation_id`,
+    `last_rotation_state`, `last_rotated_at`) after one of its rotations finished (every
+    credential's when `credential_id` is None): status pages read these columns instead
+    of ranking every credential's history."""
+    s.flush()  # the rotation's own final state, set on the ORM object, is read back below
+    statements, params = (
+        (_NOTE_ALL, {}) if credential_id is None else (_NOTE_ONE, {"b_credential": credential_id})
+    )
+    for statement in statements:
+        s.execute(statement, params, execution_options={"synchronize_session": False})
 
 
 def rotation(s: Session, rotation_id: str) -> RotationRow:

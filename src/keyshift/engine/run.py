@@ -69,6 +69,9 @@ class Run:
     """The old version's id when it is adopted (no value): rollback cannot restore it."""
     exempt: Exemptions = NO_EXEMPTIONS
     """What it skips because of how it was asked for (break-glass: the window, freezes)."""
+    held: list[str] | None = None
+    """Why it waits in `state`, as found in the transaction that moved it there (empty:
+    nothing holds it); None when not known, and found in a transaction of its own."""
 
 
 def issued(store: Store, row: VersionRow) -> IssuedVersion:

@@ -78,6 +78,9 @@ class Steps:
         self.events = events
         self.trail = trail
         self.context_for = context_for
+        self.holds: Callable[[Session, Run], list[str] | None] | None = None
+        """Why a run may not go on from the state it just entered (a freeze, a disabled
+        integration), asked in the transaction that moves it there (`Engine._held`)."""
 
     # The lease -------------------------------------------------------------------------
 
@@ -324,6 +327,9 @@ class Steps:
         statement (every step has one)."""
         now = self.context.now()
         previous, run.state = run.state, state
+        # Asked here, in the move's own transaction, the engine need not open another to
+        # ask before it goes on.
+        run.held = None if self.holds is None or state.is_final else self.holds(s, run)
         changed = EngineEvent(
             "rotation.state", run.rotation_id, run.credential, now, state, previous=previous
         )
@@ -337,7 +343,7 @@ class Steps:
         if state.is_final:
             rot.finished_at = now
             rows.free_credential(s, rot.credential_id, rot.id)
-            rows.note_finished(s, (rot.credential_id,))
+            rows.note_finished(s, rot.credential_id)
             log.info("rotation finished", rotation_id=rot.id, state=state.value)
         self.events.emit(s, changed)
 
