@@ -92,3 +92,27 @@ def cert_delivery(version: IssuedVersion, version_id: str = "v2") -> Delivery:
         value=version.value,
         attributes=dict(version.attributes),
     )
+
+
+def leaf_provider(ca: Ca, **overrides: Any) -> dict[str, Any]:
+    """An `x509_ca` provider declaration: a leaf for `web.internal` signed by `ca`."""
+    return {
+        "type": "x509_ca",
+        "common_name": "web.internal",
+        "sans": ["web.internal"],
+        "ca_key_from": f"file:{ca.key_path}",
+        "ca_cert_from": f"file:{ca.cert_path}",
+        **overrides,
+    }
+
+
+def pem_files(directory: Path, *, chain: bool = False, order: int = 10) -> dict[str, Any]:
+    """A `file` action writing the certificate and its key (and chain) as PEM files."""
+    config: dict[str, Any] = {
+        "file_format": "pem",
+        "path": str(directory / "site.crt"),
+        "key_path": str(directory / "site.key"),
+    }
+    if chain:
+        config["chain_path"] = str(directory / "chain.pem")
+    return {"type": "file", "order": order, "on_failure": "abort", "config": config}

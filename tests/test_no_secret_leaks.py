@@ -25,7 +25,7 @@ from keyshift.errors import REDACTED
 from keyshift.logs import configure, redact_secrets
 from keyshift.store.models import RotationRow, StepRow, VersionRow
 from keyshift.store.store import Store
-from tests.certs import make_ca
+from tests.certs import leaf_provider, make_ca, pem_files
 from tests.conftest import run_subprocess
 from tests.helpers import json_value, rotations_of, save_estate, write_estate
 
@@ -69,25 +69,8 @@ def _with_certificate(estate: Path, tmp_path: Path) -> Path:
             "name": CERTIFICATE,
             "owner": "team-web",
             "policy": {"grace_period": "1h"},
-            "provider": {
-                "type": "x509_ca",
-                "common_name": "web.internal",
-                "sans": ["web.internal"],
-                "ca_key_from": f"file:{ca.key_path}",
-                "ca_cert_from": f"file:{ca.cert_path}",
-            },
-            "actions": [
-                {
-                    "type": "file",
-                    "order": 10,
-                    "on_failure": "abort",
-                    "config": {
-                        "file_format": "pem",
-                        "path": str(tmp_path / "site.crt"),
-                        "key_path": str(tmp_path / "site.key"),
-                    },
-                }
-            ],
+            "provider": leaf_provider(ca),
+            "actions": [pem_files(tmp_path)],
         }
     )
     return save_estate(tmp_path, document)

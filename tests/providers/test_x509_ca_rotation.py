@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes
 
 from keyshift.engine.faults import ENV as CRASH_AT
 from keyshift.store.store import Store
-from tests.certs import Ca, make_ca
+from tests.certs import Ca, leaf_provider, make_ca, pem_files
 from tests.conftest import Cli, run_subprocess
 from tests.helpers import rotations_of, save_estate, steps, value_of, versions
 
@@ -56,28 +56,17 @@ def estate(
                     "environment": "prod",
                     "auto_rotate": True,
                     "policy": {"grace_period": "1h"},
-                    "provider": {
-                        "type": "x509_ca",
-                        "common_name": "web.internal",
-                        "sans": ["web.internal", "127.0.0.1"],
-                        "validity": "90d",
-                        "renew_before": "20d",
-                        "ca_key_from": f"file:{ca.key_path}",
-                        "ca_cert_from": f"file:{ca.cert_path}",
-                        **(provider or {}),
-                    },
-                    "actions": [
-                        {
-                            "type": "file",
-                            "order": 10,
-                            "on_failure": "abort",
-                            "config": {
-                                "file_format": "pem",
-                                "path": str(tls / "site.crt"),
-                                "key_path": str(tls / "site.key"),
-                                "chain_path": str(tls / "chain.pem"),
-                            },
+                    "provider": leaf_provider(
+                        ca,
+                        **{
+                            "sans": ["web.internal", "127.0.0.1"],
+                            "validity": "90d",
+                            "renew_before": "20d",
+                            **(provider or {}),
                         },
+                    ),
+                    "actions": [
+                        pem_files(tls, chain=True),
                         {
                             "type": "command_check",
                             "order": 20,
