@@ -4,6 +4,8 @@ fleet of Entra rotations kept under Graph's write limit (the Graph double enforc
 from __future__ import annotations
 
 import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +124,9 @@ def test_a_fleet_of_entra_rotations_stays_under_graphs_write_limit(
                 "type": "entra",
                 **graph.integration(ADMIN_ENV),
                 "rate_limit": 5,
-                "burst": 5,
+                # No burst: two writes within 0.2 s must wait, however slowly a loaded
+                # machine starts the twelve rotations.
+                "burst": 1,
             }
         ],
         "credentials": [
@@ -161,3 +165,51 @@ def test_a_fleet_of_entra_rotations_stays_under_graphs_write_limit(
     exposition = generate_latest(metrics.registry_for(store, pacer=context.pacing)).decode()
     assert f'keyshift_pacing_limit_per_second{{bucket="{snapshot.name}"}} 5.0' in exposition
     assert f'keyshift_pacing_waits_total{{bucket="{snapshot.name}"}}' in exposition
+
+
+def test_slots_bound_the_calls_to_one_host_across_threads_and_loops() -> None:
+    """`max_parallel`: rotations on threads of their own (as the fleet runs them), each
+    with its own event loop, never hold more than the bound of one host's slots at once,
+    and every one of them gets its turn."""
+    pacer = Pacer()
+    inside = peak = 0
+    lock = threading.Lock()
+
+    async def call() -> None:
+        nonlocal inside, peak
+        async with pacer.slots("agent:web-1", 2).hold():
+            with lock:
+                inside += 1
+                peak = max(peak, inside)
+            await asyncio.sleep(0.02)
+            with lock:
+                inside -= 1
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda _: asyncio.run(call()), range(16)))
+    assert peak == 2
+    assert inside == 0
+    assert pacer.slots("agent:web-1", 2).in_use == 0
+
+
+def test_slots_given_back_when_the_call_fails_or_is_cancelled() -> None:
+    pacer = Pacer()
+    slots = pacer.slots("agent:web-1", 1)
+
+    async def failing() -> None:
+        async with slots.hold():
+            raise RuntimeError("agent refused")
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(failing())
+
+    async def cancelled() -> None:
+        async with slots.hold():
+            waiting = asyncio.ensure_future(slots.hold().__aenter__())
+            await asyncio.sleep(0.05)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+
+    asyncio.run(cancelled())
+    assert slots.in_use == 0

@@ -10,6 +10,10 @@ A 429 or 503 answer pauses the bucket for its `Retry-After` (one second without 
 for every caller, and halves the rate it refills at (multiplicative decrease, not below
 a twentieth of the limit); each call that then succeeds gives back a fiftieth of the
 limit (additive increase), up to the limit again.
+
+Consumers have slots instead (`Slots`): at most `max_parallel` calls to one host agent at
+once, whatever rotation or thread makes them, so that a fleet restarts a host's services
+a few at a time.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-__all__ = ["Bucket", "Budget", "Pacer", "Rate", "Snapshot"]
+__all__ = ["Bucket", "Budget", "Pacer", "Rate", "Slots", "Snapshot"]
 
 _MIN_FRACTION = 0.05
 _INCREASE_FRACTION = 0.02
@@ -147,6 +152,45 @@ class Budget:
         return self.reads if method in ("GET", "HEAD") else self.writes
 
 
+class Slots:
+    """At most `limit` calls at once to one consumer host, across threads and event
+    loops: a caller waits (without blocking its loop) for a slot to come free."""
+
+    _POLL_S = 0.01
+
+    def __init__(self, name: str, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("a host needs at least one slot")
+        self.name = name
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._taken = 0
+
+    @property
+    def in_use(self) -> int:
+        with self._lock:
+            return self._taken
+
+    def _try_take(self) -> bool:
+        with self._lock:
+            if self._taken >= self.limit:
+                return False
+            self._taken += 1
+            return True
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """One slot for the duration of the block; given back however it ends."""
+        # Polled: an asyncio.Event belongs to one loop, and the callers run on their own.
+        while not self._try_take():  # noqa: ASYNC110
+            await asyncio.sleep(self._POLL_S)  # real time: the host is busy for real
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._taken -= 1
+
+
 class Pacer:
     """The buckets of one worker (or one command), by name, made on first use."""
 
@@ -154,6 +198,7 @@ class Pacer:
         self._clock = clock
         self._lock = threading.Lock()
         self._buckets: dict[str, Bucket] = {}
+        self._slots: dict[str, Slots] = {}
 
     def bucket(self, name: str, limit: Rate) -> Bucket:
         """The bucket `name`, made with `limit` the first time it is asked for (a later
@@ -162,6 +207,14 @@ class Pacer:
             found = self._buckets.get(name)
             if found is None:
                 found = self._buckets[name] = Bucket(name, limit, clock=self._clock)
+            return found
+
+    def slots(self, name: str, limit: int) -> Slots:
+        """The slots of the consumer host `name`, made with `limit` the first time."""
+        with self._lock:
+            found = self._slots.get(name)
+            if found is None:
+                found = self._slots[name] = Slots(name, limit)
             return found
 
     def budget(self, name: str, writes: Rate, reads: Rate) -> Budget:

@@ -28,7 +28,13 @@ APP_POOL = "BillingAppPool"
 UNIT = "billing.service"
 
 FAKE_PROGRAM = """#!/bin/sh
-# Appends its name and arguments to the log; fails when the fail flag exists.
+# Appends its name and arguments to the log; fails when the fail flag exists. While the
+# slow flag exists, it takes the seconds the flag holds, between two timed lines.
+if [ -f '{slow}' ]; then
+  echo "begin $(date +%s.%N)" >> '{log}'
+  sleep "$(cat '{slow}')"
+  echo "end $(date +%s.%N)" >> '{log}'
+fi
 echo "$(basename "$0") $*" >> '{log}'
 if [ -f '{fail}' ]; then
   echo "first line" >&2
@@ -48,6 +54,9 @@ class RunningAgent:
     """Where the fake appcmd and systemctl append `name argv...` lines."""
     fail_flag: Path
     """While this file exists, the fake programs exit 5 with a message on stderr."""
+    slow_flag: Path
+    """While this file exists, the fake programs take the seconds it holds, logging
+    `begin <unix time>` and `end <unix time>` around them."""
     ca_bundle: Path
     agent: Agent
 
@@ -74,7 +83,8 @@ class RunningAgent:
 
 
 def fake_program(path: Path, log: Path, fail: Path) -> Path:
-    path.write_text(FAKE_PROGRAM.format(log=log, fail=fail), encoding="utf-8")
+    slow = fail.with_name("slow")
+    path.write_text(FAKE_PROGRAM.format(log=log, fail=fail, slow=slow), encoding="utf-8")
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
 
@@ -127,6 +137,7 @@ def running_agent(
             allowed=allowed,
             calls_log=calls_log,
             fail_flag=fail_flag,
+            slow_flag=fail_flag.with_name("slow"),
             ca_bundle=tls.ca_path,
             agent=agent,
         )

@@ -9,7 +9,9 @@ import json
 import logging
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +144,41 @@ def test_a_rotation_writes_the_file_through_the_agent_then_recycles_the_pool(
     publish = next(s for s in steps(store, rotation.id) if s.name.endswith("agent_secret_sync"))
     assert value not in json.dumps(publish.detail)
     assert publish.detail["agent"] == "billing-host"
+
+
+def test_max_parallel_keeps_a_hosts_steps_to_its_bound_across_concurrent_rotations(
+    store: Store, tmp_path: Path, agent: RunningAgent, clock: FakeClock
+) -> None:
+    """Four rotations at once (as a worker with concurrency 4 runs them, sharing one
+    context) through one agent with `max_parallel: 1`: its recycles never overlap."""
+    names = [f"billing-{i}" for i in range(4)]
+    doc = estate([], [agent.integration(max_parallel=1)])
+    doc["credentials"] = [
+        {
+            **doc["credentials"][0],
+            "name": name,
+            "actions": [sync(str(agent.allowed / f"{name}.json")), recycle()],
+        }
+        for name in names
+    ]
+    apply(store, tmp_path, doc)
+    agent.slow_flag.write_text("0.3")
+    shared = clock.context(ENV)
+
+    def one(name: str) -> RotationState:
+        _, state = asyncio.run(rotations.rotate(store, name, actor="test", context=shared))
+        return state
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(one, names)) == [RotationState.COMPLETED] * 4
+    timed = [line.split() for line in agent.calls() if line.startswith(("begin", "end"))]
+    spans = [
+        (float(begin[1]), float(end[1]))
+        for begin, end in zip(timed[::2], timed[1::2], strict=True)
+        if (begin[0], end[0]) == ("begin", "end")
+    ]
+    assert len(spans) == 4  # one recycle per rotation, each whole before the next began
+    assert all(earlier[1] <= later[0] for earlier, later in pairwise(sorted(spans)))
 
 
 def test_systemd_reload_runs_after_the_write(

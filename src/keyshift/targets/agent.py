@@ -149,6 +149,10 @@ class AgentIntegration(BaseModel):
     certificate, instead of the system store."""
     timeout: Duration = timedelta(seconds=60)
     """How long one request to the agent may take (a recycle or restart included)."""
+    max_parallel: int | None = Field(default=None, ge=1, le=256)
+    """At most this many steps (file writes, reloads, restarts) on this host at once,
+    across every rotation a worker runs; the others wait their turn. Unset: no bound
+    but the worker's concurrency."""
 
     _uuid = field_validator("agent_id")(agent_uuid)
 
@@ -208,7 +212,11 @@ class AgentClient:
         cannot be reached, times out or answers 429/5xx; PermanentError for any other
         refusal."""
         content = json.dumps(body, separators=(",", ":")).encode("utf-8")
-        return await self._request("POST", path, content, what=what, limit=limit, signed=True)
+        bound = self.integration.max_parallel
+        if bound is None:
+            return await self._request("POST", path, content, what=what, limit=limit, signed=True)
+        async with self.context.pacing.slots(f"agent:{self.name}", bound).hold():
+            return await self._request("POST", path, content, what=what, limit=limit, signed=True)
 
     async def health(self, *, signed: bool) -> dict[str, Any]:
         """`GET /v1/health`: the agent's id and version. Signed, the agent also checks the
