@@ -18,9 +18,10 @@ from keyshift.store.db import open_engine
 from keyshift.store.models import RotationRow
 from keyshift.store.store import Store
 from tests.api.conftest import Api, TestClient
-from tests.certs import make_ca
+from tests.certs import leaf_provider, make_ca, pem_files
 from tests.conftest import Cli
 from tests.helpers import json_value, write_estate
+from tests.web.conftest import sign_in
 
 PROBLEM_FIELDS = {"type", "title", "status", "detail", "code"}
 
@@ -211,24 +212,8 @@ def test_a_certificate_credential_shows_its_public_facts_and_never_its_key(
             {
                 "name": "web-tls",
                 "owner": "team-web",
-                "provider": {
-                    "type": "x509_ca",
-                    "common_name": "web.internal",
-                    "sans": ["web.internal", "10.1.2.3"],
-                    "ca_key_from": f"file:{ca.key_path}",
-                    "ca_cert_from": f"file:{ca.cert_path}",
-                },
-                "actions": [
-                    {
-                        "type": "file",
-                        "order": 10,
-                        "config": {
-                            "file_format": "pem",
-                            "path": str(tmp_path / "site.crt"),
-                            "key_path": str(tmp_path / "site.key"),
-                        },
-                    }
-                ],
+                "provider": leaf_provider(ca, sans=["web.internal", "10.1.2.3"]),
+                "actions": [pem_files(tmp_path)],
             }
         ]
     }
@@ -244,7 +229,11 @@ def test_a_certificate_credential_shows_its_public_facts_and_never_its_key(
     assert version["fingerprint"] == "sha256:" + certificate["thumbprint"]
     assert certificate["not_after"] == version["expires_at"]
     key = (tmp_path / "site.key").read_text()
-    responses = _all_responses(api, "web-tls", rotation_id)
+    page = sign_in(api, "admin").get("/credentials/web-tls")
+    assert page.status_code == 200
+    assert certificate["thumbprint"] in page.text
+    assert "10.1.2.3" in page.text
+    responses = _all_responses(api, "web-tls", rotation_id) + page.text
     assert "PRIVATE KEY" not in responses
     body = [line for line in key.splitlines() if not line.startswith("-----")]
     assert not any(line in responses for line in body)
