@@ -354,16 +354,16 @@ def _managed(s: Session) -> dict[tuple[str, str], _Managed]:
     Three queries however many credentials there are; each distinct policy is read once."""
     out: dict[tuple[str, str], _Managed] = {}
     managed = _MANAGED_ENTRA
-    # Columns, not ORM rows, and of the spec only the two parts read (as JSON text):
-    # decoding whole specs costs more than everything else here.
+    # Columns, not ORM rows, and of the spec only the two parts read (the JSON text
+    # columns `apply` keeps beside it): decoding whole specs costs more than all the rest.
     creds = s.execute(
         select(
             CredentialRow.id,
             CredentialRow.name,
             CredentialRow.created_at,
             CredentialRow.active_rotation_id,
-            CredentialRow.spec["policy"].as_string().label("policy"),
-            CredentialRow.spec[("credential", "provider")].as_string().label("provider"),
+            CredentialRow.policy_json.label("policy"),
+            CredentialRow.provider_json.label("provider"),
         ).where(*managed)
     ).all()
     versions_of: dict[str, list[tuple[str, dict[str, Any]]]] = {}
@@ -419,15 +419,11 @@ def _managed(s: Session) -> dict[tuple[str, str], _Managed]:
 
 def _managed_apps(s: Session) -> set[tuple[str, str]]:
     """(integration, appId) of every application an estate credential manages."""
-    provider = CredentialRow.spec[("credential", "provider")]
-    return {
-        (integration or "", app_id or "")
-        for integration, app_id in s.execute(
-            select(provider["integration"].as_string(), provider["app_id"].as_string()).where(
-                *_MANAGED_ENTRA
-            )
-        )
-    }
+    found = set()
+    for (text,) in s.execute(select(CredentialRow.provider_json).where(*_MANAGED_ENTRA)):
+        provider = json.loads(text)
+        found.add((provider.get("integration") or "", provider.get("app_id") or ""))
+    return found
 
 
 def _key_ids_of(attributes: dict[str, Any]) -> set[str]:

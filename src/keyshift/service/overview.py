@@ -140,8 +140,18 @@ def recent_rotations(
 ) -> list[RecentRotation]:
     """The latest rotations of the whole estate, newest first (only the unfinished ones
     with `unfinished=True`)."""
+    # Columns, not ORM rows: a rotation's row also holds its whole plan.
     query = (
-        select(RotationRow, CredentialRow.name)
+        select(
+            RotationRow.id,
+            CredentialRow.name,
+            RotationRow.state,
+            RotationRow.requested_by,
+            RotationRow.requested_at,
+            RotationRow.finished_at,
+            RotationRow.reason,
+            RotationRow.error,
+        )
         .join(CredentialRow, CredentialRow.id == RotationRow.credential_id)
         .order_by(RotationRow.requested_at.desc())
         .limit(limit)
@@ -149,16 +159,4 @@ def recent_rotations(
     if unfinished:
         query = query.where(RotationRow.state.not_in(_FINAL))
     with store.transaction() as s:
-        return [
-            RecentRotation(
-                r.id,
-                name,
-                r.state,
-                r.requested_by,
-                r.requested_at,
-                r.finished_at,
-                r.reason,
-                r.error,
-            )
-            for r, name in s.execute(query).all()
-        ]
+        return [RecentRotation(*row) for row in s.execute(query)]
