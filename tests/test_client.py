@@ -180,6 +180,39 @@ def test_server_mode_prints_the_same_as_embedded_mode(
         assert all(r.id in remote.output for r in rotations_of(store, "api-key"))
 
 
+def test_status_pages_by_cursor_alike_from_the_server_and_the_store(
+    cli: Cli, ks_env: dict[str, str], server: Server, tmp_path: Path
+) -> None:
+    """`status --limit N` prints a page and, on stderr, the command for the next; both
+    modes page alike (the server through `Link: rel="next"`) and together list every
+    credential once."""
+    credentials = [
+        {"name": f"svc-{i}", "owner": "team", "provider": {"type": "random"}, "actions": []}
+        for i in range(5)
+    ]
+    applied = cli("apply", "-f", str(save_estate(tmp_path, {"credentials": credentials})))
+    assert applied.exit_code == 0, applied.output
+    remote = _as(ks_env, server, "vera")
+    for mode in (cli, remote):
+        seen: list[str] = []
+        args: tuple[str, ...] = ("status", "--limit", "2", "-o", "json")
+        while True:
+            result = mode(*args)
+            assert result.exit_code == 0, result.output
+            seen += [row["credential"] for row in json.loads(result.stdout)]
+            more = result.stderr
+            if not more:
+                break
+            assert more.startswith("more: keyshift status --limit 2 --cursor ")
+            args = (*more.split()[2:], "-o", "json")
+        assert seen == [f"svc-{i}" for i in range(5)]
+    first = cli("status", "--limit", "2")
+    assert first.output == remote("status", "--limit", "2").output
+    bad = remote("status", "--limit", "2", "--cursor", "!!")
+    assert (bad.exit_code, bad.output) == (1, cli("status", "--cursor", "!!").output)
+    assert "cursor" in bad.output
+
+
 def test_keyshift_server_and_token_from_the_environment(
     cli: Cli, ks_env: dict[str, str], server: Server, tmp_path: Path
 ) -> None:

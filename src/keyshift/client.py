@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
@@ -36,6 +36,7 @@ from keyshift.domain.secret import Secret
 from keyshift.domain.states import FINAL_STATES, WAITING_STATES
 from keyshift.errors import AuditChainBroken, KeyshiftError, ServerRefused, ServerUnreachable
 from keyshift.service.approvals import ApprovalView
+from keyshift.service.catalog import Page
 from keyshift.service.entra import EntraCredential, Finding, Summary, SyncResult
 from keyshift.service.estate import Change, Frozen
 from keyshift.service.evidence import Verification
@@ -176,6 +177,17 @@ class Client:
     def status_rows(self) -> list[StatusRow]:
         """`GET /v1/credentials`: one row per credential."""
         return self._get("/v1/credentials", list[StatusRow])
+
+    def status_page(self, *, limit: int, cursor: str | None = None) -> Page:
+        """`GET /v1/credentials?limit=…&cursor=…`: one page by name, and the cursor of
+        the next (from the response's `Link: <…>; rel="next"`)."""
+        path = "/v1/credentials"
+        params = {"limit": str(limit)} | ({"cursor": cursor} if cursor else {})
+        response = self._send("GET", path, params=params)
+        rows = self._validate(path, _json(self.server, path, response.text), list[StatusRow])
+        following = response.links.get("next", {}).get("url")
+        after = parse_qs(urlsplit(following).query).get("cursor", [None])[0] if following else None
+        return Page(rows, after)
 
     def credential_detail(self, credential: str) -> CredentialDetail:
         """`GET /v1/credentials/{name}`: its status and every version (certificates with
@@ -437,11 +449,22 @@ class Client:
         body: Any = None,
     ) -> Any:
         # YAML gives dates where JSON has strings; the server reads them back the same.
+        return _json(self.server, path, self._send(method, path, params=params, body=body).text)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+    ) -> httpx.Response:
+        """The server's successful response (else its refusal, raised)."""
         content = None if body is None else to_jsonable_python(body)
         with self._unreachable():
             response = self._http.request(method, path, params=params, json=content)
         if response.is_success:
-            return _json(self.server, path, response.text)
+            return response
         raise _refusal(self.server, path, response)
 
     @contextmanager
@@ -502,7 +525,8 @@ def _refusal(server: str, path: str, response: httpx.Response) -> KeyshiftError:
         if isinstance(item, dict) and "path" in item and "message" in item
     ]
     for where, message in listed:
-        detail += f"; {where}: {message}"
+        if f"{where}: {message}" not in detail:  # a one-field problem's detail names it
+            detail += f"; {where}: {message}"
     if code == "unauthenticated":
         detail += " (set KEYSHIFT_TOKEN to an API token for this server)"
     return ServerRefused(response.status_code, code, detail, listed)

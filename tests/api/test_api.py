@@ -106,6 +106,31 @@ def test_estate_warnings_come_back_as_the_cli_prints_them(api: Api, tmp_path: Pa
     assert (applied["applied"], applied["warnings"]) == (True, expected)
 
 
+def test_credentials_page_by_cursor_with_a_link_to_the_next(api: Api) -> None:
+    credentials = [
+        {"name": f"svc-{i}", "owner": f"team-{i % 2}", "provider": {"type": "random"}}
+        for i in range(5)
+    ]
+    assert api.call("POST", "/v1/estate/apply", json={"credentials": credentials}).json()["applied"]
+    seen, path, links = [], "/v1/credentials?limit=2&owner=team-0", 0
+    while path:
+        page = api.call("GET", path)
+        assert page.status_code == 200, page.text
+        seen += [row["credential"] for row in page.json()]
+        path = page.links.get("next", {}).get("url")
+        links += bool(path)
+    assert (seen, links) == (["svc-0", "svc-2", "svc-4"], 1)
+    unpaged = [r["credential"] for r in api.call("GET", "/v1/credentials?owner=team-0").json()]
+    assert unpaged == seen
+    refused = _problem(api.call("GET", "/v1/credentials?cursor=%25%25"), 422, "invalid-request")
+    assert refused["problems"][0]["path"] == "cursor"
+    by_expiry = _problem(
+        api.call("GET", "/v1/credentials?limit=2&sort=expires"), 422, "invalid-request"
+    )
+    assert by_expiry["problems"][0]["path"] == "sort"
+    _problem(api.call("GET", "/v1/credentials?limit=501"), 422, "invalid-request")
+
+
 def test_problem_json_for_not_found_conflict_lease_and_bad_input(api: Api, tmp_path: Path) -> None:
     _problem(api.call("GET", "/v1/credentials/missing"), 404, "not-found")
     _problem(api.call("GET", "/v1/no/such/route"), 404, "not-found")

@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import event
 
 from keyshift.domain.states import Lifecycle
 from keyshift.errors import ConfigError
-from keyshift.service import catalog
+from keyshift.service import catalog, rotations
+from keyshift.service.estate import apply_estate, parse_estate
 from keyshift.service.rotations import StatusRow
+from keyshift.store.store import Store
 
 NOW = datetime(2026, 12, 7, 12, tzinfo=UTC)
 
@@ -89,3 +92,102 @@ def test_a_bad_criterion_names_its_field(fields: dict[str, object], bad: str) ->
     with pytest.raises(ConfigError) as refused:
         catalog.Criteria(**fields)  # type: ignore[arg-type]
     assert refused.value.path == bad
+
+
+# Paging by cursor over a store ------------------------------------------------------------
+
+
+def _estate_of(count: int) -> dict[str, object]:
+    """`count` credentials cred-000…: owners alternate, every fifth is in staging (not
+    prod, which would require a check), and every third is manual, to filter on."""
+    return {
+        "credentials": [
+            {
+                "name": f"cred-{i:03d}",
+                "owner": f"team-{i % 2}",
+                "environment": "staging" if i % 5 == 0 else "dev",
+                "auto_rotate": i % 3 != 0,
+                "provider": {"type": "random", "length": 24},
+                "actions": [],
+            }
+            for i in range(count)
+        ]
+    }
+
+
+def _pages(store: Store, criteria: catalog.Criteria, limit: int) -> list[list[str]]:
+    """Every page, following each page's cursor to the end."""
+    pages: list[list[str]] = []
+    cursor = None
+    while True:
+        page = catalog.page_by_name(store, criteria, now=NOW, limit=limit, cursor=cursor)
+        pages.append([r.credential for r in page.rows])
+        if page.next_cursor is None:
+            return pages
+        cursor = page.next_cursor
+
+
+def test_cursor_pages_hold_every_credential_once_in_name_order(store: Store) -> None:
+    apply_estate(store, parse_estate(_estate_of(23)), actor="test")
+    whole = [r.credential for r in rotations.status_rows(store, now=NOW)]
+    pages = _pages(store, catalog.Criteria(sort="name"), 5)
+    assert [len(p) for p in pages] == [5, 5, 5, 5, 3]
+    assert [name for page in pages for name in page] == whole
+    # A page that ends exactly at the last credential gives no cursor to an empty page.
+    assert [len(p) for p in _pages(store, catalog.Criteria(sort="name"), 23)] == [23]
+
+
+def test_cursor_pages_filter_in_the_query_and_by_lifecycle_in_chunks(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    apply_estate(store, parse_estate(_estate_of(30)), actor="test")
+    rows = rotations.status_rows(store, now=NOW)
+    criteria = catalog.Criteria(sort="name", owner="team-0", environment="dev", text="CRED-0")
+    wanted = [r.credential for r in catalog.listing(rows, criteria).rows]
+    assert wanted
+    assert [n for p in _pages(store, criteria, 2) for n in p] == wanted
+    # A lifecycle is decided in Python: the scan reads on past rows it drops.
+    monkeypatch.setattr(catalog, "SCAN_CHUNK", 4)
+    never = catalog.Criteria(sort="name", lifecycle="never rotated", owner="team-1")
+    expected = [r.credential for r in catalog.listing(rows, never).rows]
+    assert len(expected) == 15
+    assert [n for p in _pages(store, never, 4) for n in p] == expected
+    assert _pages(store, catalog.Criteria(sort="name", lifecycle="expired"), 4) == [[]]
+
+
+def test_a_page_reads_only_its_own_rows(store: Store) -> None:
+    """The queries of a page stop at it: every statement on the credentials or their
+    versions carries the page's LIMIT, so a page of a large estate never loads the rest."""
+    apply_estate(store, parse_estate(_estate_of(12)), actor="test")
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        page = catalog.page_by_name(store, catalog.Criteria(sort="name"), now=NOW, limit=3)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", seen)
+    assert [r.credential for r in page.rows] == ["cred-000", "cred-001", "cred-002"]
+    reads = [s for s in statements if "FROM credentials" in s or "FROM versions" in s]
+    assert len(reads) == 2
+    assert all("LIMIT" in s for s in reads), reads
+
+
+def test_bad_paging_is_refused_naming_the_field(store: Store) -> None:
+    apply_estate(store, parse_estate(_estate_of(3)), actor="test")
+    for criteria, limit, cursor, field in [
+        (catalog.Criteria(sort="name"), 5, "%%%", "cursor"),
+        (catalog.Criteria(sort="name"), 5, "", None),
+        (catalog.Criteria(sort="expires"), 5, None, "sort"),
+        (catalog.Criteria(sort="name", descending=True), 5, None, "sort"),
+        (catalog.Criteria(sort="name"), 0, None, "limit"),
+        (catalog.Criteria(sort="name"), catalog.MAX_PAGE_SIZE + 1, None, "limit"),
+    ]:
+        if field is None:
+            assert len(catalog.page_by_name(store, criteria, now=NOW, limit=limit).rows) == 3
+            continue
+        with pytest.raises(ConfigError) as refused:
+            catalog.page_by_name(store, criteria, now=NOW, limit=limit, cursor=cursor)
+        assert refused.value.path == field

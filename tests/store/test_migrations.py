@@ -13,12 +13,12 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import select
+from sqlalchemy import inspect, select, text
 
 from keyshift.domain.states import RotationState
 from keyshift.service import rotations
 from keyshift.service.estate import apply_estate, load_estate
-from keyshift.store.db import MIGRATIONS
+from keyshift.store.db import HEAD_REVISION, MIGRATIONS
 from keyshift.store.models import Base, CredentialRow
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock
@@ -88,10 +88,72 @@ def test_0013_backfills_the_listing_columns_as_the_engine_keeps_them(
     assert done != failed
 
 
+def _migrated_from_nothing(store: Store) -> None:
+    """Empty the store, then run every migration from the first (a new store is built
+    from the models instead, so this is the path a store made by an older keyshift took)."""
+    with store.engine.begin() as connection:
+        Base.metadata.drop_all(connection)
+        connection.execute(text("DROP TABLE alembic_version"))
+    _migrate(store, "head")
+
+
+def _schema(store: Store) -> dict[str, Any]:
+    """Every table's columns (name, nullability, server default; the type on PostgreSQL),
+    primary key, indexes, unique constraints and foreign keys, as the database reports."""
+    with store.engine.connect() as connection:
+        found = inspect(connection)
+        typed = connection.dialect.name != "sqlite"
+        return {
+            table: {
+                "columns": sorted(
+                    (
+                        c["name"],
+                        str(c["type"]) if typed else "",
+                        c["nullable"],
+                        str(c.get("default")),
+                    )
+                    for c in found.get_columns(table)
+                ),
+                "primary key": found.get_pk_constraint(table)["constrained_columns"],
+                "indexes": sorted(
+                    (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                    for i in found.get_indexes(table)
+                ),
+                "unique": sorted(
+                    tuple(u["column_names"]) for u in found.get_unique_constraints(table)
+                ),
+                "foreign keys": sorted(
+                    (
+                        tuple(f["constrained_columns"]),
+                        f["referred_table"],
+                        tuple(f["referred_columns"]),
+                    )
+                    for f in found.get_foreign_keys(table)
+                ),
+            }
+            for table in sorted(found.get_table_names())
+        }
+
+
+def test_a_new_store_is_built_at_head_with_the_schema_the_migrations_build(
+    store: Store,
+) -> None:
+    """A new store's schema comes from the models in one step; it must be the one that
+    running every migration gives, or stores made before and after would differ."""
+    with store.engine.connect() as connection:
+        revisions = connection.execute(text("SELECT version_num FROM alembic_version"))
+        assert list(revisions.scalars()) == [HEAD_REVISION]
+    built = _schema(store)
+    _migrated_from_nothing(store)
+    assert _schema(store) == built
+    assert {"credentials", "alembic_version"} <= built.keys()
+
+
 def test_the_migrations_build_the_schema_the_models_declare(store: Store) -> None:
     """Tables, columns and indexes: what the models say is what the migrations made
     (column types on PostgreSQL only: SQLite keeps any value in any column, and a
     migration that only widens a VARCHAR leaves its table alone)."""
+    _migrated_from_nothing(store)
     with store.engine.connect() as connection:
         compare_type = connection.dialect.name != "sqlite"
         context = MigrationContext.configure(connection, opts={"compare_type": compare_type})

@@ -141,16 +141,49 @@ def _next_rotation(word: str) -> str:
 
 
 @exit_on_error
-def status(server: ServerOption = None, output: OutputOption = Format.TABLE) -> None:
+def status(
+    server: ServerOption = None,
+    output: OutputOption = Format.TABLE,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            min=1,
+            max=500,
+            help="Show at most this many credentials, by name; a large estate is read one "
+            "page at a time.",
+        ),
+    ] = None,
+    cursor: Annotated[
+        str | None,
+        typer.Option(
+            "--cursor", help="Start after the page that printed it (with --limit; see stderr)."
+        ),
+    ] = None,
+) -> None:
     """One row per credential: lifecycle, current version fingerprint, expiry."""
-    from keyshift.service import rotations
+    from keyshift.service import catalog, rotations
 
-    rows = answer(
+    if limit is None and cursor is None:
+        rows = answer(
+            server,
+            lambda client: client.status_rows(),
+            lambda store: rotations.status_rows(store, now=utcnow()),
+        )
+        emit(output, rows, lambda: _print_status(rows))
+        return
+    size = limit or catalog.PAGE_SIZE
+    page = answer(
         server,
-        lambda client: client.status_rows(),
-        lambda store: rotations.status_rows(store, now=utcnow()),
+        lambda client: client.status_page(limit=size, cursor=cursor),
+        lambda store: catalog.page_by_name(
+            store, catalog.Criteria(sort="name"), now=utcnow(), limit=size, cursor=cursor
+        ),
     )
-    emit(output, rows, lambda: _print_status(rows))
+    emit(output, page.rows, lambda: _print_status(page.rows))
+    if page.next_cursor:
+        # On stderr, so that -o json stays one list a script can read.
+        err.print(f"more: keyshift status --limit {size} --cursor {page.next_cursor}", markup=False)
 
 
 def _print_status(rows: list[rotations.StatusRow]) -> None:

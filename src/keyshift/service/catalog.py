@@ -3,13 +3,22 @@ dashboard's credentials page and `GET /v1/credentials?lifecycle=…&owner=…`."
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import ColumnElement, func
 
 from keyshift.errors import ConfigError
+from keyshift.service import rotations
 from keyshift.service.rotations import StatusRow
+from keyshift.store.models import CredentialRow
+
+if TYPE_CHECKING:
+    from keyshift.store.store import Store
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -103,3 +112,77 @@ def listing(rows: Sequence[StatusRow], criteria: Criteria) -> Listing:
         environments=sorted({r.environment for r in rows if r.environment}),
         providers=sorted({r.provider for r in rows}),
     )
+
+
+# Paging by cursor -------------------------------------------------------------------------
+
+SCAN_CHUNK = 500
+"""Credentials read per query while a lifecycle filter (decided in Python) drops rows."""
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[StatusRow]
+    """Up to `limit` rows, by name."""
+    next_cursor: str | None
+    """What to pass as `cursor` for the rows after these; None on the last page."""
+
+
+def encode_cursor(name: str) -> str:
+    """The opaque cursor that continues a listing after the credential `name`."""
+    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The credential name a cursor continues after (ConfigError naming `cursor`)."""
+    try:
+        name = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        name = ""
+    if not name:
+        raise ConfigError("cursor", "is not a cursor a listing gave; start without one")
+    return name
+
+
+def page_by_name(
+    store: Store, criteria: Criteria, *, now: datetime, limit: int, cursor: str | None = None
+) -> Page:
+    """The first `limit` rows by name that match `criteria`, after `cursor`: one page of
+    a large estate, read with indexed queries that stop at the page (the whole listing
+    is never loaded). Filters on owner, environment, provider and name are conditions
+    of the queries; a lifecycle filter reads on in chunks until the page is full."""
+    if criteria.sort != "name" or criteria.descending:
+        raise ConfigError("sort", "a listing paged by cursor is by name, ascending")
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ConfigError("limit", f"must be between 1 and {MAX_PAGE_SIZE}")
+    sql = _sql_criteria(criteria)
+    after = decode_cursor(cursor) if cursor else None
+    chunk = limit + 1 if not criteria.lifecycle else max(limit + 1, SCAN_CHUNK)
+    kept: list[StatusRow] = []
+    with store.transaction() as s:
+        while len(kept) <= limit:
+            where = sql if after is None else (*sql, CredentialRow.name > after)
+            read = [row for _cred, row in rotations.status_of(s, where, now=now, limit=chunk)]
+            kept += [r for r in read if criteria.matches(r)]
+            if len(read) < chunk:
+                break
+            after = read[-1].credential
+    more = len(kept) > limit
+    rows = kept[:limit]
+    return Page(rows, encode_cursor(rows[-1].credential) if more else None)
+
+
+def _sql_criteria(criteria: Criteria) -> tuple[ColumnElement[bool], ...]:
+    """The filters of `criteria` that the credentials table answers (all but lifecycle).
+    Rows they keep are still checked by `Criteria.matches`."""
+    out: list[ColumnElement[bool]] = []
+    if criteria.owner:
+        out.append(CredentialRow.owner == criteria.owner)
+    if criteria.environment:
+        out.append(CredentialRow.environment == criteria.environment)
+    if criteria.provider:
+        out.append(CredentialRow.provider_type == criteria.provider)
+    if criteria.text and criteria.text.isascii():
+        # SQLite's lower() folds ASCII only: other text is matched in Python alone.
+        out.append(func.lower(CredentialRow.name).contains(criteria.text.lower(), autoescape=True))
+    return tuple(out)

@@ -128,14 +128,19 @@ def next_rotation(
 
 
 def of_credentials(
-    credential_id: InstrumentedAttribute[str], criteria: tuple[ColumnElement[bool], ...]
+    credential_id: InstrumentedAttribute[str],
+    criteria: tuple[ColumnElement[bool], ...],
+    limit: int | None = None,
 ) -> tuple[ColumnElement[bool], ...]:
     """Conditions on a table's `credential_id` column that keep the rows of the
-    credentials `standings(s, *criteria)` reads. None without criteria: the rows of
-    removed credentials are read then, and left unused, which costs less than a join."""
-    if not criteria:
+    credentials `standings(s, *criteria, limit=limit)` reads. None without criteria or
+    limit: the rows of removed credentials are read then, and left unused, which costs
+    less than a join."""
+    if not criteria and limit is None:
         return ()
     ids = select(CredentialRow.id).where(CredentialRow.removed_at.is_(None), *criteria)
+    if limit is not None:
+        ids = ids.order_by(CredentialRow.name).limit(limit)
     return (credential_id.in_(ids),)
 
 
@@ -147,10 +152,13 @@ def rows_of(s: Session, statement: Executable) -> Iterator[Any]:
     return iter(s.connection().execute(statement).yield_per(1000))
 
 
-def standings(s: Session, *criteria: ColumnElement[bool]) -> Iterator[Standing]:
+def standings(
+    s: Session, *criteria: ColumnElement[bool], limit: int | None = None
+) -> Iterator[Standing]:
     """The credentials in the estate (not removed) that match `criteria` on
-    `CredentialRow`, by name: three queries however many there are. Read one by one, so
-    consume them inside the transaction of `s`."""
+    `CredentialRow`, by name (only the first `limit`, when given, and only their rows
+    are read: a page of a large estate): three queries however many there are. Read one
+    by one, so consume them inside the transaction of `s`."""
     current = {
         cred_id: CurrentVersion(version_id, fingerprint, expires_at)
         for cred_id, version_id, fingerprint, expires_at in rows_of(
@@ -162,7 +170,7 @@ def standings(s: Session, *criteria: ColumnElement[bool]) -> Iterator[Standing]:
                 VersionRow.expires_at,
             ).where(
                 VersionRow.status == VersionStatus.CURRENT.value,
-                *of_credentials(VersionRow.credential_id, criteria),
+                *of_credentials(VersionRow.credential_id, criteria, limit),
             ),
         )
     }
@@ -191,7 +199,8 @@ def standings(s: Session, *criteria: ColumnElement[bool]) -> Iterator[Standing]:
         )
         .outerjoin(active, active.id == CredentialRow.active_rotation_id)
         .where(CredentialRow.removed_at.is_(None), *criteria)
-        .order_by(CredentialRow.name),
+        .order_by(CredentialRow.name)
+        .limit(limit),
     )
     policies: dict[str, Policy] = {}  # estates have few policies and many credentials
     for (

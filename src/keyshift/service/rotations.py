@@ -301,17 +301,21 @@ def status_rows(
     from a fixed number of queries however many credentials there are."""
     criteria = () if names is None else (CredentialRow.name.in_(sorted(names)),)
     with store.transaction() as s:
-        return [row for _cred, row in _status(s, criteria, now=now)]
+        return [row for _cred, row in status_of(s, criteria, now=now)]
 
 
-def _status(
-    s: Session, criteria: tuple[ColumnElement[bool], ...], *, now: datetime
+def status_of(
+    s: Session,
+    criteria: tuple[ColumnElement[bool], ...],
+    *,
+    now: datetime,
+    limit: int | None = None,
 ) -> Iterator[tuple[due.Standing, StatusRow]]:
-    """The status row of each credential matching `criteria`, with what it was made
-    from, one by one (`due.standings`)."""
+    """The status row of each credential matching `criteria` (the first `limit` by
+    name, when given), with what it was made from, one by one (`due.standings`)."""
     overlap = _OVERLAPS
     holding = freezes.holding(s, now)
-    for cred in due.standings(s, *criteria):
+    for cred in due.standings(s, *criteria, limit=limit):
         current = cred.current
         expires = current.expires_at if current else None
         upcoming = due.next_rotation(cred, now=now, freezes=holding)
@@ -669,7 +673,7 @@ async def retire_disabled(
 def credential_detail(store: Store, credential: str, *, now: datetime) -> CredentialDetail:
     """One credential's status row with every version (ids and fingerprints, no values)."""
     with store.transaction() as s:
-        found = list(_status(s, (CredentialRow.name == credential,), now=now))
+        found = list(status_of(s, (CredentialRow.name == credential,), now=now))
         if not found:
             raise NotFound(f"no credential named {credential} in the estate")
         [(cred, row)] = found

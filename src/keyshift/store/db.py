@@ -99,11 +99,33 @@ def _at_head(connection: Connection) -> bool:
     return list(found) == [HEAD_REVISION]
 
 
+def _create(connection: Connection) -> None:
+    """Build a new store's schema from the models, at `HEAD_REVISION`: the schema the
+    migrations build (a test compares the two), in a few statements instead of running
+    every migration since the first (a quarter of a second of the first command)."""
+    from keyshift.store.models import Base  # noqa: PLC0415 (only a new store)
+
+    Base.metadata.create_all(connection)
+    # The table Alembic keeps its revision in, as Alembic itself creates it.
+    connection.execute(
+        text(
+            "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+            "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+        )
+    )
+    connection.execute(
+        text("INSERT INTO alembic_version (version_num) VALUES (:head)"), {"head": HEAD_REVISION}
+    )
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision. Safe to run on every start."""
     try:
         with engine.begin() as connection:
             if _at_head(connection):
+                return
+            if not inspect(connection).get_table_names():
+                _create(connection)
                 return
             from alembic import command  # noqa: PLC0415 (only a store behind its schema)
             from alembic.config import Config  # noqa: PLC0415

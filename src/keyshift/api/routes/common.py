@@ -100,6 +100,10 @@ class CredentialQuery(BaseModel):
     """name, lifecycle, expires, last_rotated, next_rotation, owner, environment, provider."""
     desc: bool = False
     page: int = Field(default=1, ge=1, le=100_000)
+    limit: int | None = Field(default=None, ge=1, le=catalog.MAX_PAGE_SIZE)
+    """A page of at most this many rows by name, after `cursor` (`GET /v1/credentials`)."""
+    cursor: str | None = Field(default=None, max_length=1024)
+    """Where the page starts: the `cursor` of the previous page's `Link: rel="next"`."""
 
     def criteria(self, *, page_size: int | None = catalog.PAGE_SIZE) -> catalog.Criteria:
         return catalog.Criteria(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Body, Query
+from fastapi import Body, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from keyshift.api import problems
@@ -101,6 +101,8 @@ def apply_estate(
 
 @router.get("/credentials", tags=["credentials"])
 def list_credentials(
+    request: Request,
+    response: Response,
     store: StoreDep,
     who: Annotated[Identity, caller(Permission.CREDENTIALS_READ)],
     query: Annotated[CredentialQuery, Query()],
@@ -108,9 +110,25 @@ def list_credentials(
     """One row per credential: lifecycle, current version id and fingerprint, expiry,
     last and next rotation. Only those of the `lifecycle`, `owner`, `environment` and
     `provider` given, whose name holds `q`, sorted by `sort` (`desc=true` reverses), as
-    the dashboard lists them; every row matching, on one page."""
-    rows = rotations.status_rows(store, now=utcnow())
-    return catalog.listing(rows, query.criteria(page_size=None)).rows
+    the dashboard lists them; every row matching, on one page.
+
+    With `limit` (and then `cursor`), one page by name instead, read without loading the
+    rest of the estate: the response's `Link: <…>; rel="next"` gives the next page's URL
+    (absent on the last). Paged listings are by name, ascending."""
+    if query.limit is None and query.cursor is None:
+        rows = rotations.status_rows(store, now=utcnow())
+        return catalog.listing(rows, query.criteria(page_size=None)).rows
+    found = catalog.page_by_name(
+        store,
+        query.criteria(page_size=None),
+        now=utcnow(),
+        limit=query.limit or catalog.PAGE_SIZE,
+        cursor=query.cursor,
+    )
+    if found.next_cursor is not None:
+        following = request.url.include_query_params(cursor=found.next_cursor)
+        response.headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'
+    return found.rows
 
 
 @router.get("/overview", tags=["credentials"])
