@@ -22,7 +22,7 @@ import pytest
 from keyshift.domain.states import RotationState
 from keyshift.engine.faults import ENV as CRASH_AT
 from keyshift.engine.journal import StepEvent
-from keyshift.service import rotations
+from keyshift.service import alerting, rotations
 from keyshift.service.estate import apply_estate, parse_estate
 from keyshift.store.store import Store
 from keyshift.testing import CachingVerifier, FakeClock, FileSigner
@@ -388,3 +388,18 @@ def test_a_rollover_killed_at_any_step_is_resumed_to_the_end_once(
     ]
     assert interrupted == [(boundary, 1)]
 
+
+def test_a_rotation_resting_until_its_signers_may_switch_is_not_stuck_before_then(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    apply_estate(store, parse_estate(estate(tmp_path, cache_ttl="2h")), actor="test")
+    asyncio.run(rotations.rotate(store, CREDENTIAL, actor="test", context=clock.context()))
+    _, state = asyncio.run(
+        rotations.rotate(store, CREDENTIAL, actor="test", context=clock.context())
+    )
+    assert state == RotationState.PUBLISHING
+    # stuck_after is 30m by default: the wait (2h) is not counted against it.
+    assert alerting.raise_stuck(store, actor="test", now=clock.now() + timedelta(hours=2)) == 0
+    later = clock.now() + timedelta(hours=2, minutes=31)
+    assert alerting.raise_stuck(store, actor="test", now=later) == 1
