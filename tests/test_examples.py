@@ -18,6 +18,7 @@ from keyshift.targets.agent import AGENT_TYPES
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "estate.yaml"
 CERTIFICATE_EXAMPLE = Path(__file__).parents[1] / "examples" / "x509-ca.yaml"
+JWKS_EXAMPLE = Path(__file__).parents[1] / "examples" / "jwks.yaml"
 SHARED_EXAMPLE = Path(__file__).parents[2] / "shared" / "examples" / "estate.example.yaml"
 """What a platform team would write; the repository sits beside `shared`."""
 
@@ -41,6 +42,17 @@ def test_the_internal_ca_example_validates_and_renews_renew_before_the_not_after
     )
     assert estate.policy_for(credential).rotate_before_expiry == timedelta(days=30)
     assert effective.rotate_before_expiry == timedelta(days=21)
+
+
+def test_the_jwks_example_validates_and_publishes_the_jwks_before_the_signer() -> None:
+    estate = load_estate(JWKS_EXAMPLE)
+    [credential] = estate.credentials
+    assert credential.provider.type == "jwks_signing_key"
+    publishing = sorted(
+        (a.order, a.config.get("file_format")) for a in credential.actions if a.type == "file"
+    )
+    assert [fmt for _, fmt in publishing] == ["jwks", "json"]
+    assert any(a.type == "command_check" for a in credential.actions)
 
 
 def test_the_estate_platform_teams_write_validates_in_the_shapes_they_use() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from tests.helpers import json_value, rotations_of, save_estate, write_estate
 
 CREDENTIAL = "api-key"
 CERTIFICATE = "web-tls"
+SIGNING_KEY = "id-token-signing"
 FRAGMENT = 16
 """A leak of this many consecutive characters of a value counts as a leak of the value."""
 
@@ -76,6 +78,48 @@ def _with_certificate(estate: Path, tmp_path: Path) -> Path:
     return save_estate(tmp_path, document)
 
 
+def _with_signing_key(estate: Path, tmp_path: Path) -> Path:
+    """`estate` with a third credential, `SIGNING_KEY`: a JWKS signing key whose private key
+    goes to a signer's JSON file and whose public keys go to a JWKS file."""
+    document = json.loads(estate.read_text(encoding="utf-8"))
+    document["credentials"].append(
+        {
+            "name": SIGNING_KEY,
+            "owner": "team-identity",
+            "environment": "dev",
+            "policy": {"grace_period": "0s"},
+            "provider": {
+                "type": "jwks_signing_key",
+                "key_type": "rsa-2048",
+                "cache_ttl": "1s",
+                "max_token_lifetime": "1s",
+            },
+            "actions": [
+                {
+                    "type": "file",
+                    "order": 10,
+                    "config": {"path": str(tmp_path / "jwks.json"), "file_format": "jwks"},
+                },
+                {
+                    "type": "file",
+                    "order": 20,
+                    "config": {
+                        "path": str(tmp_path / "signer.json"),
+                        "file_format": "json",
+                        "keys": {"key": "private_key", "kid": "kid"},
+                    },
+                },
+            ],
+        }
+    )
+    return save_estate(tmp_path, document)
+
+
+def _signer_key(tmp_path: Path) -> str:
+    held = json.loads((tmp_path / "signer.json").read_text(encoding="utf-8"))
+    return _key_body(str(held["key"]))
+
+
 def _key_body(pem: str) -> str:
     """A PEM key without its armour lines, which every key shares (`-----BEGIN...`)."""
     return "".join(line for line in pem.splitlines() if not line.startswith("-----"))
@@ -110,17 +154,24 @@ def test_no_secret_value_reaches_logs_cli_output_audit_export_or_journal_errors(
         assert value is not None
         delivered.add(value)
 
-    run(
-        "apply",
-        "-f",
-        str(_with_certificate(write_estate(tmp_path, actions=[_file_action(target)]), tmp_path)),
-    )
+    estate = _with_certificate(write_estate(tmp_path, actions=[_file_action(target)]), tmp_path)
+    run("apply", "-f", str(_with_signing_key(estate, tmp_path)))
     keys: set[str] = set()
     for _ in range(2):  # the first key is revoked (erased) by the second rotation
         run("rotate", CERTIFICATE, "--grace", "0s")
         keys.add(_key_body((tmp_path / "site.key").read_text(encoding="utf-8")))
     run("versions", CERTIFICATE)
     run("versions", CERTIFICATE, "-o", "json")
+    # A signing key: the rollover rests until cache_ttl (1s), then until max_token_lifetime.
+    run("rotate", SIGNING_KEY)
+    keys.add(_signer_key(tmp_path))
+    run("rotate", SIGNING_KEY)
+    for _ in range(2):
+        time.sleep(1.2)
+        run("resume")
+    keys.add(_signer_key(tmp_path))
+    assert rotations_of(store, SIGNING_KEY)[-1].state == RotationState.COMPLETED.value
+    run("versions", SIGNING_KEY, "-o", "json")
     # The value the credential had before keyshift, imported from a file.
     imported = "imported-before-keyshift-" + "q7" * 12
     source = tmp_path / "imported.txt"
@@ -135,8 +186,12 @@ def test_no_secret_value_reaches_logs_cli_output_audit_export_or_journal_errors(
 
     script = tmp_path / "leaking_consumer.py"
     script.write_text(LEAKING_CONSUMER, encoding="utf-8")
-    failing = _with_certificate(
-        write_estate(tmp_path, actions=[_file_action(target), _leaking_command(script)]), tmp_path
+    failing = _with_signing_key(
+        _with_certificate(
+            write_estate(tmp_path, actions=[_file_action(target), _leaking_command(script)]),
+            tmp_path,
+        ),
+        tmp_path,
     )
     run("apply", "-f", str(failing))
     run("rotate", CREDENTIAL, "--grace", "0s", exit_code=1)
@@ -190,12 +245,13 @@ def test_no_secret_value_reaches_logs_cli_output_audit_export_or_journal_errors(
             **{f"rotations[{r.id}].error": r.error or "" for r in runs_rows},
             **{f"rotations[{r.id}].attention": r.attention or "" for r in runs_rows},
         }
-    assert len(keys) == 2
+    assert len(keys) == 4
     assert keys & stored, "the current certificate's key is the one stored"
     values = stored | delivered | {imported} | keys
     # api-key: v1 (imported, revoked, erased), v2 (revoked, erased, seen in the file), v3
-    # (current) and v4 (kept disabled); web-tls: two private keys, the first revoked.
-    assert len(values) == 6
+    # (current) and v4 (kept disabled); web-tls and id-token-signing: two private keys
+    # each, the first revoked.
+    assert len(values) == 8
     assert all(len(v) >= FRAGMENT for v in values)
 
     sources = {

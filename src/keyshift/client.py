@@ -260,7 +260,8 @@ class Client:
             timeline = self.rotation(rotation_id)
             yield timeline
             state = timeline.rotation.state
-            if state in _FINAL or (state in _RESTING and not timeline.running):
+            resting = state in _RESTING or timeline.signers_from is not None
+            if state in _FINAL or (resting and not timeline.running):
                 return
             time.sleep(interval)
 

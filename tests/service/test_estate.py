@@ -239,7 +239,7 @@ MALFORMED = [
         (
             "credentials[0].provider.type",
             "unknown provider type 'hashicorp_vault'; "
-            "known: entra_client_secret, postgres, random, redis",
+            "known: entra_client_secret, jwks_signing_key, postgres, random, redis",
         ),
         id="unknown-provider-type-lists-known-ones",
     ),
@@ -418,7 +418,7 @@ MALFORMED = [
         """,
         (
             "credentials[0].actions[1].config.file_format",
-            "must be one of json, yaml, env, ini, pem, pkcs12",
+            "must be one of json, yaml, env, ini, pem, pkcs12, jwks",
         ),
         id="file-action-with-unknown-file-format",
     ),
@@ -456,6 +456,77 @@ MALFORMED = [
         ("credentials[0].actions[0].config", "file_format pem needs key_path"),
         ("credentials[0].actions[1].config", "a kubernetes.io/tls Secret takes no key"),
         id="certificate-target-options-that-do-not-fit",
+    ),
+    case(
+        """\
+        credentials:
+          - name: tokens
+            environment: dev
+            provider:
+              type: jwks_signing_key
+              key_type: ed25519
+              alg: RS256
+              cache_ttl: 0s
+            actions: []
+        """,
+        ("credentials[0].provider.alg", "alg RS256 does not fit key_type ed25519"),
+        ("credentials[0].provider.cache_ttl", "cache_ttl must be longer than 0s"),
+        id="jwks-signing-key-provider-with-bad-fields",
+    ),
+    case(
+        """\
+        credentials:
+          - name: tokens
+            environment: dev
+            provider: {type: jwks_signing_key}
+            actions:
+              - type: file
+                order: 10
+                config: {path: /srv/signer.json, file_format: json, keys: {key: private_key}}
+              - {type: file, order: 20, config: {path: /srv/jwks.json, file_format: jwks}}
+        """,
+        ("credentials[0].actions[1].order", "must come before every action that hands"),
+        id="jwks-document-ordered-after-the-signer",
+    ),
+    case(
+        """\
+        credentials:
+          - name: tokens
+            environment: dev
+            provider: {type: jwks_signing_key}
+            actions:
+              - type: file
+                order: 10
+                config: {path: /srv/signer.json, file_format: json, keys: {key: private_key}}
+        """,
+        ("credentials[0].actions", "add an action that publishes its JWKS"),
+        id="jwks-signing-key-without-a-jwks-document",
+    ),
+    case(
+        """\
+        credentials:
+          - name: billing-api-key
+            environment: dev
+            provider: {type: random}
+            actions:
+              - {type: file, order: 10, config: {path: /srv/jwks.json, file_format: jwks}}
+        """,
+        ("credentials[0].actions[0].config.file_format", "holds the public keys of a jwks"),
+        id="jwks-document-of-a-credential-that-is-no-signing-key",
+    ),
+    case(
+        """\
+        credentials:
+          - name: tokens
+            environment: dev
+            provider: {type: jwks_signing_key}
+            actions:
+              - type: file
+                order: 10
+                config: {path: /srv/jwks.json, file_format: jwks, key_path: /srv/k}
+        """,
+        ("credentials[0].actions[0].config", "key_path is for file_format pem or pkcs12"),
+        id="jwks-document-with-certificate-options",
     ),
     case(
         """\
@@ -736,7 +807,7 @@ MALFORMED = [
         ("credentials[0].provider.length", "greater than or equal to 16"),
         (
             "credentials[0].actions[0].config.file_format",
-            "must be one of json, yaml, env, ini, pem, pkcs12",
+            "must be one of json, yaml, env, ini, pem, pkcs12, jwks",
         ),
         ("credentials[0].actions[1].config.argv", "at least 1 item"),
         ("credentials[0].actions[2].config.url", "url must start with http:// or https://"),
@@ -781,7 +852,7 @@ MALFORMED = [
         ("credentials[0].policy", "no policy named 'prod-default'"),
         (
             "credentials[0].actions[0].config.file_format",
-            "must be one of json, yaml, env, ini, pem, pkcs12",
+            "must be one of json, yaml, env, ini, pem, pkcs12, jwks",
         ),
         id="reference-and-plugin-config-problems-reported-together",
     ),

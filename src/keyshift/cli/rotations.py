@@ -168,12 +168,12 @@ def rotate(
                 return
             timeline = runs.follow(client, started.rotation_id, shown=set())
             runs.print_rotation_end(timeline, client.approval_requests)
-        runs.exit_unless_healthy(timeline.rotation.state)
+        runs.exit_unless_healthy(timeline)
         return
     from keyshift.service import rotations
 
     with open_store() as store:
-        rotation_id, state = asyncio.run(
+        rotation_id, _state = asyncio.run(
             rotations.rotate(
                 store,
                 name,
@@ -184,8 +184,7 @@ def rotate(
                 on_event=runs.progress_with_header(name),
             )
         )
-        runs.print_stored_rotation_end(store, rotation_id)
-        runs.exit_unless_healthy(state)
+        runs.exit_unless_healthy(runs.print_stored_rotation_end(store, rotation_id))
 
 
 @exit_on_error
@@ -202,14 +201,13 @@ def resume(server: ServerOption = None) -> None:
         results = asyncio.run(rotations.resume(store, actor=actor(), on_event=runs.progress))
         if not results:
             out.print("No unfinished rotations.")
-        states: list[RotationState] = []
+        ends: list[rotations.Timeline] = []
         for rotation_id, credential, state in results:
             if state is None:
                 out.print(f"rotation {rotation_id} ({credential}) is held by a live worker")
                 continue
-            runs.print_stored_rotation_end(store, rotation_id)
-            states.append(state)
-        runs.exit_unless_healthy(*states)
+            ends.append(runs.print_stored_rotation_end(store, rotation_id))
+        runs.exit_unless_healthy(*ends)
 
 
 def _resume_at(server: str) -> None:
@@ -236,7 +234,7 @@ def _resume_at(server: str) -> None:
             ends.append(runs.follow(client, rotation_id, shown=shown))
         for timeline in ends:
             runs.print_rotation_end(timeline, client.approval_requests)
-    runs.exit_unless_healthy(*(t.rotation.state for t in ends))
+    runs.exit_unless_healthy(*ends)
 
 
 @exit_on_error

@@ -54,10 +54,20 @@ def follow(client: Client, rotation_id: str, *, shown: set[int]) -> rotations.Ti
     return last
 
 
-def exit_unless_healthy(*states: RotationState | str) -> None:
-    """Exit 1 when a rotation did not end healthy (as `rotate` does in both modes)."""
-    if any(RotationState(state) not in HEALTHY for state in states):
+def exit_unless_healthy(*states: RotationState | str | rotations.Timeline) -> None:
+    """Exit 1 when a rotation did not end healthy (as `rotate` does in both modes): a
+    final or waiting state, or (given its timeline) resting until its signers get the
+    new version."""
+    if not all(healthy(state) for state in states):
         raise typer.Exit(1)
+
+
+def healthy(state: RotationState | str | rotations.Timeline) -> bool:
+    if not isinstance(state, RotationState | str):  # a timeline (its module loads lazily)
+        if state.signers_from is not None:
+            return True
+        state = state.rotation.state
+    return RotationState(state) in HEALTHY
 
 
 def progress(event: StepEvent) -> None:
@@ -87,8 +97,14 @@ def print_rotation_end(
     """The end of a run: the state reached and what comes next (`pending` lists the
     approval requests waiting, asked only when the rotation waits for one)."""
     rotation_id, state = timeline.rotation.id, RotationState(timeline.rotation.state)
-    colour = "green" if state in HEALTHY else "red"
+    colour = "green" if healthy(timeline) else "red"
     out.print(f"{timeline.credential}: rotation {rotation_id} [{colour}]{state.value}[/]")
+    if timeline.signers_from is not None:
+        out.print(
+            "  verifiers have the new key; its signers get it at "
+            f"{when(timeline.signers_from)} (once verifiers' caches refreshed); "
+            "`keyshift worker` or `keyshift resume` goes on then"
+        )
     if state == RotationState.GRACE:
         out.print(
             f"  old version stays valid until {when(timeline.grace_until)}; "
@@ -107,10 +123,11 @@ def print_rotation_end(
         out.print(f"  needs attention: {timeline.attention}", markup=False)
 
 
-def print_stored_rotation_end(store: Store, rotation_id: str) -> None:
+def print_stored_rotation_end(store: Store, rotation_id: str) -> rotations.Timeline:
+    """Print the end of a run from the store; returns the timeline printed."""
     from keyshift.service import approvals as approvals_service
     from keyshift.service import rotations
 
-    print_rotation_end(
-        rotations.rotation_timeline(store, rotation_id), lambda: approvals_service.requests(store)
-    )
+    timeline = rotations.rotation_timeline(store, rotation_id)
+    print_rotation_end(timeline, lambda: approvals_service.requests(store))
+    return timeline

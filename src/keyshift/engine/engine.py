@@ -45,6 +45,7 @@ from keyshift.engine.rollout import Rollout
 from keyshift.engine.run import Run
 from keyshift.engine.steps import Steps
 from keyshift.engine.subscribers import AuditTrail, StepProgress
+from keyshift.engine.trust import Trust
 from keyshift.errors import ConfigError, KeyshiftError, NotFound
 from keyshift.governance import integration_disabled
 from keyshift.providers.base import Capability, Provider
@@ -103,7 +104,8 @@ class Engine:
         )
         self.steps.holds = self._held_on_move
         self.issuer = Issuer(self.steps)
-        self.rollout = Rollout(self.steps, self.issuer)
+        self.trust = Trust(self.steps)
+        self.rollout = Rollout(self.steps, self.issuer, self.trust)
         self.approval = ApprovalGate(self.steps)
         self.grace = GraceGate(self.steps)
         self.rollback = Rollback(self.steps, actor)
@@ -157,8 +159,7 @@ class Engine:
             return True
 
         async def rolling_out(run: Run) -> bool:
-            await self.rollout.phase(run)
-            return True
+            return await self.rollout.phase(run)
 
         async def awaiting(run: Run) -> bool:
             return approval.passes(run)
@@ -167,6 +168,10 @@ class Engine:
             if approval.needed_to_revoke(run):
                 approval.ask(run, approvals.REVOKE)
                 return False
+            # A trust-first credential's verifiers stop trusting the old version first;
+            # for every other credential this returns at once, having done nothing.
+            if not await self.trust.withdrawn(run):
+                return True
             await steps.step(run, "revoking", issuer.revoke, None, finishes=True)
             return True
 

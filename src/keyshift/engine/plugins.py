@@ -105,3 +105,13 @@ def build_target(
         context = replace(context, agent_id=agent_id)
     target: Target = cls(validate_config(cls, config, "config"), context)
     return target
+
+
+def trust_only(kind: str, config: dict[str, Any]) -> bool:
+    """Whether an action of target `kind` with `config` serves verifiers only (a JWKS
+    document): its class says so with a classmethod `trust_only(config) -> bool`."""
+    cls = target_class(kind)
+    says = getattr(cls, "trust_only", None)
+    if says is None:
+        return False
+    return bool(says(validate_config(cls, config, "config")))

@@ -16,6 +16,7 @@ from keyshift.engine.issuer import Issuer
 from keyshift.engine.plan import PlannedAction
 from keyshift.engine.run import VERIFY_PROVIDER_STEP, Run, deliveries
 from keyshift.engine.steps import Steps
+from keyshift.engine.trust import Trust
 from keyshift.errors import NotDelivered, NotFound
 from keyshift.targets.base import PublishRequest, StepResult
 
@@ -39,29 +40,34 @@ STATE_OF_PHASE: dict[Phase, RotationState] = {p: s for s, p in PHASE_OF_STATE.it
 class Rollout:
     """Runs the phases that hand the new version to its consumers."""
 
-    def __init__(self, steps: Steps, issuer: Issuer) -> None:
+    def __init__(self, steps: Steps, issuer: Issuer, trust: Trust) -> None:
         self.steps = steps
         self.issuer = issuer
+        self.trust = trust
         self.store = steps.store
 
-    async def phase(self, run: Run) -> None:
-        """Run the actions of the phase the rotation is in, then move to the next one."""
+    async def phase(self, run: Run) -> bool:
+        """Run the actions of the phase the rotation is in, then move to the next one.
+        False when it rests in the phase (a trust-first rotation waiting before its
+        signers get the new version: `Trust`); True otherwise."""
         if run.plan.failing_only and run.state != RotationState.NOTIFYING:
-            await self._one_by_one(run)
-            return
+            return await self._one_by_one(run)
         phase = PHASE_OF_STATE[run.state]
         done = set(run.succeeded)
         for action in run.plan.in_phase(phase):
             if action.step in done:
                 continue  # finished before a restart: publishing again is not needed
+            if not await self.trust.signers_may_start(run, action):
+                return False  # the verifiers' caches may not hold the new key yet
             if await self._action(run, action):
-                return  # aborted: the run is rolling back
+                return True  # aborted: the run is rolling back
         verify_at_issuer = phase == Phase.VERIFY and VERIFY_PROVIDER_STEP not in done
         if verify_at_issuer and not await self._verify_at_issuer(run):
-            return
+            return True
         self._next_phase(run, phase)
+        return True
 
-    async def _one_by_one(self, run: Run) -> None:
+    async def _one_by_one(self, run: Run) -> bool:
         """`rollback: failing_only`: switch the consumers one after another, each one's
         publish, reload and verify actions before the next consumer gets the new version,
         so that a failed check leaves the consumers after it untouched (`Rollback`
@@ -79,16 +85,19 @@ class Rollout:
             state = STATE_OF_PHASE[action.phase]
             if run.state != state:
                 self.steps.transition(run, state)
-                return
+                return True
+            if not await self.trust.signers_may_start(run, action):
+                return False
             if await self._action(run, action):
-                return  # aborted: the run rolls back the failing consumer
+                return True  # aborted: the run rolls back the failing consumer
         if VERIFY_PROVIDER_STEP not in run.succeeded:
             if run.state != RotationState.VERIFYING:
                 self.steps.transition(run, RotationState.VERIFYING)
-                return
+                return True
             if not await self._verify_at_issuer(run):
-                return
+                return True
         self._next_phase(run, Phase.VERIFY)
+        return True
 
     async def _verify_at_issuer(self, run: Run) -> bool:
         """The post-cutover test at the issuer; False when it failed (rolling back)."""
@@ -168,5 +177,6 @@ class Rollout:
                 # First issuance: nothing to overlap with and nothing to revoke.
                 self.steps.set_state(s, run, self.steps.finished_state(run), rot)
                 return
-            rot.grace_until = run.grace_until = self.steps.context.now() + run.plan.grace_period
+            grace = self.trust.grace(run)
+            rot.grace_until = run.grace_until = self.steps.context.now() + grace
             self.steps.set_state(s, run, RotationState.GRACE, rot)

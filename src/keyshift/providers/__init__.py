@@ -31,6 +31,10 @@ from keyshift.registry import Registry, lazy_exports
 if TYPE_CHECKING:
     from keyshift.azure import EntraIntegration
     from keyshift.providers.entra import EntraSecretConfig, EntraSecretProvider
+    from keyshift.providers.jwks_signing_key import (
+        JwksSigningKeyConfig,
+        JwksSigningKeyProvider,
+    )
     from keyshift.providers.postgres import PostgresIntegration, PostgresProvider
     from keyshift.providers.random import RandomProvider
     from keyshift.providers.redis import RedisIntegration, RedisProvider
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
 
 class ProviderKind(StrEnum):
     ENTRA_CLIENT_SECRET = "entra_client_secret"  # noqa: S105 (a provider type name)
+    JWKS_SIGNING_KEY = "jwks_signing_key"
     POSTGRES = "postgres"
     RANDOM = "random"
     REDIS = "redis"
@@ -57,6 +62,9 @@ class IntegrationKind(StrEnum):
 PROVIDERS: Registry[Any] = Registry(
     {
         ProviderKind.ENTRA_CLIENT_SECRET: "keyshift.providers.entra:EntraSecretProvider",
+        ProviderKind.JWKS_SIGNING_KEY: (
+            "keyshift.providers.jwks_signing_key:JwksSigningKeyProvider"
+        ),
         ProviderKind.POSTGRES: "keyshift.providers.postgres:PostgresProvider",
         ProviderKind.RANDOM: "keyshift.providers.random:RandomProvider",
         ProviderKind.REDIS: "keyshift.providers.redis:RedisProvider",
@@ -81,6 +89,8 @@ __getattr__ = lazy_exports(
         "EntraIntegration": "keyshift.azure:EntraIntegration",
         "EntraSecretConfig": "keyshift.providers.entra:EntraSecretConfig",
         "EntraSecretProvider": "keyshift.providers.entra:EntraSecretProvider",
+        "JwksSigningKeyConfig": "keyshift.providers.jwks_signing_key:JwksSigningKeyConfig",
+        "JwksSigningKeyProvider": "keyshift.providers.jwks_signing_key:JwksSigningKeyProvider",
         "PostgresIntegration": "keyshift.providers.postgres:PostgresIntegration",
         "PostgresProvider": "keyshift.providers.postgres:PostgresProvider",
         "RandomProvider": "keyshift.providers.random:RandomProvider",
@@ -101,6 +111,8 @@ __all__ = [
     "EntraSecretProvider",
     "IntegrationKind",
     "IssuedVersion",
+    "JwksSigningKeyConfig",
+    "JwksSigningKeyProvider",
     "ListRequest",
     "PostgresIntegration",
     "PostgresProvider",

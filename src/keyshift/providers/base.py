@@ -37,6 +37,7 @@ __all__ = [
     "Readiness",
     "RevokeRequest",
     "RevokeResult",
+    "TrustFirst",
     "UsageReport",
     "UsageRequest",
     "VerifyRequest",
@@ -44,6 +45,7 @@ __all__ = [
     "VersionInfo",
     "capability_key",
     "propagation_of",
+    "trust_first_of",
 ]
 
 
@@ -164,6 +166,33 @@ def _hashable(value: Any) -> Hashable:
     if isinstance(value, _PLAIN):
         return value
     return json.dumps(value, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class TrustFirst:
+    """A credential whose verifiers must hold a new version before anything signs with it
+    (design.md: trust first, identity second), declared by a provider as its
+    `trust_first` attribute; `trust_first_of` reads it.
+
+    Its actions are of two kinds: those that hand verifiers the version's public part (a
+    target that says `trust_only(config)`: a JWKS document) and those that hand the
+    signers the version itself. The engine publishes every trust action first, waits
+    `signers_after` (journaled, resting between runs), and only then runs the others;
+    after the cutover the old version stays trusted for at least `keep_old_for` (the
+    grace period is never shorter), and is withdrawn from the trust actions just
+    before it is revoked."""
+
+    signers_after: timedelta
+    """How long verifiers may keep serving what they fetched before (their cache TTL)."""
+    keep_old_for: timedelta
+    """How long something signed with the old version just before the switch stays in use
+    (the longest token lifetime)."""
+
+
+def trust_first_of(provider: object) -> TrustFirst | None:
+    """The provider's declared `trust_first`, or None (every provider but a signing key)."""
+    declared = getattr(provider, "trust_first", None)
+    return declared if isinstance(declared, TrustFirst) else None
 
 
 @dataclass(frozen=True)

@@ -29,18 +29,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, ClassVar, Final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration, format_duration
-from keyshift.domain.secret import Secret
 from keyshift.errors import PermanentError
 from keyshift.providers import base
 from keyshift.providers.base import (
@@ -52,9 +51,14 @@ from keyshift.providers.base import (
     VerifyResult,
     VersionInfo,
 )
+from keyshift.providers.keys import (
+    KeyType,
+    load_private_key,
+    new_private_key,
+    private_pem,
+    signature_hash,
+)
 from keyshift.sources import SecretRef
-
-KeyType = Literal["rsa-2048", "rsa-3072", "ec-p256", "ed25519"]
 
 BACKDATE: Final = timedelta(minutes=5)
 """A new certificate is valid from this long before it was issued, so a consumer whose
@@ -155,23 +159,6 @@ def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
-def _new_key(key_type: str) -> Any:
-    if key_type == "rsa-2048":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    if key_type == "rsa-3072":
-        return rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    if key_type == "ed25519":
-        return ed25519.Ed25519PrivateKey.generate()
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _signature_hash(key: Any) -> hashes.SHA256 | None:
-    """Ed25519 and Ed448 keys sign without a separate hash; RSA and EC with SHA-256."""
-    if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
-        return None
-    return hashes.SHA256()
-
-
 def _subject(cert: x509.Certificate) -> str:
     return cert.subject.rfc4514_string()
 
@@ -216,7 +203,7 @@ class X509CaProvider:
         the field otherwise (never quoting what was read)."""
         key_text = self.context.secret("provider.ca_key_from", self.config.ca_key_from)
         cert_text = self.context.secret("provider.ca_cert_from", self.config.ca_cert_from)
-        key = _load_key(key_text)
+        key = load_private_key(key_text)
         if key is None:
             raise PermanentError(
                 "provider.ca_key_from: not an unencrypted PEM private key (RSA, EC or Ed25519)"
@@ -292,18 +279,14 @@ class X509CaProvider:
                 f"which expires before the new certificate would ({not_after.isoformat()}); "
                 "shorten validity or renew the CA"
             )
-        key = _new_key(self.config.key_type)
+        key = new_private_key(self.config.key_type)
         cert = self._sign(ca, key, now, not_after)
         print_ = thumbprint(cert)
         serial = format(cert.serial_number, "x")
-        value = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode("ascii")
+        value = private_pem(key)
         return IssuedVersion(
             provider_ref=f"x509:{serial}",
-            value=Secret(value),
+            value=value,
             attributes={
                 "certificate": _pem(cert),
                 "chain": ca.chain_pem,
@@ -364,7 +347,7 @@ class X509CaProvider:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName(self.config.names()), critical=False
             )
-        return builder.sign(ca.key, _signature_hash(ca.key))
+        return builder.sign(ca.key, signature_hash(ca.key))
 
     async def verify(self, request: base.VerifyRequest) -> VerifyResult:
         """The version is a certificate the CA signed, valid now, whose public key is the
@@ -379,7 +362,7 @@ class X509CaProvider:
             cert.verify_directly_issued_by(ca)
         except (ValueError, TypeError, InvalidSignature):
             return VerifyResult(ok=False, detail=f"not signed by the CA {_subject(ca)}")
-        key = _load_key(version.value)
+        key = load_private_key(version.value)
         if key is None or key.public_key().public_bytes(*_SPKI) != cert.public_key().public_bytes(
             *_SPKI
         ):
@@ -422,21 +405,6 @@ class X509CaProvider:
 
     async def aclose(self) -> None:
         return None
-
-
-def _load_key(text: Secret) -> Any:
-    """The PEM private key in `text`, or None (the parser's error could quote it)."""
-    try:
-        key = serialization.load_pem_private_key(text.reveal().encode("utf-8"), password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        return None
-    supported = (
-        rsa.RSAPrivateKey,
-        ec.EllipticCurvePrivateKey,
-        ed25519.Ed25519PrivateKey,
-        ed448.Ed448PrivateKey,
-    )
-    return key if isinstance(key, supported) else None
 
 
 def _load_certs(text: str) -> list[x509.Certificate]:

@@ -19,20 +19,29 @@ from typing import Any, cast
 import structlog
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from keyshift.context import PluginContext
 from keyshift.domain import notifications as kinds
 from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import Policy
-from keyshift.domain.states import RotationState, VersionStatus
+from keyshift.domain.states import RotationState, StepStatus, VersionStatus
 from keyshift.engine import outbox
 from keyshift.engine.engine import Engine
 from keyshift.engine.plan import stored_plan
 from keyshift.engine.plugins import build_provider
 from keyshift.engine.run import issued
+from keyshift.engine.trust import SIGNERS_WAIT_STEP
 from keyshift.errors import KeyshiftError, PluginError, scrub
 from keyshift.providers.base import Capability, VerifyRequest
-from keyshift.store.models import AlertRow, CredentialRow, Meta, RotationRow, VersionRow
+from keyshift.store.models import (
+    AlertRow,
+    CredentialRow,
+    Meta,
+    RotationRow,
+    StepRow,
+    VersionRow,
+)
 from keyshift.store.store import Store
 
 log = structlog.get_logger("keyshift.alerts")
@@ -118,6 +127,22 @@ def record(
     return True
 
 
+def _signers_from(s: Session, rotation_id: str) -> datetime | None:
+    """When a trust-first rotation's signers may get its new version (`waiting:signers`)."""
+    detail = s.execute(
+        select(StepRow.detail)
+        .where(
+            StepRow.rotation_id == rotation_id,
+            StepRow.name == SIGNERS_WAIT_STEP,
+            StepRow.status == StepStatus.SUCCEEDED.value,
+        )
+        .order_by(StepRow.seq.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    when = (detail or {}).get("signers_from")
+    return datetime.fromisoformat(when) if isinstance(when, str) else None
+
+
 def raise_stuck(store: Store, *, actor: str, now: datetime) -> int:
     """Raise `rotation.stuck` once per rotation and phase for every rotation that stayed
     in publishing, reloading or verifying longer than its policy's `stuck_after`, or in
@@ -131,6 +156,10 @@ def raise_stuck(store: Store, *, actor: str, now: datetime) -> int:
         ).all()
         for rot, cred in running:
             since = rot.grace_until if rot.state == RotationState.GRACE.value else rot.updated_at
+            if rot.state == RotationState.PUBLISHING.value:
+                # A trust-first rotation rests in publishing until its signers may get the
+                # new version: it is stuck only stuck_after past that time.
+                since = _signers_from(s, rot.id) or since
             if since is not None:
                 found.append((rot, cred, since))
         s.expunge_all()

@@ -46,10 +46,11 @@ from keyshift.engine.plugins import (
     integration_class,
     provider_class,
     target_class,
+    trust_only,
     validate_config,
 )
 from keyshift.errors import ConfigError, EstateInvalid
-from keyshift.providers.base import Capability
+from keyshift.providers.base import Capability, trust_first_of
 from keyshift.service import freezes
 from keyshift.service.entra import forget_integrations
 from keyshift.service.notifications import channel_problems
@@ -232,6 +233,7 @@ def _check_capabilities(estate: Estate) -> None:
         problems += _residual_use_problems(i, cred, policy, held)
         problems += _check_problems(i, cred, policy, held)
         problems += _rollback_problems(i, cred, policy, held)
+        problems += _trust_problems(i, cred, trust_first=trust_first_of(provider) is not None)
     if problems:
         raise EstateInvalid(problems)
 
@@ -318,6 +320,48 @@ def _rollback_problems(
                 )
             )
     return problems
+
+
+def _trust_problems(i: int, cred: CredentialSpec, *, trust_first: bool) -> list[ConfigError]:
+    """A trust-first credential (a JWKS signing key) publishes to its verifiers (a JWKS
+    document) before its signers, and a rollback undoes the signers first: so it needs a
+    trust action, each ordered before every other publish action. A JWKS document is
+    only for such a credential (no other version has a public JWK)."""
+    trusts = [(j, a) for j, a in enumerate(cred.actions) if trust_only(a.type, dict(a.config))]
+    if not trust_first:
+        return [
+            ConfigError(
+                f"credentials[{i}].actions[{j}].config.file_format",
+                f"a JWKS document holds the public keys of a jwks_signing_key credential; "
+                f"{cred.name} is {cred.provider.type}",
+            )
+            for j, _ in trusts
+        ]
+    if not trusts:
+        return [
+            ConfigError(
+                f"credentials[{i}].actions",
+                f"{cred.name} is a {cred.provider.type} credential: add an action that "
+                "publishes its JWKS to the verifiers (type: file, file_format: jwks), which "
+                "runs before the signers get a new key",
+            )
+        ]
+    signers = [
+        a.order
+        for a in cred.actions
+        if target_class(a.type).phase == Phase.PUBLISH and not trust_only(a.type, dict(a.config))
+    ]
+    first_signer = min(signers, default=None)
+    return [
+        ConfigError(
+            f"credentials[{i}].actions[{j}].order",
+            f"the JWKS action (order {a.order}) must come before every action that hands "
+            f"the signers the key (the first has order {first_signer}): verifiers trust a "
+            "new key before anything signs with it",
+        )
+        for j, a in trusts
+        if first_signer is not None and a.order >= first_signer
+    ]
 
 
 def _consumer_phases(cred: CredentialSpec) -> dict[str | None, set[Phase]]:

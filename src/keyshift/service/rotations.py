@@ -8,7 +8,7 @@ render them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,6 +39,7 @@ from keyshift.engine.plan import Plan, stored_plan
 from keyshift.engine.plugins import build_provider, provider_class
 from keyshift.engine.requests import Guard
 from keyshift.engine.splits import SPLIT
+from keyshift.engine.trust import SIGNERS_WAIT_STEP
 from keyshift.errors import (
     ConfigError,
     Conflict,
@@ -150,6 +151,10 @@ class Timeline:
     """The tickets channels opened for the rotation (a Jira issue, a ServiceNow incident)."""
     deliveries: tuple[str, ...] = ()
     """The step names of the plan's publishing actions: one per consumer written to."""
+    signers_from: datetime | None = None
+    """A trust-first rotation (a JWKS signing key) resting in `publishing` after its
+    verifiers got the new key: when its signers get it (the `waiting:signers` step's
+    time; a later run goes on then). None otherwise."""
     split: dict[str, Any] | None = None
     """Under `rollback: failing_only`, who a rollback left on which version: `on_new`,
     `rolled_back`, `not_restored`, `never_switched`, the failed step, both version ids
@@ -485,8 +490,21 @@ def rotation_timeline(store: Store, rotation_id: str) -> Timeline:
             and rot.lease_expires_at > utcnow(),
             tickets=tickets(s, rot.id),
             deliveries=tuple(a.step for a in plan.in_phase(Phase.PUBLISH)),
+            signers_from=_signers_from(rot, steps),
             split=(rot.residual or {}).get(SPLIT),
         )
+
+
+def _signers_from(rot: RotationRow, steps: Sequence[StepRow]) -> datetime | None:
+    """When the signers of a trust-first rotation get the new version, while it rests in
+    `publishing` with that wait as its last step (`engine.trust`)."""
+    if rot.state != RotationState.PUBLISHING.value or not steps:
+        return None
+    last = steps[-1]
+    if last.name != SIGNERS_WAIT_STEP or last.status != StepStatus.SUCCEEDED.value:
+        return None
+    when = (last.detail or {}).get("signers_from")
+    return datetime.fromisoformat(when) if isinstance(when, str) else None
 
 
 async def rotate(

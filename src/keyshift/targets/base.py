@@ -32,6 +32,7 @@ __all__ = [
     "StepResult",
     "Target",
     "TargetFactory",
+    "WithdrawRequest",
     "field_value",
     "key_entries",
     "positive",
@@ -63,6 +64,19 @@ class RollbackRequest:
     """The new version whose publication is being undone."""
     previous: Delivery | None
     """The value to restore; None when the credential had no version before."""
+
+
+@dataclass(frozen=True)
+class WithdrawRequest:
+    """Stop trusting an old version, just before it is revoked (a trust-first credential:
+    a JWKS drops the old key). Targets that serve verifiers (their class says
+    `trust_only(config)`) implement `async def withdraw(request) -> StepResult`.
+    Idempotent: an old version already gone is left alone."""
+
+    current: Delivery
+    """The version that stays trusted (it is made present too)."""
+    withdrawn: Delivery
+    """The old version no longer trusted."""
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from keyshift.context import PluginContext
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError, TransientError
 from keyshift.sources import SecretRef
-from keyshift.targets import base
+from keyshift.targets import base, jwks
 from keyshift.targets.base import (
     FULLCHAIN,
     BaseTarget,
@@ -55,8 +55,8 @@ from keyshift.targets.base import (
 
 FileFormat = Literal["json", "yaml", "env", "ini"]
 """Formats that hold keys, each set to a field of the version (the host agent's too)."""
-WHOLE_FILE_FORMATS: Final = ("pem", "pkcs12")
-TargetFileFormat = Literal["json", "yaml", "env", "ini", "pem", "pkcs12"]
+WHOLE_FILE_FORMATS: Final = ("pem", "pkcs12", "jwks")
+TargetFileFormat = Literal["json", "yaml", "env", "ini", "pem", "pkcs12", "jwks"]
 """Every format the `file` target writes (one Literal, so a bad one is one error)."""
 
 KEY_SEPARATOR: Final = ":"
@@ -106,7 +106,8 @@ class FileConfig(BaseModel):
     certificate version has `private_key`, `certificate`, `chain` and `fullchain`."""
     file_format: TargetFileFormat
     """`json`, `yaml`, `env`, `ini`: set keys in the file. `pem`, `pkcs12`: write a
-    certificate version's files whole (no `key` or `keys`)."""
+    certificate version's files whole (no `key` or `keys`). `jwks`: keep a JWKS document
+    holding a signing key's public keys that verifiers must accept (no `key` or `keys`)."""
     create: bool = True
     """Create the file (mode 0600; 0644 for a certificate or chain) when it does not
     exist; otherwise a missing file fails."""
@@ -158,6 +159,13 @@ def _check_whole_file(config: FileConfig) -> None:
     fmt = config.file_format
     if config.key is not None or config.keys is not None:
         raise ValueError(f"file_format {fmt} writes whole files: give no key or keys")
+    if fmt == "jwks":
+        for name in ("key_path", "chain_path", "password_from"):
+            if getattr(config, name) is not None:
+                raise ValueError(f"{name} is for file_format pem or pkcs12, not jwks")
+        if config.fullchain:
+            raise ValueError("fullchain is for file_format pem, not jwks")
+        return
     if fmt == "pem":
         if config.key_path is None:
             raise ValueError("file_format pem needs key_path (where the private key goes)")
@@ -395,6 +403,39 @@ def _remove(path: Path, name: str) -> None:
     _fsync_directory(path.parent)
 
 
+class JwksFile:
+    """A JWKS document on this host that verifiers read (`file_format: jwks`): the public
+    keys of a signing key that must verify now, beside any other keys the document holds
+    (`keyshift.targets.jwks`). Written atomically; a new file is 0644 (public keys)."""
+
+    def __init__(self, config: FileConfig) -> None:
+        self.config = config
+
+    def check(self) -> None:
+        """Raise PermanentError unless the document could be rewritten. Changes nothing."""
+        path = Path(os.path.realpath(self.config.path))
+        check_replaceable(path, self.config.path, create=self.config.create)
+        current = _read_or_none(path, self.config.path)
+        jwks.parse(current.decode("utf-8", "replace") if current else None, self.config.path)
+
+    def apply(self, add: list[Delivery], remove: list[Delivery]) -> dict[str, Any]:
+        """Make the document hold the keys of `add` and none of `remove`; return what it
+        holds now (kids) and whether it changed. Idempotent."""
+        self.check()
+        name = self.config.path
+        path = Path(os.path.realpath(name))
+        current = _read_or_none(path, name)
+        keys = jwks.parse(current.decode("utf-8") if current else None, name)
+        wanted = jwks.updated(
+            keys, [jwks.jwk_of(d) for d in add], [jwks.jwk_of(d)["kid"] for d in remove]
+        )
+        data = jwks.render(wanted).encode("utf-8")
+        changed = current != data
+        if changed:
+            _atomic_write(path, data, name, new_mode=PUBLIC_FILE_MODE)
+        return {"path": name, "format": "jwks", "kids": jwks.kids(wanted), "changed": changed}
+
+
 def field_values(entries: Mapping[str, str], delivery: Delivery | None) -> dict[str, str | None]:
     """The text each file key receives from `delivery` (None for every key without one:
     remove it)."""
@@ -412,9 +453,17 @@ class FileTarget(BaseTarget[FileConfig]):
     Config: ClassVar[type[BaseModel]] = FileConfig
 
     @classmethod
+    def trust_only(cls, config: BaseModel) -> bool:
+        """Whether it serves verifiers only (a JWKS document): a trust-first rotation
+        publishes it first, and withdraws the old key from it before revoking."""
+        return isinstance(config, FileConfig) and config.file_format == "jwks"
+
+    @classmethod
     def describe(cls, config: FileConfig) -> dict[str, str]:
         """Where it writes: the file, its format and the keys set in it (on this host), or
         for a certificate the files written whole."""
+        if config.file_format == "jwks":
+            return {"path": config.path, "format": "jwks"}
         if config.file_format in WHOLE_FILE_FORMATS:
             return {"path": config.path, "format": config.file_format, **_whole_paths(config)}
         return {
@@ -426,6 +475,7 @@ class FileTarget(BaseTarget[FileConfig]):
     def __init__(self, config: FileConfig, context: PluginContext) -> None:
         super().__init__(config, context)
         self._whole = WholeFiles(config, context)
+        self._jwks = JwksFile(config) if config.file_format == "jwks" else None
         self._file = (
             None
             if config.file_format in WHOLE_FILE_FORMATS
@@ -440,7 +490,9 @@ class FileTarget(BaseTarget[FileConfig]):
         (every file, for a certificate). Changes nothing.
         """
         try:
-            if self._file is None:
+            if self._jwks is not None:
+                self._jwks.check()
+            elif self._file is None:
                 self._whole.check()
             else:
                 self._file.check()
@@ -452,6 +504,12 @@ class FileTarget(BaseTarget[FileConfig]):
         """Write the value at the key (for a certificate: its files). Idempotent: an
         unchanged value is not rewritten."""
         delivery = request.delivery
+        if self._jwks is not None:
+            # Verifiers accept the new key and still the previous one, which signs until
+            # the signers switch and whose tokens live on after.
+            trusted = [delivery] if request.previous is None else [delivery, request.previous]
+            done = self._jwks.apply(trusted, [])
+            return StepResult({**done, "fingerprint": delivery.fingerprint})
         if self._file is None:
             changed = self._whole.apply(delivery)
             return StepResult(
@@ -478,6 +536,12 @@ class FileTarget(BaseTarget[FileConfig]):
         Removing a nested key also removes the parents it leaves empty.
         """
         previous = request.previous
+        if self._jwks is not None:
+            # The previous key verifies again alone: the failed one is no longer trusted.
+            trusted = [] if previous is None else [previous]
+            done = self._jwks.apply(trusted, [request.failed])
+            fingerprint = previous.fingerprint if previous is not None else None
+            return StepResult({**done, "fingerprint": fingerprint, "removed": previous is None})
         if self._file is None:
             changed = self._whole.apply(previous, failed=request.failed)
             return StepResult(
@@ -498,6 +562,13 @@ class FileTarget(BaseTarget[FileConfig]):
                 "changed": changed,
             }
         )
+
+    async def withdraw(self, request: base.WithdrawRequest) -> StepResult:
+        """`jwks`: drop the old key from the document, keeping the current one. Idempotent."""
+        if self._jwks is None:
+            raise PermanentError(f"{self.config.path}: only a jwks file withdraws a key")
+        done = self._jwks.apply([request.current], [request.withdrawn])
+        return StepResult({**done, "withdrawn": request.withdrawn.fingerprint})
 
 
 def _whole_paths(config: FileConfig) -> dict[str, str]:

@@ -206,6 +206,10 @@ class RotationOut:
     """The step names of its publishing actions, one per consumer written to."""
     rollout: str = ""
     """How far the new version reached the consumers: "5 of 6 delivered, 1 needs attention"."""
+    signers_from: datetime | None = None
+    """A trust-first rotation (a JWKS signing key) resting in publishing after its
+    verifiers got the new key: when its signers get it (a worker goes on then); a
+    follower treats it as resting. Null otherwise."""
     split: dict[str, Any] | None = None
     """Under `rollback: failing_only`, who the rollback left on which version: `on_new`
     (passed their checks, keep the new version), `rolled_back` (the failing consumer, back
@@ -258,6 +262,7 @@ def rotation_out(t: rotations.Timeline) -> RotationOut:
         reason=t.rotation.reason,
         trigger=t.rotation.trigger,
         deliveries=list(t.deliveries),
+        signers_from=t.signers_from,
         rollout=str(t.rollout),
         split=t.split,
     )

@@ -1,0 +1,72 @@
+"""Asymmetric keys that keyshift generates itself (certificate and signing-key versions).
+
+One place makes the key of each `KeyType` and reads a sealed private key back, so the
+`x509_ca` and `jwks_signing_key` providers offer the same key types and agree on the
+PEM form of a version's value (PKCS#8, unencrypted: the store seals it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+from keyshift.domain.secret import Secret
+
+__all__ = [
+    "SUPPORTED_KEYS",
+    "KeyType",
+    "load_private_key",
+    "new_private_key",
+    "private_pem",
+    "signature_hash",
+]
+
+KeyType = Literal["rsa-2048", "rsa-3072", "ec-p256", "ed25519"]
+"""The key types a new version may have."""
+
+SUPPORTED_KEYS = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+)
+"""The private keys `load_private_key` accepts (a CA may hold an Ed448 key)."""
+
+
+def new_private_key(key_type: str) -> Any:
+    """A fresh private key of `key_type` (RSA with exponent 65537; EC on P-256)."""
+    if key_type == "rsa-2048":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if key_type == "rsa-3072":
+        return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    if key_type == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def private_pem(key: Any) -> Secret:
+    """The key as unencrypted PKCS#8 PEM, the value a version is sealed with."""
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return Secret(data.decode("ascii"))
+
+
+def load_private_key(text: Secret) -> Any:
+    """The PEM private key in `text`, or None when it holds none of `SUPPORTED_KEYS` (the
+    parser's error is dropped: it could quote the key)."""
+    try:
+        key = serialization.load_pem_private_key(text.reveal().encode("utf-8"), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
+    return key if isinstance(key, SUPPORTED_KEYS) else None
+
+
+def signature_hash(key: Any) -> hashes.SHA256 | None:
+    """Ed25519 and Ed448 keys sign without a separate hash; RSA and EC with SHA-256."""
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
+        return None
+    return hashes.SHA256()

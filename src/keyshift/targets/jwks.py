@@ -1,0 +1,85 @@
+"""A JWKS document (RFC 7517 `{"keys": [...]}`) as the trust of a signing key: which
+public keys verifiers accept.
+
+A `jwks_signing_key` version carries its public JWK in its attributes (`jwk`, with its
+`kid`); targets that serve verifiers keep each document holding the keys that must verify
+now, and leave every other key in it (other credentials' keys) as it was:
+
+- publish: the new key and the previous one (signers still sign with it);
+- rollback: the previous key, without the failed new one;
+- withdraw (just before the old version is revoked): the current key, without the old one.
+
+Nothing here reads a private key: a JWK with a private member is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, Final
+
+from keyshift.errors import PermanentError
+from keyshift.targets.base import Delivery
+
+__all__ = ["PRIVATE_MEMBERS", "jwk_of", "kids", "parse", "render", "updated"]
+
+PRIVATE_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+"""JWK members that hold private or symmetric key material (RFC 7518 section 6)."""
+
+
+def jwk_of(delivery: Delivery) -> dict[str, Any]:
+    """The public JWK of a signing-key version; PermanentError naming the version when it
+    has none (a `random` value, a certificate) or when it holds a private member."""
+    text = delivery.attributes.get("jwk")
+    try:
+        jwk = json.loads(text) if text else None
+    except ValueError:
+        jwk = None
+    if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str):
+        raise PermanentError(
+            f"version {delivery.version_id} has no public JWK (is it a jwks_signing_key version?)"
+        )
+    if PRIVATE_MEMBERS & jwk.keys():
+        raise PermanentError(f"version {delivery.version_id}: its JWK holds private members")
+    return jwk
+
+
+def parse(text: str | None, where: str) -> list[dict[str, Any]]:
+    """The keys of a JWKS document (none for a missing or empty one); PermanentError naming
+    `where` when it is not one (never quoting it)."""
+    if text is None or not text.strip():
+        return []
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    keys = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
+        raise PermanentError(f'{where} does not parse as a JWKS document ({{"keys": [...]}})')
+    return keys
+
+
+def updated(
+    keys: list[dict[str, Any]], add: Iterable[dict[str, Any]], remove: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """`keys` with every JWK of `add` present (replacing one of the same kid, in place;
+    appended otherwise) and every kid of `remove` gone. Other keys keep their order."""
+    gone = set(remove)
+    out = [k for k in keys if k.get("kid") not in gone]
+    for jwk in add:
+        at = next((i for i, k in enumerate(out) if k.get("kid") == jwk["kid"]), None)
+        if at is None:
+            out.append(jwk)
+        else:
+            out[at] = jwk
+    return out
+
+
+def render(keys: list[dict[str, Any]]) -> str:
+    """The document as written: stable (sorted members, two-space indent), so that
+    publishing the same keys again rewrites nothing."""
+    return json.dumps({"keys": keys}, indent=2, sort_keys=True) + "\n"
+
+
+def kids(keys: Iterable[dict[str, Any]]) -> list[str]:
+    return [str(k.get("kid", "")) for k in keys]
