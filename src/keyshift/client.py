@@ -449,7 +449,6 @@ class Client:
         params: dict[str, str] | None = None,
         body: Any = None,
     ) -> Any:
-        # YAML gives dates where JSON has strings; the server reads them back the same.
         return _json(self.server, path, self._send(method, path, params=params, body=body).text)
 
     def _send(
@@ -461,6 +460,7 @@ class Client:
         body: Any = None,
     ) -> httpx.Response:
         """The server's successful response (else its refusal, raised)."""
+        # YAML gives dates where JSON has strings; the server reads them back the same.
         content = None if body is None else to_jsonable_python(body)
         with self._unreachable():
             response = self._http.request(method, path, params=params, json=content)
