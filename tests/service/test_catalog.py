@@ -84,6 +84,34 @@ def test_pages_hold_page_size_rows_and_count_every_match() -> None:
     assert (len(everything.rows), everything.page, everything.pages) == (4, 1, 1)
 
 
+MANY = [
+    _row(
+        f"cred-{i:03d}",
+        days=None if i % 7 == 0 else (i * 37) % 90 - 5,  # repeated days: the name decides
+        owner=None if i % 5 == 0 else f"team-{i % 3}",
+        env=("prod", "dev", "staging")[i % 3],
+        kind=("random", "redis")[i % 2],
+    )
+    for i in range(300)
+]
+
+
+@pytest.mark.parametrize("sort", list(catalog.SORTS))
+@pytest.mark.parametrize("descending", [False, True])
+def test_an_early_page_of_many_rows_is_the_page_of_them_all_in_order(
+    sort: str, descending: bool
+) -> None:
+    # With 300 rows, pages 1 and 2 of 50 put only their first rows in order; page 6 sorts
+    # all of them. Each must be the slice of the whole order.
+    whole = sorted(MANY, key=catalog.SORTS[sort], reverse=descending)
+    for page in (1, 2, 6):
+        criteria = catalog.Criteria(sort=sort, descending=descending, page=page)
+        found = catalog.listing(list(reversed(MANY)), criteria)
+        start = (page - 1) * catalog.PAGE_SIZE
+        assert found.rows == whole[start : start + catalog.PAGE_SIZE]
+        assert (found.total, found.pages) == (300, 6)
+
+
 @pytest.mark.parametrize(
     ("fields", "bad"),
     [({"sort": "password"}, "sort"), ({"page": 0}, "page"), ({"page_size": 501}, "page_size")],

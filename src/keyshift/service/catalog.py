@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -69,6 +70,10 @@ class Criteria:
         if self.page_size is not None and not 1 <= self.page_size <= MAX_PAGE_SIZE:
             raise ConfigError("page_size", f"must be between 1 and {MAX_PAGE_SIZE}")
 
+    def filtering(self) -> bool:
+        """Whether any filter is set (every row matches otherwise)."""
+        return any((self.lifecycle, self.owner, self.environment, self.provider, self.text))
+
     def matches(self, row: StatusRow) -> bool:
         return (
             (not self.lifecycle or row.lifecycle.value.lower() == self.lifecycle.lower())
@@ -95,16 +100,22 @@ class Listing:
 
 def listing(rows: Sequence[StatusRow], criteria: Criteria) -> Listing:
     """The page of `rows` that `criteria` asks for."""
-    kept = sorted(
-        (r for r in rows if criteria.matches(r)),
-        key=SORTS[criteria.sort],
-        reverse=criteria.descending,
-    )
+    kept: Sequence[StatusRow] = rows
+    if criteria.filtering():
+        kept = [r for r in rows if criteria.matches(r)]
     size = criteria.page_size or max(1, len(kept))
     page = criteria.page if criteria.page_size else 1
     start = (page - 1) * size
+    key = SORTS[criteria.sort]
+    if (start + size) * 4 <= len(kept):
+        # An early page of many rows: only the rows up to its end are put in order. Every
+        # key ends with the unique name, so these are the sorted rows' first ones.
+        pick = heapq.nlargest if criteria.descending else heapq.nsmallest
+        ordered = pick(start + size, kept, key=key)
+    else:
+        ordered = sorted(kept, key=key, reverse=criteria.descending)
     return Listing(
-        rows=kept[start : start + size],
+        rows=ordered[start : start + size],
         total=len(kept),
         page=page,
         pages=max(1, -(-len(kept) // size)),

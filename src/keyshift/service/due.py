@@ -7,7 +7,6 @@ however many credentials the estate holds (`standings`).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -74,8 +73,10 @@ class Standing(NamedTuple):
     """When the latest completed rotation finished."""
 
 
-@dataclass(frozen=True, slots=True)
-class NextRotation:
+class NextRotation(NamedTuple):
+    """A tuple: one is decided per credential of a status page, and tuples are made
+    fastest."""
+
     at: datetime | None
     """The first moment at or after `now` the worker starts a rotation by itself; None
     when it will not."""
@@ -108,7 +109,9 @@ def next_rotation(
     if not credential.scheduled:
         # Removed credentials are not read here: an unscheduled one is disabled.
         return NextRotation(None, DISABLED)
-    if any(f.covers(credential.name, credential.owner, credential.environment) for f in freezes):
+    if freezes and any(
+        f.covers(credential.name, credential.owner, credential.environment) for f in freezes
+    ):
         # Before `manual`: a frozen credential is not rotated by hand either.
         return NextRotation(None, FROZEN)
     if not credential.auto_rotate:

@@ -10,15 +10,16 @@ as the managed credential, and its secrets are its versions.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 
 from keyshift.domain.states import FINAL_STATES, Lifecycle
-from keyshift.service import approvals, entra, rotations
+from keyshift.service import approvals, due, entra, rotations
 from keyshift.store.models import CredentialRow, RotationRow
 from keyshift.store.store import Store
 
@@ -59,55 +60,60 @@ class Overview:
 def overview(store: Store, *, now: datetime, include_entra: bool = True) -> Overview:
     """The counts and the most urgent credentials now. `include_entra=False` leaves the
     discovered inventory out (for a caller who may not read it)."""
-    rows = rotations.status_rows(store, now=now)
     found = entra.inventory(store, now=now, unmanaged_only=True) if include_entra else []
-    # (end, name, row): only the URGENT soonest become `Urgent`, not one per credential.
-    ends: list[tuple[datetime, str, Any]] = [
-        (r.expires_at, r.credential, r) for r in rows if r.expires_at is not None
-    ]
+    # (end, name, item): only the URGENT soonest become `Urgent`, not one per credential.
+    # Of a managed credential only its lifecycle is decided (not its next rotation, nor
+    # a whole status row): the overview reads every credential of the estate.
+    ends: list[tuple[datetime, str, Any]] = []
+    lifecycles: Counter[Lifecycle] = Counter(c.state for c in found)
+    managed = 0
+    with store.transaction() as s:
+        for cred in due.standings(s):
+            managed += 1
+            state = rotations.lifecycle_of(cred, now=now)
+            lifecycles[state] += 1
+            if cred.current is not None and cred.current.expires_at is not None:
+                ends.append((cred.current.expires_at, cred.name, _Managed(state, cred.owner)))
     ends += [(c.end, _entra_name(c), c) for c in found if c.end is not None]
-    horizon = {days: now + timedelta(days=days) for days in WITHIN_DAYS}
-    lifecycles = Counter(r.lifecycle for r in rows) + Counter(c.state for c in found)
+    by_end = sorted(end for end, _n, _i in ends)
+    expired = bisect_right(by_end, now)
     return Overview(
-        total=len(rows) + len(found),
-        managed=len(rows),
+        total=managed + len(found),
+        managed=managed,
         discovered=len(found),
         within={
-            days: sum(now < end <= until for end, _n, _r in ends) for days, until in horizon.items()
+            days: bisect_right(by_end, now + timedelta(days=days)) - expired for days in WITHIN_DAYS
         },
-        expired=sum(end <= now for end, _n, _r in ends),
+        expired=expired,
         in_grace=lifecycles[Lifecycle.GRACE_PERIOD],
         rotating=lifecycles[Lifecycle.ROTATING],
         needs_attention=lifecycles[Lifecycle.NEEDS_ATTENTION],
         awaiting_approval=len(approvals.requests(store, pending_only=True)),
         urgent=[
-            _urgent(name, item, now)
-            for _end, name, item in heapq.nsmallest(URGENT, ends, key=lambda e: (e[0], e[1]))
+            _urgent(name, end, item, now)
+            for end, name, item in heapq.nsmallest(URGENT, ends, key=lambda e: (e[0], e[1]))
         ],
     )
+
+
+class _Managed(NamedTuple):
+    lifecycle: Lifecycle
+    owner: str | None
 
 
 def _entra_name(c: entra.EntraCredential) -> str:
     return f"{c.app_name} / {c.display_name or c.key_id[:8]}"
 
 
-def _urgent(name: str, item: Any, now: datetime) -> Urgent:
-    if isinstance(item, rotations.StatusRow):
-        assert item.expires_at is not None  # noqa: S101 (only rows with an expiry are listed)
-        return Urgent(
-            name,
-            "managed",
-            item.lifecycle.value,
-            item.expires_at,
-            _days(item.expires_at, now),
-            item.owner,
-        )
+def _urgent(name: str, end: datetime, item: Any, now: datetime) -> Urgent:
+    if isinstance(item, _Managed):
+        return Urgent(name, "managed", item.lifecycle.value, end, _days(end, now), item.owner)
     return Urgent(
         name,
         "entra",
         item.state.value,
-        item.end,
-        _days(item.end, now),
+        end,
+        _days(end, now),
         ", ".join(item.owners) or None,
     )
 

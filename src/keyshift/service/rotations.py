@@ -299,6 +299,19 @@ def lifecycle(
     return Lifecycle.ACTIVE
 
 
+def lifecycle_of(cred: due.Standing, *, now: datetime) -> Lifecycle:
+    """The lifecycle of a credential read by `due.standings` (`lifecycle`)."""
+    current = cred.current
+    return lifecycle(
+        now=now,
+        expires_at=current.expires_at if current else None,
+        has_current=current is not None,
+        active_state=cred.active_state,
+        last_state=cred.last_rotation_state,
+        rotate_before=cred.policy.rotate_before_expiry,
+    )
+
+
 def status_rows(
     store: Store, *, now: datetime, names: Collection[str] | None = None
 ) -> list[StatusRow]:
@@ -331,14 +344,7 @@ def status_of(
             cred,
             StatusRow(
                 credential=cred.name,
-                lifecycle=lifecycle(
-                    now=now,
-                    expires_at=expires,
-                    has_current=current is not None,
-                    active_state=cred.active_state,
-                    last_state=cred.last_rotation_state,
-                    rotate_before=cred.policy.rotate_before_expiry,
-                ),
+                lifecycle=lifecycle_of(cred, now=now),
                 version_id=current.id if current else None,
                 fingerprint=current.fingerprint if current else None,
                 expires_at=expires,
