@@ -100,10 +100,6 @@ class CredentialQuery(BaseModel):
     """name, lifecycle, expires, last_rotated, next_rotation, owner, environment, provider."""
     desc: bool = False
     page: int = Field(default=1, ge=1, le=100_000)
-    limit: int | None = Field(default=None, ge=1, le=catalog.MAX_PAGE_SIZE)
-    """A page of at most this many rows by name, after `cursor` (`GET /v1/credentials`)."""
-    cursor: str | None = Field(default=None, max_length=1024)
-    """Where the page starts: the `cursor` of the previous page's `Link: rel="next"`."""
 
     def criteria(self, *, page_size: int | None = catalog.PAGE_SIZE) -> catalog.Criteria:
         return catalog.Criteria(
@@ -122,3 +118,12 @@ class CredentialQuery(BaseModel):
         """The filters set, for the links of other pages and sort orders."""
         fields = ("lifecycle", "owner", "environment", "provider", "q")
         return {k: v for k in fields if (v := getattr(self, k))}
+
+
+class CredentialPageQuery(CredentialQuery):
+    """`GET /v1/credentials`: a listing, or one page of it by cursor."""
+
+    limit: int | None = Field(default=None, ge=1, le=catalog.MAX_PAGE_SIZE)
+    """A page of at most this many rows by name, after `cursor`."""
+    cursor: str | None = Field(default=None, max_length=1024)
+    """Where the page starts: the `cursor` of the previous page's `Link: rel="next"`."""

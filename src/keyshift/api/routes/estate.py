@@ -11,7 +11,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from keyshift.api import problems
 from keyshift.api.auth import StoreDep, caller
-from keyshift.api.routes.common import CredentialQuery, PathName, actor_of, v1_router
+from keyshift.api.routes.common import CredentialPageQuery, PathName, actor_of, v1_router
 from keyshift.domain.clock import utcnow
 from keyshift.domain.estate import Estate
 from keyshift.domain.rbac import Permission
@@ -105,7 +105,7 @@ def list_credentials(
     response: Response,
     store: StoreDep,
     who: Annotated[Identity, caller(Permission.CREDENTIALS_READ)],
-    query: Annotated[CredentialQuery, Query()],
+    query: Annotated[CredentialPageQuery, Query()],
 ) -> list[rotations.StatusRow]:
     """One row per credential: lifecycle, current version id and fingerprint, expiry,
     last and next rotation. Only those of the `lifecycle`, `owner`, `environment` and
