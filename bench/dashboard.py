@@ -37,18 +37,25 @@ from keyshift.domain.secret import Secret
 from keyshift.domain.states import RotationState, VersionStatus
 from keyshift.engine import rows
 from keyshift.engine.plan import stored_plan
-from keyshift.service import catalog, rotations
+from keyshift.service import catalog, entra, overview, rotations
 from keyshift.service.estate import apply_estate, parse_estate
-from keyshift.store.models import CredentialRow, RotationRow, VersionRow
+from keyshift.store.models import (
+    CredentialRow,
+    DiscoveredApp,
+    DiscoveredCredential,
+    RotationRow,
+    VersionRow,
+)
 from keyshift.store.store import Store
 
 BUDGET_S = 0.300
 PAGE_BUDGET_S = 0.200
-"""A page of the status by cursor (issue 19: status over 100,000 credentials <= 200 ms)."""
+"""A page of the status by cursor, and the overview's and `entra summary`'s counts (issue
+19: status and summary over 100,000 credentials <= 200 ms)."""
 
 
 def _budget(label: str) -> float:
-    return PAGE_BUDGET_S if "cursor" in label else BUDGET_S
+    return PAGE_BUDGET_S if "cursor" in label or "summary" in label else BUDGET_S
 
 
 CREDENTIALS = 10_000
@@ -262,6 +269,59 @@ def seed(store: Store, n: int, *, now: datetime | None = None) -> None:
             if cred.id in active:
                 cred.active_rotation_id = active[cred.id]
         rows.note_finished(s, None)  # as the engine does when a rotation finishes
+    _analyze(store)
+
+
+def seed_discovered(store: Store, n: int, *, now: datetime) -> int:
+    """An Entra ID inventory of `n` discovered client secrets, two to an application, as
+    `entra sync` leaves it: the first applications are those the estate's Entra
+    credentials manage (a sixth of the estate), the rest unmanaged; ends spread from
+    ten days ago to a year ahead. Returns how many are managed applications' secrets."""
+    rng = random.Random(11)  # noqa: S311 (spreads dates; no secret comes from it)
+    apps: list[dict[str, Any]] = []
+    creds: list[dict[str, Any]] = []
+    for j in range(n // 2):
+        managed = 6 * j + 5 < n  # the estate's credential 6j+5 is `entra`, for this app
+        app_row = str(uuid.uuid4())
+        apps.append(
+            {
+                "id": app_row,
+                "integration": "contoso",
+                "object_id": str(uuid.uuid4()),
+                "app_id": str(uuid.UUID(int=6 * j + 5)) if managed else str(uuid.uuid4()),
+                "display_name": f"app-{j:06d}",
+                "owners": [f"owner-{j % 40}@contoso.example"],
+                "first_seen": now - timedelta(days=400),
+                "changed_at": now - timedelta(days=30),
+                "removed_at": None,
+            }
+        )
+        for k in range(2):
+            end = now + timedelta(days=rng.uniform(-10, 365))
+            creds.append(
+                {
+                    "id": str(uuid.uuid4()),
+                    "app_row_id": app_row,
+                    "kind": "client_secret",
+                    "key_id": str(uuid.uuid4()),
+                    "display_name": f"secret-{k}",
+                    "hint": "abc",
+                    "thumbprint": None,
+                    "start_at": end - timedelta(days=365),
+                    "end_at": end,
+                    "first_seen": now - timedelta(days=400),
+                    "removed_at": None,
+                }
+            )
+    with store.transaction() as s:
+        for rows_of, table in ((apps, DiscoveredApp), (creds, DiscoveredCredential)):
+            for batch in range(0, len(rows_of), 2000):
+                s.execute(insert(table), rows_of[batch : batch + 2000])
+    _analyze(store)
+    return 2 * sum(6 * j + 5 < n for j in range(n // 2))
+
+
+def _analyze(store: Store) -> None:
     if store.engine.dialect.name == "postgresql":
         # Autovacuum would gather the planner's statistics of the tables just filled
         # within a minute of a bulk insert; without them it plans for empty tables.
@@ -300,6 +360,7 @@ def main() -> None:
         started = time.perf_counter()
         now = utcnow()
         seed(store, args.credentials, now=now)
+        managed = seed_discovered(store, args.credentials, now=now)
         print(f"seeded {args.credentials} credentials in {time.perf_counter() - started:.1f} s")
         rows: list[rotations.StatusRow] = []
 
@@ -320,6 +381,17 @@ def main() -> None:
 
         timings["status page (100, by cursor)"] = measure(
             "status page (100, by cursor)", status_page, runs=args.runs
+        )
+        seen = overview.overview(store, now=now)
+        if seen.total != args.credentials + args.credentials - managed:
+            raise SystemExit(f"the overview counted {seen.total} credentials")
+        timings["overview summary"] = measure(
+            "overview summary", lambda: overview.overview(store, now=now), runs=args.runs
+        )
+        if entra.summary(store, now=now).managed != managed:
+            raise SystemExit("entra summary does not count the managed applications' secrets")
+        timings["entra summary"] = measure(
+            "entra summary", lambda: entra.summary(store, now=now), runs=args.runs
         )
         PAGES["GET /v1/credentials?limit=100&cursor=…"] = (
             f"/v1/credentials?limit=100&cursor={middle}"

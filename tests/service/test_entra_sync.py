@@ -52,6 +52,33 @@ def _sync(store: Store, env: dict[str, str]) -> list[entra.SyncResult]:
     return asyncio.run(entra.sync(store, actor="test", context=PluginContext(env=env)))
 
 
+def summary_from_inventory(store: Store, *, now: datetime, top: int = 10) -> entra.Summary:
+    """The summary counted from the whole inventory, one credential at a time: what
+    `entra.summary` must count in SQL."""
+    creds = entra.inventory(store, now=now)
+    with store.transaction() as s:
+        apps = s.scalar(
+            select(func.count())
+            .select_from(DiscoveredApp)
+            .where(DiscoveredApp.removed_at.is_(None))
+        )
+    live = [c for c in creds if c.end is not None and c.end > now]
+    return entra.Summary(
+        apps=apps or 0,
+        client_secrets=sum(c.kind == entra.CLIENT_SECRET for c in creds),
+        certificates=sum(c.kind == entra.CERTIFICATE for c in creds),
+        managed=sum(c.managed_by is not None for c in creds),
+        expired=sum(c.state == Lifecycle.EXPIRED for c in creds),
+        within={
+            days: sum(c.end is not None and c.end - now <= timedelta(days=days) for c in live)
+            for days in (7, 30, 90)
+        },
+        rotating=sum(c.state == Lifecycle.ROTATING for c in creds),
+        in_grace=sum(c.state == Lifecycle.GRACE_PERIOD for c in creds),
+        urgent=[c for c in creds if c.end is not None][:top],
+    )
+
+
 def _tables(store: Store) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Every discovered row, every column: to show that a sync wrote nothing."""
     with store.transaction() as s:
@@ -183,6 +210,7 @@ def test_lifecycle_states_summary_and_cli_tables(
         "due-200d": Lifecycle.ACTIVE,
     }
     found = entra.summary(store, now=now, top=3)
+    assert found == summary_from_inventory(store, now=now, top=3)
     assert (found.apps, found.client_secrets, found.expired) == (1, 5, 1)
     assert found.within == {7: 1, 30: 2, 90: 3}
     assert [c.display_name for c in found.urgent] == ["due--3d", "due-5d", "due-25d"]
@@ -229,6 +257,9 @@ def test_a_managed_app_shows_its_manager_and_reports_secrets_added_outside_keysh
     # The first rotation's secret is the old version in the second one's grace period.
     assert ours == {Lifecycle.GRACE_PERIOD, Lifecycle.ACTIVE}
     assert len([c for c in creds if c.by_keyshift]) == 2
+    counted = entra.summary(store, now=now)
+    assert counted == summary_from_inventory(store, now=now)
+    assert (counted.managed, counted.in_grace) == (4, 1)  # with the one added by hand
     findings = {(f.kind, f.credential.key_id) for f in entra.findings(store, now=now)}
     assert findings == {("outside_keyshift", portal.key_id), ("lifetime", portal.key_id)}
 

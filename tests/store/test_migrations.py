@@ -17,7 +17,7 @@ from sqlalchemy import inspect, select, text
 
 from keyshift.domain.states import RotationState
 from keyshift.service import rotations
-from keyshift.service.estate import apply_estate, load_estate
+from keyshift.service.estate import apply_estate, load_estate, parse_estate
 from keyshift.store.db import HEAD_REVISION, MIGRATIONS
 from keyshift.store.models import Base, CredentialRow
 from keyshift.store.store import Store
@@ -86,6 +86,51 @@ def test_0013_backfills_the_listing_columns_as_the_engine_keeps_them(
     _migrate(store, "head")
     assert _listing(store) == kept
     assert done != failed
+
+
+ENTRA_ESTATE = {
+    "integrations": [
+        {
+            "name": "contoso",
+            "type": "entra",
+            "tenant_id": "00000000-0000-0000-0000-000000000001",
+            "client_id": "00000000-0000-0000-0000-000000000002",
+            "auth": {"method": "client_secret", "secret_from": "env:ENTRA_ADMIN_SECRET"},
+        }
+    ],
+    "credentials": [
+        {
+            "name": "billing-entra",
+            # No `integration`: the estate's only entra integration is meant.
+            "provider": {"type": "entra_client_secret", "app_id": "11111111-2222-3333-4444-5555"},
+        },
+        {"name": "api-key", "provider": {"type": "random", "length": 24}, "actions": []},
+    ],
+}
+
+
+def _issuers(store: Store) -> dict[str, tuple[str | None, str | None]]:
+    with store.transaction() as s:
+        query = select(
+            CredentialRow.name, CredentialRow.issuer_integration, CredentialRow.issuer_app_id
+        )
+        return {name: (integration, app) for name, integration, app in s.execute(query)}
+
+
+def test_0015_backfills_each_credentials_issuer_application_as_apply_writes_it(
+    store: Store,
+) -> None:
+    apply_estate(store, parse_estate(ENTRA_ESTATE), actor="test")
+    kept = _issuers(store)
+    assert kept == {
+        "billing-entra": ("contoso", "11111111-2222-3333-4444-5555"),
+        "api-key": (None, None),
+    }
+
+    _migrate(store, "0014", down=True)
+    _migrate(store, "head")
+
+    assert _issuers(store) == kept
 
 
 def _migrated_from_nothing(store: Store) -> None:

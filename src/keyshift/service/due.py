@@ -178,7 +178,7 @@ def standings(
         )
     }
     active = aliased(RotationRow)
-    ends = _secret_ends(s)
+    ends: dict[tuple[str, str], datetime] | None = None  # read once, if any row needs it
     rows = rows_of(
         s,
         select(
@@ -227,8 +227,10 @@ def standings(
             policy = policies[policy_json] = Policy.model_validate_json(policy_json)
         version = current.get(cred_id)
         issuer_end = None
-        if version is None and ends and provider_type == _ENTRA:
+        if version is None and provider_type == _ENTRA:
             # Only Entra credentials without a version look up their application.
+            if ends is None:
+                ends = _secret_ends(s)
             declared = from_json(provider_json)
             issuer_end = ends.get((declared.get("integration"), declared.get("app_id")))
         yield Standing(

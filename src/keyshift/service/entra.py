@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session
 
 from keyshift.azure import EntraIntegration
@@ -349,11 +350,12 @@ _MANAGED_ENTRA = (
 """The estate credentials that rotate an Entra ID application's client secrets."""
 
 
-def _managed(s: Session) -> dict[tuple[str, str], _Managed]:
-    """(integration, appId) -> the estate credential rotating that application's secrets.
-    Three queries however many credentials there are; each distinct policy is read once."""
+def _managed(s: Session, *criteria: ColumnElement[bool]) -> dict[tuple[str, str], _Managed]:
+    """(integration, appId) -> the estate credential rotating that application's secrets
+    (of those matching `criteria` on `CredentialRow`, when given). Three queries however
+    many credentials there are; each distinct policy is read once."""
     out: dict[tuple[str, str], _Managed] = {}
-    managed = _MANAGED_ENTRA
+    managed = (*_MANAGED_ENTRA, *criteria)
     # Columns, not ORM rows, and of the spec only the two parts read (the JSON text
     # columns `apply` keeps beside it): decoding whole specs costs more than all the rest.
     creds = s.execute(
@@ -417,15 +419,6 @@ def _managed(s: Session) -> dict[tuple[str, str], _Managed]:
     return out
 
 
-def _managed_apps(s: Session) -> set[tuple[str, str]]:
-    """(integration, appId) of every application an estate credential manages."""
-    found = set()
-    for (text,) in s.execute(select(CredentialRow.provider_json).where(*_MANAGED_ENTRA)):
-        provider = json.loads(text)
-        found.add((provider.get("integration") or "", provider.get("app_id") or ""))
-    return found
-
-
 def _key_ids_of(attributes: dict[str, Any]) -> set[str]:
     """The Entra keyIds a version stands for: its own, or those it adopted."""
     found = {str(attributes.get("key_id") or "")}
@@ -461,66 +454,192 @@ def _days_left(now: datetime, end: datetime | None) -> int | None:
     return None if end is None else int((end - now).total_seconds() // 86400)
 
 
+def _entry(
+    cred: DiscoveredCredential,
+    app: DiscoveredApp,
+    owner: _Managed | None,
+    *,
+    now: datetime,
+    soon: timedelta,
+) -> EntraCredential:
+    """One discovered credential as operators see it, with its state."""
+    return EntraCredential(
+        integration=app.integration,
+        app_name=app.display_name,
+        app_id=app.app_id,
+        kind=cred.kind,
+        key_id=cred.key_id,
+        display_name=cred.display_name,
+        hint=cred.hint,
+        thumbprint=cred.thumbprint,
+        start=cred.start_at,
+        end=cred.end_at,
+        days_left=_days_left(now, cred.end_at),
+        state=state_of(
+            now=now,
+            end=cred.end_at,
+            removed=cred.removed_at is not None,
+            rotating=owner is not None and cred.key_id in owner.rotating,
+            in_grace=owner is not None and cred.key_id in owner.in_grace,
+            expiring_soon=soon,
+        ),
+        managed_by=owner.name if owner is not None else None,
+        by_keyshift=owner is not None and cred.key_id in owner.key_ids,
+        owners=tuple(app.owners),
+        first_seen=cred.first_seen,
+        removed_at=cred.removed_at,
+    )
+
+
+def _discovered(*, include_removed: bool = False) -> Select[DiscoveredCredential, DiscoveredApp]:
+    query = select(DiscoveredCredential, DiscoveredApp).join(
+        DiscoveredApp, DiscoveredApp.id == DiscoveredCredential.app_row_id
+    )
+    if not include_removed:
+        query = query.where(DiscoveredCredential.removed_at.is_(None))
+    return query
+
+
 def inventory(
     store: Store,
     *,
     now: datetime,
     alerts: Alerts | None = None,
     include_removed: bool = False,
-    unmanaged_only: bool = False,
     state: str | None = None,
 ) -> list[EntraCredential]:
     """Every discovered Entra credential with its state, soonest expiry first; only those
-    in lifecycle `state` (any case) when given; with `unmanaged_only`, only those of
-    applications no estate credential manages (read without the managed credentials'
-    versions and rotations)."""
+    in lifecycle `state` (any case) when given."""
     soon = (alerts or Alerts()).expiring_soon
-    out: list[EntraCredential] = []
     with store.transaction() as s:
-        managed = {} if unmanaged_only else _managed(s)
-        skipped = _managed_apps(s) if unmanaged_only else set()
-        query = select(DiscoveredCredential, DiscoveredApp).join(
-            DiscoveredApp, DiscoveredApp.id == DiscoveredCredential.app_row_id
-        )
-        if not include_removed:
-            query = query.where(DiscoveredCredential.removed_at.is_(None))
-        for cred, app in s.execute(query).all():
-            if (app.integration, app.app_id) in skipped:
-                continue
-            owner = managed.get((app.integration, app.app_id))
-            out.append(
-                EntraCredential(
-                    integration=app.integration,
-                    app_name=app.display_name,
-                    app_id=app.app_id,
-                    kind=cred.kind,
-                    key_id=cred.key_id,
-                    display_name=cred.display_name,
-                    hint=cred.hint,
-                    thumbprint=cred.thumbprint,
-                    start=cred.start_at,
-                    end=cred.end_at,
-                    days_left=_days_left(now, cred.end_at),
-                    state=state_of(
-                        now=now,
-                        end=cred.end_at,
-                        removed=cred.removed_at is not None,
-                        rotating=owner is not None and cred.key_id in owner.rotating,
-                        in_grace=owner is not None and cred.key_id in owner.in_grace,
-                        expiring_soon=soon,
-                    ),
-                    managed_by=owner.name if owner is not None else None,
-                    by_keyshift=owner is not None and cred.key_id in owner.key_ids,
-                    owners=tuple(app.owners),
-                    first_seen=cred.first_seen,
-                    removed_at=cred.removed_at,
-                )
-            )
+        managed = _managed(s)
+        out = [
+            _entry(cred, app, managed.get((app.integration, app.app_id)), now=now, soon=soon)
+            for cred, app in s.execute(_discovered(include_removed=include_removed))
+        ]
     if state:
         out = [c for c in out if c.state.value.lower() == state.lower()]
     far = datetime.max.replace(tzinfo=now.tzinfo)
     out.sort(key=lambda c: (c.end or far, c.app_name, c.key_id))
     return out
+
+
+WITHIN_DAYS = (7, 30, 90)
+
+
+def _managed_app_rows() -> Select[str]:
+    """The ids of the discovered applications that estate credentials manage."""
+    return (
+        select(DiscoveredApp.id)
+        .join(
+            CredentialRow,
+            and_(
+                CredentialRow.issuer_integration == DiscoveredApp.integration,
+                CredentialRow.issuer_app_id == DiscoveredApp.app_id,
+            ),
+        )
+        .where(*_MANAGED_ENTRA)
+    )
+
+
+def _counts(now: datetime) -> tuple[ColumnElement[int], ...]:
+    """Discovered credentials counted: client secrets, certificates, whose end has
+    passed, and whose end is within each of WITHIN_DAYS, not passed."""
+    end, kind = DiscoveredCredential.end_at, DiscoveredCredential.kind
+    return (
+        func.count().filter(kind == CLIENT_SECRET),
+        func.count().filter(kind == CERTIFICATE),
+        func.count().filter(end <= now),
+        *(func.count().filter(end > now, end <= now + timedelta(days=d)) for d in WITHIN_DAYS),
+    )
+
+
+@dataclass
+class Tally:
+    """Discovered credentials (not removed) counted in SQL, without reading them one by
+    one (an estate may have discovered 100,000)."""
+
+    client_secrets: int = 0
+    certificates: int = 0
+    ended: int = 0
+    """Whose end has passed (`end <= now`)."""
+    within: dict[int, int] = field(default_factory=lambda: dict.fromkeys(WITHIN_DAYS, 0))
+    """Days (7, 30, 90) -> whose end is within them, not passed."""
+
+    @property
+    def total(self) -> int:
+        return self.client_secrets + self.certificates
+
+    def add(self, row: Sequence[int]) -> None:
+        """Add a row of `_counts`."""
+        secrets, certificates, ended, *within = row
+        self.client_secrets += secrets
+        self.certificates += certificates
+        self.ended += ended
+        for days, count in zip(WITHIN_DAYS, within, strict=True):
+            self.within[days] += count
+
+
+def tally(s: Session, *, now: datetime) -> tuple[Tally, Tally]:
+    """The discovered inventory counted: all of it, and the part of applications that
+    estate credentials manage (their secrets are those credentials' versions)."""
+    every, managed = Tally(), Tally()
+    live = DiscoveredCredential.removed_at.is_(None)
+    every.add(s.execute(select(*_counts(now)).where(live)).one())
+    of_managed = DiscoveredCredential.app_row_id.in_(_managed_app_rows())
+    managed.add(s.execute(select(*_counts(now)).where(live, of_managed)).one())
+    return every, managed
+
+
+def _held(s: Session, *, now: datetime, soon: timedelta) -> list[EntraCredential]:
+    """The discovered credentials of the managed applications whose credential has a
+    rotation under way: the only ones whose state a rotation decides."""
+    managed = _managed(s, CredentialRow.active_rotation_id.is_not(None))
+    return list(_of_apps(s, managed, now=now, soon=soon))
+
+
+def _of_apps(
+    s: Session, managed: dict[tuple[str, str], _Managed], *, now: datetime, soon: timedelta
+) -> Iterator[EntraCredential]:
+    app_ids = sorted({app_id for _integration, app_id in managed})
+    for first in range(0, len(app_ids), 500):  # bound the parameters of one query
+        query = _discovered().where(DiscoveredApp.app_id.in_(app_ids[first : first + 500]))
+        for cred, app in s.execute(query):
+            owner = managed.get((app.integration, app.app_id))
+            if owner is not None:
+                yield _entry(cred, app, owner, now=now, soon=soon)
+
+
+def soonest(
+    s: Session,
+    *,
+    now: datetime,
+    limit: int,
+    alerts: Alerts | None = None,
+    unmanaged_only: bool = False,
+) -> list[EntraCredential]:
+    """The `limit` discovered credentials (not removed) that end soonest, as `inventory`
+    orders them; only those of applications no estate credential manages, with
+    `unmanaged_only`. Read by the index on the end, not the whole inventory, and only
+    their managing credentials' versions and rotations."""
+    soon = (alerts or Alerts()).expiring_soon
+    query = (
+        _discovered()
+        .where(DiscoveredCredential.end_at.is_not(None))
+        .order_by(
+            DiscoveredCredential.end_at, DiscoveredApp.display_name, DiscoveredCredential.key_id
+        )
+        .limit(limit)
+    )
+    if unmanaged_only:
+        query = query.where(DiscoveredCredential.app_row_id.not_in(_managed_app_rows()))
+    picked = s.execute(query).all()
+    apps = sorted({app.app_id for _cred, app in picked})
+    managed = _managed(s, CredentialRow.issuer_app_id.in_(apps)) if picked else {}
+    return [
+        _entry(cred, app, managed.get((app.integration, app.app_id)), now=now, soon=soon)
+        for cred, app in picked
+    ]
 
 
 @dataclass(frozen=True)
@@ -538,26 +657,33 @@ class Summary:
 
 
 def summary(store: Store, *, now: datetime, alerts: Alerts | None = None, top: int = 10) -> Summary:
-    """Totals, counts expiring in 7/30/90 days, in grace, and the most urgent credentials."""
-    creds = inventory(store, now=now, alerts=alerts)
+    """Totals, counts expiring in 7/30/90 days, in grace, and the most urgent credentials,
+    from a fixed number of queries however large the inventory is."""
+    soon = (alerts or Alerts()).expiring_soon
     with store.transaction() as s:
-        apps = len(
-            s.execute(select(DiscoveredApp.id).where(DiscoveredApp.removed_at.is_(None))).all()
+        every, managed = tally(s, now=now)
+        held = _held(s, now=now, soon=soon)
+        apps = s.scalar(
+            select(func.count())
+            .select_from(DiscoveredApp)
+            .where(DiscoveredApp.removed_at.is_(None))
         )
-    live = [c for c in creds if c.end is not None and c.end > now]
+        urgent = soonest(s, now=now, limit=top, alerts=alerts)
+    states = Counter(c.state for c in held)
+    # An ended credential that a rotation holds counts as rotating or in grace instead.
+    unexpired = sum(
+        c.end is not None and c.end <= now and c.state != Lifecycle.EXPIRED for c in held
+    )
     return Summary(
-        apps=apps,
-        client_secrets=sum(c.kind == CLIENT_SECRET for c in creds),
-        certificates=sum(c.kind == CERTIFICATE for c in creds),
-        managed=sum(c.managed_by is not None for c in creds),
-        expired=sum(c.state == Lifecycle.EXPIRED for c in creds),
-        within={
-            days: sum(c.end is not None and c.end - now <= timedelta(days=days) for c in live)
-            for days in (7, 30, 90)
-        },
-        rotating=sum(c.state == Lifecycle.ROTATING for c in creds),
-        in_grace=sum(c.state == Lifecycle.GRACE_PERIOD for c in creds),
-        urgent=[c for c in creds if c.end is not None][:top],
+        apps=apps or 0,
+        client_secrets=every.client_secrets,
+        certificates=every.certificates,
+        managed=managed.total,
+        expired=every.ended - unexpired,
+        within=every.within,
+        rotating=states[Lifecycle.ROTATING],
+        in_grace=states[Lifecycle.GRACE_PERIOD],
+        urgent=urgent,
     )
 
 

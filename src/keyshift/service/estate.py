@@ -720,6 +720,15 @@ def _credential_specs(estate: Estate) -> dict[str, dict[str, Any]]:
     }
 
 
+def issuer_app(provider: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(integration, appId) of the application whose credentials a provider rotates (an
+    Entra ID application's), or (None, None) when it names none."""
+    app_id = provider.get("app_id")
+    if not app_id:
+        return None, None
+    return str(provider.get("integration") or ""), str(app_id)
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha256(canonical(obj).encode()).hexdigest()
 
@@ -904,7 +913,9 @@ def apply_estate(store: Store, estate: Estate, *, actor: str) -> list[Change]:
             row.provider_type = cred.provider.type
             row.spec = spec
             row.policy_json = json.dumps(spec["policy"], sort_keys=True)
-            row.provider_json = json.dumps(spec["credential"]["provider"], sort_keys=True)
+            provider = spec["credential"]["provider"]
+            row.provider_json = json.dumps(provider, sort_keys=True)
+            row.issuer_integration, row.issuer_app_id = issuer_app(provider)
             row.digest = _digest(spec)
             row.auto_rotate = cred.auto_rotate
             # Disabled, or through a disabled integration: nothing rotates it.

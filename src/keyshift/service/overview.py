@@ -10,20 +10,19 @@ as the managed credential, and its secrets are its versions.
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_right
-from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from keyshift.domain.states import FINAL_STATES, Lifecycle
+from keyshift.domain.states import FINAL_STATES, Lifecycle, VersionStatus
 from keyshift.service import approvals, due, entra, rotations
-from keyshift.store.models import CredentialRow, RotationRow
+from keyshift.store.models import CredentialRow, RotationRow, VersionRow
 from keyshift.store.store import Store
 
-WITHIN_DAYS = (7, 30, 90)
+WITHIN_DAYS = entra.WITHIN_DAYS
 URGENT = 10
 """How many of the soonest-expiring credentials the overview lists."""
 
@@ -59,41 +58,88 @@ class Overview:
 
 def overview(store: Store, *, now: datetime, include_entra: bool = True) -> Overview:
     """The counts and the most urgent credentials now. `include_entra=False` leaves the
-    discovered inventory out (for a caller who may not read it)."""
-    found = entra.inventory(store, now=now, unmanaged_only=True) if include_entra else []
-    # (end, name, item): only the URGENT soonest become `Urgent`, not one per credential.
-    # Of a managed credential only its lifecycle is decided (not its next rotation, nor
-    # a whole status row): the overview reads every credential of the estate.
-    ends: list[tuple[datetime, str, Any]] = []
-    lifecycles: Counter[Lifecycle] = Counter(c.state for c in found)
-    managed = 0
+    discovered inventory out (for a caller who may not read it). Counted in SQL: a fixed
+    number of queries, none reading every credential, however large the estate is."""
+    now = now.astimezone(UTC)
     with store.transaction() as s:
-        for cred in due.standings(s):
-            managed += 1
-            state = rotations.lifecycle_of(cred, now=now)
-            lifecycles[state] += 1
-            if cred.current is not None and cred.current.expires_at is not None:
-                ends.append((cred.current.expires_at, cred.name, _Managed(state, cred.owner)))
-    ends += [(c.end, _entra_name(c), c) for c in found if c.end is not None]
-    by_end = sorted(end for end, _n, _i in ends)
-    expired = bisect_right(by_end, now)
+        managed, ended, within = _expiries(s, now)
+        held = rotations.held_counts(s)
+        urgent: list[tuple[datetime, str, Any]] = [
+            (end, name, item) for name, end, item in _soonest_managed(s, now)
+        ]
+        discovered = 0
+        if include_entra:
+            # The secrets of a managed application are its credential's versions: counted
+            # as that credential, not again here.
+            every, mine = entra.tally(s, now=now)
+            discovered = every.total - mine.total
+            ended += every.ended - mine.ended
+            for days in WITHIN_DAYS:
+                within[days] += every.within[days] - mine.within[days]
+            urgent += [
+                (c.end, _entra_name(c), c)
+                for c in entra.soonest(s, now=now, limit=URGENT, unmanaged_only=True)
+                if c.end is not None
+            ]
     return Overview(
-        total=managed + len(found),
+        total=managed + discovered,
         managed=managed,
-        discovered=len(found),
-        within={
-            days: bisect_right(by_end, now + timedelta(days=days)) - expired for days in WITHIN_DAYS
-        },
-        expired=expired,
-        in_grace=lifecycles[Lifecycle.GRACE_PERIOD],
-        rotating=lifecycles[Lifecycle.ROTATING],
-        needs_attention=lifecycles[Lifecycle.NEEDS_ATTENTION],
+        discovered=discovered,
+        within=within,
+        expired=ended,
+        in_grace=held[Lifecycle.GRACE_PERIOD],
+        rotating=held[Lifecycle.ROTATING],
+        needs_attention=held[Lifecycle.NEEDS_ATTENTION],
         awaiting_approval=len(approvals.requests(store, pending_only=True)),
         urgent=[
             _urgent(name, end, item, now)
-            for end, name, item in heapq.nsmallest(URGENT, ends, key=lambda e: (e[0], e[1]))
+            for end, name, item in heapq.nsmallest(URGENT, urgent, key=lambda e: (e[0], e[1]))
         ],
     )
+
+
+def _horizons(now: datetime) -> dict[int, datetime]:
+    return {days: now + timedelta(days=days) for days in WITHIN_DAYS}
+
+
+_LIVE = CredentialRow.removed_at.is_(None)
+_CURRENT = (
+    VersionRow.status == VersionStatus.CURRENT.value,
+    VersionRow.credential_id == CredentialRow.id,
+)
+
+
+def _expiries(s: Session, now: datetime) -> tuple[int, int, dict[int, int]]:
+    """The managed credentials (not removed); those whose current version has expired;
+    and, per horizon, those whose current version expires within it, not yet expired."""
+    (managed,) = s.execute(select(func.count()).where(_LIVE)).one()
+    expires = VersionRow.expires_at
+    ended, *within = s.execute(
+        select(
+            func.count().filter(expires <= now),
+            *(
+                func.count().filter(expires > now, expires <= until)
+                for until in _horizons(now).values()
+            ),
+        ).where(_LIVE, *_CURRENT)
+    ).one()
+    return managed, ended, dict(zip(WITHIN_DAYS, within, strict=True))
+
+
+def _soonest_managed(s: Session, now: datetime) -> list[tuple[str, datetime, _Managed]]:
+    """The URGENT managed credentials whose current version expires soonest, with their
+    lifecycle (by the index on the expiry, then a status read of those alone)."""
+    soonest = s.execute(
+        select(CredentialRow.name, VersionRow.expires_at)
+        .where(_LIVE, *_CURRENT, VersionRow.expires_at.is_not(None))
+        .order_by(VersionRow.expires_at, CredentialRow.name)
+        .limit(URGENT)
+    ).all()
+    states = {
+        cred.name: _Managed(rotations.lifecycle_of(cred, now=now), cred.owner)
+        for cred in due.standings(s, CredentialRow.name.in_([name for name, _end in soonest]))
+    }
+    return [(name, end, states[name]) for name, end in soonest if end is not None]
 
 
 class _Managed(NamedTuple):

@@ -15,8 +15,8 @@ from typing import Any
 
 import structlog
 from pydantic_core import from_json
-from sqlalchemy import ColumnElement, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import Session, aliased
 
 from keyshift.context import PluginContext
 from keyshift.domain.clock import utcnow
@@ -297,6 +297,31 @@ def lifecycle(
         if expires_at - now <= max(rotate_before, EXPIRY_WARNINGS[0]):
             return Lifecycle.EXPIRING_SOON
     return Lifecycle.ACTIVE
+
+
+def held_counts(s: Session) -> dict[Lifecycle, int]:
+    """How many credentials of the estate are in grace, rotating and needing attention:
+    the first three rules of `lifecycle` (which decide from the rotations alone), in
+    SQL, without reading the credentials one by one."""
+    active = aliased(RotationRow)
+    state = active.state
+    grace, rotating, attention = s.execute(
+        select(
+            func.count().filter(state == _GRACE),
+            func.count().filter(state.is_not(None), state != _GRACE),
+            func.count().filter(
+                state.is_(None), CredentialRow.last_rotation_state.in_(_NEEDED_ATTENTION)
+            ),
+        )
+        .select_from(CredentialRow)
+        .outerjoin(active, active.id == CredentialRow.active_rotation_id)
+        .where(CredentialRow.removed_at.is_(None))
+    ).one()
+    return {
+        Lifecycle.GRACE_PERIOD: grace,
+        Lifecycle.ROTATING: rotating,
+        Lifecycle.NEEDS_ATTENTION: attention,
+    }
 
 
 def lifecycle_of(cred: due.Standing, *, now: datetime) -> Lifecycle:

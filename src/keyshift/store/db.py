@@ -20,7 +20,7 @@ from keyshift.errors import StoreError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
-HEAD_REVISION = "0014"
+HEAD_REVISION = "0015"
 """The newest migration's revision. A store already at it opens without loading Alembic
 (about 80 ms of every command's start-up); a test keeps it equal to the migrations' head."""
 

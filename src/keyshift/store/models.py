@@ -89,6 +89,7 @@ class CredentialRow(Base):
     """A declared credential. `removed_at` set = dropped from the estate; history stays."""
 
     __tablename__ = "credentials"
+    __table_args__ = (Index("ix_credentials_issuer_app", "issuer_app_id"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
@@ -118,6 +119,11 @@ class CredentialRow(Base):
     """The final state of `last_rotation_id`."""
     last_rotated_at: Mapped[datetime | None]
     """When the latest completed rotation finished."""
+    issuer_integration: Mapped[str | None] = mapped_column(String(128))
+    issuer_app_id: Mapped[str | None] = mapped_column(String(64))
+    """The application whose credentials it rotates, at an issuer holding applications
+    (Entra ID): the provider's `integration` and `app_id` (set with `spec`); None when
+    its provider names no application. The discovered inventory is joined on these."""
 
 
 class VersionRow(Base):
@@ -237,7 +243,11 @@ class DiscoveredApp(Base):
     Entra ID (or its integration left the estate); the row stays as history."""
 
     __tablename__ = "discovered_apps"
-    __table_args__ = (UniqueConstraint("integration", "object_id"),)
+    __table_args__ = (
+        UniqueConstraint("integration", "object_id"),
+        # The applications that estate credentials manage are looked up by appId.
+        Index("ix_discovered_apps_app_id", "app_id"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     integration: Mapped[str] = mapped_column(String(128))
