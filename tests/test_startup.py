@@ -72,6 +72,24 @@ START_UP_FREE = (
 )
 """What `--version` and `--help` need none of."""
 
+STATUS_FREE = (
+    *SDKS,
+    "httpx",
+    "prometheus_client",
+    "yaml",
+    "keyshift.api",
+    "keyshift.client",
+    "keyshift.engine.engine",
+    "keyshift.engine.plan",
+    "keyshift.engine.plugins",
+    "keyshift.notify.base",
+    "keyshift.service.impact",
+    "keyshift.targets",
+    "keyshift.web",
+)
+"""What `status` on an empty home needs none of: it reads the store; the engine, the
+plugins and the channels that run rotations and deliver notifications stay unloaded."""
+
 AGENT_FREE = (
     *SDKS,
     "alembic",
@@ -118,10 +136,12 @@ def test_version_and_help_load_no_sdk_store_or_service(args: list[str], tmp_path
     assert _offending(_loaded(args, tmp_path), START_UP_FREE) == []
 
 
-def test_status_on_an_empty_home_loads_no_cloud_sdk(tmp_path: Path) -> None:
+def test_status_on_an_empty_home_loads_no_engine_plugin_or_channel(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSHIFT_")}
     env["KEYSHIFT_HOME"] = str(tmp_path / "home")
-    assert _offending(_loaded(["status"], tmp_path, env), SDKS) == []
+    loaded = _loaded(["status"], tmp_path, env)
+    assert "keyshift.service.rotations" in loaded, "status did not read the store"
+    assert _offending(loaded, STATUS_FREE) == []
 
 
 def test_the_host_agent_loads_no_sdk_store_or_http_client(tmp_path: Path) -> None:
