@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from keyshift import __version__
+from keyshift.cli import app
 from keyshift.registry import Registry, resolve
 
 # Runs the CLI in this process as `keyshift ARGS...` would, then writes every module it
@@ -134,6 +137,25 @@ def _offending(loaded: set[str], forbidden: tuple[str, ...]) -> list[str]:
 @pytest.mark.parametrize("args", [["--version"], ["--help"]])
 def test_version_and_help_load_no_sdk_store_or_service(args: list[str], tmp_path: Path) -> None:
     assert _offending(_loaded(args, tmp_path), START_UP_FREE) == []
+
+
+def test_version_answers_the_same_line_before_typer_and_through_it() -> None:
+    """`keyshift --version` alone is answered before the command tree is built (it loads
+    no pydantic then); with another option Typer answers it: the same bytes either way."""
+    fast = subprocess.run(
+        [sys.executable, "-m", "keyshift.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    typer_answer = CliRunner().invoke(app, ["--log-level", "WARNING", "--version"])
+    assert typer_answer.exit_code == 0
+    assert fast.stdout == typer_answer.stdout == f"keyshift {__version__}\n"
+
+
+def test_version_alone_loads_no_pydantic(tmp_path: Path) -> None:
+    assert _offending(_loaded(["--version"], tmp_path), ("pydantic", "pydantic_core")) == []
 
 
 def test_status_on_an_empty_home_loads_no_engine_plugin_or_channel(tmp_path: Path) -> None:
