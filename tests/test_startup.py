@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from keyshift import __version__
 from keyshift.cli import app
 from keyshift.registry import Registry, resolve
+from keyshift.service import due, entra
 
 # Runs the CLI in this process as `keyshift ARGS...` would, then writes every module it
 # loaded to the file OUT. For `agent run`, uvicorn.run only records: nothing is served.
@@ -82,16 +83,21 @@ STATUS_FREE = (
     "yaml",
     "keyshift.api",
     "keyshift.client",
+    "keyshift.domain.estate",
+    "keyshift.domain.notifications",
     "keyshift.engine.engine",
     "keyshift.engine.plan",
     "keyshift.engine.plugins",
     "keyshift.notify.base",
+    "keyshift.providers.base",
+    "keyshift.service.entra",
     "keyshift.service.impact",
     "keyshift.targets",
     "keyshift.web",
 )
 """What `status` on an empty home needs none of: it reads the store; the engine, the
-plugins and the channels that run rotations and deliver notifications stay unloaded."""
+plugins and the channels that run rotations and deliver notifications stay unloaded, and
+so do the estate's models (a credential's policy loads them when there is one)."""
 
 AGENT_FREE = (
     *SDKS,
@@ -164,6 +170,11 @@ def test_status_on_an_empty_home_loads_no_engine_plugin_or_channel(tmp_path: Pat
     loaded = _loaded(["status"], tmp_path, env)
     assert "keyshift.service.rotations" in loaded, "status did not read the store"
     assert _offending(loaded, STATUS_FREE) == []
+
+
+def test_status_reads_the_kind_of_entra_secret_that_entra_sync_writes() -> None:
+    """`service.due` spells the kind itself rather than load `service.entra` for it."""
+    assert due._CLIENT_SECRET == entra.CLIENT_SECRET
 
 
 def test_the_host_agent_loads_no_sdk_store_or_http_client(tmp_path: Path) -> None:

@@ -28,18 +28,18 @@ import structlog
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
-from keyshift.domain import notifications as kinds
-from keyshift.domain.estate import Estate
-from keyshift.domain.notifications import Notifications, channels_for
 from keyshift.errors import ConfigError, EstateInvalid, KeyshiftError, NotFound, TransientError
 from keyshift.notify import CHANNELS
 from keyshift.store.models import NotificationDeliveryRow, NotificationRow
 from keyshift.store.store import Store
 
-# A channel's module, its HTTP client and the plugin machinery are imported when a channel
-# is built: reading a rotation's tickets (`keyshift status`, `show`) needs none of them.
+# A channel's module, its HTTP client, the plugin machinery and the estate's models are
+# imported when events are routed or a channel is built: reading a rotation's tickets
+# (`keyshift status`, `show`) needs none of them.
 if TYPE_CHECKING:
     from keyshift.context import PluginContext
+    from keyshift.domain.estate import Estate
+    from keyshift.domain.notifications import Notifications
     from keyshift.notify import Channel, Sent
 
 __all__ = [
@@ -99,6 +99,8 @@ def channel_problems(notifications: Notifications) -> list[ConfigError]:
 
 def route(store: Store, notifications: Notifications, *, now: datetime) -> int:
     """Create the deliveries of every event not routed yet; how many were created."""
+    from keyshift.domain.notifications import channels_for  # noqa: PLC0415 (see the imports)
+
     created = 0
     with store.transaction() as s:
         new = s.execute(
@@ -373,6 +375,8 @@ def tickets(s: Session, rotation_id: str) -> list[Ticket]:
 async def send_test(estate: Estate, channel: str, *, context: PluginContext) -> Sent:
     """Send a test message to one channel now (not through the outbox); raises what the
     channel raised, e.g. TransientError naming the HTTP status."""
+    from keyshift.domain import notifications as kinds  # noqa: PLC0415 (see the imports)
+
     target = build_channel(estate.notifications, channel, context)
     payload = {
         "event": kinds.NOTIFICATION_TEST,
