@@ -9,6 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from keyshift.domain.states import Phase
+from keyshift.notify import CHANNELS, ChannelKind
 from keyshift.providers import PROVIDERS, ProviderKind
 from keyshift.service.reference import estate_reference
 from keyshift.targets import AGENT_KINDS, TARGETS, VERIFY_KINDS, TargetKind
@@ -16,6 +17,7 @@ from keyshift.targets import AGENT_KINDS, TARGETS, VERIFY_KINDS, TargetKind
 PACKAGES = [
     "keyshift.domain",
     "keyshift.engine",
+    "keyshift.notify",
     "keyshift.providers",
     "keyshift.store",
     "keyshift.targets",
@@ -66,8 +68,15 @@ def test_verify_kinds_are_the_targets_that_run_in_the_verify_phase() -> None:
     assert {kind for kind, cls in TARGETS.items() if cls.phase == Phase.VERIFY} == VERIFY_KINDS
 
 
+def test_every_channel_kind_has_a_class_with_a_config_schema() -> None:
+    assert set(CHANNELS) == set(ChannelKind)
+    for kind, cls in CHANNELS.items():
+        assert cls.kind == kind
+        assert issubclass(cls.Config, BaseModel)
+
+
 def test_every_registered_path_names_the_class_that_says_its_kind() -> None:
-    for registry in (PROVIDERS, TARGETS):
+    for registry in (PROVIDERS, TARGETS, CHANNELS):
         for kind in registry:
             module, _, name = registry.where(kind).partition(":")
             cls = registry[kind]

@@ -12,8 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from keyshift import __version__
+from keyshift.cli import app
 from keyshift.registry import Registry, resolve
+from keyshift.service import due, entra
 
 # Runs the CLI in this process as `keyshift ARGS...` would, then writes every module it
 # loaded to the file OUT. For `agent run`, uvicorn.run only records: nothing is served.
@@ -72,6 +76,29 @@ START_UP_FREE = (
 )
 """What `--version` and `--help` need none of."""
 
+STATUS_FREE = (
+    *SDKS,
+    "httpx",
+    "prometheus_client",
+    "yaml",
+    "keyshift.api",
+    "keyshift.client",
+    "keyshift.domain.estate",
+    "keyshift.domain.notifications",
+    "keyshift.engine.engine",
+    "keyshift.engine.plan",
+    "keyshift.engine.plugins",
+    "keyshift.notify.base",
+    "keyshift.providers.base",
+    "keyshift.service.entra",
+    "keyshift.service.impact",
+    "keyshift.targets",
+    "keyshift.web",
+)
+"""What `status` on an empty home needs none of: it reads the store; the engine, the
+plugins and the channels that run rotations and deliver notifications stay unloaded, and
+so do the estate's models (a credential's policy loads them when there is one)."""
+
 AGENT_FREE = (
     *SDKS,
     "alembic",
@@ -118,10 +145,36 @@ def test_version_and_help_load_no_sdk_store_or_service(args: list[str], tmp_path
     assert _offending(_loaded(args, tmp_path), START_UP_FREE) == []
 
 
-def test_status_on_an_empty_home_loads_no_cloud_sdk(tmp_path: Path) -> None:
+def test_version_answers_the_same_line_before_typer_and_through_it() -> None:
+    """`keyshift --version` alone is answered before the command tree is built (it loads
+    no pydantic then); with another option Typer answers it: the same bytes either way."""
+    fast = subprocess.run(
+        [sys.executable, "-m", "keyshift.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    typer_answer = CliRunner().invoke(app, ["--log-level", "WARNING", "--version"])
+    assert typer_answer.exit_code == 0
+    assert fast.stdout == typer_answer.stdout == f"keyshift {__version__}\n"
+
+
+def test_version_alone_loads_no_pydantic(tmp_path: Path) -> None:
+    assert _offending(_loaded(["--version"], tmp_path), ("pydantic", "pydantic_core")) == []
+
+
+def test_status_on_an_empty_home_loads_no_engine_plugin_or_channel(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSHIFT_")}
     env["KEYSHIFT_HOME"] = str(tmp_path / "home")
-    assert _offending(_loaded(["status"], tmp_path, env), SDKS) == []
+    loaded = _loaded(["status"], tmp_path, env)
+    assert "keyshift.service.rotations" in loaded, "status did not read the store"
+    assert _offending(loaded, STATUS_FREE) == []
+
+
+def test_status_reads_the_kind_of_entra_secret_that_entra_sync_writes() -> None:
+    """`service.due` spells the kind itself rather than load `service.entra` for it."""
+    assert due._CLIENT_SECRET == entra.CLIENT_SECRET
 
 
 def test_the_host_agent_loads_no_sdk_store_or_http_client(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ and group on `app` in the order `keyshift --help` lists them.
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -113,4 +114,9 @@ for name, group in (
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--version"]:
+        # Answered before Typer builds the command tree and converts the option's value
+        # (which loads pydantic): the line `_main` prints, and exit code 0.
+        sys.stdout.write(f"keyshift {__version__}\n")
+        return
     app()

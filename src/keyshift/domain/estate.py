@@ -47,7 +47,12 @@ DEFAULT_POLICY_NAME = "default"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
+    # Each model's validator is built when it first validates (defer_build), not when
+    # this module is imported: `keyshift status` and the other readers of the store
+    # import it and validate a policy or two, never a whole estate.
+    model_config = ConfigDict(
+        use_attribute_docstrings=True, extra="forbid", frozen=True, defer_build=True
+    )
 
 
 class ResidualUse(_Model):
@@ -323,7 +328,9 @@ class Policy(_Model):
 class ProviderSpec(_Model):
     """The issuer of a credential's versions: `type` picks the provider, the rest is its config."""
 
-    model_config = ConfigDict(use_attribute_docstrings=True, extra="allow", frozen=True)
+    model_config = ConfigDict(
+        use_attribute_docstrings=True, extra="allow", frozen=True, defer_build=True
+    )
 
     type: str
     """The provider type (see Provider types below)."""
@@ -455,7 +462,9 @@ class IntegrationSpec(_Model):
     """A connection keyshift uses to reach an issuer (Entra tenant, database admin...) or
     a host agent that performs actions."""
 
-    model_config = ConfigDict(use_attribute_docstrings=True, extra="allow", frozen=True)
+    model_config = ConfigDict(
+        use_attribute_docstrings=True, extra="allow", frozen=True, defer_build=True
+    )
 
     name: Name
     type: str

@@ -66,7 +66,10 @@ ChannelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
+    # Built on first validation, as `keyshift.domain.estate._Model` says.
+    model_config = ConfigDict(
+        use_attribute_docstrings=True, extra="forbid", frozen=True, defer_build=True
+    )
 
 
 class ChannelSpec(BaseModel):
@@ -74,7 +77,9 @@ class ChannelSpec(BaseModel):
     (`slack`, `teams`, `email`, `webhook`, `jira`, `servicenow`), checked by `keyshift
     plan`/`apply`."""
 
-    model_config = ConfigDict(use_attribute_docstrings=True, extra="allow", frozen=True)
+    model_config = ConfigDict(
+        use_attribute_docstrings=True, extra="allow", frozen=True, defer_build=True
+    )
 
     name: ChannelName
     """How routes and owners name the channel."""

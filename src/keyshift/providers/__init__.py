@@ -4,7 +4,7 @@
 integration's `type` to the config model of that connection. A provider that
 connects through an integration names its type in `integration_type`. Both are
 `keyshift.registry.Registry`s: a class is imported when its type is first looked up,
-and so are the classes this package re-exports, when first named.
+and so are the classes and contract types this package re-exports, when first named.
 """
 
 from __future__ import annotations
@@ -12,24 +12,24 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-
-from keyshift.providers.base import (
-    Capability,
-    CreateRequest,
-    IssuedVersion,
-    ListRequest,
-    Provider,
-    RevokeRequest,
-    RevokeResult,
-    VerifyRequest,
-    VerifyResult,
-    VersionInfo,
-)
 from keyshift.registry import Registry, lazy_exports
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from keyshift.azure import EntraIntegration
+    from keyshift.providers.base import (
+        Capability,
+        CreateRequest,
+        IssuedVersion,
+        ListRequest,
+        Provider,
+        RevokeRequest,
+        RevokeResult,
+        VerifyRequest,
+        VerifyResult,
+        VersionInfo,
+    )
     from keyshift.providers.entra import EntraSecretConfig, EntraSecretProvider
     from keyshift.providers.jwks_signing_key import (
         JwksSigningKeyConfig,
@@ -83,9 +83,26 @@ INTEGRATIONS: Registry[type[BaseModel]] = Registry(
     }
 )
 
+# The contract types too: `ProviderKind` alone (`keyshift status` reads it) loads neither
+# them nor the estate models they name.
 __getattr__ = lazy_exports(
     __name__,
     {
+        **{
+            name: f"keyshift.providers.base:{name}"
+            for name in (
+                "Capability",
+                "CreateRequest",
+                "IssuedVersion",
+                "ListRequest",
+                "Provider",
+                "RevokeRequest",
+                "RevokeResult",
+                "VerifyRequest",
+                "VerifyResult",
+                "VersionInfo",
+            )
+        },
         "EntraIntegration": "keyshift.azure:EntraIntegration",
         "EntraSecretConfig": "keyshift.providers.entra:EntraSecretConfig",
         "EntraSecretProvider": "keyshift.providers.entra:EntraSecretProvider",

@@ -25,11 +25,8 @@ import structlog
 from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session
 
-from keyshift.azure import EntraIntegration
-from keyshift.context import PluginContext
 from keyshift.domain.estate import Alerts, Policy
 from keyshift.domain.states import FINAL_STATES, Lifecycle, RotationState
-from keyshift.engine.engine import Engine
 from keyshift.errors import Conflict, NotFound
 from keyshift.providers import ProviderKind
 from keyshift.store.models import (
@@ -42,7 +39,11 @@ from keyshift.store.models import (
 )
 from keyshift.store.store import Store
 
+# `sync` imports the engine and the Azure integration when it runs: the views here (and
+# `service.due`, which `keyshift status` uses) need neither.
 if TYPE_CHECKING:
+    from keyshift.azure import EntraIntegration
+    from keyshift.context import PluginContext
     from keyshift.providers.graph import Application
 
 log = structlog.get_logger("keyshift.service.entra")
@@ -129,6 +130,9 @@ async def sync(
                 f"integration {name} is disabled in the estate (enabled: false); enable it "
                 "to sync it"
             )
+    from keyshift.azure import EntraIntegration  # noqa: PLC0415 (see the imports)
+    from keyshift.engine.engine import Engine  # noqa: PLC0415
+
     engine = Engine(store, actor=actor, context=context)
     results: list[SyncResult] = []
     for name in names:

@@ -22,21 +22,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
-from keyshift.context import PluginContext
-from keyshift.domain import notifications as kinds
-from keyshift.domain.estate import Estate
-from keyshift.domain.notifications import Notifications, channels_for
-from keyshift.engine.plugins import validate_config
 from keyshift.errors import ConfigError, EstateInvalid, KeyshiftError, NotFound, TransientError
-from keyshift.notify import CHANNELS, Channel, Sent, message_of
+from keyshift.notify import CHANNELS
 from keyshift.store.models import NotificationDeliveryRow, NotificationRow
 from keyshift.store.store import Store
+
+# A channel's module, its HTTP client, the plugin machinery and the estate's models are
+# imported when events are routed or a channel is built: reading a rotation's tickets
+# (`keyshift status`, `show`) needs none of them.
+if TYPE_CHECKING:
+    from keyshift.context import PluginContext
+    from keyshift.domain.estate import Estate
+    from keyshift.domain.notifications import Notifications
+    from keyshift.notify import Channel, Sent
 
 __all__ = [
     "DEAD",
@@ -74,12 +78,16 @@ def build_channel(notifications: Notifications, name: str, context: PluginContex
         raise EstateInvalid(
             [ConfigError(f"{path}.type", f"unknown channel type '{spec.type}'; known: {known}")]
         )
+    from keyshift.engine.plugins import validate_config  # noqa: PLC0415 (see the imports)
+
     channel: Channel = cls(validate_config(cls, spec.settings(), path), context)
     return channel
 
 
 def channel_problems(notifications: Notifications) -> list[ConfigError]:
     """Every bad channel setting, for `plan`/`apply` (no channel is contacted)."""
+    from keyshift.context import PluginContext  # noqa: PLC0415 (see the imports)
+
     problems: list[ConfigError] = []
     for spec in notifications.channels:
         try:
@@ -91,6 +99,8 @@ def channel_problems(notifications: Notifications) -> list[ConfigError]:
 
 def route(store: Store, notifications: Notifications, *, now: datetime) -> int:
     """Create the deliveries of every event not routed yet; how many were created."""
+    from keyshift.domain.notifications import channels_for  # noqa: PLC0415 (see the imports)
+
     created = 0
     with store.transaction() as s:
         new = s.execute(
@@ -231,6 +241,8 @@ async def _attempt(
 ) -> _Attempt:
     if isinstance(channel, KeyshiftError):
         return _Attempt(error=f"channel {name}: {channel}", final=True)
+    from keyshift.notify.base import message_of  # noqa: PLC0415 (loaded with the channel)
+
     message = message_of(payload)
     try:
         return _Attempt(sent=await channel.send(message, dedup_key=dedup_key, thread=thread))
@@ -363,6 +375,8 @@ def tickets(s: Session, rotation_id: str) -> list[Ticket]:
 async def send_test(estate: Estate, channel: str, *, context: PluginContext) -> Sent:
     """Send a test message to one channel now (not through the outbox); raises what the
     channel raised, e.g. TransientError naming the HTTP status."""
+    from keyshift.domain import notifications as kinds  # noqa: PLC0415 (see the imports)
+
     target = build_channel(estate.notifications, channel, context)
     payload = {
         "event": kinds.NOTIFICATION_TEST,
@@ -370,4 +384,6 @@ async def send_test(estate: Estate, channel: str, *, context: PluginContext) -> 
         "at": context.now().isoformat(),
     }
     dedup_key = f"test-{context.now().timestamp()}"
+    from keyshift.notify.base import message_of  # noqa: PLC0415 (loaded with the channel)
+
     return await target.send(message_of(payload), dedup_key=dedup_key, thread=None)

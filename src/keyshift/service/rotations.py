@@ -11,17 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic_core import from_json
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, aliased
 
-from keyshift.context import PluginContext
 from keyshift.domain.clock import utcnow
-from keyshift.domain.estate import ProviderSpec, disabled_integrations
-from keyshift.domain.preflight import PreflightResult, Readiness
 from keyshift.domain.states import (
     FINAL_STATES,
     Lifecycle,
@@ -31,15 +28,7 @@ from keyshift.domain.states import (
     Trigger,
     VersionStatus,
 )
-from keyshift.domain.triggers import EventRef
 from keyshift.engine import freezes
-from keyshift.engine.engine import Engine
-from keyshift.engine.journal import StepEvent
-from keyshift.engine.plan import Plan, stored_plan
-from keyshift.engine.plugins import build_provider, provider_class
-from keyshift.engine.requests import Guard
-from keyshift.engine.splits import SPLIT
-from keyshift.engine.trust import SIGNERS_WAIT_STEP
 from keyshift.errors import (
     ConfigError,
     Conflict,
@@ -48,13 +37,22 @@ from keyshift.errors import (
     NotFound,
     RotationInProgress,
 )
-from keyshift.governance import integration_disabled
-from keyshift.providers.base import Capability, capability_key
-from keyshift.service import due, fleet, lookups
-from keyshift.service.impact import step_titles
+from keyshift.service import due, lookups
+
+# A timeline's `tickets` are read back by the client as this type: imported with the module.
 from keyshift.service.notifications import Ticket, tickets
 from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
-from keyshift.store.store import Store
+
+# What `status` (the views) do not use is imported where it is used: the engine, the
+# plugins and what they load stay out of a `keyshift status` (tests/test_startup.py).
+if TYPE_CHECKING:
+    from keyshift.context import PluginContext
+    from keyshift.domain.preflight import PreflightResult
+    from keyshift.domain.triggers import EventRef
+    from keyshift.engine.journal import StepEvent
+    from keyshift.engine.requests import Guard
+    from keyshift.service import fleet
+    from keyshift.store.store import Store
 
 log = structlog.get_logger("keyshift.service")
 
@@ -406,8 +404,12 @@ class _Overlaps:
             return overlap
         if len(self._by_text) >= _OVERLAPS_KEPT:
             self._by_text.clear()  # an estate's declarations changed many times over
+        from keyshift.providers.base import capability_key
+
         cls = self._classes.get(kind)
         if cls is None:
+            from keyshift.engine.plugins import provider_class
+
             cls = self._classes[kind] = provider_class(kind)
             self._fields[kind] = getattr(cls, "capability_fields", None)
         if self._fields[kind] == () and (kind, ()) in self._by_key:
@@ -418,6 +420,11 @@ class _Overlaps:
         key = (kind, capability_key(cls, declared))
         overlap = self._by_key.get(key)
         if overlap is None:
+            from keyshift.context import PluginContext
+            from keyshift.domain.estate import ProviderSpec
+            from keyshift.engine.plugins import build_provider
+            from keyshift.providers.base import Capability
+
             spec = ProviderSpec.model_validate(declared)
             provider = build_provider(kind, spec.config(), PluginContext())
             in_place = Capability.IN_PLACE in provider.capabilities
@@ -486,6 +493,10 @@ def rotation_ref(store: Store, rotation_id: str) -> RotationRef:
 
 
 def rotation_timeline(store: Store, rotation_id: str) -> Timeline:
+    from keyshift.engine.plan import Plan
+    from keyshift.engine.splits import SPLIT
+    from keyshift.service.impact import step_titles
+
     with store.transaction() as s:
         rot = lookups.rotation(s, rotation_id)
         cred = s.get(CredentialRow, rot.credential_id)
@@ -529,6 +540,8 @@ def rotation_timeline(store: Store, rotation_id: str) -> Timeline:
 def _signers_from(rot: RotationRow, steps: Sequence[StepRow]) -> datetime | None:
     """When the signers of a trust-first rotation get the new version, while it rests in
     `publishing` with that wait as its last step (`engine.trust`)."""
+    from keyshift.engine.trust import SIGNERS_WAIT_STEP
+
     if rot.state != RotationState.PUBLISHING.value or not steps:
         return None
     last = steps[-1]
@@ -557,6 +570,8 @@ async def rotate(
     unfinished rotations meanwhile runs it too; `guard` as for `Engine.request`.
     `trigger` break-glass: outside the window and through freezes (`Requests.request`);
     on the local store the operator holds the store, so `break_glass_permitted`."""
+    from keyshift.engine.engine import Engine
+
     engine = Engine(store, actor=actor, context=context, on_event=on_event)
     rotation_id = engine.request(
         credential,
@@ -585,6 +600,12 @@ async def preflight(
     without changing anything (and first, a `freeze` line per freeze that covers it:
     blocked, with its reason); the plan hash and each step's readiness and reason are
     recorded in the audit trail (`rotation.preflight`)."""
+    from keyshift.domain.estate import disabled_integrations
+    from keyshift.domain.preflight import PreflightResult, Readiness
+    from keyshift.engine.engine import Engine
+    from keyshift.engine.plan import stored_plan
+    from keyshift.governance import integration_disabled
+
     engine = Engine(store, actor=actor, context=context)
     with store.transaction() as s:
         cred = lookups.estate_credential(s, credential)
@@ -658,6 +679,7 @@ async def resume(
     live worker holds the rotation's lease. A rotation that could not be run at all
     (its store unreachable, a bug) is logged and left for the next try.
     """
+    from keyshift.service import fleet
 
     def job(rotation_id: str, credential: str) -> fleet.Job:
         async def call() -> tuple[str, RotationState]:
@@ -685,6 +707,8 @@ async def retire_disabled(
     and whose retention is over (`Engine.retire_disabled`). Returns the audited facts of
     each one retired. One that cannot be retired now (its credential is rotating, its
     issuer is unreachable) is logged and tried again at the next scan."""
+    from keyshift.engine.engine import Engine
+
     engine = Engine(store, actor=actor, context=context)
     now = engine.context.now()
     with store.transaction() as s:
@@ -776,6 +800,8 @@ def request(
     RotationInProgress names the unfinished rotation when there is one. A break-glass
     one of a `prod` credential needs `break_glass_permitted`; `event`: the inbound
     event that asked for it (`Requests.request`)."""
+    from keyshift.engine.engine import Engine
+
     with store.transaction() as s:
         active = s.execute(
             select(CredentialRow.active_rotation_id).where(CredentialRow.name == credential)
@@ -820,6 +846,8 @@ async def run(
     on_event: Callable[[StepEvent], None] | None = None,
 ) -> RotationState:
     """Advance one requested or unfinished rotation as far as it goes now."""
+    from keyshift.engine.engine import Engine
+
     engine = Engine(store, actor=actor, context=context, on_event=on_event)
     return await engine.run(rotation_id)
 
@@ -842,6 +870,8 @@ async def roll_back(
     why = reason.strip()
     if not why:
         raise ConfigError("reason", "is required: say why the rotation is rolled back")
+    from keyshift.engine.engine import Engine
+
     ref = rotation_ref(store, rotation_id)
     engine = Engine(store, actor=actor, context=context, on_event=on_event)
     return ref.id, await engine.roll_back(ref.id, reason=why)
@@ -850,5 +880,7 @@ async def roll_back(
 def current_plan_hash(store: Store, credential: str) -> str:
     """The hash of the plan a rotation of `credential` requested now would run (a dry run
     shows it; a confirmation can check that nothing changed since)."""
+    from keyshift.engine.plan import stored_plan
+
     with store.transaction() as s:
         return stored_plan(lookups.estate_credential(s, credential).spec).hash
