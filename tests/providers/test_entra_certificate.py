@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import ValidationError
 
 from keyshift.domain.secret import Secret
-from keyshift.domain.states import RotationState
+from keyshift.domain.states import Lifecycle, RotationState
 from keyshift.providers import PROVIDERS, ProviderKind
 from keyshift.providers.entra import (
     EntraCertificateConfig,
@@ -33,7 +33,7 @@ from keyshift.providers.entra import (
     proof_of_possession,
 )
 from keyshift.providers.graph import TokenRefused, azure_identity_token_source
-from keyshift.service import rotations
+from keyshift.service import entra, rotations
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock
 from tests.conftest import ADMIN_ENV, ADMIN_SECRET, Cli, run_subprocess
@@ -511,3 +511,32 @@ def test_no_private_key_or_proof_reaches_logs_cli_output_audit_export_or_the_jou
     assert versions(store, NAME)[-1].attributes["thumbprint"] in shown, "public facts are shown"
     assert "self-signed by keyshift" in shown
     assert _leaked_into({**outputs, **journal}, keys | proofs) == []
+
+
+def test_entra_sync_marks_the_certificates_keyshift_manages_and_not_the_apps_secrets(
+    graph: GraphDouble,
+    app: StoredApplication,
+    env: dict[str, str],
+    store: Store,
+    tmp_path: Path,
+) -> None:
+    now = datetime.now(UTC)
+    secret = graph.seed_password(app, "by hand", start=now, end=now + timedelta(days=60))
+    _, cert = _self_signed(now)
+    portal = graph.seed_certificate(app, "by hand", certificate=cert)
+    cli = Cli(env)
+    assert cli("apply", "-f", str(_estate(tmp_path, graph, app, method="patch"))).exit_code == 0
+    assert cli("rotate", NAME).exit_code == 0
+    assert cli("apply", "-f", str(_estate(tmp_path, graph, app))).exit_code == 0
+    assert cli("rotate", NAME).exit_code == 0
+    synced = cli("entra", "sync")
+    assert synced.exit_code == 0, synced.output
+
+    creds = {c.key_id: c for c in entra.inventory(store, now=now)}
+    old, new = (v.attributes["key_id"] for v in versions(store, NAME))
+    assert {k for k, c in creds.items() if c.by_keyshift} == {old, new}
+    assert creds[old].state == Lifecycle.GRACE_PERIOD
+    assert creds[new].state == Lifecycle.ACTIVE
+    assert {creds[k].managed_by for k in (old, new, portal.key_id)} == {NAME}
+    assert not creds[portal.key_id].by_keyshift, "the portal's certificate is not keyshift's"
+    assert creds[secret.key_id].managed_by is None, "no credential rotates the app's secrets"

@@ -321,9 +321,11 @@ class EntraCredential:
     days_left: int | None
     state: Lifecycle
     managed_by: str | None
-    """The estate credential that rotates this application's secrets, if any."""
+    """The estate credential that rotates this application's credentials of this kind
+    (client secrets: `entra_client_secret`; certificates: `entra_certificate`), if any."""
     by_keyshift: bool
-    """Whether keyshift added this secret (it is one of the credential's versions)."""
+    """Whether keyshift added this secret or certificate (it is one of the credential's
+    versions)."""
     owners: tuple[str, ...]
     first_seen: datetime
     removed_at: datetime | None
@@ -342,17 +344,23 @@ class _Managed:
     """keyIds of old versions whose rotation is in its grace period."""
 
 
+_KIND_ROTATED: dict[str, str] = {
+    ProviderKind.ENTRA_CLIENT_SECRET.value: CLIENT_SECRET,
+    ProviderKind.ENTRA_CERTIFICATE.value: CERTIFICATE,
+}
+"""Which kind of an application's credentials each Entra provider rotates."""
 _MANAGED_ENTRA = (
     CredentialRow.removed_at.is_(None),
-    CredentialRow.provider_type == ProviderKind.ENTRA_CLIENT_SECRET.value,
+    CredentialRow.provider_type.in_(list(_KIND_ROTATED)),
 )
-"""The estate credentials that rotate an Entra ID application's client secrets."""
+"""The estate credentials that rotate an Entra ID application's secrets or certificates."""
 
 
-def _managed(s: Session) -> dict[tuple[str, str], _Managed]:
-    """(integration, appId) -> the estate credential rotating that application's secrets.
-    Three queries however many credentials there are; each distinct policy is read once."""
-    out: dict[tuple[str, str], _Managed] = {}
+def _managed(s: Session) -> dict[tuple[str, str, str], _Managed]:
+    """(integration, appId, kind) -> the estate credential rotating that application's
+    client secrets (kind `client_secret`) or certificates (`certificate`). Three queries
+    however many credentials there are; each distinct policy is read once."""
+    out: dict[tuple[str, str, str], _Managed] = {}
     managed = _MANAGED_ENTRA
     # Columns, not ORM rows, and of the spec only the two parts read (the JSON text
     # columns `apply` keeps beside it): decoding whole specs costs more than all the rest.
@@ -362,6 +370,7 @@ def _managed(s: Session) -> dict[tuple[str, str], _Managed]:
             CredentialRow.name,
             CredentialRow.created_at,
             CredentialRow.active_rotation_id,
+            CredentialRow.provider_type,
             CredentialRow.policy_json.label("policy"),
             CredentialRow.provider_json.label("provider"),
         ).where(*managed)
@@ -406,7 +415,8 @@ def _managed(s: Session) -> dict[tuple[str, str], _Managed]:
                 rotating.update(old | new)
         if cred.policy not in policies:
             policies[cred.policy] = Policy.model_validate_json(cred.policy)
-        out[(provider.get("integration", ""), provider.get("app_id", ""))] = _Managed(
+        where = (provider.get("integration", ""), provider.get("app_id", ""))
+        out[(*where, _KIND_ROTATED[cred.provider_type])] = _Managed(
             name=cred.name,
             policy=policies[cred.policy],
             created_at=cred.created_at,
@@ -487,7 +497,7 @@ def inventory(
         for cred, app in s.execute(query).all():
             if (app.integration, app.app_id) in skipped:
                 continue
-            owner = managed.get((app.integration, app.app_id))
+            owner = managed.get((app.integration, app.app_id, cred.kind))
             out.append(
                 EntraCredential(
                     integration=app.integration,
@@ -581,7 +591,15 @@ def findings(store: Store, *, now: datetime, default_policy: Policy | None = Non
     with store.transaction() as s:
         managed = _managed(s)
     for cred in inventory(store, now=now):
-        owner = managed.get((cred.integration, cred.app_id))
+        owner = managed.get((cred.integration, cred.app_id, cred.kind))
+        # The lifetime rule: the policy of whichever credential manages the application.
+        governing = owner or managed.get(
+            (
+                cred.integration,
+                cred.app_id,
+                CERTIFICATE if cred.kind == CLIENT_SECRET else CLIENT_SECRET,
+            )
+        )
         if (
             owner is not None
             and cred.kind == CLIENT_SECRET
@@ -597,7 +615,7 @@ def findings(store: Store, *, now: datetime, default_policy: Policy | None = Non
                     f"{owner.name} manages",
                 )
             )
-        policy = owner.policy if owner is not None else default_policy
+        policy = governing.policy if governing is not None else default_policy
         limit = policy.max_lifetime if policy is not None else None
         if limit is not None and cred.start is not None and cred.end is not None:
             lifetime = cred.end - cred.start
