@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import ValidationError
 
+from keyshift.azure import EntraIntegration
+from keyshift.context import PluginContext
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Lifecycle, RotationState
 from keyshift.providers import PROVIDERS, ProviderKind
@@ -35,7 +37,7 @@ from keyshift.providers.entra import (
 from keyshift.providers.graph import TokenRefused, azure_identity_token_source
 from keyshift.service import entra, rotations
 from keyshift.store.store import Store
-from keyshift.testing import FakeClock
+from keyshift.testing import FakeClock, assert_provider_contract
 from tests.conftest import ADMIN_ENV, ADMIN_SECRET, Cli, run_subprocess
 from tests.doubles.graph import GraphDouble, StoredApplication
 from tests.doubles.tls import TlsFiles
@@ -540,3 +542,45 @@ def test_entra_sync_marks_the_certificates_keyshift_manages_and_not_the_apps_sec
     assert {creds[k].managed_by for k in (old, new, portal.key_id)} == {NAME}
     assert not creds[portal.key_id].by_keyshift, "the portal's certificate is not keyshift's"
     assert creds[secret.key_id].managed_by is None, "no credential rotates the app's secrets"
+
+
+def test_provider_keeps_the_contract_against_the_graph_double_with_patch(
+    graph: GraphDouble, app: StoredApplication
+) -> None:
+    context = PluginContext(
+        env={ADMIN_ENV: ADMIN_SECRET},
+        integrations={"contoso": EntraIntegration.model_validate(graph.integration(ADMIN_ENV))},
+    )
+    provider = EntraCertificateProvider(
+        EntraCertificateConfig(integration="contoso", app_id=app.app_id, method="patch"), context
+    )
+    asyncio.run(assert_provider_contract(provider))
+    assert app.certificates == [], "the contract revokes what it created"
+
+
+def test_a_certificate_entra_never_accepts_is_removed_and_nothing_is_published(
+    graph: GraphDouble,
+    app: StoredApplication,
+    env: dict[str, str],
+    store: Store,
+    tmp_path: Path,
+) -> None:
+    cli = Cli(env)
+    assert cli("apply", "-f", str(_estate(tmp_path, graph, app, method="patch"))).exit_code == 0
+    assert cli("rotate", NAME).exit_code == 0
+    first = _published(tmp_path)
+    [first_cert] = app.certificates
+    policy = {"grace_period": "1h", "propagation_timeout": "30s"}
+    assert cli("apply", "-f", str(_estate(tmp_path, graph, app, policy=policy))).exit_code == 0
+    clock = FakeClock(datetime.now(UTC))
+    _on_fake_time(graph, clock)
+    graph.sign_in_delay = 10**6
+
+    _, state = asyncio.run(rotations.rotate(store, NAME, actor="test", context=clock.context(env)))
+
+    assert state == RotationState.FAILED
+    assert [c.key_id for c in app.certificates] == [first_cert.key_id]
+    new_key_id = versions(store, NAME)[-1].attributes["key_id"]
+    assert graph.removed_key_ids == [new_key_id], "removeKey, proven with the new key itself"
+    assert graph.invalid_proofs == 0
+    assert _published(tmp_path) == first, "no consumer got the unproven certificate"
