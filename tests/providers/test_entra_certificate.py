@@ -34,7 +34,8 @@ from keyshift.providers.entra import (
     EntraCertificateProvider,
     proof_of_possession,
 )
-from keyshift.providers.graph import TokenRefused, azure_identity_token_source
+from keyshift.providers.entra.certificate import _lists
+from keyshift.providers.graph import KeyCredential, TokenRefused, azure_identity_token_source
 from keyshift.service import entra, rotations
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock, assert_provider_contract
@@ -584,3 +585,19 @@ def test_a_certificate_entra_never_accepts_is_removed_and_nothing_is_published(
     assert graph.removed_key_ids == [new_key_id], "removeKey, proven with the new key itself"
     assert graph.invalid_proofs == 0
     assert _published(tmp_path) == first, "no consumer got the unproven certificate"
+
+
+def test_a_listed_certificate_is_recognised_by_key_or_by_either_form_of_its_thumbprint() -> None:
+    _, cert = _self_signed(datetime.now(UTC))
+    _, other = _self_signed(datetime.now(UTC))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    sha1 = cert.fingerprint(hashes.SHA1())  # noqa: S303 (Graph's thumbprint)
+
+    def listed(thumbprint: str | None, key: str | None = None) -> KeyCredential:
+        return KeyCredential("k", None, thumbprint, "Verify", None, None, key=key)
+
+    assert _lists(listed(None, base64.b64encode(der).decode()), cert)
+    assert _lists(listed(sha1.hex().upper()), cert)
+    assert _lists(listed(base64.b64encode(sha1).decode()), cert)
+    assert not _lists(listed(sha1.hex().upper()), other)
+    assert not _lists(listed(sha1.hex(), base64.b64encode(b"not it").decode()), cert)

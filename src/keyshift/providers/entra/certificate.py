@@ -220,6 +220,20 @@ def _sha1_thumbprint(cert: x509.Certificate) -> str:
     return hashlib.sha1(_der(cert)).hexdigest().upper()  # noqa: S324 (Graph's identifier)
 
 
+def _lists(credential: KeyCredential, cert: x509.Certificate) -> bool:
+    """Whether the application's `credential` is `cert`: by its public key when Graph
+    returned it (`$select=keyCredentials`), else by the SHA-1 thumbprint Graph lists as
+    `customKeyIdentifier`, in hex or as the base64 of its bytes."""
+    if credential.key:
+        try:
+            return base64.b64decode(credential.key) == _der(cert)
+        except ValueError:
+            return False
+    listed = credential.thumbprint or ""
+    sha1 = hashlib.sha1(_der(cert)).digest()  # noqa: S324 (Graph's identifier)
+    return listed.upper() == sha1.hex().upper() or listed == base64.b64encode(sha1).decode()
+
+
 class EntraCertificateProvider(ConnectedProvider[EntraCertificateConfig, EntraIntegration]):
     """Adds, verifies and removes certificates of an Entra ID application."""
 
@@ -370,7 +384,7 @@ class EntraCertificateProvider(ConnectedProvider[EntraCertificateConfig, EntraIn
                 f"{hint}: version {version.provider_ref} holds no RSA key and certificate{fix}"
             )
         cert = certs[0]
-        if _sha1_thumbprint(cert) not in {(k.thumbprint or "").upper() for k in held}:
+        if not any(_lists(k, cert) for k in held):
             raise PermanentError(
                 f"{hint}: the application no longer holds version {version.provider_ref}'s "
                 f"certificate{fix}"
@@ -441,8 +455,11 @@ class EntraCertificateProvider(ConnectedProvider[EntraCertificateConfig, EntraIn
         else:
             signer = self._signer(request.current, held, "adding a certificate")
             for orphan in orphans:
-                await graph.remove_key(app.id, orphan.key_id, self._proof(signer, app))
-                log.info("entra.orphan_removed", app_id=self.config.app_id, key_id=orphan.key_id)
+                # Its key was lost with the crashed attempt: the current key proves.
+                if await self._drop(graph, app, held, orphan.key_id, request.current):
+                    log.info(
+                        "entra.orphan_removed", app_id=self.config.app_id, key_id=orphan.key_id
+                    )
             added = await graph.add_key(app.id, _der(cert), display_name, self._proof(signer, app))
         print_ = cert.fingerprint(hashes.SHA256()).hex()
         return IssuedVersion(
@@ -469,13 +486,13 @@ class EntraCertificateProvider(ConnectedProvider[EntraCertificateConfig, EntraIn
         )
 
     def _find(self, held: list[KeyCredential], cert: x509.Certificate) -> KeyCredential:
-        thumbprint = _sha1_thumbprint(cert)
         for credential in held:
-            if (credential.thumbprint or "").upper() == thumbprint:
+            if _lists(credential, cert):
                 return credential
+        # A repeat of `create` finds this certificate by its display name and replaces it.
         raise TransientError(
-            f"application {self.config.app_id} does not list the certificate {thumbprint} "
-            "just added to it yet"
+            f"application {self.config.app_id} does not list the certificate "
+            f"{_sha1_thumbprint(cert)} just added to it yet"
         )
 
     async def verify(self, request: base.VerifyRequest) -> VerifyResult:

@@ -110,8 +110,8 @@ class KeyCredential:
             "key": self.key,
             "displayName": self.display_name,
         }
-        if self.thumbprint:
-            body["customKeyIdentifier"] = self.thumbprint
+        # `customKeyIdentifier` is left out: Graph derives it from the key again, and its
+        # listed form (a hex thumbprint) is not the base64 an update would need.
         if self.start is not None:
             body["startDateTime"] = self.start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         if self.end is not None:
