@@ -544,6 +544,13 @@ def test_entra_sync_marks_the_certificates_keyshift_manages_and_not_the_apps_sec
     assert not creds[portal.key_id].by_keyshift, "the portal's certificate is not keyshift's"
     assert creds[secret.key_id].managed_by is None, "no credential rotates the app's secrets"
 
+    # A certificate added in the portal after keyshift took the application's over.
+    _, later = _self_signed(datetime.now(UTC) + timedelta(minutes=10))
+    added = graph.seed_certificate(app, "added in portal", certificate=later)
+    assert cli("entra", "sync").exit_code == 0
+    findings = {(f.kind, f.credential.key_id) for f in entra.findings(store, now=now)}
+    assert findings == {("outside_keyshift", added.key_id)}
+
 
 def test_provider_keeps_the_contract_against_the_graph_double_with_patch(
     graph: GraphDouble, app: StoredApplication

@@ -584,8 +584,9 @@ class Finding:
 
 
 def findings(store: Store, *, now: datetime, default_policy: Policy | None = None) -> list[Finding]:
-    """Client secrets added to a managed application without keyshift after the estate
-    adopted it, and secrets whose lifetime exceeds the policy's `max_lifetime` (the
+    """Client secrets (or certificates) added without keyshift to an application whose
+    client secrets (or certificates) an estate credential manages, after the estate adopted
+    it, and secrets and certificates whose lifetime exceeds the policy's `max_lifetime` (the
     managing credential's policy, else `default_policy`)."""
     out: list[Finding] = []
     with store.transaction() as s:
@@ -602,7 +603,6 @@ def findings(store: Store, *, now: datetime, default_policy: Policy | None = Non
         )
         if (
             owner is not None
-            and cred.kind == CLIENT_SECRET
             and not cred.by_keyshift
             and cred.start is not None
             and cred.start > owner.created_at
