@@ -26,9 +26,19 @@ from pydantic import ValidationError
 
 from keyshift.azure import EntraIntegration
 from keyshift.context import PluginContext
+from keyshift.domain.estate import Policy, ResidualUse
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Lifecycle, RotationState
 from keyshift.providers import PROVIDERS, ProviderKind
+from keyshift.providers.base import (
+    Capability,
+    IssuedVersion,
+    PreflightRequest,
+    PreflightResult,
+    Readiness,
+    UsageReport,
+    UsageRequest,
+)
 from keyshift.providers.entra import (
     EntraCertificateConfig,
     EntraCertificateProvider,
@@ -608,3 +618,72 @@ def test_a_listed_certificate_is_recognised_by_key_or_by_either_form_of_its_thum
     assert _lists(listed(base64.b64encode(sha1).decode()), cert)
     assert not _lists(listed(sha1.hex().upper()), other)
     assert not _lists(listed(sha1.hex(), base64.b64encode(b"not it").decode()), cert)
+
+
+def _provider(
+    graph: GraphDouble, app: StoredApplication, clock: FakeClock
+) -> EntraCertificateProvider:
+    context = PluginContext(
+        now=clock.now,
+        sleep=clock.sleep,
+        env={ADMIN_ENV: ADMIN_SECRET},
+        integrations={"contoso": EntraIntegration.model_validate(graph.integration(ADMIN_ENV))},
+    )
+    config = EntraCertificateConfig(
+        integration="contoso", app_id=app.app_id, sign_in_lookback="15m"
+    )
+    return EntraCertificateProvider(config, context)
+
+
+def test_residual_use_counts_the_sign_ins_with_the_old_certificates_key_id_in_the_window(
+    graph: GraphDouble, app: StoredApplication
+) -> None:
+    graph.roles = {"Application.ReadWrite.All", "AuditLog.Read.All"}
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    now = clock.now()
+    old, new = "0c0c0c0c-0000-4000-8000-000000000001", "0c0c0c0c-0000-4000-8000-000000000002"
+    for minutes in (1, 2, 3):
+        graph.add_sign_in(app, old, at=now - timedelta(minutes=minutes), ip_address="10.9.0.1")
+    graph.add_sign_in(app, new, at=now - timedelta(minutes=1))
+    graph.add_sign_in(app, old, at=now - timedelta(minutes=30))  # outside the window
+    provider = _provider(graph, app, clock)
+    policy = Policy(residual_use=ResidualUse(check_every=timedelta(minutes=5)))
+    version = IssuedVersion(f"{app.app_id}:x", Secret(""), {"key_id": old, "app_id": app.app_id})
+
+    async def ask() -> UsageReport:
+        try:
+            return await provider.residual_use(UsageRequest(NAME, version, policy=policy))
+        finally:
+            await provider.aclose()
+
+    report = asyncio.run(ask())
+
+    assert Capability.RESIDUAL_USE in provider.capabilities
+    assert report.sessions == 3
+    assert report.detail["window"] == "20m"
+    assert report.detail["ip_addresses"] == ["10.9.0.1"]
+    assert report.detail["sign_ins_with_other_secrets"] == 1
+
+
+def test_preflight_with_residual_use_is_blocked_without_audit_log_read_all(
+    graph: GraphDouble, app: StoredApplication
+) -> None:
+    provider = _provider(graph, app, FakeClock(datetime.now(UTC)))
+
+    async def check(policy: Policy | None) -> PreflightResult:
+        return await provider.preflight(PreflightRequest(NAME, policy))
+
+    async def both() -> tuple[PreflightResult, PreflightResult]:
+        try:
+            return await check(Policy(residual_use=ResidualUse())), await check(None)
+        finally:
+            await provider.aclose()
+
+    gated, plain = asyncio.run(both())
+
+    assert gated.readiness == Readiness.BLOCKED
+    assert "AuditLog.Read.All" in gated.reason
+    assert plain.readiness == Readiness.READY, plain.reason
+    assert "holds 0 certificate(s)" in plain.reason
+    assert "the first rotation needs `method: patch`" in plain.reason
+    assert graph.graph_requests("POST") == []

@@ -46,6 +46,11 @@ may refuse a certificate just added with AADSTS700027 (the key is not found) whi
 replicates: within the propagation timeout that is "not yet". Revoking cannot shorten the
 life of access tokens already issued with the old certificate (up to 90 minutes).
 
+Residual use: the sign-in log records the certificate's keyId
+(`servicePrincipalCredentialKeyId`) for each sign-in with it, so with a `residual_use`
+policy the old certificate's sign-ins are counted as for a client secret (see
+`keyshift.providers.entra`: the beta log, AuditLog.Read.All, its delay).
+
 Rollback: a new certificate that was never proven is removed at once; one that a rollback
 left disabled is removed when its retention ends (`removeKey` signed with its own key, or
 an update), as the engine does for every provider.
@@ -81,11 +86,15 @@ from keyshift.providers.base import (
     PreflightResult,
     Propagation,
     RevokeResult,
+    UsageReport,
     VerifyResult,
     VersionInfo,
 )
 from keyshift.providers.connection import ConnectedProvider
+from keyshift.providers.entra.config import MAX_SIGN_IN_LOOKBACK, MIN_SIGN_IN_LOOKBACK
+from keyshift.providers.entra.signins import sign_ins_with
 from keyshift.providers.graph import (
+    AUDIT_LOG_ROLE,
     NEEDED_PERMISSION,
     WRITE_ROLES,
     Application,
@@ -152,6 +161,20 @@ class EntraCertificateConfig(BaseModel):
     display_name_prefix: str = Field(default="keyshift", min_length=1)
     """Start of the display name of each certificate keyshift adds; the rotation marker
     follows."""
+    sign_in_lookback: Duration = timedelta(hours=2)
+    """With a `residual_use` policy: how far back each check reads Entra ID's sign-in log
+    for sign-ins with the old certificate (its keyId), on top of the policy's
+    `check_every`. Between 5m and 7d; keyshift's identity needs AuditLog.Read.All."""
+
+    @field_validator("sign_in_lookback")
+    @classmethod
+    def _lookback_in_range(cls, value: timedelta) -> timedelta:
+        if not MIN_SIGN_IN_LOOKBACK <= value <= MAX_SIGN_IN_LOOKBACK:
+            raise ValueError(
+                f"must be between {format_duration(MIN_SIGN_IN_LOOKBACK)} (the sign-in log's "
+                f"delay) and {format_duration(MAX_SIGN_IN_LOOKBACK)} (its shortest retention)"
+            )
+        return value
 
     @field_validator("validity")
     @classmethod
@@ -241,7 +264,7 @@ class EntraCertificateProvider(ConnectedProvider[EntraCertificateConfig, EntraIn
     Config: ClassVar[type[BaseModel]] = EntraCertificateConfig
     capability_fields: ClassVar[tuple[str, ...]] = ()
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {Capability.DUAL_ACTIVE, Capability.AUTHENTICATES}
+        {Capability.DUAL_ACTIVE, Capability.AUTHENTICATES, Capability.RESIDUAL_USE}
     )
     propagation: ClassVar[Propagation] = Propagation(
         timedelta(minutes=5),
@@ -535,6 +558,25 @@ class EntraCertificateProvider(ConnectedProvider[EntraCertificateConfig, EntraIn
             detail={**detail, "remaining": str(len(held) - 1), "tokens": TOKENS_STAY_VALID}
         )
 
+    async def residual_use(self, request: base.UsageRequest) -> UsageReport:
+        """Sign-ins of the application with the version's certificate (its keyId, which
+        the sign-in log records as `servicePrincipalCredentialKeyId`) over the last
+        `sign_in_lookback` plus the policy's `check_every`; failed attempts count too.
+        Changes nothing; a 403 (no AuditLog.Read.All, or no P1/P2 licence) raises
+        GraphRequestFailed naming the permission."""
+        attributes = request.version.attributes
+        key_id = attributes.get("key_id", "")
+        if not key_id:
+            raise PermanentError(
+                f"version {request.version.provider_ref} names no keyId, so its sign-ins "
+                "cannot be told from the application's others"
+            )
+        gate = request.policy.residual_use if request.policy is not None else None
+        window = self.config.sign_in_lookback + (gate.check_every if gate else timedelta(0))
+        app_id = attributes.get("app_id") or self.config.app_id
+        since = self.context.now() - window
+        return await sign_ins_with(self._client(), app_id, [key_id], window, since)
+
     async def list_versions(self, request: base.ListRequest) -> list[VersionInfo]:
         """Every certificate of the application. Those keyshift added carry the rotation's
         marker; others are listed by keyId."""
@@ -555,10 +597,12 @@ class EntraCertificateProvider(ConnectedProvider[EntraCertificateConfig, EntraIn
     async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """Sign in to Graph, read the token's `roles`, find the application by its appId.
         Changes nothing. Blocked when Entra ID refuses keyshift, the token holds no
-        permission to change applications, or no application has the appId; manual
-        review when the token's roles cannot be read. With `add_key` it says that the
-        first certificate needs `patch`."""
+        permission to change applications, the policy has `residual_use` and the token
+        lacks AuditLog.Read.All, or no application has the appId; manual review when the
+        token's roles cannot be read. With `add_key` it says that the first certificate
+        needs `patch`."""
         tenant = self._integration.tenant_id
+        reads_log = request.policy is not None and request.policy.residual_use is not None
         try:
             graph = self._client()
             roles = token_roles(await graph.token())
@@ -567,6 +611,13 @@ class EntraCertificateProvider(ConnectedProvider[EntraCertificateConfig, EntraIn
                     Readiness.BLOCKED,
                     f"keyshift's identity in tenant {tenant} lacks {NEEDED_PERMISSION}, needed "
                     f"to add and remove certificates (granted: {', '.join(roles) or 'none'})",
+                )
+            if reads_log and roles is not None and AUDIT_LOG_ROLE not in roles:
+                return PreflightResult(
+                    Readiness.BLOCKED,
+                    f"keyshift's identity in tenant {tenant} lacks the Graph application "
+                    f"permission {AUDIT_LOG_ROLE}, needed to read the sign-in log for the "
+                    f"policy's residual_use (granted: {', '.join(roles)})",
                 )
             app = await self._application(graph)
         except TransientError as exc:
