@@ -489,9 +489,12 @@ class GraphDouble:
     """Entra ID token endpoint and Graph `/v1.0/applications` over TLS on 127.0.0.1.
 
     Use as a context manager. `authority` is what azure-identity takes, `graph_url`
-    what a Graph client takes. Fault switches: `throttle(n, ...)`, `deny_writes`,
-    `sign_in_delay`, `removal_delay`. App management policies: `set_default_policy`,
-    `assign_policy`.
+    what a Graph client takes. Fault switches: `throttle(n, ...)`, `limit_writes`,
+    `latency`, `deny_writes`, `sign_in_delay`, `removal_delay` (secrets and certificates
+    alike); `now` and `monotonic` point its clocks at a test's. App management policies:
+    `set_default_policy`, `assign_policy`. Certificates: `seed_certificate(certificate=...)`
+    adds one by hand; `proofs`, `invalid_proofs` and `patches` count what addKey, removeKey
+    and updates of keyCredentials received.
     """
 
     def __init__(

@@ -397,7 +397,10 @@ class EntraCertificateProvider(ConnectedProvider[EntraCertificateConfig, EntraIn
             f"{purpose} with addKey/removeKey needs a proof signed by a current certificate "
             f"of application {self.config.app_id} whose key keyshift holds"
         )
-        fix = "; use `method: patch` (Application.ReadWrite.All) for this rotation"
+        fix = (
+            "; use `method: patch` (an update of the application's keyCredentials) for this "
+            "rotation"
+        )
         if version is None or not version.value.reveal():
             raise PermanentError(f"{hint}: keyshift holds none (a first certificate?){fix}")
         key = load_private_key(version.value)
