@@ -19,6 +19,7 @@ from keyshift.targets.agent import AGENT_TYPES
 EXAMPLE = Path(__file__).parents[1] / "examples" / "estate.yaml"
 CERTIFICATE_EXAMPLE = Path(__file__).parents[1] / "examples" / "x509-ca.yaml"
 JWKS_EXAMPLE = Path(__file__).parents[1] / "examples" / "jwks.yaml"
+ENTRA_CERTIFICATE_EXAMPLE = Path(__file__).parents[1] / "examples" / "entra-certificate.yaml"
 SHARED_EXAMPLE = Path(__file__).parents[2] / "shared" / "examples" / "estate.example.yaml"
 """What a platform team would write; the repository sits beside `shared`."""
 
@@ -53,6 +54,19 @@ def test_the_jwks_example_validates_and_publishes_the_jwks_before_the_signer() -
     )
     assert [fmt for _, fmt in publishing] == ["jwks", "json"]
     assert any(a.type == "command_check" for a in credential.actions)
+
+
+def test_the_entra_certificate_example_validates_and_renews_renew_before_the_not_after() -> None:
+    estate = load_estate(ENTRA_CERTIFICATE_EXAMPLE)
+    [credential] = estate.credentials
+    assert credential.provider.type == "entra_certificate"
+    assert credential.provider.config()["method"] == "add_key"
+    effective = effective_policy(
+        estate.policy_for(credential), credential.provider.type, credential.provider.config()
+    )
+    assert effective.rotate_before_expiry == timedelta(days=30)
+    [pem] = [a for a in credential.actions if a.type == "file"]
+    assert pem.config["file_format"] == "pem"
 
 
 def test_the_estate_platform_teams_write_validates_in_the_shapes_they_use() -> None:

@@ -138,10 +138,17 @@ class EntraIntegration(BaseModel):
         return ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else True
 
     def credential(
-        self, context: PluginContext, *, client_id: str | None = None, secret: Secret | None = None
+        self,
+        context: PluginContext,
+        *,
+        client_id: str | None = None,
+        secret: Secret | None = None,
+        certificate: Secret | None = None,
     ) -> AsyncTokenCredential:
         """An async azure-identity credential: keyshift's own identity (by `auth.method`),
-        or `client_id` signing in with `secret` (to prove a rotated secret works)."""
+        or `client_id` signing in with `secret` (to prove a rotated secret works) or with
+        `certificate`, a PEM private key and its certificate (a client assertion made
+        with a rotated certificate's key)."""
         # azure-identity loads only here: validating an `entra` integration needs none of it.
         from azure.core.pipeline.transport import AsyncioRequestsTransport  # noqa: PLC0415
         from azure.identity.aio import (  # noqa: PLC0415
@@ -161,6 +168,13 @@ class EntraIntegration(BaseModel):
             "transport": AsyncioRequestsTransport(connection_verify=self.ca_bundle or True),
         }
         auth = self.auth
+        if certificate is not None:
+            return CertificateCredential(
+                self.tenant_id,
+                client_id or self.client_id,
+                certificate_data=certificate.reveal().encode(),
+                **common,
+            )
         if secret is not None or auth.method == "client_secret":
             if secret is None:
                 secret = context.secret("auth.secret_from", _ref(auth.secret_from))

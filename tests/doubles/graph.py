@@ -45,6 +45,32 @@ Documented behaviours it follows (Microsoft Learn):
 - keyCredentials (https://learn.microsoft.com/graph/api/resources/keycredential):
   `customKeyIdentifier` holds the certificate's thumbprint; the key itself is not
   returned by a list.
+- application: addKey (https://learn.microsoft.com/graph/api/application-addkey) and
+  removeKey (https://learn.microsoft.com/graph/api/application-removekey): `POST
+  /applications/{id}/addKey` with `keyCredential` (`type` `AsymmetricX509Cert`, `usage`
+  `Verify`, `key` the base64 DER certificate, `displayName`), `passwordCredential` null and
+  `proof`; answers 200 with the new keyCredential (`keyId`, `customKeyIdentifier` = the
+  certificate's SHA-1 thumbprint in upper-case hex, `startDateTime`/`endDateTime` = the
+  certificate's validity, `key` null). `POST .../removeKey` with `keyId` and `proof`
+  answers 204; an unknown keyId 404 `Request_ResourceNotFound`. The proof
+  (https://learn.microsoft.com/graph/application-rollkey-prooftoken) is a JWT signed
+  (RS256) with the private key of one of the application's current certificates
+  (`AsymmetricX509Cert`/`Verify`, not expired; `x5t` names it by SHA-1 thumbprint),
+  `aud` `00000002-0000-0000-c000-000000000000`, `iss` the application's object id, and a
+  lifetime (`exp - nbf`) of at most 10 minutes, valid now. Without a valid certificate,
+  addKey cannot be used ("use Update application instead"). An invalid proof is answered
+  401 `Authentication_MissingOrMalformed` ("Access Token missing or malformed."), as users
+  report it (microsoftgraph/microsoft-graph-docs #10686, #22076; Microsoft does not
+  document it); `invalid_proofs` counts them.
+- Update application (https://learn.microsoft.com/graph/api/application-update):
+  `PATCH /applications/{id}` with `keyCredentials` replaces the whole collection (what is
+  left out is removed: msgraph-sdk-powershell #779) and answers 204; each entry needs its
+  `key` (400 otherwise). keyCredential's `key` is returned only by `GET
+  /applications/{id}?$select=keyCredentials` (one object, `$select` naming it), else null.
+- Certificate sign-in: an application's own certificates sign client assertions too
+  (`x5t#S256` names one); a new one signs in only `sign_in_delay` after it was added
+  (AADSTS700027 until then, as a key Entra ID has not replicated) and a removed one for
+  `removal_delay` after its removal, as for secrets.
 - `$filter` (https://learn.microsoft.com/graph/filter-query-parameter): string
   literals are single-quoted and a quote inside is doubled.
 - Errors (https://learn.microsoft.com/graph/errors): JSON body
@@ -126,8 +152,9 @@ password credentials as SHA-256 hashes of the secret text, the tenant default po
 the sign-in records tests add (`add_sign_in`: a test adds a record late, with an earlier
 time, to play the log's delay); nothing logs a secret text or a token. `requests` records
 method, path and decoded query of every request (never headers or bodies);
-`removed_key_ids` the keyId of every successful removePassword, in order (ids are not
-secrets).
+`removed_key_ids` the keyId of every successful removePassword and removeKey, in order
+(ids are not secrets); `proofs` every proof JWT addKey and removeKey received (public
+to whoever sees the request, kept so tests can prove keyshift never shows one).
 """
 
 from __future__ import annotations
@@ -153,7 +180,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.doubles.tls import TlsFiles, TlsServer
@@ -162,6 +189,10 @@ GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 GRAPH_AUDIENCE = "https://graph.microsoft.com"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 FEDERATED_AUDIENCE = "api://AzureADTokenExchange"
+PROOF_AUDIENCE = "00000002-0000-0000-c000-000000000000"
+"""The `aud` of an addKey/removeKey proof (Azure AD Graph's application id, as documented)."""
+PROOF_MAX_LIFETIME = 600
+"""An addKey/removeKey proof may live at most 10 minutes (`exp - nbf`)."""
 READ_ROLES = frozenset(
     {
         "Application.Read.All",
@@ -200,7 +231,8 @@ _SIGN_IN_CLAUSE = re.compile(
     r"|(signInEventTypes)/any\(t: t eq '([A-Za-z]+)'\))$"
 )
 _APP_PATH = re.compile(
-    r"^/v1\.0/applications/([^/]+)(?:/(addPassword|removePassword|appManagementPolicies))?$"
+    r"^/v1\.0/applications/([^/]+)"
+    r"(?:/(addPassword|removePassword|addKey|removeKey|appManagementPolicies))?$"
 )
 
 
@@ -241,8 +273,40 @@ class StoredCertificate:
     key_id: str
     display_name: str | None
     thumbprint: str
+    """`customKeyIdentifier`: the SHA-1 thumbprint, upper-case hex."""
     start: datetime
     end: datetime
+    der: bytes | None = None
+    """The certificate (public), when a test or addKey/PATCH gave one; seeded ones may
+    have none."""
+    added_at: float | None = None
+    """The double's `monotonic()` when it was added through Graph (None: seeded)."""
+
+    @property
+    def certificate(self) -> x509.Certificate | None:
+        return x509.load_der_x509_certificate(self.der) if self.der else None
+
+    def as_json(self, *, with_key: bool = False) -> dict[str, Any]:
+        return {
+            "customKeyIdentifier": self.thumbprint,
+            "displayName": self.display_name,
+            "endDateTime": _iso(self.end),
+            "keyId": self.key_id,
+            "startDateTime": _iso(self.start),
+            "type": "AsymmetricX509Cert",
+            "usage": "Verify",
+            "key": base64.b64encode(self.der).decode() if with_key and self.der else None,
+        }
+
+
+@dataclass
+class RemovedCertificate:
+    """A certificate removeKey or PATCH took away, which keeps signing in for `removal_delay`."""
+
+    app_id: str
+    der: bytes
+    end: datetime
+    removed_at: float
 
 
 @dataclass(frozen=True)
@@ -274,31 +338,19 @@ class StoredApplication:
     management_policies: list[dict[str, Any]] = field(default_factory=list)
     """The app management policies assigned to it, as Graph answers them (one at most)."""
 
-    def as_json(self, *, expand_owners: bool = False) -> dict[str, Any]:
-        body = self._json()
+    def as_json(self, *, expand_owners: bool = False, with_keys: bool = False) -> dict[str, Any]:
+        body = self._json(with_keys)
         if expand_owners:
             body["owners"] = [o.as_json() for o in self.owners[:MAX_EXPANDED]]
         return body
 
-    def _json(self) -> dict[str, Any]:
+    def _json(self, with_keys: bool = False) -> dict[str, Any]:
         return {
             "id": self.id,
             "appId": self.app_id,
             "displayName": self.display_name,
             "createdDateTime": _iso(self.created),
-            "keyCredentials": [
-                {
-                    "customKeyIdentifier": c.thumbprint,
-                    "displayName": c.display_name,
-                    "endDateTime": _iso(c.end),
-                    "keyId": c.key_id,
-                    "startDateTime": _iso(c.start),
-                    "type": "AsymmetricX509Cert",
-                    "usage": "Verify",
-                    "key": None,
-                }
-                for c in self.certificates
-            ],
+            "keyCredentials": [c.as_json(with_key=with_keys) for c in self.certificates],
             "passwordCredentials": [
                 {
                     "customKeyIdentifier": None,
@@ -437,9 +489,12 @@ class GraphDouble:
     """Entra ID token endpoint and Graph `/v1.0/applications` over TLS on 127.0.0.1.
 
     Use as a context manager. `authority` is what azure-identity takes, `graph_url`
-    what a Graph client takes. Fault switches: `throttle(n, ...)`, `deny_writes`,
-    `sign_in_delay`, `removal_delay`. App management policies: `set_default_policy`,
-    `assign_policy`.
+    what a Graph client takes. Fault switches: `throttle(n, ...)`, `limit_writes`,
+    `latency`, `deny_writes`, `sign_in_delay`, `removal_delay` (secrets and certificates
+    alike); `now` and `monotonic` point its clocks at a test's. App management policies:
+    `set_default_policy`, `assign_policy`. Certificates: `seed_certificate(certificate=...)`
+    adds one by hand; `proofs`, `invalid_proofs` and `patches` count what addKey, removeKey
+    and updates of keyCredentials received.
     """
 
     def __init__(
@@ -485,7 +540,17 @@ class GraphDouble:
         """The tenant default policy, as `GET /policies/defaultAppManagementPolicy` answers it."""
         self.monotonic: Callable[[], float] = time.monotonic
         """The clock the delays are measured on, in seconds."""
+        self.now: Callable[[], datetime] = lambda: datetime.now(UTC)
+        """The time certificates' validity and proofs' `nbf`/`exp` are judged at (real time
+        unless a test points it at a fake clock, on which keyshift then dates them)."""
         self._removed: list[RemovedPassword] = []
+        self._removed_certificates: list[RemovedCertificate] = []
+        self.proofs: list[str] = []
+        """Every proof addKey and removeKey received, in order."""
+        self.invalid_proofs = 0
+        """addKey/removeKey calls refused for their proof."""
+        self.patches = 0
+        """PATCH /applications/{id} calls that changed keyCredentials."""
         self._tokens: dict[str, dict[str, Any]] = {}
         self._skiptokens: dict[str, int] = {}
         self._throttle: list[tuple[int, int | None]] = []
@@ -615,15 +680,30 @@ class GraphDouble:
         return stored
 
     def seed_certificate(
-        self, app: StoredApplication, display_name: str | None, *, start: datetime, end: datetime
+        self,
+        app: StoredApplication,
+        display_name: str | None,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        certificate: x509.Certificate | None = None,
     ) -> StoredCertificate:
-        stored = StoredCertificate(
-            key_id=str(uuid.uuid4()),
-            display_name=display_name,
-            thumbprint=secrets.token_hex(20).upper(),
-            start=start,
-            end=end,
-        )
+        """A certificate added by hand (the portal): with `certificate`, its public part
+        (thumbprint and validity from it), so its key signs proofs and client assertions."""
+        if certificate is not None:
+            stored = _stored_certificate(
+                certificate.public_bytes(serialization.Encoding.DER), display_name, None
+            )
+        else:
+            if start is None or end is None:
+                raise ValueError("start and end are needed without a certificate")
+            stored = StoredCertificate(
+                key_id=str(uuid.uuid4()),
+                display_name=display_name,
+                thumbprint=secrets.token_hex(20).upper(),
+                start=start,
+                end=end,
+            )
         with self._lock:
             app.certificates.append(stored)
         return stored
@@ -838,11 +918,13 @@ class GraphDouble:
         now = datetime.now(UTC).timestamp()
         if not isinstance(claims, dict) or claims.get("exp", 0) <= now:
             return False
-        cert = self.certificates.get(client_id)
-        if cert is not None and "x5t#S256" in header:
-            if header["x5t#S256"].rstrip("=") != _b64url(cert.fingerprint(hashes.SHA256())):
+        if "x5t#S256" in header:
+            named = str(header["x5t#S256"]).rstrip("=")
+            candidates = self._signing_certificates(client_id)
+            found = [c for c in candidates if _b64url(c.fingerprint(hashes.SHA256())) == named]
+            if not found:
                 return False
-            key = cert.public_key()
+            key = found[0].public_key()
             if not isinstance(key, rsa.RSAPublicKey):
                 return False
             try:
@@ -867,6 +949,36 @@ class GraphDouble:
             and (claims.get("iss"), claims.get("sub")) == trusted
             and FEDERATED_AUDIENCE in audiences
         )
+
+    def _signing_certificates(self, client_id: str) -> list[x509.Certificate]:
+        """The certificates whose keys sign `client_id`'s assertions now: keyshift's own
+        (`certificates`), and the live ones of the application with this appId once
+        `sign_in_delay` has passed since they were added, and removed ones until
+        `removal_delay` has passed since their removal."""
+        now, tick = self.now(), self.monotonic()
+        found: list[x509.Certificate] = []
+        own = self.certificates.get(client_id)
+        if own is not None:
+            found.append(own)
+        with self._lock:
+            ders = [
+                c.der
+                for app in self.applications.values()
+                if app.app_id == client_id
+                for c in app.certificates
+                if c.der
+                and c.start <= now < c.end
+                and (c.added_at is None or tick - c.added_at >= self.sign_in_delay)
+            ]
+            ders += [
+                r.der
+                for r in self._removed_certificates
+                if r.app_id == client_id
+                and now < r.end
+                and tick - r.removed_at < self.removal_delay
+            ]
+        found.extend(x509.load_der_x509_certificate(d) for d in ders)
+        return found
 
     def _managed_identity(
         self, query: dict[str, list[str]], headers: dict[str, str]
@@ -1003,12 +1115,16 @@ class GraphDouble:
                 "objects are not present.",
             )
         if action is None and method == "GET":
-            return _json(200, app.as_json())
+            selected = [f for f in query.get("$select", [""])[0].split(",") if f]
+            body = app.as_json(with_keys="keyCredentials" in selected)
+            if selected:
+                body = {k: v for k, v in body.items() if k in {*selected, "id"}}
+            return _json(200, body)
         if action == "appManagementPolicies":
             with self._lock:
                 policies = json.loads(json.dumps(app.management_policies))
             return self._read_only(method, "policies/appManagementPolicies", {"value": policies})
-        if method != "POST" or action is None:
+        if (method, action) != ("PATCH", None) and (method != "POST" or action is None):
             raise GraphError(405, "Request_BadRequest", "Method not allowed.")
         if self.deny_writes:
             raise GraphError(
@@ -1022,8 +1138,14 @@ class GraphDouble:
             raise GraphError(400, "BadRequest", "Unable to read JSON request payload.") from None
         if not isinstance(payload, dict):
             raise GraphError(400, "BadRequest", "Unable to read JSON request payload.")
+        if action is None:
+            return self._patch_application(app, payload)
         if action == "addPassword":
             return self._add_password(app, payload)
+        if action == "addKey":
+            return self._add_key(app, payload)
+        if action == "removeKey":
+            return self._remove_key(app, payload)
         return self._remove_password(app, payload)
 
     def _list(self, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
@@ -1208,6 +1330,186 @@ class GraphDouble:
             app.passwords = kept
             self.removed_key_ids.append(str(key_id))
         return 204, {}, b""
+
+    # --- certificates (keyCredentials) ------------------------------------------------
+
+    def _check_proof(self, app: StoredApplication, proof: object) -> None:
+        """Accept `proof` only as documented: a JWT signed RS256 by the key of one of the
+        application's current certificates, `aud` PROOF_AUDIENCE, `iss` its object id, at
+        most 10 minutes between `nbf` and `exp`, valid now."""
+        with self._lock:
+            self.proofs.append(str(proof))
+        reason = self._proof_problem(app, proof)
+        if reason is not None:
+            with self._lock:
+                self.invalid_proofs += 1
+            # As users see it: Graph says only that the token is malformed.
+            raise GraphError(
+                401, "Authentication_MissingOrMalformed", "Access Token missing or malformed."
+            )
+
+    def _proof_problem(self, app: StoredApplication, proof: object) -> str | None:
+        if not isinstance(proof, str) or proof.count(".") != 2:
+            return "not a JWT"
+        head, body, sig = proof.split(".")
+        try:
+            header = json.loads(_b64decode(head))
+            claims = json.loads(_b64decode(body))
+            signature = _b64decode(sig)
+        except ValueError:
+            return "not a JWT"
+        if not isinstance(header, dict) or not isinstance(claims, dict):
+            return "not a JWT"
+        if header.get("alg") != "RS256":
+            return "not RS256"
+        now = self.now()
+        current = [c for c in app.certificates if c.der is not None and c.start <= now < c.end]
+        named = header.get("x5t")
+        if named is not None:
+            current = [
+                c for c in current if _b64url(bytes.fromhex(c.thumbprint)) == str(named).rstrip("=")
+            ]
+        signed = f"{head}.{body}".encode()
+        verified = False
+        for stored in current:
+            cert = stored.certificate
+            key = cert.public_key() if cert is not None else None
+            if not isinstance(key, rsa.RSAPublicKey):
+                continue
+            try:
+                key.verify(signature, signed, padding.PKCS1v15(), hashes.SHA256())
+            except InvalidSignature:
+                continue
+            verified = True
+            break
+        if not verified:
+            return "not signed by a current certificate"
+        nbf, exp = claims.get("nbf"), claims.get("exp")
+        if claims.get("aud") != PROOF_AUDIENCE or claims.get("iss") != app.id:
+            return "aud or iss"
+        if not isinstance(nbf, int | float) or not isinstance(exp, int | float):
+            return "no lifetime"
+        stamp = now.timestamp()
+        if exp - nbf > PROOF_MAX_LIFETIME or not nbf - 60 <= stamp < exp:
+            return "lifetime"
+        return None
+
+    def _key_credential(
+        self, spec: object, *, existing: dict[str, StoredCertificate] | None = None
+    ) -> StoredCertificate:
+        """A keyCredential of a request as stored: an `AsymmetricX509Cert` with `Verify`
+        usage whose `key` is a base64 DER certificate (an existing keyId keeps its
+        stored certificate when the key is the same)."""
+        if not isinstance(spec, dict):
+            raise GraphError(400, "BadRequest", "Invalid keyCredential.")
+        if spec.get("type") != "AsymmetricX509Cert" or spec.get("usage") != "Verify":
+            raise GraphError(
+                400, "BadRequest", "Only AsymmetricX509Cert keys with Verify usage are modelled."
+            )
+        key = spec.get("key")
+        if not isinstance(key, str) or not key:
+            raise GraphError(400, "BadRequest", "Key credential key is missing.")
+        try:
+            der = base64.b64decode(key, validate=True)
+            x509.load_der_x509_certificate(der)
+        except (ValueError, binascii.Error):
+            raise GraphError(
+                400, "BadRequest", "Key credential key is not a valid certificate."
+            ) from None
+        name = spec.get("displayName")
+        key_id = spec.get("keyId")
+        held = (existing or {}).get(str(key_id)) if key_id else None
+        if held is not None and held.der == der:
+            return held
+        return _stored_certificate(der, name if isinstance(name, str) else None, self.monotonic())
+
+    def _add_key(
+        self, app: StoredApplication, payload: dict[str, Any]
+    ) -> tuple[int, dict[str, str], bytes]:
+        self._check_proof(app, payload.get("proof"))
+        if payload.get("passwordCredential") is not None:
+            raise GraphError(
+                400, "BadRequest", "passwordCredential is only for X509CertAndPassword keys."
+            )
+        stored = self._key_credential(payload.get("keyCredential"))
+        with self._lock:
+            if any(c.thumbprint == stored.thumbprint for c in app.certificates):
+                raise GraphError(
+                    400, "Request_BadRequest", "The key credential is already on the application."
+                )
+            app.certificates.append(stored)
+        return _json(
+            200,
+            {
+                "@odata.context": f"{self.graph_url}/$metadata#microsoft.graph.keyCredential",
+                **stored.as_json(),
+            },
+        )
+
+    def _remove_key(
+        self, app: StoredApplication, payload: dict[str, Any]
+    ) -> tuple[int, dict[str, str], bytes]:
+        self._check_proof(app, payload.get("proof"))
+        key_id = payload.get("keyId")
+        with self._lock:
+            gone = [c for c in app.certificates if c.key_id == key_id]
+            if not gone:
+                raise GraphError(
+                    404,
+                    "Request_ResourceNotFound",
+                    f"No key credential found with keyId '{key_id}'.",
+                )
+            app.certificates = [c for c in app.certificates if c.key_id != key_id]
+            self._forget(app, gone)
+            self.removed_key_ids.append(str(key_id))
+        return 204, {}, b""
+
+    def _forget(self, app: StoredApplication, gone: list[StoredCertificate]) -> None:
+        """Keep removed certificates signing in for `removal_delay` (lock held)."""
+        self._removed_certificates.extend(
+            RemovedCertificate(app.app_id, c.der, c.end, self.monotonic())
+            for c in gone
+            if c.der is not None
+        )
+
+    def _patch_application(
+        self, app: StoredApplication, payload: dict[str, Any]
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Update application: only `keyCredentials` is modelled; it replaces them all."""
+        unknown = set(payload) - {"keyCredentials"}
+        if unknown:
+            raise GraphError(
+                400, "BadRequest", f"The double models no update of {', '.join(sorted(unknown))}."
+            )
+        listed = payload.get("keyCredentials")
+        if not isinstance(listed, list):
+            raise GraphError(400, "BadRequest", "keyCredentials must be a collection.")
+        with self._lock:
+            existing = {c.key_id: c for c in app.certificates}
+        replaced = [self._key_credential(spec, existing=existing) for spec in listed]
+        with self._lock:
+            kept = {c.key_id for c in replaced}
+            gone = [c for c in app.certificates if c.key_id not in kept]
+            app.certificates = replaced
+            self._forget(app, gone)
+            self.removed_key_ids.extend(c.key_id for c in gone)
+            self.patches += 1
+        return 204, {}, b""
+
+
+def _stored_certificate(
+    der: bytes, display_name: str | None, added_at: float | None
+) -> StoredCertificate:
+    cert = x509.load_der_x509_certificate(der)
+    return StoredCertificate(
+        key_id=str(uuid.uuid4()),
+        display_name=display_name,
+        thumbprint=hashlib.sha1(der).hexdigest().upper(),  # noqa: S324 (Graph's thumbprint)
+        start=cert.not_valid_before_utc.replace(microsecond=0),
+        end=cert.not_valid_after_utc.replace(microsecond=0),
+        der=der,
+        added_at=added_at,
+    )
 
 
 def _sign_in_filter(expression: str) -> Callable[[StoredSignIn], bool]:

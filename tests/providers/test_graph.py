@@ -16,10 +16,14 @@ import httpx
 import pytest
 from azure.core.pipeline.transport import AsyncioRequestsTransport
 from azure.identity.aio import ClientSecretCredential
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keyshift import metrics
 from keyshift.domain.secret import Secret
 from keyshift.errors import PermanentError, TransientError
+from keyshift.providers.entra import proof_of_possession
 from keyshift.providers.graph import (
     Application,
     GraphClient,
@@ -406,3 +410,72 @@ def test_next_link_to_another_origin_is_not_followed() -> None:
     with pytest.raises(PermanentError, match="another origin"):
         run(scenario())
     assert [r.url.host for r in seen] == ["graph.microsoft.com"]
+
+
+# --- certificates (keyCredentials) ------------------------------------------------------------
+
+
+def _certificate_and_key(at: datetime) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "graph client test")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(at - timedelta(minutes=5))
+        .not_valid_after(at + timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def test_add_key_is_repeated_after_429_but_not_after_an_ambiguous_504_and_remove_key_is(
+    graph: GraphDouble, tls: TlsFiles
+) -> None:
+
+    app = graph.add_application("payments-api")
+    now = datetime.now(UTC)
+    key, cert = _certificate_and_key(now)
+    graph.seed_certificate(app, "by hand", certificate=cert)
+    _, first = _certificate_and_key(now)
+    _, second = _certificate_and_key(now)
+    der = serialization.Encoding.DER
+    clock = FakeClock(now)
+
+    async def scenario() -> tuple[str, str]:
+        async with connected(graph, tls, clock) as gc:
+            graph.throttle(1, retry_after=1, status=429)
+            added = await gc.add_key(
+                app.id,
+                first.public_bytes(der),
+                "first",
+                proof_of_possession(key, cert, app.id, now),
+            )
+            graph.throttle(1, retry_after=None, status=504)
+            with pytest.raises(TransientError, match="not repeated"):
+                await gc.add_key(
+                    app.id,
+                    second.public_bytes(der),
+                    "second",
+                    proof_of_possession(key, cert, app.id, now),
+                )
+            listed = await gc.list_key_credentials(app.id)
+            assert [k.display_name for k in listed] == ["by hand", "first"]
+            assert all(k.key for k in listed), "$select=keyCredentials returns the keys"
+            graph.throttle(1, retry_after=None, status=504)
+            await gc.remove_key(app.id, added.key_id, proof_of_possession(key, cert, app.id, now))
+            await gc.set_key_credentials(app.id, [listed[0].as_graph()])
+            return added.key_id, listed[0].key_id
+
+    removed, kept = run(scenario())
+    assert [c.key_id for c in app.certificates] == [kept], "the update kept the one it sent"
+    assert graph.removed_key_ids == [removed]
+    assert graph.patches == 1
+    assert graph.invalid_proofs == 0
+    assert [r.method for r in graph.graph_requests() if r.path.endswith("/addKey")] == [
+        "POST",
+        "POST",
+        "POST",
+    ], "the 429 was repeated once; the 504 was not"

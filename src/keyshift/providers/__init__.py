@@ -30,7 +30,12 @@ if TYPE_CHECKING:
         VerifyResult,
         VersionInfo,
     )
-    from keyshift.providers.entra import EntraSecretConfig, EntraSecretProvider
+    from keyshift.providers.entra import (
+        EntraCertificateConfig,
+        EntraCertificateProvider,
+        EntraSecretConfig,
+        EntraSecretProvider,
+    )
     from keyshift.providers.jwks_signing_key import (
         JwksSigningKeyConfig,
         JwksSigningKeyProvider,
@@ -42,6 +47,7 @@ if TYPE_CHECKING:
 
 
 class ProviderKind(StrEnum):
+    ENTRA_CERTIFICATE = "entra_certificate"
     ENTRA_CLIENT_SECRET = "entra_client_secret"  # noqa: S105 (a provider type name)
     JWKS_SIGNING_KEY = "jwks_signing_key"
     POSTGRES = "postgres"
@@ -61,6 +67,7 @@ class IntegrationKind(StrEnum):
 # Each is imported (with its SDK: psycopg, redis, azure) the first time its type is used.
 PROVIDERS: Registry[Any] = Registry(
     {
+        ProviderKind.ENTRA_CERTIFICATE: "keyshift.providers.entra:EntraCertificateProvider",
         ProviderKind.ENTRA_CLIENT_SECRET: "keyshift.providers.entra:EntraSecretProvider",
         ProviderKind.JWKS_SIGNING_KEY: (
             "keyshift.providers.jwks_signing_key:JwksSigningKeyProvider"
@@ -103,6 +110,8 @@ __getattr__ = lazy_exports(
                 "VersionInfo",
             )
         },
+        "EntraCertificateConfig": "keyshift.providers.entra:EntraCertificateConfig",
+        "EntraCertificateProvider": "keyshift.providers.entra:EntraCertificateProvider",
         "EntraIntegration": "keyshift.azure:EntraIntegration",
         "EntraSecretConfig": "keyshift.providers.entra:EntraSecretConfig",
         "EntraSecretProvider": "keyshift.providers.entra:EntraSecretProvider",
@@ -123,6 +132,8 @@ __all__ = [
     "PROVIDERS",
     "Capability",
     "CreateRequest",
+    "EntraCertificateConfig",
+    "EntraCertificateProvider",
     "EntraIntegration",
     "EntraSecretConfig",
     "EntraSecretProvider",

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import ColumnElement, Select, and_, func, select
+from sqlalchemy import ColumnElement, Select, and_, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from keyshift.domain.estate import Alerts, Policy
@@ -326,9 +326,11 @@ class EntraCredential:
     days_left: int | None
     state: Lifecycle
     managed_by: str | None
-    """The estate credential that rotates this application's secrets, if any."""
+    """The estate credential that rotates this application's credentials of this kind
+    (client secrets: `entra_client_secret`; certificates: `entra_certificate`), if any."""
     by_keyshift: bool
-    """Whether keyshift added this secret (it is one of the credential's versions)."""
+    """Whether keyshift added this secret or certificate (it is one of the credential's
+    versions)."""
     owners: tuple[str, ...]
     first_seen: datetime
     removed_at: datetime | None
@@ -347,18 +349,24 @@ class _Managed:
     """keyIds of old versions whose rotation is in its grace period."""
 
 
+_KIND_ROTATED: dict[str, str] = {
+    ProviderKind.ENTRA_CLIENT_SECRET.value: CLIENT_SECRET,
+    ProviderKind.ENTRA_CERTIFICATE.value: CERTIFICATE,
+}
+"""Which kind of an application's credentials each Entra provider rotates."""
 _MANAGED_ENTRA = (
     CredentialRow.removed_at.is_(None),
-    CredentialRow.provider_type == ProviderKind.ENTRA_CLIENT_SECRET.value,
+    CredentialRow.provider_type.in_(list(_KIND_ROTATED)),
 )
-"""The estate credentials that rotate an Entra ID application's client secrets."""
+"""The estate credentials that rotate an Entra ID application's secrets or certificates."""
 
 
-def _managed(s: Session, *criteria: ColumnElement[bool]) -> dict[tuple[str, str], _Managed]:
-    """(integration, appId) -> the estate credential rotating that application's secrets
-    (of those matching `criteria` on `CredentialRow`, when given). Three queries however
-    many credentials there are; each distinct policy is read once."""
-    out: dict[tuple[str, str], _Managed] = {}
+def _managed(s: Session, *criteria: ColumnElement[bool]) -> dict[tuple[str, str, str], _Managed]:
+    """(integration, appId, kind) -> the estate credential rotating that application's
+    client secrets (kind `client_secret`) or certificates (`certificate`), of those
+    matching `criteria` on `CredentialRow` when given. Three queries however many
+    credentials there are; each distinct policy is read once."""
+    out: dict[tuple[str, str, str], _Managed] = {}
     managed = (*_MANAGED_ENTRA, *criteria)
     # Columns, not ORM rows, and of the spec only the two parts read (the JSON text
     # columns `apply` keeps beside it): decoding whole specs costs more than all the rest.
@@ -368,6 +376,7 @@ def _managed(s: Session, *criteria: ColumnElement[bool]) -> dict[tuple[str, str]
             CredentialRow.name,
             CredentialRow.created_at,
             CredentialRow.active_rotation_id,
+            CredentialRow.provider_type,
             CredentialRow.policy_json.label("policy"),
             CredentialRow.provider_json.label("provider"),
         ).where(*managed)
@@ -412,7 +421,8 @@ def _managed(s: Session, *criteria: ColumnElement[bool]) -> dict[tuple[str, str]
                 rotating.update(old | new)
         if cred.policy not in policies:
             policies[cred.policy] = Policy.model_validate_json(cred.policy)
-        out[(provider.get("integration", ""), provider.get("app_id", ""))] = _Managed(
+        where = (provider.get("integration", ""), provider.get("app_id", ""))
+        out[(*where, _KIND_ROTATED[cred.provider_type])] = _Managed(
             name=cred.name,
             policy=policies[cred.policy],
             created_at=cred.created_at,
@@ -518,7 +528,7 @@ def inventory(
     with store.transaction() as s:
         managed = _managed(s)
         out = [
-            _entry(cred, app, managed.get((app.integration, app.app_id)), now=now, soon=soon)
+            _entry(cred, app, managed.get(_key(app, cred)), now=now, soon=soon)
             for cred, app in s.execute(_discovered(include_removed=include_removed))
         ]
     if state:
@@ -531,18 +541,35 @@ def inventory(
 WITHIN_DAYS = (7, 30, 90)
 
 
-def _managed_app_rows() -> Select[str]:
-    """The ids of the discovered applications that estate credentials manage."""
-    return (
-        select(DiscoveredApp.id)
-        .join(
-            CredentialRow,
+def _key(app: DiscoveredApp, cred: DiscoveredCredential) -> tuple[str, str, str]:
+    """What `_managed` is keyed by, of a discovered credential."""
+    return (app.integration, app.app_id, cred.kind)
+
+
+def _of_managed() -> ColumnElement[bool]:
+    """Whether a discovered credential is one an estate credential manages: of the
+    application it names (`issuer_integration`, `issuer_app_id`), of the kind it rotates."""
+    return or_(
+        *(
             and_(
-                CredentialRow.issuer_integration == DiscoveredApp.integration,
-                CredentialRow.issuer_app_id == DiscoveredApp.app_id,
-            ),
+                DiscoveredCredential.kind == kind,
+                DiscoveredCredential.app_row_id.in_(
+                    select(DiscoveredApp.id)
+                    .join(
+                        CredentialRow,
+                        and_(
+                            CredentialRow.issuer_integration == DiscoveredApp.integration,
+                            CredentialRow.issuer_app_id == DiscoveredApp.app_id,
+                        ),
+                    )
+                    .where(
+                        CredentialRow.removed_at.is_(None),
+                        CredentialRow.provider_type == provider_type,
+                    )
+                ),
+            )
+            for provider_type, kind in _KIND_ROTATED.items()
         )
-        .where(*_MANAGED_ENTRA)
     )
 
 
@@ -590,8 +617,7 @@ def tally(s: Session, *, now: datetime) -> tuple[Tally, Tally]:
     every, managed = Tally(), Tally()
     live = DiscoveredCredential.removed_at.is_(None)
     every.add(s.execute(select(*_counts(now)).where(live)).one())
-    of_managed = DiscoveredCredential.app_row_id.in_(_managed_app_rows())
-    managed.add(s.execute(select(*_counts(now)).where(live, of_managed)).one())
+    managed.add(s.execute(select(*_counts(now)).where(live, _of_managed())).one())
     return every, managed
 
 
@@ -603,13 +629,13 @@ def _held(s: Session, *, now: datetime, soon: timedelta) -> list[EntraCredential
 
 
 def _of_apps(
-    s: Session, managed: dict[tuple[str, str], _Managed], *, now: datetime, soon: timedelta
+    s: Session, managed: dict[tuple[str, str, str], _Managed], *, now: datetime, soon: timedelta
 ) -> Iterator[EntraCredential]:
-    app_ids = sorted({app_id for _integration, app_id in managed})
+    app_ids = sorted({app_id for _integration, app_id, _kind in managed})
     for first in range(0, len(app_ids), 500):  # bound the parameters of one query
         query = _discovered().where(DiscoveredApp.app_id.in_(app_ids[first : first + 500]))
         for cred, app in s.execute(query):
-            owner = managed.get((app.integration, app.app_id))
+            owner = managed.get(_key(app, cred))
             if owner is not None:
                 yield _entry(cred, app, owner, now=now, soon=soon)
 
@@ -636,13 +662,12 @@ def soonest(
         .limit(limit)
     )
     if unmanaged_only:
-        query = query.where(DiscoveredCredential.app_row_id.not_in(_managed_app_rows()))
+        query = query.where(not_(_of_managed()))
     picked = s.execute(query).all()
     apps = sorted({app.app_id for _cred, app in picked})
     managed = _managed(s, CredentialRow.issuer_app_id.in_(apps)) if picked else {}
     return [
-        _entry(cred, app, managed.get((app.integration, app.app_id)), now=now, soon=soon)
-        for cred, app in picked
+        _entry(cred, app, managed.get(_key(app, cred)), now=now, soon=soon) for cred, app in picked
     ]
 
 
@@ -704,17 +729,25 @@ class Finding:
 
 
 def findings(store: Store, *, now: datetime, default_policy: Policy | None = None) -> list[Finding]:
-    """Client secrets added to a managed application without keyshift after the estate
-    adopted it, and secrets whose lifetime exceeds the policy's `max_lifetime` (the
+    """Client secrets (or certificates) added without keyshift to an application whose
+    client secrets (or certificates) an estate credential manages, after the estate adopted
+    it, and secrets and certificates whose lifetime exceeds the policy's `max_lifetime` (the
     managing credential's policy, else `default_policy`)."""
     out: list[Finding] = []
     with store.transaction() as s:
         managed = _managed(s)
     for cred in inventory(store, now=now):
-        owner = managed.get((cred.integration, cred.app_id))
+        owner = managed.get((cred.integration, cred.app_id, cred.kind))
+        # The lifetime rule: the policy of whichever credential manages the application.
+        governing = owner or managed.get(
+            (
+                cred.integration,
+                cred.app_id,
+                CERTIFICATE if cred.kind == CLIENT_SECRET else CLIENT_SECRET,
+            )
+        )
         if (
             owner is not None
-            and cred.kind == CLIENT_SECRET
             and not cred.by_keyshift
             and cred.start is not None
             and cred.start > owner.created_at
@@ -727,7 +760,7 @@ def findings(store: Store, *, now: datetime, default_policy: Policy | None = Non
                     f"{owner.name} manages",
                 )
             )
-        policy = owner.policy if owner is not None else default_policy
+        policy = governing.policy if governing is not None else default_policy
         limit = policy.max_lifetime if policy is not None else None
         if limit is not None and cred.start is not None and cred.end is not None:
             lifetime = cred.end - cred.start

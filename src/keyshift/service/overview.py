@@ -3,8 +3,9 @@ many need a human, and the most urgent ones, across the managed credentials and 
 discovered Entra ID inventory. The web dashboard's first page and `GET /v1/overview`.
 
 Every managed credential counts once. A discovered Entra ID secret or certificate counts
-too unless an estate credential manages its application: that one is already counted
-as the managed credential, and its secrets are its versions.
+too unless an estate credential rotates it (its application's client secrets, or its
+certificates): that one is already counted as the managed credential, whose versions
+those are.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def overview(store: Store, *, now: datetime, include_entra: bool = True) -> Over
         ]
         discovered = 0
         if include_entra:
-            # The secrets of a managed application are its credential's versions: counted
-            # as that credential, not again here.
+            # Those an estate credential rotates are its versions: counted as that
+            # credential, not again here.
             every, mine = entra.tally(s, now=now)
             discovered = every.total - mine.total
             ended += every.ended - mine.ended

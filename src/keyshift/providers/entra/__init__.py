@@ -86,11 +86,20 @@ sign-in that reaches the log later than `sign_in_lookback` is missed.
 
 The package: `config` (`EntraSecretConfig`), `policy` (app management policies and the
 preflight), `signins` (residual use from the sign-in log) and `provider`
-(`EntraSecretProvider`, the contract).
+(`EntraSecretProvider`, the contract); `certificate` holds the `entra_certificate`
+provider (`EntraCertificateProvider`: the application's certificates, see its module).
 """
 
 from __future__ import annotations
 
+from keyshift.providers.entra.certificate import (
+    CERTIFICATE_NOT_YET_CODES,
+    PROOF_AUDIENCE,
+    PROOF_LIFETIME,
+    EntraCertificateConfig,
+    EntraCertificateProvider,
+    proof_of_possession,
+)
 from keyshift.providers.entra.config import (
     MAX_SIGN_IN_LOOKBACK,
     MIN_SIGN_IN_LOOKBACK,
@@ -111,14 +120,20 @@ from keyshift.providers.entra.signins import LISTED_AT_MOST
 
 __all__ = [
     "CAP_MARGIN",
+    "CERTIFICATE_NOT_YET_CODES",
     "GRAPH_DEFAULT_LIFETIME",
     "LISTED_AT_MOST",
     "MAX_SIGN_IN_LOOKBACK",
     "MIN_SIGN_IN_LOOKBACK",
     "NOT_YET_CODES",
     "POLICY_REFUSALS",
+    "PROOF_AUDIENCE",
+    "PROOF_LIFETIME",
     "TOKENS_STAY_VALID",
+    "EntraCertificateConfig",
+    "EntraCertificateProvider",
     "EntraSecretConfig",
     "EntraSecretProvider",
     "SecretRules",
+    "proof_of_possession",
 ]

@@ -14,6 +14,10 @@ What holds:
   run it (429, 503, a refused connection). An ambiguous failure (504, a dropped
   answer) raises TransientError; the engine's idempotency marker in the password's
   displayName is how a repeat is detected.
+- Certificates: `addKey` is not idempotent either (same rule; its displayName carries the
+  marker); `removeKey` and an update of `keyCredentials` (PATCH, which replaces the whole
+  collection) are repeated freely. The proof of possession both actions take travels as a
+  `Secret` and is revealed only into the request body.
 - Any other answer of 400 or more raises `GraphRequestFailed` (a PermanentError)
   carrying Graph's error code, message and request id: never a secret, never the
   token. A 403 `Authorization_RequestDenied` names the permission needed.

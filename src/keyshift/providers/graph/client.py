@@ -1,14 +1,16 @@
 """`GraphClient`: the Microsoft Graph endpoints keyshift calls, on `GraphHttp`'s requests.
 
-Applications and their client secrets (`addPassword`, `removePassword`), the app
+Applications and their client secrets (`addPassword`, `removePassword`), their
+certificates (`addKey`, `removeKey`, an update of `keyCredentials`), the app
 management policies in force for an application, and the (beta) sign-in log.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 import structlog
 
@@ -25,6 +27,7 @@ from keyshift.providers.graph.models import (
     AddedPassword,
     Application,
     AppManagementPolicy,
+    KeyCredential,
     PasswordCredential,
     SignIn,
 )
@@ -135,6 +138,64 @@ class GraphClient(GraphHttp):
             idempotent=True,
         )
         log.info("graph.password_removed", app_object_id=app_object_id, key_id=key_id)
+
+    # --- certificates (keyCredentials) ---------------------------------------------------
+
+    async def list_key_credentials(self, app_object_id: str) -> list[KeyCredential]:
+        """The application's certificates with their public `key` (base64 DER), which
+        Graph returns only when the one application is read with `$select=keyCredentials`."""
+        body = await self.get(
+            f"applications/{segment(app_object_id)}", {"$select": "id,keyCredentials"}
+        )
+        return [KeyCredential.from_graph(k) for k in body.get("keyCredentials") or ()]
+
+    async def add_key(
+        self, app_object_id: str, certificate_der: bytes, display_name: str, proof: Secret
+    ) -> KeyCredential:
+        """Add the certificate (public part only) with `addKey`, proving possession of a
+        current certificate's key with `proof` (see `keyshift.providers.entra.proof`).
+        Not idempotent: look for `display_name` before calling again."""
+        body = {
+            "keyCredential": {
+                "type": "AsymmetricX509Cert",
+                "usage": "Verify",
+                "key": base64.b64encode(certificate_der).decode("ascii"),
+                "displayName": display_name,
+            },
+            "passwordCredential": None,
+            "proof": proof.reveal(),
+        }
+        answer = await self.post(f"applications/{segment(app_object_id)}/addKey", body)
+        if answer is None:
+            raise PermanentError(f"Graph addKey on {app_object_id} answered no body")
+        added = KeyCredential.from_graph(answer)
+        log.info("graph.key_added", app_object_id=app_object_id, key_id=added.key_id)
+        return added
+
+    async def remove_key(self, app_object_id: str, key_id: str, proof: Secret) -> None:
+        """Remove the certificate `key_id` with `removeKey`, proving possession of a current
+        certificate's key with `proof`. Graph answers 404 for a keyId it does not hold;
+        that is raised as GraphRequestFailed for the caller to judge."""
+        await self.post(
+            f"applications/{segment(app_object_id)}/removeKey",
+            {"keyId": key_id, "proof": proof.reveal()},
+            idempotent=True,
+        )
+        log.info("graph.key_removed", app_object_id=app_object_id, key_id=key_id)
+
+    async def set_key_credentials(
+        self, app_object_id: str, key_credentials: list[dict[str, Any]]
+    ) -> None:
+        """Replace the application's certificates with `key_credentials` (an update of the
+        application: what is left out is removed). Each entry needs its `key`."""
+        await self.patch(
+            f"applications/{segment(app_object_id)}", {"keyCredentials": key_credentials}
+        )
+        log.info(
+            "graph.key_credentials_set",
+            app_object_id=app_object_id,
+            key_ids=[k.get("keyId") for k in key_credentials],
+        )
 
     # --- app management policies ------------------------------------------------------
 

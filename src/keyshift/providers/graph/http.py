@@ -225,6 +225,11 @@ class GraphHttp:
             return None
         return _json_object(response)
 
+    async def patch(self, path: str, json: Mapping[str, Any]) -> None:
+        """PATCH `json` to `path` (Graph answers 204). Repeated on throttling and outages:
+        an update that sets the same properties again changes nothing more."""
+        await self._request("PATCH", self._url(path), json=json, idempotent=True)
+
     async def paged(
         self, path: str, params: Mapping[str, str | int] | None = None
     ) -> AsyncIterator[dict[str, Any]]:

@@ -77,7 +77,9 @@ class PasswordCredential:
 
 @dataclass(frozen=True)
 class KeyCredential:
-    """A certificate of an application: its thumbprint (`customKeyIdentifier`), not its key."""
+    """A certificate of an application: its thumbprint (`customKeyIdentifier`, the SHA-1
+    thumbprint in hex) and, only when read with `$select=keyCredentials` on the one
+    application, `key`: the public certificate, base64 DER. Never a private key."""
 
     key_id: str
     display_name: str | None
@@ -85,6 +87,8 @@ class KeyCredential:
     usage: str | None
     start: datetime | None
     end: datetime | None
+    type: str | None = None
+    key: str | None = None
 
     @classmethod
     def from_graph(cls, data: Mapping[str, Any]) -> KeyCredential:
@@ -92,7 +96,27 @@ class KeyCredential:
             **_credential_fields(data),
             thumbprint=data.get("customKeyIdentifier"),
             usage=data.get("usage"),
+            type=data.get("type"),
+            key=data.get("key") or None,
         )
+
+    def as_graph(self) -> dict[str, Any]:
+        """The credential as an update of `keyCredentials` sends it back (its `key` must
+        have been read, or Graph refuses the update)."""
+        body: dict[str, Any] = {
+            "keyId": self.key_id,
+            "type": self.type or "AsymmetricX509Cert",
+            "usage": self.usage or "Verify",
+            "key": self.key,
+            "displayName": self.display_name,
+        }
+        # `customKeyIdentifier` is left out: Graph derives it from the key again, and its
+        # listed form (a hex thumbprint) is not the base64 an update would need.
+        if self.start is not None:
+            body["startDateTime"] = self.start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if self.end is not None:
+            body["endDateTime"] = self.end.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return body
 
 
 @dataclass(frozen=True)
