@@ -51,6 +51,10 @@ def test_counts_managed_and_discovered_credentials_once_each(
     graph.seed_password(
         managed_app, "by hand", start=now - timedelta(days=10), end=now + timedelta(days=3)
     )
+    # billing-entra rotates billing-api's client secrets, not its certificates.
+    graph.seed_certificate(
+        managed_app, "signing", start=now - timedelta(days=10), end=now + timedelta(days=20)
+    )
     credentials = [
         {
             "name": "billing-entra",
@@ -73,9 +77,9 @@ def test_counts_managed_and_discovered_credentials_once_each(
     seen = overview.overview(store, now=now)
 
     # billing-api's secrets are billing-entra's versions: counted as that credential.
-    assert (seen.total, seen.managed, seen.discovered) == (7, 2, 5)
+    assert (seen.total, seen.managed, seen.discovered) == (8, 2, 6)
     assert replace(seen, urgent=[]) == overview_from_status(store, now=now)
-    assert seen.within == {7: 1, 30: 2, 90: 4}  # 5d; +25d; +60d and billing-entra's 80d
+    assert seen.within == {7: 1, 30: 3, 90: 5}  # 5d; +20d, 25d; +60d and billing-entra's 80d
     assert seen.expired == 1
     assert (seen.in_grace, seen.rotating, seen.needs_attention, seen.awaiting_approval) == (
         0,
@@ -86,7 +90,7 @@ def test_counts_managed_and_discovered_credentials_once_each(
     assert [(u.name, u.source) for u in seen.urgent[:3]] == [
         ("payments-api / due--3d", "entra"),
         ("payments-api / due-5d", "entra"),
-        ("payments-api / due-25d", "entra"),
+        ("billing-api / signing", "entra"),
     ]
     assert [u.days_left for u in seen.urgent[:2]] == [-3, 5]
     assert ("billing-entra", "managed") in [(u.name, u.source) for u in seen.urgent]
