@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from keyshift.providers.postgres import PostgresIntegration, PostgresProvider
     from keyshift.providers.random import RandomProvider
     from keyshift.providers.redis import RedisIntegration, RedisProvider
+    from keyshift.providers.trust_bundle import TrustBundleConfig, TrustBundleProvider
     from keyshift.providers.x509_ca import X509CaConfig, X509CaProvider
 
 
@@ -47,6 +48,7 @@ class ProviderKind(StrEnum):
     POSTGRES = "postgres"
     RANDOM = "random"
     REDIS = "redis"
+    TRUST_BUNDLE = "trust_bundle"
     X509_CA = "x509_ca"
 
 
@@ -68,6 +70,7 @@ PROVIDERS: Registry[Any] = Registry(
         ProviderKind.POSTGRES: "keyshift.providers.postgres:PostgresProvider",
         ProviderKind.RANDOM: "keyshift.providers.random:RandomProvider",
         ProviderKind.REDIS: "keyshift.providers.redis:RedisProvider",
+        ProviderKind.TRUST_BUNDLE: "keyshift.providers.trust_bundle:TrustBundleProvider",
         ProviderKind.X509_CA: "keyshift.providers.x509_ca:X509CaProvider",
     }
 )
@@ -96,6 +99,8 @@ __getattr__ = lazy_exports(
         "RandomProvider": "keyshift.providers.random:RandomProvider",
         "RedisIntegration": "keyshift.providers.redis:RedisIntegration",
         "RedisProvider": "keyshift.providers.redis:RedisProvider",
+        "TrustBundleConfig": "keyshift.providers.trust_bundle:TrustBundleConfig",
+        "TrustBundleProvider": "keyshift.providers.trust_bundle:TrustBundleProvider",
         "X509CaConfig": "keyshift.providers.x509_ca:X509CaConfig",
         "X509CaProvider": "keyshift.providers.x509_ca:X509CaProvider",
     },
@@ -123,6 +128,8 @@ __all__ = [
     "RedisProvider",
     "RevokeRequest",
     "RevokeResult",
+    "TrustBundleConfig",
+    "TrustBundleProvider",
     "VerifyRequest",
     "VerifyResult",
     "VersionInfo",

@@ -1,0 +1,385 @@
+"""Trust-first CA rotations (`trust_bundle`) end to end, on both store backends.
+
+A real nginx serves TLS with a leaf of the internal CA while a client connects every
+20 ms with the CA bundle as its trust store, through a whole CA rotation with `nginx -s
+reload`: no handshake fails, and at the end the bundle refuses the old CA. A leaf whose
+check fails in phase 2 is rolled back while the bundle keeps both CAs; a worker killed
+after any phase step is resumed to the end, re-issuing each leaf once."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.verification import PolicyBuilder, VerificationError
+from cryptography.x509.verification import Store as TrustStore
+
+from keyshift.engine.faults import ENV as CRASH_AT
+from keyshift.store.store import Store
+from tests.certs import cert_delivery, issue, make_ca
+from tests.conftest import Cli, run_subprocess
+from tests.helpers import rotations_of, save_estate, steps, versions
+from tests.servers import nginx_server
+
+CA = "internal-ca"
+LEAF = "web-tls"
+PYTHON = sys.executable
+
+TRUSTS_NEW_CA = """\
+import hashlib, os, ssl, sys
+context = ssl.create_default_context(cafile=sys.argv[1])
+held = [hashlib.sha256(d).hexdigest() for d in context.get_ca_certs(binary_form=True)]
+want = os.environ["KEYSHIFT_FINGERPRINT"].removeprefix("sha256:")
+sys.exit(0 if want in held else "the verifiers' bundle does not hold the new CA")
+"""
+"""The CA's check: a verifier's trust store, loaded from the bundle, holds the new CA."""
+
+SERVES_NEW_LEAF = """\
+import hashlib, os, socket, ssl, sys, time
+port, cafile = int(sys.argv[1]), sys.argv[2]
+want = os.environ["KEYSHIFT_FINGERPRINT"].removeprefix("sha256:")
+deadline = time.monotonic() + 15
+while True:
+    context = ssl.create_default_context(cafile=cafile)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                got = hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
+    except ssl.SSLError:
+        got = None  # an old worker, still serving a certificate of before
+    if got == want:
+        sys.exit(0)
+    if time.monotonic() > deadline:
+        sys.exit("nginx does not serve the new certificate")
+    time.sleep(0.05)
+"""
+"""The leaf's check: nginx serves the new certificate and a client trusting the bundle
+accepts it (until nginx's old workers, which reload gracefully, are gone, a handshake
+may still meet the certificate of before)."""
+
+FAILS_WHILE_FLAGGED = "import pathlib, sys; sys.exit(pathlib.Path(sys.argv[1]).exists())"
+
+
+def bundle_path(tmp_path: Path) -> Path:
+    return tmp_path / "trust" / "bundle.pem"
+
+
+def estate(tmp_path: Path, leaf_actions: list[dict[str, Any]]) -> Path:
+    """The CA, whose bundle verifiers read, and one leaf it signs, for `localhost`."""
+    bundle = bundle_path(tmp_path)
+    bundle.parent.mkdir(exist_ok=True)
+    return save_estate(
+        tmp_path,
+        {
+            "credentials": [
+                {
+                    "name": CA,
+                    "owner": "team-platform",
+                    "environment": "prod",
+                    "policy": {"grace_period": "0s"},
+                    "provider": {
+                        "type": "trust_bundle",
+                        "common_name": "keyshift test CA",
+                        "validity": "3650d",
+                    },
+                    "actions": [
+                        {
+                            "type": "file",
+                            "order": 10,
+                            "on_failure": "abort",
+                            "config": {"path": str(bundle), "file_format": "pem_bundle"},
+                        },
+                        {
+                            "type": "command_check",
+                            "order": 20,
+                            "on_failure": "abort",
+                            "config": {"argv": [PYTHON, "-c", TRUSTS_NEW_CA, str(bundle)]},
+                        },
+                    ],
+                },
+                {
+                    "name": LEAF,
+                    "owner": "team-web",
+                    "environment": "prod",
+                    "policy": {"grace_period": "0s"},
+                    "provider": {
+                        "type": "x509_ca",
+                        "common_name": "localhost",
+                        "sans": ["localhost", "127.0.0.1"],
+                        "validity": "30d",
+                        "renew_before": "10d",
+                        "ca_key_from": f"credential:{CA}",
+                        "ca_cert_from": f"credential:{CA}",
+                    },
+                    "actions": leaf_actions,
+                },
+            ]
+        },
+    )
+
+
+def pem_action(tls: Path) -> dict[str, Any]:
+    return {
+        "type": "file",
+        "order": 10,
+        "on_failure": "abort",
+        "config": {
+            "file_format": "pem",
+            "path": str(tls / "site.crt"),
+            "key_path": str(tls / "site.key"),
+            "fullchain": True,
+        },
+    }
+
+
+def flagged_check(flag: Path) -> dict[str, Any]:
+    """A check of the leaf that fails while `flag` exists."""
+    return {
+        "type": "command_check",
+        "order": 30,
+        "on_failure": "abort",
+        "config": {"argv": [PYTHON, "-c", FAILS_WHILE_FLAGGED, str(flag)]},
+    }
+
+
+def thumbprints(bundle: Path) -> list[str]:
+    return [
+        hashlib.sha256(c.public_bytes(serialization.Encoding.DER)).hexdigest()
+        for c in x509.load_pem_x509_certificates(bundle.read_bytes())
+    ]
+
+
+def accepted(bundle: Path, leaf_pem: str) -> bool:
+    """Whether a TLS client trusting only `bundle` accepts the leaf for `localhost`."""
+    store = TrustStore(x509.load_pem_x509_certificates(bundle.read_bytes()))
+    verifier = PolicyBuilder().store(store).build_server_verifier(x509.DNSName("localhost"))
+    try:
+        verifier.verify(x509.load_pem_x509_certificate(leaf_pem.encode("ascii")), [])
+    except VerificationError:
+        return False
+    return True
+
+
+@dataclass
+class Clients:
+    """A TLS client connecting every 20 ms, trusting the bundle file as it is then."""
+
+    port: int
+    bundle: Path
+    stop: threading.Event = field(default_factory=threading.Event)
+    handshakes: int = 0
+    failures: list[str] = field(default_factory=list)
+    served: list[str] = field(default_factory=list)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                context = ssl.create_default_context(cafile=str(self.bundle))
+                with (
+                    socket.create_connection(("127.0.0.1", self.port), timeout=5) as raw,
+                    context.wrap_socket(raw, server_hostname="localhost") as tls,
+                ):
+                    der = tls.getpeercert(binary_form=True) or b""
+                print_ = hashlib.sha256(der).hexdigest()
+                if not self.served or self.served[-1] != print_:
+                    self.served.append(print_)
+                self.handshakes += 1
+            except (OSError, ssl.SSLError) as exc:
+                self.failures.append(f"{time.monotonic():.3f}: {exc}")
+            self.stop.wait(0.02)
+
+
+def ca_steps(store: Store, rotation_id: str) -> list[str]:
+    return [s.name for s in steps(store, rotation_id) if s.status == "succeeded"]
+
+
+PHASE_STEPS = [
+    "validated",
+    "preflighted",
+    "creating",
+    "publishing:10:file",
+    "waiting:signers",
+    "verifying:20:command_check",
+    "verifying:provider",
+    "reissuing:web-tls",
+    "reissued:web-tls",
+    "checking:leaves",
+    "withdrawing:10:file",
+    "revoking",
+]
+"""A CA rotation's steps: phase 1 (bundle, check, cutover), 2 (the leaf), 3 (withdrawal)."""
+
+
+def test_clients_trusting_the_bundle_never_fail_a_handshake_through_a_ca_rotation(
+    cli: Cli, store: Store, tmp_path: Path
+) -> None:
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    # nginx starts on a placeholder certificate, which the leaf's first version replaces.
+    placeholder = cert_delivery(
+        issue(make_ca(tmp_path / "placeholder", at=datetime.now(UTC)), at=datetime.now(UTC))
+    )
+    (tls / "site.crt").write_text(str(placeholder.attributes["certificate"]))
+    (tls / "site.key").write_text(placeholder.value.reveal())
+    bundle = bundle_path(tmp_path)
+    with nginx_server(tmp_path / "nginx", tls / "site.crt", tls / "site.key") as nginx:
+        leaf_actions = [
+            pem_action(tls),
+            {
+                "type": "command",
+                "order": 20,
+                "on_failure": "abort",
+                "config": {"argv": nginx.reload},
+            },
+            {
+                "type": "command_check",
+                "order": 30,
+                "on_failure": "abort",
+                "config": {"argv": [PYTHON, "-c", SERVES_NEW_LEAF, str(nginx.port), str(bundle)]},
+            },
+        ]
+        assert cli("apply", "-f", str(estate(tmp_path, leaf_actions))).exit_code == 0
+        assert cli("rotate", CA).exit_code == 0
+        first = cli("rotate", LEAF)
+        assert first.exit_code == 0, first.output
+        [old_ca] = versions(store, CA)
+        [old_leaf] = versions(store, LEAF)
+
+        clients = Clients(nginx.port, bundle)
+        thread = threading.Thread(target=clients.run, daemon=True)
+        thread.start()
+        try:
+            while clients.handshakes < 10 and not clients.failures:
+                time.sleep(0.02)
+            rotated = cli("rotate", CA)
+            seen = clients.handshakes
+            while clients.handshakes < seen + 10 and not clients.failures:
+                time.sleep(0.02)
+        finally:
+            clients.stop.set()
+            thread.join(timeout=10)
+    assert rotated.exit_code == 0, rotated.output
+    assert clients.failures == [], f"{len(clients.failures)} of {clients.handshakes} failed"
+    assert clients.handshakes >= 20
+
+    _, rotation = rotations_of(store, CA)
+    assert rotation.state == "completed"
+    assert ca_steps(store, rotation.id) == PHASE_STEPS
+    old, new_ca = versions(store, CA)
+    assert old.id == old_ca.id
+    assert (old.status, new_ca.status) == ("revoked", "current")
+    assert old.ciphertext is None, "the old CA's key is erased"
+    _, new_leaf = versions(store, LEAF)
+    assert new_leaf.status == "current"
+    # The clients saw the old leaf, then the new one, and nothing else (while nginx's old
+    # worker drains, a connection may still meet the old leaf after the new one).
+    old_print, new_print = (str(v.attributes["thumbprint"]) for v in (old_leaf, new_leaf))
+    assert (clients.served[0], clients.served[-1]) == (old_print, new_print)
+    assert set(clients.served) == {old_print, new_print}
+    # The bundle holds the new CA alone: the old CA, and what it signed, are refused.
+    assert thumbprints(bundle) == [new_ca.attributes["thumbprint"]]
+    assert not accepted(bundle, str(old_leaf.attributes["certificate"]))
+    assert accepted(bundle, str(new_leaf.attributes["certificate"]))
+    assert (tls / "site.crt").read_text().endswith(str(new_ca.attributes["certificate"]))
+
+
+def test_a_leaf_failing_its_check_in_phase_2_is_rolled_back_and_the_bundle_keeps_both_cas(
+    cli: Cli, store: Store, tmp_path: Path
+) -> None:
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    flag = tmp_path / "leaf-check-fails"
+    document = estate(tmp_path, [pem_action(tls), flagged_check(flag)])
+    assert cli("apply", "-f", str(document)).exit_code == 0
+    assert cli("rotate", CA).exit_code == 0
+    assert cli("rotate", LEAF).exit_code == 0
+    before = {p.name: p.read_bytes() for p in tls.iterdir()}
+    flag.touch()
+
+    assert cli("rotate", CA).exit_code != 0
+    _, rotation = rotations_of(store, CA)
+    assert rotation.state == "needs_attention"
+    assert "reissued:web-tls" in (rotation.error or "")
+    assert "keep the old and the new CA" in (rotation.error or "")
+    _, leaf_rotation = rotations_of(store, LEAF)
+    assert leaf_rotation.state == "rolled_back"
+    assert {p.name: p.read_bytes() for p in tls.iterdir()} == before, "the old leaf is back"
+    old, new = versions(store, CA)
+    assert (old.status, new.status) == ("previous", "current")
+    assert thumbprints(bundle_path(tmp_path)) == [
+        old.attributes["thumbprint"],
+        new.attributes["thumbprint"],
+    ], "trust added in phase 1 stays"
+    old_leaf, failed_leaf = versions(store, LEAF)
+    assert (old_leaf.status, failed_leaf.status) == ("current", "disabled")
+    assert accepted(bundle_path(tmp_path), str(old_leaf.attributes["certificate"]))
+
+    # Rolling the CA back now would take the new CA from the bundles: refused.
+    refused = cli("rollback", rotation.id, "--reason", "try")
+    assert refused.exit_code != 0
+    assert "re-issued under the new CA" in refused.output
+    assert len(thumbprints(bundle_path(tmp_path))) == 2
+
+    # Fixed, the leaf rotates onto the new CA, which the bundle already trusts.
+    flag.unlink()
+    assert cli("rotate", LEAF).exit_code == 0
+    current = versions(store, LEAF)[-1]
+    assert str(current.attributes["chain"]) == str(new.attributes["certificate"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "boundary",
+    [
+        "publishing:10:file",
+        "reissuing:web-tls",
+        "reissued:web-tls",
+        "checking:leaves",
+        "withdrawing:10:file",
+    ],
+    ids=lambda b: "killed after " + b,
+)
+def test_a_ca_rotation_killed_after_a_phase_step_is_resumed_to_the_end_once(
+    boundary: str, cli: Cli, store: Store, ks_env: dict[str, str], tmp_path: Path
+) -> None:
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    document = estate(tmp_path, [pem_action(tls), flagged_check(tmp_path / "never")])
+    assert cli("apply", "-f", str(document)).exit_code == 0
+    assert cli("rotate", CA).exit_code == 0
+    assert cli("rotate", LEAF).exit_code == 0
+
+    crashed = run_subprocess(["rotate", CA], {**ks_env, CRASH_AT: boundary})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    for _ in range(5):
+        resumed = run_subprocess(["resume"], ks_env)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        if rotations_of(store, CA)[-1].state == "completed":
+            break
+    _, rotation = rotations_of(store, CA)
+    assert rotation.state == "completed"
+    assert ca_steps(store, rotation.id) == PHASE_STEPS, "every step succeeded exactly once"
+    interrupted = [
+        (s.name, s.attempt)
+        for s in steps(store, rotation.id)
+        if (s.error or "").startswith("interrupted")
+    ]
+    assert interrupted == [(boundary, 1)]
+    assert len(rotations_of(store, LEAF)) == 2, "the leaf was re-issued once"
+    assert [v.status for v in versions(store, LEAF)] == ["revoked", "current"]
+    _, new_ca = versions(store, CA)
+    assert thumbprints(bundle_path(tmp_path)) == [new_ca.attributes["thumbprint"]]
+    leaf = versions(store, LEAF)[-1]
+    assert str(leaf.attributes["chain"]) == str(new_ca.attributes["certificate"])
