@@ -339,6 +339,23 @@ def test_a_leaf_failing_its_check_in_phase_2_is_rolled_back_and_the_bundle_keeps
     assert str(current.attributes["chain"]) == str(new.attributes["certificate"])
 
 
+def test_plan_shows_the_three_phases_of_a_ca_rotation_and_the_consumers_in_each(
+    cli: Cli,
+) -> None:
+    example = Path(__file__).parents[2] / "examples" / "trust-bundle.yaml"
+    planned = cli("plan", "-f", str(example))
+    assert planned.exit_code == 0, planned.output
+    lines = [line.strip() for line in planned.stdout.splitlines()]
+    at = lines.index("CA rotation of mesh-ca (trust first, identity second):")
+    phases = lines[at + 1 : at + 7]
+    assert phases[0].startswith("phase 1 trust: add the new CA to /etc/ssl/mesh/ca-bundle.pem")
+    assert phases[1] == "consumers: api-clients; nginx-mtls"
+    assert phases[2].startswith("phase 2 identity: re-issue api-tls, web-tls under the new CA")
+    assert phases[3] == "consumers: api-tls: api; web-tls: nginx"
+    assert phases[4].startswith("phase 3 withdrawal: after grace (1d)")
+    assert phases[5] == "consumers: api-clients; nginx-mtls"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "boundary",
