@@ -8,7 +8,9 @@ after any phase step is resumed to the end, re-issuing each leaf once."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import signal
 import socket
 import ssl
@@ -16,7 +18,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.verification import PolicyBuilder, VerificationError
 from cryptography.x509.verification import Store as TrustStore
 
+from keyshift.domain.states import RotationState
 from keyshift.engine.faults import ENV as CRASH_AT
+from keyshift.service import rotations
+from keyshift.service.estate import apply_estate, parse_estate
 from keyshift.store.store import Store
+from keyshift.testing import FakeClock
 from tests.certs import cert_delivery, issue, make_ca
 from tests.conftest import Cli, run_subprocess
 from tests.helpers import rotations_of, save_estate, steps, versions
@@ -76,8 +82,11 @@ def bundle_path(tmp_path: Path) -> Path:
     return tmp_path / "trust" / "bundle.pem"
 
 
-def estate(tmp_path: Path, leaf_actions: list[dict[str, Any]]) -> Path:
-    """The CA, whose bundle verifiers read, and one leaf it signs, for `localhost`."""
+def estate(
+    tmp_path: Path, leaf_actions: list[dict[str, Any]], *, checked: Path | None = None
+) -> Path:
+    """The CA, whose bundle verifiers read (the CA's check reads `checked`, by default
+    that bundle), and one leaf it signs, for `localhost`."""
     bundle = bundle_path(tmp_path)
     bundle.parent.mkdir(exist_ok=True)
     return save_estate(
@@ -105,7 +114,9 @@ def estate(tmp_path: Path, leaf_actions: list[dict[str, Any]]) -> Path:
                             "type": "command_check",
                             "order": 20,
                             "on_failure": "abort",
-                            "config": {"argv": [PYTHON, "-c", TRUSTS_NEW_CA, str(bundle)]},
+                            "config": {
+                                "argv": [PYTHON, "-c", TRUSTS_NEW_CA, str(checked or bundle)]
+                            },
                         },
                     ],
                 },
@@ -337,6 +348,61 @@ def test_a_leaf_failing_its_check_in_phase_2_is_rolled_back_and_the_bundle_keeps
     assert cli("rotate", LEAF).exit_code == 0
     current = versions(store, LEAF)[-1]
     assert str(current.attributes["chain"]) == str(new.attributes["certificate"])
+
+
+def test_a_check_failing_in_phase_1_takes_the_new_ca_out_of_the_bundle_before_any_leaf(
+    cli: Cli, store: Store, tmp_path: Path
+) -> None:
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    document = estate(tmp_path, [pem_action(tls), flagged_check(tmp_path / "never")])
+    assert cli("apply", "-f", str(document)).exit_code == 0
+    assert cli("rotate", CA).exit_code == 0
+    assert cli("rotate", LEAF).exit_code == 0
+    bundle = bundle_path(tmp_path)
+    before = bundle.read_bytes()
+    # The verifiers' check reads a bundle that never gets the new CA.
+    stale = tmp_path / "stale.pem"
+    stale.write_bytes(before)
+    broken = estate(tmp_path, [pem_action(tls), flagged_check(tmp_path / "never")], checked=stale)
+    assert cli("apply", "-f", str(broken)).exit_code == 0
+
+    assert cli("rotate", CA).exit_code != 0
+    _, rotation = rotations_of(store, CA)
+    assert rotation.state == "rolled_back"
+    assert bundle.read_bytes() == before, "the bundle holds the old CA alone again"
+    old, new = versions(store, CA)
+    assert (old.status, new.status) == ("current", "disabled")
+    assert len(rotations_of(store, LEAF)) == 1, "no leaf was re-issued"
+    assert not any(s.name.startswith("reissuing:") for s in steps(store, rotation.id))
+
+
+def test_leaves_are_re_issued_only_once_reload_within_passed_after_the_bundles_got_the_ca(
+    store: Store, tmp_path: Path
+) -> None:
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    leaf_actions = [pem_action(tls), flagged_check(tmp_path / "never")]
+    document = json.loads(estate(tmp_path, leaf_actions).read_text())
+    document["credentials"][0]["provider"]["reload_within"] = "10m"
+    apply_estate(store, parse_estate(document), actor="test")
+    clock = FakeClock()
+    context = clock.context()
+    for name in (CA, LEAF):
+        asyncio.run(rotations.rotate(store, name, actor="test", context=context))
+    rotation_id, state = asyncio.run(rotations.rotate(store, CA, actor="test", context=context))
+    # Resting before its check (the first action after the bundles) until verifiers re-read.
+    assert state == RotationState.VERIFYING
+    assert len(thumbprints(bundle_path(tmp_path))) == 2
+    assert len(rotations_of(store, LEAF)) == 1
+    clock.advance(timedelta(minutes=9))
+    asyncio.run(rotations.resume(store, actor="test", context=context))
+    assert rotations_of(store, CA)[-1].state == "verifying"
+    clock.advance(timedelta(minutes=2))
+    asyncio.run(rotations.resume(store, actor="test", context=context))
+    assert rotations_of(store, CA)[-1].state == "completed"
+    assert [r.state for r in rotations_of(store, LEAF)] == ["completed", "completed"]
+    assert ca_steps(store, rotation_id) == PHASE_STEPS
 
 
 def test_plan_shows_the_three_phases_of_a_ca_rotation_and_the_consumers_in_each(
