@@ -36,7 +36,7 @@ from keyshift.store.store import Store
 from keyshift.testing import FakeClock
 from tests.certs import cert_delivery, issue, make_ca
 from tests.conftest import Cli, run_subprocess
-from tests.helpers import rotations_of, save_estate, steps, versions
+from tests.helpers import rotations_of, save_estate, steps, value_of, versions
 from tests.servers import nginx_server
 
 CA = "internal-ca"
@@ -403,6 +403,86 @@ def test_leaves_are_re_issued_only_once_reload_within_passed_after_the_bundles_g
     assert rotations_of(store, CA)[-1].state == "completed"
     assert [r.state for r in rotations_of(store, LEAF)] == ["completed", "completed"]
     assert ca_steps(store, rotation_id) == PHASE_STEPS
+
+
+def test_a_leaf_already_rotating_is_left_to_finish_then_re_issued_under_the_new_ca(
+    store: Store, tmp_path: Path
+) -> None:
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    leaf_actions = [pem_action(tls), flagged_check(tmp_path / "never")]
+    apply_estate(
+        store, parse_estate(json.loads(estate(tmp_path, leaf_actions).read_text())), actor="test"
+    )
+    for name in (CA, LEAF):
+        asyncio.run(rotations.rotate(store, name, actor="test"))
+    someone_elses = rotations.request(store, LEAF, actor="someone", reason="renewal")
+
+    _, state = asyncio.run(rotations.rotate(store, CA, actor="test"))
+    assert state == RotationState.GRACE, "waiting for the leaf's other rotation"
+    ca_rotation = rotations_of(store, CA)[-1]
+    assert not any(s.name.startswith("reissuing:") for s in steps(store, ca_rotation.id))
+    for _ in range(3):
+        asyncio.run(rotations.resume(store, actor="test"))
+    assert rotations_of(store, CA)[-1].state == "completed"
+    leaf_rotations = rotations_of(store, LEAF)
+    assert [r.id for r in leaf_rotations][1] == someone_elses
+    assert [r.state for r in leaf_rotations] == ["completed"] * 3
+    _, new_ca = versions(store, CA)
+    assert str(versions(store, LEAF)[-1].attributes["chain"]) == str(
+        new_ca.attributes["certificate"]
+    )
+
+
+P256_PKCS8_HEADER = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg"
+"""What every P-256 private key's PEM body starts with (its DER structure, no secret)."""
+
+
+def ca_key_of(store: Store, name: str = CA) -> str:
+    """The private part of the current CA's P-256 key as its PEM body spells it: the 32
+    bytes after the common header (what follows is the public key, also in the CA's
+    certificate)."""
+    current = [v for v in versions(store, name) if v.status == "current"][-1]
+    key = value_of(store, current).split("-----BEGIN CERTIFICATE-----")[0]
+    body = "".join(line for line in key.splitlines() if not line.startswith("-----"))
+    assert body.startswith(P256_PKCS8_HEADER)
+    return body[len(P256_PKCS8_HEADER) : len(P256_PKCS8_HEADER) + 42]
+
+
+def test_no_ca_key_reaches_output_the_audit_export_the_journal_or_a_file(
+    cli: Cli, store: Store, tmp_path: Path
+) -> None:
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    document = estate(tmp_path, [pem_action(tls), flagged_check(tmp_path / "never")])
+    assert cli("apply", "-f", str(document)).exit_code == 0
+    outputs = [cli("rotate", CA).output]
+    keys = [ca_key_of(store)]
+    outputs.append(cli("rotate", LEAF).output)
+    outputs.append(cli("rotate", CA).output)
+    keys.append(ca_key_of(store))
+    for args in (
+        ("status", "-o", "json"),
+        ("versions", CA, "-o", "json"),
+        ("versions", CA),
+        ("history", CA, "-o", "json"),
+        ("show", rotations_of(store, CA)[-1].id, "-o", "json"),
+        ("audit", "export", "--format", "jsonl"),
+    ):
+        result = cli(*args)
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+    journal = [
+        json.dumps(s.detail) + (s.error or "")
+        for r in rotations_of(store, CA) + rotations_of(store, LEAF)
+        for s in steps(store, r.id)
+    ]
+    files = [p.read_text() for p in (*tls.iterdir(), bundle_path(tmp_path))]
+    texts = outputs + journal + files
+    assert len(set(keys)) == 2
+    pieces = {k[i : i + 16] for k in keys for i in range(0, len(k) - 16, 4)}
+    assert [t[:80] for t in texts if any(p in t for p in pieces)] == []
+    assert not any("PRIVATE KEY" in f for f in files[-1:]), "the bundle holds no key"
 
 
 def test_plan_shows_the_three_phases_of_a_ca_rotation_and_the_consumers_in_each(

@@ -154,8 +154,14 @@ class Leaves:
         for leaf in leaves:
             if REISSUED_PREFIX + leaf in run.succeeded:
                 continue
-            if REISSUE_PREFIX + leaf not in run.succeeded and not await self._request(run, leaf):
-                return Progress.STOPPED
+            if REISSUE_PREFIX + leaf not in run.succeeded:
+                if self._busy(run, leaf):
+                    # Another rotation of the leaf is under way (a scheduled renewal, a
+                    # person's): it finishes first, then this one is requested.
+                    waiting = True
+                    continue
+                if not await self._request(run, leaf):
+                    return Progress.STOPPED
             found = await self._advance(run, leaf)
             if found.current:
                 if not await self._close(run, leaf, found, new_ca):
@@ -183,6 +189,12 @@ class Leaves:
                 raise PermanentError(f"rotation {run.rotation_id} has no new CA")
             new = rows.version(s, rot.new_version_id)
             return str(new.attributes.get("thumbprint", "")), rot.old_version_id
+
+    def _busy(self, run: Run, leaf: str) -> bool:
+        """Whether the leaf has an unfinished rotation this one did not request."""
+        with self.steps.store.transaction() as s:
+            active = rows.credential(s, leaf).active_rotation_id
+            return active is not None and rows.rotation(s, active).reason != self._reason(run)
 
     async def _request(self, run: Run, leaf: str) -> bool:
         """`reissuing:<leaf>`: the leaf's rotation, requested now or found (requested by
