@@ -5,8 +5,9 @@
 bottom in `_table`: one entry per state that a worker advances, each naming the step
 (or gate) that moves it on. What the steps do lives in one module per responsibility:
 `steps` (journal, retries, lease and state writes), `issuer`, `rollout`, `gates`,
-`rollback`, `imports`; events of every change go to the subscribers of `events` (the
-audit trail first).
+`rollback`, `imports`, and for trust-first credentials `trust` (a JWKS, a CA's bundles)
+and `bundle` (a CA's leaves, re-issued in its grace period); events of every change go
+to the subscribers of `events` (the audit trail first).
 
 A rotation is owned by one worker at a time through a lease on its row; a lease whose
 holder died (same host, process gone) or expired is taken over.
