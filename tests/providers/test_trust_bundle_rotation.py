@@ -56,8 +56,8 @@ SERVES_NEW_LEAF = """\
 import hashlib, os, socket, ssl, sys, time
 port, cafile = int(sys.argv[1]), sys.argv[2]
 want = os.environ["KEYSHIFT_FINGERPRINT"].removeprefix("sha256:")
-deadline = time.monotonic() + 15
-while True:
+deadline, in_a_row = time.monotonic() + 15, 0
+while in_a_row < 20:
     context = ssl.create_default_context(cafile=cafile)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
@@ -65,15 +65,15 @@ while True:
                 got = hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
     except ssl.SSLError:
         got = None  # an old worker, still serving a certificate of before
-    if got == want:
-        sys.exit(0)
+    in_a_row = in_a_row + 1 if got == want else 0
     if time.monotonic() > deadline:
-        sys.exit("nginx does not serve the new certificate")
-    time.sleep(0.05)
+        sys.exit("nginx does not serve the new certificate on every connection")
+    time.sleep(0.01)
 """
-"""The leaf's check: nginx serves the new certificate and a client trusting the bundle
-accepts it (until nginx's old workers, which reload gracefully, are gone, a handshake
-may still meet the certificate of before)."""
+"""The leaf's check: nginx serves the new certificate on every connection (20 in a row)
+and a client trusting the bundle accepts it. Until nginx's old workers, which reload
+gracefully, stop taking connections, a handshake may still meet the certificate of
+before: the leaf is replaced only once none does."""
 
 FAILS_WHILE_FLAGGED = "import pathlib, sys; sys.exit(pathlib.Path(sys.argv[1]).exists())"
 
@@ -83,7 +83,11 @@ def bundle_path(tmp_path: Path) -> Path:
 
 
 def estate(
-    tmp_path: Path, leaf_actions: list[dict[str, Any]], *, checked: Path | None = None
+    tmp_path: Path,
+    leaf_actions: list[dict[str, Any]],
+    *,
+    checked: Path | None = None,
+    ca_grace: str = "0s",
 ) -> Path:
     """The CA, whose bundle verifiers read (the CA's check reads `checked`, by default
     that bundle), and one leaf it signs, for `localhost`."""
@@ -97,7 +101,7 @@ def estate(
                     "name": CA,
                     "owner": "team-platform",
                     "environment": "prod",
-                    "policy": {"grace_period": "0s"},
+                    "policy": {"grace_period": ca_grace},
                     "provider": {
                         "type": "trust_bundle",
                         "common_name": "keyshift test CA",
@@ -212,6 +216,25 @@ class Clients:
             self.stop.wait(0.02)
 
 
+def settle(port: int, bundle: Path, thumbprint: str) -> None:
+    """Wait until 20 handshakes in a row meet the certificate `thumbprint`."""
+    in_a_row, deadline = 0, time.monotonic() + 30
+    while in_a_row < 20:
+        assert time.monotonic() < deadline, "nginx does not settle on one certificate"
+        context = ssl.create_default_context(cafile=str(bundle))
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                context.wrap_socket(raw, server_hostname="localhost") as tls,
+            ):
+                der = tls.getpeercert(binary_form=True) or b""
+            same = hashlib.sha256(der).hexdigest() == thumbprint
+        except ssl.SSLError:
+            same = False
+        in_a_row = in_a_row + 1 if same else 0
+        time.sleep(0.01)
+
+
 def ca_steps(store: Store, rotation_id: str) -> list[str]:
     return [s.name for s in steps(store, rotation_id) if s.status == "succeeded"]
 
@@ -261,13 +284,18 @@ def test_clients_trusting_the_bundle_never_fail_a_handshake_through_a_ca_rotatio
                 "config": {"argv": [PYTHON, "-c", SERVES_NEW_LEAF, str(nginx.port), str(bundle)]},
             },
         ]
-        assert cli("apply", "-f", str(estate(tmp_path, leaf_actions))).exit_code == 0
+        # A second of grace: the old CA stays while anything may still present its leaf.
+        document = estate(tmp_path, leaf_actions, ca_grace="1s")
+        assert cli("apply", "-f", str(document)).exit_code == 0
         assert cli("rotate", CA).exit_code == 0
         first = cli("rotate", LEAF)
         assert first.exit_code == 0, first.output
         [old_ca] = versions(store, CA)
         [old_leaf] = versions(store, LEAF)
 
+        # nginx's workers from before the first leaf may still take a connection for a
+        # moment (with the placeholder, which nobody trusts): the clients start after.
+        settle(nginx.port, bundle, str(old_leaf.attributes["thumbprint"]))
         clients = Clients(nginx.port, bundle)
         thread = threading.Thread(target=clients.run, daemon=True)
         thread.start()
@@ -275,6 +303,12 @@ def test_clients_trusting_the_bundle_never_fail_a_handshake_through_a_ca_rotatio
             while clients.handshakes < 10 and not clients.failures:
                 time.sleep(0.02)
             rotated = cli("rotate", CA)
+            for _ in range(20):
+                if rotations_of(store, CA)[-1].state != "grace":
+                    break
+                time.sleep(0.25)
+                resumed = cli("resume")
+                assert resumed.exit_code == 0, resumed.output
             seen = clients.handshakes
             while clients.handshakes < seen + 10 and not clients.failures:
                 time.sleep(0.02)
@@ -282,7 +316,9 @@ def test_clients_trusting_the_bundle_never_fail_a_handshake_through_a_ca_rotatio
             clients.stop.set()
             thread.join(timeout=10)
     assert rotated.exit_code == 0, rotated.output
-    assert clients.failures == [], f"{len(clients.failures)} of {clients.handshakes} failed"
+    assert clients.failures == [], (
+        f"{len(clients.failures)} of {clients.handshakes} failed: {clients.failures[:3]}"
+    )
     assert clients.handshakes >= 20
 
     _, rotation = rotations_of(store, CA)
@@ -483,6 +519,45 @@ def test_no_ca_key_reaches_output_the_audit_export_the_journal_or_a_file(
     pieces = {k[i : i + 16] for k in keys for i in range(0, len(k) - 16, 4)}
     assert [t[:80] for t in texts if any(p in t for p in pieces)] == []
     assert not any("PRIVATE KEY" in f for f in files[-1:]), "the bundle holds no key"
+
+
+def test_the_old_ca_stays_in_the_bundle_while_a_leaf_presents_a_certificate_it_signed(
+    store: Store, tmp_path: Path
+) -> None:
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    document = json.loads(
+        estate(tmp_path, [pem_action(tls), flagged_check(tmp_path / "never")]).read_text()
+    )
+    document["credentials"][0]["policy"] = {"grace_period": "1h"}
+    document["credentials"][1]["policy"] = {"grace_period": "2h"}
+    apply_estate(store, parse_estate(document), actor="test")
+    clock = FakeClock()
+    context = clock.context()
+    for name in (CA, LEAF):
+        asyncio.run(rotations.rotate(store, name, actor="test", context=context))
+    ca_rotation, state = asyncio.run(rotations.rotate(store, CA, actor="test", context=context))
+    assert state == RotationState.GRACE
+    leaf_rotation = rotations_of(store, LEAF)[-1]
+    assert leaf_rotation.state == "grace", "re-issued, its old certificate kept for 2h"
+    # An operator puts the leaf's old certificate (of the old CA) back.
+    asyncio.run(
+        rotations.roll_back(store, leaf_rotation.id, actor="test", reason="bad", context=context)
+    )
+    clock.advance(timedelta(hours=1, minutes=1))
+    asyncio.run(rotations.resume(store, actor="test", context=context))
+
+    rotation = rotations_of(store, CA)[-1]
+    assert rotation.state == "needs_attention"
+    assert "checking:leaves" in (rotation.error or "")
+    assert "web-tls still present a certificate that is not of the new CA" in (rotation.error or "")
+    old, new = versions(store, CA)
+    assert (old.status, new.status) == ("previous", "current"), "the old CA is not revoked"
+    assert thumbprints(bundle_path(tmp_path)) == [
+        old.attributes["thumbprint"],
+        new.attributes["thumbprint"],
+    ]
+    assert not any(s.name.startswith("withdrawing:") for s in steps(store, ca_rotation))
 
 
 def test_plan_shows_the_three_phases_of_a_ca_rotation_and_the_consumers_in_each(
