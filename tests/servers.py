@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -216,3 +217,77 @@ def serve(app: Any) -> Iterator[str]:
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
     with in_thread(uvicorn.Server(config), "uvicorn"):
         yield f"http://127.0.0.1:{port}"
+
+
+@dataclass(frozen=True)
+class Nginx:
+    """An nginx serving TLS on `port` from `cert` (certificate then chain) and `key`;
+    `reload` is the argv that makes it read them again (`nginx -s reload`)."""
+
+    port: int
+    cert: Path
+    key: Path
+    reload: list[str]
+
+
+@contextmanager
+def nginx_server(prefix: Path, cert: Path, key: Path) -> Iterator[Nginx]:
+    """Start Debian's nginx in the foreground (`daemon off`) with its own prefix, config,
+    pid file, logs and free port, serving TLS from `cert` and `key` (which must exist);
+    stop it however the test ends."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(binary).exists():
+        raise RuntimeError("nginx not found (apt-get install -y nginx)")
+    prefix.mkdir(parents=True, exist_ok=True)
+    (prefix / "logs").mkdir(exist_ok=True)
+    port = free_port()
+    conf = prefix / "nginx.conf"
+    temp = " ".join(
+        f"{kind}_temp_path {prefix / kind};" for kind in ("client_body", "proxy", "fastcgi")
+    )
+    conf.write_text(
+        f"""daemon off;
+pid {prefix / "nginx.pid"};
+error_log {prefix / "logs" / "error.log"} warn;
+worker_processes 1;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    {temp} uwsgi_temp_path {prefix / "uwsgi"}; scgi_temp_path {prefix / "scgi"};
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+""",
+        encoding="utf-8",
+    )
+    argv = [binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "logs" / "error.log")]
+    log = (prefix / "logs" / "stdout.log").open("wb")
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not (prefix / "nginx.pid").exists() or not _listening(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = (prefix / "logs" / "error.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"nginx did not start on port {port}:\n{tail}")
+            time.sleep(0.05)
+        yield Nginx(port, cert, key, [*argv, "-s", "reload"])
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False

@@ -20,6 +20,7 @@ EXAMPLE = Path(__file__).parents[1] / "examples" / "estate.yaml"
 CERTIFICATE_EXAMPLE = Path(__file__).parents[1] / "examples" / "x509-ca.yaml"
 JWKS_EXAMPLE = Path(__file__).parents[1] / "examples" / "jwks.yaml"
 ENTRA_CERTIFICATE_EXAMPLE = Path(__file__).parents[1] / "examples" / "entra-certificate.yaml"
+TRUST_BUNDLE_EXAMPLE = Path(__file__).parents[1] / "examples" / "trust-bundle.yaml"
 SHARED_EXAMPLE = Path(__file__).parents[2] / "shared" / "examples" / "estate.example.yaml"
 """What a platform team would write; the repository sits beside `shared`."""
 
@@ -67,6 +68,18 @@ def test_the_entra_certificate_example_validates_and_renews_renew_before_the_not
     assert effective.rotate_before_expiry == timedelta(days=30)
     [pem] = [a for a in credential.actions if a.type == "file"]
     assert pem.config["file_format"] == "pem"
+
+
+def test_the_trust_bundle_example_validates_with_two_leaves_signed_by_its_ca() -> None:
+    estate = load_estate(TRUST_BUNDLE_EXAMPLE)
+    ca, *leaves = estate.credentials
+    assert ca.provider.type == "trust_bundle"
+    formats = {a.config.get("file_format") for a in ca.actions if a.type == "file"}
+    assert formats == {"pem_bundle"}
+    assert [leaf.provider.type for leaf in leaves] == ["x509_ca", "x509_ca"]
+    for leaf in leaves:
+        config = leaf.provider.config()
+        assert config["ca_key_from"] == config["ca_cert_from"] == f"credential:{ca.name}"
 
 
 def test_the_estate_platform_teams_write_validates_in_the_shapes_they_use() -> None:

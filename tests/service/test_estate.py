@@ -419,7 +419,7 @@ MALFORMED = [
         """,
         (
             "credentials[0].actions[1].config.file_format",
-            "must be one of json, yaml, env, ini, pem, pkcs12, jwks",
+            "must be one of json, yaml, env, ini, pem, pkcs12, jwks, pem_bundle",
         ),
         id="file-action-with-unknown-file-format",
     ),
@@ -528,6 +528,99 @@ MALFORMED = [
         """,
         ("credentials[0].actions[0].config", "key_path is for file_format pem or pkcs12"),
         id="jwks-document-with-certificate-options",
+    ),
+    case(
+        """\
+        credentials:
+          - name: mesh-ca
+            environment: dev
+            provider: {type: trust_bundle, common_name: mesh CA, validity: 0s}
+            actions:
+              - type: file
+                order: 10
+                config: {path: /srv/ca.json, file_format: json, keys: {key: private_key}}
+              - {type: file, order: 20, config: {path: /srv/jwks.json, file_format: jwks}}
+        """,
+        ("credentials[0].provider.validity", "validity must be longer than 0s"),
+        id="trust-bundle-provider-with-bad-fields",
+    ),
+    case(
+        """\
+        credentials:
+          - name: mesh-ca
+            environment: dev
+            provider: {type: trust_bundle, common_name: mesh CA}
+            actions:
+              - {type: file, order: 10, config: {path: /srv/ca.pem, file_format: pem_bundle}}
+              - type: file
+                order: 20
+                config: {path: /srv/ca.json, file_format: json, keys: {key: private_key}}
+        """,
+        ("credentials[0].actions[1]", "its value is the CA's private key, which no consumer"),
+        id="trust-bundle-handing-its-key-to-a-consumer",
+    ),
+    case(
+        """\
+        credentials:
+          - name: mesh-ca
+            environment: dev
+            provider: {type: trust_bundle, common_name: mesh CA}
+            actions:
+              - {type: file, order: 10, config: {path: /srv/jwks.json, file_format: jwks}}
+        """,
+        ("credentials[0].actions[0].config.file_format", "JWKS document holds the public keys"),
+        id="trust-bundle-publishing-a-jwks",
+    ),
+    case(
+        """\
+        credentials:
+          - name: mesh-ca
+            environment: dev
+            provider: {type: trust_bundle, common_name: mesh CA}
+            actions:
+              - type: command_check
+                order: 10
+                config: {argv: [/bin/true]}
+        """,
+        ("credentials[0].actions", "add an action that publishes its CA bundle"),
+        id="trust-bundle-without-a-bundle",
+    ),
+    case(
+        """\
+        credentials:
+          - name: tokens
+            environment: dev
+            provider: {type: random}
+            actions:
+              - {type: file, order: 10, config: {path: /srv/ca.pem, file_format: pem_bundle}}
+        """,
+        ("credentials[0].actions[0].config.file_format", "of a trust_bundle credential"),
+        id="ca-bundle-of-a-credential-that-is-no-ca",
+    ),
+    case(
+        """\
+        credentials:
+          - name: mesh-ca
+            environment: dev
+            provider: {type: trust_bundle, common_name: mesh CA, validity: 365d}
+            actions:
+              - {type: file, order: 10, config: {path: /srv/ca.pem, file_format: pem_bundle}}
+          - name: web-tls
+            environment: dev
+            provider:
+              type: x509_ca
+              common_name: web.internal
+              validity: 400d
+              ca_key_from: credential:mesh-ca
+              ca_cert_from: file:/etc/ca.pem
+            actions:
+              - type: file
+                order: 10
+                config: {path: /srv/web.crt, key_path: /srv/web.key, file_format: pem}
+        """,
+        ("credentials[1].provider.ca_cert_from", "use credential:mesh-ca for both"),
+        ("credentials[1].provider.validity", "must be shorter than the validity of the CA"),
+        id="leaf-of-a-trust-bundle-with-a-foreign-certificate-and-too-long-validity",
     ),
     case(
         """\
@@ -808,7 +901,7 @@ MALFORMED = [
         ("credentials[0].provider.length", "greater than or equal to 16"),
         (
             "credentials[0].actions[0].config.file_format",
-            "must be one of json, yaml, env, ini, pem, pkcs12, jwks",
+            "must be one of json, yaml, env, ini, pem, pkcs12, jwks, pem_bundle",
         ),
         ("credentials[0].actions[1].config.argv", "at least 1 item"),
         ("credentials[0].actions[2].config.url", "url must start with http:// or https://"),
@@ -853,7 +946,7 @@ MALFORMED = [
         ("credentials[0].policy", "no policy named 'prod-default'"),
         (
             "credentials[0].actions[0].config.file_format",
-            "must be one of json, yaml, env, ini, pem, pkcs12, jwks",
+            "must be one of json, yaml, env, ini, pem, pkcs12, jwks, pem_bundle",
         ),
         id="reference-and-plugin-config-problems-reported-together",
     ),

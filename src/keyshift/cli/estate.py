@@ -25,8 +25,8 @@ from keyshift.domain.clock import utcnow
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from keyshift.service import ca_plan, rotations
     from keyshift.service import estate as estate_service
-    from keyshift.service import rotations
 
 
 def print_changes(changes: list[estate_service.Change], *, applied: bool) -> None:
@@ -51,6 +51,7 @@ EstateFile = Annotated[Path, typer.Option("-f", "--file", help="Estate YAML file
 def _plan_or_apply(file: Path, server: str | None, *, apply: bool) -> None:
     """Plan or apply here or at the server; warnings (legacy fields renamed, actions that
     need a person) go to stderr before the changes."""
+    from keyshift.service import ca_plan
     from keyshift.service import estate as estate_service
 
     if server:
@@ -58,6 +59,8 @@ def _plan_or_apply(file: Path, server: str | None, *, apply: bool) -> None:
         document = estate_service.read_document(file)
         with client_of(server) as client:
             changes, warnings, frozen = client.plan_estate(document, apply=apply)
+        # Accepted there, the same document parses here: its CA rotations are shown.
+        estate = estate_service.parse_estate(document)
     else:
         found: list[estate_service.EstateWarning] = []
         estate = estate_service.load_estate(file, found)
@@ -73,6 +76,21 @@ def _plan_or_apply(file: Path, server: str | None, *, apply: bool) -> None:
         err.print(f"warning: {warning}", markup=False)
     print_changes(changes, applied=apply)
     print_frozen(frozen)
+    if not apply:
+        print_ca_phases(ca_plan.ca_phases(estate))
+
+
+def print_ca_phases(phases: list[ca_plan.CaPhase]) -> None:
+    """For each CA (trust_bundle), its rotation's phases and the consumers of each."""
+    for p in phases:
+        if p.number == 1:
+            out.print(
+                f"CA rotation of {p.credential} (trust first, identity second):", markup=False
+            )
+        consumers = "; ".join(p.consumers) or "-"
+        out.print(
+            f"  phase {p.number} {p.name}: {p.does}\n    consumers: {consumers}", markup=False
+        )
 
 
 def print_frozen(frozen: list[estate_service.Frozen]) -> None:

@@ -5,8 +5,9 @@
 bottom in `_table`: one entry per state that a worker advances, each naming the step
 (or gate) that moves it on. What the steps do lives in one module per responsibility:
 `steps` (journal, retries, lease and state writes), `issuer`, `rollout`, `gates`,
-`rollback`, `imports`; events of every change go to the subscribers of `events` (the
-audit trail first).
+`rollback`, `imports`, and for trust-first credentials `trust` (a JWKS, a CA's bundles)
+and `bundle` (a CA's leaves, re-issued in its grace period); events of every change go
+to the subscribers of `events` (the audit trail first).
 
 A rotation is owned by one worker at a time through a lease on its row; a lease whose
 holder died (same host, process gone) or expired is taken over.
@@ -29,6 +30,7 @@ from keyshift.domain.secret import Secret
 from keyshift.domain.states import RotationState, Trigger
 from keyshift.domain.triggers import EventRef
 from keyshift.engine import approvals, freezes, preflight, rows
+from keyshift.engine.bundle import Leaves, Progress
 from keyshift.engine.events import EventBus, Subscriber
 from keyshift.engine.gates import ApprovalGate, GraceGate, validate
 from keyshift.engine.imports import Imported, import_current
@@ -111,6 +113,8 @@ class Engine:
         self.rollback = Rollback(self.steps, actor)
         self.retirement = Retirement(self.steps)
         self.requests = Requests(store, self.events, self.context, self.leases)
+        self.leaves = Leaves(self.steps, self.requests, actor)
+        self.leaves.run_rotation = self.run
         self._table = self._state_machine()
 
     @property
@@ -168,12 +172,24 @@ class Engine:
             if approval.needed_to_revoke(run):
                 approval.ask(run, approvals.REVOKE)
                 return False
-            # A trust-first credential's verifiers stop trusting the old version first;
-            # for every other credential this returns at once, having done nothing.
+            # A CA is withdrawn once no leaf presents a certificate it signed; a
+            # trust-first credential's verifiers stop trusting the old version first. For
+            # every other credential these return at once, having done nothing.
+            if not await self.leaves.left_old_ca(run):
+                return True
             if not await self.trust.withdrawn(run):
                 return True
             await steps.step(run, "revoking", issuer.revoke, None, finishes=True)
             return True
+
+        async def in_grace(run: Run) -> bool:
+            # A CA rotation re-issues its leaves first (phase 2); nothing for any other.
+            progress = await self.leaves.reissue(run)
+            if progress is Progress.RESTING:
+                return False
+            if progress is Progress.STOPPED:
+                return True
+            return await self.grace.passes(run)
 
         async def rolling_back(run: Run) -> bool:
             await self.rollback.restore(run)
@@ -191,7 +207,7 @@ class Engine:
             RotationState.RELOADING: rolling_out,
             RotationState.VERIFYING: rolling_out,
             RotationState.NOTIFYING: rolling_out,
-            RotationState.GRACE: self.grace.passes,
+            RotationState.GRACE: in_grace,
             RotationState.AWAITING_REVOKE_APPROVAL: awaiting,
             RotationState.REVOKING: revoking,
             RotationState.ROLLING_BACK: rolling_back,

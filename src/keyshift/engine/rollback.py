@@ -23,6 +23,7 @@ from keyshift.domain.states import (
     VersionStatus,
 )
 from keyshift.engine import approvals, rows
+from keyshift.engine.bundle import reissue_started
 from keyshift.engine.plan import PlannedAction
 from keyshift.engine.run import RETAIN_DISABLED, Run, deliveries, issued, old_issued, revoked
 from keyshift.engine.splits import SPLIT, Split, failing_action
@@ -178,6 +179,12 @@ class Rollback:
             old = rows.version(s, rot.old_version_id) if rot.old_version_id else None
             new = rows.version(s, rot.new_version_id) if rot.new_version_id else None
             why = _rollback_refusal(rot, old, new, run.provider)
+            if why is None and reissue_started(run):
+                why = (
+                    "leaves were re-issued under the new CA (phase 2 began): rolling back "
+                    "would remove it from the bundles and verifiers would refuse them; "
+                    "rotate the CA again instead"
+                )
             version = old_issued(self.store, old) if why is None and old is not None else None
         if version is not None:
             run.secrets.append(version.value.reveal())

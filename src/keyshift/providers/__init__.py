@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from keyshift.providers.postgres import PostgresIntegration, PostgresProvider
     from keyshift.providers.random import RandomProvider
     from keyshift.providers.redis import RedisIntegration, RedisProvider
+    from keyshift.providers.trust_bundle import TrustBundleConfig, TrustBundleProvider
     from keyshift.providers.x509_ca import X509CaConfig, X509CaProvider
 
 
@@ -53,6 +54,7 @@ class ProviderKind(StrEnum):
     POSTGRES = "postgres"
     RANDOM = "random"
     REDIS = "redis"
+    TRUST_BUNDLE = "trust_bundle"
     X509_CA = "x509_ca"
 
 
@@ -75,6 +77,7 @@ PROVIDERS: Registry[Any] = Registry(
         ProviderKind.POSTGRES: "keyshift.providers.postgres:PostgresProvider",
         ProviderKind.RANDOM: "keyshift.providers.random:RandomProvider",
         ProviderKind.REDIS: "keyshift.providers.redis:RedisProvider",
+        ProviderKind.TRUST_BUNDLE: "keyshift.providers.trust_bundle:TrustBundleProvider",
         ProviderKind.X509_CA: "keyshift.providers.x509_ca:X509CaProvider",
     }
 )
@@ -122,6 +125,8 @@ __getattr__ = lazy_exports(
         "RandomProvider": "keyshift.providers.random:RandomProvider",
         "RedisIntegration": "keyshift.providers.redis:RedisIntegration",
         "RedisProvider": "keyshift.providers.redis:RedisProvider",
+        "TrustBundleConfig": "keyshift.providers.trust_bundle:TrustBundleConfig",
+        "TrustBundleProvider": "keyshift.providers.trust_bundle:TrustBundleProvider",
         "X509CaConfig": "keyshift.providers.x509_ca:X509CaConfig",
         "X509CaProvider": "keyshift.providers.x509_ca:X509CaProvider",
     },
@@ -151,6 +156,8 @@ __all__ = [
     "RedisProvider",
     "RevokeRequest",
     "RevokeResult",
+    "TrustBundleConfig",
+    "TrustBundleProvider",
     "VerifyRequest",
     "VerifyResult",
     "VersionInfo",

@@ -18,8 +18,10 @@ Due: renewal is due `renew_before` the certificate's `not_after`. The provider g
 `rotate_before_expiry` (`rotate_before_expiry` below), so the schedule, `status`, the
 expiry alerts and the dashboard treat a certificate like any expiring secret.
 
-Out of scope here: a CA that keyshift itself holds sealed (`ca: keyshift-managed`),
-CRL/OCSP publishing, and rotating the CA (a `trust_bundle` credential, later).
+A CA that keyshift makes, holds sealed and rotates trust first is a `trust_bundle`
+credential (`keyshift.providers.trust_bundle`): its leaves name it in both references,
+`credential:NAME`, whose value holds the CA's key and then its certificate. Out of scope
+here: CRL/OCSP publishing.
 """
 
 from __future__ import annotations

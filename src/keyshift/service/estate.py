@@ -25,6 +25,7 @@ from sqlalchemy import select
 from keyshift import files
 from keyshift.context import PluginContext
 from keyshift.domain.clock import utcnow
+from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import (
     INTEGRATION_FIELDS,
     CredentialSpec,
@@ -51,6 +52,8 @@ from keyshift.engine.plugins import (
 )
 from keyshift.errors import ConfigError, EstateInvalid
 from keyshift.providers.base import Capability, trust_first_of
+from keyshift.providers.trust_bundle import TrustBundleConfig
+from keyshift.providers.x509_ca import X509CaConfig
 from keyshift.service import freezes
 from keyshift.service.entra import forget_integrations
 from keyshift.service.notifications import channel_problems
@@ -234,6 +237,7 @@ def _check_capabilities(estate: Estate) -> None:
         problems += _check_problems(i, cred, policy, held)
         problems += _rollback_problems(i, cred, policy, held)
         problems += _trust_problems(i, cred, trust_first=trust_first_of(provider) is not None)
+    problems += _leaf_problems(estate)
     if problems:
         raise EstateInvalid(problems)
 
@@ -322,36 +326,64 @@ def _rollback_problems(
     return problems
 
 
+TRUST_FORMAT: dict[str, str] = {"jwks_signing_key": "jwks", "trust_bundle": "pem_bundle"}
+"""The trust file each trust-first provider's verifiers read."""
+TRUST_FILE_HOLDS: dict[str, str] = {
+    "jwks": "a JWKS document holds the public keys of a jwks_signing_key credential",
+    "pem_bundle": "a CA bundle holds the CA certificates of a trust_bundle credential",
+}
+
+
 def _trust_problems(i: int, cred: CredentialSpec, *, trust_first: bool) -> list[ConfigError]:
-    """A trust-first credential (a JWKS signing key) publishes to its verifiers (a JWKS
-    document) before its signers, and a rollback undoes the signers first: so it needs a
-    trust action, each ordered before every other publish action. A JWKS document is
-    only for such a credential (no other version has a public JWK)."""
+    """A trust-first credential (a JWKS signing key, a CA) publishes to its verifiers (a
+    JWKS document, a CA bundle) before its signers, and a rollback undoes the signers
+    first: so it needs a trust action, each ordered before every other publish action. A
+    JWKS document is only for a signing key, a CA bundle only for a trust_bundle (no other
+    version has a public JWK or is a CA); a trust_bundle's value is the CA's key, so each
+    of its publish actions writes a bundle."""
     trusts = [(j, a) for j, a in enumerate(cred.actions) if trust_only(a.type, dict(a.config))]
-    if not trust_first:
-        return [
-            ConfigError(
-                f"credentials[{i}].actions[{j}].config.file_format",
-                f"a JWKS document holds the public keys of a jwks_signing_key credential; "
-                f"{cred.name} is {cred.provider.type}",
-            )
-            for j, _ in trusts
-        ]
+    kind = cred.provider.type
+    wanted = TRUST_FORMAT.get(kind)
+    wrong = [
+        ConfigError(
+            f"credentials[{i}].actions[{j}].config.file_format",
+            f"{TRUST_FILE_HOLDS.get(fmt, 'a trust file')}; {cred.name} is {kind}",
+        )
+        for j, a in trusts
+        if (fmt := str(a.config.get("file_format"))) != wanted
+    ]
+    if wrong or not trust_first:
+        return wrong
     if not trusts:
+        what = (
+            "its CA bundle (type: file, file_format: pem_bundle)"
+            if wanted == "pem_bundle"
+            else ("its JWKS to the verifiers (type: file, file_format: jwks)")
+        )
         return [
             ConfigError(
                 f"credentials[{i}].actions",
-                f"{cred.name} is a {cred.provider.type} credential: add an action that "
-                "publishes its JWKS to the verifiers (type: file, file_format: jwks), which "
-                "runs before the signers get a new key",
+                f"{cred.name} is a {kind} credential: add an action that publishes "
+                f"{what}, which runs before the signers get a new key",
             )
         ]
     signers = [
-        a.order
-        for a in cred.actions
+        (j, a)
+        for j, a in enumerate(cred.actions)
         if target_class(a.type).phase == Phase.PUBLISH and not trust_only(a.type, dict(a.config))
     ]
-    first_signer = min(signers, default=None)
+    if kind == "trust_bundle":
+        return [
+            ConfigError(
+                f"credentials[{i}].actions[{j}]",
+                f"{cred.name} is a trust_bundle: its value is the CA's private key, which no "
+                "consumer gets; its publish actions write CA bundles (type: file, "
+                "file_format: pem_bundle), and the leaves get certificates through their "
+                "own x509_ca credentials",
+            )
+            for j, _ in signers
+        ]
+    first_signer = min((a.order for _, a in signers), default=None)
     return [
         ConfigError(
             f"credentials[{i}].actions[{j}].order",
@@ -362,6 +394,48 @@ def _trust_problems(i: int, cred: CredentialSpec, *, trust_first: bool) -> list[
         for j, a in trusts
         if first_signer is not None and a.order >= first_signer
     ]
+
+
+def _leaf_problems(estate: Estate) -> list[ConfigError]:
+    """An x509_ca leaf signed by a trust_bundle credential (`credential:NAME`) reads the
+    CA's key and certificate from it, so both references name it; and its certificates
+    expire before the CA does."""
+    bundles = {c.name: c for c in estate.credentials if c.provider.type == "trust_bundle"}
+    problems: list[ConfigError] = []
+    for i, cred in enumerate(estate.credentials):
+        config = cred.provider.config()
+        if cred.provider.type != "x509_ca":
+            continue
+        refs = {f: str(config.get(f, "")) for f in ("ca_key_from", "ca_cert_from")}
+        named = {
+            f: ref.removeprefix("credential:")
+            for f, ref in refs.items()
+            if ref.startswith("credential:") and ref.removeprefix("credential:") in bundles
+        }
+        if not named:
+            continue
+        bundle = next(iter(named.values()))
+        for field_name, ref in refs.items():
+            if named.get(field_name) != bundle:
+                problems.append(
+                    ConfigError(
+                        f"credentials[{i}].provider.{field_name}",
+                        f"is {ref or 'missing'}; a leaf of the trust_bundle {bundle} reads "
+                        f"the CA's key and certificate from it: use credential:{bundle} for "
+                        "both ca_key_from and ca_cert_from",
+                    )
+                )
+        leaf_validity = X509CaConfig.model_validate(config).validity
+        ca_validity = TrustBundleConfig.model_validate(bundles[bundle].provider.config()).validity
+        if leaf_validity >= ca_validity:
+            problems.append(
+                ConfigError(
+                    f"credentials[{i}].provider.validity",
+                    f"({format_duration(leaf_validity)}) must be shorter than the validity "
+                    f"of the CA {bundle} ({format_duration(ca_validity)}) that signs it",
+                )
+            )
+    return problems
 
 
 def _consumer_phases(cred: CredentialSpec) -> dict[str | None, set[Phase]]:

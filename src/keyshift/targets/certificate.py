@@ -1,6 +1,10 @@
 """A certificate version as consumers take it: its private key, certificate and chain as
 PEM, or the three in one PKCS#12 (PFX) bundle.
 
+A CA bundle (`file_format: pem_bundle`) is the trust of a `trust_bundle` credential:
+concatenated PEM certificates that verifiers trust, of which keyshift adds and removes the
+credential's CAs (its version's `certificate` attribute, a CA) and keeps every other.
+
 A certificate version (`x509_ca`) is delivered like any version: its value is the
 private key (PEM) and its attributes hold `certificate` and `chain` (PEM). Targets read
 them through `keyshift.targets.base.field_value` (`private_key`, `certificate`, `chain`,
@@ -14,7 +18,7 @@ import hmac
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
@@ -22,7 +26,14 @@ from keyshift.domain.secret import Secret
 from keyshift.errors import PermanentError
 from keyshift.targets.base import Delivery, field_value
 
-__all__ = ["CertificateParts", "parts_of", "pkcs12_bundle", "pkcs12_holds"]
+__all__ = [
+    "CertificateParts",
+    "bundle_certificates",
+    "parts_of",
+    "pkcs12_bundle",
+    "pkcs12_holds",
+    "updated_bundle",
+]
 
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
@@ -99,3 +110,58 @@ def _load(
         # Raised outside the handler: the parser's error could quote the key.
         raise PermanentError(f"version {version_id} is not a readable certificate and key")
     return loaded[0], loaded[1], loaded[2]
+
+
+def bundle_certificates(data: bytes | None, where: str) -> list[x509.Certificate]:
+    """The certificates of a CA bundle (none for a missing or empty file); PermanentError
+    naming `where` when it holds anything but PEM certificates (never quoting it)."""
+    text = (data or b"").decode("utf-8", "replace")
+    if not text.strip():
+        return []
+    if "PRIVATE KEY" in text:
+        raise PermanentError(f"{where} holds a private key: a CA bundle holds certificates only")
+    try:
+        return x509.load_pem_x509_certificates(text.encode("utf-8"))
+    except ValueError:
+        raise PermanentError(f"{where} does not parse as PEM certificates") from None
+
+
+def _ca_of(delivery: Delivery) -> x509.Certificate:
+    """The CA certificate of a trust_bundle version; PermanentError naming the version
+    when it has none (a leaf certificate, a random value)."""
+    text = str(delivery.attributes.get("certificate", ""))
+    try:
+        cert = x509.load_pem_x509_certificate(text.encode("ascii")) if text else None
+    except ValueError:
+        cert = None
+    try:
+        is_ca = (
+            cert is not None
+            and cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        )
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if cert is None or not is_ca:
+        raise PermanentError(
+            f"version {delivery.version_id} holds no CA certificate (is it a trust_bundle version?)"
+        )
+    return cert
+
+
+def updated_bundle(
+    data: bytes | None, add: list[Delivery], remove: list[Delivery], where: str
+) -> tuple[bytes, list[str]]:
+    """The bundle `data` holding every CA of `add` (appended when missing) and none of
+    `remove`, every other certificate kept in its order; with the SHA-256 thumbprints it
+    holds. Stable: the same CAs give the same bytes, so publishing again rewrites nothing."""
+    held = bundle_certificates(data, where)
+    wanted = [_ca_of(d) for d in add]
+    gone = {c.fingerprint(hashes.SHA256()) for c in (_ca_of(d) for d in remove)}
+    out: list[x509.Certificate] = []
+    for cert in [*held, *wanted]:
+        print_ = cert.fingerprint(hashes.SHA256())
+        if print_ in gone or any(c.fingerprint(hashes.SHA256()) == print_ for c in out):
+            continue
+        out.append(cert)
+    pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in out)
+    return pem.encode("ascii"), [c.fingerprint(hashes.SHA256()).hex() for c in out]

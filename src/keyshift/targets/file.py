@@ -55,8 +55,10 @@ from keyshift.targets.base import (
 
 FileFormat = Literal["json", "yaml", "env", "ini"]
 """Formats that hold keys, each set to a field of the version (the host agent's too)."""
-WHOLE_FILE_FORMATS: Final = ("pem", "pkcs12", "jwks")
-TargetFileFormat = Literal["json", "yaml", "env", "ini", "pem", "pkcs12", "jwks"]
+WHOLE_FILE_FORMATS: Final = ("pem", "pkcs12", "jwks", "pem_bundle")
+TRUST_FORMATS: Final = ("jwks", "pem_bundle")
+"""Formats that hold what verifiers trust (public keys, CA certificates), never a secret."""
+TargetFileFormat = Literal["json", "yaml", "env", "ini", "pem", "pkcs12", "jwks", "pem_bundle"]
 """Every format the `file` target writes (one Literal, so a bad one is one error)."""
 
 KEY_SEPARATOR: Final = ":"
@@ -107,7 +109,9 @@ class FileConfig(BaseModel):
     file_format: TargetFileFormat
     """`json`, `yaml`, `env`, `ini`: set keys in the file. `pem`, `pkcs12`: write a
     certificate version's files whole (no `key` or `keys`). `jwks`: keep a JWKS document
-    holding a signing key's public keys that verifiers must accept (no `key` or `keys`)."""
+    holding a signing key's public keys that verifiers must accept (no `key` or `keys`).
+    `pem_bundle`: keep a CA bundle (concatenated PEM certificates) holding a trust_bundle
+    credential's CAs that verifiers must trust, beside any other certificate in it."""
     create: bool = True
     """Create the file (mode 0600; 0644 for a certificate or chain) when it does not
     exist; otherwise a missing file fails."""
@@ -159,12 +163,12 @@ def _check_whole_file(config: FileConfig) -> None:
     fmt = config.file_format
     if config.key is not None or config.keys is not None:
         raise ValueError(f"file_format {fmt} writes whole files: give no key or keys")
-    if fmt == "jwks":
+    if fmt in TRUST_FORMATS:
         for name in ("key_path", "chain_path", "password_from"):
             if getattr(config, name) is not None:
-                raise ValueError(f"{name} is for file_format pem or pkcs12, not jwks")
+                raise ValueError(f"{name} is for file_format pem or pkcs12, not {fmt}")
         if config.fullchain:
-            raise ValueError("fullchain is for file_format pem, not jwks")
+            raise ValueError(f"fullchain is for file_format pem, not {fmt}")
         return
     if fmt == "pem":
         if config.key_path is None:
@@ -436,6 +440,41 @@ class JwksFile:
         return {"path": name, "format": "jwks", "kids": jwks.kids(wanted), "changed": changed}
 
 
+class PemBundleFile:
+    """A CA bundle on this host that verifiers read as their trust store (`file_format:
+    pem_bundle`): the CA certificates of a trust_bundle credential that must be trusted
+    now, beside any other certificate the file holds (`keyshift.targets.certificate`).
+    Written atomically; a new file is 0644 (certificates are public)."""
+
+    def __init__(self, config: FileConfig) -> None:
+        self.config = config
+
+    def check(self) -> None:
+        """Raise PermanentError unless the bundle could be rewritten. Changes nothing."""
+        from keyshift.targets.certificate import bundle_certificates  # noqa: PLC0415
+
+        path = Path(os.path.realpath(self.config.path))
+        check_replaceable(path, self.config.path, create=self.config.create)
+        current = _read_or_none(path, self.config.path)
+        bundle_certificates(current, self.config.path)
+
+    def apply(self, add: list[Delivery], remove: list[Delivery]) -> dict[str, Any]:
+        """Make the bundle hold the CAs of `add` and none of `remove`; return the
+        thumbprints it holds now and whether it changed. Idempotent."""
+        # Imported here: the host agent shares this module and has no cryptography.
+        from keyshift.targets.certificate import updated_bundle  # noqa: PLC0415
+
+        self.check()
+        name = self.config.path
+        path = Path(os.path.realpath(name))
+        current = _read_or_none(path, name)
+        data, held = updated_bundle(current, add, remove, name)
+        changed = current != data
+        if changed:
+            _atomic_write(path, data, name, new_mode=PUBLIC_FILE_MODE)
+        return {"path": name, "format": "pem_bundle", "thumbprints": held, "changed": changed}
+
+
 def field_values(entries: Mapping[str, str], delivery: Delivery | None) -> dict[str, str | None]:
     """The text each file key receives from `delivery` (None for every key without one:
     remove it)."""
@@ -454,16 +493,17 @@ class FileTarget(BaseTarget[FileConfig]):
 
     @classmethod
     def trust_only(cls, config: BaseModel) -> bool:
-        """Whether it serves verifiers only (a JWKS document): a trust-first rotation
-        publishes it first, and withdraws the old key from it before revoking."""
-        return isinstance(config, FileConfig) and config.file_format == "jwks"
+        """Whether it serves verifiers only (a JWKS document, a CA bundle): a trust-first
+        rotation publishes it first, and withdraws the old version from it before
+        revoking."""
+        return isinstance(config, FileConfig) and config.file_format in TRUST_FORMATS
 
     @classmethod
     def describe(cls, config: FileConfig) -> dict[str, str]:
         """Where it writes: the file, its format and the keys set in it (on this host), or
         for a certificate the files written whole."""
-        if config.file_format == "jwks":
-            return {"path": config.path, "format": "jwks"}
+        if config.file_format in TRUST_FORMATS:
+            return {"path": config.path, "format": config.file_format}
         if config.file_format in WHOLE_FILE_FORMATS:
             return {"path": config.path, "format": config.file_format, **_whole_paths(config)}
         return {
@@ -475,7 +515,11 @@ class FileTarget(BaseTarget[FileConfig]):
     def __init__(self, config: FileConfig, context: PluginContext) -> None:
         super().__init__(config, context)
         self._whole = WholeFiles(config, context)
-        self._jwks = JwksFile(config) if config.file_format == "jwks" else None
+        self._trust: JwksFile | PemBundleFile | None = None
+        if config.file_format == "jwks":
+            self._trust = JwksFile(config)
+        elif config.file_format == "pem_bundle":
+            self._trust = PemBundleFile(config)
         self._file = (
             None
             if config.file_format in WHOLE_FILE_FORMATS
@@ -490,8 +534,8 @@ class FileTarget(BaseTarget[FileConfig]):
         (every file, for a certificate). Changes nothing.
         """
         try:
-            if self._jwks is not None:
-                self._jwks.check()
+            if self._trust is not None:
+                self._trust.check()
             elif self._file is None:
                 self._whole.check()
             else:
@@ -504,11 +548,11 @@ class FileTarget(BaseTarget[FileConfig]):
         """Write the value at the key (for a certificate: its files). Idempotent: an
         unchanged value is not rewritten."""
         delivery = request.delivery
-        if self._jwks is not None:
+        if self._trust is not None:
             # Verifiers accept the new key and still the previous one, which signs until
             # the signers switch and whose tokens live on after.
             trusted = [delivery] if request.previous is None else [delivery, request.previous]
-            done = self._jwks.apply(trusted, [])
+            done = self._trust.apply(trusted, [])
             return StepResult({**done, "fingerprint": delivery.fingerprint})
         if self._file is None:
             changed = self._whole.apply(delivery)
@@ -536,10 +580,10 @@ class FileTarget(BaseTarget[FileConfig]):
         Removing a nested key also removes the parents it leaves empty.
         """
         previous = request.previous
-        if self._jwks is not None:
+        if self._trust is not None:
             # The previous key verifies again alone: the failed one is no longer trusted.
             trusted = [] if previous is None else [previous]
-            done = self._jwks.apply(trusted, [request.failed])
+            done = self._trust.apply(trusted, [request.failed])
             fingerprint = previous.fingerprint if previous is not None else None
             return StepResult({**done, "fingerprint": fingerprint, "removed": previous is None})
         if self._file is None:
@@ -564,10 +608,13 @@ class FileTarget(BaseTarget[FileConfig]):
         )
 
     async def withdraw(self, request: base.WithdrawRequest) -> StepResult:
-        """`jwks`: drop the old key from the document, keeping the current one. Idempotent."""
-        if self._jwks is None:
-            raise PermanentError(f"{self.config.path}: only a jwks file withdraws a key")
-        done = self._jwks.apply([request.current], [request.withdrawn])
+        """`jwks`: drop the old key from the document, keeping the current one; `pem_bundle`:
+        drop the old CA from the bundle, keeping the current one. Idempotent."""
+        if self._trust is None:
+            raise PermanentError(
+                f"{self.config.path}: only a jwks or pem_bundle file withdraws a version"
+            )
+        done = self._trust.apply([request.current], [request.withdrawn])
         return StepResult({**done, "withdrawn": request.withdrawn.fingerprint})
 
 
