@@ -106,7 +106,7 @@ def entra_list(
         from keyshift.service import estate as estate_service
 
         with open_store() as store:
-            alerts = estate_service.current_estate(store).alerts
+            alerts = estate_service.current_estate(store, with_credentials=False).alerts
             creds = entra_service.inventory(
                 store, now=utcnow(), alerts=alerts, include_removed=removed
             )
@@ -132,7 +132,10 @@ def entra_summary(
         server,
         lambda client: client.entra_summary(top=top),
         lambda store: entra_service.summary(
-            store, now=utcnow(), alerts=estate_service.current_estate(store).alerts, top=top
+            store,
+            now=utcnow(),
+            alerts=estate_service.current_estate(store, with_credentials=False).alerts,
+            top=top,
         ),
     )
     emit(output, found, lambda: _print_summary(found))
@@ -177,7 +180,9 @@ def entra_report(server: ServerOption = None, output: OutputOption = Format.TABL
         lambda store: entra_service.findings(
             store,
             now=utcnow(),
-            default_policy=estate_service.current_estate(store).named_policy(DEFAULT_POLICY_NAME),
+            default_policy=estate_service.current_estate(
+                store, with_credentials=False
+            ).named_policy(DEFAULT_POLICY_NAME),
         ),
     )
     emit(output, found, lambda: _print_findings(found))

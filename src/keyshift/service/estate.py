@@ -8,7 +8,6 @@ that same transaction, while its versions, rotations and audit history stay.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import uuid
@@ -128,11 +127,15 @@ expanded: a few nested aliases can stand for billions ("billion laughs"), while 
 estate of 50,000 credentials sharing policies by alias stays far below."""
 
 
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _load_yaml(text: str) -> Any:
     """`yaml.safe_load`, refusing a document whose aliases expand past MAX_NODES (counted
     on the composed node graph, where an alias is one shared node, before anything is
-    built)."""
-    loader = yaml.SafeLoader(text)
+    built). With libyaml's parser where PyYAML has it: the pure-Python one takes
+    seconds per thousand credentials."""
+    loader = _SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -186,10 +189,11 @@ def parse_estate(data: Any, warnings: list[EstateWarning] | None = None) -> Esta
     if not isinstance(data, dict):
         raise _not_a_mapping()
     problems: list[ConfigError] = []
-    data, noted = _legacy_fields(data, problems)
+    data = _copy_tree(data)  # what follows normalises this copy in place
+    noted = _legacy_fields(data, problems)
     if warnings is not None:
         warnings.extend(noted)
-    data, unresolved = _with_implicit_integrations(data)
+    unresolved = _with_implicit_integrations(data)
     problems.extend(unresolved)
     try:
         estate = Estate.model_validate(data)
@@ -216,22 +220,30 @@ def parse_estate(data: Any, warnings: list[EstateWarning] | None = None) -> Esta
     return estate
 
 
-def current_estate(store: Store) -> Estate:
-    """The estate as last applied (an empty one before the first apply)."""
+def current_estate(store: Store, *, with_credentials: bool = True) -> Estate:
+    """The estate as last applied (an empty one before the first apply); without its
+    credentials with `with_credentials=False`, for a caller that reads only its other
+    parts (alerts, governance, triggers, policies, the worker): validating 10,000
+    credentials takes seconds."""
     with store.transaction() as s:
         latest = s.execute(
             select(EstateRevision.document).order_by(EstateRevision.id.desc()).limit(1)
         ).scalar_one_or_none()
-    return Estate.model_validate(latest) if latest is not None else Estate()
+    if latest is None:
+        return Estate()
+    if not with_credentials:
+        latest = {**latest, "credentials": []}
+    return Estate.model_validate(latest)
 
 
 def _check_capabilities(estate: Estate) -> None:
     """What a policy asks of a credential's provider and actions, checked against what
     they can do (`Capability`); every problem is reported with its field path."""
     problems: list[ConfigError] = []
+    context = PluginContext()  # one for all: it copies the environment when made
     for i, cred in enumerate(estate.credentials):
         policy = estate.policy_for(cred)
-        provider = build_provider(cred.provider.type, cred.provider.config(), PluginContext())
+        provider = build_provider(cred.provider.type, cred.provider.config(), context)
         held = provider.capabilities
         problems += _residual_use_problems(i, cred, policy, held)
         problems += _check_problems(i, cred, policy, held)
@@ -446,16 +458,25 @@ def _consumer_phases(cred: CredentialSpec) -> dict[str | None, set[Phase]]:
     return phases
 
 
-def _with_implicit_integrations(data: dict[str, Any]) -> tuple[dict[str, Any], list[ConfigError]]:
-    """A copy of `data` in which every provider and action that needs an integration and
-    names none names the estate's only integration of the type it needs, and a problem for
-    each one where there is no such integration or several.
+def _copy_tree(value: Any) -> Any:
+    """A copy of a parsed document's mappings and lists (the values in them are shared):
+    what `copy.deepcopy` makes of it, several times faster."""
+    if isinstance(value, dict):
+        return {k: _copy_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_tree(v) for v in value]
+    return value
+
+
+def _with_implicit_integrations(data: dict[str, Any]) -> list[ConfigError]:
+    """Make every provider and action in `data` that needs an integration and names none
+    name the estate's only integration of the type it needs; a problem for each one
+    where there is no such integration or several.
 
     Resolved here, before anything else reads the file, the stored estate holds the name
     as if it had been written: the engine's plan, `keyshift impact` and preflight all see
     it, and a file that names its only integration is the same estate as one that does not.
     """
-    data = copy.deepcopy(data)
     by_type: dict[str, list[str]] = {}
     for _i, item in _mappings(data, "integrations"):
         if isinstance(item.get("name"), str) and isinstance(item.get("type"), str):
@@ -475,7 +496,7 @@ def _with_implicit_integrations(data: dict[str, Any]) -> tuple[dict[str, Any], l
                 path = f"{base}.actions[{j}].config"
                 problem = _fill_integration(target_class, action, config, by_type, path)
                 problems += [problem] if problem else []
-    return data, problems
+    return problems
 
 
 def _mappings(data: dict[str, Any], field: str) -> list[tuple[int, dict[str, Any]]]:
@@ -595,14 +616,11 @@ def _agent_types() -> list[str]:
     return sorted(AGENT_KINDS)
 
 
-def _legacy_fields(
-    data: dict[str, Any], problems: list[ConfigError]
-) -> tuple[dict[str, Any], list[EstateWarning]]:
+def _legacy_fields(data: dict[str, Any], problems: list[ConfigError]) -> list[EstateWarning]:
     """Accept what older rotation tools write, normalised, with a warning for each:
     `iis_recycle`'s `site_name` becomes `app_pool`; an agent action with `config.agent_url`
-    and no `agent_id` is kept, as manual review (it is never sent a value). Returns a copy
-    of `data`; the caller's is not changed."""
-    data = copy.deepcopy(data)
+    and no `agent_id` is kept, as manual review (it is never sent a value). Changes `data`
+    in place."""
     warnings: list[EstateWarning] = []
     for path, action in _actions(data):
         config = action.get("config")
@@ -631,7 +649,7 @@ def _legacy_fields(
             else:
                 message = "ignored: the action runs through the agent named by agent_id"
             warnings.append(EstateWarning(f"{path}.config.agent_url", message))
-    return data, warnings
+    return warnings
 
 
 def _agent_problems(data: dict[str, Any], warnings: list[EstateWarning]) -> list[ConfigError]:
@@ -906,33 +924,41 @@ def plan_estate(store: Store, estate: Estate) -> list[Change]:
     alerts and governance, inbound triggers, the estate's freezes."""
     specs = _credential_specs(estate)
     with store.transaction() as s:
-        stored = {
-            c.name: c
-            for c in s.execute(
-                select(CredentialRow).where(CredentialRow.removed_at.is_(None))
-            ).scalars()
-        }
+        # Digests first: the stored specs of the credentials that changed alone are read.
+        live = CredentialRow.removed_at.is_(None)
+        stored: dict[str, str] = dict(
+            s.execute(select(CredentialRow.name, CredentialRow.digest).where(live)).all()
+        )
+        changed = sorted(
+            name for name, spec in specs.items() if name in stored and stored[name] != _digest(spec)
+        )
+        before: dict[str, dict[str, Any]] = {}
+        for first in range(0, len(changed), 500):  # bound the parameters of one query
+            query = select(CredentialRow.name, CredentialRow.spec).where(
+                live, CredentialRow.name.in_(changed[first : first + 500])
+            )
+            before.update(s.execute(query).all())
         integrations = {i.name: i for i in s.execute(select(IntegrationRow)).scalars()}
         declared_freezes = freezes.estate_diff(s, estate.freeze, utcnow())
     changes: list[Change] = []
     for name, spec in specs.items():
-        row = stored.get(name)
-        if row is None:
+        if name not in stored:
             n = len(spec["credential"]["actions"])
             changes.append(Change("+", "credential", name, f"{n} action(s)"))
-        elif row.digest != _digest(spec):
-            old_cred = {k: v for k, v in row.spec["credential"].items() if k != "actions"}
+        elif name in before:
+            old_spec = before[name]
+            old_cred = {k: v for k, v in old_spec["credential"].items() if k != "actions"}
             new_cred = {k: v for k, v in spec["credential"].items() if k != "actions"}
             fields = [
                 k
                 for k in sorted(set(old_cred) | set(new_cred))
                 if old_cred.get(k) != new_cred.get(k)
             ]
-            if row.spec["policy"] != spec["policy"]:
+            if old_spec["policy"] != spec["policy"]:
                 fields.append("effective policy")
             if fields:
                 changes.append(Change("~", "credential", name, "changed: " + ", ".join(fields)))
-            changes.extend(_action_changes(name, row.spec, spec))
+            changes.extend(_action_changes(name, old_spec, spec))
     for name in stored:
         if name not in specs:
             changes.append(Change("-", "credential", name, "schedule removed; history kept"))
@@ -945,7 +971,7 @@ def plan_estate(store: Store, estate: Estate) -> list[Change]:
     for name in integrations:
         if name not in declared:
             changes.append(Change("-", "integration", name, "discovered entries removed"))
-    applied = current_estate(store)
+    applied = current_estate(store, with_credentials=False)
     if applied.alerts != estate.alerts:
         changes.append(Change("~", "alerts", "alerts", "thresholds or webhooks changed"))
     if applied.governance != estate.governance:

@@ -405,7 +405,7 @@ async def worker_pass(
     tally = tally or fleet.Tally()
     tally.begin()
     if concurrency is None:
-        concurrency = current_estate(store).worker.concurrency
+        concurrency = current_estate(store, with_credentials=False).worker.concurrency
     ctx = Engine(store, actor=actor, context=context).context_for({})
     synced = await sync_due(store, actor=actor, context=ctx)
     resumed = await resume(

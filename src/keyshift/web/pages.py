@@ -443,7 +443,7 @@ def entra_page(
     """Discovered apps, secrets and certificates with their lifecycle state, and the
     outside-keyshift and over-lifetime findings."""
     now = _now(request)
-    current = estate_service.current_estate(store)
+    current = estate_service.current_estate(store, with_credentials=False)
     found = entra.inventory(store, now=now, alerts=current.alerts, state=state)
     return page(
         request,

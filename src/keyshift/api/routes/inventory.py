@@ -60,7 +60,7 @@ def entra_credentials(
     removed: bool = False,
 ) -> list[entra_service.EntraCredential]:
     """Every discovered client secret and certificate with its lifecycle state."""
-    alerts = estate_service.current_estate(store).alerts
+    alerts = estate_service.current_estate(store, with_credentials=False).alerts
     found = entra_service.inventory(
         store, now=utcnow(), alerts=alerts, include_removed=removed, state=state
     )
@@ -76,7 +76,7 @@ def entra_summary(
     top: Annotated[int, Query(ge=0, le=1000)] = 10,
 ) -> entra_service.Summary:
     """Totals, counts expiring within 7/30/90 days, and the most urgent credentials."""
-    alerts = estate_service.current_estate(store).alerts
+    alerts = estate_service.current_estate(store, with_credentials=False).alerts
     return entra_service.summary(store, now=utcnow(), alerts=alerts, top=top)
 
 
@@ -85,7 +85,7 @@ def entra_report(
     store: StoreDep, who: Annotated[Identity, caller(Permission.ENTRA_READ)]
 ) -> list[entra_service.Finding]:
     """Secrets created outside keyshift on managed apps, and lifetimes over the maximum."""
-    estate = estate_service.current_estate(store)
+    estate = estate_service.current_estate(store, with_credentials=False)
     default = estate.named_policy(DEFAULT_POLICY_NAME)
     return entra_service.findings(store, now=utcnow(), default_policy=default)
 
