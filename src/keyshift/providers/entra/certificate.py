@@ -73,8 +73,6 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from keyshift.azure import EntraIntegration
-from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration, format_duration
 from keyshift.domain.preflight import Readiness
 from keyshift.domain.secret import Secret
@@ -90,7 +88,7 @@ from keyshift.providers.base import (
     VerifyResult,
     VersionInfo,
 )
-from keyshift.providers.connection import ConnectedProvider
+from keyshift.providers.entra.application import GraphApplicationProvider
 from keyshift.providers.entra.config import MAX_SIGN_IN_LOOKBACK, MIN_SIGN_IN_LOOKBACK
 from keyshift.providers.entra.signins import sign_ins_with
 from keyshift.providers.graph import (
@@ -103,13 +101,12 @@ from keyshift.providers.graph import (
     KeyCredential,
     TokenRefused,
     azure_identity_token_source,
-    odata_literal,
     token_roles,
 )
 from keyshift.providers.keys import load_private_key, new_private_key, private_pem
 
 if TYPE_CHECKING:
-    from azure.core.credentials_async import AsyncTokenCredential
+    pass
 
 log = structlog.get_logger("keyshift.providers.entra")
 
@@ -257,7 +254,7 @@ def _lists(credential: KeyCredential, cert: x509.Certificate) -> bool:
     return listed.upper() == sha1.hex().upper() or listed == base64.b64encode(sha1).decode()
 
 
-class EntraCertificateProvider(ConnectedProvider[EntraCertificateConfig, EntraIntegration]):
+class EntraCertificateProvider(GraphApplicationProvider[EntraCertificateConfig]):
     """Adds, verifies and removes certificates of an Entra ID application."""
 
     kind: ClassVar[str] = "entra_certificate"
@@ -273,7 +270,6 @@ class EntraCertificateProvider(ConnectedProvider[EntraCertificateConfig, EntraIn
         "tokens issued with it stay valid up to 90 min",
     )
     integration_type: ClassVar[str] = "entra"
-    integration_model = EntraIntegration
 
     @classmethod
     def describe(
@@ -301,35 +297,7 @@ class EntraCertificateProvider(ConnectedProvider[EntraCertificateConfig, EntraIn
         """Renewal is due `renew_before` the certificate's `not_after` (as for `x509_ca`)."""
         return config.renew_before if isinstance(config, EntraCertificateConfig) else None
 
-    def __init__(self, config: EntraCertificateConfig, context: PluginContext) -> None:
-        super().__init__(config, context)
-        self._credential: AsyncTokenCredential | None = None
-        self._graph: GraphClient | None = None
-
-    # --- connections ---------------------------------------------------------------------
-
-    def _client(self) -> GraphClient:
-        if self._graph is None:
-            integration = self._integration
-            self._credential = credential = integration.credential(self.context)
-            self._graph = GraphClient(
-                azure_identity_token_source(credential),
-                self.context,
-                base_url=integration.graph_url,
-                verify=integration.ssl_verify(),
-                budget=integration.budget(self.context),
-            )
-        return self._graph
-
-    async def _application(self, graph: GraphClient) -> Application:
-        app_id = self.config.app_id
-        found = [app async for app in graph.list_applications(f"appId eq {odata_literal(app_id)}")]
-        if not found:
-            raise PermanentError(
-                f"no application with appId {app_id} in tenant {self._integration.tenant_id} "
-                "(or keyshift may not read it)"
-            )
-        return found[0]
+    # --- names -------------------------------------------------------------------------
 
     def _display_name(self, marker: str) -> str:
         return f"{self.config.display_name_prefix} {marker}"
@@ -648,11 +616,3 @@ class EntraCertificateProvider(ConnectedProvider[EntraCertificateConfig, EntraIn
             Readiness.READY,
             f"signed in to tenant {tenant}; granted {', '.join(held)}; {found}; {how}",
         )
-
-    async def aclose(self) -> None:
-        graph, credential = self._graph, self._credential
-        self._graph = self._credential = None
-        if graph is not None:
-            await graph.aclose()
-        if credential is not None:
-            await credential.close()

@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING, ClassVar, Final
 import structlog
 from pydantic import BaseModel
 
-from keyshift.azure import EntraIntegration
-from keyshift.context import PluginContext
 from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import Policy
 from keyshift.errors import PermanentError
@@ -29,7 +27,7 @@ from keyshift.providers.base import (
     VerifyResult,
     VersionInfo,
 )
-from keyshift.providers.connection import ConnectedProvider
+from keyshift.providers.entra.application import GraphApplicationProvider
 from keyshift.providers.entra.config import EntraSecretConfig
 from keyshift.providers.entra.policy import (
     GRAPH_DEFAULT_LIFETIME,
@@ -44,11 +42,10 @@ from keyshift.providers.graph import (
     GraphRequestFailed,
     TokenRefused,
     azure_identity_token_source,
-    odata_literal,
 )
 
 if TYPE_CHECKING:
-    from azure.core.credentials_async import AsyncTokenCredential
+    pass
 
 log = structlog.get_logger("keyshift.providers.entra")
 
@@ -61,7 +58,7 @@ TOKENS_STAY_VALID: Final = (
 )
 
 
-class EntraSecretProvider(ConnectedProvider[EntraSecretConfig, EntraIntegration]):
+class EntraSecretProvider(GraphApplicationProvider[EntraSecretConfig]):
     """Adds, verifies and removes client secrets of an Entra ID application."""
 
     kind: ClassVar[str] = "entra_client_secret"
@@ -74,7 +71,6 @@ class EntraSecretProvider(ConnectedProvider[EntraSecretConfig, EntraIntegration]
         "for minutes, and tokens issued with it stay valid up to 90 min",
     )
     integration_type: ClassVar[str] = "entra"
-    integration_model = EntraIntegration
 
     @classmethod
     def describe(
@@ -90,11 +86,6 @@ class EntraSecretProvider(ConnectedProvider[EntraSecretConfig, EntraIntegration]
             "changes": "client secrets (passwordCredentials) of the application",
         }
 
-    def __init__(self, config: EntraSecretConfig, context: PluginContext) -> None:
-        super().__init__(config, context)
-        self._credential: AsyncTokenCredential | None = None
-        self._graph: GraphClient | None = None
-
     @property
     def capabilities(self) -> frozenset[Capability]:
         held = {Capability.DUAL_ACTIVE, Capability.AUTHENTICATES, Capability.RESIDUAL_USE}
@@ -102,30 +93,7 @@ class EntraSecretProvider(ConnectedProvider[EntraSecretConfig, EntraIntegration]
             held.add(Capability.ADOPTS_EXISTING)
         return frozenset(held)
 
-    # --- connections ---------------------------------------------------------------------
-
-    def _client(self) -> GraphClient:
-        if self._graph is None:
-            integration = self._integration
-            self._credential = credential = integration.credential(self.context)
-            self._graph = GraphClient(
-                azure_identity_token_source(credential),
-                self.context,
-                base_url=integration.graph_url,
-                verify=integration.ssl_verify(),
-                budget=integration.budget(self.context),
-            )
-        return self._graph
-
-    async def _application(self, graph: GraphClient) -> Application:
-        app_id = self.config.app_id
-        found = [app async for app in graph.list_applications(f"appId eq {odata_literal(app_id)}")]
-        if not found:
-            raise PermanentError(
-                f"no application with appId {app_id} in tenant {self._integration.tenant_id} "
-                "(or keyshift may not read it)"
-            )
-        return found[0]
+    # --- lifetimes ---------------------------------------------------------------------
 
     def _requested_lifetime(self, policy: Policy) -> timedelta:
         return policy.max_lifetime or GRAPH_DEFAULT_LIFETIME
@@ -350,14 +318,6 @@ class EntraSecretProvider(ConnectedProvider[EntraSecretConfig, EntraIntegration]
                 )
             )
         return out
-
-    async def aclose(self) -> None:
-        graph, credential = self._graph, self._credential
-        self._graph = self._credential = None
-        if graph is not None:
-            await graph.aclose()
-        if credential is not None:
-            await credential.close()
 
     async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """Sign in to Graph, read the token's `roles` claim, find the application by its
