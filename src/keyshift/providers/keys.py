@@ -7,12 +7,15 @@ PEM form of a version's value (PKCS#8, unencrypted: the store seals it).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, Literal
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from pydantic import BaseModel, ValidationInfo, field_validator
 
+from keyshift.domain.durations import format_duration
 from keyshift.domain.secret import Secret
 
 __all__ = [
@@ -70,3 +73,33 @@ def signature_hash(key: Any) -> hashes.SHA256 | None:
     if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
         return None
     return hashes.SHA256()
+
+
+class Validity(BaseModel):
+    """The check of a certificate-making config's `validity` (its subclasses declare the
+    field): longer than zero."""
+
+    @field_validator("validity", check_fields=False)
+    @classmethod
+    def _validity(cls, validity: timedelta) -> timedelta:
+        if validity <= timedelta(0):
+            raise ValueError("validity must be longer than 0s")
+        return validity
+
+
+class Renewal(Validity):
+    """The checks of a certificate-making config's `validity` and `renew_before` (its
+    subclasses declare both): renewal is due inside the certificate's validity."""
+
+    @field_validator("renew_before", check_fields=False)
+    @classmethod
+    def _renewal_inside_validity(cls, renew_before: timedelta, info: ValidationInfo) -> timedelta:
+        if renew_before <= timedelta(0):
+            raise ValueError("renew_before must be longer than 0s")
+        validity = info.data.get("validity")
+        if isinstance(validity, timedelta) and renew_before >= validity:
+            raise ValueError(
+                f"renew_before ({format_duration(renew_before)}) must be shorter than "
+                f"validity ({format_duration(validity)})"
+            )
+        return renew_before

@@ -55,6 +55,7 @@ from keyshift.providers.base import (
 )
 from keyshift.providers.keys import (
     KeyType,
+    Validity,
     load_private_key,
     new_private_key,
     private_pem,
@@ -69,7 +70,7 @@ KIND: Final = "trust_bundle"
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-class TrustBundleConfig(BaseModel):
+class TrustBundleConfig(Validity):
     """An internal CA named `common_name`, rotated trust first: verifiers' bundles get the
     new CA, the leaves it signs are re-issued, then the old CA leaves the bundles."""
 
@@ -88,13 +89,6 @@ class TrustBundleConfig(BaseModel):
     rereads its CA file every few minutes). The reload and verify actions, and so the
     leaves, wait this long after the bundles were written. 0s: verifiers are reloaded
     by the reload actions."""
-
-    @field_validator("validity")
-    @classmethod
-    def _validity(cls, validity: timedelta) -> timedelta:
-        if validity <= timedelta(0):
-            raise ValueError("validity must be longer than 0s")
-        return validity
 
     @field_validator("reload_within")
     @classmethod

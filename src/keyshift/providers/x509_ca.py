@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration, format_duration
@@ -55,6 +55,7 @@ from keyshift.providers.base import (
 )
 from keyshift.providers.keys import (
     KeyType,
+    Renewal,
     load_private_key,
     new_private_key,
     private_pem,
@@ -84,7 +85,7 @@ def _san(text: str) -> x509.GeneralName:
     return x509.DNSName(text.lower())
 
 
-class X509CaConfig(BaseModel):
+class X509CaConfig(Renewal):
     """A leaf certificate for `common_name` and `sans`, signed by the CA whose key and
     certificate the two references name."""
 
@@ -119,26 +120,6 @@ class X509CaConfig(BaseModel):
                 raise ValueError(f"'{text}' is listed twice")
             seen.add(text.lower())
         return sans
-
-    @field_validator("validity")
-    @classmethod
-    def _validity(cls, validity: timedelta) -> timedelta:
-        if validity <= timedelta(0):
-            raise ValueError("validity must be longer than 0s")
-        return validity
-
-    @field_validator("renew_before")
-    @classmethod
-    def _renewal_inside_validity(cls, renew_before: timedelta, info: ValidationInfo) -> timedelta:
-        if renew_before <= timedelta(0):
-            raise ValueError("renew_before must be longer than 0s")
-        validity = info.data.get("validity")
-        if isinstance(validity, timedelta) and renew_before >= validity:
-            raise ValueError(
-                f"renew_before ({format_duration(renew_before)}) must be shorter than "
-                f"validity ({format_duration(validity)})"
-            )
-        return renew_before
 
     def names(self) -> list[x509.GeneralName]:
         return [_san(text) for text in self.sans]

@@ -71,7 +71,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from joserfc import jwt
 from joserfc.jwk import RSAKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keyshift.domain.durations import Duration, format_duration
 from keyshift.domain.preflight import Readiness
@@ -103,7 +103,7 @@ from keyshift.providers.graph import (
     azure_identity_token_source,
     token_roles,
 )
-from keyshift.providers.keys import load_private_key, new_private_key, private_pem
+from keyshift.providers.keys import Renewal, load_private_key, new_private_key, private_pem
 
 if TYPE_CHECKING:
     pass
@@ -130,7 +130,7 @@ TOKENS_STAY_VALID: Final = (
 CertificateKeyType = Literal["rsa-2048", "rsa-3072"]
 
 
-class EntraCertificateConfig(BaseModel):
+class EntraCertificateConfig(Renewal):
     """Which application's certificates rotate, how they are made, and how they are added."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
@@ -172,26 +172,6 @@ class EntraCertificateConfig(BaseModel):
                 f"delay) and {format_duration(MAX_SIGN_IN_LOOKBACK)} (its shortest retention)"
             )
         return value
-
-    @field_validator("validity")
-    @classmethod
-    def _validity(cls, validity: timedelta) -> timedelta:
-        if validity <= timedelta(0):
-            raise ValueError("validity must be longer than 0s")
-        return validity
-
-    @field_validator("renew_before")
-    @classmethod
-    def _renewal_inside_validity(cls, renew_before: timedelta, info: ValidationInfo) -> timedelta:
-        if renew_before <= timedelta(0):
-            raise ValueError("renew_before must be longer than 0s")
-        validity = info.data.get("validity")
-        if isinstance(validity, timedelta) and renew_before >= validity:
-            raise ValueError(
-                f"renew_before ({format_duration(renew_before)}) must be shorter than "
-                f"validity ({format_duration(validity)})"
-            )
-        return renew_before
 
 
 def proof_of_possession(
