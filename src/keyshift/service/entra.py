@@ -13,7 +13,6 @@ credential manages each one and its lifecycle state.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import ColumnElement, Select, and_, func, not_, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from keyshift.domain.estate import Alerts, Policy
 from keyshift.domain.states import FINAL_STATES, Lifecycle, RotationState
@@ -378,7 +377,8 @@ def _managed(s: Session, *criteria: ColumnElement[bool]) -> dict[tuple[str, str,
             CredentialRow.active_rotation_id,
             CredentialRow.provider_type,
             CredentialRow.policy_json.label("policy"),
-            CredentialRow.provider_json.label("provider"),
+            CredentialRow.issuer_integration,
+            CredentialRow.issuer_app_id,
         ).where(*managed)
     ).all()
     versions_of: dict[str, list[tuple[str, dict[str, Any]]]] = {}
@@ -403,7 +403,6 @@ def _managed(s: Session, *criteria: ColumnElement[bool]) -> dict[tuple[str, str,
     }
     policies: dict[str, Policy] = {}
     for cred in creds:
-        provider = json.loads(cred.provider)
         versions = versions_of.get(cred.id, [])
         by_id = {vid: attributes.get("key_id", "") for vid, attributes in versions}
         # An adopted version (secrets made by hand, retired by the first rotation) holds
@@ -421,7 +420,7 @@ def _managed(s: Session, *criteria: ColumnElement[bool]) -> dict[tuple[str, str,
                 rotating.update(old | new)
         if cred.policy not in policies:
             policies[cred.policy] = Policy.model_validate_json(cred.policy)
-        where = (provider.get("integration", ""), provider.get("app_id", ""))
+        where = (cred.issuer_integration or "", cred.issuer_app_id or "")
         out[(*where, _KIND_ROTATED[cred.provider_type])] = _Managed(
             name=cred.name,
             policy=policies[cred.policy],
@@ -573,15 +572,25 @@ def _of_managed() -> ColumnElement[bool]:
     )
 
 
+def expiry_counts(
+    end: InstrumentedAttribute[datetime | None], now: datetime
+) -> tuple[ColumnElement[int], ...]:
+    """Rows counted by `end`: those whose end has passed (`end <= now`), then for each of
+    WITHIN_DAYS those whose end is within it, not passed."""
+    return (
+        func.count().filter(end <= now),
+        *(func.count().filter(end > now, end <= now + timedelta(days=d)) for d in WITHIN_DAYS),
+    )
+
+
 def _counts(now: datetime) -> tuple[ColumnElement[int], ...]:
-    """Discovered credentials counted: client secrets, certificates, whose end has
-    passed, and whose end is within each of WITHIN_DAYS, not passed."""
-    end, kind = DiscoveredCredential.end_at, DiscoveredCredential.kind
+    """Discovered credentials counted: client secrets, certificates, then by their end
+    (`expiry_counts`)."""
+    kind = DiscoveredCredential.kind
     return (
         func.count().filter(kind == CLIENT_SECRET),
         func.count().filter(kind == CERTIFICATE),
-        func.count().filter(end <= now),
-        *(func.count().filter(end > now, end <= now + timedelta(days=d)) for d in WITHIN_DAYS),
+        *expiry_counts(DiscoveredCredential.end_at, now),
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
@@ -65,9 +65,7 @@ def overview(store: Store, *, now: datetime, include_entra: bool = True) -> Over
     with store.transaction() as s:
         managed, ended, within = _expiries(s, now)
         held = rotations.held_counts(s)
-        urgent: list[tuple[datetime, str, Any]] = [
-            (end, name, item) for name, end, item in _soonest_managed(s, now)
-        ]
+        urgent: list[tuple[datetime, str, Any]] = list(_soonest_managed(s, now))
         discovered = 0
         if include_entra:
             # Those an estate credential rotates are its versions: counted as that
@@ -99,10 +97,6 @@ def overview(store: Store, *, now: datetime, include_entra: bool = True) -> Over
     )
 
 
-def _horizons(now: datetime) -> dict[int, datetime]:
-    return {days: now + timedelta(days=days) for days in WITHIN_DAYS}
-
-
 _LIVE = CredentialRow.removed_at.is_(None)
 _CURRENT = (
     VersionRow.status == VersionStatus.CURRENT.value,
@@ -114,22 +108,15 @@ def _expiries(s: Session, now: datetime) -> tuple[int, int, dict[int, int]]:
     """The managed credentials (not removed); those whose current version has expired;
     and, per horizon, those whose current version expires within it, not yet expired."""
     (managed,) = s.execute(select(func.count()).where(_LIVE)).one()
-    expires = VersionRow.expires_at
-    ended, *within = s.execute(
-        select(
-            func.count().filter(expires <= now),
-            *(
-                func.count().filter(expires > now, expires <= until)
-                for until in _horizons(now).values()
-            ),
-        ).where(_LIVE, *_CURRENT)
-    ).one()
+    counts = entra.expiry_counts(VersionRow.expires_at, now)
+    ended, *within = s.execute(select(*counts).where(_LIVE, *_CURRENT)).one()
     return managed, ended, dict(zip(WITHIN_DAYS, within, strict=True))
 
 
-def _soonest_managed(s: Session, now: datetime) -> list[tuple[str, datetime, _Managed]]:
-    """The URGENT managed credentials whose current version expires soonest, with their
-    lifecycle (by the index on the expiry, then a status read of those alone)."""
+def _soonest_managed(s: Session, now: datetime) -> list[tuple[datetime, str, _Managed]]:
+    """(expiry, name, lifecycle and owner) of the URGENT managed credentials whose
+    current version expires soonest (by the index on the expiry, then a status read of
+    those alone)."""
     soonest = s.execute(
         select(CredentialRow.name, VersionRow.expires_at)
         .where(_LIVE, *_CURRENT, VersionRow.expires_at.is_not(None))
@@ -140,7 +127,7 @@ def _soonest_managed(s: Session, now: datetime) -> list[tuple[str, datetime, _Ma
         cred.name: _Managed(rotations.lifecycle_of(cred, now=now), cred.owner)
         for cred in due.standings(s, CredentialRow.name.in_([name for name, _end in soonest]))
     }
-    return [(name, end, states[name]) for name, end in soonest if end is not None]
+    return [(end, name, states[name]) for name, end in soonest if end is not None]
 
 
 class _Managed(NamedTuple):
