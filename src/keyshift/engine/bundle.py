@@ -33,9 +33,11 @@ re-issued too). A first version has no old CA and nothing signed by it: phase 2 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -72,7 +74,8 @@ CHECK_LEAVES_STEP = "checking:leaves"
 """The step, just before the old CA is withdrawn, proving every leaf left it."""
 
 LEAF_PROVIDER = ProviderKind.X509_CA.value
-_CA_FIELDS = ("ca_key_from", "ca_cert_from")
+CA_FIELDS = ("ca_key_from", "ca_cert_from")
+"""The fields of a leaf's provider that name its CA."""
 
 
 def leaf_reference(bundle: str) -> str:
@@ -83,15 +86,20 @@ def leaf_reference(bundle: str) -> str:
 def leaves_of(s: Session, bundle: str) -> list[str]:
     """The credentials the CA `bundle` signs: every x509_ca credential of the estate whose
     `ca_key_from` or `ca_cert_from` names it, by name."""
-    found = []
-    for name, spec in s.execute(
-        select(CredentialRow.name, CredentialRow.spec).where(CredentialRow.removed_at.is_(None))
-    ):
-        provider = (spec or {}).get("credential", {}).get("provider", {})
-        refs = {provider.get(f) for f in _CA_FIELDS}
-        if provider.get("type") == LEAF_PROVIDER and leaf_reference(bundle) in refs:
-            found.append(name)
-    return sorted(found)
+    return sorted(
+        name
+        for name, text in s.execute(
+            select(CredentialRow.name, CredentialRow.provider_json).where(
+                CredentialRow.removed_at.is_(None), CredentialRow.provider_type == LEAF_PROVIDER
+            )
+        )
+        if signed_by(json.loads(text), bundle)
+    )
+
+
+def signed_by(provider: Mapping[str, Any], bundle: str) -> bool:
+    """Whether a leaf's provider config names the CA `bundle` in one of CA_FIELDS."""
+    return leaf_reference(bundle) in {provider.get(f) for f in CA_FIELDS}
 
 
 def reissue_started(run: Run) -> bool:

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import CredentialSpec, Estate
 from keyshift.domain.states import Phase
+from keyshift.engine.bundle import LEAF_PROVIDER, signed_by
 from keyshift.engine.plan import consumer_name
 from keyshift.engine.plugins import target_class, trust_only
 
 __all__ = ["CaPhase", "ca_phases", "leaves_in"]
 
 BUNDLE_PROVIDER = "trust_bundle"
-LEAF_PROVIDER = "x509_ca"
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,11 @@ class CaPhase:
 
 def leaves_in(estate: Estate, bundle: str) -> list[CredentialSpec]:
     """The x509_ca credentials of the estate that the CA `bundle` signs, by name."""
-    ref = f"credential:{bundle}"
     return sorted(
         (
             c
             for c in estate.credentials
-            if c.provider.type == LEAF_PROVIDER
-            and ref in {c.provider.config().get(f) for f in ("ca_key_from", "ca_cert_from")}
+            if c.provider.type == LEAF_PROVIDER and signed_by(c.provider.config(), bundle)
         ),
         key=lambda c: c.name,
     )
