@@ -23,12 +23,12 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-from tests.doubles.http import serving
+from tests.doubles.http import NoDelayHandler, serving
 
 
 @dataclass
@@ -123,7 +123,7 @@ def _teams_problem(message: Any) -> str | None:
 
 
 def _serve(hook: ChatWebhook, path: str) -> Iterator[ChatWebhook]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(NoDelayHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             if self.path != path:

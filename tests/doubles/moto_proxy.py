@@ -34,6 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from tests.doubles.http import NoDelayHandler
+
 TARGET_PREFIX: Final = "secretsmanager."
 _HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
@@ -156,7 +158,7 @@ def _error_answer(code: str) -> tuple[int, list[tuple[str, str]], bytes]:
 
 
 def _handler_for(proxy: MotoProxy) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(NoDelayHandler):
         protocol_version = "HTTP/1.1"
 
         def _serve(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.doubles.http import serving
+from tests.doubles.http import NoDelayHandler, serving
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Receiver:
         self.lock = threading.Lock()
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(NoDelayHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with receiver.lock:

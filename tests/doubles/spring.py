@@ -40,6 +40,8 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.doubles.http import NoDelayHandler
+
 ACTUATOR_TYPE = "application/vnd.spring-boot.actuator.v3+json"
 
 
@@ -101,7 +103,7 @@ class SpringActuatorDouble:
     def __enter__(self) -> SpringActuatorDouble:
         double = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(NoDelayHandler):
             def do_GET(self) -> None:
                 double._handle(self, "GET")
 

@@ -9,11 +9,11 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from tests.doubles.http import serving
+from tests.doubles.http import NoDelayHandler, serving
 
 Answer = tuple[int, dict[str, str], Any]
 """Status, headers and a JSON body (None for an empty one)."""
@@ -80,7 +80,7 @@ class _Double(Protocol):
 def serve(double: _Double) -> Iterator[Any]:
     """Run `double` on a free port of 127.0.0.1 until the generator is closed."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(NoDelayHandler):
         def _handle(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             parts = urlsplit(self.path)

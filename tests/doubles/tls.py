@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.doubles.http import NoDelayHandler
+
 
 @dataclass(frozen=True)
 class TlsFiles:
@@ -129,7 +131,7 @@ Handle = Callable[[str, str, dict[str, str], bytes], Answer | None]
 
 
 def _handler(handle: Handle) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(NoDelayHandler):
         protocol_version = "HTTP/1.1"
 
         def _serve(self) -> None:

@@ -12,7 +12,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -34,6 +34,7 @@ from keyshift.targets.base import (
 )
 from keyshift.targets.http_check import HttpCheckConfig, HttpCheckTarget
 from keyshift.testing import FakeClock
+from tests.doubles.http import NoDelayHandler
 
 TOKEN = "tok-" + secrets.token_hex(8)
 """A token in the checked URL's query, which must never reach a detail or an error."""
@@ -67,7 +68,7 @@ class Consumer:
         self.lock = threading.Lock()
         consumer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(NoDelayHandler):
             def do_GET(self) -> None:
                 with consumer.lock:
                     consumer.paths.append(self.path)
