@@ -66,9 +66,13 @@ Advance = Callable[[Run], Awaitable[bool]]
 
 
 _HELD_BY = select(
-    CredentialRow.owner, CredentialRow.environment, CredentialRow.spec["integrations"]
+    CredentialRow.owner,
+    CredentialRow.environment,
+    CredentialRow.spec["integrations"],
+    freezes.ANY_HOLDING,
 ).where(CredentialRow.name == bindparam("name"), CredentialRow.removed_at.is_(None))
-"""What `Engine._held_in` reads of the credential: not all of its spec, at every state."""
+"""What `Engine._held_in` reads of the credential, not all of its spec, and whether any
+freeze holds, at every state."""
 
 
 class Engine:
@@ -291,17 +295,16 @@ class Engine:
         """`_held`, inside the transaction of `s`."""
         if run.state == RotationState.ROLLING_BACK:
             return []
-        found = s.execute(_HELD_BY, {"name": run.credential}).one_or_none()
+        now = self.steps.context.now()
+        found = s.execute(_HELD_BY, {"name": run.credential, "now": now}).one_or_none()
         if found is None:
             raise NotFound(f"no credential named {run.credential} in the estate")
-        owner, environment, integrations = found
+        owner, environment, integrations, frozen = found
         disabled = disabled_integrations(integrations or {})
         held = [integration_disabled(name, run.credential) for name in disabled]
-        if run.exempt.freezes:
+        if run.exempt.freezes or not frozen:
             return held
-        return held + freezes.refusals(
-            freezes.holding(s, self.steps.context.now()), run.credential, owner, environment
-        )
+        return held + freezes.refusals(freezes.holding(s, now), run.credential, owner, environment)
 
     def _held_on_move(self, s: Session, run: Run) -> list[str] | None:
         """`_held_in` for `Steps.set_state`; None (asked again later, in a transaction

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, Exists, bindparam, exists, or_, select
 from sqlalchemy.orm import Session
 
 from keyshift.domain.freeze import Freeze, FreezeScope, FreezeSource
@@ -25,12 +25,19 @@ def of_row(row: FreezeRow) -> Freeze:
     )
 
 
+def _holding_at(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
+    return FreezeRow.lifted_at.is_(None) & or_(FreezeRow.until.is_(None), FreezeRow.until > now)
+
+
+ANY_HOLDING: Exists = exists().where(_holding_at(bindparam("now", type_=FreezeRow.until.type)))
+"""Whether any freeze holds at the bound `now`: a column another statement may carry, so
+that a check which finds none (the usual case) costs no statement of its own."""
+
+
 def holding(s: Session, now: datetime) -> list[Freeze]:
     """Every freeze not lifted whose `until` has not passed, oldest first."""
     rows = s.execute(
-        select(FreezeRow)
-        .where(FreezeRow.lifted_at.is_(None), or_(FreezeRow.until.is_(None), FreezeRow.until > now))
-        .order_by(FreezeRow.created_at, FreezeRow.id)
+        select(FreezeRow).where(_holding_at(now)).order_by(FreezeRow.created_at, FreezeRow.id)
     ).scalars()
     return [of_row(r) for r in rows]
 
