@@ -41,6 +41,16 @@ def free_port() -> int:
         return port
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Ask a server to stop (SIGTERM), kill it after 10 seconds, and reap it."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _pg_bin(name: str) -> str:
     found = shutil.which(name)
     if found:
@@ -172,12 +182,7 @@ def redis_server(*, aclfile: bool = False) -> Iterator[str]:
             time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
 
@@ -284,12 +289,7 @@ http {{
             time.sleep(0.05)
         yield Nginx(port, cert, key, [*argv, "-s", "reload"])
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         log.close()
 
 
@@ -436,12 +436,7 @@ def pebble_server(
         )
     finally:
         for process in reversed(processes):
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
         log.close()
 
 

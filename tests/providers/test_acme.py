@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -54,27 +53,6 @@ path = "/set-txt" if action == "present" else "/clear-txt"
 body = json.dumps({"host": host, "value": value}).encode()
 urllib.request.urlopen(urllib.request.Request(challenges + path, data=body)).read()
 """
-
-
-@pytest.fixture(scope="module")
-def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
-    """One pebble for the module, refusing one good nonce in five (badNonce)."""
-    with pebble_server(tmp_path_factory.mktemp("pebble"), nonce_reject=20) as server:
-        yield server
-
-
-@pytest.fixture
-def webroot(tmp_path: Path) -> Path:
-    path = tmp_path / "www"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def served(pebble: Pebble, webroot: Path) -> Iterator[list[str]]:
-    """The webroot served on the port pebble's validator fetches http-01 answers from."""
-    with webroot_server(webroot, pebble.http_port) as asked:
-        yield asked
 
 
 def settings(pebble: Pebble, webroot: Path, **overrides: Any) -> dict[str, Any]:
@@ -295,9 +273,9 @@ def test_an_untrusted_acme_server_certificate_is_refused_naming_ca_bundle(
 def test_renew_before_longer_than_the_cas_validity_is_refused(
     pebble: Pebble, webroot: Path, served: list[str]
 ) -> None:
-    """pebble issues for 30 days here: renewal 40 days before not_after is due at once."""
+    """pebble issues for 90 days here: renewal 100 days before not_after is due at once."""
     with pytest.raises(PermanentError, match=r"^provider\.renew_before: .* shorten renew_before"):
-        create(provider(pebble, webroot, renew_before="40d"))
+        create(provider(pebble, webroot, renew_before="100d"))
 
 
 def test_a_rate_limit_is_waited_out_within_a_bound_then_retried_later(tls: TlsFiles) -> None:
