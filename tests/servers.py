@@ -341,7 +341,11 @@ def pebble_installed() -> bool:
 
 @contextmanager
 def pebble_server(
-    root: Path, *, nonce_reject: int = 0, validity: timedelta = timedelta(days=30)
+    root: Path,
+    *,
+    nonce_reject: int = 0,
+    validity: timedelta = timedelta(days=30),
+    eab_keys: dict[str, str] | None = None,
 ) -> Iterator[Pebble]:
     """Start Debian's pebble and pebble-challtestsrv on free ports in `root`, with a TLS
     certificate made for the run, and stop both however the test ends.
@@ -355,7 +359,9 @@ def pebble_server(
     authorizations are never reused (`PEBBLE_AUTHZREUSE=0`), so every order answers its
     challenges. `nonce_reject` is the percentage of good nonces pebble refuses as
     `badNonce` (`PEBBLE_WFE_NONCEREJECT`), to prove a client holds against a flaky CA.
-    Certificates are valid for `validity` (`certificateValidityPeriod`)."""
+    Certificates are valid for `validity` (`certificateValidityPeriod`). With `eab_keys`
+    (key id to base64url HMAC key), accounts are registered only with an external account
+    binding made with one of them."""
     root.mkdir(parents=True, exist_ok=True)
     tls = make_pki(root / "tls")
     acme_port, management_port, http_port, tls_port = (free_port() for _ in range(4))
@@ -372,7 +378,8 @@ def pebble_server(
                     "httpPort": http_port,
                     "tlsPort": tls_port,
                     "ocspResponderURL": "",
-                    "externalAccountBindingRequired": False,
+                    "externalAccountBindingRequired": eab_keys is not None,
+                    "externalAccountMACKeys": eab_keys or {},
                     "certificateValidityPeriod": int(validity.total_seconds()),
                 }
             }

@@ -6,6 +6,7 @@ held against, a rate limit waited out within a bound, and bad configs named by f
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sys
 from datetime import UTC, datetime, timedelta
@@ -222,6 +223,38 @@ def test_a_flaky_ca_rejecting_nonces_is_held_against_by_retrying_them(
     assert len(retries) >= 3, "pebble refused nonces, which were retried"
 
 
+def test_a_ca_requiring_account_binding_registers_with_eab_and_refuses_without(
+    webroot: Path, tmp_path: Path
+) -> None:
+    hmac_key = base64.urlsafe_b64encode(b"h" * 32).rstrip(b"=").decode()
+    wrong = tmp_path / "wrong.hmac"
+    wrong.write_text(base64.urlsafe_b64encode(b"w" * 32).rstrip(b"=").decode())
+    good = tmp_path / "good.hmac"
+    good.write_text(hmac_key)
+    eab = {"eab_kid": "kid-1", "eab_hmac_key_from": f"file:{good}"}
+    with (
+        pebble_server(tmp_path / "eab", eab_keys={"kid-1": hmac_key}) as ca,
+        webroot_server(webroot, ca.http_port),
+    ):
+        bare = provider(ca, webroot)
+        blocked = asyncio.run(bare.preflight(PreflightRequest("web-tls")))
+        assert blocked.readiness == Readiness.BLOCKED
+        assert blocked.reason.startswith("provider.eab_kid: ")
+        with pytest.raises(PermanentError, match=r"^provider\.eab_kid: .*external account"):
+            create(bare)
+        wrong_key = {**eab, "eab_hmac_key_from": f"file:{wrong}"}
+        with pytest.raises(PermanentError) as caught:
+            create(provider(ca, webroot, **wrong_key))
+        assert "registering the ACME account: the ACME server answered" in str(caught.value)
+        assert wrong.read_text() not in str(caught.value)
+        bound = provider(ca, webroot, **eab)
+        ready = asyncio.run(bound.preflight(PreflightRequest("web-tls")))
+        assert ready.readiness == Readiness.READY, ready.reason
+        version = create(bound)
+    assert version.attributes["acme_account"]
+    assert hmac_key not in json.dumps(dict(version.attributes))
+
+
 def test_revoke_only_records_unless_revoke_on_retire_and_then_the_ca_revokes(
     pebble: Pebble, webroot: Path, served: list[str]
 ) -> None:
@@ -331,6 +364,7 @@ def test_capabilities_are_dual_active_and_renewal_is_due_renew_before_the_not_af
         ({"challenge": {"type": "tls-alpn-01"}}, "challenge", "http-01"),
         ({"challenge": {"type": "http-01", "webroot": "www"}}, "challenge", "absolute"),
         ({"challenge": {"type": "dns-01", "hook": []}}, "challenge", "at least 1"),
+        ({"eab_kid": "kid-1"}, "eab_hmac_key_from", "set both or neither"),
         ({"colour": "blue"}, "colour", "Extra inputs"),
     ],
 )

@@ -41,8 +41,8 @@ to `BAD_NONCE_TRIES` times for each request; a `rateLimited` one is waited out f
 `Retry-After`, up to `RATE_LIMIT_WAIT` in all, and then fails as a TransientError whose
 `retry_after` the engine honours.
 
-Out of scope: external account binding (a CA that requires it is reported blocked by
-preflight), tls-alpn-01, ACME Renewal Information.
+External account binding (a CA that registers accounts only for its customers) is
+`eab_kid` with `eab_hmac_key_from`. Out of scope: tls-alpn-01, ACME Renewal Information.
 """
 
 from __future__ import annotations
@@ -205,6 +205,13 @@ class AcmeConfig(Renewal):
     """The ACME account's key (unencrypted PEM, RSA or EC P-256/P-384): `env:NAME`,
     `file:/path` or `credential:NAME`; the same account is used for every order. Unset:
     each order registers an account with a key made for it and then forgotten."""
+    eab_kid: str | None = None
+    """External account binding: the key id the CA gave you, for a CA that registers
+    accounts only for its customers (its directory says `externalAccountRequired`)."""
+    eab_hmac_key_from: SecretRef | None = Field(default=None, validate_default=True)
+    """External account binding: the HMAC key (base64url, as the CA gives it) that goes
+    with `eab_kid`, through a reference. Read when an account is registered; never
+    stored."""
     key_type: KeyType = "ec-p256"
     """The new key of each version: `rsa-2048`, `rsa-3072` or `ec-p256` (ACME CAs do not
     issue for Ed25519 keys)."""
@@ -245,6 +252,13 @@ class AcmeConfig(Renewal):
             if not _EMAIL.fullmatch(address):
                 raise ValueError(f"'{address}' is not an email address")
         return contact
+
+    @field_validator("eab_hmac_key_from")
+    @classmethod
+    def _eab_pair(cls, ref: str | None, info: ValidationInfo) -> str | None:
+        if (ref is None) != (info.data.get("eab_kid") is None):
+            raise ValueError("eab_kid and eab_hmac_key_from go together: set both or neither")
+        return ref
 
     @field_validator("key_type")
     @classmethod
@@ -467,13 +481,10 @@ class AcmeProvider:
                     f"provider.agree_to_terms: the CA asks to agree to its terms of service "
                     f"({meta.terms_of_service}) before it registers an account"
                 )
-            if client.external_account_required():
-                raise PermanentError(
-                    "the CA requires external account binding, which keyshift does not support yet"
-                )
             registration = messages.NewRegistration.from_data(
                 email=",".join(self.config.contact) or None,
                 terms_of_service_agreed=self.config.agree_to_terms or None,
+                external_account_binding=self._binding(client, network),
             )
             try:
                 regr = await self._call(
@@ -491,6 +502,32 @@ class AcmeProvider:
             network.close()
             raise
         return _Account(client, network, network.key, regr.uri or "")
+
+    def _binding(self, client: ClientV2, network: _Network) -> dict[str, Any] | None:
+        """The external account binding of a new account (RFC 8555 §7.3.4): the account's
+        public key signed with the CA's HMAC key; None when none is configured."""
+        kid, ref = self.config.eab_kid, self.config.eab_hmac_key_from
+        if kid is None or ref is None:
+            if client.external_account_required():
+                raise PermanentError(
+                    "provider.eab_kid: the CA registers accounts only with an external "
+                    "account binding (eab_kid and eab_hmac_key_from)"
+                )
+            return None
+        hmac_key = self.context.secret("provider.eab_hmac_key_from", ref)
+        if network.key is None:  # pragma: no cover (a _Network always has its key)
+            raise TypeError("an account network without a key")
+        try:
+            binding: dict[str, Any] = messages.ExternalAccountBinding.from_data(
+                account_public_key=network.key.public_key(),
+                kid=kid,
+                hmac_key=hmac_key.reveal(),
+                directory=client.directory,
+            )
+        except (ValueError, TypeError, DeserializationError):
+            # The decoder's message could quote the key: it is dropped.
+            raise PermanentError("provider.eab_hmac_key_from: not a base64url HMAC key") from None
+        return binding
 
     def _csr(self, key: Any) -> bytes:
         """A CSR for `domains`, signed by the new key; CN the first domain when it fits."""
@@ -621,10 +658,11 @@ class AcmeProvider:
                 f"provider.agree_to_terms: the CA asks to agree to its terms of service "
                 f"({meta.terms_of_service})",
             )
-        if client.external_account_required():
+        if client.external_account_required() and self.config.eab_kid is None:
             return PreflightResult(
                 Readiness.BLOCKED,
-                "the CA requires external account binding, which keyshift does not support yet",
+                "provider.eab_kid: the CA registers accounts only with an external account "
+                "binding (eab_kid and eab_hmac_key_from)",
             )
         return PreflightResult(
             Readiness.READY,
