@@ -130,6 +130,28 @@ def test_http01_issues_a_certificate_for_the_domains_that_chains_to_the_cas_issu
     assert verified.ok, verified.detail
 
 
+def test_an_order_leaves_the_event_loop_free_for_other_work(
+    pebble: Pebble, webroot: Path, served: list[str]
+) -> None:
+    """The acme library blocks on the network; the loop goes on ticking while it does."""
+
+    async def order_and_tick() -> tuple[IssuedVersion, int]:
+        ticks = 0
+        task = asyncio.create_task(
+            provider(pebble, webroot).create(
+                CreateRequest("web-tls", "rot-1", "keyshift:rot-1", Policy(), None)
+            )
+        )
+        while not task.done():
+            await asyncio.sleep(0.005)
+            ticks += 1
+        return await task, ticks
+
+    version, ticks = asyncio.run(order_and_tick())
+    assert version.attributes["serial_number"]
+    assert ticks >= 20, "an order of several round trips must not hold the loop"
+
+
 def test_dns01_issues_a_wildcard_through_the_hook_which_presents_and_cleans_up(
     pebble: Pebble, webroot: Path, tmp_path: Path
 ) -> None:
