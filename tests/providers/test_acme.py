@@ -36,7 +36,7 @@ from keyshift.providers.base import (
 from keyshift.testing import FakeClock, assert_provider_contract, capture_logs
 from tests.doubles.acme import rate_limiting_ca
 from tests.doubles.tls import TlsFiles
-from tests.servers import Pebble, pebble_installed, pebble_server, webroot_server
+from tests.servers import Pebble, free_port, pebble_installed, pebble_server, webroot_server
 
 pytestmark = pytest.mark.skipif(not pebble_installed(), reason="pebble is not installed")
 
@@ -314,6 +314,22 @@ def test_preflight_is_ready_and_blocks_on_terms_not_agreed_or_a_missing_webroot(
     blocked = asyncio.run(missing.preflight(PreflightRequest("web-tls")))
     assert blocked.readiness == Readiness.BLOCKED
     assert "provider.challenge.webroot" in blocked.reason
+
+
+def test_an_unreachable_ca_blocks_preflight_as_transient_and_fails_create_as_transient(
+    webroot: Path,
+) -> None:
+    config = {
+        "directory_url": f"https://127.0.0.1:{free_port()}/dir",
+        "domains": ["web.example.test"],
+        "challenge": {"type": "http-01", "webroot": str(webroot)},
+    }
+    p = AcmeProvider(AcmeConfig(**config), PluginContext())
+    result = asyncio.run(p.preflight(PreflightRequest("web-tls")))
+    assert (result.readiness, result.transient) == (Readiness.BLOCKED, True)
+    assert "cannot reach the ACME server 127.0.0.1:" in result.reason
+    with pytest.raises(TransientError, match="cannot reach the ACME server"):
+        create(p)
 
 
 def test_an_untrusted_acme_server_certificate_is_refused_naming_ca_bundle(

@@ -649,6 +649,8 @@ class AcmeProvider:
                 client = await self._directory(network)
             finally:
                 network.close()
+        except TransientError as exc:
+            return PreflightResult(Readiness.BLOCKED, str(exc), transient=True)
         except KeyshiftError as exc:
             return PreflightResult(Readiness.BLOCKED, str(exc))
         meta = client.directory.meta
