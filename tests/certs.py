@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,11 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from keyshift.domain.estate import Policy
+from keyshift.engine.faults import ENV as CRASH_AT
 from keyshift.providers.base import CreateRequest, IssuedVersion
 from keyshift.providers.x509_ca import X509CaConfig, X509CaProvider
 from keyshift.store.store import Store
 from keyshift.targets.base import Delivery
 from keyshift.testing import FakeClock
+from tests.conftest import run_subprocess
 from tests.helpers import rotations_of, steps, value_of, versions
 
 START = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
@@ -184,3 +187,29 @@ def assert_renewed(store: Store, tls: Path) -> tuple[Any, Any, dict[str, Any]]:
     journal = {s.name: s for s in steps(store, rotation.id) if s.status == "succeeded"}
     assert "verifying:20:command_check" in journal
     return old, new, journal
+
+
+def assert_killed_while_creating_resumes(
+    boundary: str, store: Store, ks_env: dict[str, str], tls: Path
+) -> None:
+    """`rotate web-tls` killed at `boundary` (`creating:issuer`: issued, not stored;
+    `creating`: stored, not journaled), then `resume`: the rotation completes with one
+    certificate, the stored one when there was one, and its key and certificate are the
+    files in `tls`."""
+    crashed = run_subprocess(["rotate", "web-tls"], {**ks_env, CRASH_AT: boundary})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    stored = versions(store, "web-tls")
+    assert len(stored) == (0 if boundary == "creating:issuer" else 1)
+
+    resumed = run_subprocess(["resume"], ks_env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    [rotation] = rotations_of(store, "web-tls")
+    assert rotation.state == "completed"  # a first version has no old one to keep in grace
+    [version] = versions(store, "web-tls")
+    assert [v.id for v in stored] in ([], [version.id]), "the stored certificate is reused"
+    assert version.rotation_id == rotation.id
+    assert (tls / "site.key").read_text() == value_of(store, version)
+    assert version.fingerprint == "sha256:" + pem_thumbprint((tls / "site.crt").read_bytes())
+    creating = [s for s in steps(store, rotation.id) if s.name == "creating"]
+    assert [s.status for s in creating][-1] == "succeeded"
+    assert creating[-1].detail.get("reused", False) is (boundary == "creating")

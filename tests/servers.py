@@ -15,6 +15,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -445,6 +446,32 @@ def pebble_server(
         for process in reversed(processes):
             stop(process)
         log.close()
+
+
+DNS_HOOK = """\
+import json, sys, urllib.request
+challenges, log, action, name, value = sys.argv[1:6]
+with open(log, "a") as f:
+    f.write(f"{action} {name}\\n")
+if "fail" in name:
+    print("dns-api-token-0123456789abcdef", file=sys.stderr)
+    sys.exit(3)
+host = name if name.endswith(".") else name + "."
+path = "/set-txt" if action == "present" else "/clear-txt"
+body = json.dumps({"host": host, "value": value}).encode()
+urllib.request.urlopen(urllib.request.Request(challenges + path, data=body)).read()
+"""
+
+
+def dns_hook(pebble: Pebble, directory: Path) -> tuple[dict[str, Any], Path]:
+    """A dns-01 `challenge` whose hook publishes and removes TXT records through the
+    challenge test server's management API, as a user's hook does through their DNS's
+    API; and the file it logs `<action> <record name>` lines to. For a record name
+    holding `fail` it prints a would-be DNS token to stderr and exits 3."""
+    script, log = directory / "dns-hook.py", directory / "dns-hook.log"
+    script.write_text(DNS_HOOK, encoding="utf-8")
+    hook = [sys.executable, str(script), pebble.challenges, str(log)]
+    return {"type": "dns-01", "hook": hook}, log
 
 
 @contextmanager

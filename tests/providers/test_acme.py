@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,24 +35,18 @@ from keyshift.providers.base import (
 from keyshift.testing import FakeClock, assert_provider_contract, capture_logs
 from tests.doubles.acme import rate_limiting_ca
 from tests.doubles.tls import TlsFiles
-from tests.servers import Pebble, free_port, pebble_installed, pebble_server, webroot_server
+from tests.servers import (
+    Pebble,
+    dns_hook,
+    free_port,
+    pebble_installed,
+    pebble_server,
+    webroot_server,
+)
 
 pytestmark = pytest.mark.skipif(not pebble_installed(), reason="pebble is not installed")
 
 DOMAINS = ["web.example.test", "www.example.test"]
-HOOK = """\
-import json, sys, urllib.request
-challenges, log, action, name, value = sys.argv[1:6]
-with open(log, "a") as f:
-    f.write(f"{action} {name}\\n")
-if "fail" in name:
-    print("dns-api-token-0123456789abcdef", file=sys.stderr)
-    sys.exit(3)
-host = name if name.endswith(".") else name + "."
-path = "/set-txt" if action == "present" else "/clear-txt"
-body = json.dumps({"host": host, "value": value}).encode()
-urllib.request.urlopen(urllib.request.Request(challenges + path, data=body)).read()
-"""
 
 
 def settings(pebble: Pebble, webroot: Path, **overrides: Any) -> dict[str, Any]:
@@ -84,13 +77,6 @@ def create(p: AcmeProvider) -> IssuedVersion:
 
 def leaf(version: IssuedVersion) -> x509.Certificate:
     return x509.load_pem_x509_certificate(version.attributes["certificate"].encode())
-
-
-def dns_hook(pebble: Pebble, tmp_path: Path) -> tuple[dict[str, Any], Path]:
-    script, log = tmp_path / "hook.py", tmp_path / "hook.log"
-    script.write_text(HOOK, encoding="utf-8")
-    hook = [sys.executable, str(script), pebble.challenges, str(log)]
-    return {"type": "dns-01", "hook": hook}, log
 
 
 def test_acme_provider_keeps_the_provider_contract(

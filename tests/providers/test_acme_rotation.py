@@ -1,7 +1,8 @@
 """`acme` rotations end to end, through the CLI and the engine, against a real ACME server
 (pebble) validating http-01 from a served webroot: the certificate written as PEM files
 and checked with `openssl verify` against pebble's root, renewal due `renew_before` the
-`not_after`, the old certificate revoked at the CA after grace; a challenge nobody
+`not_after`, the old certificate revoked at the CA after grace; a dns-01 wildcard
+through a hook; a challenge nobody
 serves fails the rotation with nothing published; no private key reaches the CLI's
 output, its debug logs or the audit export; a worker killed while creating never leaves
 two certificates."""
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import stat
 from datetime import UTC, timedelta
 from pathlib import Path
@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from keyshift.engine.faults import ENV as CRASH_AT
 from keyshift.store.store import Store
 from tests.certs import (
+    assert_killed_while_creating_resumes,
     assert_renewal_due,
     assert_renewed,
     certificate_credential,
@@ -29,8 +29,8 @@ from tests.certs import (
     written,
 )
 from tests.conftest import Cli, run_subprocess
-from tests.helpers import rotations_of, save_estate, steps, value_of, versions
-from tests.servers import Pebble, pebble_installed, webroot_server
+from tests.helpers import rotations_of, save_estate, value_of, versions
+from tests.servers import Pebble, dns_hook, pebble_installed, webroot_server
 
 CREDENTIAL = "web-tls"
 DOMAIN = "web.example.test"
@@ -92,6 +92,25 @@ def test_an_acme_rotation_orders_publishes_verifies_and_revokes_at_the_ca_after_
     assert journal["revoking"].detail["revocation"] == "revoked at the CA (reason superseded)"
     assert cert_status(pebble, old.attributes["serial_number"]) == "Revoked"
     assert cert_status(pebble, new.attributes["serial_number"]) == "Valid"
+
+
+def test_a_dns01_wildcard_rotation_presents_and_cleans_up_through_the_hook(
+    cli: Cli, store: Store, tmp_path: Path, pebble: Pebble, webroot: Path
+) -> None:
+    challenge, log = dns_hook(pebble, tmp_path)
+    domains = ["*.apps.example.test", "apps.example.test"]
+    path = estate(tmp_path, pebble, webroot, domains=domains, challenge=challenge)
+    assert cli("apply", "-f", str(path)).exit_code == 0
+    assert cli("rotate", CREDENTIAL).exit_code == 0  # includes `openssl verify`
+    [version] = versions(store, CREDENTIAL)
+    assert version.attributes["subject"] == "CN=*.apps.example.test"
+    cert = x509.load_pem_x509_certificate((tmp_path / "tls" / "site.crt").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(sans.get_values_for_type(x509.DNSName)) == sorted(domains)
+    record = "_acme-challenge.apps.example.test"
+    assert sorted(log.read_text().splitlines()) == sorted(
+        [f"present {record}"] * 2 + [f"cleanup {record}"] * 2
+    )
 
 
 def test_renewal_is_due_renew_before_the_not_after_and_status_shows_the_thumbprint(
@@ -199,20 +218,4 @@ def test_a_worker_killed_while_creating_never_leaves_two_certificates(
     served: list[str],
 ) -> None:
     assert cli("apply", "-f", str(estate(tmp_path, pebble, webroot))).exit_code == 0
-    crashed = run_subprocess(["rotate", CREDENTIAL], {**ks_env, CRASH_AT: boundary})
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
-    stored = versions(store, CREDENTIAL)
-    assert len(stored) == (0 if boundary == "creating:issuer" else 1)
-
-    resumed = run_subprocess(["resume"], ks_env)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    [rotation] = rotations_of(store, CREDENTIAL)
-    assert rotation.state == "completed"
-    [version] = versions(store, CREDENTIAL)
-    assert [v.id for v in stored] in ([], [version.id]), "the stored certificate is reused"
-    assert (tmp_path / "tls" / "site.key").read_text() == value_of(store, version)
-    assert version.fingerprint == "sha256:" + pem_thumbprint(
-        (tmp_path / "tls" / "site.crt").read_bytes()
-    )
-    creating = [s for s in steps(store, rotation.id) if s.name == "creating"]
-    assert creating[-1].detail.get("reused", False) is (boundary == "creating")
+    assert_killed_while_creating_resumes(boundary, store, ks_env, tmp_path / "tls")

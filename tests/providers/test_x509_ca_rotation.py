@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,10 +15,10 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from keyshift.engine.faults import ENV as CRASH_AT
 from keyshift.store.store import Store
 from tests.certs import (
     Ca,
+    assert_killed_while_creating_resumes,
     assert_renewal_due,
     assert_renewed,
     certificate_credential,
@@ -28,8 +27,8 @@ from tests.certs import (
     pem_thumbprint,
     written,
 )
-from tests.conftest import Cli, run_subprocess
-from tests.helpers import rotations_of, save_estate, steps, value_of, versions
+from tests.conftest import Cli
+from tests.helpers import rotations_of, save_estate, value_of, versions
 
 CREDENTIAL = "web-tls"
 OPENSSL = shutil.which("openssl")
@@ -160,22 +159,4 @@ def test_a_worker_killed_while_creating_never_leaves_two_certificates(
     boundary: str, cli: Cli, store: Store, ks_env: dict[str, str], tmp_path: Path, ca: Ca
 ) -> None:
     assert cli("apply", "-f", str(estate(tmp_path, ca))).exit_code == 0
-    crashed = run_subprocess(["rotate", CREDENTIAL], {**ks_env, CRASH_AT: boundary})
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
-    stored = versions(store, CREDENTIAL)
-    assert len(stored) == (0 if boundary == "creating:issuer" else 1)
-
-    resumed = run_subprocess(["resume"], ks_env)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    [rotation] = rotations_of(store, CREDENTIAL)
-    assert rotation.state == "completed"  # a first version has no old one to keep in grace
-    [version] = versions(store, CREDENTIAL)
-    assert [v.id for v in stored] in ([], [version.id]), "the stored certificate is reused"
-    assert version.rotation_id == rotation.id
-    assert (tmp_path / "tls" / "site.key").read_text() == value_of(store, version)
-    assert version.fingerprint == "sha256:" + pem_thumbprint(
-        (tmp_path / "tls" / "site.crt").read_bytes()
-    )
-    creating = [s for s in steps(store, rotation.id) if s.name == "creating"]
-    assert [s.status for s in creating][-1] == "succeeded"
-    assert creating[-1].detail.get("reused", False) is (boundary == "creating")
+    assert_killed_while_creating_resumes(boundary, store, ks_env, tmp_path / "tls")
