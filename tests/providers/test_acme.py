@@ -168,6 +168,15 @@ def test_an_http01_answer_nobody_serves_fails_the_order_naming_the_domain_and_no
     assert not any("PRIVATE KEY" in json.dumps(e, default=str) for e in events)
 
 
+def test_a_webroot_keyshift_cannot_write_fails_the_order_naming_the_field(
+    pebble: Pebble, tmp_path: Path
+) -> None:
+    not_a_directory = tmp_path / "www"
+    not_a_directory.write_text("a file where the webroot should be")
+    with pytest.raises(PermanentError, match=r"^provider\.challenge\.webroot: cannot write "):
+        create(provider(pebble, not_a_directory))
+
+
 def test_a_failing_dns_hook_fails_the_order_without_quoting_its_output(
     pebble: Pebble, webroot: Path, tmp_path: Path
 ) -> None:

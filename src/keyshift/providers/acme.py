@@ -547,7 +547,13 @@ class AcmeProvider:
         challenge = self.config.challenge
         if isinstance(challenge, Http01):
             path = challenge.webroot / challb.chall.path.lstrip("/")
-            await asyncio.to_thread(_write_public, path, validation)
+            try:
+                await asyncio.to_thread(_write_public, path, validation)
+            except OSError as exc:
+                raise PermanentError(
+                    f"provider.challenge.webroot: cannot write {path} "
+                    f"({exc.strerror or type(exc).__name__})"
+                ) from exc
         else:
             name = challb.chall.validation_domain_name(domain)
             await self._hook("present", name, validation)
