@@ -344,7 +344,7 @@ def _jwk(key: Any, where: str) -> tuple[JWK, JWASignature]:
         algorithms = {"secp256r1": ES256, "secp384r1": ES384, "secp521r1": ES512}
         if key.curve.name in algorithms:
             return JWKEC(key=key), algorithms[key.curve.name]
-    raise PermanentError(f"{where}: an ACME account key must be RSA or EC P-256/P-384")
+    raise PermanentError(f"{where}: an ACME key must be RSA or EC (P-256, P-384 or P-521)")
 
 
 class AcmeProvider:
