@@ -4,6 +4,8 @@ through the real `x509_ca` provider, as a target receives them."""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,10 +17,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from keyshift.domain.estate import Policy
+from keyshift.engine.faults import ENV as CRASH_AT
 from keyshift.providers.base import CreateRequest, IssuedVersion
 from keyshift.providers.x509_ca import X509CaConfig, X509CaProvider
+from keyshift.store.store import Store
 from keyshift.targets.base import Delivery
 from keyshift.testing import FakeClock
+from tests.conftest import run_subprocess
+from tests.helpers import rotations_of, steps, value_of, versions
 
 START = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -116,3 +122,94 @@ def pem_files(directory: Path, *, chain: bool = False, order: int = 10) -> dict[
     if chain:
         config["chain_path"] = str(directory / "chain.pem")
     return {"type": "file", "order": order, "on_failure": "abort", "config": config}
+
+
+def certificate_credential(provider: dict[str, Any], tls: Path, check: list[str]) -> dict[str, Any]:
+    """`web-tls` for an nginx-style consumer: key, certificate and chain written as PEM
+    files into `tls`, then the `check` argv run on the certificate file (an abort step)."""
+    return {
+        "name": "web-tls",
+        "owner": "team-web",
+        "environment": "prod",
+        "auto_rotate": True,
+        "policy": {"grace_period": "1h"},
+        "provider": provider,
+        "actions": [
+            pem_files(tls, chain=True),
+            {
+                "type": "command_check",
+                "order": 20,
+                "on_failure": "abort",
+                "config": {"argv": [*check, str(tls / "site.crt")]},
+            },
+        ],
+    }
+
+
+def pem_thumbprint(pem: bytes) -> str:
+    """The SHA-256 thumbprint of a PEM certificate, as a certificate version's fingerprint
+    holds it after `sha256:`."""
+    return x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256()).hex()
+
+
+def written(directory: Path) -> dict[str, bytes]:
+    """The files a certificate's actions wrote into `directory`, by name."""
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def assert_renewal_due(store: Store, status_json: str, renew_before: timedelta) -> Any:
+    """After a first `web-tls` rotation: `status -o json` (`status_json`) shows it Active
+    with the version's fingerprint, and its next rotation on `not_after - renew_before`
+    (renew_before is the credential's rotate_before_expiry). Returns the version."""
+    [version] = versions(store, "web-tls")
+    [row] = json.loads(status_json)
+    assert row["fingerprint"] == version.fingerprint
+    assert row["lifecycle"] == "Active"
+    not_after = version.expires_at
+    assert not_after is not None
+    due = (not_after.replace(tzinfo=UTC) - renew_before).date().isoformat()
+    assert row["next_rotation"] == due, "renew_before is the credential's rotate_before_expiry"
+    return version
+
+
+def assert_renewed(store: Store, tls: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """After a second `web-tls` rotation with no grace: the old version is revoked and its
+    key erased, the new one is current, its key and certificate are the files in `tls`
+    (fingerprint: the thumbprint of the file), and the rotation completed with the check
+    and the provider's verification. Returns (old, new, the succeeded steps by name)."""
+    old, new = versions(store, "web-tls")
+    assert (old.status, new.status) == ("revoked", "current")
+    assert old.ciphertext is None, "the revoked version's private key is erased"
+    assert (tls / "site.key").read_text() == value_of(store, new)
+    assert new.fingerprint == "sha256:" + pem_thumbprint((tls / "site.crt").read_bytes())
+    _, rotation = rotations_of(store, "web-tls")
+    assert rotation.state == "completed"
+    journal = {s.name: s for s in steps(store, rotation.id) if s.status == "succeeded"}
+    assert "verifying:20:command_check" in journal
+    return old, new, journal
+
+
+def assert_killed_while_creating_resumes(
+    boundary: str, store: Store, ks_env: dict[str, str], tls: Path
+) -> None:
+    """`rotate web-tls` killed at `boundary` (`creating:issuer`: issued, not stored;
+    `creating`: stored, not journaled), then `resume`: the rotation completes with one
+    certificate, the stored one when there was one, and its key and certificate are the
+    files in `tls`."""
+    crashed = run_subprocess(["rotate", "web-tls"], {**ks_env, CRASH_AT: boundary})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    stored = versions(store, "web-tls")
+    assert len(stored) == (0 if boundary == "creating:issuer" else 1)
+
+    resumed = run_subprocess(["resume"], ks_env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    [rotation] = rotations_of(store, "web-tls")
+    assert rotation.state == "completed"  # a first version has no old one to keep in grace
+    [version] = versions(store, "web-tls")
+    assert [v.id for v in stored] in ([], [version.id]), "the stored certificate is reused"
+    assert version.rotation_id == rotation.id
+    assert (tls / "site.key").read_text() == value_of(store, version)
+    assert version.fingerprint == "sha256:" + pem_thumbprint((tls / "site.crt").read_bytes())
+    creating = [s for s in steps(store, rotation.id) if s.name == "creating"]
+    assert [s.status for s in creating][-1] == "succeeded"
+    assert creating[-1].detail.get("reused", False) is (boundary == "creating")

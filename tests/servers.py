@@ -8,22 +8,31 @@ directory that user owns.
 from __future__ import annotations
 
 import glob
+import http.server
+import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from urllib.request import urlopen
 
 import redis
 import uvicorn
+
+from tests.doubles.http import serving
+from tests.doubles.tls import make_pki
 
 
 def free_port() -> int:
@@ -31,6 +40,16 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Ask a server to stop (SIGTERM), kill it after 10 seconds, and reap it."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _pg_bin(name: str) -> str:
@@ -164,12 +183,7 @@ def redis_server(*, aclfile: bool = False) -> Iterator[str]:
             time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
 
@@ -276,12 +290,7 @@ http {{
             time.sleep(0.05)
         yield Nginx(port, cert, key, [*argv, "-s", "reload"])
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         log.close()
 
 
@@ -291,3 +300,193 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@dataclass(frozen=True)
+class Pebble:
+    """A running pebble (Let's Encrypt's ACME test server) and its challenge test server.
+
+    `directory_url` is the ACME directory, served over TLS with a certificate `ca_bundle`
+    signed; `http_port` is where pebble's validator fetches http-01 answers (every name
+    resolves to 127.0.0.1 through the challenge test server's DNS); `challenges` is that
+    server's management API (`POST /set-txt`, `/clear-txt` for dns-01 answers), and
+    `management` is pebble's, which serves the issuing CA (`/roots/0`,
+    `/intermediates/0`)."""
+
+    directory_url: str
+    ca_bundle: Path
+    http_port: int
+    challenges: str
+    management: str
+
+    def issuer_pem(self, what: str) -> str:
+        """pebble's root (`roots`) or intermediate (`intermediates`) certificate, PEM."""
+        return self.get(f"/{what}/0")
+
+    def get(self, path: str) -> str:
+        """What pebble's management API answers to GET `path`."""
+        context = ssl.create_default_context(cafile=str(self.ca_bundle))
+        url = f"{self.management}{path}"
+        with urlopen(url, context=context, timeout=10) as answer:  # noqa: S310 (the test server)
+            text: str = answer.read().decode("utf-8")
+            return text
+
+
+PEBBLE = shutil.which("pebble") or "/usr/bin/pebble"
+CHALLTESTSRV = shutil.which("pebble-challtestsrv") or "/usr/bin/pebble-challtestsrv"
+
+
+def pebble_installed() -> bool:
+    return Path(PEBBLE).exists() and Path(CHALLTESTSRV).exists()
+
+
+@contextmanager
+def pebble_server(
+    root: Path,
+    *,
+    nonce_reject: int = 0,
+    validity: timedelta = timedelta(days=30),
+    eab_keys: dict[str, str] | None = None,
+) -> Iterator[Pebble]:
+    """Start Debian's pebble and pebble-challtestsrv on free ports in `root`, with a TLS
+    certificate made for the run, and stop both however the test ends.
+
+    What it covers: real RFC 8555 issuance (accounts, orders, authorizations,
+    finalization with a CSR, the chain download, revocation); http-01 validated by
+    really fetching `/.well-known/acme-challenge/<token>` from 127.0.0.1:`http_port`
+    (the test serves it); dns-01 validated by really querying TXT records, which the
+    challenge test server answers from what its management API was told. Validations do
+    not sleep (`PEBBLE_VA_NOSLEEP`), are never faked (no `PEBBLE_VA_ALWAYS_VALID`), and
+    authorizations are never reused (`PEBBLE_AUTHZREUSE=0`), so every order answers its
+    challenges. `nonce_reject` is the percentage of good nonces pebble refuses as
+    `badNonce` (`PEBBLE_WFE_NONCEREJECT`), to prove a client holds against a flaky CA.
+    Certificates are valid for `validity` (`certificateValidityPeriod`). With `eab_keys`
+    (key id to base64url HMAC key), accounts are registered only with an external account
+    binding made with one of them."""
+    root.mkdir(parents=True, exist_ok=True)
+    tls = make_pki(root / "tls")
+    acme_port, management_port, http_port, tls_port = (free_port() for _ in range(4))
+    dns_port, challenges_port = free_port(), free_port()
+    config = root / "pebble.json"
+    config.write_text(
+        json.dumps(
+            {
+                "pebble": {
+                    "listenAddress": f"127.0.0.1:{acme_port}",
+                    "managementListenAddress": f"127.0.0.1:{management_port}",
+                    "certificate": str(tls.cert_path),
+                    "privateKey": str(tls.key_path),
+                    "httpPort": http_port,
+                    "tlsPort": tls_port,
+                    "ocspResponderURL": "",
+                    "externalAccountBindingRequired": eab_keys is not None,
+                    "externalAccountMACKeys": eab_keys or {},
+                    "certificateValidityPeriod": int(validity.total_seconds()),
+                }
+            }
+        ),
+        encoding="utf-8",
+    )
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PEBBLE_VA_NOSLEEP": "1",
+        "PEBBLE_AUTHZREUSE": "0",
+        "PEBBLE_WFE_NONCEREJECT": str(nonce_reject),
+    }
+    log = (root / "servers.log").open("wb")
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        processes.append(
+            subprocess.Popen(
+                [
+                    CHALLTESTSRV,
+                    "-defaultIPv4",
+                    "127.0.0.1",
+                    "-defaultIPv6",
+                    "",
+                    "-dns01",
+                    f"127.0.0.1:{dns_port}",
+                    "-http01",
+                    "",
+                    "-https01",
+                    "",
+                    "-tlsalpn01",
+                    "",
+                    "-management",
+                    f"127.0.0.1:{challenges_port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        )
+        processes.append(
+            subprocess.Popen(
+                [PEBBLE, "-config", str(config), "-dnsserver", f"127.0.0.1:{dns_port}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=root,
+            )
+        )
+        deadline = time.monotonic() + 30
+        while not all(_listening(p) for p in (acme_port, management_port, challenges_port)):
+            if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
+                tail = (root / "servers.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"pebble did not start:\n{tail}")
+            time.sleep(0.05)
+        yield Pebble(
+            directory_url=f"https://127.0.0.1:{acme_port}/dir",
+            ca_bundle=tls.ca_path,
+            http_port=http_port,
+            challenges=f"http://127.0.0.1:{challenges_port}",
+            management=f"https://127.0.0.1:{management_port}",
+        )
+    finally:
+        for process in reversed(processes):
+            stop(process)
+        log.close()
+
+
+DNS_HOOK = """\
+import json, sys, urllib.request
+challenges, log, action, name, value = sys.argv[1:6]
+with open(log, "a") as f:
+    f.write(f"{action} {name}\\n")
+if "fail" in name:
+    print("dns-api-token-0123456789abcdef", file=sys.stderr)
+    sys.exit(3)
+host = name if name.endswith(".") else name + "."
+path = "/set-txt" if action == "present" else "/clear-txt"
+body = json.dumps({"host": host, "value": value}).encode()
+urllib.request.urlopen(urllib.request.Request(challenges + path, data=body)).read()
+"""
+
+
+def dns_hook(pebble: Pebble, directory: Path) -> tuple[dict[str, Any], Path]:
+    """A dns-01 `challenge` whose hook publishes and removes TXT records through the
+    challenge test server's management API, as a user's hook does through their DNS's
+    API; and the file it logs `<action> <record name>` lines to. For a record name
+    holding `fail` it prints a would-be DNS token to stderr and exits 3."""
+    script, log = directory / "dns-hook.py", directory / "dns-hook.log"
+    script.write_text(DNS_HOOK, encoding="utf-8")
+    hook = [sys.executable, str(script), pebble.challenges, str(log)]
+    return {"type": "dns-01", "hook": hook}, log
+
+
+@contextmanager
+def webroot_server(webroot: Path, port: int) -> Iterator[list[str]]:
+    """Serve the files under `webroot` over plain HTTP on 127.0.0.1:`port`, as a web
+    server serving an http-01 webroot does, until the block ends; yields the paths it
+    was asked for (with the status it answered), in order."""
+    asked: list[str] = []
+
+    class Files(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(webroot), **kwargs)
+
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            asked.append(f"{self.path} {code}")
+
+    with serving(http.server.ThreadingHTTPServer(("127.0.0.1", port), Files)):
+        yield asked

@@ -21,6 +21,7 @@ CERTIFICATE_EXAMPLE = Path(__file__).parents[1] / "examples" / "x509-ca.yaml"
 JWKS_EXAMPLE = Path(__file__).parents[1] / "examples" / "jwks.yaml"
 ENTRA_CERTIFICATE_EXAMPLE = Path(__file__).parents[1] / "examples" / "entra-certificate.yaml"
 TRUST_BUNDLE_EXAMPLE = Path(__file__).parents[1] / "examples" / "trust-bundle.yaml"
+ACME_EXAMPLE = Path(__file__).parents[1] / "examples" / "acme.yaml"
 SHARED_EXAMPLE = Path(__file__).parents[2] / "shared" / "examples" / "estate.example.yaml"
 """What a platform team would write; the repository sits beside `shared`."""
 
@@ -44,6 +45,20 @@ def test_the_internal_ca_example_validates_and_renews_renew_before_the_not_after
     )
     assert estate.policy_for(credential).rotate_before_expiry == timedelta(days=30)
     assert effective.rotate_before_expiry == timedelta(days=21)
+
+
+def test_the_acme_example_validates_with_both_challenges_and_renews_renew_before() -> None:
+    estate = load_estate(ACME_EXAMPLE)
+    www, wildcard = estate.credentials
+    assert {www.provider.type, wildcard.provider.type} == {"acme"}
+    assert www.provider.config()["challenge"]["type"] == "http-01"
+    assert wildcard.provider.config()["challenge"]["type"] == "dns-01"
+    assert wildcard.provider.config()["domains"][0].startswith("*.")
+    for credential in (www, wildcard):
+        effective = effective_policy(
+            estate.policy_for(credential), credential.provider.type, credential.provider.config()
+        )
+        assert effective.rotate_before_expiry == timedelta(days=30)
 
 
 def test_the_jwks_example_validates_and_publishes_the_jwks_before_the_signer() -> None:

@@ -41,11 +41,13 @@ with open(out, "w") as f:
 """
 
 SDKS = (
+    "acme",
     "azure",
     "boto3",
     "botocore",
     "fastapi",
     "jinja2",
+    "josepy",
     "kubernetes",
     "msal",
     "psycopg",

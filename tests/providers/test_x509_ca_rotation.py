@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,13 +14,21 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 
-from keyshift.engine.faults import ENV as CRASH_AT
 from keyshift.store.store import Store
-from tests.certs import Ca, leaf_provider, make_ca, pem_files
-from tests.conftest import Cli, run_subprocess
-from tests.helpers import rotations_of, save_estate, steps, value_of, versions
+from tests.certs import (
+    Ca,
+    assert_killed_while_creating_resumes,
+    assert_renewal_due,
+    assert_renewed,
+    certificate_credential,
+    leaf_provider,
+    make_ca,
+    pem_thumbprint,
+    written,
+)
+from tests.conftest import Cli
+from tests.helpers import rotations_of, save_estate, value_of, versions
 
 CREDENTIAL = "web-tls"
 OPENSSL = shutil.which("openssl")
@@ -46,46 +53,17 @@ def estate(
     tls = tmp_path / "tls"
     tls.mkdir(exist_ok=True)
     check = [str(OPENSSL), "verify", "-CAfile", str(check_against or ca.cert_path)]
-    return save_estate(
-        tmp_path,
-        {
-            "credentials": [
-                {
-                    "name": CREDENTIAL,
-                    "owner": "team-web",
-                    "environment": "prod",
-                    "auto_rotate": True,
-                    "policy": {"grace_period": "1h"},
-                    "provider": leaf_provider(
-                        ca,
-                        **{
-                            "sans": ["web.internal", "127.0.0.1"],
-                            "validity": "90d",
-                            "renew_before": "20d",
-                            **(provider or {}),
-                        },
-                    ),
-                    "actions": [
-                        pem_files(tls, chain=True),
-                        {
-                            "type": "command_check",
-                            "order": 20,
-                            "on_failure": "abort",
-                            "config": {"argv": [*check, str(tls / "site.crt")]},
-                        },
-                    ],
-                }
-            ]
+    provider_config = leaf_provider(
+        ca,
+        **{
+            "sans": ["web.internal", "127.0.0.1"],
+            "validity": "90d",
+            "renew_before": "20d",
+            **(provider or {}),
         },
     )
-
-
-def files(tmp_path: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((tmp_path / "tls").iterdir())}
-
-
-def thumbprint(pem: bytes) -> str:
-    return x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256()).hex()
+    credential = certificate_credential(provider_config, tls, check)
+    return save_estate(tmp_path, {"credentials": [credential]})
 
 
 def test_a_certificate_rotation_issues_publishes_verifies_and_revokes_after_grace(
@@ -100,21 +78,13 @@ def test_a_certificate_rotation_issues_publishes_verifies_and_revokes_after_grac
     assert stat.S_IMODE((tls / "site.crt").stat().st_mode) == 0o644
     assert (tls / "chain.pem").read_bytes() == ca.cert_path.read_bytes()
     # The fingerprint is the thumbprint of the certificate on disk, not an HMAC.
-    assert first.fingerprint == "sha256:" + thumbprint((tls / "site.crt").read_bytes())
+    assert first.fingerprint == "sha256:" + pem_thumbprint((tls / "site.crt").read_bytes())
     cert = x509.load_pem_x509_certificate((tls / "site.crt").read_bytes())
     assert first.expires_at is not None
     assert first.expires_at.replace(tzinfo=UTC) == cert.not_valid_after_utc
 
     assert cli("rotate", CREDENTIAL, "--grace", "0s").exit_code == 0
-    old, new = versions(store, CREDENTIAL)
-    assert (old.status, new.status) == ("revoked", "current")
-    assert old.ciphertext is None, "the revoked version's private key is erased"
-    assert (tls / "site.key").read_text() == value_of(store, new)
-    assert new.fingerprint == "sha256:" + thumbprint((tls / "site.crt").read_bytes())
-    _, rotation = rotations_of(store, CREDENTIAL)
-    assert rotation.state == "completed"
-    journal = {s.name: s for s in steps(store, rotation.id) if s.status == "succeeded"}
-    assert "verifying:20:command_check" in journal
+    old, _, journal = assert_renewed(store, tls)
     assert journal["verifying:provider"].detail["detail"].startswith("signed by CN=")
     revoked = journal["revoking"].detail
     assert revoked["serial_number"] == old.attributes["serial_number"]
@@ -126,14 +96,8 @@ def test_renewal_is_due_renew_before_the_not_after_and_status_shows_the_thumbpri
 ) -> None:
     assert cli("apply", "-f", str(estate(tmp_path, ca))).exit_code == 0
     assert cli("rotate", CREDENTIAL).exit_code == 0
-    [version] = versions(store, CREDENTIAL)
-    [row] = json.loads(cli("status", "-o", "json").stdout)
-    assert row["fingerprint"] == version.fingerprint
-    assert row["lifecycle"] == "Active"
-    not_after = version.expires_at
-    assert not_after is not None
-    due = (not_after.replace(tzinfo=UTC) - timedelta(days=20)).date().isoformat()
-    assert row["next_rotation"] == due, "renew_before is the credential's rotate_before_expiry"
+    status = cli("status", "-o", "json").stdout
+    assert_renewal_due(store, status, timedelta(days=20))
 
 
 def test_a_certificate_expiring_within_the_threshold_is_expiring_soon(
@@ -173,14 +137,14 @@ def test_a_failed_check_rolls_back_to_the_previous_certificate_files_exactly(
 ) -> None:
     assert cli("apply", "-f", str(estate(tmp_path, ca))).exit_code == 0
     assert cli("rotate", CREDENTIAL).exit_code == 0
-    before = files(tmp_path)
+    before = written(tmp_path / "tls")
     stranger = make_ca(tmp_path / "stranger", at=datetime.now(UTC), name="not our CA")
     failing = estate(tmp_path, ca, check_against=stranger.cert_path)
     assert cli("apply", "-f", str(failing)).exit_code == 0
     assert cli("rotate", CREDENTIAL).exit_code == 1
     _, rotation = rotations_of(store, CREDENTIAL)
     assert rotation.state == "rolled_back"
-    assert files(tmp_path) == before
+    assert written(tmp_path / "tls") == before
     old, new = versions(store, CREDENTIAL)
     assert (old.status, new.status) == ("current", "disabled")
 
@@ -195,22 +159,4 @@ def test_a_worker_killed_while_creating_never_leaves_two_certificates(
     boundary: str, cli: Cli, store: Store, ks_env: dict[str, str], tmp_path: Path, ca: Ca
 ) -> None:
     assert cli("apply", "-f", str(estate(tmp_path, ca))).exit_code == 0
-    crashed = run_subprocess(["rotate", CREDENTIAL], {**ks_env, CRASH_AT: boundary})
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
-    stored = versions(store, CREDENTIAL)
-    assert len(stored) == (0 if boundary == "creating:issuer" else 1)
-
-    resumed = run_subprocess(["resume"], ks_env)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    [rotation] = rotations_of(store, CREDENTIAL)
-    assert rotation.state == "completed"  # a first version has no old one to keep in grace
-    [version] = versions(store, CREDENTIAL)
-    assert [v.id for v in stored] in ([], [version.id]), "the stored certificate is reused"
-    assert version.rotation_id == rotation.id
-    assert (tmp_path / "tls" / "site.key").read_text() == value_of(store, version)
-    assert version.fingerprint == "sha256:" + thumbprint(
-        (tmp_path / "tls" / "site.crt").read_bytes()
-    )
-    creating = [s for s in steps(store, rotation.id) if s.name == "creating"]
-    assert [s.status for s in creating][-1] == "succeeded"
-    assert creating[-1].detail.get("reused", False) is (boundary == "creating")
+    assert_killed_while_creating_resumes(boundary, store, ks_env, tmp_path / "tls")

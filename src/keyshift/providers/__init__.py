@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from keyshift.azure import EntraIntegration
+    from keyshift.providers.acme import AcmeConfig, AcmeProvider
     from keyshift.providers.base import (
         Capability,
         CreateRequest,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 
 class ProviderKind(StrEnum):
+    ACME = "acme"
     ENTRA_CERTIFICATE = "entra_certificate"
     ENTRA_CLIENT_SECRET = "entra_client_secret"  # noqa: S105 (a provider type name)
     JWKS_SIGNING_KEY = "jwks_signing_key"
@@ -69,6 +71,7 @@ class IntegrationKind(StrEnum):
 # Each is imported (with its SDK: psycopg, redis, azure) the first time its type is used.
 PROVIDERS: Registry[Any] = Registry(
     {
+        ProviderKind.ACME: "keyshift.providers.acme:AcmeProvider",
         ProviderKind.ENTRA_CERTIFICATE: "keyshift.providers.entra:EntraCertificateProvider",
         ProviderKind.ENTRA_CLIENT_SECRET: "keyshift.providers.entra:EntraSecretProvider",
         ProviderKind.JWKS_SIGNING_KEY: (
@@ -113,6 +116,8 @@ __getattr__ = lazy_exports(
                 "VersionInfo",
             )
         },
+        "AcmeConfig": "keyshift.providers.acme:AcmeConfig",
+        "AcmeProvider": "keyshift.providers.acme:AcmeProvider",
         "EntraCertificateConfig": "keyshift.providers.entra:EntraCertificateConfig",
         "EntraCertificateProvider": "keyshift.providers.entra:EntraCertificateProvider",
         "EntraIntegration": "keyshift.azure:EntraIntegration",
@@ -135,6 +140,8 @@ __getattr__ = lazy_exports(
 __all__ = [
     "INTEGRATIONS",
     "PROVIDERS",
+    "AcmeConfig",
+    "AcmeProvider",
     "Capability",
     "CreateRequest",
     "EntraCertificateConfig",

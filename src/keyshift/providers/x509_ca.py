@@ -85,6 +85,23 @@ def _san(text: str) -> x509.GeneralName:
     return x509.DNSName(text.lower())
 
 
+def valid_names(names: list[str]) -> list[str]:
+    """`names` when each is a DNS name or an IP address, listed once (ignoring case);
+    ValueError naming the first that is not (a pydantic validator's message)."""
+    seen: set[str] = set()
+    for text in names:
+        _san(text)
+        if text.lower() in seen:
+            raise ValueError(f"'{text}' is listed twice")
+        seen.add(text.lower())
+    return names
+
+
+def san_names(names: list[str]) -> list[x509.GeneralName]:
+    """The SAN entries of `names` (checked by `valid_names`)."""
+    return [_san(text) for text in names]
+
+
 class X509CaConfig(Renewal):
     """A leaf certificate for `common_name` and `sans`, signed by the CA whose key and
     certificate the two references name."""
@@ -113,16 +130,10 @@ class X509CaConfig(Renewal):
     @field_validator("sans")
     @classmethod
     def _sans(cls, sans: list[str]) -> list[str]:
-        seen: set[str] = set()
-        for text in sans:
-            _san(text)
-            if text.lower() in seen:
-                raise ValueError(f"'{text}' is listed twice")
-            seen.add(text.lower())
-        return sans
+        return valid_names(sans)
 
     def names(self) -> list[x509.GeneralName]:
-        return [_san(text) for text in self.sans]
+        return san_names(self.sans)
 
 
 @dataclass(frozen=True)
@@ -138,7 +149,7 @@ def thumbprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
-def _pem(cert: x509.Certificate) -> str:
+def cert_pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
@@ -191,7 +202,7 @@ class X509CaProvider:
             raise PermanentError(
                 "provider.ca_key_from: not an unencrypted PEM private key (RSA, EC or Ed25519)"
             )
-        certs = _load_certs(cert_text.reveal())
+        certs = load_certs(cert_text.reveal())
         if not certs:
             raise PermanentError("provider.ca_cert_from: holds no PEM certificate")
         cert = certs[0]
@@ -213,12 +224,12 @@ class X509CaProvider:
                 f"{where} is not valid now (valid {cert.not_valid_before_utc.isoformat()} "
                 f"to {cert.not_valid_after_utc.isoformat()})"
             )
-        return _Ca(key, cert, "".join(_pem(c) for c in certs))
+        return _Ca(key, cert, "".join(cert_pem(c) for c in certs))
 
     def _ca_cert(self) -> x509.Certificate:
         """The CA certificate only (verifying needs no key)."""
         text = self.context.secret("provider.ca_cert_from", self.config.ca_cert_from)
-        certs = _load_certs(text.reveal())
+        certs = load_certs(text.reveal())
         if not certs:
             raise PermanentError("provider.ca_cert_from: holds no PEM certificate")
         return certs[0]
@@ -264,26 +275,13 @@ class X509CaProvider:
             )
         key = new_private_key(self.config.key_type)
         cert = self._sign(ca, key, now, not_after)
-        print_ = thumbprint(cert)
-        serial = format(cert.serial_number, "x")
-        value = private_pem(key)
-        return IssuedVersion(
-            provider_ref=f"x509:{serial}",
-            value=value,
-            attributes={
-                "certificate": _pem(cert),
-                "chain": ca.chain_pem,
-                "subject": _subject(cert),
-                "sans": ", ".join(self.config.sans),
-                "issuer": _subject(ca.cert),
-                "serial_number": serial,
-                "not_before": cert.not_valid_before_utc.isoformat(),
-                "not_after": cert.not_valid_after_utc.isoformat(),
-                "key_type": self.config.key_type,
-                "thumbprint": print_,
-            },
-            expires_at=cert.not_valid_after_utc,
-            fingerprint=FINGERPRINT_PREFIX + print_,
+        return certificate_version(
+            "x509",
+            key,
+            cert,
+            chain_pem=ca.chain_pem,
+            sans=self.config.sans,
+            key_type=self.config.key_type,
         )
 
     def _sign(self, ca: _Ca, key: Any, now: datetime, not_after: datetime) -> x509.Certificate:
@@ -336,33 +334,7 @@ class X509CaProvider:
         """The version is a certificate the CA signed, valid now, whose public key is the
         one of the version's private key. keyshift is the issuer: there is no sign-in to
         try, so this checks what a TLS peer would check of the certificate."""
-        version = request.version
-        certs = _load_certs(version.attributes.get("certificate", ""))
-        if not certs:
-            return VerifyResult(ok=False, detail="the version holds no certificate")
-        cert, ca = certs[0], self._ca_cert()
-        try:
-            cert.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
-            return VerifyResult(ok=False, detail=f"not signed by the CA {_subject(ca)}")
-        key = load_private_key(version.value)
-        if key is None or key.public_key().public_bytes(*_SPKI) != cert.public_key().public_bytes(
-            *_SPKI
-        ):
-            return VerifyResult(ok=False, detail="the private key does not match the certificate")
-        now = self.context.now()
-        if now >= cert.not_valid_after_utc:
-            return VerifyResult(
-                ok=False, detail=f"expired at {cert.not_valid_after_utc.isoformat()}"
-            )
-        if now < cert.not_valid_before_utc:
-            return VerifyResult(
-                ok=False, detail=f"not valid before {cert.not_valid_before_utc.isoformat()}"
-            )
-        return VerifyResult(
-            ok=True,
-            detail=f"signed by {_subject(ca)}, valid until {cert.not_valid_after_utc.isoformat()}",
-        )
+        return verify_certificate(request.version, self._ca_cert(), self.context.now())
 
     async def revoke(self, request: base.RevokeRequest) -> RevokeResult:
         """Nothing to call: the engine erases the private key and marks the version
@@ -390,7 +362,75 @@ class X509CaProvider:
         return None
 
 
-def _load_certs(text: str) -> list[x509.Certificate]:
+def certificate_version(
+    scheme: str,
+    key: Any,
+    cert: x509.Certificate,
+    *,
+    chain_pem: str,
+    sans: list[str],
+    key_type: str,
+    extra: Mapping[str, str] | None = None,
+) -> IssuedVersion:
+    """A certificate version as every certificate provider returns it: the private key
+    sealed as the value; the certificate, its chain and what operators read (subject,
+    SANs, issuer, serial, validity, thumbprint, and `extra`) public; `provider_ref`
+    `<scheme>:<serial in hex>`; expiring at the `not_after`; fingerprinted by the
+    SHA-256 thumbprint."""
+    print_ = thumbprint(cert)
+    serial = format(cert.serial_number, "x")
+    return IssuedVersion(
+        provider_ref=f"{scheme}:{serial}",
+        value=private_pem(key),
+        attributes={
+            "certificate": cert_pem(cert),
+            "chain": chain_pem,
+            "subject": _subject(cert),
+            "sans": ", ".join(sans),
+            "issuer": cert.issuer.rfc4514_string(),
+            "serial_number": serial,
+            "not_before": cert.not_valid_before_utc.isoformat(),
+            "not_after": cert.not_valid_after_utc.isoformat(),
+            "key_type": key_type,
+            "thumbprint": print_,
+            **(extra or {}),
+        },
+        expires_at=cert.not_valid_after_utc,
+        fingerprint=FINGERPRINT_PREFIX + print_,
+    )
+
+
+def verify_certificate(
+    version: IssuedVersion, issuer: x509.Certificate, now: datetime
+) -> VerifyResult:
+    """What a TLS peer checks of a certificate version: `issuer` signed it, it is valid
+    `now`, and its public key is the one of the version's private key."""
+    certs = load_certs(version.attributes.get("certificate", ""))
+    if not certs:
+        return VerifyResult(ok=False, detail="the version holds no certificate")
+    cert = certs[0]
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return VerifyResult(ok=False, detail=f"not signed by the CA {_subject(issuer)}")
+    key = load_private_key(version.value)
+    if key is None or key.public_key().public_bytes(*_SPKI) != cert.public_key().public_bytes(
+        *_SPKI
+    ):
+        return VerifyResult(ok=False, detail="the private key does not match the certificate")
+    if now >= cert.not_valid_after_utc:
+        return VerifyResult(ok=False, detail=f"expired at {cert.not_valid_after_utc.isoformat()}")
+    if now < cert.not_valid_before_utc:
+        return VerifyResult(
+            ok=False, detail=f"not valid before {cert.not_valid_before_utc.isoformat()}"
+        )
+    return VerifyResult(
+        ok=True,
+        detail=f"signed by {_subject(issuer)}, valid until {cert.not_valid_after_utc.isoformat()}",
+    )
+
+
+def load_certs(text: str) -> list[x509.Certificate]:
     """Every PEM certificate in `text`, in order; empty when it holds none."""
     try:
         return x509.load_pem_x509_certificates(text.encode("utf-8"))

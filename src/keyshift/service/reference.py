@@ -6,7 +6,7 @@ the committed file differs from what the models say.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -96,6 +96,23 @@ def _table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> list[str]:
 
 def _doc(obj: Any) -> str:
     return " ".join((obj.__doc__ or "").split())
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a field's annotation names (through unions and Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _nested(kind: str, model: type[BaseModel]) -> list[str]:
+    """A table for each model a field of `model` takes (e.g. each kind of `challenge`)."""
+    out: list[str] = []
+    for name, info in model.model_fields.items():
+        for nested in _models_in(info.annotation):
+            out += [f"#### `{kind}` `{name}`: {nested.__name__}", "", _doc(nested), ""]
+            out += [*_table(nested), ""]
+    return out
 
 
 def estate_reference() -> str:
@@ -195,6 +212,7 @@ def estate_reference() -> str:
     ]
     for provider, cls in sorted(PROVIDERS.items()):
         out += [f"### `{provider}`", "", _doc(cls.Config), "", *_table(cls.Config), ""]
+        out += _nested(provider, cls.Config)
     out += ["## Integration types", ""]
     for integration, model in sorted(INTEGRATIONS.items()):
         out += [f"### `{integration}`", "", _doc(model), "", *_table(model), ""]
