@@ -6,6 +6,12 @@
 signing with a limited IAM user's key gets AccessDenied as from AWS. moto's
 Secrets Manager answers such a denial with an XML body and status 403, where AWS
 answers JSON `AccessDeniedException`; tests of the JSON shape inject it instead.
+
+moto's KMS encrypts and decrypts with a disabled key, or one pending deletion; AWS
+refuses them (`DisabledException`, `KMSInvalidStateException`:
+https://docs.aws.amazon.com/kms/latest/developerguide/key-state.html). While a server
+of `moto_server()` runs, its KMS refuses them too (`Encrypt`, `Decrypt`, `ReEncrypt`,
+`GenerateDataKey`), so a test can prove that a disabled key no longer works.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from typing import Any
 
 import boto3
 import requests
+from moto.core.exceptions import JsonRESTError
+from moto.kms.models import KmsBackend
 from moto.server import ThreadedMotoServer
 
 DUMMY_KEY_ID = "AKIAKEYSHIFTTEST0001"
@@ -67,6 +75,39 @@ class MotoServer:
         requests.post(url, data=count.encode(), timeout=10).raise_for_status()
 
 
+def _refuse_unusable(backend: KmsBackend, key_id: str) -> None:
+    """Raise as AWS KMS does for a key that is not enabled."""
+    state = backend.keys[key_id].key_state
+    if state == "Disabled":
+        raise JsonRESTError("DisabledException", f"{backend.keys[key_id].arn} is disabled.")
+    if state != "Enabled":
+        raise JsonRESTError(
+            "KMSInvalidStateException", f"{backend.keys[key_id].arn} is pending deletion."
+        )
+
+
+@contextmanager
+def _kms_refuses_unusable_keys() -> Iterator[None]:
+    original_encrypt, original_decrypt = KmsBackend.encrypt, KmsBackend.decrypt
+
+    def encrypt(self: KmsBackend, key_id: str, *args: Any, **kwargs: Any) -> Any:
+        _refuse_unusable(self, self.any_id_to_key_id(key_id))
+        return original_encrypt(self, key_id, *args, **kwargs)
+
+    def decrypt(self: KmsBackend, *args: Any, **kwargs: Any) -> Any:
+        plaintext, arn = original_decrypt(self, *args, **kwargs)
+        _refuse_unusable(self, self.any_id_to_key_id(arn))
+        return plaintext, arn
+
+    KmsBackend.encrypt = encrypt  # type: ignore[method-assign]
+    KmsBackend.decrypt = decrypt  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        KmsBackend.encrypt = original_encrypt  # type: ignore[method-assign]
+        KmsBackend.decrypt = original_decrypt  # type: ignore[method-assign]
+
+
 @contextmanager
 def moto_server() -> Iterator[MotoServer]:
     """Start moto on a free port of 127.0.0.1; stopped on exit."""
@@ -74,7 +115,8 @@ def moto_server() -> Iterator[MotoServer]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
-        host, port = server.get_host_and_port()
-        yield MotoServer(f"http://{host}:{port}")
+        with _kms_refuses_unusable_keys():
+            host, port = server.get_host_and_port()
+            yield MotoServer(f"http://{host}:{port}")
     finally:
         server.stop()
