@@ -68,9 +68,7 @@ def kms(aws: MotoServer) -> Any:
 @pytest.fixture
 def s3(aws: MotoServer) -> Any:
     client = aws.client("s3")
-    client.create_bucket(
-        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
-    )
+    client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     return client
 
 
@@ -213,9 +211,7 @@ def test_verify_is_refused_once_the_key_is_disabled_and_revoke_is_idempotent(
     assert asyncio.run(p.verify(VerifyRequest("app-data", new))).ok
 
 
-def test_revoke_refuses_to_disable_the_key_the_alias_still_names(
-    aws: MotoServer, kms: Any
-) -> None:
+def test_revoke_refuses_to_disable_the_key_the_alias_still_names(aws: MotoServer, kms: Any) -> None:
     old = first_key(kms)
     p = provider(aws.endpoint)
     adopted = asyncio.run(p.adopt_existing(AdoptRequest("app-data")))
@@ -226,9 +222,7 @@ def test_revoke_refuses_to_disable_the_key_the_alias_still_names(
     assert key_state(kms, old) == "Enabled"
 
 
-def test_revoke_schedules_deletion_when_a_pending_window_is_set(
-    aws: MotoServer, kms: Any
-) -> None:
+def test_revoke_schedules_deletion_when_a_pending_window_is_set(aws: MotoServer, kms: Any) -> None:
     old = first_key(kms)
     p = provider(aws.endpoint, pending_window_days=7)
     new = create(p)
@@ -309,9 +303,7 @@ def test_rewrap_moves_files_and_objects_to_the_new_key_with_the_same_data_keys(
     raw.write_bytes(raw_blob)
     raw.chmod(0o640)
     s3.put_object(Bucket=BUCKET, Key="keys/one.bin", Body=s3_blob, ContentType="x/blob")
-    files = rewrap(
-        aws.endpoint, files=[str(raw)], s3=[{"bucket": BUCKET, "key": "keys/one.bin"}]
-    )
+    files = rewrap(aws.endpoint, files=[str(raw)], s3=[{"bucket": BUCKET, "key": "keys/one.bin"}])
     texts = rewrap(aws.endpoint, files=[str(tmp_path / "b64.txt")], format="base64")
     (tmp_path / "b64.txt").write_bytes(base64.b64encode(b64_blob) + b"\n")
 

@@ -24,6 +24,7 @@ from keyshift.providers.base import (
     RevokeResult,
     VerifyRequest,
     VerifyResult,
+    holds_no_value,
 )
 from keyshift.testing.logs import capture_logs, holds
 
@@ -215,7 +216,7 @@ async def assert_provider_contract(
     - no exception raised on the way and no structlog event holds a value.
     """
     _check_declarations(provider)
-    run = _ContractRun(holds_no_value=getattr(type(provider), "holds_no_value", False) is True)
+    run = _ContractRun(holds_no_value=holds_no_value(provider))
     rotation_id = f"contract-{uuid.uuid4().hex[:12]}"
     request = CreateRequest(
         credential=credential,
