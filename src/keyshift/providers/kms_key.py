@@ -345,4 +345,6 @@ def _not_rotatable(key: Mapping[str, Any]) -> str | None:
         return f"{name} is {key.get('KeySpec')}; only SYMMETRIC_DEFAULT keys are re-wrapped"
     if key.get("Origin", "AWS_KMS") != "AWS_KMS":
         return f"{name} has origin {key.get('Origin')}; keyshift makes keys with AWS_KMS"
+    if key.get("MultiRegion"):
+        return f"{name} is a multi-Region key; keyshift replaces single-Region keys only"
     return None
