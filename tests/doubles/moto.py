@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
+import pytest
 import requests
 from moto.core.exceptions import JsonRESTError
 from moto.kms.models import KmsBackend
@@ -31,6 +32,10 @@ from moto.server import ThreadedMotoServer
 
 DUMMY_KEY_ID = "AKIAKEYSHIFTTEST0001"
 DUMMY_SECRET_KEY = "moto-dummy-secret-access-key"  # moto accepts any key
+REGION = "eu-west-1"
+"""The region of the clients and of the bucket the fixtures make."""
+BUCKET = "keyshift-test-blobs"
+"""The bucket the `s3` fixture makes."""
 
 
 @dataclass(frozen=True)
@@ -120,3 +125,48 @@ def moto_server() -> Iterator[MotoServer]:
             yield MotoServer(f"http://{host}:{port}")
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[MotoServer]:
+    """One moto server for the tests of a module (import this fixture and `aws`)."""
+    with moto_server() as server:
+        yield server
+
+
+@pytest.fixture
+def aws(moto_endpoint: MotoServer) -> MotoServer:
+    """The module's moto server, with every resource of the test before forgotten."""
+    moto_endpoint.reset()
+    return moto_endpoint
+
+
+@pytest.fixture
+def kms(aws: MotoServer) -> Any:
+    """An administrator's KMS client, to set up and inspect keys."""
+    return aws.client("kms", region=REGION)
+
+
+@pytest.fixture
+def s3(aws: MotoServer) -> Any:
+    """An administrator's S3 client, with the bucket BUCKET made in REGION."""
+    client = aws.client("s3", region=REGION)
+    client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    return client
+
+
+def key_behind_alias(kms: Any, alias: str, **create: Any) -> str:
+    """A KMS key made with `create` (CreateKey's parameters) and named by `alias`; its id."""
+    key = str(kms.create_key(**create)["KeyMetadata"]["KeyId"])
+    kms.create_alias(AliasName=alias, TargetKeyId=key)
+    return key
+
+
+def key_state(kms: Any, key: str) -> str:
+    """`Enabled`, `Disabled`, `PendingDeletion`... of a key (id, ARN or alias)."""
+    return str(kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"])
+
+
+def key_of(kms: Any, alias: str) -> str:
+    """The id of the key an alias names."""
+    return str(kms.describe_key(KeyId=alias)["KeyMetadata"]["KeyId"])

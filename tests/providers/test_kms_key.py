@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,36 +39,19 @@ from keyshift.targets.aws_kms import (
 )
 from keyshift.targets.base import Delivery, PublishRequest, RollbackRequest
 from keyshift.testing import assert_provider_contract
-from tests.doubles.moto import DUMMY_KEY_ID, DUMMY_SECRET_KEY, MotoServer, moto_server
+from tests.doubles.moto import (
+    BUCKET,
+    DUMMY_KEY_ID,
+    DUMMY_SECRET_KEY,
+    REGION,
+    MotoServer,
+    key_behind_alias,
+    key_of,
+    key_state,
+)
 
-REGION = "eu-west-1"
 ALIAS = "alias/app-data"
 ENV = {"AWS_KEY_ID": DUMMY_KEY_ID, "AWS_SECRET_KEY": DUMMY_SECRET_KEY}
-BUCKET = "app-data-keys"
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[MotoServer]:
-    with moto_server() as server:
-        yield server
-
-
-@pytest.fixture
-def aws(moto_endpoint: MotoServer) -> MotoServer:
-    moto_endpoint.reset()
-    return moto_endpoint
-
-
-@pytest.fixture
-def kms(aws: MotoServer) -> Any:
-    return aws.client("kms")
-
-
-@pytest.fixture
-def s3(aws: MotoServer) -> Any:
-    client = aws.client("s3")
-    client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-    return client
 
 
 def connection(endpoint: str) -> dict[str, Any]:
@@ -81,13 +63,10 @@ def connection(endpoint: str) -> dict[str, Any]:
     }
 
 
-def first_key(kms: Any, description: str = "app data keys") -> str:
+def first_key(kms: Any) -> str:
     """A key made outside keyshift, named by ALIAS; its id."""
-    key = kms.create_key(
-        Description=description, Tags=[{"TagKey": "team", "TagValue": "payments"}]
-    )["KeyMetadata"]["KeyId"]
-    kms.create_alias(AliasName=ALIAS, TargetKeyId=key)
-    return str(key)
+    tags = [{"TagKey": "team", "TagValue": "payments"}]
+    return key_behind_alias(kms, ALIAS, Description="app data keys", Tags=tags)
 
 
 def provider(endpoint: str, **config: Any) -> KmsKeyProvider:
@@ -100,12 +79,8 @@ def create(p: KmsKeyProvider, rotation: str = "rot-1") -> IssuedVersion:
     return asyncio.run(p.create(request))
 
 
-def key_state(kms: Any, key: str) -> str:
-    return str(kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"])
-
-
 def alias_key(kms: Any) -> str:
-    return str(kms.describe_key(KeyId=ALIAS)["KeyMetadata"]["KeyId"])
+    return key_of(kms, ALIAS)
 
 
 def delivery(version: IssuedVersion, version_id: str = "ver-2") -> Delivery:

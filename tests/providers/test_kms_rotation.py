@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import signal
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,14 +25,21 @@ from keyshift.store.store import Store
 from keyshift.targets.aws_kms import kept_name
 from keyshift.testing import FakeClock, capture_logs
 from tests.conftest import Cli, run_subprocess
-from tests.doubles.moto import DUMMY_KEY_ID, DUMMY_SECRET_KEY, MotoServer, moto_server
+from tests.doubles.moto import (
+    BUCKET,
+    DUMMY_KEY_ID,
+    DUMMY_SECRET_KEY,
+    REGION,
+    MotoServer,
+    key_behind_alias,
+    key_of,
+    key_state,
+)
 from tests.doubles.moto_proxy import MotoProxy
 from tests.helpers import rotations_of, save_estate, steps, versions
 
 CREDENTIAL = "app-data-key"
-REGION = "eu-west-1"
 ALIAS = "alias/app-data"
-BUCKET = "app-data-keys"
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": DUMMY_KEY_ID,
     "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_KEY,
@@ -44,30 +50,11 @@ AWS_ENV = {
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[MotoServer]:
-    with moto_server() as server:
-        yield server
-
-
-@pytest.fixture
-def aws(moto_endpoint: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
-    moto_endpoint.reset()
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """boto3's standard chain finds moto's dummy keys, here and in the CLI's processes."""
     for name, value in AWS_ENV.items():
         monkeypatch.setenv(name, value)
-    return moto_endpoint
-
-
-@pytest.fixture
-def kms(aws: MotoServer) -> Any:
-    return aws.client("kms")
-
-
-@pytest.fixture
-def s3(aws: MotoServer) -> Any:
-    client = aws.client("s3")
-    client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-    return client
 
 
 class Blobs:
@@ -120,17 +107,11 @@ class Blobs:
 
 
 def first_key(kms: Any) -> str:
-    key = str(kms.create_key(Description="app data keys")["KeyMetadata"]["KeyId"])
-    kms.create_alias(AliasName=ALIAS, TargetKeyId=key)
-    return key
+    return key_behind_alias(kms, ALIAS, Description="app data keys")
 
 
 def alias_key(kms: Any) -> str:
-    return str(kms.describe_key(KeyId=ALIAS)["KeyMetadata"]["KeyId"])
-
-
-def key_state(kms: Any, key: str) -> str:
-    return str(kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"])
+    return key_of(kms, ALIAS)
 
 
 def estate(
@@ -247,7 +228,7 @@ def test_a_failed_rewrap_puts_every_blob_and_the_alias_back_and_keeps_the_old_ke
 
     assert rotate(store, FakeClock()) == RotationState.ROLLED_BACK
     [rotation] = rotations_of(store, CREDENTIAL)
-    assert "ReEncrypt on s3://app-data-keys/corrupt.bin" in (rotation.error or "")
+    assert f"ReEncrypt on s3://{BUCKET}/corrupt.bin" in (rotation.error or "")
     assert blobs.unchanged(), "every blob is back byte for byte"
     assert blobs.kept() == []
     assert alias_key(kms) == old

@@ -37,7 +37,7 @@ import hmac
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, ClassVar, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -64,6 +64,7 @@ S3: Final = Service("S3", "s3")
 KEPT_SUFFIX: Final = ".keyshift-previous-"
 _NOT_FOUND: Final = "NotFoundException"
 _NO_OBJECT: Final = frozenset({"NoSuchKey", "404", "HTTP 404"})
+ConfigT = TypeVar("ConfigT", bound=AwsConnection)
 
 
 def kept_name(name: str, version_id: str) -> str:
@@ -257,7 +258,15 @@ class _S3Blob(_Blob):
         )
 
 
-class KmsRewrapTarget(BaseTarget[KmsRewrapConfig]):
+class _AwsTarget(BaseTarget[ConfigT]):
+    """A target that calls AWS: its config is an `AwsConnection`, its clients `self.aws`."""
+
+    def __init__(self, config: ConfigT, context: PluginContext) -> None:
+        super().__init__(config, context)
+        self.aws = AwsClients(config, context)
+
+
+class KmsRewrapTarget(_AwsTarget[KmsRewrapConfig]):
     """Re-encrypts stored data keys to the new KMS key, verified, keeping the old blobs."""
 
     kind: ClassVar[str] = "kms_rewrap"
@@ -270,10 +279,6 @@ class KmsRewrapTarget(BaseTarget[KmsRewrapConfig]):
         where = {**config.where(), "files": ", ".join(config.files)}
         where["s3"] = ", ".join(f"s3://{b.bucket}/{b.key}" for b in config.s3)
         return {k: v for k, v in where.items() if v}
-
-    def __init__(self, config: KmsRewrapConfig, context: PluginContext) -> None:
-        super().__init__(config, context)
-        self.aws = AwsClients(config, context)
 
     def blobs(self) -> list[_Blob]:
         """The configured blobs, files first, in the order listed."""
@@ -415,7 +420,7 @@ class KmsRewrapTarget(BaseTarget[KmsRewrapConfig]):
         return base64.b64encode(fresh) + trailing
 
 
-class KmsAliasTarget(BaseTarget[KmsAliasConfig]):
+class KmsAliasTarget(_AwsTarget[KmsAliasConfig]):
     """Moves the version's alias to its key; rollback moves it back."""
 
     kind: ClassVar[str] = "kms_alias"
@@ -426,10 +431,6 @@ class KmsAliasTarget(BaseTarget[KmsAliasConfig]):
     def describe(cls, config: KmsAliasConfig) -> dict[str, str]:
         """Where it acts: the region (the alias is the credential's)."""
         return config.where()
-
-    def __init__(self, config: KmsAliasConfig, context: PluginContext) -> None:
-        super().__init__(config, context)
-        self.aws = AwsClients(config, context)
 
     async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """KMS answers `ListAliases`. Changes nothing."""
