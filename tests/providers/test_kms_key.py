@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -427,3 +428,26 @@ def test_alias_moves_to_the_new_key_and_back_on_rollback(aws: MotoServer, kms: A
     assert back.detail["moved"]
     assert alias_key(kms) == old
     assert not asyncio.run(target.rollback(RollbackRequest(delivery(new), None))).detail["moved"]
+
+
+def test_debug_logs_of_botocore_never_hold_a_data_key_or_a_blob(
+    aws: MotoServer, kms: Any, s3: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first_key(kms)
+    new = create(provider(aws.endpoint))
+    file_plain, file_blob = data_key(kms)
+    object_plain, object_blob = data_key(kms)
+    path = tmp_path / "key.bin"
+    path.write_bytes(file_blob)
+    s3.put_object(Bucket=BUCKET, Key="k.bin", Body=object_blob)
+    caplog.set_level(logging.DEBUG)
+
+    target = rewrap(aws.endpoint, files=[str(path)], s3=[{"bucket": BUCKET, "key": "k.bin"}])
+    asyncio.run(target.publish(PublishRequest(delivery(new), None)))
+    rewrapped = [path.read_bytes(), s3.get_object(Bucket=BUCKET, Key="k.bin")["Body"].read()]
+    asyncio.run(target.rollback(RollbackRequest(delivery(new), None)))
+
+    assert any(r.name.startswith("botocore") for r in caplog.records), "debug logging was on"
+    for data in (file_plain, object_plain, file_blob, object_blob, *rewrapped):
+        assert base64.b64encode(data).decode()[:24] not in caplog.text
+        assert repr(data)[2:26] not in caplog.text

@@ -63,7 +63,8 @@ KMS: Final = Service("KMS", "kms")
 S3: Final = Service("S3", "s3")
 KEPT_SUFFIX: Final = ".keyshift-previous-"
 _NOT_FOUND: Final = "NotFoundException"
-_NO_OBJECT: Final = frozenset({"NoSuchKey", "404", "HTTP 404"})
+_NO_OBJECT: Final = frozenset({"NoSuchKey", "HTTP 404"})
+"""How S3 says an object is missing (`HTTP 404`: an answer without an error body)."""
 ConfigT = TypeVar("ConfigT", bound=AwsConnection)
 
 
