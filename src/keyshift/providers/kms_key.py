@@ -70,7 +70,7 @@ _ALIAS: Final = re.compile(r"alias/[a-zA-Z0-9/_-]{1,250}")
 
 class KmsKeyConfig(AwsConnection):
     """The alias consumers use and how a new version is made; `region`, `endpoint_url`
-    and the key references as for every AWS plugin (`keyshift.aws.AwsConnection`)."""
+    and the key references are those of every AWS plugin."""
 
     alias: str
     """The alias consumers encrypt with, `alias/NAME`; it names the current key."""

@@ -84,7 +84,8 @@ class S3Blob(BaseModel):
 
 
 class KmsRewrapConfig(AwsConnection):
-    """The blobs to re-wrap, and where KMS and S3 are (`keyshift.aws.AwsConnection`)."""
+    """The blobs to re-wrap; `region`, `endpoint_url` and the key references (those of
+    every AWS plugin) say where KMS and S3 are and as whom to call them."""
 
     files: list[str] = Field(default_factory=list)
     """Absolute paths of files on this host, each holding one ciphertext blob."""
@@ -118,7 +119,8 @@ class KmsRewrapConfig(AwsConnection):
 
 
 class KmsAliasConfig(AwsConnection):
-    """Where KMS is (`keyshift.aws.AwsConnection`); the alias is the version's own."""
+    """Where KMS is and as whom to call it (the fields of every AWS plugin); the alias
+    moved is the version's own, from its `kms_key` provider."""
 
 
 @dataclass(frozen=True)

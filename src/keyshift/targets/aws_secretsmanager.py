@@ -51,7 +51,7 @@ SECRETS_MANAGER: Final = Service("Secrets Manager", "secretsmanager")
 
 class AwsSecretsManagerConfig(AwsConnection):
     """The secret to publish to and the identity to publish with (`region`, `endpoint_url`
-    and the key references: `keyshift.aws.AwsConnection`)."""
+    and the key references are those of every AWS plugin)."""
 
     secret_id: str = Field(min_length=1, max_length=2048)
     """Name or full ARN of the secret."""
