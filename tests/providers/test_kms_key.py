@@ -249,6 +249,54 @@ def test_a_bad_provider_config_names_the_field(config: dict[str, Any], error: st
     assert f"credentials[0].{error}" in str(raised.value)
 
 
+def test_a_kms_key_without_a_kms_alias_action_is_refused_at_apply() -> None:
+    rewrap_only = {"type": "kms_rewrap", "order": 10, "config": {"region": REGION, "files": ["/k"]}}
+    estate = {
+        "credentials": [
+            {
+                "name": "app-data",
+                "owner": "team-payments",
+                "environment": "dev",
+                "provider": {"type": "kms_key", "region": REGION, "alias": ALIAS},
+                "actions": [rewrap_only],
+            }
+        ]
+    }
+    with pytest.raises(EstateInvalid) as raised:
+        parse_estate(estate)
+    assert "credentials[0].actions: app-data (kms_key) needs a kms_alias action" in str(
+        raised.value
+    )
+
+
+def test_kms_actions_on_another_kind_of_credential_are_refused_at_apply() -> None:
+    estate = {
+        "credentials": [
+            {
+                "name": "api-key",
+                "owner": "team-payments",
+                "environment": "dev",
+                "provider": {"type": "random"},
+                "actions": [
+                    {"type": "kms_alias", "order": 10, "config": {"region": REGION}},
+                    {
+                        "type": "file",
+                        "order": 20,
+                        "config": {"path": "/x/k.env", "key": "K", "file_format": "env"},
+                    },
+                ],
+            }
+        ]
+    }
+    with pytest.raises(EstateInvalid) as raised:
+        parse_estate(estate)
+    assert (
+        "credentials[0].actions[0].type: kms_alias works for kms_key credentials only, "
+        "and api-key is random"
+    ) in str(raised.value)
+    assert "actions[1]" not in str(raised.value)
+
+
 @pytest.mark.parametrize(
     ("config", "problem"),
     [

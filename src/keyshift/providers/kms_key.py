@@ -108,6 +108,11 @@ class KmsKeyProvider:
     capability_fields: ClassVar[tuple[str, ...]] = ()
     holds_no_value: ClassVar[bool] = True
     """A KMS key exports nothing: versions carry an empty value and a public fingerprint."""
+    required_actions: ClassVar[Mapping[str, str]] = {
+        "kms_alias": "consumers encrypt through the alias, and the old key is disabled "
+        "only once the alias names the new one"
+    }
+    """Checked at apply: without the alias moved, no rotation could ever complete."""
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.DUAL_ACTIVE, Capability.AUTHENTICATES, Capability.ADOPTS_EXISTING}
     )

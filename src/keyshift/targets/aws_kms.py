@@ -275,6 +275,8 @@ class KmsRewrapTarget(_AwsTarget[KmsRewrapConfig]):
     kind: ClassVar[str] = "kms_rewrap"
     phase: ClassVar[Phase] = Phase.PUBLISH
     Config: ClassVar[type[BaseModel]] = KmsRewrapConfig
+    serves: ClassVar[frozenset[str]] = frozenset({"kms_key"})
+    """Only a KMS key version names a key to re-wrap to (checked at apply)."""
 
     @classmethod
     def describe(cls, config: KmsRewrapConfig) -> dict[str, str]:
@@ -429,6 +431,8 @@ class KmsAliasTarget(_AwsTarget[KmsAliasConfig]):
     kind: ClassVar[str] = "kms_alias"
     phase: ClassVar[Phase] = Phase.PUBLISH
     Config: ClassVar[type[BaseModel]] = KmsAliasConfig
+    serves: ClassVar[frozenset[str]] = frozenset({"kms_key"})
+    """Only a KMS key version names an alias and a key (checked at apply)."""
 
     @classmethod
     def describe(cls, config: KmsAliasConfig) -> dict[str, str]:
