@@ -115,7 +115,12 @@ def alias_key(kms: Any) -> str:
 
 
 def estate(
-    endpoint: str, blobs: Blobs, *, grace: str = "10m", objects: list[str] | None = None
+    endpoint: str,
+    blobs: Blobs,
+    *,
+    grace: str = "10m",
+    objects: list[str] | None = None,
+    alias_order: int = 30,
 ) -> dict[str, Any]:
     """The alias's key; the raw file and the S3 objects in one kms_rewrap action, the
     base64 file in another, and the alias moved last."""
@@ -150,7 +155,12 @@ def estate(
                             "format": "base64",
                         },
                     },
-                    {"type": "kms_alias", "order": 30, "on_failure": "abort", "config": aws},
+                    {
+                        "type": "kms_alias",
+                        "order": alias_order,
+                        "on_failure": "abort",
+                        "config": aws,
+                    },
                 ],
             }
         ]
@@ -240,6 +250,55 @@ def test_a_failed_rewrap_puts_every_blob_and_the_alias_back_and_keeps_the_old_ke
     ]
     assert "publishing:20:kms_rewrap" not in journal
     assert "publishing:30:kms_alias" not in journal
+
+
+def test_an_alias_moved_before_a_failed_rewrap_is_moved_back(
+    aws: MotoServer, kms: Any, s3: Any, store: Store, tmp_path: Path
+) -> None:
+    old = first_key(kms)
+    blobs = Blobs(kms, s3, tmp_path)
+    s3.put_object(Bucket=BUCKET, Key="corrupt.bin", Body=b"not a ciphertext blob")
+    document = estate(aws.endpoint, blobs, objects=["one.bin", "corrupt.bin"], alias_order=5)
+    apply_estate(store, parse_estate(document), actor="test")
+
+    assert rotate(store, FakeClock()) == RotationState.ROLLED_BACK
+    [rotation] = rotations_of(store, CREDENTIAL)
+    journal = {s.name: s for s in steps(store, rotation.id)}
+    assert journal["publishing:5:kms_alias"].detail["moved"] is True
+    assert journal["rollback:publishing:5:kms_alias"].detail == {
+        "alias": ALIAS,
+        "key_id": old,
+        "moved": True,
+    }
+    assert alias_key(kms) == old
+    assert blobs.unchanged()
+    assert key_state(kms, old) == "Enabled"
+
+
+def test_a_rollback_by_hand_in_grace_puts_the_blobs_and_the_alias_back(
+    aws: MotoServer, kms: Any, s3: Any, store: Store, tmp_path: Path
+) -> None:
+    """The old key was adopted on this first rotation, but a KMS key holds no value: it
+    can be given back by its id, so the rollback by hand is not refused."""
+    old = first_key(kms)
+    blobs = Blobs(kms, s3, tmp_path)
+    apply_estate(store, parse_estate(estate(aws.endpoint, blobs)), actor="test")
+    clock = FakeClock()
+    assert rotate(store, clock) == RotationState.GRACE
+    [rotation] = rotations_of(store, CREDENTIAL)
+
+    _, state = asyncio.run(
+        rotations.roll_back(
+            store, rotation.id, actor="test", reason="orders fail", context=clock.context()
+        )
+    )
+    assert state == RotationState.ROLLED_BACK
+    assert alias_key(kms) == old
+    assert blobs.unchanged()
+    assert blobs.kept() == []
+    assert key_state(kms, old) == "Enabled"
+    adopted, new = versions(store, CREDENTIAL)
+    assert (adopted.status, new.status) == ("current", "disabled")
 
 
 def test_a_missing_blob_stops_the_rotation_before_a_key_is_made(
