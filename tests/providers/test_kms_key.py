@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,29 @@ def data_key(kms: Any, key: str = ALIAS, **context: str) -> tuple[bytes, bytes]:
     extra = {"EncryptionContext": context} if context else {}
     made = kms.generate_data_key(KeyId=key, KeySpec="AES_256", **extra)
     return made["Plaintext"], made["CiphertextBlob"]
+
+
+@dataclass(frozen=True)
+class FileAndObject:
+    """A data key in the file `path`, another in the object `k.bin`, both under the alias's
+    key, and a kms_rewrap target over both."""
+
+    target: KmsRewrapTarget
+    path: Path
+    file_plain: bytes
+    file_blob: bytes
+    object_plain: bytes
+    object_blob: bytes
+
+
+def file_and_object(endpoint: str, kms: Any, s3: Any, tmp_path: Path) -> FileAndObject:
+    file_plain, file_blob = data_key(kms)
+    object_plain, object_blob = data_key(kms)
+    path = tmp_path / "key.bin"
+    path.write_bytes(file_blob)
+    s3.put_object(Bucket=BUCKET, Key="k.bin", Body=object_blob)
+    target = rewrap(endpoint, files=[str(path)], s3=[{"bucket": BUCKET, "key": "k.bin"}])
+    return FileAndObject(target, path, file_plain, file_blob, object_plain, object_blob)
 
 
 def opened(kms: Any, blob: bytes, **context: str) -> tuple[bytes, str]:
@@ -374,25 +398,20 @@ def test_rollback_writes_every_kept_blob_back_byte_for_byte(
 ) -> None:
     first_key(kms)
     new = create(provider(aws.endpoint))
-    _, file_blob = data_key(kms)
-    _, object_blob = data_key(kms)
-    path = tmp_path / "key.bin"
-    path.write_bytes(file_blob)
-    s3.put_object(Bucket=BUCKET, Key="k.bin", Body=object_blob)
-    target = rewrap(aws.endpoint, files=[str(path)], s3=[{"bucket": BUCKET, "key": "k.bin"}])
-    asyncio.run(target.publish(PublishRequest(delivery(new), None)))
-    assert path.read_bytes() != file_blob
+    blobs = file_and_object(aws.endpoint, kms, s3, tmp_path)
+    asyncio.run(blobs.target.publish(PublishRequest(delivery(new), None)))
+    assert blobs.path.read_bytes() != blobs.file_blob
 
-    undone = asyncio.run(target.rollback(RollbackRequest(delivery(new), None)))
-    assert undone.detail["restored"] == [f"s3://{BUCKET}/k.bin", str(path)]
-    assert path.read_bytes() == file_blob
-    assert s3.get_object(Bucket=BUCKET, Key="k.bin")["Body"].read() == object_blob
+    undone = asyncio.run(blobs.target.rollback(RollbackRequest(delivery(new), None)))
+    assert undone.detail["restored"] == [f"s3://{BUCKET}/k.bin", str(blobs.path)]
+    assert blobs.path.read_bytes() == blobs.file_blob
+    assert s3.get_object(Bucket=BUCKET, Key="k.bin")["Body"].read() == blobs.object_blob
     assert not (tmp_path / kept_name("key.bin", "ver-2")).exists()
     listed = s3.list_objects_v2(Bucket=BUCKET)["Contents"]
     assert [o["Key"] for o in listed] == ["k.bin"]
-    twice = asyncio.run(target.rollback(RollbackRequest(delivery(new), None)))
+    twice = asyncio.run(blobs.target.rollback(RollbackRequest(delivery(new), None)))
     assert twice.detail["restored"] == []
-    assert path.read_bytes() == file_blob
+    assert blobs.path.read_bytes() == blobs.file_blob
 
 
 def test_a_corrupted_blob_stops_the_rewrap_and_is_left_as_it_was(
@@ -483,19 +502,15 @@ def test_debug_logs_of_botocore_never_hold_a_data_key_or_a_blob(
 ) -> None:
     first_key(kms)
     new = create(provider(aws.endpoint))
-    file_plain, file_blob = data_key(kms)
-    object_plain, object_blob = data_key(kms)
-    path = tmp_path / "key.bin"
-    path.write_bytes(file_blob)
-    s3.put_object(Bucket=BUCKET, Key="k.bin", Body=object_blob)
+    blobs = file_and_object(aws.endpoint, kms, s3, tmp_path)
     caplog.set_level(logging.DEBUG)
 
-    target = rewrap(aws.endpoint, files=[str(path)], s3=[{"bucket": BUCKET, "key": "k.bin"}])
-    asyncio.run(target.publish(PublishRequest(delivery(new), None)))
-    rewrapped = [path.read_bytes(), s3.get_object(Bucket=BUCKET, Key="k.bin")["Body"].read()]
-    asyncio.run(target.rollback(RollbackRequest(delivery(new), None)))
+    asyncio.run(blobs.target.publish(PublishRequest(delivery(new), None)))
+    rewrapped = [blobs.path.read_bytes(), s3.get_object(Bucket=BUCKET, Key="k.bin")["Body"].read()]
+    asyncio.run(blobs.target.rollback(RollbackRequest(delivery(new), None)))
 
     assert any(r.name.startswith("botocore") for r in caplog.records), "debug logging was on"
-    for data in (file_plain, object_plain, file_blob, object_blob, *rewrapped):
+    plain = (blobs.file_plain, blobs.object_plain, blobs.file_blob, blobs.object_blob)
+    for data in (*plain, *rewrapped):
         assert base64.b64encode(data).decode()[:24] not in caplog.text
         assert repr(data)[2:26] not in caplog.text

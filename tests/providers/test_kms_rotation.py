@@ -225,16 +225,23 @@ def test_blobs_are_rewrapped_and_the_alias_moved_and_the_old_key_disabled_only_a
     assert revoking.detail["revocation_proof"].startswith("refused")
 
 
+def with_a_corrupt_object(
+    aws: MotoServer, kms: Any, s3: Any, store: Store, tmp_path: Path, **options: Any
+) -> Blobs:
+    """The estate applied, its first action listing, after the raw file and `one.bin`, an
+    object that holds no ciphertext KMS made: that action re-wraps two blobs, then fails."""
+    blobs = Blobs(kms, s3, tmp_path)
+    s3.put_object(Bucket=BUCKET, Key="corrupt.bin", Body=b"not a ciphertext blob")
+    document = estate(aws.endpoint, blobs, objects=["one.bin", "corrupt.bin"], **options)
+    apply_estate(store, parse_estate(document), actor="test")
+    return blobs
+
+
 def test_a_failed_rewrap_puts_every_blob_and_the_alias_back_and_keeps_the_old_key(
     aws: MotoServer, kms: Any, s3: Any, store: Store, tmp_path: Path
 ) -> None:
     old = first_key(kms)
-    blobs = Blobs(kms, s3, tmp_path)
-    # The second object holds no ciphertext KMS made: the first action re-wraps the file
-    # and one object, then fails at it.
-    s3.put_object(Bucket=BUCKET, Key="corrupt.bin", Body=b"not a ciphertext blob")
-    document = estate(aws.endpoint, blobs, objects=["one.bin", "corrupt.bin"])
-    apply_estate(store, parse_estate(document), actor="test")
+    blobs = with_a_corrupt_object(aws, kms, s3, store, tmp_path)
 
     assert rotate(store, FakeClock()) == RotationState.ROLLED_BACK
     [rotation] = rotations_of(store, CREDENTIAL)
@@ -256,10 +263,7 @@ def test_an_alias_moved_before_a_failed_rewrap_is_moved_back(
     aws: MotoServer, kms: Any, s3: Any, store: Store, tmp_path: Path
 ) -> None:
     old = first_key(kms)
-    blobs = Blobs(kms, s3, tmp_path)
-    s3.put_object(Bucket=BUCKET, Key="corrupt.bin", Body=b"not a ciphertext blob")
-    document = estate(aws.endpoint, blobs, objects=["one.bin", "corrupt.bin"], alias_order=5)
-    apply_estate(store, parse_estate(document), actor="test")
+    blobs = with_a_corrupt_object(aws, kms, s3, store, tmp_path, alias_order=5)
 
     assert rotate(store, FakeClock()) == RotationState.ROLLED_BACK
     [rotation] = rotations_of(store, CREDENTIAL)
