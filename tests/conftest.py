@@ -22,6 +22,7 @@ from keyshift.store.store import Store
 from tests.doubles.chat import slack, teams  # noqa: F401 (fixtures for every test)
 from tests.doubles.graph import GraphDouble
 from tests.doubles.jira import jira  # noqa: F401 (a fixture for every test)
+from tests.doubles.moto import aws, kms, moto_endpoint, s3  # noqa: F401 (fixtures for every test)
 from tests.doubles.receiver import receiver  # noqa: F401 (a fixture for every test)
 from tests.doubles.servicenow import servicenow  # noqa: F401 (a fixture for every test)
 from tests.doubles.smtp import mail_server  # noqa: F401 (a fixture for every test)

@@ -22,6 +22,7 @@ JWKS_EXAMPLE = Path(__file__).parents[1] / "examples" / "jwks.yaml"
 ENTRA_CERTIFICATE_EXAMPLE = Path(__file__).parents[1] / "examples" / "entra-certificate.yaml"
 TRUST_BUNDLE_EXAMPLE = Path(__file__).parents[1] / "examples" / "trust-bundle.yaml"
 ACME_EXAMPLE = Path(__file__).parents[1] / "examples" / "acme.yaml"
+KMS_EXAMPLE = Path(__file__).parents[1] / "examples" / "kms.yaml"
 SHARED_EXAMPLE = Path(__file__).parents[2] / "shared" / "examples" / "estate.example.yaml"
 """What a platform team would write; the repository sits beside `shared`."""
 
@@ -83,6 +84,16 @@ def test_the_entra_certificate_example_validates_and_renews_renew_before_the_not
     assert effective.rotate_before_expiry == timedelta(days=30)
     [pem] = [a for a in credential.actions if a.type == "file"]
     assert pem.config["file_format"] == "pem"
+
+
+def test_the_kms_example_validates_and_moves_the_alias_after_every_rewrap() -> None:
+    estate = load_estate(KMS_EXAMPLE)
+    [credential] = estate.credentials
+    assert credential.provider.type == "kms_key"
+    assert credential.provider.config()["alias"] == "alias/orders-data"
+    kinds = [a.type for a in sorted(credential.actions, key=lambda a: a.order)]
+    assert kinds == ["kms_rewrap", "kms_rewrap", "kms_alias"]
+    assert all(a.on_failure == "abort" for a in credential.actions)
 
 
 def test_the_trust_bundle_example_validates_with_two_leaves_signed_by_its_ca() -> None:

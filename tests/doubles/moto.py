@@ -6,6 +6,12 @@
 signing with a limited IAM user's key gets AccessDenied as from AWS. moto's
 Secrets Manager answers such a denial with an XML body and status 403, where AWS
 answers JSON `AccessDeniedException`; tests of the JSON shape inject it instead.
+
+moto's KMS encrypts and decrypts with a disabled key, or one pending deletion; AWS
+refuses them (`DisabledException`, `KMSInvalidStateException`:
+https://docs.aws.amazon.com/kms/latest/developerguide/key-state.html). While a server
+of `moto_server()` runs, its KMS refuses them too (`Encrypt`, `Decrypt`, `ReEncrypt`,
+`GenerateDataKey`), so a test can prove that a disabled key no longer works.
 """
 
 from __future__ import annotations
@@ -18,11 +24,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
+import pytest
 import requests
+from moto.core.exceptions import JsonRESTError
+from moto.kms.models import KmsBackend
 from moto.server import ThreadedMotoServer
 
 DUMMY_KEY_ID = "AKIAKEYSHIFTTEST0001"
 DUMMY_SECRET_KEY = "moto-dummy-secret-access-key"  # moto accepts any key
+REGION = "eu-west-1"
+"""The region of the clients and of the bucket the fixtures make."""
+BUCKET = "keyshift-test-blobs"
+"""The bucket the `s3` fixture makes."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,39 @@ class MotoServer:
         requests.post(url, data=count.encode(), timeout=10).raise_for_status()
 
 
+def _refuse_unusable(backend: KmsBackend, key_id: str) -> None:
+    """Raise as AWS KMS does for a key that is not enabled."""
+    state = backend.keys[key_id].key_state
+    if state == "Disabled":
+        raise JsonRESTError("DisabledException", f"{backend.keys[key_id].arn} is disabled.")
+    if state != "Enabled":
+        raise JsonRESTError(
+            "KMSInvalidStateException", f"{backend.keys[key_id].arn} is pending deletion."
+        )
+
+
+@contextmanager
+def _kms_refuses_unusable_keys() -> Iterator[None]:
+    original_encrypt, original_decrypt = KmsBackend.encrypt, KmsBackend.decrypt
+
+    def encrypt(self: KmsBackend, key_id: str, *args: Any, **kwargs: Any) -> Any:
+        _refuse_unusable(self, self.any_id_to_key_id(key_id))
+        return original_encrypt(self, key_id, *args, **kwargs)
+
+    def decrypt(self: KmsBackend, *args: Any, **kwargs: Any) -> Any:
+        plaintext, arn = original_decrypt(self, *args, **kwargs)
+        _refuse_unusable(self, self.any_id_to_key_id(arn))
+        return plaintext, arn
+
+    KmsBackend.encrypt = encrypt  # type: ignore[method-assign]
+    KmsBackend.decrypt = decrypt  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        KmsBackend.encrypt = original_encrypt  # type: ignore[method-assign]
+        KmsBackend.decrypt = original_decrypt  # type: ignore[method-assign]
+
+
 @contextmanager
 def moto_server() -> Iterator[MotoServer]:
     """Start moto on a free port of 127.0.0.1; stopped on exit."""
@@ -74,7 +120,53 @@ def moto_server() -> Iterator[MotoServer]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
-        host, port = server.get_host_and_port()
-        yield MotoServer(f"http://{host}:{port}")
+        with _kms_refuses_unusable_keys():
+            host, port = server.get_host_and_port()
+            yield MotoServer(f"http://{host}:{port}")
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[MotoServer]:
+    """One moto server for the tests of a module (import this fixture and `aws`)."""
+    with moto_server() as server:
+        yield server
+
+
+@pytest.fixture
+def aws(moto_endpoint: MotoServer) -> MotoServer:
+    """The module's moto server, with every resource of the test before forgotten."""
+    moto_endpoint.reset()
+    return moto_endpoint
+
+
+@pytest.fixture
+def kms(aws: MotoServer) -> Any:
+    """An administrator's KMS client, to set up and inspect keys."""
+    return aws.client("kms", region=REGION)
+
+
+@pytest.fixture
+def s3(aws: MotoServer) -> Any:
+    """An administrator's S3 client, with the bucket BUCKET made in REGION."""
+    client = aws.client("s3", region=REGION)
+    client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    return client
+
+
+def key_behind_alias(kms: Any, alias: str, **create: Any) -> str:
+    """A KMS key made with `create` (CreateKey's parameters) and named by `alias`; its id."""
+    key = str(kms.create_key(**create)["KeyMetadata"]["KeyId"])
+    kms.create_alias(AliasName=alias, TargetKeyId=key)
+    return key
+
+
+def key_state(kms: Any, key: str) -> str:
+    """`Enabled`, `Disabled`, `PendingDeletion`... of a key (id, ARN or alias)."""
+    return str(kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"])
+
+
+def key_of(kms: Any, alias: str) -> str:
+    """The id of the key an alias names."""
+    return str(kms.describe_key(KeyId=alias)["KeyMetadata"]["KeyId"])

@@ -1,5 +1,5 @@
-"""A fault-injecting HTTP proxy in front of moto's Secrets Manager, for tests that drive the
-real boto3 client through keyshift's engine and need AWS to fail at a chosen call.
+"""A fault-injecting HTTP proxy in front of moto's Secrets Manager and KMS, for tests that
+drive the real boto3 client through keyshift's engine and need AWS to fail at a chosen call.
 
 moto answers every call it implements correctly and has no switch to fail one; the
 `aws_secretsmanager` target's own tests answer from inside botocore instead, which an
@@ -20,6 +20,12 @@ Documented behaviours it follows:
   botocore reports as a connection error (the target's read timeout is botocore's 30 s,
   too long for a test to wait out; a dropped connection takes the same code path).
 
+KMS speaks the same protocol (`X-Amz-Target: TrentService.<Action>`,
+https://docs.aws.amazon.com/kms/latest/APIReference/CommonErrors.html): `fail("ReEncrypt",
+"ThrottlingException")` throttles a re-wrap, `KMSInternalException` (500) fails it as
+KMS's own errors do. Other services (S3's REST calls) pass through; their action is the
+HTTP method.
+
 `requests` records each call's action and the status answered (0 for a dropped one),
 never a header or a body: bodies carry `SecretString`.
 """
@@ -36,7 +42,7 @@ from urllib.parse import urlsplit
 
 from tests.doubles.http import NoDelayHandler
 
-TARGET_PREFIX: Final = "secretsmanager."
+TARGET_PREFIXES: Final = ("secretsmanager.", "TrentService.")
 _HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
 )
@@ -44,8 +50,9 @@ ERRORS: Final[dict[str, int]] = {
     "InternalServiceError": 500,
     "ThrottlingException": 400,
     "AccessDeniedException": 400,
+    "KMSInternalException": 500,
 }
-"""The error codes the proxy can answer with, and the HTTP status Secrets Manager uses."""
+"""The error codes the proxy can answer with, and the HTTP status the services use."""
 DROP: Final = "drop"
 """A fault that reads the request and closes the connection without an answer."""
 
@@ -165,7 +172,8 @@ def _handler_for(proxy: MotoProxy) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             target = self.headers.get("X-Amz-Target", "")
-            action = target.removeprefix(TARGET_PREFIX) if target else self.command
+            json_call = target.startswith(TARGET_PREFIXES)
+            action = target.split(".", 1)[-1] if json_call else self.command
             fault = proxy._take_fault(action)
             if fault is not None and fault.kind == DROP:
                 proxy._log(action, 0, forwarded=False)

@@ -239,8 +239,8 @@ MALFORMED = [
         (
             "credentials[0].provider.type",
             "unknown provider type 'hashicorp_vault'; "
-            "known: acme, entra_certificate, entra_client_secret, jwks_signing_key, postgres, "
-            "random, redis",
+            "known: acme, entra_certificate, entra_client_secret, jwks_signing_key, kms_key, "
+            "postgres, random, redis",
         ),
         id="unknown-provider-type-lists-known-ones",
     ),

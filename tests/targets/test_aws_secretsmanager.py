@@ -38,24 +38,16 @@ from keyshift.targets.base import (
     StepResult,
 )
 from keyshift.testing import FakeClock
-from tests.doubles.moto import DUMMY_KEY_ID, DUMMY_SECRET_KEY, MotoServer, moto_server
+from tests.doubles.moto import (
+    DUMMY_KEY_ID,
+    DUMMY_SECRET_KEY,
+    MotoServer,
+)
 from tests.helpers import save_estate, value_of, versions
 
 REGION = "eu-west-1"
 NAME = "payments/api-key"
 ENV = {"AWS_KEY_ID": DUMMY_KEY_ID, "AWS_SECRET_KEY": DUMMY_SECRET_KEY}
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[MotoServer]:
-    with moto_server() as server:
-        yield server
-
-
-@pytest.fixture
-def aws(moto_endpoint: MotoServer) -> MotoServer:
-    moto_endpoint.reset()
-    return moto_endpoint
 
 
 @pytest.fixture

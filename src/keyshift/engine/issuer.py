@@ -30,6 +30,7 @@ from keyshift.providers.base import (
     CreateRequest,
     IssuedVersion,
     RevokeRequest,
+    holds_no_value,
     propagation_of,
 )
 from keyshift.store.models import VersionRow
@@ -281,7 +282,9 @@ class Issuer:
                 "revocation_proof": "not possible by sign-in: keyshift never held the "
                 "adopted version's value; the issuer's answer is the evidence"
             }
-            if adopted
+            # An adopted version's value was never held, so a sign-in cannot be tried;
+            # unless the issuer's versions hold none at all (a KMS key is tried by id).
+            if adopted and not holds_no_value(run.provider)
             else await self._revocation_proof(run, version)
         )
         with self.store.transaction() as s:

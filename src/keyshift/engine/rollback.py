@@ -30,7 +30,14 @@ from keyshift.engine.splits import SPLIT, Split, failing_action
 from keyshift.engine.splits import attention as split_attention
 from keyshift.engine.steps import Steps
 from keyshift.errors import KeyshiftError, PluginError, RollbackRefused, scrub
-from keyshift.providers.base import Capability, Provider, RevokeRequest, RevokeResult, VerifyRequest
+from keyshift.providers.base import (
+    Capability,
+    Provider,
+    RevokeRequest,
+    RevokeResult,
+    VerifyRequest,
+    holds_no_value,
+)
 from keyshift.store.models import CredentialRow, RotationRow, StepRow, VersionRow
 from keyshift.targets.base import RollbackRequest, StepResult
 
@@ -86,7 +93,9 @@ class Rollback:
                 new, previous = deliveries(self.store, run)
                 target = self.steps.target(run, action)
                 result = await target.rollback(RollbackRequest(failed=new, previous=previous))
-                if run.adopted_old is None:
+                if run.adopted_old is None or holds_no_value(run.provider):
+                    # Nothing unknown to say: versions without a value are put back by
+                    # their identifiers (a KMS alias moved back to the adopted key).
                     return result
                 # The value consumers had before was adopted, never known to keyshift:
                 # the target rolled back as on a first rotation, with no previous value.
@@ -398,7 +407,7 @@ def _rollback_refusal(
         )
     if old is None:
         return first
-    if rows.adopted(old):
+    if rows.adopted(old) and not holds_no_value(provider):
         return (
             f"its old version {old.id} was adopted from the issuer and keyshift never held "
             "its value, so it cannot be published again"

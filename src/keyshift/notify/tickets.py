@@ -22,8 +22,9 @@ from typing import Any
 import httpx
 
 from keyshift.domain import notifications as kinds
+from keyshift.domain.location import http_url
 from keyshift.notify.base import cut
-from keyshift.targets.web import http_url, is_loopback
+from keyshift.targets.web import is_loopback
 
 __all__ = [
     "EXCEPTION_PATH",

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         JwksSigningKeyConfig,
         JwksSigningKeyProvider,
     )
+    from keyshift.providers.kms_key import KmsKeyConfig, KmsKeyProvider
     from keyshift.providers.postgres import PostgresIntegration, PostgresProvider
     from keyshift.providers.random import RandomProvider
     from keyshift.providers.redis import RedisIntegration, RedisProvider
@@ -53,6 +54,7 @@ class ProviderKind(StrEnum):
     ENTRA_CERTIFICATE = "entra_certificate"
     ENTRA_CLIENT_SECRET = "entra_client_secret"  # noqa: S105 (a provider type name)
     JWKS_SIGNING_KEY = "jwks_signing_key"
+    KMS_KEY = "kms_key"
     POSTGRES = "postgres"
     RANDOM = "random"
     REDIS = "redis"
@@ -77,6 +79,7 @@ PROVIDERS: Registry[Any] = Registry(
         ProviderKind.JWKS_SIGNING_KEY: (
             "keyshift.providers.jwks_signing_key:JwksSigningKeyProvider"
         ),
+        ProviderKind.KMS_KEY: "keyshift.providers.kms_key:KmsKeyProvider",
         ProviderKind.POSTGRES: "keyshift.providers.postgres:PostgresProvider",
         ProviderKind.RANDOM: "keyshift.providers.random:RandomProvider",
         ProviderKind.REDIS: "keyshift.providers.redis:RedisProvider",
@@ -125,6 +128,8 @@ __getattr__ = lazy_exports(
         "EntraSecretProvider": "keyshift.providers.entra:EntraSecretProvider",
         "JwksSigningKeyConfig": "keyshift.providers.jwks_signing_key:JwksSigningKeyConfig",
         "JwksSigningKeyProvider": "keyshift.providers.jwks_signing_key:JwksSigningKeyProvider",
+        "KmsKeyConfig": "keyshift.providers.kms_key:KmsKeyConfig",
+        "KmsKeyProvider": "keyshift.providers.kms_key:KmsKeyProvider",
         "PostgresIntegration": "keyshift.providers.postgres:PostgresIntegration",
         "PostgresProvider": "keyshift.providers.postgres:PostgresProvider",
         "RandomProvider": "keyshift.providers.random:RandomProvider",
@@ -153,6 +158,8 @@ __all__ = [
     "IssuedVersion",
     "JwksSigningKeyConfig",
     "JwksSigningKeyProvider",
+    "KmsKeyConfig",
+    "KmsKeyProvider",
     "ListRequest",
     "PostgresIntegration",
     "PostgresProvider",

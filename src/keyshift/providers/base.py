@@ -44,6 +44,7 @@ __all__ = [
     "VerifyResult",
     "VersionInfo",
     "capability_key",
+    "holds_no_value",
     "propagation_of",
     "trust_first_of",
 ]
@@ -193,6 +194,14 @@ def trust_first_of(provider: object) -> TrustFirst | None:
     """The provider's declared `trust_first`, or None (every provider but a signing key)."""
     declared = getattr(provider, "trust_first", None)
     return declared if isinstance(declared, TrustFirst) else None
+
+
+def holds_no_value(provider: object) -> bool:
+    """Whether the provider's versions hold no value at all (its class says
+    `holds_no_value = True`: a KMS key, which exports nothing). Their value is empty and
+    their fingerprint public; `verify` and `revoke` work from the identifiers alone, so
+    an adopted version of such a provider can be proven revoked like any other."""
+    return getattr(provider, "holds_no_value", False) is True
 
 
 @dataclass(frozen=True)

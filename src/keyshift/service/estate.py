@@ -249,6 +249,7 @@ def _check_capabilities(estate: Estate) -> None:
         problems += _check_problems(i, cred, policy, held)
         problems += _rollback_problems(i, cred, policy, held)
         problems += _trust_problems(i, cred, trust_first=trust_first_of(provider) is not None)
+        problems += _pairing_problems(i, cred, provider)
     problems += _leaf_problems(estate)
     if problems:
         raise EstateInvalid(problems)
@@ -344,6 +345,37 @@ TRUST_FILE_HOLDS: dict[str, str] = {
     "jwks": "a JWKS document holds the public keys of a jwks_signing_key credential",
     "pem_bundle": "a CA bundle holds the CA certificates of a trust_bundle credential",
 }
+
+
+def _pairing_problems(i: int, cred: CredentialSpec, provider: object) -> list[ConfigError]:
+    """Actions that only one kind of credential can take, and actions a kind of credential
+    cannot do without, as the plugins declare them: a target class's `serves` names the
+    provider types it works for (a `kms_rewrap` needs a KMS key version); a provider
+    class's `required_actions` maps each action type it needs to why (a `kms_key`
+    credential needs its alias moved, or it could never disable the old key)."""
+    problems: list[ConfigError] = []
+    kind = cred.provider.type
+    for j, action in enumerate(cred.actions):
+        serves = getattr(target_class(action.type), "serves", None)
+        if isinstance(serves, frozenset) and kind not in serves:
+            problems.append(
+                ConfigError(
+                    f"credentials[{i}].actions[{j}].type",
+                    f"{action.type} works for {', '.join(sorted(serves))} credentials only, "
+                    f"and {cred.name} is {kind}",
+                )
+            )
+    required = getattr(provider, "required_actions", None) or {}
+    present = {a.type for a in cred.actions}
+    for needed, why in sorted(required.items()):
+        if needed not in present:
+            problems.append(
+                ConfigError(
+                    f"credentials[{i}].actions",
+                    f"{cred.name} ({kind}) needs a {needed} action: {why}",
+                )
+            )
+    return problems
 
 
 def _trust_problems(i: int, cred: CredentialSpec, *, trust_first: bool) -> list[ConfigError]:

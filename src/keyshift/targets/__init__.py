@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         IisRecycleTarget,
         SystemdReloadTarget,
     )
+    from keyshift.targets.aws_kms import KmsAliasTarget, KmsRewrapTarget
     from keyshift.targets.aws_secretsmanager import AwsSecretsManagerTarget
     from keyshift.targets.azure_keyvault import AzureKeyVaultTarget
     from keyshift.targets.command import CommandCheckTarget, CommandTarget
@@ -51,6 +52,8 @@ class TargetKind(StrEnum):
     FILE = "file"
     HTTP_CHECK = "http_check"
     IIS_RECYCLE = "iis_recycle"
+    KMS_ALIAS = "kms_alias"
+    KMS_REWRAP = "kms_rewrap"
     KUBERNETES_ROLLOUT_RESTART = "kubernetes_rollout_restart"
     KUBERNETES_SECRET = "kubernetes_secret"  # noqa: S105 (a target type, not a password)
     SPRING_REFRESH = "spring_refresh"
@@ -67,6 +70,8 @@ _CLASSES = {
     "FileTarget": "keyshift.targets.file:FileTarget",
     "HttpCheckTarget": "keyshift.targets.http_check:HttpCheckTarget",
     "IisRecycleTarget": "keyshift.targets.agent:IisRecycleTarget",
+    "KmsAliasTarget": "keyshift.targets.aws_kms:KmsAliasTarget",
+    "KmsRewrapTarget": "keyshift.targets.aws_kms:KmsRewrapTarget",
     "KubernetesRolloutRestartTarget": "keyshift.targets.kubernetes:KubernetesRolloutRestartTarget",
     "KubernetesSecretTarget": "keyshift.targets.kubernetes:KubernetesSecretTarget",
     "SpringRefreshTarget": "keyshift.targets.spring_refresh:SpringRefreshTarget",
@@ -85,6 +90,8 @@ TARGETS: Registry[Any] = Registry(
         TargetKind.FILE: _CLASSES["FileTarget"],
         TargetKind.HTTP_CHECK: _CLASSES["HttpCheckTarget"],
         TargetKind.IIS_RECYCLE: _CLASSES["IisRecycleTarget"],
+        TargetKind.KMS_ALIAS: _CLASSES["KmsAliasTarget"],
+        TargetKind.KMS_REWRAP: _CLASSES["KmsRewrapTarget"],
         TargetKind.KUBERNETES_ROLLOUT_RESTART: _CLASSES["KubernetesRolloutRestartTarget"],
         TargetKind.KUBERNETES_SECRET: _CLASSES["KubernetesSecretTarget"],
         TargetKind.SPRING_REFRESH: _CLASSES["SpringRefreshTarget"],
@@ -121,6 +128,8 @@ __all__ = [
     "FileTarget",
     "HttpCheckTarget",
     "IisRecycleTarget",
+    "KmsAliasTarget",
+    "KmsRewrapTarget",
     "KubernetesRolloutRestartTarget",
     "KubernetesSecretTarget",
     "PreflightRequest",

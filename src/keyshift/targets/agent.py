@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration
-from keyshift.domain.location import url_origin
+from keyshift.domain.location import http_url, url_origin
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
 from keyshift.errors import (
@@ -51,7 +51,7 @@ from keyshift.sources import SecretRef
 from keyshift.targets import base
 from keyshift.targets.base import BaseTarget, PreflightResult, Readiness, StepResult, positive
 from keyshift.targets.file import FileConfig, field_values
-from keyshift.targets.web import attempt, http_url
+from keyshift.targets.web import attempt
 
 if TYPE_CHECKING:
     import httpx

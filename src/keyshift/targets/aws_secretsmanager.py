@@ -22,29 +22,19 @@ Messages carry the secret id, the AWS error code and version ids, never the valu
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import re
-import threading
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
-import boto3
-import botocore.config
-import botocore.exceptions
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 
+from keyshift.aws import AwsClients, AwsConnection, Service
 from keyshift.context import PluginContext
-from keyshift.domain.location import url_origin
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
-from keyshift.errors import ConfigError, PermanentError, TransientError, scrub
-from keyshift.sources import SecretRef
+from keyshift.errors import PermanentError, TransientError
 from keyshift.targets import base
 from keyshift.targets.base import BaseTarget, PreflightResult, Readiness, StepResult
-from keyshift.targets.web import http_url
 
 CURRENT: Final = "AWSCURRENT"
 PENDING: Final = "AWSPENDING"
@@ -54,63 +44,23 @@ ROLLED_BACK: Final = "KEYSHIFT_ROLLED_BACK"
 TOKEN_NAMESPACE: Final = uuid.UUID("6f0c1d5e-2b7a-5e53-9a7c-4b1f0d6e8a21")
 """UUIDv5 namespace of the ClientRequestTokens derived from keyshift version ids."""
 
-_TRANSIENT_CODES = frozenset(
-    {
-        "ThrottlingException",
-        "Throttling",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "InternalServiceError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "RequestTimeout",
-        "RequestTimeoutException",
-    }
-)
-_DENIED_CODES = frozenset({"AccessDeniedException", "AccessDenied", "UnauthorizedOperation"})
 _NOT_FOUND = "ResourceNotFoundException"
 _EXISTS = "ResourceExistsException"
-_MAX_MESSAGE = 300
-_CLIENT_CONFIG = botocore.config.Config(
-    # One attempt per call: the engine retries TransientError on its own (fake-able) clock.
-    retries={"total_max_attempts": 1, "mode": "standard"},
-    connect_timeout=10,
-    read_timeout=30,
-)
+SECRETS_MANAGER: Final = Service("Secrets Manager", "secretsmanager")
 
 
-class AwsSecretsManagerConfig(BaseModel):
-    """The secret to publish to and the identity to publish with."""
-
-    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
+class AwsSecretsManagerConfig(AwsConnection):
+    """The secret to publish to and the identity to publish with (`region`, `endpoint_url`
+    and the key references are those of every AWS plugin)."""
 
     secret_id: str = Field(min_length=1, max_length=2048)
     """Name or full ARN of the secret."""
-    region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
-    """AWS region of the secret, e.g. `eu-west-1`."""
-    endpoint_url: str | None = None
-    """Secrets Manager endpoint to use instead of the public one (a VPC endpoint, a test
-    server). http:// or https://."""
-    access_key_id_from: SecretRef | None = None
-    """`env:NAME` or `file:/path` naming the access key id. Without it (and
-    `secret_access_key_from`) boto3's standard credential chain applies."""
-    secret_access_key_from: SecretRef | None = None
-    """`env:NAME` or `file:/path` naming the secret access key; set with `access_key_id_from`."""
     create: bool = False
     """Create the secret (named `secret_id`) when it does not exist; otherwise a missing
     secret fails the step."""
 
-    @field_validator("endpoint_url")
-    @classmethod
-    def _http_endpoint(cls, url: str | None) -> str | None:
-        if url is None:
-            return None
-        return http_url(url, credentials_message="endpoint_url must not carry credentials")
-
     @model_validator(mode="after")
-    def _keys_in_pairs(self) -> AwsSecretsManagerConfig:
-        if (self.access_key_id_from is None) != (self.secret_access_key_from is None):
-            raise ValueError("set access_key_id_from and secret_access_key_from together")
+    def _name_to_create(self) -> AwsSecretsManagerConfig:
         if self.create and self.secret_id.startswith("arn:"):
             raise ValueError("create needs secret_id to be a name: a new secret has no ARN yet")
         return self
@@ -132,15 +82,11 @@ class AwsSecretsManagerTarget(BaseTarget[AwsSecretsManagerConfig]):
     @classmethod
     def describe(cls, config: AwsSecretsManagerConfig) -> dict[str, str]:
         """Where it writes: region and secret id (and a non-default endpoint's host)."""
-        where = {"region": config.region, "secret_id": config.secret_id}
-        if config.endpoint_url:
-            where["endpoint"] = url_origin(config.endpoint_url)
-        return where
+        return {**config.where(), "secret_id": config.secret_id}
 
     def __init__(self, config: AwsSecretsManagerConfig, context: PluginContext) -> None:
         super().__init__(config, context)
-        self._client: Any = None
-        self._client_lock = threading.Lock()
+        self.aws = AwsClients(config, context)
 
     # --- the Target contract ------------------------------------------------------------------
 
@@ -271,40 +217,26 @@ class AwsSecretsManagerTarget(BaseTarget[AwsSecretsManagerConfig]):
     # --- Secrets Manager calls ----------------------------------------------------------------
 
     def client(self) -> Any:
-        """This target's boto3 Secrets Manager client, made (with its own Session) on first
-        use. Raises ConfigError when a configured key reference cannot be read."""
-        with self._client_lock:
-            if self._client is None:
-                keys: dict[str, str] = {}
-                if self.config.access_key_id_from and self.config.secret_access_key_from:
-                    key_id = self.context.secret(
-                        "access_key_id_from", self.config.access_key_id_from
-                    )
-                    key = self.context.secret(
-                        "secret_access_key_from", self.config.secret_access_key_from
-                    )
-                    keys = {
-                        "aws_access_key_id": key_id.reveal(),
-                        "aws_secret_access_key": key.reveal(),
-                    }
-                session = boto3.session.Session(region_name=self.config.region, **keys)
-                self._client = session.client(
-                    "secretsmanager",
-                    endpoint_url=self.config.endpoint_url,
-                    config=_CLIENT_CONFIG,
-                )
-            return self._client
+        """This target's boto3 Secrets Manager client, made on first use. Raises
+        ConfigError when a configured key reference cannot be read."""
+        return self.aws.client(SECRETS_MANAGER)
 
     async def _call(self, action: str, value: Secret | None, **params: Any) -> dict[str, Any]:
-        """One Secrets Manager call in a worker thread, its errors translated."""
-        try:
-            client = await asyncio.to_thread(self.client)
-        except ConfigError as exc:
-            raise PermanentError(f"AWS credentials for {self.config.secret_id}: {exc}") from None
-        with self._translated(action, value):
-            method = getattr(client, _snake(action))
-            answer: dict[str, Any] = await asyncio.to_thread(method, **params)
-            return answer
+        """One Secrets Manager call in a worker thread, its errors translated; a known
+        value is scrubbed from AWS's message as a second defence."""
+        handled: dict[str, type[Exception]] = {}
+        if action == "DescribeSecret":
+            handled[_NOT_FOUND] = _Missing
+        if action == "CreateSecret":
+            handled[_EXISTS] = _Exists
+        return await self.aws.call(
+            SECRETS_MANAGER,
+            action,
+            self.config.secret_id,
+            secrets=[value.reveal()] if value is not None else [],
+            handled=handled,
+            **params,
+        )
 
     async def _describe(self, value: Secret | None = None) -> dict[str, Any] | None:
         """The secret's description, or None if it does not exist."""
@@ -361,48 +293,6 @@ class AwsSecretsManagerTarget(BaseTarget[AwsSecretsManagerConfig]):
             }
         )
 
-    @contextmanager
-    def _translated(self, action: str, value: Secret | None) -> Iterator[None]:
-        """botocore errors as keyshift errors naming the action, the secret and the AWS
-        error code; a known value is scrubbed from AWS's message as a second defence."""
-        secret = self.config.secret_id
-        try:
-            yield
-        except botocore.exceptions.ClientError as exc:
-            code, status, message = _error_of(exc.response)
-            if code == _NOT_FOUND and action == "DescribeSecret":
-                raise _Missing from None
-            if code == _EXISTS and action == "CreateSecret":
-                raise _Exists from None
-            if value is not None:
-                message = scrub(message, [value.reveal()])
-            text = f"Secrets Manager {action} on {secret}: {code}" + (
-                f" ({message})" if message else ""
-            )
-            if code in _TRANSIENT_CODES or status == 429 or status >= 500:
-                raise TransientError(text) from None
-            if code in _DENIED_CODES or status == 403:
-                raise PermanentError(
-                    f"access denied: the identity may not secretsmanager:{action} on {secret} "
-                    f"({code})"
-                ) from None
-            raise PermanentError(text) from None
-        except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
-            # Only the class name: connection texts quote the endpoint URL.
-            raise TransientError(
-                f"Secrets Manager {action} on {secret}: {type(exc).__name__}"
-            ) from None
-        except botocore.exceptions.NoCredentialsError:
-            raise PermanentError(
-                f"no AWS credentials for {secret}: set access_key_id_from and "
-                "secret_access_key_from, or provide them through the standard chain"
-            ) from None
-        except botocore.exceptions.BotoCoreError as exc:
-            # Class name only: a parameter validation text may quote a parameter.
-            raise PermanentError(
-                f"Secrets Manager {action} on {secret}: {type(exc).__name__}"
-            ) from None
-
 
 class _Missing(Exception):
     """DescribeSecret found no such secret (handled, never escapes)."""
@@ -419,42 +309,3 @@ def _stages(described: Mapping[str, Any]) -> dict[str, list[str]]:
 def _holder(stages: Mapping[str, list[str]], label: str) -> str | None:
     """The version a staging label is attached to (a label is on at most one)."""
     return next((version for version, labels in stages.items() if label in labels), None)
-
-
-def _snake(action: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", action).lower()
-
-
-def _error_of(response: Mapping[str, Any]) -> tuple[str, int, str]:
-    """(code, HTTP status, message) of an AWS error answer.
-
-    A code that is only a number means the body was not AWS's JSON error shape (a
-    proxy, or a server answering XML): then the status stands for the code and the
-    body, which may be anything, is not quoted.
-    """
-    error = response.get("Error") or {}
-    status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
-    code = str(error.get("Code") or "")
-    message = str(error.get("Message") or "")
-    if not code or code.isdigit():
-        return f"HTTP {status}", status, ""
-    return code, status, message[:_MAX_MESSAGE]
-
-
-class _DropSecretPayloads(logging.Filter):
-    """botocore logs whole request and response bodies at DEBUG, SecretString included.
-    Those records are dropped so a debug log never holds a value."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno > logging.DEBUG:
-            return True
-        try:
-            text = record.getMessage()
-        except Exception:  # a record that cannot be formatted is dropped, not guessed at
-            return False
-        return "SecretString" not in text and "SecretBinary" not in text
-
-
-_FILTER = _DropSecretPayloads()
-for _name in ("botocore.endpoint", "botocore.parsers"):
-    logging.getLogger(_name).addFilter(_FILTER)

@@ -19,11 +19,12 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from keyshift.domain.durations import Duration, format_duration
+from keyshift.domain.location import http_url
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError
 from keyshift.targets import base
 from keyshift.targets.base import PreflightResult, Readiness, StepResult, positive
-from keyshift.targets.web import Outcome, UrlTarget, http_url
+from keyshift.targets.web import Outcome, UrlTarget
 
 MAX_BODY: Final = 1024 * 1024
 """Bytes of the answer searched for `expect_body`; the rest is not read."""

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, mod
 
 from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration, format_duration
+from keyshift.domain.location import http_url
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError
 from keyshift.sources import SecretRef
@@ -35,7 +36,6 @@ from keyshift.targets.web import (
     UrlTarget,
     attempt,
     backoff_wait,
-    http_url,
 )
 
 ACCEPT: Final = "application/vnd.spring-boot.actuator.v3+json, application/json"

@@ -31,27 +31,6 @@ MAX_WAIT: Final = 300.0
 _LOOPBACK_NAMES = frozenset({"localhost"})
 
 
-def http_url(url: str, *, credentials_message: str) -> str:
-    """`url` if it is an http:// or https:// URL with a host and no user:password.
-
-    Raises ValueError (for pydantic validators); `credentials_message` is the error
-    for a URL that carries user:password, so it can say where credentials go instead.
-    """
-    if not url.startswith(("http://", "https://")):
-        raise ValueError("url must start with http:// or https://")
-    import httpx  # noqa: PLC0415 (see the module docstring: the host agent loads none)
-
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        raise ValueError("url is not a valid URL") from None
-    if not parsed.host:
-        raise ValueError("url has no host")
-    if parsed.userinfo:
-        raise ValueError(credentials_message)
-    return url
-
-
 def is_loopback(host: str) -> bool:
     """Whether `host` is this machine (localhost or a loopback address)."""
     if host in _LOOPBACK_NAMES:

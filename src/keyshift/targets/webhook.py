@@ -23,6 +23,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from keyshift.domain.durations import Duration
+from keyshift.domain.location import http_url
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError
@@ -35,7 +36,6 @@ from keyshift.targets.web import (
     UrlTarget,
     attempt,
     backoff_wait,
-    http_url,
     is_loopback,
 )
 

@@ -24,6 +24,7 @@ from keyshift.providers.base import (
     RevokeResult,
     VerifyRequest,
     VerifyResult,
+    holds_no_value,
 )
 from keyshift.testing.logs import capture_logs, holds
 
@@ -58,8 +59,10 @@ def _exception_leak(exc: BaseException, values: list[str]) -> str | None:
 class _ContractRun:
     """One run of the contract: calls the provider and remembers every value it issued."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, holds_no_value: bool = False) -> None:
         self.values: list[str] = []
+        self.holds_no_value = holds_no_value
+        """The provider's versions hold no value (`holds_no_value`, a KMS key)."""
 
     async def call(self, step: str, awaitable: Awaitable[_T]) -> _T:
         try:
@@ -86,6 +89,10 @@ class _ContractRun:
         )
         _require(isinstance(version.value, Secret), f"{step} returned a value that is not a Secret")
         value = version.value.reveal()
+        if self.holds_no_value:
+            _require(not value, f"{step} returned a value, but the provider holds none")
+            _require(bool(version.fingerprint), f"{step} returned no public fingerprint")
+            return version
         _require(bool(value), f"{step} returned an empty value")
         self.values.append(value)
         _require(
@@ -193,7 +200,8 @@ async def assert_provider_contract(
     - `preflight` returns a PreflightResult and the issuer lists the same versions
       before and after it (a preflight changes nothing);
     - `create` returns an IssuedVersion with a non-empty provider_ref and value,
-      whose repr does not show the value;
+      whose repr does not show the value (a provider whose class says
+      `holds_no_value = True`, a KMS key, returns an empty value and a fingerprint);
     - `create` with the same marker again is idempotent: it returns the same
       provider_ref and the issuer lists no more versions than before. A provider for
       which keyshift is the system of record (its `list_versions` is empty, as for
@@ -208,7 +216,7 @@ async def assert_provider_contract(
     - no exception raised on the way and no structlog event holds a value.
     """
     _check_declarations(provider)
-    run = _ContractRun()
+    run = _ContractRun(holds_no_value=holds_no_value(provider))
     rotation_id = f"contract-{uuid.uuid4().hex[:12]}"
     request = CreateRequest(
         credential=credential,
@@ -238,7 +246,7 @@ async def assert_provider_contract(
         created = [second]
         if not listed:
             _require(
-                first.value != second.value,
+                run.holds_no_value or first.value != second.value,
                 "two creates returned the same value; a provider whose versions only "
                 "keyshift records must draw a new value on each create",
             )
