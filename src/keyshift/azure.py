@@ -133,6 +133,12 @@ class EntraIntegration(BaseModel):
             raise ValueError("must be an https:// URL")
         return url.rstrip("/")
 
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """Who keyshift signs in as through this integration: the key its tokens are
+        kept under (`keyshift.tokens`), the same for integrations that share it."""
+        return (self.authority, self.tenant_id, self.client_id, self.auth.model_dump_json())
+
     def ssl_verify(self) -> ssl.SSLContext | bool:
         """What httpx should verify servers with: the CA bundle, or the system store."""
         return ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else True

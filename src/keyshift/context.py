@@ -19,6 +19,7 @@ from keyshift.domain.secret import Secret
 from keyshift.errors import ConfigError
 from keyshift.pacing import Pacer
 from keyshift.sources import read_source
+from keyshift.tokens import Tokens
 
 M = TypeVar("M")
 
@@ -44,6 +45,9 @@ class PluginContext:
     """The issuers' request budgets (`keyshift.pacing`), shared by every rotation that
     gets this context or one made from it; made on the context's clock when not given,
     so that its waits pass on `sleep` (a test's fake clock paces in fake time)."""
+    tokens: Tokens = field(default_factory=Tokens)
+    """keyshift's own access tokens (`keyshift.tokens`), shared like `pacer` by every
+    rotation that gets this context or one made from it."""
 
     def __post_init__(self) -> None:
         if self.pacer is None:

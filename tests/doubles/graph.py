@@ -1005,6 +1005,17 @@ class GraphDouble:
             },
         )
 
+    def tokens_of(self, client_id: str) -> int:
+        """How many tokens the double holds as issued to `client_id`."""
+        with self._lock:
+            return sum(1 for claims in self._tokens.values() if claims["appid"] == client_id)
+
+    def revoke_tokens(self, client_id: str) -> None:
+        """Forget every token issued to `client_id`: Graph answers them 401 from now on,
+        as after a revocation of the app's sessions."""
+        with self._lock:
+            self._tokens = {t: c for t, c in self._tokens.items() if c["appid"] != client_id}
+
     def token_claims(self, authorization: str) -> dict[str, Any] | None:
         """The claims of a bearer token this double issued, or None."""
         scheme, _, token = authorization.partition(" ")

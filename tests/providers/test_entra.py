@@ -294,6 +294,42 @@ def test_two_rotations_complete_while_entra_replicates_new_secrets_and_removals_
     assert revoking.detail["waited_s"] >= 3
 
 
+def test_rotations_on_one_context_sign_keyshift_in_once_and_a_refused_token_is_fetched_again(
+    graph: GraphDouble,
+    tls: TlsFiles,
+    app: StoredApplication,
+    env: dict[str, str],
+    store: Store,
+    tmp_path: Path,
+) -> None:
+    """A worker's rotations share keyshift's own token (`keyshift.tokens`) as one
+    credential would, while each new secret still signs in for itself; a token Graph
+    refuses (401) is dropped, so the next rotation signs in again."""
+    assert Cli(env)("apply", "-f", str(_estate(tmp_path, graph, tls, app))).exit_code == 0
+    clock = FakeClock()
+    context = clock.context(env)
+
+    def rotate() -> RotationState:
+        _, state = asyncio.run(rotations.rotate(store, NAME, actor="test", context=context))
+        clock.advance(timedelta(hours=1))  # past grace; the token lives in real time
+        asyncio.run(rotations.resume(store, actor="test", context=context))
+        return state
+
+    issued = graph.tokens_issued
+    for _ in range(3):
+        assert rotate() in (RotationState.COMPLETED, RotationState.GRACE)
+    assert graph.tokens_of(graph.client_id) == 1
+    assert graph.tokens_issued - issued > 3, "each new secret signed in to prove itself"
+
+    graph.revoke_tokens(graph.client_id)
+    # The held token is now unknown to Graph: its 401 fails that rotation's preflight.
+    _, state = asyncio.run(rotations.rotate(store, NAME, actor="test", context=context))
+    assert state == RotationState.FAILED
+    assert graph.tokens_of(graph.client_id) == 0
+    assert rotate() in (RotationState.COMPLETED, RotationState.GRACE)
+    assert graph.tokens_of(graph.client_id) == 1, "signed in again after the refusal"
+
+
 # --- preflight ------------------------------------------------------------------------------
 
 

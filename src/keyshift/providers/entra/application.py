@@ -4,7 +4,7 @@ closing both."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from keyshift.azure import EntraIntegration
 from keyshift.context import PluginContext
@@ -13,12 +13,9 @@ from keyshift.providers.connection import ConnectedProvider
 from keyshift.providers.graph import (
     Application,
     GraphClient,
-    azure_identity_token_source,
+    SharedTokenSource,
     odata_literal,
 )
-
-if TYPE_CHECKING:
-    from azure.core.credentials_async import AsyncTokenCredential
 
 
 class ApplicationConfig(Protocol):
@@ -42,15 +39,19 @@ class GraphApplicationProvider(ConnectedProvider[AppConfigT, EntraIntegration]):
 
     def __init__(self, config: AppConfigT, context: PluginContext) -> None:
         super().__init__(config, context)
-        self._credential: AsyncTokenCredential | None = None
+        self._tokens: SharedTokenSource | None = None
         self._graph: GraphClient | None = None
 
     def _client(self) -> GraphClient:
         if self._graph is None:
             integration = self._integration
-            self._credential = credential = integration.credential(self.context)
+            self._tokens = tokens = SharedTokenSource(
+                lambda: integration.credential(self.context),
+                self.context.tokens,
+                integration.identity,
+            )
             self._graph = GraphClient(
-                azure_identity_token_source(credential),
+                tokens,
                 self.context,
                 base_url=integration.graph_url,
                 verify=integration.ssl_verify(),
@@ -69,9 +70,9 @@ class GraphApplicationProvider(ConnectedProvider[AppConfigT, EntraIntegration]):
         return found[0]
 
     async def aclose(self) -> None:
-        graph, credential = self._graph, self._credential
-        self._graph = self._credential = None
+        graph, tokens = self._graph, self._tokens
+        self._graph = self._tokens = None
         if graph is not None:
             await graph.aclose()
-        if credential is not None:
-            await credential.close()
+        if tokens is not None:
+            await tokens.aclose()

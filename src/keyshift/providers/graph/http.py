@@ -12,7 +12,7 @@ import json
 import re
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 from urllib.parse import quote
@@ -24,8 +24,9 @@ from azure.core.exceptions import AzureError, ClientAuthenticationError
 from keyshift import metrics
 from keyshift.azure import DEFAULT_GRAPH_URL
 from keyshift.context import PluginContext
-from keyshift.errors import PermanentError, TransientError
+from keyshift.errors import KeyshiftError, PermanentError, TransientError
 from keyshift.pacing import Budget
+from keyshift.tokens import Tokens
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -75,19 +76,65 @@ def azure_identity_token_source(
     async def token() -> str:
         try:
             access = await credential.get_token(scope)
-        except ClientAuthenticationError as exc:
-            found = _AADSTS.search(str(exc.message or ""))
-            code = found.group(0) if found else "unknown"
-            raise TokenRefused(
-                f"Entra ID refused the client credential ({code}); check the client "
-                "id, tenant and secret",
-                code=code,
-            ) from exc
-        except AzureError as exc:
-            raise TransientError(f"could not get a Graph token: {type(exc).__name__}") from exc
+        except (ClientAuthenticationError, AzureError) as exc:
+            raise _token_error(exc) from exc
         return access.token
 
     return token
+
+
+def _token_error(exc: AzureError) -> KeyshiftError:
+    """Entra ID refusing a credential as `TokenRefused` (with the AADSTS code); anything
+    else (an unreachable token endpoint) as TransientError."""
+    if isinstance(exc, ClientAuthenticationError):
+        found = _AADSTS.search(str(exc.message or ""))
+        code = found.group(0) if found else "unknown"
+        return TokenRefused(
+            f"Entra ID refused the client credential ({code}); check the client "
+            "id, tenant and secret",
+            code=code,
+        )
+    return TransientError(f"could not get a Graph token: {type(exc).__name__}")
+
+
+class SharedTokenSource:
+    """keyshift's own token source, kept in `tokens` across rotations (`keyshift.tokens`):
+    the credential `open_credential` makes is built, and asked, only when no token is
+    held. `forget` drops a token the API refused. `aclose` closes the credential."""
+
+    def __init__(
+        self,
+        open_credential: Callable[[], AsyncTokenCredential],
+        tokens: Tokens,
+        key: Hashable,
+        scope: str = GRAPH_SCOPE,
+    ) -> None:
+        self._open = open_credential
+        self._tokens = tokens
+        self._key = (key, scope)
+        self._scope = scope
+        self._credential: AsyncTokenCredential | None = None
+
+    async def __call__(self) -> str:
+        held = self._tokens.get(self._key)
+        if held is not None:
+            return held
+        if self._credential is None:
+            self._credential = self._open()
+        try:
+            access = await self._credential.get_token(self._scope)
+        except (ClientAuthenticationError, AzureError) as exc:
+            raise _token_error(exc) from exc
+        self._tokens.put(self._key, access.token, float(access.expires_on))
+        return access.token
+
+    def forget(self, token: str) -> None:
+        self._tokens.forget(self._key, token)
+
+    async def aclose(self) -> None:
+        credential, self._credential = self._credential, None
+        if credential is not None:
+            await credential.close()
 
 
 class TokenRefused(PermanentError):
@@ -311,6 +358,8 @@ class GraphHttp:
                         bucket.succeeded()
                     return response
                 code, message, request_id = _error_fields(response)
+                if status == 401 and isinstance(self._token_source, SharedTokenSource):
+                    self._token_source.forget(token)  # the next rotation signs in again
                 if status not in RETRYABLE_STATUSES:
                     if status >= 500:
                         raise TransientError(f"Graph {method} {where}: {status} {code}")
