@@ -236,6 +236,29 @@ def test_a_password_lifetime_shorter_than_asked_caps_the_secret_and_its_version_
     assert version.attributes["key_id"] == secret.key_id
 
 
+def test_a_rotation_reads_the_policy_once_and_the_next_rotation_reads_a_changed_one(
+    graph: GraphDouble, app: StoredApplication, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Preflight's reading of the policy serves the create that follows it in the same
+    rotation; the next rotation reads again, so a policy changed between them applies."""
+    graph.roles = set(WITH_POLICY_READ)
+    graph.set_default_policy([password_restriction("passwordLifetime", max_lifetime="P30D")])
+    policy = {"grace_period": "0s", "rotate_before_expiry": "7d", "max_lifetime": "90d"}
+    cli = Cli(env)
+    assert cli("apply", "-f", str(_estate(tmp_path, graph, app, policy))).exit_code == 0
+
+    before = len(_policy_reads(graph, app))
+    assert cli("rotate", NAME).exit_code == 0
+    assert len(_policy_reads(graph, app)) - before == 2, "the app's policies, then the default"
+    [secret] = app.passwords
+    assert secret.end is not None and secret.end <= datetime.now(UTC) + timedelta(days=30)
+
+    graph.set_default_policy([password_restriction("passwordLifetime", max_lifetime="P60D")])
+    assert cli("rotate", NAME).exit_code == 0
+    [secret] = app.passwords
+    assert secret.end is not None and secret.end > datetime.now(UTC) + timedelta(days=31)
+
+
 def test_a_password_lifetime_longer_than_asked_leaves_the_secret_as_asked(
     graph: GraphDouble, app: StoredApplication
 ) -> None:

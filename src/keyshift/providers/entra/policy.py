@@ -90,23 +90,39 @@ def _since(restriction: PasswordRestriction) -> str:
     return f" for apps created after {moment.date().isoformat()}" if moment else ""
 
 
-async def secret_rules(graph: GraphClient, app: Application) -> SecretRules:
+RulesMemo = dict[str, "SecretRules"]
+"""The rules a provider read for each application (by object id) in its rotation: the
+preflight's reading serves the create that follows it, so that neither asks twice."""
+
+
+async def secret_rules(
+    graph: GraphClient, app: Application, memo: RulesMemo | None = None
+) -> SecretRules:
     """The restrictions on client secrets in force for `app`: its assigned app
-    management policy, else the tenant default. Raises GraphRequestFailed (403 without
-    Policy.Read.All) when a policy cannot be read."""
+    management policy, else the tenant default; kept in `memo` when given. Raises
+    GraphRequestFailed (403 without Policy.Read.All) when a policy cannot be read."""
+    if memo is not None and app.id in memo:
+        return memo[app.id]
     assigned = await graph.list_app_management_policies(app.id)
     policy = assigned[0] if assigned else await graph.get_default_app_management_policy()
-    return SecretRules.of(policy, app.created)
+    rules = SecretRules.of(policy, app.created)
+    if memo is not None:
+        memo[app.id] = rules
+    return rules
 
 
 async def lifetime_cap(
-    graph: GraphClient, app: Application, requested: timedelta, app_id: str
+    graph: GraphClient,
+    app: Application,
+    requested: timedelta,
+    app_id: str,
+    memo: RulesMemo | None = None,
 ) -> tuple[timedelta, SecretRules] | None:
     """The shorter lifetime a `passwordLifetime` restriction in force allows, with the
     rules it comes from; None when `requested` is allowed or no policy can be read (a
     refusal of addPassword then names the rule)."""
     try:
-        rules = await secret_rules(graph, app)
+        rules = await secret_rules(graph, app, memo)
     except GraphRequestFailed as exc:
         # Reading the policy is advisory: without Policy.Read.All addPassword still
         # runs, and Entra ID's refusal, if any, is reported by `refusal`.
@@ -152,10 +168,12 @@ async def app_preflight(
     policy: Policy | None,
     window: timedelta,
     now: Callable[[], datetime],
+    memo: RulesMemo | None = None,
 ) -> PreflightResult:
     """What `EntraSecretProvider.preflight` answers (its docstring says when it is blocked
     or needs manual review): `graph_of` signs in, `find` looks up the application,
-    `window` is the sign-in log's look-back for a `residual_use` policy. Changes nothing."""
+    `window` is the sign-in log's look-back for a `residual_use` policy, `memo` keeps
+    the app management policy's rules it reads. Changes nothing."""
     reads_log = policy is not None and policy.residual_use is not None
     try:
         graph = graph_of()
@@ -182,7 +200,7 @@ async def app_preflight(
                 break
         rules: SecretRules | GraphRequestFailed
         try:
-            rules = await secret_rules(graph, app)
+            rules = await secret_rules(graph, app, memo)
         except GraphRequestFailed as exc:
             # Advisory: the policy only explains a refusal addPassword would give anyway.
             rules = exc

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, ClassVar, Final
 import structlog
 from pydantic import BaseModel
 
+from keyshift.context import PluginContext
 from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import Policy
 from keyshift.errors import PermanentError
@@ -31,6 +32,7 @@ from keyshift.providers.entra.application import GraphApplicationProvider
 from keyshift.providers.entra.config import EntraSecretConfig
 from keyshift.providers.entra.policy import (
     GRAPH_DEFAULT_LIFETIME,
+    RulesMemo,
     app_preflight,
     lifetime_cap,
     refusal,
@@ -71,6 +73,10 @@ class EntraSecretProvider(GraphApplicationProvider[EntraSecretConfig]):
         "for minutes, and tokens issued with it stay valid up to 90 min",
     )
     integration_type: ClassVar[str] = "entra"
+
+    def __init__(self, config: EntraSecretConfig, context: PluginContext) -> None:
+        super().__init__(config, context)
+        self._rules: RulesMemo = {}
 
     @classmethod
     def describe(
@@ -140,7 +146,7 @@ class EntraSecretProvider(GraphApplicationProvider[EntraSecretConfig]):
         end = now + lifetime if lifetime is not None else None
         # No lifetime in the policy (end None): Graph's default end applies.
         capped = await lifetime_cap(
-            graph, app, self._requested_lifetime(request.policy), self.config.app_id
+            graph, app, self._requested_lifetime(request.policy), self.config.app_id, self._rules
         )
         attributes = {
             "key_id": "",
@@ -344,4 +350,5 @@ class EntraSecretProvider(GraphApplicationProvider[EntraSecretConfig]):
             policy=request.policy,
             window=self._sign_in_window(request.policy),
             now=self.context.now,
+            memo=self._rules,
         )
