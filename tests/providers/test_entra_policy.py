@@ -251,12 +251,14 @@ def test_a_rotation_reads_the_policy_once_and_the_next_rotation_reads_a_changed_
     assert cli("rotate", NAME).exit_code == 0
     assert len(_policy_reads(graph, app)) - before == 2, "the app's policies, then the default"
     [secret] = app.passwords
-    assert secret.end is not None and secret.end <= datetime.now(UTC) + timedelta(days=30)
+    assert secret.end is not None
+    assert secret.end <= datetime.now(UTC) + timedelta(days=30)
 
     graph.set_default_policy([password_restriction("passwordLifetime", max_lifetime="P60D")])
     assert cli("rotate", NAME).exit_code == 0
     [secret] = app.passwords
-    assert secret.end is not None and secret.end > datetime.now(UTC) + timedelta(days=31)
+    assert secret.end is not None
+    assert secret.end > datetime.now(UTC) + timedelta(days=31)
 
 
 def test_a_password_lifetime_longer_than_asked_leaves_the_secret_as_asked(
