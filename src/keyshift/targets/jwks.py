@@ -21,7 +21,16 @@ from typing import Any, Final
 from keyshift.errors import PermanentError
 from keyshift.targets.base import Delivery
 
-__all__ = ["PRIVATE_MEMBERS", "jwk_of", "kids", "parse", "render", "updated"]
+__all__ = [
+    "PRIVATE_MEMBERS",
+    "document_of",
+    "jwk_of",
+    "kids",
+    "parse",
+    "render",
+    "rewritten",
+    "updated",
+]
 
 PRIVATE_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 """JWK members that hold private or symmetric key material (RFC 7518 section 6)."""
@@ -83,3 +92,19 @@ def render(keys: list[dict[str, Any]]) -> str:
 
 def kids(keys: Iterable[dict[str, Any]]) -> list[str]:
     return [str(k.get("kid", "")) for k in keys]
+
+
+def rewritten(
+    text: str | None, add: Iterable[Delivery], remove: Iterable[Delivery], where: str
+) -> tuple[str, list[dict[str, Any]]]:
+    """The document `text` (at `where`, for errors) rendered again holding the public keys
+    of `add` and none of `remove`, every other key kept in its order; and its keys. The
+    one merge every JWKS output (a file, a ConfigMap key) makes."""
+    keys = updated(parse(text, where), [jwk_of(d) for d in add], [jwk_of(d)["kid"] for d in remove])
+    return render(keys), keys
+
+
+def document_of(deliveries: Iterable[Delivery]) -> dict[str, Any]:
+    """The JWKS document of these versions alone, in this order (public keys only): what a
+    receiver that holds no document of its own (a webhook) is sent."""
+    return {"keys": [jwk_of(d) for d in deliveries]}
