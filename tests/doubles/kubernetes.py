@@ -677,7 +677,51 @@ class KubernetesDouble:
         }
         return _json(201, answer)
 
-    # --- secrets -------------------------------------------------------------------------
+    # --- secrets and configmaps ----------------------------------------------------------
+
+    def _read_for(
+        self,
+        kind: tuple[
+            dict[tuple[str, str], dict[str, Any]],
+            dict[tuple[str, str], list[Callable[[dict[str, Any]], None]]],
+            str,
+            str,
+        ],
+        request: tuple[str, str, str, str | None, Any],
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Under the lock, for a request on one named Secret or ConfigMap (`kind`: the
+        objects, their armed hooks, the resource and its Kind): run the next armed hook
+        of a write first, then the object (404 if missing) and, for a PUT or PATCH, what
+        it would become, refused like the API server: a PUT without resourceVersion is
+        422, a stale resourceVersion is 409."""
+        objects, hooks, resource, kind_name = kind
+        method, ns, name, content_type, payload = request
+        if method != "GET":
+            armed = hooks.get((ns, name))
+            if armed and (ns, name) in objects:
+                armed.pop(0)(objects[ns, name])
+        current = objects.get((ns, name))
+        if current is None:
+            raise _not_found(resource, "", name)
+        if method in ("GET", "DELETE"):
+            return current, current
+        if method == "PUT":
+            wanted = payload or {}
+            if not (wanted.get("metadata") or {}).get("resourceVersion"):
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f'{kind_name} "{name}" is invalid: metadata.resourceVersion: Invalid '
+                    "value: 0x0: must be specified for an update",
+                )
+        elif content_type == JSON_PATCH:
+            wanted = json_patch(current, payload)
+        else:
+            wanted = merge_patch(current, payload)
+        given = (wanted.get("metadata") or {}).get("resourceVersion")
+        if given and given != current["metadata"]["resourceVersion"]:
+            raise _conflict(resource, "", name, STALE)
+        return current, wanted
 
     def _secrets(
         self, method: str, ns: str, name: str | None, content_type: str | None, payload: Any
@@ -692,34 +736,14 @@ class KubernetesDouble:
             raise ApiError(405, "MethodNotAllowed", "the server does not allow this method")
         self._authorize(verb, "", "secrets", ns, name)
         with self._lock:
-            if method != "GET":
-                hooks = self._hooks.get((ns, name))
-                if hooks and (ns, name) in self.secrets:
-                    hooks.pop(0)(self.secrets[ns, name])
-            current = self.secrets.get((ns, name))
-            if current is None:
-                raise _not_found("secrets", "", name)
+            current, wanted = self._read_for(
+                (self.secrets, self._hooks, "secrets", "Secret"),
+                (method, ns, name, content_type, payload),
+            )
             if method == "GET":
                 return _json(200, current)
             if method == "DELETE":
                 return self._delete_secret(ns, name, current, payload)
-            if method == "PUT":
-                wanted = payload or {}
-                given = (wanted.get("metadata") or {}).get("resourceVersion")
-                if not given:
-                    raise ApiError(
-                        422,
-                        "Invalid",
-                        f'Secret "{name}" is invalid: metadata.resourceVersion: Invalid value: '
-                        "0x0: must be specified for an update",
-                    )
-            elif content_type == JSON_PATCH:
-                wanted = json_patch(current, payload)
-            else:
-                wanted = merge_patch(current, payload)
-            given = (wanted.get("metadata") or {}).get("resourceVersion")
-            if given and given != current["metadata"]["resourceVersion"]:
-                raise _conflict("secrets", "", name, STALE)
             updated = self._next_secret(current, wanted)
             self.writes.append((method, f"/api/v1/namespaces/{ns}/secrets/{name}"))
             return _json(200, updated)
@@ -843,31 +867,12 @@ class KubernetesDouble:
             raise ApiError(405, "MethodNotAllowed", "the server does not allow this method")
         self._authorize(verb, "", "configmaps", ns, name)
         with self._lock:
-            if method != "GET":
-                hooks = self._configmap_hooks.get((ns, name))
-                if hooks and (ns, name) in self.configmaps:
-                    hooks.pop(0)(self.configmaps[ns, name])
-            current = self.configmaps.get((ns, name))
-            if current is None:
-                raise _not_found("configmaps", "", name)
+            current, wanted = self._read_for(
+                (self.configmaps, self._configmap_hooks, "configmaps", "ConfigMap"),
+                (method, ns, name, content_type, payload),
+            )
             if method == "GET":
                 return _json(200, current)
-            if method == "PUT":
-                wanted = payload or {}
-                if not (wanted.get("metadata") or {}).get("resourceVersion"):
-                    raise ApiError(
-                        422,
-                        "Invalid",
-                        f'ConfigMap "{name}" is invalid: metadata.resourceVersion: Invalid '
-                        "value: 0x0: must be specified for an update",
-                    )
-            elif content_type == JSON_PATCH:
-                wanted = json_patch(current, payload)
-            else:
-                wanted = merge_patch(current, payload)
-            given = (wanted.get("metadata") or {}).get("resourceVersion")
-            if given and given != current["metadata"]["resourceVersion"]:
-                raise _conflict("configmaps", "", name, STALE)
             data = {k: v for k, v in (wanted.get("data") or {}).items() if v is not None}
             if not all(isinstance(v, str) for v in data.values()):
                 raise ApiError(422, "Invalid", f'ConfigMap "{name}" is invalid: data: not a string')

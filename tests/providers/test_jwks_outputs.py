@@ -33,6 +33,7 @@ from tests.doubles.receiver import Answer, Receiver
 from tests.doubles.tls import TlsFiles, make_pki
 from tests.helpers import rotations_of, steps, versions
 from tests.providers.test_jwks_rotation import CREDENTIAL, TICK, Traffic, signer_kid
+from tests.providers.test_jwks_rotation import estate as rotation_estate
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
@@ -116,39 +117,8 @@ def output(
 
 
 def estate(kind: str, output: Output, tmp_path: Path, check: list[str] | None) -> dict[str, Any]:
-    actions: list[dict[str, Any]] = [
-        {"type": kind, "order": 10, "on_failure": "abort", "config": output.action},
-        {
-            "type": "file",
-            "order": 20,
-            "on_failure": "abort",
-            "config": {
-                "path": str(tmp_path / "signer.json"),
-                "file_format": "json",
-                "keys": {"key": "private_key", "kid": "kid", "alg": "alg"},
-            },
-        },
-    ]
-    if check is not None:
-        actions.append(
-            {"type": "command_check", "order": 30, "on_failure": "abort", "config": {"argv": check}}
-        )
-    return {
-        "credentials": [
-            {
-                "name": CREDENTIAL,
-                "owner": "team-identity",
-                "environment": "dev",
-                "policy": {"grace_period": "10m"},
-                "provider": {
-                    "type": "jwks_signing_key",
-                    "cache_ttl": "5m",
-                    "max_token_lifetime": "30m",
-                },
-                "actions": actions,
-            }
-        ]
-    }
+    """The rollover estate of test_jwks_rotation, its JWKS going to `output`."""
+    return rotation_estate(tmp_path, check=check, jwks_action=(kind, output.action))
 
 
 def kids(output: Output) -> list[str]:

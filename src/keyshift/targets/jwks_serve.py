@@ -13,13 +13,13 @@ newest succeeded such step, each kid's public JWK from its version.
 
 from __future__ import annotations
 
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 from pydantic import BaseModel, ConfigDict
 
 from keyshift.domain.states import Phase
 from keyshift.targets import base, jwks
-from keyshift.targets.base import BaseTarget, Delivery, PreflightResult, Readiness, StepResult
+from keyshift.targets.base import BaseTarget, Delivery, PreflightResult, Readiness
 
 SERVED_KIDS: Final = "served_kids"
 """The step detail naming the kids the served document holds from that step on."""
@@ -34,21 +34,12 @@ class JwksServeConfig(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
 
 
-class JwksServeTarget(BaseTarget[JwksServeConfig]):
+class JwksServeTarget(jwks.JwksOutput, BaseTarget[JwksServeConfig]):
     """Records which public keys `keyshift serve` serves for this credential."""
 
     kind: ClassVar[str] = "jwks_serve"
     phase: ClassVar[Phase] = Phase.PUBLISH
     Config: ClassVar[type[BaseModel]] = JwksServeConfig
-
-    @classmethod
-    def trust_only(cls, config: BaseModel) -> bool:
-        """Always: the document serves verifiers, and holds no secret."""
-        return True
-
-    @classmethod
-    def trust_format(cls, config: BaseModel) -> str:
-        return "jwks"
 
     @classmethod
     def describe(cls, config: JwksServeConfig) -> dict[str, str]:
@@ -59,26 +50,11 @@ class JwksServeTarget(BaseTarget[JwksServeConfig]):
         """Always ready: the server reads the store, which the rotation writes."""
         return PreflightResult(Readiness.READY, f"served at {SERVED_PATH}")
 
-    async def publish(self, request: base.PublishRequest) -> StepResult:
-        """Serve the new key and the previous one (the signers still sign with it).
-        Idempotent: the same step records the same kids."""
-        previous = request.previous
-        trusted = [request.delivery] if previous is None else [request.delivery, previous]
-        return _served(trusted, fingerprint=request.delivery.fingerprint)
-
-    async def rollback(self, request: base.RollbackRequest) -> StepResult:
-        """Serve the previous key alone again (nothing, when there was none)."""
-        previous = request.previous
-        trusted = [] if previous is None else [previous]
-        return _served(trusted, fingerprint=previous.fingerprint if previous else None)
-
-    async def withdraw(self, request: base.WithdrawRequest) -> StepResult:
-        """Serve the current key alone, the old one gone."""
-        return _served([request.current], withdrawn=request.withdrawn.fingerprint)
-
-
-def _served(trusted: list[Delivery], **detail: str | None) -> StepResult:
-    # jwk_of refuses a version without a public JWK (or with a private member) here,
-    # at the step, rather than when the document is served.
-    kids = jwks.kids(jwks.jwk_of(d) for d in trusted)
-    return StepResult({"url": SERVED_PATH, "format": "jwks", SERVED_KIDS: kids, **detail})
+    async def hold(
+        self, add: list[Delivery], remove: list[Delivery], change: jwks.Change, about: Delivery
+    ) -> dict[str, Any]:
+        """Record that the served document holds the keys of `add` alone from this step
+        on. `jwk_of` refuses a version without a public JWK (or with a private member)
+        here, at the step, rather than when the document is served."""
+        kids = jwks.kids(jwks.jwk_of(d) for d in add)
+        return {"url": SERVED_PATH, "format": "jwks", SERVED_KIDS: kids}

@@ -48,9 +48,6 @@ from keyshift.targets.web import (
 
 EVENT_PUBLISHED: Final = "rotation.published"
 EVENT_ROLLED_BACK: Final = "rotation.rolled_back"
-EVENT_JWKS_PUBLISHED: Final = "jwks.published"
-EVENT_JWKS_WITHDRAWN: Final = "jwks.withdrawn"
-EVENT_JWKS_ROLLED_BACK: Final = "jwks.rolled_back"
 SIGNATURE_HEADER: Final = "X-Keyshift-Signature"
 TIMESTAMP_HEADER: Final = "X-Keyshift-Timestamp"
 EVENT_HEADER: Final = "X-Keyshift-Event"
@@ -250,43 +247,21 @@ class JwksWebhookConfig(WebhookConfig):
     """Always false: the document holds public keys, never the private key."""
 
 
-class JwksWebhookTarget(WebhookTarget):
+class JwksWebhookTarget(jwks.JwksOutput, WebhookTarget):
     """POSTs the JWKS document that verifiers must trust now to a receiver that serves it."""
 
     kind: ClassVar[str] = "jwks_webhook"
     phase: ClassVar[Phase] = Phase.PUBLISH
     Config: ClassVar[type[BaseModel]] = JwksWebhookConfig
 
-    @classmethod
-    def trust_only(cls, config: BaseModel) -> bool:
-        """Always: the document serves verifiers, and holds no secret."""
-        return True
-
-    @classmethod
-    def trust_format(cls, config: BaseModel) -> str:
-        return "jwks"
-
-    async def publish(self, request: base.PublishRequest) -> StepResult:
-        """POST `jwks.published`: the new key and the previous one (the signers still sign
-        with it). A repeat carries the same `X-Keyshift-Delivery`."""
-        previous = request.previous
-        trusted = [request.delivery] if previous is None else [request.delivery, previous]
-        return await self._send_jwks(EVENT_JWKS_PUBLISHED, request.delivery, trusted)
-
-    async def rollback(self, request: base.RollbackRequest) -> StepResult:
-        """POST `jwks.rolled_back`: the previous key alone (none when there was none)."""
-        previous = request.previous
-        trusted = [] if previous is None else [previous]
-        return await self._send_jwks(EVENT_JWKS_ROLLED_BACK, request.failed, trusted)
-
-    async def withdraw(self, request: base.WithdrawRequest) -> StepResult:
-        """POST `jwks.withdrawn`: the current key alone, the old one gone."""
-        return await self._send_jwks(EVENT_JWKS_WITHDRAWN, request.current, [request.current])
-
-    async def _send_jwks(self, name: str, about: Delivery, trusted: list[Delivery]) -> StepResult:
-        document = jwks.document_of(trusted)
+    async def hold(
+        self, add: list[Delivery], remove: list[Delivery], change: jwks.Change, about: Delivery
+    ) -> dict[str, Any]:
+        """POST `jwks.<change>` with the document of `add` alone (the receiver holds no
+        document to merge into). A repeat carries the same `X-Keyshift-Delivery`."""
+        document = jwks.document_of(add)
         event: dict[str, Any] = {
-            "event": name,
+            "event": f"jwks.{change}",
             "credential": about.credential,
             "rotation_id": about.rotation_id,
             "kids": jwks.kids(document["keys"]),
@@ -294,4 +269,4 @@ class JwksWebhookTarget(WebhookTarget):
             "sent_at": self.context.now().isoformat(),
         }
         sent = await self._send(event, None, with_value=False)
-        return StepResult({**sent.detail, "format": "jwks", "kids": event["kids"]})
+        return {**sent.detail, "format": "jwks", "kids": event["kids"]}

@@ -26,7 +26,7 @@ from keyshift.context import PluginContext
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError, PluginError
 from keyshift.targets import base, jwks
-from keyshift.targets.base import BaseTarget, Delivery, PreflightResult, Readiness, StepResult
+from keyshift.targets.base import BaseTarget, Delivery, PreflightResult, Readiness
 from keyshift.targets.kubernetes.client import (
     Conflict,
     KubernetesApi,
@@ -69,21 +69,12 @@ class KubernetesConfigMapConfig(KubernetesConnection):
         return key
 
 
-class KubernetesConfigMapTarget(BaseTarget[KubernetesConfigMapConfig]):
+class KubernetesConfigMapTarget(jwks.JwksOutput, BaseTarget[KubernetesConfigMapConfig]):
     """Keeps this credential's public keys in the JWKS document of a ConfigMap key."""
 
     kind: ClassVar[str] = "kubernetes_configmap"
     phase: ClassVar[Phase] = Phase.PUBLISH
     Config: ClassVar[type[BaseModel]] = KubernetesConfigMapConfig
-
-    @classmethod
-    def trust_only(cls, config: BaseModel) -> bool:
-        """Always: the document serves verifiers, and holds no secret."""
-        return True
-
-    @classmethod
-    def trust_format(cls, config: BaseModel) -> str:
-        return "jwks"
 
     @classmethod
     def describe(cls, config: KubernetesConfigMapConfig) -> dict[str, str]:
@@ -132,26 +123,17 @@ class KubernetesConfigMapTarget(BaseTarget[KubernetesConfigMapConfig]):
             Readiness.READY, f"may get and patch {self._what}; key {self.config.key}"
         )
 
-    async def publish(self, request: base.PublishRequest) -> StepResult:
-        """Make the document hold the new key and the previous one (the signers still sign
-        with it). Idempotent: a document holding both is not rewritten."""
-        previous = request.previous
-        trusted = [request.delivery] if previous is None else [request.delivery, previous]
-        done = await self._apply(trusted, [])
-        return StepResult({**done, "fingerprint": request.delivery.fingerprint})
-
-    async def rollback(self, request: base.RollbackRequest) -> StepResult:
-        """Make the document hold the previous key alone again, without the failed one
-        (every other kid and key as they were). Idempotent."""
-        previous = request.previous
-        done = await self._apply([] if previous is None else [previous], [request.failed])
-        fingerprint = previous.fingerprint if previous is not None else None
-        return StepResult({**done, "fingerprint": fingerprint, "removed": previous is None})
-
-    async def withdraw(self, request: base.WithdrawRequest) -> StepResult:
-        """Drop the old key from the document, keeping the current one. Idempotent."""
-        done = await self._apply([request.current], [request.withdrawn])
-        return StepResult({**done, "withdrawn": request.withdrawn.fingerprint})
+    async def hold(
+        self, add: list[Delivery], remove: list[Delivery], change: jwks.Change, about: Delivery
+    ) -> dict[str, Any]:
+        """Merge into the document at `key`: the keys of `add` present, those of `remove`
+        gone, every other kid and key as it was; not written when nothing changes."""
+        return await until_no_conflict(
+            self._what,
+            self.context.sleep,
+            lambda conflicts: self._apply_once(add, remove, conflicts),
+            gave_up="the JWKS was not written",
+        )
 
     @property
     def _where(self) -> str:
@@ -163,14 +145,6 @@ class KubernetesConfigMapTarget(BaseTarget[KubernetesConfigMapConfig]):
             self._what, api.read_namespaced_config_map, self.config.configmap, self.config.namespace
         )
         return found
-
-    async def _apply(self, add: list[Delivery], remove: list[Delivery]) -> dict[str, Any]:
-        return await until_no_conflict(
-            self._what,
-            self.context.sleep,
-            lambda conflicts: self._apply_once(add, remove, conflicts),
-            gave_up="the JWKS was not written",
-        )
 
     async def _apply_once(
         self, add: list[Delivery], remove: list[Delivery], conflicts: int
