@@ -248,3 +248,31 @@ async def blocked_by_access(
         if denied is not None:
             return PreflightResult(Readiness.BLOCKED, denied)
     return None
+
+
+async def readiness(
+    api: KubernetesApi,
+    what: str,
+    checks: list[tuple[str, str, str, str | None]],
+    get: Callable[[], Awaitable[Any]],
+    *,
+    create: bool,
+) -> tuple[PreflightResult | None, Any]:
+    """What a writer's preflight asks of one object first: every access check passes,
+    the object reads (`get`, None when missing), exists unless `create`, and is not
+    immutable. (a blocked result, None) at the first that fails; else (None, the object
+    or None)."""
+    blocked = await blocked_by_access(api, checks)
+    if blocked is not None:
+        return blocked, None
+    try:
+        found = await get()
+    except (PluginError, Conflict) as exc:
+        return PreflightResult(Readiness.BLOCKED, str(exc)), None
+    if found is None and not create:
+        return PreflightResult(
+            Readiness.BLOCKED, f"{what} does not exist and create is false"
+        ), None
+    if found is not None and found.immutable:
+        return PreflightResult(Readiness.BLOCKED, f"{what} is immutable"), None
+    return None, found

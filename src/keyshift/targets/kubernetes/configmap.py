@@ -24,16 +24,15 @@ from pydantic import BaseModel, field_validator
 
 from keyshift.context import PluginContext
 from keyshift.domain.states import Phase
-from keyshift.errors import PermanentError, PluginError
+from keyshift.errors import PermanentError
 from keyshift.targets import base, jwks
 from keyshift.targets.base import BaseTarget, Delivery, PreflightResult, Readiness
 from keyshift.targets.kubernetes.client import (
-    Conflict,
     KubernetesApi,
     KubernetesConnection,
-    blocked_by_access,
     cluster,
     dns_subdomain,
+    readiness,
     until_no_conflict,
 )
 
@@ -104,21 +103,16 @@ class KubernetesConfigMapTarget(jwks.JwksOutput, BaseTarget[KubernetesConfigMapC
         ]
         if self.config.create:
             checks.append(("create", "", "configmaps", None))
-        blocked = await blocked_by_access(self.api, checks)
+        blocked, found = await readiness(
+            self.api, self._what, checks, self._get, create=self.config.create
+        )
         if blocked is not None:
             return blocked
         try:
-            found = await self._get()
             if found is not None:
                 jwks.parse((found.data or {}).get(self.config.key), self._where)
-        except (PluginError, Conflict) as exc:
+        except PermanentError as exc:
             return PreflightResult(Readiness.BLOCKED, str(exc))
-        if found is None and not self.config.create:
-            return PreflightResult(
-                Readiness.BLOCKED, f"{self._what} does not exist and create is false"
-            )
-        if found is not None and found.immutable:
-            return PreflightResult(Readiness.BLOCKED, f"{self._what} is immutable")
         return PreflightResult(
             Readiness.READY, f"may get and patch {self._what}; key {self.config.key}"
         )

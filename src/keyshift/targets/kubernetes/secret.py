@@ -27,7 +27,7 @@ from pydantic import BaseModel, field_validator, model_validator
 
 from keyshift.context import PluginContext
 from keyshift.domain.states import Phase
-from keyshift.errors import PermanentError, PluginError
+from keyshift.errors import PermanentError
 from keyshift.targets import base
 from keyshift.targets.base import (
     FULLCHAIN,
@@ -41,12 +41,11 @@ from keyshift.targets.base import (
     key_entries,
 )
 from keyshift.targets.kubernetes.client import (
-    Conflict,
     KubernetesApi,
     KubernetesConnection,
-    blocked_by_access,
     cluster,
     dns_subdomain,
+    readiness,
     until_no_conflict,
 )
 
@@ -203,19 +202,11 @@ class KubernetesSecretTarget(BaseTarget[KubernetesSecretConfig]):
         ]
         if self.config.create:
             checks += [("create", "", "secrets", None), ("delete", "", "secrets", name)]
-        blocked = await blocked_by_access(self.api, checks)
+        blocked, found = await readiness(
+            self.api, self._what, checks, self._get, create=self.config.create
+        )
         if blocked is not None:
             return blocked
-        try:
-            found = await self._get()
-        except (PluginError, Conflict) as exc:
-            return PreflightResult(Readiness.BLOCKED, str(exc))
-        if found is None and not self.config.create:
-            return PreflightResult(
-                Readiness.BLOCKED, f"{self._what} does not exist and create is false"
-            )
-        if found is not None and found.immutable:
-            return PreflightResult(Readiness.BLOCKED, f"{self._what} is immutable")
         if found is not None and (found.type or "Opaque") != self.config.secret_type:
             return PreflightResult(Readiness.BLOCKED, self._wrong_type(found))
         [(word, names)] = self.config.named_keys().items()
