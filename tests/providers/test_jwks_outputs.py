@@ -30,7 +30,7 @@ from keyshift.targets.jwks import render
 from keyshift.testing import CachingVerifier, FakeClock, capture_logs
 from tests.doubles.kubernetes import KubernetesDouble
 from tests.doubles.receiver import Answer, Receiver
-from tests.doubles.tls import TlsFiles, make_pki
+from tests.doubles.tls import TlsFiles
 from tests.helpers import rotations_of, steps, versions
 from tests.providers.test_jwks_rotation import CREDENTIAL, TICK, Traffic, signer_kid
 from tests.providers.test_jwks_rotation import estate as rotation_estate
@@ -56,18 +56,13 @@ class Output:
     """Switch on the output's misbehaviour for its next write."""
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_pki(tmp_path_factory.mktemp("jwks-k8s-pki"))
-
-
 @pytest.fixture
 def output(
-    request: pytest.FixtureRequest, store: Store, tmp_path: Path, pki: TlsFiles
+    request: pytest.FixtureRequest, store: Store, tmp_path: Path, tls: TlsFiles
 ) -> Iterator[Output]:
     kind = request.param
     if kind == "kubernetes_configmap":
-        with KubernetesDouble(pki) as double:
+        with KubernetesDouble(tls) as double:
             double.add_configmap(
                 NS, CONFIGMAP, {"jwks.json": render([HAND_KEY]), "issuer.txt": "id.internal"}
             )

@@ -22,20 +22,15 @@ from keyshift.targets.kubernetes import KubernetesConfigMapTarget
 from keyshift.targets.kubernetes.client import MAX_CONFLICTS
 from keyshift.testing import FakeClock
 from tests.doubles.kubernetes import KubernetesDouble, rule
-from tests.doubles.tls import TlsFiles, make_pki
+from tests.doubles.tls import TlsFiles
 
 NS = "identity"
 NAME = "verifier-keys"
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_pki(tmp_path_factory.mktemp("k8s-cm-pki"))
-
-
 @pytest.fixture
-def api(pki: TlsFiles) -> Iterator[KubernetesDouble]:
-    with KubernetesDouble(pki) as double:
+def api(tls: TlsFiles) -> Iterator[KubernetesDouble]:
+    with KubernetesDouble(tls) as double:
         yield double
 
 
