@@ -19,6 +19,7 @@ from keyshift.targets.agent import AGENT_TYPES
 EXAMPLE = Path(__file__).parents[1] / "examples" / "estate.yaml"
 CERTIFICATE_EXAMPLE = Path(__file__).parents[1] / "examples" / "x509-ca.yaml"
 JWKS_EXAMPLE = Path(__file__).parents[1] / "examples" / "jwks.yaml"
+JWKS_OUTPUTS_EXAMPLE = Path(__file__).parents[1] / "examples" / "jwks-outputs.yaml"
 ENTRA_CERTIFICATE_EXAMPLE = Path(__file__).parents[1] / "examples" / "entra-certificate.yaml"
 TRUST_BUNDLE_EXAMPLE = Path(__file__).parents[1] / "examples" / "trust-bundle.yaml"
 ACME_EXAMPLE = Path(__file__).parents[1] / "examples" / "acme.yaml"
@@ -71,6 +72,15 @@ def test_the_jwks_example_validates_and_publishes_the_jwks_before_the_signer() -
     )
     assert [fmt for _, fmt in publishing] == ["jwks", "json"]
     assert any(a.type == "command_check" for a in credential.actions)
+
+
+def test_the_jwks_outputs_example_validates_and_publishes_every_jwks_before_the_signer() -> None:
+    estate = load_estate(JWKS_OUTPUTS_EXAMPLE)
+    [credential] = estate.credentials
+    assert credential.provider.type == "jwks_signing_key"
+    order = {a.type: a.order for a in credential.actions}
+    outputs = ("kubernetes_configmap", "jwks_webhook", "jwks_serve")
+    assert all(order[kind] < order["file"] for kind in outputs)
 
 
 def test_the_entra_certificate_example_validates_and_renews_renew_before_the_not_after() -> None:

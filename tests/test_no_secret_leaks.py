@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 import structlog
 from sqlalchemy import select
 
+from keyshift.api import create_app
 from keyshift.domain.secret import Secret
 from keyshift.domain.states import RotationState
 from keyshift.errors import REDACTED
@@ -29,6 +31,10 @@ from keyshift.store.store import Store
 from tests.certs import leaf_provider, make_ca, pem_files
 from tests.conftest import run_subprocess
 from tests.helpers import json_value, rotations_of, save_estate, write_estate
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
 
 CREDENTIAL = "api-key"
 CERTIFICATE = "web-tls"
@@ -80,7 +86,8 @@ def _with_certificate(estate: Path, tmp_path: Path) -> Path:
 
 def _with_signing_key(estate: Path, tmp_path: Path) -> Path:
     """`estate` with a third credential, `SIGNING_KEY`: a JWKS signing key whose private key
-    goes to a signer's JSON file and whose public keys go to a JWKS file."""
+    goes to a signer's JSON file and whose public keys go to a JWKS file and to the JWKS
+    keyshift serve serves."""
     document = json.loads(estate.read_text(encoding="utf-8"))
     document["credentials"].append(
         {
@@ -100,6 +107,8 @@ def _with_signing_key(estate: Path, tmp_path: Path) -> Path:
                     "order": 10,
                     "config": {"path": str(tmp_path / "jwks.json"), "file_format": "jwks"},
                 },
+                # keyshift serve's JWKS: its steps record the kids served.
+                {"type": "jwks_serve", "order": 11},
                 {
                     "type": "file",
                     "order": 20,
@@ -254,7 +263,12 @@ def test_no_secret_value_reaches_logs_cli_output_audit_export_or_journal_errors(
     assert len(values) == 8
     assert all(len(v) >= FRAGMENT for v in values)
 
+    with TestClient(create_app(store)) as client:
+        served = client.get(f"/.well-known/jwks/{SIGNING_KEY}.json")
+    assert served.status_code == 200
+    assert len(json.loads(served.text)["keys"]) == 1
     sources = {
+        "the JWKS keyshift serve serves": served.text,
         **{f"stdout of `{cmd}`": proc.stdout for cmd, proc in runs},
         **{f"stderr of `{cmd}`": proc.stderr for cmd, proc in runs},
         "audit export": export.stdout,

@@ -266,3 +266,17 @@ def test_an_approver_without_entra_rotate_cannot_approve_an_entra_rotation(
 
     assert (entra.status_code, entra.json()["permission"]) == (403, "entra:rotate")
     assert (other.status_code, other.json()["code"]) == (409, "approval-refused")
+
+
+def test_the_routes_without_a_token_are_exactly_the_public_ones(rbac_api: Api) -> None:
+    """Public key material is the one data route without a token: the JWKS a `jwks_serve`
+    credential publishes, as an OIDC provider serves its JWKS. Every other route without
+    a permission is a named exception in PUBLIC_PATHS."""
+    app = create_app()
+    open_routes = {r.path for r in _api_routes(app.routes) if not _requires(r.dependant)}
+    assert open_routes <= PUBLIC_PATHS
+    assert "/.well-known/jwks/{credential}.json" in open_routes
+    assert PUBLIC_PATHS - open_routes <= {"/openapi.json", "/docs", "/docs/oauth2-redirect"}
+    answer = rbac_api.call("GET", "/.well-known/jwks/no-such-thing.json", role=None)
+    assert answer.status_code == 404, "no token asked: not found, not unauthenticated"
+    assert answer.json()["code"] == "not-found"

@@ -34,6 +34,13 @@ Documented behaviours it follows (kubernetes.io):
   group and namespace); `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`
   answers `status.allowed` for `spec.resourceAttributes` from the same rules. Request
   verbs: GET get, POST create, PUT update, PATCH patch, DELETE delete.
+- ConfigMap (https://kubernetes.io/docs/reference/kubernetes-api/config-and-storage-resources/config-map-v1/):
+  `GET/PUT/PATCH /api/v1/namespaces/{ns}/configmaps/{name}` and
+  `POST /api/v1/namespaces/{ns}/configmaps`; `data` values are plain strings (not
+  base64); an `immutable: true` ConfigMap refuses data changes with 422 Invalid. The same
+  resourceVersion rules (409 on a stale one, no bump for a write that changes nothing),
+  RBAC, throttling (`fail`), hanging (`hang`) and `before_next_configmap_write` switches
+  as for Secrets apply.
 - Deployments, StatefulSets, DaemonSets (`/apis/apps/v1/namespaces/{ns}/{plural}/{name}`,
   https://kubernetes.io/docs/concepts/workloads/controllers/deployment/#deployment-status):
   a change of `.spec` bumps `metadata.generation`; a change of `.spec.template` starts a
@@ -49,8 +56,9 @@ Documented behaviours it follows (kubernetes.io):
   429 with a `Retry-After` header in seconds.
 
 What it keeps: Secrets (it is a store of secrets, so it holds their data; tests read it
-through `secret_data`), workloads and a `requests` log of method, path and content
-type, plus `writes`, the order of accepted writes. Neither log holds a header or body.
+through `secret_data`), ConfigMaps (`configmap_data`), workloads and a `requests` log of
+method, path and content type, plus `writes`, the order of accepted writes. Neither log
+holds a header or body.
 """
 
 from __future__ import annotations
@@ -80,6 +88,7 @@ JSON_PATCH = "application/json-patch+json"
 PATCH_TYPES = (JSON_PATCH, MERGE_PATCH, "application/apply-patch+yaml", STRATEGIC_MERGE_PATCH)
 PLURALS = {"deployments": "Deployment", "statefulsets": "StatefulSet", "daemonsets": "DaemonSet"}
 _SECRETS = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets(?:/([^/]+))?$")
+_CONFIGMAPS = re.compile(r"^/api/v1/namespaces/([^/]+)/configmaps(?:/([^/]+))?$")
 _WORKLOAD = re.compile(
     r"^/apis/apps/v1/namespaces/([^/]+)/(deployments|statefulsets|daemonsets)/([^/]+)$"
 )
@@ -274,11 +283,13 @@ def json_patch(target: Any, operations: Any) -> Any:
 
 
 class KubernetesDouble:
-    """Secrets, apps/v1 workloads and SelfSubjectAccessReviews over TLS on 127.0.0.1.
+    """Secrets, ConfigMaps, apps/v1 workloads and SelfSubjectAccessReviews over TLS on
+    127.0.0.1.
 
     Use as a context manager; `write_kubeconfig` points a client at it. Switches:
     `rules` (RBAC), `fail(n, status, retry_after)`, `hang(n, seconds)`,
-    `before_next_write(namespace, name, change)`.
+    `before_next_write(namespace, name, change)` (a Secret),
+    `before_next_configmap_write(namespace, name, change)` (a ConfigMap).
     """
 
     def __init__(self, tls: TlsFiles, *, token: str = TOKEN) -> None:
@@ -286,6 +297,7 @@ class KubernetesDouble:
         self.token = token
         self.rules: list[Rule] = list(ALLOW_ALL)
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.configmaps: dict[tuple[str, str], dict[str, Any]] = {}
         self.workloads: dict[tuple[str, str, str], Workload] = {}
         self.requests: list[LoggedRequest] = []
         self.writes: list[tuple[str, str]] = []
@@ -294,6 +306,7 @@ class KubernetesDouble:
         """The `resourceAttributes` of each SelfSubjectAccessReview asked."""
         self._faults: list[Fault] = []
         self._hooks: dict[tuple[str, str], list[Callable[[dict[str, Any]], None]]] = {}
+        self._configmap_hooks: dict[tuple[str, str], list[Callable[[dict[str, Any]], None]]] = {}
         self._version = 100
         self._lock = threading.Lock()
         self._released = threading.Event()
@@ -421,6 +434,56 @@ class KubernetesDouble:
                 lambda secret: self._change(secret, data)
             )
 
+    def add_configmap(
+        self, namespace: str, name: str, data: dict[str, str], *, immutable: bool = False
+    ) -> None:
+        """Store a ConfigMap with `data` (plain strings, as ConfigMaps hold them)."""
+        with self._lock:
+            configmap: dict[str, Any] = {
+                "kind": "ConfigMap",
+                "apiVersion": "v1",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "uid": str(uuid.uuid4()),
+                    "resourceVersion": self._next_version(),
+                    "creationTimestamp": _now(),
+                },
+                "data": dict(data),
+            }
+            if immutable:
+                configmap["immutable"] = True
+            self.configmaps[namespace, name] = configmap
+
+    def configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The ConfigMap's data, or None when it does not exist."""
+        with self._lock:
+            found = self.configmaps.get((namespace, name))
+            return dict(found.get("data") or {}) if found is not None else None
+
+    def change_configmap(self, namespace: str, name: str, data: dict[str, str | None]) -> None:
+        """Change keys (None removes one) as another writer would: a new resourceVersion."""
+        with self._lock:
+            self._change_configmap(self.configmaps[namespace, name], data)
+
+    def _change_configmap(self, configmap: dict[str, Any], data: dict[str, str | None]) -> None:
+        stored = configmap.setdefault("data", {})
+        for key, value in data.items():
+            if value is None:
+                stored.pop(key, None)
+            else:
+                stored[key] = value
+        configmap["metadata"]["resourceVersion"] = self._next_version()
+
+    def before_next_configmap_write(
+        self, namespace: str, name: str, data: dict[str, str | None]
+    ) -> None:
+        """Like `before_next_write`, for the next write to this ConfigMap."""
+        with self._lock:
+            self._configmap_hooks.setdefault((namespace, name), []).append(
+                lambda configmap: self._change_configmap(configmap, data)
+            )
+
     def add_workload(
         self,
         kind: str,
@@ -537,6 +600,11 @@ class KubernetesDouble:
             found = _SECRETS.match(path)
             if found:
                 return self._secrets(method, found.group(1), found.group(2), content_type, payload)
+            found = _CONFIGMAPS.match(path)
+            if found:
+                return self._configmaps(
+                    method, found.group(1), found.group(2), content_type, payload
+                )
             found = _WORKLOAD.match(path)
             if found:
                 ns, plural, name = found.groups()
@@ -609,7 +677,51 @@ class KubernetesDouble:
         }
         return _json(201, answer)
 
-    # --- secrets -------------------------------------------------------------------------
+    # --- secrets and configmaps ----------------------------------------------------------
+
+    def _read_for(
+        self,
+        kind: tuple[
+            dict[tuple[str, str], dict[str, Any]],
+            dict[tuple[str, str], list[Callable[[dict[str, Any]], None]]],
+            str,
+            str,
+        ],
+        request: tuple[str, str, str, str | None, Any],
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Under the lock, for a request on one named Secret or ConfigMap (`kind`: the
+        objects, their armed hooks, the resource and its Kind): run the next armed hook
+        of a write first, then the object (404 if missing) and, for a PUT or PATCH, what
+        it would become, refused like the API server: a PUT without resourceVersion is
+        422, a stale resourceVersion is 409."""
+        objects, hooks, resource, kind_name = kind
+        method, ns, name, content_type, payload = request
+        if method != "GET":
+            armed = hooks.get((ns, name))
+            if armed and (ns, name) in objects:
+                armed.pop(0)(objects[ns, name])
+        current = objects.get((ns, name))
+        if current is None:
+            raise _not_found(resource, "", name)
+        if method in ("GET", "DELETE"):
+            return current, current
+        if method == "PUT":
+            wanted = payload or {}
+            if not (wanted.get("metadata") or {}).get("resourceVersion"):
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f'{kind_name} "{name}" is invalid: metadata.resourceVersion: Invalid '
+                    "value: 0x0: must be specified for an update",
+                )
+        elif content_type == JSON_PATCH:
+            wanted = json_patch(current, payload)
+        else:
+            wanted = merge_patch(current, payload)
+        given = (wanted.get("metadata") or {}).get("resourceVersion")
+        if given and given != current["metadata"]["resourceVersion"]:
+            raise _conflict(resource, "", name, STALE)
+        return current, wanted
 
     def _secrets(
         self, method: str, ns: str, name: str | None, content_type: str | None, payload: Any
@@ -624,34 +736,14 @@ class KubernetesDouble:
             raise ApiError(405, "MethodNotAllowed", "the server does not allow this method")
         self._authorize(verb, "", "secrets", ns, name)
         with self._lock:
-            if method != "GET":
-                hooks = self._hooks.get((ns, name))
-                if hooks and (ns, name) in self.secrets:
-                    hooks.pop(0)(self.secrets[ns, name])
-            current = self.secrets.get((ns, name))
-            if current is None:
-                raise _not_found("secrets", "", name)
+            current, wanted = self._read_for(
+                (self.secrets, self._hooks, "secrets", "Secret"),
+                (method, ns, name, content_type, payload),
+            )
             if method == "GET":
                 return _json(200, current)
             if method == "DELETE":
                 return self._delete_secret(ns, name, current, payload)
-            if method == "PUT":
-                wanted = payload or {}
-                given = (wanted.get("metadata") or {}).get("resourceVersion")
-                if not given:
-                    raise ApiError(
-                        422,
-                        "Invalid",
-                        f'Secret "{name}" is invalid: metadata.resourceVersion: Invalid value: '
-                        "0x0: must be specified for an update",
-                    )
-            elif content_type == JSON_PATCH:
-                wanted = json_patch(current, payload)
-            else:
-                wanted = merge_patch(current, payload)
-            given = (wanted.get("metadata") or {}).get("resourceVersion")
-            if given and given != current["metadata"]["resourceVersion"]:
-                raise _conflict("secrets", "", name, STALE)
             updated = self._next_secret(current, wanted)
             self.writes.append((method, f"/api/v1/namespaces/{ns}/secrets/{name}"))
             return _json(200, updated)
@@ -759,6 +851,72 @@ class KubernetesDouble:
                 "details": {"name": name, "kind": "secrets", "uid": current["metadata"]["uid"]},
             },
         )
+
+    # --- configmaps ----------------------------------------------------------------------
+
+    def _configmaps(
+        self, method: str, ns: str, name: str | None, content_type: str | None, payload: Any
+    ) -> tuple[int, dict[str, str], bytes]:
+        if name is None:
+            if method != "POST":
+                raise ApiError(405, "MethodNotAllowed", "the server does not allow this method")
+            self._authorize("create", "", "configmaps", ns, None)
+            return self._create_configmap(ns, payload)
+        verb = _VERBS.get(method)
+        if verb not in ("get", "update", "patch"):
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method")
+        self._authorize(verb, "", "configmaps", ns, name)
+        with self._lock:
+            current, wanted = self._read_for(
+                (self.configmaps, self._configmap_hooks, "configmaps", "ConfigMap"),
+                (method, ns, name, content_type, payload),
+            )
+            if method == "GET":
+                return _json(200, current)
+            data = {k: v for k, v in (wanted.get("data") or {}).items() if v is not None}
+            if not all(isinstance(v, str) for v in data.values()):
+                raise ApiError(422, "Invalid", f'ConfigMap "{name}" is invalid: data: not a string')
+            if current.get("immutable") and data != (current.get("data") or {}):
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f'ConfigMap "{name}" is invalid: data: Forbidden: field is immutable when '
+                    "`immutable` is set",
+                )
+            if data != (current.get("data") or {}):
+                current["data"] = data
+                current["metadata"]["resourceVersion"] = self._next_version()
+            self.writes.append((method, f"/api/v1/namespaces/{ns}/configmaps/{name}"))
+            return _json(200, current)
+
+    def _create_configmap(self, ns: str, payload: Any) -> tuple[int, dict[str, str], bytes]:
+        metadata = (payload or {}).get("metadata") or {}
+        name = metadata.get("name")
+        if not name:
+            raise ApiError(422, "Invalid", "ConfigMap is invalid: metadata.name: Required value")
+        with self._lock:
+            if (ns, name) in self.configmaps:
+                raise ApiError(
+                    409,
+                    "AlreadyExists",
+                    f'configmaps "{name}" already exists',
+                    {"name": name, "kind": "configmaps"},
+                )
+            configmap = {
+                "kind": "ConfigMap",
+                "apiVersion": "v1",
+                "metadata": {
+                    "name": name,
+                    "namespace": ns,
+                    "uid": str(uuid.uuid4()),
+                    "resourceVersion": self._next_version(),
+                    "creationTimestamp": _now(),
+                },
+                "data": dict(payload.get("data") or {}),
+            }
+            self.configmaps[ns, name] = configmap
+            self.writes.append(("POST", f"/api/v1/namespaces/{ns}/configmaps/{name}"))
+            return _json(201, configmap)
 
     # --- workloads -----------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ class Received:
     headers: dict[str, str]
     body: bytes
     signature_valid: bool | None
+    status: int = 200
+    """What the receiver answered."""
 
 
 class Receiver:
@@ -47,10 +49,16 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with receiver.lock:
-                    receiver.requests.append(
-                        Received(self.path, dict(self.headers), body, receiver.verify(self, body))
-                    )
                     answer = receiver.script.pop(0) if receiver.script else Answer()
+                    receiver.requests.append(
+                        Received(
+                            self.path,
+                            dict(self.headers),
+                            body,
+                            receiver.verify(self, body),
+                            answer.status,
+                        )
+                    )
                 time.sleep(answer.delay)
                 self.send_response(answer.status)
                 for name, value in answer.headers.items():

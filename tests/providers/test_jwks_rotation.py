@@ -41,16 +41,17 @@ def estate(
     grace: str = "10m",
     key_type: str = "ec-p256",
     check: list[str] | None = None,
+    jwks_action: tuple[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A signing key whose JWKS verifiers read from `jwks.json` and whose signer reads
-    `signer.json` (key, kid, alg); with `check`, a command checks the cutover."""
+    """A signing key whose JWKS verifiers read from `jwks.json` (or the output of
+    `jwks_action`: its type and config) and whose signer reads `signer.json` (key, kid,
+    alg); with `check`, a command checks the cutover."""
+    kind, config = jwks_action or (
+        "file",
+        {"path": str(tmp_path / "jwks.json"), "file_format": "jwks"},
+    )
     actions: list[dict[str, Any]] = [
-        {
-            "type": "file",
-            "order": 10,
-            "on_failure": "abort",
-            "config": {"path": str(tmp_path / "jwks.json"), "file_format": "jwks"},
-        },
+        {"type": kind, "order": 10, "on_failure": "abort", "config": config},
         {
             "type": "file",
             "order": 20,

@@ -1,9 +1,11 @@
 """`create_app`: the FastAPI application behind `keyshift serve`.
 
 Public routes: `/healthz` (the process is up), `/readyz` (the store answers),
-`/openapi.json` and `/docs`. Every `/v1` route, and `/metrics`, requires a bearer token
-whose roles grant that route's one permission. The dashboard's pages (`keyshift.web`)
-sit beside them at `/`, behind a session cookie and the same permissions.
+`/openapi.json`, `/docs`, and `/.well-known/jwks/{credential}.json` (a signing key's
+JWKS document: public keys, which verifiers fetch without a token, as an OIDC JWKS).
+Every `/v1` route, and `/metrics`, requires a bearer token whose roles grant that route's
+one permission. The dashboard's pages (`keyshift.web`) sit beside them at `/`, behind a
+session cookie and the same permissions.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -24,11 +26,16 @@ from keyshift.api.runner import BackgroundRotations
 from keyshift.context import PluginContext
 from keyshift.domain.rbac import Permission
 from keyshift.errors import StoreError
+from keyshift.service import jwks as jwks_service
 from keyshift.service import metrics as metrics_service
 from keyshift.service.identities import Identity
 from keyshift.store.store import Store
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+JWKS_PATH = "/.well-known/jwks/{credential}.json"
+"""A `jwks_serve` credential's JWKS document (`keyshift.service.jwks`)."""
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", JWKS_PATH}
+)
 """Routes that answer without a token. Every other route requires one permission."""
 
 DRAIN_SECONDS = 30.0
@@ -93,6 +100,30 @@ def create_app(
         return Response(
             metrics_service.exposition(current), media_type=metrics_service.CONTENT_TYPE
         )
+
+    @app.get(
+        JWKS_PATH,
+        tags=["jwks"],
+        responses={
+            200: {"content": {"application/jwk-set+json": {}}},
+            304: {"description": "unchanged since the ETag given in If-None-Match"},
+            404: {"description": "no JWKS is served for this credential"},
+        },
+    )
+    def jwks(credential: str, request: Request) -> Response:
+        """The JWKS document of a `jwks_signing_key` credential with a `jwks_serve` action:
+        the public keys verifiers must accept now (during a rollover the new and the old
+        one, after the old one's withdrawal the current one). No token: it is public key
+        material. `Cache-Control: max-age` is the credential's `cache_ttl`."""
+        current: Store = app.state.store
+        served = jwks_service.served_jwks(current, credential)
+        headers = {
+            "Cache-Control": f"public, max-age={int(served.cache_ttl.total_seconds())}",
+            "ETag": served.etag,
+        }
+        if served.etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(served.body, media_type="application/jwk-set+json", headers=headers)
 
     @app.get("/readyz", tags=["health"], responses={503: {"description": "store unreachable"}})
     def readyz() -> JSONResponse:

@@ -115,3 +115,13 @@ def trust_only(kind: str, config: dict[str, Any]) -> bool:
     if says is None:
         return False
     return bool(says(validate_config(cls, config, "config")))
+
+
+def trust_format(kind: str, config: dict[str, Any]) -> str | None:
+    """What a trust action holds (`jwks`, `pem_bundle`), as its class says with a
+    classmethod `trust_format(config)`; None for an action that is not a trust action."""
+    if not trust_only(kind, config):
+        return None
+    cls = target_class(kind)
+    says = getattr(cls, "trust_format", None)
+    return None if says is None else str(says(validate_config(cls, config, "config")))

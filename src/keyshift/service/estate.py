@@ -46,6 +46,7 @@ from keyshift.engine.plugins import (
     integration_class,
     provider_class,
     target_class,
+    trust_format,
     trust_only,
     validate_config,
 )
@@ -390,11 +391,12 @@ def _trust_problems(i: int, cred: CredentialSpec, *, trust_first: bool) -> list[
     wanted = TRUST_FORMAT.get(kind)
     wrong = [
         ConfigError(
-            f"credentials[{i}].actions[{j}].config.file_format",
+            f"credentials[{i}].actions[{j}]"
+            + (".config.file_format" if a.type == "file" else ".type"),
             f"{TRUST_FILE_HOLDS.get(fmt, 'a trust file')}; {cred.name} is {kind}",
         )
         for j, a in trusts
-        if (fmt := str(a.config.get("file_format"))) != wanted
+        if (fmt := str(trust_format(a.type, dict(a.config)))) != wanted
     ]
     if wrong or not trust_first:
         return wrong
@@ -402,7 +404,10 @@ def _trust_problems(i: int, cred: CredentialSpec, *, trust_first: bool) -> list[
         what = (
             "its CA bundle (type: file, file_format: pem_bundle)"
             if wanted == "pem_bundle"
-            else ("its JWKS to the verifiers (type: file, file_format: jwks)")
+            else (
+                "its JWKS to the verifiers (type: file with file_format: jwks, "
+                "kubernetes_configmap, jwks_webhook or jwks_serve)"
+            )
         )
         return [
             ConfigError(

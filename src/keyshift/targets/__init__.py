@@ -35,12 +35,14 @@ if TYPE_CHECKING:
     from keyshift.targets.command import CommandCheckTarget, CommandTarget
     from keyshift.targets.file import FileTarget
     from keyshift.targets.http_check import HttpCheckTarget
+    from keyshift.targets.jwks_serve import JwksServeTarget
     from keyshift.targets.kubernetes import (
+        KubernetesConfigMapTarget,
         KubernetesRolloutRestartTarget,
         KubernetesSecretTarget,
     )
     from keyshift.targets.spring_refresh import SpringRefreshTarget
-    from keyshift.targets.webhook import WebhookTarget
+    from keyshift.targets.webhook import JwksWebhookTarget, WebhookTarget
 
 
 class TargetKind(StrEnum):
@@ -52,8 +54,11 @@ class TargetKind(StrEnum):
     FILE = "file"
     HTTP_CHECK = "http_check"
     IIS_RECYCLE = "iis_recycle"
+    JWKS_SERVE = "jwks_serve"
+    JWKS_WEBHOOK = "jwks_webhook"
     KMS_ALIAS = "kms_alias"
     KMS_REWRAP = "kms_rewrap"
+    KUBERNETES_CONFIGMAP = "kubernetes_configmap"
     KUBERNETES_ROLLOUT_RESTART = "kubernetes_rollout_restart"
     KUBERNETES_SECRET = "kubernetes_secret"  # noqa: S105 (a target type, not a password)
     SPRING_REFRESH = "spring_refresh"
@@ -70,8 +75,11 @@ _CLASSES = {
     "FileTarget": "keyshift.targets.file:FileTarget",
     "HttpCheckTarget": "keyshift.targets.http_check:HttpCheckTarget",
     "IisRecycleTarget": "keyshift.targets.agent:IisRecycleTarget",
+    "JwksServeTarget": "keyshift.targets.jwks_serve:JwksServeTarget",
+    "JwksWebhookTarget": "keyshift.targets.webhook:JwksWebhookTarget",
     "KmsAliasTarget": "keyshift.targets.aws_kms:KmsAliasTarget",
     "KmsRewrapTarget": "keyshift.targets.aws_kms:KmsRewrapTarget",
+    "KubernetesConfigMapTarget": "keyshift.targets.kubernetes:KubernetesConfigMapTarget",
     "KubernetesRolloutRestartTarget": "keyshift.targets.kubernetes:KubernetesRolloutRestartTarget",
     "KubernetesSecretTarget": "keyshift.targets.kubernetes:KubernetesSecretTarget",
     "SpringRefreshTarget": "keyshift.targets.spring_refresh:SpringRefreshTarget",
@@ -90,8 +98,11 @@ TARGETS: Registry[Any] = Registry(
         TargetKind.FILE: _CLASSES["FileTarget"],
         TargetKind.HTTP_CHECK: _CLASSES["HttpCheckTarget"],
         TargetKind.IIS_RECYCLE: _CLASSES["IisRecycleTarget"],
+        TargetKind.JWKS_SERVE: _CLASSES["JwksServeTarget"],
+        TargetKind.JWKS_WEBHOOK: _CLASSES["JwksWebhookTarget"],
         TargetKind.KMS_ALIAS: _CLASSES["KmsAliasTarget"],
         TargetKind.KMS_REWRAP: _CLASSES["KmsRewrapTarget"],
+        TargetKind.KUBERNETES_CONFIGMAP: _CLASSES["KubernetesConfigMapTarget"],
         TargetKind.KUBERNETES_ROLLOUT_RESTART: _CLASSES["KubernetesRolloutRestartTarget"],
         TargetKind.KUBERNETES_SECRET: _CLASSES["KubernetesSecretTarget"],
         TargetKind.SPRING_REFRESH: _CLASSES["SpringRefreshTarget"],
@@ -128,8 +139,11 @@ __all__ = [
     "FileTarget",
     "HttpCheckTarget",
     "IisRecycleTarget",
+    "JwksServeTarget",
+    "JwksWebhookTarget",
     "KmsAliasTarget",
     "KmsRewrapTarget",
+    "KubernetesConfigMapTarget",
     "KubernetesRolloutRestartTarget",
     "KubernetesSecretTarget",
     "PreflightRequest",

@@ -429,11 +429,10 @@ class JwksFile:
         name = self.config.path
         path = Path(os.path.realpath(name))
         current = _read_or_none(path, name)
-        keys = jwks.parse(current.decode("utf-8") if current else None, name)
-        wanted = jwks.updated(
-            keys, [jwks.jwk_of(d) for d in add], [jwks.jwk_of(d)["kid"] for d in remove]
+        text, wanted = jwks.rewritten(
+            current.decode("utf-8") if current else None, add, remove, name
         )
-        data = jwks.render(wanted).encode("utf-8")
+        data = text.encode("utf-8")
         changed = current != data
         if changed:
             _atomic_write(path, data, name, new_mode=PUBLIC_FILE_MODE)
@@ -497,6 +496,11 @@ class FileTarget(BaseTarget[FileConfig]):
         rotation publishes it first, and withdraws the old version from it before
         revoking."""
         return isinstance(config, FileConfig) and config.file_format in TRUST_FORMATS
+
+    @classmethod
+    def trust_format(cls, config: BaseModel) -> str | None:
+        """What a trust file holds: its `file_format` (`jwks` or `pem_bundle`)."""
+        return config.file_format if isinstance(config, FileConfig) else None
 
     @classmethod
     def describe(cls, config: FileConfig) -> dict[str, str]:

@@ -15,13 +15,28 @@ Nothing here reads a private key: a JWK with a private member is refused.
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel
 
 from keyshift.errors import PermanentError
-from keyshift.targets.base import Delivery
+from keyshift.targets import base
+from keyshift.targets.base import Delivery, StepResult
 
-__all__ = ["PRIVATE_MEMBERS", "jwk_of", "kids", "parse", "render", "updated"]
+__all__ = [
+    "PRIVATE_MEMBERS",
+    "Change",
+    "JwksOutput",
+    "document_of",
+    "jwk_of",
+    "kids",
+    "parse",
+    "render",
+    "rewritten",
+    "updated",
+]
 
 PRIVATE_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 """JWK members that hold private or symmetric key material (RFC 7518 section 6)."""
@@ -83,3 +98,67 @@ def render(keys: list[dict[str, Any]]) -> str:
 
 def kids(keys: Iterable[dict[str, Any]]) -> list[str]:
     return [str(k.get("kid", "")) for k in keys]
+
+
+def rewritten(
+    text: str | None, add: Iterable[Delivery], remove: Iterable[Delivery], where: str
+) -> tuple[str, list[dict[str, Any]]]:
+    """The document `text` (at `where`, for errors) rendered again holding the public keys
+    of `add` and none of `remove`, every other key kept in its order; and its keys. The
+    one merge every JWKS output (a file, a ConfigMap key) makes."""
+    keys = updated(parse(text, where), [jwk_of(d) for d in add], [jwk_of(d)["kid"] for d in remove])
+    return render(keys), keys
+
+
+def document_of(deliveries: Iterable[Delivery]) -> dict[str, Any]:
+    """The JWKS document of these versions alone, in this order (public keys only): what a
+    receiver that holds no document of its own (a webhook) is sent."""
+    return {"keys": [jwk_of(d) for d in deliveries]}
+
+
+Change = Literal["published", "rolled_back", "withdrawn"]
+"""Why an output's keys change: the publish, the rollback, the withdrawal."""
+
+
+class JwksOutput:
+    """What every JWKS output but the file (which also writes secrets) does alike: it is a
+    trust action holding `jwks`, and its publish, rollback and withdraw each make it hold
+    `add` (exactly the keys that must verify now: this credential's new and previous key
+    on publish, the previous alone on rollback, the current alone on withdrawal) and none
+    of `remove`. Each output says how in `hold`, idempotently."""
+
+    @classmethod
+    def trust_only(cls, config: BaseModel) -> bool:
+        """Always: the document serves verifiers, and holds no secret."""
+        return True
+
+    @classmethod
+    def trust_format(cls, config: BaseModel) -> str:
+        return "jwks"
+
+    @abstractmethod
+    async def hold(
+        self, add: list[Delivery], remove: list[Delivery], change: Change, about: Delivery
+    ) -> dict[str, Any]:
+        """Make the output hold the keys of `add` and none of `remove`; `about` is the
+        version whose rotation this is. Returns the step's detail. Idempotent."""
+
+    async def publish(self, request: base.PublishRequest) -> StepResult:
+        """Hold the new key and the previous one (the signers still sign with it)."""
+        new, previous = request.delivery, request.previous
+        done = await self.hold([new] if previous is None else [new, previous], [], "published", new)
+        return StepResult({**done, "fingerprint": new.fingerprint})
+
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
+        """Hold the previous key alone again, without the failed one."""
+        previous = request.previous
+        add = [] if previous is None else [previous]
+        done = await self.hold(add, [request.failed], "rolled_back", request.failed)
+        fingerprint = previous.fingerprint if previous is not None else None
+        return StepResult({**done, "fingerprint": fingerprint, "removed": previous is None})
+
+    async def withdraw(self, request: base.WithdrawRequest) -> StepResult:
+        """Hold the current key alone, the old one gone (just before it is revoked)."""
+        current = request.current
+        done = await self.hold([current], [request.withdrawn], "withdrawn", current)
+        return StepResult({**done, "withdrawn": request.withdrawn.fingerprint})

@@ -9,6 +9,13 @@ retries and repeated publishes of one event, so receivers can drop duplicates.
 
 Connection errors, timeouts, 429 and 5xx are retried with exponential backoff and
 jitter; other answers outside 2xx fail at once.
+
+`jwks_webhook` POSTs, signed and retried the same way, the JWKS document of a
+`jwks_signing_key` credential (public keys only, never a private key) to a receiver that
+serves it to verifiers: a trust action, so it runs before the signers get a new key
+(`jwks.published`: the new key and the old one), again just before the old key is revoked
+(`jwks.withdrawn`: the current key alone) and on rollback (`jwks.rolled_back`: the old key
+alone). A receiver that does not take it (after the retries) fails the step.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import hashlib
 import hmac
 import json
 from datetime import timedelta
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -28,7 +35,7 @@ from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError
 from keyshift.sources import SecretRef
-from keyshift.targets import base
+from keyshift.targets import base, jwks
 from keyshift.targets.base import Delivery, PreflightResult, Readiness, StepResult, positive
 from keyshift.targets.web import (
     MAX_WAIT,
@@ -231,3 +238,35 @@ class WebhookTarget(UrlTarget[WebhookConfig]):
         return await attempt(
             client.post(self.config.url, content=body, headers=headers), f"webhook to {self._host}"
         )
+
+
+class JwksWebhookConfig(WebhookConfig):
+    """Where to POST a signing key's JWKS document, and how to sign and retry it."""
+
+    include_value: Literal[False] = False
+    """Always false: the document holds public keys, never the private key."""
+
+
+class JwksWebhookTarget(jwks.JwksOutput, WebhookTarget):
+    """POSTs the JWKS document that verifiers must trust now to a receiver that serves it."""
+
+    kind: ClassVar[str] = "jwks_webhook"
+    phase: ClassVar[Phase] = Phase.PUBLISH
+    Config: ClassVar[type[BaseModel]] = JwksWebhookConfig
+
+    async def hold(
+        self, add: list[Delivery], remove: list[Delivery], change: jwks.Change, about: Delivery
+    ) -> dict[str, Any]:
+        """POST `jwks.<change>` with the document of `add` alone (the receiver holds no
+        document to merge into). A repeat carries the same `X-Keyshift-Delivery`."""
+        document = jwks.document_of(add)
+        event: dict[str, Any] = {
+            "event": f"jwks.{change}",
+            "credential": about.credential,
+            "rotation_id": about.rotation_id,
+            "kids": jwks.kids(document["keys"]),
+            "jwks": document,
+            "sent_at": self.context.now().isoformat(),
+        }
+        sent = await self._send(event, None, with_value=False)
+        return {**sent.detail, "format": "jwks", "kids": event["kids"]}

@@ -3,13 +3,14 @@ tests that prove a rollover loses no token.
 
 - `FileSigner` signs each token with whatever key its signer file holds now (the JSON
   file a `file` action writes with `keys: {key: private_key, kid: kid, alg: alg}`).
-- `CachingVerifier` verifies tokens against a JWKS file the way a library does
+- `CachingVerifier` verifies tokens against a JWKS document (a file, or any fetch: a
+  ConfigMap key, a URL) the way a library does
   (jwks-rsa, PyJWT's `PyJWKClient`, Spring's `NimbusJwtDecoder`): it serves the document
   it fetched for `cache_ttl`, and on a token whose kid it does not know it fetches again
   at once, but at most once per `refetch_after` (a verifier that refetched on every
   unknown kid could be flooded with made-up kids). Its time is the test's clock.
 
-Both read files only; neither is part of keyshift's path.
+Neither is part of keyshift's path.
 """
 
 from __future__ import annotations
@@ -77,9 +78,10 @@ class Verdict:
 
 @dataclass
 class CachingVerifier:
-    """Verifies tokens with the keys of a JWKS file it caches (see the module docstring)."""
+    """Verifies tokens with the keys of a JWKS document it caches (see the module
+    docstring); `path` is the file, or a function that fetches the document's text."""
 
-    path: Path
+    path: Path | Callable[[], str]
     now: Callable[[], datetime]
     cache_ttl: timedelta
     refetch_after: timedelta = timedelta(minutes=5)
@@ -89,7 +91,9 @@ class CachingVerifier:
     _kids: set[str] = field(default_factory=set)
 
     def _fetch(self) -> None:
-        document = json.loads(self.path.read_text(encoding="utf-8"))
+        source = self.path
+        text = source.read_text(encoding="utf-8") if isinstance(source, Path) else source()
+        document = json.loads(text)
         self._keys = _quietly(lambda: KeySet.import_key_set(document))
         self._kids = {str(k.get("kid")) for k in document["keys"]}
         self._fetched_at = self.now()

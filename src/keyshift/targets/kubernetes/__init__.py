@@ -1,13 +1,19 @@
-"""`kubernetes_secret` and `kubernetes_rollout_restart`: deliver a value into a key (or
-several keys) of a Kubernetes Secret, then restart the workload that reads it.
+"""`kubernetes_secret`, `kubernetes_rollout_restart` and `kubernetes_configmap`: deliver a
+value into a key (or several keys) of a Kubernetes Secret, restart the workload that reads
+it, and keep a JWKS document in a ConfigMap key.
 
-Both talk to the API server through the official `kubernetes` client (`client`): the
-Secret writer is in `secret`, the restart and the wait for its rollout in `rollout`.
+All talk to the API server through the official `kubernetes` client (`client`): the
+Secret writer is in `secret`, the restart and the wait for its rollout in `rollout`, the
+ConfigMap's JWKS in `configmap`.
 """
 
 from __future__ import annotations
 
 from keyshift.targets.kubernetes.client import KubernetesConnection
+from keyshift.targets.kubernetes.configmap import (
+    KubernetesConfigMapConfig,
+    KubernetesConfigMapTarget,
+)
 from keyshift.targets.kubernetes.rollout import (
     RESTART_FOR_ANNOTATION,
     RESTARTED_AT_ANNOTATION,
@@ -33,6 +39,8 @@ __all__ = [
     "ROTATION_ANNOTATION",
     "VERSION_ANNOTATION",
     "WORKLOAD_SHORTHANDS",
+    "KubernetesConfigMapConfig",
+    "KubernetesConfigMapTarget",
     "KubernetesConnection",
     "KubernetesRolloutRestartConfig",
     "KubernetesRolloutRestartTarget",

@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import urllib3
 from kubernetes import client as k8s
@@ -32,6 +32,11 @@ from keyshift.targets.base import PreflightResult, Readiness, positive
 from keyshift.targets.web import retry_after
 
 T = TypeVar("T")
+
+MAX_CONFLICTS: Final = 5
+"""Writes refused with 409 Conflict, each followed by a fresh read, before giving up."""
+CONFLICT_BACKOFF: Final = 0.2
+"""Seconds before the first re-read after a conflict; doubles for each further one."""
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -92,6 +97,31 @@ class Conflict(Exception):
 
 class NotFound(PermanentError):
     """The API server answered 404 for the object."""
+
+
+async def until_no_conflict(
+    what: str,
+    sleep: Callable[[float], Awaitable[None]],
+    write: Callable[[int], Awaitable[T]],
+    *,
+    gave_up: str,
+) -> T:
+    """`write(conflicts so far)` (a read of `what`, then a write carrying the
+    resourceVersion read) until it is not refused with a conflict, with a growing pause
+    before each re-read; TransientError after `MAX_CONFLICTS` refusals, saying what was
+    `gave_up` on."""
+    conflicts = 0
+    while True:
+        try:
+            return await write(conflicts)
+        except Conflict:
+            conflicts += 1
+            if conflicts > MAX_CONFLICTS:
+                raise TransientError(
+                    f"{what}: still changing under us after {conflicts} "
+                    f"conflicting writes; {gave_up}"
+                ) from None
+            await sleep(CONFLICT_BACKOFF * 2.0 ** (conflicts - 1))
 
 
 def _api_client(config: KubernetesConnection) -> k8s.ApiClient:
@@ -218,3 +248,31 @@ async def blocked_by_access(
         if denied is not None:
             return PreflightResult(Readiness.BLOCKED, denied)
     return None
+
+
+async def readiness(
+    api: KubernetesApi,
+    what: str,
+    checks: list[tuple[str, str, str, str | None]],
+    get: Callable[[], Awaitable[Any]],
+    *,
+    create: bool,
+) -> tuple[PreflightResult | None, Any]:
+    """What a writer's preflight asks of one object first: every access check passes,
+    the object reads (`get`, None when missing), exists unless `create`, and is not
+    immutable. (a blocked result, None) at the first that fails; else (None, the object
+    or None)."""
+    blocked = await blocked_by_access(api, checks)
+    if blocked is not None:
+        return blocked, None
+    try:
+        found = await get()
+    except (PluginError, Conflict) as exc:
+        return PreflightResult(Readiness.BLOCKED, str(exc)), None
+    if found is None and not create:
+        return PreflightResult(
+            Readiness.BLOCKED, f"{what} does not exist and create is false"
+        ), None
+    if found is not None and found.immutable:
+        return PreflightResult(Readiness.BLOCKED, f"{what} is immutable"), None
+    return None, found

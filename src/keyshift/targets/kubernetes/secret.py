@@ -19,7 +19,7 @@ import base64
 import binascii
 import hmac
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar, Final, Literal
 
 from kubernetes import client as k8s
@@ -27,7 +27,7 @@ from pydantic import BaseModel, field_validator, model_validator
 
 from keyshift.context import PluginContext
 from keyshift.domain.states import Phase
-from keyshift.errors import PermanentError, PluginError, TransientError
+from keyshift.errors import PermanentError
 from keyshift.targets import base
 from keyshift.targets.base import (
     FULLCHAIN,
@@ -41,12 +41,12 @@ from keyshift.targets.base import (
     key_entries,
 )
 from keyshift.targets.kubernetes.client import (
-    Conflict,
     KubernetesApi,
     KubernetesConnection,
-    blocked_by_access,
     cluster,
     dns_subdomain,
+    readiness,
+    until_no_conflict,
 )
 
 ROTATION_ANNOTATION: Final = "keyshift.io/rotation-id"
@@ -55,10 +55,6 @@ FINGERPRINT_ANNOTATION: Final = "keyshift.io/fingerprint"
 CREATED_ANNOTATION: Final = "keyshift.io/created-by-rotation"
 """Set on a Secret this target created, so a rollback of that rotation may delete it."""
 MERGE_PATCH: Final = "application/merge-patch+json"
-MAX_CONFLICTS: Final = 5
-"""Writes refused with 409 Conflict, each followed by a fresh read, before giving up."""
-CONFLICT_BACKOFF: Final = 0.2
-"""Seconds before the first re-read after a conflict; doubles for each further one."""
 
 SecretType = Literal["Opaque", "kubernetes.io/tls"]
 TLS_SECRET: Final = "kubernetes.io/tls"  # noqa: S105 (a Secret type, not a password)
@@ -206,19 +202,11 @@ class KubernetesSecretTarget(BaseTarget[KubernetesSecretConfig]):
         ]
         if self.config.create:
             checks += [("create", "", "secrets", None), ("delete", "", "secrets", name)]
-        blocked = await blocked_by_access(self.api, checks)
+        blocked, found = await readiness(
+            self.api, self._what, checks, self._get, create=self.config.create
+        )
         if blocked is not None:
             return blocked
-        try:
-            found = await self._get()
-        except (PluginError, Conflict) as exc:
-            return PreflightResult(Readiness.BLOCKED, str(exc))
-        if found is None and not self.config.create:
-            return PreflightResult(
-                Readiness.BLOCKED, f"{self._what} does not exist and create is false"
-            )
-        if found is not None and found.immutable:
-            return PreflightResult(Readiness.BLOCKED, f"{self._what} is immutable")
         if found is not None and (found.type or "Opaque") != self.config.secret_type:
             return PreflightResult(Readiness.BLOCKED, self._wrong_type(found))
         [(word, names)] = self.config.named_keys().items()
@@ -258,7 +246,9 @@ class KubernetesSecretTarget(BaseTarget[KubernetesSecretConfig]):
 
     async def _converge(self, wanted: Delivery, *, created_by: str | None) -> StepResult:
         """Make every key hold its field of `wanted`, re-reading after each conflict."""
-        return await self._until_no_conflict(
+        return await until_no_conflict(
+            self._what,
+            self.context.sleep,
             lambda conflicts: self._converge_once(wanted, created_by, conflicts),
             gave_up="not overwritten",
         )
@@ -293,28 +283,12 @@ class KubernetesSecretTarget(BaseTarget[KubernetesSecretConfig]):
         return self._result("updated", version, conflicts)
 
     async def _remove(self, failed: Delivery) -> StepResult:
-        return await self._until_no_conflict(
-            lambda conflicts: self._remove_once(failed, conflicts), gave_up="key not removed"
+        return await until_no_conflict(
+            self._what,
+            self.context.sleep,
+            lambda conflicts: self._remove_once(failed, conflicts),
+            gave_up="key not removed",
         )
-
-    async def _until_no_conflict(
-        self, write: Callable[[int], Awaitable[StepResult]], *, gave_up: str
-    ) -> StepResult:
-        """`write(conflicts so far)` until it is not refused with a conflict, re-reading
-        with a growing pause; TransientError after `MAX_CONFLICTS` refusals, saying what
-        was `gave_up` on."""
-        conflicts = 0
-        while True:
-            try:
-                return await write(conflicts)
-            except Conflict:
-                conflicts += 1
-                if conflicts > MAX_CONFLICTS:
-                    raise TransientError(
-                        f"{self._what}: still changing under us after {conflicts} "
-                        f"conflicting writes; {gave_up}"
-                    ) from None
-                await self.context.sleep(CONFLICT_BACKOFF * 2.0 ** (conflicts - 1))
 
     async def _remove_once(self, failed: Delivery, conflicts: int) -> StepResult:
         values = self._values(failed)
