@@ -27,6 +27,7 @@ from keyshift.domain.clock import utcnow
 from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import (
     INTEGRATION_FIELDS,
+    ActionSpec,
     CredentialSpec,
     Estate,
     IntegrationSpec,
@@ -339,12 +340,38 @@ def _rollback_problems(
     return problems
 
 
-TRUST_FORMAT: dict[str, str] = {"jwks_signing_key": "jwks", "trust_bundle": "pem_bundle"}
-"""The trust file each trust-first provider's verifiers read."""
+TRUST_FORMAT: dict[str, str] = {
+    "jwks_signing_key": "jwks",
+    "trust_bundle": "pem_bundle",
+    "x509_ca": "thumbprints",
+    "acme": "thumbprints",
+    "entra_certificate": "thumbprints",
+}
+"""The trust each provider's verifiers read: required of the trust-first providers (a
+signing key, a CA), optional for a certificate (a verifier that pins thumbprints)."""
 TRUST_FILE_HOLDS: dict[str, str] = {
     "jwks": "a JWKS document holds the public keys of a jwks_signing_key credential",
     "pem_bundle": "a CA bundle holds the CA certificates of a trust_bundle credential",
+    "thumbprints": "an accepted-thumbprint list holds the thumbprints of a certificate "
+    "credential (x509_ca, acme, entra_certificate)",
 }
+
+
+_TRUST_NAME: dict[str, str] = {
+    "jwks": "JWKS",
+    "pem_bundle": "CA bundle",
+    "thumbprints": "accepted-thumbprint list",
+}
+
+
+def _trust_holds(action: ActionSpec) -> tuple[str, str]:
+    """What a trust action holds (`jwks`, `pem_bundle`, `thumbprints`) and the field that
+    says it: a file's `file_format`, or the type of a target that holds one thing (its
+    class's `trust_format`: `thumbprints_webhook`)."""
+    says = getattr(target_class(action.type), "trust_format", None)
+    if isinstance(says, str):
+        return says, "type"
+    return str(action.config.get("file_format")), "config.file_format"
 
 
 def _pairing_problems(i: int, cred: CredentialSpec, provider: object) -> list[ConfigError]:
@@ -382,6 +409,8 @@ def _trust_problems(i: int, cred: CredentialSpec, *, trust_first: bool) -> list[
     """A trust-first credential (a JWKS signing key, a CA) publishes to its verifiers (a
     JWKS document, a CA bundle) before its signers, and a rollback undoes the signers
     first: so it needs a trust action, each ordered before every other publish action. A
+    certificate may have trust actions (accepted-thumbprint lists), ordered the same way.
+    A thumbprint list is only for a certificate credential; a
     JWKS document is only for a signing key, a CA bundle only for a trust_bundle (no other
     version has a public JWK or is a CA); a trust_bundle's value is the CA's key, so each
     of its publish actions writes a bundle."""
@@ -390,14 +419,17 @@ def _trust_problems(i: int, cred: CredentialSpec, *, trust_first: bool) -> list[
     wanted = TRUST_FORMAT.get(kind)
     wrong = [
         ConfigError(
-            f"credentials[{i}].actions[{j}].config.file_format",
+            f"credentials[{i}].actions[{j}].{field_name}",
             f"{TRUST_FILE_HOLDS.get(fmt, 'a trust file')}; {cred.name} is {kind}",
         )
         for j, a in trusts
-        if (fmt := str(a.config.get("file_format"))) != wanted
+        if (held := _trust_holds(a))[0] != wanted
+        for fmt, field_name in [held]
     ]
-    if wrong or not trust_first:
+    if wrong:
         return wrong
+    if not trusts and not trust_first:
+        return []  # a certificate without a thumbprint list: nothing is trusted first
     if not trusts:
         what = (
             "its CA bundle (type: file, file_format: pem_bundle)"
@@ -431,9 +463,10 @@ def _trust_problems(i: int, cred: CredentialSpec, *, trust_first: bool) -> list[
     return [
         ConfigError(
             f"credentials[{i}].actions[{j}].order",
-            f"the JWKS action (order {a.order}) must come before every action that hands "
-            f"the signers the key (the first has order {first_signer}): verifiers trust a "
-            "new key before anything signs with it",
+            f"the {_TRUST_NAME[_trust_holds(a)[0]]} action (order {a.order}) must come "
+            "before every action that hands the signers the key or certificate (the first "
+            f"has order {first_signer}): verifiers trust a new one before anything signs "
+            "with it",
         )
         for j, a in trusts
         if first_signer is not None and a.order >= first_signer

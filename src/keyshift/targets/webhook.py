@@ -9,6 +9,10 @@ retries and repeated publishes of one event, so receivers can drop duplicates.
 
 Connection errors, timeouts, 429 and 5xx are retried with exponential backoff and
 jitter; other answers outside 2xx fail at once.
+
+`thumbprints_webhook` POSTs a certificate credential's accepted-thumbprint list
+(`thumbprints.accepted`) to a verifier that pins thumbprints, as a trust action: before
+the signer gets the new certificate, and again when the old one is withdrawn.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from keyshift.errors import ConfigError, PermanentError, TransientError
 from keyshift.sources import SecretRef
 from keyshift.targets import base
 from keyshift.targets.base import Delivery, PreflightResult, Readiness, StepResult, positive
+from keyshift.targets.thumbprints import Algorithm, Encoding, ThumbprintSpec, accepted
 from keyshift.targets.web import (
     MAX_WAIT,
     Outcome,
@@ -231,3 +236,81 @@ class WebhookTarget(UrlTarget[WebhookConfig]):
         return await attempt(
             client.post(self.config.url, content=body, headers=headers), f"webhook to {self._host}"
         )
+
+
+EVENT_THUMBPRINTS: Final = "thumbprints.accepted"
+
+
+class ThumbprintsWebhookConfig(WebhookConfig):
+    """Where to POST a certificate credential's accepted-thumbprint list, how to sign and
+    retry, and how each thumbprint is computed and written."""
+
+    algorithm: Algorithm = "sha256"
+    """The digest of the certificate's DER: `sha256`, or `sha1` (Windows, ADFS and many
+    relays pin SHA-1 thumbprints)."""
+    encoding: Encoding = "hex"
+    """`hex`, `hex_upper` (Windows), `hex_upper_colons` (OpenSSL) or `base64url`."""
+
+    @model_validator(mode="after")
+    def _no_value(self) -> ThumbprintsWebhookConfig:
+        if self.include_value:
+            raise ValueError("include_value: a thumbprint list is public and carries no key")
+        return self
+
+
+class ThumbprintsWebhookTarget(WebhookTarget):
+    """Sends a verifier that pins thumbprints (a relay) the list it must accept now: the
+    new and the previous certificate's during the grace period, the current one's alone
+    once the old version is withdrawn, the previous one's again on a rollback. A trust
+    action: it runs before the actions that hand the signer the new certificate. The
+    event never carries a value (`keyshift.targets.thumbprints`)."""
+
+    kind: ClassVar[str] = "thumbprints_webhook"
+    phase: ClassVar[Phase] = Phase.PUBLISH
+    Config: ClassVar[type[BaseModel]] = ThumbprintsWebhookConfig
+    trust_format: ClassVar[str] = "thumbprints"
+    """What it holds for the estate's checks: a certificate credential's thumbprints."""
+
+    config: ThumbprintsWebhookConfig
+
+    @classmethod
+    def trust_only(cls, config: BaseModel) -> bool:
+        """It serves verifiers only, always."""
+        return True
+
+    async def publish(self, request: base.PublishRequest) -> StepResult:
+        """POST the list holding the new thumbprint and the previous one. Repeatable: a
+        repeat carries the same `X-Keyshift-Delivery`."""
+        delivery = request.delivery
+        listed = [delivery] if request.previous is None else [delivery, request.previous]
+        return await self._accepted(delivery, listed, "published")
+
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
+        """POST the list holding the previous thumbprint alone (empty when there was no
+        version before). Repeatable like publish."""
+        listed = [] if request.previous is None else [request.previous]
+        return await self._accepted(request.failed, listed, "rolled_back")
+
+    async def withdraw(self, request: base.WithdrawRequest) -> StepResult:
+        """POST the list holding the current thumbprint alone, just before the old version
+        is revoked. Repeatable like publish."""
+        result = await self._accepted(request.current, [request.current], "withdrawn")
+        return StepResult({**result.detail, "withdrawn": request.withdrawn.fingerprint})
+
+    async def _accepted(self, about: Delivery, listed: list[Delivery], why: str) -> StepResult:
+        spec = ThumbprintSpec(algorithm=self.config.algorithm, encoding=self.config.encoding)
+        thumbprints = accepted([], listed, [], spec)
+        event: dict[str, Any] = {
+            "event": EVENT_THUMBPRINTS,
+            "reason": why,
+            "credential": about.credential,
+            "rotation_id": about.rotation_id,
+            "algorithm": spec.algorithm,
+            "encoding": spec.encoding,
+            "thumbprints": thumbprints,
+            "versions": [d.version_id for d in listed],
+            "sent_at": self.context.now().isoformat(),
+        }
+        delivery_id = f"{about.rotation_id}.{EVENT_THUMBPRINTS}.{why}"
+        sent = await self._send(event, None, delivery_id=delivery_id, with_value=False)
+        return StepResult({**sent.detail, "thumbprints": thumbprints})
