@@ -35,6 +35,7 @@ from keyshift.testing import FakeClock
 from keyshift.testing.clock import FAKE_CLOCK_START
 from tests.certs import Ca, leaf_provider, make_ca
 from tests.conftest import Cli, run_subprocess
+from tests.doubles.receiver import Receiver
 from tests.helpers import rotations_of, save_estate, steps, value_of, versions
 
 CREDENTIAL = "release-signing"
@@ -58,11 +59,17 @@ JOURNAL = [
 
 
 def estate(
-    tmp_path: Path, ca: Ca, *, grace: str = "10m", check: list[str] | None = None
+    tmp_path: Path,
+    ca: Ca,
+    *,
+    grace: str = "10m",
+    check: list[str] | None = None,
+    hook: str | None = None,
 ) -> dict[str, Any]:
     """A code-signing leaf: the relay's list in `relay/settings.json` (SHA-1, upper hex,
     as Windows shows it) at order 10, the signer's key and certificate in `signer/` at 20;
-    with `check`, a command checks the cutover."""
+    with `check`, a command checks the cutover; with `hook`, a second relay gets the list
+    by webhook at order 11."""
     for directory in ("relay", "signer"):
         (tmp_path / directory).mkdir(exist_ok=True)
     actions: list[dict[str, Any]] = [
@@ -94,6 +101,15 @@ def estate(
             },
         },
     ]
+    if hook is not None:
+        actions.append(
+            {
+                "type": "thumbprints_webhook",
+                "order": 11,
+                "on_failure": "abort",
+                "config": {"url": hook, "algorithm": "sha1", "encoding": "hex_upper"},
+            }
+        )
     if check is not None:
         actions.append(
             {"type": "command_check", "order": 30, "on_failure": "abort", "config": {"argv": check}}
@@ -341,3 +357,35 @@ def test_a_rotation_killed_around_the_withdrawal_is_resumed_to_the_end_once(
         (s.name, s.attempt) for s in journal if (s.error or "").startswith("interrupted")
     ]
     assert interrupted == [(boundary, 1)]
+
+
+def test_a_relay_fed_by_webhook_gets_new_and_old_before_the_signer_then_new_alone(
+    store: Store, tmp_path: Path, ca: Ca, receiver: Receiver
+) -> None:
+    clock = FakeClock()
+    apply_estate(store, parse_estate(estate(tmp_path, ca, hook=receiver.url)), actor="test")
+    asyncio.run(rotations.rotate(store, CREDENTIAL, actor="test", context=clock.context()))
+    old_print = thumbprint((tmp_path / "signer" / "signing.crt").read_bytes())
+    signer_when_sent: list[str] = []
+
+    def watch(_event: StepEvent | None = None) -> None:
+        # What the signer presented when each list arrived.
+        while len(signer_when_sent) < len(receiver.requests):
+            cert = (tmp_path / "signer" / "signing.crt").read_bytes()
+            signer_when_sent.append(thumbprint(cert))
+
+    rotation_id, _ = asyncio.run(
+        rotations.rotate(store, CREDENTIAL, actor="test", context=clock.context(), on_event=watch)
+    )
+    new_print = thumbprint((tmp_path / "signer" / "signing.crt").read_bytes())
+    for _ in range(12):
+        clock.advance(TICK)
+        asyncio.run(rotations.resume(store, actor="test", context=clock.context(), on_event=watch))
+    lists = [json.loads(r.body)["thumbprints"] for r in receiver.requests]
+    assert lists == [[old_print], [new_print, old_print], [new_print]]
+    assert signer_when_sent[1] == old_print, "the relay had the new list before the signer"
+    assert rotations_of(store, CREDENTIAL)[-1].state == "completed"
+    names = [s.name for s in steps(store, rotation_id) if s.status == "succeeded"]
+    assert names.index("publishing:11:thumbprints_webhook") < names.index(SIGNER_STEP)
+    assert names.index("withdrawing:11:thumbprints_webhook") < names.index("revoking")
+    assert b"PRIVATE KEY" not in b"".join(r.body for r in receiver.requests)
