@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import signal
 import sys
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +24,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from keyshift.domain.states import RotationState
-from keyshift.engine.faults import ENV as CRASH_AT
 from keyshift.engine.journal import StepEvent
 from keyshift.service import rotations
 from keyshift.service.estate import apply_estate, parse_estate
@@ -34,9 +31,15 @@ from keyshift.store.store import Store
 from keyshift.testing import FakeClock
 from keyshift.testing.clock import FAKE_CLOCK_START
 from tests.certs import Ca, leaf_provider, make_ca
-from tests.conftest import Cli, run_subprocess
-from tests.doubles.receiver import Receiver
-from tests.helpers import rotations_of, save_estate, steps, value_of, versions
+from tests.conftest import Cli
+from tests.helpers import (
+    killed_at_then_resumed,
+    rotations_of,
+    save_estate,
+    steps,
+    value_of,
+    versions,
+)
 
 CREDENTIAL = "release-signing"
 TICK = timedelta(minutes=1)
@@ -325,67 +328,12 @@ def test_a_rotation_killed_around_the_withdrawal_is_resumed_to_the_end_once(
     assert cli("rotate", CREDENTIAL).exit_code == 0
     [first] = versions(store, CREDENTIAL)
 
-    env = {**ks_env, CRASH_AT: boundary}
-    crashed = run_subprocess(["rotate", CREDENTIAL], env)
-    if crashed.returncode == 0:
-        # The rotation rested in grace before the boundary: the worker going on is killed.
-        for _ in range(10):
-            time.sleep(0.3)
-            crashed = run_subprocess(["resume"], env)
-            if crashed.returncode != 0:
-                break
-    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
-
-    for _ in range(10):
-        resumed = run_subprocess(["resume"], ks_env)
-        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-        if rotations_of(store, CREDENTIAL)[-1].state == "completed":
-            break
-        time.sleep(0.3)
-    _, rotation = rotations_of(store, CREDENTIAL)
-    assert rotation.state == "completed"
+    rotation = killed_at_then_resumed(store, CREDENTIAL, ks_env, boundary)
     old, new = versions(store, CREDENTIAL)
     assert old.id == first.id
     assert (old.status, new.status) == ("revoked", "current")
     cert = (tmp_path / "signer" / "signing.crt").read_bytes()
     assert listed(tmp_path) == [thumbprint(cert)]
     assert (tmp_path / "signer" / "signing.key").read_text() == value_of(store, new)
-    journal = steps(store, rotation.id)
-    succeeded = [s.name for s in journal if s.status == "succeeded"]
+    succeeded = [s.name for s in steps(store, rotation.id) if s.status == "succeeded"]
     assert succeeded == JOURNAL, "every step succeeded exactly once"
-    interrupted = [
-        (s.name, s.attempt) for s in journal if (s.error or "").startswith("interrupted")
-    ]
-    assert interrupted == [(boundary, 1)]
-
-
-def test_a_relay_fed_by_webhook_gets_new_and_old_before_the_signer_then_new_alone(
-    store: Store, tmp_path: Path, ca: Ca, receiver: Receiver
-) -> None:
-    clock = FakeClock()
-    apply_estate(store, parse_estate(estate(tmp_path, ca, hook=receiver.url)), actor="test")
-    asyncio.run(rotations.rotate(store, CREDENTIAL, actor="test", context=clock.context()))
-    old_print = thumbprint((tmp_path / "signer" / "signing.crt").read_bytes())
-    signer_when_sent: list[str] = []
-
-    def watch(_event: StepEvent | None = None) -> None:
-        # What the signer presented when each list arrived.
-        while len(signer_when_sent) < len(receiver.requests):
-            cert = (tmp_path / "signer" / "signing.crt").read_bytes()
-            signer_when_sent.append(thumbprint(cert))
-
-    rotation_id, _ = asyncio.run(
-        rotations.rotate(store, CREDENTIAL, actor="test", context=clock.context(), on_event=watch)
-    )
-    new_print = thumbprint((tmp_path / "signer" / "signing.crt").read_bytes())
-    for _ in range(12):
-        clock.advance(TICK)
-        asyncio.run(rotations.resume(store, actor="test", context=clock.context(), on_event=watch))
-    lists = [json.loads(r.body)["thumbprints"] for r in receiver.requests]
-    assert lists == [[old_print], [new_print, old_print], [new_print]]
-    assert signer_when_sent[1] == old_print, "the relay had the new list before the signer"
-    assert rotations_of(store, CREDENTIAL)[-1].state == "completed"
-    names = [s.name for s in steps(store, rotation_id) if s.status == "succeeded"]
-    assert names.index("publishing:11:thumbprints_webhook") < names.index(SIGNER_STEP)
-    assert names.index("withdrawing:11:thumbprints_webhook") < names.index("revoking")
-    assert b"PRIVATE KEY" not in b"".join(r.body for r in receiver.requests)
