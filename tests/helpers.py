@@ -281,3 +281,28 @@ def killed_at_then_resumed(
     ]
     assert interrupted == [(boundary, 1)]
     return rotation
+
+
+def assert_killed_rotation_completes_once(
+    cli: Any,
+    store: Store,
+    ks_env: dict[str, str],
+    estate: Path,
+    credential: str,
+    boundary: str,
+    journal: list[str],
+) -> VersionRow:
+    """Apply `estate`, rotate `credential` once, then rotate it again with the worker
+    killed after `boundary` and resumed (`killed_at_then_resumed`): the first version is
+    revoked, the second is current, and the succeeded steps are `journal`, each once.
+    Returns the new version."""
+    assert cli("apply", "-f", str(estate)).exit_code == 0
+    assert cli("rotate", credential).exit_code == 0
+    [first] = versions(store, credential)
+    rotation = killed_at_then_resumed(store, credential, ks_env, boundary)
+    old, new = versions(store, credential)
+    assert old.id == first.id
+    assert (old.status, new.status) == ("revoked", "current")
+    succeeded = [s.name for s in steps(store, rotation.id) if s.status == "succeeded"]
+    assert succeeded == journal, "every step succeeded exactly once"
+    return new

@@ -33,7 +33,7 @@ from keyshift.testing.clock import FAKE_CLOCK_START
 from tests.certs import Ca, leaf_provider, make_ca
 from tests.conftest import Cli
 from tests.helpers import (
-    killed_at_then_resumed,
+    assert_killed_rotation_completes_once,
     rotations_of,
     save_estate,
     steps,
@@ -323,17 +323,10 @@ def test_a_rotation_killed_around_the_withdrawal_is_resumed_to_the_end_once(
     boundary: str, cli: Cli, store: Store, ks_env: dict[str, str], tmp_path: Path
 ) -> None:
     ca = make_ca(tmp_path / "ca", at=datetime.now(UTC))
-    document = estate(tmp_path, ca, grace="0s")
-    assert cli("apply", "-f", str(save_estate(tmp_path, document))).exit_code == 0
-    assert cli("rotate", CREDENTIAL).exit_code == 0
-    [first] = versions(store, CREDENTIAL)
-
-    rotation = killed_at_then_resumed(store, CREDENTIAL, ks_env, boundary)
-    old, new = versions(store, CREDENTIAL)
-    assert old.id == first.id
-    assert (old.status, new.status) == ("revoked", "current")
+    document = save_estate(tmp_path, estate(tmp_path, ca, grace="0s"))
+    new = assert_killed_rotation_completes_once(
+        cli, store, ks_env, document, CREDENTIAL, boundary, JOURNAL
+    )
     cert = (tmp_path / "signer" / "signing.crt").read_bytes()
     assert listed(tmp_path) == [thumbprint(cert)]
     assert (tmp_path / "signer" / "signing.key").read_text() == value_of(store, new)
-    succeeded = [s.name for s in steps(store, rotation.id) if s.status == "succeeded"]
-    assert succeeded == JOURNAL, "every step succeeded exactly once"
