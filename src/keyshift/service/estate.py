@@ -410,21 +410,21 @@ def _trust_problems(i: int, cred: CredentialSpec, *, trust_first: bool) -> list[
     JWKS document, a CA bundle) before its signers, and a rollback undoes the signers
     first: so it needs a trust action, each ordered before every other publish action. A
     certificate may have trust actions (accepted-thumbprint lists), ordered the same way.
-    A thumbprint list is only for a certificate credential; a
-    JWKS document is only for a signing key, a CA bundle only for a trust_bundle (no other
-    version has a public JWK or is a CA); a trust_bundle's value is the CA's key, so each
-    of its publish actions writes a bundle."""
+    A thumbprint list is only for a certificate credential, a JWKS document only for a
+    signing key, a CA bundle only for a trust_bundle (no other version has a certificate,
+    a public JWK or is a CA); a trust_bundle's value is the CA's key, so each of its
+    publish actions writes a bundle."""
     trusts = [(j, a) for j, a in enumerate(cred.actions) if trust_only(a.type, dict(a.config))]
     kind = cred.provider.type
     wanted = TRUST_FORMAT.get(kind)
+    held = {j: _trust_holds(a) for j, a in trusts}
     wrong = [
         ConfigError(
             f"credentials[{i}].actions[{j}].{field_name}",
             f"{TRUST_FILE_HOLDS.get(fmt, 'a trust file')}; {cred.name} is {kind}",
         )
-        for j, a in trusts
-        if (held := _trust_holds(a))[0] != wanted
-        for fmt, field_name in [held]
+        for j, (fmt, field_name) in held.items()
+        if fmt != wanted
     ]
     if wrong:
         return wrong
@@ -463,7 +463,7 @@ def _trust_problems(i: int, cred: CredentialSpec, *, trust_first: bool) -> list[
     return [
         ConfigError(
             f"credentials[{i}].actions[{j}].order",
-            f"the {_TRUST_NAME[_trust_holds(a)[0]]} action (order {a.order}) must come "
+            f"the {_TRUST_NAME[held[j][0]]} action (order {a.order}) must come "
             "before every action that hands the signers the key or certificate (the first "
             f"has order {first_signer}): verifiers trust a new one before anything signs "
             "with it",
