@@ -323,3 +323,16 @@ def test_the_webhook_refuses_include_value_naming_the_field(receiver: Receiver) 
     [(path, message)] = problems_of({"credentials": [credential({"type": "random"}, [action])]})
     assert path == "credentials[0].actions[0].config"
     assert "include_value" in message
+
+
+def test_an_agent_action_refuses_a_thumbprint_list_naming_its_file_format(tmp_path: Path) -> None:
+    """The agent writes keys of files only: a list there would be written as nothing."""
+    action = {
+        "type": "agent_secret_sync",
+        "order": 10,
+        "agent_id": "web-01",
+        "config": {"path": str(tmp_path / "a"), "file_format": "thumbprints"},
+    }
+    problems = problems_of({"credentials": [credential({"type": "random"}, [action])]})
+    assert "credentials[0].actions[0].config.file_format" in [p for p, _ in problems], problems
+    assert any("agent_secret_sync writes keys" in m for _, m in problems)
