@@ -15,6 +15,11 @@ existing file keeps its mode and owner, except that a key file or bundle loses a
 permission for others. Each file is replaced atomically, one after the other (key
 first); the consumer's reload, ordered after this action, reads them together.
 
+What verifiers trust is kept beside whatever else the file holds: a JWKS (`jwks`), a CA
+bundle (`pem_bundle`), a certificate credential's accepted thumbprints (`thumbprints`:
+whole lines, or a JSON array or env value at one key). They are trust actions: published
+before the signers, withdrawn from just before the old version is revoked.
+
 Known limits: YAML and ini comments are not kept (PyYAML and configparser drop
 them); env-file comments, blank lines and order are. Files are POSIX files.
 """
