@@ -34,7 +34,7 @@ from keyshift.errors import ConfigError, PermanentError, TransientError
 from keyshift.sources import SecretRef
 from keyshift.targets import base
 from keyshift.targets.base import Delivery, PreflightResult, Readiness, StepResult, positive
-from keyshift.targets.thumbprints import Algorithm, Encoding, ThumbprintSpec, accepted
+from keyshift.targets.thumbprints import ThumbprintSpec, accepted
 from keyshift.targets.web import (
     MAX_WAIT,
     Outcome,
@@ -241,15 +241,9 @@ class WebhookTarget(UrlTarget[WebhookConfig]):
 EVENT_THUMBPRINTS: Final = "thumbprints.accepted"
 
 
-class ThumbprintsWebhookConfig(WebhookConfig):
+class ThumbprintsWebhookConfig(WebhookConfig, ThumbprintSpec):
     """Where to POST a certificate credential's accepted-thumbprint list, how to sign and
-    retry, and how each thumbprint is computed and written."""
-
-    algorithm: Algorithm = "sha256"
-    """The digest of the certificate's DER: `sha256`, or `sha1` (Windows, ADFS and many
-    relays pin SHA-1 thumbprints)."""
-    encoding: Encoding = "hex"
-    """`hex`, `hex_upper` (Windows), `hex_upper_colons` (OpenSSL) or `base64url`."""
+    retry, and how each thumbprint is computed (`algorithm`) and written (`encoding`)."""
 
     @model_validator(mode="after")
     def _no_value(self) -> ThumbprintsWebhookConfig:
@@ -298,7 +292,7 @@ class ThumbprintsWebhookTarget(WebhookTarget):
         return StepResult({**result.detail, "withdrawn": request.withdrawn.fingerprint})
 
     async def _accepted(self, about: Delivery, listed: list[Delivery], why: str) -> StepResult:
-        spec = ThumbprintSpec(algorithm=self.config.algorithm, encoding=self.config.encoding)
+        spec = self.config
         thumbprints = accepted([], listed, [], spec)
         event: dict[str, Any] = {
             "event": EVENT_THUMBPRINTS,
