@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from keyshift.engine.faults import ENV as CRASH_AT
 from keyshift.store.models import AuditEntry, CredentialRow, RotationRow, StepRow, VersionRow
 from keyshift.store.store import Store
 from tests.conftest import run_subprocess
@@ -246,3 +248,61 @@ def rotate_under_load(
         f"pooled failures {result['pooled_failures']}; rotation incl. grace {duration:.1f}s"
     )
     return result, duration
+
+
+def killed_at_then_resumed(
+    store: Store, credential: str, ks_env: dict[str, str], boundary: str, *, tries: int = 20
+) -> RotationRow:
+    """`rotate credential` with the worker killed just after the step `boundary`
+    (`keyshift.engine.faults`); when the rotation rests before it (in a wait, in grace),
+    the worker that goes on from there is the one killed. Then `resume` until the rotation
+    completes. Asserts the kill and that `boundary` alone was interrupted, once; returns
+    the completed rotation."""
+    env = {**ks_env, CRASH_AT: boundary}
+    crashed = run_subprocess(["rotate", credential], env)
+    for _ in range(tries):
+        if crashed.returncode != 0:
+            break
+        time.sleep(0.6)
+        crashed = run_subprocess(["resume"], env)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    for _ in range(tries):
+        resumed = run_subprocess(["resume"], ks_env)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        if rotations_of(store, credential)[-1].state == "completed":
+            break
+        time.sleep(0.6)
+    rotation = rotations_of(store, credential)[-1]
+    assert rotation.state == "completed"
+    interrupted = [
+        (s.name, s.attempt)
+        for s in steps(store, rotation.id)
+        if (s.error or "").startswith("interrupted")
+    ]
+    assert interrupted == [(boundary, 1)]
+    return rotation
+
+
+def assert_killed_rotation_completes_once(
+    cli: Any,
+    store: Store,
+    ks_env: dict[str, str],
+    estate: Path,
+    credential: str,
+    boundary: str,
+    journal: list[str],
+) -> VersionRow:
+    """Apply `estate`, rotate `credential` once, then rotate it again with the worker
+    killed after `boundary` and resumed (`killed_at_then_resumed`): the first version is
+    revoked, the second is current, and the succeeded steps are `journal`, each once.
+    Returns the new version."""
+    assert cli("apply", "-f", str(estate)).exit_code == 0
+    assert cli("rotate", credential).exit_code == 0
+    [first] = versions(store, credential)
+    rotation = killed_at_then_resumed(store, credential, ks_env, boundary)
+    old, new = versions(store, credential)
+    assert old.id == first.id
+    assert (old.status, new.status) == ("revoked", "current")
+    succeeded = [s.name for s in steps(store, rotation.id) if s.status == "succeeded"]
+    assert succeeded == journal, "every step succeeded exactly once"
+    return new

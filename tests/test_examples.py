@@ -153,3 +153,23 @@ def test_the_estate_platform_teams_write_validates_in_the_shapes_they_use() -> N
         "DB_PASSWORD": "password",
     }
     assert actions["payments-db-app", "kubernetes_rollout_restart"]["deployment"] == "payments-api"
+
+
+CODE_SIGNING_EXAMPLE = Path(__file__).parents[1] / "examples" / "code-signing-thumbprints.yaml"
+
+
+def test_the_code_signing_example_validates_and_lists_thumbprints_before_the_signer() -> None:
+    estate = load_estate(CODE_SIGNING_EXAMPLE)
+    [credential] = estate.credentials
+    assert credential.provider.type == "x509_ca"
+    assert credential.provider.config()["extended_key_usage"] == ["code_signing"]
+    actions = sorted(credential.actions, key=lambda a: a.order)
+    lists = [
+        a
+        for a in actions
+        if a.type == "thumbprints_webhook" or a.config.get("file_format") == "thumbprints"
+    ]
+    signer = next(a for a in actions if a.config.get("file_format") == "pem")
+    assert len(lists) == 3
+    assert all(a.order < signer.order for a in lists)
+    assert {a.config.get("thumbprints", {}).get("format") for a in lists} == {"json", "env", None}

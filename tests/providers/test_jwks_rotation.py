@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
-import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -20,14 +18,20 @@ from typing import Any
 import pytest
 
 from keyshift.domain.states import RotationState
-from keyshift.engine.faults import ENV as CRASH_AT
 from keyshift.engine.journal import StepEvent
 from keyshift.service import alerting, rotations
 from keyshift.service.estate import apply_estate, parse_estate
 from keyshift.store.store import Store
 from keyshift.testing import CachingVerifier, FakeClock, FileSigner
-from tests.conftest import Cli, run_subprocess
-from tests.helpers import rotations_of, save_estate, steps, value_of, versions
+from tests.conftest import Cli
+from tests.helpers import (
+    assert_killed_rotation_completes_once,
+    rotations_of,
+    save_estate,
+    steps,
+    value_of,
+    versions,
+)
 
 CREDENTIAL = "tokens"
 TICK = timedelta(minutes=1)
@@ -341,39 +345,7 @@ def test_a_rollover_killed_at_any_step_is_resumed_to_the_end_once(
     boundary: str, cli: Cli, store: Store, ks_env: dict[str, str], tmp_path: Path
 ) -> None:
     document = estate(tmp_path, cache_ttl="1s", max_token_lifetime="1s", grace="0s")
-    assert cli("apply", "-f", str(save_estate(tmp_path, document))).exit_code == 0
-    assert cli("rotate", CREDENTIAL).exit_code == 0
-    [first] = versions(store, CREDENTIAL)
-
-    env = {**ks_env, CRASH_AT: boundary}
-    crashed = run_subprocess(["rotate", CREDENTIAL], env)
-    if crashed.returncode == 0:
-        # The rotation rested (in publishing, or grace) before reaching the boundary:
-        # the worker that goes on from there is the one killed.
-        for _ in range(20):
-            time.sleep(0.6)
-            crashed = run_subprocess(["resume"], env)
-            if crashed.returncode != 0:
-                break
-    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
-
-    for _ in range(20):
-        resumed = run_subprocess(["resume"], ks_env)
-        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-        if rotations_of(store, CREDENTIAL)[-1].state == "completed":
-            break
-        time.sleep(0.6)
-    _, rotation = rotations_of(store, CREDENTIAL)
-    assert rotation.state == "completed"
-    old, new = versions(store, CREDENTIAL)
-    assert old.id == first.id
-    assert (old.status, new.status) == ("revoked", "current")
-    assert kids_in(tmp_path / "jwks.json") == [new.attributes["kid"]]
-    signer = json.loads((tmp_path / "signer.json").read_text(encoding="utf-8"))
-    assert signer["key"] == value_of(store, new)
-    journal = steps(store, rotation.id)
-    succeeded = [s.name for s in journal if s.status == "succeeded"]
-    assert succeeded == [
+    journal = [
         "validated",
         "preflighted",
         "creating",
@@ -383,11 +355,13 @@ def test_a_rollover_killed_at_any_step_is_resumed_to_the_end_once(
         "verifying:provider",
         "withdrawing:10:file",
         "revoking",
-    ], "every step succeeded exactly once"
-    interrupted = [
-        (s.name, s.attempt) for s in journal if (s.error or "").startswith("interrupted")
     ]
-    assert interrupted == [(boundary, 1)]
+    new = assert_killed_rotation_completes_once(
+        cli, store, ks_env, save_estate(tmp_path, document), CREDENTIAL, boundary, journal
+    )
+    assert kids_in(tmp_path / "jwks.json") == [new.attributes["kid"]]
+    signer = json.loads((tmp_path / "signer.json").read_text(encoding="utf-8"))
+    assert signer["key"] == value_of(store, new)
 
 
 def test_a_rotation_resting_until_its_signers_may_switch_is_not_stuck_before_then(

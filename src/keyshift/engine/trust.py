@@ -1,6 +1,12 @@
 """Trust first, identity second (design.md), for a provider that declares `TrustFirst`
-(a JWKS signing key): the steps its rotation adds to the state machine, and nothing for
-any other provider.
+(a JWKS signing key, a CA) and for a credential whose estate hands verifiers its public
+part (a certificate's accepted-thumbprint list): the steps its rotation adds to the state
+machine, and nothing for any other rotation.
+
+A credential whose provider declares no `TrustFirst` but which has trust actions (an
+`x509_ca` leaf with a `thumbprints` list) is rotated trust first with no wait
+(`UNDECLARED`): the list holds the new thumbprint before the signer gets the certificate,
+and the old one until just before it is revoked.
 
 - publishing: the trust actions (targets that say `trust_only`: a JWKS document) run
   first; then the `waiting:signers` step journals when the signers may get the new
@@ -31,18 +37,20 @@ from keyshift.providers.base import TrustFirst, trust_first_of
 from keyshift.store.models import StepRow
 from keyshift.targets.base import StepResult, WithdrawRequest
 
-__all__ = ["SIGNERS_WAIT_STEP", "WITHDRAW_PREFIX", "Trust", "trust_actions"]
+__all__ = ["SIGNERS_WAIT_STEP", "UNDECLARED", "WITHDRAW_PREFIX", "Trust", "trust_actions"]
 
+UNDECLARED = TrustFirst(signers_after=timedelta(0), keep_old_for=timedelta(0))
+"""The waits of a rotation with trust actions whose provider declares none: the trust
+actions run first and the signers go on at once; the grace period is the plan's."""
 SIGNERS_WAIT_STEP = "waiting:signers"
 """The journaled wait between the trust actions and the signers."""
 WITHDRAW_PREFIX = "withdrawing:"
 
 
 def trust_actions(run: Run) -> list[PlannedAction]:
-    """The publish actions that serve verifiers only, when the provider is trust-first;
-    empty otherwise (every other provider's rotation is unchanged)."""
-    if trust_first_of(run.provider) is None:
-        return []
+    """The publish actions that serve verifiers only (a JWKS, a CA bundle, a thumbprint
+    list); empty for a rotation without any, which is unchanged. The estate allows each
+    only for the credentials whose versions it can hold (`keyshift.service.estate`)."""
     return [a for a in run.plan.in_phase(Phase.PUBLISH) if trust_only(a.type, a.config)]
 
 
@@ -53,7 +61,9 @@ class Trust:
         self.steps = steps
 
     def _declared(self, run: Run) -> TrustFirst | None:
-        return trust_first_of(run.provider) if trust_actions(run) else None
+        if not trust_actions(run):
+            return None
+        return trust_first_of(run.provider) or UNDECLARED
 
     def grace(self, run: Run) -> timedelta:
         """The grace period: the plan's, or `keep_old_for` when that is longer."""

@@ -31,7 +31,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -67,6 +67,12 @@ BACKDATE: Final = timedelta(minutes=5)
 """A new certificate is valid from this long before it was issued, so a consumer whose
 clock runs a little behind does not refuse it as not yet valid."""
 FINGERPRINT_PREFIX: Final = "sha256:"
+Usage = Literal["server_auth", "client_auth", "code_signing"]
+_USAGES: Final = {
+    "server_auth": ExtendedKeyUsageOID.SERVER_AUTH,
+    "client_auth": ExtendedKeyUsageOID.CLIENT_AUTH,
+    "code_signing": ExtendedKeyUsageOID.CODE_SIGNING,
+}
 
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -102,6 +108,10 @@ def san_names(names: list[str]) -> list[x509.GeneralName]:
     return [_san(text) for text in names]
 
 
+def _tls_usage() -> list[Usage]:
+    return ["server_auth", "client_auth"]
+
+
 class X509CaConfig(Renewal):
     """A leaf certificate for `common_name` and `sans`, signed by the CA whose key and
     certificate the two references name."""
@@ -126,6 +136,9 @@ class X509CaConfig(Renewal):
     ca_cert_from: SecretRef
     """The CA's certificate (PEM), then any certificates above it up to the root; all of
     them are the chain each version carries."""
+    extended_key_usage: list[Usage] = Field(default_factory=_tls_usage, min_length=1)
+    """What the certificate is for: `server_auth`, `client_auth` (TLS, the default),
+    `code_signing` (a signer whose signatures a relay checks by thumbprint)."""
 
     @field_validator("sans")
     @classmethod
@@ -314,7 +327,7 @@ class X509CaProvider:
             )
             .add_extension(
                 x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                    [_USAGES[u] for u in dict.fromkeys(self.config.extended_key_usage)]
                 ),
                 critical=False,
             )

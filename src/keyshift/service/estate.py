@@ -27,6 +27,7 @@ from keyshift.domain.clock import utcnow
 from keyshift.domain.durations import format_duration
 from keyshift.domain.estate import (
     INTEGRATION_FIELDS,
+    ActionSpec,
     CredentialSpec,
     Estate,
     IntegrationSpec,
@@ -340,12 +341,36 @@ def _rollback_problems(
     return problems
 
 
-TRUST_FORMAT: dict[str, str] = {"jwks_signing_key": "jwks", "trust_bundle": "pem_bundle"}
-"""The trust file each trust-first provider's verifiers read."""
+TRUST_FORMAT: dict[str, str] = {
+    "jwks_signing_key": "jwks",
+    "trust_bundle": "pem_bundle",
+    "x509_ca": "thumbprints",
+    "acme": "thumbprints",
+    "entra_certificate": "thumbprints",
+}
+"""The trust each provider's verifiers read: required of the trust-first providers (a
+signing key, a CA), optional for a certificate (a verifier that pins thumbprints)."""
 TRUST_FILE_HOLDS: dict[str, str] = {
     "jwks": "a JWKS document holds the public keys of a jwks_signing_key credential",
     "pem_bundle": "a CA bundle holds the CA certificates of a trust_bundle credential",
+    "thumbprints": "an accepted-thumbprint list holds the thumbprints of a certificate "
+    "credential (x509_ca, acme, entra_certificate)",
 }
+
+
+_TRUST_NAME: dict[str, str] = {
+    "jwks": "JWKS",
+    "pem_bundle": "CA bundle",
+    "thumbprints": "accepted-thumbprint list",
+}
+
+
+def _trust_holds(action: ActionSpec) -> tuple[str, str]:
+    """What a trust action holds (`jwks`, `pem_bundle`, `thumbprints`: its class's
+    `trust_format`) and the field that says it: a file's `file_format`, else the type of
+    a target that holds one thing (`jwks_webhook`, `thumbprints_webhook`, ...)."""
+    fmt = str(trust_format(action.type, dict(action.config)))
+    return fmt, "config.file_format" if action.type == "file" else "type"
 
 
 def _pairing_problems(i: int, cred: CredentialSpec, provider: object) -> list[ConfigError]:
@@ -383,23 +408,27 @@ def _trust_problems(i: int, cred: CredentialSpec, *, trust_first: bool) -> list[
     """A trust-first credential (a JWKS signing key, a CA) publishes to its verifiers (a
     JWKS document, a CA bundle) before its signers, and a rollback undoes the signers
     first: so it needs a trust action, each ordered before every other publish action. A
-    JWKS document is only for a signing key, a CA bundle only for a trust_bundle (no other
-    version has a public JWK or is a CA); a trust_bundle's value is the CA's key, so each
-    of its publish actions writes a bundle."""
+    certificate may have trust actions (accepted-thumbprint lists), ordered the same way.
+    A thumbprint list is only for a certificate credential, a JWKS document only for a
+    signing key, a CA bundle only for a trust_bundle (no other version has a certificate,
+    a public JWK or is a CA); a trust_bundle's value is the CA's key, so each of its
+    publish actions writes a bundle."""
     trusts = [(j, a) for j, a in enumerate(cred.actions) if trust_only(a.type, dict(a.config))]
     kind = cred.provider.type
     wanted = TRUST_FORMAT.get(kind)
+    held = {j: _trust_holds(a) for j, a in trusts}
     wrong = [
         ConfigError(
-            f"credentials[{i}].actions[{j}]"
-            + (".config.file_format" if a.type == "file" else ".type"),
+            f"credentials[{i}].actions[{j}].{field_name}",
             f"{TRUST_FILE_HOLDS.get(fmt, 'a trust file')}; {cred.name} is {kind}",
         )
-        for j, a in trusts
-        if (fmt := str(trust_format(a.type, dict(a.config)))) != wanted
+        for j, (fmt, field_name) in held.items()
+        if fmt != wanted
     ]
-    if wrong or not trust_first:
+    if wrong:
         return wrong
+    if not trusts and not trust_first:
+        return []  # a certificate without a thumbprint list: nothing is trusted first
     if not trusts:
         what = (
             "its CA bundle (type: file, file_format: pem_bundle)"
@@ -436,9 +465,10 @@ def _trust_problems(i: int, cred: CredentialSpec, *, trust_first: bool) -> list[
     return [
         ConfigError(
             f"credentials[{i}].actions[{j}].order",
-            f"the JWKS action (order {a.order}) must come before every action that hands "
-            f"the signers the key (the first has order {first_signer}): verifiers trust a "
-            "new key before anything signs with it",
+            f"the {_TRUST_NAME[held[j][0]]} action (order {a.order}) must come "
+            "before every action that hands the signers the key or certificate (the first "
+            f"has order {first_signer}): verifiers trust a new one before anything signs "
+            "with it",
         )
         for j, a in trusts
         if first_signer is not None and a.order >= first_signer

@@ -42,7 +42,11 @@ if TYPE_CHECKING:
         KubernetesSecretTarget,
     )
     from keyshift.targets.spring_refresh import SpringRefreshTarget
-    from keyshift.targets.webhook import JwksWebhookTarget, WebhookTarget
+    from keyshift.targets.webhook import (
+        JwksWebhookTarget,
+        ThumbprintsWebhookTarget,
+        WebhookTarget,
+    )
 
 
 class TargetKind(StrEnum):
@@ -63,6 +67,7 @@ class TargetKind(StrEnum):
     KUBERNETES_SECRET = "kubernetes_secret"  # noqa: S105 (a target type, not a password)
     SPRING_REFRESH = "spring_refresh"
     SYSTEMD_RELOAD = "systemd_reload"
+    THUMBPRINTS_WEBHOOK = "thumbprints_webhook"
     WEBHOOK = "webhook"
 
 
@@ -84,6 +89,7 @@ _CLASSES = {
     "KubernetesSecretTarget": "keyshift.targets.kubernetes:KubernetesSecretTarget",
     "SpringRefreshTarget": "keyshift.targets.spring_refresh:SpringRefreshTarget",
     "SystemdReloadTarget": "keyshift.targets.agent:SystemdReloadTarget",
+    "ThumbprintsWebhookTarget": "keyshift.targets.webhook:ThumbprintsWebhookTarget",
     "WebhookTarget": "keyshift.targets.webhook:WebhookTarget",
 }
 
@@ -107,6 +113,7 @@ TARGETS: Registry[Any] = Registry(
         TargetKind.KUBERNETES_SECRET: _CLASSES["KubernetesSecretTarget"],
         TargetKind.SPRING_REFRESH: _CLASSES["SpringRefreshTarget"],
         TargetKind.SYSTEMD_RELOAD: _CLASSES["SystemdReloadTarget"],
+        TargetKind.THUMBPRINTS_WEBHOOK: _CLASSES["ThumbprintsWebhookTarget"],
         TargetKind.WEBHOOK: _CLASSES["WebhookTarget"],
     }
 )
@@ -156,5 +163,6 @@ __all__ = [
     "SystemdReloadTarget",
     "Target",
     "TargetKind",
+    "ThumbprintsWebhookTarget",
     "WebhookTarget",
 ]

@@ -31,7 +31,7 @@ import secrets
 import ssl
 import uuid
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -50,7 +50,7 @@ from keyshift.errors import (
 from keyshift.sources import SecretRef
 from keyshift.targets import base
 from keyshift.targets.base import BaseTarget, PreflightResult, Readiness, StepResult, positive
-from keyshift.targets.file import FileConfig, field_values
+from keyshift.targets.file import FileConfig, FileFormat, field_values
 from keyshift.targets.web import attempt
 
 if TYPE_CHECKING:
@@ -315,6 +315,18 @@ class AgentSecretSyncConfig(FileConfig):
     agent_url: str | None = Field(default=None, description=AGENT_URL_DOC)
 
     _agent_url = field_validator("agent_url")(_legacy_url)
+
+    @field_validator("file_format")
+    @classmethod
+    def _keys_only(cls, file_format: str) -> str:
+        # The agent writes keys of a file; whole files (certificates, a JWKS, a CA bundle,
+        # a thumbprint list) are written by the `file` target on the keyshift host.
+        if file_format not in get_args(FileFormat):
+            raise ValueError(
+                f"agent_secret_sync writes keys of json, yaml, env or ini files; "
+                f"file_format {file_format} is for a file action on the keyshift host"
+            )
+        return file_format
 
 
 class IisRecycleConfig(BaseModel):

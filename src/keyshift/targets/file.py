@@ -15,6 +15,11 @@ existing file keeps its mode and owner, except that a key file or bundle loses a
 permission for others. Each file is replaced atomically, one after the other (key
 first); the consumer's reload, ordered after this action, reads them together.
 
+What verifiers trust is kept beside whatever else the file holds: a JWKS (`jwks`), a CA
+bundle (`pem_bundle`), a certificate credential's accepted thumbprints (`thumbprints`:
+whole lines, or a JSON array or env value at one key). They are trust actions: published
+before the signers, withdrawn from just before the old version is revoked.
+
 Known limits: YAML and ini comments are not kept (PyYAML and configparser drop
 them); env-file comments, blank lines and order are. Files are POSIX files.
 """
@@ -52,13 +57,17 @@ from keyshift.targets.base import (
     field_value,
     key_entries,
 )
+from keyshift.targets.thumbprints import ThumbprintSpec, accepted
 
 FileFormat = Literal["json", "yaml", "env", "ini"]
 """Formats that hold keys, each set to a field of the version (the host agent's too)."""
-WHOLE_FILE_FORMATS: Final = ("pem", "pkcs12", "jwks", "pem_bundle")
-TRUST_FORMATS: Final = ("jwks", "pem_bundle")
-"""Formats that hold what verifiers trust (public keys, CA certificates), never a secret."""
-TargetFileFormat = Literal["json", "yaml", "env", "ini", "pem", "pkcs12", "jwks", "pem_bundle"]
+WHOLE_FILE_FORMATS: Final = ("pem", "pkcs12", "jwks", "pem_bundle", "thumbprints")
+TRUST_FORMATS: Final = ("jwks", "pem_bundle", "thumbprints")
+"""Formats that hold what verifiers trust (public keys, CA certificates, certificate
+thumbprints), never a secret."""
+TargetFileFormat = Literal[
+    "json", "yaml", "env", "ini", "pem", "pkcs12", "jwks", "pem_bundle", "thumbprints"
+]
 """Every format the `file` target writes (one Literal, so a bad one is one error)."""
 
 KEY_SEPARATOR: Final = ":"
@@ -86,6 +95,30 @@ _TRANSIENT_ERRNOS = frozenset(
 )
 
 
+class ThumbprintList(ThumbprintSpec):
+    """`file_format: thumbprints`: where in the file the accepted list goes and how each
+    thumbprint is written."""
+
+    format: Literal["lines", "json", "env"] = "lines"
+    """`lines`: the whole file, one thumbprint a line (`#` comment lines kept first).
+    `json`: a JSON array at `key`; `env`: a comma-separated value of the variable `key`.
+    Every other key of a JSON or env file stays as it was."""
+    key: str | None = Field(default=None, min_length=1)
+    """`json`, `env`: where the list goes; `:` nests (`Relay:AcceptedThumbprints`, in an
+    env file `Relay__AcceptedThumbprints`)."""
+
+    @model_validator(mode="after")
+    def _key_fits_format(self) -> ThumbprintList:
+        if self.format == "lines":
+            if self.key is not None:
+                raise ValueError("key is for format json or env; lines writes the whole file")
+            return self
+        if self.key is None:
+            raise ValueError(f"format {self.format} needs key (where the list goes)")
+        _check_key(self.key, self.format)
+        return self
+
+
 class FileConfig(BaseModel):
     """Where the value goes: a file, the key (or keys) inside it and the file's format."""
 
@@ -111,7 +144,9 @@ class FileConfig(BaseModel):
     certificate version's files whole (no `key` or `keys`). `jwks`: keep a JWKS document
     holding a signing key's public keys that verifiers must accept (no `key` or `keys`).
     `pem_bundle`: keep a CA bundle (concatenated PEM certificates) holding a trust_bundle
-    credential's CAs that verifiers must trust, beside any other certificate in it."""
+    credential's CAs that verifiers must trust, beside any other certificate in it.
+    `thumbprints`: keep the list of a certificate credential's thumbprints that verifiers
+    accept (`thumbprints:` says where and how), beside any other entry in it."""
     create: bool = True
     """Create the file (mode 0600; 0644 for a certificate or chain) when it does not
     exist; otherwise a missing file fails."""
@@ -124,9 +159,15 @@ class FileConfig(BaseModel):
     password_from: SecretRef | None = None
     """`pkcs12`: the bundle's password, `env:NAME`, `file:/path` or `credential:NAME`
     (required)."""
+    thumbprints: ThumbprintList | None = None
+    """`thumbprints`: the list's `format` (`lines`, `json`, `env`), its `key`, and each
+    thumbprint's `algorithm` (`sha256`, `sha1`) and `encoding` (`hex`, `hex_upper`,
+    `hex_upper_colons`, `base64url`). Default: lines of lowercase SHA-256 hex."""
 
     @model_validator(mode="after")
     def _keys_fit_format(self) -> FileConfig:
+        if self.thumbprints is not None and self.file_format != "thumbprints":
+            raise ValueError(f"thumbprints is for file_format thumbprints, not {self.file_format}")
         if self.file_format in WHOLE_FILE_FORMATS:
             _check_whole_file(self)
             return self
@@ -248,10 +289,19 @@ class KeyFile:
     def exists(self) -> bool:
         return self.real_path().exists()
 
-    def apply(self, values: Mapping[str, str | None]) -> bool:
-        """Set each key (`Section:key` or `:`-nested) to its text, or remove it for None,
-        in one atomic write; return whether the file changed. Removing a nested key also
-        removes the parents it leaves empty. Idempotent."""
+    def read(self, key: str) -> Any:
+        """What the file holds at `key` (None when the key or the file is missing)."""
+        path = self.real_path()
+        if not path.exists():
+            return None
+        found = self._codec.get(self._load()[0], tuple(key.split(KEY_SEPARATOR)))
+        return None if found is _MISSING else found
+
+    def apply(self, values: Mapping[str, str | list[str] | None]) -> bool:
+        """Set each key (`Section:key` or `:`-nested) to its text (a JSON or YAML file's
+        also to a list of texts), or remove it for None, in one atomic write; return
+        whether the file changed. Removing a nested key also removes the parents it
+        leaves empty. Idempotent."""
         self._check_writable()
         path = self.real_path()
         parts_values = {tuple(key.split(KEY_SEPARATOR)): value for key, value in values.items()}
@@ -474,6 +524,75 @@ class PemBundleFile:
         return {"path": name, "format": "pem_bundle", "thumbprints": held, "changed": changed}
 
 
+class ThumbprintsFile:
+    """The accepted-thumbprint list of a certificate credential on this host
+    (`file_format: thumbprints`): whole file, one a line, or a JSON array or a
+    comma-separated env value at one key, beside every other key of the file
+    (`keyshift.targets.thumbprints`). Written atomically; a new lines file is 0644
+    (thumbprints are public), a new JSON or env file 0600 (other keys may be secret)."""
+
+    def __init__(self, config: FileConfig) -> None:
+        self.config = config
+        self.spec = config.thumbprints or ThumbprintList()
+        self._file = (
+            None
+            if self.spec.key is None
+            else KeyFile(config.path, self.spec.format, [self.spec.key], create=config.create)
+        )
+
+    def check(self) -> None:
+        """Raise PermanentError unless the list could be rewritten. Changes nothing."""
+        self._held()
+
+    def _held(self) -> list[str]:
+        """The entries of the list now (none for a missing file or key)."""
+        name = self.config.path
+        if self._file is not None:
+            self._file.check()
+            found = self._file.read(str(self.spec.key))
+            if found is None:
+                return []
+            if self.spec.format == "env" and isinstance(found, str):
+                return [t for t in (part.strip() for part in found.split(",")) if t]
+            if isinstance(found, list) and all(isinstance(t, str) for t in found):
+                return list(found)
+            raise PermanentError(f"{name}: {self.spec.key} does not hold a list of thumbprints")
+        path = Path(os.path.realpath(name))
+        check_replaceable(path, name, create=self.config.create)
+        lines = _lines_of(_read_or_none(path, name), name)
+        return [line for line in lines if not line.startswith("#")]
+
+    def apply(self, add: list[Delivery], remove: list[Delivery]) -> dict[str, Any]:
+        """Make the list hold the thumbprints of `add` (first, in order) and none of
+        `remove`; return what it holds now and whether it changed. Idempotent."""
+        name = self.config.path
+        wanted = accepted(self._held(), add, remove, self.spec)
+        if self._file is not None:
+            value: str | list[str] = ",".join(wanted) if self.spec.format == "env" else wanted
+            changed = self._file.apply({str(self.spec.key): value})
+        else:
+            path = Path(os.path.realpath(name))
+            current = _read_or_none(path, name)
+            comments = [line for line in _lines_of(current, name) if line.startswith("#")]
+            data = "".join(f"{line}\n" for line in [*comments, *wanted]).encode("ascii")
+            changed = current != data
+            if changed:
+                _atomic_write(path, data, name, new_mode=PUBLIC_FILE_MODE)
+        return {"path": name, "format": "thumbprints", "thumbprints": wanted, "changed": changed}
+
+
+def _lines_of(data: bytes | None, name: str) -> list[str]:
+    """The non-blank lines of a thumbprint list, stripped; PermanentError naming `name`
+    when it is not ASCII text (never quoting it)."""
+    try:
+        text = (data or b"").decode("ascii")
+    except UnicodeDecodeError:
+        text = None
+    if text is None:
+        raise PermanentError(f"{name} does not parse as a thumbprint list: not ASCII text")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def field_values(entries: Mapping[str, str], delivery: Delivery | None) -> dict[str, str | None]:
     """The text each file key receives from `delivery` (None for every key without one:
     remove it)."""
@@ -499,7 +618,7 @@ class FileTarget(BaseTarget[FileConfig]):
 
     @classmethod
     def trust_format(cls, config: BaseModel) -> str | None:
-        """What a trust file holds: its `file_format` (`jwks` or `pem_bundle`)."""
+        """What a trust file holds: its `file_format` (`jwks`, `pem_bundle`, `thumbprints`)."""
         return config.file_format if isinstance(config, FileConfig) else None
 
     @classmethod
@@ -519,11 +638,13 @@ class FileTarget(BaseTarget[FileConfig]):
     def __init__(self, config: FileConfig, context: PluginContext) -> None:
         super().__init__(config, context)
         self._whole = WholeFiles(config, context)
-        self._trust: JwksFile | PemBundleFile | None = None
+        self._trust: JwksFile | PemBundleFile | ThumbprintsFile | None = None
         if config.file_format == "jwks":
             self._trust = JwksFile(config)
         elif config.file_format == "pem_bundle":
             self._trust = PemBundleFile(config)
+        elif config.file_format == "thumbprints":
+            self._trust = ThumbprintsFile(config)
         self._file = (
             None
             if config.file_format in WHOLE_FILE_FORMATS
@@ -613,10 +734,12 @@ class FileTarget(BaseTarget[FileConfig]):
 
     async def withdraw(self, request: base.WithdrawRequest) -> StepResult:
         """`jwks`: drop the old key from the document, keeping the current one; `pem_bundle`:
-        drop the old CA from the bundle, keeping the current one. Idempotent."""
+        drop the old CA from the bundle; `thumbprints`: drop the old thumbprint from the
+        list. Idempotent."""
         if self._trust is None:
             raise PermanentError(
-                f"{self.config.path}: only a jwks or pem_bundle file withdraws a version"
+                f"{self.config.path}: only a jwks, pem_bundle or thumbprints file withdraws "
+                "a version"
             )
         done = self._trust.apply([request.current], [request.withdrawn])
         return StepResult({**done, "withdrawn": request.withdrawn.fingerprint})
@@ -730,7 +853,7 @@ _MISSING: Final = object()
 class _Codec(Protocol):
     def load(self, text: str, where: str) -> Any: ...
     def get(self, document: Any, parts: tuple[str, ...]) -> Any: ...
-    def set(self, document: Any, parts: tuple[str, ...], value: str, where: str) -> None: ...
+    def set(self, document: Any, parts: tuple[str, ...], value: Any, where: str) -> None: ...
     def remove(self, document: Any, parts: tuple[str, ...]) -> bool: ...
     def dump(self, document: Any) -> str: ...
 
@@ -753,7 +876,7 @@ class _TreeCodec:
             node = node[part]
         return node
 
-    def set(self, document: Any, parts: tuple[str, ...], value: str, where: str) -> None:
+    def set(self, document: Any, parts: tuple[str, ...], value: Any, where: str) -> None:
         node = document
         for depth, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})

@@ -16,6 +16,10 @@ serves it to verifiers: a trust action, so it runs before the signers get a new 
 (`jwks.published`: the new key and the old one), again just before the old key is revoked
 (`jwks.withdrawn`: the current key alone) and on rollback (`jwks.rolled_back`: the old key
 alone). A receiver that does not take it (after the retries) fails the step.
+
+`thumbprints_webhook` POSTs a certificate credential's accepted-thumbprint list
+(`thumbprints.accepted`) to a verifier that pins thumbprints, as a trust action: before
+the signer gets the new certificate, and again when the old one is withdrawn.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from keyshift.errors import ConfigError, PermanentError, TransientError
 from keyshift.sources import SecretRef
 from keyshift.targets import base, jwks
 from keyshift.targets.base import Delivery, PreflightResult, Readiness, StepResult, positive
+from keyshift.targets.thumbprints import ThumbprintSpec, accepted
 from keyshift.targets.web import (
     MAX_WAIT,
     Outcome,
@@ -270,3 +275,77 @@ class JwksWebhookTarget(jwks.JwksOutput, WebhookTarget):
         }
         sent = await self._send(event, None, with_value=False)
         return {**sent.detail, "format": "jwks", "kids": event["kids"]}
+
+
+EVENT_THUMBPRINTS: Final = "thumbprints.accepted"
+
+
+class ThumbprintsWebhookConfig(WebhookConfig, ThumbprintSpec):
+    """Where to POST a certificate credential's accepted-thumbprint list, how to sign and
+    retry, and how each thumbprint is computed (`algorithm`) and written (`encoding`)."""
+
+    @model_validator(mode="after")
+    def _no_value(self) -> ThumbprintsWebhookConfig:
+        if self.include_value:
+            raise ValueError("include_value: a thumbprint list is public and carries no key")
+        return self
+
+
+class ThumbprintsWebhookTarget(WebhookTarget):
+    """Sends a verifier that pins thumbprints (a relay) the list it must accept now: the
+    new and the previous certificate's during the grace period, the current one's alone
+    once the old version is withdrawn, the previous one's again on a rollback. A trust
+    action: it runs before the actions that hand the signer the new certificate. The
+    event never carries a value (`keyshift.targets.thumbprints`)."""
+
+    kind: ClassVar[str] = "thumbprints_webhook"
+    phase: ClassVar[Phase] = Phase.PUBLISH
+    Config: ClassVar[type[BaseModel]] = ThumbprintsWebhookConfig
+    config: ThumbprintsWebhookConfig
+
+    @classmethod
+    def trust_only(cls, config: BaseModel) -> bool:
+        """It serves verifiers only, always."""
+        return True
+
+    @classmethod
+    def trust_format(cls, config: BaseModel) -> str:
+        """What it holds for the estate's checks: a certificate credential's thumbprints."""
+        return "thumbprints"
+
+    async def publish(self, request: base.PublishRequest) -> StepResult:
+        """POST the list holding the new thumbprint and the previous one. Repeatable: a
+        repeat carries the same `X-Keyshift-Delivery`."""
+        delivery = request.delivery
+        listed = [delivery] if request.previous is None else [delivery, request.previous]
+        return await self._accepted(delivery, listed, "published")
+
+    async def rollback(self, request: base.RollbackRequest) -> StepResult:
+        """POST the list holding the previous thumbprint alone (empty when there was no
+        version before). Repeatable like publish."""
+        listed = [] if request.previous is None else [request.previous]
+        return await self._accepted(request.failed, listed, "rolled_back")
+
+    async def withdraw(self, request: base.WithdrawRequest) -> StepResult:
+        """POST the list holding the current thumbprint alone, just before the old version
+        is revoked. Repeatable like publish."""
+        result = await self._accepted(request.current, [request.current], "withdrawn")
+        return StepResult({**result.detail, "withdrawn": request.withdrawn.fingerprint})
+
+    async def _accepted(self, about: Delivery, listed: list[Delivery], why: str) -> StepResult:
+        spec = self.config
+        thumbprints = accepted([], listed, [], spec)
+        event: dict[str, Any] = {
+            "event": EVENT_THUMBPRINTS,
+            "reason": why,
+            "credential": about.credential,
+            "rotation_id": about.rotation_id,
+            "algorithm": spec.algorithm,
+            "encoding": spec.encoding,
+            "thumbprints": thumbprints,
+            "versions": [d.version_id for d in listed],
+            "sent_at": self.context.now().isoformat(),
+        }
+        delivery_id = f"{about.rotation_id}.{EVENT_THUMBPRINTS}.{why}"
+        sent = await self._send(event, None, delivery_id=delivery_id, with_value=False)
+        return StepResult({**sent.detail, "thumbprints": thumbprints})
