@@ -12,6 +12,7 @@ from keyshift.errors import ConfigError
 from keyshift.service import catalog, rotations
 from keyshift.service.estate import apply_estate, parse_estate
 from keyshift.service.rotations import StatusRow
+from keyshift.store.models import DiscoveredApp, DiscoveredCredential
 from keyshift.store.store import Store
 
 NOW = datetime(2026, 12, 7, 12, tzinfo=UTC)
@@ -219,3 +220,75 @@ def test_bad_paging_is_refused_naming_the_field(store: Store) -> None:
         with pytest.raises(ConfigError) as refused:
             catalog.page_by_name(store, criteria, now=NOW, limit=limit, cursor=cursor)
         assert refused.value.path == field
+
+
+def test_a_page_reads_the_synced_secret_ends_of_its_own_entra_applications_only(
+    store: Store,
+) -> None:
+    """An Entra credential not yet rotated by keyshift is due before its application's
+    secrets end, as last synced: a page reads those ends for its own applications, not
+    for the whole inventory, and shows what the whole listing shows."""
+    integration = {
+        "name": "contoso",
+        "type": "entra",
+        "tenant_id": "00000000-0000-0000-0000-00000000000a",
+        "client_id": "00000000-0000-0000-0000-00000000000b",
+        "auth": {"method": "client_secret", "secret_from": "env:KS_TEST_SECRET"},
+    }
+    apps = [f"00000000-0000-0000-0000-{i:012d}" for i in range(6)]
+    credentials = [
+        {
+            "name": f"entra-{i}",
+            "owner": "team-a",
+            "environment": "dev",
+            "auto_rotate": True,
+            "policy": {"rotate_before_expiry": "7d"},
+            "provider": {"type": "entra_client_secret", "integration": "contoso", "app_id": app},
+            "actions": [],
+        }
+        for i, app in enumerate(apps)
+    ]
+    estate = parse_estate({"integrations": [integration], "credentials": credentials})
+    apply_estate(store, estate, actor="test")
+    with store.transaction() as s:
+        for i, app in enumerate([*apps, "00000000-0000-0000-0000-999999999999"]):
+            row = DiscoveredApp(
+                id=f"app-{i}",
+                integration="contoso",
+                object_id=f"object-{i}",
+                app_id=app,
+                display_name=f"app {i}",
+                owners=[],
+                first_seen=NOW,
+                changed_at=NOW,
+            )
+            s.add(row)
+            s.flush()
+            for k in range(2):
+                s.add(
+                    DiscoveredCredential(
+                        id=f"secret-{i}-{k}",
+                        app_row_id=row.id,
+                        kind="client_secret",
+                        key_id=f"key-{i}-{k}",
+                        end_at=NOW + timedelta(days=10 * i + k),
+                        first_seen=NOW,
+                    )
+                )
+    whole = {r.credential: r.next_rotation_at for r in rotations.status_rows(store, now=NOW)}
+    assert whole["entra-3"] == NOW + timedelta(days=31 - 7), "before the latest secret end"
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        page = catalog.page_by_name(store, catalog.Criteria(sort="name"), now=NOW, limit=2)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", seen)
+    assert {r.credential: r.next_rotation_at for r in page.rows} == {
+        name: whole[name] for name in ("entra-0", "entra-1")
+    }
+    [ends] = [s for s in statements if "FROM discovered_apps" in s]
+    assert " IN (" in ends, "the page's applications only"

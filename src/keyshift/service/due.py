@@ -184,7 +184,7 @@ def standings(
         )
     }
     active = aliased(RotationRow)
-    ends: dict[tuple[str, str], datetime] | None = None  # read once, if any row needs it
+    ends: dict[AppKey, datetime] | None = None  # read once, if any row needs it
     rows = rows_of(
         s,
         select(
@@ -211,6 +211,12 @@ def standings(
         .order_by(CredentialRow.name)
         .limit(limit),
     )
+    if limit is not None:
+        # A page: the ends of its own Entra applications only, not of the whole inventory.
+        page = list(rows)
+        apps = {_app_of(r[10]) for r in page if r[0] not in current and r[4] == _ENTRA}
+        ends = _secret_ends(s, apps) if apps else {}
+        rows = iter(page)
     policies: dict[str, Policy] = {}  # estates have few policies and many credentials
     for (
         cred_id,
@@ -239,8 +245,7 @@ def standings(
             # Only Entra credentials without a version look up their application.
             if ends is None:
                 ends = _secret_ends(s)
-            declared = from_json(provider_json)
-            issuer_end = ends.get((declared.get("integration"), declared.get("app_id")))
+            issuer_end = ends.get(_app_of(provider_json))
         yield Standing(
             cred_id,
             name,
@@ -261,10 +266,20 @@ def standings(
         )
 
 
-def _secret_ends(s: Session) -> dict[tuple[str, str], datetime]:
+AppKey = tuple[str | None, str | None]
+"""An Entra application by integration and app id (None where a config lacks one)."""
+
+
+def _app_of(provider_json: str) -> AppKey:
+    """The (integration, app id) an Entra credential's provider config names."""
+    declared = from_json(provider_json)
+    return declared.get("integration"), declared.get("app_id")
+
+
+def _secret_ends(s: Session, apps: set[AppKey] | None = None) -> dict[AppKey, datetime]:
     """The latest end of each Entra application's client secrets, as last synced, by
-    integration and app id."""
-    rows = s.execute(
+    integration and app id: of every application, or of `apps` only."""
+    query = (
         select(
             DiscoveredApp.integration,
             DiscoveredApp.app_id,
@@ -277,4 +292,10 @@ def _secret_ends(s: Session) -> dict[tuple[str, str], datetime]:
         )
         .group_by(DiscoveredApp.integration, DiscoveredApp.app_id)
     )
-    return {(integration, app_id): end for integration, app_id, end in rows if end is not None}
+    if apps is not None:
+        query = query.where(DiscoveredApp.app_id.in_({app for _, app in apps if app}))
+    return {
+        (integration, app_id): end
+        for integration, app_id, end in s.execute(query)
+        if end is not None and (apps is None or (integration, app_id) in apps)
+    }
