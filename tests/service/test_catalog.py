@@ -184,10 +184,8 @@ def test_cursor_pages_filter_in_the_query_and_by_lifecycle_in_chunks(
     assert _pages(store, catalog.Criteria(sort="name", lifecycle="expired"), 4) == [[]]
 
 
-def test_a_page_reads_only_its_own_rows(store: Store) -> None:
-    """The queries of a page stop at it: every statement on the credentials or their
-    versions carries the page's LIMIT, so a page of a large estate never loads the rest."""
-    apply_estate(store, parse_estate(_estate_of(12)), actor="test")
+def _first_page(store: Store, limit: int) -> tuple[catalog.Page, list[str]]:
+    """The first page by name, and every SQL statement reading it took."""
     statements: list[str] = []
 
     def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
@@ -195,9 +193,17 @@ def test_a_page_reads_only_its_own_rows(store: Store) -> None:
 
     event.listen(store.engine, "before_cursor_execute", seen)
     try:
-        page = catalog.page_by_name(store, catalog.Criteria(sort="name"), now=NOW, limit=3)
+        page = catalog.page_by_name(store, catalog.Criteria(sort="name"), now=NOW, limit=limit)
     finally:
         event.remove(store.engine, "before_cursor_execute", seen)
+    return page, statements
+
+
+def test_a_page_reads_only_its_own_rows(store: Store) -> None:
+    """The queries of a page stop at it: every statement on the credentials or their
+    versions carries the page's LIMIT, so a page of a large estate never loads the rest."""
+    apply_estate(store, parse_estate(_estate_of(12)), actor="test")
+    page, statements = _first_page(store, 3)
     assert [r.credential for r in page.rows] == ["cred-000", "cred-001", "cred-002"]
     reads = [s for s in statements if "FROM credentials" in s or "FROM versions" in s]
     assert len(reads) == 2
@@ -277,16 +283,7 @@ def test_a_page_reads_the_synced_secret_ends_of_its_own_entra_applications_only(
                 )
     whole = {r.credential: r.next_rotation_at for r in rotations.status_rows(store, now=NOW)}
     assert whole["entra-3"] == NOW + timedelta(days=31 - 7), "before the latest secret end"
-    statements: list[str] = []
-
-    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
-        statements.append(statement)
-
-    event.listen(store.engine, "before_cursor_execute", seen)
-    try:
-        page = catalog.page_by_name(store, catalog.Criteria(sort="name"), now=NOW, limit=2)
-    finally:
-        event.remove(store.engine, "before_cursor_execute", seen)
+    page, statements = _first_page(store, 2)
     assert {r.credential: r.next_rotation_at for r in page.rows} == {
         name: whole[name] for name in ("entra-0", "entra-1")
     }
