@@ -125,7 +125,9 @@ def _soonest_managed(s: Session, now: datetime) -> list[tuple[datetime, str, _Ma
     ).all()
     states = {
         cred.name: _Managed(rotations.lifecycle_of(cred, now=now), cred.owner)
-        for cred in due.standings(s, CredentialRow.name.in_([name for name, _end in soonest]))
+        for cred in due.standings(
+            s, CredentialRow.name.in_([name for name, _end in soonest]), limit=URGENT
+        )
     }
     return [(end, name, states[name]) for name, end in soonest if end is not None]
 

@@ -336,7 +336,8 @@ def still_due(now: datetime) -> Guard:
     chose it)."""
 
     def guard(s: Session, cred: CredentialRow) -> str | None:
-        found = list(due.standings(s, CredentialRow.id == cred.id))
+        # limit: the one credential's reads, not the whole Entra inventory's secret ends.
+        found = list(due.standings(s, CredentialRow.id == cred.id, limit=1))
         holding = freezes.holding(s, now)
         if not found or not due.next_rotation(found[0], now=now, freezes=holding).due:
             return "no longer due"
