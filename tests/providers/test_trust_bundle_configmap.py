@@ -43,27 +43,17 @@ from tests.providers.test_trust_bundle_rotation import (
     PYTHON,
     ca_key_of,
     flagged_check,
+    leaf,
     pem_action,
 )
+from tests.providers.test_trust_bundle_rotation import PHASE_STEPS as FILE_STEPS
 
 NS = "trust"
 CONFIGMAP = "ca-bundle"
 KEY = "ca.crt"
 
-PHASE_STEPS = [
-    "validated",
-    "preflighted",
-    "creating",
-    "publishing:10:kubernetes_configmap",
-    "waiting:signers",
-    "verifying:20:command_check",
-    "verifying:provider",
-    "reissuing:web-tls",
-    "reissued:web-tls",
-    "checking:leaves",
-    "withdrawing:10:kubernetes_configmap",
-    "revoking",
-]
+PHASE_STEPS = [step.replace(":10:file", ":10:kubernetes_configmap") for step in FILE_STEPS]
+"""A CA rotation's steps, the bundle being the ConfigMap."""
 
 WRITES = ["publishing:10:kubernetes_configmap", "withdrawing:10:kubernetes_configmap"]
 
@@ -123,22 +113,7 @@ def document(
                     },
                 ],
             },
-            {
-                "name": LEAF,
-                "owner": "team-web",
-                "environment": "prod",
-                "policy": {"grace_period": "0s"},
-                "provider": {
-                    "type": "x509_ca",
-                    "common_name": "localhost",
-                    "sans": ["localhost", "127.0.0.1"],
-                    "validity": "30d",
-                    "renew_before": "10d",
-                    "ca_key_from": f"credential:{CA}",
-                    "ca_cert_from": f"credential:{CA}",
-                },
-                "actions": [pem_action(tls), flagged_check(tmp_path / "never")],
-            },
+            leaf([pem_action(tls), flagged_check(tmp_path / "never")]),
         ]
     }
 

@@ -124,25 +124,30 @@ def estate(
                         },
                     ],
                 },
-                {
-                    "name": LEAF,
-                    "owner": "team-web",
-                    "environment": "prod",
-                    "policy": {"grace_period": "0s"},
-                    "provider": {
-                        "type": "x509_ca",
-                        "common_name": "localhost",
-                        "sans": ["localhost", "127.0.0.1"],
-                        "validity": "30d",
-                        "renew_before": "10d",
-                        "ca_key_from": f"credential:{CA}",
-                        "ca_cert_from": f"credential:{CA}",
-                    },
-                    "actions": leaf_actions,
-                },
+                leaf(leaf_actions),
             ]
         },
     )
+
+
+def leaf(actions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The leaf the CA signs, for `localhost`, delivered by `actions`."""
+    return {
+        "name": LEAF,
+        "owner": "team-web",
+        "environment": "prod",
+        "policy": {"grace_period": "0s"},
+        "provider": {
+            "type": "x509_ca",
+            "common_name": "localhost",
+            "sans": ["localhost", "127.0.0.1"],
+            "validity": "30d",
+            "renew_before": "10d",
+            "ca_key_from": f"credential:{CA}",
+            "ca_cert_from": f"credential:{CA}",
+        },
+        "actions": actions,
+    }
 
 
 def pem_action(tls: Path) -> dict[str, Any]:
