@@ -112,6 +112,8 @@ def test_the_trust_bundle_example_validates_with_two_leaves_signed_by_its_ca() -
     assert ca.provider.type == "trust_bundle"
     formats = {a.config.get("file_format") for a in ca.actions if a.type == "file"}
     assert formats == {"pem_bundle"}
+    configmaps = [a.config for a in ca.actions if a.type == "kubernetes_configmap"]
+    assert [c.get("format") for c in configmaps] == ["pem_bundle"]
     assert [leaf.provider.type for leaf in leaves] == ["x509_ca", "x509_ca"]
     for leaf in leaves:
         config = leaf.provider.config()

@@ -391,7 +391,9 @@ def test_a_jwks_output_on_a_credential_that_is_no_signing_key_is_refused(
     }
     with pytest.raises(EstateInvalid) as raised:
         parse_estate(document)
-    assert "credentials[0].actions[0].type" in str(raised.value)
+    # A ConfigMap holds what its `format` says (a JWKS or a CA bundle): that is the field.
+    field = "config.format" if kind == "kubernetes_configmap" else "type"
+    assert f"credentials[0].actions[0].{field}" in str(raised.value)
     assert "jwks_signing_key" in str(raised.value)
 
 

@@ -124,25 +124,30 @@ def estate(
                         },
                     ],
                 },
-                {
-                    "name": LEAF,
-                    "owner": "team-web",
-                    "environment": "prod",
-                    "policy": {"grace_period": "0s"},
-                    "provider": {
-                        "type": "x509_ca",
-                        "common_name": "localhost",
-                        "sans": ["localhost", "127.0.0.1"],
-                        "validity": "30d",
-                        "renew_before": "10d",
-                        "ca_key_from": f"credential:{CA}",
-                        "ca_cert_from": f"credential:{CA}",
-                    },
-                    "actions": leaf_actions,
-                },
+                leaf(leaf_actions),
             ]
         },
     )
+
+
+def leaf(actions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The leaf the CA signs, for `localhost`, delivered by `actions`."""
+    return {
+        "name": LEAF,
+        "owner": "team-web",
+        "environment": "prod",
+        "policy": {"grace_period": "0s"},
+        "provider": {
+            "type": "x509_ca",
+            "common_name": "localhost",
+            "sans": ["localhost", "127.0.0.1"],
+            "validity": "30d",
+            "renew_before": "10d",
+            "ca_key_from": f"credential:{CA}",
+            "ca_cert_from": f"credential:{CA}",
+        },
+        "actions": actions,
+    }
 
 
 def pem_action(tls: Path) -> dict[str, Any]:
@@ -569,12 +574,15 @@ def test_plan_shows_the_three_phases_of_a_ca_rotation_and_the_consumers_in_each(
     lines = [line.strip() for line in planned.stdout.splitlines()]
     at = lines.index("CA rotation of mesh-ca (trust first, identity second):")
     phases = lines[at + 1 : at + 7]
-    assert phases[0].startswith("phase 1 trust: add the new CA to /etc/ssl/mesh/ca-bundle.pem")
-    assert phases[1] == "consumers: api-clients; nginx-mtls"
+    assert phases[0].startswith(
+        "phase 1 trust: add the new CA to /etc/ssl/mesh/ca-bundle.pem, "
+        "/etc/nginx/tls/client-ca.pem, ConfigMap mesh/mesh-ca-bundle;"
+    )
+    assert phases[1] == "consumers: api-clients; nginx-mtls; mesh-workloads"
     assert phases[2].startswith("phase 2 identity: re-issue api-tls, web-tls under the new CA")
     assert phases[3] == "consumers: api-tls: api; web-tls: nginx"
     assert phases[4].startswith("phase 3 withdrawal: after grace (1d)")
-    assert phases[5] == "consumers: api-clients; nginx-mtls"
+    assert phases[5] == "consumers: api-clients; nginx-mtls; mesh-workloads"
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
-"""`kubernetes_configmap` (a JWKS in a ConfigMap key) through the real kubernetes client
-against the local HTTPS double of the API server: what its preflight refuses, and how a
-write that keeps racing other writers, or a missing ConfigMap, ends. The rollover end to
-end is in tests/providers/test_jwks_outputs.py."""
+"""`kubernetes_configmap` (a JWKS or a CA bundle in a ConfigMap key) through the real
+kubernetes client against the local HTTPS double of the API server: what its preflight
+refuses, and how a write that keeps racing other writers, or a missing ConfigMap, ends.
+The rollovers end to end are in tests/providers/test_jwks_outputs.py and
+tests/providers/test_trust_bundle_configmap.py."""
 
 from __future__ import annotations
 
@@ -83,6 +84,28 @@ def test_preflight_is_ready_for_a_jwks_key_and_refuses_what_it_could_not_write(
     readiness, why = preflight(made)
     assert readiness == Readiness.BLOCKED
     assert "not allowed to patch configmaps/verifier-keys" in why
+
+
+def test_a_pem_bundle_key_defaults_to_ca_crt_and_preflight_refuses_a_key_or_non_pem(
+    api: KubernetesDouble, tmp_path: Path
+) -> None:
+    made, _ = target(api, tmp_path, format="pem_bundle")
+    assert made.config.key == "ca.crt"
+    assert type(made).trust_format(made.config) == "pem_bundle"
+    api.add_configmap(NS, NAME, {"ca.crt": "", "jwks.json": "{}"})
+    assert preflight(made) == (
+        Readiness.READY,
+        f"may get and patch ConfigMap {NS}/{NAME}; key ca.crt",
+    )
+    api.change_configmap(NS, NAME, {"ca.crt": "-----BEGIN PRIVATE KEY-----\nabc\n"})
+    readiness, why = preflight(made)
+    assert readiness == Readiness.BLOCKED
+    assert "holds a private key" in why
+    assert "abc" not in why, "the content is never quoted"
+    api.change_configmap(NS, NAME, {"ca.crt": "not pem"})
+    readiness, why = preflight(made)
+    assert readiness == Readiness.BLOCKED
+    assert "does not parse as PEM certificates" in why
 
 
 def test_a_missing_configmap_is_created_with_create_true_and_refused_without(

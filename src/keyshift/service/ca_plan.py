@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from keyshift.domain.durations import format_duration
-from keyshift.domain.estate import CredentialSpec, Estate
+from keyshift.domain.estate import ActionSpec, CredentialSpec, Estate
 from keyshift.domain.states import Phase
 from keyshift.engine.bundle import LEAF_PROVIDER, signed_by
 from keyshift.engine.plan import consumer_name
@@ -60,6 +60,14 @@ def _consumers(cred: CredentialSpec) -> list[str]:
     return found
 
 
+def _bundle_at(action: ActionSpec) -> str:
+    """Where a CA bundle action writes: a file's path, a ConfigMap's namespace/name."""
+    config = action.config
+    if "configmap" in config:
+        return f"ConfigMap {config.get('namespace', '-')}/{config['configmap']}"
+    return str(config.get("path", action.key))
+
+
 def ca_phases(estate: Estate) -> list[CaPhase]:
     """The three phases of rotating each trust_bundle credential of the estate."""
     phases: list[CaPhase] = []
@@ -70,7 +78,7 @@ def ca_phases(estate: Estate) -> list[CaPhase]:
         proofs = [
             a for a in cred.actions if target_class(a.type).phase in (Phase.RELOAD, Phase.VERIFY)
         ]
-        files = ", ".join(str(a.config.get("path", a.key)) for a in bundles) or "-"
+        files = ", ".join(_bundle_at(a) for a in bundles) or "-"
         leaves = leaves_in(estate, cred.name)
         grace = format_duration(estate.policy_for(cred).grace_period)
         phases += [

@@ -367,10 +367,13 @@ _TRUST_NAME: dict[str, str] = {
 
 def _trust_holds(action: ActionSpec) -> tuple[str, str]:
     """What a trust action holds (`jwks`, `pem_bundle`, `thumbprints`: its class's
-    `trust_format`) and the field that says it: a file's `file_format`, else the type of
-    a target that holds one thing (`jwks_webhook`, `thumbprints_webhook`, ...)."""
+    `trust_format`) and the field that says it: a file's `file_format`, a ConfigMap's
+    `format` (its class's `trust_format_field`), else the type of a target that holds one
+    thing (`jwks_webhook`, `thumbprints_webhook`, ...)."""
     fmt = str(trust_format(action.type, dict(action.config)))
-    return fmt, "config.file_format" if action.type == "file" else "type"
+    if action.type == "file":
+        return fmt, "config.file_format"
+    return fmt, str(getattr(target_class(action.type), "trust_format_field", "type"))
 
 
 def _pairing_problems(i: int, cred: CredentialSpec, provider: object) -> list[ConfigError]:
@@ -431,7 +434,8 @@ def _trust_problems(i: int, cred: CredentialSpec, *, trust_first: bool) -> list[
         return []  # a certificate without a thumbprint list: nothing is trusted first
     if not trusts:
         what = (
-            "its CA bundle (type: file, file_format: pem_bundle)"
+            "its CA bundle (type: file with file_format: pem_bundle, or "
+            "kubernetes_configmap with format: pem_bundle)"
             if wanted == "pem_bundle"
             else (
                 "its JWKS to the verifiers (type: file with file_format: jwks, "
@@ -455,8 +459,9 @@ def _trust_problems(i: int, cred: CredentialSpec, *, trust_first: bool) -> list[
             ConfigError(
                 f"credentials[{i}].actions[{j}]",
                 f"{cred.name} is a trust_bundle: its value is the CA's private key, which no "
-                "consumer gets; its publish actions write CA bundles (type: file, "
-                "file_format: pem_bundle), and the leaves get certificates through their "
+                "consumer gets; its publish actions write CA bundles (type: file with "
+                "file_format: pem_bundle, or kubernetes_configmap with format: pem_bundle), "
+                "and the leaves get certificates through their "
                 "own x509_ca credentials",
             )
             for j, _ in signers

@@ -1,17 +1,23 @@
-"""`kubernetes_configmap`: keep a JWKS document in one key of a Kubernetes ConfigMap,
-which verifiers mount or read (a JWKS holds public keys only, so it belongs in a
-ConfigMap, not a Secret).
+"""`kubernetes_configmap`: keep the trust of a credential in one key of a Kubernetes
+ConfigMap, which verifiers mount or read (public keys and certificates only, so it belongs
+in a ConfigMap, not a Secret). `format` says what the key holds:
 
-It reads the ConfigMap, merges this credential's public keys into the document at `key`
-(`keyshift.targets.jwks`: other kids in the document, and every other key of the
-ConfigMap, stay as they are) and writes a JSON merge patch of that one key carrying the
-`resourceVersion` it read: a write that raced another writer is refused by the API server
-(409 Conflict), read again and merged again rather than applied blindly. A document that
-already holds the wanted keys is not written.
+- `jwks` (the default, key `jwks.json`): a JWKS document of a `jwks_signing_key`'s public
+  keys (`keyshift.targets.jwks`: other kids in the document stay as they are);
+- `pem_bundle` (key `ca.crt`): a CA bundle of a `trust_bundle`'s CA certificates, as
+  trust-manager distributes them in a cluster (`keyshift.targets.certificate.
+  updated_bundle`, the merge a `pem_bundle` file makes: other certificates stay, in their
+  order).
 
-It is a trust action (`trust_only`): a `jwks_signing_key` rotation writes it before the
-signers get the key (the new key beside the old), withdraws the old key just before
-revoking it, and a rollback puts the document back to the previous key alone.
+It reads the ConfigMap, merges this credential's keys or CAs into the text at `key`
+(every other key of the ConfigMap stays as it is) and writes a JSON merge patch of that
+one key carrying the `resourceVersion` it read: a write that raced another writer is
+refused by the API server (409 Conflict), read again and merged again rather than applied
+blindly. A key that already holds what is wanted is not written.
+
+It is a trust action (`trust_only`): a rotation writes it before the signers get the key
+or the leaves are re-issued (the new beside the old), withdraws the old one just before
+revoking it, and a rollback puts the key back to the previous one alone.
 """
 
 from __future__ import annotations
@@ -20,13 +26,14 @@ import re
 from typing import Any, ClassVar, Final, Literal
 
 from kubernetes import client as k8s
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, field_validator, model_validator
 
 from keyshift.context import PluginContext
 from keyshift.domain.states import Phase
 from keyshift.errors import PermanentError
 from keyshift.targets import base, jwks
 from keyshift.targets.base import BaseTarget, Delivery, PreflightResult, Readiness
+from keyshift.targets.certificate import bundle_certificates, updated_bundle
 from keyshift.targets.kubernetes.client import (
     KubernetesApi,
     KubernetesConnection,
@@ -38,22 +45,36 @@ from keyshift.targets.kubernetes.client import (
 
 MERGE_PATCH: Final = "application/merge-patch+json"
 DEFAULT_KEY: Final = "jwks.json"
+DEFAULT_KEYS: Final = {"jwks": DEFAULT_KEY, "pem_bundle": "ca.crt"}
+"""The key a ConfigMap holds its trust at, by `format`, when `key` is not given."""
 
+_NAMES: Final = {"jwks": "JWKS", "pem_bundle": "CA bundle"}
 _DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 
 class KubernetesConfigMapConfig(KubernetesConnection):
-    """The ConfigMap and the key inside it that holds the JWKS document."""
+    """The ConfigMap and the key inside it that holds the trust (a JWKS, a CA bundle)."""
 
     configmap: str
     """Name of the ConfigMap."""
     key: str = DEFAULT_KEY
-    """Key of the ConfigMap's `data` holding the JWKS document; every other key is kept."""
-    format: Literal["jwks"] = "jwks"
+    """Key of the ConfigMap's `data` holding the trust (default `jwks.json` for `jwks`,
+    `ca.crt` for `pem_bundle`); every other key is kept."""
+    format: Literal["jwks", "pem_bundle"] = "jwks"
     """What the key holds: `jwks`, a JWKS document of a `jwks_signing_key` credential's
-    public keys beside any other keys the document holds."""
+    public keys beside any other keys the document holds; `pem_bundle`, a CA bundle
+    (concatenated PEM certificates) of a `trust_bundle` credential's CAs beside any other
+    certificate the bundle holds."""
     create: bool = False
     """Create the ConfigMap when it is missing; otherwise it must exist."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_of_format(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "key" not in data:
+            fmt = data.get("format", "jwks")
+            return {**data, "key": DEFAULT_KEYS.get(fmt, DEFAULT_KEY)}
+        return data
 
     @field_validator("configmap")
     @classmethod
@@ -69,11 +90,20 @@ class KubernetesConfigMapConfig(KubernetesConnection):
 
 
 class KubernetesConfigMapTarget(jwks.JwksOutput, BaseTarget[KubernetesConfigMapConfig]):
-    """Keeps this credential's public keys in the JWKS document of a ConfigMap key."""
+    """Keeps this credential's public keys (a JWKS document) or CA certificates (a CA
+    bundle) in a ConfigMap key. Publish, rollback and withdraw are `jwks.JwksOutput`'s:
+    what to hold is the same for keys and CAs, only the merge differs."""
 
     kind: ClassVar[str] = "kubernetes_configmap"
     phase: ClassVar[Phase] = Phase.PUBLISH
     Config: ClassVar[type[BaseModel]] = KubernetesConfigMapConfig
+    trust_format_field: ClassVar[str] = "config.format"
+    """The field the estate names when the trust does not fit the credential."""
+
+    @classmethod
+    def trust_format(cls, config: BaseModel) -> str:
+        """Its `format`: `jwks` or `pem_bundle`."""
+        return config.format if isinstance(config, KubernetesConfigMapConfig) else "jwks"
 
     @classmethod
     def describe(cls, config: KubernetesConfigMapConfig) -> dict[str, str]:
@@ -88,14 +118,15 @@ class KubernetesConfigMapTarget(jwks.JwksOutput, BaseTarget[KubernetesConfigMapC
 
     def __init__(self, config: KubernetesConfigMapConfig, context: PluginContext) -> None:
         super().__init__(config, context)
-        # Nothing secret passes here (public keys only), so there is nothing to scrub.
+        # Nothing secret is written here (public keys, CA certificates; a trust_bundle's
+        # value, the CA's key, is never read), so there is nothing to scrub.
         self.api = KubernetesApi(config, list)
         self._what = f"ConfigMap {config.namespace}/{config.configmap}"
 
     async def preflight(self, request: base.PreflightRequest) -> PreflightResult:
         """Ready when this identity may read and patch the ConfigMap (and create it when
-        `create` is true), it exists unless `create` is true, and its key holds a JWKS
-        document or nothing. Changes nothing."""
+        `create` is true), it exists unless `create` is true, and its key holds what
+        `format` says (a JWKS document, PEM certificates) or nothing. Changes nothing."""
         name = self.config.configmap
         checks: list[tuple[str, str, str, str | None]] = [
             ("get", "", "configmaps", name),
@@ -110,7 +141,7 @@ class KubernetesConfigMapTarget(jwks.JwksOutput, BaseTarget[KubernetesConfigMapC
             return blocked
         try:
             if found is not None:
-                jwks.parse((found.data or {}).get(self.config.key), self._where)
+                self._parse((found.data or {}).get(self.config.key))
         except PermanentError as exc:
             return PreflightResult(Readiness.BLOCKED, str(exc))
         return PreflightResult(
@@ -120,18 +151,39 @@ class KubernetesConfigMapTarget(jwks.JwksOutput, BaseTarget[KubernetesConfigMapC
     async def hold(
         self, add: list[Delivery], remove: list[Delivery], change: jwks.Change, about: Delivery
     ) -> dict[str, Any]:
-        """Merge into the document at `key`: the keys of `add` present, those of `remove`
-        gone, every other kid and key as it was; not written when nothing changes."""
+        """Merge into the text at `key`: the keys (CAs) of `add` present, those of `remove`
+        gone, every other kid (certificate) and key as it was; not written when nothing
+        changes."""
         return await until_no_conflict(
             self._what,
             self.context.sleep,
             lambda conflicts: self._apply_once(add, remove, conflicts),
-            gave_up="the JWKS was not written",
+            gave_up=f"the {_NAMES[self.config.format]} was not written",
         )
 
     @property
     def _where(self) -> str:
         return f"{self._what} key {self.config.key}"
+
+    def _parse(self, text: str | None) -> None:
+        """PermanentError unless `text` is what `format` holds (or nothing)."""
+        if self.config.format == "pem_bundle":
+            bundle_certificates(None if text is None else text.encode("utf-8"), self._where)
+        else:
+            jwks.parse(text, self._where)
+
+    def _merged(
+        self, text: str | None, add: list[Delivery], remove: list[Delivery]
+    ) -> tuple[str, dict[str, list[str]]]:
+        """The text at `key` holding `add` and none of `remove`, and what it then holds
+        (kids, or SHA-256 thumbprints of the CAs) for the step's detail."""
+        if self.config.format == "pem_bundle":
+            data, held = updated_bundle(
+                None if text is None else text.encode("utf-8"), add, remove, self._where
+            )
+            return data.decode("ascii"), {"thumbprints": held}
+        rendered, keys = jwks.rewritten(text, add, remove, self._where)
+        return rendered, {"kids": jwks.kids(keys)}
 
     async def _get(self) -> k8s.V1ConfigMap | None:
         api = k8s.CoreV1Api(await self.api.client())
@@ -149,11 +201,11 @@ class KubernetesConfigMapTarget(jwks.JwksOutput, BaseTarget[KubernetesConfigMapC
                 raise PermanentError(
                     f"{self._what} does not exist; create it first or set create: true"
                 )
-            text, keys = jwks.rewritten(None, add, remove, self._where)
+            text, keys = self._merged(None, add, remove)
             version = await self._create(text)
             return self._result("created", version, keys, conflicts)
         current = (found.data or {}).get(self.config.key)
-        text, keys = jwks.rewritten(current, add, remove, self._where)
+        text, keys = self._merged(current, add, remove)
         if current == text:
             return self._result("unchanged", found.metadata.resource_version, keys, conflicts)
         if found.immutable:
@@ -189,14 +241,14 @@ class KubernetesConfigMapTarget(jwks.JwksOutput, BaseTarget[KubernetesConfigMapC
         return str(created.metadata.resource_version)
 
     def _result(
-        self, change: str, version: str | None, keys: list[dict[str, Any]], conflicts: int
+        self, change: str, version: str | None, held: dict[str, list[str]], conflicts: int
     ) -> dict[str, Any]:
         return {
             "namespace": self.config.namespace,
             "configmap": self.config.configmap,
             "key": self.config.key,
-            "format": "jwks",
-            "kids": jwks.kids(keys),
+            "format": self.config.format,
+            **held,
             "change": change,
             "resource_version": version,
             "conflicts": conflicts,
