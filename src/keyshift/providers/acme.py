@@ -97,7 +97,9 @@ from keyshift.providers.keys import (
 )
 from keyshift.providers.x509_ca import (
     cert_pem,
+    certificate_names,
     certificate_version,
+    imported_certificate,
     load_certs,
     san_names,
     valid_names,
@@ -353,7 +355,9 @@ class AcmeProvider:
     kind: ClassVar[str] = "acme"
     Config: ClassVar[type[BaseModel]] = AcmeConfig
     capability_fields: ClassVar[tuple[str, ...]] = ()
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.DUAL_ACTIVE})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.DUAL_ACTIVE, Capability.IMPORTS}
+    )
 
     @classmethod
     def describe(cls, config: AcmeConfig, integrations: Mapping[str, BaseModel]) -> dict[str, str]:
@@ -718,6 +722,28 @@ class AcmeProvider:
                 "acme_account": account.uri,
                 "acme_order": order_uri,
             },
+        )
+
+    async def import_version(self, request: base.ImportRequest) -> IssuedVersion:
+        """The certificate in use now (its key, the certificate and the CA's chain, PEM in
+        any order), as the version `create` would have made of it; it has no order or
+        account of keyshift's, so `revoke_on_retire` revokes it with its own key.
+        PermanentError naming the value when the certificate does not belong to the key,
+        is expired or comes without the chain `verify` checks it by. Calls nothing."""
+        key, key_type, leaf, chain = imported_certificate(request.value, self.context.now())
+        if not chain:
+            raise PermanentError(
+                "value: give the CA's chain after the certificate (verify checks the "
+                "certificate against its issuing CA)"
+            )
+        return certificate_version(
+            "acme",
+            key,
+            leaf,
+            chain_pem="".join(cert_pem(c) for c in chain),
+            sans=certificate_names(leaf),
+            key_type=key_type,
+            extra={"acme_directory": self.config.directory_url},
         )
 
     async def verify(self, request: base.VerifyRequest) -> VerifyResult:
