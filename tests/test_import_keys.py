@@ -140,7 +140,7 @@ def test_without_a_kid_the_imported_key_is_named_by_its_thumbprint(
     [
         ("not a key at all", "value: holds no PEM private key"),
         (
-            traditional_pem(rsa.generate_private_key(public_exponent=65537, key_size=1024)),
+            traditional_pem(rsa.generate_private_key(public_exponent=65537, key_size=1024)),  # noqa: S505 (refused)
             "value: a RSA 1024-bit key is not one of the key types",
         ),
         (
