@@ -19,7 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from keyshift.domain.secret import Secret
 from keyshift.errors import PermanentError
-from keyshift.providers.jwks_signing_key import public_jwk
+from keyshift.providers.base import ImportRequest, IssuedVersion, VerifyRequest
+from keyshift.providers.jwks_signing_key import (
+    JwksSigningKeyConfig,
+    JwksSigningKeyProvider,
+    public_jwk,
+)
+from keyshift.providers.keys import private_pem
 from keyshift.service import imports, rotations
 from keyshift.service.estate import apply_estate, parse_estate
 from keyshift.store.store import Store
@@ -339,3 +345,18 @@ def issue_cert(text: str) -> x509.Certificate:
 
 def _sha256() -> hashes.SHA256:
     return hashes.SHA256()
+
+
+def test_an_imported_key_under_its_own_kid_verifies_as_the_provider_checks_it() -> None:
+    """verify compares the JWK with the version's kid, not a recomputed thumbprint: a key
+    imported under a kid verifiers know is a valid version (and another key is not)."""
+    provider = JwksSigningKeyProvider(JwksSigningKeyConfig(), FakeClock().context())
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = ImportRequest("tokens", Secret(traditional_pem(key)), kid=LEGACY_KID)
+    version = asyncio.run(provider.import_version(request))
+    verdict = asyncio.run(provider.verify(VerifyRequest("tokens", version)))
+    assert verdict.ok, verdict.detail
+    assert LEGACY_KID in verdict.detail
+    other = ec.generate_private_key(ec.SECP256R1())
+    swapped = IssuedVersion(version.provider_ref, private_pem(other), version.attributes)
+    assert not asyncio.run(provider.verify(VerifyRequest("tokens", swapped))).ok
