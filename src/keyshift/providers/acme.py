@@ -97,9 +97,8 @@ from keyshift.providers.keys import (
 )
 from keyshift.providers.x509_ca import (
     cert_pem,
-    certificate_names,
     certificate_version,
-    imported_certificate,
+    imported_certificate_version,
     load_certs,
     san_names,
     valid_names,
@@ -730,19 +729,11 @@ class AcmeProvider:
         account of keyshift's, so `revoke_on_retire` revokes it with its own key.
         PermanentError naming the value when the certificate does not belong to the key,
         is expired or comes without the chain `verify` checks it by. Calls nothing."""
-        key, key_type, leaf, chain = imported_certificate(request.value, self.context.now())
-        if not chain:
-            raise PermanentError(
-                "value: give the CA's chain after the certificate (verify checks the "
-                "certificate against its issuing CA)"
-            )
-        return certificate_version(
+        return imported_certificate_version(
             "acme",
-            key,
-            leaf,
-            chain_pem="".join(cert_pem(c) for c in chain),
-            sans=certificate_names(leaf),
-            key_type=key_type,
+            request.value,
+            self.context.now(),
+            chain_required=True,
             extra={"acme_directory": self.config.directory_url},
         )
 

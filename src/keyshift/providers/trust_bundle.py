@@ -31,6 +31,7 @@ A first version has no old CA and no leaf to re-issue: it is published and made 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, ClassVar, Final
 
@@ -59,12 +60,11 @@ from keyshift.providers.keys import (
     Validity,
     load_private_key,
     new_private_key,
-    private_pem,
     signature_hash,
 )
 from keyshift.providers.x509_ca import (
     BACKDATE,
-    FINGERPRINT_PREFIX,
+    certificate_version,
     imported_certificate,
     is_ca,
     thumbprint,
@@ -118,24 +118,10 @@ def ca_version(key: Any, key_type: str, cert: x509.Certificate) -> IssuedVersion
     """A trust_bundle version: the key then the CA certificate, one PEM text, sealed (the
     leaves read both from it); the certificate and what operators read public;
     fingerprinted by the SHA-256 thumbprint, expiring at the `not_after`."""
-    print_ = thumbprint(cert)
-    serial = format(cert.serial_number, "x")
-    return IssuedVersion(
-        provider_ref=f"ca:{serial}",
-        value=Secret(private_pem(key).reveal() + _pem(cert)),
-        attributes={
-            "certificate": _pem(cert),
-            "subject": cert.subject.rfc4514_string(),
-            "issuer": cert.issuer.rfc4514_string(),
-            "serial_number": serial,
-            "not_before": cert.not_valid_before_utc.isoformat(),
-            "not_after": cert.not_valid_after_utc.isoformat(),
-            "key_type": key_type,
-            "thumbprint": print_,
-        },
-        expires_at=cert.not_valid_after_utc,
-        fingerprint=FINGERPRINT_PREFIX + print_,
-    )
+    version = certificate_version("ca", key, cert, chain_pem="", sans=[], key_type=key_type)
+    # A CA has no chain above it and no SANs to show.
+    public = {k: v for k, v in version.attributes.items() if k not in ("chain", "sans")}
+    return replace(version, value=Secret(version.value.reveal() + _pem(cert)), attributes=public)
 
 
 def _pem(cert: x509.Certificate) -> str:

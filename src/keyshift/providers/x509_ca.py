@@ -298,19 +298,9 @@ class X509CaProvider:
         )
 
     async def import_version(self, request: base.ImportRequest) -> IssuedVersion:
-        """The certificate in use now, as the version `create` would have made of it: the
-        value holds its private key, the certificate and any chain above it (PEM, in any
-        order). PermanentError naming the value when the certificate does not belong to
-        the key or is expired (`imported_certificate`). Calls nothing."""
-        key, key_type, leaf, chain = imported_certificate(request.value, self.context.now())
-        return certificate_version(
-            "x509",
-            key,
-            leaf,
-            chain_pem="".join(cert_pem(c) for c in chain),
-            sans=certificate_names(leaf),
-            key_type=key_type,
-        )
+        """The certificate in use now, as the version `create` would have made of it
+        (`imported_certificate_version`). Calls nothing."""
+        return imported_certificate_version("x509", request.value, self.context.now())
 
     def _sign(self, ca: _Ca, key: Any, now: datetime, not_after: datetime) -> x509.Certificate:
         public = key.public_key()
@@ -504,6 +494,34 @@ def imported_certificate(
             f"{leaf.not_valid_after_utc.isoformat()}"
         )
     return key, key_type, leaf, [c for c in certs if c is not leaf]
+
+
+def imported_certificate_version(
+    scheme: str,
+    value: Secret,
+    now: datetime,
+    *,
+    chain_required: bool = False,
+    extra: Mapping[str, str] | None = None,
+) -> IssuedVersion:
+    """The `certificate_version` of an imported PEM text holding a private key, its
+    certificate and the chain above it, in any order (`imported_certificate` says what is
+    refused; with `chain_required`, a certificate without its chain too)."""
+    key, key_type, leaf, chain = imported_certificate(value, now)
+    if chain_required and not chain:
+        raise PermanentError(
+            "value: give the CA's chain after the certificate (verify checks the "
+            "certificate against its issuing CA)"
+        )
+    return certificate_version(
+        scheme,
+        key,
+        leaf,
+        chain_pem="".join(cert_pem(c) for c in chain),
+        sans=certificate_names(leaf),
+        key_type=key_type,
+        extra=extra,
+    )
 
 
 def load_certs(text: str) -> list[x509.Certificate]:
