@@ -30,6 +30,7 @@ from keyshift.service import imports, rotations
 from keyshift.service.estate import apply_estate, parse_estate
 from keyshift.store.store import Store
 from keyshift.testing import FakeClock
+from tests.api.conftest import open_api
 from tests.certs import Ca, certificate_credential, issue, leaf_provider, make_ca
 from tests.conftest import Cli
 from tests.helpers import audit_details, save_estate, value_of, versions
@@ -354,3 +355,18 @@ def test_an_imported_key_under_its_own_kid_verifies_as_the_provider_checks_it() 
     other = ec.generate_private_key(ec.SECP256R1())
     swapped = IssuedVersion(version.provider_ref, private_pem(other), version.attributes)
     assert not asyncio.run(provider.verify(VerifyRequest("tokens", swapped))).ok
+
+
+def test_the_api_imports_a_signing_key_under_its_kid_and_never_answers_it(
+    store: Store, tmp_path: Path
+) -> None:
+    for api in open_api(store):
+        document = estate(tmp_path)
+        assert api.call("POST", "/v1/estate/apply", json=document).status_code == 200
+        pem = traditional_pem(ec.generate_private_key(ec.SECP256R1()))
+        body = {"value": pem, "kid": LEGACY_KID}
+        made = api.call("POST", f"/v1/credentials/{CREDENTIAL}/import", json=body, role="operator")
+        assert made.status_code == 201, made.text
+        assert made.json()["fingerprint"] == f"kid:{LEGACY_KID}"
+        assert "PRIVATE KEY" not in made.text
+        assert pem.splitlines()[1] not in made.text
