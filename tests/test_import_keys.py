@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from keyshift.domain.secret import Secret
 from keyshift.errors import PermanentError
+from keyshift.providers.acme import AcmeConfig, AcmeProvider
 from keyshift.providers.base import ImportRequest, IssuedVersion, VerifyRequest
 from keyshift.providers.jwks_signing_key import (
     JwksSigningKeyConfig,
@@ -370,3 +371,25 @@ def test_the_api_imports_a_signing_key_under_its_kid_and_never_answers_it(
         assert made.json()["fingerprint"] == f"kid:{LEGACY_KID}"
         assert "PRIVATE KEY" not in made.text
         assert pem.splitlines()[1] not in made.text
+
+
+def test_acme_imports_a_certificate_with_its_chain_and_refuses_one_without(
+    tmp_path: Path, ca: Ca
+) -> None:
+    """An ACME certificate in use (from any CA) is taken with its chain, which its verify
+    checks it by; without the chain it is refused, naming the value. Calls no CA."""
+    config = AcmeConfig(
+        directory_url="https://acme.example.test/directory",
+        domains=["web.internal"],
+        challenge={"type": "http-01", "webroot": str(tmp_path)},
+    )
+    provider = AcmeProvider(config, FakeClock(datetime.now(UTC)).context())
+    text = bundle(ca)
+    version = asyncio.run(provider.import_version(ImportRequest("web-tls", Secret(text))))
+    assert version.provider_ref.startswith("acme:")
+    assert version.attributes["acme_directory"] == "https://acme.example.test/directory"
+    assert version.attributes["chain"] == ca.cert_path.read_text()
+    assert asyncio.run(provider.verify(VerifyRequest("web-tls", version))).ok
+    without_chain = text.removesuffix(ca.cert_path.read_text())
+    with pytest.raises(PermanentError, match="value: give the CA's chain"):
+        asyncio.run(provider.import_version(ImportRequest("web-tls", Secret(without_chain))))
