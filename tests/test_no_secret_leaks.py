@@ -19,6 +19,9 @@ from typing import Any
 
 import pytest
 import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import select
 
 from keyshift.api import create_app
@@ -28,7 +31,7 @@ from keyshift.errors import REDACTED
 from keyshift.logs import configure, redact_secrets
 from keyshift.store.models import RotationRow, StepRow, VersionRow
 from keyshift.store.store import Store
-from tests.certs import leaf_provider, make_ca, pem_files
+from tests.certs import Ca, issue, leaf_provider, make_ca, pem_files
 from tests.conftest import run_subprocess
 from tests.helpers import json_value, rotations_of, save_estate, write_estate
 
@@ -275,6 +278,83 @@ def test_no_secret_value_reaches_logs_cli_output_audit_export_or_journal_errors(
         **columns,
     }
     assert _leaked_into(sources, values) == []
+
+
+def test_an_imported_signing_key_and_certificate_key_reach_no_output_log_or_audit(
+    store: Store, ks_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`keyshift import` of a signing key (with --kid) and of a certificate with its key,
+    refused first (a key with another key's certificate, a kid for a certificate), then
+    rotated out: no piece of either private key, nor of the refused one, is in any
+    output, debug log, step or the audit export. Ed25519 keys, whose PEM holds no public
+    part that a JWK or a certificate could show legitimately."""
+    env = {**ks_env, "KEYSHIFT_LOG_LEVEL": "DEBUG"}
+    runs: list[tuple[str, subprocess.CompletedProcess[str]]] = []
+
+    def run(*args: str, exit_code: int = 0) -> subprocess.CompletedProcess[str]:
+        proc = run_subprocess(list(args), env)
+        runs.append((" ".join(args), proc))
+        assert proc.returncode == exit_code, (args, proc.stdout, proc.stderr)
+        return proc
+
+    estate = _with_certificate(write_estate(tmp_path), tmp_path)
+    run("apply", "-f", str(_with_signing_key(estate, tmp_path)))
+    signing = ed25519.Ed25519PrivateKey.generate()
+    signing_pem = tmp_path / "signing.key"
+    signing_pem.write_text(_pkcs8(signing), encoding="utf-8")
+    ca_pem = tmp_path / "ca" / "ca.pem"  # the CA _with_certificate made
+    ca = Ca(tmp_path / "ca" / "ca.key", ca_pem, x509.load_pem_x509_certificate(ca_pem.read_bytes()))
+    mine, other = (issue(ca, at=datetime.now(UTC), key_type="ed25519") for _ in range(2))
+    chain = ca.cert_path.read_text(encoding="utf-8")
+    wrong = tmp_path / "wrong.pem"
+    wrong.write_text(other.value.reveal() + mine.attributes["certificate"], encoding="utf-8")
+    right = tmp_path / "web.pem"
+    right.write_text(mine.value.reveal() + mine.attributes["certificate"] + chain, "utf-8")
+
+    run("import", CERTIFICATE, "--from", f"file:{wrong}", exit_code=1)
+    run("import", CERTIFICATE, "--from", f"file:{right}", "--kid", "k1", exit_code=1)
+    run("import", CERTIFICATE, "--from", f"file:{right}")
+    run("import", SIGNING_KEY, "--from", f"file:{signing_pem}", "--kid", "legacy-1")
+    run("versions", CERTIFICATE, "-o", "json")
+    run("versions", SIGNING_KEY, "-o", "json")
+    run("status", "-o", "json")
+    run("rotate", CERTIFICATE, "--grace", "0s")
+    run("rotate", SIGNING_KEY)
+    for _ in range(2):
+        time.sleep(1.2)
+        run("resume")
+    assert rotations_of(store, SIGNING_KEY)[-1].state == RotationState.COMPLETED.value
+    assert rotations_of(store, CERTIFICATE)[-1].state == RotationState.COMPLETED.value
+    for name in (CERTIFICATE, SIGNING_KEY):
+        run("history", name, "-o", "json")
+        for rotation in rotations_of(store, name):
+            run("show", rotation.id, "-o", "json")
+    export = run("audit", "export", "--format", "jsonl")
+    assert '"version.imported"' in export.stdout
+    assert any("belongs to the private key" in p.stderr + p.stdout for _, p in runs)
+
+    with store.transaction() as s:
+        journal = s.execute(select(StepRow)).scalars().all()
+        columns = {
+            **{f"steps[{st.id}].error": st.error or "" for st in journal},
+            **{f"steps[{st.id}].detail": json.dumps(st.detail) for st in journal},
+        }
+    keys = {_key_body(_pkcs8(signing)), _key_body(mine.value.reveal())}
+    keys |= {_key_body(other.value.reveal())}
+    assert len(keys) == 3
+    sources = {
+        **{f"stdout of `{cmd}`": proc.stdout for cmd, proc in runs},
+        **{f"stderr of `{cmd}`": proc.stderr for cmd, proc in runs},
+        "audit export": export.stdout,
+        **columns,
+    }
+    assert _leaked_into(sources, keys) == []
+
+
+def _pkcs8(key: ed25519.Ed25519PrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode("ascii")
 
 
 # --- unit level --------------------------------------------------------------------------

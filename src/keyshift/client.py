@@ -413,12 +413,14 @@ class Client:
         value: Secret,
         *,
         username: str | None = None,
+        kid: str | None = None,
         expires_at: datetime | None = None,
     ) -> Imported:
         """`POST /v1/credentials/{name}/import`: the value in the body, never in the URL."""
         body = {
             "value": value.reveal(),
             "username": username,
+            "kid": kid,
             "expires_at": expires_at.isoformat() if expires_at else None,
         }
         return self._post(f"/v1/credentials/{_seg(credential)}/import", Imported, body)

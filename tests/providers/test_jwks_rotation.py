@@ -161,6 +161,25 @@ def rollover(
     return rotation_id
 
 
+def watch(
+    store: Store, tmp_path: Path, clock: FakeClock, traffic: Traffic, new_kid: str, *, minutes: int
+) -> tuple[int | None, int | None]:
+    """Traffic and a worker pass every minute for `minutes`; the minutes at which the
+    signer switched to `new_kid` and at which the JWKS held it alone."""
+    switched_at = removed_at = None
+    for minute in range(1, minutes + 1):
+        clock.advance(TICK)
+        traffic()
+        asyncio.run(
+            rotations.resume(store, actor="test", context=clock.context(), on_event=traffic)
+        )
+        if switched_at is None and signer_kid(tmp_path) == new_kid:
+            switched_at = minute
+        if removed_at is None and kids_in(tmp_path / "jwks.json") == [new_kid]:
+            removed_at = minute
+    return switched_at, removed_at
+
+
 @pytest.mark.parametrize("key_type", ["ec-p256", "rsa-2048", "ed25519"])
 def test_tokens_signed_throughout_a_rollover_all_verify_and_the_old_key_goes_last(
     store: Store, tmp_path: Path, key_type: str
@@ -191,18 +210,7 @@ def test_tokens_signed_throughout_a_rollover_all_verify_and_the_old_key_goes_las
     wait = [s for s in steps(store, rotation_id) if s.name == "waiting:signers"]
     assert [s.detail["cache_ttl"] for s in wait] == ["5m"]
 
-    switched_at = None
-    removed_at = None
-    for minute in range(1, 100):
-        clock.advance(TICK)
-        traffic()
-        asyncio.run(
-            rotations.resume(store, actor="test", context=clock.context(), on_event=traffic)
-        )
-        if switched_at is None and signer_kid(tmp_path) == second:
-            switched_at = minute
-        if removed_at is None and kids_in(tmp_path / "jwks.json") == [second]:
-            removed_at = minute
+    switched_at, removed_at = watch(store, tmp_path, clock, traffic, second, minutes=99)
 
     assert traffic.failures == []
     assert traffic.kids_signed == {first, second}

@@ -629,3 +629,52 @@ def test_a_ca_rotation_killed_after_a_phase_step_is_resumed_to_the_end_once(
     assert thumbprints(bundle_path(tmp_path)) == [new_ca.attributes["thumbprint"]]
     leaf = versions(store, LEAF)[-1]
     assert str(leaf.attributes["chain"]) == str(new_ca.attributes["certificate"])
+
+
+def test_a_ca_rotation_after_importing_the_ca_and_its_leaf_keeps_the_imported_ca_trusted(
+    cli: Cli, store: Store, tmp_path: Path
+) -> None:
+    """An existing CA and a leaf it signed are imported; the CA's first rotation puts the
+    new CA in the bundle beside the imported one (trust first), re-issues the leaf, and
+    when the leaf's check fails, the leaf gets its imported certificate back while the
+    bundle still trusts the imported CA."""
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    flag = tmp_path / "leaf-check-fails"
+    assert (
+        cli("apply", "-f", str(estate(tmp_path, [pem_action(tls), flagged_check(flag)]))).exit_code
+        == 0
+    )
+    existing = make_ca(tmp_path / "existing", at=datetime.now(UTC))
+    ca_text = existing.key_path.read_text() + existing.cert_path.read_text()
+    assert cli("import", CA, stdin=ca_text).exit_code == 0
+    leaf = issue(existing, at=datetime.now(UTC), common_name="localhost", sans=["localhost"])
+    leaf_text = (
+        leaf.value.reveal() + leaf.attributes["certificate"] + existing.cert_path.read_text()
+    )
+    assert cli("import", LEAF, stdin=leaf_text).exit_code == 0
+    bundle_path(tmp_path).write_text(existing.cert_path.read_text())  # what verifiers hold
+    flag.touch()
+
+    assert cli("rotate", CA).exit_code != 0
+    imported, new = versions(store, CA)
+    assert imported.provenance == "imported"
+    assert (
+        imported.attributes["thumbprint"]
+        == hashlib.sha256(existing.cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    )
+    assert thumbprints(bundle_path(tmp_path)) == [
+        imported.attributes["thumbprint"],
+        new.attributes["thumbprint"],
+    ], "the imported CA stays trusted beside the new one"
+    old_leaf, failed_leaf = versions(store, LEAF)
+    assert (old_leaf.provenance, old_leaf.status, failed_leaf.status) == (
+        "imported",
+        "current",
+        "disabled",
+    )
+    served = x509.load_pem_x509_certificate((tls / "site.crt").read_bytes())
+    assert (
+        served.public_bytes(serialization.Encoding.PEM).decode() == leaf.attributes["certificate"]
+    )
+    served.verify_directly_issued_by(existing.cert)  # by the CA the bundle still holds

@@ -59,6 +59,13 @@ def import_(
         str | None,
         typer.Option(help="postgres/redis alternating_users: the user that holds the value."),
     ] = None,
+    kid: Annotated[
+        str | None,
+        typer.Option(
+            help="jwks_signing_key: the kid verifiers already know the key by (default: "
+            "its RFC 7638 thumbprint)."
+        ),
+    ] = None,
     expires: Annotated[
         str | None,
         typer.Option(
@@ -72,7 +79,11 @@ def import_(
     `imported`), so keyshift manages it without rotating it. The value is read from
     stdin (or --from), never from the command line. postgres and redis prove that it
     authenticates first; no issuer or consumer is changed. Refused when the credential
-    already has a current version."""
+    already has a current version.
+
+    A jwks_signing_key takes its PEM private key (--kid keeps the kid verifiers know); a
+    certificate (x509_ca, acme, trust_bundle) its PEM private key with the certificate
+    and its chain, one text (cat key.pem cert.pem chain.pem)."""
     if extra:
         # Refused without echoing it, as Click would ("unexpected extra argument ..."):
         # the value may have been typed here by mistake.
@@ -102,13 +113,21 @@ def import_(
     def local(store: Store) -> imports.Imported:
         return asyncio.run(
             imports.import_value(
-                store, credential, value(store), actor=actor(), username=user, expires_at=ends
+                store,
+                credential,
+                value(store),
+                actor=actor(),
+                username=user,
+                kid=kid,
+                expires_at=ends,
             )
         )
 
     made = answer(
         server,
-        lambda client: client.import_value(credential, value(None), username=user, expires_at=ends),
+        lambda client: client.import_value(
+            credential, value(None), username=user, kid=kid, expires_at=ends
+        ),
         local,
     )
     expiry = f", expires {when(made.expires_at)}" if made.expires_at else ", no expiry"

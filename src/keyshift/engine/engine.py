@@ -351,6 +351,7 @@ class Engine:
         value: Secret,
         *,
         username: str | None = None,
+        kid: str | None = None,
         expires_at: datetime | None = None,
     ) -> Imported:
         """Store a value the issuer holds now as the credential's current version, proven
@@ -362,6 +363,7 @@ class Engine:
             value,
             actor=self.actor,
             username=username,
+            kid=kid,
             expires_at=expires_at,
         )
 

@@ -82,6 +82,7 @@ async def import_current(
     *,
     actor: str,
     username: str | None = None,
+    kid: str | None = None,
     expires_at: datetime | None = None,
 ) -> Imported:
     """Prove `value` with the credential's provider and store it as its current version;
@@ -102,7 +103,7 @@ async def import_current(
     context = context_for(plan.integrations, secrets)
     version, proof = await _prove(
         build_provider(plan.provider_type, plan.provider_config, context),
-        ImportRequest(credential, value, username),
+        ImportRequest(credential, value, username, kid),
         secrets,
     )
     now = context.now()
@@ -122,13 +123,15 @@ async def import_current(
             provider_ref=version.provider_ref,
             attributes=dict(version.attributes),
             status=VersionStatus.CURRENT.value,
-            fingerprint=version.fingerprint or store.fingerprint(value),
+            fingerprint=version.fingerprint or store.fingerprint(version.value),
             created_at=now,
             expires_at=expires_at,
             revoked_at=None,
             provenance=Provenance.IMPORTED.value,
         )
-        store.seal_into(row, value)
+        # What the provider made of the value: the value itself, or (a key with its
+        # certificate) the part a version seals, the rest being public attributes.
+        store.seal_into(row, version.value)
         s.add(row)
         s.flush()
         imported = Imported(
@@ -182,6 +185,8 @@ async def _prove(
             await provider.aclose()
     except (PluginError, KeyshiftError) as exc:
         raise PermanentError(scrub(str(exc), secrets)) from None
+    if request.kid is not None and version.attributes.get("kid") != request.kid:
+        raise PermanentError(f"--kid: provider {provider.kind} names no version by a kid")
     if Capability.AUTHENTICATES in provider.capabilities:
         return version, "authenticated at the issuer"
     return version, "not applicable: keyshift cannot sign in to this issuer"

@@ -98,6 +98,7 @@ from keyshift.providers.keys import (
 from keyshift.providers.x509_ca import (
     cert_pem,
     certificate_version,
+    imported_certificate_version,
     load_certs,
     san_names,
     valid_names,
@@ -353,7 +354,9 @@ class AcmeProvider:
     kind: ClassVar[str] = "acme"
     Config: ClassVar[type[BaseModel]] = AcmeConfig
     capability_fields: ClassVar[tuple[str, ...]] = ()
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.DUAL_ACTIVE})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.DUAL_ACTIVE, Capability.IMPORTS}
+    )
 
     @classmethod
     def describe(cls, config: AcmeConfig, integrations: Mapping[str, BaseModel]) -> dict[str, str]:
@@ -718,6 +721,20 @@ class AcmeProvider:
                 "acme_account": account.uri,
                 "acme_order": order_uri,
             },
+        )
+
+    async def import_version(self, request: base.ImportRequest) -> IssuedVersion:
+        """The certificate in use now (its key, the certificate and the CA's chain, PEM in
+        any order), as the version `create` would have made of it; it has no order or
+        account of keyshift's, so `revoke_on_retire` revokes it with its own key.
+        PermanentError naming the value when the certificate does not belong to the key,
+        is expired or comes without the chain `verify` checks it by. Calls nothing."""
+        return imported_certificate_version(
+            "acme",
+            request.value,
+            self.context.now(),
+            chain_required=True,
+            extra={"acme_directory": self.config.directory_url},
         )
 
     async def verify(self, request: base.VerifyRequest) -> VerifyResult:

@@ -290,6 +290,10 @@ class ImportRequest:
     username: str | None = None
     """Which of the users that take turns holds the value; None: the provider tries
     each (a wrong one is a failed login the issuer may log)."""
+    kid: str | None = None
+    """The key id verifiers already know the imported signing key by (`--kid`); None:
+    the provider names it as it names the keys it makes. Only a provider whose versions
+    carry a `kid` attribute takes one."""
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,13 @@ from keyshift.providers.base import (
     VerifyResult,
     VersionInfo,
 )
-from keyshift.providers.keys import KeyType, load_private_key, new_private_key, private_pem
+from keyshift.providers.keys import (
+    KeyType,
+    imported_key,
+    load_private_key,
+    new_private_key,
+    private_pem,
+)
 
 __all__ = [
     "FINGERPRINT_PREFIX",
@@ -51,6 +57,7 @@ __all__ = [
     "JwksSigningKeyProvider",
     "SigningAlg",
     "public_jwk",
+    "signing_key_version",
 ]
 
 SigningAlg = Literal[
@@ -132,6 +139,33 @@ def public_jwk(key: Any, alg: str) -> dict[str, str]:
     return {**members, "kid": jwk.thumbprint(), "alg": alg, "use": "sig"}
 
 
+def signing_key_version(
+    key: Any, key_type: str, alg: str, *, kid: str | None = None
+) -> IssuedVersion:
+    """A signing-key version: the private key (PKCS#8 PEM) sealed; the public JWK, its kid
+    (`kid`, else the RFC 7638 thumbprint), alg, key type and public key PEM public;
+    fingerprinted `kid:<kid>`, which is what a token's header names."""
+    jwk = public_jwk(key, alg)
+    if kid is not None:
+        jwk["kid"] = kid
+    return IssuedVersion(
+        provider_ref=f"jwk:{jwk['kid']}",
+        value=private_pem(key),
+        attributes={
+            "kid": jwk["kid"],
+            "alg": jwk["alg"],
+            "key_type": key_type,
+            "jwk": json.dumps(jwk, sort_keys=True),
+            "public_key": key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode("ascii"),
+        },
+        fingerprint=FINGERPRINT_PREFIX + jwk["kid"],
+    )
+
+
 def _jwk_of(key: Any) -> RSAKey | ECKey | OKPKey:
     """The private key as a joserfc key (which signs, and exports the JWK)."""
     pem = private_pem(key).reveal().encode("ascii")
@@ -150,7 +184,9 @@ class JwksSigningKeyProvider:
     kind: ClassVar[str] = "jwks_signing_key"
     Config: ClassVar[type[BaseModel]] = JwksSigningKeyConfig
     capability_fields: ClassVar[tuple[str, ...]] = ()
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.DUAL_ACTIVE})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.DUAL_ACTIVE, Capability.IMPORTS}
+    )
 
     @classmethod
     def describe(
@@ -184,23 +220,21 @@ class JwksSigningKeyProvider:
         the engine looks for a stored version of this rotation before calling, so a resumed
         rotation never makes a second one."""
         key = new_private_key(self.config.key_type)
-        jwk = public_jwk(key, self.config.signing_alg)
-        return IssuedVersion(
-            provider_ref=f"jwk:{jwk['kid']}",
-            value=private_pem(key),
-            attributes={
-                "kid": jwk["kid"],
-                "alg": jwk["alg"],
-                "key_type": self.config.key_type,
-                "jwk": json.dumps(jwk, sort_keys=True),
-                "public_key": key.public_key()
-                .public_bytes(
-                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-                )
-                .decode("ascii"),
-            },
-            fingerprint=FINGERPRINT_PREFIX + jwk["kid"],
-        )
+        return signing_key_version(key, self.config.key_type, self.config.signing_alg)
+
+    async def import_version(self, request: base.ImportRequest) -> IssuedVersion:
+        """The signing key in use now (an unencrypted PEM private key) as the version
+        `create` would have made of it, named by `request.kid` when the verifiers know it
+        by another kid than its thumbprint. Its alg is the config's when it fits the key,
+        else the key type's default. PermanentError naming the value when it holds no
+        usable key. Calls nothing."""
+        key, key_type = imported_key(request.value, "value")
+        alg = self.config.signing_alg
+        if alg not in _ALGS_OF_KEY[key_type]:
+            alg = DEFAULT_ALG[key_type]
+        if request.kid is not None and not request.kid.strip():
+            raise PermanentError("--kid: an empty kid names no key")
+        return signing_key_version(key, key_type, alg, kid=request.kid)
 
     async def verify(self, request: base.VerifyRequest) -> VerifyResult:
         """The version's private key is the one its JWK describes, and a token it signs
@@ -214,7 +248,8 @@ class JwksSigningKeyProvider:
         except ValueError:
             return VerifyResult(ok=False, detail="the version holds no JWK")
         alg = str(version.attributes.get("alg", self.config.signing_alg))
-        if public_jwk(key, alg) != published:
+        # The kid is the version's own (an imported key keeps the one verifiers know).
+        if {**public_jwk(key, alg), "kid": published.get("kid")} != published:
             return VerifyResult(ok=False, detail="the private key does not match the JWK")
         signer = _jwk_of(key)
         verifier = type(signer).import_key(published)

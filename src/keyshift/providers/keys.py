@@ -7,6 +7,7 @@ PEM form of a version's value (PKCS#8, unencrypted: the store seals it).
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -17,10 +18,13 @@ from pydantic import BaseModel, ValidationInfo, field_validator
 
 from keyshift.domain.durations import format_duration
 from keyshift.domain.secret import Secret
+from keyshift.errors import PermanentError
 
 __all__ = [
     "SUPPORTED_KEYS",
     "KeyType",
+    "imported_key",
+    "key_type_of",
     "load_private_key",
     "new_private_key",
     "private_pem",
@@ -66,6 +70,52 @@ def load_private_key(text: Secret) -> Any:
     except (ValueError, TypeError, UnsupportedAlgorithm):
         return None
     return key if isinstance(key, SUPPORTED_KEYS) else None
+
+
+_KEY_BLOCK = re.compile(
+    r"-----BEGIN ((?:RSA |EC |ENCRYPTED )?PRIVATE KEY)-----.*?-----END \1-----", re.DOTALL
+)
+
+
+def key_type_of(key: Any) -> KeyType | None:
+    """The `KeyType` of a private key, or None when a new version could not have it (an
+    RSA key of another size, another curve, Ed448)."""
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size in (2048, 3072):
+        return "rsa-2048" if key.key_size == 2048 else "rsa-3072"
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        return "ec-p256"
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "ed25519"
+    return None
+
+
+def imported_key(value: Secret, where: str) -> tuple[Any, KeyType]:
+    """The one unencrypted PEM private key (PKCS#8 or traditional) in `value`, which may
+    also hold certificates, and its `KeyType`: what `keyshift import` takes. PermanentError
+    naming `where` (never quoting the value) when it holds none, several, an encrypted one
+    or one of a type or size no version may have."""
+    blocks = list(_KEY_BLOCK.finditer(value.reveal()))
+    if not blocks:
+        raise PermanentError(f"{where}: holds no PEM private key")
+    if len(blocks) > 1:
+        raise PermanentError(f"{where}: holds {len(blocks)} private keys; give one")
+    match = blocks[0]
+    if match.group(1) == "ENCRYPTED PRIVATE KEY":
+        raise PermanentError(f"{where}: the private key is encrypted; give it unencrypted")
+    try:
+        key = serialization.load_pem_private_key(match.group(0).encode("utf-8"), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        # The parser's message is dropped: it could quote the key.
+        raise PermanentError(f"{where}: the PEM private key does not parse") from None
+    key_type = key_type_of(key)
+    if key_type is None:
+        size = getattr(key, "key_size", None)
+        what = type(key).__name__.removeprefix("_").replace("PrivateKey", "")
+        raise PermanentError(
+            f"{where}: a {what}{f' {size}-bit' if size else ''} key is not one of the key "
+            "types a version may have (rsa-2048, rsa-3072, ec-p256, ed25519)"
+        )
+    return key, key_type
 
 
 def signature_hash(key: Any) -> hashes.SHA256 | None:

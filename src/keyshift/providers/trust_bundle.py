@@ -31,8 +31,9 @@ A first version has no old CA and no leaf to re-issue: it is published and made 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import timedelta
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -42,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration, format_duration
 from keyshift.domain.secret import Secret
+from keyshift.errors import PermanentError
 from keyshift.providers import base
 from keyshift.providers.base import (
     Capability,
@@ -58,12 +60,17 @@ from keyshift.providers.keys import (
     Validity,
     load_private_key,
     new_private_key,
-    private_pem,
     signature_hash,
 )
-from keyshift.providers.x509_ca import BACKDATE, FINGERPRINT_PREFIX, thumbprint
+from keyshift.providers.x509_ca import (
+    BACKDATE,
+    certificate_version,
+    imported_certificate,
+    is_ca,
+    thumbprint,
+)
 
-__all__ = ["TrustBundleConfig", "TrustBundleProvider", "ca_certificate"]
+__all__ = ["TrustBundleConfig", "TrustBundleProvider", "ca_certificate", "ca_version"]
 
 KIND: Final = "trust_bundle"
 
@@ -107,6 +114,16 @@ def ca_certificate(value: Secret) -> x509.Certificate | None:
     return certs[0] if certs else None
 
 
+def ca_version(key: Any, key_type: str, cert: x509.Certificate) -> IssuedVersion:
+    """A trust_bundle version: the key then the CA certificate, one PEM text, sealed (the
+    leaves read both from it); the certificate and what operators read public;
+    fingerprinted by the SHA-256 thumbprint, expiring at the `not_after`."""
+    version = certificate_version("ca", key, cert, chain_pem="", sans=[], key_type=key_type)
+    # A CA has no chain above it and no SANs to show.
+    public = {k: v for k, v in version.attributes.items() if k not in ("chain", "sans")}
+    return replace(version, value=Secret(version.value.reveal() + _pem(cert)), attributes=public)
+
+
 def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
@@ -117,7 +134,9 @@ class TrustBundleProvider:
     kind: ClassVar[str] = KIND
     Config: ClassVar[type[BaseModel]] = TrustBundleConfig
     capability_fields: ClassVar[tuple[str, ...]] = ()
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.DUAL_ACTIVE})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.DUAL_ACTIVE, Capability.IMPORTS}
+    )
 
     @classmethod
     def describe(
@@ -182,24 +201,21 @@ class TrustBundleProvider:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
             .sign(key, signature_hash(key))
         )
-        print_ = thumbprint(cert)
-        serial = format(cert.serial_number, "x")
-        return IssuedVersion(
-            provider_ref=f"ca:{serial}",
-            value=Secret(private_pem(key).reveal() + _pem(cert)),
-            attributes={
-                "certificate": _pem(cert),
-                "subject": cert.subject.rfc4514_string(),
-                "issuer": cert.subject.rfc4514_string(),
-                "serial_number": serial,
-                "not_before": cert.not_valid_before_utc.isoformat(),
-                "not_after": cert.not_valid_after_utc.isoformat(),
-                "key_type": self.config.key_type,
-                "thumbprint": print_,
-            },
-            expires_at=cert.not_valid_after_utc,
-            fingerprint=FINGERPRINT_PREFIX + print_,
-        )
+        return ca_version(key, self.config.key_type, cert)
+
+    async def import_version(self, request: base.ImportRequest) -> IssuedVersion:
+        """The CA verifiers trust now (its private key and its certificate, PEM in any
+        order), as the version `create` would have made of it, so the first rotation
+        keeps it in the bundles beside the new CA until the leaves are re-issued.
+        PermanentError naming the value when the certificate does not belong to the key,
+        is expired or is not a CA. Calls nothing."""
+        key, key_type, cert, _chain = imported_certificate(request.value, self.context.now())
+        if not is_ca(cert):
+            raise PermanentError(
+                f"value: the certificate {cert.subject.rfc4514_string()} is not a CA "
+                "(basicConstraints CA:TRUE is missing)"
+            )
+        return ca_version(key, key_type, cert)
 
     async def verify(self, request: base.VerifyRequest) -> VerifyResult:
         """The version's key belongs to its certificate, which is a CA valid now and the

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration, format_duration
+from keyshift.domain.secret import Secret
 from keyshift.errors import PermanentError
 from keyshift.providers import base
 from keyshift.providers.base import (
@@ -56,6 +57,7 @@ from keyshift.providers.base import (
 from keyshift.providers.keys import (
     KeyType,
     Renewal,
+    imported_key,
     load_private_key,
     new_private_key,
     private_pem,
@@ -176,7 +178,9 @@ class X509CaProvider:
     kind: ClassVar[str] = "x509_ca"
     Config: ClassVar[type[BaseModel]] = X509CaConfig
     capability_fields: ClassVar[tuple[str, ...]] = ()
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.DUAL_ACTIVE})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.DUAL_ACTIVE, Capability.IMPORTS}
+    )
 
     @classmethod
     def describe(
@@ -220,11 +224,7 @@ class X509CaProvider:
             raise PermanentError("provider.ca_cert_from: holds no PEM certificate")
         cert = certs[0]
         where = f"provider.ca_cert_from: {_subject(cert)}"
-        try:
-            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        except x509.ExtensionNotFound:
-            constraints = None
-        if constraints is None or not constraints.ca:
+        if not is_ca(cert):
             raise PermanentError(f"{where} is not a CA (basicConstraints CA:TRUE is missing)")
         if key.public_key().public_bytes(*_SPKI) != cert.public_key().public_bytes(*_SPKI):
             raise PermanentError(
@@ -296,6 +296,11 @@ class X509CaProvider:
             sans=self.config.sans,
             key_type=self.config.key_type,
         )
+
+    async def import_version(self, request: base.ImportRequest) -> IssuedVersion:
+        """The certificate in use now, as the version `create` would have made of it
+        (`imported_certificate_version`). Calls nothing."""
+        return imported_certificate_version("x509", request.value, self.context.now())
 
     def _sign(self, ca: _Ca, key: Any, now: datetime, not_after: datetime) -> x509.Certificate:
         public = key.public_key()
@@ -440,6 +445,82 @@ def verify_certificate(
     return VerifyResult(
         ok=True,
         detail=f"signed by {_subject(issuer)}, valid until {cert.not_valid_after_utc.isoformat()}",
+    )
+
+
+def certificate_names(cert: x509.Certificate) -> list[str]:
+    """The DNS names and IP addresses of a certificate's SAN extension, in its order."""
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    found: list[Any] = [*names.get_values_for_type(x509.DNSName)]
+    found += [str(ip) for ip in names.get_values_for_type(x509.IPAddress)]
+    return [str(name) for name in found]
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    """The certificate says basicConstraints CA:TRUE."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    return constraints.ca
+
+
+def imported_certificate(
+    value: Secret, now: datetime, *, where: str = "value"
+) -> tuple[Any, str, x509.Certificate, list[x509.Certificate]]:
+    """The private key, its key type, the certificate of that key and the other
+    certificates (its chain) of an imported PEM text that holds them in any order: what
+    `keyshift import` takes for a certificate credential. PermanentError naming `where`
+    (never quoting the key) when it holds no usable key, no certificate, no certificate
+    of the key, or one that has expired."""
+    key, key_type = imported_key(value, where)
+    certs = load_certs(value.reveal())
+    if not certs:
+        raise PermanentError(f"{where}: holds no PEM certificate beside the private key")
+    public = key.public_key().public_bytes(*_SPKI)
+    mine = [c for c in certs if c.public_key().public_bytes(*_SPKI) == public]
+    if not mine:
+        raise PermanentError(
+            f"{where}: no certificate belongs to the private key (the certificates are of "
+            f"{', '.join(_subject(c) for c in certs)})"
+        )
+    leaf = mine[0]
+    if now >= leaf.not_valid_after_utc:
+        raise PermanentError(
+            f"{where}: the certificate {_subject(leaf)} expired at "
+            f"{leaf.not_valid_after_utc.isoformat()}"
+        )
+    return key, key_type, leaf, [c for c in certs if c is not leaf]
+
+
+def imported_certificate_version(
+    scheme: str,
+    value: Secret,
+    now: datetime,
+    *,
+    chain_required: bool = False,
+    extra: Mapping[str, str] | None = None,
+) -> IssuedVersion:
+    """The `certificate_version` of an imported PEM text holding a private key, its
+    certificate and the chain above it, in any order (`imported_certificate` says what is
+    refused; with `chain_required`, a certificate without its chain too)."""
+    key, key_type, leaf, chain = imported_certificate(value, now)
+    if chain_required and not chain:
+        raise PermanentError(
+            "value: give the CA's chain after the certificate (verify checks the "
+            "certificate against its issuing CA)"
+        )
+    return certificate_version(
+        scheme,
+        key,
+        leaf,
+        chain_pem="".join(cert_pem(c) for c in chain),
+        sans=certificate_names(leaf),
+        key_type=key_type,
+        extra=extra,
     )
 
 

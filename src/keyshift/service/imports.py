@@ -27,13 +27,16 @@ async def import_value(
     *,
     actor: str,
     username: str | None = None,
+    kid: str | None = None,
     expires_at: datetime | None = None,
     context: PluginContext | None = None,
 ) -> Imported:
     """Prove `value` with the credential's provider, then store it as its current
     version (`Engine.import_current` says when it is refused)."""
     engine = Engine(store, actor=actor, context=context)
-    return await engine.import_current(credential, value, username=username, expires_at=expires_at)
+    return await engine.import_current(
+        credential, value, username=username, kid=kid, expires_at=expires_at
+    )
 
 
 def read_reference(store: Store, ref: str, *, actor: str, path: str = "--from") -> Secret:

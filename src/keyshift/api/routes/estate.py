@@ -171,6 +171,9 @@ class ImportIn(BaseModel):
     username: str | None = Field(default=None, min_length=1, max_length=200)
     """Which of two alternating users holds the value (postgres, redis); left out, the
     provider tries each."""
+    kid: str | None = Field(default=None, min_length=1, max_length=200)
+    """jwks_signing_key: the kid verifiers already know the imported key by; left out,
+    its RFC 7638 thumbprint."""
     expires_at: AwareDatetime | None = None
     """When the value expires at the issuer; left out: the issuer's own expiry, else the
     policy's `max_lifetime` from now."""
@@ -199,5 +202,6 @@ async def import_credential(
         Secret(body.value),
         actor=actor_of(who),
         username=body.username,
+        kid=body.kid,
         expires_at=body.expires_at,
     )
