@@ -1,5 +1,6 @@
-"""A local HTTPS double of the Azure Key Vault secrets REST API, driven through the real
-`azure-keyvault-secrets` SDK and azure-identity tokens issued by the Graph double.
+"""A local HTTPS double of the Azure Key Vault secrets and certificates REST APIs, driven
+through the real `azure-keyvault-secrets` and `azure-keyvault-certificates` SDKs and
+azure-identity tokens issued by the Graph double.
 
 Documented behaviours it follows (Microsoft Learn):
 
@@ -43,6 +44,30 @@ Documented behaviours it follows (Microsoft Learn):
   'Microsoft.KeyVault/vaults/secrets/getSecret/action'").
 - Throttling (https://learn.microsoft.com/azure/key-vault/general/overview-throttling):
   429 Too Many Requests, with a `Retry-After` header in seconds.
+- Import Certificate (https://learn.microsoft.com/rest/api/keyvault/certificates/import-certificate/import-certificate):
+  `POST /certificates/{name}/import` with `value` (base64 of a PFX, or of / or plain a
+  PEM text holding the private key and the certificates), `pwd` (the PFX password),
+  `policy` (`secret_props.contentType` `application/x-pkcs12` (the default) or
+  `application/x-pem-file`, `key_props.exportable`), `attributes` and `tags`. Each
+  import is a new version; a value that does not parse as the content type, or holds
+  no private key, is 400 `BadParameter`. The answer is the certificate bundle: `id`
+  `{vault}/certificates/{name}/{version}`, `kid` (`/keys/...`), `sid`
+  (`/secrets/...`), `x5t` (base64url SHA-1 thumbprint of the leaf), `cer` (base64 DER
+  of the leaf), `attributes` (Unix-second `created`, `updated`, `nbf`, `exp` from the
+  leaf), `policy` and `tags`.
+- Get Certificate (https://learn.microsoft.com/rest/api/keyvault/certificates/get-certificate/get-certificate):
+  `GET /certificates/{name}/{version}`, empty version for the latest; 404
+  `CertificateNotFound` when missing. A disabled version is still answered, with
+  `attributes.enabled` false (a certificate is public; it is its secret that refuses).
+- Update Certificate (https://learn.microsoft.com/rest/api/keyvault/certificates/update-certificate/update-certificate):
+  `PATCH /certificates/{name}/{version}` changes `attributes` and `tags`.
+- Certificate permissions: certificates `get`, `import`, `update` (RBAC actions
+  `certificates/read`, `certificates/import/action`, `certificates/update/action`), refused
+  as for secrets ("... does not have certificates import permission ...").
+
+Not covered: the key and secret Key Vault creates beside each imported certificate (the
+double keeps the imported chain on the version, as `chain`, instead), issuance through
+a CA, policies beyond the content type and exportability, and deleted-certificate recovery.
 
 Fault switches: `fail_next(n, status, ...)` (429, 500, 403, ...) and `hang_next(n)`
 (no answer until the client gives up). `requests` records method, path, the tags a
@@ -52,6 +77,8 @@ header, a token or a value.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 import json
 import re
@@ -63,19 +90,33 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
 from tests.doubles.graph import GraphDouble
 from tests.doubles.tls import TlsFiles, TlsServer
 
 VAULT_RESOURCE = "https://vault.azure.net"
 VAULT_SCOPE = f"{VAULT_RESOURCE}/.default"
-ALL_PERMISSIONS = frozenset({"get", "set", "list"})
+ALL_PERMISSIONS = frozenset(
+    {"get", "set", "list", "certificates/get", "certificates/import", "certificates/update"}
+)
+_PEM_KEY = re.compile(
+    r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.+?-----END \1PRIVATE KEY-----", re.DOTALL
+)
+PKCS12 = "application/x-pkcs12"
+PEM = "application/x-pem-file"
 MAX_RESULTS = 25
 _NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
-_PATH = re.compile(r"^/secrets/([^/]+)(?:/([^/]*))?/?$")
+_PATH = re.compile(r"^/(secrets|certificates)/([^/]+)(?:/([^/]*))?/?$")
 _RBAC_ACTION = {
     "get": "Microsoft.KeyVault/vaults/secrets/getSecret/action",
     "set": "Microsoft.KeyVault/vaults/secrets/setSecret/action",
     "list": "Microsoft.KeyVault/vaults/secrets/readMetadata/action",
+    "certificates/get": "Microsoft.KeyVault/vaults/certificates/read",
+    "certificates/import": "Microsoft.KeyVault/vaults/certificates/import/action",
+    "certificates/update": "Microsoft.KeyVault/vaults/certificates/update/action",
 }
 _SEQUENCE = itertools.count()
 """Shared by every double in the process, so tests can order requests across vaults."""
@@ -108,6 +149,29 @@ class StoredVersion:
     expires: int | None
     created: int
     updated: int
+
+
+@dataclass
+class StoredCertificate:
+    version: str
+    certificates: list[x509.Certificate]
+    """The leaf first, then the chain, as imported."""
+    content_type: str
+    exportable: bool
+    key_type: str | None
+    tags: dict[str, str]
+    enabled: bool
+    created: int
+    updated: int
+
+    @property
+    def thumbprint(self) -> str:
+        """The leaf's SHA-1 thumbprint in hex, as Key Vault's `x5t` holds it."""
+        return self.certificates[0].fingerprint(hashes.SHA1()).hex()  # noqa: S303
+
+    @property
+    def chain(self) -> list[x509.Certificate]:
+        return self.certificates[1:]
 
 
 @dataclass
@@ -155,6 +219,7 @@ class KeyVaultDouble:
         self.name = name
         self.permission_model = permission_model
         self.secrets: dict[str, list[StoredVersion]] = {}
+        self.certificates: dict[str, list[StoredCertificate]] = {}
         self.permissions: dict[str, set[str]] = {tokens.client_id: set(ALL_PERMISSIONS)}
         self.requests: list[LoggedRequest] = []
         self._faults: list[_Fault] = []
@@ -223,6 +288,15 @@ class KeyVaultDouble:
         with self._lock:
             return list(self.secrets.get(name, []))
 
+    def certificate_versions(self, name: str) -> list[StoredCertificate]:
+        """The versions of certificate `name`, oldest first."""
+        with self._lock:
+            return list(self.certificates.get(name, []))
+
+    def current_certificate(self, name: str) -> StoredCertificate | None:
+        found = self.certificate_versions(name)
+        return found[-1] if found else None
+
     def latest(self, name: str) -> StoredVersion | None:
         found = self.versions(name)
         return found[-1] if found else None
@@ -241,7 +315,7 @@ class KeyVaultDouble:
     def handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> Answer:
         parts = urlsplit(raw_path)
         query = parse_qs(parts.query, keep_blank_values=True)
-        tags = _tags_of(body) if method in ("PUT", "PATCH") else None
+        tags = _tags_of(body) if method in ("PUT", "PATCH", "POST") else None
         principal: str | None = None
         try:
             if not query.get("api-version"):
@@ -323,11 +397,13 @@ class KeyVaultDouble:
                 f"vaults/{self.name}'",
                 "ForbiddenByRbac",
             )
+        kind, _, operation = permission.rpartition("/")
         raise VaultError(
             403,
             "Forbidden",
             f"The user, group or application 'appid={principal};iss=https://sts.windows.net/"
-            f"{self.tokens.tenant_id}/' does not have secrets {permission} permission on key "
+            f"{self.tokens.tenant_id}/' does not have {kind or 'secrets'} {operation} "
+            "permission on key "
             f"vault '{self.name};location=westeurope'. For help resolving this issue, please "
             "see https://go.microsoft.com/fwlink/?linkid=2125287",
             "ForbiddenByPolicy",
@@ -339,7 +415,7 @@ class KeyVaultDouble:
         found = _PATH.match(path)
         if not found:
             raise VaultError(404, "NotFound", "The requested resource was not found.")
-        name, rest = found.group(1), found.group(2) or ""
+        collection, name, rest = found.group(1), found.group(2), found.group(3) or ""
         if not _NAME.match(name):
             raise VaultError(
                 400,
@@ -348,6 +424,8 @@ class KeyVaultDouble:
                 f"{name}. Follow this link for more information on Key Vault naming "
                 "rules: https://aka.ms/KeyVaultNaming",
             )
+        if collection == "certificates":
+            return self._route_certificate(method, name, rest, principal, body)
         if method == "PUT" and rest == "":
             self._require(principal, "set")
             return self._set(name, _payload(body))
@@ -369,6 +447,124 @@ class KeyVaultDouble:
             self._require(principal, "set")
             return self._update(name, rest, _payload(body))
         raise VaultError(405, "MethodNotAllowed", "The requested method is not allowed.")
+
+    # --- certificates ------------------------------------------------------------------
+
+    def _route_certificate(
+        self, method: str, name: str, rest: str, principal: str, body: bytes
+    ) -> Answer:
+        if method == "POST" and rest == "import":
+            self._require(principal, "certificates/import")
+            return self._import(name, _payload(body))
+        if method == "GET":
+            self._require(principal, "certificates/get")
+            return _json(200, self._certificate_bundle(name, self._find_certificate(name, rest)))
+        if method == "PATCH" and rest:
+            self._require(principal, "certificates/update")
+            stored = self._find_certificate(name, rest)
+            payload = _payload(body)
+            attributes = payload.get("attributes") or {}
+            with self._lock:
+                if "enabled" in attributes:
+                    stored.enabled = bool(attributes["enabled"])
+                if payload.get("tags") is not None:
+                    stored.tags = {str(k): str(v) for k, v in payload["tags"].items()}
+                stored.updated = int(time.time())
+            return _json(200, self._certificate_bundle(name, stored))
+        raise VaultError(405, "MethodNotAllowed", "The requested method is not allowed.")
+
+    def _find_certificate(self, name: str, version: str) -> StoredCertificate:
+        with self._lock:
+            stored = self.certificates.get(name, [])
+            if version == "" and stored:
+                return stored[-1]
+            for candidate in stored:
+                if candidate.version == version:
+                    return candidate
+        shown = f"{name}/{version}" if version else name
+        raise VaultError(
+            404,
+            "CertificateNotFound",
+            f"A certificate with (name/id) {shown} was not found in this key vault. If you "
+            "recently deleted this certificate you may be able to recover it using the "
+            "correct recovery command. For help resolving this issue, please see "
+            "https://go.microsoft.com/fwlink/?linkid=2125182",
+        )
+
+    def _import(self, name: str, payload: dict[str, Any]) -> Answer:
+        value = payload.get("value")
+        if not isinstance(value, str) or not value:
+            raise VaultError(400, "BadParameter", "Property 'value' is required.")
+        policy = payload.get("policy") or {}
+        secret_props = policy.get("secret_props") or {}
+        key_props = policy.get("key_props") or {}
+        content_type = secret_props.get("contentType") or PKCS12
+        tags = payload.get("tags") or {}
+        attributes = payload.get("attributes") or {}
+        if len(tags) > 15:
+            raise VaultError(400, "BadParameter", "The number of tags exceeds the maximum of 15.")
+        password = payload.get("pwd")
+        if content_type == PEM:
+            certificates = _pem_certificates(value)
+        elif content_type == PKCS12:
+            certificates = _pfx_certificates(value, password)
+        else:
+            raise VaultError(
+                400, "BadParameter", f"The content type '{content_type}' is not supported."
+            )
+        now = int(time.time())
+        stored = StoredCertificate(
+            version=uuid.uuid4().hex,
+            certificates=certificates,
+            content_type=content_type,
+            exportable=key_props.get("exportable", True) is not False,
+            key_type=key_props.get("kty"),
+            tags={str(k): str(v) for k, v in tags.items()},
+            enabled=attributes.get("enabled", True) is not False,
+            created=now,
+            updated=now,
+        )
+        with self._lock:
+            self.certificates.setdefault(name, []).append(stored)
+        return _json(200, self._certificate_bundle(name, stored))
+
+    def _certificate_bundle(self, name: str, stored: StoredCertificate) -> dict[str, Any]:
+        leaf = stored.certificates[0]
+        der = leaf.public_bytes(serialization.Encoding.DER)
+        sha1 = leaf.fingerprint(hashes.SHA1())  # noqa: S303 - Key Vault's x5t is SHA-1
+        attributes = {
+            "enabled": stored.enabled,
+            "nbf": int(leaf.not_valid_before_utc.timestamp()),
+            "exp": int(leaf.not_valid_after_utc.timestamp()),
+            "created": stored.created,
+            "updated": stored.updated,
+            "recoveryLevel": "Recoverable+Purgeable",
+            "recoverableDays": 90,
+        }
+        base = f"{self.vault_url}/%s/{name}/{stored.version}"
+        bundle: dict[str, Any] = {
+            "id": base % "certificates",
+            "kid": base % "keys",
+            "sid": base % "secrets",
+            "x5t": base64.urlsafe_b64encode(sha1).decode().rstrip("="),
+            "cer": base64.b64encode(der).decode(),
+            "attributes": attributes,
+            "policy": {
+                "id": f"{self.vault_url}/certificates/{name}/policy",
+                "key_props": {
+                    "exportable": stored.exportable,
+                    "kty": stored.key_type,
+                    "reuse_key": False,
+                },
+                "secret_props": {"contentType": stored.content_type},
+                "x509_props": {"subject": leaf.subject.rfc4514_string()},
+                "issuer": {"name": "Unknown"},
+                "attributes": {"enabled": True, "created": stored.created},
+            },
+        }
+        if stored.tags:
+            bundle["tags"] = dict(stored.tags)
+        return bundle
 
     def _find(self, name: str, version: str) -> StoredVersion:
         with self._lock:
@@ -518,6 +714,53 @@ def _payload(body: bytes) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise VaultError(400, "BadParameter", "The request body is malformed.")
     return payload
+
+
+def _bad_certificate(kind: str) -> VaultError:
+    return VaultError(
+        400,
+        "BadParameter",
+        f"The specified {kind} X.509 certificate content is in an unexpected format. Please "
+        f"check if certificate is in valid {kind} format.",
+    )
+
+
+def _pem_certificates(value: str) -> list[x509.Certificate]:
+    """The certificates of a PEM import (base64 of the PEM text, or the text itself),
+    which must also hold a private key."""
+    text = value
+    if "-----BEGIN" not in value:
+        try:
+            text = base64.b64decode(value, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise _bad_certificate("PEM") from None
+    key = _PEM_KEY.search(text)
+    if key is None:
+        raise VaultError(
+            400,
+            "BadParameter",
+            "Private key is not specified in the specified X.509 PEM certificate content. "
+            "Please specify private key in the X.509 PEM certificate content.",
+        )
+    try:
+        serialization.load_pem_private_key(key.group(0).encode(), password=None)
+        certificates = x509.load_pem_x509_certificates(text.encode())
+    except ValueError:
+        raise _bad_certificate("PEM") from None
+    return certificates
+
+
+def _pfx_certificates(value: str, password: object) -> list[x509.Certificate]:
+    try:
+        data = base64.b64decode(value, validate=True)
+        key, leaf, chain = pkcs12.load_key_and_certificates(
+            data, str(password).encode() if password else None
+        )
+    except (binascii.Error, ValueError):
+        raise _bad_certificate("PKCS#12") from None
+    if key is None or leaf is None:
+        raise VaultError(400, "BadParameter", "The PKCS#12 content holds no private key.")
+    return [leaf, *chain]
 
 
 def _tags_of(body: bytes) -> dict[str, str] | None:

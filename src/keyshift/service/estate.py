@@ -385,13 +385,29 @@ def _pairing_problems(i: int, cred: CredentialSpec, provider: object) -> list[Co
     problems: list[ConfigError] = []
     kind = cred.provider.type
     for j, action in enumerate(cred.actions):
-        serves = getattr(target_class(action.type), "serves", None)
+        cls = target_class(action.type)
+        serves = getattr(cls, "serves", None)
         if isinstance(serves, frozenset) and kind not in serves:
             problems.append(
                 ConfigError(
                     f"credentials[{i}].actions[{j}].type",
                     f"{action.type} works for {', '.join(sorted(serves))} credentials only, "
                     f"and {cred.name} is {kind}",
+                )
+            )
+        # A class's `serves_for(config)` narrows by a config field instead (an
+        # azure_keyvault action with object: certificate): (field, provider types, why).
+        serves_for = getattr(cls, "serves_for", None)
+        narrowed = serves_for(dict(action.config)) if callable(serves_for) else None
+        if narrowed is not None and kind not in narrowed[1]:
+            field, kinds, why = narrowed
+            problems.append(
+                ConfigError(
+                    f"credentials[{i}].actions[{j}].{field}",
+                    f"{action.type} with {field.removeprefix('config.')}: "
+                    f"{action.config.get(field.removeprefix('config.'))} works for "
+                    f"{', '.join(sorted(kinds))} credentials only ({why}), and {cred.name} "
+                    f"is {kind}",
                 )
             )
     required = getattr(provider, "required_actions", None) or {}

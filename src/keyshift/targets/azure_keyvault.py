@@ -1,4 +1,5 @@
-"""`azure_keyvault`: write the value as a new version of an Azure Key Vault secret.
+"""`azure_keyvault`: write the value as a new version of an Azure Key Vault secret, or
+import a certificate version as a new version of a Key Vault certificate.
 
 keyshift signs in through an `entra` integration and talks to the vault with the
 `azure-keyvault-secrets` SDK. Each version it writes carries tags naming the
@@ -13,6 +14,15 @@ role with `getSecret` and `setSecret` actions such as "Key Vault Secrets Officer
 Rollback never deletes: it writes the previous value as a new version, or, when the
 credential had no previous version, disables the version publish wrote.
 
+With `object: certificate` (certificate credentials only: `x509_ca`, `acme`,
+`entra_certificate`), publish imports the version's private key, certificate and chain
+through `azure-keyvault-certificates` (`import_certificate`, as PKCS#12 under a one-time
+password or as PEM), then reads the certificate back and compares Key Vault's SHA-1
+thumbprint with the version's certificate. The identity needs the certificates `get`,
+`import` and `update` permissions ("Key Vault Certificates Officer"). Key Vault versions
+are immutable, so rollback imports the previous certificate again: a new current version
+holding the old certificate. Without a previous version it disables the imported one.
+
 The SDK's own retries are turned off (they would sleep on the wall clock); throttling
 (429), server errors and network failures surface as `TransientError`, with the
 vault's `Retry-After`, and the engine retries on its clock.
@@ -22,11 +32,12 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Generic, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import structlog
@@ -39,14 +50,24 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.core.pipeline.transport import AsyncioRequestsTransport
+from azure.keyvault.certificates import (
+    CertificateContentType,
+    CertificatePolicy,
+    KeyVaultCertificate,
+)
+from azure.keyvault.certificates.aio import CertificateClient
 from azure.keyvault.secrets import KeyVaultSecret
 from azure.keyvault.secrets.aio import SecretClient
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from keyshift.azure import EntraIntegration
 from keyshift.context import PluginContext
 from keyshift.domain.durations import Duration
 from keyshift.domain.location import url_origin
+from keyshift.domain.secret import Secret
 from keyshift.domain.states import Phase
 from keyshift.errors import ConfigError, PermanentError, TransientError
 from keyshift.targets import base
@@ -73,6 +94,8 @@ MAX_TAGS: Final = 15
 OWN_TAGS: Final = 5
 """The most tags keyshift itself sets on a version (a rollback's)."""
 UNCHANGED: Final = "unchanged"
+CERTIFICATE_PROVIDERS: Final = frozenset({"x509_ca", "acme", "entra_certificate"})
+"""The provider types whose versions carry a certificate (`object: certificate`)."""
 _NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
 
 log = structlog.get_logger("keyshift.targets.azure_keyvault")
@@ -89,14 +112,30 @@ class AzureKeyVaultConfig(BaseModel):
     vault."""
     vault_url: str
     """The vault's https:// URL, e.g. `https://payments-kv.vault.azure.net`."""
-    secret_name: str
-    """The secret to write: 1-127 letters, digits and `-` (Key Vault's naming rule).
+    object: Literal["secret", "certificate"] = "secret"
+    """What each version becomes in the vault: a version of a `secret` (the value), or,
+    for a certificate credential (x509_ca, acme, entra_certificate), a version of a
+    `certificate` imported with its private key and chain."""
+    secret_name: str | None = None
+    """With `object: secret`: the secret to write: 1-127 letters, digits and `-` (Key
+    Vault's naming rule). Created by the first publish if it does not exist."""
+    certificate_name: str | None = None
+    """With `object: certificate`: the certificate to import into (same naming rule).
     Created by the first publish if it does not exist."""
+    certificate_format: Literal["pkcs12", "pem"] = "pkcs12"
+    """With `object: certificate`: how the key, certificate and chain are imported, and
+    so the content type of the certificate's secret that consumers download: `pkcs12`
+    (application/x-pkcs12) or `pem` (application/x-pem-file)."""
+    exportable: bool = True
+    """With `object: certificate`: whether the private key may be downloaded (through
+    the certificate's secret), as App Service and most consumers need."""
     content_type: str | None = Field(default=None, max_length=255)
-    """The content type recorded on each version, e.g. `text/plain` or `password`."""
+    """With `object: secret`: the content type recorded on each version, e.g.
+    `text/plain` or `password`."""
     expires_after: Duration | None = None
-    """When set, each version written expires this long after it is written (Key
-    Vault's `exp` attribute), e.g. `90d`."""
+    """With `object: secret`: when set, each version written expires this long after it
+    is written (Key Vault's `exp` attribute), e.g. `90d`. A certificate expires with its
+    `not_after`."""
     tags: dict[str, str] = {}
     """Extra, non-secret tags on each version (at most 10; names starting with
     `keyshift-` are reserved)."""
@@ -122,12 +161,39 @@ class AzureKeyVaultConfig(BaseModel):
             raise ValueError("must not carry credentials")
         return url.rstrip("/")
 
-    @field_validator("secret_name")
+    @field_validator("secret_name", "certificate_name")
     @classmethod
-    def _key_vault_name(cls, name: str) -> str:
-        if not _NAME.match(name):
+    def _key_vault_name(cls, name: str | None) -> str | None:
+        if name is not None and not _NAME.match(name):
             raise ValueError("must be 1-127 characters of letters, digits and '-'")
         return name
+
+    @model_validator(mode="after")
+    def _one_object(self) -> AzureKeyVaultConfig:
+        if self.object == "secret":
+            if self.secret_name is None:
+                raise ValueError("secret_name is required (the secret to write)")
+            if self.certificate_name is not None:
+                raise ValueError("certificate_name is for object: certificate; use secret_name")
+            return self
+        if self.certificate_name is None:
+            raise ValueError("certificate_name is required with object: certificate")
+        for name, given in (
+            ("secret_name", self.secret_name),
+            ("content_type", self.content_type),
+            ("expires_after", self.expires_after),
+        ):
+            if given is not None:
+                raise ValueError(
+                    f"{name} is for object: secret; a certificate's content type follows "
+                    "certificate_format and it expires with its not_after"
+                )
+        return self
+
+    @property
+    def name(self) -> str:
+        """The secret's or the certificate's name."""
+        return self.certificate_name or self.secret_name or ""
 
     @field_validator("expires_after", "timeout")
     @classmethod
@@ -153,6 +219,8 @@ class _Latest:
 
     version: str
     tags: dict[str, str]
+    thumbprint: str = ""
+    """For a certificate: Key Vault's SHA-1 thumbprint of it (hex)."""
 
 
 class _Disabled:
@@ -175,13 +243,26 @@ class AzureKeyVaultTarget(BaseTarget[AzureKeyVaultConfig]):
         """Where it writes: the vault and the secret's name, and the identity it uses."""
         return {
             "vault": url_origin(config.vault_url),
-            "secret": config.secret_name,
+            config.object: config.name,
             "integration": config.integration,
         }
 
+    @classmethod
+    def serves_for(cls, config: dict[str, Any]) -> tuple[str, frozenset[str], str] | None:
+        """The provider types this config works for, when it narrows them: `object:
+        certificate` needs versions that carry a certificate. Returns the field that
+        narrows, the provider types and why; None when any credential will do."""
+        if config.get("object") != "certificate":
+            return None
+        return (
+            "config.object",
+            CERTIFICATE_PROVIDERS,
+            "only their versions carry a certificate and its private key to import",
+        )
+
     def __init__(self, config: AzureKeyVaultConfig, context: PluginContext) -> None:
         super().__init__(config, context)
-        self._where = f"Key Vault {config.vault_url} secret {config.secret_name}"
+        self._where = f"Key Vault {config.vault_url} {config.object} {config.name}"
 
     # --- the contract --------------------------------------------------------------------
 
@@ -192,11 +273,12 @@ class AzureKeyVaultTarget(BaseTarget[AzureKeyVaultConfig]):
         (publish creates it). Key Vault offers no way to test `set` without writing a
         version, so `set` is proven at publish time.
         """
+        permission = "certificates import" if self._certificate else "secrets set"
         not_proven = (
-            "secrets set is proven at publish time (Key Vault cannot test it without writing)"
+            f"{permission} is proven at publish time (Key Vault cannot test it without writing)"
         )
         try:
-            latest = await self._latest()
+            latest = await (self._latest_certificate() if self._certificate else self._latest())
         except (PermanentError, TransientError) as exc:
             return PreflightResult(Readiness.BLOCKED, str(exc))
         if latest is None:
@@ -204,7 +286,8 @@ class AzureKeyVaultTarget(BaseTarget[AzureKeyVaultConfig]):
                 Readiness.READY,
                 f"{self._where} does not exist yet; publish creates it; {not_proven}",
             )
-        return PreflightResult(Readiness.READY, f"secrets get works; {not_proven}")
+        got = "certificates get" if self._certificate else "secrets get"
+        return PreflightResult(Readiness.READY, f"{got} works; {not_proven}")
 
     async def publish(self, request: base.PublishRequest) -> StepResult:
         """Write the value as a new version tagged with its rotation, version id and
@@ -214,6 +297,8 @@ class AzureKeyVaultTarget(BaseTarget[AzureKeyVaultConfig]):
         written (a crash after the write and before the journal lands here).
         """
         delivery = request.delivery
+        if self._certificate:
+            return await self._publish_certificate(delivery)
         latest = await self._latest()
         if isinstance(latest, _Latest) and latest.tags.get(TAG_FINGERPRINT) == delivery.fingerprint:
             log.info("key vault already holds this version", **self._ids(latest.version))
@@ -231,6 +316,8 @@ class AzureKeyVaultTarget(BaseTarget[AzureKeyVaultConfig]):
         already disabled, is left alone, as is a version someone else wrote since.
         """
         failed, previous = request.failed, request.previous
+        if self._certificate:
+            return await self._rollback_certificate(failed, previous)
         latest = await self._latest()
         if latest is None:
             return self._result(UNCHANGED, action="none", reason="the secret does not exist")
@@ -261,6 +348,120 @@ class AzureKeyVaultTarget(BaseTarget[AzureKeyVaultConfig]):
         log.info("key vault previous value restored", **self._ids(written))
         return self._result(written, action="restored", replaced_version=latest.version)
 
+    # --- certificates --------------------------------------------------------------------
+
+    @property
+    def _certificate(self) -> bool:
+        return self.config.object == "certificate"
+
+    async def _publish_certificate(self, delivery: Delivery) -> StepResult:
+        """Import the version's key, certificate and chain as a new version of the Key
+        Vault certificate, then read it back and compare thumbprints.
+
+        Idempotent: when the latest enabled version already holds this certificate (same
+        SHA-1 thumbprint), nothing is imported."""
+        wanted = _sha1(delivery)
+        latest = await self._latest_certificate()
+        if isinstance(latest, _Latest) and latest.thumbprint == wanted:
+            log.info("key vault already holds this certificate", **self._ids(latest.version))
+            return self._result(UNCHANGED, current_version=latest.version, x509_thumbprint=wanted)
+        written = await self._import(delivery, self._tags(delivery, delivery.rotation_id))
+        log.info("key vault certificate imported", **self._ids(written))
+        return self._result(written, x509_thumbprint=wanted)
+
+    async def _rollback_certificate(
+        self, failed: Delivery, previous: Delivery | None
+    ) -> StepResult:
+        """Undo a certificate import without deleting: import the previous certificate
+        again (a new current version holding the old certificate), or, without a previous
+        version, disable the imported one. A latest version that is already the previous
+        certificate, already disabled, or not the failed certificate is left alone."""
+        latest = await self._latest_certificate()
+        if latest is None:
+            return self._result(UNCHANGED, action="none", reason="the certificate does not exist")
+        if isinstance(latest, _Disabled):
+            return self._result(UNCHANGED, action="none", reason="the latest version is disabled")
+        thumbprint = latest.thumbprint
+        if previous is not None and thumbprint == _sha1(previous):
+            return self._result(
+                UNCHANGED, action="none", reason="the previous certificate is already the latest"
+            )
+        if thumbprint != _sha1(failed):
+            log.warning("key vault latest certificate is not keyshift's; left alone", **self._ids())
+            return self._result(
+                UNCHANGED,
+                action="none",
+                reason="the latest version does not hold the certificate this rotation imported",
+            )
+        if previous is None:
+            await self._disable_certificate(latest.version)
+            log.info("key vault imported certificate disabled", **self._ids(latest.version))
+            return self._result(latest.version, action="disabled")
+        tags = self._tags(previous, failed.rotation_id)
+        tags[TAG_RESTORED] = previous.version_id
+        tags[TAG_ROLLED_BACK] = failed.version_id
+        written = await self._import(previous, tags)
+        log.info("key vault previous certificate imported again", **self._ids(written))
+        return self._result(written, action="restored", replaced_version=latest.version)
+
+    async def _latest_certificate(self) -> _Latest | _Disabled | None:
+        """The latest version's id, tags and SHA-1 thumbprint; None when the certificate
+        does not exist."""
+        async with self._certificate_client() as client:
+            with self._translate("get"):
+                try:
+                    found: KeyVaultCertificate = await client.get_certificate(self.config.name)
+                except ResourceNotFoundError:
+                    return None
+        return _certificate_latest(found)
+
+    async def _import(self, delivery: Delivery, tags: dict[str, str]) -> str:
+        """Import one version; read it back and check Key Vault holds its certificate."""
+        from keyshift.targets.certificate import parts_of, pkcs12_bundle  # noqa: PLC0415
+
+        wanted = _sha1(delivery)
+        password: str | None = None
+        if self.config.certificate_format == "pem":
+            parts = parts_of(delivery)
+            data = "\n".join(
+                p.strip() for p in (parts.private_key, parts.certificate, parts.chain) if p.strip()
+            ).encode()
+            content_type = CertificateContentType.pem
+        else:
+            # A one-time password: the bundle only travels to the vault, which keeps the key.
+            password = secrets.token_urlsafe(24)
+            data = pkcs12_bundle(delivery, Secret(password))
+            content_type = CertificateContentType.pkcs12
+        policy = CertificatePolicy(
+            issuer_name="Unknown",
+            content_type=content_type,
+            exportable=self.config.exportable,
+            # The SDK leaves key properties out unless one is truthy: the key type carries
+            # `exportable: false` along.
+            key_type=_key_type(delivery),
+        )
+        async with self._certificate_client() as client:
+            with self._translate("import"):
+                imported = await client.import_certificate(
+                    self.config.name, data, password=password, policy=policy, tags=tags
+                )
+            version = (imported.properties.version if imported.properties else None) or ""
+            with self._translate("get"):
+                read = await client.get_certificate_version(self.config.name, version)
+        held = _certificate_latest(read)
+        got = held.thumbprint if isinstance(held, _Latest) else ""
+        if got != wanted:
+            raise PermanentError(
+                f"{self._where}: version {version} reads back with thumbprint {got or 'none'}, "
+                f"not the imported certificate's {wanted}"
+            )
+        return version
+
+    async def _disable_certificate(self, version: str) -> None:
+        async with self._certificate_client() as client:
+            with self._translate("update"):
+                await client.update_certificate_properties(self.config.name, version, enabled=False)
+
     # --- Key Vault calls -----------------------------------------------------------------
 
     async def _latest(self) -> _Latest | _Disabled | None:
@@ -268,7 +469,7 @@ class AzureKeyVaultTarget(BaseTarget[AzureKeyVaultConfig]):
         async with self._client() as client:
             with self._translate("get"):
                 try:
-                    secret: KeyVaultSecret = await client.get_secret(self.config.secret_name)
+                    secret: KeyVaultSecret = await client.get_secret(self.config.name)
                 except ResourceNotFoundError:
                     return None
                 except HttpResponseError as exc:
@@ -286,7 +487,7 @@ class AzureKeyVaultTarget(BaseTarget[AzureKeyVaultConfig]):
         async with self._client() as client:
             with self._translate("set"):
                 written = await client.set_secret(
-                    self.config.secret_name,
+                    self.config.name,
                     delivery.value.reveal(),
                     content_type=self.config.content_type,
                     tags=tags,
@@ -297,19 +498,24 @@ class AzureKeyVaultTarget(BaseTarget[AzureKeyVaultConfig]):
     async def _disable(self, version: str) -> None:
         async with self._client() as client:
             with self._translate("set"):
-                await client.update_secret_properties(
-                    self.config.secret_name, version, enabled=False
-                )
+                await client.update_secret_properties(self.config.name, version, enabled=False)
 
-    def _client(self) -> _ClientScope:
+    def _client(self) -> _ClientScope[SecretClient]:
         """A SecretClient signed in as the integration's identity, for one operation."""
+        return self._scope(SecretClient)
+
+    def _certificate_client(self) -> _ClientScope[CertificateClient]:
+        """A CertificateClient signed in as the integration's identity, for one operation."""
+        return self._scope(CertificateClient)
+
+    def _scope(self, client_class: type[_C]) -> _ClientScope[_C]:
         try:
             integration = self.context.integration(self.config.integration, EntraIntegration)
             credential = integration.credential(self.context)
         except ConfigError as exc:
             raise PermanentError(f"{self._where}: {exc}") from None
         seconds = self.config.timeout.total_seconds()
-        client = SecretClient(
+        client = client_class(
             self.config.vault_url,
             credential,
             # The aio SDK's default transport needs aiohttp, which keyshift does not use.
@@ -375,7 +581,8 @@ class AzureKeyVaultTarget(BaseTarget[AzureKeyVaultConfig]):
         codes = "/".join(c for c in (code, inner) if c)
         text = f"{self._where}: {operation} refused with HTTP {status} {codes}".rstrip()
         if status == 403 and inner != "SecretDisabled":
-            text += f"; keyshift's identity lacks the secrets {operation} permission"
+            kind = "certificates" if self._certificate else "secrets"
+            text += f"; keyshift's identity lacks the {kind} {operation} permission"
         return text
 
     # --- shapes --------------------------------------------------------------------------
@@ -389,7 +596,7 @@ class AzureKeyVaultTarget(BaseTarget[AzureKeyVaultConfig]):
         }
 
     def _ids(self, kv_version: str | None = None) -> dict[str, str]:
-        ids = {"vault": self.config.vault_url, "secret_name": self.config.secret_name}
+        ids = {"vault": self.config.vault_url, f"{self.config.object}_name": self.config.name}
         if kv_version is not None:
             ids["key_vault_version"] = kv_version
         return ids
@@ -398,14 +605,17 @@ class AzureKeyVaultTarget(BaseTarget[AzureKeyVaultConfig]):
         return StepResult({**self._ids(kv_version), **extra})
 
 
-class _ClientScope:
-    """`async with` a SecretClient and the credential it signs in with; closes both."""
+_C = TypeVar("_C", SecretClient, CertificateClient)
 
-    def __init__(self, client: SecretClient, credential: Any) -> None:
-        self.client = client
+
+class _ClientScope(Generic[_C]):
+    """`async with` a Key Vault client and the credential it signs in with; closes both."""
+
+    def __init__(self, client: _C, credential: Any) -> None:
+        self.client: _C = client
         self.credential = credential
 
-    async def __aenter__(self) -> SecretClient:
+    async def __aenter__(self) -> _C:
         await self.credential.__aenter__()
         await self.client.__aenter__()
         return self.client
@@ -415,6 +625,45 @@ class _ClientScope:
             await self.client.close()
         finally:
             await self.credential.close()
+
+
+def _sha1(delivery: Delivery) -> str:
+    """The SHA-1 thumbprint (hex) of a certificate version's certificate, as Key Vault
+    reports it (`x5t`); PermanentError naming the fields when the version has none."""
+    from keyshift.targets.certificate import parts_of  # noqa: PLC0415
+
+    try:
+        cert = x509.load_pem_x509_certificate(parts_of(delivery).certificate.encode())
+    except ValueError:
+        raise PermanentError(
+            f"version {delivery.version_id}: its certificate is not a PEM certificate"
+        ) from None
+    return cert.fingerprint(hashes.SHA1()).hex()  # noqa: S303 - Key Vault's x5t is SHA-1
+
+
+def _key_type(delivery: Delivery) -> str | None:
+    """Key Vault's key type (`RSA`, `EC`) of the certificate's key; None for another."""
+    from keyshift.targets.certificate import parts_of  # noqa: PLC0415
+
+    key = x509.load_pem_x509_certificate(parts_of(delivery).certificate.encode()).public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RSA"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "EC"
+    return None
+
+
+def _certificate_latest(found: KeyVaultCertificate) -> _Latest | _Disabled:
+    props = found.properties
+    if props is None:
+        return _Latest(version="", tags={})
+    if props.enabled is False:
+        return DISABLED
+    return _Latest(
+        version=props.version or "",
+        tags=dict(props.tags or {}),
+        thumbprint=(props.x509_thumbprint or b"").hex(),
+    )
 
 
 def _codes(exc: HttpResponseError) -> tuple[str, str]:
