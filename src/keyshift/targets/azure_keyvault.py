@@ -102,14 +102,15 @@ log = structlog.get_logger("keyshift.targets.azure_keyvault")
 
 
 class AzureKeyVaultConfig(BaseModel):
-    """Which vault and secret receive the value, and how each version is labelled."""
+    """Which vault and secret (or certificate) receive each version, and how each version
+    is labelled."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", frozen=True)
 
     integration: str = Field(min_length=1)
     """The `entra` integration keyshift signs in through; may be left out when the estate
     declares exactly one. Its identity needs the secrets `get` and `set` permissions on the
-    vault."""
+    vault (with `object: certificate`: the certificates `get`, `import` and `update`)."""
     vault_url: str
     """The vault's https:// URL, e.g. `https://payments-kv.vault.azure.net`."""
     object: Literal["secret", "certificate"] = "secret"
