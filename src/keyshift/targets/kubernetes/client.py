@@ -91,6 +91,15 @@ def dns_subdomain(name: str) -> str:
     return name
 
 
+MERGE_PATCH: Final = "application/merge-patch+json"
+_DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+def valid_data_key(key: str) -> bool:
+    """Whether `key` may name an entry of a Secret's or ConfigMap's data."""
+    return len(key) <= 253 and bool(_DATA_KEY.match(key)) and key not in {".", ".."}
+
+
 class Conflict(Exception):
     """The API server refused a write with 409: the object changed since it was read."""
 

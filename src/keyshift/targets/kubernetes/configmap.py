@@ -22,7 +22,6 @@ revoking it, and a rollback puts the key back to the previous one alone.
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar, Final, Literal
 
 from kubernetes import client as k8s
@@ -35,21 +34,21 @@ from keyshift.targets import base, jwks
 from keyshift.targets.base import BaseTarget, Delivery, PreflightResult, Readiness
 from keyshift.targets.certificate import bundle_certificates, updated_bundle
 from keyshift.targets.kubernetes.client import (
+    MERGE_PATCH,
     KubernetesApi,
     KubernetesConnection,
     cluster,
     dns_subdomain,
     readiness,
     until_no_conflict,
+    valid_data_key,
 )
 
-MERGE_PATCH: Final = "application/merge-patch+json"
 DEFAULT_KEY: Final = "jwks.json"
 DEFAULT_KEYS: Final = {"jwks": DEFAULT_KEY, "pem_bundle": "ca.crt"}
 """The key a ConfigMap holds its trust at, by `format`, when `key` is not given."""
 
 _NAMES: Final = {"jwks": "JWKS", "pem_bundle": "CA bundle"}
-_DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 
 class KubernetesConfigMapConfig(KubernetesConnection):
@@ -84,7 +83,7 @@ class KubernetesConfigMapConfig(KubernetesConnection):
     @field_validator("key")
     @classmethod
     def _data_key(cls, key: str) -> str:
-        if len(key) > 253 or not _DATA_KEY.match(key) or key in {".", ".."}:
+        if not valid_data_key(key):
             raise ValueError("key must consist of letters, digits, '-', '_' or '.'")
         return key
 

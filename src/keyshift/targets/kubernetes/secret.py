@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final, Literal
 
@@ -41,12 +40,14 @@ from keyshift.targets.base import (
     key_entries,
 )
 from keyshift.targets.kubernetes.client import (
+    MERGE_PATCH,
     KubernetesApi,
     KubernetesConnection,
     cluster,
     dns_subdomain,
     readiness,
     until_no_conflict,
+    valid_data_key,
 )
 
 ROTATION_ANNOTATION: Final = "keyshift.io/rotation-id"
@@ -54,18 +55,11 @@ VERSION_ANNOTATION: Final = "keyshift.io/version-id"
 FINGERPRINT_ANNOTATION: Final = "keyshift.io/fingerprint"
 CREATED_ANNOTATION: Final = "keyshift.io/created-by-rotation"
 """Set on a Secret this target created, so a rollback of that rotation may delete it."""
-MERGE_PATCH: Final = "application/merge-patch+json"
 
 SecretType = Literal["Opaque", "kubernetes.io/tls"]
 TLS_SECRET: Final = "kubernetes.io/tls"  # noqa: S105 (a Secret type, not a password)
 TLS_KEYS: Final = {"tls.crt": FULLCHAIN, "tls.key": "private_key"}
 """What a `kubernetes.io/tls` Secret holds of a certificate version."""
-
-_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
-
-
-def _valid_data_key(key: str) -> bool:
-    return len(key) <= 253 and bool(_SECRET_KEY.match(key)) and key not in {".", ".."}
 
 
 class KubernetesSecretConfig(KubernetesConnection):
@@ -94,7 +88,7 @@ class KubernetesSecretConfig(KubernetesConnection):
     @field_validator("key")
     @classmethod
     def _data_key(cls, key: str | None) -> str | None:
-        if key is not None and not _valid_data_key(key):
+        if key is not None and not valid_data_key(key):
             raise ValueError("key must consist of letters, digits, '-', '_' or '.'")
         return key
 
@@ -102,7 +96,7 @@ class KubernetesSecretConfig(KubernetesConnection):
     @classmethod
     def _data_keys(cls, keys: dict[str, str] | None) -> dict[str, str] | None:
         for key in keys or {}:
-            if not _valid_data_key(key):
+            if not valid_data_key(key):
                 raise ValueError(f"key '{key}' must consist of letters, digits, '-', '_' or '.'")
         return keys
 
