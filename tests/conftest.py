@@ -22,6 +22,7 @@ from keyshift.store.store import Store
 from tests.doubles.chat import slack, teams  # noqa: F401 (fixtures for every test)
 from tests.doubles.graph import GraphDouble
 from tests.doubles.jira import jira  # noqa: F401 (a fixture for every test)
+from tests.doubles.keyvault import KeyVaultDouble
 from tests.doubles.moto import aws, kms, moto_endpoint, s3  # noqa: F401 (fixtures for every test)
 from tests.doubles.receiver import receiver  # noqa: F401 (a fixture for every test)
 from tests.doubles.servicenow import servicenow  # noqa: F401 (a fixture for every test)
@@ -46,6 +47,14 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 def graph(tls: TlsFiles) -> Iterator[GraphDouble]:
     """The Entra ID token endpoint and Graph, over TLS, knowing keyshift's client secret."""
     with GraphDouble(tls, client_secret=ADMIN_SECRET) as double:
+        yield double
+
+
+@pytest.fixture
+def vault(tls: TlsFiles, graph: GraphDouble) -> Iterator[KeyVaultDouble]:
+    """Key Vault's data plane over TLS, signing in through `graph` (a module that uses it
+    gives `graph` the vault scope)."""
+    with KeyVaultDouble(tls, graph) as double:
         yield double
 
 

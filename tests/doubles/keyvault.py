@@ -87,7 +87,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
@@ -475,21 +475,7 @@ class KeyVaultDouble:
 
     def _find_certificate(self, name: str, version: str) -> StoredCertificate:
         with self._lock:
-            stored = self.certificates.get(name, [])
-            if version == "" and stored:
-                return stored[-1]
-            for candidate in stored:
-                if candidate.version == version:
-                    return candidate
-        shown = f"{name}/{version}" if version else name
-        raise VaultError(
-            404,
-            "CertificateNotFound",
-            f"A certificate with (name/id) {shown} was not found in this key vault. If you "
-            "recently deleted this certificate you may be able to recover it using the "
-            "correct recovery command. For help resolving this issue, please see "
-            "https://go.microsoft.com/fwlink/?linkid=2125182",
-        )
+            return _version_of(self.certificates.get(name, []), name, version, "certificate")
 
     def _import(self, name: str, payload: dict[str, Any]) -> Answer:
         value = payload.get("value")
@@ -568,21 +554,7 @@ class KeyVaultDouble:
 
     def _find(self, name: str, version: str) -> StoredVersion:
         with self._lock:
-            stored = self.secrets.get(name, [])
-            if version == "" and stored:
-                return stored[-1]
-            for candidate in stored:
-                if candidate.version == version:
-                    return candidate
-        shown = f"{name}/{version}" if version else name
-        raise VaultError(
-            404,
-            "SecretNotFound",
-            f"A secret with (name/id) {shown} was not found in this key vault. If you recently "
-            "deleted this secret you may be able to recover it using the correct recovery "
-            "command. For help resolving this issue, please see "
-            "https://go.microsoft.com/fwlink/?linkid=2125182",
-        )
+            return _version_of(self.secrets.get(name, []), name, version, "secret")
 
     def _set(self, name: str, payload: dict[str, Any]) -> Answer:
         value = payload.get("value")
@@ -800,6 +772,32 @@ def _error_body(exc: VaultError) -> dict[str, Any]:
     if exc.inner:
         error["innererror"] = {"code": exc.inner}
     return {"error": error}
+
+
+class _Versioned(Protocol):
+    version: str
+
+
+_V = TypeVar("_V", bound=_Versioned)
+
+
+def _version_of(stored: list[_V], name: str, version: str, kind: str) -> _V:
+    """`version` of the object `name` (its latest for ""), or Key Vault's 404 for a
+    `kind` (secret, certificate) it does not hold."""
+    if version == "" and stored:
+        return stored[-1]
+    for candidate in stored:
+        if candidate.version == version:
+            return candidate
+    shown = f"{name}/{version}" if version else name
+    raise VaultError(
+        404,
+        f"{kind.capitalize()}NotFound",
+        f"A {kind} with (name/id) {shown} was not found in this key vault. If you recently "
+        f"deleted this {kind} you may be able to recover it using the correct recovery "
+        "command. For help resolving this issue, please see "
+        "https://go.microsoft.com/fwlink/?linkid=2125182",
+    )
 
 
 def _json(status: int, body: object, headers: dict[str, str] | None = None) -> Answer:

@@ -52,12 +52,6 @@ def graph(tls: TlsFiles) -> Iterator[GraphDouble]:
 
 
 @pytest.fixture
-def vault(tls: TlsFiles, graph: GraphDouble) -> Iterator[KeyVaultDouble]:
-    with KeyVaultDouble(tls, graph) as double:
-        yield double
-
-
-@pytest.fixture
 def app(graph: GraphDouble) -> StoredApplication:
     return graph.add_application("payments-api")
 

@@ -68,12 +68,6 @@ def graph(tls: TlsFiles) -> Iterator[GraphDouble]:
 
 
 @pytest.fixture
-def vault(tls: TlsFiles, graph: GraphDouble) -> Iterator[KeyVaultDouble]:
-    with KeyVaultDouble(tls, graph) as double:
-        yield double
-
-
-@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 
