@@ -214,7 +214,11 @@ def standings(
     if limit is not None:
         # A page: the ends of its own Entra applications only, not of the whole inventory.
         page = list(rows)
-        apps = {_app_of(r[10]) for r in page if r[0] not in current and r[4] == _ENTRA}
+        apps = {
+            _app_of(r.provider_json)
+            for r in page
+            if r.id not in current and r.provider_type == _ENTRA
+        }
         ends = _secret_ends(s, apps) if apps else {}
         rows = iter(page)
     policies: dict[str, Policy] = {}  # estates have few policies and many credentials

@@ -76,7 +76,7 @@ def azure_identity_token_source(
     async def token() -> str:
         try:
             access = await credential.get_token(scope)
-        except (ClientAuthenticationError, AzureError) as exc:
+        except AzureError as exc:  # ClientAuthenticationError is one
             raise _token_error(exc) from exc
         return access.token
 
@@ -123,7 +123,7 @@ class SharedTokenSource:
             self._credential = self._open()
         try:
             access = await self._credential.get_token(self._scope)
-        except (ClientAuthenticationError, AzureError) as exc:
+        except AzureError as exc:  # ClientAuthenticationError is one
             raise _token_error(exc) from exc
         self._tokens.put(self._key, access.token, float(access.expires_on))
         return access.token
